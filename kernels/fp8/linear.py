@@ -1,0 +1,129 @@
+"""FP8 linear layer (autograd): forward, data gradient and weight gradient all as FP8 GEMMs.
+
+For x [M, K], W [N, K] (master weight in bf16/fp32), y = x Wᵀ (+ b):
+
+| GEMM    | A (1×128 tiles)            | B                                   | out      |
+|---------|----------------------------|-------------------------------------|----------|
+| forward | quantize_act(x)     [M, K] | quantize_weight(W), 128×128  [N, K] | y [M, N] |
+| dgrad   | quantize_act(dy)    [M, N] | quantize_weight(W)ᵀ, 128×128 [K, N] | dx [M, K]|
+| wgrad   | quantize_act_t(dy)  [N, M] | quantize_act_t(x), 1×128     [K, M] | dW [N, K]|
+
+The forward's quantized weight is saved and transposed for dgrad (same blocks, no
+re-quantization); dy is quantized both ways from one read. dW is produced in fp32 and cast to
+the master weight's dtype. Saved for backward: x (input dtype) and the fp8 weight.
+Works on any device (CPU: the PyTorch path, exact and slow), so the CPU demo can run in FP8.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .gemm import fp8_gemm
+from .quantize import (
+    quantize_act,
+    quantize_act_both,
+    quantize_act_t,
+    quantize_weight,
+    transpose_quantized_weight,
+)
+
+
+class _FP8LinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, weight, bias, x_quant, pow2_scale, backend):
+        xq, xs = x_quant if x_quant is not None else quantize_act(x2, pow2_scale, backend=backend)
+        wq, ws = quantize_weight(weight, pow2_scale, backend=backend)
+        y = fp8_gemm(xq, xs, wq, ws, out_dtype=x2.dtype, backend=backend)
+        if bias is not None:
+            y = y + bias.to(y.dtype)
+        ctx.save_for_backward(x2, wq, ws)
+        ctx.has_bias = bias is not None
+        ctx.weight_dtype = weight.dtype
+        ctx.pow2_scale, ctx.backend = pow2_scale, backend
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, wq, ws = ctx.saved_tensors
+        p2, be = ctx.pow2_scale, ctx.backend
+        dy = dy.contiguous()
+        dx = dw = db = None
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        if need_dx and need_dw:
+            dyq, dys, dyq_t, dys_t = quantize_act_both(dy, p2, backend=be)
+        elif need_dx:
+            dyq, dys = quantize_act(dy, p2, backend=be)
+        elif need_dw:
+            dyq_t, dys_t = quantize_act_t(dy, p2, backend=be)
+        if need_dx:
+            wq_t, ws_t = transpose_quantized_weight(wq, ws)
+            dx = fp8_gemm(dyq, dys, wq_t, ws_t, out_dtype=x2.dtype, backend=be)
+        if need_dw:
+            xq_t, xs_t = quantize_act_t(x2, p2, backend=be)
+            dw = fp8_gemm(dyq_t, dys_t, xq_t, xs_t, out_dtype=torch.float32, backend=be)
+            dw = dw.to(ctx.weight_dtype)
+        if need_db and ctx.has_bias:
+            db = dy.float().sum(0)
+        return dx, dw, db, None, None, None
+
+
+def fp8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    x_quant: tuple[torch.Tensor, torch.Tensor] | None = None,
+    pow2_scale: bool = False,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """y = x Wᵀ + b through FP8 GEMMs, differentiable w.r.t. x, weight and bias.
+
+    x: [..., K] bf16/fp16/fp32; weight: [N, K] (master copy, any float dtype); bias: [N] or None.
+    x_quant: optional (xq [M, K], scale) already computed from x.reshape(-1, K) — e.g. by
+    ``rmsnorm_quant``/``silu_mul_quant`` — so the forward skips quantizing x (the fused kernels
+    produce the same bits as ``quantize_act`` of their rounded output).
+    Returns [..., N] in x's dtype.
+    """
+    if x.shape[-1] != weight.shape[-1] or weight.dim() != 2:
+        raise ValueError(f"x [..., K]={tuple(x.shape)} does not match weight [N, K]={tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be [N]={weight.shape[0]}, got {tuple(bias.shape)}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] == 0:
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    y = _FP8LinearFn.apply(x2, weight, bias, x_quant, pow2_scale, backend)
+    return y.reshape(*lead, weight.shape[0])
+
+
+class FP8Linear(torch.nn.Linear):
+    """Drop-in ``nn.Linear`` whose forward and backward run as block-scaled FP8 GEMMs.
+
+    Same parameters, state-dict names and init as ``nn.Linear`` (master weight stays in its
+    dtype); ``from_linear`` swaps an existing layer in place of the recipe's choice. MoE experts
+    call ``fp8_linear`` per expert with their weight slice.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None,
+                 pow2_scale: bool = False):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.pow2_scale = pow2_scale
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, pow2_scale: bool = False) -> "FP8Linear":
+        new = cls.__new__(cls)
+        torch.nn.Module.__init__(new)
+        new.in_features, new.out_features = linear.in_features, linear.out_features
+        new.weight, new.bias = linear.weight, linear.bias
+        new.pow2_scale = pow2_scale
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fp8_linear(x, self.weight, self.bias, pow2_scale=self.pow2_scale)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", fp8=e4m3 1x128/128x128, pow2_scale={self.pow2_scale}"
+
+
+__all__ = ["FP8Linear", "fp8_linear"]

@@ -1,0 +1,148 @@
+"""PyTorch implementations of the block-scaled FP8 recipe: the reference and the CPU path.
+
+The recipe (DeepSeek-V3 / Ring-linear style):
+- values in ``torch.float8_e4m3fn`` (max finite 448), scales in fp32, ``x ≈ q * scale``;
+- activations: one scale per 1×128 tile along the reduction dimension;
+- weights: one scale per 128×128 block;
+- ``scale = amax / 448`` (optionally ceiled to a power of two, so ``x / scale`` never exceeds 448
+  and the scale multiply is exact); an all-zero tile gets ``scale = 1`` (its values quantize to 0,
+  nothing divides by zero);
+- ``q = round_to_nearest_even(clamp(x / scale, -448, 448))`` computed in fp32.
+
+The quantize functions here ARE the CPU implementation (both engines call them on CPU), and the
+Triton kernels must reproduce them bitwise. ``fp8_gemm_torch`` is the CPU GEMM; ``fp8_gemm_ref``
+is the float64 reference it and the Triton kernel are tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0
+BLOCK = 128
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def scale_from_amax(amax: torch.Tensor, pow2_scale: bool) -> torch.Tensor:
+    """fp32 scale for tiles with absolute maximum ``amax`` (any shape, fp32).
+
+    ``amax == 0`` gives 1.0. With ``pow2_scale`` the scale is rounded UP to a power of two by
+    bit manipulation (exact, no log2/exp2 approximations), so quantized values stay ≤ 448.
+    """
+    amax = amax.float()
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    if pow2_scale:
+        bits = scale.view(torch.int32)
+        exponent = bits & 0x7F800000
+        mantissa = bits & 0x007FFFFF
+        bits = torch.where(mantissa != 0, exponent + 0x00800000, exponent)
+        scale = bits.view(torch.float32)
+    return scale
+
+
+def _quantize_tiles(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # x: fp32 [..., 128] tiles (zero padded), scale broadcastable. Division (not a reciprocal
+    # multiply) so the Triton kernels can reproduce it exactly with div_rn.
+    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+
+
+def quantize_act_ref(x: torch.Tensor, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """1×128 quantization along the last dim. x [M, K] → (xq [M, K] e4m3, scale [M, ceil(K/128)] fp32)."""
+    m, k = x.shape
+    kb = _cdiv(k, BLOCK)
+    xp = torch.zeros(m, kb * BLOCK, dtype=torch.float32, device=x.device)
+    xp[:, :k] = x.float()
+    tiles = xp.view(m, kb, BLOCK)
+    scale = scale_from_amax(tiles.abs().amax(dim=-1), pow2_scale)
+    q = _quantize_tiles(tiles, scale[..., None]).view(m, kb * BLOCK)[:, :k].contiguous()
+    return q, scale
+
+
+def quantize_act_t_ref(x: torch.Tensor, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transposed 1×128 quantization (tiles along M). x [M, K] → (q [K, M] e4m3, scale [K, ceil(M/128)])."""
+    return quantize_act_ref(x.t(), pow2_scale)
+
+
+def quantize_weight_ref(w: torch.Tensor, pow2_scale: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """128×128 block quantization. w [N, K] → (wq [N, K] e4m3, scale [ceil(N/128), ceil(K/128)] fp32)."""
+    n, k = w.shape
+    nb, kb = _cdiv(n, BLOCK), _cdiv(k, BLOCK)
+    wp = torch.zeros(nb * BLOCK, kb * BLOCK, dtype=torch.float32, device=w.device)
+    wp[:n, :k] = w.float()
+    blocks = wp.view(nb, BLOCK, kb, BLOCK)
+    scale = scale_from_amax(blocks.abs().amax(dim=(1, 3)), pow2_scale)
+    q = _quantize_tiles(blocks, scale[:, None, :, None]).view(nb * BLOCK, kb * BLOCK)[:n, :k].contiguous()
+    return q, scale
+
+
+def expand_scale(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Per-element scale [R, C] for q [R, C] from a 1×128 ([R, Cb]) or 128×128 ([Rb, Cb]) scale."""
+    r, c = q.shape
+    rows = scale if scale.shape[0] == r else scale.repeat_interleave(BLOCK, dim=0)[:r]
+    return rows.repeat_interleave(BLOCK, dim=1)[:, :c]
+
+
+def dequantize_ref(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """float64 value of a quantized tensor (either scale granularity)."""
+    return q.double() * expand_scale(q, scale).double()
+
+
+def fp8_gemm_ref(aq, a_scale, bq, b_scale, out_dtype=torch.float64) -> torch.Tensor:
+    """Reference ``A @ B.T`` in float64 on dequantized operands. aq [M, K], bq [N, K] → [M, N]."""
+    return (dequantize_ref(aq, a_scale) @ dequantize_ref(bq, b_scale).t()).to(out_dtype)
+
+
+def fp8_gemm_torch(aq, a_scale, bq, b_scale, out_dtype) -> torch.Tensor:
+    """The CPU GEMM, with the same math as the Triton kernel.
+
+    For each 128-wide K block: the fp8×fp8 partial dot product is computed in float64, where it
+    is EXACT (products are multiples of 2^-18 below 2^18, so 128 of them sum to < 2^43 units of
+    2^-18: fits the 53-bit mantissa), hence independent of summation order and of M. It is
+    rounded to fp32, multiplied by ``a_scale ⊗ b_scale`` and accumulated in fp32 in K order.
+    A row's output therefore never depends on the other rows (batch invariant, bitwise).
+    """
+    m, k = aq.shape
+    n = bq.shape[0]
+    kb = _cdiv(k, BLOCK)
+    b_block_scaled = b_scale.shape[0] != n or n == 1
+    acc = torch.zeros(m, n, dtype=torch.float32, device=aq.device)
+    for i in range(kb):
+        k0, k1 = i * BLOCK, min(k, (i + 1) * BLOCK)
+        part = (aq[:, k0:k1].double() @ bq[:, k0:k1].double().t()).float()
+        sb = b_scale[:, i]
+        if b_block_scaled:
+            sb = sb.repeat_interleave(BLOCK)[:n]
+        acc += part * (a_scale[:, i, None] * sb[None, :])
+    return acc.to(out_dtype)
+
+
+def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """fp32 RMSNorm: x * rsqrt(mean(x²) + eps) * weight, all in fp32. x [M, D] → fp32 [M, D]."""
+    xf = x.float()
+    var = xf.pow(2).mean(dim=-1, keepdim=True)
+    return xf * torch.rsqrt(var + eps) * weight.float()
+
+
+def rmsnorm_quant_ref(x, weight, eps=1e-6, out_dtype=torch.bfloat16, pow2_scale=False):
+    """Reference for ``rmsnorm_quant``: (y = rmsnorm(x) in out_dtype, *quantize_act(y))."""
+    y = rmsnorm_ref(x, weight, eps).to(out_dtype)
+    yq, ys = quantize_act_ref(y, pow2_scale)
+    return y, yq, ys
+
+
+def silu_mul_ref(x: torch.Tensor) -> torch.Tensor:
+    """SwiGLU on concatenated [gate | up]: x [M, 2I] → fp32 silu(gate) * up [M, I]."""
+    i = x.shape[-1] // 2
+    g, u = x[:, :i].float(), x[:, i:].float()
+    return g * torch.sigmoid(g) * u
+
+
+def silu_mul_quant_ref(x, out_dtype=torch.bfloat16, pow2_scale=False):
+    """Reference for ``silu_mul_quant``: (y = silu(gate)*up in out_dtype, *quantize_act(y))."""
+    y = silu_mul_ref(x).to(out_dtype)
+    yq, ys = quantize_act_ref(y, pow2_scale)
+    return y, yq, ys
