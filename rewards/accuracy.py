@@ -1,0 +1,193 @@
+"""Math accuracy reward: extract the final answer, normalise it, compare it with math-verify.
+
+Pipeline for one (completion, reference):
+
+1. `extract.extract_answer` finds the answer text (boxed, `####`, "the answer is", `Answer:`,
+   optionally the last number). Nothing found -> NO_ANSWER.
+2. `normalize_answer` (both sides): drops `$`/currency signs, math delimiters, markdown, trailing
+   full stops, LaTeX thousands separators (`1{,}000`, `1\\,000`); applies the percent policy;
+   outside strict mode also drops trailing unit words after a number (`18 dollars`, `5 \\text{cm}`).
+3. math-verify parses both as LaTeX (wrapped in `\\boxed{}`; plain expressions such as `1/2`,
+   `0.5`, `x = 3` are valid LaTeX too) and `verify(gold, pred)` decides. Parsed references are
+   cached (a prompt's reference is scored G times per step).
+
+math-verify's own timeouts use SIGALRM and would cancel the pool's soft timer, so they are turned
+off here: the time limit is the job of `RewardPool` (see pool.py). Scoring untrusted text
+outside the pool has no time limit.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from rewards.extract import extract_answer, hash_answer, last_boxed
+from rewards.score import Reason, Score, clip
+
+logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def _math_verify() -> Any:
+    """Import math-verify once per process (workers preload it; the driver never needs it)."""
+    import math_verify
+    from latex2sympy2_extended import NormalizationConfig
+    from math_verify import grader, parser
+
+    # We pass timeout=None on purpose (the pool enforces time); silence the one-time warning.
+    parser.TIMEOUT_WARNING_SHOWN = True
+    grader.TIMEOUT_WARNING_SHOWN = True
+    config = math_verify.LatexExtractionConfig(
+        boxed_match_priority=0,
+        normalization_config=NormalizationConfig(
+            basic_latex=True,
+            units=True,
+            malformed_operators=True,  # \frac12, \sqrt2
+            nits=True,
+            boxed="all",
+            equations=False,
+        ),
+    )
+    return math_verify, [config]
+
+
+_CURRENCY = re.compile(r"\\\$|[$€£¥₹]|\\(?:euro|pounds?|yen)\b")
+_MARKDOWN = re.compile(r"\*\*|__")
+_DELIMS = (("\\(", "\\)"), ("\\[", "\\]"))
+# Thousands separators written the LaTeX way: 1{,}000 and 1\,000 / 1\;000 / 1\!000 / 1~000.
+_LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|\\[,;: !]|~)(?=\d{3}(?!\d))")
+_PERCENT_NUMBER = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:\\%|%|\\text\{\s*\\?%\s*\}|\s*(?:percent|pct)\b)", re.I)
+_PERCENT_ANY = re.compile(r"\\%|%|\b(?:percent|pct)\b", re.I)
+# "18 dollars", "5\text{ cm}^2", "3 \mbox{ apples}.": a plain number followed by unit words.
+_NUMBER_THEN_UNITS = re.compile(
+    r"^(?P<num>[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:/\d+)?)\s*"
+    r"(?:\\(?:text|textbf|mbox|mathrm|rm)\s*\{\s*[A-Za-z][A-Za-z .]*\}|[A-Za-z]{2,}(?:[ -][A-Za-z]+)*)"
+    r"(?:\s*\^\s*\{?\s*[23]\s*\}?)?$"
+)
+# Words that are math, not units ("3 pi", "2 sqrt 2" are not "3", "2").
+_NOT_UNITS = re.compile(r"(?i)\b(?:pi|sqrt|sin|cos|tan|log|ln|exp|i|e|infty|inf|infinity)\b")
+
+
+def normalize_answer(text: str, *, percent_as_fraction: bool = False, strict: bool = False) -> str:
+    """Normalise an answer string before math-verify parses it (applied to both sides)."""
+    text = _CURRENCY.sub("", text)
+    text = _MARKDOWN.sub("", text).strip()
+    for left, right in _DELIMS:
+        if text.startswith(left) and text.endswith(right):
+            text = text[len(left) : -len(right)].strip()
+    text = text.rstrip(" .;,").lstrip(" :")
+    text = _LATEX_THOUSANDS.sub("", text)
+    # Percentages: either "50%" is 50 (the sign is decoration) or "50%" is 1/2.
+    if percent_as_fraction:
+        text = _PERCENT_NUMBER.sub(r"(\\frac{\1}{100})", text)
+    text = _PERCENT_ANY.sub("", text).strip()
+    if not strict:
+        m = _NUMBER_THEN_UNITS.match(text)
+        if m and not _NOT_UNITS.search(text[m.end("num") :]):
+            text = m.group("num")
+    return text.strip()
+
+
+def reference_answer(reference: str) -> str:
+    """The answer inside a reference: a bare answer, or a full solution with `#### N` / `\\boxed{}`."""
+    if "####" in reference:
+        found = hash_answer(reference)
+        if found:
+            return found
+    if "\\boxed" in reference or "\\fbox" in reference:
+        found = last_boxed(reference)
+        if found:
+            return found
+    return reference
+
+
+def _is_math(obj: Any) -> bool:
+    return not isinstance(obj, str)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(text: str) -> tuple[Any, ...]:
+    return _parse(text)
+
+
+def _parse(text: str) -> tuple[Any, ...]:
+    """math-verify parse of one normalised answer: (sympy object?, raw string fallback?)."""
+    mv, config = _math_verify()
+    return tuple(
+        mv.parse(
+            "\\boxed{" + text + "}",
+            extraction_config=config,
+            fallback_mode="first_match",
+            parsing_timeout=None,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class MathReward:
+    """Accuracy reward for math answers: 1.0 if the completion's final answer equals the reference.
+
+    Args:
+        fallback_last_number: with no explicit answer marker, grade the last number in the text.
+        percent_as_fraction: False: "50%" == 50 (the sign is dropped). True: "50%" == 0.5 == 1/2.
+        strict: math-verify strict mode (variable names matter, sets != tuples) and no stripping of
+            unit words after numbers (`18 dollars` no longer equals 18).
+        float_rounding / numeric_precision: passed to `math_verify.verify`.
+        reasoning_close: closing tag of the reasoning block; the answer is looked for after it.
+    """
+
+    fallback_last_number: bool = True
+    percent_as_fraction: bool = False
+    strict: bool = False
+    float_rounding: int = 6
+    numeric_precision: int = 15
+    reasoning_close: str | None = "</think>"
+
+    def score(self, completion: str, reference: str) -> Score:
+        try:
+            return self._score(completion, reference)
+        except Exception as exc:  # never raise on model output; a verifier bug scores 0 visibly
+            logger.debug("MathReward crashed", exc_info=True)
+            return Score(0.0, Reason.CRASH, {"error": clip(f"{type(exc).__name__}: {exc}")})
+
+    def _normalize(self, text: str) -> str:
+        return normalize_answer(text, percent_as_fraction=self.percent_as_fraction, strict=self.strict)
+
+    def _score(self, completion: str, reference: str) -> Score:
+        found = extract_answer(
+            completion,
+            fallback_last_number=self.fallback_last_number,
+            reasoning_close=self.reasoning_close,
+        )
+        if found is None:
+            return Score(0.0, Reason.NO_ANSWER, {})
+        answer = self._normalize(found.text)
+        details: dict[str, Any] = {"answer": clip(answer), "source": found.source}
+        if not answer:
+            return Score(0.0, Reason.NO_ANSWER, details)
+
+        gold = _parse_cached(self._normalize(reference_answer(reference)))
+        if not gold:
+            details["error"] = "reference did not parse"
+            return Score(0.0, Reason.PARSE_ERROR, details)
+        pred = _parse(answer)
+        if not pred:
+            return Score(0.0, Reason.PARSE_ERROR, details)
+
+        mv, _ = _math_verify()
+        ok = mv.verify(
+            list(gold),
+            list(pred),
+            float_rounding=self.float_rounding,
+            numeric_precision=self.numeric_precision,
+            strict=self.strict,
+            timeout_seconds=None,
+        )
+        if ok:
+            return Score(1.0, Reason.CORRECT, details)
+        if not any(_is_math(p) for p in pred):
+            return Score(0.0, Reason.PARSE_ERROR, details)
+        return Score(0.0, Reason.WRONG, details)

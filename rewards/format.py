@@ -1,0 +1,71 @@
+"""Format reward: does the completion look like "reasoning block, then a final answer"?
+
+Checks (each enabled check is worth an equal share of 1.0):
+- `reasoning`: exactly one well-formed, non-empty `<think>...</think>` block (the opening tag may
+  be part of the prompt, as with chat templates that open the block for the model: set
+  `opened_in_prompt=True`), and, if `reasoning_first`, nothing but whitespace before it;
+- `answer`: an explicit final answer (boxed / `####` / "the answer is" / `Answer:`; the
+  last-number fallback does not count) after the reasoning block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rewards.extract import extract_answer, sanitize
+from rewards.score import Reason, Score, clip
+
+
+@dataclass(frozen=True)
+class FormatReward:
+    """Value in [0, 1]: the fraction of enabled checks that pass. Reason: CORRECT if all pass,
+    NO_ANSWER if the answer check fails, WRONG otherwise."""
+
+    open_tag: str = "<think>"
+    close_tag: str = "</think>"
+    opened_in_prompt: bool = False
+    reasoning_first: bool = True
+    require_reasoning: bool = True
+    require_answer: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.require_reasoning or self.require_answer):
+            raise ValueError("FormatReward needs require_reasoning or require_answer (or both)")
+        if not self.open_tag or not self.close_tag:
+            raise ValueError("FormatReward: open_tag and close_tag must be non-empty strings")
+
+    def _reasoning_ok(self, text: str) -> bool:
+        n_open, n_close = text.count(self.open_tag), text.count(self.close_tag)
+        if n_close != 1 or n_open != (0 if self.opened_in_prompt else 1):
+            return False
+        start = 0
+        if not self.opened_in_prompt:
+            start = text.index(self.open_tag)
+            if self.reasoning_first and text[:start].strip():
+                return False
+            start += len(self.open_tag)
+        end = text.index(self.close_tag)
+        return end > start and bool(text[start:end].strip())
+
+    def score(self, completion: str, reference: str) -> Score:
+        try:
+            text = sanitize(completion)
+            checks: dict[str, bool] = {}
+            if self.require_reasoning:
+                checks["reasoning"] = self._reasoning_ok(text)
+            if self.require_answer:
+                found = extract_answer(text, fallback_last_number=False, reasoning_close=self.close_tag)
+                # with a reasoning check, the answer must come after the block
+                if found and self.require_reasoning and self.close_tag not in text:
+                    found = None
+                checks["answer"] = found is not None
+            value = sum(checks.values()) / len(checks)
+            if value == 1.0:
+                reason = Reason.CORRECT
+            elif checks.get("answer") is False:
+                reason = Reason.NO_ANSWER
+            else:
+                reason = Reason.WRONG
+            return Score(value, reason, checks)
+        except Exception as exc:  # never raise on model output
+            return Score(0.0, Reason.CRASH, {"error": clip(f"{type(exc).__name__}: {exc}")})
