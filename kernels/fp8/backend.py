@@ -1,4 +1,4 @@
-"""Backend choice for the FP8 ops: Triton on CUDA tensors, PyTorch on CPU tensors.
+"""Backend choice for the FP8 and LM-head ops: Triton on CUDA tensors, PyTorch on CPU tensors.
 
 ``backend=None`` (the default everywhere) picks by device; ``"triton"`` on CPU tensors runs the
 Triton kernels in the interpreter (needs ``TRITON_INTERPRET=1`` set before triton is imported;
@@ -13,7 +13,7 @@ import os
 
 import torch
 
-log = logging.getLogger("kernels.fp8")
+log = logging.getLogger("kernels")
 
 try:  # pragma: no cover - depends on the install
     import triton  # noqa: F401
@@ -47,7 +47,7 @@ def pick_backend(op: str, t: torch.Tensor, backend: str | None) -> str:
     key = (op, backend)
     if key not in _logged:
         _logged.add(key)
-        log.info("kernels.fp8.%s: using the %s backend on %s", op, backend, t.device.type)
+        log.info("kernels: %s runs on the %s backend (%s tensors)", op, backend, t.device.type)
     return backend
 
 

@@ -1,0 +1,14 @@
+"""The LM head under the alignment rule: bf16 operands, fp32 accumulation, fp32 logits/log-probs.
+
+- ``logits_fp32(hidden, weight)``: [N, D] × [V, D] → [N, V] fp32 (the rollout engine's logits).
+- ``token_logprobs(hidden, weight, tokens)``: sampled-token log-probs and entropy, chunked over
+  the vocabulary with an online logsumexp and a chunk-wise backward (the trainer's log-probs).
+- ``reference``: the non-fused full-vocabulary versions, for tests and benchmarks.
+CUDA → Triton, CPU → PyTorch (float64-accumulated), chosen and logged by ``kernels.fp8.backend``.
+"""
+
+from .logits import logits_fp32, matmul_fp32
+from .logprobs import token_logprobs
+from .reference import logits_ref, token_logprobs_ref
+
+__all__ = ["logits_fp32", "logits_ref", "matmul_fp32", "token_logprobs", "token_logprobs_ref"]
