@@ -1,0 +1,507 @@
+"""RewardPool: reward functions in worker processes, with a hard per-item timeout.
+
+The driver runs Ray and torch threads, so workers are never forked from it: they come from the
+multiprocessing "forkserver" (default; `rewards._preload` is preloaded there, so a worker or a
+replacement starts in milliseconds) or "spawn" context.
+
+One dispatcher thread in the driver owns every worker. Each worker scores the items it is sent
+one by one, in order, so the parent always knows which item a worker is on (the oldest one it
+has not answered) and since when. The dispatcher:
+- keeps `num_workers` healthy workers, each with up to `prefetch` items in flight (only small
+  items are queued behind a busy one, so a send never blocks on a stuck worker);
+- kills a worker whose current item has run `timeout_s` -> that item scores TIMEOUT, the
+  worker's other items go back to the front of the queue, a replacement is started;
+- a worker that dies (segfault, `os._exit`, OOM kill) -> its item scores CRASH, same recovery;
+- a worker whose item has run `straggler_s` is set aside: reniced to 19, its queued items go
+  back to the queue and a replacement takes its slot (at most `max_stragglers` at a time). A
+  pathological item then delays only itself (it is killed at `timeout_s`), not the batch behind
+  it; a straggler that finishes in time delivers its score and retires.
+Results land in their batch's slot by index: nothing is lost, duplicated or reordered.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import multiprocessing as mp
+import multiprocessing.connection as mpc
+import os
+import pickle
+import socket
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from rewards.score import Reason, Score
+from rewards.worker import worker_main
+
+logger = logging.getLogger(__name__)
+
+# Items whose pickled size exceeds this are only sent to an idle worker (the pipe buffer could
+# not hold them, and a send must never block behind a stuck worker).
+_PREFETCH_MAX_BYTES = 16 << 10
+_STARTUP_TIMEOUT_S = 120.0
+_STAT_KEYS = ("scored",) + tuple(r.value for r in Reason) + ("respawns", "stragglers")
+
+
+class PoolClosed(RuntimeError):
+    """The pool was closed (or broke) before a batch finished."""
+
+
+class BatchHandle:
+    """Future of one `RewardPool.submit` call: `result()` gives the scores in input order."""
+
+    def __init__(self, n: int, pool: "RewardPool | None"):
+        self._scores: list[Score | None] = [None] * n
+        self._remaining = n
+        self._error: BaseException | None = None
+        self._event = threading.Event()
+        self._callbacks: list[Callable[[BatchHandle], None]] = []
+        self._lock = threading.Lock()
+        self._pool = pool  # keeps the pool alive while the batch runs; dropped when done
+        self.submitted_at = time.monotonic()
+        self.finished_at: float | None = None
+        if n == 0:
+            self._finish()
+
+    def __len__(self) -> int:
+        return len(self._scores)
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def result(self, timeout: float | None = None) -> list[Score]:
+        """Block until every item is scored; TimeoutError if `timeout` seconds pass first."""
+        if not self._event.wait(timeout):
+            raise TimeoutError(f"batch of {len(self)} not scored within {timeout} s ({self._remaining} left)")
+        if self._error is not None:
+            raise PoolClosed(str(self._error)) from self._error
+        return list(self._scores)  # type: ignore[arg-type]
+
+    def add_done_callback(self, fn: Callable[["BatchHandle"], None]) -> None:
+        """Call `fn(handle)` when the batch is done (from the dispatcher thread, or now)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    # -- dispatcher side ---------------------------------------------------------------
+    def _set(self, index: int, score: Score) -> bool:
+        if self._scores[index] is not None or self._event.is_set():
+            return False
+        self._scores[index] = score
+        self._remaining -= 1
+        if self._remaining == 0:
+            self._finish()
+        return True
+
+    def _fail(self, error: BaseException) -> None:
+        if not self._event.is_set():
+            self._error = error
+            self._finish()
+
+    def _finish(self) -> None:
+        self.finished_at = time.monotonic()
+        with self._lock:
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        self._pool = None
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:
+                logger.exception("BatchHandle callback failed")
+
+
+@dataclass(eq=False)
+class _Item:
+    key: int
+    batch: BatchHandle
+    index: int
+    payload: bytes
+
+
+@dataclass(eq=False)
+class _Worker:
+    proc: Any
+    conn: Any
+    started_at: float
+    ready: bool = False
+    inflight: collections.deque = field(default_factory=collections.deque)
+    head_since: float = 0.0  # when the worker started on inflight[0]
+    straggler: bool = False
+
+
+class _Dispatcher:
+    """All mutable pool state; only the dispatcher thread touches workers and the queue."""
+
+    def __init__(self, fn_bytes: bytes, num_workers: int, timeout_s: float, soft_timeout_s: float | None,
+                 straggler_s: float | None, max_stragglers: int, prefetch: int, memory_limit_mb: int | None,
+                 start_method: str):
+        self.fn_bytes = fn_bytes
+        self.num_workers = num_workers
+        self.timeout_s = timeout_s
+        self.soft_timeout_s = soft_timeout_s
+        self.straggler_s = straggler_s
+        self.max_stragglers = max_stragglers
+        self.prefetch = prefetch
+        self.memory_limit_mb = memory_limit_mb
+        self.ctx = _context(start_method)
+        self.inbox: collections.deque[_Item] = collections.deque()  # submit() -> dispatcher
+        self.queue: collections.deque[_Item] = collections.deque()  # waiting for a worker
+        self.live: dict[int, _Item] = {}  # key -> item not yet scored
+        self.workers: list[_Worker] = []
+        self.counts = collections.Counter({k: 0 for k in _STAT_KEYS})
+        self.stats_lock = threading.Lock()
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.closing = False
+        self.accepting = True  # guarded by submit_lock: no batch can slip in after shutdown
+        self.submit_lock = threading.Lock()
+        self.error: BaseException | None = None
+        self.started = 0
+        self.thread = threading.Thread(target=self.run, name="RewardPool-dispatcher", daemon=True)
+        self.thread.start()
+
+    # -- called from other threads ------------------------------------------------------
+    def wake(self) -> None:
+        try:
+            self.wake_w.send(b"x")
+        except (BlockingIOError, OSError):
+            pass  # buffer full (a wake-up is pending anyway) or closed
+
+    def stats(self) -> dict[str, int]:
+        with self.stats_lock:
+            return dict(self.counts)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.closing = True
+        self.wake()
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
+
+    # -- dispatcher thread ----------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            while not self.closing:
+                self._take_inbox()
+                self._keep_workers()
+                self._feed()
+                waitables: list[Any] = [self.wake_r]
+                for w in self.workers:
+                    waitables += [w.conn, w.proc.sentinel]
+                ready = mpc.wait(waitables, self._next_event_in())
+                if self.wake_r in ready:
+                    self._drain_wake()
+                for w in list(self.workers):
+                    if w.conn in ready or w.proc.sentinel in ready:
+                        self._service(w)
+                self._check_clocks()
+        except BaseException as exc:  # a dispatcher bug must not hang the driver
+            logger.exception("RewardPool dispatcher failed")
+            self.error = exc
+        finally:
+            self._shutdown()
+
+    def _drain_wake(self) -> None:
+        try:
+            while self.wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _take_inbox(self) -> None:
+        while self.inbox:
+            item = self.inbox.popleft()
+            self.live[item.key] = item
+            self.queue.append(item)
+
+    def _spawn(self) -> None:
+        parent_conn, child_conn = self.ctx.Pipe(duplex=True)
+        proc = self.ctx.Process(
+            target=worker_main,
+            args=(child_conn, self.fn_bytes, self.soft_timeout_s, self.memory_limit_mb),
+            name="RewardPool-worker",
+            daemon=True,
+        )
+        proc.start()
+        child_conn.close()
+        self.workers.append(_Worker(proc, parent_conn, time.monotonic()))
+        self.started += 1
+        if self.started > self.num_workers:
+            self._count("respawns")
+
+    def _keep_workers(self) -> None:
+        healthy = sum(not w.straggler for w in self.workers)
+        for _ in range(self.num_workers - healthy):
+            self._spawn()
+
+    def _feed(self) -> None:
+        now = time.monotonic()
+        for depth in range(1, self.prefetch + 1):
+            for w in self.workers:
+                if not self.queue:
+                    return
+                if not w.ready or w.straggler or len(w.inflight) >= depth:
+                    continue
+                item = self.queue[0]
+                if w.inflight and len(item.payload) > _PREFETCH_MAX_BYTES:
+                    continue
+                self.queue.popleft()
+                try:
+                    w.conn.send_bytes(item.payload)
+                except OSError:  # the worker just died: the item was not its fault
+                    self.queue.appendleft(item)
+                    continue
+                if not w.inflight:
+                    w.head_since = now
+                w.inflight.append(item)
+
+    def _service(self, w: _Worker) -> None:
+        """Read everything a worker has sent; handle its death."""
+        dead = False
+        try:
+            while w in self.workers and w.conn.poll():
+                msg = pickle.loads(w.conn.recv_bytes())
+                if msg[0] == "score":
+                    self._on_score(w, msg[1], msg[2])
+                elif msg[0] == "ready":
+                    w.ready = True
+                elif msg[0] == "fatal":
+                    raise RuntimeError(f"RewardPool worker failed to start: {msg[1]}")
+        except (EOFError, OSError):
+            dead = True
+        if w in self.workers and (dead or not w.proc.is_alive()):
+            w.proc.join(timeout=1.0)
+            self._retire(w, Reason.CRASH, {"exitcode": w.proc.exitcode})
+
+    def _on_score(self, w: _Worker, key: int, score: Score) -> None:
+        if w.inflight and w.inflight[0].key == key:
+            w.inflight.popleft()
+            w.head_since = time.monotonic()
+        self._deliver(key, score)
+        if w.straggler:  # its slot was already refilled: retire it
+            self._retire(w, None, {})
+
+    def _deliver(self, key: int, score: Score) -> None:
+        item = self.live.pop(key, None)
+        if item is None:
+            return  # already scored (a duplicate after a requeue) or cancelled
+        if item.batch._set(item.index, score):
+            with self.stats_lock:
+                self.counts["scored"] += 1
+                self.counts[Reason(score.reason).value] += 1
+
+    def _retire(self, w: _Worker, blame: Reason | None, details: dict) -> None:
+        """Stop a worker; its current item gets `blame` (if any), the rest are requeued."""
+        if w not in self.workers:
+            return
+        self.workers.remove(w)
+        if blame is not None and w.inflight:
+            head = w.inflight.popleft()
+            self._deliver(head.key, Score(0.0, blame, details))
+        for item in reversed(w.inflight):
+            if item.key in self.live:
+                self.queue.appendleft(item)
+        w.inflight.clear()
+        _kill(w)
+
+    def _check_clocks(self) -> None:
+        now = time.monotonic()
+        for w in list(self.workers):
+            if not w.ready:
+                if now - w.started_at > _STARTUP_TIMEOUT_S:
+                    raise RuntimeError(f"RewardPool worker did not start within {_STARTUP_TIMEOUT_S:.0f} s")
+                continue
+            if not w.inflight:
+                continue
+            busy = now - w.head_since
+            if busy >= self.timeout_s:
+                self._retire(w, Reason.TIMEOUT, {"timeout": "hard", "after_s": round(busy, 3)})
+            elif (self.straggler_s is not None and not w.straggler and busy >= self.straggler_s
+                  and sum(x.straggler for x in self.workers) < self.max_stragglers):
+                self._set_aside(w)
+
+    def _set_aside(self, w: _Worker) -> None:
+        w.straggler = True
+        self._count("stragglers")
+        try:
+            os.setpriority(os.PRIO_PROCESS, w.proc.pid, 19)
+        except OSError:
+            logger.debug("could not renice reward worker %s", w.proc.pid)
+        while len(w.inflight) > 1:
+            item = w.inflight.pop()
+            self.queue.appendleft(item)
+
+    def _next_event_in(self) -> float | None:
+        """Seconds until the next timeout/straggler/start-up deadline (None: nothing to watch)."""
+        now = time.monotonic()
+        deadlines = []
+        for w in self.workers:
+            if not w.ready:
+                deadlines.append(w.started_at + _STARTUP_TIMEOUT_S)
+            elif w.inflight:
+                deadlines.append(w.head_since + self.timeout_s)
+                if self.straggler_s is not None and not w.straggler:
+                    deadlines.append(w.head_since + self.straggler_s)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - now) + 0.001
+
+    def _count(self, key: str) -> None:
+        with self.stats_lock:
+            self.counts[key] += 1
+
+    def _shutdown(self) -> None:
+        for w in self.workers:
+            _kill(w)
+        self.workers.clear()
+        with self.submit_lock:
+            self.accepting = False
+            self._take_inbox()
+        error = self.error or PoolClosed("RewardPool closed before the batch was scored")
+        for item in list(self.live.values()):
+            item.batch._fail(error)
+        self.live.clear()
+        self.queue.clear()
+        self.wake_r.close()
+        self.wake_w.close()
+
+
+def _kill(w: _Worker) -> None:
+    try:
+        w.conn.close()
+    except OSError:
+        pass
+    if w.proc.is_alive():
+        w.proc.kill()
+    w.proc.join(timeout=5.0)
+
+
+def _context(start_method: str) -> Any:
+    if start_method not in ("forkserver", "spawn"):
+        raise ValueError(f"RewardPool start_method must be 'forkserver' or 'spawn' (never 'fork'), got {start_method!r}")
+    ctx = mp.get_context(start_method)
+    if start_method == "forkserver":
+        # Preload math-verify into the forkserver so each worker is a cheap fork of a warm
+        # process. Only effective if the forkserver is not running yet; harmless otherwise.
+        from multiprocessing import forkserver
+
+        current = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
+        main_spec = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None)
+        wanted = ["rewards._preload"]
+        if main_spec and not main_spec.endswith("__main__"):
+            wanted.append(main_spec)  # `python -m pkg.mod`: import the driver's deps once, not per worker
+        ctx.set_forkserver_preload(current + [m for m in wanted if m not in current])
+    return ctx
+
+
+def default_num_workers() -> int:
+    """One worker per CPU this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+class RewardPool:
+    """Score (completion, reference) pairs with `reward_fn` in `num_workers` processes.
+
+    Args:
+        reward_fn: picklable object with `.score(completion, reference) -> Score`.
+        num_workers: healthy worker processes (default: CPUs available to this process).
+        timeout_s: hard wall-clock limit per item; the worker is killed and replaced.
+        soft_timeout_s: in-worker limit (SIGALRM); default `timeout_s - min(0.5, timeout_s / 5)`,
+            so most timeouts cost no respawn. None disables it.
+        straggler_s: after this long on one item a worker is set aside (niced) and replaced so the
+            batch moves on; default `min(1.0, timeout_s / 2)`. None disables.
+        max_stragglers: most workers set aside at once (default `2 * num_workers`).
+        prefetch: items in flight per worker (2 hides the round trip to the dispatcher).
+        memory_limit_mb: address space a worker may add to its start-up footprint (RLIMIT_AS); a
+            memory bomb raises MemoryError inside the worker instead of taking the host down.
+            None: no limit.
+        start_method: "forkserver" (default) or "spawn".
+
+    Use as a context manager or call `close()`; an unreferenced pool is closed by the garbage
+    collector (outstanding batches keep their pool alive until they finish).
+    """
+
+    def __init__(self, reward_fn: Any, num_workers: int | None = None, timeout_s: float = 5.0, *,
+                 soft_timeout_s: float | None | str = "auto", straggler_s: float | None | str = "auto",
+                 max_stragglers: int | None = None, prefetch: int = 2, memory_limit_mb: int | None = 4096,
+                 start_method: str = "forkserver"):
+        if not callable(getattr(reward_fn, "score", None)):
+            raise TypeError(f"reward_fn {reward_fn!r} has no .score(completion, reference) method")
+        try:
+            fn_bytes = pickle.dumps(reward_fn, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TypeError(f"reward_fn must be picklable to run in worker processes: {exc}") from exc
+        num_workers = default_num_workers() if num_workers is None else int(num_workers)
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if soft_timeout_s == "auto":
+            soft_timeout_s = timeout_s - min(0.5, timeout_s / 5)
+        if straggler_s == "auto":
+            straggler_s = min(1.0, timeout_s / 2)
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        self.reward_fn = reward_fn
+        self.num_workers = num_workers
+        self.timeout_s = float(timeout_s)
+        self._keys = itertools.count()
+        self._dispatcher = _Dispatcher(
+            fn_bytes, num_workers, float(timeout_s), soft_timeout_s, straggler_s,
+            2 * num_workers if max_stragglers is None else max_stragglers, prefetch, memory_limit_mb,
+            start_method,
+        )
+        self._finalizer = weakref.finalize(self, _Dispatcher.close, self._dispatcher)
+
+    def submit(self, items: Sequence[tuple[str, str]]) -> BatchHandle:
+        """Queue a batch without blocking; the handle's `result()` returns scores in input order."""
+        d = self._dispatcher
+        batch = BatchHandle(len(items), self)
+        staged = []
+        for index, pair in enumerate(items):
+            completion, reference = pair
+            if not isinstance(completion, str) or not isinstance(reference, str):
+                raise TypeError(f"item {index}: expected (str, str), got ({type(completion).__name__}, "
+                                f"{type(reference).__name__})")
+            key = next(self._keys)
+            payload = pickle.dumps((key, completion, reference), protocol=pickle.HIGHEST_PROTOCOL)
+            staged.append(_Item(key, batch, index, payload))
+        with d.submit_lock:
+            if d.closing or not d.accepting:
+                raise PoolClosed("RewardPool is closed" if d.error is None else f"RewardPool broke: {d.error}")
+            d.inbox.extend(staged)
+        d.wake()
+        return batch
+
+    def score(self, items: Sequence[tuple[str, str]], timeout: float | None = None) -> list[Score]:
+        """Blocking convenience: `submit(items).result(timeout)`."""
+        return self.submit(items).result(timeout)
+
+    def stats(self) -> dict[str, int]:
+        """Cumulative counts: scored, one per Reason value, respawns, stragglers."""
+        return self._dispatcher.stats()
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the current worker processes (for tests and debugging)."""
+        return [w.proc.pid for w in list(self._dispatcher.workers)]
+
+    def close(self) -> None:
+        """Stop the workers; batches still running fail with PoolClosed."""
+        self._finalizer()
+
+    def __enter__(self) -> "RewardPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
