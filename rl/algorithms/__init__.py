@@ -1,0 +1,1 @@
+"""Algorithms as small pure tensor functions: advantages, policy losses, corrections, mismatch."""

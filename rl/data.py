@@ -1,0 +1,167 @@
+"""Datasets and prompts: rows from files, hub names, ../shared/data or the synthetic task,
+rendered into prompt token ids, and the seeded, resumable order in which a run visits them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from rl import synthetic
+from rl.config import ConfigError, DatasetConfig
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str  # the problem text, before the template
+    answer: str  # the reference final answer, for the verifier
+    solution: str | None = None  # a worked solution, for the SFT warm start
+
+
+def shared_data_dir() -> Path | None:
+    """The folder of the bundled data sets: $LOCKSTEP_DATA_DIR, else ../shared/data next to the
+    project (as laid out in development and CI)."""
+    env = os.environ.get("LOCKSTEP_DATA_DIR")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve().parent.parent
+    candidates += [here.parent / "shared" / "data", Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
+    return next((c for c in candidates if c.is_dir()), None)
+
+
+GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.S)
+
+
+def reference_answer(raw: object, answer_format: str, where: str) -> str:
+    text = str(raw).strip()
+    if answer_format == "gsm8k":
+        match = GSM8K_ANSWER.search(text)
+        if not match:
+            raise ConfigError(f"{where}: answer has no final '#### N' line (answer_format=gsm8k); got {text[-80:]!r}")
+        return match.group(1).replace(",", "").strip()
+    return text
+
+
+def _read_rows(cfg: DatasetConfig, where: str) -> list[dict]:
+    source = cfg.source
+    path = Path(source).expanduser()
+    if not path.exists() and not source.startswith(("/", ".")) and (shared := shared_data_dir()):
+        bundled = shared / (source if source.endswith(".jsonl") else f"{source}.jsonl")
+        if bundled.exists():
+            path = bundled
+    if path.exists():
+        if path.suffix == ".jsonl":
+            rows = []
+            with path.open() as f:
+                for lineno, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as e:
+                            raise ConfigError(f"{where}: {path}:{lineno} is not valid JSON ({e.msg})") from None
+            return rows
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            if not isinstance(data, list):
+                raise ConfigError(f"{where}: {path} must hold a JSON list of records")
+            return data
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+        raise ConfigError(f"{where}: {path}: unsupported file type (use .jsonl, .json or .parquet)")
+    if source.startswith(("/", ".", "~")) or source.endswith((".jsonl", ".json", ".parquet")):
+        raise ConfigError(f"{where}: data file {source!r} does not exist (check the path, or set LOCKSTEP_DATA_DIR for bundled sets)")
+    try:  # a dataset name on the hub (or in the local datasets cache)
+        import datasets
+
+        return list(datasets.load_dataset(source, split=cfg.split))
+    except Exception as e:  # noqa: BLE001 - any loader failure is the user's missing dataset
+        raise ConfigError(f"{where}: could not load dataset {source!r} split {cfg.split!r}: {type(e).__name__}: {e}") from None
+
+
+def load_examples(cfg: DatasetConfig, where: str = "data.train") -> list[Example]:
+    """Rows of a dataset as Examples; missing fields raise ConfigError naming the field."""
+    if cfg.source.startswith("synthetic:"):
+        kind = cfg.source.removeprefix("synthetic:")
+        if kind != "arithmetic":
+            raise ConfigError(f"{where}.source: unknown synthetic task {kind!r}; known: arithmetic")
+        try:
+            problems = synthetic.load_split(cfg.split, cfg.limit or cfg.num_examples, cfg.seed)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        return [Example(p.question, p.answer, p.solution) for p in problems]
+    rows = _read_rows(cfg, where)
+    if cfg.limit is not None:
+        rows = rows[: cfg.limit]
+    if not rows:
+        raise ConfigError(f"{where}: dataset {cfg.source!r} is empty")
+    out = []
+    for i, row in enumerate(rows):
+        for key in (cfg.prompt_key, cfg.answer_key):
+            if key not in row:
+                raise ConfigError(
+                    f"{where}: row {i} of {cfg.source!r} has no field {key!r} (fields: {', '.join(map(str, row))}); "
+                    f"set {where}.prompt_key / {where}.answer_key to the dataset's field names"
+                )
+        solution = row.get(cfg.solution_key)
+        out.append(Example(str(row[cfg.prompt_key]), reference_answer(row[cfg.answer_key], cfg.answer_format, f"{where} row {i}"), None if solution is None else str(solution)))
+    return out
+
+
+MATH_TEMPLATE = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+# Named data sets for `lockstep eval --data NAME` and recipes: the bundled files' fields.
+PRESETS = {
+    "arithmetic": DatasetConfig(source="synthetic:arithmetic", split="test", template="Q: {prompt}\nA:", num_examples=1000),
+    "gsm8k": DatasetConfig(source="gsm8k_test", prompt_key="question", answer_key="answer", answer_format="gsm8k", template=MATH_TEMPLATE),
+    "gsm8k_train": DatasetConfig(source="gsm8k_train", prompt_key="question", answer_key="answer", answer_format="gsm8k", template=MATH_TEMPLATE),
+    "math500": DatasetConfig(source="math500_test", prompt_key="problem", answer_key="answer", template=MATH_TEMPLATE),
+    "aime24": DatasetConfig(source="aime24", prompt_key="problem", answer_key="answer", template=MATH_TEMPLATE),
+    "amc23": DatasetConfig(source="amc23", prompt_key="problem", answer_key="answer", template=MATH_TEMPLATE),
+}
+
+
+class PromptRenderer:
+    """Template → (chat template if the tokenizer has one and the recipe wants it) → token ids."""
+
+    def __init__(self, tokenizer, cfg: DatasetConfig):
+        if "{prompt}" not in cfg.template:
+            raise ConfigError("data template must contain '{prompt}'")
+        self.tokenizer, self.cfg = tokenizer, cfg
+        self.chat = cfg.use_chat_template and getattr(tokenizer, "chat_template", None) is not None
+
+    def text(self, example: Example) -> str:
+        body = self.cfg.template.replace("{prompt}", example.prompt)
+        if self.chat:
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True)
+        return body
+
+    def ids(self, example: Example) -> list[int]:
+        return self.tokenizer(self.text(example), add_special_tokens=not self.chat)["input_ids"]
+
+
+class DataOrder:
+    """Seeded epoch-wise permutation: the prompts of step s are a pure function of (seed, s), so
+    a resumed run visits exactly the prompts it would have visited."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+
+    def indices(self, start: int, count: int) -> list[int]:
+        out = []
+        for cursor in range(start, start + count):
+            epoch, offset = divmod(cursor, self.size)
+            out.append(self._permutation(epoch)[offset])
+        return out
+
+    @functools.lru_cache(maxsize=4)
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(self.size))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order

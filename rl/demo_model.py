@@ -1,0 +1,111 @@
+"""The demo's tiny model: a seeded tokenizer and a randomly initialised Qwen2-architecture LM.
+
+`model.path: demo:<name>` in a recipe resolves here. The directory is a normal Hugging Face
+checkpoint (config.json, model.safetensors, tokenizer files) that both vLLM and transformers
+load; it is built once per spec and cached, atomically (built beside, then renamed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rl import synthetic
+
+EOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4  # head_dim 64: a size vLLM's CPU attention supports
+    num_kv_heads: int = 2
+    intermediate_size: int = 688
+    vocab_size: int = 384
+    max_position: int = 512
+    seed: int = 0
+
+
+SPECS = {"arith-tiny": DemoSpec(), "arith-micro": DemoSpec(hidden_size=128, num_layers=2, intermediate_size=344, num_heads=2, num_kv_heads=1)}
+
+
+def resolve(path: str, cache_dir: str) -> Path:
+    """Returns a local checkpoint directory for `demo:<name>`; builds it on first use."""
+    name = path.removeprefix("demo:")
+    if name not in SPECS:
+        raise ValueError(f"model.path {path!r}: unknown demo model; known: {', '.join(SPECS)}")
+    spec = SPECS[name]
+    digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
+    target = Path(cache_dir).expanduser() / "demo" / f"{name}-{digest}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        build(spec, staging)
+        os.replace(staging, target)
+    except OSError:
+        if not (target / "config.json").exists():  # lost no race: a real failure
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def build_tokenizer(spec: DemoSpec, out: Path):
+    """Byte-level BPE trained on the synthetic task's text; digits always stay single tokens
+    (so numbers are spelled digit by digit, which a tiny model learns arithmetic on)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [f"{p.question}\n{p.solution}" for p in synthetic.make_problems(3000, seed=spec.seed + 7)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, bos_token=None)
+    fast.model_max_length = spec.max_position
+    fast.save_pretrained(out)
+    return fast
+
+
+def build(spec: DemoSpec, out: Path) -> None:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = build_tokenizer(spec, out)
+    vocab = len(tokenizer)
+    config = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=spec.max_position,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(spec.seed)
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "generation_config.json").unlink(missing_ok=True)  # no sampling defaults of our own

@@ -1,0 +1,427 @@
+"""The driver: the RL loop. Place actors; loop sample → score → advantage → train → sync →
+evaluate → save. Everything a step does is visible in `Run.step`; the pieces live beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import torch
+
+from rl import checkpoint, demo_model
+from rl.algorithms import advantages as adv
+from rl.algorithms.losses import AGGREGATION_NORMALISERS
+from rl.algorithms.mismatch import mismatch_metrics
+from rl.batch import Sample
+from rl.config import ConfigError, RunConfig, save_resolved, to_dict
+from rl.data import DataOrder, PromptRenderer, load_examples
+from rl.evaluate import evaluate
+from rl.metrics import MetricsLogger, print_progress, progress_line, read_history, sparkline
+from rl.placement import ActorGroup, Placement, connect
+from rl.rewards_config import build_reward_pool
+
+log = logging.getLogger("lockstep.driver")
+
+# The sync probe: a fixed text whose teacher-forced log-probs both engines compute after a sync.
+PROBE_TEXT = "Ann has 23 apples. Ann gets 58 more. How many apples now? 23+58=81. The answer is 81."
+# Largest |Δ log-prob| on the probe that still counts as "same weights" (fp32 engines agree to
+# ~1e-6; half precision needs room for kernel differences, which fast mode allows).
+SYNC_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.05}
+
+
+def resolve_model_path(cfg: RunConfig) -> str:
+    if cfg.model.path.startswith("demo:"):
+        try:
+            return str(demo_model.resolve(cfg.model.path, cfg.model.cache_dir))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return cfg.model.path
+
+
+@dataclass
+class Stage:
+    """A trainer group plus what its engine was built for."""
+
+    trainers: ActorGroup
+    micro_batches: int
+
+
+def start_trainers(cfg: RunConfig, placement: Placement, model_path: str, lr: float, samples_per_step: int, use_reference: bool) -> Stage:
+    from trainer.worker import TrainerRank, free_port, node_ip
+
+    ranks = cfg.trainer.num_ranks
+    per_rank = samples_per_step // ranks
+    micro_batches = math.ceil(per_rank / cfg.trainer.micro_batch_size)
+
+    @ray.remote
+    def rendezvous():
+        return node_ip(), free_port()
+
+    addr, port = ray.get(rendezvous.options(**placement.options(placement.trainer_bundles[0])).remote())
+    actor_cls = ray.remote(TrainerRank)
+    actors = [
+        actor_cls.options(**placement.options(b)).remote(
+            rank, ranks, addr, port, model_path, cfg.model.dtype, to_dict(cfg.trainer), lr, micro_batches, cfg.seed, use_reference
+        )
+        for rank, b in enumerate(placement.trainer_bundles)
+    ]
+    group = ActorGroup(actors)
+    group.call("ping")
+    return Stage(group, micro_batches)
+
+
+def shard(items: list, parts: int) -> list[list]:
+    """Contiguous equal shards (len(items) must divide by parts)."""
+    n = len(items) // parts
+    return [items[i * n : (i + 1) * n] for i in range(parts)]
+
+
+class Run:
+    def __init__(self, cfg: RunConfig, resume: bool | None = None):
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir
+        existing = checkpoint.latest(self.run_dir)
+        if resume is True and existing is None:
+            raise ConfigError(f"--resume: {self.run_dir} has no complete checkpoint to resume from")
+        self.resume_from = existing if resume is not False else None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, self.run_dir / "config.yaml")
+        self.base_model = resolve_model_path(cfg)
+
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base_model, trust_remote_code=cfg.model.trust_remote_code)
+        self.train_set = load_examples(cfg.data.train, "data.train")
+        eval_cfg = cfg.data.eval
+        self.eval_set = load_examples(eval_cfg, "data.eval")[: cfg.schedule.eval_limit] if eval_cfg else []
+        self.renderer = PromptRenderer(self.tokenizer, cfg.data.train)
+        self.eval_renderer = PromptRenderer(self.tokenizer, eval_cfg) if eval_cfg else None
+        self.order = DataOrder(len(self.train_set), cfg.seed, cfg.data.shuffle)
+        self.probe_ids = self.tokenizer(PROBE_TEXT)["input_ids"]
+        self.samples_per_step = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+
+    # ----------------------------------------------------------------------------------------
+    # The loop
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        where = connect(cfg.ray.address)
+        print_progress(f"lockstep: run {cfg.name} in {self.run_dir} (Ray: {where})")
+        self.rewards = build_reward_pool(cfg.reward)
+        self.placement = Placement(cfg)
+        state = checkpoint.load_state(self.resume_from) if self.resume_from else None
+        policy = str(self.resume_from / checkpoint.HF_DIR) if state else self.warm_start()
+        self.stage = start_trainers(cfg, self.placement, policy, cfg.trainer.lr, self.samples_per_step // cfg.trainer.num_minibatches, cfg.algorithm.kl_coef > 0)
+        if state:
+            self.stage.trainers.call("load_checkpoint", str(self.resume_from / checkpoint.ENGINE_DIR))
+        self.rollout = self.start_rollout(policy)
+        self.step, self.cursor = (state["step"], state["cursor"]) if state else (0, 0)
+        self.saved_step = self.step if state else None
+        self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=self.step if state else None, config_dict=to_dict(cfg))
+        if state:
+            print_progress(f"resumed from {self.resume_from} at step {self.step}")
+        else:
+            self.log_eval(0)
+        while self.step < cfg.schedule.steps:
+            self.step += 1
+            metrics = self.rl_step()
+            if self.should(cfg.schedule.eval_every) or self.step == cfg.schedule.steps:
+                metrics.update(self.run_eval())
+            self.metrics.log(self.step, metrics)
+            print_progress(progress_line(self.step, cfg.schedule.steps, metrics))
+            if self.should(cfg.schedule.save_every):
+                self.save()
+        if self.saved_step != self.step:
+            self.save()
+        summary = self.summary()
+        self.shutdown()
+        return summary
+
+    def rl_step(self) -> dict[str, float]:
+        cfg, timings = self.cfg, {}
+        t = time.time()
+        idx = self.order.indices(self.cursor, cfg.rollout.prompts_per_step)
+        self.cursor += len(idx)
+        samples, answers = self.generate(idx)
+        timings["rollout"] = time.time() - t
+        rollout_wall = timings["rollout"]
+        # Trainer log-probs run while the verifiers score (they need no rewards).
+        t = time.time()
+        reward_handle = self.rewards.submit([(s.text, a) for s, a in zip(samples, answers)])
+        trainer_logps = self.trainer_logprobs(samples)
+        timings["logprobs"] = time.time() - t
+        t = time.time()
+        scores = reward_handle.result()
+        timings["reward"] = time.time() - t
+        for s, score in zip(samples, scores):
+            s.reward, s.reward_reason = float(score.value), str(score.reason)
+        metrics = self.reward_metrics(samples)
+        metrics.update(self.mismatch(samples, trainer_logps))
+        train_samples, old_logps = self.select_and_advantage(samples, trainer_logps, metrics)
+        t = time.time()
+        if train_samples:
+            metrics.update(self.update_policy(train_samples, old_logps))
+        timings["train"] = time.time() - t
+        t = time.time()
+        metrics.update(self.sync_weights())
+        timings["sync"] = time.time() - t
+        metrics["data/cursor"] = float(self.cursor)
+        metrics.update({f"time/{k}": v for k, v in timings.items()})
+        metrics["time/step"] = sum(timings.values())
+        metrics["throughput/rollout_tokens_per_s"] = sum(len(s.completion_ids) for s in samples) / max(rollout_wall, 1e-9)
+        return metrics
+
+    # ----------------------------------------------------------------------------------------
+    # Pieces of a step
+
+    def generate(self, idx: list[int]) -> tuple[list[Sample], list[str]]:
+        cfg = self.cfg.rollout
+        prompts = [self.renderer.ids(self.train_set[i]) for i in idx]
+        parts = min(len(self.rollout.actors), len(prompts))
+        bounds = [round(k * len(prompts) / parts) for k in range(parts + 1)]
+        calls = [(prompts[bounds[k] : bounds[k + 1]], cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k) for k in range(parts)]
+        outputs = [group for part in ray.get([a.generate.remote(*c) for a, c in zip(self.rollout.actors, calls)]) for group in part]
+        samples, answers = [], []
+        for p, (i, prompt, group) in enumerate(zip(idx, prompts, outputs)):
+            for c in group:
+                samples.append(Sample(p, prompt, c["ids"], c["logprobs"], c["finish_reason"], c["text"]))
+                answers.append(self.train_set[i].answer)
+        return samples, answers
+
+    def trainer_logprobs(self, samples: list[Sample]) -> list[tuple[list[float], list[float]]]:
+        ranks = self.cfg.trainer.num_ranks
+        padded = samples + [samples[-1]] * (-len(samples) % ranks)
+        parts = self.stage.trainers.call_each("compute_logprobs", [(part, self.cfg.rollout.temperature) for part in shard(padded, ranks)])
+        return [row for part in parts for row in part][: len(samples)]
+
+    def mismatch(self, samples: list[Sample], trainer_logps) -> dict[str, float]:
+        a = torch.tensor([x for s in samples for x in s.rollout_logprobs], dtype=torch.float32)
+        b = torch.tensor([x for lp, _ in trainer_logps for x in lp], dtype=torch.float32)
+        pos = torch.tensor([j for s in samples for j in range(len(s.completion_ids))])
+        out = mismatch_metrics(a, b, torch.ones_like(a, dtype=torch.bool), pos)
+        ent = [x for _, e in trainer_logps for x in e]
+        if ent:
+            out["policy/entropy"] = sum(ent) / len(ent)
+        records = [
+            {"step": self.step, "sample": n, "position": j, "token": tok, "rollout_logprob": s.rollout_logprobs[j], "trainer_logprob": lp[j], "entropy": e[j] if e else None}
+            for n, (s, (lp, e)) in enumerate(zip(samples, trainer_logps))
+            for j, tok in enumerate(s.completion_ids)
+        ]
+        self.metrics.token_records(self.step, records, self.cfg.seed)
+        return out
+
+    def reward_metrics(self, samples: list[Sample]) -> dict[str, float]:
+        rewards = [s.reward for s in samples]
+        lengths = [len(s.completion_ids) for s in samples]
+        out = {
+            "reward/mean": sum(rewards) / len(rewards),
+            "reward/max": max(rewards),
+            "reward/min": min(rewards),
+            "response/length_mean": sum(lengths) / len(lengths),
+            "response/truncated_frac": sum(s.truncated for s in samples) / len(samples),
+        }
+        for reason in {s.reward_reason for s in samples}:
+            out[f"reward/reason_{reason}"] = float(sum(s.reward_reason == reason for s in samples))
+        for k, v in self.rewards.stats().items():
+            out[f"reward_pool/{k}"] = float(v)
+        return out
+
+    def select_and_advantage(self, samples: list[Sample], trainer_logps, metrics: dict) -> tuple[list[Sample], list[list[float]]]:
+        """Overlong handling, group advantages, dynamic sampling; then pads to the configured
+        sample count with zero-weight samples so every rank runs the same micro-batches."""
+        cfg, algo = self.cfg, self.cfg.algorithm
+        G = cfg.rollout.group_size
+        for s in samples:
+            if s.truncated and algo.overlong == "penalty":
+                s.reward -= algo.overlong_penalty
+            if s.truncated and algo.overlong == "filter":
+                s.weight = 0.0
+        rewards = torch.tensor([s.reward for s in samples])
+        advantages = adv.grpo_advantages(rewards, G, algo.std_normalize)
+        for s, a in zip(samples, advantages.tolist()):
+            s.advantage = a
+        old = [lp for lp, _ in trainer_logps] if algo.old_logprobs == "recompute" else [s.rollout_logprobs for s in samples]
+        keep = adv.informative_groups(rewards, G) if algo.dynamic_sampling else torch.ones(len(samples) // G, dtype=torch.bool)
+        metrics["advantage/informative_group_frac"] = adv.informative_groups(rewards, G).float().mean().item()
+        chosen = [i for i in range(len(samples)) if keep[i // G]]
+        metrics["train/samples"] = float(len(chosen))
+        if not chosen:
+            log.warning("step %d: no informative group; skipping the update", self.step)
+            metrics["train/skipped"] = 1.0
+            return [], []
+        train, old_sel = [samples[i] for i in chosen], [old[i] for i in chosen]
+        while len(train) < self.samples_per_step:  # keep micro-batch counts fixed across ranks
+            filler = Sample(**{**samples[chosen[0]].__dict__, "weight": 0.0})
+            train.append(filler)
+            old_sel.append(old[chosen[0]])
+        metrics["train/padding_samples"] = float(self.samples_per_step - len(chosen))
+        return train, old_sel
+
+    def update_policy(self, samples: list[Sample], old_logps: list[list[float]]) -> dict[str, float]:
+        cfg, ranks = self.cfg, self.cfg.trainer.num_ranks
+        ref = None
+        if cfg.algorithm.kl_coef > 0:
+            parts = self.stage.trainers.call_each("reference_logprobs", [(p, cfg.rollout.temperature) for p in shard(samples, ranks)])
+            ref = [row for part in parts for row in part]
+        normaliser_fn = AGGREGATION_NORMALISERS[cfg.algorithm.loss_aggregation]
+        totals: dict[str, float] = {}
+        mb = len(samples) // cfg.trainer.num_minibatches
+        for m in range(cfg.trainer.num_minibatches):
+            rows = list(range(m * mb, (m + 1) * mb))
+            batch = [samples[i] for i in rows]
+            lengths = [len(s.completion_ids) if s.weight > 0 else 0 for s in batch]
+            normaliser = normaliser_fn(lengths, cfg.rollout.max_new_tokens)
+            args = []
+            for part in shard(rows, ranks):
+                args.append(([samples[i] for i in part], [old_logps[i] for i in part], None if ref is None else [ref[i] for i in part], normaliser, to_dict(cfg.algorithm), cfg.rollout.temperature))
+            for result in self.stage.trainers.call_each("train_step", args):
+                for k, v in result.items():
+                    totals[k] = totals.get(k, 0.0) + v
+        tokens = max(totals.get("tokens", 0.0), 1.0)
+        n_results = ranks * cfg.trainer.num_minibatches
+        return {
+            "train/loss": totals["loss"] / cfg.trainer.num_minibatches,
+            "train/pg_loss_per_token": totals["pg_loss"] / tokens,
+            "train/kl_per_token": totals["kl"] / tokens,
+            "train/entropy_per_token": totals["entropy"] / tokens,
+            "train/clip_frac": totals["clip_frac"] / tokens,
+            "train/correction_weight_mean": totals["correction_weight"] / tokens,
+            "train/grad_norm": totals["grad_norm"] / n_results,
+            "train/lr": totals["lr"] / n_results,
+        }
+
+    def sync_weights(self) -> dict[str, float]:
+        """Bucketed transfer trainer → every rollout engine, then verified: the engines' log-probs
+        on the probe must equal the trainer's within the dtype's tolerance. A sync that did not
+        take is an error, never a silent skip."""
+        version = self.step
+        buckets = self.stage.trainers.call("weight_buckets", self.cfg.trainer.sync_bucket_mib)[0]
+        results = self.rollout.call("update_weights", buckets, version)
+        trainer_probe = self.stage.trainers.call("probe_logprobs", self.probe_ids)[0]
+        worst = 0.0
+        for engine_probe in self.rollout.call("prompt_logprobs", self.probe_ids):
+            worst = max(worst, max(abs(x - y) for x, y in zip(trainer_probe, engine_probe)))
+        tolerance = SYNC_TOLERANCE[self.cfg.model.dtype]
+        if not worst <= tolerance:
+            raise RuntimeError(
+                f"weight sync to version {version} failed verification: probe |Δ log-prob| = {worst:.3g} > {tolerance} "
+                "(the rollout engine is not running the trainer's weights)"
+            )
+        return {"sync/probe_max_abs_diff": worst, "sync/buckets": float(len(buckets)), "sync/bytes": float(results[0]["bytes"]), "sync/version": float(version)}
+
+    # ----------------------------------------------------------------------------------------
+    # Evaluation, checkpoints, start-up, summary
+
+    def should(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    def run_eval(self) -> dict[str, float]:
+        if not self.eval_set:
+            return {}
+        s = self.cfg.schedule
+        prompts = [self.eval_renderer.ids(e) for e in self.eval_set]
+        result = evaluate(self.rollout_generate, self.rewards.score, prompts, [e.answer for e in self.eval_set], s.eval_samples, self.cfg.rollout.max_new_tokens, s.eval_temperature)
+        (self.run_dir / "eval").mkdir(exist_ok=True)
+        (self.run_dir / "eval" / f"step_{self.step:06d}.json").write_text(json.dumps({"step": self.step, **result.metrics, "problems": result.per_problem[:50]}, indent=1))
+        return result.metrics
+
+    def log_eval(self, step: int) -> None:
+        metrics = self.run_eval()
+        if metrics:
+            self.metrics.log(step, metrics)
+            print_progress(f"step {step:>4}/{self.cfg.schedule.steps} | eval accuracy {metrics['eval/accuracy']:.3f} on {int(metrics['eval/num_problems'])} held-out problems")
+
+    def rollout_generate(self, prompts, n, max_tokens, temperature):
+        workers = self.rollout.actors
+        parts = max(1, min(len(workers), len(prompts)))
+        bounds = [round(k * len(prompts) / parts) for k in range(parts + 1)]
+        futures = [w.generate.remote(prompts[bounds[k] : bounds[k + 1]], n, max_tokens, temperature) for k, w in enumerate(workers[:parts])]
+        return [g for part in ray.get(futures) for g in part]
+
+    def save(self) -> None:
+        partial = checkpoint.partial_dir(self.run_dir, self.step)
+        self.stage.trainers.call("save_checkpoint", str(partial / checkpoint.ENGINE_DIR))
+        self.stage.trainers.call("export_hf", str(partial / checkpoint.HF_DIR), self.base_model)
+        state = {"step": self.step, "cursor": self.cursor, "weights_version": self.step, "config": to_dict(self.cfg)}
+        final = checkpoint.commit(self.run_dir, self.step, partial, state, self.cfg.schedule.keep_last)
+        self.saved_step = self.step
+        print_progress(f"saved checkpoint {final}")
+
+    def start_rollout(self, model_path: str) -> ActorGroup:
+        from rollout.worker import RolloutWorker
+
+        actor_cls = ray.remote(RolloutWorker)
+        actors = [actor_cls.options(**self.placement.options(b)).remote(model_path, self.cfg.model.dtype, to_dict(self.cfg.rollout), self.cfg.seed + k) for k, b in enumerate(self.placement.rollout_bundles)]
+        group = ActorGroup(actors)
+        group.call("info")
+        return group
+
+    def warm_start(self) -> str:
+        """The SFT stage (if the recipe has one): same trainer, its own engine; the result is an
+        HF export under <run_dir>/sft that the RL stage starts from. Reused if already there."""
+        sft = self.cfg.sft
+        out = self.run_dir / "sft" / "hf"
+        if sft.steps == 0:
+            return self.base_model
+        if (out / "config.json").exists():
+            print_progress(f"SFT warm start: reusing {out}")
+            return str(out)
+        with_solution = [e for e in self.train_set if e.solution]
+        if not with_solution:
+            raise ConfigError(f"sft.steps={sft.steps} but data.train has no '{self.cfg.data.train.solution_key}' field with worked solutions")
+        ranks = self.cfg.trainer.num_ranks
+        batch = sft.batch_size - sft.batch_size % ranks or ranks
+        stage = start_trainers(self.cfg, self.placement, self.base_model, sft.lr, batch, use_reference=False)
+        eos = self.tokenizer.eos_token or ""
+        order = DataOrder(len(with_solution), self.cfg.seed + 1, True)
+        t = time.time()
+        for step in range(sft.steps):
+            examples = [with_solution[i] for i in order.indices(step * batch, batch)]
+            prompts = [self.renderer.ids(e) for e in examples]
+            targets = [self.tokenizer(" " + e.solution + eos, add_special_tokens=False)["input_ids"] for e in examples]
+            losses = stage.trainers.call_each("sft_step", list(zip(shard(prompts, ranks), shard(targets, ranks))))
+            if (step + 1) % max(1, sft.steps // 10) == 0 or step + 1 == sft.steps:
+                print_progress(f"sft step {step + 1:>4}/{sft.steps} | loss {sum(losses) / len(losses):.3f} | {time.time() - t:.0f}s")
+        partial = out.parent / "hf.partial"
+        stage.trainers.call("export_hf", str(partial), self.base_model)
+        partial.rename(out)
+        stage.trainers.kill()
+        return str(out)
+
+    def summary(self) -> dict:
+        history = read_history(self.run_dir)
+        rewards = [h["reward/mean"] for h in history if "reward/mean" in h]
+        evals = [(h["step"], h["eval/accuracy"]) for h in history if "eval/accuracy" in h]
+        out = {
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(checkpoint.latest(self.run_dir)),
+            "steps": self.step,
+            "reward_first": rewards[0] if rewards else None,
+            "reward_last": rewards[-1] if rewards else None,
+            "eval_before": evals[0][1] if evals else None,
+            "eval_after": evals[-1][1] if evals else None,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(out, indent=1))
+        lines = [
+            "",
+            f"== lockstep run {self.cfg.name}: {self.step} steps ==",
+            f"mean reward per step  {sparkline(rewards)}  ({out['reward_first']:.3f} → {out['reward_last']:.3f})" if rewards else "no RL steps",
+        ]
+        if evals:
+            lines.append(f"held-out accuracy     {out['eval_before']:.3f} (step {evals[0][0]}) → {out['eval_after']:.3f} (step {evals[-1][0]}) on {len(self.eval_set)} problems")
+        lines += [f"run directory         {self.run_dir}", f"metrics               {self.run_dir / 'metrics.jsonl'} (TensorBoard: {self.run_dir / 'tensorboard'})", f"latest checkpoint     {out['checkpoint']}"]
+        print_progress("\n".join(lines))
+        return out
+
+    def shutdown(self) -> None:
+        self.metrics.close()
+        self.rewards.close()
+        self.stage.trainers.kill()
+        self.rollout.kill()
+        self.placement.remove()

@@ -1,0 +1,95 @@
+"""Per-token log-probs of sampled completions under the training model, in fp32.
+
+Alignment rule (DESIGN.md §4): the LM head's logits and the log-softmax are computed in fp32
+whatever the model's dtype, and over the raw logits divided by the sampling temperature — the
+same quantity the rollout engine reports (`processed_logprobs`, which equals the raw log-probs
+at temperature 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PackedBatch:
+    """Right-padded prompt+completion sequences and the completion-token view of them.
+
+    input_ids, attention_mask: [B, L]; completion_ids, completion_mask: [B, Tc] where token j
+    of sample b's completion sits at position prompt_len[b] + j of its sequence."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_lens: torch.Tensor  # [B]
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+
+
+def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int = 0) -> PackedBatch:
+    if len(prompts) != len(completions) or not prompts:
+        raise ValueError("pack needs one completion per prompt and at least one sample")
+    lengths = [len(p) + len(c) for p, c in zip(prompts, completions)]
+    B, L = len(prompts), max(lengths)
+    Tc = max(1, max(len(c) for c in completions))
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, L), dtype=torch.long)
+    completion_ids = torch.full((B, Tc), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((B, Tc), dtype=torch.float32)
+    for b, (p, c) in enumerate(zip(prompts, completions)):
+        seq = list(p) + list(c)
+        input_ids[b, : len(seq)] = torch.tensor(seq)
+        attention_mask[b, : len(seq)] = 1
+        if c:
+            completion_ids[b, : len(c)] = torch.tensor(c)
+            completion_mask[b, : len(c)] = 1
+    prompt_lens = torch.tensor([len(p) for p in prompts])
+    return PackedBatch(input_ids, attention_mask, prompt_lens, completion_ids, completion_mask)
+
+
+def use_fp32_lm_head(model: torch.nn.Module) -> None:
+    """Makes the model's LM head return fp32 logits from fp32 accumulation.
+
+    The head module keeps its own forward call (so ZeRO-3's gather hooks still fire on it) but
+    computes `h.float() @ W.float()ᵀ`: bf16 inputs are exact in fp32, so this is the
+    "reads bf16, accumulates and returns fp32" GEMM of the alignment rules."""
+    head = model.get_output_embeddings()
+
+    def forward(hidden: torch.Tensor) -> torch.Tensor:
+        bias = None if head.bias is None else head.bias.float()
+        return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+
+    head.forward = forward
+
+
+def completion_hidden_index(batch: PackedBatch) -> torch.Tensor:
+    """[B, Tc] positions whose output predicts each completion token: prompt_len − 1 + j."""
+    Tc = batch.completion_ids.shape[1]
+    idx = batch.prompt_lens[:, None] - 1 + torch.arange(Tc)[None, :]
+    return idx.clamp(max=batch.input_ids.shape[1] - 1)
+
+
+def token_logprobs(model: torch.nn.Module, batch: PackedBatch, temperature: float = 1.0, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Returns (logp [B, Tc] fp32, entropy [B, Tc] fp32 or None); padded positions hold 0.
+
+    Only the completion positions go through the LM head, in fp32 (the hidden state is read in
+    the model dtype and the GEMM accumulates and returns fp32)."""
+    device = next(model.parameters()).device
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    hidden = backbone(
+        input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)
+    ).last_hidden_state  # [B, L, d]
+    index = completion_hidden_index(batch).to(device)
+    h = torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, Tc, d]
+    logits = model.get_output_embeddings()(h)  # fp32: see use_fp32_lm_head
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    targets = batch.completion_ids.to(device)
+    logp = torch.gather(logp_all, -1, targets[..., None])[..., 0]
+    mask = batch.completion_mask.to(device)
+    entropy = None
+    if with_entropy:
+        entropy = -(logp_all.exp() * logp_all).sum(-1) * mask
+    return logp * mask, entropy
