@@ -80,14 +80,55 @@ if HAS_TRITON:
         c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
+    @triton.jit
+    def _fp8_gemm_tma_kernel(
+        a_desc, b_desc, c_ptr, as_ptr, bs_ptr,
+        M, N, K,
+        stride_cm, stride_asm, stride_ask, stride_bsn, stride_bsk,
+        B_BLOCK_SCALED: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
+        WARP_SPECIALIZE: tl.constexpr,
+    ):
+        # Same math as _fp8_gemm_kernel; operands arrive through TMA descriptors (Hopper's
+        # bulk tensor copy engine), which zero-fill out-of-bounds rows and the K tail.
+        BLOCK_K: tl.constexpr = 128
+        pid = tl.program_id(0)
+        num_pid_m = tl.cdiv(M, BLOCK_M)
+        num_pid_n = tl.cdiv(N, BLOCK_N)
+        group = GROUP_M * num_pid_n
+        first_m = (pid // group) * GROUP_M
+        group_m = min(num_pid_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % group) % group_m
+        pid_n = (pid % group) // group_m
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        rm = off_m + tl.arange(0, BLOCK_M)
+        rn = off_n + tl.arange(0, BLOCK_N)
+        as_ptrs = as_ptr + tl.minimum(rm, M - 1) * stride_asm
+        if B_BLOCK_SCALED:
+            bs_ptrs = bs_ptr + (tl.minimum(rn, N - 1) // 128) * stride_bsn
+        else:
+            bs_ptrs = bs_ptr + tl.minimum(rn, N - 1) * stride_bsn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for kb in tl.range(0, tl.cdiv(K, BLOCK_K), warp_specialize=WARP_SPECIALIZE):
+            a = a_desc.load([off_m, kb * BLOCK_K])
+            b = b_desc.load([off_n, kb * BLOCK_K])
+            sa = tl.load(as_ptrs + kb * stride_ask)
+            sb = tl.load(bs_ptrs + kb * stride_bsk)
+            part = tl.dot(a, b.T)
+            acc += part * (sa[:, None] * sb[None, :])
+        c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). Chosen from M only when batch_invariant is off;
-# the per-element arithmetic does not depend on the tile shape (K order is fixed), which the
-# GPU benchmark verifies bitwise, but strict mode pins one config anyway.
-_CONFIG_LARGE = (128, 128, 8, 4)
-_CONFIG_SMALL_M = (64, 128, 4, 4)
-_CONFIG_INVARIANT = (128, 128, 8, 4)
-_CONFIG_INTERPRET = (32, 32, 4, 1)
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, kind); kind: "ptr" (pointer loads), "tma" (TMA
+# descriptors), "tma_ws" (TMA + Triton's automatic warp specialization). Chosen from M only when
+# batch_invariant is off; the per-element arithmetic does not depend on the tile shape (fixed K
+# order), which the GPU benchmark verifies bitwise, but strict mode pins one config anyway.
+_CONFIG_LARGE = (128, 128, 8, 4, "ptr")
+_CONFIG_SMALL_M = (64, 128, 4, 4, "ptr")
+_CONFIG_INVARIANT = (128, 128, 8, 4, "ptr")
+_CONFIG_INTERPRET = (32, 32, 4, 1, "ptr")
 
 
 def _pick_config(m: int, n: int, on_cpu: bool, batch_invariant: bool):
@@ -134,12 +175,12 @@ def fp8_gemm(
     *,
     batch_invariant: bool = False,
     backend: str | None = None,
-    config: tuple[int, int, int, int] | None = None,
+    config: tuple[int, int, int, int, str] | None = None,
 ) -> torch.Tensor:
     """``(aq·a_scale) @ (bq·b_scale)ᵀ`` → [M, N] out_dtype (see the module docstring for shapes).
 
     batch_invariant pins one tile configuration for every M (strict mode). ``config`` overrides
-    the (BLOCK_M, BLOCK_N, num_warps, num_stages) choice (benchmarks).
+    the (BLOCK_M, BLOCK_N, num_warps, num_stages, kind) choice (benchmarks).
     """
     _validate(aq, a_scale, bq, b_scale, out_dtype)
     if pick_backend("fp8_gemm", aq, backend) == "torch":
@@ -147,16 +188,30 @@ def fp8_gemm(
     m, k = aq.shape
     n = bq.shape[0]
     b_block = b_scale.shape[0] != n or n == 1
-    bm, bn, warps, stages = config or _pick_config(m, n, not aq.is_cuda, batch_invariant)
+    bm, bn, warps, stages, kind = config or _pick_config(m, n, not aq.is_cuda, batch_invariant)
     c = torch.empty(m, n, dtype=out_dtype, device=aq.device)
     grid = (_cdiv(m, bm) * _cdiv(n, bn),)
-    _fp8_gemm_kernel[grid](
-        aq, bq, c, a_scale, b_scale, m, n, k,
-        aq.stride(0), bq.stride(0), c.stride(0),
-        a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
-        B_BLOCK_SCALED=b_block, BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8, EVEN_K=(k % BLOCK == 0),
-        num_warps=warps, num_stages=stages,
-    )
+    scale_args = (a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1))
+    if kind == "ptr":
+        _fp8_gemm_kernel[grid](
+            aq, bq, c, a_scale, b_scale, m, n, k, aq.stride(0), bq.stride(0), c.stride(0),
+            *scale_args, B_BLOCK_SCALED=b_block, BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8,
+            EVEN_K=(k % BLOCK == 0), num_warps=warps, num_stages=stages,
+        )
+    elif kind in ("tma", "tma_ws"):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        if k % 16 or aq.stride(0) % 16 or bq.stride(0) % 16:
+            raise ValueError("TMA GEMM needs K and the row strides to be multiples of 16 bytes")
+        a_desc = TensorDescriptor.from_tensor(aq, [bm, BLOCK])
+        b_desc = TensorDescriptor.from_tensor(bq, [bn, BLOCK])
+        _fp8_gemm_tma_kernel[grid](
+            a_desc, b_desc, c, a_scale, b_scale, m, n, k, c.stride(0), *scale_args,
+            B_BLOCK_SCALED=b_block, BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8,
+            WARP_SPECIALIZE=(kind == "tma_ws"), num_warps=warps, num_stages=stages,
+        )
+    else:
+        raise ValueError(f"unknown GEMM kernel kind {kind!r}")
     return c
 
 

@@ -58,10 +58,13 @@ if HAS_TRITON:
         v = tl.math.div_rn(x, scale)
         v = tl.minimum(tl.maximum(v, -448.0), 448.0)
         # Quantum of e4m3 at |v|: 2^(e-3) for e = floor(log2|v|) ≥ -6, 2^-9 below (subnormals).
-        e = ((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
-        e = tl.maximum(e, -6)
+        # Round |v| (so values rounding to zero keep their sign, as in PyTorch) and OR the sign back.
+        vbits = v.to(tl.int32, bitcast=True)
+        a = tl.abs(v)
+        e = tl.maximum(((vbits >> 23) & 0xFF) - 127, -6)
         magic = (((e + 20 + 127) << 23) | 0x00400000).to(tl.float32, bitcast=True)  # 1.5·2^(e+20)
-        r = (v + magic) - magic  # fp32 adds round to nearest even at the e4m3 quantum
+        r = (a + magic) - magic  # fp32 adds round to nearest even at the e4m3 quantum
+        r = (r.to(tl.int32, bitcast=True) | (vbits & -2147483648)).to(tl.float32, bitcast=True)
         return r.to(tl.float8e4nv)
 
     @triton.jit

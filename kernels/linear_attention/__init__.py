@@ -33,6 +33,12 @@ from .decay import alibi_slopes, layer_decay, layer_factor
 from .naive import naive_recurrence
 from .recurrent import recurrent_torch
 
+try:  # the Triton kernels; imported here (not lazily) so that the submodule name ``chunk``
+    # never shadows the function ``chunk`` defined below.  CPU-only installs may lack triton.
+    from . import chunk as _triton_chunk
+except ImportError:  # pragma: no cover
+    _triton_chunk = None
+
 __all__ = ["chunk", "recurrent", "alibi_slopes", "layer_decay", "layer_factor",
            "naive_recurrence", "CHUNK_SIZE"]
 
@@ -48,9 +54,7 @@ def _backend(x: torch.Tensor, backend: str, allow_fp64: bool) -> str:
     if backend == "auto":
         backend = "triton" if x.is_cuda else "torch"
     if backend == "triton":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
+        if _triton_chunk is None:
             if x.is_cuda and "triton" not in _warned:
                 _warned.add("triton")
                 _log.warning("linear_attention: triton is not installed; CUDA tensors run the "
@@ -140,9 +144,7 @@ def chunk(q, k, v, decay, scale=None, initial_state=None, cu_seqlens=None,
         scale = D ** -0.5
     if be == "torch":
         return chunk_torch(q, k, v, decay, scale, initial_state, cu_seqlens, output_final_state)
-    from .chunk import ChunkFunction  # lazy: triton is only needed here
-
-    return ChunkFunction.apply(q.contiguous(), k.contiguous(), v.contiguous(),
+    return _triton_chunk.ChunkFunction.apply(q.contiguous(), k.contiguous(), v.contiguous(),
                                decay.float().contiguous(), float(scale),
                                None if initial_state is None else initial_state.contiguous(),
                                cu_seqlens, output_final_state)

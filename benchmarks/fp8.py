@@ -1,0 +1,399 @@
+"""Benchmark and GPU correctness check for kernels/fp8 and kernels/lm_head (issue kernels/fp8).
+
+Run on a CUDA machine:  python benchmarks/fp8.py [--out DIR]
+Smoke run on CPU (correctness section only, tiny sizes, Triton interpreter):
+    TRITON_INTERPRET=1 python benchmarks/fp8.py --smoke
+
+Prints, with the device and the anchors measured in the same run:
+1. correctness vs float64 references (quantize bitwise vs the PyTorch path, GEMM error,
+   batch invariance across M and tile configs, FP8Linear gradients, token log-probs);
+2. GEMM TFLOP/s: bf16 torch.matmul, torch._scaled_mm tensorwise and rowwise (cuBLAS), ours;
+3. quantization / fused norm+quant / SwiGLU+quant bandwidth ÷ measured copy bandwidth;
+4. FP8Linear forward+backward vs bf16 nn.Linear at 8192 tokens, 2048 → 5120;
+5. token_logprobs (fp32 logits + log-prob gather, chunked) vs the naive fp32 path at V=157184.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from kernels.fp8 import (  # noqa: E402
+    FP8Linear,
+    fp8_gemm,
+    quantize_act,
+    quantize_act_both,
+    quantize_act_t,
+    quantize_weight,
+    rmsnorm_quant,
+    silu_mul_quant,
+)
+from kernels.fp8 import reference as R  # noqa: E402
+from kernels.lm_head import logits_fp32, token_logprobs, token_logprobs_ref  # noqa: E402
+
+GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, kind)
+    (128, 128, 8, 4, "ptr"), (128, 256, 8, 3, "ptr"), (64, 128, 4, 4, "ptr"),
+    (128, 128, 8, 4, "tma"), (128, 256, 8, 3, "tma"), (64, 128, 4, 4, "tma"), (128, 128, 4, 4, "tma"),
+    (128, 128, 8, 4, "tma_ws"), (128, 256, 8, 3, "tma_ws"), (128, 128, 4, 3, "tma_ws"),
+]
+LOGITS_CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+    (128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4), (128, 256, 64, 8, 4),
+]
+ROWS: list[str] = []
+RESULTS: dict = {}
+
+
+def say(line: str = "") -> None:
+    print(line, flush=True)
+    ROWS.append(line)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def bits_equal_frac(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.dtype == torch.float8_e4m3fn:
+        a, b = a.view(torch.uint8), b.view(torch.uint8)
+    return (a == b).float().mean().item()
+
+
+def outlier_randn(*shape, device, dtype=torch.bfloat16, scale=1.0):
+    x = torch.randn(*shape, device=device) * scale
+    # sparse large outliers (×50) and a few exactly-zero 1×128 tiles
+    mask = torch.rand(*shape, device=device) < 1e-3
+    x = torch.where(mask, x * 50, x)
+    return x.to(dtype)
+
+
+# ----------------------------------------------------------------------------- correctness
+
+
+def check_correctness(dev: str, smoke: bool) -> None:
+    say("## correctness (vs PyTorch path bitwise / float64 reference)")
+    be = "triton"
+    m, k, n = (200, 300, 260) if smoke else (1000, 1500, 700)
+    x = outlier_randn(m, k, device=dev)
+    x[:, 128:256] = 0  # all-zero tiles
+    w = outlier_randn(n, k, device=dev, dtype=torch.float32)
+    for p2 in (False, True):
+        q, s = quantize_act(x, p2, backend=be)
+        qr, sr = R.quantize_act_ref(x, p2)
+        q2, s2, qt, st = quantize_act_both(x, p2, backend=be)
+        qtr, str_ = R.quantize_act_t_ref(x, p2)
+        wq, ws = quantize_weight(w, p2, backend=be)
+        wqr, wsr = R.quantize_weight_ref(w, p2)
+        say(f"quantize pow2={p2}: act q/s bitwise {bits_equal_frac(q, qr):.6f}/{bits_equal_frac(s, sr):.6f}"
+            f"  both {bits_equal_frac(q2, qr):.6f}/{bits_equal_frac(qt, qtr):.6f}/{bits_equal_frac(st, str_):.6f}"
+            f"  weight {bits_equal_frac(wq, wqr):.6f}/{bits_equal_frac(ws, wsr):.6f}")
+        RESULTS[f"quant_bitwise_pow2_{p2}"] = min(bits_equal_frac(q, qr), bits_equal_frac(qt, qtr),
+                                                  bits_equal_frac(wq, wqr), bits_equal_frac(s, sr))
+    xq, xs = quantize_act(x)
+    wq, ws = quantize_weight(w)
+    ref = R.fp8_gemm_ref(xq, xs, wq, ws)
+    c = fp8_gemm(xq, xs, wq, ws, torch.float32)
+    exact = x.double() @ w.double().t()
+    say(f"fp8_gemm [{m}x{n}x{k}]: rel err vs float64-on-dequantized {rel(c, ref):.2e}; "
+        f"quantization error vs unquantized float64 {rel(c, exact):.2e}; nan {bool(c.isnan().any())}")
+    RESULTS["gemm_rel_err"] = rel(c, ref)
+    # 1×128-scaled B (the wgrad form)
+    bq, bs = quantize_act(w.to(torch.bfloat16))
+    c2 = fp8_gemm(xq, xs, bq, bs, torch.float32)
+    say(f"fp8_gemm 1x128-B: rel err {rel(c2, R.fp8_gemm_ref(xq, xs, bq, bs)):.2e}")
+
+    # batch invariance: rows of a large-M product vs the same rows computed with smaller M
+    mm = 512 if smoke else 4096
+    kk, nn_ = (256, 256) if smoke else (2048, 2048)
+    a = outlier_randn(mm, kk, device=dev)
+    b = outlier_randn(nn_, kk, device=dev)
+    aq, as_ = quantize_act(a)
+    bq, bs = quantize_weight(b)
+    full = fp8_gemm(aq, as_, bq, bs, torch.bfloat16)
+    same = []
+    for sub in (1, 7, 128, 300, mm // 2):
+        part = fp8_gemm(aq[:sub].contiguous(), as_[:sub].contiguous(), bq, bs, torch.bfloat16)
+        same.append(bool(torch.equal(part, full[:sub])))
+    cfgs = [] if smoke or dev == "cpu" else GEMM_CONFIGS + [(64, 64, 4, 3, "ptr")]
+    for cfg in cfgs:
+        try:
+            same.append(bool(torch.equal(fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=cfg), full)))
+        except Exception as e:
+            say(f"  config {cfg} failed: {type(e).__name__}: {str(e)[:200]}")
+    say(f"batch invariance (bitwise across M in 1,7,128,300,M/2 and tile configs {cfgs}): {same}")
+    RESULTS["batch_invariant"] = all(same)
+
+    # fused ops
+    d = 2048 if not smoke else 320
+    xr = torch.randn(m, d, device=dev) * 2
+    g = torch.rand(d, device=dev) + 0.5
+    y, yq, ys = rmsnorm_quant(xr, g, 1e-6, return_y=True, backend=be)
+    yr = R.rmsnorm_ref(xr, g, 1e-6)
+    qr2, sr2 = R.quantize_act_ref(y)
+    say(f"rmsnorm_quant: y rel err vs fp32 ref {rel(y, yr):.2e} (bf16 rounding); q == quantize_act(y) "
+        f"{bits_equal_frac(yq, qr2):.6f}, scales {bits_equal_frac(ys, sr2):.6f}")
+    xs_ = torch.randn(m, 2 * (d + 64), device=dev, dtype=torch.bfloat16) * 3
+    y, yq, ys = silu_mul_quant(xs_, return_y=True, backend=be)
+    qr3, sr3 = R.quantize_act_ref(y)
+    say(f"silu_mul_quant: y rel err {rel(y, R.silu_mul_ref(xs_)):.2e}; q == quantize_act(y) "
+        f"{bits_equal_frac(yq, qr3):.6f}, scales {bits_equal_frac(ys, sr3):.6f}")
+
+    # FP8Linear gradients vs bf16 linear, both against float64
+    tm, ki, no = (64, 256, 384) if smoke else (2048, 2048, 5120)
+    xin = torch.randn(tm, ki, device=dev, dtype=torch.bfloat16)
+    lin = torch.nn.Linear(ki, no, bias=True, device=dev, dtype=torch.bfloat16)
+    f8 = FP8Linear.from_linear(lin)
+    dy = torch.randn(tm, no, device=dev, dtype=torch.bfloat16)
+    out = {}
+    for name, mod in (("fp8", f8), ("bf16", lin)):
+        xx = xin.clone().requires_grad_()
+        mod.zero_grad()
+        yy = mod(xx)
+        yy.backward(dy)
+        out[name] = (yy.detach(), xx.grad, lin.weight.grad.clone(), lin.bias.grad.clone())
+    x64 = xin.double().requires_grad_()
+    w64 = lin.weight.detach().double().requires_grad_()
+    y64 = F.linear(x64, w64, lin.bias.detach().double())
+    y64.backward(dy.double())
+    refs = (y64.detach(), x64.grad, w64.grad)
+    for name in ("fp8", "bf16"):
+        e = [rel(out[name][i], refs[i]) for i in range(3)]
+        say(f"linear {name}: rel err vs float64  y {e[0]:.2e}  dx {e[1]:.2e}  dW {e[2]:.2e}")
+        RESULTS[f"linear_{name}_rel"] = e
+
+    # token log-probs vs float64
+    nt, dm, vv = (64, 128, 1000) if smoke else (1024, 1024, 32000)
+    h = (torch.randn(nt, dm, device=dev) * 0.5).to(torch.bfloat16).requires_grad_()
+    wl = (torch.randn(vv, dm, device=dev) * 0.1).to(torch.bfloat16).requires_grad_()
+    tok = torch.randint(0, vv, (nt,), device=dev)
+    lp, ent = token_logprobs(h, wl, tok, chunk_size=vv // 3 + 1)
+    gl, ge = torch.randn(nt, device=dev), torch.randn(nt, device=dev)
+    (lp * gl + ent * ge).sum().backward()
+    hd = h.detach().double().requires_grad_()
+    wd = wl.detach().double().requires_grad_()
+    lr, er = token_logprobs_ref(hd, wd, tok)
+    (lr * gl.double() + er * ge.double()).sum().backward()
+    say(f"token_logprobs: max|Δlogp| {(lp.double() - lr).abs().max().item():.2e}  max|Δent| "
+        f"{(ent.double() - er).abs().max().item():.2e}  dh rel {rel(h.grad, hd.grad):.2e}  "
+        f"dW rel {rel(wl.grad, wd.grad):.2e}")
+    lg = logits_fp32(h.detach(), wl.detach())
+    say(f"logits_fp32 rel err vs float64 {rel(lg, hd.detach() @ wd.detach().t()):.2e}")
+    say()
+
+
+# ----------------------------------------------------------------------------- performance
+
+
+def bench(fn, ms_rep=200, grad_to_none=None) -> float:
+    import triton
+
+    return triton.testing.do_bench(fn, warmup=50, rep=ms_rep, grad_to_none=grad_to_none,
+                                   return_mode="median")
+
+
+def copy_bandwidth(dev) -> float:
+    x = torch.randn(1 << 29, device=dev, dtype=torch.bfloat16)  # 1 GiB
+    y = torch.empty_like(x)
+    t = bench(lambda: y.copy_(x))
+    bw = 2 * x.numel() * 2 / (t * 1e-3)
+    del x, y
+    return bw
+
+
+def gemm_section(dev) -> None:
+    say("## GEMM (TFLOP/s, median of do_bench; ratio = ours / _scaled_mm tensorwise)")
+    shapes = [(8192, 8192, 8192), (4096, 7168, 16384), (4096, 4096, 7168), (128, 7168, 16384)]
+    cfgs = GEMM_CONFIGS
+    say("| M,N,K | bf16 | scaled_mm tensor | scaled_mm row | ours default | ours best (cfg) | best/tensor | best/bf16 |")
+    say("|---|---|---|---|---|---|---|---|")
+    for m, n, k in shapes:
+        a = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+        b = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
+        fl = 2 * m * n * k
+        tf = lambda t: fl / (t * 1e-3) / 1e12  # noqa: E731
+        t_bf16 = bench(lambda: a @ b.t())
+        a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn)
+        one = torch.ones((), device=dev)
+        t_ten = bench(lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16))
+        sa = torch.rand(m, 1, device=dev) + 0.5
+        sb = torch.rand(1, n, device=dev) + 0.5
+        t_row = bench(lambda: torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16))
+        aq, as_ = quantize_act(a)
+        bq, bs = quantize_weight(b)
+        t_def = bench(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16))
+        best = (t_def, "default")
+        per = {}
+        for cfg in cfgs:
+            try:
+                t = bench(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=cfg))
+            except Exception as e:  # out of shared memory etc.
+                per[str(cfg)] = f"fail {type(e).__name__}"
+                continue
+            per[str(cfg)] = round(tf(t), 1)
+            if t < best[0]:
+                best = (t, str(cfg))
+        RESULTS[f"gemm_{m}_{n}_{k}"] = dict(bf16=tf(t_bf16), tensor=tf(t_ten), row=tf(t_row),
+                                            ours_default=tf(t_def), configs=per)
+        say(f"| {m},{n},{k} | {tf(t_bf16):.0f} | {tf(t_ten):.0f} | {tf(t_row):.0f} | {tf(t_def):.0f} | "
+            f"{tf(best[0]):.0f} {best[1]} | {t_ten / best[0]:.2f} | {t_bf16 / best[0]:.2f} |")
+        say(f"  configs: {per}")
+        del a, b, a8, b8, aq, bq
+    say()
+
+
+def bandwidth_section(dev, copy_bw) -> None:
+    say(f"## memory-bound kernels (copy bandwidth {copy_bw / 1e12:.2f} TB/s, read+write)")
+    say("| op | shape | time us | GB/s | ÷ copy |")
+    say("|---|---|---|---|---|")
+
+    def row(name, shape, fn, nbytes):
+        t = bench(fn)
+        bw = nbytes / (t * 1e-3)
+        RESULTS[f"bw_{name}_{shape}"] = bw / copy_bw
+        say(f"| {name} | {shape} | {t * 1e3:.1f} | {bw / 1e9:.0f} | {bw / copy_bw:.2f} |")
+
+    for m, k in ((8192, 2048), (16384, 7168)):
+        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+        sc = m * k // 128 * 4
+        row("quantize_act", f"{m}x{k}", lambda: quantize_act(x), m * k * 3 + sc)
+        row("quantize_act_t", f"{m}x{k}", lambda: quantize_act_t(x), m * k * 3 + sc)
+        row("quantize_act_both", f"{m}x{k}", lambda: quantize_act_both(x), m * k * 4 + 2 * sc)
+        row("quantize_weight", f"{m}x{k}", lambda: quantize_weight(x), m * k * 3)
+    m, d = 8192, 2048
+    xr = torch.randn(m, d, device=dev)
+    g = torch.rand(d, device=dev) + 0.5
+    row("rmsnorm_quant fp32 in", f"{m}x{d}", lambda: rmsnorm_quant(xr, g), m * d * 5 + m * d // 32)
+    row("rmsnorm_quant +y bf16", f"{m}x{d}", lambda: rmsnorm_quant(xr, g, return_y=True),
+        m * d * 7 + m * d // 32)
+    for m, i in ((8192, 5120), (16384, 1024)):
+        xs = torch.randn(m, 2 * i, device=dev, dtype=torch.bfloat16)
+        row("silu_mul_quant", f"{m}x2*{i}", lambda: silu_mul_quant(xs), m * i * 5 + m * i // 32)
+        row("silu_mul_quant +y", f"{m}x2*{i}", lambda: silu_mul_quant(xs, return_y=True),
+            m * i * 7 + m * i // 32)
+    say()
+
+
+def linear_section(dev) -> None:
+    say("## FP8Linear forward+backward vs bf16 nn.Linear (8192 tokens, 2048 -> 5120, no bias)")
+    m, k, n = 8192, 2048, 5120
+    lin = torch.nn.Linear(k, n, bias=False, device=dev, dtype=torch.bfloat16)
+    f8 = FP8Linear.from_linear(lin)
+    x = torch.randn(m, k, device=dev, dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(m, n, device=dev, dtype=torch.bfloat16)
+    res = {}
+    for name, mod in (("bf16", lin), ("fp8", f8)):
+        res[name + "_fwd"] = bench(lambda: mod(x), grad_to_none=[x, lin.weight])
+        res[name + "_fwdbwd"] = bench(lambda: mod(x).backward(dy), grad_to_none=[x, lin.weight])
+    fl = 6 * m * n * k
+    for name in ("bf16", "fp8"):
+        say(f"{name}: fwd {res[name + '_fwd'] * 1e3:.0f} us, fwd+bwd {res[name + '_fwdbwd'] * 1e3:.0f} us "
+            f"({fl / (res[name + '_fwdbwd'] * 1e-3) / 1e12:.0f} TFLOP/s)")
+    sp = res["bf16_fwdbwd"] / res["fp8_fwdbwd"]
+    say(f"speed-up fwd+bwd: {sp:.2f}x (fwd only {res['bf16_fwd'] / res['fp8_fwd']:.2f}x)")
+    RESULTS["linear"] = {**res, "speedup": sp}
+    say()
+
+
+def lm_head_section(dev) -> None:
+    n, d, v = 8192, 2048, 157184
+    say(f"## token log-probs at N={n}, D={d}, V={v} (bf16 h, W)")
+    h = (torch.randn(n, d, device=dev) * 0.5).to(torch.bfloat16)
+    w = (torch.randn(v, d, device=dev) * 0.02).to(torch.bfloat16)
+    tok = torch.randint(0, v, (n,), device=dev)
+
+    def naive():
+        return F.linear(h.float(), w.float()).log_softmax(-1).gather(1, tok[:, None]).squeeze(1)
+
+    def ours():
+        return token_logprobs(h, w, tok)[0]
+
+    def peak(fn):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    d_ref = (ours().double() - naive().double()).abs().max().item()
+    t_naive = bench(naive, ms_rep=1000)
+    t_ours = bench(ours, ms_rep=1000)
+    m_naive, m_ours = peak(naive), peak(ours)
+    t_bf16 = bench(lambda: F.linear(h, w))
+    t_logits = bench(lambda: logits_fp32(h, w))
+    per = {}
+    for cfg in LOGITS_CONFIGS:
+        try:
+            per[str(cfg)] = round(2 * n * v * d / bench(lambda: logits_fp32(h, w, config=cfg)) / 1e9)
+        except Exception as e:
+            per[str(cfg)] = f"fail {type(e).__name__}"
+    say(f"logits_fp32 TFLOP/s per config: {per}")
+    hg = h.clone().requires_grad_()
+    wg = w.clone().requires_grad_()
+    t_fb = bench(lambda: token_logprobs(hg, wg, tok)[0].sum().backward(), ms_rep=1000, grad_to_none=[hg, wg])
+    m_fb = peak(lambda: token_logprobs(hg, wg, tok)[0].sum().backward())
+    fl = 2 * n * v * d
+    say(f"max |ours - naive| logprob: {d_ref:.2e}")
+    say("| path | time ms | peak extra GiB |")
+    say("|---|---|---|")
+    say(f"| naive fp32 F.linear+log_softmax+gather | {t_naive:.1f} | {m_naive / 2**30:.2f} |")
+    say(f"| token_logprobs (chunked, fwd) | {t_ours:.1f} | {m_ours / 2**30:.2f} |")
+    say(f"| token_logprobs fwd+bwd | {t_fb:.1f} | {m_fb / 2**30:.2f} |")
+    say(f"| logits_fp32 alone (full [N,V] fp32 out) | {t_logits:.1f} ({fl / t_logits / 1e9:.0f} TFLOP/s) | - |")
+    say(f"| bf16 F.linear (bf16 out, anchor) | {t_bf16:.1f} ({fl / t_bf16 / 1e9:.0f} TFLOP/s) | - |")
+    say(f"ratios: time naive/ours {t_naive / t_ours:.2f}x, peak memory ours/naive {m_ours / m_naive:.3f}")
+    RESULTS["lm_head"] = dict(t_naive=t_naive, t_ours=t_ours, m_naive=m_naive, m_ours=m_ours,
+                              t_fwdbwd=t_fb, m_fwdbwd=m_fb, t_logits=t_logits, t_bf16=t_bf16)
+    say()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="CPU/interpreter correctness only, tiny sizes")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: gemm,bw,linear,lm")
+    args = ap.parse_args()
+    dev = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    import triton
+
+    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu (interpreter)"
+    say(f"# kernels/fp8 benchmark — {name}, torch {torch.__version__}, triton {triton.__version__}, "
+        f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC")
+    torch.manual_seed(0)
+    t0 = time.time()
+    check_correctness(dev, args.smoke or dev == "cpu")
+    say(f"(correctness {time.time() - t0:.0f} s)")
+    if dev == "cuda":
+        skip = set(args.skip.split(","))
+        copy_bw = copy_bandwidth(dev)
+        RESULTS["copy_bw"] = copy_bw
+        say(f"copy bandwidth: {copy_bw / 1e12:.2f} TB/s (1 GiB bf16 copy_, read+write)")
+        for key, fn in (("gemm", lambda: gemm_section(dev)), ("bw", lambda: bandwidth_section(dev, copy_bw)),
+                        ("linear", lambda: linear_section(dev)), ("lm", lambda: lm_head_section(dev))):
+            if key in skip:
+                continue
+            t1 = time.time()
+            try:
+                fn()
+            except Exception as e:  # keep the other sections' numbers
+                say(f"section {key} FAILED: {type(e).__name__}: {e}")
+            say(f"({key} {time.time() - t1:.0f} s)")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "fp8_bench.md"), "w") as f:
+        f.write("\n".join(ROWS) + "\n")
+    with open(os.path.join(args.out, "fp8_bench.json"), "w") as f:
+        json.dump(RESULTS, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
