@@ -30,8 +30,8 @@ from rewards.score import Reason, Score, clip
 logger = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=1)
-def _math_verify() -> Any:
+@functools.lru_cache(maxsize=2)
+def _math_verify(strict: bool = False) -> Any:
     """Import math-verify once per process (workers preload it; the driver never needs it)."""
     import math_verify
     from latex2sympy2_extended import NormalizationConfig
@@ -44,7 +44,7 @@ def _math_verify() -> Any:
         boxed_match_priority=0,
         normalization_config=NormalizationConfig(
             basic_latex=True,
-            units=True,
+            units=not strict,
             malformed_operators=True,  # \frac12, \sqrt2
             nits=True,
             boxed="all",
@@ -55,7 +55,7 @@ def _math_verify() -> Any:
 
 
 _CURRENCY = re.compile(r"\\\$|[$€£¥₹]|\\(?:euro|pounds?|yen)\b")
-_MARKDOWN = re.compile(r"\*\*|__")
+_MARKDOWN = re.compile(r"^(?:\*\*|__)+|(?:\*\*|__)+$")
 _DELIMS = (("\\(", "\\)"), ("\\[", "\\]"))
 # Thousands separators written the LaTeX way: 1{,}000 and 1\,000 / 1\;000 / 1\!000 / 1~000.
 _LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|\\[,;: !]|~)(?=\d{3}(?!\d))")
@@ -79,6 +79,8 @@ def normalize_answer(text: str, *, percent_as_fraction: bool = False, strict: bo
         if text.startswith(left) and text.endswith(right):
             text = text[len(left) : -len(right)].strip()
     text = text.rstrip(" .;,").lstrip(" :")
+    while _is_outer_group(text):
+        text = text[1:-1].strip()
     text = _LATEX_THOUSANDS.sub("", text)
     # Percentages: either "50%" is 50 (the sign is decoration) or "50%" is 1/2.
     if percent_as_fraction:
@@ -89,6 +91,21 @@ def normalize_answer(text: str, *, percent_as_fraction: bool = False, strict: bo
         if m and not _NOT_UNITS.search(text[m.end("num") :]):
             text = m.group("num")
     return text.strip()
+
+
+def _is_outer_group(text: str) -> bool:
+    """True for `{...}` where the first brace closes at the very end (a LaTeX group, not a set)."""
+    if len(text) < 2 or text[0] != "{" or text[-1] != "}":
+        return False
+    depth = 0
+    for i, ch in enumerate(text):
+        if ch == "{" and (i == 0 or text[i - 1] != "\\"):
+            depth += 1
+        elif ch == "}" and text[i - 1] != "\\":
+            depth -= 1
+            if depth == 0:
+                return i == len(text) - 1
+    return False
 
 
 def reference_answer(reference: str) -> str:
@@ -109,13 +126,13 @@ def _is_math(obj: Any) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_cached(text: str) -> tuple[Any, ...]:
-    return _parse(text)
+def _parse_cached(text: str, strict: bool = False) -> tuple[Any, ...]:
+    return _parse(text, strict)
 
 
-def _parse(text: str) -> tuple[Any, ...]:
+def _parse(text: str, strict: bool = False) -> tuple[Any, ...]:
     """math-verify parse of one normalised answer: (sympy object?, raw string fallback?)."""
-    mv, config = _math_verify()
+    mv, config = _math_verify(strict)
     return tuple(
         mv.parse(
             "\\boxed{" + text + "}",
@@ -133,8 +150,9 @@ class MathReward:
     Args:
         fallback_last_number: with no explicit answer marker, grade the last number in the text.
         percent_as_fraction: False: "50%" == 50 (the sign is dropped). True: "50%" == 0.5 == 1/2.
-        strict: math-verify strict mode (variable names matter, sets != tuples) and no stripping of
-            unit words after numbers (`18 dollars` no longer equals 18).
+        strict: no stripping of unit words after numbers, ours or math-verify's (`18 dollars`
+            and `5 \\text{cm}` no longer equal 18 and 5). In both modes variable names matter
+            (math-verify's non-strict renaming would make answer "D" equal "C").
         float_rounding / numeric_precision: passed to `math_verify.verify`.
         reasoning_close: closing tag of the reasoning block; the answer is looked for after it.
     """
@@ -153,6 +171,19 @@ class MathReward:
             logger.debug("MathReward crashed", exc_info=True)
             return Score(0.0, Reason.CRASH, {"error": clip(f"{type(exc).__name__}: {exc}")})
 
+    def _verify(self, gold: tuple[Any, ...], pred: tuple[Any, ...]) -> bool:
+        # strict=True: variable names matter. math-verify's non-strict mode renames variables
+        # positionally, which would make the multiple-choice answer "D" equal "C".
+        mv, _ = _math_verify(self.strict)
+        return mv.verify(
+            list(gold),
+            list(pred),
+            float_rounding=self.float_rounding,
+            numeric_precision=self.numeric_precision,
+            strict=True,
+            timeout_seconds=None,
+        )
+
     def _normalize(self, text: str) -> str:
         return normalize_answer(text, percent_as_fraction=self.percent_as_fraction, strict=self.strict)
 
@@ -169,23 +200,15 @@ class MathReward:
         if not answer:
             return Score(0.0, Reason.NO_ANSWER, details)
 
-        gold = _parse_cached(self._normalize(reference_answer(reference)))
+        gold = _parse_cached(self._normalize(reference_answer(reference)), self.strict)
         if not gold:
             details["error"] = "reference did not parse"
             return Score(0.0, Reason.PARSE_ERROR, details)
-        pred = _parse(answer)
+        pred = _parse(answer, self.strict)
         if not pred:
             return Score(0.0, Reason.PARSE_ERROR, details)
 
-        mv, _ = _math_verify()
-        ok = mv.verify(
-            list(gold),
-            list(pred),
-            float_rounding=self.float_rounding,
-            numeric_precision=self.numeric_precision,
-            strict=self.strict,
-            timeout_seconds=None,
-        )
+        ok = self._verify(gold, pred)
         if ok:
             return Score(1.0, Reason.CORRECT, details)
         if not any(_is_math(p) for p in pred):

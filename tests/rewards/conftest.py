@@ -1,0 +1,36 @@
+"""Fixtures for the rewards tests: data location, a shared 2-worker math pool."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+# Worker processes unpickle test reward functions by module name: make `rewards_testlib` and the
+# `rewards` package importable whatever pytest's import mode is (sys.path reaches the workers).
+for path in (str(HERE), str(REPO)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+DATA = REPO.parent / "shared" / "data"
+
+
+def load_jsonl(name: str) -> list[dict]:
+    path = DATA / f"{name}.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} not found: the data sets live in ../shared/data beside the repository (DESIGN.md §11)")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def math_pool():
+    """One pool of 2 MathReward workers shared by the data-set and adversarial tests."""
+    from rewards import MathReward, RewardPool
+
+    with RewardPool(MathReward(), num_workers=2, timeout_s=5.0) as pool:
+        yield pool

@@ -1,0 +1,58 @@
+"""Reward functions for pool tests (importable by worker processes via sys.path)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from rewards import Reason, Score
+
+
+class ScriptedReward:
+    """The completion is a command, so a test can make any item slow, hang or crash:
+    `value:X` -> Score(X, CORRECT, {"ref": reference}); `sleep:S`; `spin` (Python loop, the soft
+    timeout interrupts it); `hang` (SIGALRM blocked, only the hard kill ends it); `exit`
+    (os._exit); `segv` (SIGSEGV); `raise` (RuntimeError); `alloc` (allocates 64 GiB);
+    `none` (returns None instead of a Score)."""
+
+    def score(self, completion: str, reference: str) -> Score:
+        cmd, _, arg = completion.partition(":")
+        if cmd == "value":
+            return Score(float(arg), Reason.CORRECT, {"ref": reference})
+        if cmd == "sleep":
+            time.sleep(float(arg))
+            return Score(1.0, Reason.CORRECT, {"ref": reference})
+        if cmd == "spin":
+            while True:
+                pass
+        if cmd == "hang":
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
+            time.sleep(3600)
+        if cmd == "exit":
+            os._exit(3)
+        if cmd == "segv":
+            os.kill(os.getpid(), signal.SIGSEGV)
+            time.sleep(10)
+        if cmd == "raise":
+            raise RuntimeError("boom")
+        if cmd == "alloc":
+            block = bytearray(64 << 30)
+            return Score(float(len(block)), Reason.CORRECT, {})
+        if cmd == "none":
+            return None  # type: ignore[return-value]
+        return Score(0.0, Reason.WRONG, {"ref": reference})
+
+
+def _fail_in_worker() -> "ScriptedReward":
+    raise RuntimeError("this reward function cannot be loaded")
+
+
+class UnloadableReward:
+    """Pickles fine in the driver, fails to unpickle in a worker."""
+
+    def score(self, completion: str, reference: str) -> Score:
+        return Score(0.0, Reason.WRONG, {})
+
+    def __reduce__(self):
+        return (_fail_in_worker, ())
