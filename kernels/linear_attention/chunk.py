@@ -44,7 +44,10 @@ BT = 64        # chunk size: fixed, shared with chunk_torch and the strict-mode 
 BV = 64        # value columns per program (fixed: part of the reduction-order contract)
 NUM_WARPS = 4
 NUM_STAGES = 2
-SPLIT_16BIT = True  # hi/lo split of fp32 operands for 16-bit inputs (see Precision above)
+# 16-bit inputs: hi/lo split (two products) of the fp32 state S in q·S, and of the other fp32
+# operands (decayed scores, decayed keys).  See "Precision" above and BENCHMARKS.md for costs.
+SPLIT_STATE = True
+SPLIT_DERIVED = False
 # Tests set this to fill every output buffer with NaN before the kernels run, so an element a
 # kernel forgets to write fails the comparison instead of passing by luck.
 POISON_OUTPUTS = False
@@ -81,7 +84,8 @@ def _mm_split_a(a, b, SPLIT_A: tl.constexpr, IN_PREC: tl.constexpr):
 @triton.jit
 def _scan(q_ptr, k_ptr, v_ptr, o_ptr, h0_ptr, ht_ptr, s_tok, s_h0k, s_h0v, L, g, scale, i_v,
           D: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr,
-          USE_H0: tl.constexpr, STORE_HT: tl.constexpr, SPLIT: tl.constexpr, IN_PREC: tl.constexpr):
+          USE_H0: tl.constexpr, STORE_HT: tl.constexpr, SPLIT_S: tl.constexpr, SPLIT_D: tl.constexpr,
+          IN_PREC: tl.constexpr):
     # q/k/v/o pointers point at (first token of the sequence, head); tokens are s_tok apart.
     o_t = tl.arange(0, BT)
     o_d = tl.arange(0, D)
@@ -116,12 +120,12 @@ def _scan(q_ptr, k_ptr, v_ptr, o_ptr, h0_ptr, ht_ptr, s_tok, s_h0k, s_h0v, L, g,
             d_key = tl.where(m, tl.exp(g * tl.maximum(fc - 1.0 - ft, 0.0)), 0.0)  # λ^{c-1-j}
         d_intra = tl.where(diff >= 0, tl.exp(g * tl.maximum(diff, 0.0)), 0.0)
         scores = tl.dot(b_q, tl.trans(b_k), input_precision=IN_PREC) * d_intra   # [BT, BT]
-        b_o = _mm(b_q, S, SPLIT, IN_PREC) * d_state[:, None]
-        b_o += _mm_split_a(scores, b_v, SPLIT, IN_PREC)
+        b_o = _mm(b_q, S, SPLIT_S, IN_PREC) * d_state[:, None]
+        b_o += _mm_split_a(scores, b_v, SPLIT_D, IN_PREC)
         tl.store(o_ptr + rows[:, None] + o_bv[None, :], (b_o * scale).to(o_ptr.dtype.element_ty),
                  mask=m[:, None])
         k_dec = tl.trans(b_k.to(tl.float32) * d_key[:, None])                    # [D, BT]
-        S = S * tl.exp(g * fc) + _mm_split_a(k_dec, b_v, SPLIT, IN_PREC)
+        S = S * tl.exp(g * fc) + _mm_split_a(k_dec, b_v, SPLIT_D, IN_PREC)
     if STORE_HT:
         if REVERSE:
             S = S * (tl.exp(g) * scale)
@@ -142,7 +146,8 @@ def _seq_bounds(cu_ptr, i_n, T, VARLEN: tl.constexpr):
 @triton.jit
 def _chunk_fwd_kernel(q, k, v, o, g_ptr, h0, ht, cu, scale, T, H: tl.constexpr, D: tl.constexpr,
                       BT: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, USE_H0: tl.constexpr,
-                      STORE_HT: tl.constexpr, SPLIT: tl.constexpr, IN_PREC: tl.constexpr):
+                      STORE_HT: tl.constexpr, SPLIT_S: tl.constexpr, SPLIT_D: tl.constexpr,
+                      IN_PREC: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos = _seq_bounds(cu, i_n, T, VARLEN)
@@ -150,14 +155,15 @@ def _chunk_fwd_kernel(q, k, v, o, g_ptr, h0, ht, cu, scale, T, H: tl.constexpr, 
     st = i_nh.to(tl.int64) * D * D
     g = tl.load(g_ptr + i_h).to(tl.float32)
     _scan(q + off, k + off, v + off, o + off, h0 + st, ht + st, H * D, D, 1, eos - bos, g, scale,
-          i_v, D, BT, BV, False, USE_H0, STORE_HT, SPLIT, IN_PREC)
+          i_v, D, BT, BV, False, USE_H0, STORE_HT, SPLIT_S, SPLIT_D, IN_PREC)
 
 
 @triton.jit
 def _chunk_bwd_kernel(q, k, v, do, dq, dk, dv, g_ptr, h0, dht, dh0, cu, scale, T,
                       H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
                       VARLEN: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr,
-                      STORE_DH0: tl.constexpr, SPLIT: tl.constexpr, IN_PREC: tl.constexpr):
+                      STORE_DH0: tl.constexpr, SPLIT_S: tl.constexpr, SPLIT_D: tl.constexpr,
+                      IN_PREC: tl.constexpr):
     NV: tl.constexpr = D // BV
     pid, i_nh = tl.program_id(0), tl.program_id(1)
     role, i_v = pid // NV, pid % NV
@@ -168,19 +174,20 @@ def _chunk_bwd_kernel(q, k, v, do, dq, dk, dv, g_ptr, h0, dht, dh0, cu, scale, T
     g = tl.load(g_ptr + i_h).to(tl.float32)
     if role == 0:    # dq: forward scan over (dO, v, k), initial state S_0ᵀ
         _scan(do + off, v + off, k + off, dq + off, h0 + st, h0 + st, H * D, 1, D, eos - bos, g,
-              scale, i_v, D, BT, BV, False, USE_H0, False, SPLIT, IN_PREC)
+              scale, i_v, D, BT, BV, False, USE_H0, False, SPLIT_S, SPLIT_D, IN_PREC)
     elif role == 1:  # dk: reverse scan over (v, dO, q), initial state dS_finalᵀ
         _scan(v + off, do + off, q + off, dk + off, dht + st, dht + st, H * D, 1, D, eos - bos, g,
-              scale, i_v, D, BT, BV, True, USE_DHT, False, SPLIT, IN_PREC)
+              scale, i_v, D, BT, BV, True, USE_DHT, False, SPLIT_S, SPLIT_D, IN_PREC)
     else:            # dv: reverse scan over (k, q, dO), initial state dS_final; its end is dS_0
         _scan(k + off, q + off, do + off, dv + off, dht + st, dh0 + st, H * D, D, 1, eos - bos, g,
-              scale, i_v, D, BT, BV, True, USE_DHT, STORE_DH0, SPLIT, IN_PREC)
+              scale, i_v, D, BT, BV, True, USE_DHT, STORE_DH0, SPLIT_S, SPLIT_D, IN_PREC)
 
 
 def _launch_args(q, cu_seqlens):
     B, T, H, D = q.shape
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    split = SPLIT_16BIT and q.dtype in (torch.bfloat16, torch.float16)
+    lowp = q.dtype in (torch.bfloat16, torch.float16)
+    split = (SPLIT_STATE and lowp, SPLIT_DERIVED and lowp)
     # fp32 inputs: three tf32 products per product give ~fp32 accuracy on the tensor cores.
     return B, T, H, D, N, min(BV, D), split, "tf32x3"
 
@@ -194,7 +201,7 @@ def chunk_fwd(q, k, v, decay, scale, h0, cu_seqlens, output_final_state):
     _chunk_fwd_kernel[(D // bv, N * H)](
         q, k, v, o, decay, h0 if h0 is not None else dummy, ht if ht is not None else dummy, cu,
         float(scale), T, H=H, D=D, BT=BT, BV=bv, VARLEN=cu_seqlens is not None,
-        USE_H0=h0 is not None, STORE_HT=output_final_state, SPLIT=split, IN_PREC=prec,
+        USE_H0=h0 is not None, STORE_HT=output_final_state, SPLIT_S=split[0], SPLIT_D=split[1], IN_PREC=prec,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return o, ht
 
@@ -209,7 +216,7 @@ def chunk_bwd(q, k, v, decay, scale, h0, cu_seqlens, do, dht, need_dh0):
         q, k, v, do, dq, dk, dv, decay, h0 if h0 is not None else dummy,
         dht if dht is not None else dummy, dh0 if dh0 is not None else dummy, cu, float(scale), T,
         H=H, D=D, BT=BT, BV=bv, VARLEN=cu_seqlens is not None, USE_H0=h0 is not None,
-        USE_DHT=dht is not None, STORE_DH0=need_dh0, SPLIT=split, IN_PREC=prec,
+        USE_DHT=dht is not None, STORE_DH0=need_dh0, SPLIT_S=split[0], SPLIT_D=split[1], IN_PREC=prec,
         num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     return dq, dk, dv, dh0
 
