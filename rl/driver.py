@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +173,8 @@ class Run:
         metrics.update(self.sync_weights())
         timings["sync"] = time.time() - t
         metrics["data/cursor"] = float(self.cursor)
+        # A fingerprint of which prompts this step drew (resume must reproduce it exactly).
+        metrics["data/prompt_hash"] = float(zlib.crc32(json.dumps(idx).encode()))
         metrics.update({f"time/{k}": v for k, v in timings.items()})
         metrics["time/step"] = sum(timings.values())
         metrics["throughput/rollout_tokens_per_s"] = sum(len(s.completion_ids) for s in samples) / max(rollout_wall, 1e-9)
@@ -301,19 +304,21 @@ class Run:
         on the probe must equal the trainer's within the dtype's tolerance. A sync that did not
         take is an error, never a silent skip."""
         version = self.step
+        before = self.rollout.call("prompt_logprobs", self.probe_ids)
         buckets = self.stage.trainers.call("weight_buckets", self.cfg.trainer.sync_bucket_mib)[0]
         results = self.rollout.call("update_weights", buckets, version)
         trainer_probe = self.stage.trainers.call("probe_logprobs", self.probe_ids)[0]
-        worst = 0.0
-        for engine_probe in self.rollout.call("prompt_logprobs", self.probe_ids):
-            worst = max(worst, max(abs(x - y) for x, y in zip(trainer_probe, engine_probe)))
+        worst = changed = 0.0
+        for old, new in zip(before, self.rollout.call("prompt_logprobs", self.probe_ids)):
+            worst = max(worst, max(abs(x - y) for x, y in zip(trainer_probe, new)))
+            changed = max(changed, max(abs(x - y) for x, y in zip(old, new)))
         tolerance = SYNC_TOLERANCE[self.cfg.model.dtype]
         if not worst <= tolerance:
             raise RuntimeError(
                 f"weight sync to version {version} failed verification: probe |Δ log-prob| = {worst:.3g} > {tolerance} "
                 "(the rollout engine is not running the trainer's weights)"
             )
-        return {"sync/probe_max_abs_diff": worst, "sync/buckets": float(len(buckets)), "sync/bytes": float(results[0]["bytes"]), "sync/version": float(version)}
+        return {"sync/probe_max_abs_diff": worst, "sync/probe_change": changed, "sync/buckets": float(len(buckets)), "sync/bytes": float(results[0]["bytes"]), "sync/version": float(version)}
 
     # ----------------------------------------------------------------------------------------
     # Evaluation, checkpoints, start-up, summary

@@ -21,7 +21,16 @@ log = logging.getLogger("lockstep.placement")
 def connect(address: str | None) -> str:
     """Joins the cluster named by the recipe or RAY_ADDRESS (as under `ray job submit`), else a
     running local cluster, else starts a local instance. Returns which one, for the log."""
-    env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    # Actors' own chatter (vLLM INFO lines, progress bars, deprecation notices) would bury the
+    # run's progress lines; warnings and errors still come through.
+    env = {
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        "VLLM_LOGGING_LEVEL": "WARNING",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+    }
     if ray.is_initialized():
         return "already connected"
     if address or os.environ.get("RAY_ADDRESS"):

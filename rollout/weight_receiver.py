@@ -22,14 +22,46 @@ class WeightReceiver:
             got = hashlib.sha256(blob).hexdigest()
             if got != digest:
                 raise ValueError(f"weight bucket {i}: sha256 {got[:12]} != sent {digest[:12]} (corrupted in transfer)")
-        count = 0
+        loaded: set[str] = set()
 
         def tensors():
-            nonlocal count
             for blob in blobs:
                 for name, tensor in load(blob).items():
-                    count += 1
+                    loaded.add(name)
                     yield name, tensor
 
+        model = self.model_runner.get_model()
+        tied = shared_parameters(model)
         self.reload_weights(weights_iterator=tensors())
-        return count
+        retie(tied, loaded)
+        return len(loaded)
+
+
+def shared_parameters(model) -> list[list[tuple[str, object, str]]]:
+    """Groups of (module path, module, parameter name) that hold one Parameter object, e.g. a
+    tied LM head and embedding."""
+    owners: dict[int, list] = {}
+    for path, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            owners.setdefault(id(param), []).append((path, module, name))
+    return [group for group in owners.values() if len(group) > 1]
+
+
+def retie(groups, loaded: set[str]) -> None:
+    """vLLM's in-place reload re-materialises each layer; a layer that received no tensors (the
+    tied LM head: checkpoints carry only the embedding) gets its *old* tensors back, silently
+    untying it — and on CPU its prepacked GEMM copy of the weight stays old too. Point every
+    member of a tied group at the loaded parameter, then redo the members' post-load
+    processing (which rebuilds such packed copies)."""
+    for group in groups:
+        sources = [(m, n) for path, m, n in group if f"{path}.{n}".removeprefix(".") in loaded]
+        if not sources:
+            continue
+        param = getattr(sources[0][0], sources[0][1])
+        for _, module, name in group:
+            if (module, name) in sources:
+                continue
+            setattr(module, name, param)
+            quant_method = getattr(module, "quant_method", None)
+            if quant_method is not None:
+                quant_method.process_weights_after_loading(module)

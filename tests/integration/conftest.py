@@ -1,0 +1,38 @@
+"""Integration tests run the real stack (Ray, vLLM CPU, DeepSpeed gloo, math-verify) on the
+tiny demo model. They are slow (engine start-up ~1 min), so each module shares its runs."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_recipe(tmp_path, **sections) -> dict:
+    """A few-step recipe: 2 trainer ranks, small batches, the arith-tiny model, no SFT."""
+    recipe = {
+        "name": "it",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"path": "demo:arith-tiny", "cache_dir": os.environ.get("LOCKSTEP_TEST_CACHE", str(tmp_path / "cache"))},
+        "data": {
+            "train": {"source": "synthetic:arithmetic", "template": "Q: {prompt}\nA:", "num_examples": 64},
+            "eval": {"source": "synthetic:arithmetic", "split": "test", "template": "Q: {prompt}\nA:", "num_examples": 16},
+        },
+        "rollout": {"group_size": 4, "prompts_per_step": 4, "max_new_tokens": 24, "max_model_len": 128},
+        "trainer": {"num_ranks": 2, "zero_stage": 1, "lr": 1e-3, "micro_batch_size": 4, "cpu_threads": 1},
+        "reward": {"num_workers": 1},
+        "schedule": {"steps": 2, "eval_every": 2, "save_every": 2, "eval_limit": 16},
+        "logging": {"tensorboard": True},
+    }
+    for key, value in sections.items():
+        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
+    return recipe
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    yield
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,249 @@
+"""RewardPool: order, hard timeouts, crash isolation, stragglers, shutdown, GC, fuzzing."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rewards_testlib import ScriptedReward, UnloadableReward
+
+from rewards import MathReward, PoolClosed, Reason, RewardPool, Score
+
+
+def _alive(pid: int) -> bool:
+    """True if `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if _alive(p)]
+        if not left:
+            return []
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+def _wait_pids(pool: RewardPool, n: int, timeout: float = 30.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(pool.worker_pids()) < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return pool.worker_pids()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with RewardPool(ScriptedReward(), num_workers=2, timeout_s=1.5) as p:
+        yield p
+
+
+def test_scores_come_back_in_input_order(pool: RewardPool) -> None:
+    items = [(f"value:{i}", f"ref{i}") for i in range(300)]
+    scores = pool.score(items)
+    assert [s.value for s in scores] == list(range(300))
+    assert [s.details["ref"] for s in scores] == [f"ref{i}" for i in range(300)]
+
+
+def test_submit_does_not_block(pool: RewardPool) -> None:
+    start = time.monotonic()
+    handle = pool.submit([("sleep:0.3", "a")] * 4)
+    assert time.monotonic() - start < 0.2
+    assert not handle.done()
+    with pytest.raises(TimeoutError):
+        handle.result(timeout=0.01)
+    assert [s.value for s in handle.result(timeout=30)] == [1.0] * 4
+    assert handle.done()
+
+
+def test_two_batches_interleave_and_stay_separate(pool: RewardPool) -> None:
+    first = pool.submit([(f"value:{i}", "x") for i in range(50)])
+    second = pool.submit([(f"value:{-i}", "y") for i in range(50)])
+    assert [s.value for s in second.result(30)] == [-i for i in range(50)]
+    assert [s.value for s in first.result(30)] == list(range(50))
+
+
+def test_done_callback(pool: RewardPool) -> None:
+    seen = []
+    handle = pool.submit([("value:1", "r")])
+    handle.add_done_callback(lambda h: seen.append(len(h)))
+    handle.result(30)
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert seen == [1]
+    handle.add_done_callback(lambda h: seen.append(2))  # already done: runs at once
+    assert seen == [1, 2]
+
+
+def test_empty_batch(pool: RewardPool) -> None:
+    assert pool.score([]) == []
+
+
+def test_hang_is_killed_at_the_timeout_and_the_pool_goes_on(pool: RewardPool) -> None:
+    before = pool.stats()
+    start = time.monotonic()
+    scores = pool.score([("value:1", "a"), ("hang", "b"), ("value:3", "c")])
+    elapsed = time.monotonic() - start
+    assert [s.reason for s in scores] == [Reason.CORRECT, Reason.TIMEOUT, Reason.CORRECT]
+    assert scores[1] == Score(0.0, Reason.TIMEOUT, scores[1].details) and scores[1].details["timeout"] == "hard"
+    assert 1.5 <= elapsed < 1.5 + 1.0
+    after = pool.stats()
+    assert after["timeout"] - before["timeout"] == 1
+    assert after["respawns"] - before["respawns"] >= 1
+    assert [s.value for s in pool.score([("value:7", "z")] * 4)] == [7.0] * 4
+
+
+def test_soft_timeout_interrupts_python_loops(pool: RewardPool) -> None:
+    score = pool.score([("spin", "a")])[0]
+    assert score.reason is Reason.TIMEOUT and score.details["timeout"] == "soft"
+
+
+@pytest.mark.parametrize("cmd", ["exit", "segv"])
+def test_dead_worker_is_a_crash_for_its_item_only(pool: RewardPool, cmd: str) -> None:
+    before = pool.stats()
+    items = [(f"value:{i}", "r") for i in range(20)]
+    items[7] = (cmd, "r")
+    scores = pool.score(items)
+    assert scores[7].reason is Reason.CRASH and scores[7].value == 0.0
+    assert [s.value for i, s in enumerate(scores) if i != 7] == [float(i) for i in range(20) if i != 7]
+    after = pool.stats()
+    assert after["crash"] - before["crash"] == 1
+    assert after["respawns"] - before["respawns"] >= 1
+
+
+def test_exceptions_and_bad_results_are_crashes_without_respawn(pool: RewardPool) -> None:
+    before = pool.stats()
+    raised, none = pool.score([("raise", "r"), ("none", "r")])
+    assert raised.reason is Reason.CRASH and "RuntimeError: boom" in raised.details["error"]
+    assert none.reason is Reason.CRASH and "NoneType" in none.details["error"]
+    assert pool.stats()["respawns"] == before["respawns"]
+
+
+def test_stats_count_every_reason(pool: RewardPool) -> None:
+    before = pool.stats()
+    pool.score([("value:1", "a"), ("other", "b"), ("raise", "c")])
+    after = pool.stats()
+    delta = {k: after[k] - before[k] for k in after}
+    assert (delta["scored"], delta["correct"], delta["wrong"], delta["crash"]) == (3, 1, 1, 1)
+    assert set(after) >= {"scored", "correct", "wrong", "no_answer", "parse_error", "timeout", "crash", "respawns"}
+
+
+def test_memory_bomb_is_contained() -> None:
+    with RewardPool(ScriptedReward(), num_workers=1, timeout_s=10, memory_limit_mb=256) as p:
+        score = p.score([("alloc", "r"), ("value:2", "r")])
+    assert score[0].reason is Reason.CRASH and "MemoryError" in score[0].details["error"]
+    assert score[1].value == 2.0
+
+
+def test_stragglers_do_not_hold_up_the_batch() -> None:
+    """Four hangs on ONE worker: serially they would take 4 x timeout; set aside, ~1 x timeout."""
+    timeout = 2.0
+    with RewardPool(ScriptedReward(), num_workers=1, timeout_s=timeout, straggler_s=0.2, max_stragglers=4) as p:
+        p.score([("value:0", "warm-up")])
+        items = [("hang", "r") if i % 10 == 0 else (f"value:{i}", "r") for i in range(40)]
+        start = time.monotonic()
+        scores = p.score(items)
+        elapsed = time.monotonic() - start
+        assert [s.reason for i, s in enumerate(scores) if i % 10 == 0] == [Reason.TIMEOUT] * 4
+        assert [s.value for i, s in enumerate(scores) if i % 10] == [float(i) for i in range(40) if i % 10]
+        assert elapsed < timeout + 1.5
+        assert p.stats()["stragglers"] >= 4
+
+
+def test_close_kills_workers_and_fails_pending_batches() -> None:
+    p = RewardPool(ScriptedReward(), num_workers=2, timeout_s=30)
+    pids = _wait_pids(p, 2)
+    handle = p.submit([("sleep:20", "r")] * 3)
+    time.sleep(0.3)
+    start = time.monotonic()
+    p.close()
+    assert time.monotonic() - start < 5
+    with pytest.raises(PoolClosed):
+        handle.result(timeout=5)
+    with pytest.raises(PoolClosed):
+        p.submit([("value:1", "r")])
+    assert _wait_gone(pids) == []
+    p.close()  # idempotent
+
+
+def test_garbage_collected_pool_leaves_no_processes() -> None:
+    p = RewardPool(ScriptedReward(), num_workers=2, timeout_s=5)
+    assert p.score([("value:1", "r")])[0].value == 1.0
+    pids = _wait_pids(p, 2)
+    assert len(pids) == 2
+    del p
+    gc.collect()
+    assert _wait_gone(pids) == []
+
+
+def test_a_pending_batch_keeps_its_pool_alive() -> None:
+    handle = RewardPool(ScriptedReward(), num_workers=1, timeout_s=5).submit([("sleep:0.2", "r"), ("value:3", "r")])
+    gc.collect()
+    assert [s.value for s in handle.result(timeout=30)] == [1.0, 3.0]
+
+
+def test_a_reward_function_that_cannot_load_breaks_the_pool_loudly() -> None:
+    p = RewardPool(UnloadableReward(), num_workers=1, timeout_s=5)
+    with pytest.raises(PoolClosed, match="cannot be loaded"):
+        p.score([("x", "y")], timeout=60)
+    p.close()
+
+
+def test_bad_arguments_fail_at_the_boundary() -> None:
+    with pytest.raises(TypeError, match="picklable"):
+        RewardPool(type("Local", (), {"score": lambda self, c, r: None})(), num_workers=1)
+    with pytest.raises(TypeError, match="score"):
+        RewardPool(object(), num_workers=1)
+    with pytest.raises(ValueError, match="num_workers"):
+        RewardPool(MathReward(), num_workers=0)
+    with pytest.raises(ValueError, match="fork"):
+        RewardPool(MathReward(), num_workers=1, start_method="fork")
+
+
+def test_non_string_items_are_rejected(pool: RewardPool) -> None:
+    with pytest.raises(TypeError, match="item 1"):
+        pool.submit([("value:1", "r"), (None, "r")])  # type: ignore[list-item]
+
+
+def test_spawn_start_method_works() -> None:
+    with RewardPool(MathReward(), num_workers=1, timeout_s=30, start_method="spawn") as p:
+        assert [s.value for s in p.score([("\\boxed{0.5}", "\\frac12"), ("\\boxed{2}", "3")])] == [1.0, 0.0]
+
+
+def test_default_worker_count_follows_the_cpus() -> None:
+    with RewardPool(ScriptedReward()) as p:
+        assert p.num_workers == len(os.sched_getaffinity(0))
+
+
+# --- property-based: any mix of behaviours, nothing lost or reordered ----------------------------
+COMMANDS = st.one_of(
+    st.integers(-1000, 1000).map(lambda i: f"value:{i}"),
+    st.sampled_from(["exit", "raise", "other", "none", "sleep:0.01"]),
+)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.lists(COMMANDS, max_size=40))
+def test_fuzz_pool_results_match_a_serial_oracle(pool: RewardPool, commands: list[str]) -> None:
+    items = [(c, f"ref{i}") for i, c in enumerate(commands)]
+    scores = pool.score(items, timeout=120)
+    assert len(scores) == len(items)
+    for (cmd, ref), score in zip(items, scores):
+        if cmd.startswith("value:"):
+            assert (score.value, score.reason, score.details["ref"]) == (float(cmd[6:]), Reason.CORRECT, ref)
+        elif cmd.startswith("sleep"):
+            assert (score.value, score.reason) == (1.0, Reason.CORRECT)
+        elif cmd == "other":
+            assert score.reason is Reason.WRONG
+        else:
+            assert score.reason is Reason.CRASH

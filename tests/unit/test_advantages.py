@@ -1,0 +1,31 @@
+import math
+
+import pytest
+import torch
+
+from rl.algorithms.advantages import grpo_advantages, informative_groups
+
+
+def test_grpo_hand_computed():
+    # group 1: rewards 1,0,0,1 → mean 0.5, unbiased std = sqrt(1/3) = 0.57735
+    # group 2: rewards 1,1,1,1 → all zero advantage
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    a = grpo_advantages(r, 4, std_normalize=True, eps=0.0 + 1e-12)
+    s = math.sqrt(1 / 3)
+    expected = [0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s, 0, 0, 0, 0]
+    assert a.tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_dr_grpo_no_std():
+    r = torch.tensor([3.0, 1.0, 2.0])
+    assert grpo_advantages(r, 3, std_normalize=False).tolist() == pytest.approx([1.0, -1.0, 0.0])
+
+
+def test_bad_shape():
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        grpo_advantages(torch.ones(5), 2)
+
+
+def test_informative_groups():
+    r = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    assert informative_groups(r, 2).tolist() == [False, True, False]

@@ -1,0 +1,54 @@
+import pytest
+
+from rl.config import ConfigError, RunConfig, from_data, load_recipe
+
+RECIPES = sorted(__import__("pathlib").Path(__file__).resolve().parents[2].glob("recipes/*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_validate(recipe):
+    assert isinstance(load_recipe(recipe), RunConfig)
+
+
+def test_defaults_and_overrides():
+    cfg = from_data({"name": "x"}, ["trainer.lr=0.5", "rollout.group_size=4", "data.eval.source=gsm8k_test", "ray.address=null"])
+    assert cfg.trainer.lr == 0.5 and isinstance(cfg.trainer.lr, float)
+    assert cfg.rollout.group_size == 4
+    assert cfg.data.eval.source == "gsm8k_test"
+
+
+@pytest.mark.parametrize(
+    "data, overrides, message",
+    [
+        ({"trainer": {"lrr": 1}}, [], r"trainer.lrr: unknown key. Did you mean 'lr'\?"),
+        ({"bogus": 1}, [], r"bogus: unknown key"),
+        ({"rollout": {"group_size": "eight"}}, [], r"rollout.group_size: expected int, got 'eight'"),
+        ({"trainer": {"zero_stage": 4}}, [], r"trainer.zero_stage: got 4; allowed: one of 0, 1, 2, 3"),
+        ({"algorithm": {"kl_estimator": "k4"}}, [], r"algorithm.kl_estimator: got 'k4'"),
+        ({"trainer": {"lr": True}}, [], r"trainer.lr: expected float, got True"),
+        ({"rollout": {"group_size": 1}}, [], r"rollout.group_size: GRPO compares"),
+        ({}, ["algorithm.correction=tis", "algorithm.old_logprobs=rollout"], r"algorithm.correction: a train/infer correction needs"),
+        ({}, ["rollout.prompts_per_step=3", "rollout.group_size=3", "trainer.num_ranks=2"], r"must split evenly"),
+        ({}, ["rollout.max_new_tokens=600"], r"rollout.max_new_tokens: must be below rollout.max_model_len"),
+        ({}, ["schedule.eval_samples=4"], r"schedule.eval_samples: k > 1 samples need"),
+        ({"rollout": 3}, [], r"rollout: expected a mapping"),
+        ({}, ["trainer"], r"expected key.sub=value"),
+        ({}, ["trainer.lr.x=1"], r"trainer.lr: expected float, got \{'x': 1\}"),
+        ({"trainer": {"lr": 1}}, ["trainer.lr.x=1"], r"trainer.lr is not a mapping"),
+    ],
+)
+def test_errors_name_the_key(data, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        from_data(data, overrides)
+
+
+def test_recipe_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_recipe(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_recipe(bad)
