@@ -187,7 +187,13 @@ def training_shapes(dev, bw, flops, fla_chunk):
             o = la.chunk(q, k, v, g, scale)[0]
             return torch.autograd.grad(o, (q, k, v), do)
 
-        t_f, t_fb = bench(ours_f), bench(ours_fb)
+        ck = _chunk_mod()
+        base = (ck.SPLIT_STATE, ck.SPLIT_DERIVED)
+        ours = {}
+        for mode in ((True, False), (False, False), (True, True)):
+            ck.SPLIT_STATE, ck.SPLIT_DERIVED = mode
+            ours[mode] = (bench(ours_f), bench(ours_fb))
+        ck.SPLIT_STATE, ck.SPLIT_DERIVED = base
         a_f = a_fb = float("nan")
         if fla_chunk is not None:
             def fla_f():
@@ -201,10 +207,13 @@ def training_shapes(dev, bw, flops, fla_chunk):
             with torch.no_grad():
                 d = rel(ours_f(), fla_f())
             print(f"  ours vs fla output rel diff {d:.2e}")
-        row(case=f"chunk fwd B={B} T={T}", ms=t_f, fla_ms=a_f, ratio_fla=t_f / a_f,
-            roofline_pct=100 * floor_f / t_f)
-        row(case=f"chunk fwd+bwd B={B} T={T}", ms=t_fb, fla_ms=a_fb, ratio_fla=t_fb / a_fb,
-            roofline_pct=100 * floor_fb / t_fb)
+        for mode, (t_f, t_fb) in ours.items():
+            tag = {(True, False): "split=state", (False, False): "split=none",
+                   (True, True): "split=all"}[mode]
+            row(case=f"chunk fwd B={B} T={T} {tag}", ms=t_f, fla_ms=a_f, ratio_fla=t_f / a_f,
+                roofline_pct=100 * floor_f / t_f)
+            row(case=f"chunk fwd+bwd B={B} T={T} {tag}", ms=t_fb, fla_ms=a_fb, ratio_fla=t_fb / a_fb,
+                roofline_pct=100 * floor_fb / t_fb)
         del q, k, v, do
         torch.cuda.empty_cache()
 

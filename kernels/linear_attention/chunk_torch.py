@@ -64,22 +64,21 @@ def _chunk_dense(q, k, v, decay, scale, h0, output_final_state):
     lam_c = torch.exp(g * C)[None, :, None, None]          # [1, H, 1, 1]
 
     attn = (qc @ kc.transpose(-1, -2)) * decay_intra[None, :, None]
-    o = attn @ vc                                                        # intra-chunk
+    intra = attn @ vc                                                    # [B, H, NT, C, V]
     kv = (kc * decay_k[None, :, None, :, None]).transpose(-1, -2) @ vc   # [B, H, NT, D, V]
     S = h0.to(dt) if h0 is not None else qc.new_zeros(B, H, D, vc.shape[-1])
-    starts = []
-    for n in range(NT):  # state at the start of each chunk, carried in fp32
-        starts.append(S)
+    outs = []
+    for n in range(NT):  # carry the fp32 state chunk to chunk; add its contribution per chunk
+        outs.append(intra[:, :, n] + (qc[:, :, n] @ S) * decay_q[None, :, :, None])
+        s_last = S
         if n + 1 < NT:
             S = lam_c * S + kv[:, :, n]
-    s_start = torch.stack(starts, 2)                                     # [B, H, NT, D, V]
-    o = o + (qc @ s_start) * decay_q[None, :, None, :, None]             # inter-chunk
-    o = (scale * o).reshape(B, H, NT * C, -1)[:, :, :T].transpose(1, 2)
+    o = (scale * torch.stack(outs, 2)).reshape(B, H, NT * C, -1)[:, :, :T].transpose(1, 2)
     ht = None
     if output_final_state:
         # The last chunk may be partial (c tokens): decay to its real end, not to the padding.
         c = T - (NT - 1) * C
         dk_last = torch.where(i < c, torch.exp(g[:, None] * (c - 1 - i).clamp(min=0)), 0.0)
-        ht = (torch.exp(g * c)[None, :, None, None] * starts[-1]
+        ht = (torch.exp(g * c)[None, :, None, None] * s_last
               + (kc[:, :, -1] * dk_last[None, :, :, None]).transpose(-1, -2) @ vc[:, :, -1])
     return o.to(q.dtype), ht

@@ -30,23 +30,26 @@ POISON_OUTPUTS = False  # tests: NaN-fill the output before the kernel runs
 
 
 def recurrent_torch(q, k, v, decay, scale, state, state_indices):
-    """q, k, v: ``[B, N, H, D]``; state: ``[slots, H, D, D]`` fp32 (or fp64); returns o [B, N, H, D]."""
+    """q, k, v: ``[B, N, H, D]``; state: ``[slots, H, D, D]`` fp32 (or fp64); returns o [B, N, H, D].
+
+    Works on each row's slot in place (a view, no gather/scatter copies of the pool): the state is
+    the whole cost of a decode step, so every extra pass over it counts on a CPU.
+    """
     B, N, H, D = q.shape
-    idx = (torch.arange(B, device=q.device) if state_indices is None else state_indices.long())
-    valid = idx >= 0
-    rows = idx.clamp(min=0)
+    slots = list(range(B)) if state_indices is None else state_indices.tolist()
     dt = state.dtype
-    S = state.index_select(0, rows)                       # [B, H, D, D], a copy
-    lam = torch.exp(decay.to(dt))[None, :, None, None]
-    o = torch.empty(B, N, H, v.shape[-1], dtype=dt, device=q.device)
-    for n in range(N):
-        S.mul_(lam).add_(k[:, n].to(dt)[..., :, None] * v[:, n].to(dt)[..., None, :])
-        o[:, n] = scale * torch.einsum("bhk,bhkv->bhv", q[:, n].to(dt), S)
-    o[~valid] = 0
-    if bool(valid.all()):
-        state.index_copy_(0, rows, S)
-    else:
-        state.index_copy_(0, rows[valid], S[valid])
+    lam = torch.exp(decay.to(dt))[:, None, None]                 # [H, 1, 1]
+    qf, kf, vf = q.to(dt), k.to(dt), v.to(dt)
+    o = torch.zeros(B, N, H, v.shape[-1], dtype=dt, device=q.device)
+    for b, slot in enumerate(slots):
+        if slot < 0:                                             # padding row
+            continue
+        S = state[slot]                                          # [H, D, D] view
+        for n in range(N):
+            S.mul_(lam).baddbmm_(kf[b, n][:, :, None], vf[b, n][:, None, :])
+            torch.bmm(qf[b, n][:, None, :], S, out=o[b, n][:, None, :])
+    if scale != 1.0:
+        o.mul_(scale)
     return o.to(q.dtype)
 
 
