@@ -43,8 +43,8 @@ from kernels.lm_head import logits_fp32, token_logprobs, token_logprobs_ref  # n
 GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, kind)
     (128, 128, 8, 4, "ptr"), (128, 256, 8, 3, "ptr"), (64, 128, 4, 4, "ptr"),
     (128, 128, 8, 4, "tma"), (128, 256, 8, 3, "tma"), (64, 128, 4, 4, "tma"), (128, 128, 4, 4, "tma"),
-    (128, 128, 8, 4, "tma_ws"), (128, 256, 8, 3, "tma_ws"), (128, 128, 4, 3, "tma_ws"),
 ]
+WS_CONFIGS = [(128, 128, 8, 4, "tma_ws"), (128, 256, 8, 3, "tma_ws")]
 LOGITS_CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
     (128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4), (128, 256, 64, 8, 4),
 ]
@@ -125,6 +125,7 @@ def check_correctness(dev: str, smoke: bool) -> None:
         same.append(bool(torch.equal(part, full[:sub])))
     cfgs = [] if smoke or dev == "cpu" else GEMM_CONFIGS + [(64, 64, 4, 3, "ptr")]
     for cfg in cfgs:
+        print(f"  invariance check, config {cfg}", flush=True)
         try:
             same.append(bool(torch.equal(fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=cfg), full)))
         except Exception as e:
@@ -239,6 +240,7 @@ def gemm_section(dev) -> None:
                 per[str(cfg)] = f"fail {type(e).__name__}"
                 continue
             per[str(cfg)] = round(tf(t), 1)
+            print(f"  {m},{n},{k} {cfg}: {tf(t):.0f}", flush=True)
             if t < best[0]:
                 best = (t, str(cfg))
         RESULTS[f"gemm_{m}_{n}_{k}"] = dict(bf16=tf(t_bf16), tensor=tf(t_ten), row=tf(t_row),
@@ -357,42 +359,71 @@ def lm_head_section(dev) -> None:
     say()
 
 
+SECTIONS = ("correctness", "gemm", "bw", "linear", "lm", "ws")
+
+
+def ws_probe(dev) -> None:
+    """Warp-specialized TMA variant, run last in its own process (it may hang or fail to build)."""
+    say("## GEMM with Triton automatic warp specialization (probe)")
+    for m, n, k in ((8192, 8192, 8192), (4096, 7168, 16384)):
+        a = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+        b = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
+        aq, as_ = quantize_act(a)
+        bq, bs = quantize_weight(b)
+        ref = fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=(128, 128, 8, 4, "ptr"))
+        for cfg in WS_CONFIGS:
+            c = fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=cfg)
+            t = bench(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=cfg))
+            say(f"{m},{n},{k} {cfg}: {2 * m * n * k / t / 1e9:.0f} TFLOP/s, bitwise == ptr kernel: "
+                f"{bool(torch.equal(c, ref))}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="CPU/interpreter correctness only, tiny sizes")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: gemm,bw,linear,lm")
+    ap.add_argument("--sections", default="correctness,gemm,bw,linear,lm",
+                    help=f"comma list out of {SECTIONS}")
+    ap.add_argument("--json", action="store_true", help="also write the raw numbers as JSON")
     args = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     import triton
 
+    sections = args.sections.split(",")
+    tag = "_".join(sections)
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu (interpreter)"
-    say(f"# kernels/fp8 benchmark — {name}, torch {torch.__version__}, triton {triton.__version__}, "
-        f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    say(f"# kernels/fp8 benchmark [{tag}] — {name}, torch {torch.__version__}, "
+        f"triton {triton.__version__}, {now:%Y-%m-%d %H:%M} UTC")
     torch.manual_seed(0)
-    t0 = time.time()
-    check_correctness(dev, args.smoke or dev == "cpu")
-    say(f"(correctness {time.time() - t0:.0f} s)")
-    if dev == "cuda":
-        skip = set(args.skip.split(","))
-        copy_bw = copy_bandwidth(dev)
-        RESULTS["copy_bw"] = copy_bw
-        say(f"copy bandwidth: {copy_bw / 1e12:.2f} TB/s (1 GiB bf16 copy_, read+write)")
-        for key, fn in (("gemm", lambda: gemm_section(dev)), ("bw", lambda: bandwidth_section(dev, copy_bw)),
-                        ("linear", lambda: linear_section(dev)), ("lm", lambda: lm_head_section(dev))):
-            if key in skip:
-                continue
-            t1 = time.time()
-            try:
-                fn()
-            except Exception as e:  # keep the other sections' numbers
-                say(f"section {key} FAILED: {type(e).__name__}: {e}")
-            say(f"({key} {time.time() - t1:.0f} s)")
+    todo = {
+        "correctness": lambda: check_correctness(dev, args.smoke or dev == "cpu"),
+        "gemm": lambda: gemm_section(dev),
+        "bw": lambda: bandwidth_section(dev, RESULTS["copy_bw"]),
+        "linear": lambda: linear_section(dev),
+        "lm": lambda: lm_head_section(dev),
+        "ws": lambda: ws_probe(dev),
+    }
+    if dev == "cuda" and "bw" in sections:
+        RESULTS["copy_bw"] = copy_bandwidth(dev)
+        say(f"copy bandwidth: {RESULTS['copy_bw'] / 1e12:.2f} TB/s (1 GiB bf16 copy_, read+write)")
+    for key in sections:
+        if key not in SECTIONS:
+            raise SystemExit(f"unknown section {key!r}; choose from {SECTIONS}")
+        if dev != "cuda" and key != "correctness":
+            continue
+        t1 = time.time()
+        try:
+            todo[key]()
+        except Exception as e:  # keep the other sections' numbers
+            say(f"section {key} FAILED: {type(e).__name__}: {e}")
+        say(f"({key} {time.time() - t1:.0f} s)")
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "fp8_bench.md"), "w") as f:
+    with open(os.path.join(args.out, f"fp8_{tag}.md"), "w") as f:
         f.write("\n".join(ROWS) + "\n")
-    with open(os.path.join(args.out, "fp8_bench.json"), "w") as f:
-        json.dump(RESULTS, f, indent=1, default=str)
+    if args.json:
+        with open(os.path.join(args.out, f"fp8_{tag}.json"), "w") as f:
+            json.dump(RESULTS, f, indent=1, default=str)
 
 
 if __name__ == "__main__":

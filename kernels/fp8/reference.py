@@ -34,7 +34,9 @@ def scale_from_amax(amax: torch.Tensor, pow2_scale: bool) -> torch.Tensor:
     bit manipulation (exact, no log2/exp2 approximations), so quantized values stay ≤ 448.
     """
     amax = amax.float()
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    # Tensor ÷ tensor: PyTorch's CUDA kernel turns ÷ a Python scalar into × its reciprocal,
+    # which is not the correctly rounded quotient the Triton kernels (div_rn) compute.
+    scale = torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), torch.ones_like(amax))
     if pow2_scale:
         bits = scale.view(torch.int32)
         exponent = bits & 0x7F800000
