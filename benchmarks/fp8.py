@@ -41,10 +41,17 @@ from kernels.fp8 import reference as R  # noqa: E402
 from kernels.lm_head import logits_fp32, token_logprobs, token_logprobs_ref  # noqa: E402
 
 GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, kind)
-    (128, 128, 8, 4, "ptr"), (128, 256, 8, 3, "ptr"), (64, 128, 4, 4, "ptr"),
-    (128, 128, 8, 4, "tma"), (128, 256, 8, 3, "tma"), (64, 128, 4, 4, "tma"), (128, 128, 4, 4, "tma"),
+    (128, 128, 8, 4, "ptr"), (64, 128, 4, 4, "ptr"),
+    (128, 128, 8, 4, "tma"), (64, 128, 4, 4, "tma"), (128, 128, 8, 3, "tma"),
+    (128, 128, 8, 4, "tma_pp"), (64, 128, 4, 4, "tma_pp"), (128, 128, 8, 3, "tma_pp"),
+    (128, 256, 8, 3, "tma_pp"), (128, 128, 8, 4, "tma_pp_ws"), (128, 128, 8, 4, "tma_ws"),
 ]
-WS_CONFIGS = [(128, 128, 8, 4, "tma_ws"), (128, 256, 8, 3, "tma_ws")]
+WS_CONFIGS = [(128, 128, 8, 4, "tma_ws"), (128, 128, 8, 4, "tma_pp_ws")]
+QUANT_CONFIGS = {  # mode -> [(BLOCK_M, G, num_warps)]
+    "row": [(32, 4, 4), (64, 1, 4), (16, 8, 4), (64, 2, 8), (32, 8, 8)],
+    "col": [(128, 1, 8), (128, 1, 4), (128, 2, 8), (128, 4, 8)],
+    "both": [(128, 1, 8), (128, 1, 4), (128, 2, 8), (128, 4, 16)],
+}
 LOGITS_CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
     (128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4), (128, 256, 64, 8, 4),
 ]
@@ -270,6 +277,22 @@ def bandwidth_section(dev, copy_bw) -> None:
         row("quantize_act_t", f"{m}x{k}", lambda: quantize_act_t(x), m * k * 3 + sc)
         row("quantize_act_both", f"{m}x{k}", lambda: quantize_act_both(x), m * k * 4 + 2 * sc)
         row("quantize_weight", f"{m}x{k}", lambda: quantize_weight(x), m * k * 3)
+    from kernels.fp8.quantize import _quant_act_triton
+
+    for m, k in ((8192, 5120), (16384, 7168)):
+        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+        sc = m * k // 128 * 4
+        for mode, flags, nbytes in (("row", (True, False), m * k * 3 + sc),
+                                    ("col", (False, True), m * k * 3 + sc),
+                                    ("both", (True, True), m * k * 4 + 2 * sc)):
+            per = {}
+            for cfg in QUANT_CONFIGS[mode]:
+                try:
+                    t = bench(lambda: _quant_act_triton(x, *flags, False, cfg))
+                    per[str(cfg)] = round(nbytes / (t * 1e-3) / copy_bw, 2)
+                except Exception as e:
+                    per[str(cfg)] = f"fail {type(e).__name__}"
+            say(f"  quantize {mode} {m}x{k} ÷copy per (BLOCK_M, G, warps): {per}")
     m, d = 8192, 2048
     xr = torch.randn(m, d, device=dev)
     g = torch.rand(d, device=dev) + 0.5
@@ -295,6 +318,25 @@ def linear_section(dev) -> None:
     for name, mod in (("bf16", lin), ("fp8", f8)):
         res[name + "_fwd"] = bench(lambda: mod(x), grad_to_none=[x, lin.weight])
         res[name + "_fwdbwd"] = bench(lambda: mod(x).backward(dy), grad_to_none=[x, lin.weight])
+    # where the FP8 time goes
+    xq, xs = quantize_act(x.detach())
+    wq, ws = quantize_weight(lin.weight.detach())
+    dyq, dys, dyqt, dyst = quantize_act_both(dy)
+    xqt, xst = quantize_act_t(x.detach())
+    from kernels.fp8 import transpose_quantized_weight
+
+    wqt, wst = transpose_quantized_weight(wq, ws)
+    parts = {
+        "quant x": lambda: quantize_act(x.detach()),
+        "quant W": lambda: quantize_weight(lin.weight.detach()),
+        "fwd gemm": lambda: fp8_gemm(xq, xs, wq, ws),
+        "quant dy both": lambda: quantize_act_both(dy),
+        "transpose Wq": lambda: transpose_quantized_weight(wq, ws),
+        "dgrad gemm": lambda: fp8_gemm(dyq, dys, wqt, wst),
+        "quant x^T": lambda: quantize_act_t(x.detach()),
+        "wgrad gemm (fp32 out)": lambda: fp8_gemm(dyqt, dyst, xqt, xst, torch.float32),
+    }
+    say("breakdown (us): " + ", ".join(f"{k_} {bench(f_) * 1e3:.0f}" for k_, f_ in parts.items()))
     fl = 6 * m * n * k
     for name in ("bf16", "fp8"):
         say(f"{name}: fwd {res[name + '_fwd'] * 1e3:.0f} us, fwd+bwd {res[name + '_fwdbwd'] * 1e3:.0f} us "

@@ -74,29 +74,34 @@ if HAS_TRITON:
         stride_xm, stride_xk,
         stride_qm, stride_sm, stride_sk,
         stride_qtk, stride_stk, stride_stm,
-        BLOCK_M: tl.constexpr, ROWWISE: tl.constexpr, COLWISE: tl.constexpr, POW2: tl.constexpr,
+        BLOCK_M: tl.constexpr, G: tl.constexpr,
+        ROWWISE: tl.constexpr, COLWISE: tl.constexpr, POW2: tl.constexpr,
     ):
-        # One program: a [BLOCK_M, 128] tile of x. ROWWISE writes 1×128 quantization along K
+        # One program: a [BLOCK_M, G·128] tile of x. ROWWISE writes 1×128 quantization along K
         # (q [M, K]); COLWISE (BLOCK_M == 128) writes it along M into qt [K, M].
+        BLOCK_K: tl.constexpr = G * 128
         pid_m = tl.program_id(0)
         pid_k = tl.program_id(1)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_k = pid_k * 128 + tl.arange(0, 128)
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
         mask_m = offs_m < M
         mask_k = offs_k < K
         mask = mask_m[:, None] & mask_k[None, :]
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=mask, other=0.0).to(tl.float32)
-        ax = tl.abs(x)
         if ROWWISE:
-            s = scale_from_amax(tl.max(ax, axis=1), POW2)
-            q = to_e4m3(x, s[:, None])
+            x3 = tl.reshape(x, (BLOCK_M, G, 128))
+            s = scale_from_amax(tl.max(tl.abs(x3), axis=2), POW2)  # [BLOCK_M, G]
+            q = tl.reshape(to_e4m3(x3, s[:, :, None]), (BLOCK_M, BLOCK_K))
             tl.store(q_ptr + offs_m[:, None] * stride_qm + offs_k[None, :], q, mask=mask)
-            tl.store(s_ptr + offs_m * stride_sm + pid_k * stride_sk, s, mask=mask_m)
+            groups = pid_k * G + tl.arange(0, G)
+            tl.store(s_ptr + offs_m[:, None] * stride_sm + groups[None, :] * stride_sk, s,
+                     mask=mask_m[:, None] & (groups[None, :] * 128 < K))
         if COLWISE:
-            st = scale_from_amax(tl.max(ax, axis=0), POW2)
-            qt = to_e4m3(x, st[None, :])
-            tl.store(qt_ptr + offs_k[None, :] * stride_qtk + offs_m[:, None], qt, mask=mask)
+            st = scale_from_amax(tl.max(tl.abs(x), axis=0), POW2)
+            qt = tl.trans(to_e4m3(x, st[None, :]))  # [BLOCK_K, BLOCK_M], M contiguous in qt
+            tl.store(qt_ptr + offs_k[:, None] * stride_qtk + offs_m[None, :], qt,
+                     mask=mask_k[:, None] & mask_m[None, :])
             tl.store(st_ptr + offs_k * stride_stk + pid_m * stride_stm, st, mask=mask_k)
 
     @triton.jit
@@ -119,7 +124,11 @@ def _empty_act_scale(rows: int, cols: int, device) -> torch.Tensor:
     return torch.empty(cols, rows, dtype=torch.float32, device=device).t()
 
 
-def _quant_act_triton(x: torch.Tensor, rowwise: bool, colwise: bool, pow2_scale: bool):
+# (BLOCK_M, G, num_warps) per mode; tuned on an H100 (benchmarks/fp8.py).
+_QUANT_CFG = {"row": (32, 4, 4), "col": (128, 1, 8), "both": (128, 1, 8)}
+
+
+def _quant_act_triton(x: torch.Tensor, rowwise: bool, colwise: bool, pow2_scale: bool, cfg=None):
     m, k = x.shape
     q = s = qt = st = None
     if rowwise:
@@ -128,19 +137,20 @@ def _quant_act_triton(x: torch.Tensor, rowwise: bool, colwise: bool, pow2_scale:
     if colwise:
         qt = torch.empty(k, m, dtype=FP8_DTYPE, device=x.device)
         st = _empty_act_scale(k, _cdiv(m, BLOCK), x.device)
-    block_m = 128 if colwise else 64
-    dummy_q = q if q is not None else qt
-    dummy_s = s if s is not None else st
-    qq, ss = (q, s) if rowwise else (dummy_q, dummy_s)
-    qqt, sst = (qt, st) if colwise else (dummy_q, dummy_s)
-    grid = (_cdiv(m, block_m), _cdiv(k, BLOCK))
+    mode = "both" if rowwise and colwise else ("row" if rowwise else "col")
+    block_m, g, warps = cfg or _QUANT_CFG[mode]
+    if colwise and block_m != BLOCK:
+        raise ValueError("transposed quantization needs BLOCK_M == 128")
+    qq, ss = (q, s) if rowwise else (qt, st)
+    qqt, sst = (qt, st) if colwise else (q, s)
+    grid = (_cdiv(m, block_m), _cdiv(k, BLOCK * g))
     _quant_act_kernel[grid](
         x, qq, ss, qqt, sst, m, k,
         x.stride(0), x.stride(1),
         qq.stride(0), ss.stride(0), ss.stride(1),
         qqt.stride(0), sst.stride(0), sst.stride(1),
-        BLOCK_M=block_m, ROWWISE=rowwise, COLWISE=colwise, POW2=pow2_scale,
-        num_warps=8 if colwise else 4,
+        BLOCK_M=block_m, G=g, ROWWISE=rowwise, COLWISE=colwise, POW2=pow2_scale,
+        num_warps=warps,
     )
     return q, s, qt, st
 

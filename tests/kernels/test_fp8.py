@@ -183,7 +183,7 @@ def test_fp8_gemm_tma_variant_interpreted():
     aq, as_ = quantize_act(a)
     bq, bs = quantize_weight(b)
     ref = R.fp8_gemm_ref(aq, as_, bq, bs)
-    for kind in ("tma", "tma_ws"):
+    for kind in ("tma", "tma_ws", "tma_pp", "tma_pp_ws"):
         c = fp8_gemm(aq, as_, bq, bs, torch.float32, backend="triton", config=(32, 64, 4, 1, kind))
         assert rel(c, ref) < 1e-6
 
