@@ -12,10 +12,13 @@ has not answered) and since when. The dispatcher:
 - kills a worker whose current item has run `timeout_s` -> that item scores TIMEOUT, the
   worker's other items go back to the front of the queue, a replacement is started;
 - a worker that dies (segfault, `os._exit`, OOM kill) -> its item scores CRASH, same recovery;
-- a worker whose item has run `straggler_s` is set aside: reniced to 19, its queued items go
-  back to the queue and a replacement takes its slot (at most `max_stragglers` at a time). A
-  pathological item then delays only itself (it is killed at `timeout_s`), not the batch behind
-  it; a straggler that finishes in time delivers its score and retires.
+- a worker whose item has run `straggler_s` is set aside: its queued items go back to the queue
+  and a replacement takes its slot (at most `max_stragglers` at a time). A pathological item then
+  delays only itself (it is killed at `timeout_s`), not the batch behind it; a straggler that
+  finishes in time delivers its score and retires. At `demote_s` it is also reniced, so that what
+  is by then almost surely a hang stops taking CPU from the batch. Until then it keeps its fair
+  share: renicing at once would starve legitimately slow items (0.1-1 s of sympy) into timeouts
+  whenever the pool stays busy.
 Results land in their batch's slot by index: nothing is lost, duplicated or reordered.
 """
 
@@ -135,20 +138,24 @@ class _Worker:
     inflight: collections.deque = field(default_factory=collections.deque)
     head_since: float = 0.0  # when the worker started on inflight[0]
     straggler: bool = False
+    demoted: bool = False
 
 
 class _Dispatcher:
     """All mutable pool state; only the dispatcher thread touches workers and the queue."""
 
     def __init__(self, fn_bytes: bytes, num_workers: int, timeout_s: float, soft_timeout_s: float | None,
-                 straggler_s: float | None, max_stragglers: int, prefetch: int, memory_limit_mb: int | None,
-                 start_method: str):
+                 straggler_s: float | None, max_stragglers: int, demote_s: float | None, straggler_nice: int,
+                 prefetch: int,
+                 memory_limit_mb: int | None, start_method: str):
         self.fn_bytes = fn_bytes
         self.num_workers = num_workers
         self.timeout_s = timeout_s
         self.soft_timeout_s = soft_timeout_s
         self.straggler_s = straggler_s
         self.max_stragglers = max_stragglers
+        self.demote_s = demote_s
+        self.straggler_nice = straggler_nice
         self.prefetch = prefetch
         self.memory_limit_mb = memory_limit_mb
         self.ctx = _context(start_method)
@@ -327,14 +334,19 @@ class _Dispatcher:
             elif (self.straggler_s is not None and not w.straggler and busy >= self.straggler_s
                   and sum(x.straggler for x in self.workers) < self.max_stragglers):
                 self._set_aside(w)
+            elif w.straggler and not w.demoted and self.demote_s is not None and busy >= self.demote_s:
+                self._demote(w)
+
+    def _demote(self, w: _Worker) -> None:
+        w.demoted = True
+        try:
+            os.setpriority(os.PRIO_PROCESS, w.proc.pid, self.straggler_nice)
+        except OSError:
+            logger.debug("could not renice reward worker %s", w.proc.pid)
 
     def _set_aside(self, w: _Worker) -> None:
         w.straggler = True
         self._count("stragglers")
-        try:
-            os.setpriority(os.PRIO_PROCESS, w.proc.pid, 19)
-        except OSError:
-            logger.debug("could not renice reward worker %s", w.proc.pid)
         while len(w.inflight) > 1:
             item = w.inflight.pop()
             self.queue.appendleft(item)
@@ -350,6 +362,8 @@ class _Dispatcher:
                 deadlines.append(w.head_since + self.timeout_s)
                 if self.straggler_s is not None and not w.straggler:
                     deadlines.append(w.head_since + self.straggler_s)
+                if w.straggler and not w.demoted and self.demote_s is not None:
+                    deadlines.append(w.head_since + self.demote_s)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now) + 0.001
@@ -419,9 +433,14 @@ class RewardPool:
         timeout_s: hard wall-clock limit per item; the worker is killed and replaced.
         soft_timeout_s: in-worker limit (SIGALRM); default `timeout_s - min(0.5, timeout_s / 5)`,
             so most timeouts cost no respawn. None disables it.
-        straggler_s: after this long on one item a worker is set aside (niced) and replaced so the
-            batch moves on; default `min(1.0, timeout_s / 2)`. None disables.
-        max_stragglers: most workers set aside at once (default `2 * num_workers`).
+        straggler_s: after this long on one item a worker is set aside and replaced so the batch
+            moves on; default `min(0.25, timeout_s / 4)` (MATH-500 gold solutions: 0.3% of real
+            items take longer, p99 is 0.15 s). None disables.
+        max_stragglers: most workers set aside at once (default `max(8, 4 * num_workers)`).
+        demote_s: when a set-aside worker is reniced to `straggler_nice` (default `timeout_s / 2`;
+            None: never). MATH-500 gold solutions never need more than ~1.1 s on this machine.
+        straggler_nice: niceness after demotion (default 19: a hang then costs the batch behind it
+            almost no CPU).
         prefetch: items in flight per worker (2 hides the round trip to the dispatcher).
         memory_limit_mb: address space a worker may add to its start-up footprint (RLIMIT_AS); a
             memory bomb raises MemoryError inside the worker instead of taking the host down.
@@ -434,7 +453,9 @@ class RewardPool:
 
     def __init__(self, reward_fn: Any, num_workers: int | None = None, timeout_s: float = 5.0, *,
                  soft_timeout_s: float | None | str = "auto", straggler_s: float | None | str = "auto",
-                 max_stragglers: int | None = None, prefetch: int = 2, memory_limit_mb: int | None = 4096,
+                 max_stragglers: int | None = None, demote_s: float | None | str = "auto",
+                 straggler_nice: int = 19, prefetch: int = 2,
+                 memory_limit_mb: int | None = 2048,
                  start_method: str = "forkserver"):
         if not callable(getattr(reward_fn, "score", None)):
             raise TypeError(f"reward_fn {reward_fn!r} has no .score(completion, reference) method")
@@ -450,7 +471,9 @@ class RewardPool:
         if soft_timeout_s == "auto":
             soft_timeout_s = timeout_s - min(0.5, timeout_s / 5)
         if straggler_s == "auto":
-            straggler_s = min(1.0, timeout_s / 2)
+            straggler_s = min(0.25, timeout_s / 4)
+        if demote_s == "auto":
+            demote_s = timeout_s / 2
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
         self.reward_fn = reward_fn
@@ -459,8 +482,8 @@ class RewardPool:
         self._keys = itertools.count()
         self._dispatcher = _Dispatcher(
             fn_bytes, num_workers, float(timeout_s), soft_timeout_s, straggler_s,
-            2 * num_workers if max_stragglers is None else max_stragglers, prefetch, memory_limit_mb,
-            start_method,
+            max(8, 4 * num_workers) if max_stragglers is None else max_stragglers, demote_s, straggler_nice, prefetch,
+            memory_limit_mb, start_method,
         )
         self._finalizer = weakref.finalize(self, _Dispatcher.close, self._dispatcher)
 

@@ -29,8 +29,19 @@ def load_jsonl(name: str) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def math_pool():
-    """One pool of 2 MathReward workers shared by the data-set and adversarial tests."""
+    """2 MathReward workers with the default 5 s timeout (adversarial tests)."""
     from rewards import MathReward, RewardPool
 
     with RewardPool(MathReward(), num_workers=2, timeout_s=5.0) as pool:
+        yield pool
+
+
+@pytest.fixture(scope="session")
+def sweep_pool():
+    """2 MathReward workers for the data-set sweeps. The timeout is generous because these tests
+    check verdicts, not time limits, and CI machines are shared (at a load of 8 on 2 cores a
+    legitimate 1 s sympy check takes several seconds of wall time)."""
+    from rewards import MathReward, RewardPool
+
+    with RewardPool(MathReward(), num_workers=2, timeout_s=30.0) as pool:
         yield pool

@@ -25,11 +25,11 @@ def _other_answers(rows: list[dict]) -> list[str]:
     return out
 
 
-def test_math500_gold_solutions(math_pool: RewardPool) -> None:
+def test_math500_gold_solutions(sweep_pool: RewardPool) -> None:
     rows = load_jsonl("math500_test")
     assert len(rows) == 500
-    own = math_pool.submit([(r["solution"], r["answer"]) for r in rows])
-    other = math_pool.submit([(r["solution"], a) for r, a in zip(rows, _other_answers(rows))])
+    own = sweep_pool.submit([(r["solution"], r["answer"]) for r in rows])
+    other = sweep_pool.submit([(r["solution"], a) for r, a in zip(rows, _other_answers(rows))])
     own_scores, other_scores = own.result(timeout=600), other.result(timeout=600)
 
     own_rate = sum(s.value for s in own_scores) / len(rows)
@@ -42,21 +42,21 @@ def test_math500_gold_solutions(math_pool: RewardPool) -> None:
     assert all(s.reason in (Reason.CORRECT, Reason.WRONG) for s in own_scores + other_scores)
 
 
-def test_gsm8k_reference_solutions(math_pool: RewardPool) -> None:
+def test_gsm8k_reference_solutions(sweep_pool: RewardPool) -> None:
     rows = load_jsonl("gsm8k_test") + load_jsonl("gsm8k_train")
     assert len(rows) == 1319 + 7473
     finals = [r["answer"].rsplit("####", 1)[1].strip() for r in rows]
-    scores = math_pool.score([(r["answer"], f) for r, f in zip(rows, finals)], timeout=600)
+    scores = sweep_pool.score([(r["answer"], f) for r, f in zip(rows, finals)], timeout=600)
     failures = [(i, finals[i], s) for i, s in enumerate(scores) if s.value != 1]
     rate = 1 - len(failures) / len(rows)
     print(f"\nGSM8K: {rate:.2%} of {len(rows)} reference solutions score 1")
     assert failures == []
     # and the full solution text also works as the reference (loaders may pass it unparsed)
     sample = rows[:200]
-    assert all(s.value == 1 for s in math_pool.score([(r["answer"], r["answer"]) for r in sample]))
+    assert all(s.value == 1 for s in sweep_pool.score([(r["answer"], r["answer"]) for r in sample]))
 
 
-def test_aime_and_amc_answers_match_themselves(math_pool: RewardPool) -> None:
+def test_aime_and_amc_answers_match_themselves(sweep_pool: RewardPool) -> None:
     rows = load_jsonl("aime24") + load_jsonl("amc23")
     items = [(f"The final answer is $\\boxed{{{r['answer']}}}$.", str(r["answer"])) for r in rows]
-    assert [s.value for s in math_pool.score(items)] == [1.0] * len(rows)
+    assert [s.value for s in sweep_pool.score(items)] == [1.0] * len(rows)
