@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from .logits import logits_fp32, matmul_fp32
+from .online_softmax import logit_grads, new_state, update_stats
 
 _MAX_CHUNK_ELEMS = 1 << 26
 
@@ -41,29 +42,12 @@ class _TokenLogprobsFn(torch.autograd.Function):
         n = hidden.shape[0]
         v = weight.shape[0]
         dev = hidden.device
-        m = s = t = None  # running max, Σ e^(z-m), Σ e^(z-m)·(z-m)
-        target = torch.zeros(n, device=dev)
+        state = new_state(n, dev)  # m, Σe^(z-m), Σe^(z-m)(z-m), target logit
         for c0 in range(0, v, chunk):
-            c1 = min(v, c0 + chunk)
-            z = logits_fp32(hidden, weight[c0:c1], backend=backend)
-            if temperature != 1.0:
-                z.div_(temperature)
-            in_chunk = (tokens >= c0) & (tokens < c1)
-            zt = z.gather(1, (tokens - c0).clamp(0, c1 - c0 - 1)[:, None]).squeeze(1)
-            target = torch.where(in_chunk, zt, target)
-            cmax = z.amax(dim=1)
-            m_new = cmax if m is None else torch.maximum(m, cmax)
-            zm = z.sub_(m_new[:, None])  # in place: z - m'
-            e = torch.exp(zm)
-            s_c, t_c = e.sum(dim=1), torch.linalg.vecdot(e, zm)
-            if m is None:
-                s, t = s_c, t_c
-            else:  # rescale the running sums from m to m'
-                alpha = torch.exp(m - m_new)
-                t = alpha * (t + (m - m_new) * s) + t_c
-                s = alpha * s + s_c
-            m = m_new
-            del z, zm, e
+            z = logits_fp32(hidden, weight[c0:c0 + chunk], backend=backend)
+            update_stats(z, c0, tokens, temperature, state, backend=backend)
+            del z
+        m, s, t, target = state
         lse = m + torch.log(s)
         entropy = torch.log(s) - t / s  # H = lse - E[z], E[z] = m + t/s
         valid = tokens >= 0
@@ -84,23 +68,14 @@ class _TokenLogprobsFn(torch.autograd.Function):
         g_ent = torch.zeros(n, device=hidden.device) if g_ent is None else g_ent.float()
         grad_h = torch.zeros(n, d, dtype=torch.float32, device=hidden.device) if need_h else None
         grad_w = torch.empty_like(weight) if need_w else None
-        shift = (entropy - lse)[:, None]  # z - lse + H = z + shift
+        shift = entropy - lse  # z - lse + H = z + shift
         for c0 in range(0, v, chunk):
             c1 = min(v, c0 + chunk)
             w_c = weight[c0:c1]
             z = logits_fp32(hidden, w_c, backend=backend)
-            if temp != 1.0:
-                z.div_(temp)
-            p = torch.exp(z - lse[:, None])
-            # dz = -p·(g_lp + g_H·(z - lse + H)), then + g_lp at the target, then / T.
-            dz = z.add_(shift).mul_(g_ent[:, None]).add_(g_lp[:, None]).mul_(p).neg_()
-            del p
-            in_chunk = valid & (tokens >= c0) & (tokens < c1)
-            rows = in_chunk.nonzero().squeeze(1)
-            dz[rows, tokens[rows] - c0] += g_lp[rows]
-            if temp != 1.0:
-                dz.div_(temp)
-            dz = dz.to(weight.dtype)
+            dz = logit_grads(z, c0, tokens, lse, shift, g_lp, g_ent, temp, weight.dtype,
+                             backend=backend)
+            del z
             if need_h:
                 matmul_fp32(dz, w_c, out=grad_h, accumulate=True, backend=backend)
             if need_w:
