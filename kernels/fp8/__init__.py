@@ -11,7 +11,7 @@ Modules: ``reference`` (PyTorch reference / CPU path), ``quantize``, ``gemm``, `
 
 from .fused import rmsnorm_quant, silu_mul_quant
 from .gemm import fp8_gemm
-from .linear import FP8Linear, fp8_linear
+from .linear import FP8Linear, fp8_linear, swap_linears_to_fp8
 from .quantize import (
     FP8_DTYPE,
     FP8_MAX,
@@ -39,5 +39,6 @@ __all__ = [
     "quantize_weight_t",
     "rmsnorm_quant",
     "silu_mul_quant",
+    "swap_linears_to_fp8",
     "transpose_quantized_weight",
 ]

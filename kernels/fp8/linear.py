@@ -126,4 +126,21 @@ class FP8Linear(torch.nn.Linear):
         return super().extra_repr() + f", fp8=e4m3 1x128/128x128, pow2_scale={self.pow2_scale}"
 
 
-__all__ = ["FP8Linear", "fp8_linear"]
+def swap_linears_to_fp8(model: torch.nn.Module, include=None, pow2_scale: bool = False) -> list[str]:
+    """Replace ``nn.Linear`` submodules by ``FP8Linear`` in place (what an FP8 recipe switches).
+
+    include(name, module) -> bool selects the layers (default: every nn.Linear; a model
+    usually keeps its LM head, router and embeddings out). Parameters are shared, not copied.
+    Returns the names of the swapped modules.
+    """
+    swapped = []
+    for name, mod in list(model.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if type(child) is torch.nn.Linear and (include is None or include(full, child)):
+                setattr(mod, child_name, FP8Linear.from_linear(child, pow2_scale))
+                swapped.append(full)
+    return swapped
+
+
+__all__ = ["FP8Linear", "fp8_linear", "swap_linears_to_fp8"]

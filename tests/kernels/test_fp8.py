@@ -329,3 +329,13 @@ def test_fused_validation():
         rmsnorm_quant(torch.randn(4, 128), torch.ones(64))
     with pytest.raises(ValueError, match="odd"):
         silu_mul_quant(torch.randn(4, 129))
+
+
+def test_swap_linears_to_fp8():
+    from kernels.fp8 import swap_linears_to_fp8
+
+    model = torch.nn.Sequential(torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+    ref = model(torch.ones(2, 128))
+    names = swap_linears_to_fp8(model, include=lambda name, m: name != "2")
+    assert names == ["0"] and isinstance(model[0], FP8Linear) and type(model[2]) is torch.nn.Linear
+    assert rel(model(torch.ones(2, 128)), ref) < 0.1
