@@ -41,9 +41,9 @@ import triton
 import triton.language as tl
 
 BT = 64        # chunk size: fixed, shared with chunk_torch and the strict-mode contract
-BV = 64        # value columns per program (fixed: part of the reduction-order contract)
+BV = 32        # value columns per program (fixed: part of the reduction-order contract)
 NUM_WARPS = 4
-NUM_STAGES = 2
+NUM_STAGES = 3
 # 16-bit inputs: hi/lo split (two products) of the fp32 state S in q·S, and of the other fp32
 # operands (decayed scores, decayed keys).  See "Precision" above and BENCHMARKS.md for costs.
 SPLIT_STATE = True
