@@ -15,7 +15,8 @@ has not answered) and since when. The dispatcher:
 - a worker whose item has run `straggler_s` is set aside: its queued items go back to the queue
   and a replacement takes its slot (at most `max_stragglers` at a time). A pathological item then
   delays only itself (it is killed at `timeout_s`), not the batch behind it; a straggler that
-  finishes in time delivers its score and retires. At `demote_s` it is also reniced, so that what
+  finishes in time delivers its score and rejoins (an idle surplus worker, the newest, retires:
+  warm workers are kept). At `demote_s` it is also reniced (and retires when done), so that what
   is by then almost surely a hang stops taking CPU from the batch. Until then it keeps its fair
   share: renicing at once would starve legitimately slow items (0.1-1 s of sympy) into timeouts
   whenever the pool stays busy.
@@ -245,9 +246,16 @@ class _Dispatcher:
             self._count("respawns")
 
     def _keep_workers(self) -> None:
-        healthy = sum(not w.straggler for w in self.workers)
-        for _ in range(self.num_workers - healthy):
+        healthy = [w for w in self.workers if not w.straggler]
+        for _ in range(self.num_workers - len(healthy)):
             self._spawn()
+        surplus = len(healthy) - self.num_workers
+        for w in reversed(healthy):  # newest (coldest) first
+            if surplus <= 0:
+                break
+            if not w.inflight:
+                self._retire(w, None, {})
+                surplus -= 1
 
     def _feed(self) -> None:
         now = time.monotonic()
@@ -293,8 +301,11 @@ class _Dispatcher:
             w.inflight.popleft()
             w.head_since = time.monotonic()
         self._deliver(key, score)
-        if w.straggler:  # its slot was already refilled: retire it
-            self._retire(w, None, {})
+        if w.straggler:
+            if w.demoted:  # reniced for good (niceness cannot go back down): retire it
+                self._retire(w, None, {})
+            else:  # a legitimately slow item: the warm worker rejoins, a surplus idle one leaves
+                w.straggler = False
 
     def _deliver(self, key: int, score: Score) -> None:
         item = self.live.pop(key, None)

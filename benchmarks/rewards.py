@@ -1,0 +1,169 @@
+"""Reward pool benchmark: verdicts per second and tail latency with pathological completions.
+
+    python benchmarks/rewards.py [--items 2000] [--batches 5] [--timeout 5]
+
+Prints two tables (see DESIGN.md §9):
+
+1. Throughput on real completions (MATH-500 gold solutions against their own and another
+   problem's answer, GSM8K reference solutions against their final numbers):
+   - anchor: `math_verify.verify(parse(reference), parse(completion))` in a plain loop, what
+     peers (open-r1, TRL examples) do; no isolation, no time limit;
+   - `MathReward.score` in a plain loop (the single-process rate);
+   - `RewardPool` at 1, 2 and all-core workers. Target: rate >= 0.9 x workers x single-process.
+2. Latency of batches of 1024 completions of which 1% are pathological (sympy towers, huge
+   powers, deep nesting), all-core pool: batch wall time (p50 / p99 / max over batches) and per-
+   item p99. Target: p99 batch latency <= timeout + 1 s.
+
+Data: ../shared/data relative to the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rewards import MathReward, RewardPool  # noqa: E402
+from rewards.pool import default_num_workers  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+
+PATHOLOGICAL = [
+    "Let me compute. \\boxed{9^{9^{9^{9}}}}",
+    "So the value is \\boxed{2^{10^{10}}}",
+    "\\boxed{" + "\\frac{1}{" * 80 + "2" + "}" * 80 + "}",
+    "The answer is $10^{10^{10}}+1$.",
+    "\\boxed{\\int_0^1 x^{1000} e^{x} \\sin(x)\\, dx}",
+]
+
+
+def load(name: str) -> list[dict]:
+    path = DATA / f"{name}.jsonl"
+    if not path.exists():
+        sys.exit(f"missing {path}: the benchmark reads ../shared/data beside the repository")
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def workload(n: int) -> list[tuple[str, str]]:
+    math = load("math500_test")
+    gsm = load("gsm8k_test")
+    items = [(r["solution"], r["answer"]) for r in math]
+    items += [(r["solution"], math[(i + 7) % len(math)]["answer"]) for i, r in enumerate(math)]
+    items += [(r["answer"], r["answer"].rsplit("####", 1)[1].strip()) for r in gsm]
+    random.Random(0).shuffle(items)
+    return (items * (n // len(items) + 1))[:n]
+
+
+def device() -> str:
+    model = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {len(os.sched_getaffinity(0))} usable cores, load avg {os.getloadavg()[0]:.1f}"
+
+
+def peer_loop(items: list[tuple[str, str]]) -> float:
+    from math_verify import parse, verify
+
+    start = time.perf_counter()
+    for completion, reference in items:
+        verify(parse(reference, parsing_timeout=None), parse(completion, parsing_timeout=None), timeout_seconds=None)
+    return len(items) / (time.perf_counter() - start)
+
+
+def reward_loop(items: list[tuple[str, str]]) -> float:
+    fn = MathReward()
+    start = time.perf_counter()
+    for completion, reference in items:
+        fn.score(completion, reference)
+    return len(items) / (time.perf_counter() - start)
+
+
+def pool_rate(items: list[tuple[str, str]], workers: int) -> float:
+    with RewardPool(MathReward(), num_workers=workers) as pool:
+        pool.score(items[: 20 * workers])  # start-up and warm-up are not throughput
+        start = time.perf_counter()
+        pool.score(items)
+        return len(items) / (time.perf_counter() - start)
+
+
+def latency(items: list[tuple[str, str]], batches: int, timeout_s: float, workers: int) -> dict[str, float]:
+    rng = random.Random(1)
+    batch_s, item_s = [], []
+    with RewardPool(MathReward(), num_workers=workers, timeout_s=timeout_s) as pool:
+        pool.score(items[:50])
+        for b in range(batches):
+            batch = list(rng.sample(items, 1024))
+            for k, pos in enumerate(rng.sample(range(1024), 10)):  # 1% pathological
+                batch[pos] = (PATHOLOGICAL[(b + k) % len(PATHOLOGICAL)], "3")
+            start = time.monotonic()
+            handles = [pool.submit([item]) for item in batch]  # one handle per item: per-item latency
+            for h in handles:
+                h.result()
+            batch_s.append(max(h.finished_at for h in handles) - start)
+            item_s += [h.finished_at - start for h in handles]
+        stats = pool.stats()
+    item_s.sort()
+    batch_sorted = sorted(batch_s)
+    return {
+        "batch_p50": statistics.median(batch_s),
+        "batch_p99": batch_sorted[min(len(batch_sorted) - 1, int(0.99 * len(batch_sorted)))],
+        "batch_max": batch_sorted[-1],
+        "item_p50": item_s[len(item_s) // 2],
+        "item_p99": item_s[int(0.99 * len(item_s))],
+        "timeouts": stats["timeout"],
+        "respawns": stats["respawns"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--batches", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=5.0)
+    args = parser.parse_args()
+
+    items = workload(args.items)
+    cores = default_num_workers()
+    print(f"device: {device()}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(items)} completions "
+          f"(MATH-500 solutions vs own/other answer, GSM8K references)\n")
+
+    peer = peer_loop(items)
+    single = reward_loop(items)
+    rows = [("math_verify parse+verify loop (anchor)", 1, peer, None),
+            ("MathReward.score loop (single-process)", 1, single, None)]
+    for w in sorted({1, 2, cores}):
+        rate = pool_rate(items, w)
+        rows.append((f"RewardPool, {w} worker{'s' if w > 1 else ''}", w, rate, rate / (w * single)))
+
+    print(f"| {'what':42} | workers | verdicts/s | vs anchor | vs workers x single | target >= 0.9 |")
+    print(f"|{'-' * 44}|---------|------------|-----------|--------------------|---------------|")
+    for name, w, rate, eff in rows:
+        eff_s = "" if eff is None else f"{eff:.2f}"
+        ok = "" if eff is None else ("yes" if eff >= 0.9 else "NO")
+        print(f"| {name:42} | {w:7d} | {rate:10.1f} | {rate / peer:8.2f}x | {eff_s:>18} | {ok:>13} |")
+
+    lat = latency(items, args.batches, args.timeout, cores)
+    print(f"\nLatency, {args.batches} batches of 1024 (1% pathological), {cores} workers, timeout {args.timeout:g} s:")
+    print("| batch p50 s | batch p99 s | batch max s | item p50 s | item p99 s | timeouts | respawns | target p99 <= timeout + 1 s |")
+    print("|-------------|-------------|-------------|------------|------------|----------|----------|-----------------------------|")
+    ok = "yes" if lat["batch_p99"] <= args.timeout + 1 else "NO"
+    print(f"| {lat['batch_p50']:11.2f} | {lat['batch_p99']:11.2f} | {lat['batch_max']:11.2f} | {lat['item_p50']:10.2f} "
+          f"| {lat['item_p99']:10.2f} | {lat['timeouts']:8d} | {lat['respawns']:8d} | {ok:>27} |")
+
+
+if __name__ == "__main__":
+    main()
