@@ -36,14 +36,20 @@ own sequence's tokens up to its chunk, not on T, the batch or the padding.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
+
+_log = logging.getLogger(__name__)
 
 BT = 64        # chunk size: fixed, shared with chunk_torch and the strict-mode contract
 BV = 32        # value columns per program (fixed: part of the reduction-order contract)
 NUM_WARPS = 4
-NUM_STAGES = 3
+NUM_STAGES = 3       # 16-bit inputs (H100 sweep in BENCHMARKS.md)
+NUM_STAGES_FP32 = 2  # fp32 tiles are twice as large: 3 stages overflow the H100's shared memory
 # 16-bit inputs: hi/lo split (two products) of the fp32 state S in q·S, and of the other fp32
 # operands (decayed scores, decayed keys).  See "Precision" above and BENCHMARKS.md for costs.
 SPLIT_STATE = True
@@ -192,17 +198,35 @@ def _launch_args(q, cu_seqlens):
     return B, T, H, D, N, min(BV, D), split, "tf32x3"
 
 
+def _launch(kernel, grid, args, kwargs, lowp):
+    """Launch with the fixed configuration.  Pipelining depth changes no arithmetic (only when
+    loads are issued), so if a GPU has too little shared memory for it we retry shallower, and
+    say so once, instead of failing."""
+    stages = NUM_STAGES if lowp else NUM_STAGES_FP32
+    while True:
+        try:
+            return kernel[grid](*args, **kwargs, num_warps=NUM_WARPS, num_stages=stages)
+        except OutOfResources:
+            if stages <= 1:
+                raise
+            stages -= 1
+            _log.warning("linear_attention.chunk: %s needs less shared memory on this GPU; "
+                         "retrying with num_stages=%d (same results, slower)",
+                         getattr(kernel, "__name__", "kernel"), stages)
+
+
 def chunk_fwd(q, k, v, decay, scale, h0, cu_seqlens, output_final_state):
     B, T, H, D, N, bv, split, prec = _launch_args(q, cu_seqlens)
     o = _empty(v)
     ht = _empty(q, N, H, D, D, dtype=torch.float32) if output_final_state else None
     dummy = q.new_empty(1, dtype=torch.float32)
     cu = cu_seqlens if cu_seqlens is not None else dummy
-    _chunk_fwd_kernel[(D // bv, N * H)](
-        q, k, v, o, decay, h0 if h0 is not None else dummy, ht if ht is not None else dummy, cu,
-        float(scale), T, H=H, D=D, BT=BT, BV=bv, VARLEN=cu_seqlens is not None,
-        USE_H0=h0 is not None, STORE_HT=output_final_state, SPLIT_S=split[0], SPLIT_D=split[1], IN_PREC=prec,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    _launch(_chunk_fwd_kernel, (D // bv, N * H),
+            (q, k, v, o, decay, h0 if h0 is not None else dummy, ht if ht is not None else dummy, cu,
+             float(scale), T),
+            dict(H=H, D=D, BT=BT, BV=bv, VARLEN=cu_seqlens is not None, USE_H0=h0 is not None,
+                 STORE_HT=output_final_state, SPLIT_S=split[0], SPLIT_D=split[1], IN_PREC=prec),
+            q.dtype != torch.float32)
     return o, ht
 
 
@@ -212,12 +236,14 @@ def chunk_bwd(q, k, v, decay, scale, h0, cu_seqlens, do, dht, need_dh0):
     dh0 = _empty(q, N, H, D, D, dtype=torch.float32) if need_dh0 else None
     dummy = q.new_empty(1, dtype=torch.float32)
     cu = cu_seqlens if cu_seqlens is not None else dummy
-    _chunk_bwd_kernel[(3 * (D // bv), N * H)](
-        q, k, v, do, dq, dk, dv, decay, h0 if h0 is not None else dummy,
-        dht if dht is not None else dummy, dh0 if dh0 is not None else dummy, cu, float(scale), T,
-        H=H, D=D, BT=BT, BV=bv, VARLEN=cu_seqlens is not None, USE_H0=h0 is not None,
-        USE_DHT=dht is not None, STORE_DH0=need_dh0, SPLIT_S=split[0], SPLIT_D=split[1], IN_PREC=prec,
-        num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    _launch(_chunk_bwd_kernel, (3 * (D // bv), N * H),
+            (q, k, v, do, dq, dk, dv, decay, h0 if h0 is not None else dummy,
+             dht if dht is not None else dummy, dh0 if dh0 is not None else dummy, cu, float(scale),
+             T),
+            dict(H=H, D=D, BT=BT, BV=bv, VARLEN=cu_seqlens is not None, USE_H0=h0 is not None,
+                 USE_DHT=dht is not None, STORE_DH0=need_dh0, SPLIT_S=split[0], SPLIT_D=split[1],
+                 IN_PREC=prec),
+            q.dtype != torch.float32)
     return dq, dk, dv, dh0
 
 
