@@ -198,14 +198,20 @@ def _launch_args(q, cu_seqlens):
     return B, T, H, D, N, min(BV, D), split, "tf32x3"
 
 
+_STAGES_OK: dict = {}
+
+
 def _launch(kernel, grid, args, kwargs, lowp):
     """Launch with the fixed configuration.  Pipelining depth changes no arithmetic (only when
     loads are issued), so if a GPU has too little shared memory for it we retry shallower, and
     say so once, instead of failing."""
-    stages = NUM_STAGES if lowp else NUM_STAGES_FP32
+    key = (id(kernel), lowp, torch.cuda.current_device() if args[0].is_cuda else -1)
+    stages = _STAGES_OK.get(key, NUM_STAGES if lowp else NUM_STAGES_FP32)
     while True:
         try:
-            return kernel[grid](*args, **kwargs, num_warps=NUM_WARPS, num_stages=stages)
+            out = kernel[grid](*args, **kwargs, num_warps=NUM_WARPS, num_stages=stages)
+            _STAGES_OK[key] = stages
+            return out
         except OutOfResources:
             if stages <= 1:
                 raise
