@@ -205,8 +205,9 @@ def _launch(kernel, grid, args, kwargs, lowp):
     """Launch with the fixed configuration.  Pipelining depth changes no arithmetic (only when
     loads are issued), so if a GPU has too little shared memory for it we retry shallower, and
     say so once, instead of failing."""
-    key = (id(kernel), lowp, torch.cuda.current_device() if args[0].is_cuda else -1)
-    stages = _STAGES_OK.get(key, NUM_STAGES if lowp else NUM_STAGES_FP32)
+    want = NUM_STAGES if lowp else NUM_STAGES_FP32
+    key = (id(kernel), want, torch.cuda.current_device() if args[0].is_cuda else -1)
+    stages = _STAGES_OK.get(key, want)
     while True:
         try:
             out = kernel[grid](*args, **kwargs, num_warps=NUM_WARPS, num_stages=stages)
