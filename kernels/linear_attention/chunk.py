@@ -23,15 +23,21 @@ The three scans run as one launch (``role`` = program_id(0) // NV) so short batc
 the GPU.  A reverse scan starts from ``dS_final / (λ·scale)`` (the first reversed token must see
 ``dS_final`` with weight λ^0 and every output is multiplied by ``scale``).
 
-Precision.  Products accumulate in fp32.  16-bit inputs: q, k, v enter the tensor cores as they
-are (exact); the fp32 operands derived from them (the state S, the decayed scores, the decayed
-keys) are split into a 16-bit high part and a 16-bit remainder (two products), so the state is
-used with ~16 mantissa bits, not 8.  fp32 inputs use ``tf32x3`` products (≈ fp32 accuracy).
+Precision.  Products accumulate in fp32 and the state stays fp32.  fp32 inputs (the model's
+dtype, DESIGN §3 step 1) use ``tf32x3`` products: ≈ fp32 accuracy (H100: rel. err. 4.5e-7 vs
+float64).  16-bit inputs enter the tensor cores as they are (exact); the fp32 operands derived
+from them can be split into a 16-bit high part and a 16-bit remainder (two products, ~16
+mantissa bits instead of 8): ``SPLIT_STATE`` (default on) for the state in q·S,
+``SPLIT_DERIVED`` (default off) for the decayed scores and decayed keys.  With both on, bf16
+outputs and gradients sit at the bf16 rounding floor (1.7e-3) and final states at 2e-6; the
+default costs 0.7× fla's fwd+bwd time, both on 1.1× (BENCHMARKS.md).  The splits are module
+constants, not arguments, so that every caller of the op gets the same arithmetic.
 
-Batch invariance.  The launch configuration (BT, BV, warps, stages) is a fixed constant, never
-autotuned, every program's reduction order is fixed, and masked (out-of-sequence) rows load as
-zeros whose scores are multiplied by an exact 0.  A token's output therefore depends only on its
-own sequence's tokens up to its chunk, not on T, the batch or the padding.
+Batch invariance.  The launch configuration (BT, BV, warps) is a fixed constant, never
+autotuned (the pipelining depth changes no arithmetic), every program's reduction order is
+fixed, and masked (out-of-sequence) rows load as zeros whose scores are multiplied by an exact 0.
+A token's output therefore depends only on its own sequence's tokens up to its chunk, not on T,
+the batch or the padding (checked bitwise on an H100 and in the interpreter).
 """
 
 from __future__ import annotations
