@@ -5,12 +5,12 @@ For x [M, K], W [N, K] (master weight in bf16/fp32), y = x Wᵀ (+ b):
 | GEMM    | A (1×128 tiles)            | B                                   | out      |
 |---------|----------------------------|-------------------------------------|----------|
 | forward | quantize_act(x)     [M, K] | quantize_weight(W), 128×128  [N, K] | y [M, N] |
-| dgrad   | quantize_act(dy)    [M, N] | quantize_weight(W)ᵀ, 128×128 [K, N] | dx [M, K]|
+| dgrad   | quantize_act(dy)    [M, N] | quantize_weight_t(W), 128×128 [K, N]| dx [M, K]|
 | wgrad   | quantize_act_t(dy)  [N, M] | quantize_act_t(x), 1×128     [K, M] | dW [N, K]|
 
-The forward's quantized weight is saved and transposed for dgrad (same blocks, no
-re-quantization); dy is quantized both ways from one read. dW is produced in fp32 and cast to
-the master weight's dtype. Saved for backward: x (input dtype) and the fp8 weight.
+dgrad re-quantizes the master weight directly into the transposed layout (bitwise the same
+128×128 blocks the forward used). dW leaves the GEMM (fp32 accumulation) in the master weight's
+dtype. Saved for backward: x (input dtype) and the weight (a parameter: nothing extra).
 Works on any device (CPU: the PyTorch path, exact and slow), so the CPU demo can run in FP8.
 """
 
@@ -25,8 +25,10 @@ from .quantize import (
     quantize_act_both,
     quantize_act_t,
     quantize_weight,
-    transpose_quantized_weight,
+    quantize_weight_t,
 )
+
+_GEMM_OUT = (torch.bfloat16, torch.float16, torch.float32)
 
 
 class _FP8LinearFn(torch.autograd.Function):
@@ -37,7 +39,9 @@ class _FP8LinearFn(torch.autograd.Function):
         y = fp8_gemm(xq, xs, wq, ws, out_dtype=x2.dtype, backend=backend)
         if bias is not None:
             y = y + bias.to(y.dtype)
-        ctx.save_for_backward(x2, wq, ws)
+        # The weight itself is saved (a parameter: no extra memory); dgrad re-quantizes it
+        # straight into the transposed layout, bitwise the same blocks as wq, ws.
+        ctx.save_for_backward(x2, weight)
         ctx.has_bias = bias is not None
         ctx.weight_dtype = weight.dtype
         ctx.pow2_scale, ctx.backend = pow2_scale, backend
@@ -45,7 +49,7 @@ class _FP8LinearFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x2, wq, ws = ctx.saved_tensors
+        x2, weight = ctx.saved_tensors
         p2, be = ctx.pow2_scale, ctx.backend
         dy = dy.contiguous()
         dx = dw = db = None
@@ -57,11 +61,12 @@ class _FP8LinearFn(torch.autograd.Function):
         elif need_dw:
             dyq_t, dys_t = quantize_act_t(dy, p2, backend=be)
         if need_dx:
-            wq_t, ws_t = transpose_quantized_weight(wq, ws)
+            wq_t, ws_t = quantize_weight_t(weight, p2, backend=be)
             dx = fp8_gemm(dyq, dys, wq_t, ws_t, out_dtype=x2.dtype, backend=be)
         if need_dw:
             xq_t, xs_t = quantize_act_t(x2, p2, backend=be)
-            dw = fp8_gemm(dyq_t, dys_t, xq_t, xs_t, out_dtype=torch.float32, backend=be)
+            dw_dtype = ctx.weight_dtype if ctx.weight_dtype in _GEMM_OUT else torch.float32
+            dw = fp8_gemm(dyq_t, dys_t, xq_t, xs_t, out_dtype=dw_dtype, backend=be)
             dw = dw.to(ctx.weight_dtype)
         if need_db and ctx.has_bias:
             db = dy.float().sum(0)

@@ -5,8 +5,8 @@ Public functions (dispatch: CUDA → Triton, CPU → PyTorch in ``reference.py``
 - ``quantize_act(x)``      x [M, K]  → q [M, K] e4m3, scale [M, ceil(K/128)] fp32 (tiles along K)
 - ``quantize_act_t(x)``    x [M, K]  → q [K, M] e4m3, scale [K, ceil(M/128)] fp32 (tiles along M),
   i.e. ``quantize_act(x.t())``: what the weight-gradient GEMM needs (it reduces over tokens).
-- ``quantize_act_both(x)`` both of the above from one read of x (the backward pass quantizes
-  the output gradient both ways).
+- ``quantize_act_both(x)`` both of the above (the backward pass quantizes the output gradient
+  both ways).
 - ``quantize_weight(w)``   w [N, K]  → q [N, K] e4m3, scale [ceil(N/128), ceil(K/128)] fp32
 - ``quantize_weight_t(w)`` w [N, K]  → q [K, N], scale [ceil(K/128), ceil(N/128)]: the same
   128×128 blocks, transposed (the data-gradient GEMM reads Wᵀ).
@@ -106,7 +106,8 @@ if HAS_TRITON:
 
     @triton.jit
     def _quant_weight_kernel(w_ptr, q_ptr, s_ptr, N, K, stride_wn, stride_wk, stride_qn,
-                             stride_sn, POW2: tl.constexpr):
+                             stride_sn, stride_sk, POW2: tl.constexpr, TRANSPOSED: tl.constexpr):
+        # One 128×128 block. TRANSPOSED writes Wᵀ's quantization (q [K, N], scale [Kb, Nb]).
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         offs_n = pid_n * 128 + tl.arange(0, 128)
@@ -115,8 +116,13 @@ if HAS_TRITON:
         w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
                     mask=mask, other=0.0).to(tl.float32)
         s = scale_from_amax(tl.max(tl.max(tl.abs(w), axis=1), axis=0), POW2)
-        tl.store(q_ptr + offs_n[:, None] * stride_qn + offs_k[None, :], to_e4m3(w, s), mask=mask)
-        tl.store(s_ptr + pid_n * stride_sn + pid_k, s)
+        q = to_e4m3(w, s)
+        if TRANSPOSED:
+            tl.store(q_ptr + offs_k[:, None] * stride_qn + offs_n[None, :], tl.trans(q),
+                     mask=(offs_k[:, None] < K) & (offs_n[None, :] < N))
+        else:
+            tl.store(q_ptr + offs_n[:, None] * stride_qn + offs_k[None, :], q, mask=mask)
+        tl.store(s_ptr + pid_n * stride_sn + pid_k * stride_sk, s)
 
 
 def _empty_act_scale(rows: int, cols: int, device) -> torch.Tensor:
@@ -125,7 +131,7 @@ def _empty_act_scale(rows: int, cols: int, device) -> torch.Tensor:
 
 
 # (BLOCK_M, G, num_warps) per mode; tuned on an H100 (benchmarks/fp8.py).
-_QUANT_CFG = {"row": (32, 4, 4), "col": (128, 1, 8), "both": (128, 1, 8)}
+_QUANT_CFG = {"row": (64, 1, 4), "col": (128, 1, 8), "both": (128, 1, 8)}
 
 
 def _quant_act_triton(x: torch.Tensor, rowwise: bool, colwise: bool, pow2_scale: bool, cfg=None):
@@ -185,7 +191,11 @@ def quantize_act_both(x: torch.Tensor, pow2_scale: bool = False, *, backend: str
     check_2d("x", x, _FLOAT_IN)
     if pick_backend("quantize_act_both", x, backend) == "torch":
         return (*quantize_act_ref(x, pow2_scale), *quantize_act_t_ref(x, pow2_scale))
-    return _quant_act_triton(x, True, True, pow2_scale)
+    # Two launches: on an H100 (Triton 3.6) the single-read kernel (ROWWISE and COLWISE
+    # together) ran at 0.28 of copy bandwidth, slower than the two passes (0.70 and 0.45).
+    q, s, _, _ = _quant_act_triton(x, True, False, pow2_scale)
+    _, _, qt, st = _quant_act_triton(x, False, True, pow2_scale)
+    return q, s, qt, st
 
 
 def quantize_weight(w: torch.Tensor, pow2_scale: bool = False, *, backend: str | None = None):
@@ -196,11 +206,17 @@ def quantize_weight(w: torch.Tensor, pow2_scale: bool = False, *, backend: str |
     check_2d("w", w, _FLOAT_IN)
     if pick_backend("quantize_weight", w, backend) == "torch":
         return quantize_weight_ref(w, pow2_scale)
+    return _quant_weight_triton(w, pow2_scale, transposed=False)
+
+
+def _quant_weight_triton(w: torch.Tensor, pow2_scale: bool, transposed: bool):
     n, k = w.shape
-    q = torch.empty(n, k, dtype=FP8_DTYPE, device=w.device)
-    s = torch.empty(_cdiv(n, BLOCK), _cdiv(k, BLOCK), dtype=torch.float32, device=w.device)
-    _quant_weight_kernel[s.shape](w, q, s, n, k, w.stride(0), w.stride(1), q.stride(0),
-                                  s.stride(0), POW2=pow2_scale, num_warps=8)
+    nb, kb = _cdiv(n, BLOCK), _cdiv(k, BLOCK)
+    q = torch.empty((k, n) if transposed else (n, k), dtype=FP8_DTYPE, device=w.device)
+    s = torch.empty((kb, nb) if transposed else (nb, kb), dtype=torch.float32, device=w.device)
+    s_n, s_k = (s.stride(1), s.stride(0)) if transposed else (s.stride(0), s.stride(1))
+    _quant_weight_kernel[(nb, kb)](w, q, s, n, k, w.stride(0), w.stride(1), q.stride(0),
+                                   s_n, s_k, POW2=pow2_scale, TRANSPOSED=transposed, num_warps=8)
     return q, s
 
 
@@ -213,8 +229,15 @@ def transpose_quantized_weight(q: torch.Tensor, scale: torch.Tensor):
 
 
 def quantize_weight_t(w: torch.Tensor, pow2_scale: bool = False, *, backend: str | None = None):
-    """128×128 FP8 quantization of Wᵀ. w [N, K] → (q [K, N] e4m3, scale [ceil(K/128), ceil(N/128)])."""
-    return transpose_quantized_weight(*quantize_weight(w, pow2_scale, backend=backend))
+    """128×128 FP8 quantization of Wᵀ. w [N, K] → (q [K, N] e4m3, scale [ceil(K/128), ceil(N/128)]).
+
+    Bitwise equal to ``transpose_quantized_weight(*quantize_weight(w))``; the Triton path writes
+    the transposed layout directly from the master weight (the backward pass's dgrad operand).
+    """
+    check_2d("w", w, _FLOAT_IN)
+    if pick_backend("quantize_weight_t", w, backend) == "torch":
+        return transpose_quantized_weight(*quantize_weight_ref(w, pow2_scale))
+    return _quant_weight_triton(w, pow2_scale, transposed=True)
 
 
 __all__ = [
