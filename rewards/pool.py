@@ -12,7 +12,10 @@ has not answered) and since when. The dispatcher:
 - kills a worker whose current item has run `timeout_s` -> that item scores TIMEOUT, the
   worker's other items go back to the front of the queue, a replacement is started;
 - a worker that dies (segfault, `os._exit`, OOM kill) -> its item scores CRASH, same recovery;
-- a worker whose item has run `straggler_s` is set aside: its queued items go back to the queue
+- a worker whose item has used `straggler_s` of CPU time, or is blocked (sleeping) after
+  `straggler_s`, is set aside (CPU, not wall time: on a machine shared with other jobs a normal
+  item can sit descheduled for a while, and treating it as a straggler would only churn
+  workers): its queued items go back to the queue
   and a replacement takes its slot (at most `max_stragglers` at a time). A pathological item then
   delays only itself (it is killed at `timeout_s`), not the batch behind it; a straggler that
   finishes in time delivers its score and rejoins (an idle surplus worker, the newest, retires:
@@ -138,6 +141,8 @@ class _Worker:
     ready: bool = False
     inflight: collections.deque = field(default_factory=collections.deque)
     head_since: float = 0.0  # when the worker started on inflight[0]
+    cpu_base: float = 0.0  # the worker's CPU seconds when it started on inflight[0]
+    next_cpu_check: float = 0.0
     straggler: bool = False
     demoted: bool = False
 
@@ -285,9 +290,11 @@ class _Dispatcher:
             while w in self.workers and w.conn.poll():
                 msg = pickle.loads(w.conn.recv_bytes())
                 if msg[0] == "score":
+                    w.cpu_base = msg[3]
                     self._on_score(w, msg[1], msg[2])
                 elif msg[0] == "ready":
                     w.ready = True
+                    w.cpu_base = msg[2]
                 elif msg[0] == "fatal":
                     raise RuntimeError(f"RewardPool worker failed to start: {msg[1]}")
         except (EOFError, OSError):
@@ -343,8 +350,12 @@ class _Dispatcher:
             if busy >= self.timeout_s:
                 self._retire(w, Reason.TIMEOUT, {"timeout": "hard", "after_s": round(busy, 3)})
             elif (self.straggler_s is not None and not w.straggler and busy >= self.straggler_s
-                  and sum(x.straggler for x in self.workers) < self.max_stragglers):
-                self._set_aside(w)
+                  and now >= w.next_cpu_check and sum(x.straggler for x in self.workers) < self.max_stragglers):
+                sample = _proc_sample(w.proc.pid)
+                if sample is None or sample[0] in "SD" or sample[1] - w.cpu_base >= self.straggler_s:
+                    self._set_aside(w)  # computing for straggler_s, or blocked on something
+                else:  # runnable but descheduled (a busy machine): look again shortly
+                    w.next_cpu_check = now + _CPU_POLL_S
             elif w.straggler and not w.demoted and self.demote_s is not None and busy >= self.demote_s:
                 self._demote(w)
 
@@ -372,7 +383,7 @@ class _Dispatcher:
             elif w.inflight:
                 deadlines.append(w.head_since + self.timeout_s)
                 if self.straggler_s is not None and not w.straggler:
-                    deadlines.append(w.head_since + self.straggler_s)
+                    deadlines.append(max(w.head_since + self.straggler_s, w.next_cpu_check))
                 if w.straggler and not w.demoted and self.demote_s is not None:
                     deadlines.append(w.head_since + self.demote_s)
         if not deadlines:
@@ -397,6 +408,21 @@ class _Dispatcher:
         self.queue.clear()
         self.wake_r.close()
         self.wake_w.close()
+
+
+_CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+_CPU_POLL_S = 0.05
+
+
+def _proc_sample(pid: int) -> tuple[str, float] | None:
+    """(scheduler state, user + system CPU seconds) of a process from Linux /proc; None if
+    unavailable. State "R" is running or runnable; "S"/"D" is blocked."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), (int(fields[11]) + int(fields[12])) / _CLOCK_TICK
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _kill(w: _Worker) -> None:
@@ -444,8 +470,8 @@ class RewardPool:
         timeout_s: hard wall-clock limit per item; the worker is killed and replaced.
         soft_timeout_s: in-worker limit (SIGALRM); default `timeout_s - min(0.5, timeout_s / 5)`,
             so most timeouts cost no respawn. None disables it.
-        straggler_s: after this long on one item a worker is set aside and replaced so the batch
-            moves on; default `min(0.25, timeout_s / 4)` (MATH-500 gold solutions: 0.3% of real
+        straggler_s: after this much CPU time on one item a worker is set aside and replaced so
+            the batch moves on; default `min(0.25, timeout_s / 4)` (MATH-500 gold solutions: 0.3% of real
             items take longer, p99 is 0.15 s). None disables.
         max_stragglers: most workers set aside at once (default `max(8, 4 * num_workers)`).
         demote_s: when a set-aside worker is reniced to `straggler_nice` (default `timeout_s / 2`;

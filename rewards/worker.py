@@ -1,7 +1,9 @@
 """The reward worker process: score items one at a time, in order, under a soft time limit.
 
 Protocol over one duplex pipe (parent <-> this worker), all messages pickled bytes:
-    worker -> parent   ("ready", pid) once, then ("score", key, Score) per item, in order;
+    worker -> parent   ("ready", pid, cpu) once, then ("score", key, Score, cpu) per item, in
+                       order, where cpu is this process's CPU seconds so far (the parent tells
+                       a busy item from a starved one by the CPU it has used since);
                        ("fatal", message) if the reward function cannot be loaded.
     parent -> worker   (key, completion, reference) per item; b"" or EOF means exit.
 
@@ -97,9 +99,9 @@ def _encode(msg: tuple) -> bytes:
     try:
         return pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # a reward fn put something unpicklable in details
-        kind, key, score = msg
+        kind, key, score, cpu = msg
         safe = Score(float(score.value), Reason(score.reason), {"error": clip(f"details not picklable: {exc}")})
-        return pickle.dumps((kind, key, safe), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((kind, key, safe, cpu), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def worker_main(conn: Any, fn_bytes: bytes, soft_timeout_s: float | None, memory_limit_mb: int | None) -> None:
@@ -114,7 +116,7 @@ def worker_main(conn: Any, fn_bytes: bytes, soft_timeout_s: float | None, memory
     except BaseException as exc:
         conn.send_bytes(pickle.dumps(("fatal", f"cannot load the reward function: {type(exc).__name__}: {exc}")))
         return
-    conn.send_bytes(pickle.dumps(("ready", os.getpid())))
+    conn.send_bytes(pickle.dumps(("ready", os.getpid(), time.process_time())))
     while True:
         try:
             msg = conn.recv_bytes()
@@ -125,7 +127,7 @@ def worker_main(conn: Any, fn_bytes: bytes, soft_timeout_s: float | None, memory
         key, completion, reference = pickle.loads(msg)
         score = score_guarded(fn, completion, reference, soft_timeout_s)
         try:
-            conn.send_bytes(_encode(("score", key, score)))
+            conn.send_bytes(_encode(("score", key, score, time.process_time())))
         except (BrokenPipeError, OSError):
             return
 

@@ -48,10 +48,16 @@ def test_adversarial_batch_is_bounded_and_scored_zero(math_pool: RewardPool) -> 
     report = {n: (s.reason.value, s.details.get("timeout")) for n, s in zip(names, scores)}
     for name, score in zip(names, scores):
         assert score.value == 0.0 and score.reason in ALLOWED, (name, score)
-    # Slow items are set aside and run concurrently: serially, the ~9 timeouts here would take
-    # 9 x 5 s on 2 workers (>= 22 s); set aside, about one timeout plus the work (2 slow cores,
-    # possibly shared with other CI jobs).
-    assert elapsed < 3 * math_pool.timeout_s, (elapsed, report)
+    # Each item's own time is bounded by the timeout (hard kills land within a second of it).
+    for name, score in zip(names, scores):
+        if score.reason is Reason.TIMEOUT:
+            assert score.details["after_s"] < math_pool.timeout_s + 1.0, (name, score)
+    # Slow items are set aside and run concurrently, so the batch beats running its timeouts
+    # back to back on the workers (9 x 5 s / 2 workers = 22 s here; ~7 s on an idle machine,
+    # more on a CI machine shared with other jobs).
+    n_timeouts = sum(s.reason is Reason.TIMEOUT for s in scores)
+    assert n_timeouts >= 5, report
+    assert elapsed < n_timeouts * math_pool.timeout_s / math_pool.num_workers, (elapsed, report)
     assert report["megabyte of open braces"][0] == "no_answer"
     assert report["power tower"][0] == "timeout"
     # and the pool still answers correctly
