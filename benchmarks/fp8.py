@@ -343,6 +343,24 @@ def linear_section(dev) -> None:
     for name in ("bf16", "fp8"):
         say(f"{name}: fwd {res[name + '_fwd'] * 1e3:.0f} us, fwd+bwd {res[name + '_fwdbwd'] * 1e3:.0f} us "
             f"({fl / (res[name + '_fwdbwd'] * 1e-3) / 1e12:.0f} TFLOP/s)")
+    if os.environ.get("FP8_PROFILE"):
+        from torch.profiler import ProfilerActivity, profile
+
+        for _ in range(3):
+            f8(x).backward(dy)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                f8(x).backward(dy)
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            f8(x).backward(dy)
+        t_host = (time.perf_counter() - t0) / 20
+        torch.cuda.synchronize()
+        say(f"host enqueue time per fp8 fwd+bwd (no sync): {t_host * 1e6:.0f} us")
     sp = res["bf16_fwdbwd"] / res["fp8_fwdbwd"]
     say(f"speed-up fwd+bwd: {sp:.2f}x (fwd only {res['bf16_fwd'] / res['fp8_fwd']:.2f}x)")
     RESULTS["linear"] = {**res, "speedup": sp}
