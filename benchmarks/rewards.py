@@ -92,6 +92,9 @@ def peer_loop(items: list[tuple[str, str]]) -> tuple[float, float]:
 
 
 def reward_loop(items: list[tuple[str, str]]) -> tuple[float, float]:
+    from rewards import accuracy
+
+    accuracy._parse_cached.cache_clear()  # start as cold as a fresh pool worker does
     fn = MathReward()
     start, cpu = time.perf_counter(), time.process_time()
     for completion, reference in items:
@@ -166,13 +169,17 @@ def main() -> None:
     items = workload(args.items)
     cores = default_num_workers()
     print(f"device: {device()}")
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(items)} completions "
-          f"(MATH-500 solutions vs own/other answer, GSM8K references)\n")
+    print(
+        f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(items)} completions "
+        f"(MATH-500 solutions vs own/other answer, GSM8K references)\n"
+    )
 
     peer, peer_cpu = best_of(args.repeats, peer_loop, items)
     single, single_cpu = best_of(args.repeats, reward_loop, items)
-    rows = [("math_verify parse+verify loop (anchor)", 1, peer, peer_cpu, None),
-            ("MathReward.score loop (single-process)", 1, single, single_cpu, None)]
+    rows = [
+        ("math_verify parse+verify loop (anchor)", 1, peer, peer_cpu, None),
+        ("MathReward.score loop (single-process)", 1, single, single_cpu, None),
+    ]
     for w in sorted({1, 2, cores}):
         rate, cpu = best_of(args.repeats, pool_rate, items, w)
         rows.append((f"RewardPool, {w} worker{'s' if w > 1 else ''}", w, rate, cpu, rate / (w * single)))
@@ -182,16 +189,25 @@ def main() -> None:
     for name, w, rate, cpu, eff in rows:
         eff_s = "" if eff is None else f"{eff:.2f}"
         ok = "" if eff is None else ("yes" if eff >= 0.9 else "NO")
-        print(f"| {name:42} | {w:7d} | {rate:10.1f} | {rate / peer:8.2f}x | {eff_s:>18} | {ok:>13} | {1000 * cpu:14.2f} |")
+        print(
+            f"| {name:42} | {w:7d} | {rate:10.1f} | {rate / peer:8.2f}x | {eff_s:>18} | {ok:>13} | {1000 * cpu:14.2f} |"
+        )
     print(f"load average after the throughput runs: {os.getloadavg()[0]:.1f}")
 
     lat = latency(items, args.batches, args.timeout, cores)
     print(f"\nLatency, {args.batches} batches of 1024 (1% pathological), {cores} workers, timeout {args.timeout:g} s:")
-    print("| batch p50 s | batch p99 s | batch max s | item p50 s | item p99 s | timeouts | respawns | target p99 <= timeout + 1 s |")
-    print("|-------------|-------------|-------------|------------|------------|----------|----------|-----------------------------|")
+    print(
+        "| batch p50 s | batch p99 s | batch max s | item p50 s | item p99 s | timeouts | respawns "
+        "| target p99 <= timeout + 1 s |"
+    )
+    print(
+        "|-------------|-------------|-------------|------------|------------|----------|----------|-----------------------------|"
+    )
     ok = "yes" if lat["batch_p99"] <= args.timeout + 1 else "NO"
-    print(f"| {lat['batch_p50']:11.2f} | {lat['batch_p99']:11.2f} | {lat['batch_max']:11.2f} | {lat['item_p50']:10.2f} "
-          f"| {lat['item_p99']:10.2f} | {lat['timeouts']:8d} | {lat['respawns']:8d} | {ok:>27} |")
+    print(
+        f"| {lat['batch_p50']:11.2f} | {lat['batch_p99']:11.2f} | {lat['batch_max']:11.2f} | {lat['item_p50']:10.2f} "
+        f"| {lat['item_p99']:10.2f} | {lat['timeouts']:8d} | {lat['respawns']:8d} | {ok:>27} |"
+    )
     print(f"load average after the latency runs: {os.getloadavg()[0]:.1f}")
 
 

@@ -80,7 +80,7 @@ def _braced(text: str, open_pos: int) -> str | None:
     return None
 
 
-_BARE_BOX_ARG = re.compile(r"[ \t]+([^\s${}\\]{1,%d})" % MAX_ANSWER_CHARS)
+_BARE_BOX_ARG = re.compile(rf"[ \t]+([^\s${{}}\\]{{1,{MAX_ANSWER_CHARS}}})")
 
 
 def last_boxed(text: str) -> str | None:

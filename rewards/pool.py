@@ -40,8 +40,9 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rewards.score import Reason, Score
 from rewards.worker import worker_main
@@ -62,7 +63,7 @@ class PoolClosed(RuntimeError):
 class BatchHandle:
     """Future of one `RewardPool.submit` call: `result()` gives the scores in input order."""
 
-    def __init__(self, n: int, pool: "RewardPool | None"):
+    def __init__(self, n: int, pool: RewardPool | None):
         self._scores: list[Score | None] = [None] * n
         self._remaining = n
         self._error: BaseException | None = None
@@ -89,7 +90,7 @@ class BatchHandle:
             raise PoolClosed(str(self._error)) from self._error
         return list(self._scores)  # type: ignore[arg-type]
 
-    def add_done_callback(self, fn: Callable[["BatchHandle"], None]) -> None:
+    def add_done_callback(self, fn: Callable[[BatchHandle], None]) -> None:
         """Call `fn(handle)` when the batch is done (from the dispatcher thread, or now)."""
         with self._lock:
             if not self._event.is_set():
@@ -150,10 +151,20 @@ class _Worker:
 class _Dispatcher:
     """All mutable pool state; only the dispatcher thread touches workers and the queue."""
 
-    def __init__(self, fn_bytes: bytes, num_workers: int, timeout_s: float, soft_timeout_s: float | None,
-                 straggler_s: float | None, max_stragglers: int, demote_s: float | None, straggler_nice: int,
-                 prefetch: int,
-                 memory_limit_mb: int | None, start_method: str):
+    def __init__(
+        self,
+        fn_bytes: bytes,
+        num_workers: int,
+        timeout_s: float,
+        soft_timeout_s: float | None,
+        straggler_s: float | None,
+        max_stragglers: int,
+        demote_s: float | None,
+        straggler_nice: int,
+        prefetch: int,
+        memory_limit_mb: int | None,
+        start_method: str,
+    ):
         self.fn_bytes = fn_bytes
         self.num_workers = num_workers
         self.timeout_s = timeout_s
@@ -349,8 +360,13 @@ class _Dispatcher:
             busy = now - w.head_since
             if busy >= self.timeout_s:
                 self._retire(w, Reason.TIMEOUT, {"timeout": "hard", "after_s": round(busy, 3)})
-            elif (self.straggler_s is not None and not w.straggler and busy >= self.straggler_s
-                  and now >= w.next_cpu_check and sum(x.straggler for x in self.workers) < self.max_stragglers):
+            elif (
+                self.straggler_s is not None
+                and not w.straggler
+                and busy >= self.straggler_s
+                and now >= w.next_cpu_check
+                and sum(x.straggler for x in self.workers) < self.max_stragglers
+            ):
                 sample = _proc_sample(w.proc.pid)
                 if sample is None or sample[0] in "SD" or sample[1] - w.cpu_base >= self.straggler_s:
                     self._set_aside(w)  # computing for straggler_s, or blocked on something
@@ -437,7 +453,9 @@ def _kill(w: _Worker) -> None:
 
 def _context(start_method: str) -> Any:
     if start_method not in ("forkserver", "spawn"):
-        raise ValueError(f"RewardPool start_method must be 'forkserver' or 'spawn' (never 'fork'), got {start_method!r}")
+        raise ValueError(
+            f"RewardPool start_method must be 'forkserver' or 'spawn' (never 'fork'), got {start_method!r}"
+        )
     ctx = mp.get_context(start_method)
     if start_method == "forkserver":
         # Preload math-verify into the forkserver so each worker is a cheap fork of a warm
@@ -488,12 +506,21 @@ class RewardPool:
     collector (outstanding batches keep their pool alive until they finish).
     """
 
-    def __init__(self, reward_fn: Any, num_workers: int | None = None, timeout_s: float = 5.0, *,
-                 soft_timeout_s: float | None | str = "auto", straggler_s: float | None | str = "auto",
-                 max_stragglers: int | None = None, demote_s: float | None | str = "auto",
-                 straggler_nice: int = 19, prefetch: int = 2,
-                 memory_limit_mb: int | None = 2048,
-                 start_method: str = "forkserver"):
+    def __init__(
+        self,
+        reward_fn: Any,
+        num_workers: int | None = None,
+        timeout_s: float = 5.0,
+        *,
+        soft_timeout_s: float | None | str = "auto",
+        straggler_s: float | None | str = "auto",
+        max_stragglers: int | None = None,
+        demote_s: float | None | str = "auto",
+        straggler_nice: int = 19,
+        prefetch: int = 2,
+        memory_limit_mb: int | None = 2048,
+        start_method: str = "forkserver",
+    ):
         if not callable(getattr(reward_fn, "score", None)):
             raise TypeError(f"reward_fn {reward_fn!r} has no .score(completion, reference) method")
         try:
@@ -518,9 +545,17 @@ class RewardPool:
         self.timeout_s = float(timeout_s)
         self._keys = itertools.count()
         self._dispatcher = _Dispatcher(
-            fn_bytes, num_workers, float(timeout_s), soft_timeout_s, straggler_s,
-            max(8, 4 * num_workers) if max_stragglers is None else max_stragglers, demote_s, straggler_nice, prefetch,
-            memory_limit_mb, start_method,
+            fn_bytes,
+            num_workers,
+            float(timeout_s),
+            soft_timeout_s,
+            straggler_s,
+            max(8, 4 * num_workers) if max_stragglers is None else max_stragglers,
+            demote_s,
+            straggler_nice,
+            prefetch,
+            memory_limit_mb,
+            start_method,
         )
         self._finalizer = weakref.finalize(self, _Dispatcher.close, self._dispatcher)
 
@@ -532,8 +567,9 @@ class RewardPool:
         for index, pair in enumerate(items):
             completion, reference = pair
             if not isinstance(completion, str) or not isinstance(reference, str):
-                raise TypeError(f"item {index}: expected (str, str), got ({type(completion).__name__}, "
-                                f"{type(reference).__name__})")
+                raise TypeError(
+                    f"item {index}: expected (str, str), got ({type(completion).__name__}, {type(reference).__name__})"
+                )
             key = next(self._keys)
             payload = pickle.dumps((key, completion, reference), protocol=pickle.HIGHEST_PROTOCOL)
             staged.append(_Item(key, batch, index, payload))
@@ -560,7 +596,7 @@ class RewardPool:
         """Stop the workers; batches still running fail with PoolClosed."""
         self._finalizer()
 
-    def __enter__(self) -> "RewardPool":
+    def __enter__(self) -> RewardPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Why a score has its value. Counted per reason in `RewardPool.stats()`."""
 
     CORRECT = "correct"
@@ -21,9 +21,6 @@ class Reason(str, enum.Enum):
     PARSE_ERROR = "parse_error"  # an answer was found but is not a readable math expression
     TIMEOUT = "timeout"  # the verifier ran past its time limit (soft or hard)
     CRASH = "crash"  # the verifier raised, or its worker process died
-
-    def __str__(self) -> str:  # "correct", not "Reason.CORRECT", in logs and f-strings
-        return self.value
 
 
 @dataclass(frozen=True)

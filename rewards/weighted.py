@@ -6,7 +6,8 @@ so pool statistics count accuracy verdicts; every component's value and reason i
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from rewards.score import Reason, Score, clip
 
@@ -40,10 +41,10 @@ class WeightedReward:
                 parts.append(fn.score(completion, reference))
             except Exception as exc:  # a component that breaks the contract still scores 0
                 parts.append(Score(0.0, Reason.CRASH, {"error": clip(f"{type(exc).__name__}: {exc}")}))
-        value = sum(w * s.value for (_, w), s in zip(self.components, parts))
+        value = sum(w * s.value for (_, w), s in zip(self.components, parts, strict=True))
         details: dict[str, Any] = dict(parts[0].details)
         details["components"] = [
             {"name": type(fn).__name__, "weight": w, "value": s.value, "reason": s.reason.value}
-            for (fn, w), s in zip(self.components, parts)
+            for (fn, w), s in zip(self.components, parts, strict=True)
         ]
         return Score(value, parts[0].reason, details)

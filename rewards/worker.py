@@ -130,5 +130,3 @@ def worker_main(conn: Any, fn_bytes: bytes, soft_timeout_s: float | None, memory
             conn.send_bytes(_encode(("score", key, score, time.process_time())))
         except (BrokenPipeError, OSError):
             return
-
-

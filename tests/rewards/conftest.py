@@ -1,8 +1,7 @@
-"""Fixtures for the rewards tests: data location, a shared 2-worker math pool."""
+"""Fixtures for the rewards tests: import paths and shared 2-worker math pools."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -15,16 +14,6 @@ REPO = HERE.parents[1]
 for path in (str(HERE), str(REPO)):
     if path not in sys.path:
         sys.path.insert(0, path)
-
-DATA = REPO.parent / "shared" / "data"
-
-
-def load_jsonl(name: str) -> list[dict]:
-    path = DATA / f"{name}.jsonl"
-    if not path.exists():
-        pytest.skip(f"{path} not found: the data sets live in ../shared/data beside the repository (DESIGN.md §11)")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 @pytest.fixture(scope="session")

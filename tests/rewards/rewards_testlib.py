@@ -1,12 +1,28 @@
-"""Reward functions for pool tests (importable by worker processes via sys.path)."""
+"""Helpers for the rewards tests: data loading, and reward functions for pool tests (importable
+by worker processes, which get the test directory on sys.path from conftest.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from pathlib import Path
+
+import pytest
 
 from rewards import Reason, Score
+
+# ../shared/data beside the repository root (CI keeps a copy of shared/ at the same place)
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def load_jsonl(name: str) -> list[dict]:
+    path = DATA / f"{name}.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} not found: the data sets live in ../shared/data beside the repository (DESIGN.md §11)")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 class ScriptedReward:
@@ -44,7 +60,7 @@ class ScriptedReward:
         return Score(0.0, Reason.WRONG, {"ref": reference})
 
 
-def _fail_in_worker() -> "ScriptedReward":
+def _fail_in_worker() -> ScriptedReward:
     raise RuntimeError("this reward function cannot be loaded")
 
 

@@ -45,11 +45,11 @@ def test_adversarial_batch_is_bounded_and_scored_zero(math_pool: RewardPool) -> 
     start = time.monotonic()
     scores = math_pool.score(items, timeout=120)
     elapsed = time.monotonic() - start
-    report = {n: (s.reason.value, s.details.get("timeout")) for n, s in zip(names, scores)}
-    for name, score in zip(names, scores):
+    report = {n: (s.reason.value, s.details.get("timeout")) for n, s in zip(names, scores, strict=True)}
+    for name, score in zip(names, scores, strict=True):
         assert score.value == 0.0 and score.reason in ALLOWED, (name, score)
     # Each item's own time is bounded by the timeout (hard kills land within a second of it).
-    for name, score in zip(names, scores):
+    for name, score in zip(names, scores, strict=True):
         if score.reason is Reason.TIMEOUT:
             assert score.details["after_s"] < math_pool.timeout_s + 1.0, (name, score)
     # Slow items are set aside and run concurrently, so the batch beats running its timeouts

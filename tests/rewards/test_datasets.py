@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import load_jsonl
+from rewards_testlib import load_jsonl
 
 from rewards import Reason, RewardPool
 
@@ -29,7 +29,7 @@ def test_math500_gold_solutions(sweep_pool: RewardPool) -> None:
     rows = load_jsonl("math500_test")
     assert len(rows) == 500
     own = sweep_pool.submit([(r["solution"], r["answer"]) for r in rows])
-    other = sweep_pool.submit([(r["solution"], a) for r, a in zip(rows, _other_answers(rows))])
+    other = sweep_pool.submit([(r["solution"], a) for r, a in zip(rows, _other_answers(rows), strict=True)])
     own_scores, other_scores = own.result(timeout=600), other.result(timeout=600)
 
     own_rate = sum(s.value for s in own_scores) / len(rows)
@@ -46,7 +46,7 @@ def test_gsm8k_reference_solutions(sweep_pool: RewardPool) -> None:
     rows = load_jsonl("gsm8k_test") + load_jsonl("gsm8k_train")
     assert len(rows) == 1319 + 7473
     finals = [r["answer"].rsplit("####", 1)[1].strip() for r in rows]
-    scores = sweep_pool.score([(r["answer"], f) for r, f in zip(rows, finals)], timeout=600)
+    scores = sweep_pool.score([(r["answer"], f) for r, f in zip(rows, finals, strict=True)], timeout=600)
     failures = [(i, finals[i], s) for i, s in enumerate(scores) if s.value != 1]
     rate = 1 - len(failures) / len(rows)
     print(f"\nGSM8K: {rate:.2%} of {len(rows)} reference solutions score 1")

@@ -90,7 +90,19 @@ def test_sanitize_drops_controls_and_lone_surrogates() -> None:
         " " * 1_000_000 + "1",
         "\n" * 1_000_000,
     ],
-    ids=["open", "close", "boxed", "boxed-open", "hash", "answer-is", "label", "commas", "digits", "spaces", "newlines"],
+    ids=[
+        "open",
+        "close",
+        "boxed",
+        "boxed-open",
+        "hash",
+        "answer-is",
+        "label",
+        "commas",
+        "digits",
+        "spaces",
+        "newlines",
+    ],
 )
 def test_megabyte_inputs_are_linear_time(text: str) -> None:
     start = time.perf_counter()
@@ -106,7 +118,7 @@ def test_long_boxed_content_is_bounded() -> None:
 
 # --- property-based ----------------------------------------------------------------------------
 ANSWERS = st.one_of(
-    st.integers(-10**12, 10**12).map(str),
+    st.integers(-(10**12), 10**12).map(str),
     st.fractions().map(lambda f: f"\\frac{{{f.numerator}}}{{{f.denominator}}}"),
     st.from_regex(r"[a-z0-9+\-*/^(), ]{1,30}", fullmatch=True).filter(lambda s: s.strip()),
 )
@@ -138,7 +150,7 @@ def test_last_number_is_the_last_integer(numbers: list[int], sep: str) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(-10**9, 10**9), NOISE.filter(lambda s: "####" not in s and "\\" not in s))
+@given(st.integers(-(10**9), 10**9), NOISE.filter(lambda s: "####" not in s and "\\" not in s))
 def test_hash_line_wins_over_text(n: int, before: str) -> None:
     text = before + "\n#### " + str(n) + "\n"
     found = extract_answer(text)

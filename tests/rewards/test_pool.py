@@ -238,7 +238,7 @@ def test_fuzz_pool_results_match_a_serial_oracle(pool: RewardPool, commands: lis
     items = [(c, f"ref{i}") for i, c in enumerate(commands)]
     scores = pool.score(items, timeout=120)
     assert len(scores) == len(items)
-    for (cmd, ref), score in zip(items, scores):
+    for (cmd, ref), score in zip(items, scores, strict=True):
         if cmd.startswith("value:"):
             assert (score.value, score.reason, score.details["ref"]) == (float(cmd[6:]), Reason.CORRECT, ref)
         elif cmd.startswith("sleep"):
