@@ -33,10 +33,10 @@ _GEMM_OUT = (torch.bfloat16, torch.float16, torch.float32)
 
 class _FP8LinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2, weight, bias, x_quant, pow2_scale, backend):
+    def forward(ctx, x2, weight, bias, x_quant, pow2_scale, backend, invariant):
         xq, xs = x_quant if x_quant is not None else quantize_act(x2, pow2_scale, backend=backend)
         wq, ws = quantize_weight(weight, pow2_scale, backend=backend)
-        y = fp8_gemm(xq, xs, wq, ws, out_dtype=x2.dtype, backend=backend)
+        y = fp8_gemm(xq, xs, wq, ws, out_dtype=x2.dtype, batch_invariant=invariant, backend=backend)
         if bias is not None:
             y = y + bias.to(y.dtype)
         # The weight itself is saved (a parameter: no extra memory); dgrad re-quantizes it
@@ -44,13 +44,13 @@ class _FP8LinearFn(torch.autograd.Function):
         ctx.save_for_backward(x2, weight)
         ctx.has_bias = bias is not None
         ctx.weight_dtype = weight.dtype
-        ctx.pow2_scale, ctx.backend = pow2_scale, backend
+        ctx.pow2_scale, ctx.backend, ctx.invariant = pow2_scale, backend, invariant
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x2, weight = ctx.saved_tensors
-        p2, be = ctx.pow2_scale, ctx.backend
+        p2, be, inv = ctx.pow2_scale, ctx.backend, ctx.invariant
         dy = dy.contiguous()
         dx = dw = db = None
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
@@ -62,15 +62,15 @@ class _FP8LinearFn(torch.autograd.Function):
             dyq_t, dys_t = quantize_act_t(dy, p2, backend=be)
         if need_dx:
             wq_t, ws_t = quantize_weight_t(weight, p2, backend=be)
-            dx = fp8_gemm(dyq, dys, wq_t, ws_t, out_dtype=x2.dtype, backend=be)
+            dx = fp8_gemm(dyq, dys, wq_t, ws_t, out_dtype=x2.dtype, batch_invariant=inv, backend=be)
         if need_dw:
             xq_t, xs_t = quantize_act_t(x2, p2, backend=be)
             dw_dtype = ctx.weight_dtype if ctx.weight_dtype in _GEMM_OUT else torch.float32
-            dw = fp8_gemm(dyq_t, dys_t, xq_t, xs_t, out_dtype=dw_dtype, backend=be)
+            dw = fp8_gemm(dyq_t, dys_t, xq_t, xs_t, out_dtype=dw_dtype, batch_invariant=inv, backend=be)
             dw = dw.to(ctx.weight_dtype)
         if need_db and ctx.has_bias:
             db = dy.float().sum(0)
-        return dx, dw, db, None, None, None
+        return dx, dw, db, None, None, None, None
 
 
 def fp8_linear(
@@ -80,6 +80,7 @@ def fp8_linear(
     *,
     x_quant: tuple[torch.Tensor, torch.Tensor] | None = None,
     pow2_scale: bool = False,
+    batch_invariant: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """y = x Wᵀ + b through FP8 GEMMs, differentiable w.r.t. x, weight and bias.
@@ -88,6 +89,8 @@ def fp8_linear(
     x_quant: optional (xq [M, K], scale) already computed from x.reshape(-1, K) — e.g. by
     ``rmsnorm_quant``/``silu_mul_quant`` — so the forward skips quantizing x (the fused kernels
     produce the same bits as ``quantize_act`` of their rounded output).
+    batch_invariant pins one GEMM tile configuration for every M (strict mode; the H100 runs
+    found all configurations bitwise equal anyway, see BENCHMARKS.md).
     Returns [..., N] in x's dtype.
     """
     if x.shape[-1] != weight.shape[-1] or weight.dim() != 2:
@@ -98,7 +101,7 @@ def fp8_linear(
     x2 = x.reshape(-1, x.shape[-1])
     if x2.shape[0] == 0:
         return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
-    y = _FP8LinearFn.apply(x2, weight, bias, x_quant, pow2_scale, backend)
+    y = _FP8LinearFn.apply(x2, weight, bias, x_quant, pow2_scale, backend, batch_invariant)
     return y.reshape(*lead, weight.shape[0])
 
 
@@ -111,27 +114,32 @@ class FP8Linear(torch.nn.Linear):
     """
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None,
-                 pow2_scale: bool = False):
+                 pow2_scale: bool = False, batch_invariant: bool = False):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.pow2_scale = pow2_scale
+        self.batch_invariant = batch_invariant
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, pow2_scale: bool = False) -> "FP8Linear":
+    def from_linear(cls, linear: torch.nn.Linear, pow2_scale: bool = False,
+                    batch_invariant: bool = False) -> "FP8Linear":
         new = cls.__new__(cls)
         torch.nn.Module.__init__(new)
         new.in_features, new.out_features = linear.in_features, linear.out_features
         new.weight, new.bias = linear.weight, linear.bias
-        new.pow2_scale = pow2_scale
+        new.pow2_scale, new.batch_invariant = pow2_scale, batch_invariant
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp8_linear(x, self.weight, self.bias, pow2_scale=self.pow2_scale)
+        return fp8_linear(x, self.weight, self.bias, pow2_scale=self.pow2_scale,
+                          batch_invariant=self.batch_invariant)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", fp8=e4m3 1x128/128x128, pow2_scale={self.pow2_scale}"
+        return (super().extra_repr() + f", fp8=e4m3 1x128/128x128, pow2_scale={self.pow2_scale}"
+                f", batch_invariant={self.batch_invariant}")
 
 
-def swap_linears_to_fp8(model: torch.nn.Module, include=None, pow2_scale: bool = False) -> list[str]:
+def swap_linears_to_fp8(model: torch.nn.Module, include=None, pow2_scale: bool = False,
+                        batch_invariant: bool = False) -> list[str]:
     """Replace ``nn.Linear`` submodules by ``FP8Linear`` in place (what an FP8 recipe switches).
 
     include(name, module) -> bool selects the layers (default: every nn.Linear; a model
@@ -143,7 +151,7 @@ def swap_linears_to_fp8(model: torch.nn.Module, include=None, pow2_scale: bool =
         for child_name, child in list(mod.named_children()):
             full = f"{name}.{child_name}" if name else child_name
             if type(child) is torch.nn.Linear and (include is None or include(full, child)):
-                setattr(mod, child_name, FP8Linear.from_linear(child, pow2_scale))
+                setattr(mod, child_name, FP8Linear.from_linear(child, pow2_scale, batch_invariant))
                 swapped.append(full)
     return swapped
 

@@ -32,24 +32,33 @@ POISON_OUTPUTS = False  # tests: NaN-fill the output before the kernel runs
 def recurrent_torch(q, k, v, decay, scale, state, state_indices):
     """q, k, v: ``[B, N, H, D]``; state: ``[slots, H, D, D]`` fp32 (or fp64); returns o [B, N, H, D].
 
-    Works on each row's slot in place (a view, no gather/scatter copies of the pool): the state is
-    the whole cost of a decode step, so every extra pass over it counts on a CPU.
+    Vectorised over the batch: the state is the whole cost of a decode step, so the update is one
+    fused pass (``mul_`` + broadcast ``addcmul_``, no outer-product temporary), done in place on
+    the pool when rows map to slots 0..B-1, else on a gathered copy that is scattered back.
+    (Per-row loops over pool views are far slower on CPU: one OpenMP fork/join per small op.)
     """
     B, N, H, D = q.shape
-    slots = list(range(B)) if state_indices is None else state_indices.tolist()
     dt = state.dtype
-    lam = torch.exp(decay.to(dt))[:, None, None]                 # [H, 1, 1]
+    lam = torch.exp(decay.to(dt))[None, :, None, None]            # [1, H, 1, 1]
     qf, kf, vf = q.to(dt), k.to(dt), v.to(dt)
-    o = torch.zeros(B, N, H, v.shape[-1], dtype=dt, device=q.device)
-    for b, slot in enumerate(slots):
-        if slot < 0:                                             # padding row
-            continue
-        S = state[slot]                                          # [H, D, D] view
-        for n in range(N):
-            S.mul_(lam).baddbmm_(kf[b, n][:, :, None], vf[b, n][:, None, :])
-            torch.bmm(qf[b, n][:, None, :], S, out=o[b, n][:, None, :])
+    if state_indices is None:
+        S, rows, valid = state[:B], None, None                     # a view: updated in place
+    else:
+        valid = state_indices >= 0
+        rows = state_indices.long().clamp(min=0)
+        S = state.index_select(0, rows)
+    o = torch.empty(B, N, H, v.shape[-1], dtype=dt, device=q.device)
+    for n in range(N):
+        S.mul_(lam).addcmul_(kf[:, n, :, :, None], vf[:, n, :, None, :])
+        o[:, n] = torch.matmul(qf[:, n, :, None, :], S)[:, :, 0]
     if scale != 1.0:
         o.mul_(scale)
+    if rows is not None:
+        o[~valid] = 0
+        if bool(valid.all()):
+            state.index_copy_(0, rows, S)
+        else:
+            state.index_copy_(0, rows[valid], S[valid])
     return o.to(q.dtype)
 
 

@@ -14,7 +14,10 @@ Backward (recomputes each chunk's logits; p = e^(z - lse)):
     ∂logprob/∂z_j = 1[j = tok] - p_j,   ∂H/∂z_j = -p_j (z_j - lse + H)
     dz = (g_lp·(1[tok] - p) - g_H·p·(z - lse + H)) / T
     dh += dz W_c,  dW_c = dzᵀ h   (dz rounded to the weight dtype for the tensor cores).
-Memory: O(N·C) fp32 temporaries; C defaults to 2^26 / N elements (256 MiB of fp32 per chunk).
+Memory: O(N·C) fp32 temporaries (C = 8192 by default: 32 KiB per token, 256 MiB at N = 8192).
+C is fixed rather than sized from N so that a row's result does not depend on the batch: with
+the batch-invariant logits GEMM, a row's log-prob and entropy are bitwise independent of N
+(the trainer and the rollout engine must use the same chunk size to agree bitwise).
 Tokens < 0 are ignored: logprob 0 and no gradient through it (entropy is still computed).
 """
 
@@ -25,12 +28,14 @@ import torch
 from .logits import logits_fp32, matmul_fp32
 from .online_softmax import logit_grads, new_state, update_stats
 
-_MAX_CHUNK_ELEMS = 1 << 26
+# Fixed, NOT derived from N: the vocabulary chunks fix the order in which a row's softmax sums
+# are merged, so a row's log-prob must not depend on how many rows share the batch (strict mode).
+DEFAULT_CHUNK = 8192
 
 
 def _chunk_size(n: int, v: int, chunk_size: int | None) -> int:
     if chunk_size is None:
-        chunk_size = max(128, (_MAX_CHUNK_ELEMS // max(n, 1)) // 128 * 128)
+        chunk_size = DEFAULT_CHUNK
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     return min(chunk_size, v)

@@ -117,3 +117,13 @@ def test_token_logprobs_validation():
         token_logprobs(h, w, tok, temperature=0.0)
     with pytest.raises(ValueError, match="logits_fp32"):
         logits_fp32(h, w.t())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_token_logprobs_batch_invariant(backend):
+    """A row's log-prob and entropy are bitwise the same whatever the number of rows (strict mode)."""
+    h, w, tok = make(20, 32, 600, seed=6)
+    lp, ent = token_logprobs(h, w, tok, chunk_size=256, backend=backend)
+    for m in (1, 7):
+        lp_m, ent_m = token_logprobs(h[:m], w, tok[:m], chunk_size=256, backend=backend)
+        assert torch.equal(lp_m, lp[:m]) and torch.equal(ent_m, ent[:m])
