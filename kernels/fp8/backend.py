@@ -47,7 +47,7 @@ def pick_backend(op: str, t: torch.Tensor, backend: str | None) -> str:
     key = (op, backend)
     if key not in _logged:
         _logged.add(key)
-        log.info("kernels: %s runs on the %s backend (%s tensors)", op, backend, t.device.type)
+        log.info("%s runs on the %s backend (%s tensors)", op, backend, t.device.type)
     return backend
 
 
