@@ -5,7 +5,8 @@ Checks (each enabled check is worth an equal share of 1.0):
   be part of the prompt, as with chat templates that open the block for the model: set
   `opened_in_prompt=True`), and, if `reasoning_first`, nothing but whitespace before it;
 - `answer`: an explicit final answer (boxed / `####` / "the answer is" / `Answer:`; the
-  last-number fallback does not count) after the reasoning block.
+  last-number fallback does not count) after the reasoning block (anywhere if there is no block;
+  nowhere if the block was opened and never closed).
 """
 
 from __future__ import annotations
@@ -47,6 +48,16 @@ class FormatReward:
         end = text.index(self.close_tag)
         return end > start and bool(text[start:end].strip())
 
+    def _answer_region(self, text: str) -> str:
+        """Where the answer may be: after the last closing tag; everywhere if there is no block at
+        all; nowhere if a block was opened and never closed (truncated inside the reasoning)."""
+        cut = text.rfind(self.close_tag)
+        if cut >= 0:
+            return text[cut + len(self.close_tag) :]
+        if self.opened_in_prompt or self.open_tag in text:
+            return ""
+        return text
+
     def score(self, completion: str, reference: str) -> Score:
         try:
             text = sanitize(completion)
@@ -54,10 +65,7 @@ class FormatReward:
             if self.require_reasoning:
                 checks["reasoning"] = self._reasoning_ok(text)
             if self.require_answer:
-                found = extract_answer(text, fallback_last_number=False, reasoning_close=self.close_tag)
-                # with a reasoning check, the answer must come after the block
-                if found and self.require_reasoning and self.close_tag not in text:
-                    found = None
+                found = extract_answer(self._answer_region(text), fallback_last_number=False, reasoning_close=None)
                 checks["answer"] = found is not None
             value = sum(checks.values()) / len(checks)
             if value == 1.0:
