@@ -22,11 +22,14 @@ class Problem:
     answer: str
 
 
-def make_problem(rng: random.Random) -> Problem:
+KINDS = ("add", "sub", "add_add", "add_sub")
+
+
+def make_problem(rng: random.Random, kinds: tuple[str, ...] = KINDS, max_operand: int = 60) -> Problem:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    a = rng.randint(2, 60)
-    kind = rng.choice(["add", "sub", "add_add", "add_sub"])
-    b = rng.randint(2, 40)
+    a = rng.randint(2, max_operand)
+    kind = rng.choice(kinds)
+    b = rng.randint(2, max(3, max_operand * 2 // 3))
     if kind == "add":
         q = f"{name} has {a} {item}. {name} gets {b} more. How many {item} now?"
         steps, ans = f"{a}+{b}={a + b}.", a + b
@@ -45,14 +48,19 @@ def make_problem(rng: random.Random) -> Problem:
     return Problem(q, f"{steps} The answer is {ans}.", str(ans))
 
 
-def make_problems(n: int, seed: int, exclude: set[str] = frozenset()) -> list[Problem]:
+# Task variants by name: which problem kinds and how large the operands get.
+TASKS = {"arithmetic": (KINDS, 60), "arithmetic-easy": (("add", "sub"), 30)}
+
+
+def make_problems(n: int, seed: int, exclude: set[str] = frozenset(), task: str = "arithmetic") -> list[Problem]:
     """n distinct problems from `seed`, none of whose questions is in `exclude`."""
+    kinds, max_operand = TASKS[task]
     rng = random.Random(seed)
     seen, out = set(exclude), []
     for _ in range(n * 50):
         if len(out) == n:
             break
-        p = make_problem(rng)
+        p = make_problem(rng, kinds, max_operand)
         if p.question not in seen:
             seen.add(p.question)
             out.append(p)
@@ -67,11 +75,13 @@ EVAL_SEED_OFFSET = 1_000_003
 EVAL_POOL = 1000
 
 
-def load_split(split: str, n: int, seed: int) -> list[Problem]:
-    """`n` problems of split "train" or "test" (alias "eval")."""
-    pool = make_problems(EVAL_POOL, seed + EVAL_SEED_OFFSET)
+def load_split(split: str, n: int, seed: int, task: str = "arithmetic") -> list[Problem]:
+    """`n` problems of `task`, split "train" or "test" (alias "eval")."""
+    if task not in TASKS:
+        raise ValueError(f"unknown synthetic task {task!r}; known: {', '.join(TASKS)}")
+    pool = make_problems(EVAL_POOL, seed + EVAL_SEED_OFFSET, task=task)
     if split == "train":
-        return make_problems(n, seed, exclude={p.question for p in pool})
+        return make_problems(n, seed, exclude={p.question for p in pool}, task=task)
     if split in ("test", "eval"):
         if n > EVAL_POOL:
             raise ValueError(f"the synthetic test split has {EVAL_POOL} problems; asked for {n}")

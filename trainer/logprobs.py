@@ -49,16 +49,19 @@ def pack(prompts: list[list[int]], completions: list[list[int]], pad_id: int = 0
 
 
 def use_fp32_lm_head(model: torch.nn.Module) -> None:
-    """Makes the model's LM head return fp32 logits from fp32 accumulation.
+    """Routes the model's LM head through `kernels.lm_head.token_logprobs`: sampled-token
+    log-probs and entropies in fp32 from the model-dtype hidden state and weight, fp32
+    accumulation, chunked over the vocabulary (no fp32 copy of the weight, no [N, V] fp32
+    logits). The head module keeps its own call (ZeRO-3's gather hooks fire on it); called as
+    `head(hidden, tokens, temperature)` it returns (logp, entropy)."""
+    from kernels.lm_head import token_logprobs as head_token_logprobs
 
-    The head module keeps its own forward call (so ZeRO-3's gather hooks still fire on it) but
-    computes `h.float() @ W.float()ᵀ`: bf16 inputs are exact in fp32, so this is the
-    "reads bf16, accumulates and returns fp32" GEMM of the alignment rules."""
     head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise ValueError("LM heads with a bias are not supported by the fp32 log-prob head")
 
-    def forward(hidden: torch.Tensor) -> torch.Tensor:
-        bias = None if head.bias is None else head.bias.float()
-        return torch.nn.functional.linear(hidden.float(), head.weight.float(), bias)
+    def forward(hidden: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        return head_token_logprobs(hidden.to(head.weight.dtype), head.weight, tokens, temperature=temperature)
 
     head.forward = forward
 
@@ -73,8 +76,8 @@ def completion_hidden_index(batch: PackedBatch) -> torch.Tensor:
 def token_logprobs(model: torch.nn.Module, batch: PackedBatch, temperature: float = 1.0, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Returns (logp [B, Tc] fp32, entropy [B, Tc] fp32 or None); padded positions hold 0.
 
-    Only the completion positions go through the LM head, in fp32 (the hidden state is read in
-    the model dtype and the GEMM accumulates and returns fp32)."""
+    Only the completion positions go through the LM head (`use_fp32_lm_head` must have been
+    applied to the model)."""
     device = next(model.parameters()).device
     backbone = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     hidden = backbone(
@@ -82,14 +85,6 @@ def token_logprobs(model: torch.nn.Module, batch: PackedBatch, temperature: floa
     ).last_hidden_state  # [B, L, d]
     index = completion_hidden_index(batch).to(device)
     h = torch.gather(hidden, 1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, Tc, d]
-    logits = model.get_output_embeddings()(h)  # fp32: see use_fp32_lm_head
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
-    targets = batch.completion_ids.to(device)
-    logp = torch.gather(logp_all, -1, targets[..., None])[..., 0]
+    logp, entropy = model.get_output_embeddings()(h, batch.completion_ids.to(device), temperature)  # see use_fp32_lm_head
     mask = batch.completion_mask.to(device)
-    entropy = None
-    if with_entropy:
-        entropy = -(logp_all.exp() * logp_all).sum(-1) * mask
-    return logp * mask, entropy
+    return logp * mask, (entropy * mask if with_entropy else None)

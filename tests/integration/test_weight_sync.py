@@ -1,0 +1,65 @@
+"""The rollout engine takes new weights in place and then computes exactly what transformers
+computes with them — every parameter, the tied LM head included (vLLM's in-place reload restores
+an unloaded tied head's old, CPU-prepacked weight unless re-tied: rollout.weight_receiver)."""
+
+import hashlib
+
+import pytest
+import torch
+from safetensors.torch import save
+from transformers import AutoModelForCausalLM
+
+from rl import demo_model
+from rl.config import RolloutConfig, to_dict
+from rollout.worker import RolloutWorker
+
+pytestmark = pytest.mark.integration
+
+TEXT = "Ann has 23 apples. Ann gets 58 more. How many apples now? 23+58=81."
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    import ray
+
+    ray.init(include_dashboard=False, num_cpus=1)  # the buckets travel as Ray object refs
+    path = demo_model.resolve("demo:arith-tiny", str(tmp_path_factory.mktemp("cache")))
+    yield path, RolloutWorker(str(path), "float32", to_dict(RolloutConfig(max_model_len=128)), seed=0)
+    ray.shutdown()
+
+
+def perturbed(path, subset: str, seed: int):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if subset == "all" or subset in name:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("subset", ["embed_tokens", "self_attn", "mlp", "norm", "all"])
+def test_engine_matches_transformers_after_update(engine, subset):
+    path, worker = engine
+    model = perturbed(path, subset, seed=len(subset))
+    state = {k: v.contiguous() for k, v in model.named_parameters()}
+    blobs = [save(dict(list(state.items())[i : i + 7])) for i in range(0, len(state), 7)]  # several buckets
+    import ray
+
+    refs = [(ray.put(b), hashlib.sha256(b).hexdigest(), len(range(i, min(i + 7, len(state))))) for b, i in zip(blobs, range(0, len(state), 7))]
+    before = worker.prompt_logprobs(worker.tokenizer(TEXT)["input_ids"])
+    info = worker.update_weights(refs, version=1)
+    assert info["tensors"] == len(state)
+    ids = worker.tokenizer(TEXT)["input_ids"]
+    engine_logp = torch.tensor(worker.prompt_logprobs(ids))
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits.log_softmax(-1)[0, :-1].gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+    assert (engine_logp - ref).abs().max().item() < 1e-5
+    assert (engine_logp - torch.tensor(before)).abs().max().item() > 1e-3  # the update was real
+
+
+def test_corrupted_bucket_is_rejected(engine):
+    _, worker = engine
+    blob = save({"model.norm.weight": torch.ones(256)})
+    with pytest.raises(Exception, match="sha256"):
+        worker.llm.collective_rpc("lockstep_load_buckets", args=([blob], ["0" * 64]))
