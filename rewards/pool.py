@@ -393,12 +393,13 @@ class _Dispatcher:
         """Seconds until the next timeout/straggler/start-up deadline (None: nothing to watch)."""
         now = time.monotonic()
         deadlines = []
+        can_set_aside = self.straggler_s is not None and sum(w.straggler for w in self.workers) < self.max_stragglers
         for w in self.workers:
             if not w.ready:
                 deadlines.append(w.started_at + _STARTUP_TIMEOUT_S)
             elif w.inflight:
                 deadlines.append(w.head_since + self.timeout_s)
-                if self.straggler_s is not None and not w.straggler:
+                if can_set_aside and not w.straggler:  # (else no busy-wait at the cap)
                     deadlines.append(max(w.head_since + self.straggler_s, w.next_cpu_check))
                 if w.straggler and not w.demoted and self.demote_s is not None:
                     deadlines.append(w.head_since + self.demote_s)
