@@ -48,14 +48,24 @@ def make_problem(rng: random.Random, kinds: tuple[str, ...] = KINDS, max_operand
     return Problem(q, f"{steps} The answer is {ans}.", str(ans))
 
 
-# Task variants by name: which problem kinds and how large the operands get.
-TASKS = {"arithmetic": (KINDS, 60), "arithmetic-easy": (("add", "sub"), 30)}
+# Task variants by name: problem kinds, largest operand, and the fraction of training solutions
+# whose final line reports a wrong answer (the first operand instead of the result). That noise
+# only touches the worked solutions the SFT warm start imitates, never the reference answers:
+# the warm-started model then hesitates between the computed result and the distractor, and RL
+# from the verifier's reward has to learn which one is right.
+TASKS = {
+    "arithmetic": (KINDS, 60, 0.0),
+    "arithmetic-easy": (("add", "sub"), 30, 0.0),
+    "arithmetic-noisy": (("add", "sub"), 9, 0.5),
+}
 
 
-def make_problems(n: int, seed: int, exclude: set[str] = frozenset(), task: str = "arithmetic") -> list[Problem]:
-    """n distinct problems from `seed`, none of whose questions is in `exclude`."""
-    kinds, max_operand = TASKS[task]
+def make_problems(n: int, seed: int, exclude: set[str] = frozenset(), task: str = "arithmetic", noisy: bool = False) -> list[Problem]:
+    """n distinct problems from `seed`, none of whose questions is in `exclude`; with `noisy`,
+    the task's share of worked solutions ends in the distractor answer."""
+    kinds, max_operand, noise = TASKS[task]
     rng = random.Random(seed)
+    noise_rng = random.Random(seed + 17)
     seen, out = set(exclude), []
     for _ in range(n * 50):
         if len(out) == n:
@@ -63,6 +73,9 @@ def make_problems(n: int, seed: int, exclude: set[str] = frozenset(), task: str 
         p = make_problem(rng, kinds, max_operand)
         if p.question not in seen:
             seen.add(p.question)
+            if noisy and noise_rng.random() < noise:
+                first = p.solution.split("+")[0].split("-")[0]
+                p = Problem(p.question, p.solution.replace(f"The answer is {p.answer}.", f"The answer is {first}."), p.answer)
             out.append(p)
     if len(out) < n:
         raise ValueError(f"could only draw {len(out)} distinct problems of {n} asked for")
@@ -81,7 +94,7 @@ def load_split(split: str, n: int, seed: int, task: str = "arithmetic") -> list[
         raise ValueError(f"unknown synthetic task {task!r}; known: {', '.join(TASKS)}")
     pool = make_problems(EVAL_POOL, seed + EVAL_SEED_OFFSET, task=task)
     if split == "train":
-        return make_problems(n, seed, exclude={p.question for p in pool}, task=task)
+        return make_problems(n, seed, exclude={p.question for p in pool}, task=task, noisy=True)
     if split in ("test", "eval"):
         if n > EVAL_POOL:
             raise ValueError(f"the synthetic test split has {EVAL_POOL} problems; asked for {n}")

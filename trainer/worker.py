@@ -154,7 +154,7 @@ class TrainerRank:
             self.engine.backward(loss)
             self.engine.step()
             m = mask.bool()
-            sums["loss"] += loss.item() / scale
+            sums["loss"] += loss.item() / (self.world_size * self.micro_batches)  # this rank's share of the mini-batch loss
             sums["pg_loss"] += (pg * weight)[m].sum().item()
             sums["kl"] += kl[m].sum().item()
             sums["entropy"] += entropy[m].sum().item()

@@ -22,10 +22,13 @@ TEXT = "Ann has 23 apples. Ann gets 58 more. How many apples now? 23+58=81."
 def engine(tmp_path_factory):
     import ray
 
-    ray.init(include_dashboard=False, num_cpus=1)  # the buckets travel as Ray object refs
+    started = not ray.is_initialized()
+    if started:
+        ray.init(include_dashboard=False, num_cpus=1)  # the buckets travel as Ray object refs
     path = demo_model.resolve("demo:arith-tiny", str(tmp_path_factory.mktemp("cache")))
     yield path, RolloutWorker(str(path), "float32", to_dict(RolloutConfig(max_model_len=128)), seed=0)
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 def perturbed(path, subset: str, seed: int):
