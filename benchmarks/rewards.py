@@ -2,17 +2,20 @@
 
     python benchmarks/rewards.py [--items 2000] [--batches 5] [--timeout 5]
 
-Prints two tables (see DESIGN.md §9):
+Prints three tables (see DESIGN.md §9):
 
 1. Throughput on real completions (MATH-500 gold solutions against their own and another
    problem's answer, GSM8K reference solutions against their final numbers):
    - anchor: `math_verify.verify(parse(reference), parse(completion))` in a plain loop, what
      peers (open-r1, TRL examples) do; no isolation, no time limit;
    - `MathReward.score` in a plain loop (the single-process rate);
-   both this loop and the pools are timed on a second pass over the items (steady state: the
-   reference and sympy caches warm, as in a long training run);
    - `RewardPool` at 1, 2 and all-core workers. Target: rate >= 0.9 x workers x single-process.
-2. Latency of batches of 1024 completions of which 1% are pathological (sympy towers, huge
+   The MathReward loop and the pools are timed on a second pass over the items (steady state:
+   reference and sympy caches warm, as in a long training run); each row is the best of
+   `--repeats` runs, and CPU ms/verdict (driver + workers) is given beside the wall-clock rate,
+   since on a machine shared with other jobs only the CPU figure is stable.
+2. The pool's own cost per item (a reward function that does nothing).
+3. Latency of batches of 1024 completions of which 1% are pathological (sympy towers, huge
    powers, deep nesting), all-core pool: batch wall time (p50 / p99 / max over batches) and per-
    item p99. Target: p99 batch latency <= timeout + 1 s.
 
@@ -34,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rewards import MathReward, RewardPool  # noqa: E402
+from rewards import MathReward, Reason, RewardPool, Score  # noqa: E402
 from rewards.pool import default_num_workers  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -124,6 +127,28 @@ def pool_rate(items: list[tuple[str, str]], workers: int) -> tuple[float, float]
         return len(items) / wall, cpu_per
 
 
+class ConstReward:
+    """A reward function that does no work: what is left is the pool's own cost per item."""
+
+    def score(self, completion: str, reference: str) -> Score:
+        return Score(1.0, Reason.CORRECT, {})
+
+
+def overhead(workers: int, n: int = 5000) -> tuple[float, float, float]:
+    """(items/s, driver CPU us/item, worker CPU us/item) with ConstReward and 1 KB references."""
+    items = [("x", "y" * 1000)] * n
+    with RewardPool(ConstReward(), num_workers=workers) as pool:
+        pool.score(items[:200])
+        pids = pool.worker_pids()
+        worker_cpu = sum(_proc_cpu(p) for p in pids)
+        start, cpu = time.perf_counter(), time.process_time()
+        pool.score(items)
+        wall = time.perf_counter() - start
+        driver = (time.process_time() - cpu) / n
+        worker = (sum(_proc_cpu(p) for p in pids) - worker_cpu) / n
+    return n / wall, 1e6 * driver, 1e6 * worker
+
+
 def best_of(repeats: int, fn, *args) -> tuple[float, float]:
     """Highest rate over `repeats` runs (the least disturbed by other jobs), lowest CPU/verdict."""
     runs = [fn(*args) for _ in range(repeats)]
@@ -207,6 +232,13 @@ def main() -> None:
             f"| {1000 * cpu:14.2f} | {cpu_eff:>14} |"
         )
     print(f"load average after the throughput runs: {os.getloadavg()[0]:.1f}")
+
+    print("\nPool overhead (a reward function that does nothing, 5000 items with 1 KB references):")
+    print("| workers | items/s | driver CPU us/item | worker CPU us/item |")
+    print("|---------|---------|--------------------|--------------------|")
+    for w in sorted({1, cores}):
+        rate, driver_us, worker_us = overhead(w)
+        print(f"| {w:7d} | {rate:7.0f} | {driver_us:18.0f} | {worker_us:18.0f} |")
 
     lat = latency(items, args.batches, args.timeout, cores)
     print(f"\nLatency, {args.batches} batches of 1024 (1% pathological), {cores} workers, timeout {args.timeout:g} s:")
