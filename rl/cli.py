@@ -2,6 +2,7 @@
 
     lockstep run recipes/demo.yaml [key.sub=value ...] [--resume | --no-resume]
     lockstep eval CHECKPOINT --data NAME_OR_FILE [--k 4] [--limit 200]
+    lockstep mismatch RUN_DIR [--step N] [--top 20]
 
 User errors (bad recipe, missing data, not a checkpoint) print one line naming the problem and
 the fix, and exit 2 without a traceback.
@@ -63,6 +64,26 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_mismatch(args) -> int:
+    from rl.report import render
+
+    run_dir = Path(args.run_dir)
+    tokenizer = None
+    config = run_dir / "config.yaml"
+    if config.exists():  # decode token ids with the run's tokenizer when it is at hand
+        from transformers import AutoTokenizer
+
+        from rl.config import load_recipe
+        from rl.driver import resolve_model_path
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(load_recipe(config)))
+        except (OSError, ValueError) as e:
+            logging.warning("token ids shown raw: tokenizer unavailable (%s)", e)
+    print(render(run_dir, args.step, args.top, tokenizer))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lockstep", description="RL post-training with aligned rollout and trainer engines")
     sub = p.add_subparsers(dest="command", required=True)
@@ -88,6 +109,11 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--output", help="write per-problem results to this JSON file")
     ev.set_defaults(fn=cmd_eval)
+    mm = sub.add_parser("mismatch", help="train/infer log-prob mismatch of a run, token by token")
+    mm.add_argument("run_dir")
+    mm.add_argument("--step", type=int, default=None, help="default: the newest step")
+    mm.add_argument("--top", type=int, default=20, help="how many largest-|Δ| tokens to list")
+    mm.set_defaults(fn=cmd_mismatch)
     return p
 
 

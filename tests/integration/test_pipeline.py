@@ -97,3 +97,12 @@ def test_cli_user_errors_are_one_line(tmp_path):
     recipe.write_text("data:\n  train:\n    source: /nonexistent/train.jsonl\n")
     missing = run("run", str(recipe), f"output_dir={tmp_path}")
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_mismatch_report(first_run):
+    _, _, summary = first_run
+    out = subprocess.run([sys.executable, "-m", "rl.cli", "mismatch", summary["run_dir"], "--top", "3"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "k3" in out.stdout and "trainer" in out.stdout
+    missing = subprocess.run([sys.executable, "-m", "rl.cli", "mismatch", summary["run_dir"], "--step", "999"], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "no records for step 999" in missing.stderr
