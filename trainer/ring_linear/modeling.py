@@ -1,0 +1,468 @@
+"""The Ring-linear hybrid model for training (DESIGN.md §3), as a transformers model.
+
+Owns the training-side modules: ``BailingMoeLinearV2PreTrainedModel``, ``...Model`` (the
+decoder: embeddings → layers → final norm) and ``...ForCausalLM`` (decoder + ``lm_head``).
+Parameter names are those of the published Ring-mini-linear-2.0 checkpoint, so its directory
+loads unchanged (:mod:`trainer.ring_linear.loading` checks the names strictly)::
+
+    model.word_embeddings.weight                                  [V, D]
+    model.layers.N.input_layernorm.weight / post_attention_layernorm.weight     [D]
+    model.layers.N.attention.query_key_value.weight     linear: [3·H·d, D]; softmax: [(H+2·KV)·d, D]
+    model.layers.N.attention.query_layernorm.weight / key_layernorm.weight      [d]
+    model.layers.N.attention.g_proj.weight              [H·d, D]   (linear layers only)
+    model.layers.N.attention.g_norm.weight              [H·d]      (linear layers only)
+    model.layers.N.attention.dense.weight               [D, H·d]
+    model.layers.N.mlp.{gate,up,down}_proj.weight                  (dense layers, N < first_k_dense_replace)
+    model.layers.N.mlp.gate.weight [E, D], mlp.gate.expert_bias [E]  (MoE layers)
+    model.layers.N.mlp.experts.E.{gate,up,down}_proj.weight
+    model.layers.N.mlp.shared_experts.{gate,up,down}_proj.weight
+    model.norm.weight, lm_head.weight
+
+Sources of each convention (read, not copied): names and the fused ``query_key_value`` layout
+(q | k | v blocks) from SGLang's ``bailing_moe_linear.py`` and mlx-lm's; the linear layers use
+``H`` K/V heads (MHA) whatever ``num_key_value_heads`` says (all three sources); ``g_norm`` is an
+RMSNorm over ``group_norm_size`` groups of the ``H·d`` channels with an ``[H·d]`` weight (mlx-lm's
+``GroupRMSNorm``, vLLM's ``group_size = H·d / group_norm_size``); the sigmoid gate is computed
+from the layer input ``x`` (all three); RoPE is NeoX style on the first
+``head_dim·partial_rotary_factor`` dims, in both layer kinds (SGLang ``is_neox_style=True``,
+mlx-lm ``traditional=False``); q/k RMSNorm comes before RoPE; the router is sigmoid + expert
+bias used for selection only, with group-limited top-k (groups ranked by the sum of their top-2
+biased scores), gates = unbiased scores renormalised over the top-k (``norm_topk_prob``) times
+``routed_scaling_factor`` (SGLang's ``TopK`` with ``correction_bias``, mlx-lm's
+``group_expert_select``); experts outside the selected groups are excluded (masked to -inf; mlx-lm
+zeroes them, which only differs when all biased scores of the selected groups are negative).
+Layer ``i`` is softmax iff ``(i+1) % layer_group_size == 0`` (all sources).
+
+Decay layer offset.  The per-head log-decay is ``g = -s_h · (1 - (l - o)/(L-1) + 1e-5)`` for
+layer ``l`` of ``L`` (``kernels.linear_attention.layer_decay``).  The checkpoint's own Hugging
+Face code (``modeling_bailing_moe_linear_v2.py``, as quoted by public ports) uses ``l - 1``
+(``o = 1``); mlx-lm uses ``max(0, l - 1)`` (differs at layer 0 only); SGLang and vLLM use ``l``
+(``o = 0``).  ``config.linear_decay_layer_offset`` picks it; the default 1 follows the code that
+ships with the checkpoint.  The vLLM plugin must read the same field.
+
+Numerics (DESIGN.md §4): the residual stream is kept in fp32 (fp64 when the weights are fp64,
+for the float64 parity tests); RMSNorms compute in fp32 and return fp32; projections run in the
+weight dtype on inputs cast to it; q, k, v go to fp32 before the q/k norms, RoPE and the
+linear-attention kernel (fp32 state); softmax attention runs SDPA on fp32 q, k, v (fp32
+softmax); the router runs in fp32; expert outputs are accumulated in fp32 in expert-index order
+(deterministic).  ``last_hidden_state`` is the fp32 final-norm output; ``lm_head`` logits come
+from ``kernels.lm_head.logits_fp32`` (weight-dtype operands, fp32 result), and the trainer's
+log-probs from ``kernels.lm_head.token_logprobs`` (``trainer.logprobs.use_fp32_lm_head``).
+
+Padding: sequences must be right-padded (the trainer's ``pack``).  Every layer is causal, so a
+real token never sees the padding after it; left padding raises ``ValueError``.  No KV cache:
+this class computes log-probs and gradients; generation is the rollout engine's job.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from kernels.linear_attention import chunk as linear_attention_chunk
+from kernels.linear_attention import layer_decay
+from kernels.lm_head import logits_fp32
+
+from .config import BailingMoeLinearV2Config
+
+# ---------------------------------------------------------------------------------------------
+# Shared math: RMSNorm, RoPE (one implementation each; the vLLM-side model must call the same)
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """fp32, or fp64 when ``t`` is fp64 (the float64 parity runs)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x / sqrt(mean(x², -1) + eps) · weight`` over the last dim, in fp32 (fp64 for fp64
+    weights); returns that dtype."""
+    dt = compute_dtype(weight)
+    x = x.to(dt)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.to(dt)
+
+
+def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float,
+                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """NeoX RoPE tables: cos, sin ``[*positions.shape, rotary_dim // 2]`` in ``dtype``.
+
+    ``inv_freq_i = theta^(-2i / rotary_dim)``; angles computed in float64 and rounded once, so
+    every engine that calls this gets the same bits."""
+    i = torch.arange(0, rotary_dim, 2, dtype=torch.float64, device=positions.device)
+    inv_freq = 1.0 / (theta ** (i / rotary_dim))
+    ang = positions.to(torch.float64)[..., None] * inv_freq
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """NeoX rotation of the first ``2·cos.shape[-1]`` dims of each head.
+
+    x: ``[B, T, H, d]``; cos, sin: ``[T, r/2]`` or ``[B, T, r/2]`` (same dtype as x)."""
+    half = cos.shape[-1]
+    if cos.dim() == 2:
+        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    else:
+        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class GroupRMSNorm(nn.Module):
+    """RMSNorm applied separately to ``groups`` equal slices of the last dim; weight ``[dim]``."""
+
+    def __init__(self, dim: int, groups: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.groups, self.eps = groups, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dt = compute_dtype(self.weight)
+        xg = x.to(dt).unflatten(-1, (self.groups, -1))
+        xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xg.flatten(-2) * self.weight.to(dt)
+
+
+def _project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Linear in the weight dtype (inputs cast to it)."""
+    return linear(x.to(linear.weight.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention layers
+
+
+class LinearAttention(nn.Module):
+    """Linear-attention layer (DESIGN.md §3 steps 1–5).  ``forward(x, cos, sin)``: x ``[B, T, D]``
+    (fp32 normed input) → ``[B, T, D]`` in the weight dtype."""
+
+    def __init__(self, config: BailingMoeLinearV2Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
+        self.num_layers = config.num_hidden_layers
+        self.layer_offset = config.linear_decay_layer_offset
+        self.linear_silu = config.linear_silu
+        self.use_qk_norm = config.use_qk_norm
+        self.eps = config.rms_norm_eps
+        inner = self.num_heads * self.head_dim
+        self.query_key_value = nn.Linear(config.hidden_size, 3 * inner, bias=False)
+        if self.use_qk_norm:
+            self.query_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.key_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.g_proj = nn.Linear(config.hidden_size, inner, bias=False)
+        self.g_norm = GroupRMSNorm(inner, config.group_norm_size, config.rms_norm_eps)
+        self.dense = nn.Linear(inner, config.hidden_size, bias=False)
+        self._decay: dict[torch.device, torch.Tensor] = {}
+
+    def decay(self, device: torch.device) -> torch.Tensor:
+        """Per-head log-decay fp32 ``[H]`` (a constant of the layer, cached per device)."""
+        if device not in self._decay:
+            g = layer_decay(self.num_heads, self.layer_idx, self.num_layers, self.layer_offset)
+            self._decay[device] = g.to(device)
+        return self._decay[device]
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, d = self.num_heads, self.head_dim
+        dt = compute_dtype(self.dense.weight)
+        qkv = _project(self.query_key_value, x).to(dt)
+        if self.linear_silu:
+            qkv = F.silu(qkv)
+        q, k, v = qkv.view(B, T, 3 * H, d).split(H, dim=2)          # [B, T, H, d] each
+        if self.use_qk_norm:
+            q, k = self.query_layernorm(q), self.key_layernorm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        o, _ = linear_attention_chunk(q.contiguous(), k.contiguous(), v.contiguous(),
+                                      self.decay(x.device), scale=d ** -0.5)
+        y = self.g_norm(o.reshape(B, T, H * d)) * torch.sigmoid(_project(self.g_proj, x).to(dt))
+        return _project(self.dense, y)
+
+
+class SoftmaxAttention(nn.Module):
+    """GQA softmax-attention layer with q/k RMSNorm and partial RoPE; causal SDPA on fp32."""
+
+    def __init__(self, config: BailingMoeLinearV2Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.use_qk_norm = config.use_qk_norm
+        out = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+        self.query_key_value = nn.Linear(config.hidden_size, out, bias=False)
+        if self.use_qk_norm:
+            self.query_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.key_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
+        dt = compute_dtype(self.dense.weight)
+        qkv = _project(self.query_key_value, x).to(dt).view(B, T, H + 2 * KV, d)
+        q, k, v = qkv.split([H, KV, KV], dim=2)
+        if self.use_qk_norm:
+            q, k = self.query_layernorm(q), self.key_layernorm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=True, scale=d ** -0.5, enable_gqa=KV != H)
+        return _project(self.dense, o.transpose(1, 2).reshape(B, T, H * d))
+
+
+# ---------------------------------------------------------------------------------------------
+# Feed-forward: dense SwiGLU MLP and the MoE block
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.gate_proj.weight.dtype)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest entries of the last dim; ties go to the lower index."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def route(logits: torch.Tensor, expert_bias: torch.Tensor, top_k: int, n_group: int,
+          topk_group: int, norm_topk_prob: bool, routed_scaling_factor: float
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmoid router with expert bias and group-limited top-k.
+
+    logits: ``[N, E]`` (fp32/fp64); expert_bias ``[E]``.  Returns (indices int64 ``[N, k]``,
+    gate weights ``[N, k]`` in the logits' dtype).  The bias steers the selection only."""
+    N, E = logits.shape
+    scores = torch.sigmoid(logits)
+    biased = scores + expert_bias.to(scores.dtype)
+    if n_group > 1:
+        grouped = biased.view(N, n_group, E // n_group)
+        group_score = grouped.topk(2, dim=-1).values.sum(-1)                     # [N, n_group]
+        keep = torch.zeros_like(group_score, dtype=torch.bool)
+        keep.scatter_(1, _stable_topk(group_score, topk_group), True)
+        biased = grouped.masked_fill(~keep[..., None], float("-inf")).view(N, E)
+    idx = _stable_topk(biased, top_k)
+    w = scores.gather(1, idx)
+    if norm_topk_prob and top_k > 1:
+        w = w / (w.sum(-1, keepdim=True) + 1e-20)
+    return idx, w * routed_scaling_factor
+
+
+class MoEGate(nn.Module):
+    """Router parameters: ``weight [E, D]`` and ``expert_bias [E]`` (kept fp32 on load; not
+    trained by gradient — it is the aux-loss-free balancing bias, so ``requires_grad=False``)."""
+
+    def __init__(self, config: BailingMoeLinearV2Config):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        self.expert_bias = nn.Parameter(torch.zeros(config.num_experts), requires_grad=False)
+
+
+class MoE(nn.Module):
+    def __init__(self, config: BailingMoeLinearV2Config):
+        super().__init__()
+        self.cfg = config
+        self.gate = MoEGate(config)
+        self.experts = nn.ModuleList(MLP(config.hidden_size, config.moe_intermediate_size)
+                                     for _ in range(config.num_experts))
+        self.shared_experts = (MLP(config.hidden_size, config.moe_shared_expert_intermediate_size
+                                   * config.num_shared_experts)
+                               if config.num_shared_experts > 0 else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[B, T, D]`` (fp32 normed) → ``[B, T, D]`` fp32 (fp64 for fp64 weights)."""
+        c = self.cfg
+        dt = compute_dtype(self.gate.weight)
+        flat = x.reshape(-1, x.shape[-1])
+        logits = F.linear(flat.to(dt), self.gate.weight.to(dt))
+        idx, w = route(logits, self.gate.expert_bias, c.num_experts_per_tok, c.n_group,
+                       c.topk_group, c.norm_topk_prob, c.routed_scaling_factor)
+        out = torch.zeros_like(flat, dtype=dt)
+        # Every expert runs on every call, in index order, even on zero tokens: ZeRO-3 gathers
+        # an expert's weights with a collective in its forward hook, so all ranks must call the
+        # same modules; and each token's sum runs in expert-index order (deterministic).
+        k = idx.shape[1]
+        order = torch.sort(idx.reshape(-1), stable=True).indices         # (token, slot) by expert
+        counts = torch.bincount(idx.reshape(-1), minlength=c.num_experts).tolist()  # one sync
+        for e, part in enumerate(order.split(counts)):
+            tok, slot = part // k, part % k
+            y = self.experts[e](flat[tok]).to(dt) * w[tok, slot, None]
+            out.index_add_(0, tok, y)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat).to(dt)
+        return out.view(x.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoder
+
+
+class DecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: BailingMoeLinearV2Config, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        attn = SoftmaxAttention if config.is_softmax_layer(layer_idx) else LinearAttention
+        self.attention = attn(config, layer_idx)
+        self.mlp = (MoE(config) if config.is_moe_layer(layer_idx)
+                    else MLP(config.hidden_size, config.intermediate_size))
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """hidden: the fp32 residual stream ``[B, T, D]``; returns the next one."""
+        h = hidden + self.attention(self.input_layernorm(hidden), cos, sin).to(hidden.dtype)
+        return h + self.mlp(self.post_attention_layernorm(h)).to(h.dtype)
+
+
+class BailingMoeLinearV2PreTrainedModel(PreTrainedModel):
+    config_class = BailingMoeLinearV2Config
+    config: BailingMoeLinearV2Config
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DecoderLayer"]
+    _keep_in_fp32_modules_strict = ["expert_bias"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (RMSNorm, GroupRMSNorm)):
+            init.ones_(module.weight)
+        elif isinstance(module, MoEGate):
+            init.normal_(module.weight, mean=0.0, std=std)
+            init.zeros_(module.expert_bias)
+
+
+class BailingMoeLinearV2Model(BailingMoeLinearV2PreTrainedModel):
+    """Embeddings → decoder layers → final RMSNorm.  ``forward(input_ids, attention_mask)``
+    returns ``BaseModelOutputWithPast(last_hidden_state=[B, T, D] fp32)``."""
+
+    def __init__(self, config: BailingMoeLinearV2Config):
+        super().__init__(config)
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.word_embeddings = value
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                past_key_values=None, use_cache: bool | None = None, **kwargs) -> BaseModelOutputWithPast:
+        if past_key_values is not None or use_cache:
+            raise ValueError("BailingMoeLinearV2Model has no KV/state cache (training and scoring only); "
+                             "generate with the rollout engine")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        h = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        B, T = h.shape[:2]
+        if attention_mask is not None:
+            _check_right_padded(attention_mask)
+        if position_ids is None:
+            position_ids = torch.arange(T, device=h.device)
+        dt = compute_dtype(self.norm.weight)
+        cos, sin = rope_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta, dt)
+        h = h.to(dt)  # the residual stream is fp32 (fp64 for fp64 weights)
+        for layer in self.layers:
+            h = layer(h, cos, sin)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(h))
+
+
+def _check_right_padded(mask: torch.Tensor) -> None:
+    """Raises unless every row of the [B, T] mask is 1…1 0…0 (one host sync)."""
+    if mask.dim() != 2:
+        raise ValueError(f"attention_mask must be [B, T], got {tuple(mask.shape)}")
+    m = mask.to(torch.int8)
+    if bool((m[:, 1:] > m[:, :-1]).any()):
+        raise ValueError("attention_mask must be right-padded (real tokens first); left padding "
+                         "or holes are not supported by the linear-attention layers")
+
+
+class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel):
+    """Decoder + ``lm_head``.  ``forward`` returns fp32 logits (``kernels.lm_head.logits_fp32``)
+    and, with ``labels``, the mean next-token cross-entropy."""
+
+    _tied_weights_keys: dict[str, str] = {}
+
+    def __init__(self, config: BailingMoeLinearV2Config):
+        super().__init__(config)
+        self.model = BailingMoeLinearV2Model(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained`` + the strict weight-name check of
+        :func:`trainer.ring_linear.loading.check_checkpoint_names` (missing or unexpected
+        weights raise ``ValueError`` listing them)."""
+        from .loading import check_loaded
+
+        model = super().from_pretrained(*args, **kwargs)
+        check_loaded(model, args[0] if args else kwargs["pretrained_model_name_or_path"])
+        return model
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.word_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def get_decoder(self) -> BailingMoeLinearV2Model:
+        return self.model
+
+    def set_decoder(self, decoder: BailingMoeLinearV2Model) -> None:
+        self.model = decoder
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                labels: torch.LongTensor | None = None, **kwargs) -> CausalLMOutputWithPast:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
+        w = self.lm_head.weight
+        if w.dtype == torch.float64:  # the float64 parity runs
+            logits = hidden @ w.t()
+        else:
+            logits = logits_fp32(hidden.reshape(-1, hidden.shape[-1]).to(w.dtype), w).view(*hidden.shape[:2], -1)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                   ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+
+__all__ = ["BailingMoeLinearV2PreTrainedModel", "BailingMoeLinearV2Model", "BailingMoeLinearV2ForCausalLM",
+           "rms_norm", "rope_cos_sin", "apply_rope", "route"]

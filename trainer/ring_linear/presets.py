@@ -1,0 +1,140 @@
+"""Presets of the Ring-linear architecture and a builder for seeded random checkpoints.
+
+* ``tiny``  — a few million parameters (CPU demo and tests): 4 layers in groups of 2 (linear,
+  softmax, linear, softmax), a dense first layer, 8 experts in 4 groups.  head_dim 64, a size
+  vLLM's CPU attention backend supports.
+* ``mini``  — Ring-mini-linear-2.0 shapes (its published ``config.json``).
+* ``flash`` — Ring-flash-linear-2.0 shapes (32 layers, G = 8, d_model 4096, 32 heads of 128,
+  4 KV heads, FFN 9216, 256 experts of 1024, top-8 of 8 groups / top-4 groups, 1 shared).
+
+:func:`parameter_count` counts parameters analytically (no instantiation): ``mini`` gives
+16.4 B total / 0.96 B active without embeddings and lm_head (1.6 B with them); ``flash``
+104.2 B / 6.2 B — the published 16 B / 957 M and 104 B / 6.1 B "activations".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import ARCHITECTURE, BailingMoeLinearV2Config
+
+_COMMON = dict(
+    vocab_size=157184, head_dim=128, num_key_value_heads=4, first_k_dense_replace=1,
+    group_norm_size=4, use_qk_norm=True, partial_rotary_factor=0.5, rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6, max_position_embeddings=131072, num_experts=256, num_experts_per_tok=8,
+    num_shared_experts=1, n_group=8, topk_group=4, routed_scaling_factor=2.5,
+    score_function="sigmoid", moe_router_enable_expert_bias=True, norm_topk_prob=True,
+    tie_word_embeddings=False, architectures=[ARCHITECTURE],
+)
+
+PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        vocab_size=512, hidden_size=256, num_hidden_layers=4, layer_group_size=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, intermediate_size=512,
+        num_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2, num_shared_experts=1,
+        moe_intermediate_size=64, moe_shared_expert_intermediate_size=64, first_k_dense_replace=1,
+        group_norm_size=4, use_qk_norm=True, partial_rotary_factor=0.5, rope_theta=10000.0,
+        rms_norm_eps=1e-6, max_position_embeddings=4096, routed_scaling_factor=2.5,
+        score_function="sigmoid", moe_router_enable_expert_bias=True, norm_topk_prob=True,
+        tie_word_embeddings=False, architectures=[ARCHITECTURE],
+    ),
+    "mini": dict(_COMMON, hidden_size=2048, num_hidden_layers=20, layer_group_size=5,
+                 num_attention_heads=16, intermediate_size=5120, moe_intermediate_size=512,
+                 moe_shared_expert_intermediate_size=512),
+    "flash": dict(_COMMON, hidden_size=4096, num_hidden_layers=32, layer_group_size=8,
+                  num_attention_heads=32, intermediate_size=9216, moe_intermediate_size=1024,
+                  moe_shared_expert_intermediate_size=1024),
+}
+
+
+def preset_config(name: str, **overrides) -> BailingMoeLinearV2Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown Ring-linear preset {name!r}; known: {', '.join(PRESETS)}")
+    return BailingMoeLinearV2Config(**{**PRESETS[name], **overrides})
+
+
+def parameter_count(config: BailingMoeLinearV2Config) -> dict[str, int]:
+    """Analytic parameter counts: ``total``, ``active`` (per token: top-k routed experts, the
+    shared expert, everything else) and ``embedding`` (word embeddings + lm_head)."""
+    c = config
+    D, H, KV, d = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    inner = H * d
+    linear = 3 * inner * D + inner * D + inner * D + inner + 2 * d * c.use_qk_norm   # qkv, g, dense, g_norm, q/k norm
+    softmax = (H + 2 * KV) * d * D + inner * D + 2 * d * c.use_qk_norm
+    mlp = lambda inter: 3 * D * inter  # noqa: E731
+    expert = mlp(c.moe_intermediate_size)
+    shared = mlp(c.moe_shared_expert_intermediate_size * c.num_shared_experts) if c.num_shared_experts else 0
+    router = c.num_experts * D + c.num_experts
+    total = active = 0
+    for i in range(c.num_hidden_layers):
+        attn = softmax if c.is_softmax_layer(i) else linear
+        norms = 2 * D
+        if c.is_moe_layer(i):
+            ffn_total = c.num_experts * expert + shared + router
+            ffn_active = c.num_experts_per_tok * expert + shared + router
+        else:
+            ffn_total = ffn_active = mlp(c.intermediate_size)
+        total += attn + norms + ffn_total
+        active += attn + norms + ffn_active
+    embedding = 2 * c.vocab_size * D
+    total += embedding + D
+    active += D
+    return {"total": total, "active": active, "embedding": embedding}
+
+
+def build_tokenizer(out: str | os.PathLike, vocab_size: int = 512):
+    """A byte-level BPE tokenizer (``<|endoftext|>`` = eos = pad) trained on a fixed built-in
+    text, saved to ``out``; deterministic.  Returns the ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    eos = "<|endoftext|>"
+    corpus = [f"Question: what is {a} plus {b}? Answer: {a + b}. The answer is {a + b}."
+              for a in range(0, 300, 7) for b in range(0, 300, 11)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[eos], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=eos, bos_token=None)
+    fast.save_pretrained(str(out))
+    return fast
+
+
+def build_random_checkpoint(out: str | os.PathLike, preset: str = "tiny", seed: int = 0,
+                            tokenizer_dir: str | os.PathLike | None = None,
+                            max_shard_size: str = "2GB", **overrides) -> Path:
+    """Writes a seeded random Ring-linear checkpoint directory (config.json, safetensors
+    shards, tokenizer) and returns its path.  The tokenizer is copied from ``tokenizer_dir``
+    or built by :func:`build_tokenizer`; ``vocab_size`` becomes the tokenizer's length unless
+    overridden.  Meant for ``tiny`` (``mini``/``flash`` would allocate their full size)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from .modeling import BailingMoeLinearV2ForCausalLM
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if tokenizer_dir is not None:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        tokenizer.save_pretrained(str(out))
+    else:
+        tokenizer = build_tokenizer(out, vocab_size=PRESETS[preset]["vocab_size"])
+    ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = preset_config(preset, **{"vocab_size": len(tokenizer), **ids, **overrides})
+    torch.manual_seed(seed)
+    model = BailingMoeLinearV2ForCausalLM(config)
+    with torch.no_grad():  # a random but non-zero balancing bias, so the tests exercise it
+        g = torch.Generator().manual_seed(seed + 1)
+        for name, p in model.named_parameters():
+            if name.endswith("expert_bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    model.save_pretrained(str(out), max_shard_size=max_shard_size)
+    (out / "generation_config.json").unlink(missing_ok=True)
+    return out
+
+
+__all__ = ["PRESETS", "preset_config", "parameter_count", "build_tokenizer", "build_random_checkpoint"]
