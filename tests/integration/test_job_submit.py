@@ -2,6 +2,8 @@
 lockstep run RECIPE`, against a local head on loopback. Also exercises ZeRO-3 with 2 ranks."""
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -24,12 +26,15 @@ def free_port() -> int:
 
 def test_ray_job_submit(tmp_path):
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray 2.60 turns token authentication on for new clusters; the CLI client must then be told
+    # so (RAY_AUTH_MODE=token) to send the token from ~/.ray/auth_token.
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     recipe = tmp_path / "job.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, name="job", trainer={"zero_stage": 3}, schedule={"steps": 1, "eval_every": 0, "save_every": 1})))
     port, dash = free_port(), free_port()
     ray = str(bin_dir / "ray")
+    subprocess.run([ray, "get-auth-token", "--generate"], env=env, capture_output=True, timeout=60)
     start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true"], env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
@@ -43,4 +48,14 @@ def test_ray_job_submit(tmp_path):
         assert "held-out accuracy" not in out or "step    1/1" in out
         assert (tmp_path / "runs" / "job" / "checkpoints" / "latest").exists()
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_head(port)
+
+
+def stop_head(gcs_port: int) -> None:
+    """Ends this test's head only (`ray stop` would end every Ray instance on the machine): every
+    process of the session whose GCS listens on `gcs_port`."""
+    found = subprocess.run(["pgrep", "-af", f"gcs_server.*gcs_server_port={gcs_port}"], capture_output=True, text=True).stdout
+    sessions = set(re.findall(r"(session_[0-9_-]+)", found))
+    for session in sessions:
+        subprocess.run(["pkill", "-9", "-f", session])
+    subprocess.run(["pkill", "-9", "-f", f"--address=[0-9.]+:{gcs_port}( |$)"])  # the client proxy
