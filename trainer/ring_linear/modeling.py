@@ -427,7 +427,15 @@ class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel):
 
         model = super().from_pretrained(*args, **kwargs)
         check_loaded(model, args[0] if args else kwargs["pretrained_model_name_or_path"])
+        model.freeze_expert_bias()
         return model
+
+    def freeze_expert_bias(self) -> None:
+        """The routers' balancing biases are not trained by gradient (loading re-creates the
+        parameters, so this runs again after ``from_pretrained``)."""
+        for module in self.modules():
+            if isinstance(module, MoEGate):
+                module.expert_bias.requires_grad_(False)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.word_embeddings

@@ -1,0 +1,303 @@
+"""Ring-linear training model (trainer/ring_linear): parity with the float64 reference, padding,
+gradients, gradient checkpointing, checkpoint round trip, strict loading, config validation,
+preset sizes.  CPU, tiny preset."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+import trainer.ring_linear  # noqa: F401  (registers the model type with transformers)
+from trainer.ring_linear.config import BailingMoeLinearV2Config
+from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM, route
+from trainer.ring_linear.presets import PRESETS, build_random_checkpoint, parameter_count, preset_config
+from trainer.ring_linear.reference import reference_logits
+
+
+def _perturbed(model: BailingMoeLinearV2ForCausalLM, seed: int = 1) -> BailingMoeLinearV2ForCausalLM:
+    """Norm weights away from 1 and a non-zero expert bias, so the test sees them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("expert_bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            elif "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _tiny(seed: int = 0, **overrides) -> BailingMoeLinearV2ForCausalLM:
+    torch.manual_seed(seed)
+    return _perturbed(BailingMoeLinearV2ForCausalLM(preset_config("tiny", **overrides))).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return build_random_checkpoint(tmp_path_factory.mktemp("ring") / "tiny", max_shard_size="1MB")
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+# ------------------------------------------------------------------------------------------
+# Parity with the plain float64 forward
+
+
+def test_model_matches_float64_reference_across_a_chunk_boundary(tiny):
+    tokens = torch.randint(0, tiny.config.vocab_size, (1, 67), generator=torch.Generator().manual_seed(3))
+    ref = reference_logits(tiny.state_dict(), tiny.config, tokens[0].tolist())
+    with torch.no_grad():
+        fp32 = tiny(tokens).logits[0]
+        m64 = BailingMoeLinearV2ForCausalLM(tiny.config).double().eval()
+        m64.load_state_dict(tiny.state_dict())
+        fp64 = m64(tokens).logits[0]
+    assert fp32.dtype == torch.float32
+    assert _rel_err(fp32, ref) < 1e-5
+    assert _rel_err(fp64, ref) < 1e-10  # same math in float64: only rounding differs
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_both_decay_layer_offsets_match_the_reference(offset):
+    model = _tiny(seed=5, linear_decay_layer_offset=offset)
+    tokens = torch.randint(0, model.config.vocab_size, (1, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = model(tokens).logits[0]
+        other = BailingMoeLinearV2ForCausalLM(preset_config("tiny", linear_decay_layer_offset=1 - offset)).eval()
+        other.load_state_dict(model.state_dict())
+        out_other = other(tokens).logits[0]
+    assert _rel_err(out, reference_logits(model.state_dict(), model.config, tokens[0].tolist())) < 1e-5
+    assert _rel_err(out_other, out) > 1e-4  # the field changes the model
+
+
+def test_decay_follows_the_layer_offset():
+    from kernels.linear_attention import alibi_slopes
+
+    model = _tiny()
+    layer0 = model.model.layers[0].attention
+    L = model.config.num_hidden_layers
+    expect = -alibi_slopes(4).double() * (1 - (0 - 1) / (L - 1) + 1e-5)  # offset 1: the HF code's l - 1
+    assert torch.allclose(layer0.decay(torch.device("cpu")).double(), expect, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# Router
+
+
+def test_router_group_limited_topk_bias_selects_unbiased_scores_weigh():
+    # 8 experts in 4 groups of 2; keep 2 groups; top-2.
+    logits = torch.tensor([[3.0, 2.9, 0.0, 0.0, 1.0, 1.0, -1.0, 2.0]], dtype=torch.float64)
+    bias = torch.zeros(8, dtype=torch.float64)
+    idx, w = route(logits, bias, top_k=2, n_group=4, topk_group=2, norm_topk_prob=True,
+                   routed_scaling_factor=2.5)
+    s = torch.sigmoid(logits[0])
+    # group scores (top-2 sums): g0 = s0+s1, g1 = 2 s(0), g2 = 2 s(1), g3 = s(-1)+s(2): keep g0, g2
+    assert idx.tolist() == [[0, 1]]
+    assert torch.allclose(w[0], 2.5 * s[[0, 1]] / s[[0, 1]].sum())
+    # A bias on expert 7 moves group 3 in and expert 7 into the top-2; its weight stays unbiased.
+    bias[7] = 5.0
+    idx, w = route(logits, bias, top_k=2, n_group=4, topk_group=2, norm_topk_prob=True,
+                   routed_scaling_factor=1.0)
+    assert idx.tolist() == [[7, 0]]
+    assert torch.allclose(w[0], s[[7, 0]] / s[[7, 0]].sum())
+    # Ties go to the lower expert index (groups and experts).
+    idx, _ = route(torch.zeros(1, 8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64),
+                   top_k=3, n_group=4, topk_group=2, norm_topk_prob=True, routed_scaling_factor=1.0)
+    assert idx.tolist() == [[0, 1, 2]]
+
+
+# ------------------------------------------------------------------------------------------
+# Padding, gradients, checkpointing
+
+
+def test_right_padding_does_not_change_a_sequences_logits(tiny):
+    g = torch.Generator().manual_seed(7)
+    lengths = [70, 23, 5]
+    seqs = [torch.randint(0, tiny.config.vocab_size, (n,), generator=g) for n in lengths]
+    ids = torch.zeros(len(seqs), max(lengths), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)], mask[b, : len(s)] = s, 1
+    with torch.no_grad():
+        batched = tiny(ids, attention_mask=mask).logits
+        for b, s in enumerate(seqs):
+            alone = tiny(s[None]).logits[0]
+            assert _rel_err(batched[b, : len(s)], alone) < 1e-5
+        with pytest.raises(ValueError, match="right-padded"):
+            tiny(ids, attention_mask=mask.flip(1))
+
+
+def _loss_and_grads(model, ids, mask):
+    from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head
+
+    use_fp32_lm_head(model)  # the trainer's path: decoder → gather → fp32 log-prob head
+    model.zero_grad(set_to_none=True)
+    batch = pack([r[: len(r) // 2].tolist() for r in ids], [r[len(r) // 2:].tolist() for r in ids])
+    logp, _ = token_logprobs(model, batch)
+    loss = -(logp * batch.completion_mask).sum()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradients_reach_every_parameter_and_checkpointing_gives_the_same():
+    model = _tiny(seed=2).train()
+    ids = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(8))
+    mask = torch.ones_like(ids)
+    loss, grads = _loss_and_grads(model, ids, mask)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == set(grads), f"no gradient for {sorted(trainable - set(grads))[:5]}"
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n.endswith("expert_bias"))
+    nonzero = {n for n, g in grads.items() if g.abs().sum() > 0}
+    routed = {n for n in trainable if ".experts." in n}
+    assert trainable - routed <= nonzero  # every non-routed parameter learns; unused experts get 0
+    assert len(nonzero & routed) > 0
+
+    model.gradient_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+    loss_ckpt, grads_ckpt = _loss_and_grads(model, ids, mask)
+    assert torch.allclose(loss, loss_ckpt, rtol=1e-6)
+    for n, g in grads.items():
+        assert torch.allclose(g, grads_ckpt[n], rtol=1e-5, atol=1e-7), n
+
+
+# ------------------------------------------------------------------------------------------
+# Checkpoints: round trip and strict names
+
+
+def test_sharded_checkpoint_round_trip(checkpoint, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    files = sorted(p.name for p in checkpoint.iterdir())
+    assert "model.safetensors.index.json" in files and sum(f.endswith(".safetensors") for f in files) > 1
+    assert "config.json" in files and "tokenizer.json" in files
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["model_type"] == "bailing_moe_linear"
+    assert config["architectures"] == ["BailingMoeLinearV2ForCausalLM"]
+    names = set(json.loads((checkpoint / "model.safetensors.index.json").read_text())["weight_map"])
+    for name in ("model.word_embeddings.weight", "model.layers.0.attention.query_key_value.weight",
+                 "model.layers.0.attention.g_proj.weight", "model.layers.0.attention.g_norm.weight",
+                 "model.layers.0.attention.dense.weight", "model.layers.0.attention.query_layernorm.weight",
+                 "model.layers.0.mlp.gate_proj.weight", "model.layers.1.attention.key_layernorm.weight",
+                 "model.layers.1.mlp.gate.weight", "model.layers.1.mlp.gate.expert_bias",
+                 "model.layers.1.mlp.experts.7.down_proj.weight",
+                 "model.layers.1.mlp.shared_experts.up_proj.weight", "model.norm.weight", "lm_head.weight"):
+        assert name in names, name
+
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32)
+    assert type(model) is BailingMoeLinearV2ForCausalLM
+    tok = AutoTokenizer.from_pretrained(str(checkpoint))
+    ids = torch.tensor([tok("what is 12 plus 30? The answer is 42.").input_ids])
+    model.save_pretrained(tmp_path / "again", max_shard_size="1MB")
+    again = AutoModelForCausalLM.from_pretrained(str(tmp_path / "again"), dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+    for (n, p), (n2, p2) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert n == n2 and torch.equal(p, p2)
+
+    bf16 = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.bfloat16)
+    assert bf16.model.layers[1].mlp.gate.expert_bias.dtype == torch.float32
+    assert bf16.model.layers[1].mlp.gate.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        lb = bf16(ids).logits
+    assert lb.dtype == torch.float32 and torch.isfinite(lb).all()
+
+
+def test_missing_and_unexpected_weights_are_listed(checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from trainer.ring_linear.loading import load_pretrained
+
+    state = {}
+    for f in sorted(checkpoint.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    state.pop("model.layers.2.attention.g_norm.weight")
+    state.pop("model.layers.3.mlp.experts.5.up_proj.weight")
+    state["model.layers.0.attention.slope_rate"] = torch.zeros(4)
+    out = tmp_path / "broken"
+    out.mkdir()
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text((checkpoint / "config.json").read_text())
+    with pytest.raises(ValueError) as err:
+        load_pretrained(out)
+    msg = str(err.value)
+    assert "missing weights (2)" in msg and "unexpected weights (1)" in msg
+    for name in ("model.layers.2.attention.g_norm.weight", "model.layers.3.mlp.experts.5.up_proj.weight",
+                 "model.layers.0.attention.slope_rate"):
+        assert name in msg
+
+
+# ------------------------------------------------------------------------------------------
+# Config validation and presets
+
+
+@pytest.mark.parametrize("overrides, field", [
+    (dict(num_hidden_layers=5), "num_hidden_layers"),          # not a multiple of layer_group_size=2
+    (dict(num_attention_heads=3), "num_attention_heads"),      # does not divide hidden_size=256
+    (dict(num_key_value_heads=3), "num_key_value_heads"),      # does not divide 4 heads
+    (dict(num_experts_per_tok=9), "num_experts_per_tok"),      # > num_experts=8
+    (dict(n_group=3), "n_group"),                              # does not divide 8 experts
+    (dict(topk_group=5), "topk_group"),                        # > n_group=4
+    (dict(topk_group=1, num_experts_per_tok=3), "topk_group"),  # 1 group of 2 experts < top-3
+    (dict(group_norm_size=3), "group_norm_size"),              # does not divide 4*64 channels
+    (dict(partial_rotary_factor=0.0), "partial_rotary_factor"),
+    (dict(score_function="softmax"), "score_function"),
+    (dict(linear_decay_layer_offset=2), "linear_decay_layer_offset"),
+    (dict(first_k_dense_replace=9), "first_k_dense_replace"),
+    (dict(tie_word_embeddings=True), "tie_word_embeddings"),
+    (dict(layer_types=["linear_attention"] * 4), "layer_types"),
+])
+def test_config_errors_name_the_field(overrides, field):
+    with pytest.raises(ValueError, match=rf"\.{re.escape(field)}="):
+        preset_config("tiny", **overrides)
+
+
+def test_published_config_keys_load():
+    published = {  # Ring-mini-linear-2.0 config.json (as reproduced by public ports)
+        "architectures": ["BailingMoeLinearV2ForCausalLM"], "attention_dropout": 0.0,
+        "embedding_dropout": 0.0, "eos_token_id": 156892, "first_k_dense_replace": 1,
+        "group_norm_size": 4, "head_dim": 128, "hidden_act": "silu", "hidden_size": 2048,
+        "intermediate_size": 5120, "layer_group_size": 5, "linear_silu": False,
+        "max_position_embeddings": 131072, "model_type": "bailing_moe_linear",
+        "moe_intermediate_size": 512, "moe_router_enable_expert_bias": True,
+        "moe_shared_expert_intermediate_size": 512, "n_group": 8, "norm_topk_prob": True,
+        "num_attention_heads": 16, "num_experts": 256, "num_experts_per_tok": 8,
+        "num_hidden_layers": 20, "num_key_value_heads": 4, "num_nextn_predict_layers": 0,
+        "num_shared_experts": 1, "output_dropout": 0.0, "pad_token_id": 156892,
+        "partial_rotary_factor": 0.5, "rms_norm_eps": 1e-06, "rope_scaling": None,
+        "rope_theta": 1000000, "routed_scaling_factor": 2.5, "router_dtype": "fp32",
+        "score_function": "sigmoid", "tie_word_embeddings": False, "topk_group": 4,
+        "torch_dtype": "bfloat16", "transformers_version": "4.56.1", "use_bias": False,
+        "use_cache": True, "use_qk_norm": True, "use_qkv_bias": False, "use_rmsnorm": True,
+        "vocab_size": 157184,
+    }
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model(**published)
+    assert isinstance(cfg, BailingMoeLinearV2Config)
+    assert cfg.linear_decay_layer_offset == 1 and cfg.rotary_dim == 64
+    for key, value in PRESETS["mini"].items():
+        assert getattr(cfg, key) == value, key
+
+
+def test_preset_shapes_and_parameter_counts():
+    mini, flash = preset_config("mini"), preset_config("flash")
+    assert [i for i, t in enumerate(mini.layer_types) if t == "full_attention"] == [4, 9, 14, 19]
+    assert [i for i, t in enumerate(flash.layer_types) if t == "full_attention"] == [7, 15, 23, 31]
+    m, f = parameter_count(mini), parameter_count(flash)
+    # Published: Ring-mini-linear-2.0 16.4 B total, 957 M activated (without embeddings);
+    # Ring-flash-linear-2.0 104 B total, 6.1 B activated.
+    assert 16.3e9 < m["total"] < 16.5e9 and 0.95e9 < m["active"] < 0.965e9
+    assert 103.5e9 < f["total"] < 104.5e9 and 6.1e9 < f["active"] < 6.2e9
+    tiny = parameter_count(preset_config("tiny"))
+    assert 1e6 < tiny["total"] < 10e6
+    assert tiny["total"] == sum(p.numel() for p in BailingMoeLinearV2ForCausalLM(preset_config("tiny")).parameters())
+    assert math.isclose(m["embedding"], 2 * 157184 * 2048)
