@@ -39,6 +39,7 @@ import socket
 import sys
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -464,12 +465,31 @@ def _context(start_method: str) -> Any:
         from multiprocessing import forkserver
 
         current = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
-        main_spec = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None)
-        wanted = ["rewards._preload"]
-        if main_spec and not main_spec.endswith("__main__"):
-            wanted.append(main_spec)  # `python -m pkg.mod`: import the driver's deps once, not per worker
+        wanted = ["rewards._preload"] + _main_dependencies()
         ctx.set_forkserver_preload(current + [m for m in wanted if m not in current])
     return ctx
+
+
+def _main_dependencies() -> list[str]:
+    """Modules the driver's `__main__` uses (its imports, and the modules of the functions and
+    classes it imported). Every worker re-runs `__main__` (multiprocessing semantics; Python
+    3.11's forkserver does not preload it); with these preloaded into the forkserver once, that
+    re-run finds torch, ray, ... already imported instead of importing them per worker."""
+    main = sys.modules.get("__main__")
+    names: set[str] = set()
+    spec = getattr(getattr(main, "__spec__", None), "name", None)
+    if spec and not spec.endswith("__main__"):
+        names.add(spec)  # `python -m pkg.mod`
+    for value in list(vars(main).values()) if main is not None else []:
+        if isinstance(value, types.ModuleType):
+            name = value.__name__
+        elif isinstance(value, (types.FunctionType, type)):
+            name = getattr(value, "__module__", None)
+        else:
+            continue
+        if isinstance(name, str) and name not in ("__main__", "__mp_main__", "builtins"):
+            names.add(name)
+    return sorted(names)
 
 
 def default_num_workers() -> int:

@@ -9,8 +9,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
-
 from rewards import Reason, Score
 
 # ../shared/data beside the repository root (CI keeps a copy of shared/ at the same place)
@@ -18,6 +16,8 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def load_jsonl(name: str) -> list[dict]:
+    import pytest  # lazily: worker processes import this module for the reward functions only
+
     path = DATA / f"{name}.jsonl"
     if not path.exists():
         pytest.skip(f"{path} not found: the data sets live in ../shared/data beside the repository (DESIGN.md §11)")

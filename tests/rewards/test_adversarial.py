@@ -52,12 +52,13 @@ def test_adversarial_batch_is_bounded_and_scored_zero(math_pool: RewardPool) -> 
     for name, score in zip(names, scores, strict=True):
         if score.reason is Reason.TIMEOUT:
             assert score.details["after_s"] < math_pool.timeout_s + 1.0, (name, score)
-    # Slow items are set aside and run concurrently, so the batch beats running its timeouts
-    # back to back on the workers (9 x 5 s / 2 workers = 22 s here; ~7 s on an idle machine,
-    # more on a CI machine shared with other jobs).
+    # The batch is bounded: at most one timeout per item, spread over the workers (50 s here).
+    # Set aside, slow items overlap and it takes ~7-10 s on an idle 2-core machine; the
+    # concurrency itself is asserted deterministically in test_pool.py (stragglers test), since
+    # on a CI machine shared with other jobs this batch has taken up to 21 s.
     n_timeouts = sum(s.reason is Reason.TIMEOUT for s in scores)
     assert n_timeouts >= 5, report
-    assert elapsed < n_timeouts * math_pool.timeout_s / math_pool.num_workers, (elapsed, report)
+    assert elapsed < len(items) * math_pool.timeout_s / math_pool.num_workers, (elapsed, report)
     assert report["megabyte of open braces"][0] == "no_answer"
     assert report["power tower"][0] == "timeout"
     # and the pool still answers correctly
