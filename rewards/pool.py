@@ -181,6 +181,7 @@ class _Dispatcher:
         self.queue: collections.deque[_Item] = collections.deque()  # waiting for a worker
         self.live: dict[int, _Item] = {}  # key -> item not yet scored
         self.workers: list[_Worker] = []
+        self.dying: list[Any] = []  # killed worker processes not yet reaped
         self.counts = collections.Counter({k: 0 for k in _STAT_KEYS})
         self.stats_lock = threading.Lock()
         self.wake_r, self.wake_w = socket.socketpair()
@@ -228,6 +229,7 @@ class _Dispatcher:
                     if w.conn in ready or w.proc.sentinel in ready:
                         self._service(w)
                 self._check_clocks()
+                self._reap()
         except BaseException as exc:  # a dispatcher bug must not hang the driver
             logger.exception("RewardPool dispatcher failed")
             self.error = exc
@@ -312,7 +314,7 @@ class _Dispatcher:
         except (EOFError, OSError):
             dead = True
         if w in self.workers and (dead or not w.proc.is_alive()):
-            w.proc.join(timeout=1.0)
+            w.proc.join(timeout=0.2)  # for the exit code in the details; reaped later otherwise
             self._retire(w, Reason.CRASH, {"exitcode": w.proc.exitcode})
 
     def _on_score(self, w: _Worker, key: int, score: Score) -> None:
@@ -348,6 +350,7 @@ class _Dispatcher:
                 self.queue.appendleft(item)
         w.inflight.clear()
         _kill(w)
+        self.dying.append(w.proc)  # reaped later: never block the dispatcher on a dying process
 
     def _check_clocks(self) -> None:
         now = time.monotonic()
@@ -412,10 +415,17 @@ class _Dispatcher:
         with self.stats_lock:
             self.counts[key] += 1
 
+    def _reap(self) -> None:
+        self.dying = [p for p in self.dying if p.exitcode is None]
+
     def _shutdown(self) -> None:
         for w in self.workers:
             _kill(w)
+            self.dying.append(w.proc)
         self.workers.clear()
+        deadline = time.monotonic() + 5.0
+        for p in self.dying:
+            p.join(max(0.0, deadline - time.monotonic()))
         with self.submit_lock:
             self.accepting = False
             self._take_inbox()
@@ -444,13 +454,16 @@ def _proc_sample(pid: int) -> tuple[str, float] | None:
 
 
 def _kill(w: _Worker) -> None:
+    """SIGKILL without waiting (the caller reaps)."""
     try:
         w.conn.close()
     except OSError:
         pass
-    if w.proc.is_alive():
-        w.proc.kill()
-    w.proc.join(timeout=5.0)
+    if w.proc.exitcode is None:
+        try:
+            w.proc.kill()
+        except OSError:
+            pass
 
 
 def _context(start_method: str) -> Any:

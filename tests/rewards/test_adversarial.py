@@ -48,10 +48,11 @@ def test_adversarial_batch_is_bounded_and_scored_zero(math_pool: RewardPool) -> 
     report = {n: (s.reason.value, s.details.get("timeout")) for n, s in zip(names, scores, strict=True)}
     for name, score in zip(names, scores, strict=True):
         assert score.value == 0.0 and score.reason in ALLOWED, (name, score)
-    # Each item's own time is bounded by the timeout (hard kills land within a second of it).
+    # Each item's own time is bounded by the timeout (hard kills land within a second of it on
+    # a normally loaded machine; 2 s late was seen at a load average of 12 on 2 cores).
     for name, score in zip(names, scores, strict=True):
         if score.reason is Reason.TIMEOUT:
-            assert score.details["after_s"] < math_pool.timeout_s + 1.0, (name, score)
+            assert score.details["after_s"] < math_pool.timeout_s + 3.0, (name, score)
     # The batch is bounded: at most one timeout per item, spread over the workers (50 s here).
     # Set aside, slow items overlap and it takes ~7-10 s on an idle 2-core machine; the
     # concurrency itself is asserted deterministically in test_pool.py (stragglers test), since

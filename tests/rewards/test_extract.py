@@ -107,7 +107,7 @@ def test_sanitize_drops_controls_and_lone_surrogates() -> None:
 def test_megabyte_inputs_are_linear_time(text: str) -> None:
     start = time.perf_counter()
     extract_answer(text)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 10.0  # ~0.1 s; a quadratic scan of 1 MB takes minutes
 
 
 def test_long_boxed_content_is_bounded() -> None:
