@@ -56,7 +56,7 @@ this class computes log-probs and gradients; generation is the rollout engine's 
 
 from __future__ import annotations
 
-import math
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -270,13 +270,23 @@ def route(logits: torch.Tensor, expert_bias: torch.Tensor, top_k: int, n_group: 
 
 
 class MoEGate(nn.Module):
-    """Router parameters: ``weight [E, D]`` and ``expert_bias [E]`` (kept fp32 on load; not
-    trained by gradient — it is the aux-loss-free balancing bias, so ``requires_grad=False``)."""
+    """The router: ``weight [E, D]`` and ``expert_bias [E]`` (kept fp32 on load; not trained by
+    gradient — it is the aux-loss-free balancing bias, so ``requires_grad=False``).  Routing
+    happens inside this module's call, so that ZeRO-3 has both parameters gathered."""
 
     def __init__(self, config: BailingMoeLinearV2Config):
         super().__init__()
+        self.cfg = config
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
         self.expert_bias = nn.Parameter(torch.zeros(config.num_experts), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``[N, D]`` → (expert indices int64 ``[N, k]``, gate weights ``[N, k]`` fp32/fp64)."""
+        c = self.cfg
+        dt = compute_dtype(self.weight)
+        logits = F.linear(x.to(dt), self.weight.to(dt))  # router in fp32
+        return route(logits, self.expert_bias, c.num_experts_per_tok, c.n_group, c.topk_group,
+                     c.norm_topk_prob, c.routed_scaling_factor)
 
 
 class MoE(nn.Module):
@@ -293,11 +303,9 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x ``[B, T, D]`` (fp32 normed) → ``[B, T, D]`` fp32 (fp64 for fp64 weights)."""
         c = self.cfg
-        dt = compute_dtype(self.gate.weight)
         flat = x.reshape(-1, x.shape[-1])
-        logits = F.linear(flat.to(dt), self.gate.weight.to(dt))
-        idx, w = route(logits, self.gate.expert_bias, c.num_experts_per_tok, c.n_group,
-                       c.topk_group, c.norm_topk_prob, c.routed_scaling_factor)
+        idx, w = self.gate(flat)
+        dt = w.dtype
         out = torch.zeros_like(flat, dtype=dt)
         # Every expert runs on every call, in index order, even on zero tokens: ZeRO-3 gathers
         # an expert's weights with a collective in its forward hook, so all ranks must call the
@@ -406,9 +414,21 @@ def _check_right_padded(mask: torch.Tensor) -> None:
                          "or holes are not supported by the linear-attention layers")
 
 
+def _gathered(param: nn.Parameter):
+    """Context in which a ZeRO-3-partitioned parameter is whole (read-only); a no-op otherwise."""
+    if hasattr(param, "ds_id"):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([param], modifier_rank=None)
+    return contextlib.nullcontext()
+
+
 class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel):
     """Decoder + ``lm_head``.  ``forward`` returns fp32 logits (``kernels.lm_head.logits_fp32``)
-    and, with ``labels``, the mean next-token cross-entropy."""
+    and, with ``labels``, the mean next-token cross-entropy — for scoring and tests: on CUDA the
+    fp32-logit GEMM has no backward, and under ZeRO-3 the head is read through a gather.  The
+    trainer trains through ``get_decoder()`` + ``trainer.logprobs.use_fp32_lm_head`` (a call of
+    the ``lm_head`` module, differentiable everywhere)."""
 
     _tied_weights_keys: dict[str, str] = {}
 
@@ -460,11 +480,13 @@ class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel):
                 labels: torch.LongTensor | None = None, **kwargs) -> CausalLMOutputWithPast:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
-        w = self.lm_head.weight
-        if w.dtype == torch.float64:  # the float64 parity runs
-            logits = hidden @ w.t()
-        else:
-            logits = logits_fp32(hidden.reshape(-1, hidden.shape[-1]).to(w.dtype), w).view(*hidden.shape[:2], -1)
+        with _gathered(self.lm_head.weight):
+            w = self.lm_head.weight
+            if w.dtype == torch.float64:  # the float64 parity runs
+                logits = hidden @ w.t()
+            else:
+                logits = logits_fp32(hidden.reshape(-1, hidden.shape[-1]).to(w.dtype), w)
+                logits = logits.view(*hidden.shape[:2], -1)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
