@@ -334,9 +334,8 @@ os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", DS_ACCE
 import torch
 torch.set_num_threads(1)
 import deepspeed
-import trainer.ring_linear  # noqa: F401
 from transformers import AutoModelForCausalLM
-from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head
+from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head  # `import trainer` registers the model
 deepspeed.init_distributed(dist_backend="gloo")
 model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
 use_fp32_lm_head(model)

@@ -482,9 +482,9 @@ class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel):
                             inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
         with _gathered(self.lm_head.weight):
             w = self.lm_head.weight
-            if w.dtype == torch.float64:  # the float64 parity runs
-                logits = hidden @ w.t()
-            else:
+            if w.dtype in (torch.float32, torch.float64):  # already fp32 (fp64: the parity runs)
+                logits = hidden.to(w.dtype) @ w.t()
+            else:  # bf16/fp16 operands, fp32 accumulation and result
                 logits = logits_fp32(hidden.reshape(-1, hidden.shape[-1]).to(w.dtype), w)
                 logits = logits.view(*hidden.shape[:2], -1)
         loss = None
