@@ -235,6 +235,17 @@ def test_missing_and_unexpected_weights_are_listed(checkpoint, tmp_path):
         assert name in msg
 
 
+def test_only_documented_names_are_skipped():
+    from trainer.ring_linear.loading import skipped_names
+
+    names = {"model.layers.0.attention.dense.weight", "model.layers.1.attention.rotary_emb.inv_freq",
+             "model.layers.0.attention.slope", "model.mtp.layers.0.eh_proj.weight",
+             "model.layers.20.mlp.gate.weight"}
+    assert skipped_names(names, 20, 0) == {"model.layers.1.attention.rotary_emb.inv_freq",
+                                           "model.layers.0.attention.slope"}
+    assert skipped_names(names, 20, 1) == names - {"model.layers.0.attention.dense.weight"}
+
+
 # ------------------------------------------------------------------------------------------
 # Config validation and presets
 

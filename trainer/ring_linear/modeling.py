@@ -31,7 +31,10 @@ biased scores), gates = unbiased scores renormalised over the top-k (``norm_topk
 ``routed_scaling_factor`` (SGLang's ``TopK`` with ``correction_bias``, mlx-lm's
 ``group_expert_select``); experts outside the selected groups are excluded (masked to -inf; mlx-lm
 zeroes them, which only differs when all biased scores of the selected groups are negative).
-Layer ``i`` is softmax iff ``(i+1) % layer_group_size == 0`` (all sources).
+Layer ``i`` is softmax iff ``(i+1) % layer_group_size == 0`` (all sources; mlx-lm also makes
+trailing layers past the last full group softmax — the config requires whole groups, as SGLang
+asserts, so that clause never applies).  Both layer kinds use ``config.head_dim`` (SGLang); mlx-lm
+derives ``hidden_size / num_attention_heads`` for the linear layers — equal in the published models.
 
 Decay layer offset.  The per-head log-decay is ``g = -s_h · (1 - (l - o)/(L-1) + 1e-5)`` for
 layer ``l`` of ``L`` (``kernels.linear_attention.layer_decay``).  The checkpoint's own Hugging
@@ -45,9 +48,11 @@ for the float64 parity tests); RMSNorms compute in fp32 and return fp32; project
 weight dtype on inputs cast to it; q, k, v go to fp32 before the q/k norms, RoPE and the
 linear-attention kernel (fp32 state); softmax attention runs SDPA on fp32 q, k, v (fp32
 softmax); the router runs in fp32; expert outputs are accumulated in fp32 in expert-index order
-(deterministic).  ``last_hidden_state`` is the fp32 final-norm output; ``lm_head`` logits come
-from ``kernels.lm_head.logits_fp32`` (weight-dtype operands, fp32 result), and the trainer's
-log-probs from ``kernels.lm_head.token_logprobs`` (``trainer.logprobs.use_fp32_lm_head``).
+(deterministic; every expert module is called on every forward, also on zero tokens, so that
+ZeRO-3's per-module gathers match across ranks).  ``last_hidden_state`` is the fp32 final-norm
+output; ``forward``'s logits are fp32 (``kernels.lm_head.logits_fp32`` for bf16/fp16 weights:
+weight-dtype operands, fp32 accumulation), and the trainer's log-probs come from
+``kernels.lm_head.token_logprobs`` (``trainer.logprobs.use_fp32_lm_head``).
 
 Padding: sequences must be right-padded (the trainer's ``pack``).  Every layer is causal, so a
 real token never sees the padding after it; left padding raises ``ValueError``.  No KV cache:
