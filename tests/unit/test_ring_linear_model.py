@@ -209,6 +209,8 @@ def test_sharded_checkpoint_round_trip(checkpoint, tmp_path):
     with torch.no_grad():
         lb = bf16(ids).logits
     assert lb.dtype == torch.float32 and torch.isfinite(lb).all()
+    with torch.no_grad():
+        assert (lb - model(ids).logits).abs().max() < 0.05  # bf16 weights, fp32 norms/residual/state
 
 
 def test_missing_and_unexpected_weights_are_listed(checkpoint, tmp_path):
