@@ -390,8 +390,9 @@ json.dump({"err": (logp - plain).abs().max().item(), "moved": (after - logp).abs
 
 
 @pytest.mark.integration
-def test_deepspeed_zero3_two_ranks(checkpoint, tmp_path):
-    """2 gloo ranks on CPU, ZeRO-3, different data per rank (so different experts get tokens):
+@pytest.mark.parametrize("stage", [1, 3])
+def test_deepspeed_zero_two_ranks(checkpoint, tmp_path, stage):
+    """2 gloo ranks on CPU, ZeRO-1/3, different data per rank (so different experts get tokens):
     log-probs equal the unwrapped model's, and one step moves them."""
     import os
     import socket
@@ -408,7 +409,7 @@ def test_deepspeed_zero3_two_ranks(checkpoint, tmp_path):
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
            "PYTHONPATH": str(root), "TOKENIZERS_PARALLELISM": "false"}
     out = tmp_path / "res"
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(checkpoint), "3", str(out)],
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(checkpoint), str(stage), str(out)],
                               env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(2)]
     logs = [p.communicate(timeout=300)[0] for p in procs]
