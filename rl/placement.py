@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+from pathlib import Path
 
 import ray
 from ray.util.placement_group import placement_group
@@ -20,7 +22,8 @@ log = logging.getLogger("lockstep.placement")
 
 def connect(address: str | None) -> str:
     """Joins the cluster named by the recipe or RAY_ADDRESS (as under `ray job submit`), else a
-    running local cluster, else starts a local instance. Returns which one, for the log."""
+    cluster started on this machine with `ray start`, else starts a private local instance.
+    Returns which one, for the log."""
     # Actors' own chatter (vLLM INFO lines, progress bars, deprecation notices) would bury the
     # run's progress lines; warnings and errors still come through.
     env = {
@@ -36,12 +39,30 @@ def connect(address: str | None) -> str:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
         return f"cluster at {address or os.environ['RAY_ADDRESS']}"
+    running = running_cluster_address()
+    if running:
+        ray.init(address=running, runtime_env={"env_vars": env})
+        return f"running cluster at {running}"
+    ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env})
+    return "new local instance"
+
+
+def running_cluster_address() -> str | None:
+    """The GCS address `ray start` recorded on this machine, if something answers there.
+
+    `ray start` writes /tmp/ray/ray_current_cluster; a head that died without `ray stop` leaves it
+    behind, and `ray.init(address="auto")` would then wait forever on a dead address. Local
+    instances started by other drivers are never joined (they end with their driver)."""
+    record = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
     try:
-        ray.init(address="auto", runtime_env={"env_vars": env})
-        return "running local cluster"
-    except ConnectionError:
-        ray.init(include_dashboard=False, runtime_env={"env_vars": env})
-        return "new local instance"
+        address = record.read_text().strip()
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=2):
+            return address
+    except (OSError, ValueError):
+        if record.exists():
+            log.warning("ignoring %s: no Ray cluster answers there (stale record of a stopped head)", record)
+        return None
 
 
 def has_gpus() -> bool:

@@ -9,17 +9,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def tiny_recipe(tmp_path, **sections) -> dict:
-    """A few-step recipe: 2 trainer ranks, small batches, the arith-tiny model, no SFT."""
+    """A few-step recipe: 2 trainer ranks, small batches, the demo's micro model with a short
+    SFT warm start (so rewards vary within groups and every step updates the policy)."""
     recipe = {
         "name": "it",
         "output_dir": str(tmp_path / "runs"),
-        "model": {"path": "demo:arith-tiny", "cache_dir": os.environ.get("LOCKSTEP_TEST_CACHE", str(tmp_path / "cache"))},
+        "model": {"path": "demo:arith-micro", "cache_dir": os.environ.get("LOCKSTEP_TEST_CACHE", str(tmp_path / "cache"))},
         "data": {
-            "train": {"source": "synthetic:arithmetic", "template": "Q: {prompt}\nA:", "num_examples": 64},
-            "eval": {"source": "synthetic:arithmetic", "split": "test", "template": "Q: {prompt}\nA:", "num_examples": 16},
+            "train": {"source": "synthetic:arithmetic-noisy", "template": "Q: {prompt}\nA:", "num_examples": 2000},
+            "eval": {"source": "synthetic:arithmetic-noisy", "split": "test", "template": "Q: {prompt}\nA:", "num_examples": 16},
         },
+        "sft": {"steps": 150, "lr": 3e-3, "batch_size": 32},
         "rollout": {"group_size": 4, "prompts_per_step": 4, "max_new_tokens": 24, "max_model_len": 128},
-        "trainer": {"num_ranks": 2, "zero_stage": 1, "lr": 1e-3, "micro_batch_size": 4, "cpu_threads": 1},
+        "trainer": {"num_ranks": 2, "zero_stage": 1, "lr": 5e-4, "micro_batch_size": 4, "cpu_threads": 1},
         "reward": {"num_workers": 1},
         "schedule": {"steps": 2, "eval_every": 2, "save_every": 2, "eval_limit": 16},
         "logging": {"tensorboard": True},
