@@ -46,15 +46,6 @@ sys.path.insert(0, str(REPO))
 RECIPE = REPO / "recipes" / "demo.yaml"
 PHASES = ["rollout", "reward", "logprobs", "train", "sync"]
 
-# What `rl.placement.connect` gives the actors of a local instance: quiet engines, unbuffered output.
-ACTOR_ENV = {
-    "TOKENIZERS_PARALLELISM": "false",
-    "PYTHONUNBUFFERED": "1",
-    "VLLM_LOGGING_LEVEL": "WARNING",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
-}
 
 
 def load_average() -> str:
@@ -91,6 +82,7 @@ def run_lockstep(steps: int, warmup: int, output_dir: Path) -> dict:
     import ray
 
     from rl.driver import Run
+    from rl.placement import ACTOR_ENV
 
     cfg, overrides = recipe(steps, output_dir)
 
@@ -104,8 +96,7 @@ def run_lockstep(steps: int, warmup: int, output_dir: Path) -> dict:
             return metrics
 
     t0 = time.perf_counter()
-    # A local instance of our own: `connect()` would join any Ray instance running on this
-    # machine (another engineer's run or test), which can vanish under us.
+    # A private local instance, even if a `ray start` cluster runs here: timings of our own.
     ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": ACTOR_ENV})
     try:
         TimedRun(cfg, resume=False).train()

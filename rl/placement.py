@@ -20,20 +20,23 @@ from rl.config import RunConfig
 log = logging.getLogger("lockstep.placement")
 
 
+# The environment of every actor. Their own chatter (vLLM INFO lines, progress bars, deprecation
+# notices) would bury the run's progress lines; warnings and errors still come through.
+ACTOR_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+}
+
+
 def connect(address: str | None) -> str:
     """Joins the cluster named by the recipe or RAY_ADDRESS (as under `ray job submit`), else a
     cluster started on this machine with `ray start`, else starts a private local instance.
     Returns which one, for the log."""
-    # Actors' own chatter (vLLM INFO lines, progress bars, deprecation notices) would bury the
-    # run's progress lines; warnings and errors still come through.
-    env = {
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONUNBUFFERED": "1",
-        "VLLM_LOGGING_LEVEL": "WARNING",
-        "TRANSFORMERS_VERBOSITY": "error",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
-    }
+    env = ACTOR_ENV
     if ray.is_initialized():
         return "already connected"
     if address or os.environ.get("RAY_ADDRESS"):

@@ -31,16 +31,6 @@ def tiny_recipe(tmp_path, **sections) -> dict:
     return recipe
 
 
-@pytest.fixture(scope="package", autouse=True)
-def no_triton_interpreter():
-    """tests/kernels sets TRITON_INTERPRET=1 for the whole pytest process (at collection); the
-    real engines, and the Ray workers they spawn with this environment, must not run under it."""
-    saved = os.environ.pop("TRITON_INTERPRET", None)
-    yield
-    if saved is not None:
-        os.environ["TRITON_INTERPRET"] = saved
-
-
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
