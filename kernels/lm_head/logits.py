@@ -25,7 +25,7 @@ if HAS_TRITON:
     def _mm_fp32_kernel(
         a_ptr, b_ptr, c_ptr, M, N, K,
         stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
-        ACCUMULATE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        ACCUMULATE: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
         UPCAST: tl.constexpr,
     ):
@@ -55,7 +55,10 @@ if HAS_TRITON:
             if UPCAST:  # the Triton interpreter multiplies bf16 as raw uint16: upcast there
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
-            acc = tl.dot(a, b, acc)
+            if IEEE:  # fp32 operands: true fp32 products (tl.dot's default would be tf32)
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
             a_ptrs += BLOCK_K * stride_ak
             b_ptrs += BLOCK_K * stride_bk
 
@@ -70,6 +73,9 @@ if HAS_TRITON:
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); one config for every M (batch invariant).
 _CONFIG_GPU = (128, 256, 64, 8, 4)  # best of 4 on an H100 (benchmarks/fp8.py)
+# fp32 operands take twice the shared memory per tile: the bf16 tiles would need 393 KB (H100:
+# 227 KB), so fp32 gets smaller tiles (98 KB).
+_CONFIG_GPU_FP32 = (128, 128, 32, 8, 3)
 _CONFIG_INTERPRET = (32, 32, 32, 4, 1)
 _CPU_CHUNK = 4096
 
@@ -100,11 +106,13 @@ def matmul_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = Non
             else:
                 out[:, c0:c0 + _CPU_CHUNK] = part
         return out
-    bm, bn, bk, warps, stages = config or (_CONFIG_GPU if a.is_cuda else _CONFIG_INTERPRET)
+    ieee = a.dtype == torch.float32
+    gpu_config = _CONFIG_GPU_FP32 if ieee else _CONFIG_GPU
+    bm, bn, bk, warps, stages = config or (gpu_config if a.is_cuda else _CONFIG_INTERPRET)
     grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
     _mm_fp32_kernel[grid](
         a, b, out, m, n, k, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-        out.stride(0), out.stride(1), ACCUMULATE=accumulate, BLOCK_M=bm, BLOCK_N=bn,
+        out.stride(0), out.stride(1), ACCUMULATE=accumulate, IEEE=ieee and a.is_cuda, BLOCK_M=bm, BLOCK_N=bn,
         BLOCK_K=bk, GROUP_M=8, EVEN_K=(k % bk == 0), UPCAST=not a.is_cuda, num_warps=warps, num_stages=stages,
     )
     return out
