@@ -186,10 +186,7 @@ class Run:
     def generate(self, idx: list[int]) -> tuple[list[Sample], list[str]]:
         cfg = self.cfg.rollout
         prompts = [self.renderer.ids(self.train_set[i]) for i in idx]
-        parts = min(len(self.rollout.actors), len(prompts))
-        bounds = [round(k * len(prompts) / parts) for k in range(parts + 1)]
-        calls = [(prompts[bounds[k] : bounds[k + 1]], cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k) for k in range(parts)]
-        outputs = [group for part in ray.get([a.generate.remote(*c) for a, c in zip(self.rollout.actors, calls)]) for group in part]
+        outputs = self.rollout_generate(prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
         samples, answers = [], []
         for p, (i, prompt, group) in enumerate(zip(idx, prompts, outputs)):
             for c in group:
@@ -342,11 +339,12 @@ class Run:
             self.metrics.log(step, metrics)
             print_progress(f"step {step:>4}/{self.cfg.schedule.steps} | eval accuracy {metrics['eval/accuracy']:.3f} on {int(metrics['eval/num_problems'])} held-out problems")
 
-    def rollout_generate(self, prompts, n, max_tokens, temperature):
+    def rollout_generate(self, prompts, n, max_tokens, temperature, top_p=1.0, top_k=-1):
+        """Splits the prompts evenly over the rollout workers; groups come back in prompt order."""
         workers = self.rollout.actors
         parts = max(1, min(len(workers), len(prompts)))
         bounds = [round(k * len(prompts) / parts) for k in range(parts + 1)]
-        futures = [w.generate.remote(prompts[bounds[k] : bounds[k + 1]], n, max_tokens, temperature) for k, w in enumerate(workers[:parts])]
+        futures = [w.generate.remote(prompts[bounds[k] : bounds[k + 1]], n, max_tokens, temperature, top_p, top_k) for k, w in enumerate(workers[:parts])]
         return [g for part in ray.get(futures) for g in part]
 
     def save(self) -> None:
