@@ -13,7 +13,8 @@ import torch
 
 import trainer.ring_linear  # noqa: F401  (registers the model type with transformers)
 from trainer.ring_linear.config import BailingMoeLinearV2Config
-from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM, route
+from kernels.moe import route
+from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 from trainer.ring_linear.presets import PRESETS, build_random_checkpoint, parameter_count, preset_config
 from trainer.ring_linear.reference import reference_logits
 

@@ -74,49 +74,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from kernels.linear_attention import chunk as linear_attention_chunk
 from kernels.linear_attention import layer_decay
 from kernels.lm_head import logits_fp32
+from kernels.moe import combine_experts, route
+from kernels.norm import compute_dtype, group_rms_norm, rms_norm
+from kernels.rope import apply_rope, rope_cos_sin
 
 from .config import BailingMoeLinearV2Config
 
 # ---------------------------------------------------------------------------------------------
-# Shared math: RMSNorm, RoPE (one implementation each; the vLLM-side model must call the same)
-
-
-def compute_dtype(t: torch.Tensor) -> torch.dtype:
-    """fp32, or fp64 when ``t`` is fp64 (the float64 parity runs)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """``x / sqrt(mean(x², -1) + eps) · weight`` over the last dim, in fp32 (fp64 for fp64
-    weights); returns that dtype."""
-    dt = compute_dtype(weight)
-    x = x.to(dt)
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.to(dt)
-
-
-def rope_cos_sin(positions: torch.Tensor, rotary_dim: int, theta: float,
-                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """NeoX RoPE tables: cos, sin ``[*positions.shape, rotary_dim // 2]`` in ``dtype``.
-
-    ``inv_freq_i = theta^(-2i / rotary_dim)``; angles computed in float64 and rounded once, so
-    every engine that calls this gets the same bits."""
-    i = torch.arange(0, rotary_dim, 2, dtype=torch.float64, device=positions.device)
-    inv_freq = 1.0 / (theta ** (i / rotary_dim))
-    ang = positions.to(torch.float64)[..., None] * inv_freq
-    return ang.cos().to(dtype), ang.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """NeoX rotation of the first ``2·cos.shape[-1]`` dims of each head.
-
-    x: ``[B, T, H, d]``; cos, sin: ``[T, r/2]`` or ``[B, T, r/2]`` (same dtype as x)."""
-    half = cos.shape[-1]
-    if cos.dim() == 2:
-        cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    else:
-        cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest), dim=-1)
+# Norm modules (the math is kernels.norm's, shared with the rollout model)
 
 
 class RMSNorm(nn.Module):
@@ -138,10 +103,7 @@ class GroupRMSNorm(nn.Module):
         self.groups, self.eps = groups, eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dt = compute_dtype(self.weight)
-        xg = x.to(dt).unflatten(-1, (self.groups, -1))
-        xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)
-        return xg.flatten(-2) * self.weight.to(dt)
+        return group_rms_norm(x, self.weight, self.groups, self.eps)
 
 
 def _project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -246,34 +208,6 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def _stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest entries of the last dim; ties go to the lower index."""
-    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
-
-
-def route(logits: torch.Tensor, expert_bias: torch.Tensor, top_k: int, n_group: int,
-          topk_group: int, norm_topk_prob: bool, routed_scaling_factor: float
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sigmoid router with expert bias and group-limited top-k.
-
-    logits: ``[N, E]`` (fp32/fp64); expert_bias ``[E]``.  Returns (indices int64 ``[N, k]``,
-    gate weights ``[N, k]`` in the logits' dtype).  The bias steers the selection only."""
-    N, E = logits.shape
-    scores = torch.sigmoid(logits)
-    biased = scores + expert_bias.to(scores.dtype)
-    if n_group > 1:
-        grouped = biased.view(N, n_group, E // n_group)
-        group_score = grouped.topk(2, dim=-1).values.sum(-1)                     # [N, n_group]
-        keep = torch.zeros_like(group_score, dtype=torch.bool)
-        keep.scatter_(1, _stable_topk(group_score, topk_group), True)
-        biased = grouped.masked_fill(~keep[..., None], float("-inf")).view(N, E)
-    idx = _stable_topk(biased, top_k)
-    w = scores.gather(1, idx)
-    if norm_topk_prob and top_k > 1:
-        w = w / (w.sum(-1, keepdim=True) + 1e-20)
-    return idx, w * routed_scaling_factor
-
-
 class MoEGate(nn.Module):
     """The router: ``weight [E, D]`` and ``expert_bias [E]`` (kept fp32 on load; not trained by
     gradient — it is the aux-loss-free balancing bias, so ``requires_grad=False``).  Routing
@@ -307,23 +241,11 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x ``[B, T, D]`` (fp32 normed) → ``[B, T, D]`` fp32 (fp64 for fp64 weights)."""
-        c = self.cfg
         flat = x.reshape(-1, x.shape[-1])
         idx, w = self.gate(flat)
-        dt = w.dtype
-        out = torch.zeros_like(flat, dtype=dt)
-        # Every expert runs on every call, in index order, even on zero tokens: ZeRO-3 gathers
-        # an expert's weights with a collective in its forward hook, so all ranks must call the
-        # same modules; and each token's sum runs in expert-index order (deterministic).
-        k = idx.shape[1]
-        order = torch.sort(idx.reshape(-1), stable=True).indices         # (token, slot) by expert
-        counts = torch.bincount(idx.reshape(-1), minlength=c.num_experts).tolist()  # one sync
-        for e, part in enumerate(order.split(counts)):
-            tok, slot = part // k, part % k
-            y = self.experts[e](flat[tok]).to(dt) * w[tok, slot, None]
-            out.index_add_(0, tok, y)
+        out = combine_experts(flat, idx, w, self.cfg.num_experts, lambda e, rows: self.experts[e](rows))
         if self.shared_experts is not None:
-            out = out + self.shared_experts(flat).to(dt)
+            out = out + self.shared_experts(flat).to(out.dtype)
         return out.view(x.shape)
 
 
@@ -499,5 +421,4 @@ class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel):
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
 
-__all__ = ["BailingMoeLinearV2PreTrainedModel", "BailingMoeLinearV2Model", "BailingMoeLinearV2ForCausalLM",
-           "rms_norm", "rope_cos_sin", "apply_rope", "route"]
+__all__ = ["BailingMoeLinearV2PreTrainedModel", "BailingMoeLinearV2Model", "BailingMoeLinearV2ForCausalLM"]
