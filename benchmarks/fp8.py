@@ -40,11 +40,11 @@ from kernels.fp8 import (  # noqa: E402
 from kernels.fp8 import reference as R  # noqa: E402
 from kernels.lm_head import logits_fp32, token_logprobs, token_logprobs_ref  # noqa: E402
 
-GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, kind)
-    (128, 128, 8, 4, "ptr"), (64, 128, 4, 4, "ptr"),
-    (128, 128, 8, 4, "tma"), (64, 128, 4, 4, "tma"), (128, 128, 8, 3, "tma"),
-    (128, 128, 8, 4, "tma_pp"), (64, 128, 4, 4, "tma_pp"), (128, 128, 8, 3, "tma_pp"),
-    (128, 256, 8, 3, "tma_pp"), (128, 128, 8, 4, "tma_pp_ws"), (128, 128, 8, 4, "tma_ws"),
+GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, kind); full Triton sweep of
+    # 2026-11-26 in BENCHMARKS.md (ptr / tma / tma_ws / tma_pp: 206-690 TFLOP/s)
+    (128, 128, 8, 4, "ptr"), (128, 128, 8, 4, "tma"), (64, 128, 4, 4, "tma"),
+    (128, 128, 8, 4, "gluon"), (128, 128, 8, 3, "gluon"), (128, 128, 8, 5, "gluon"),
+    (64, 128, 4, 4, "gluon"),
 ]
 WS_CONFIGS = [(128, 128, 8, 4, "tma_ws"), (128, 128, 8, 4, "tma_pp_ws")]
 QUANT_CONFIGS = {  # mode -> [(BLOCK_M, G, num_warps)]
@@ -118,6 +118,22 @@ def check_correctness(dev: str, smoke: bool) -> None:
     c2 = fp8_gemm(xq, xs, bq, bs, torch.float32)
     say(f"fp8_gemm 1x128-B: rel err {rel(c2, R.fp8_gemm_ref(xq, xs, bq, bs)):.2e}")
 
+    if dev == "cuda":  # Gluon kernel (Hopper) at odd, TMA-legal shapes, both B granularities
+        for (gm, gn, gk) in ((1000, 704, 1040), (77, 264, 2048), (300, 1024, 272)):
+            ga = outlier_randn(gm, gk, device=dev)
+            gb = outlier_randn(gn, gk, device=dev)
+            gaq, gas = quantize_act(ga)
+            for bname, (gbq, gbs) in (("block", quantize_weight(gb)), ("1x128", quantize_act(gb))):
+                for od in (torch.float32, torch.bfloat16):
+                    try:
+                        cg = fp8_gemm(gaq, gas, gbq, gbs, od, config=(128, 128, 8, 4, "gluon"))
+                        ct = fp8_gemm(gaq, gas, gbq, gbs, od, config=(128, 128, 8, 4, "ptr"))
+                        say(f"gluon [{gm}x{gn}x{gk}] B {bname} {od}: rel err vs float64 "
+                            f"{rel(cg, R.fp8_gemm_ref(gaq, gas, gbq, gbs)):.2e}, bitwise == ptr kernel "
+                            f"{bool(torch.equal(cg, ct))}, nan {bool(cg.isnan().any())}")
+                    except Exception as e:
+                        say(f"gluon [{gm}x{gn}x{gk}] FAILED: {type(e).__name__}: {str(e)[:300]}")
+
     # batch invariance: rows of a large-M product vs the same rows computed with smaller M
     mm = 512 if smoke else 4096
     kk, nn_ = (256, 256) if smoke else (2048, 2048)
@@ -132,7 +148,8 @@ def check_correctness(dev: str, smoke: bool) -> None:
         same.append(bool(torch.equal(part, full[:sub])))
     # (run 2026-11-26 15:23 checked all of GEMM_CONFIGS + WS_CONFIGS bitwise: all equal)
     cfgs = [] if smoke or dev == "cpu" else [(128, 128, 8, 4, "ptr"), (64, 128, 4, 4, "tma"),
-                                               (64, 64, 4, 3, "ptr")]
+                                               (64, 64, 4, 3, "ptr"), (128, 128, 8, 4, "tma"),
+                                               (128, 128, 8, 4, "gluon"), (64, 128, 4, 4, "gluon")]
     for cfg in cfgs:
         print(f"  invariance check, config {cfg}", flush=True)
         try:

@@ -204,6 +204,28 @@ def test_fp8_gemm_batch_invariant(backend):
     assert_bitwise(q1, aq[7:8])
 
 
+_HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.skipif(not _HOPPER, reason="Gluon GEMM is sm_90-only and the Triton interpreter "
+                    "cannot run Gluon kernels; verified on an H100 (BENCHMARKS.md, FP8)")
+@pytest.mark.parametrize("m,n,k", [(300, 264, 1040), (77, 1024, 2048)])
+@pytest.mark.parametrize("b_kind", ["block", "1x128"])
+def test_fp8_gemm_gluon_matches_reference_and_triton(m, n, k, b_kind, poison_empty):
+    """Hopper Gluon kernel: float64 reference, bitwise equal to the Triton kernel, any M."""
+    a = make_input(m, k, seed=20).cuda()
+    b = make_input(n, k, seed=21).cuda()
+    aq, as_ = quantize_act(a)
+    bq, bs = quantize_weight(b) if b_kind == "block" else quantize_act(b)
+    c = fp8_gemm(aq, as_, bq, bs, torch.float32, config=(128, 128, 8, 4, "gluon"))
+    assert rel(c, R.fp8_gemm_ref(aq, as_, bq, bs)) < 1e-3  # tensor-core FP8 accumulation
+    ct = fp8_gemm(aq, as_, bq, bs, torch.float32, config=(128, 128, 8, 4, "ptr"))
+    assert torch.equal(c, ct)
+    part = fp8_gemm(aq[:5].contiguous(), as_[:5].contiguous(), bq, bs, torch.float32,
+                    config=(64, 128, 4, 4, "gluon"))
+    assert torch.equal(part, c[:5])
+
+
 def test_cpu_gemm_uses_exact_block_sums():
     """The CPU path's per-128 partial sums are exact, so reordering K inside a block is a no-op."""
     a = make_input(8, 128, seed=10)

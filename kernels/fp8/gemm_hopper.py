@@ -1,0 +1,220 @@
+"""Hopper (sm_90) block-scaled FP8 GEMM written in Gluon: the promotion overlapped with the MMA.
+
+Same contract and math as ``gemm.fp8_gemm`` (its PyTorch reference is ``reference.fp8_gemm_torch``):
+for each 128-wide K block k, in increasing order,
+
+    P_k  = A_k @ B_kᵀ                      (fp8 wgmma, fp32 accumulation inside the block)
+    acc  = fma(P_k, sA_k ⊗ sB_k, acc)      (fp32 promotion, DeepSeek-V3)
+
+Why a Gluon kernel: Triton 3.6 waits for each block's wgmma before the fp32 scale-and-add, so
+the tensor cores idle during every promotion (BENCHMARKS.md, "## FP8"). Here the wgmma of
+block k is issued asynchronously and block k-1 is promoted while it runs
+(``warpgroup_mma_wait(num_outstanding=1)``): two partial-product register tiles alternate
+beside the fp32 accumulator. The block scales are loaded one block ahead, and for 128×128 B
+blocks sA·sB is one factor per row, so the promotion is one FMA per element. Operands stream
+through a STAGES-deep TMA ring completing on mbarriers; a slot is refilled as soon as its
+wgmma has retired. Used for 128×128-block B (forward, dgrad); 1×128 B scales (wgrad) carry a
+per-column scale vector that makes it spill, so those stay on the Triton kernel.
+
+Batch invariance: every output element is the same fixed sequence of wgmma blocks and fp32
+FMAs whatever M or the tile shape; the GPU benchmark checks it bitwise against the Triton
+kernel and across M. GPU-only: Gluon cannot run in the Triton interpreter.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # pragma: no cover - depends on the install (Triton >= 3.5 with Gluon)
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    HAS_GLUON = True
+except ImportError:  # pragma: no cover
+    HAS_GLUON = False
+
+_GL_OUT = {}
+if HAS_GLUON:
+    _GL_OUT = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
+
+    @gluon.jit
+    def _load_block(a_desc, b_desc, a_smem, b_smem, ready, kb, num_k, off_m, off_n,
+                    STAGES: gl.constexpr):
+        # TMA-load K block kb of A and B into ring slot kb % STAGES (no-op past the last block).
+        slot = kb % STAGES
+        pred = kb < num_k
+        bar = ready.index(slot)
+        mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
+        tma.async_copy_global_to_shared(a_desc, [off_m, kb * 128], bar, a_smem.index(slot), pred=pred)
+        tma.async_copy_global_to_shared(b_desc, [off_n, kb * 128], bar, b_smem.index(slot), pred=pred)
+
+    @gluon.jit
+    def _block_scale(as_ptr, bs_ptr, rows, cols, pid_n, kb, stride_ask, stride_bsn, stride_bsk,
+                     B_BLOCK_SCALED: gl.constexpr, SCALAR_B: gl.constexpr):
+        # Block kb's scales as (row factor [BLOCK_M], column factor): one 128×128 B block under
+        # the tile gives sA·sB per row and a dummy 1; otherwise sA per row, sB per column
+        # (kept as vectors: the [BLOCK_M, BLOCK_N] outer product would cost 64 registers).
+        sa = gl.load(as_ptr + rows + kb * stride_ask)
+        if SCALAR_B:
+            return sa * gl.load(bs_ptr + pid_n * stride_bsn + kb * stride_bsk), 1.0
+        elif B_BLOCK_SCALED:
+            return sa, gl.load(bs_ptr + (cols // 128) * stride_bsn + kb * stride_bsk)
+        else:
+            return sa, gl.load(bs_ptr + cols * stride_bsn + kb * stride_bsk)
+
+    @gluon.jit
+    def _promote(acc, p, s, SCALAR_B: gl.constexpr):
+        # acc += P_k · (sA ⊗ sB), one FMA per element (the same rounding as the Triton kernel:
+        # the scale product is formed first, then fused into the add).
+        if SCALAR_B:
+            return acc + p * gl.expand_dims(s[0], 1)
+        else:
+            return acc + p * (gl.expand_dims(s[0], 1) * gl.expand_dims(s[1], 0))
+
+    @gluon.jit
+    def _issue(a_smem, b_smem, ready, p, kb, STAGES: gl.constexpr):
+        # Wait for block kb's operands and start P_kb = A_kb @ B_kbᵀ asynchronously into p's
+        # registers (use_acc=False: p's old values are ignored).
+        slot = kb % STAGES
+        mbarrier.wait(ready.index(slot), (kb // STAGES) & 1)
+        return warpgroup_mma(a_smem.index(slot), b_smem.index(slot).permute((1, 0)), p,
+                             use_acc=False, is_async=True)
+
+    @gluon.jit
+    def _fp8_gemm_gluon_kernel(
+        a_desc, b_desc, c_desc, as_ptr, bs_ptr,
+        M, N, K,
+        stride_asm, stride_ask, stride_bsn, stride_bsk,
+        B_BLOCK_SCALED: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
+        num_warps: gl.constexpr,
+    ):
+        BLOCK_M: gl.constexpr = c_desc.block_type.shape[0]
+        BLOCK_N: gl.constexpr = c_desc.block_type.shape[1]
+        SCALAR_B: gl.constexpr = B_BLOCK_SCALED and BLOCK_N == 128
+
+        # Grouped tile order: GROUP_M row-tiles share each B column-tile while it is in L2.
+        pid = gl.program_id(0)
+        num_pid_m = gl.cdiv(M, BLOCK_M)
+        num_pid_n = gl.cdiv(N, BLOCK_N)
+        group = GROUP_M * num_pid_n
+        first_m = (pid // group) * GROUP_M
+        group_m = min(num_pid_m - first_m, GROUP_M)
+        pid_m = first_m + (pid % group) % group_m
+        pid_n = (pid % group) // group_m
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+
+        # wgmma layout: warps stacked along M (a warpgroup owns 64 rows), instruction N = BLOCK_N,
+        # K = 32 fp8 values per instruction.
+        mma: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BLOCK_N, 32])
+        rows = gl.minimum(off_m + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, mma)), M - 1) * stride_asm
+        cols = gl.minimum(off_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, mma)), N - 1)
+
+        a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
+        b_smem = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+
+        num_k = gl.cdiv(K, 128)
+        for i in gl.static_range(STAGES):
+            _load_block(a_desc, b_desc, a_smem, b_smem, ready, i, num_k, off_m, off_n, STAGES)
+
+        # Two partial-product tiles: p0 (even blocks) and p1 (odd blocks), each written in
+        # place by its next wgmma (use_acc=False ignores the old values). The loop is unrolled
+        # by two so that while one tile is promoted the other's wgmma runs:
+        #   issue P_odd → promote P_even → issue P_even' → retire and promote P_odd → retire P_even'
+        # Nothing is in flight across the loop's back edge: ptxas serializes every wgmma
+        # (warning C7514) when an accumulator in flight there is read after the branch, so the
+        # last wait(0) only absorbs the tail of P_even' (its promotion overlaps the next P_odd).
+        acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, layout=mma)
+        p1 = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, layout=mma)
+        p0 = _issue(a_smem, b_smem, ready, p1, 0, STAGES)
+        p0 = warpgroup_mma_wait(num_outstanding=0, deps=(p0, ))
+        s0 = _block_scale(as_ptr, bs_ptr, rows, cols, pid_n, 0, stride_ask, stride_bsn, stride_bsk,
+                          B_BLOCK_SCALED, SCALAR_B)
+        for j in range(0, (num_k - 1) // 2):
+            kb = 2 * j + 1
+            p1 = _issue(a_smem, b_smem, ready, p1, kb, STAGES)
+            # p0 already retired; the wait orders its promotion after the issue above.
+            p0 = warpgroup_mma_wait(num_outstanding=1, deps=(p0, ))
+            _load_block(a_desc, b_desc, a_smem, b_smem, ready, kb - 1 + STAGES, num_k, off_m, off_n,
+                        STAGES)
+            s1 = _block_scale(as_ptr, bs_ptr, rows, cols, pid_n, kb, stride_ask, stride_bsn,
+                              stride_bsk, B_BLOCK_SCALED, SCALAR_B)
+            acc = _promote(acc, p0, s0, SCALAR_B)
+            # Pin the promotion before the next wgmma overwrites p0: the wait (nothing to retire)
+            # takes acc as a dependency, so LLVM cannot sink the FMAs past the wgmma (which
+            # would copy p0 and read registers of an in-flight wgmma).
+            p0, acc = warpgroup_mma_wait(num_outstanding=1, deps=(p0, acc))
+            p0 = _issue(a_smem, b_smem, ready, p0, kb + 1, STAGES)
+            p1 = warpgroup_mma_wait(num_outstanding=1, deps=(p1, ))  # block kb retired
+            _load_block(a_desc, b_desc, a_smem, b_smem, ready, kb + STAGES, num_k, off_m, off_n,
+                        STAGES)
+            s0 = _block_scale(as_ptr, bs_ptr, rows, cols, pid_n, kb + 1, stride_ask, stride_bsn,
+                              stride_bsk, B_BLOCK_SCALED, SCALAR_B)
+            acc = _promote(acc, p1, s1, SCALAR_B)
+            p1, acc = warpgroup_mma_wait(num_outstanding=1, deps=(p1, acc))
+            p0 = warpgroup_mma_wait(num_outstanding=0, deps=(p0, ))
+        acc = _promote(acc, p0, s0, SCALAR_B)
+        if num_k % 2 == 0:  # an even num_k leaves one odd block (no overlap; one per tile)
+            last = _issue(a_smem, b_smem, ready, p1, num_k - 1, STAGES)
+            last = warpgroup_mma_wait(num_outstanding=0, deps=(last, ))
+            acc = _promote(acc, last, _block_scale(as_ptr, bs_ptr, rows, cols, pid_n, num_k - 1,
+                                                   stride_ask, stride_bsn, stride_bsk,
+                                                   B_BLOCK_SCALED, SCALAR_B), SCALAR_B)
+
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(i))
+        # Epilogue: registers → shared memory → TMA store (clips rows/cols beyond M, N).
+        c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
+        c_smem.store(acc.to(c_desc.dtype))
+        fence_async_shared()
+        tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem)
+        tma.store_wait(pendings=0)
+
+
+def gluon_supported(aq: torch.Tensor, bq: torch.Tensor, out_dtype: torch.dtype) -> str | None:
+    """None if the Gluon kernel can run these operands, else the reason it cannot."""
+    if not HAS_GLUON:
+        return "triton.experimental.gluon is not importable"
+    if not aq.is_cuda or torch.cuda.get_device_capability(aq.device) != (9, 0):
+        return "needs an sm_90 (Hopper) GPU"
+    n, k = bq.shape
+    elem = torch.finfo(out_dtype).bits // 8
+    if k % 16 or aq.stride(0) % 16 or bq.stride(0) % 16 or (n * elem) % 16:
+        return "TMA needs 16-byte aligned rows (K % 16, N·sizeof(out) % 16)"
+    if aq.data_ptr() % 16 or bq.data_ptr() % 16:
+        return "TMA needs 16-byte aligned base pointers"
+    return None
+
+
+def fp8_gemm_gluon(aq, a_scale, bq, b_scale, out_dtype, b_block: bool,
+                   block_m: int = 128, block_n: int = 128, num_warps: int = 8, stages: int = 4):
+    """Launch the Gluon kernel (caller validated shapes and ``gluon_supported``). Returns C [M, N]."""
+    m, k = aq.shape
+    n = bq.shape[0]
+    c = torch.empty(m, n, dtype=out_dtype, device=aq.device)
+    a_layout = gl.NVMMASharedLayout.get_default_for([block_m, 128], gl.float8e4nv)
+    b_layout = gl.NVMMASharedLayout.get_default_for([block_n, 128], gl.float8e4nv)
+    c_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_n], _GL_OUT[out_dtype])
+    a_desc = TensorDescriptor.from_tensor(aq, [block_m, 128], a_layout)
+    b_desc = TensorDescriptor.from_tensor(bq, [block_n, 128], b_layout)
+    c_desc = TensorDescriptor.from_tensor(c, [block_m, block_n], c_layout)
+    grid = (-(-m // block_m) * -(-n // block_n),)
+    _fp8_gemm_gluon_kernel[grid](
+        a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,
+        a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
+        B_BLOCK_SCALED=b_block, STAGES=stages, GROUP_M=8, num_warps=num_warps,
+    )
+    return c
+
