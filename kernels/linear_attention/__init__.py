@@ -158,7 +158,8 @@ def recurrent(q, k, v, decay, scale, state, state_indices=None, backend="auto"):
             (N new tokens per sequence, applied in order); bf16/fp16/fp32, one dtype.
         decay: fp32 ``[H]`` per-head log-decay.
         scale: multiplier of ``q S`` (None: ``D ** -0.5``).
-        state: fp32 pool ``[num_slots, H, D, D]`` ([key dim, value dim]), contiguous.
+        state: fp32 pool ``[num_slots, H, D, D]`` ([key dim, value dim]); each slot contiguous,
+            the slot stride free (vLLM pads its state pages).
         state_indices: int ``[B]``: slot of each batch row (negative: padding row, output 0,
             pool untouched).  None: row b uses slot b.
     Returns:
@@ -177,8 +178,8 @@ def recurrent(q, k, v, decay, scale, state, state_indices=None, backend="auto"):
     if not isinstance(state, torch.Tensor) or state.dim() != 4:
         raise ValueError("state must be a 4-D fp32 pool [num_slots, H, D, D]")
     _check_state("state", state, (state.shape[0], H, D, D), q.dtype == torch.float64)
-    if not state.is_contiguous():
-        raise ValueError("state must be contiguous (it is updated in place)")
+    if not state[:1].is_contiguous():  # the slot stride may be padded (vLLM's state pages)
+        raise ValueError("each state slot must be a contiguous [H, D, D] block (it is updated in place)")
     if state.device != q.device:
         raise ValueError(f"state is on {state.device}, inputs on {q.device}")
     if state_indices is not None:

@@ -1,0 +1,358 @@
+"""The Ring-linear hybrid model as a vLLM model (DESIGN.md §3, §10): the rollout engine's twin
+of :mod:`trainer.ring_linear.modeling`.
+
+Same parameter names as the published checkpoint and the trainer (so one directory loads in
+both, and the trainer's weight buckets load in place), same math through the same ``kernels/``
+ops (:mod:`kernels.norm`, :mod:`kernels.rope`, :mod:`kernels.moe`, :mod:`kernels.linear_attention`,
+:mod:`kernels.lm_head`).  What differs from the trainer is only where state lives:
+
+* softmax layers use vLLM's ``Attention`` (paged KV cache, vLLM's kernel);
+* linear layers keep their fp32 state ``S`` ``[H, d, d]`` per sequence in vLLM's hybrid
+  (mamba-style) state cache, ``self.kv_cache[0]`` ``[slots, H, d, d]``.  Per step, vLLM's
+  linear-attention metadata lists decodes first (one token each), then prefills (a whole prompt
+  or a piece of one, with chunked prefill).  Decodes run ``kernels.linear_attention.recurrent``
+  on their slots; prefills run ``chunk`` over the packed pieces with each slot's state as the
+  initial state and write the final states back.  A sequence whose context is empty gets a
+  zeroed slot first — for decodes too (a 1-token prompt arrives as a decode, and vLLM's own
+  helper only clears prefills: a stale slot gave |Δ log-prob| ≈ 1 in the probe, DESIGN §10).
+
+Numerics as the trainer (DESIGN.md §4): the residual stream is fp32, norms and the router run in
+fp32, projections in the weight dtype on inputs cast to it, q/k/v go to fp32 for the q/k norms,
+RoPE and the linear-attention kernel, and the LM head returns fp32 logits
+(``kernels.lm_head.logits_fp32``).  Softmax attention runs in vLLM's kernel on q/k/v in the model
+dtype (the KV cache's): exact for fp32 models; for bf16 it is the one op not shared with the
+trainer (noted in docs/decisions.md).
+
+Plain ``nn.Linear`` projections (no tensor parallelism): one module per weight, updated in place
+by ``load_weights``, computing with the same ``F.linear`` the trainer uses.  Tensor parallel
+sizes above 1 are refused at construction.  Not compiled (no ``@support_torch_compile``): the
+forward runs eagerly, so the per-sequence bookkeeping above needs no custom op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.forward_context import get_forward_context
+from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.layers.mamba.linear.base import LinearAttention as VllmLinearAttention
+from vllm.model_executor.layers.mamba.mamba_utils import (
+    MambaStateCopyFuncCalculator,
+    MambaStateShapeCalculator,
+)
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
+
+from kernels.linear_attention import chunk, layer_decay, recurrent
+from kernels.lm_head import logits_fp32
+from kernels.moe import combine_experts, route
+from kernels.norm import compute_dtype, group_rms_norm, rms_norm
+from kernels.rope import apply_rope, rope_cos_sin
+from trainer.ring_linear.loading import skipped_names
+
+STATE_DTYPE = torch.float32  # the linear-attention state is fp32 in both engines (DESIGN §4)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class GroupRMSNorm(RMSNorm):
+    def __init__(self, dim: int, groups: int, eps: float):
+        super().__init__(dim, eps)
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_rms_norm(x, self.weight, self.groups, self.eps)
+
+
+def _project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """Linear in the weight dtype (inputs cast to it), as the trainer."""
+    return linear(x.to(linear.weight.dtype))
+
+
+def _qk_rope(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-head q/k RMSNorm, then NeoX RoPE at each token's position (q, k ``[N, heads, d]``)."""
+    if attn.use_qk_norm:
+        q, k = attn.query_layernorm(q), attn.key_layernorm(k)
+    cos, sin = rope_cos_sin(positions, attn.rotary_dim, attn.rope_theta, q.dtype)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+
+def _layer_metadata(prefix: str):
+    """This layer's attention metadata for the current step, or None (profile / dummy runs)."""
+    metadata = get_forward_context().attn_metadata
+    return metadata.get(prefix) if isinstance(metadata, dict) else None
+
+
+class RingLinearAttention(VllmLinearAttention):
+    """Linear-attention layer (DESIGN.md §3 steps 1–5) with its state in vLLM's state cache."""
+
+    def __init__(self, config, vllm_config: VllmConfig, prefix: str):
+        super().__init__(config, vllm_config, prefix)
+        if self.tp_size != 1:
+            raise ValueError(f"the Ring-linear vLLM model runs with tensor_parallel_size=1 only "
+                             f"(got {self.tp_size}); use data-parallel rollout workers instead")
+        H, d, D = self.num_heads, self.head_dim, self.hidden_size
+        self.linear_silu, self.use_qk_norm = config.linear_silu, config.use_qk_norm
+        self.rotary_dim, self.rope_theta = config.rotary_dim, config.rope_theta
+        self.layer_offset = config.linear_decay_layer_offset
+        self.query_key_value = nn.Linear(D, 3 * H * d, bias=False)
+        if self.use_qk_norm:
+            self.query_layernorm = RMSNorm(d, config.rms_norm_eps)
+            self.key_layernorm = RMSNorm(d, config.rms_norm_eps)
+        self.g_proj = nn.Linear(D, H * d, bias=False)
+        self.g_norm = GroupRMSNorm(H * d, config.group_norm_size, config.rms_norm_eps)
+        self.dense = nn.Linear(H * d, D, bias=False)
+        self._decay: dict[torch.device, torch.Tensor] = {}
+        # vLLM binds the state cache to the layers it finds here (and rejects duplicates).
+        context = vllm_config.compilation_config.static_forward_context
+        if prefix in context:
+            raise ValueError(f"duplicate layer name {prefix!r}")
+        context[prefix] = self
+
+    def get_state_dtype(self) -> tuple[torch.dtype]:
+        return (STATE_DTYPE,)
+
+    def decay(self, device: torch.device) -> torch.Tensor:
+        """Per-head log-decay fp32 ``[H]`` (the same function and layer offset as the trainer)."""
+        if device not in self._decay:
+            g = layer_decay(self.num_heads, self.layer_idx, self.num_hidden_layers, self.layer_offset)
+            self._decay[device] = g.to(device)
+        return self._decay[device]
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: fp32 normed input ``[N, D]`` (N tokens of the step, decodes first) → ``[N, D]``."""
+        N = x.shape[0]
+        H, d = self.num_heads, self.head_dim
+        dt = compute_dtype(self.dense.weight)
+        qkv = _project(self.query_key_value, x).to(dt)
+        if self.linear_silu:
+            qkv = F.silu(qkv)
+        q, k, v = qkv.view(N, 3 * H, d).split(H, dim=1)
+        q, k = _qk_rope(self, q, k, positions)
+        o = torch.zeros(N, H, d, dtype=dt, device=x.device)
+        meta = _layer_metadata(self.prefix)
+        if meta is not None:
+            self._attend(meta, q, k, v.contiguous(), o)
+        y = self.g_norm(o.view(N, H * d)) * torch.sigmoid(_project(self.g_proj, x).to(dt))
+        return _project(self.dense, y)
+
+    def _attend(self, meta, q, k, v, o) -> None:
+        """Runs the recurrence for this step's sequences, reading and writing their states."""
+        state = self.kv_cache[0]                                      # [slots, H, d, d] fp32
+        n_dec, n_pre = meta.num_decodes, meta.num_prefills
+        n_dec_tok, n_pre_tok = meta.num_decode_tokens, meta.num_prefill_tokens
+        if n_dec != n_dec_tok:
+            raise RuntimeError(f"{self.prefix}: {n_dec_tok} decode tokens for {n_dec} decodes; the "
+                               "Ring-linear model decodes one token per sequence (no speculative decoding)")
+        reqs = n_dec + n_pre
+        slots = meta.state_indices_tensor[:reqs]
+        starts = meta.query_start_loc[:reqs + 1]
+        context = meta.seq_lens[:reqs] - (starts[1:] - starts[:-1])
+        fresh = (context == 0) & (slots >= 0)
+        state[slots[fresh]] = 0            # a new sequence starts from S = 0, decodes included
+        scale = self.head_dim ** -0.5
+        decay = self.decay(q.device)
+        if n_dec:
+            o[:n_dec] = recurrent(q[:n_dec], k[:n_dec], v[:n_dec], decay, scale, state, slots[:n_dec])
+        if n_pre:
+            part = slice(n_dec_tok, n_dec_tok + n_pre_tok)
+            pre_slots = slots[n_dec:]
+            cu = (starts[n_dec:] - starts[n_dec]).to(torch.int64)
+            out, final = chunk(q[None, part], k[None, part], v[None, part], decay, scale,
+                               initial_state=state[pre_slots], cu_seqlens=cu, output_final_state=True)
+            state[pre_slots] = final
+            o[part] = out[0]
+
+
+class RingSoftmaxAttention(nn.Module):
+    """GQA softmax-attention layer with q/k RMSNorm and partial RoPE on vLLM's paged KV cache."""
+
+    def __init__(self, config, vllm_config: VllmConfig, prefix: str):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim, self.use_qk_norm = config.head_dim, config.use_qk_norm
+        self.rotary_dim, self.rope_theta = config.rotary_dim, config.rope_theta
+        H, KV, d, D = self.num_heads, self.num_kv_heads, self.head_dim, config.hidden_size
+        self.query_key_value = nn.Linear(D, (H + 2 * KV) * d, bias=False)
+        if self.use_qk_norm:
+            self.query_layernorm = RMSNorm(d, config.rms_norm_eps)
+            self.key_layernorm = RMSNorm(d, config.rms_norm_eps)
+        self.dense = nn.Linear(H * d, D, bias=False)
+        self.cache_dtype = vllm_config.model_config.dtype
+        self.attn = Attention(H, d, d ** -0.5, num_kv_heads=KV, cache_config=vllm_config.cache_config,
+                              quant_config=None, prefix=f"{prefix}.attn")
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        N = x.shape[0]
+        H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
+        dt = compute_dtype(self.dense.weight)
+        qkv = _project(self.query_key_value, x).to(dt).view(N, H + 2 * KV, d)
+        q, k, v = qkv.split([H, KV, KV], dim=1)
+        q, k = _qk_rope(self, q, k, positions)
+        o = self.attn(*(t.reshape(N, -1).to(self.cache_dtype) for t in (q, k, v)))
+        return _project(self.dense, o.view(N, H * d).to(dt))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.gate_proj.weight.dtype)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoEGate(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        self.expert_bias = nn.Parameter(torch.zeros(config.num_experts, dtype=torch.float32),
+                                        requires_grad=False)
+
+
+class MoE(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.cfg = config
+        self.gate = MoEGate(config)
+        self.experts = nn.ModuleList(MLP(config.hidden_size, config.moe_intermediate_size)
+                                     for _ in range(config.num_experts))
+        self.shared_experts = (MLP(config.hidden_size, config.moe_shared_expert_intermediate_size
+                                   * config.num_shared_experts)
+                               if config.num_shared_experts > 0 else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[N, D]`` fp32 normed → ``[N, D]`` fp32: fp32 router, expert-index-order sum."""
+        c, gate = self.cfg, self.gate
+        dt = compute_dtype(gate.weight)
+        logits = F.linear(x.to(dt), gate.weight.to(dt))
+        idx, w = route(logits, gate.expert_bias, c.num_experts_per_tok, c.n_group, c.topk_group,
+                       c.norm_topk_prob, c.routed_scaling_factor)
+        out = combine_experts(x, idx, w, c.num_experts, lambda e, rows: self.experts[e](rows))
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x).to(out.dtype)
+        return out
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config, vllm_config: VllmConfig, prefix: str, layer_idx: int):
+        super().__init__()
+        attn = RingSoftmaxAttention if config.is_softmax_layer(layer_idx) else RingLinearAttention
+        self.attention = attn(config, vllm_config, prefix=f"{prefix}.attention")
+        self.mlp = (MoE(config) if config.is_moe_layer(layer_idx)
+                    else MLP(config.hidden_size, config.intermediate_size))
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """hidden: the fp32 residual stream ``[N, D]``; returns the next one."""
+        h = hidden + self.attention(self.input_layernorm(hidden), positions).to(hidden.dtype)
+        return h + self.mlp(self.post_attention_layernorm(h)).to(h.dtype)
+
+
+class BailingMoeLinearV2Model(nn.Module):
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, vllm_config, f"{prefix}.layers.{i}", i)
+                                    for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
+                inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        h = h.to(compute_dtype(self.norm.weight))  # fp32 residual stream
+        for layer in self.layers:
+            h = layer(h, positions)
+        return self.norm(h)
+
+
+class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
+    """vLLM entry class for ``BailingMoeLinearV2ForCausalLM`` checkpoints."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        if vllm_config.parallel_config.pipeline_parallel_size != 1:
+            raise ValueError("the Ring-linear vLLM model does not support pipeline parallelism")
+        self.config = config
+        self.model = BailingMoeLinearV2Model(vllm_config=vllm_config, prefix="model")
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.word_embeddings(input_ids)
+
+    def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
+                intermediate_tensors=None, inputs_embeds: torch.Tensor | None = None, **_) -> torch.Tensor:
+        return self.model(input_ids, positions, inputs_embeds)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """fp32 logits ``[N, V]`` from the fp32 final-norm output (DESIGN §4: weight-dtype
+        operands, fp32 accumulation; the same op the trainer's log-probs use)."""
+        w = self.lm_head.weight
+        return logits_fp32(hidden_states.to(w.dtype), w)
+
+    # --- state cache (vLLM's hybrid-model hooks) ---------------------------------------------
+
+    @classmethod
+    def get_mamba_state_shape_from_config(cls, vllm_config: VllmConfig) -> tuple[tuple[int, int, int]]:
+        c = vllm_config.model_config.hf_config
+        return MambaStateShapeCalculator.linear_attention_state_shape(
+            num_heads=c.num_attention_heads, tp_size=vllm_config.parallel_config.tensor_parallel_size,
+            head_dim=c.head_dim)
+
+    @classmethod
+    def get_mamba_state_dtype_from_config(cls, vllm_config: VllmConfig) -> tuple[torch.dtype]:
+        return (STATE_DTYPE,)
+
+    @classmethod
+    def get_mamba_state_copy_func(cls) -> tuple:
+        return MambaStateCopyFuncCalculator.linear_attention_state_copy_func()
+
+    # --- weights ----------------------------------------------------------------------------
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Loads checkpoint tensors into the parameters of the same name (the first load and
+        every in-place weight sync).  Skips what the trainer's loader skips (logged there: MTP
+        heads, exported buffers); any other unknown name raises ``ValueError`` listing them.
+        Missing names are reported by vLLM's loader after this returns."""
+        params = dict(self.named_parameters())
+        c = self.config
+        loaded, unexpected = set(), []
+        for name, tensor in weights:
+            if name not in params:
+                if not skipped_names({name}, c.num_hidden_layers, c.num_nextn_predict_layers):
+                    unexpected.append(name)
+                continue
+            param = params[name]
+            if tuple(tensor.shape) != tuple(param.shape):
+                raise ValueError(f"weight {name}: checkpoint shape {list(tensor.shape)} != model "
+                                 f"shape {list(param.shape)} (does config.json match the weights?)")
+            # vLLM's loader hook, not a bare copy: the in-place reload swaps parameters for
+            # placeholders and counts what each layer receives through this hook.
+            getattr(param, "weight_loader", default_weight_loader)(param, tensor)
+            loaded.add(name)
+        if unexpected:
+            raise ValueError(f"the checkpoint has {len(unexpected)} weights the Ring-linear model "
+                             f"does not have: {', '.join(sorted(unexpected)[:40])}")
+        return loaded
+
+
+__all__ = ["BailingMoeLinearV2ForCausalLM"]
