@@ -48,7 +48,11 @@ PATHOLOGICAL = [
     "\\boxed{" + "\\frac{1}{" * 80 + "2" + "}" * 80 + "}",
     "The answer is $10^{10^{10}}+1$.",
     "\\boxed{\\int_0^1 x^{1000} e^{x} \\sin(x)\\, dx}",
+    "\\boxed{(10^{8})!}",
+    "\\boxed{\\begin{pmatrix}1&1\\\\1&0\\end{pmatrix}^{100000000}}",
 ]
+# Slow in sympy yet within every complexity budget (rewards/budget.py): only the timeout ends it.
+SLIPS_THROUGH = ["\\boxed{(x+1)^{3000}}"]
 
 
 def load(name: str) -> list[dict]:
@@ -155,15 +159,17 @@ def best_of(repeats: int, fn, *args) -> tuple[float, float]:
     return max(r[0] for r in runs), min(r[1] for r in runs)
 
 
-def latency(items: list[tuple[str, str]], batches: int, timeout_s: float, workers: int) -> dict[str, float]:
+def latency(
+    items: list[tuple[str, str]], batches: int, timeout_s: float, workers: int, budgets: bool, kinds: list[str]
+) -> dict[str, float]:
     rng = random.Random(1)
     batch_s, item_s = [], []
-    with RewardPool(MathReward(), num_workers=workers, timeout_s=timeout_s) as pool:
+    with RewardPool(MathReward(budgets=budgets), num_workers=workers, timeout_s=timeout_s) as pool:
         pool.score(items[:50])
         for b in range(batches):
             batch = rng.choices(items, k=1024)
-            for k, pos in enumerate(rng.sample(range(1024), 10)):  # 1% pathological
-                batch[pos] = (PATHOLOGICAL[(b + k) % len(PATHOLOGICAL)], "3")
+            for k, pos in enumerate(rng.sample(range(1024), 10)):  # 1% pathological, kinds in turn
+                batch[pos] = (kinds[(b * 10 + k) % len(kinds)], "3")
             start = time.monotonic()
             handles = [pool.submit([item]) for item in batch]  # one handle per item: per-item latency
             for h in handles:
@@ -180,6 +186,7 @@ def latency(items: list[tuple[str, str]], batches: int, timeout_s: float, worker
         "item_p50": item_s[len(item_s) // 2],
         "item_p99": item_s[int(0.99 * len(item_s))],
         "timeouts": stats["timeout"],
+        "too_complex": stats["too_complex"],
         "respawns": stats["respawns"],
     }
 
@@ -190,6 +197,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3, help="throughput runs per row; the best is reported")
+    parser.add_argument("--latency-only", action="store_true", help="skip the throughput tables")
     args = parser.parse_args()
 
     items = workload(args.items)
@@ -200,60 +208,66 @@ def main() -> None:
         f"(MATH-500 solutions vs own/other answer, GSM8K references)\n"
     )
 
-    peer, peer_cpu = best_of(args.repeats, peer_loop, items)
-    single, single_cpu = best_of(args.repeats, reward_loop, items)
-    rows = [
-        ("math_verify parse+verify loop (anchor)", 1, peer, peer_cpu, None),
-        ("MathReward.score loop (single-process)", 1, single, single_cpu, None),
-    ]
-    for w in sorted({1, 2, cores}):
-        rate, cpu = best_of(args.repeats, pool_rate, items, w)
-        rows.append((f"RewardPool, {w} worker{'s' if w > 1 else ''}", w, rate, cpu, rate / (w * single)))
+    if not args.latency_only:
+        peer, peer_cpu = best_of(args.repeats, peer_loop, items)
+        single, single_cpu = best_of(args.repeats, reward_loop, items)
+        rows = [
+            ("math_verify parse+verify loop (anchor)", 1, peer, peer_cpu, None),
+            ("MathReward.score loop (single-process)", 1, single, single_cpu, None),
+        ]
+        for w in sorted({1, 2, cores}):
+            rate, cpu = best_of(args.repeats, pool_rate, items, w)
+            rows.append((f"RewardPool, {w} worker{'s' if w > 1 else ''}", w, rate, cpu, rate / (w * single)))
 
-    # CPU efficiency = single-process CPU per verdict / the pool's (workers + driver) CPU per
-    # verdict: what the wall-clock ratio would be on cores nobody else uses.
-    print(
-        f"| {'what':42} | workers | verdicts/s | vs anchor | vs workers x single | target >= 0.9 "
-        "| CPU ms/verdict | CPU efficiency |"
-    )
-    print(
-        f"|{'-' * 44}|---------|------------|-----------|--------------------|---------------|"
-        + "-" * 16
-        + "|"
-        + "-" * 16
-        + "|"
-    )
-    for name, w, rate, cpu, eff in rows:
-        eff_s = "" if eff is None else f"{eff:.2f}"
-        ok = "" if eff is None else ("yes" if eff >= 0.9 else "NO")
-        cpu_eff = "" if eff is None else f"{single_cpu / cpu:.2f}"
+        # CPU efficiency = single-process CPU per verdict / the pool's (workers + driver) CPU per
+        # verdict: what the wall-clock ratio would be on cores nobody else uses.
         print(
-            f"| {name:42} | {w:7d} | {rate:10.1f} | {rate / peer:8.2f}x | {eff_s:>18} | {ok:>13} "
-            f"| {1000 * cpu:14.2f} | {cpu_eff:>14} |"
+            f"| {'what':42} | workers | verdicts/s | vs anchor | vs workers x single | target >= 0.9 "
+            "| CPU ms/verdict | CPU efficiency |"
         )
-    print(f"load average after the throughput runs: {os.getloadavg()[0]:.1f}")
+        print(
+            f"|{'-' * 44}|---------|------------|-----------|--------------------|---------------|"
+            + "-" * 16
+            + "|"
+            + "-" * 16
+            + "|"
+        )
+        for name, w, rate, cpu, eff in rows:
+            eff_s = "" if eff is None else f"{eff:.2f}"
+            ok = "" if eff is None else ("yes" if eff >= 0.9 else "NO")
+            cpu_eff = "" if eff is None else f"{single_cpu / cpu:.2f}"
+            print(
+                f"| {name:42} | {w:7d} | {rate:10.1f} | {rate / peer:8.2f}x | {eff_s:>18} | {ok:>13} "
+                f"| {1000 * cpu:14.2f} | {cpu_eff:>14} |"
+            )
+        print(f"load average after the throughput runs: {os.getloadavg()[0]:.1f}")
 
-    print("\nPool overhead (a reward function that does nothing, 5000 items with 1 KB references):")
-    print("| workers | items/s | driver CPU us/item | worker CPU us/item |")
-    print("|---------|---------|--------------------|--------------------|")
-    for w in sorted({1, cores}):
-        rate, driver_us, worker_us = overhead(w)
-        print(f"| {w:7d} | {rate:7.0f} | {driver_us:18.0f} | {worker_us:18.0f} |")
+        print("\nPool overhead (a reward function that does nothing, 5000 items with 1 KB references):")
+        print("| workers | items/s | driver CPU us/item | worker CPU us/item |")
+        print("|---------|---------|--------------------|--------------------|")
+        for w in sorted({1, cores}):
+            rate, driver_us, worker_us = overhead(w)
+            print(f"| {w:7d} | {rate:7.0f} | {driver_us:18.0f} | {worker_us:18.0f} |")
 
-    lat = latency(items, args.batches, args.timeout, cores)
     print(f"\nLatency, {args.batches} batches of 1024 (1% pathological), {cores} workers, timeout {args.timeout:g} s:")
     print(
-        "| batch p50 s | batch p99 s | batch max s | item p50 s | item p99 s | timeouts | respawns "
-        "| target p99 <= timeout + 1 s |"
+        "| pathological kinds | budgets | batch p50 s | batch p99 s | batch max s | item p50 s | item p99 s "
+        "| too_complex | timeouts | respawns | target p99 <= timeout + 1 s |"
     )
-    print(
-        "|-------------|-------------|-------------|------------|------------|----------|----------|-----------------------------|"
-    )
-    ok = "yes" if lat["batch_p99"] <= args.timeout + 1 else "NO"
-    print(
-        f"| {lat['batch_p50']:11.2f} | {lat['batch_p99']:11.2f} | {lat['batch_max']:11.2f} | {lat['item_p50']:10.2f} "
-        f"| {lat['item_p99']:10.2f} | {lat['timeouts']:8d} | {lat['respawns']:8d} | {ok:>27} |"
-    )
+    print("|" + "|".join("-" * w for w in (20, 9, 13, 13, 13, 12, 12, 13, 10, 10, 29)) + "|")
+    mixes = [
+        (f"{len(PATHOLOGICAL)} kinds", True, PATHOLOGICAL),
+        (f"{len(PATHOLOGICAL)} kinds", False, PATHOLOGICAL),
+        (f"{len(PATHOLOGICAL)} + 1 that slips", True, PATHOLOGICAL + SLIPS_THROUGH),
+    ]
+    for name, budgets, kinds in mixes:
+        lat = latency(items, args.batches, args.timeout, cores, budgets, kinds)
+        ok = "yes" if lat["batch_p99"] <= args.timeout + 1 else "NO"
+        print(
+            f"| {name:18} | {'on' if budgets else 'off':7} | {lat['batch_p50']:11.2f} | {lat['batch_p99']:11.2f} "
+            f"| {lat['batch_max']:11.2f} | {lat['item_p50']:10.2f} | {lat['item_p99']:10.2f} | {lat['too_complex']:11d} "
+            f"| {lat['timeouts']:8d} | {lat['respawns']:8d} | {ok:>27} |"
+        )
     print(f"load average after the latency runs: {os.getloadavg()[0]:.1f}")
 
 

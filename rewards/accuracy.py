@@ -7,7 +7,9 @@ Pipeline for one (completion, reference):
 2. `normalize_answer` (both sides): drops `$`/currency signs, math delimiters, markdown, trailing
    full stops, LaTeX thousands separators (`1{,}000`, `1\\,000`); applies the percent policy;
    outside strict mode also drops trailing unit words after a number (`18 dollars`, `5 \\text{cm}`).
-3. math-verify parses both as LaTeX (wrapped in `\\boxed{}`; plain expressions such as `1/2`,
+3. `budget.over_budget` screens the prediction (power towers, huge exponents and factorials,
+   integrals, deep nesting, length) -> TOO_COMPLEX in microseconds instead of a sympy hang.
+4. math-verify parses both as LaTeX (wrapped in `\\boxed{}`; plain expressions such as `1/2`,
    `0.5`, `x = 3` are valid LaTeX too) and `verify(gold, pred)` decides. Parsed references are
    cached (a prompt's reference is scored G times per step).
 
@@ -24,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from rewards.budget import over_budget
 from rewards.extract import extract_answer, hash_answer, last_boxed
 from rewards.score import Reason, Score, clip
 
@@ -155,6 +158,8 @@ class MathReward:
             (math-verify's non-strict renaming would make answer "D" equal "C").
         float_rounding / numeric_precision: passed to `math_verify.verify`.
         reasoning_close: closing tag of the reasoning block; the answer is looked for after it.
+        budgets: screen the prediction against `rewards.budget` (TOO_COMPLEX) before sympy.
+            False sends everything to sympy, where only the pool's timeout bounds it.
     """
 
     fallback_last_number: bool = True
@@ -163,6 +168,7 @@ class MathReward:
     float_rounding: int = 6
     numeric_precision: int = 15
     reasoning_close: str | None = "</think>"
+    budgets: bool = True
 
     def score(self, completion: str, reference: str) -> Score:
         try:
@@ -199,6 +205,10 @@ class MathReward:
         details: dict[str, Any] = {"answer": clip(answer), "source": found.source}
         if not answer:
             return Score(0.0, Reason.NO_ANSWER, details)
+        beyond = over_budget(answer) if self.budgets else None  # microseconds, not a sympy hang
+        if beyond:
+            details["budget"] = beyond
+            return Score(0.0, Reason.TOO_COMPLEX, details)
 
         gold = _parse_cached(self._normalize(reference_answer(reference)), self.strict)
         if not gold:

@@ -19,6 +19,7 @@ class Reason(enum.StrEnum):
     WRONG = "wrong"
     NO_ANSWER = "no_answer"  # no final answer could be located in the completion
     PARSE_ERROR = "parse_error"  # an answer was found but is not a readable math expression
+    TOO_COMPLEX = "too_complex"  # the answer exceeds a complexity budget (rewards/budget.py)
     TIMEOUT = "timeout"  # the verifier ran past its time limit (soft or hard)
     CRASH = "crash"  # the verifier raised, or its worker process died
 

@@ -90,7 +90,7 @@ def test_everything_crossing_processes_pickles() -> None:
         clone = pickle.loads(pickle.dumps(obj))
         assert repr(clone) == repr(obj)
     assert Reason("timeout") is Reason.TIMEOUT and f"{Reason.NO_ANSWER}" == "no_answer"
-    assert {r.value for r in Reason} == {"correct", "wrong", "no_answer", "parse_error", "timeout", "crash"}
+    assert {r.value for r in Reason} == {"correct", "wrong", "no_answer", "parse_error", "too_complex", "timeout", "crash"}
     with pytest.raises(AttributeError):
         Score(1.0, C).value = 0.0  # type: ignore[misc]
 
