@@ -6,9 +6,17 @@ replacement starts in milliseconds) or "spawn" context.
 
 One dispatcher thread in the driver owns every worker. Each worker scores the items it is sent
 one by one, in order, so the parent always knows which item a worker is on (the oldest one it
-has not answered) and since when. The dispatcher:
-- keeps `num_workers` healthy workers, each with up to `prefetch` items in flight (only small
-  items are queued behind a busy one, so a send never blocks on a stuck worker);
+has not answered) and since when (the worker stamps each answer with the time it finished, so
+the next item's clock starts then). The dispatcher:
+- keeps `num_workers` healthy workers, one per slot, each with up to `prefetch` items in flight
+  (at most `_PREFETCH_MAX_BYTES` queued behind the current item, so a send never blocks on a
+  stuck worker);
+- sends an item to the slot its reference hashes to (another slot takes it only when its own
+  queue is empty): a prompt's G completions share one worker's cache of parsed references and
+  sympy results instead of each worker parsing every reference;
+- wakes on every answer only from workers running low: while a worker has at least half its
+  prefetch queued, its answers are read in rounds (at most `_ROUND_S` apart, shorter for fast
+  items), so the driver's CPU goes to a round per few verdicts rather than to each verdict;
 - kills a worker whose current item has run `timeout_s` -> that item scores TIMEOUT, the
   worker's other items go back to the front of the queue, a replacement is started;
 - a worker that dies (segfault, `os._exit`, OOM kill) -> its item scores CRASH, same recovery;
@@ -35,6 +43,7 @@ import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
 import pickle
+import select
 import socket
 import sys
 import threading
@@ -51,9 +60,11 @@ from rewards.worker import worker_main
 
 logger = logging.getLogger(__name__)
 
-# Items whose pickled size exceeds this are only sent to an idle worker (the pipe buffer could
-# not hold them, and a send must never block behind a stuck worker).
-_PREFETCH_MAX_BYTES = 16 << 10
+# Most bytes queued behind a worker's current item (the socket buffer holds them, and a send must
+# never block behind a stuck worker); a bigger item waits for an idle worker.
+_PREFETCH_MAX_BYTES = 32 << 10
+# Longest pause between rounds while every worker has enough queued work (see _wait_time).
+_ROUND_S = 0.01
 _STARTUP_TIMEOUT_S = 120.0
 _STAT_KEYS = ("scored",) + tuple(r.value for r in Reason) + ("respawns", "stragglers")
 
@@ -63,6 +74,7 @@ class _Item:
     key: int
     batch: BatchHandle
     index: int
+    slot: int  # the worker slot its reference hashes to
     payload: bytes
 
 
@@ -70,7 +82,10 @@ class _Item:
 class _Worker:
     proc: Any
     conn: Any
+    slot: int
     started_at: float
+    readable: Any = None  # select.poll() on conn: one syscall per "is there an answer?" (conn.poll()
+    # builds a selector per call, which was most of the driver's CPU per verdict)
     ready: bool = False
     inflight: collections.deque = field(default_factory=collections.deque)
     head_since: float = 0.0  # when the worker started on inflight[0]
@@ -78,6 +93,7 @@ class _Worker:
     next_cpu_check: float = 0.0
     straggler: bool = False
     demoted: bool = False
+    surplus: bool = False  # its slot has an older healthy worker: gets no work, retires when idle
 
 
 class _Dispatcher:
@@ -109,7 +125,9 @@ class _Dispatcher:
         self.memory_limit_mb = memory_limit_mb
         self.ctx = _context(start_method)
         self.inbox: collections.deque[_Item] = collections.deque()  # submit() -> dispatcher
-        self.queue: collections.deque[_Item] = collections.deque()  # waiting for a worker
+        # items waiting for a worker, one FIFO per slot
+        self.queues: list[collections.deque[_Item]] = [collections.deque() for _ in range(num_workers)]
+        self.item_s = _ROUND_S  # moving average of the time per item (sets the round length)
         self.live: dict[int, _Item] = {}  # key -> item not yet scored
         self.workers: list[_Worker] = []
         self.dying: list[Any] = []  # killed worker processes not yet reaped
@@ -151,14 +169,19 @@ class _Dispatcher:
                 self._keep_workers()
                 self._feed()
                 waitables: list[Any] = [self.wake_r]
+                pause = self._next_event_in()
                 for w in self.workers:
-                    waitables += [w.conn, w.proc.sentinel]
-                ready = mpc.wait(waitables, self._next_event_in())
+                    waitables.append(w.proc.sentinel)
+                    if self._hungry(w):
+                        waitables.append(w.conn)
+                    elif w.inflight:  # read in the next round: within _ROUND_S
+                        pause = min(pause if pause is not None else _ROUND_S, self._round_s())
+                ready = mpc.wait(waitables, pause)
                 if self.wake_r in ready:
                     self._drain_wake()
                 for w in list(self.workers):
-                    if w.conn in ready or w.proc.sentinel in ready:
-                        self._service(w)
+                    if w.inflight or w.conn in ready or w.proc.sentinel in ready or not w.ready:
+                        self._service(w, w.proc.sentinel in ready)
                 self._check_clocks()
                 self._reap()
         except BaseException as exc:  # a dispatcher bug must not hang the driver
@@ -166,6 +189,17 @@ class _Dispatcher:
             self.error = exc
         finally:
             self._shutdown()
+
+    def _hungry(self, w: _Worker) -> bool:
+        """Wake on this worker's every answer: it may run dry before the next round, or its
+        answers finish batches nobody can add work to (the queues are empty)."""
+        return not w.ready or len(w.inflight) < max(2, self.prefetch // 2) or not any(self.queues)
+
+    def _round_s(self) -> float:
+        """Pause between rounds: half the time a worker takes to work through half its prefetch
+        (when it would turn hungry), at most _ROUND_S; a trivial reward function gets rounds of
+        microseconds, i.e. answers read as they come."""
+        return min(_ROUND_S, self.item_s * self.prefetch / 4)
 
     def _drain_wake(self) -> None:
         try:
@@ -178,9 +212,9 @@ class _Dispatcher:
         while self.inbox:
             item = self.inbox.popleft()
             self.live[item.key] = item
-            self.queue.append(item)
+            self.queues[item.slot].append(item)
 
-    def _spawn(self) -> None:
+    def _spawn(self, slot: int) -> None:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
         proc = self.ctx.Process(
             target=worker_main,
@@ -190,53 +224,62 @@ class _Dispatcher:
         )
         proc.start()
         child_conn.close()
-        self.workers.append(_Worker(proc, parent_conn, time.monotonic()))
+        readable = select.poll()
+        readable.register(parent_conn.fileno(), select.POLLIN)
+        self.workers.append(_Worker(proc, parent_conn, slot, time.monotonic(), readable))
         self.started += 1
         if self.started > self.num_workers:
             self._count("respawns")
 
     def _keep_workers(self) -> None:
-        healthy = [w for w in self.workers if not w.straggler]
-        for _ in range(self.num_workers - len(healthy)):
-            self._spawn()
-        surplus = len(healthy) - self.num_workers
-        for w in reversed(healthy):  # newest (coldest) first
-            if surplus <= 0:
-                break
-            if not w.inflight:
+        healthy = sorted((w for w in self.workers if not w.straggler), key=lambda w: w.started_at)
+        taken: set[int] = set()
+        for w in healthy:  # oldest (warmest) first: a newer worker of the same slot is surplus
+            w.surplus = w.slot in taken
+            taken.add(w.slot)
+            if w.surplus and not w.inflight:
                 self._retire(w, None, {})
-                surplus -= 1
+        for slot in range(self.num_workers):
+            if slot not in taken:
+                self._spawn(slot)
 
     def _feed(self) -> None:
         now = time.monotonic()
+        feedable = [w for w in self.workers if w.ready and not w.straggler and not w.surplus]
+        # bytes queued behind each worker's current item
+        behind = [sum(len(x.payload) for x in itertools.islice(w.inflight, 1, None)) for w in feedable]
         for depth in range(1, self.prefetch + 1):
-            for w in self.workers:
-                if not self.queue:
+            for i, w in enumerate(feedable):
+                if len(w.inflight) >= depth:
+                    continue
+                # its own slot first; else the longest queue (the end of a batch, a hot slot)
+                queue = self.queues[w.slot] or max(self.queues, key=len)
+                if not queue:
                     return
-                if not w.ready or w.straggler or len(w.inflight) >= depth:
+                item = queue[0]
+                if w.inflight and behind[i] + len(item.payload) > _PREFETCH_MAX_BYTES:
                     continue
-                item = self.queue[0]
-                if w.inflight and len(item.payload) > _PREFETCH_MAX_BYTES:
-                    continue
-                self.queue.popleft()
+                queue.popleft()
                 try:
                     w.conn.send_bytes(item.payload)
                 except OSError:  # the worker just died: the item was not its fault
-                    self.queue.appendleft(item)
+                    queue.appendleft(item)
                     continue
-                if not w.inflight:
+                if w.inflight:
+                    behind[i] += len(item.payload)
+                else:
                     w.head_since = now
                 w.inflight.append(item)
 
-    def _service(self, w: _Worker) -> None:
-        """Read everything a worker has sent; handle its death."""
+    def _service(self, w: _Worker, exited: bool) -> None:
+        """Read everything a worker has sent; handle its death (`exited`: its sentinel fired)."""
         dead = False
         try:
-            while w in self.workers and w.conn.poll():
+            while w in self.workers and w.readable.poll(0):
                 msg = pickle.loads(w.conn.recv_bytes())
                 if msg[0] == "score":
                     w.cpu_base = msg[3]
-                    self._on_score(w, msg[1], msg[2])
+                    self._on_score(w, msg[1], msg[2], msg[4])
                 elif msg[0] == "ready":
                     w.ready = True
                     w.cpu_base = msg[2]
@@ -244,14 +287,15 @@ class _Dispatcher:
                     raise RuntimeError(f"RewardPool worker failed to start: {msg[1]}")
         except (EOFError, OSError):
             dead = True
-        if w in self.workers and (dead or not w.proc.is_alive()):
+        if w in self.workers and (dead or (exited and not w.proc.is_alive())):
             w.proc.join(timeout=0.2)  # for the exit code in the details; reaped later otherwise
             self._retire(w, Reason.CRASH, {"exitcode": w.proc.exitcode})
 
-    def _on_score(self, w: _Worker, key: int, score: Score) -> None:
+    def _on_score(self, w: _Worker, key: int, score: Score, done_at: float) -> None:
         if w.inflight and w.inflight[0].key == key:
             w.inflight.popleft()
-            w.head_since = time.monotonic()
+            self.item_s += 0.05 * (min(done_at - w.head_since, 1.0) - self.item_s)
+            w.head_since = done_at
         self._deliver(key, score)
         if w.straggler:
             if w.demoted:  # reniced for good (niceness cannot go back down): retire it
@@ -278,7 +322,7 @@ class _Dispatcher:
             self._deliver(head.key, Score(0.0, blame, details))
         for item in reversed(w.inflight):
             if item.key in self.live:
-                self.queue.appendleft(item)
+                self.queues[item.slot].appendleft(item)
         w.inflight.clear()
         _kill(w)
         self.dying.append(w.proc)  # reaped later: never block the dispatcher on a dying process
@@ -322,7 +366,7 @@ class _Dispatcher:
         self._count("stragglers")
         while len(w.inflight) > 1:
             item = w.inflight.pop()
-            self.queue.appendleft(item)
+            self.queues[item.slot].appendleft(item)
 
     def _next_event_in(self) -> float | None:
         """Seconds until the next timeout/straggler/start-up deadline (None: nothing to watch)."""
@@ -364,7 +408,8 @@ class _Dispatcher:
         for item in list(self.live.values()):
             item.batch._fail(error)
         self.live.clear()
-        self.queue.clear()
+        for queue in self.queues:
+            queue.clear()
         self.wake_r.close()
         self.wake_w.close()
 
@@ -461,7 +506,8 @@ class RewardPool:
             None: never). MATH-500 gold solutions never need more than ~1.1 s on this machine.
         straggler_nice: niceness after demotion (default 19: a hang then costs the batch behind it
             almost no CPU).
-        prefetch: items in flight per worker (2 hides the round trip to the dispatcher).
+        prefetch: items in flight per worker: enough queued work that the dispatcher can read
+            answers in rounds rather than per verdict (see _hungry).
         memory_limit_mb: address space a worker may add to its start-up footprint (RLIMIT_AS); a
             memory bomb raises MemoryError inside the worker instead of taking the host down.
             None: no limit.
@@ -482,7 +528,7 @@ class RewardPool:
         max_stragglers: int | None = None,
         demote_s: float | None | str = "auto",
         straggler_nice: int = 19,
-        prefetch: int = 2,
+        prefetch: int = 16,
         memory_limit_mb: int | None = 2048,
         start_method: str = "forkserver",
     ):
@@ -537,7 +583,7 @@ class RewardPool:
                 )
             key = next(self._keys)
             payload = pickle.dumps((key, completion, reference), protocol=pickle.HIGHEST_PROTOCOL)
-            staged.append(_Item(key, batch, index, payload))
+            staged.append(_Item(key, batch, index, hash(reference) % self.num_workers, payload))
         with d.submit_lock:
             if d.closing or not d.accepting:
                 raise PoolClosed("RewardPool is closed" if d.error is None else f"RewardPool broke: {d.error}")

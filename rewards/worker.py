@@ -1,9 +1,11 @@
 """The reward worker process: score items one at a time, in order, under a soft time limit.
 
 Protocol over one duplex pipe (parent <-> this worker), all messages pickled bytes:
-    worker -> parent   ("ready", pid, cpu) once, then ("score", key, Score, cpu) per item, in
-                       order, where cpu is this process's CPU seconds so far (the parent tells
-                       a busy item from a starved one by the CPU it has used since);
+    worker -> parent   ("ready", pid, cpu) once, then ("score", key, Score, cpu, done_at) per
+                       item, in order, where cpu is this process's CPU seconds so far (the parent
+                       tells a busy item from a starved one by the CPU it has used since) and
+                       done_at its `time.monotonic()` (system-wide on Linux): the next queued
+                       item's clock starts then, however late the parent reads the message;
                        ("fatal", message) if the reward function cannot be loaded.
     parent -> worker   (key, completion, reference) per item; b"" or EOF means exit.
 
@@ -99,9 +101,9 @@ def _encode(msg: tuple) -> bytes:
     try:
         return pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # a reward fn put something unpicklable in details
-        kind, key, score, cpu = msg
+        kind, key, score, *clocks = msg
         safe = Score(float(score.value), Reason(score.reason), {"error": clip(f"details not picklable: {exc}")})
-        return pickle.dumps((kind, key, safe, cpu), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps((kind, key, safe, *clocks), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def worker_main(conn: Any, fn_bytes: bytes, soft_timeout_s: float | None, memory_limit_mb: int | None) -> None:
@@ -127,6 +129,6 @@ def worker_main(conn: Any, fn_bytes: bytes, soft_timeout_s: float | None, memory
         key, completion, reference = pickle.loads(msg)
         score = score_guarded(fn, completion, reference, soft_timeout_s)
         try:
-            conn.send_bytes(_encode(("score", key, score, time.process_time())))
+            conn.send_bytes(_encode(("score", key, score, time.process_time(), time.monotonic())))
         except (BrokenPipeError, OSError):
             return

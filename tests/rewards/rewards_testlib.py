@@ -30,7 +30,7 @@ class ScriptedReward:
     `value:X` -> Score(X, CORRECT, {"ref": reference}); `sleep:S`; `spin` (Python loop, the soft
     timeout interrupts it); `hang` (SIGALRM blocked, only the hard kill ends it); `exit`
     (os._exit); `segv` (SIGSEGV); `raise` (RuntimeError); `alloc` (allocates 64 GiB);
-    `none` (returns None instead of a Score)."""
+    `none` (returns None instead of a Score); `pid:S` (sleeps S seconds; the value is the worker's process id)."""
 
     def score(self, completion: str, reference: str) -> Score:
         cmd, _, arg = completion.partition(":")
@@ -55,6 +55,9 @@ class ScriptedReward:
         if cmd == "alloc":
             block = bytearray(64 << 30)
             return Score(float(len(block)), Reason.CORRECT, {})
+        if cmd == "pid":
+            time.sleep(float(arg))
+            return Score(float(os.getpid()), Reason.CORRECT, {"ref": reference})
         if cmd == "none":
             return None  # type: ignore[return-value]
         return Score(0.0, Reason.WRONG, {"ref": reference})

@@ -138,6 +138,27 @@ def test_stats_count_every_reason(pool: RewardPool) -> None:
     assert set(after) >= {"scored", "correct", "wrong", "no_answer", "parse_error", "timeout", "crash", "respawns"}
 
 
+def test_items_go_to_the_worker_of_their_reference() -> None:
+    """A reference hashes to one worker slot, so a prompt's G completions share that worker's
+    caches; another worker takes them only when its own queue is empty (the end of a batch)."""
+    with RewardPool(ScriptedReward(), num_workers=2, timeout_s=30) as p:
+        refs = {}  # one reference per slot (str hashes differ between processes: pick them here)
+        for i in range(100):
+            refs.setdefault(hash(f"ref{i}") % 2, f"ref{i}")
+        items = [("pid:0.004", refs[i % 2]) for i in range(400)]  # sleeps: equal pace under any load
+        deadline = time.monotonic() + 30  # both workers up, or the first one steals everything
+        while len({s.value for s in p.score(items[:40])}) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = [int(s.value) for s in p.score(items)]
+    tops = set()
+    for ref in refs.values():
+        mine = [pid for (_, r), pid in zip(items, pids, strict=True) if r == ref]
+        top = max(set(mine), key=mine.count)
+        assert mine.count(top) >= 0.8 * len(mine), (ref, {pid: mine.count(pid) for pid in set(mine)})
+        tops.add(top)
+    assert len(tops) == 2  # the two references went to different workers
+
+
 def test_memory_bomb_is_contained() -> None:
     with RewardPool(ScriptedReward(), num_workers=1, timeout_s=10, memory_limit_mb=256) as p:
         score = p.score([("alloc", "r"), ("value:2", "r")])
