@@ -46,20 +46,28 @@ def route(logits: torch.Tensor, expert_bias: torch.Tensor, top_k: int, n_group: 
 
 def combine_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, num_experts: int,
                     expert: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``out[n] = Σ_j w[n, j] · expert(idx[n, j], x[n])``, summed in expert-index order.
+    """``out[n] = Σ_j w[n, j] · expert(idx[n, j], x[n])``, the k terms of each token added left
+    to right in expert-index order.
 
     x ``[N, D]``; idx, w ``[N, k]``; ``expert(e, rows)`` maps ``[n_e, D]`` → ``[n_e, D]``.
-    Returns ``[N, D]`` in w's dtype.  Every expert is called, in index order, also on zero rows:
-    under ZeRO-3 an expert's weights are gathered by a collective in its forward hook, so all
-    ranks must call the same modules."""
-    dt = w.dtype
-    out = torch.zeros(x.shape, dtype=dt, device=x.device)
-    k = idx.shape[1]
-    order = torch.sort(idx.reshape(-1), stable=True).indices          # (token, slot) by expert
+    Returns ``[N, D]`` in w's dtype.  A fixed number of tensor ops plus one expert call per
+    expert (decode batches are tiny: per-op overhead, not FLOPs, is the cost).  Every expert is
+    called, in index order, also on zero rows: under ZeRO-3 an expert's weights are gathered by
+    a collective in its forward hook, so all ranks must call the same modules.  The sum is an
+    explicit loop over the k slots, not a reduction kernel, so its order is fixed everywhere."""
+    N, k = idx.shape
+    idx, slot_order = torch.sort(idx, dim=1, stable=True)       # each token's experts ascending
+    w = w.gather(1, slot_order)
+    by_expert = torch.sort(idx.reshape(-1), stable=True).indices  # (token, slot) rows grouped by expert
     counts = torch.bincount(idx.reshape(-1), minlength=num_experts).tolist()  # one host sync
-    for e, part in enumerate(order.split(counts)):
-        tok, slot = part // k, part % k
-        out.index_add_(0, tok, expert(e, x[tok]).to(dt) * w[tok, slot, None])
+    rows = x[by_expert // k]
+    ys = torch.cat([expert(e, part).to(w.dtype) for e, part in enumerate(rows.split(counts))])
+    back = torch.empty_like(by_expert)
+    back[by_expert] = torch.arange(N * k, device=idx.device)
+    y = ys[back].view(N, k, -1) * w[..., None]                     # [N, k, D], slots in expert order
+    out = y[:, 0]
+    for j in range(1, k):
+        out = out + y[:, j]
     return out
 
 

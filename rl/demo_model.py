@@ -30,9 +30,17 @@ class DemoSpec:
     vocab_size: int = 384
     max_position: int = 512
     seed: int = 0
+    architecture: str = "qwen2"  # or "ring-linear": the hybrid linear/softmax MoE (DESIGN §3)
+    num_experts: int = 8  # ring-linear only: routed experts (top-2 of 4 groups, 1 shared)
 
 
-SPECS = {"arith-tiny": DemoSpec(), "arith-micro": DemoSpec(hidden_size=128, num_layers=2, intermediate_size=344, num_heads=2, num_kv_heads=1)}
+SPECS = {
+    "arith-tiny": DemoSpec(),
+    "arith-micro": DemoSpec(hidden_size=128, num_layers=2, intermediate_size=344, num_heads=2, num_kv_heads=1),
+    # Ring-linear hybrid: layers linear, softmax, linear, softmax; a dense first layer, MoE after.
+    "ring-micro": DemoSpec(architecture="ring-linear", hidden_size=128, num_layers=4, intermediate_size=344,
+                           num_heads=2, num_kv_heads=1),
+}
 
 
 def resolve(path: str, cache_dir: str) -> Path:
@@ -41,7 +49,8 @@ def resolve(path: str, cache_dir: str) -> Path:
     if name not in SPECS:
         raise ValueError(f"model.path {path!r}: unknown demo model; known: {', '.join(SPECS)}")
     spec = SPECS[name]
-    digest = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
+    fields = {k: v for k, v in asdict(spec).items() if spec.architecture != "qwen2" or k not in ("architecture", "num_experts")}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
     target = Path(cache_dir).expanduser() / "demo" / f"{name}-{digest}"
     if (target / "config.json").exists():
         return target
@@ -84,10 +93,14 @@ def build_tokenizer(spec: DemoSpec, out: Path):
 
 
 def build(spec: DemoSpec, out: Path) -> None:
+    tokenizer = build_tokenizer(spec, out)
+    if spec.architecture == "ring-linear":
+        return build_ring_linear(spec, tokenizer, out)
+    if spec.architecture != "qwen2":
+        raise ValueError(f"demo model architecture {spec.architecture!r}: use 'qwen2' or 'ring-linear'")
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = build_tokenizer(spec, out)
     vocab = len(tokenizer)
     config = Qwen2Config(
         vocab_size=vocab,
@@ -109,3 +122,26 @@ def build(spec: DemoSpec, out: Path) -> None:
     model = Qwen2ForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
     (out / "generation_config.json").unlink(missing_ok=True)  # no sampling defaults of our own
+
+
+def build_ring_linear(spec: DemoSpec, tokenizer, out: Path) -> None:
+    """The Ring-linear architecture at demo size (``layer_group_size`` 2: linear, softmax, …)."""
+    import torch
+
+    from trainer.ring_linear import BailingMoeLinearV2Config, BailingMoeLinearV2ForCausalLM
+    from trainer.ring_linear.config import ARCHITECTURE
+
+    config = BailingMoeLinearV2Config(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
+        layer_group_size=2, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
+        head_dim=spec.hidden_size // spec.num_heads, intermediate_size=spec.intermediate_size,
+        num_experts=spec.num_experts, num_experts_per_tok=2, n_group=4, topk_group=2,
+        num_shared_experts=1, moe_intermediate_size=spec.intermediate_size // 4,
+        first_k_dense_replace=1, group_norm_size=spec.num_heads, rope_theta=10000.0,
+        max_position_embeddings=spec.max_position, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, architectures=[ARCHITECTURE], torch_dtype="float32",
+    )
+    torch.manual_seed(spec.seed)
+    model = BailingMoeLinearV2ForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "generation_config.json").unlink(missing_ok=True)

@@ -1,0 +1,152 @@
+"""Rollout tokens/s of the tiny Ring-linear hybrid model in vLLM (the Lockstep plugin) against
+vLLM's native dense model (Qwen2 architecture, equal parameter count) and transformers
+``generate`` on that dense model, same sampling settings, generation lengths 128 … 4096.
+
+Why these anchors: the dense model is what vLLM runs natively (its own fused layers, compiled
+unless --eager); transformers ``generate`` is what users without an inference engine run.  The
+Ring-linear model's training class has no KV/state cache (generation is the rollout engine's
+job), so transformers generates with the dense twin only.
+
+Each engine runs in its own process, one after the other (2 cores: never concurrently); each
+length is timed after a warm-up generation.  Tokens/s = batch × length / wall time of one
+``generate`` with ``ignore_eos`` (every sequence runs to the full length).
+
+    python benchmarks/ring_rollout_cpu.py [--lengths 128,512,1024,2048,4096] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROMPT_LEN = 32
+
+
+def build_models(root: Path) -> tuple[Path, Path, dict]:
+    """The tiny Ring-linear preset and a Qwen2 twin whose MLP width makes the parameter counts
+    equal (same vocab, hidden size, layers, heads, untied LM head)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from trainer.ring_linear.presets import build_random_checkpoint, parameter_count
+
+    ring = root / "ring-tiny"
+    if not (ring / "config.json").exists():
+        build_random_checkpoint(ring, "tiny", seed=0)
+    from transformers import AutoConfig, AutoTokenizer
+
+    rc = AutoConfig.from_pretrained(ring)
+    ring_params = parameter_count(rc)["total"]
+    D, L, H, KV, d, V = rc.hidden_size, rc.num_hidden_layers, rc.num_attention_heads, rc.num_key_value_heads, rc.head_dim, rc.vocab_size
+    attn = D * H * d + 2 * D * KV * d + (H + 2 * KV) * d + H * d * D      # Qwen2 has q/k/v biases
+    fixed = 2 * V * D + D + L * (attn + 2 * D)
+    intermediate = max(8, round((ring_params - fixed) / (3 * D * L)))
+    dense = root / "qwen2-twin"
+    if not (dense / "config.json").exists():
+        config = Qwen2Config(vocab_size=V, hidden_size=D, intermediate_size=intermediate, num_hidden_layers=L,
+                             num_attention_heads=H, num_key_value_heads=KV, head_dim=d, max_position_embeddings=8192,
+                             rope_theta=10000.0, tie_word_embeddings=False, torch_dtype="float32",
+                             eos_token_id=rc.eos_token_id, pad_token_id=rc.pad_token_id)
+        torch.manual_seed(0)
+        Qwen2ForCausalLM(config).save_pretrained(dense)
+        AutoTokenizer.from_pretrained(ring).save_pretrained(dense)
+    dense_params = sum(p.numel() for p in Qwen2ForCausalLM.from_pretrained(dense).parameters())
+    return ring, dense, {"ring_params": ring_params, "dense_params": dense_params}
+
+
+def prompts(batch: int, vocab: int) -> list[list[int]]:
+    import random
+
+    rng = random.Random(0)
+    return [[rng.randrange(1, vocab) for _ in range(PROMPT_LEN)] for _ in range(batch)]
+
+
+def run_vllm(model: str, lengths: list[int], batch: int, eager: bool) -> dict:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    from vllm import LLM, SamplingParams, TokensPrompt
+
+    llm = LLM(model=model, dtype="float32", seed=0, max_model_len=max(lengths) + PROMPT_LEN,
+              enforce_eager=eager, gpu_memory_utilization=0.1)
+    ps = [TokensPrompt(prompt_token_ids=p) for p in prompts(batch, llm.get_tokenizer().vocab_size)]
+    out = {}
+    for n in lengths:
+        params = SamplingParams(max_tokens=n, temperature=1.0, ignore_eos=True, logprobs=0)
+        llm.generate(ps[:2], SamplingParams(max_tokens=16, temperature=1.0, ignore_eos=True), use_tqdm=False)
+        start = time.perf_counter()
+        res = llm.generate(ps, params, use_tqdm=False)
+        dt = time.perf_counter() - start
+        assert all(len(r.outputs[0].token_ids) == n for r in res)
+        out[n] = batch * n / dt
+    return out
+
+
+def run_hf(model: str, lengths: list[int], batch: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    ids = torch.tensor(prompts(batch, m.config.vocab_size))
+    out = {}
+    with torch.no_grad():
+        for n in lengths:
+            kw = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=m.config.pad_token_id)
+            m.generate(ids[:2], max_new_tokens=16, min_new_tokens=16, **kw)
+            start = time.perf_counter()
+            res = m.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+            dt = time.perf_counter() - start
+            assert res.shape[1] == PROMPT_LEN + n
+            out[n] = batch * n / dt
+    return out
+
+
+def child(kind: str, model: str, lengths: list[int], batch: int, result: str) -> None:
+    rates = run_hf(model, lengths, batch) if kind == "hf" else run_vllm(model, lengths, batch, eager=kind == "vllm-eager")
+    Path(result).write_text(json.dumps(rates))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lengths", default="128,512,1024,2048,4096")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--work", default="/tmp/lockstep-ring-rollout-bench")
+    ap.add_argument("--child", nargs=3, metavar=("KIND", "MODEL", "RESULT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    if args.child:
+        return child(args.child[0], args.child[1], lengths, args.batch, args.child[2])
+    root = Path(args.work)
+    root.mkdir(parents=True, exist_ok=True)
+    ring, dense, sizes = build_models(root)
+    print(f"parameters: ring-linear tiny {sizes['ring_params']:,}, dense Qwen2 twin {sizes['dense_params']:,}; "
+          f"batch {args.batch}, prompt {PROMPT_LEN}, load {os.getloadavg()[0]:.2f}", flush=True)
+    runs = [("ring (vLLM + plugin, eager)", "vllm-eager", ring),
+            ("dense (vLLM native, compiled)", "vllm", dense),
+            ("dense (vLLM native, eager)", "vllm-eager", dense),
+            ("dense (transformers generate)", "hf", dense)]
+    rates = {}
+    for label, kind, model in runs:
+        result = root / f"{kind}-{model.name}.json"
+        subprocess.run([sys.executable, __file__, "--lengths", args.lengths, "--batch", str(args.batch),
+                        "--child", kind, str(model), str(result)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rates[label] = {int(k): v for k, v in json.loads(result.read_text()).items()}
+        print(f"  done: {label}", flush=True)
+    ring_rate = rates[runs[0][0]]
+    print(f"\n| engine | " + " | ".join(f"{n} tok/s" for n in lengths) + " |")
+    print("|---|" + "---|" * len(lengths))
+    for label, r in rates.items():
+        print(f"| {label} | " + " | ".join(f"{r[n]:.0f}" for n in lengths) + " |")
+    for label in list(rates)[1:]:
+        print(f"| ring ÷ {label} | " + " | ".join(f"{ring_rate[n] / rates[label][n]:.2f}" for n in lengths) + " |")
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
