@@ -263,6 +263,26 @@ def test_recurrent_is_batch_invariant(backend):
     assert torch.equal(ob[9], oa[0]) and torch.equal(p1[9], p2[9])
 
 
+def test_recurrent_on_a_pool_with_padded_slot_stride(backend):
+    """vLLM's state pages can be wider than one state: the pool is then a view whose slot stride
+    exceeds H·D·D.  The kernels must index slots by stride and leave the padding alone."""
+    torch.manual_seed(8)
+    dev = _dev(backend)
+    B, H, D, slots, pad = 3, 2, 64, 5, 96
+    g = la.layer_decay(H, 1, 4).to(dev)
+    q, k, v = (_rand(B, H, D, dev=dev) for _ in range(3))
+    pages = _rand(slots, H * D * D + pad, dev=dev)
+    padded = pages[:, : H * D * D].view(slots, H, D, D)
+    assert not padded.is_contiguous() and padded[:1].is_contiguous()
+    dense = padded.clone()
+    idx = torch.tensor([4, 0, 2], device=dev)
+    tail = pages[:, H * D * D:].clone()
+    o_padded = la.recurrent(q, k, v, g, 0.3, padded, idx, backend=backend)
+    o_dense = la.recurrent(q, k, v, g, 0.3, dense, idx, backend=backend)
+    assert torch.equal(o_padded, o_dense) and torch.equal(padded, dense)
+    assert torch.equal(pages[:, H * D * D:], tail)
+
+
 # ----------------------------------------------------------------------------- validation
 def test_input_validation():
     H, D = 2, 16
