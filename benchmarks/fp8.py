@@ -47,10 +47,15 @@ GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, kind); full Triton
     (64, 128, 4, 4, "gluon"),
 ]
 WS_CONFIGS = [(128, 128, 8, 4, "tma_ws"), (128, 128, 8, 4, "tma_pp_ws")]
-QUANT_CONFIGS = {  # mode -> [(BLOCK_M, G, num_warps)]
-    "row": [(32, 4, 4), (64, 1, 4), (16, 8, 4), (64, 2, 8), (32, 8, 8)],
-    "col": [(128, 1, 8), (128, 1, 4), (128, 2, 8), (128, 4, 8)],
-    "both": [(128, 1, 8), (128, 1, 4), (128, 2, 8), (128, 4, 16)],
+QUANT_CONFIGS = {  # mode -> [(BLOCK_M, BLOCK_K, num_warps)]; 2026-11-26 sweeps in BENCHMARKS.md.
+    # Tiles of more than 64 elements per thread spill registers.
+    "row": [(32, 128, 4), (32, 256, 4), (64, 128, 4), (16, 256, 4)],
+    "col": [(128, 64, 4), (128, 32, 4), (128, 64, 8), (128, 128, 8), (128, 128, 16)],
+    "both": [(128, 128, 8), (128, 128, 8, 128)],  # 4th: maxnreg (2 blocks per SM, some spills)
+}
+FUSED_CONFIGS = {  # op -> [(rows per program, num_warps)]
+    "rmsnorm": [(2, 8), (1, 4), (1, 8), (4, 8), (2, 4)],
+    "silu": [(4, 4), (2, 4), (1, 4), (8, 8), (4, 8)],
 }
 LOGITS_CONFIGS = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
     (128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4), (128, 256, 64, 8, 4),
@@ -318,11 +323,21 @@ def bandwidth_section(dev, copy_bw) -> None:
     row("rmsnorm_quant fp32 in", f"{m}x{d}", lambda: rmsnorm_quant(xr, g), m * d * 5 + m * d // 32)
     row("rmsnorm_quant +y bf16", f"{m}x{d}", lambda: rmsnorm_quant(xr, g, return_y=True),
         m * d * 7 + m * d // 32)
+    per = {}
+    for cfg in FUSED_CONFIGS["rmsnorm"]:
+        t = bench(lambda: rmsnorm_quant(xr, g, config=cfg))
+        per[str(cfg)] = round((m * d * 5 + m * d // 32) / (t * 1e-3) / copy_bw, 2)
+    say(f"  rmsnorm_quant {m}x{d} ÷copy per (rows, warps): {per}")
     for m, i in ((8192, 5120), (16384, 1024)):
         xs = torch.randn(m, 2 * i, device=dev, dtype=torch.bfloat16)
         row("silu_mul_quant", f"{m}x2*{i}", lambda: silu_mul_quant(xs), m * i * 5 + m * i // 32)
         row("silu_mul_quant +y", f"{m}x2*{i}", lambda: silu_mul_quant(xs, return_y=True),
             m * i * 7 + m * i // 32)
+        per = {}
+        for cfg in FUSED_CONFIGS["silu"]:
+            t = bench(lambda: silu_mul_quant(xs, config=cfg))
+            per[str(cfg)] = round((m * i * 5 + m * i // 32) / (t * 1e-3) / copy_bw, 2)
+        say(f"  silu_mul_quant {m}x2*{i} ÷copy per (rows, warps): {per}")
     say()
 
 
@@ -337,47 +352,58 @@ def linear_section(dev) -> None:
     for name, mod in (("bf16", lin), ("fp8", f8)):
         res[name + "_fwd"] = bench(lambda: mod(x), grad_to_none=[x, lin.weight])
         res[name + "_fwdbwd"] = bench(lambda: mod(x).backward(dy), grad_to_none=[x, lin.weight])
-    # where the FP8 time goes
-    xq, xs = quantize_act(x.detach())
-    wq, ws = quantize_weight(lin.weight.detach())
-    dyq, dys, dyqt, dyst = quantize_act_both(dy)
-    xqt, xst = quantize_act_t(x.detach())
+    # where the FP8 time goes (the launches of one step, in order)
     from kernels.fp8 import quantize_weight_t
 
-    wqt, wst = quantize_weight_t(lin.weight.detach())
+    xd, wd = x.detach(), lin.weight.detach()
+    xq, xs, xqt, xst = quantize_act_both(xd)
+    wq, ws = quantize_weight(wd)
+    dyq, dys, dyqt, dyst = quantize_act_both(dy)
+    wqt, wst = quantize_weight_t(wd)
     parts = {
-        "quant x": lambda: quantize_act(x.detach()),
-        "quant W": lambda: quantize_weight(lin.weight.detach()),
+        "quant x both": lambda: quantize_act_both(xd),
+        "quant W": lambda: quantize_weight(wd),
         "fwd gemm": lambda: fp8_gemm(xq, xs, wq, ws),
         "quant dy both": lambda: quantize_act_both(dy),
-        "quant W^T": lambda: quantize_weight_t(lin.weight.detach()),
+        "quant W^T": lambda: quantize_weight_t(wd),
         "dgrad gemm": lambda: fp8_gemm(dyq, dys, wqt, wst),
-        "quant x^T": lambda: quantize_act_t(x.detach()),
         "wgrad gemm": lambda: fp8_gemm(dyqt, dyst, xqt, xst),
     }
-    say("breakdown (us): " + ", ".join(f"{k_} {bench(f_) * 1e3:.0f}" for k_, f_ in parts.items()))
+    times = {k_: bench(f_) * 1e3 for k_, f_ in parts.items()}
+    say("breakdown (us): " + ", ".join(f"{k_} {t_:.0f}" for k_, t_ in times.items())
+        + f"; sum {sum(times.values()):.0f}")
+    host = {}
+    for k_, f_ in parts.items():  # host time per call: 50 calls, no sync inside
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(50):
+            f_()
+        host[k_] = (time.perf_counter() - t0) / 50 * 1e6
+        torch.cuda.synchronize()
+    say("host us per call: " + ", ".join(f"{k_} {t_:.0f}" for k_, t_ in host.items()))
     fl = 6 * m * n * k
     for name in ("bf16", "fp8"):
         say(f"{name}: fwd {res[name + '_fwd'] * 1e3:.0f} us, fwd+bwd {res[name + '_fwdbwd'] * 1e3:.0f} us "
             f"({fl / (res[name + '_fwdbwd'] * 1e-3) / 1e12:.0f} TFLOP/s)")
+    # Host time to enqueue one step (no sync inside; 20 steps fit the launch queue).
+    for name, mod in (("bf16", lin), ("fp8", f8)):
+        for _ in range(3):
+            mod(x).backward(dy)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(20):
+            mod(x).backward(dy)
+        t_host = (time.perf_counter() - t0) / 20
+        torch.cuda.synchronize()
+        say(f"host enqueue time per {name} fwd+bwd: {t_host * 1e6:.0f} us")
     if os.environ.get("FP8_PROFILE"):
         from torch.profiler import ProfilerActivity, profile
 
-        for _ in range(3):
-            f8(x).backward(dy)
-        torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(5):
                 f8(x).backward(dy)
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(20):
-            f8(x).backward(dy)
-        t_host = (time.perf_counter() - t0) / 20
-        torch.cuda.synchronize()
-        say(f"host enqueue time per fp8 fwd+bwd (no sync): {t_host * 1e6:.0f} us")
     sp = res["bf16_fwdbwd"] / res["fp8_fwdbwd"]
     say(f"speed-up fwd+bwd: {sp:.2f}x (fwd only {res['bf16_fwd'] / res['fp8_fwd']:.2f}x)")
     RESULTS["linear"] = {**res, "speedup": sp}

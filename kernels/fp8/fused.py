@@ -26,65 +26,82 @@ from .reference import BLOCK, FP8_DTYPE, _cdiv, quantize_act_ref, rmsnorm_ref, s
 _FLOAT_IN = (torch.float32, torch.bfloat16, torch.float16)
 
 if HAS_TRITON:
-    from .quantize import scale_from_amax, to_e4m3
+    from .quantize import as_f32, tile_scale, to_e4m3
 
     @triton.jit
-    def _quantize_groups_and_store(y, offs, mask, row, q_ptr, s_ptr, stride_qm, stride_sm,
-                                   stride_sk, first_group, N, BLOCK: tl.constexpr,
-                                   POW2: tl.constexpr):
-        # y: fp32 [BLOCK] (zeros where masked) → quantize each 128-group, store q and scales.
-        G: tl.constexpr = BLOCK // 128
-        y2 = tl.reshape(y, (G, 128))
-        s = scale_from_amax(tl.max(tl.abs(y2), axis=1), POW2)
-        q = tl.reshape(to_e4m3(y2, s[:, None]), (BLOCK,))
-        tl.store(q_ptr + row * stride_qm + offs, q, mask=mask)
-        groups = first_group + tl.arange(0, G)
-        tl.store(s_ptr + row * stride_sm + groups * stride_sk, s, mask=groups * 128 < N)
+    def _quantize_rows_and_store(y, rows, cols, group0, M, N, q_ptr, s_ptr, stride_qm, stride_sk,
+                                 BF16_Y: tl.constexpr, POW2: tl.constexpr):
+        # y: fp32 [R, C] (zeros where masked) for output rows `rows` [R] and columns `cols` [C]
+        # (C a multiple of 128, cols starting at 128·group0): quantize each 1×128 group, store q and
+        # the scales (s[m, g] at m + g·stride_sk, M-major as _empty_act_scale lays it out).
+        R: tl.constexpr = y.shape[0]
+        G: tl.constexpr = y.shape[1] // 128
+        y3 = tl.reshape(y, (R, G, 128))
+        s, b, c, inv = tile_scale(tl.max(tl.abs(y3), axis=2), POW2)  # [R, G]
+        q = to_e4m3(y3, b[:, :, None], c[:, :, None], inv[:, :, None], BF16_Y)
+        q = tl.reshape(q, (R, G * 128))
+        row_ok = rows[:, None] < M
+        tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], q,
+                 mask=row_ok & (cols[None, :] < N))
+        groups = group0 + tl.arange(0, G)[None, :]
+        tl.store(s_ptr + rows[:, None] + groups * stride_sk, s, mask=row_ok & (groups * 128 < N))
 
     @triton.jit
-    def _rmsnorm_quant_kernel(x_ptr, w_ptr, y_ptr, q_ptr, s_ptr, D, eps,
-                              stride_xm, stride_ym, stride_qm, stride_sm, stride_sk,
+    def _rmsnorm_quant_kernel(x_ptr, w_ptr, y_ptr, q_ptr, s_ptr, M, D, eps,
+                              stride_xm, stride_ym, stride_qm, stride_sk, ROWS: tl.constexpr,
                               BLOCK_D: tl.constexpr, STORE_Y: tl.constexpr, POW2: tl.constexpr):
-        row = tl.program_id(0)
-        offs = tl.arange(0, BLOCK_D)
-        mask = offs < D
-        x = tl.load(x_ptr + row * stride_xm + offs, mask=mask, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        var = tl.sum(x * x, axis=0) / D
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        cols = tl.arange(0, BLOCK_D)
+        mask = (rows[:, None] < M) & (cols[None, :] < D)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask,
+                    other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+        var = tl.sum(x * x, axis=1) / D
         r = tl.math.div_rn(1.0, tl.math.sqrt_rn(var + eps))
-        y = (x * r * w).to(y_ptr.dtype.element_ty)
+        y = (x * r[:, None] * w[None, :]).to(y_ptr.dtype.element_ty)
         if STORE_Y:
-            tl.store(y_ptr + row * stride_ym + offs, y, mask=mask)
-        _quantize_groups_and_store(y.to(tl.float32), offs, mask, row, q_ptr, s_ptr, stride_qm,
-                                   stride_sm, stride_sk, 0, D, BLOCK_D, POW2)
+            tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], y, mask=mask)
+        _quantize_rows_and_store(as_f32(y), rows, cols, 0, M, D, q_ptr, s_ptr, stride_qm,
+                                 stride_sk, y_ptr.dtype.element_ty == tl.bfloat16, POW2)
 
     @triton.jit
-    def _silu_mul_quant_kernel(x_ptr, y_ptr, q_ptr, s_ptr, I,
-                               stride_xm, stride_ym, stride_qm, stride_sm, stride_sk,
+    def _silu_mul_quant_kernel(x_ptr, y_ptr, q_ptr, s_ptr, M, I,
+                               stride_xm, stride_ym, stride_qm, stride_sk, ROWS: tl.constexpr,
                                BLOCK_I: tl.constexpr, STORE_Y: tl.constexpr, POW2: tl.constexpr):
-        row = tl.program_id(0)
-        pid = tl.program_id(1)
-        offs = pid * BLOCK_I + tl.arange(0, BLOCK_I)
-        mask = offs < I
-        g = tl.load(x_ptr + row * stride_xm + offs, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(x_ptr + row * stride_xm + I + offs, mask=mask, other=0.0).to(tl.float32)
-        sig = tl.math.div_rn(1.0, 1.0 + tl.exp(-g))
-        y = (g * sig * u).to(y_ptr.dtype.element_ty)
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        cols = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
+        mask = (rows[:, None] < M) & (cols[None, :] < I)
+        ptrs = x_ptr + rows[:, None] * stride_xm + cols[None, :]
+        g = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(ptrs + I, mask=mask, other=0.0).to(tl.float32)
+        # silu(g) = g / (1 + e^-g) with the fast exp and division (y is rounded to bf16 next;
+        # only the quantization of y must match quantize_act bitwise, and it does).
+        y = (g / (1.0 + tl.exp(-g)) * u).to(y_ptr.dtype.element_ty)
         if STORE_Y:
-            tl.store(y_ptr + row * stride_ym + offs, y, mask=mask)
-        _quantize_groups_and_store(y.to(tl.float32), offs, mask, row, q_ptr, s_ptr, stride_qm,
-                                   stride_sm, stride_sk, pid * (BLOCK_I // 128), I, BLOCK_I, POW2)
+            tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], y, mask=mask)
+        _quantize_rows_and_store(as_f32(y), rows, cols, tl.program_id(1) * (BLOCK_I // 128),
+                                 M, I, q_ptr, s_ptr, stride_qm,
+                                 stride_sk, y_ptr.dtype.element_ty == tl.bfloat16, POW2)
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+# (rows per program, num_warps); tuned on an H100 (benchmarks/fp8.py).
+_SILU_CFG = (1, 4)
+
+
+def _rmsnorm_config(block_d: int) -> tuple[int, int]:
+    return max(1, 4096 // block_d), min(16, max(4, block_d // 512))
+
+
 def rmsnorm_quant(x, weight, eps: float = 1e-6, *, out_dtype=torch.bfloat16, pow2_scale=False,
-                  return_y=False, backend=None):
+                  return_y=False, backend=None, config=None):
     """Fused fp32 RMSNorm + 1×128 FP8 quantization (see module docstring for shapes).
 
-    Returns (yq, scale) or, with return_y, (y, yq, scale).
+    Returns (yq, scale) or, with return_y, (y, yq, scale). config: (rows per program,
+    num_warps) for the Triton kernel (benchmarks).
     """
     check_2d("x", x, _FLOAT_IN)
     m, d = x.shape
@@ -100,19 +117,20 @@ def rmsnorm_quant(x, weight, eps: float = 1e-6, *, out_dtype=torch.bfloat16, pow
         yq = torch.empty(m, d, dtype=FP8_DTYPE, device=x.device)
         ys = _empty_act_scale(m, _cdiv(d, BLOCK), x.device)
         block_d = max(BLOCK, _next_pow2(d))
-        _rmsnorm_quant_kernel[(m,)](
-            x, weight, y, yq, ys, d, eps, x.stride(0), y.stride(0), yq.stride(0),
-            ys.stride(0), ys.stride(1), BLOCK_D=block_d, STORE_Y=return_y, POW2=pow2_scale,
-            num_warps=min(16, max(4, block_d // 512)),
+        rows, warps = config or _rmsnorm_config(block_d)
+        _rmsnorm_quant_kernel[(_cdiv(m, rows),)](
+            x, weight, y, yq, ys, m, d, eps, x.stride(0), y.stride(0), yq.stride(0), ys.stride(1),
+            ROWS=rows, BLOCK_D=block_d, STORE_Y=return_y, POW2=pow2_scale, num_warps=warps,
         )
     return (y, yq, ys) if return_y else (yq, ys)
 
 
 def silu_mul_quant(x, *, out_dtype=torch.bfloat16, pow2_scale=False, return_y=False,
-                   backend=None):
+                   backend=None, config=None):
     """Fused SwiGLU (silu(gate) · up, fp32) + 1×128 FP8 quantization; x [M, 2I] = [gate | up].
 
     Returns (yq [M, I], scale [M, ceil(I/128)]) or, with return_y, (y, yq, scale).
+    config: (rows per program, num_warps) for the Triton kernel (benchmarks).
     """
     check_2d("x", x, _FLOAT_IN)
     m, two_i = x.shape
@@ -129,9 +147,10 @@ def silu_mul_quant(x, *, out_dtype=torch.bfloat16, pow2_scale=False, return_y=Fa
         yq = torch.empty(m, i, dtype=FP8_DTYPE, device=x.device)
         ys = _empty_act_scale(m, _cdiv(i, BLOCK), x.device)
         block_i = min(1024, max(BLOCK, _next_pow2(i)))
-        _silu_mul_quant_kernel[(m, _cdiv(i, block_i))](
-            x, y, yq, ys, i, x.stride(0), y.stride(0), yq.stride(0), ys.stride(0), ys.stride(1),
-            BLOCK_I=block_i, STORE_Y=return_y, POW2=pow2_scale, num_warps=4,
+        rows, warps = config or _SILU_CFG
+        _silu_mul_quant_kernel[(_cdiv(m, rows), _cdiv(i, block_i))](
+            x, y, yq, ys, m, i, x.stride(0), y.stride(0), yq.stride(0), ys.stride(1),
+            ROWS=rows, BLOCK_I=block_i, STORE_Y=return_y, POW2=pow2_scale, num_warps=warps,
         )
     return (y, yq, ys) if return_y else (yq, ys)
 

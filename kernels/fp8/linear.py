@@ -8,9 +8,11 @@ For x [M, K], W [N, K] (master weight in bf16/fp32), y = x Wᵀ (+ b):
 | dgrad   | quantize_act(dy)    [M, N] | quantize_weight_t(W), 128×128 [K, N]| dx [M, K]|
 | wgrad   | quantize_act_t(dy)  [N, M] | quantize_act_t(x), 1×128     [K, M] | dW [N, K]|
 
-dgrad re-quantizes the master weight directly into the transposed layout (bitwise the same
-128×128 blocks the forward used). dW leaves the GEMM (fp32 accumulation) in the master weight's
-dtype. Saved for backward: x (input dtype) and the weight (a parameter: nothing extra).
+Kernel launches per training step: forward 3 (x quantized both ways in one kernel, W, GEMM),
+backward 4 (dy both ways in one kernel, Wᵀ, dgrad, wgrad). dgrad re-quantizes the master weight
+directly into the transposed layout (bitwise the same 128×128 blocks the forward used). dW
+leaves the GEMM (fp32 accumulation) in the master weight's dtype. Saved for backward: xᵀ
+quantized (fp8, half the bytes of a bf16 x) and the weight (a parameter: nothing extra).
 Works on any device (CPU: the PyTorch path, exact and slow), so the CPU demo can run in FP8.
 """
 
@@ -34,22 +36,33 @@ _GEMM_OUT = (torch.bfloat16, torch.float16, torch.float32)
 class _FP8LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, weight, bias, x_quant, pow2_scale, backend, invariant):
-        xq, xs = x_quant if x_quant is not None else quantize_act(x2, pow2_scale, backend=backend)
+        need_dw = ctx.needs_input_grad[1]
+        xq_t = xs_t = None
+        # The weight gradient needs xᵀ quantized along M: take it now, from the same read of x
+        # (one kernel writes both orientations), and save it instead of x (half the bytes).
+        if x_quant is not None:
+            xq, xs = x_quant
+            if need_dw:
+                xq_t, xs_t = quantize_act_t(x2, pow2_scale, backend=backend)
+        elif need_dw:
+            xq, xs, xq_t, xs_t = quantize_act_both(x2, pow2_scale, backend=backend)
+        else:
+            xq, xs = quantize_act(x2, pow2_scale, backend=backend)
         wq, ws = quantize_weight(weight, pow2_scale, backend=backend)
         y = fp8_gemm(xq, xs, wq, ws, out_dtype=x2.dtype, batch_invariant=invariant, backend=backend)
         if bias is not None:
             y = y + bias.to(y.dtype)
         # The weight itself is saved (a parameter: no extra memory); dgrad re-quantizes it
         # straight into the transposed layout, bitwise the same blocks as wq, ws.
-        ctx.save_for_backward(x2, weight)
+        ctx.save_for_backward(xq_t, xs_t, weight)
         ctx.has_bias = bias is not None
-        ctx.weight_dtype = weight.dtype
+        ctx.x_dtype, ctx.weight_dtype = x2.dtype, weight.dtype
         ctx.pow2_scale, ctx.backend, ctx.invariant = pow2_scale, backend, invariant
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x2, weight = ctx.saved_tensors
+        xq_t, xs_t, weight = ctx.saved_tensors
         p2, be, inv = ctx.pow2_scale, ctx.backend, ctx.invariant
         dy = dy.contiguous()
         dx = dw = db = None
@@ -62,9 +75,8 @@ class _FP8LinearFn(torch.autograd.Function):
             dyq_t, dys_t = quantize_act_t(dy, p2, backend=be)
         if need_dx:
             wq_t, ws_t = quantize_weight_t(weight, p2, backend=be)
-            dx = fp8_gemm(dyq, dys, wq_t, ws_t, out_dtype=x2.dtype, batch_invariant=inv, backend=be)
+            dx = fp8_gemm(dyq, dys, wq_t, ws_t, out_dtype=ctx.x_dtype, batch_invariant=inv, backend=be)
         if need_dw:
-            xq_t, xs_t = quantize_act_t(x2, p2, backend=be)
             dw_dtype = ctx.weight_dtype if ctx.weight_dtype in _GEMM_OUT else torch.float32
             dw = fp8_gemm(dyq_t, dys_t, xq_t, xs_t, out_dtype=dw_dtype, batch_invariant=inv, backend=be)
             dw = dw.to(ctx.weight_dtype)

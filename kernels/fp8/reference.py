@@ -30,13 +30,15 @@ def _cdiv(a: int, b: int) -> int:
 def scale_from_amax(amax: torch.Tensor, pow2_scale: bool) -> torch.Tensor:
     """fp32 scale for tiles with absolute maximum ``amax`` (any shape, fp32).
 
-    ``amax == 0`` gives 1.0. With ``pow2_scale`` the scale is rounded UP to a power of two by
+    ``amax == 0`` gives 1.0, and so does an amax whose scale underflows to 0 (amax < 2^-141,
+    fp32 subnormals: dividing by a zero scale would give ±448 and NaN). With ``pow2_scale`` the scale is rounded UP to a power of two by
     bit manipulation (exact, no log2/exp2 approximations), so quantized values stay ≤ 448.
     """
     amax = amax.float()
     # Tensor ÷ tensor: PyTorch's CUDA kernel turns ÷ a Python scalar into × its reciprocal,
     # which is not the correctly rounded quotient the Triton kernels (div_rn) compute.
-    scale = torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), torch.ones_like(amax))
+    scale = amax / torch.full_like(amax, FP8_MAX)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     if pow2_scale:
         bits = scale.view(torch.int32)
         exponent = bits & 0x7F800000

@@ -85,6 +85,111 @@ def test_quantize_act_triton_matches_reference_bitwise(shape, pow2, poison_empty
         assert_bitwise(a, b)
 
 
+def _rn32(x):
+    """Exact rational → the nearest fp32 value (ties to even), as a Fraction (normal range)."""
+    from fractions import Fraction
+
+    if x == 0:
+        return Fraction(0)
+    sign, x = (-1 if x < 0 else 1), abs(x)
+    e = x.numerator.bit_length() - x.denominator.bit_length()
+    e -= Fraction(2) ** e > x
+    ulp = Fraction(2) ** (max(e, -126) - 23)
+    n, rem = divmod(x / ulp, 1)
+    n += rem > Fraction(1, 2) or (rem == Fraction(1, 2) and n % 2 == 1)
+    return sign * n * ulp
+
+
+def test_fma_division_is_ieee_division():
+    """The compiled kernels divide x by a tile's scale b as q = RN(x·inv), inv = RN(1/b), then
+    q += RN(x - b·q)·inv (FMA remainder) once for bf16 x, twice otherwise (quantize.to_e4m3).
+    Emulated in exact arithmetic: equal to RN(x / b) for every pair of bf16 significand and
+    scale significand (exhaustive: the exponents only shift the result), and on random fp32."""
+    import random
+    from fractions import Fraction
+
+    def fma_div(a, b, steps):
+        inv = _rn32(1 / b)
+        q = _rn32(a * inv)
+        for _ in range(steps):
+            q = _rn32(q + _rn32(a - b * q) * inv)
+        return q
+
+    scales = {_rn32(Fraction(128 + m, 128) / 448) for m in range(128)}  # every bf16 amax
+    for b in scales:
+        for m in range(128):
+            a = Fraction(128 + m, 128)
+            assert fma_div(a, b, 1) == _rn32(a / b), (a, b)
+    rng = random.Random(0)
+    for _ in range(2000):
+        a, amax = (Fraction(rng.randrange(1 << 23, 1 << 24), 1 << 23) for _ in range(2))
+        b = _rn32(amax / 448)
+        assert fma_div(a, b, 2) == _rn32(a / b), (a, b)
+
+
+def _hard_quant_input(dtype, device="cpu"):
+    """[384, 640]: every bf16 significand against every scale significand (rows 0-255: row r has
+    amax significand r//2 and 64 values a < amax per 128-tile, both signs), signed zeros,
+    tiny tiles (scales far below 2^-64: subnormal bf16/fp32 values, scales that underflow to 0),
+    ×100 outliers."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(384, 640, generator=g)
+    x = torch.where(torch.rand(384, 640, generator=g) < 0.01, x * 100, x)
+    r = torch.arange(256)
+    amax = 1 + (r // 2).float() / 128  # the tile's amax, placed in column 0 of each tile
+    sig = 1 + ((r % 2)[:, None] * 64 + torch.arange(64)[None, :]).float() / 128  # 64 significands
+    for t in range(5):
+        tile = torch.zeros(256, 128)
+        tile[:, 0] = amax * 2.0 ** (t - 2)
+        tile[:, 1:65] = sig * 2.0 ** (t - 3) * torch.where(torch.arange(64) % 2 == 0, 1.0, -1.0)
+        tile[:, 65:] = sig[:, :63] * 2.0 ** (t - 12)
+        x[:256, 128 * t:128 * (t + 1)] = tile
+    x[256:260] = -0.0
+    x[260:264, :256] = 0.0
+    x[264:300] *= 2.0**-140  # subnormal fp32 and bf16 values, scales ~2^-146
+    x[300:310] *= 2.0**-100
+    x[310:312] *= 2.0**-147  # fp32: amax / 448 underflows to 0 → scale 1
+    return x.to(dtype).to(device)
+
+
+# On a GPU the compiled kernels (FMA division, hardware fp8 cast); on CPU the interpreter path.
+_DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("pow2", [False, True])
+def test_quantize_hard_inputs_bitwise(dtype, pow2, poison_empty):
+    x = _hard_quant_input(dtype)
+    xc = x.to(_DEV)
+    shapes = ((384, 640), (301, 517), (7, 200), (129, 129)) if _DEV == "cuda" else ((301, 517), (7, 200))
+    for m, k in shapes:
+        xs, xsc = x[:m, :k], xc[:m, :k]
+        qr, sr = R.quantize_act_ref(xs, pow2)
+        qtr, str_ = R.quantize_act_t_ref(xs, pow2)
+        q, s, qt, st = quantize_act_both(xsc, pow2, backend="triton")
+        for got, ref in ((q, qr), (s, sr), (qt, qtr), (st, str_),
+                         *zip(quantize_act(xsc, pow2, backend="triton"), (qr, sr)),
+                         *zip(quantize_act_t(xsc, pow2, backend="triton"), (qtr, str_))):
+            assert_bitwise(got.cpu(), ref)
+        wqr, wsr = R.quantize_weight_ref(xs, pow2)
+        for got, ref in (*zip(quantize_weight(xsc, pow2, backend="triton"), (wqr, wsr)),
+                         *zip(quantize_weight_t(xsc, pow2, backend="triton"),
+                              (wqr.t().contiguous(), wsr.t().contiguous()))):
+            assert_bitwise(got.cpu(), ref)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+def test_fused_quantization_hard_inputs_bitwise(out_dtype, poison_empty):
+    x = _hard_quant_input(torch.float32).to(_DEV)[:, :512]
+    w = torch.rand(512, device=_DEV) + 0.5
+    y, yq, ys = rmsnorm_quant(x, w, return_y=True, out_dtype=out_dtype, backend="triton")
+    for got, ref in zip((yq, ys), R.quantize_act_ref(y.cpu())):
+        assert_bitwise(got.cpu(), ref)
+    y, yq, ys = silu_mul_quant(x[:, :448] * 3, return_y=True, out_dtype=out_dtype, backend="triton")
+    for got, ref in zip((yq, ys), R.quantize_act_ref(y.cpu())):
+        assert_bitwise(got.cpu(), ref)
+
+
 @pytest.mark.parametrize("pow2", [False, True])
 def test_quantize_weight_triton_matches_reference_bitwise(pow2, poison_empty):
     w = make_input(200, 300, dtype=torch.float32, seed=1)
