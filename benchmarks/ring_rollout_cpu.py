@@ -37,7 +37,7 @@ def build_models(root: Path) -> tuple[Path, Path, dict]:
 
     ring = root / "ring-tiny"
     if not (ring / "config.json").exists():
-        build_random_checkpoint(ring, "tiny", seed=0)
+        build_random_checkpoint(ring, "tiny", seed=0, max_position_embeddings=8192)
     from transformers import AutoConfig, AutoTokenizer
 
     rc = AutoConfig.from_pretrained(ring)
