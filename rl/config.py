@@ -41,6 +41,8 @@ class DatasetConfig:
     # A .jsonl/.json/.parquet file, a dataset name for `datasets.load_dataset`, a name of
     # ../shared/data (`gsm8k_test`), or `synthetic:arithmetic`.
     source: str = "synthetic:arithmetic"
+    # Label in metrics and reports (`eval/<name>/accuracy`); empty: derived from `source`.
+    name: str = ""
     split: str = "train"
     prompt_key: str = "question"
     answer_key: str = "answer"
@@ -62,8 +64,12 @@ class DatasetConfig:
 
 @dataclass
 class DataConfig:
-    train: DatasetConfig = field(default_factory=DatasetConfig)
-    eval: DatasetConfig | None = None
+    # One dataset, or a list: a mix (the datasets' rows together, each with its own fields and
+    # template; `limit` caps a dataset's share).
+    train: DatasetConfig | list[DatasetConfig] = field(default_factory=DatasetConfig)
+    # Held-out sets, each evaluated and logged on its own (`eval/<name>/…`); the first is also
+    # logged as `eval/…`, the run's headline accuracy.
+    eval: DatasetConfig | list[DatasetConfig] | None = None
     shuffle: bool = True
 
 
@@ -286,6 +292,12 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             if type(None) in args:
                 return None
             raise ConfigError(f"{path}: must not be null; expected {_type_name(tp)}")
+        # A mapping or a list goes to the arm of that shape, so that its own errors (an unknown
+        # key inside it, say) reach the user instead of a generic "expected …".
+        for arg in args:
+            if (isinstance(value, dict) and dataclasses.is_dataclass(arg)) or \
+                    (isinstance(value, list) and typing.get_origin(arg) is list):
+                return _convert(value, arg, path)
         for arg in args:
             if arg is type(None):
                 continue

@@ -4,6 +4,7 @@ rendered into prompt token ids, and the seeded, resumable order in which a run v
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -21,6 +22,19 @@ class Example:
     prompt: str  # the problem text, before the template
     answer: str  # the reference final answer, for the verifier
     solution: str | None = None  # a worked solution, for the SFT warm start
+    dataset: int = 0  # which dataset of a mix it came from (its template renders it)
+
+
+def as_list(cfg: DatasetConfig | list[DatasetConfig] | None) -> list[DatasetConfig]:
+    """A dataset entry of the recipe (one, a list, or none) as a list."""
+    return [] if cfg is None else list(cfg) if isinstance(cfg, list) else [cfg]
+
+
+def dataset_name(cfg: DatasetConfig) -> str:
+    """The dataset's label in metrics: its `name`, else its source without folder and suffix."""
+    if cfg.name:
+        return cfg.name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.source.removeprefix("synthetic:")).stem) or "data"
 
 
 def shared_data_dir() -> Path | None:
@@ -84,8 +98,14 @@ def _read_rows(cfg: DatasetConfig, where: str) -> list[dict]:
         raise ConfigError(f"{where}: could not load dataset {source!r} split {cfg.split!r}: {type(e).__name__}: {e}") from None
 
 
-def load_examples(cfg: DatasetConfig, where: str = "data.train") -> list[Example]:
-    """Rows of a dataset as Examples; missing fields raise ConfigError naming the field."""
+def load_examples(cfg: DatasetConfig | list[DatasetConfig], where: str = "data.train") -> list[Example]:
+    """Rows of a dataset (or of each dataset of a mix, in order) as Examples; missing fields
+    raise ConfigError naming the field."""
+    if isinstance(cfg, list):
+        if not cfg:
+            raise ConfigError(f"{where}: an empty list of datasets")
+        return [dataclasses.replace(e, dataset=i) for i, c in enumerate(cfg)
+                for e in load_examples(c, f"{where}[{i}]")]
     if cfg.source.startswith("synthetic:"):
         task = cfg.source.removeprefix("synthetic:")
         try:
@@ -127,20 +147,22 @@ PRESETS = {
 class PromptRenderer:
     """Template → (chat template if the tokenizer has one and the recipe wants it) → token ids."""
 
-    def __init__(self, tokenizer, cfg: DatasetConfig):
-        if "{prompt}" not in cfg.template:
-            raise ConfigError("data template must contain '{prompt}'")
-        self.tokenizer, self.cfg = tokenizer, cfg
-        self.chat = cfg.use_chat_template and getattr(tokenizer, "chat_template", None) is not None
+    def __init__(self, tokenizer, cfg: DatasetConfig | list[DatasetConfig]):
+        self.tokenizer, self.cfgs = tokenizer, as_list(cfg)
+        for c in self.cfgs:
+            if "{prompt}" not in c.template:
+                raise ConfigError(f"data template {c.template!r} of {c.source!r} must contain '{{prompt}}'")
+        has_chat = getattr(tokenizer, "chat_template", None) is not None
+        self.chat = [c.use_chat_template and has_chat for c in self.cfgs]
 
     def text(self, example: Example) -> str:
-        body = self.cfg.template.replace("{prompt}", example.prompt)
-        if self.chat:
+        body = self.cfgs[example.dataset].template.replace("{prompt}", example.prompt)
+        if self.chat[example.dataset]:
             return self.tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True)
         return body
 
     def ids(self, example: Example) -> list[int]:
-        return self.tokenizer(self.text(example), add_special_tokens=not self.chat)["input_ids"]
+        return self.tokenizer(self.text(example), add_special_tokens=not self.chat[example.dataset])["input_ids"]
 
 
 class DataOrder:

@@ -44,3 +44,37 @@ def test_data_order_resumable():
     full = order.indices(0, 25)
     assert sorted(full[:10]) == list(range(10)) and sorted(full[10:20]) == list(range(10))
     assert DataOrder(10, seed=1, shuffle=True).indices(7, 18) == full[7:25]
+
+
+def test_a_mix_keeps_each_datasets_fields_and_template(tmp_path):
+    from rl.config import from_data
+    from rl.data import PromptRenderer, as_list, dataset_name, load_examples
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text('{"q": "one", "ans": "1"}\n{"q": "two", "ans": "2"}\n')
+    b.write_text('{"problem": "three", "answer": "#### 3"}\n')
+    cfg = from_data({"name": "mix", "data": {
+        "train": [{"source": str(a), "prompt_key": "q", "answer_key": "ans", "template": "A: {prompt}"},
+                  {"source": str(b), "prompt_key": "problem", "answer_format": "gsm8k", "template": "B: {prompt}", "name": "bee"}],
+        "eval": {"source": str(b), "prompt_key": "problem", "answer_format": "gsm8k"}}})
+    examples = load_examples(cfg.data.train)
+    assert [(e.prompt, e.answer, e.dataset) for e in examples] == [("one", "1", 0), ("two", "2", 0), ("three", "3", 1)]
+    renderer = PromptRenderer(_Tok(), cfg.data.train)
+    assert [renderer.text(e) for e in examples] == ["A: one", "A: two", "B: three"]
+    assert [dataset_name(c) for c in as_list(cfg.data.train)] == ["a", "bee"]
+    assert len(as_list(cfg.data.eval)) == 1 and as_list(None) == []
+
+
+def test_mix_errors_name_the_entry():
+    from rl.config import from_data
+
+    with pytest.raises(ConfigError, match=r"data.train\[1\].prompt_kye: unknown key.*prompt_key"):
+        from_data({"name": "x", "data": {"train": [{"source": "a.jsonl"}, {"source": "b.jsonl", "prompt_kye": "q"}]}})
+    with pytest.raises(ConfigError, match=r"data.train\[0\]: .*does not exist"):
+        from rl.data import load_examples
+
+        load_examples(from_data({"name": "x", "data": {"train": [{"source": "/nope/a.jsonl"}]}}).data.train)
+
+
+class _Tok:
+    chat_template = None
