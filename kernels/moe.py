@@ -16,6 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .norm import compute_dtype
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -71,4 +75,64 @@ def combine_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, num_exp
     return out
 
 
-__all__ = ["stable_topk", "route", "combine_experts"]
+# ---------------------------------------------------------------------------------------------
+# The modules (one definition for both engines; parameter names are the checkpoint's)
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) · up(x))`` in the weight dtype (inputs cast to it)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.gate_proj.weight.dtype)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoEGate(nn.Module):
+    """The router: ``weight [E, D]`` and the fp32 balancing bias ``expert_bias [E]`` (not trained
+    by gradient).  Routing happens inside this module's call, so that ZeRO-3 has both
+    parameters gathered."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.cfg = config
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        self.expert_bias = nn.Parameter(torch.zeros(config.num_experts, dtype=torch.float32), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``[N, D]`` → (expert indices int64 ``[N, k]``, gates ``[N, k]`` fp32, fp64 for fp64 weights)."""
+        c, dt = self.cfg, compute_dtype(self.weight)
+        logits = F.linear(x.to(dt), self.weight.to(dt))  # router in fp32
+        return route(logits, self.expert_bias, c.num_experts_per_tok, c.n_group, c.topk_group,
+                     c.norm_topk_prob, c.routed_scaling_factor)
+
+
+class MoE(nn.Module):
+    """Routed SwiGLU experts + an optional shared expert; ``config`` carries the Ring-linear /
+    DeepSeek-V3 MoE fields (num_experts, num_experts_per_tok, n_group, topk_group, …)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.cfg = config
+        self.gate = MoEGate(config)
+        self.experts = nn.ModuleList(SwiGLU(config.hidden_size, config.moe_intermediate_size)
+                                     for _ in range(config.num_experts))
+        shared = config.moe_shared_expert_intermediate_size * config.num_shared_experts
+        self.shared_experts = SwiGLU(config.hidden_size, shared) if config.num_shared_experts > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32 (fp64 for fp64 weights)."""
+        flat = x.reshape(-1, x.shape[-1])
+        idx, w = self.gate(flat)
+        out = combine_experts(flat, idx, w, self.cfg.num_experts, lambda e, rows: self.experts[e](rows))
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat).to(out.dtype)
+        return out.view(x.shape)
+
+
+__all__ = ["stable_topk", "route", "combine_experts", "SwiGLU", "MoEGate", "MoE"]

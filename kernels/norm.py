@@ -12,6 +12,7 @@ one PyTorch expression is the surest way for two engines to get the same bits.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -34,4 +35,25 @@ def group_rms_norm(x: torch.Tensor, weight: torch.Tensor, groups: int, eps: floa
     return xg.flatten(-2) * weight.to(dt)
 
 
-__all__ = ["compute_dtype", "rms_norm", "group_rms_norm"]
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class GroupRMSNorm(RMSNorm):
+    """RMSNorm over ``groups`` equal slices of the last dim; one ``[dim]`` weight."""
+
+    def __init__(self, dim: int, groups: int, eps: float):
+        super().__init__(dim, eps)
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_rms_norm(x, self.weight, self.groups, self.eps)
+
+
+__all__ = ["compute_dtype", "rms_norm", "group_rms_norm", "RMSNorm", "GroupRMSNorm"]

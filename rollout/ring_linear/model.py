@@ -49,31 +49,13 @@ from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 
 from kernels.linear_attention import chunk, layer_decay, recurrent
 from kernels.lm_head import logits_fp32
-from kernels.moe import combine_experts, route
-from kernels.norm import compute_dtype, group_rms_norm, rms_norm
+from kernels.moe import MoE
+from kernels.moe import SwiGLU as MLP
+from kernels.norm import GroupRMSNorm, RMSNorm, compute_dtype
 from kernels.rope import apply_rope, rope_cos_sin
 from trainer.ring_linear.loading import skipped_names
 
 STATE_DTYPE = torch.float32  # the linear-attention state is fp32 in both engines (DESIGN §4)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
-
-
-class GroupRMSNorm(RMSNorm):
-    def __init__(self, dim: int, groups: int, eps: float):
-        super().__init__(dim, eps)
-        self.groups = groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return group_rms_norm(x, self.weight, self.groups, self.eps)
 
 
 def _project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -204,50 +186,6 @@ class RingSoftmaxAttention(nn.Module):
         q, k = _qk_rope(self, q, k, positions)
         o = self.attn(*(t.reshape(N, -1).to(self.cache_dtype) for t in (q, k, v)))
         return _project(self.dense, o.view(N, H * d).to(dt))
-
-
-class MLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.gate_proj.weight.dtype)
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class MoEGate(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
-        self.expert_bias = nn.Parameter(torch.zeros(config.num_experts, dtype=torch.float32),
-                                        requires_grad=False)
-
-
-class MoE(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.cfg = config
-        self.gate = MoEGate(config)
-        self.experts = nn.ModuleList(MLP(config.hidden_size, config.moe_intermediate_size)
-                                     for _ in range(config.num_experts))
-        self.shared_experts = (MLP(config.hidden_size, config.moe_shared_expert_intermediate_size
-                                   * config.num_shared_experts)
-                               if config.num_shared_experts > 0 else None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[N, D]`` fp32 normed → ``[N, D]`` fp32: fp32 router, expert-index-order sum."""
-        c, gate = self.cfg, self.gate
-        dt = compute_dtype(gate.weight)
-        logits = F.linear(x.to(dt), gate.weight.to(dt))
-        idx, w = route(logits, gate.expert_bias, c.num_experts_per_tok, c.n_group, c.topk_group,
-                       c.norm_topk_prob, c.routed_scaling_factor)
-        out = combine_experts(x, idx, w, c.num_experts, lambda e, rows: self.experts[e](rows))
-        if self.shared_experts is not None:
-            out = out + self.shared_experts(x).to(out.dtype)
-        return out
 
 
 class DecoderLayer(nn.Module):

@@ -74,37 +74,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from kernels.linear_attention import chunk as linear_attention_chunk
 from kernels.linear_attention import layer_decay
 from kernels.lm_head import logits_fp32
-from kernels.moe import combine_experts, route
-from kernels.norm import compute_dtype, group_rms_norm, rms_norm
+from kernels.moe import MoE, MoEGate
+from kernels.moe import SwiGLU as MLP
+from kernels.norm import GroupRMSNorm, RMSNorm, compute_dtype
 from kernels.rope import apply_rope, rope_cos_sin
 
 from .config import BailingMoeLinearV2Config
-
-# ---------------------------------------------------------------------------------------------
-# Norm modules (the math is kernels.norm's, shared with the rollout model)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
-
-
-class GroupRMSNorm(nn.Module):
-    """RMSNorm applied separately to ``groups`` equal slices of the last dim; weight ``[dim]``."""
-
-    def __init__(self, dim: int, groups: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.groups, self.eps = groups, eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return group_rms_norm(x, self.weight, self.groups, self.eps)
-
 
 def _project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """Linear in the weight dtype (inputs cast to it)."""
@@ -190,63 +165,6 @@ class SoftmaxAttention(nn.Module):
         o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            is_causal=True, scale=d ** -0.5, enable_gqa=KV != H)
         return _project(self.dense, o.transpose(1, 2).reshape(B, T, H * d))
-
-
-# ---------------------------------------------------------------------------------------------
-# Feed-forward: dense SwiGLU MLP and the MoE block
-
-
-class MLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.gate_proj.weight.dtype)
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class MoEGate(nn.Module):
-    """The router: ``weight [E, D]`` and ``expert_bias [E]`` (kept fp32 on load; not trained by
-    gradient — it is the aux-loss-free balancing bias, so ``requires_grad=False``).  Routing
-    happens inside this module's call, so that ZeRO-3 has both parameters gathered."""
-
-    def __init__(self, config: BailingMoeLinearV2Config):
-        super().__init__()
-        self.cfg = config
-        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
-        self.expert_bias = nn.Parameter(torch.zeros(config.num_experts), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x ``[N, D]`` → (expert indices int64 ``[N, k]``, gate weights ``[N, k]`` fp32/fp64)."""
-        c = self.cfg
-        dt = compute_dtype(self.weight)
-        logits = F.linear(x.to(dt), self.weight.to(dt))  # router in fp32
-        return route(logits, self.expert_bias, c.num_experts_per_tok, c.n_group, c.topk_group,
-                     c.norm_topk_prob, c.routed_scaling_factor)
-
-
-class MoE(nn.Module):
-    def __init__(self, config: BailingMoeLinearV2Config):
-        super().__init__()
-        self.cfg = config
-        self.gate = MoEGate(config)
-        self.experts = nn.ModuleList(MLP(config.hidden_size, config.moe_intermediate_size)
-                                     for _ in range(config.num_experts))
-        self.shared_experts = (MLP(config.hidden_size, config.moe_shared_expert_intermediate_size
-                                   * config.num_shared_experts)
-                               if config.num_shared_experts > 0 else None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[B, T, D]`` (fp32 normed) → ``[B, T, D]`` fp32 (fp64 for fp64 weights)."""
-        flat = x.reshape(-1, x.shape[-1])
-        idx, w = self.gate(flat)
-        out = combine_experts(flat, idx, w, self.cfg.num_experts, lambda e, rows: self.experts[e](rows))
-        if self.shared_experts is not None:
-            out = out + self.shared_experts(flat).to(out.dtype)
-        return out.view(x.shape)
 
 
 # ---------------------------------------------------------------------------------------------
