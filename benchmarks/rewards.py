@@ -15,9 +15,11 @@ Prints three tables (see DESIGN.md §9):
    `--repeats` runs, and CPU ms/verdict (driver + workers) is given beside the wall-clock rate,
    since on a machine shared with other jobs only the CPU figure is stable.
 2. The pool's own cost per item (a reward function that does nothing).
-3. Latency of batches of 1024 completions of which 1% are pathological (sympy towers, huge
-   powers, deep nesting), all-core pool: batch wall time (p50 / p99 / max over batches) and per-
-   item p99. Target: p99 batch latency <= timeout + 1 s.
+3. Latency of batches of 1024 completions of which 1% are pathological (power towers, huge
+   powers and factorials, deep nesting, a slow integral, a huge matrix power), all-core pool:
+   batch wall time (p50 / p99 / max over batches) and per-item p99, with the complexity budgets
+   (rewards/budget.py) on and off, and on with a further kind that no budget catches (only the
+   timeout ends it). Target: p99 batch latency <= timeout + 1 s.
 
 Data: ../shared/data relative to the repository root.
 """
