@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 # Most bytes queued behind a worker's current item (the socket buffer holds them, and a send must
 # never block behind a stuck worker); a bigger item waits for an idle worker.
 _PREFETCH_MAX_BYTES = 32 << 10
-# Longest pause between rounds while every worker has enough queued work (see _wait_time).
+# Longest pause between rounds while every worker has enough queued work (see _round_s).
 _ROUND_S = 0.01
 _STARTUP_TIMEOUT_S = 120.0
 _STAT_KEYS = ("scored",) + tuple(r.value for r in Reason) + ("respawns", "stragglers")
