@@ -1,17 +1,19 @@
 """RL step benchmark on CPU: Lockstep's default recipe against TRL's GRPOTrainer, same task.
 
-    python benchmarks/rl_step_cpu.py [--steps 8] [--warmup 2] [--output-dir DIR] [--trl-threads 2,1]
+    python benchmarks/rl_step_cpu.py [RECIPE] [--steps 8] [--warmup 2] [--output-dir DIR] [--trl-threads 2,1]
 
 One run measures both sides (DESIGN.md §9: the anchor is measured in the same run):
 
-1. Lockstep: `recipes/demo.yaml` (demo:arith-micro, synthetic:arithmetic-easy, 16 prompts x
-   group 8, max_new_tokens 40, temperature 1.0, vLLM CPU rollout worker, 2 DeepSpeed ranks on
-   CPU, math reward in the process pool) with `sft.steps=0` (RL from the built checkpoint, so
+1. Lockstep: RECIPE (default `recipes/demo.yaml`: demo:arith-micro, synthetic:arithmetic-noisy,
+   16 prompts x group 8, max_new_tokens 40, temperature 1.0, vLLM CPU rollout workers, 2
+   DeepSpeed ranks on CPU, math reward in the process pool) with `sft.steps=0` (RL from the
+   model's own checkpoint, so
    both sides start from the same weights), no evaluation, no periodic checkpoints. It runs on
    a fresh local Ray instance of its own (never one another process started) that is shut down
    at the end. Per-step times come from `runs/<name>/metrics.jsonl` (`time/*`); the wall time of
-   `Run.rl_step` as a whole is recorded beside them (`time/step` is the sum of the timed phases
-   and leaves out the bookkeeping between them: mismatch metrics, per-token records, advantages).
+   `Run.rl_step` as a whole is recorded beside them (`time/step` is the driver's own wall time
+   of the step, bookkeeping included). `time/logprobs` is the separate trainer log-prob pass,
+   0 when the recipe makes one optimiser step per RL step and the update's forward yields them.
 2. TRL (the anchor, what users would pick instead): `GRPOTrainer`, single process, CPU,
    transformers `generate` (TRL's default backend; no vLLM), same checkpoint directory, same
    prompts ("Q: {prompt}\\nA:"), 128 completions per step (16 prompts x 8 generations, one
@@ -43,7 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-RECIPE = REPO / "recipes" / "demo.yaml"
+DEFAULT_RECIPE = REPO / "recipes" / "demo.yaml"
 PHASES = ["rollout", "reward", "logprobs", "train", "sync"]
 
 
@@ -59,7 +61,7 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def recipe(steps: int, output_dir: Path):
+def recipe(path: Path, steps: int, output_dir: Path):
     from rl.config import load_recipe
 
     overrides = [
@@ -71,20 +73,20 @@ def recipe(steps: int, output_dir: Path):
         "schedule.save_every=0",
         "data.eval=null",  # no held-out evaluation before / after (not part of a step)
     ]
-    return load_recipe(RECIPE, overrides), overrides
+    return load_recipe(path, overrides), overrides
 
 
 # -------------------------------------------------------------------------------------------
 # Lockstep
 
 
-def run_lockstep(steps: int, warmup: int, output_dir: Path) -> dict:
+def run_lockstep(recipe_path: Path, steps: int, warmup: int, output_dir: Path) -> dict:
     import ray
 
     from rl.driver import Run
     from rl.placement import ACTOR_ENV
 
-    cfg, overrides = recipe(steps, output_dir)
+    cfg, overrides = recipe(recipe_path, steps, output_dir)
 
     class TimedRun(Run):
         """Records the wall time of the whole `rl_step` beside the driver's own phase times."""
@@ -109,7 +111,7 @@ def run_lockstep(steps: int, warmup: int, output_dir: Path) -> dict:
     kept = rows[warmup:]
     if not kept:
         raise SystemExit(f"lockstep: {len(rows)} steps recorded, none left after {warmup} warm-up steps")
-    out = {f"time/{p}": median([r[f"time/{p}"] for r in kept]) for p in PHASES + ["step"]}
+    out = {f"time/{p}": median([r.get(f"time/{p}", 0.0) for r in kept]) for p in PHASES + ["step"]}
     out["wall/rl_step"] = median([r["bench/rl_step_wall"] for r in kept])
     out["per_step"] = [{k: r[k] for k in r if k.startswith(("time/", "bench/")) or k in ("step", "reward/mean", "response/length_mean")} for r in rows]
     out["steps_measured"] = len(kept)
@@ -274,6 +276,7 @@ def main() -> None:
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("recipe", nargs="?", type=Path, default=DEFAULT_RECIPE, help="Lockstep recipe (default recipes/demo.yaml); TRL gets its model, task, batch and lengths")
     ap.add_argument("--steps", type=int, default=8, help="RL steps per side (default 8)")
     ap.add_argument("--warmup", type=int, default=2, help="leading steps dropped from the medians (default 2)")
     ap.add_argument("--output-dir", type=Path, default=None, help="where runs and results.json go (default: a temporary folder)")
@@ -295,10 +298,10 @@ def main() -> None:
     print(f"rl_step_cpu: {a.steps} steps per side, first {a.warmup} dropped; output in {out_dir}", flush=True)
     print(f"load average before: {load['before']}", flush=True)
 
-    cfg, overrides = recipe(a.steps, out_dir)
+    cfg, overrides = recipe(a.recipe, a.steps, out_dir)
     lock, trl_runs = None, {}
     if a.only in (None, "lockstep"):
-        lock = run_lockstep(a.steps, a.warmup, out_dir)
+        lock = run_lockstep(a.recipe, a.steps, a.warmup, out_dir)
         cfg = lock.pop("cfg")
         load["after_lockstep"] = load_average()
         print(f"lockstep done in {lock['run_wall_s']:.0f}s; load average {load['after_lockstep']}", flush=True)
@@ -312,6 +315,7 @@ def main() -> None:
     print(f"device: {info['cpu_count']} CPUs ({info['cpu']}, AVX-512 in /proc/cpuinfo: {info.get('avx512')}, torch kernels: {info['torch_cpu_capability']}); {info['date']}")
     print(f"software: python {info['python']}, torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}, vllm {info['vllm']}, deepspeed {info['deepspeed']}, ray {info['ray']}")
     print("load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in load.items()))
+    print(f"recipe: {a.recipe}; rollout workers {cfg.rollout.num_workers}, trainer ranks {cfg.trainer.num_ranks} (ZeRO-{cfg.trainer.zero_stage}), old log-probs {cfg.algorithm.old_logprobs}, mini-batches {cfg.trainer.num_minibatches}")
     print(f"task: {cfg.data.train.source}, {cfg.model.path}, {cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size}, max_new_tokens {cfg.rollout.max_new_tokens}, temperature {cfg.rollout.temperature}")
     print(f"medians over steps {a.warmup + 1}..{a.steps} (seconds)")
     print()
@@ -319,7 +323,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     if lock:
         print(
-            f"| Lockstep (vLLM + 2 DeepSpeed ranks, Ray) | {lock['time/step']:.2f} | {lock['time/rollout']:.2f} | {lock['time/reward']:.2f} | "
+            f"| Lockstep ({cfg.rollout.num_workers} vLLM worker{'s' if cfg.rollout.num_workers > 1 else ''} + {cfg.trainer.num_ranks} DeepSpeed rank{'s' if cfg.trainer.num_ranks > 1 else ''}, Ray) | {lock['time/step']:.2f} | {lock['time/rollout']:.2f} | {lock['time/reward']:.2f} | "
             f"{lock['time/logprobs']:.2f} | {lock['time/train']:.2f} | {lock['time/sync']:.2f} | {lock['wall/rl_step']:.2f} |"
         )
     for threads, t in trl_runs.items():
@@ -327,7 +331,7 @@ def main() -> None:
             f"| TRL GRPOTrainer (transformers generate, 1 process, {threads} torch thread{'s' if threads > 1 else ''}) | {t['time/step']:.2f} | "
             f"{t['time/generate']:.2f} | {t['time/reward']:.2f} | – | {t['time/rest']:.2f} (logprobs + update) | – | {t['time/step']:.2f} |"
         )
-    results = {"machine": info, "load_average": load, "steps": a.steps, "warmup": a.warmup, "lockstep_overrides": overrides, "lockstep": lock, "trl": trl_runs}
+    results = {"recipe": str(a.recipe), "machine": info, "load_average": load, "steps": a.steps, "warmup": a.warmup, "lockstep_overrides": overrides, "lockstep": lock, "trl": trl_runs}
     if lock and trl_runs:
         best = min(trl_runs, key=lambda k: trl_runs[k]["time/step"])
         anchor = trl_runs[best]

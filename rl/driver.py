@@ -21,7 +21,7 @@ from rl.algorithms.losses import AGGREGATION_NORMALISERS
 from rl.algorithms.mismatch import mismatch_metrics
 from rl.batch import Sample
 from rl.config import ConfigError, RunConfig, save_resolved, to_dict
-from rl.data import DataOrder, PromptRenderer, load_examples
+from rl.data import DataOrder, PromptRenderer, as_list, dataset_name, load_examples
 from rl.evaluate import evaluate
 from rl.metrics import MetricsLogger, print_progress, progress_line, read_history, sparkline
 from rl.placement import ActorGroup, Placement, connect
@@ -51,6 +51,9 @@ class Stage:
 
     trainers: ActorGroup
     micro_batches: int
+    # Train mode computes what eval mode does (no active dropout): the training forward's
+    # log-probs are the policy's.
+    train_forward_is_eval_forward: bool
 
 
 def start_trainers(cfg: RunConfig, placement: Placement, model_path: str, lr: float, samples_per_step: int, use_reference: bool) -> Stage:
@@ -73,8 +76,8 @@ def start_trainers(cfg: RunConfig, placement: Placement, model_path: str, lr: fl
         for rank, b in enumerate(placement.trainer_bundles)
     ]
     group = ActorGroup(actors)
-    group.call("ping")
-    return Stage(group, micro_batches)
+    info = group.call("ping")
+    return Stage(group, micro_batches, all(i["train_forward_is_eval_forward"] for i in info))
 
 
 def shard(items: list, parts: int) -> list[list]:
@@ -99,10 +102,13 @@ class Run:
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_model, trust_remote_code=cfg.model.trust_remote_code)
         self.train_set = load_examples(cfg.data.train, "data.train")
-        eval_cfg = cfg.data.eval
-        self.eval_set = load_examples(eval_cfg, "data.eval")[: cfg.schedule.eval_limit] if eval_cfg else []
         self.renderer = PromptRenderer(self.tokenizer, cfg.data.train)
-        self.eval_renderer = PromptRenderer(self.tokenizer, eval_cfg) if eval_cfg else None
+        # Held-out sets: (name, examples, renderer); the first gives the headline `eval/…`.
+        self.eval_sets = [(dataset_name(c), load_examples(c, f"data.eval[{i}]")[: cfg.schedule.eval_limit], PromptRenderer(self.tokenizer, c))
+                          for i, c in enumerate(as_list(cfg.data.eval))]
+        if len({name for name, _, _ in self.eval_sets}) < len(self.eval_sets):
+            raise ConfigError("data.eval: two held-out sets share a name; give each a distinct `name`")
+        self.eval_set = self.eval_sets[0][1] if self.eval_sets else []
         self.order = DataOrder(len(self.train_set), cfg.seed, cfg.data.shuffle)
         self.probe_ids = self.tokenizer(PROBE_TEXT)["input_ids"]
         self.samples_per_step = cfg.rollout.prompts_per_step * cfg.rollout.group_size
@@ -121,6 +127,7 @@ class Run:
         self.stage = start_trainers(cfg, self.placement, policy, cfg.trainer.lr, self.samples_per_step // cfg.trainer.num_minibatches, cfg.algorithm.kl_coef > 0)
         if state:
             self.stage.trainers.call("load_checkpoint", str(self.resume_from / checkpoint.ENGINE_DIR))
+        self.logprobs_from_update = self.fold_logprobs_into_update()
         self.rollout = self.start_rollout(policy)
         self.step, self.cursor = (state["step"], state["cursor"]) if state else (0, 0)
         self.saved_step = self.step if state else None
@@ -152,10 +159,13 @@ class Run:
         samples, answers = self.generate(idx)
         timings["rollout"] = time.time() - t
         rollout_wall = timings["rollout"]
-        # Trainer log-probs run while the verifiers score (they need no rewards).
+        # While the verifiers score: the engines' probe log-probs under the weights they sampled
+        # with (the sync's "before"), and — unless the update itself yields them — the trainer's
+        # log-probs of the rollout tokens (they need no rewards).
         t = time.time()
         reward_handle = self.rewards.submit([(s.text, a) for s, a in zip(samples, answers)])
-        trainer_logps = self.trainer_logprobs(samples)
+        probe_before = [w.prompt_logprobs.remote(self.probe_ids) for w in self.rollout.actors]
+        trainer_logps = None if self.logprobs_from_update else self.trainer_logprobs(samples)
         timings["logprobs"] = time.time() - t
         t = time.time()
         scores = reward_handle.result()
@@ -163,14 +173,21 @@ class Run:
         for s, score in zip(samples, scores):
             s.reward, s.reward_reason = float(score.value), str(score.reason)
         metrics = self.reward_metrics(samples)
-        metrics.update(self.mismatch(samples, trainer_logps))
+        metrics["train/logprobs_from_update"] = float(trainer_logps is None)
         train_samples, old_logps = self.select_and_advantage(samples, trainer_logps, metrics)
         t = time.time()
         if train_samples:
-            metrics.update(self.update_policy(train_samples, old_logps))
+            update_metrics, update_logps = self.update_policy(train_samples, old_logps)
+            metrics.update(update_metrics)
+            trainer_logps = trainer_logps or update_logps
         timings["train"] = time.time() - t
+        if trainer_logps is None:  # no update this step: the log-probs still have to be measured
+            t = time.time()
+            trainer_logps = self.trainer_logprobs(samples)
+            timings["logprobs"] += time.time() - t
+        metrics.update(self.mismatch(samples, trainer_logps))
         t = time.time()
-        metrics.update(self.sync_weights())
+        metrics.update(self.sync_weights(ray.get(probe_before)))
         timings["sync"] = time.time() - t
         metrics["data/cursor"] = float(self.cursor)
         # A fingerprint of which prompts this step drew (resume must reproduce it exactly).
@@ -193,6 +210,24 @@ class Run:
                 samples.append(Sample(p, prompt, c["ids"], c["logprobs"], c["finish_reason"], c["text"]))
                 answers.append(self.train_set[i].answer)
         return samples, answers
+
+    def fold_logprobs_into_update(self) -> bool:
+        """Whether the trainer's log-probs of the rollout tokens (b_t, and the `recompute` old
+        log-probs) come from the update's own forward instead of a separate pass before it.
+
+        They may when the step makes one optimiser step (`trainer.num_minibatches == 1`): every
+        training forward then runs on the weights that sampled the batch, which is what the
+        separate pass would compute (without active dropout, so train mode = eval mode). With
+        several mini-batches the later ones run on updated weights, so the pass stays."""
+        if self.cfg.trainer.num_minibatches > 1:
+            why = "trainer.num_minibatches > 1: later mini-batches see updated weights"
+        elif not self.stage.train_forward_is_eval_forward:
+            why = "the model has active dropout: its training forward is not the policy's log-prob"
+        else:
+            log.info("trainer log-probs come from the update's forward (one optimiser step per RL step)")
+            return True
+        log.info("trainer log-probs: a separate pass before the update (%s)", why)
+        return False
 
     def trainer_logprobs(self, samples: list[Sample]) -> list[tuple[list[float], list[float]]]:
         ranks = self.cfg.trainer.num_ranks
@@ -232,9 +267,11 @@ class Run:
             out[f"reward_pool/{k}"] = float(v)
         return out
 
-    def select_and_advantage(self, samples: list[Sample], trainer_logps, metrics: dict) -> tuple[list[Sample], list[list[float]]]:
-        """Overlong handling, group advantages, dynamic sampling; then pads to the configured
-        sample count with zero-weight samples so every rank runs the same micro-batches."""
+    def select_and_advantage(self, samples: list[Sample], trainer_logps, metrics: dict) -> tuple[list[Sample], list[list[float]] | None]:
+        """Overlong handling, group advantages, dynamic sampling. Dropped groups stay in the
+        batch with weight 0 (every rank runs the same micro-batches, and the update's forward
+        still yields their log-probs for the mismatch metrics). Old log-probs: the rollout's,
+        the separate pass's, or None — the update's own forward (`logprobs_from_update`)."""
         cfg, algo = self.cfg, self.cfg.algorithm
         G = cfg.rollout.group_size
         for s in samples:
@@ -246,24 +283,27 @@ class Run:
         advantages = adv.grpo_advantages(rewards, G, algo.std_normalize)
         for s, a in zip(samples, advantages.tolist()):
             s.advantage = a
-        old = [lp for lp, _ in trainer_logps] if algo.old_logprobs == "recompute" else [s.rollout_logprobs for s in samples]
+        if algo.old_logprobs == "rollout":
+            old = [s.rollout_logprobs for s in samples]
+        else:
+            old = None if trainer_logps is None else [lp for lp, _ in trainer_logps]
         keep = adv.informative_groups(rewards, G) if algo.dynamic_sampling else torch.ones(len(samples) // G, dtype=torch.bool)
         metrics["advantage/informative_group_frac"] = adv.informative_groups(rewards, G).float().mean().item()
-        chosen = [i for i in range(len(samples)) if keep[i // G]]
-        metrics["train/samples"] = float(len(chosen))
+        chosen = sum(int(keep[i // G]) for i in range(len(samples)))
+        metrics["train/samples"] = float(chosen)
         if not chosen:
             log.warning("step %d: no informative group; skipping the update", self.step)
             metrics["train/skipped"] = 1.0
-            return [], []
-        train, old_sel = [samples[i] for i in chosen], [old[i] for i in chosen]
-        while len(train) < self.samples_per_step:  # keep micro-batch counts fixed across ranks
-            filler = Sample(**{**samples[chosen[0]].__dict__, "weight": 0.0})
-            train.append(filler)
-            old_sel.append(old[chosen[0]])
-        metrics["train/padding_samples"] = float(self.samples_per_step - len(chosen))
-        return train, old_sel
+            return [], None
+        for i, s in enumerate(samples):
+            if not keep[i // G]:
+                s.weight = 0.0
+        metrics["train/padding_samples"] = float(len(samples) - chosen)  # zero-weight samples in the batch
+        return samples, old
 
-    def update_policy(self, samples: list[Sample], old_logps: list[list[float]]) -> dict[str, float]:
+    def update_policy(self, samples: list[Sample], old_logps: list[list[float]] | None) -> tuple[dict[str, float], list[tuple[list[float], list[float]]]]:
+        """The policy update; returns its metrics and the (log-prob, entropy) rows of every
+        sample from the training forward (pre-update weights when this is one optimiser step)."""
         cfg, ranks = self.cfg, self.cfg.trainer.num_ranks
         ref = None
         if cfg.algorithm.kl_coef > 0:
@@ -271,6 +311,7 @@ class Run:
             ref = [row for part in parts for row in part]
         normaliser_fn = AGGREGATION_NORMALISERS[cfg.algorithm.loss_aggregation]
         totals: dict[str, float] = {}
+        logps: list[tuple[list[float], list[float]]] = []
         mb = len(samples) // cfg.trainer.num_minibatches
         for m in range(cfg.trainer.num_minibatches):
             rows = list(range(m * mb, (m + 1) * mb))
@@ -279,8 +320,9 @@ class Run:
             normaliser = normaliser_fn(lengths, cfg.rollout.max_new_tokens)
             args = []
             for part in shard(rows, ranks):
-                args.append(([samples[i] for i in part], [old_logps[i] for i in part], None if ref is None else [ref[i] for i in part], normaliser, to_dict(cfg.algorithm), cfg.rollout.temperature))
-            for result in self.stage.trainers.call_each("train_step", args):
+                args.append(([samples[i] for i in part], None if old_logps is None else [old_logps[i] for i in part], None if ref is None else [ref[i] for i in part], normaliser, to_dict(cfg.algorithm), cfg.rollout.temperature))
+            for result, part_rows in self.stage.trainers.call_each("train_step", args):
+                logps.extend(part_rows)
                 for k, v in result.items():
                     totals[k] = totals.get(k, 0.0) + v
         tokens = max(totals.get("tokens", 0.0), 1.0)
@@ -294,19 +336,21 @@ class Run:
             "train/correction_weight_mean": totals["correction_weight"] / tokens,
             "train/grad_norm": totals["grad_norm"] / n_results,
             "train/lr": totals["lr"] / n_results,
-        }
+        }, logps
 
-    def sync_weights(self) -> dict[str, float]:
+    def sync_weights(self, before: list[list[float]]) -> dict[str, float]:
         """Bucketed transfer trainer → every rollout engine, then verified: the engines' log-probs
-        on the probe must equal the trainer's within the dtype's tolerance. A sync that did not
-        take is an error, never a silent skip."""
+        on the probe must equal the trainer's within the dtype's tolerance, and `before` (the
+        engines' probe log-probs with the weights that sampled this step) records that they
+        moved. A sync that did not take is an error, never a silent skip."""
         version = self.step
-        before = self.rollout.call("prompt_logprobs", self.probe_ids)
         buckets = self.stage.trainers.call("weight_buckets", self.cfg.trainer.sync_bucket_mib)[0]
-        results = self.rollout.call("update_weights", buckets, version)
-        trainer_probe = self.stage.trainers.call("probe_logprobs", self.probe_ids)[0]
+        # The trainer's probe runs while the engines load; each engine probes right after loading.
+        trainer_probe = [a.probe_logprobs.remote(self.probe_ids) for a in self.stage.trainers.actors]
+        results = self.rollout.call("update_weights", buckets, version, self.probe_ids)
+        trainer_probe = ray.get(trainer_probe)[0]
         worst = changed = 0.0
-        for old, new in zip(before, self.rollout.call("prompt_logprobs", self.probe_ids)):
+        for old, new in zip(before, [r["probe"] for r in results]):
             worst = max(worst, max(abs(x - y) for x, y in zip(trainer_probe, new)))
             changed = max(changed, max(abs(x - y) for x, y in zip(old, new)))
         tolerance = SYNC_TOLERANCE[self.cfg.model.dtype]
@@ -324,20 +368,28 @@ class Run:
         return every > 0 and self.step % every == 0
 
     def run_eval(self) -> dict[str, float]:
-        if not self.eval_set:
-            return {}
         s = self.cfg.schedule
-        prompts = [self.eval_renderer.ids(e) for e in self.eval_set]
-        result = evaluate(self.rollout_generate, self.rewards.score, prompts, [e.answer for e in self.eval_set], s.eval_samples, self.cfg.rollout.max_new_tokens, s.eval_temperature)
-        (self.run_dir / "eval").mkdir(exist_ok=True)
-        (self.run_dir / "eval" / f"step_{self.step:06d}.json").write_text(json.dumps({"step": self.step, **result.metrics, "problems": result.per_problem[:50]}, indent=1))
-        return result.metrics
+        metrics, report = {}, {"step": self.step}
+        for i, (name, examples, renderer) in enumerate(self.eval_sets):
+            prompts = [renderer.ids(e) for e in examples]
+            result = evaluate(self.rollout_generate, self.rewards.score, prompts, [e.answer for e in examples], s.eval_samples, self.cfg.rollout.max_new_tokens, s.eval_temperature)
+            if i == 0:
+                metrics.update(result.metrics)
+                report.update(result.metrics, problems=result.per_problem[:50])
+            if len(self.eval_sets) > 1:
+                metrics.update({k.replace("eval/", f"eval/{name}/", 1): v for k, v in result.metrics.items()})
+            report.setdefault("sets", {})[name] = {**result.metrics, "problems": result.per_problem[:50]}
+        if metrics:
+            (self.run_dir / "eval").mkdir(exist_ok=True)
+            (self.run_dir / "eval" / f"step_{self.step:06d}.json").write_text(json.dumps(report, indent=1))
+        return metrics
 
     def log_eval(self, step: int) -> None:
         metrics = self.run_eval()
         if metrics:
             self.metrics.log(step, metrics)
-            print_progress(f"step {step:>4}/{self.cfg.schedule.steps} | eval accuracy {metrics['eval/accuracy']:.3f} on {int(metrics['eval/num_problems'])} held-out problems")
+            others = "".join(f" | {name} {metrics[f'eval/{name}/accuracy']:.3f}" for name, _, _ in self.eval_sets[1:])
+            print_progress(f"step {step:>4}/{self.cfg.schedule.steps} | eval accuracy {metrics['eval/accuracy']:.3f} on {int(metrics['eval/num_problems'])} held-out problems{others}")
 
     def rollout_generate(self, prompts, n, max_tokens, temperature, top_p=1.0, top_k=-1):
         """Splits the prompts evenly over the rollout workers; groups come back in prompt order."""
@@ -377,7 +429,7 @@ class Run:
             return str(out)
         with_solution = [e for e in self.train_set if e.solution]
         if not with_solution:
-            raise ConfigError(f"sft.steps={sft.steps} but data.train has no '{self.cfg.data.train.solution_key}' field with worked solutions")
+            raise ConfigError(f"sft.steps={sft.steps} but data.train has no '{as_list(self.cfg.data.train)[0].solution_key}' field with worked solutions")
         ranks = self.cfg.trainer.num_ranks
         batch = sft.batch_size - sft.batch_size % ranks or ranks
         stage = start_trainers(self.cfg, self.placement, self.base_model, sft.lr, batch, use_reference=False)

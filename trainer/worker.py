@@ -56,6 +56,7 @@ class TrainerRank:
             model.gradient_checkpointing_enable()
         use_fp32_lm_head(model)
         self.model_config = model.config
+        self.train_forward_is_eval_forward = not has_active_dropout(model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(trainer_cfg["betas"]), weight_decay=trainer_cfg["weight_decay"])
         warmup = max(1, trainer_cfg["warmup_steps"])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
@@ -119,11 +120,21 @@ class TrainerRank:
     # ----------------------------------------------------------------------------------------
     # Updates
 
-    def train_step(self, samples: list[Sample], old_logps: list[list[float]], ref_logps: list[list[float]] | None, normaliser: float, algo: dict, temperature: float) -> dict[str, float]:
+    def train_step(self, samples: list[Sample], old_logps: list[list[float]] | None, ref_logps: list[list[float]] | None, normaliser: float, algo: dict, temperature: float) -> tuple[dict[str, float], list[tuple[list[float], list[float]]]]:
         """One optimiser step over this rank's share of a mini-batch, in `self.micro_batches`
         micro-batches. The loss of each micro-batch is Σ token terms / `normaliser` (the whole
         mini-batch's, over all ranks) × world × GAS, which undoes DeepSpeed's averaging over
-        ranks and accumulation steps: the update is exactly the mini-batch aggregate."""
+        ranks and accumulation steps: the update is exactly the mini-batch aggregate.
+
+        Returns (sums for the metrics, per-sample (log-probs, entropies) of the completion
+        tokens from the training forward). Every micro-batch's forward runs before the one
+        optimiser step (DeepSpeed steps at the accumulation boundary), so these are the
+        log-probs of the weights that sampled the batch when this is the step's only update:
+        the mismatch metrics' b_t and, with `old_logps=None`, the recomputed old log-probs
+        themselves (detached), with no separate pass. The model must be deterministic in
+        train mode for that (`ping()["train_forward_is_eval_forward"]`: no active dropout)."""
+        if old_logps is None and not self.train_forward_is_eval_forward:
+            raise RuntimeError("train_step(old_logps=None) needs a model without active dropout: its training forward is not the policy's log-prob")
         self.engine.module.train()
         chunks = list(self._micro_batches(list(range(len(samples)))))
         if len(chunks) != self.micro_batches:
@@ -131,6 +142,7 @@ class TrainerRank:
         correction = losses.CORRECTIONS[algo["correction"]]
         kl_fn = losses.KL_ESTIMATORS[algo["kl_estimator"]]
         sums: dict[str, float] = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_frac": 0.0, "correction_weight": 0.0, "tokens": 0.0}
+        rows: list[tuple[list[float], list[float]]] = []
         scale = self.world_size * self.micro_batches / max(normaliser, 1.0)
         for idx in chunks:
             chunk = [samples[i] for i in idx]
@@ -138,7 +150,7 @@ class TrainerRank:
             need_entropy = algo["entropy_coef"] != 0
             logp, entropy = token_logprobs(self.engine.module, batch, temperature, with_entropy=True)
             mask = batch.completion_mask.to(logp.device) * torch.tensor([s.weight for s in chunk], device=logp.device)[:, None]
-            old = _pad([old_logps[i] for i in idx], logp.shape).to(logp.device)
+            old = logp.detach() if old_logps is None else _pad([old_logps[i] for i in idx], logp.shape).to(logp.device)
             rollout = _pad([s.rollout_logprobs for s in chunk], logp.shape).to(logp.device)
             adv = torch.tensor([s.advantage for s in chunk], device=logp.device)[:, None].expand_as(logp)
             pg, clipped = losses.clipped_policy_loss(logp, old, adv, algo["clip_low"], algo["clip_high"])
@@ -153,6 +165,8 @@ class TrainerRank:
             loss = losses.aggregate(per_token, mask, algo["loss_aggregation"], 1.0) * scale
             self.engine.backward(loss)
             self.engine.step()
+            logp_rows, entropy_rows = logp.detach().tolist(), entropy.detach().tolist()
+            rows.extend((logp_rows[i][: len(s.completion_ids)], entropy_rows[i][: len(s.completion_ids)]) for i, s in enumerate(chunk))
             m = mask.bool()
             sums["loss"] += loss.item() / (self.world_size * self.micro_batches)  # this rank's share of the mini-batch loss
             sums["pg_loss"] += (pg * weight)[m].sum().item()
@@ -163,7 +177,7 @@ class TrainerRank:
             sums["tokens"] += m.sum().item()
         sums["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         sums["lr"] = self.engine.get_lr()[0]
-        return sums
+        return sums, rows
 
     def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> float:
         """Supervised step: mean cross-entropy of target tokens given their prompts (warm start)."""
@@ -249,7 +263,15 @@ class TrainerRank:
             raise RuntimeError(f"DeepSpeed found no checkpoint under {ds_dir}")
 
     def ping(self) -> dict:
-        return {"rank": self.rank, "world_size": self.world_size, "device": str(self.device), "time": time.time()}
+        return {"rank": self.rank, "world_size": self.world_size, "device": str(self.device), "time": time.time(), "train_forward_is_eval_forward": self.train_forward_is_eval_forward}
+
+
+def has_active_dropout(model: torch.nn.Module) -> bool:
+    """Whether train mode changes the forward (dropout modules or config dropout rates > 0)."""
+    if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
+        return True
+    cfg = model.config
+    return any(float(getattr(cfg, k, 0.0) or 0.0) > 0 for k in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"))
 
 
 def _pad(rows: list[list[float]], shape: torch.Size) -> torch.Tensor:
