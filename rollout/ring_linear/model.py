@@ -26,7 +26,9 @@ trainer (noted in docs/decisions.md).
 Plain ``nn.Linear`` projections (no tensor parallelism): one module per weight, updated in place
 by ``load_weights``, computing with the same ``F.linear`` the trainer uses.  Tensor parallel
 sizes above 1 are refused at construction.  Not compiled (no ``@support_torch_compile``): the
-forward runs eagerly, so the per-sequence bookkeeping above needs no custom op.
+forward runs eagerly, so the per-sequence bookkeeping above needs no custom op.  For the same
+reason it is not CUDA-graph capturable (boolean-mask slot zeroing, decode/prefill split on host
+counts), so the model turns vLLM's CUDA graphs off when it is built (:func:`_run_eagerly`).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vllm.config import VllmConfig
+from vllm.config import CUDAGraphMode, VllmConfig
 from vllm.forward_context import get_forward_context
+from vllm.logger import init_logger
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.mamba.linear.base import LinearAttention as VllmLinearAttention
 from vllm.model_executor.layers.mamba.mamba_utils import (
@@ -56,6 +59,22 @@ from kernels.rope import apply_rope, rope_cos_sin
 from trainer.ring_linear.loading import skipped_names
 
 STATE_DTYPE = torch.float32  # the linear-attention state is fp32 in both engines (DESIGN §4)
+logger = init_logger(__name__)
+
+
+def _run_eagerly(vllm_config: VllmConfig) -> None:
+    """Turns vLLM's CUDA graphs off for this model.  The forward is not capturable (fresh slots
+    are zeroed through a boolean mask, which syncs with the host; the decode/prefill split comes
+    from host-side counts), and on CUDA vLLM's default ``enforce_eager=False`` captures decode
+    graphs at start-up and fails there (vLLM 0.26, H100: "operation not permitted when stream is
+    capturing").  The GPU model runner reads ``compilation_config.cudagraph_mode`` after the
+    model is built (wrapping, memory profiling, capture), so setting it here is enough; on CPU
+    there are no graphs and this changes nothing."""
+    cc = vllm_config.compilation_config
+    if cc.cudagraph_mode is not None and cc.cudagraph_mode != CUDAGraphMode.NONE:
+        logger.warning("Ring-linear model: CUDA graphs off (cudagraph_mode %s -> NONE); the forward "
+                       "runs eagerly", cc.cudagraph_mode.name)
+        cc.cudagraph_mode = CUDAGraphMode.NONE
 
 
 def _project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -230,6 +249,7 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         config = vllm_config.model_config.hf_config
         if vllm_config.parallel_config.pipeline_parallel_size != 1:
             raise ValueError("the Ring-linear vLLM model does not support pipeline parallelism")
+        _run_eagerly(vllm_config)
         self.config = config
         self.model = BailingMoeLinearV2Model(vllm_config=vllm_config, prefix="model")
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
