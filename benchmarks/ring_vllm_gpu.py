@@ -64,58 +64,16 @@ def ensure_plugin_entry_point() -> str:
     return f"dist-info written to {root}"
 
 
-def sample(llm, prompts, max_tokens):
-    import torch
-    from vllm import SamplingParams, TokensPrompt
-
-    params = SamplingParams(max_tokens=max_tokens, temperature=1.0, logprobs=0, ignore_eos=True)
-    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-    completions, logps = [], []
-    for o in outs:
-        c = o.outputs[0]
-        completions.append(list(c.token_ids))
-        logps.append(torch.tensor([s[t].logprob for s, t in zip(c.logprobs, c.token_ids)], dtype=torch.float64))
-    return completions, logps
-
-
-def trainer_logprobs(model, prompts, completions):
-    import torch
-
-    from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head
-
-    use_fp32_lm_head(model)
-    with torch.no_grad():
-        logp, _ = token_logprobs(model, pack(prompts, completions))
-    return [logp[b, : len(c)].double().cpu() for b, c in enumerate(completions)]
-
-
-def diagnose(llm, model, prompt, tol) -> str:
-    import torch
-    from safetensors.torch import load
-
-    from rollout.activations import first_divergence, module_names, record_outputs
-
-    names = module_names(model.config.num_hidden_layers)
-    llm.collective_rpc("lockstep_record_start", args=(names,))
-    (completion,), _ = sample(llm, [prompt], 16)
-    (blob,) = llm.collective_rpc("lockstep_record_stop")
-    engine = load(blob)
-    device = next(model.parameters()).device
-    with record_outputs(model, names) as rec, torch.no_grad():
-        model(torch.tensor([prompt + completion], device=device))
-    hit = first_divergence(rec.stop(), engine, names, tol)
-    return "all modules agree" if hit is None else f"first diverging module: {hit[0]} (rel. error {hit[1]:.2e})"
-
-
 def parity(llm, model, path, tol) -> dict:
     import torch
 
+    from rl.alignment import first_diverging_module, sample_with_logprobs, trainer_logprobs
     from trainer.ring_linear.reference import reference_logits
 
     rng = random.Random(0)
     vocab = model.config.vocab_size
     prompts = [[rng.randrange(1, vocab) for _ in range(n)] for n in PROMPT_LENS]
-    completions, engine = sample(llm, prompts, NEW_TOKENS)
+    completions, engine = sample_with_logprobs(llm, prompts, NEW_TOKENS)
     assert all(len(c) == NEW_TOKENS for c in completions), [len(c) for c in completions]
     trainer = trainer_logprobs(model, prompts, completions)
     state = {k: v.cpu() for k, v in model.state_dict().items()}
@@ -136,7 +94,7 @@ def parity(llm, model, path, tol) -> dict:
     out["ok"] = all(out[k] <= tol for k in ("engine_vs_trainer", "engine_vs_f64", "trainer_vs_f64"))
     if not out["ok"]:
         worst = max(rows, key=lambda r: r["engine_vs_trainer"])
-        out["diagnosis"] = diagnose(llm, model, prompts[PROMPT_LENS.index(worst["prompt_len"])], tol)
+        out["diagnosis"] = first_diverging_module(llm, model, prompts[PROMPT_LENS.index(worst["prompt_len"])], tol)
         print("  " + out["diagnosis"], flush=True)
     return out
 

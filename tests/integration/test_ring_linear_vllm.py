@@ -13,10 +13,9 @@ import random
 
 import pytest
 import torch
-from safetensors.torch import load, save
+from safetensors.torch import save
 
-from rollout.activations import first_divergence, module_names, record_outputs
-from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head
+from rl.alignment import first_diverging_module, sample_with_logprobs, trainer_logprobs
 from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 from trainer.ring_linear.presets import build_random_checkpoint
 from trainer.ring_linear.reference import reference_logits
@@ -48,47 +47,12 @@ def ring(tmp_path_factory):
     del llm
 
 
-def sample(llm, prompts, max_tokens):
-    from vllm import SamplingParams, TokensPrompt
-
-    params = SamplingParams(max_tokens=max_tokens, temperature=1.0, logprobs=0, ignore_eos=True)
-    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
-    completions, logps = [], []
-    for o in outs:
-        c = o.outputs[0]
-        completions.append(list(c.token_ids))
-        logps.append(torch.tensor([step[t].logprob for step, t in zip(c.logprobs, c.token_ids)], dtype=torch.float64))
-    return completions, logps
-
-
-def trainer_logprobs(model, prompts, completions):
-    use_fp32_lm_head(model)
-    with torch.no_grad():
-        logp, _ = token_logprobs(model, pack(prompts, completions))
-    return [logp[b, : len(c)].double() for b, c in enumerate(completions)]
-
-
-def diagnose(llm, model, prompt, num_layers) -> str:
-    """Decodes one sequence with hooks in the engine, runs one training forward over the same
-    tokens with hooks in the trainer, and names the first module whose outputs diverge."""
-    names = module_names(num_layers)
-    llm.collective_rpc("lockstep_record_start", args=(names,))
-    (completion,), _ = sample(llm, [prompt], 16)
-    (blob,) = llm.collective_rpc("lockstep_record_stop")
-    engine = load(blob)
-    with record_outputs(model, names) as rec, torch.no_grad():
-        model(torch.tensor([prompt + completion]))
-    trainer = rec.stop()
-    hit = first_divergence(trainer, engine, names, TOL)
-    return "all modules agree" if hit is None else f"first diverging module: {hit[0]} (rel. error {hit[1]:.2e})"
-
-
 def test_sampled_logprobs_match_trainer_and_float64(ring):
     path, llm, model = ring
     rng = random.Random(0)
     vocab = model.config.vocab_size
     prompts = [[rng.randrange(1, vocab) for _ in range(n)] for n in PROMPT_LENS]
-    completions, engine = sample(llm, prompts, NEW_TOKENS)
+    completions, engine = sample_with_logprobs(llm, prompts, NEW_TOKENS)
     assert all(len(c) == NEW_TOKENS for c in completions)
     trainer = trainer_logprobs(model, prompts, completions)
     state = model.state_dict()
@@ -97,10 +61,14 @@ def test_sampled_logprobs_match_trainer_and_float64(ring):
         ref = ref[len(p) - 1 : -1].gather(1, torch.tensor(c)[:, None])[:, 0]
         diff = (engine[b] - trainer[b]).abs().max().item()
         if diff > TOL:
-            why = diagnose(llm, model, p, model.config.num_hidden_layers)
+            why = first_diverging_module(llm, model, p, TOL)
             pytest.fail(f"prompt length {len(p)}: engine vs trainer max |Δ log-prob| {diff:.2e} > {TOL}; {why}")
-        assert (engine[b] - ref).abs().max().item() <= TOL, f"engine vs float64, prompt length {len(p)}"
-        assert (trainer[b] - ref).abs().max().item() <= TOL, f"trainer vs float64, prompt length {len(p)}"
+        # Against float64, the fp32 rounding of a log-prob scales with its size: 1e-5 relative
+        # to max(1, |log p|) (a sampled token at log p = -14 carries ~1e-5 of fp32 error).
+        bound = TOL * ref.abs().clamp(min=1.0)
+        for name, got in (("engine", engine[b]), ("trainer", trainer[b])):
+            worst = ((got - ref).abs() / bound).max().item()
+            assert worst <= 1.0, f"{name} vs float64, prompt length {len(p)}: {worst:.2f}x the bound"
     # the sampled distribution is far from uniform: the comparison is not of near-constants
     assert torch.cat(engine).std().item() > 0.3
 
@@ -110,7 +78,7 @@ def test_decode_activations_match_training_forward(ring):
     every layer's attention, feed-forward and output."""
     path, llm, model = ring
     prompt = [int(t) for t in torch.randint(1, model.config.vocab_size, (23,), generator=torch.Generator().manual_seed(1))]
-    assert diagnose(llm, model, prompt, model.config.num_hidden_layers) == "all modules agree"
+    assert first_diverging_module(llm, model, prompt, TOL) == "all modules agree"
 
 
 def test_weights_update_in_place(ring):
