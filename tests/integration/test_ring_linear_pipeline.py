@@ -20,8 +20,15 @@ pytestmark = pytest.mark.integration
 def test_ring_linear_rl_steps_with_zero3(tmp_path, ray_local):
     data = tiny_recipe(tmp_path, model={"path": "demo:ring-micro"}, sft={"steps": 60},
                        trainer={"zero_stage": 3})
+    held_out = data["data"]["eval"]
+    data["data"]["eval"] = [{**held_out, "name": "noisy"},  # two held-out sets, logged apart
+                            {**held_out, "source": "synthetic:arithmetic-easy", "name": "easy", "num_examples": 8}]
     summary = Run(from_data(data)).train()
-    steps = [h for h in read_history(Path(summary["run_dir"])) if "reward/mean" in h]
+    history = read_history(Path(summary["run_dir"]))
+    first = history[0]
+    assert first["step"] == 0 and first["eval/accuracy"] == first["eval/noisy/accuracy"]
+    assert first["eval/easy/num_problems"] == 8 and first["eval/noisy/num_problems"] == 16
+    steps = [h for h in history if "reward/mean" in h]
     assert [h["step"] for h in steps] == [1, 2]
     for h in steps:
         for key in ("reward/mean", "mismatch/k3", "train/loss", "train/grad_norm", "sync/probe_max_abs_diff"):
