@@ -1,14 +1,16 @@
-"""RL step benchmark on CPU: Lockstep's default recipe against TRL's GRPOTrainer, same task.
+"""RL step benchmark on CPU: Lockstep's dense demo recipe against TRL's GRPOTrainer, same task.
 
     python benchmarks/rl_step_cpu.py [RECIPE] [--steps 8] [--warmup 2] [--output-dir DIR] [--trl-threads 2,1]
 
 One run measures both sides (DESIGN.md §9: the anchor is measured in the same run):
 
-1. Lockstep: RECIPE (default `recipes/demo.yaml`: demo:arith-micro, synthetic:arithmetic-noisy,
+1. Lockstep: RECIPE (default `recipes/demo_dense.yaml`: demo:arith-micro, synthetic:arithmetic-noisy,
    16 prompts x group 8, max_new_tokens 40, temperature 1.0, vLLM CPU rollout workers, 2
    DeepSpeed ranks on CPU, math reward in the process pool) with `sft.steps=0` (RL from the
    model's own checkpoint, so
-   both sides start from the same weights), no evaluation, no periodic checkpoints. It runs on
+   both sides start from the same weights; the dense demo, not the default Ring-linear one, because
+   TRL samples with transformers `generate`, which needs the KV cache that the Ring-linear training
+   model does not have), no evaluation, no periodic checkpoints. It runs on
    a fresh local Ray instance of its own (never one another process started) that is shut down
    at the end. Per-step times come from `runs/<name>/metrics.jsonl` (`time/*`); the wall time of
    `Run.rl_step` as a whole is recorded beside them (`time/step` is the driver's own wall time
@@ -45,7 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DEFAULT_RECIPE = REPO / "recipes" / "demo.yaml"
+DEFAULT_RECIPE = REPO / "recipes" / "demo_dense.yaml"
 PHASES = ["rollout", "reward", "logprobs", "train", "sync"]
 
 
@@ -276,7 +278,7 @@ def main() -> None:
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("recipe", nargs="?", type=Path, default=DEFAULT_RECIPE, help="Lockstep recipe (default recipes/demo.yaml); TRL gets its model, task, batch and lengths")
+    ap.add_argument("recipe", nargs="?", type=Path, default=DEFAULT_RECIPE, help="Lockstep recipe (default recipes/demo_dense.yaml); TRL gets its model, task, batch and lengths")
     ap.add_argument("--steps", type=int, default=8, help="RL steps per side (default 8)")
     ap.add_argument("--warmup", type=int, default=2, help="leading steps dropped from the medians (default 2)")
     ap.add_argument("--output-dir", type=Path, default=None, help="where runs and results.json go (default: a temporary folder)")
