@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,11 +39,17 @@ def test_ray_job_submit(tmp_path):
     start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true"], env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
-        job = subprocess.run(
-            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--", "lockstep", "run", str(recipe)],
-            env=env, capture_output=True, text=True, timeout=900,
-        )
-        out = job.stdout + job.stderr
+        # The head's job agent comes up a little after `ray start` returns (seconds on a busy
+        # machine); until then the server answers "No available agent …, try again later".
+        for attempt in range(12):
+            job = subprocess.run(
+                [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--", "lockstep", "run", str(recipe)],
+                env=env, capture_output=True, text=True, timeout=900,
+            )
+            out = job.stdout + job.stderr
+            if "No available agent to submit job" not in out:
+                break
+            time.sleep(5)
         assert job.returncode == 0 and "succeeded" in out, out[-4000:]
         assert "Ray: cluster at" in out
         assert "held-out accuracy" not in out or "step    1/1" in out
