@@ -82,12 +82,11 @@ def _project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return linear(x.to(linear.weight.dtype))
 
 
-def _qk_rope(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
+def _qk_rope(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-head q/k RMSNorm, then NeoX RoPE at each token's position (q, k ``[N, heads, d]``)."""
+    """Per-head q/k RMSNorm, then NeoX RoPE (q, k ``[N, heads, d]``; cos, sin ``[N, r/2]``)."""
     if attn.use_qk_norm:
         q, k = attn.query_layernorm(q), attn.key_layernorm(k)
-    cos, sin = rope_cos_sin(positions, attn.rotary_dim, attn.rope_theta, q.dtype)
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
 
@@ -107,7 +106,6 @@ class RingLinearAttention(VllmLinearAttention):
                              f"(got {self.tp_size}); use data-parallel rollout workers instead")
         H, d, D = self.num_heads, self.head_dim, self.hidden_size
         self.linear_silu, self.use_qk_norm = config.linear_silu, config.use_qk_norm
-        self.rotary_dim, self.rope_theta = config.rotary_dim, config.rope_theta
         self.layer_offset = config.linear_decay_layer_offset
         self.query_key_value = nn.Linear(D, 3 * H * d, bias=False)
         if self.use_qk_norm:
@@ -133,7 +131,7 @@ class RingLinearAttention(VllmLinearAttention):
             self._decay[device] = g.to(device)
         return self._decay[device]
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """x: fp32 normed input ``[N, D]`` (N tokens of the step, decodes first) → ``[N, D]``."""
         N = x.shape[0]
         H, d = self.num_heads, self.head_dim
@@ -142,7 +140,7 @@ class RingLinearAttention(VllmLinearAttention):
         if self.linear_silu:
             qkv = F.silu(qkv)
         q, k, v = qkv.view(N, 3 * H, d).split(H, dim=1)
-        q, k = _qk_rope(self, q, k, positions)
+        q, k = _qk_rope(self, q, k, cos, sin)
         o = torch.zeros(N, H, d, dtype=dt, device=x.device)
         meta = _layer_metadata(self.prefix)
         if meta is not None:
@@ -185,7 +183,6 @@ class RingSoftmaxAttention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim, self.use_qk_norm = config.head_dim, config.use_qk_norm
-        self.rotary_dim, self.rope_theta = config.rotary_dim, config.rope_theta
         H, KV, d, D = self.num_heads, self.num_kv_heads, self.head_dim, config.hidden_size
         self.query_key_value = nn.Linear(D, (H + 2 * KV) * d, bias=False)
         if self.use_qk_norm:
@@ -196,13 +193,13 @@ class RingSoftmaxAttention(nn.Module):
         self.attn = Attention(H, d, d ** -0.5, num_kv_heads=KV, cache_config=vllm_config.cache_config,
                               quant_config=None, prefix=f"{prefix}.attn")
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         N = x.shape[0]
         H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
         dt = compute_dtype(self.dense.weight)
         qkv = _project(self.query_key_value, x).to(dt).view(N, H + 2 * KV, d)
         q, k, v = qkv.split([H, KV, KV], dim=1)
-        q, k = _qk_rope(self, q, k, positions)
+        q, k = _qk_rope(self, q, k, cos, sin)
         o = self.attn(*(t.reshape(N, -1).to(self.cache_dtype) for t in (q, k, v)))
         return _project(self.dense, o.view(N, H * d).to(dt))
 
@@ -217,9 +214,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """hidden: the fp32 residual stream ``[N, D]``; returns the next one."""
-        h = hidden + self.attention(self.input_layernorm(hidden), positions).to(hidden.dtype)
+        h = hidden + self.attention(self.input_layernorm(hidden), cos, sin).to(hidden.dtype)
         return h + self.mlp(self.post_attention_layernorm(h)).to(h.dtype)
 
 
@@ -231,13 +228,17 @@ class BailingMoeLinearV2Model(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, vllm_config, f"{prefix}.layers.{i}", i)
                                     for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary_dim, self.rope_theta = config.rotary_dim, config.rope_theta
 
     def forward(self, input_ids: torch.Tensor | None, positions: torch.Tensor,
                 inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         h = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
-        h = h.to(compute_dtype(self.norm.weight))  # fp32 residual stream
+        dt = compute_dtype(self.norm.weight)
+        h = h.to(dt)  # fp32 residual stream
+        # One RoPE table per step for every layer, from vLLM's per-token positions.
+        cos, sin = rope_cos_sin(positions, self.rotary_dim, self.rope_theta, dt)
         for layer in self.layers:
-            h = layer(h, positions)
+            h = layer(h, cos, sin)
         return self.norm(h)
 
 
