@@ -31,9 +31,13 @@ class RolloutWorker:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg["kv_cache_gib"]))))
         # Trainer ranks share these cores: let the OS schedule instead of pinning a core.
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        if cfg["cpu_threads"]:
-            os.environ.setdefault("OMP_NUM_THREADS", str(cfg["cpu_threads"]))
         import torch
+
+        if cfg["cpu_threads"]:
+            # Not setdefault: Ray sets OMP_NUM_THREADS to the actor's CPU share (1 here), which
+            # would silently win over the recipe.
+            os.environ["OMP_NUM_THREADS"] = str(cfg["cpu_threads"])
+            torch.set_num_threads(cfg["cpu_threads"])
 
         engine_layout = {}
         if not torch.cuda.is_available():

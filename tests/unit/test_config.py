@@ -22,6 +22,7 @@ def test_defaults_and_overrides():
     [
         ({"trainer": {"lrr": 1}}, [], r"trainer.lrr: unknown key. Did you mean 'lr'\?"),
         ({"bogus": 1}, [], r"bogus: unknown key"),
+        ({"mode": "strict"}, [], r"mode: 'strict' .* is not implemented yet; use mode: fast"),
         ({"rollout": {"group_size": "eight"}}, [], r"rollout.group_size: expected int, got 'eight'"),
         ({"trainer": {"zero_stage": 4}}, [], r"trainer.zero_stage: got 4; allowed: one of 0, 1, 2, 3"),
         ({"algorithm": {"kl_estimator": "k4"}}, [], r"algorithm.kl_estimator: got 'k4'"),
