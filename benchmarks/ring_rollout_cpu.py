@@ -7,6 +7,7 @@ unless --eager); transformers ``generate`` is what users without an inference en
 Ring-linear model's training class has no KV/state cache (generation is the rollout engine's
 job), so transformers generates with the dense twin only.
 
+vLLM runs in-process (no engine-core process), as Lockstep's rollout worker runs it on CPU.
 Each engine runs in its own process, one after the other (2 cores: never concurrently); each
 length is timed after a warm-up generation.  Tokens/s = batch × length / wall time of one
 ``generate`` with ``ignore_eos`` (every sequence runs to the full length).
@@ -69,10 +70,13 @@ def prompts(batch: int, vocab: int) -> list[list[int]]:
 def run_vllm(model: str, lengths: list[int], batch: int, eager: bool) -> dict:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    # The engine in this process, as Lockstep's rollout worker runs it on CPU (rollout/worker.py):
+    # vLLM's default three-process layout hands every decode step over ZeroMQ.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM, SamplingParams, TokensPrompt
 
     llm = LLM(model=model, dtype="float32", seed=0, max_model_len=max(lengths) + PROMPT_LEN,
-              enforce_eager=eager, gpu_memory_utilization=0.1)
+              enforce_eager=eager, gpu_memory_utilization=0.1, distributed_executor_backend="uni")
     ps = [TokensPrompt(prompt_token_ids=p) for p in prompts(batch, llm.get_tokenizer().vocab_size)]
     out = {}
     for n in lengths:
