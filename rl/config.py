@@ -130,6 +130,10 @@ class AlgorithmConfig:
     entropy_coef: float = 0.0
     # Drop groups whose rewards are all equal (no learning signal).
     dynamic_sampling: bool = False
+    # With dynamic sampling: up to this many rollout rounds per step (each draws
+    # rollout.prompts_per_step new prompts) until the batch holds prompts_per_step informative
+    # groups (DAPO's refill). 1: no refill, dropped groups just leave the batch smaller.
+    dynamic_sampling_max_rounds: int = 1
     # Completions cut at max_new_tokens: keep, drop from the loss, or penalise.
     overlong: Literal["keep", "filter", "penalty"] = "keep"
     overlong_penalty: float = 1.0
@@ -255,6 +259,10 @@ def check_combinations(cfg: RunConfig) -> None:
             f"num_minibatches ({cfg.trainer.num_minibatches}) × trainer.num_ranks "
             f"({cfg.trainer.num_ranks})",
         )
+    if cfg.algorithm.dynamic_sampling_max_rounds < 1:
+        bad("algorithm.dynamic_sampling_max_rounds", f"must be ≥ 1, got {cfg.algorithm.dynamic_sampling_max_rounds}")
+    if cfg.algorithm.dynamic_sampling_max_rounds > 1 and not cfg.algorithm.dynamic_sampling:
+        bad("algorithm.dynamic_sampling_max_rounds", "refill rounds need algorithm.dynamic_sampling=true")
     if cfg.algorithm.clip_low < 0 or cfg.algorithm.clip_high < 0:
         bad("algorithm.clip_low", "clip ranges must be ≥ 0")
     if cfg.algorithm.correction != "none" and cfg.algorithm.old_logprobs == "rollout":

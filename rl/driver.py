@@ -154,26 +154,34 @@ class Run:
     def rl_step(self) -> dict[str, float]:
         cfg, timings = self.cfg, {}
         step_start = t = time.time()
-        idx = self.order.indices(self.cursor, cfg.rollout.prompts_per_step)
-        self.cursor += len(idx)
+        idx = self.draw_prompts()
         samples, answers = self.generate(idx)
         timings["rollout"] = time.time() - t
-        rollout_wall = timings["rollout"]
+        refill = cfg.algorithm.dynamic_sampling_max_rounds > 1
         # While the verifiers score: the engines' probe log-probs under the weights they sampled
-        # with (the sync's "before"), and — unless the update itself yields them — the trainer's
-        # log-probs of the rollout tokens (they need no rewards).
+        # with (the sync's "before"), and — unless the update itself yields them, or refill
+        # rounds may still change the batch — the trainer's log-probs of the rollout tokens.
         t = time.time()
         reward_handle = self.rewards.submit([(s.text, a) for s, a in zip(samples, answers)])
         probe_before = [w.prompt_logprobs.remote(self.probe_ids) for w in self.rollout.actors]
-        trainer_logps = None if self.logprobs_from_update else self.trainer_logprobs(samples)
+        trainer_logps = None if self.logprobs_from_update or refill else self.trainer_logprobs(samples)
         timings["logprobs"] = time.time() - t
         t = time.time()
         scores = reward_handle.result()
         timings["reward"] = time.time() - t
         for s, score in zip(samples, scores):
             s.reward, s.reward_reason = float(score.value), str(score.reason)
-        metrics = self.reward_metrics(samples)
-        metrics["train/logprobs_from_update"] = float(trainer_logps is None)
+        metrics: dict[str, float] = {}
+        drawn = samples
+        if refill:
+            samples, drawn, idx = self.refill(samples, idx, timings, metrics)
+        rollout_wall = timings["rollout"]
+        metrics.update(self.reward_metrics(drawn))
+        metrics["train/logprobs_from_update"] = float(self.logprobs_from_update)
+        if refill and not self.logprobs_from_update:
+            t = time.time()
+            trainer_logps = self.trainer_logprobs(samples)
+            timings["logprobs"] += time.time() - t
         train_samples, old_logps = self.select_and_advantage(samples, trainer_logps, metrics)
         t = time.time()
         if train_samples:
@@ -194,11 +202,58 @@ class Run:
         metrics["data/prompt_hash"] = float(zlib.crc32(json.dumps(idx).encode()))
         metrics.update({f"time/{k}": v for k, v in timings.items()})
         metrics["time/step"] = time.time() - step_start  # wall time, bookkeeping included
-        metrics["throughput/rollout_tokens_per_s"] = sum(len(s.completion_ids) for s in samples) / max(rollout_wall, 1e-9)
+        metrics["throughput/rollout_tokens_per_s"] = sum(len(s.completion_ids) for s in drawn) / max(rollout_wall, 1e-9)
         return metrics
 
     # ----------------------------------------------------------------------------------------
     # Pieces of a step
+
+    def draw_prompts(self) -> list[int]:
+        """The next rollout.prompts_per_step prompts in the data order (the cursor is resumable)."""
+        idx = self.order.indices(self.cursor, self.cfg.rollout.prompts_per_step)
+        self.cursor += len(idx)
+        return idx
+
+    def refill(self, samples: list[Sample], idx: list[int], timings: dict, metrics: dict) -> tuple[list[Sample], list[Sample], list[int]]:
+        """Dynamic sampling with refill (DAPO): more rollout rounds, each on the next
+        prompts_per_step prompts, until prompts_per_step groups have unequal rewards or
+        `algorithm.dynamic_sampling_max_rounds` rounds ran. Returns (the batch: that many groups,
+        informative first, uninformative ones to fill a shortfall; every sample drawn, for the
+        reward metrics; every prompt index drawn)."""
+        cfg = self.cfg
+        P, G = cfg.rollout.prompts_per_step, cfg.rollout.group_size
+        drawn, rounds = list(samples), 1
+
+        def informative() -> list[bool]:
+            return adv.informative_groups(torch.tensor([self.training_reward(s) for s in drawn]), G).tolist()
+
+        while sum(informative()) < P and rounds < cfg.algorithm.dynamic_sampling_max_rounds:
+            t = time.time()
+            more_idx = self.draw_prompts()
+            more, answers = self.generate(more_idx)
+            timings["rollout"] += time.time() - t
+            t = time.time()
+            for s, score in zip(more, self.rewards.submit([(s.text, a) for s, a in zip(more, answers)]).result()):
+                s.reward, s.reward_reason = float(score.value), str(score.reason)
+            timings["reward"] += time.time() - t
+            drawn += more
+            idx = idx + more_idx
+            rounds += 1
+        flags = informative()
+        groups = adv.fill_batch(flags, P)
+        metrics["dynamic_sampling/rounds"] = float(rounds)
+        metrics["dynamic_sampling/groups_drawn"] = float(len(flags))
+        metrics["dynamic_sampling/informative_groups_drawn"] = float(sum(flags))
+        metrics["dynamic_sampling/batch_informative_frac"] = sum(flags[g] for g in groups) / P
+        if sum(flags) < P:
+            log.warning("step %d: %d of %d groups informative after %d rollout rounds; the rest train with weight 0",
+                        self.step, sum(flags), P, rounds)
+        return [s for g in groups for s in drawn[g * G : (g + 1) * G]], drawn, idx
+
+    def training_reward(self, s: Sample) -> float:
+        """The reward the advantages see: the verifier's, less the overlong penalty if it applies."""
+        algo = self.cfg.algorithm
+        return s.reward - algo.overlong_penalty if s.truncated and algo.overlong == "penalty" else s.reward
 
     def generate(self, idx: list[int]) -> tuple[list[Sample], list[str]]:
         cfg = self.cfg.rollout
@@ -275,8 +330,7 @@ class Run:
         cfg, algo = self.cfg, self.cfg.algorithm
         G = cfg.rollout.group_size
         for s in samples:
-            if s.truncated and algo.overlong == "penalty":
-                s.reward -= algo.overlong_penalty
+            s.reward = self.training_reward(s)
             if s.truncated and algo.overlong == "filter":
                 s.weight = 0.0
         rewards = torch.tensor([s.reward for s in samples])

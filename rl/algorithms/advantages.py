@@ -30,3 +30,16 @@ def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     learning signal. Returns a bool mask [n_groups]."""
     r = rewards.float().view(-1, group_size)
     return (r.max(dim=1).values - r.min(dim=1).values) > 0
+
+
+def fill_batch(informative: list[bool], n_groups: int) -> list[int]:
+    """Dynamic sampling with refill (DAPO): which of the groups drawn this step (in the order
+    they were drawn) make up a batch of `n_groups`. Informative groups first, earliest first;
+    extras beyond `n_groups` are dropped; a shortfall is filled with uninformative groups,
+    which train with weight 0 (every rank keeps the same batch shape). Returns group indices
+    in drawn order."""
+    if len(informative) < n_groups:
+        raise ValueError(f"need at least {n_groups} groups to fill a batch, got {len(informative)}")
+    useful = [i for i, ok in enumerate(informative) if ok][:n_groups]
+    filler = [i for i, ok in enumerate(informative) if not ok][: n_groups - len(useful)]
+    return sorted(useful + filler)

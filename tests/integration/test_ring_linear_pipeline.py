@@ -19,7 +19,9 @@ pytestmark = pytest.mark.integration
 
 def test_ring_linear_rl_steps_with_zero3(tmp_path, ray_local):
     data = tiny_recipe(tmp_path, model={"path": "demo:ring-micro"}, sft={"steps": 60},
-                       trainer={"zero_stage": 3})
+                       trainer={"zero_stage": 3},
+                       # DAPO refill: up to 3 rollout rounds per step to fill the batch with informative groups
+                       algorithm={"dynamic_sampling": True, "dynamic_sampling_max_rounds": 3})
     held_out = data["data"]["eval"]
     data["data"]["eval"] = [{**held_out, "name": "noisy"},  # two held-out sets, logged apart
                             {**held_out, "source": "synthetic:arithmetic-easy", "name": "easy", "num_examples": 8}]
@@ -36,6 +38,16 @@ def test_ring_linear_rl_steps_with_zero3(tmp_path, ray_local):
         assert h["sync/probe_max_abs_diff"] <= 1e-3      # the engine runs the trainer's weights
         assert h["mismatch/abs_logp_diff_max"] < 1e-3    # same weights, both fp32
     assert any(h.get("sync/probe_change", 0) > 1e-4 for h in steps)  # and they really moved
+    prompts_per_step, drawn = data["rollout"]["prompts_per_step"], 0
+    for h in steps:  # refill: each round draws the next prompts_per_step prompts
+        assert 1 <= h["dynamic_sampling/rounds"] <= 3
+        assert h["dynamic_sampling/groups_drawn"] == h["dynamic_sampling/rounds"] * prompts_per_step
+        drawn += h["dynamic_sampling/groups_drawn"]
+        assert h["data/cursor"] == drawn
+        informative = h["dynamic_sampling/informative_groups_drawn"]
+        assert h["dynamic_sampling/batch_informative_frac"] == min(informative, prompts_per_step) / prompts_per_step
+        assert (h["dynamic_sampling/rounds"] == 3) or informative >= prompts_per_step  # stops once full
+        assert h["train/samples"] == min(informative, prompts_per_step) * data["rollout"]["group_size"]
 
     from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 

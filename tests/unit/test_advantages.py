@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rl.algorithms.advantages import grpo_advantages, informative_groups
+from rl.algorithms.advantages import fill_batch, grpo_advantages, informative_groups
 
 
 def test_grpo_hand_computed():
@@ -29,3 +29,13 @@ def test_bad_shape():
 def test_informative_groups():
     r = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
     assert informative_groups(r, 2).tolist() == [False, True, False]
+
+
+def test_fill_batch_prefers_informative_groups_in_drawn_order():
+    # Two rounds of 3 groups: informative at 1, 3, 4, 5; a batch of 3 takes the first three.
+    assert fill_batch([False, True, False, True, True, True], 3) == [1, 3, 4]
+    # Shortfall: the one informative group plus the earliest uninformative ones (weight 0 later).
+    assert fill_batch([False, False, True, False], 3) == [0, 1, 2]
+    assert fill_batch([True, True], 2) == [0, 1]
+    with pytest.raises(ValueError, match="need at least 3 groups"):
+        fill_batch([True, True], 3)

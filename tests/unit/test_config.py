@@ -22,6 +22,8 @@ def test_defaults_and_overrides():
     [
         ({"trainer": {"lrr": 1}}, [], r"trainer.lrr: unknown key. Did you mean 'lr'\?"),
         ({"bogus": 1}, [], r"bogus: unknown key"),
+        ({"algorithm": {"dynamic_sampling_max_rounds": 3}}, [], r"algorithm.dynamic_sampling_max_rounds: refill rounds need algorithm.dynamic_sampling=true"),
+        ({"algorithm": {"dynamic_sampling": True, "dynamic_sampling_max_rounds": 0}}, [], r"dynamic_sampling_max_rounds: must be ≥ 1"),
         ({"mode": "strict"}, [], r"mode: 'strict' .* is not implemented yet; use mode: fast"),
         ({"rollout": {"group_size": "eight"}}, [], r"rollout.group_size: expected int, got 'eight'"),
         ({"trainer": {"zero_stage": 4}}, [], r"trainer.zero_stage: got 4; allowed: one of 0, 1, 2, 3"),
