@@ -89,6 +89,10 @@ class RolloutConfig:
     enforce_eager: bool = True
     # Threads the engine may use on CPU (0: let vLLM decide).
     cpu_threads: int = 0
+    # Release the engines' GPU memory (weights, KV cache) during the trainer's step; the weight
+    # sync wakes them. auto: when trainer and rollout share GPUs (ray.placement=colocated).
+    # vLLM has no sleep mode on CPU: there "on" is logged and ignored.
+    sleep_while_training: Literal["auto", "on", "off"] = "auto"
 
 
 @dataclass

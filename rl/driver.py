@@ -183,6 +183,10 @@ class Run:
             trainer_logps = self.trainer_logprobs(samples)
             timings["logprobs"] += time.time() - t
         train_samples, old_logps = self.select_and_advantage(samples, trainer_logps, metrics)
+        if self.engines_sleep:  # after the probe queued above: each actor runs its calls in order
+            t = time.time()
+            metrics["rollout/sleep_freed_gib"] = sum(r["freed_bytes"] for r in self.rollout.call("sleep")) / 2**30
+            timings["sleep"] = time.time() - t
         t = time.time()
         if train_samples:
             update_metrics, update_logps = self.update_policy(train_samples, old_logps)
@@ -465,11 +469,22 @@ class Run:
     def start_rollout(self, model_path: str) -> ActorGroup:
         from rollout.worker import RolloutWorker
 
+        self.engines_sleep = self.sleep_while_training()
         actor_cls = ray.remote(RolloutWorker)
-        actors = [actor_cls.options(**self.placement.options(b)).remote(model_path, self.cfg.model.dtype, to_dict(self.cfg.rollout), self.cfg.seed + k) for k, b in enumerate(self.placement.rollout_bundles)]
+        actors = [actor_cls.options(**self.placement.options(b)).remote(model_path, self.cfg.model.dtype, to_dict(self.cfg.rollout), self.cfg.seed + k, self.engines_sleep)
+                  for k, b in enumerate(self.placement.rollout_bundles)]
         group = ActorGroup(actors)
         group.call("info")
         return group
+
+    def sleep_while_training(self) -> bool:
+        choice = self.cfg.rollout.sleep_while_training
+        if choice == "on" and not self.placement.gpus:
+            log.warning("rollout.sleep_while_training=on ignored: vLLM has no sleep mode on CPU; the engines stay resident")
+            return False
+        sleeps = choice == "on" or (choice == "auto" and self.placement.gpus and self.cfg.ray.placement == "colocated")
+        log.info("rollout engines %s while the trainer runs", "sleep" if sleeps else "stay resident")
+        return sleeps
 
     def warm_start(self) -> str:
         """The SFT stage (if the recipe has one): same trainer, its own engine; the result is an

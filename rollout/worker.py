@@ -26,7 +26,7 @@ log = logging.getLogger("lockstep.rollout")
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, dtype: str, rollout_cfg: dict, seed: int):
+    def __init__(self, model_path: str, dtype: str, rollout_cfg: dict, seed: int, sleep_while_training: bool = False):
         cfg = rollout_cfg
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg["kv_cache_gib"]))))
         # Trainer ranks share these cores: let the OS schedule instead of pinning a core.
@@ -39,14 +39,21 @@ class RolloutWorker:
             os.environ["OMP_NUM_THREADS"] = str(cfg["cpu_threads"])
             torch.set_num_threads(cfg["cpu_threads"])
 
-        engine_layout = {}
+        engine_options = {}
         if not torch.cuda.is_available():
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
-            engine_layout["distributed_executor_backend"] = "uni"  # model worker too
+            engine_options["distributed_executor_backend"] = "uni"  # model worker too
         from vllm import LLM
 
         start = time.time()
         self.cfg = cfg
+        # Colocated on a GPU, the engine sleeps while the trainer runs (level 2: weights and KV
+        # cache released; the next sync rewrites every weight anyway). vLLM's cumem allocator
+        # gives the memory back at the same addresses on wake, so captured CUDA graphs stay valid.
+        self.sleep_while_training = sleep_while_training
+        self.asleep = False
+        if sleep_while_training:
+            engine_options["enable_sleep_mode"] = True
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -58,7 +65,7 @@ class RolloutWorker:
             # Log-probs of the distribution actually sampled from (temperature applied); equal
             # to the raw log-probs at temperature 1.
             logprobs_mode="processed_logprobs",
-            **engine_layout,
+            **engine_options,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
@@ -96,19 +103,39 @@ class RolloutWorker:
         (out,) = self.llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
         return sampled_logprobs(out.prompt_logprobs[1:], token_ids[1:])
 
+    def sleep(self) -> dict:
+        """Releases the engine's GPU memory (weights and KV cache) for the trainer's step. Only
+        with `sleep_while_training`; the next `update_weights` wakes the engine."""
+        import torch
+
+        if not self.sleep_while_training:
+            raise RuntimeError("sleep(): this engine was started without sleep_while_training")
+        free_before = torch.cuda.mem_get_info()[0]
+        self.llm.sleep(level=2)
+        self.asleep = True
+        return {"freed_bytes": torch.cuda.mem_get_info()[0] - free_before}
+
     def update_weights(self, buckets: list[tuple[object, str, int]], version: int, probe_ids: list[int] | None = None) -> dict:
-        """Loads bucketed weights (Ray refs to safetensors bytes) in place; clears cached KV.
-        With `probe_ids`, also returns the probe's log-probs under the new weights ("probe"),
-        saving the sync check a round trip."""
+        """Loads bucketed weights (Ray refs to safetensors bytes, with sha256 and tensor count)
+        in place; clears cached KV. With `probe_ids`, also returns the probe's log-probs under
+        the new weights ("probe"), saving the sync check a round trip."""
         import ray
 
-        start = time.time()
         blobs = ray.get([ref for ref, _, _ in buckets])
-        digests = [digest for _, digest, _ in buckets]
+        return self.load_weights(blobs, [digest for _, digest, _ in buckets], sum(n for _, _, n in buckets), version, probe_ids)
+
+    def load_weights(self, blobs: list[bytes], digests: list[str], expected: int, version: int, probe_ids: list[int] | None = None) -> dict:
+        """`update_weights` once the bytes are here. A sleeping engine wakes in two phases: its
+        weight memory first (written in place), then its KV cache."""
+        start = time.time()
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"])
         counts = self.llm.collective_rpc("lockstep_load_buckets", args=(blobs, digests))
-        expected = sum(n for _, _, n in buckets)
         if any(c != expected for c in counts):
             raise RuntimeError(f"weight sync: workers loaded {counts} tensors, trainer sent {expected}")
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
         self.llm.reset_prefix_cache()  # cached KV/state was computed with the old weights
         self.version = version
         out = {"tensors": expected, "bytes": sum(len(b) for b in blobs), "seconds": time.time() - start}
