@@ -23,7 +23,20 @@ from rl.config import ConfigError
 EXIT_USER_ERROR = 2
 
 
+def send_ray_token_if_present() -> None:
+    """Ray 2.60 turns token authentication on for a cluster that `ray start` brings up once
+    ~/.ray/auth_token exists, and a driver sends the token only when RAY_AUTH_MODE=token is set
+    before `import ray` (read at import). Without it, joining such a cluster fails after a
+    20 s wait with a bare ConnectionError. Unless the user chose a mode, send the token when
+    there is one (clusters without authentication accept it too; checked with Ray 2.60)."""
+    import os
+
+    if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def cmd_run(args) -> int:
+    send_ray_token_if_present()
     from rl.config import load_recipe
     from rl.driver import Run
 

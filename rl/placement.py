@@ -15,7 +15,7 @@ import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from rl.config import RunConfig
+from rl.config import ConfigError, RunConfig
 
 log = logging.getLogger("lockstep.placement")
 
@@ -44,7 +44,14 @@ def connect(address: str | None) -> str:
         return f"cluster at {address or os.environ['RAY_ADDRESS']}"
     running = running_cluster_address()
     if running:
-        ray.init(address=running, runtime_env={"env_vars": env})
+        try:
+            ray.init(address=running, runtime_env={"env_vars": env})
+        except ConnectionError as e:
+            raise ConfigError(
+                f"ray.address: a Ray cluster answers at {running} (started with `ray start`) but this driver could not join it ({e}). "
+                "If it was started with token authentication, export RAY_AUTH_MODE=token (the token is in "
+                "~/.ray/auth_token); or run on a private instance with ray.address=local"
+            ) from e
         return f"running cluster at {running}"
     ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env})
     return "new local instance"

@@ -54,6 +54,12 @@ def test_ray_job_submit(tmp_path):
         assert "Ray: cluster at" in out
         assert "held-out accuracy" not in out or "step    1/1" in out
         assert (tmp_path / "runs" / "job" / "checkpoints" / "latest").exists()
+        # A plain `lockstep run` on this machine joins the head although its shell never set
+        # RAY_AUTH_MODE: the CLI sends the token from ~/.ray/auth_token.
+        join = "from rl.cli import send_ray_token_if_present as s; s(); from rl.placement import connect; print(connect(None))"
+        plain_env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
+        joined = subprocess.run([sys.executable, "-c", join], env=plain_env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert joined.returncode == 0 and "running cluster at" in joined.stdout and f":{port}" in joined.stdout, joined.stderr[-2000:]
     finally:
         stop_head(port)
 
