@@ -93,6 +93,10 @@ class RolloutConfig:
     # sync wakes them. auto: when trainer and rollout share GPUs (ray.placement=colocated).
     # vLLM has no sleep mode on CPU: there "on" is logged and ignored.
     sleep_while_training: Literal["auto", "on", "off"] = "auto"
+    # Sampling ahead (one-step off-policy, as in AReaL/verl's async modes): 1 samples the next
+    # step's batch while the trainer updates on this one, so each batch was sampled by weights
+    # one update older than those it trains; 0 is on-policy (sample, then train).
+    max_staleness: Literal[0, 1] = 0
 
 
 @dataclass
@@ -267,6 +271,10 @@ def check_combinations(cfg: RunConfig) -> None:
         bad("algorithm.dynamic_sampling_max_rounds", f"must be ≥ 1, got {cfg.algorithm.dynamic_sampling_max_rounds}")
     if cfg.algorithm.dynamic_sampling_max_rounds > 1 and not cfg.algorithm.dynamic_sampling:
         bad("algorithm.dynamic_sampling_max_rounds", "refill rounds need algorithm.dynamic_sampling=true")
+    if cfg.rollout.max_staleness and cfg.algorithm.dynamic_sampling_max_rounds > 1:
+        bad("rollout.max_staleness", "refill rounds (algorithm.dynamic_sampling_max_rounds > 1) need the engines during the step; use one or the other")
+    if cfg.rollout.max_staleness and cfg.rollout.sleep_while_training == "on":
+        bad("rollout.max_staleness", "the engines sample the next batch while the trainer runs, so they cannot sleep: set rollout.sleep_while_training=off")
     if cfg.algorithm.clip_low < 0 or cfg.algorithm.clip_high < 0:
         bad("algorithm.clip_low", "clip ranges must be ≥ 0")
     if cfg.algorithm.correction != "none" and cfg.algorithm.old_logprobs == "rollout":

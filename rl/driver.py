@@ -130,6 +130,7 @@ class Run:
         self.logprobs_from_update = self.fold_logprobs_into_update()
         self.rollout = self.start_rollout(policy)
         self.step, self.cursor = (state["step"], state["cursor"]) if state else (0, 0)
+        self.pending = None  # (idx, prompts, futures) of a batch sampled ahead
         self.saved_step = self.step if state else None
         self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=self.step if state else None, config_dict=to_dict(cfg))
         if state:
@@ -154,9 +155,10 @@ class Run:
     def rl_step(self) -> dict[str, float]:
         cfg, timings = self.cfg, {}
         step_start = t = time.time()
-        idx = self.draw_prompts()
-        samples, answers = self.generate(idx)
-        timings["rollout"] = time.time() - t
+        # Sampled ahead during the previous step's update (rollout.max_staleness=1), or now.
+        ahead, self.pending = self.pending, None
+        idx, samples, answers = self.collect_rollout(ahead or self.launch_rollout(self.draw_prompts()))
+        timings["rollout"] = time.time() - t  # sampled ahead: only what was left to wait for
         refill = cfg.algorithm.dynamic_sampling_max_rounds > 1
         # While the verifiers score: the engines' probe log-probs under the weights they sampled
         # with (the sync's "before"), and — unless the update itself yields them, or refill
@@ -164,6 +166,10 @@ class Run:
         t = time.time()
         reward_handle = self.rewards.submit([(s.text, a) for s, a in zip(samples, answers)])
         probe_before = [w.prompt_logprobs.remote(self.probe_ids) for w in self.rollout.actors]
+        if cfg.rollout.max_staleness and self.step < cfg.schedule.steps:
+            # Queued after the probe: the engines sample the next batch with the weights that
+            # sampled this one while the trainer updates; the sync waits for it (actor order).
+            self.pending = self.launch_rollout(self.draw_prompts())
         trainer_logps = None if self.logprobs_from_update or refill else self.trainer_logprobs(samples)
         timings["logprobs"] = time.time() - t
         t = time.time()
@@ -197,11 +203,16 @@ class Run:
             t = time.time()
             trainer_logps = self.trainer_logprobs(samples)
             timings["logprobs"] += time.time() - t
-        metrics.update(self.mismatch(samples, trainer_logps))
+        metrics.update(self.mismatch(samples, trainer_logps, stale=ahead is not None))
+        metrics["rollout/staleness"] = float(ahead is not None)
+        if self.pending:
+            t = time.time()
+            ray.wait(self.pending[2], num_returns=len(self.pending[2]))
+            timings["rollout_ahead_wait"] = time.time() - t  # the next batch outlasted the update
         t = time.time()
         metrics.update(self.sync_weights(ray.get(probe_before)))
         timings["sync"] = time.time() - t
-        metrics["data/cursor"] = float(self.cursor)
+        metrics["data/cursor"] = float(self.consumed_cursor())
         # A fingerprint of which prompts this step drew (resume must reproduce it exactly).
         metrics["data/prompt_hash"] = float(zlib.crc32(json.dumps(idx).encode()))
         metrics.update({f"time/{k}": v for k, v in timings.items()})
@@ -259,10 +270,29 @@ class Run:
         algo = self.cfg.algorithm
         return s.reward - algo.overlong_penalty if s.truncated and algo.overlong == "penalty" else s.reward
 
-    def generate(self, idx: list[int]) -> tuple[list[Sample], list[str]]:
+    def consumed_cursor(self) -> int:
+        """The data cursor less the prompts drawn for a batch still being sampled ahead: what a
+        checkpoint records, so a resumed run samples those prompts again."""
+        return self.cursor - (len(self.pending[0]) if self.pending else 0)
+
+    def launch_rollout(self, idx: list[int]) -> tuple[list[int], list[list[int]], list]:
+        """Starts sampling rollout.group_size completions of each prompt `idx`; returns
+        (idx, prompt ids, Ray futures) for `collect_rollout`."""
         cfg = self.cfg.rollout
         prompts = [self.renderer.ids(self.train_set[i]) for i in idx]
-        outputs = self.rollout_generate(prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+        return idx, prompts, self.rollout_launch(prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+
+    def collect_rollout(self, launched) -> tuple[list[int], list[Sample], list[str]]:
+        idx, prompts, futures = launched
+        outputs = [g for part in ray.get(futures) for g in part]
+        samples, answers = self.as_samples(idx, prompts, outputs)
+        return idx, samples, answers
+
+    def generate(self, idx: list[int]) -> tuple[list[Sample], list[str]]:
+        _, samples, answers = self.collect_rollout(self.launch_rollout(idx))
+        return samples, answers
+
+    def as_samples(self, idx: list[int], prompts: list[list[int]], outputs) -> tuple[list[Sample], list[str]]:
         samples, answers = [], []
         for p, (i, prompt, group) in enumerate(zip(idx, prompts, outputs)):
             for c in group:
@@ -294,16 +324,22 @@ class Run:
         parts = self.stage.trainers.call_each("compute_logprobs", [(part, self.cfg.rollout.temperature) for part in shard(padded, ranks)])
         return [row for part in parts for row in part][: len(samples)]
 
-    def mismatch(self, samples: list[Sample], trainer_logps) -> dict[str, float]:
+    def mismatch(self, samples: list[Sample], trainer_logps, stale: bool = False) -> dict[str, float]:
+        """DESIGN §5's metrics of a_t (rollout) vs b_t (trainer) and the per-token records.
+        `stale`: the batch was sampled ahead, by weights one update older than the trainer's,
+        so the numbers include that update's drift: logged as offpolicy/* (the sync probe still
+        measures the engines' mismatch on equal weights every step)."""
         a = torch.tensor([x for s in samples for x in s.rollout_logprobs], dtype=torch.float32)
         b = torch.tensor([x for lp, _ in trainer_logps for x in lp], dtype=torch.float32)
         pos = torch.tensor([j for s in samples for j in range(len(s.completion_ids))])
         out = mismatch_metrics(a, b, torch.ones_like(a, dtype=torch.bool), pos)
+        if stale:
+            out = {k.replace("mismatch/", "offpolicy/", 1): v for k, v in out.items()}
         ent = [x for _, e in trainer_logps for x in e]
         if ent:
             out["policy/entropy"] = sum(ent) / len(ent)
         records = [
-            {"step": self.step, "sample": n, "position": j, "token": tok, "rollout_logprob": s.rollout_logprobs[j], "trainer_logprob": lp[j], "entropy": e[j] if e else None}
+            {"step": self.step, "sample": n, "position": j, "token": tok, "rollout_logprob": s.rollout_logprobs[j], "trainer_logprob": lp[j], "entropy": e[j] if e else None, "stale": stale}
             for n, (s, (lp, e)) in enumerate(zip(samples, trainer_logps))
             for j, tok in enumerate(s.completion_ids)
         ]
@@ -449,19 +485,22 @@ class Run:
             others = "".join(f" | {name} {metrics[f'eval/{name}/accuracy']:.3f}" for name, _, _ in self.eval_sets[1:])
             print_progress(f"step {step:>4}/{self.cfg.schedule.steps} | eval accuracy {metrics['eval/accuracy']:.3f} on {int(metrics['eval/num_problems'])} held-out problems{others}")
 
-    def rollout_generate(self, prompts, n, max_tokens, temperature, top_p=1.0, top_k=-1):
-        """Splits the prompts evenly over the rollout workers; groups come back in prompt order."""
+    def rollout_launch(self, prompts, n, max_tokens, temperature, top_p=1.0, top_k=-1) -> list:
+        """Splits the prompts evenly over the rollout workers; returns one future per worker
+        used, whose groups concatenate in prompt order."""
         workers = self.rollout.actors
         parts = max(1, min(len(workers), len(prompts)))
         bounds = [round(k * len(prompts) / parts) for k in range(parts + 1)]
-        futures = [w.generate.remote(prompts[bounds[k] : bounds[k + 1]], n, max_tokens, temperature, top_p, top_k) for k, w in enumerate(workers[:parts])]
-        return [g for part in ray.get(futures) for g in part]
+        return [w.generate.remote(prompts[bounds[k] : bounds[k + 1]], n, max_tokens, temperature, top_p, top_k) for k, w in enumerate(workers[:parts])]
+
+    def rollout_generate(self, prompts, n, max_tokens, temperature, top_p=1.0, top_k=-1):
+        return [g for part in ray.get(self.rollout_launch(prompts, n, max_tokens, temperature, top_p, top_k)) for g in part]
 
     def save(self) -> None:
         partial = checkpoint.partial_dir(self.run_dir, self.step)
         self.stage.trainers.call("save_checkpoint", str(partial / checkpoint.ENGINE_DIR))
         self.stage.trainers.call("export_hf", str(partial / checkpoint.HF_DIR), self.base_model)
-        state = {"step": self.step, "cursor": self.cursor, "weights_version": self.step, "config": to_dict(self.cfg)}
+        state = {"step": self.step, "cursor": self.consumed_cursor(), "weights_version": self.step, "config": to_dict(self.cfg)}
         final = checkpoint.commit(self.run_dir, self.step, partial, state, self.cfg.schedule.keep_last)
         self.saved_step = self.step
         print_progress(f"saved checkpoint {final}")
@@ -482,7 +521,7 @@ class Run:
         if choice == "on" and not self.placement.gpus:
             log.warning("rollout.sleep_while_training=on ignored: vLLM has no sleep mode on CPU; the engines stay resident")
             return False
-        sleeps = choice == "on" or (choice == "auto" and self.placement.gpus and self.cfg.ray.placement == "colocated")
+        sleeps = choice == "on" or (choice == "auto" and self.placement.gpus and self.cfg.ray.placement == "colocated" and not self.cfg.rollout.max_staleness)
         log.info("rollout engines %s while the trainer runs", "sleep" if sleeps else "stay resident")
         return sleeps
 

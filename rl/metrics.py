@@ -109,6 +109,8 @@ def progress_line(step: int, total: int, m: dict[str, float]) -> str:
         parts.append(f"acc {m['eval/accuracy']:.3f}")
     if "mismatch/k3" in m:
         parts.append(f"k3 {m['mismatch/k3']:.1e}")
+    elif "offpolicy/k3" in m:  # sampled ahead: one update of drift included
+        parts.append(f"k3 (1 step stale) {m['offpolicy/k3']:.1e}")
     times = " ".join(f"{name} {m.get(f'time/{name}', 0.0):.1f}s" for name in ("rollout", "reward", "train", "sync"))
     parts.append(times)
     return " | ".join(parts)

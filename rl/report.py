@@ -34,6 +34,8 @@ def render(run_dir: Path, step: int | None = None, top: int = 20, tokenizer=None
     pos = torch.tensor([r["position"] for r in records])
     m = mismatch_metrics(a, b, torch.ones_like(a, dtype=torch.bool), pos)
     lines = [f"step {step}: {len(records)} token records (bounded sample: half largest |Δ|, half random)"]
+    if any(r.get("stale") for r in records):
+        lines.append("  sampled ahead (rollout.max_staleness=1): the trainer's weights are one update newer, so Δ includes that update's drift")
     lines += [f"  {k.removeprefix('mismatch/'):<32} {v:.3e}" for k, v in m.items()]
     worst = sorted(records, key=lambda r: -abs(r["trainer_logprob"] - r["rollout_logprob"]))[:top]
     lines.append(f"\n{'sample':>6} {'pos':>5} {'token':>14} {'rollout':>11} {'trainer':>11} {'Δ':>10} {'entropy':>8}")

@@ -22,6 +22,9 @@ def test_defaults_and_overrides():
     [
         ({"trainer": {"lrr": 1}}, [], r"trainer.lrr: unknown key. Did you mean 'lr'\?"),
         ({"bogus": 1}, [], r"bogus: unknown key"),
+        ({"rollout": {"max_staleness": 1, "sleep_while_training": "on"}}, [], r"rollout.max_staleness: .* cannot sleep"),
+        ({"rollout": {"max_staleness": 2}}, [], r"rollout.max_staleness: got 2; allowed: one of 0, 1"),
+        ({"rollout": {"max_staleness": 1}, "algorithm": {"dynamic_sampling": True, "dynamic_sampling_max_rounds": 2}}, [], r"rollout.max_staleness: refill rounds"),
         ({"algorithm": {"dynamic_sampling_max_rounds": 3}}, [], r"algorithm.dynamic_sampling_max_rounds: refill rounds need algorithm.dynamic_sampling=true"),
         ({"algorithm": {"dynamic_sampling": True, "dynamic_sampling_max_rounds": 0}}, [], r"dynamic_sampling_max_rounds: must be ≥ 1"),
         ({"mode": "strict"}, [], r"mode: 'strict' .* is not implemented yet; use mode: fast"),
