@@ -108,7 +108,6 @@ class Run:
                           for i, c in enumerate(as_list(cfg.data.eval))]
         if len({name for name, _, _ in self.eval_sets}) < len(self.eval_sets):
             raise ConfigError("data.eval: two held-out sets share a name; give each a distinct `name`")
-        self.eval_set = self.eval_sets[0][1] if self.eval_sets else []
         self.order = DataOrder(len(self.train_set), cfg.seed, cfg.data.shuffle)
         self.probe_ids = self.tokenizer(PROBE_TEXT)["input_ids"]
         self.samples_per_step = cfg.rollout.prompts_per_step * cfg.rollout.group_size
@@ -577,7 +576,7 @@ class Run:
             f"mean reward per step  {sparkline(rewards)}  ({out['reward_first']:.3f} → {out['reward_last']:.3f})" if rewards else "no RL steps",
         ]
         if evals:
-            lines.append(f"held-out accuracy     {out['eval_before']:.3f} (step {evals[0][0]}) → {out['eval_after']:.3f} (step {evals[-1][0]}) on {len(self.eval_set)} problems")
+            lines.append(f"held-out accuracy     {out['eval_before']:.3f} (step {evals[0][0]}) → {out['eval_after']:.3f} (step {evals[-1][0]}) on {len(self.eval_sets[0][1])} problems")
         lines += [f"run directory         {self.run_dir}", f"metrics               {self.run_dir / 'metrics.jsonl'} (TensorBoard: {self.run_dir / 'tensorboard'})", f"latest checkpoint     {out['checkpoint']}"]
         print_progress("\n".join(lines))
         return out
