@@ -1,11 +1,13 @@
 """Rollout tokens/s of the tiny Ring-linear hybrid model in vLLM (the Lockstep plugin) against
 vLLM's native dense model (Qwen2 architecture, equal parameter count) and transformers
-``generate`` on that dense model, same sampling settings, generation lengths 128 … 4096.
+``generate`` on that dense model and on the Ring-linear model itself, same sampling settings,
+generation lengths 128 … 4096.
 
 Why these anchors: the dense model is what vLLM runs natively (its own fused layers, compiled
 unless --eager); transformers ``generate`` is what users without an inference engine run.  The
-Ring-linear model's training class has no KV/state cache (generation is the rollout engine's
-job), so transformers generates with the dense twin only.
+Ring-linear training class generates with a cache (``DynamicCache``: the fp32 linear-attention
+state and the softmax layers' K/V; chunked prefill, then ``recurrent`` decode — the kernels the
+vLLM plugin calls), so "ring (transformers generate, cache)" measures the same model without vLLM.
 
 vLLM runs in-process (no engine-core process), as Lockstep's rollout worker runs it on CPU.
 Each engine runs in its own process, one after the other (2 cores: never concurrently); each
@@ -94,16 +96,20 @@ def run_hf(model: str, lengths: list[int], batch: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
+    import trainer.ring_linear  # noqa: F401  (registers the Ring-linear model type with the Auto classes)
+
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
     ids = torch.tensor(prompts(batch, m.config.vocab_size))
+    mask = torch.ones_like(ids)  # no padding (else generate guesses it from pad-token ids in the prompts)
     out = {}
     with torch.no_grad():
         for n in lengths:
-            kw = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=m.config.pad_token_id)
-            m.generate(ids[:2], max_new_tokens=16, min_new_tokens=16, **kw)
+            kw = dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, pad_token_id=m.config.pad_token_id,
+                      use_cache=True)  # ring dirs built before the config default became true say false
+            m.generate(ids[:2], attention_mask=mask[:2], max_new_tokens=16, min_new_tokens=16, **kw)
             start = time.perf_counter()
-            res = m.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+            res = m.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, **kw)
             dt = time.perf_counter() - start
             assert res.shape[1] == PROMPT_LEN + n
             out[n] = batch * n / dt
@@ -133,7 +139,8 @@ def main() -> None:
     runs = [("ring (vLLM + plugin, eager)", "vllm-eager", ring),
             ("dense (vLLM native, compiled)", "vllm", dense),
             ("dense (vLLM native, eager)", "vllm-eager", dense),
-            ("dense (transformers generate)", "hf", dense)]
+            ("dense (transformers generate)", "hf", dense),
+            ("ring (transformers generate, cache)", "hf", ring)]
     rates = {}
     for label, kind, model in runs:
         result = root / f"{kind}-{model.name}.json"

@@ -74,7 +74,8 @@ class BailingMoeLinearV2Config(PretrainedConfig):
     attention_dropout: float = 0.0
     output_dropout: float = 0.0
     initializer_range: float = 0.02
-    use_cache: bool = False
+    use_cache: bool = True                 # as published: `generate` reads it (the forward
+                                           # builds a cache only when passed use_cache=True)
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None

@@ -55,8 +55,24 @@ weight-dtype operands, fp32 accumulation), and the trainer's log-probs come from
 ``kernels.lm_head.token_logprobs`` (``trainer.logprobs.use_fp32_lm_head``).
 
 Padding: sequences must be right-padded (the trainer's ``pack``).  Every layer is causal, so a
-real token never sees the padding after it; left padding raises ``ValueError``.  No KV cache:
-this class computes log-probs and gradients; generation is the rollout engine's job.
+real token never sees the padding after it; left padding raises ``ValueError`` (without a cache).
+
+Cache (incremental generation, ``transformers`` ``generate``).  The cache is transformers' own
+``DynamicCache(config=config)``: ``config.layer_types`` names the layers ``"linear_attention"`` /
+``"full_attention"``, so it holds one ``LinearAttentionLayer`` (the recurrent state
+``S [B, H, d, d]``, fp32 — fp64 for fp64 weights — never bf16, DESIGN.md §4) or one
+``DynamicLayer`` (K and V after the q/k norms and RoPE, ``[B, KV, S, d]`` fp32) per layer, the
+pattern of transformers' hybrid models (Qwen3-Next).  ``forward(..., use_cache=True)`` (or a
+``past_key_values``) runs the same projections, norms and RoPE; the linear layers run ``chunk``
+from the cached state for several new tokens (prefill: the final state goes to the cache) and
+``recurrent`` (in place on the cached state) for one new token per sequence — the calls the vLLM
+plugin makes; the softmax layers append K, V and attend over all cached keys with SDPA on fp32.
+RoPE positions continue from the cache length.  ``use_cache=None`` means no cache (the
+published config says ``use_cache: true``; training forwards must not build one).  With a cache,
+batches may be left-padded (``generate``'s padding side): a pad token gets ``k = 0`` in the
+linear layers (``S_t = λ S_{t-1} + k_tᵀ v_t`` then stays 0 until the first real token), its key is
+masked in the softmax layers, and positions count real tokens only; right padding raises.
+Inference only: ``recurrent`` has no backward.
 """
 
 from __future__ import annotations
@@ -66,13 +82,15 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLayerMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from kernels.linear_attention import chunk as linear_attention_chunk
 from kernels.linear_attention import layer_decay
+from kernels.linear_attention import recurrent as linear_attention_recurrent
 from kernels.lm_head import logits_fp32
 from kernels.moe import MoE, MoEGate
 from kernels.moe import SwiGLU as MLP
@@ -120,7 +138,10 @@ class LinearAttention(nn.Module):
             self._decay[device] = g.to(device)
         return self._decay[device]
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: Cache | None = None, real: torch.Tensor | None = None) -> torch.Tensor:
+        """cache: the generation cache (its layer ``layer_idx`` holds the state); real: bool
+        ``[B, S]`` real-token mask of the cached + new tokens (None: no padding)."""
         B, T, _ = x.shape
         H, d = self.num_heads, self.head_dim
         dt = compute_dtype(self.dense.weight)
@@ -131,8 +152,18 @@ class LinearAttention(nn.Module):
         if self.use_qk_norm:
             q, k = self.query_layernorm(q), self.key_layernorm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o, _ = linear_attention_chunk(q.contiguous(), k.contiguous(), v.contiguous(),
-                                      self.decay(x.device), scale=d ** -0.5)
+        if real is not None:  # a pad token adds k_tᵀ v_t = 0 to the state
+            k = k.masked_fill(~real[:, -T:, None, None], 0.0)
+        decay, scale = self.decay(x.device), d ** -0.5
+        state = None if cache is None else cache.layers[self.layer_idx].recurrent_states[0]
+        if state is not None and T == 1:  # decode: S ← λ S + kᵀv on the cached state, in place
+            o = linear_attention_recurrent(q[:, 0], k[:, 0], v[:, 0].contiguous(), decay, scale, state)[:, None]
+        else:  # training, prefill, or several new tokens: chunked, from the cached state if any
+            o, final = linear_attention_chunk(q.contiguous(), k.contiguous(), v.contiguous(), decay,
+                                              scale=scale, initial_state=state,
+                                              output_final_state=cache is not None)
+            if cache is not None:
+                cache.update_recurrent_state(final.contiguous(), self.layer_idx)
         y = self.g_norm(o.reshape(B, T, H * d)) * torch.sigmoid(_project(self.g_proj, x).to(dt))
         return _project(self.dense, y)
 
@@ -153,7 +184,9 @@ class SoftmaxAttention(nn.Module):
             self.key_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: Cache | None = None, real: torch.Tensor | None = None) -> torch.Tensor:
+        """cache, real: as in :class:`LinearAttention` (K, V are appended to the cache)."""
         B, T, _ = x.shape
         H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
         dt = compute_dtype(self.dense.weight)
@@ -162,9 +195,28 @@ class SoftmaxAttention(nn.Module):
         if self.use_qk_norm:
             q, k = self.query_layernorm(q), self.key_layernorm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           is_causal=True, scale=d ** -0.5, enable_gqa=KV != H)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)   # [B, heads, T, d]
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)                       # [B, KV, S, d]
+        S = k.shape[2]
+        causal = S == T and real is None      # training and unpadded prefill: the training call
+        sees_all = T == 1 and real is None    # unpadded decode: the new token sees every key
+        mask = None if causal or sees_all else _attention_mask(T, S, real, x.device)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           scale=d ** -0.5, enable_gqa=KV != H)
         return _project(self.dense, o.transpose(1, 2).reshape(B, T, H * d))
+
+
+def _attention_mask(T: int, S: int, real: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Bool SDPA mask for the last T of S positions: query i (position S - T + i) sees key j iff
+    j <= S - T + i and j is a real token (``real`` bool ``[B, S]``).  A pad query also sees itself,
+    so no row is empty (SDPA gives NaN there); its output is never read."""
+    query = torch.arange(S - T, S, device=device)[:, None]
+    key = torch.arange(S, device=device)[None]
+    causal = key <= query                                                 # [T, S]
+    if real is None:
+        return causal
+    return (causal & real[:, None, None, :]) | (key == query)            # [B, 1, T, S]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,9 +234,11 @@ class DecoderLayer(GradientCheckpointingLayer):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                past_key_values: Cache | None = None, real: torch.Tensor | None = None) -> torch.Tensor:
         """hidden: the fp32 residual stream ``[B, T, D]``; returns the next one."""
-        h = hidden + self.attention(self.input_layernorm(hidden), cos, sin).to(hidden.dtype)
+        attn = self.attention(self.input_layernorm(hidden), cos, sin, past_key_values, real)
+        h = hidden + attn.to(hidden.dtype)
         return h + self.mlp(self.post_attention_layernorm(h)).to(h.dtype)
 
 
@@ -211,7 +265,9 @@ class BailingMoeLinearV2PreTrainedModel(PreTrainedModel):
 
 class BailingMoeLinearV2Model(BailingMoeLinearV2PreTrainedModel):
     """Embeddings → decoder layers → final RMSNorm.  ``forward(input_ids, attention_mask)``
-    returns ``BaseModelOutputWithPast(last_hidden_state=[B, T, D] fp32)``."""
+    returns ``BaseModelOutputWithPast(last_hidden_state=[B, T, D] fp32, past_key_values)``; with
+    a cache (``use_cache=True`` or ``past_key_values``) ``attention_mask`` covers the cached and
+    the new tokens, ``[B, past + T]``, as ``generate`` passes it."""
 
     def __init__(self, config: BailingMoeLinearV2Config):
         super().__init__(config)
@@ -229,24 +285,42 @@ class BailingMoeLinearV2Model(BailingMoeLinearV2PreTrainedModel):
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                past_key_values=None, use_cache: bool | None = None, **kwargs) -> BaseModelOutputWithPast:
-        if past_key_values is not None or use_cache:
-            raise ValueError("BailingMoeLinearV2Model has no KV/state cache (training and scoring only); "
-                             "generate with the rollout engine")
+                past_key_values: Cache | None = None, use_cache: bool | None = None,
+                **kwargs) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         h = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         B, T = h.shape[:2]
-        if attention_mask is not None:
-            _check_right_padded(attention_mask)
-        if position_ids is None:
-            position_ids = torch.arange(T, device=h.device)
+        if use_cache and past_key_values is None:  # None means no cache (see the module docstring)
+            past_key_values = DynamicCache(config=self.config)
+        real = None
+        if past_key_values is None:
+            if attention_mask is not None:
+                _check_right_padded(attention_mask)
+            if position_ids is None:
+                position_ids = torch.arange(T, device=h.device)
+        else:
+            self._check_cache(past_key_values)
+            past = past_key_values.get_seq_length()
+            real = _left_padding(attention_mask, B, past + T)
+            if position_ids is None:  # positions count real tokens: cached ones first
+                position_ids = (torch.arange(past, past + T, device=h.device) if real is None
+                                else (real.long().cumsum(-1) - 1).clamp(min=0)[:, -T:])
         dt = compute_dtype(self.norm.weight)
         cos, sin = rope_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta, dt)
         h = h.to(dt)  # the residual stream is fp32 (fp64 for fp64 weights)
         for layer in self.layers:
-            h = layer(h, cos, sin)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(h))
+            h = layer(h, cos, sin, past_key_values=past_key_values, real=real)
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(h), past_key_values=past_key_values)
+
+    def _check_cache(self, cache: Cache) -> None:
+        """The cache must have the model's layer kinds (``DynamicCache(config=model.config)``)."""
+        kinds = [isinstance(layer, LinearAttentionCacheLayerMixin) for layer in getattr(cache, "layers", [])]
+        want = [not self.config.is_softmax_layer(i) for i in range(self.config.num_hidden_layers)]
+        if kinds != want:
+            raise ValueError("past_key_values must be DynamicCache(config=model.config) (a linear-attention "
+                             "state for each linear layer, K/V for each softmax layer); got "
+                             f"{type(cache).__name__} with {len(kinds)} layers")
 
 
 def _check_right_padded(mask: torch.Tensor) -> None:
@@ -259,6 +333,25 @@ def _check_right_padded(mask: torch.Tensor) -> None:
                          "or holes are not supported by the linear-attention layers")
 
 
+def _left_padding(mask: torch.Tensor | None, B: int, S: int) -> torch.Tensor | None:
+    """The real-token mask bool ``[B, S]`` of a left-padded batch (rows 0…0 1…1), or None when
+    there is no padding (one host sync).  A cache runs the tokens in order, so padding after a
+    real token would enter the state: right padding and holes raise."""
+    if mask is None:
+        return None
+    if tuple(mask.shape) != (B, S):
+        raise ValueError(f"with a cache, attention_mask must cover the cached and the new tokens: "
+                         f"[B, past + T] = [{B}, {S}], got {list(mask.shape)}")
+    real = mask.bool()
+    if bool(real.all()):
+        return None
+    if bool((real[:, :-1] & ~real[:, 1:]).any()):
+        raise ValueError("generation with a cache needs left padding (pad tokens first, e.g. the "
+                         "tokenizer's padding_side='left'); this attention_mask has padding after a "
+                         "real token")
+    return real
+
+
 def _gathered(param: nn.Parameter):
     """Context in which a ZeRO-3-partitioned parameter is whole (read-only); a no-op otherwise."""
     if hasattr(param, "ds_id"):
@@ -268,12 +361,13 @@ def _gathered(param: nn.Parameter):
     return contextlib.nullcontext()
 
 
-class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel):
+class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel, GenerationMixin):
     """Decoder + ``lm_head``.  ``forward`` returns fp32 logits (``kernels.lm_head.logits_fp32``)
     and, with ``labels``, the mean next-token cross-entropy — for scoring and tests: on CUDA the
     fp32-logit GEMM has no backward, and under ZeRO-3 the head is read through a gather.  The
     trainer trains through ``get_decoder()`` + ``trainer.logprobs.use_fp32_lm_head`` (a call of
-    the ``lm_head`` module, differentiable everywhere)."""
+    the ``lm_head`` module, differentiable everywhere).  ``generate`` works (transformers'
+    ``GenerationMixin``, cache: see the module docstring)."""
 
     _tied_weights_keys: dict[str, str] = {}
 
@@ -322,9 +416,12 @@ class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel):
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, inputs_embeds: torch.Tensor | None = None,
-                labels: torch.LongTensor | None = None, **kwargs) -> CausalLMOutputWithPast:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            inputs_embeds=inputs_embeds, **kwargs).last_hidden_state
+                labels: torch.LongTensor | None = None, logits_to_keep: int = 0,
+                **kwargs) -> CausalLMOutputWithPast:
+        """``logits_to_keep``: logits of the last n positions only (0: all; ``generate`` passes 1)."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         inputs_embeds=inputs_embeds, **kwargs)
+        hidden = out.last_hidden_state[:, -logits_to_keep:] if logits_to_keep else out.last_hidden_state
         with _gathered(self.lm_head.weight):
             w = self.lm_head.weight
             if w.dtype in (torch.float32, torch.float64):  # already fp32 (fp64: the parity runs)
@@ -336,7 +433,7 @@ class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel):
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                                    ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
 
 
 __all__ = ["BailingMoeLinearV2PreTrainedModel", "BailingMoeLinearV2Model", "BailingMoeLinearV2ForCausalLM"]
