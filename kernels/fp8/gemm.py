@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 
 from .backend import HAS_TRITON, check_2d, log, pick_backend, tl, triton
-from .gemm_hopper import fp8_gemm_gluon, gluon_supported
+from .gemm_hopper import (fp8_gemm_gluon, fp8_gemm_gluon_persistent, fp8_gemm_gluon_ws,
+                          gluon_supported, num_sms)
 from .reference import BLOCK, FP8_DTYPE, _cdiv, fp8_gemm_torch
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -137,8 +138,11 @@ if HAS_TRITON:
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages, kind); kind: "gluon" (gemm_hopper.py: Hopper Gluon
-# kernel, promotion prefetched and overlapped; the default on sm_90 where TMA alignment allows),
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, kind); kind: "gluon_ws" (gemm_hopper.py: persistent
+# warp-specialized Gluon kernel, 128×256 tiles; the default on sm_90 for 128×128-block B where TMA
+# alignment allows and there is a wave of tiles; num_warps is its per-consumer 4), "gluon_p" (the
+# persistent Gluon kernel without a producer warp, BLOCK_N 256 or ≤ 128), "gluon" (non-persistent
+# Gluon kernel, promotion prefetched and overlapped; the default for small M·N),
 # "ptr" (pointer loads), "tma" (TMA descriptors), "tma_ws" (TMA + Triton's automatic warp
 # specialization), "tma_pp"/"tma_pp_ws" (software-pipelined promotion). Chosen from M only when
 # batch_invariant is off; the per-element arithmetic does not depend on the tile shape (fixed K
@@ -147,17 +151,23 @@ _CONFIG_LARGE = (128, 128, 8, 4, "tma")
 _CONFIG_SMALL_M = (64, 128, 4, 4, "tma")
 _CONFIG_INVARIANT = (128, 128, 8, 4, "tma")
 _CONFIG_INTERPRET = (32, 32, 4, 1, "ptr")
-_CONFIG_GLUON = (128, 128, 8, 4, "gluon")  # best or within noise at every benchmark shape, M=128 too
+_CONFIG_GLUON = (128, 128, 8, 4, "gluon")  # fewer 128×256 tiles than SMs (M=128 decode-like shapes)
+# "gluon_ws": persistent, warp-specialized, 128×256 tiles (gemm_hopper.py); 0.81-0.88× cuBLAS
+# tensorwise at the large benchmark shapes vs 0.68-0.73× for "gluon" (H100, 2026-11-26).
+_CONFIG_GLUON_WS = (128, 256, 4, 3, "gluon_ws")
 _logged_kinds: set[str] = set()
 
 
-def _pick_config(m: int, n: int, k: int, on_cpu: bool, batch_invariant: bool, gluon_ok: bool):
+def _pick_config(m: int, n: int, k: int, on_cpu: bool, batch_invariant: bool, gluon_ok: bool,
+                 sms: int = 132):
     if on_cpu:
         return _CONFIG_INTERPRET
     # Gluon: 128×128-block B only (with 1×128 B scales its two scale vectors spill registers);
     # bitwise the same as the Triton kernels (checked on the H100), so the choice may vary.
+    # The persistent 128×256 kernel needs at least a wave of tiles; below that the 128×128
+    # kernel spreads the work over twice as many SMs.
     if gluon_ok:
-        return _CONFIG_GLUON
+        return _CONFIG_GLUON_WS if _cdiv(m, 128) * _cdiv(n, 256) >= sms else _CONFIG_GLUON
     if batch_invariant:
         cfg = _CONFIG_INVARIANT
     elif m <= 256 or _cdiv(m, 128) * _cdiv(n, 128) < 132:
@@ -217,16 +227,23 @@ def fp8_gemm(
     n = bq.shape[0]
     b_block = b_scale.shape[0] != n or n == 1
     why_not = gluon_supported(aq, bq, out_dtype) if b_block else "1x128 B scales (wgrad) spill"
-    bm, bn, warps, stages, kind = config or _pick_config(m, n, k, not aq.is_cuda, batch_invariant,
-                                                         why_not is None)
+    bm, bn, warps, stages, kind = config or _pick_config(
+        m, n, k, not aq.is_cuda, batch_invariant, why_not is None,
+        num_sms(aq.device) if why_not is None else 132)
     if aq.is_cuda and kind not in _logged_kinds:  # the kernel choice is visible, never silent
         _logged_kinds.add(kind)
         log.info("fp8_gemm uses the %r kernel%s", kind,
                  "" if kind == "gluon" else f" (Gluon kernel not used: {why_not})")
-    if kind == "gluon":
+    if kind in ("gluon", "gluon_p", "gluon_ws"):
         if (why := gluon_supported(aq, bq, out_dtype)) is not None:
             raise ValueError(f"fp8_gemm: Gluon kernel requested but {why}")
-        return fp8_gemm_gluon(aq, a_scale, bq, b_scale, out_dtype, b_block, bm, bn, warps, stages)
+        if kind == "gluon":
+            return fp8_gemm_gluon(aq, a_scale, bq, b_scale, out_dtype, b_block, bm, bn, warps, stages)
+        if not b_block:
+            raise ValueError("fp8_gemm: the persistent Gluon kernels need 128x128-block B scales")
+        if kind == "gluon_ws":
+            return fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages)
+        return fp8_gemm_gluon_persistent(aq, a_scale, bq, b_scale, out_dtype, bm, bn, warps, stages)
     c = torch.empty(m, n, dtype=out_dtype, device=aq.device)
     grid = (_cdiv(m, bm) * _cdiv(n, bn),)
     scale_args = (a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1))

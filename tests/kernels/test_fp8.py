@@ -314,7 +314,7 @@ _HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9
 
 @pytest.mark.skipif(not _HOPPER, reason="Gluon GEMM is sm_90-only and the Triton interpreter "
                     "cannot run Gluon kernels; verified on an H100 (BENCHMARKS.md, FP8)")
-@pytest.mark.parametrize("m,n,k", [(300, 264, 1040), (77, 1024, 2048)])
+@pytest.mark.parametrize("m,n,k", [(300, 264, 1040), (77, 1024, 2048), (520, 1304, 384)])
 @pytest.mark.parametrize("b_kind", ["block", "1x128"])
 def test_fp8_gemm_gluon_matches_reference_and_triton(m, n, k, b_kind, poison_empty):
     """Hopper Gluon kernel: float64 reference, bitwise equal to the Triton kernel, any M."""
@@ -329,6 +329,14 @@ def test_fp8_gemm_gluon_matches_reference_and_triton(m, n, k, b_kind, poison_emp
     part = fp8_gemm(aq[:5].contiguous(), as_[:5].contiguous(), bq, bs, torch.float32,
                     config=(64, 128, 4, 4, "gluon"))
     assert torch.equal(part, c[:5])
+    if b_kind == "block":  # the persistent kernels (128×128-block B only), bf16 and fp32 out
+        for cfg in ((128, 256, 4, 3, "gluon_ws"), (128, 256, 4, 2, "gluon_ws"),
+                    (128, 256, 8, 2, "gluon_p"), (128, 128, 8, 4, "gluon_p")):
+            assert torch.equal(fp8_gemm(aq, as_, bq, bs, torch.float32, config=cfg), c), cfg
+            assert torch.equal(fp8_gemm(aq[:5].contiguous(), as_[:5].contiguous(), bq, bs,
+                                        torch.bfloat16, config=cfg),
+                               fp8_gemm(aq[:5].contiguous(), as_[:5].contiguous(), bq, bs,
+                                        torch.bfloat16, config=(128, 128, 8, 4, "ptr"))), cfg
 
 
 def test_cpu_gemm_uses_exact_block_sums():
