@@ -126,6 +126,8 @@ def main() -> None:
     ap.add_argument("--lengths", default="128,512,1024,2048,4096")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--work", default="/tmp/lockstep-ring-rollout-bench")
+    ap.add_argument("--hf-max-length", type=int, default=None,
+                    help="transformers rows only up to this length (the ring model's generate loop is slow on CPU)")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "MODEL", "RESULT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -144,7 +146,8 @@ def main() -> None:
     rates = {}
     for label, kind, model in runs:
         result = root / f"{kind}-{model.name}.json"
-        subprocess.run([sys.executable, __file__, "--lengths", args.lengths, "--batch", str(args.batch),
+        todo = [n for n in lengths if kind != "hf" or args.hf_max_length is None or n <= args.hf_max_length]
+        subprocess.run([sys.executable, __file__, "--lengths", ",".join(map(str, todo)), "--batch", str(args.batch),
                         "--child", kind, str(model), str(result)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rates[label] = {int(k): v for k, v in json.loads(result.read_text()).items()}
@@ -153,9 +156,9 @@ def main() -> None:
     print(f"\n| engine | " + " | ".join(f"{n} tok/s" for n in lengths) + " |")
     print("|---|" + "---|" * len(lengths))
     for label, r in rates.items():
-        print(f"| {label} | " + " | ".join(f"{r[n]:.0f}" for n in lengths) + " |")
+        print(f"| {label} | " + " | ".join(f"{r[n]:.0f}" if n in r else "–" for n in lengths) + " |")
     for label in list(rates)[1:]:
-        print(f"| ring ÷ {label} | " + " | ".join(f"{ring_rate[n] / rates[label][n]:.2f}" for n in lengths) + " |")
+        print(f"| ring (vLLM) ÷ {label} | " + " | ".join(f"{ring_rate[n] / rates[label][n]:.2f}" if n in rates[label] else "–" for n in lengths) + " |")
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 
