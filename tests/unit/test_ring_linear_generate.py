@@ -14,6 +14,8 @@ from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 from trainer.ring_linear.presets import preset_config
 from trainer.ring_linear.reference import reference_logits
 
+from test_ring_linear_model import _perturbed  # tests/unit is on sys.path (pytest's rootdir-relative import)
+
 CHUNK = 64  # kernels.linear_attention's chunk size: prompts longer than it cross a chunk boundary
 
 
@@ -21,15 +23,7 @@ CHUNK = 64  # kernels.linear_attention's chunk size: prompts longer than it cros
 def tiny() -> BailingMoeLinearV2ForCausalLM:
     """Random tiny model; norm weights away from 1 and a non-zero expert bias, so tests see them."""
     torch.manual_seed(0)
-    model = BailingMoeLinearV2ForCausalLM(preset_config("tiny")).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("expert_bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-            elif "norm" in name:
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-    return model
+    return _perturbed(BailingMoeLinearV2ForCausalLM(preset_config("tiny"))).eval()
 
 
 def _tokens(shape, seed: int) -> torch.Tensor:
