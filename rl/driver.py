@@ -216,7 +216,8 @@ class Run:
         metrics["data/prompt_hash"] = float(zlib.crc32(json.dumps(idx).encode()))
         metrics.update({f"time/{k}": v for k, v in timings.items()})
         metrics["time/step"] = time.time() - step_start  # wall time, bookkeeping included
-        metrics["throughput/rollout_tokens_per_s"] = sum(len(s.completion_ids) for s in drawn) / max(rollout_wall, 1e-9)
+        if ahead is None:  # sampled ahead, the rollout ran during the previous update: no wall time of its own
+            metrics["throughput/rollout_tokens_per_s"] = sum(len(s.completion_ids) for s in drawn) / max(rollout_wall, 1e-9)
         return metrics
 
     # ----------------------------------------------------------------------------------------
