@@ -80,6 +80,12 @@ def start_trainers(cfg: RunConfig, placement: Placement, model_path: str, lr: fl
     return Stage(group, micro_batches, all(i["train_forward_is_eval_forward"] for i in info))
 
 
+def set_scores(samples: list[Sample], scores) -> None:
+    """Each sample's verifier score and its reason (correct, wrong, timeout, …)."""
+    for s, score in zip(samples, scores):
+        s.reward, s.reward_reason = float(score.value), str(score.reason)
+
+
 def shard(items: list, parts: int) -> list[list]:
     """Contiguous equal shards (len(items) must divide by parts)."""
     n = len(items) // parts
@@ -172,10 +178,8 @@ class Run:
         trainer_logps = None if self.logprobs_from_update or refill else self.trainer_logprobs(samples)
         timings["logprobs"] = time.time() - t
         t = time.time()
-        scores = reward_handle.result()
+        set_scores(samples, reward_handle.result())
         timings["reward"] = time.time() - t
-        for s, score in zip(samples, scores):
-            s.reward, s.reward_reason = float(score.value), str(score.reason)
         metrics: dict[str, float] = {}
         drawn = samples
         if refill:
@@ -244,12 +248,10 @@ class Run:
 
         while sum(informative()) < P and rounds < cfg.algorithm.dynamic_sampling_max_rounds:
             t = time.time()
-            more_idx = self.draw_prompts()
-            more, answers = self.generate(more_idx)
+            more_idx, more, answers = self.collect_rollout(self.launch_rollout(self.draw_prompts()))
             timings["rollout"] += time.time() - t
             t = time.time()
-            for s, score in zip(more, self.rewards.submit([(s.text, a) for s, a in zip(more, answers)]).result()):
-                s.reward, s.reward_reason = float(score.value), str(score.reason)
+            set_scores(more, self.rewards.submit([(s.text, a) for s, a in zip(more, answers)]).result())
             timings["reward"] += time.time() - t
             drawn += more
             idx = idx + more_idx
@@ -283,22 +285,16 @@ class Run:
         return idx, prompts, self.rollout_launch(prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
 
     def collect_rollout(self, launched) -> tuple[list[int], list[Sample], list[str]]:
+        """Waits for a `launch_rollout`; returns (prompt indices, samples group-major, each
+        sample's reference answer)."""
         idx, prompts, futures = launched
         outputs = [g for part in ray.get(futures) for g in part]
-        samples, answers = self.as_samples(idx, prompts, outputs)
-        return idx, samples, answers
-
-    def generate(self, idx: list[int]) -> tuple[list[Sample], list[str]]:
-        _, samples, answers = self.collect_rollout(self.launch_rollout(idx))
-        return samples, answers
-
-    def as_samples(self, idx: list[int], prompts: list[list[int]], outputs) -> tuple[list[Sample], list[str]]:
         samples, answers = [], []
         for p, (i, prompt, group) in enumerate(zip(idx, prompts, outputs)):
             for c in group:
                 samples.append(Sample(p, prompt, c["ids"], c["logprobs"], c["finish_reason"], c["text"]))
                 answers.append(self.train_set[i].answer)
-        return samples, answers
+        return idx, samples, answers
 
     def fold_logprobs_into_update(self) -> bool:
         """Whether the trainer's log-probs of the rollout tokens (b_t, and the `recompute` old
