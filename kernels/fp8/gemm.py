@@ -233,9 +233,10 @@ def fp8_gemm(
     if aq.is_cuda and kind not in _logged_kinds:  # the kernel choice is visible, never silent
         _logged_kinds.add(kind)
         log.info("fp8_gemm uses the %r kernel%s", kind,
-                 "" if kind == "gluon" else f" (Gluon kernel not used: {why_not})")
+                 "" if kind.startswith("gluon") else f" (Gluon kernel not used: {why_not})")
     if kind in ("gluon", "gluon_p", "gluon_ws"):
-        if (why := gluon_supported(aq, bq, out_dtype)) is not None:
+        # why_not already holds gluon_supported's answer for block-scaled B (a host-bound path).
+        if (why := why_not if b_block else gluon_supported(aq, bq, out_dtype)) is not None:
             raise ValueError(f"fp8_gemm: Gluon kernel requested but {why}")
         if kind == "gluon":
             return fp8_gemm_gluon(aq, a_scale, bq, b_scale, out_dtype, b_block, bm, bn, warps, stages)
