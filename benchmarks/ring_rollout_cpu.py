@@ -9,6 +9,8 @@ Ring-linear training class generates with a cache (``DynamicCache``: the fp32 li
 state and the softmax layers' K/V; chunked prefill, then ``recurrent`` decode — the kernels the
 vLLM plugin calls), so "ring (transformers generate, cache)" measures the same model without vLLM.
 
+Both vLLM models run compiled (vLLM's default: the plugin's model is compiled like vLLM's own,
+its linear-attention recurrence and routed experts as custom ops) and eager (``enforce_eager``).
 vLLM runs in-process (no engine-core process), as Lockstep's rollout worker runs it on CPU.
 Each engine runs in its own process, one after the other (2 cores: never concurrently); each
 length is timed after a warm-up generation.  Tokens/s = batch × length / wall time of one
@@ -83,7 +85,8 @@ def run_vllm(model: str, lengths: list[int], batch: int, eager: bool) -> dict:
     out = {}
     for n in lengths:
         params = SamplingParams(max_tokens=n, temperature=1.0, ignore_eos=True, logprobs=0)
-        llm.generate(ps[:2], SamplingParams(max_tokens=16, temperature=1.0, ignore_eos=True), use_tqdm=False)
+        # warm-up with the same settings (the first call with log-probs compiles vLLM's sampler)
+        llm.generate(ps, SamplingParams(max_tokens=16, temperature=1.0, ignore_eos=True, logprobs=0), use_tqdm=False)
         start = time.perf_counter()
         res = llm.generate(ps, params, use_tqdm=False)
         dt = time.perf_counter() - start
@@ -138,7 +141,8 @@ def main() -> None:
     ring, dense, sizes = build_models(root)
     print(f"parameters: ring-linear tiny {sizes['ring_params']:,}, dense Qwen2 twin {sizes['dense_params']:,}; "
           f"batch {args.batch}, prompt {PROMPT_LEN}, load {os.getloadavg()[0]:.2f}", flush=True)
-    runs = [("ring (vLLM + plugin, eager)", "vllm-eager", ring),
+    runs = [("ring (vLLM + plugin, compiled)", "vllm", ring),
+            ("ring (vLLM + plugin, eager)", "vllm-eager", ring),
             ("dense (vLLM native, compiled)", "vllm", dense),
             ("dense (vLLM native, eager)", "vllm-eager", dense),
             ("dense (transformers generate)", "hf", dense),

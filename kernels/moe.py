@@ -48,31 +48,114 @@ def route(logits: torch.Tensor, expert_bias: torch.Tensor, top_k: int, n_group: 
     return idx, w * routed_scaling_factor
 
 
+class ExpertDispatch:
+    """Where each (token, slot) pair of a routing goes: rows grouped by expert, ascending, and
+    back.  Shared by both expert layouts (per-expert modules, stacked weights), so the k terms
+    of a token are always weighted and summed the same way."""
+
+    def __init__(self, idx: torch.Tensor, w: torch.Tensor, num_experts: int):
+        N, k = idx.shape
+        idx, slot_order = torch.sort(idx, dim=1, stable=True)           # each token's experts ascending
+        self.w = w.gather(1, slot_order)
+        self.by_expert = torch.sort(idx.reshape(-1), stable=True).indices  # (token, slot) rows grouped by expert
+        self.token = self.by_expert // k                                # the token of each grouped row
+        # rows per expert, [E] int64, without a data-dependent output size (compile-friendly)
+        flat = idx.reshape(-1)
+        self.counts = torch.zeros(num_experts, dtype=torch.int64, device=idx.device).index_add_(
+            0, flat, torch.ones_like(flat))
+        self.N, self.k = N, k
+
+    def combine(self, ys: torch.Tensor) -> torch.Tensor:
+        """ys: the expert outputs of the grouped rows ``[N·k, D]`` → ``Σ_j w[n, j] · ys`` ``[N, D]``
+        in w's dtype, the k terms in expert-index order."""
+        back = torch.empty_like(self.by_expert)
+        back[self.by_expert] = torch.arange(self.N * self.k, device=back.device)
+        return weighted_sum(ys[back].view(self.N, self.k, -1), self.w)
+
+
+def weighted_sum(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``Σ_j w[n, j] · y[n, j]`` for y ``[N, k, D]``, w ``[N, k]`` (slots in expert-index order),
+    in w's dtype, added left to right: an explicit loop, not a reduction kernel, so the order
+    is fixed everywhere."""
+    y = y.to(w.dtype) * w[..., None]
+    out = y[:, 0]
+    for j in range(1, y.shape[1]):
+        out = out + y[:, j]
+    return out
+
+
 def combine_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, num_experts: int,
                     expert: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``out[n] = Σ_j w[n, j] · expert(idx[n, j], x[n])``, the k terms of each token added left
-    to right in expert-index order.
+    to right in expert-index order — the trainer's layout (one module per expert).
 
     x ``[N, D]``; idx, w ``[N, k]``; ``expert(e, rows)`` maps ``[n_e, D]`` → ``[n_e, D]``.
-    Returns ``[N, D]`` in w's dtype.  A fixed number of tensor ops plus one expert call per
-    expert (decode batches are tiny: per-op overhead, not FLOPs, is the cost).  Every expert is
-    called, in index order, also on zero rows: under ZeRO-3 an expert's weights are gathered by
-    a collective in its forward hook, so all ranks must call the same modules.  The sum is an
-    explicit loop over the k slots, not a reduction kernel, so its order is fixed everywhere."""
-    N, k = idx.shape
-    idx, slot_order = torch.sort(idx, dim=1, stable=True)       # each token's experts ascending
-    w = w.gather(1, slot_order)
-    by_expert = torch.sort(idx.reshape(-1), stable=True).indices  # (token, slot) rows grouped by expert
-    counts = torch.bincount(idx.reshape(-1), minlength=num_experts).tolist()  # one host sync
-    rows = x[by_expert // k]
-    ys = torch.cat([expert(e, part).to(w.dtype) for e, part in enumerate(rows.split(counts))])
-    back = torch.empty_like(by_expert)
-    back[by_expert] = torch.arange(N * k, device=idx.device)
-    y = ys[back].view(N, k, -1) * w[..., None]                     # [N, k, D], slots in expert order
-    out = y[:, 0]
-    for j in range(1, k):
-        out = out + y[:, j]
-    return out
+    Returns ``[N, D]`` in w's dtype.  Every expert is called, in index order, also on zero rows:
+    under ZeRO-3 an expert's weights are gathered by a collective in its forward hook, so all
+    ranks must call the same modules."""
+    plan = ExpertDispatch(idx, w, num_experts)
+    rows = x[plan.token]
+    counts = plan.counts.tolist()  # one host sync
+    return plan.combine(torch.cat([expert(e, part) for e, part in enumerate(rows.split(counts))]))
+
+
+def stacked_experts_reference(rows: torch.Tensor, counts: list[int], w13: torch.Tensor,
+                              w2: torch.Tensor) -> torch.Tensor:
+    """SwiGLU of each expert on its rows, one expert at a time (fp64 and the tests)."""
+    inter = w2.shape[-1]
+    out = []
+    for e, part in enumerate(rows.split(counts)):
+        h = F.linear(part, w13[e])
+        out.append(F.linear(F.silu(h[:, :inter]) * h[:, inter:], w2[e]))
+    return torch.cat(out)
+
+
+# On CPU `_grouped_mm` runs one GEMM per expert, each with ~10 µs of call overhead, so for
+# decode-sized batches two GEMMs over all experts are cheaper although they compute E/k times
+# the routed work.  The switch: the wasted multiply-adds N·(E−k)·3·D·I cost less than the 2E
+# calls saved, a call's overhead being worth ~5e5 multiply-adds (~50 GMAC/s per core pair).
+CPU_MACS_PER_CALL = 500_000
+
+
+def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: torch.Tensor,
+                    w2: torch.Tensor) -> torch.Tensor:
+    """The routed experts with stacked weights — the rollout's layout (vLLM's fused-MoE one):
+    ``w13 [E, 2I, D]`` = each expert's gate_proj rows then its up_proj rows, ``w2 [E, D, I]`` =
+    its down_proj.  ``out[n] = Σ_j w[n, j] · down_e(silu(gate_e x) · up_e x)`` for e = idx[n, j],
+    the same terms and order as :func:`combine_experts`; x ``[N, D]`` in the weights' dtype.
+
+    Two grouped GEMMs for all experts (``torch._grouped_mm``: one call instead of three per
+    expert; on CPU it equals per-expert matmuls bitwise), or on CPU for small batches every
+    expert on every token (:data:`CPU_MACS_PER_CALL`; the same terms, from other GEMM shapes).
+    Registered as the custom op ``torch.ops.lockstep.stacked_experts`` (:data:`stacked_experts`),
+    so a compiled model treats it as one opaque call: the grouped GEMM has no fp32 meta kernel
+    for the compiler to trace, and the rows per expert are data-dependent.
+    ``_grouped_mm`` takes fp32/bf16/fp16; fp64 (references, tests) runs the per-expert loop."""
+    (N, k), (E, two_inter, D) = idx.shape, w13.shape
+    inter = two_inter // 2
+    if x.device.type == "cpu" and N * (E - k) * 3 * D * inter <= 2 * E * CPU_MACS_PER_CALL:
+        h = F.linear(x, w13.reshape(E * two_inter, D)).view(N, E, two_inter)
+        y = torch.bmm((F.silu(h[..., :inter]) * h[..., inter:]).transpose(0, 1), w2.transpose(1, 2))  # [E, N, D]
+        idx, slot_order = torch.sort(idx, dim=1, stable=True)
+        return weighted_sum(y[idx, torch.arange(N, device=idx.device)[:, None]], w.gather(1, slot_order))
+    plan = ExpertDispatch(idx, w, E)
+    rows = x[plan.token]
+    if x.dtype == torch.float64:
+        ys = stacked_experts_reference(rows, plan.counts.tolist(), w13, w2)
+    else:
+        offs = plan.counts.cumsum(0).to(torch.int32)
+        h = torch._grouped_mm(rows, w13.transpose(1, 2), offs=offs)
+        ys = torch._grouped_mm(F.silu(h[:, :inter]) * h[:, inter:], w2.transpose(1, 2), offs=offs)
+    return plan.combine(ys)
+
+
+# A plain `torch.library` registration, not `torch.library.custom_op`: the latter's Python
+# wrapper costs ~50 µs per call, more than the op itself on a decode step.
+_LIB = torch.library.Library("lockstep", "DEF")
+_LIB.define("stacked_experts(Tensor x, Tensor idx, Tensor w, Tensor w13, Tensor w2) -> Tensor")
+_LIB.impl("stacked_experts", _stacked_experts, "CompositeExplicitAutograd")
+_LIB.impl("stacked_experts", lambda x, idx, w, w13, w2: w.new_empty(x.shape[0], w2.shape[1]), "Meta")
+stacked_experts = torch.ops.lockstep.stacked_experts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,4 +218,52 @@ class MoE(nn.Module):
         return out.view(x.shape)
 
 
-__all__ = ["stable_topk", "route", "combine_experts", "SwiGLU", "MoEGate", "MoE"]
+def load_expert_weight(param: torch.Tensor, loaded_weight: torch.Tensor, expert: int, start: int,
+                       end: int) -> None:
+    """Copies one expert's projection into its rows ``[start, end)`` of a stacked weight."""
+    param.data[expert, start:end].copy_(loaded_weight)
+
+
+class StackedMoE(nn.Module):
+    """:class:`MoE` with the routed experts' weights stacked, as inference engines keep them
+    (vLLM's fused-MoE layout): ``experts_w13 [E, 2I, D]`` (gate_proj rows, then up_proj rows)
+    and ``experts_w2 [E, D, I]`` (down_proj); the router and shared expert are MoE's own
+    modules.  The same function as :class:`MoE` (same routing, the same expert terms summed in
+    the same order) in two grouped GEMMs instead of three calls per expert; it has no autograd
+    (the rollout model).  Checkpoint names ``experts.{e}.{gate,up,down}_proj.weight`` map onto
+    slices of the stacks through :meth:`expert_slot`."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.cfg = config
+        E, D, inter = config.num_experts, config.hidden_size, config.moe_intermediate_size
+        self.gate = MoEGate(config)
+        self.experts_w13 = nn.Parameter(torch.empty(E, 2 * inter, D), requires_grad=False)
+        self.experts_w2 = nn.Parameter(torch.empty(E, D, inter), requires_grad=False)
+        for stack in (self.experts_w13, self.experts_w2):
+            stack.weight_loader = load_expert_weight  # vLLM's loader hook (in-place reloads)
+        shared = config.moe_shared_expert_intermediate_size * config.num_shared_experts
+        self.shared_experts = SwiGLU(config.hidden_size, shared) if config.num_shared_experts > 0 else None
+
+    def expert_slot(self, expert: int, projection: str) -> tuple[str, int, int, int]:
+        """Where ``experts.{expert}.{projection}.weight`` lives: (stacked parameter name,
+        expert, first row, end row), the arguments of :func:`load_expert_weight`."""
+        inter = self.cfg.moe_intermediate_size
+        if projection == "down_proj":
+            return "experts_w2", expert, 0, self.cfg.hidden_size
+        start = 0 if projection == "gate_proj" else inter
+        return "experts_w13", expert, start, start + inter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32, as :meth:`MoE.forward`."""
+        flat = x.reshape(-1, x.shape[-1])
+        idx, w = self.gate(flat)
+        w13, w2 = self.experts_w13, self.experts_w2
+        out = stacked_experts(flat.to(w13.dtype), idx, w, w13, w2)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat).to(out.dtype)
+        return out.view(x.shape)
+
+
+__all__ = ["stable_topk", "route", "ExpertDispatch", "combine_experts", "stacked_experts",
+           "stacked_experts_reference", "weighted_sum", "SwiGLU", "MoEGate", "MoE", "StackedMoE", "load_expert_weight"]

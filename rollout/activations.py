@@ -78,6 +78,11 @@ class EngineExtension(WeightReceiver):
     """vLLM ``worker_extension_cls``: in-place weight updates plus activation recording."""
 
     def lockstep_record_start(self, names: list[str]) -> int:
+        from vllm.config import CompilationMode
+
+        if self.vllm_config.compilation_config.mode != CompilationMode.NONE:
+            raise RuntimeError("recording activations needs an eager engine (LLM(enforce_eager=True), "
+                               "rollout.enforce_eager: true): a compiled model runs no module hooks")
         if getattr(self, "_lockstep_recorder", None) is not None:
             self._lockstep_recorder.stop()
         self._lockstep_recorder = Recorder(self.model_runner.get_model(), names)

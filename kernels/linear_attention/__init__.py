@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 
 import torch
 
@@ -69,6 +70,15 @@ def _backend(x: torch.Tensor, backend: str, allow_fp64: bool) -> str:
     return backend
 
 
+# id(decay) → (weak reference, version) of the decay tensors already validated
+_DECAY_CHECKED: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _version(t: torch.Tensor) -> int:
+    """The tensor's in-place-write counter (inference tensors have none: -1)."""
+    return -1 if t.is_inference() else t._version
+
+
 def _check_decay(decay, H, device, triton_path):
     if not isinstance(decay, torch.Tensor) or decay.shape != (H,) or not decay.is_floating_point():
         raise ValueError(f"decay must be a float tensor of shape [H]=[{H}] (per-head log-decay), got "
@@ -78,8 +88,13 @@ def _check_decay(decay, H, device, triton_path):
     if triton_path and decay.requires_grad:
         raise ValueError("decay is a constant of the layer: the Triton path gives it no gradient "
                          "(pass decay.detach())")
-    if decay.device.type == "cpu" and not bool((decay <= 0).all() & decay.isfinite().all()):
-        raise ValueError("decay must be finite log-decays <= 0 (λ = exp(decay) <= 1)")
+    seen, version = _DECAY_CHECKED.get(id(decay)), _version(decay)
+    if decay.device.type == "cpu" and (seen is None or seen[0]() is not decay or seen[1] != version):
+        # once per tensor version: a layer's decay is a constant, and checking it on every
+        # decode step was a quarter of the op's cost on small CPU batches
+        if not bool((decay <= 0).all() & decay.isfinite().all()):
+            raise ValueError("decay must be finite log-decays <= 0 (λ = exp(decay) <= 1)")
+        _DECAY_CHECKED[id(decay)] = (weakref.ref(decay), version)
 
 
 def _check_state(name, s, shape, allow_fp64):

@@ -29,30 +29,53 @@ DECODE_WARPS = 4
 POISON_OUTPUTS = False  # tests: NaN-fill the output before the kernel runs
 
 
+def _pool_view(state: torch.Tensor, slots: list[int]) -> tuple[torch.Tensor, bool] | None:
+    """A strided view of the pool whose rows are ``slots`` — when they are an arithmetic
+    progression (vLLM hands out state slots in strides, ascending or descending) — and whether
+    the batch runs in reverse order of the view; None otherwise."""
+    B = len(slots)
+    step = slots[1] - slots[0] if B > 1 else 1
+    if step == 0 or any(b - a != step for a, b in zip(slots, slots[1:])):
+        return None
+    first = min(slots[0], slots[-1])
+    return state[first:first + abs(step) * (B - 1) + 1:abs(step)], step < 0
+
+
 def recurrent_torch(q, k, v, decay, scale, state, state_indices):
     """q, k, v: ``[B, N, H, D]``; state: ``[slots, H, D, D]`` fp32 (or fp64); returns o [B, N, H, D].
 
     Vectorised over the batch: the state is the whole cost of a decode step, so the update is one
     fused pass (``mul_`` + broadcast ``addcmul_``, no outer-product temporary), done in place on
-    the pool when rows map to slots 0..B-1, else on a gathered copy that is scattered back.
+    a view of the pool when the rows' slots are evenly spaced (the usual case), else on a
+    gathered copy that is scattered back (the scatter alone costs as much as the update).
     (Per-row loops over pool views are far slower on CPU: one OpenMP fork/join per small op.)
     """
     B, N, H, D = q.shape
     dt = state.dtype
     lam = torch.exp(decay.to(dt))[None, :, None, None]            # [1, H, 1, 1]
     qf, kf, vf = q.to(dt), k.to(dt), v.to(dt)
+    rows = valid = None
     if state_indices is None:
-        S, rows, valid = state[:B], None, None                     # a view: updated in place
+        S, reverse = state[:B], False                               # a view: updated in place
     else:
-        valid = state_indices >= 0
-        rows = state_indices.long().clamp(min=0)
-        S = state.index_select(0, rows)
+        slots = state_indices.tolist()
+        view = _pool_view(state, slots) if min(slots) >= 0 else None
+        if view is not None:
+            S, reverse = view
+        else:
+            valid = state_indices >= 0
+            rows, reverse = state_indices.long().clamp(min=0), False
+            S = state.index_select(0, rows)
+    if reverse:  # the view lists the slots in the opposite order of the batch
+        qf, kf, vf = qf.flip(0), kf.flip(0), vf.flip(0)
     o = torch.empty(B, N, H, v.shape[-1], dtype=dt, device=q.device)
     for n in range(N):
         S.mul_(lam).addcmul_(kf[:, n, :, :, None], vf[:, n, :, None, :])
         o[:, n] = torch.matmul(qf[:, n, :, None, :], S)[:, :, 0]
     if scale != 1.0:
         o.mul_(scale)
+    if reverse:
+        o = o.flip(0)
     if rows is not None:
         o[~valid] = 0
         if bool(valid.all()):

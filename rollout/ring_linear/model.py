@@ -24,25 +24,38 @@ dtype (the KV cache's): exact for fp32 models; for bf16 it is the one op not sha
 trainer (noted in docs/decisions.md).
 
 Plain ``nn.Linear`` projections (no tensor parallelism): one module per weight, updated in place
-by ``load_weights``, computing with the same ``F.linear`` the trainer uses.  Tensor parallel
-sizes above 1 are refused at construction.  Not compiled (no ``@support_torch_compile``): the
-forward runs eagerly, so the per-sequence bookkeeping above needs no custom op.  For the same
-reason it is not CUDA-graph capturable (boolean-mask slot zeroing, decode/prefill split on host
-counts), so the model turns vLLM's CUDA graphs off when it is built (:func:`_run_eagerly`).
+by ``load_weights``, computing with the same ``F.linear`` the trainer uses.  The routed experts
+are the exception: the engine keeps them stacked (:class:`kernels.moe.StackedMoE`, vLLM's
+fused-MoE layout), the checkpoint's per-expert names mapped onto slices of the stacks.  Tensor
+parallel sizes above 1 are refused at construction.
+
+Compiled like vLLM's own models (``@support_torch_compile``; ``enforce_eager`` turns it off): the
+per-sequence bookkeeping — the state slots, zeroing fresh ones, the decode/prefill split — and
+the recurrence run inside vLLM's ``linear_attention`` custom op (a graph-splitting op, as for
+vLLM's MiniMax and Bailing layers), the routed experts inside ``lockstep::stacked_experts``;
+everything else (projections, norms, RoPE, gates, router) is one inductor graph per step.  The
+compiled rollout is not bitwise the eager trainer (inductor fuses the elementwise ops and
+reduces in its own order): fast mode's ≤ 1e-5 holds, tested for both.  On CUDA the model still
+turns vLLM's CUDA graphs off (:func:`_run_eagerly`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from vllm.compilation.decorators import support_torch_compile
 from vllm.config import CUDAGraphMode, VllmConfig
 from vllm.forward_context import get_forward_context
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention import Attention
 from vllm.model_executor.layers.mamba.linear.base import LinearAttention as VllmLinearAttention
+from vllm.model_executor.layers.mamba.linear.minimax_linear_attn import (  # noqa: F401
+    linear_attention,  # importing it registers torch.ops.vllm.linear_attention
+)
 from vllm.model_executor.layers.mamba.mamba_utils import (
     MambaStateCopyFuncCalculator,
     MambaStateShapeCalculator,
@@ -52,28 +65,28 @@ from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 
 from kernels.linear_attention import chunk, layer_decay, recurrent
 from kernels.lm_head import logits_fp32
-from kernels.moe import MoE
+from kernels.moe import StackedMoE
 from kernels.moe import SwiGLU as MLP
 from kernels.norm import GroupRMSNorm, RMSNorm, compute_dtype
 from kernels.rope import apply_rope, rope_cos_sin
 from trainer.ring_linear.loading import skipped_names
 
 STATE_DTYPE = torch.float32  # the linear-attention state is fp32 in both engines (DESIGN §4)
+# a routed expert's weight in the checkpoint; the rollout keeps them stacked (kernels.moe.StackedMoE)
+EXPERT_WEIGHT = re.compile(r"(?P<moe>.+\.mlp)\.experts\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight")
 logger = init_logger(__name__)
 
 
 def _run_eagerly(vllm_config: VllmConfig) -> None:
-    """Turns vLLM's CUDA graphs off for this model.  The forward is not capturable (fresh slots
-    are zeroed through a boolean mask, which syncs with the host; the decode/prefill split comes
-    from host-side counts), and on CUDA vLLM's default ``enforce_eager=False`` captures decode
-    graphs at start-up and fails there (vLLM 0.26, H100: "operation not permitted when stream is
-    capturing").  The GPU model runner reads ``compilation_config.cudagraph_mode`` after the
-    model is built (wrapping, memory profiling, capture), so setting it here is enough; on CPU
-    there are no graphs and this changes nothing."""
+    """Turns vLLM's CUDA graphs off for this model.  With the state bookkeeping inside a
+    graph-splitting op, piecewise graphs could capture the rest, but that is untested on a GPU
+    with this model: vLLM 0.26 on an H100 failed at start-up capturing the earlier, unsplit
+    forward ("operation not permitted when stream is capturing").  The GPU model runner reads
+    ``compilation_config.cudagraph_mode`` after the model is built (wrapping, memory profiling,
+    capture), so setting it here is enough; on CPU there are no graphs and this changes nothing."""
     cc = vllm_config.compilation_config
     if cc.cudagraph_mode is not None and cc.cudagraph_mode != CUDAGraphMode.NONE:
-        logger.warning("Ring-linear model: CUDA graphs off (cudagraph_mode %s -> NONE); the forward "
-                       "runs eagerly", cc.cudagraph_mode.name)
+        logger.warning("Ring-linear model: CUDA graphs off (cudagraph_mode %s -> NONE)", cc.cudagraph_mode.name)
         cc.cudagraph_mode = CUDAGraphMode.NONE
 
 
@@ -131,7 +144,8 @@ class RingLinearAttention(VllmLinearAttention):
             self._decay[device] = g.to(device)
         return self._decay[device]
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> torch.Tensor:
         """x: fp32 normed input ``[N, D]`` (N tokens of the step, decodes first) → ``[N, D]``."""
         N = x.shape[0]
         H, d = self.num_heads, self.head_dim
@@ -141,39 +155,71 @@ class RingLinearAttention(VllmLinearAttention):
             qkv = F.silu(qkv)
         q, k, v = qkv.view(N, 3 * H, d).split(H, dim=1)
         q, k = _qk_rope(self, q, k, cos, sin)
-        o = torch.zeros(N, H, d, dtype=dt, device=x.device)
-        meta = _layer_metadata(self.prefix)
-        if meta is not None:
-            self._attend(meta, q, k, v.contiguous(), o)
+        o = torch.empty(N, H, d, dtype=dt, device=x.device)
+        # The recurrence reads and writes per-sequence state, so it runs outside the compiled
+        # graph: vLLM's `linear_attention` op (a graph-splitting custom op) calls `_forward`
+        # below by this layer's name, with q, k, v stacked as its input.
+        torch.ops.vllm.linear_attention(torch.stack((q, k, v), dim=1), o, positions, self.prefix)
         y = self.g_norm(o.view(N, H * d)) * torch.sigmoid(_project(self.g_proj, x).to(dt))
         return _project(self.dense, y)
 
-    def _attend(self, meta, q, k, v, o) -> None:
-        """Runs the recurrence for this step's sequences, reading and writing their states."""
+    def _forward(self, hidden_states: torch.Tensor, output: torch.Tensor, positions: torch.Tensor) -> None:
+        """The body of vLLM's ``linear_attention`` op: runs the recurrence for this step's
+        sequences, reading and writing their states.  ``hidden_states`` is q, k, v
+        ``[N, 3, H, d]``, ``output`` o ``[N, H, d]`` (positions: unused, RoPE is applied)."""
+        meta = _layer_metadata(self.prefix)
+        if meta is None:  # profile and dummy runs: no sequences, o = 0
+            output.zero_()
+            return
+        plan = StepPlan.of(meta, self.prefix)
         state = self.kv_cache[0]                                      # [slots, H, d, d] fp32
+        if plan.fresh is not None:
+            state[plan.fresh] = 0  # a new sequence starts from S = 0, decodes included
+        q, k, v = hidden_states.unbind(1)
+        scale, decay = self.head_dim ** -0.5, self.decay(q.device)
+        n_dec, n_pre_tok = plan.decodes, plan.prefill_tokens
+        if n_dec:
+            output[:n_dec] = recurrent(q[:n_dec], k[:n_dec], v[:n_dec], decay, scale, state, plan.decode_slots)
+        if n_pre_tok:
+            part = slice(n_dec, n_dec + n_pre_tok)
+            q, k, v = (t[None, part].contiguous() for t in (q, k, v))
+            out, final = chunk(q, k, v, decay, scale, initial_state=state[plan.prefill_slots],
+                               cu_seqlens=plan.prefill_cu, output_final_state=True)
+            state[plan.prefill_slots] = final
+            output[part] = out[0]
+        output[n_dec + n_pre_tok:].zero_()  # padding rows, if any
+
+
+class StepPlan:
+    """What every linear layer of one engine step needs from vLLM's linear-attention metadata
+    (one object for the step's layers): the state slots of the decodes and of the prefills,
+    the prefills' cumulative lengths, and the slots of sequences that start this step (their
+    context is empty) — computed once per step, not once per layer."""
+
+    _last: tuple[object, "StepPlan"] | None = None  # (metadata, its plan): the current step's
+
+    @classmethod
+    def of(cls, meta, prefix: str) -> "StepPlan":
+        if cls._last is None or cls._last[0] is not meta:
+            cls._last = (meta, cls(meta, prefix))
+        return cls._last[1]
+
+    def __init__(self, meta, prefix: str):
         n_dec, n_pre = meta.num_decodes, meta.num_prefills
-        n_dec_tok, n_pre_tok = meta.num_decode_tokens, meta.num_prefill_tokens
-        if n_dec != n_dec_tok:
-            raise RuntimeError(f"{self.prefix}: {n_dec_tok} decode tokens for {n_dec} decodes; the "
-                               "Ring-linear model decodes one token per sequence (no speculative decoding)")
+        if n_dec != meta.num_decode_tokens:
+            raise RuntimeError(f"{prefix}: {meta.num_decode_tokens} decode tokens for {n_dec} decodes; "
+                               "the Ring-linear model decodes one token per sequence (no speculative decoding)")
         reqs = n_dec + n_pre
         slots = meta.state_indices_tensor[:reqs]
         starts = meta.query_start_loc[:reqs + 1]
         context = meta.seq_lens[:reqs] - (starts[1:] - starts[:-1])
         fresh = (context == 0) & (slots >= 0)
-        state[slots[fresh]] = 0            # a new sequence starts from S = 0, decodes included
-        scale = self.head_dim ** -0.5
-        decay = self.decay(q.device)
-        if n_dec:
-            o[:n_dec] = recurrent(q[:n_dec], k[:n_dec], v[:n_dec], decay, scale, state, slots[:n_dec])
-        if n_pre:
-            part = slice(n_dec_tok, n_dec_tok + n_pre_tok)
-            pre_slots = slots[n_dec:]
-            cu = (starts[n_dec:] - starts[n_dec]).to(torch.int64)
-            out, final = chunk(q[None, part], k[None, part], v[None, part], decay, scale,
-                               initial_state=state[pre_slots], cu_seqlens=cu, output_final_state=True)
-            state[pre_slots] = final
-            o[part] = out[0]
+        # vLLM's own helper only clears prefills; a 1-token prompt arrives as a decode, and a
+        # stale slot gave |Δ log-prob| ≈ 1 in the probe (DESIGN §10)
+        self.fresh = slots[fresh] if bool(fresh.any()) else None
+        self.decodes, self.decode_slots = n_dec, slots[:n_dec]
+        self.prefill_tokens, self.prefill_slots = meta.num_prefill_tokens, slots[n_dec:]
+        self.prefill_cu = (starts[n_dec:] - starts[n_dec]).to(torch.int64)
 
 
 class RingSoftmaxAttention(nn.Module):
@@ -193,7 +239,8 @@ class RingSoftmaxAttention(nn.Module):
         self.attn = Attention(H, d, d ** -0.5, num_kv_heads=KV, cache_config=vllm_config.cache_config,
                               quant_config=None, prefix=f"{prefix}.attn")
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> torch.Tensor:
         N = x.shape[0]
         H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
         dt = compute_dtype(self.dense.weight)
@@ -209,17 +256,19 @@ class DecoderLayer(nn.Module):
         super().__init__()
         attn = RingSoftmaxAttention if config.is_softmax_layer(layer_idx) else RingLinearAttention
         self.attention = attn(config, vllm_config, prefix=f"{prefix}.attention")
-        self.mlp = (MoE(config) if config.is_moe_layer(layer_idx)
+        self.mlp = (StackedMoE(config) if config.is_moe_layer(layer_idx)
                     else MLP(config.hidden_size, config.intermediate_size))
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> torch.Tensor:
         """hidden: the fp32 residual stream ``[N, D]``; returns the next one."""
-        h = hidden + self.attention(self.input_layernorm(hidden), cos, sin).to(hidden.dtype)
+        h = hidden + self.attention(self.input_layernorm(hidden), positions, cos, sin).to(hidden.dtype)
         return h + self.mlp(self.post_attention_layernorm(h)).to(h.dtype)
 
 
+@support_torch_compile(dynamic_arg_dims={"input_ids": 0, "positions": 0, "inputs_embeds": 0})
 class BailingMoeLinearV2Model(nn.Module):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         super().__init__()
@@ -238,7 +287,7 @@ class BailingMoeLinearV2Model(nn.Module):
         # One RoPE table per step for every layer, from vLLM's per-token positions.
         cos, sin = rope_cos_sin(positions, self.rotary_dim, self.rope_theta, dt)
         for layer in self.layers:
-            h = layer(h, cos, sin)
+            h = layer(h, positions, cos, sin)
         return self.norm(h)
 
 
@@ -289,29 +338,49 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Loads checkpoint tensors into the parameters of the same name (the first load and
-        every in-place weight sync).  Skips what the trainer's loader skips (logged there: MTP
-        heads, exported buffers); any other unknown name raises ``ValueError`` listing them.
-        Missing names are reported by vLLM's loader after this returns."""
+        every in-place weight sync); routed experts' weights go into their rows of the layer's
+        stacked weights.  Skips what the trainer's loader skips (logged there: MTP heads,
+        exported buffers); any other unknown name raises ``ValueError`` listing them, and so
+        does a layer that received only some of its routed experts' weights.  Missing names are
+        reported by vLLM's loader after this returns."""
         params = dict(self.named_parameters())
         c = self.config
         loaded, unexpected = set(), []
+        experts: dict[str, set[str]] = {}  # MoE layer → the routed-expert names it received
         for name, tensor in weights:
-            if name not in params:
+            expert = EXPERT_WEIGHT.fullmatch(name)
+            if expert and f"{expert['moe']}.experts_w13" in params:
+                moe = self.get_submodule(expert["moe"])
+                stack, e, start, end = moe.expert_slot(int(expert["expert"]), expert["proj"])
+                target = f"{expert['moe']}.{stack}"
+                param, args, shape = params[target], (e, start, end), params[target][e, start:end].shape
+                experts.setdefault(expert["moe"], set()).add(name)
+            elif name in params:
+                target, param, args, shape = name, params[name], (), params[name].shape
+            else:
                 if not skipped_names({name}, c.num_hidden_layers, c.num_nextn_predict_layers):
                     unexpected.append(name)
                 continue
-            param = params[name]
-            if tuple(tensor.shape) != tuple(param.shape):
+            if tuple(tensor.shape) != tuple(shape):
                 raise ValueError(f"weight {name}: checkpoint shape {list(tensor.shape)} != model "
-                                 f"shape {list(param.shape)} (does config.json match the weights?)")
+                                 f"shape {list(shape)} (does config.json match the weights?)")
             # vLLM's loader hook, not a bare copy: the in-place reload swaps parameters for
             # placeholders and counts what each layer receives through this hook.
-            getattr(param, "weight_loader", default_weight_loader)(param, tensor)
-            loaded.add(name)
+            getattr(param, "weight_loader", default_weight_loader)(param, tensor, *args)
+            loaded.add(target)
         if unexpected:
             raise ValueError(f"the checkpoint has {len(unexpected)} weights the Ring-linear model "
                              f"does not have: {', '.join(sorted(unexpected)[:40])}")
+        partial = [missing for moe, got in experts.items() for missing in self._expert_names(moe) - got]
+        if partial:
+            raise ValueError(f"the checkpoint lacks {len(partial)} routed-expert weights of layers it "
+                             f"has others of: {', '.join(sorted(partial)[:40])}")
         return loaded
+
+    def _expert_names(self, moe: str) -> set[str]:
+        """The checkpoint names of one MoE layer's routed experts (its stacked weights)."""
+        return {f"{moe}.experts.{e}.{p}.weight" for e in range(self.config.num_experts)
+                for p in ("gate_proj", "up_proj", "down_proj")}
 
 
 __all__ = ["BailingMoeLinearV2ForCausalLM"]

@@ -1,8 +1,9 @@
 """The Ring-linear hybrid model in vLLM (the Lockstep plugin) against the trainer's model and a
 float64 forward: same weights, same tokens, fp32 (issue 5's parity bar: max |Δ log-prob| ≤ 1e-5).
 
-One engine for the module, with a small token budget per step so that the 70-token prompt is
-prefilled in two pieces and the second piece shares a step with other sequences' decodes (the
+Two engines, eager and compiled (vLLM's default: the plugin's model under torch.compile, its
+recurrence and routed experts as custom ops), each with a small token budget per step so that
+the 70-token prompt is prefilled in two pieces and the second piece shares a step with other sequences' decodes (the
 state-cache paths: fresh slots, chunked prefill with a carried state, mixed prefill/decode).
 When the log-probs disagree, the failure names the first module whose activations diverge
 (hooks on both sides, one sequence decoded token by token vs one training forward).
@@ -27,8 +28,8 @@ PROMPT_LENS = [1, 5, 23, 70]
 NEW_TOKENS = 64
 
 
-@pytest.fixture(scope="module")
-def ring(tmp_path_factory):
+@pytest.fixture(scope="module", params=["eager", "compiled"])
+def ring(request, tmp_path_factory):
     import os
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -39,7 +40,7 @@ def ring(tmp_path_factory):
     # every layer's output matters to the log-probs.
     path = build_random_checkpoint(tmp_path_factory.mktemp("ring") / "tiny", "tiny", seed=3,
                                    initializer_range=0.08)
-    llm = LLM(model=str(path), dtype="float32", seed=0, max_model_len=256, enforce_eager=True,
+    llm = LLM(model=str(path), dtype="float32", seed=0, max_model_len=256, enforce_eager=request.param == "eager",
               max_num_batched_tokens=64, max_num_seqs=8, logprobs_mode="processed_logprobs",
               worker_extension_cls="rollout.activations.EngineExtension", gpu_memory_utilization=0.05)
     model = BailingMoeLinearV2ForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
@@ -78,6 +79,11 @@ def test_decode_activations_match_training_forward(ring):
     every layer's attention, feed-forward and output."""
     path, llm, model = ring
     prompt = [int(t) for t in torch.randint(1, model.config.vocab_size, (23,), generator=torch.Generator().manual_seed(1))]
+    if not llm.llm_engine.vllm_config.model_config.enforce_eager:
+        # a compiled model runs no module hooks: recording must refuse, not return nothing
+        with pytest.raises(Exception, match="needs an eager engine"):  # vLLM wraps the worker error
+            first_diverging_module(llm, model, prompt, TOL)
+        return
     assert first_diverging_module(llm, model, prompt, TOL) == "all modules agree"
 
 
@@ -107,3 +113,22 @@ def test_weights_update_in_place(ring):
         old = model(torch.tensor([ids])).logits[0, :-1].double().log_softmax(-1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
     assert (engine - ref).abs().max().item() <= TOL
     assert (engine - old).abs().max().item() > 1e-3  # the weights really moved
+
+
+def _send(llm, tensors: dict) -> list[int]:
+    blob = save({n: t.contiguous() for n, t in tensors.items()})
+    return llm.collective_rpc("lockstep_load_buckets", args=([blob], [hashlib.sha256(blob).hexdigest()]))
+
+
+def test_bad_weight_updates_are_refused(ring):
+    """An update naming a weight the model lacks, or only part of a layer's routed experts (the
+    engine keeps them stacked), is an error that lists the names.  Runs last: the refused
+    reload leaves the engine's weights undefined."""
+    path, llm, model = ring
+    state = model.state_dict()
+    with pytest.raises(Exception, match="model.layers.0.mlp.bogus.weight"):
+        _send(llm, {"model.layers.0.mlp.bogus.weight": torch.zeros(3)})
+    moe = next(i for i in range(model.config.num_hidden_layers) if model.config.is_moe_layer(i))
+    one = f"model.layers.{moe}.mlp.experts.0.gate_proj.weight"
+    with pytest.raises(Exception, match=rf"lacks \d+ routed-expert weights.*model\.layers\.{moe}\.mlp\.experts\.0\.down_proj\.weight"):
+        _send(llm, {one: state[one]})

@@ -1,0 +1,98 @@
+"""kernels/moe.py: the rollout's stacked-weight experts (StackedMoE, the custom op
+``lockstep::stacked_experts``) against the trainer's per-expert modules (MoE) and a float64
+reference, on both of the op's paths (grouped GEMMs; every expert for small CPU batches)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.moe import CPU_MACS_PER_CALL, MoE, StackedMoE, stacked_experts
+from trainer.ring_linear.presets import preset_config
+
+
+def _moe_pair(dtype=torch.float32, seed=0):
+    """A trainer MoE with random weights (and a non-zero expert bias) and a StackedMoE holding
+    the same weights, loaded through the stacked layout's checkpoint mapping."""
+    config = preset_config("tiny")
+    torch.manual_seed(seed)
+    moe = MoE(config).to(dtype)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.copy_(torch.randn(p.shape, dtype=p.dtype) * 0.1)
+    stacked = StackedMoE(config).to(dtype)
+    for name, tensor in moe.state_dict().items():
+        if name.startswith("experts."):
+            _, e, proj, _ = name.split(".")
+            stack, expert, start, end = stacked.expert_slot(int(e), proj)
+            param = getattr(stacked, stack)
+            param.weight_loader(param, tensor, expert, start, end)
+        else:
+            stacked.get_parameter(name).data.copy_(tensor)
+    return config, moe, stacked
+
+
+def _small_batch_limit(config) -> int:
+    """The largest token count that runs the every-expert path on CPU."""
+    E, k = config.num_experts, config.num_experts_per_tok
+    per_token = (E - k) * 3 * config.hidden_size * config.moe_intermediate_size
+    return 2 * E * CPU_MACS_PER_CALL // per_token
+
+
+def test_stacked_moe_matches_per_expert_modules_on_both_paths():
+    config, moe, stacked = _moe_pair()
+    limit = _small_batch_limit(config)
+    assert 8 <= limit < 200  # decode batches take the every-expert path, prefills the grouped one
+    for tokens in (1, 8, limit, limit + 1, 200):
+        x = torch.randn(tokens, config.hidden_size)
+        with torch.no_grad():
+            want, got = moe(x), stacked(x)
+        if tokens > limit:  # grouped GEMMs: per-expert matmuls, bitwise the trainer's
+            assert torch.equal(got, want), tokens
+        else:  # other GEMM shapes: fp32 rounding only
+            assert (got - want).abs().max().item() <= 1e-6 * want.abs().max().item(), tokens
+
+
+def test_stacked_experts_against_float64():
+    """fp32 stacked experts vs the same weights in float64 (per-expert loop)."""
+    config, moe64, stacked64 = _moe_pair(torch.float64, seed=1)
+    stacked32 = StackedMoE(config)
+    stacked32.load_state_dict({k: v.float() for k, v in stacked64.state_dict().items()})
+    for tokens in (3, 150):
+        x = torch.randn(tokens, config.hidden_size, dtype=torch.float64)
+        with torch.no_grad():
+            ref = moe64(x)
+            assert torch.allclose(stacked64(x), ref, rtol=0, atol=1e-12)
+            err = (stacked32(x.float()).double() - ref).abs().max().item()
+        assert err <= 1e-5 * ref.abs().max().item(), (tokens, err)
+
+
+def test_stacked_experts_compiles_as_one_opaque_op():
+    config, _, stacked = _moe_pair()
+    x = torch.randn(8, config.hidden_size)
+    compiled = torch.compile(stacked, fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), stacked(x))
+
+
+def test_stacked_experts_empty_batch_and_unused_experts():
+    config, moe, stacked = _moe_pair()
+    E, D = config.num_experts, config.hidden_size
+    w13, w2 = stacked.experts_w13, stacked.experts_w2
+    assert stacked_experts(torch.randn(0, D), torch.zeros(0, 2, dtype=torch.long),
+                           torch.zeros(0, 2), w13, w2).shape == (0, D)
+    # 150 tokens all routed to experts 1 and 6: the grouped path with six empty groups
+    x = torch.randn(150, D)
+    idx = torch.tensor([[6, 1]]).repeat(150, 1)
+    w = torch.rand(150, 2)
+    with torch.no_grad():
+        got = stacked_experts(x, idx, w, w13, w2)
+        want = sum(w[:, j:j + 1] * moe.experts[e](x) for j, e in sorted(enumerate([6, 1]), key=lambda t: t[1]))
+    assert (got - want).abs().max().item() <= 1e-6 * want.abs().max().item()
+
+
+@pytest.mark.parametrize("proj", ["gate_proj", "up_proj", "down_proj"])
+def test_expert_slot_places_each_projection(proj):
+    config, moe, stacked = _moe_pair()
+    stack, e, start, end = stacked.expert_slot(5, proj)
+    assert torch.equal(getattr(stacked, stack)[e, start:end], getattr(moe.experts[5], proj).weight)
