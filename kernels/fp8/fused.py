@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import HAS_TRITON, check_2d, pick_backend, tl, triton
+from .backend import HAS_TRITON, check_2d, launch, pick_backend, tl, triton
 from .quantize import _empty_act_scale
 from .reference import BLOCK, FP8_DTYPE, _cdiv, quantize_act_ref, rmsnorm_ref, silu_mul_ref
 
@@ -118,7 +118,7 @@ def rmsnorm_quant(x, weight, eps: float = 1e-6, *, out_dtype=torch.bfloat16, pow
         ys = _empty_act_scale(m, _cdiv(d, BLOCK), x.device)
         block_d = max(BLOCK, _next_pow2(d))
         rows, warps = config or _rmsnorm_config(block_d)
-        _rmsnorm_quant_kernel[(_cdiv(m, rows),)](
+        launch(_rmsnorm_quant_kernel, (_cdiv(m, rows),),
             x, weight, y, yq, ys, m, d, eps, x.stride(0), y.stride(0), yq.stride(0), ys.stride(1),
             ROWS=rows, BLOCK_D=block_d, STORE_Y=return_y, POW2=pow2_scale, num_warps=warps,
         )
@@ -148,7 +148,7 @@ def silu_mul_quant(x, *, out_dtype=torch.bfloat16, pow2_scale=False, return_y=Fa
         ys = _empty_act_scale(m, _cdiv(i, BLOCK), x.device)
         block_i = min(1024, max(BLOCK, _next_pow2(i)))
         rows, warps = config or _SILU_CFG
-        _silu_mul_quant_kernel[(_cdiv(m, rows), _cdiv(i, block_i))](
+        launch(_silu_mul_quant_kernel, (_cdiv(m, rows), _cdiv(i, block_i)),
             x, y, yq, ys, m, i, x.stride(0), y.stride(0), yq.stride(0), ys.stride(1),
             ROWS=rows, BLOCK_I=block_i, STORE_Y=return_y, POW2=pow2_scale, num_warps=warps,
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import HAS_TRITON, check_2d, log, pick_backend, tl, triton
+from .backend import HAS_TRITON, check_2d, launch, log, pick_backend, tl, triton
 from .gemm_hopper import (fp8_gemm_gluon, fp8_gemm_gluon_persistent, fp8_gemm_gluon_ws,
                           gluon_supported, num_sms)
 from .reference import BLOCK, FP8_DTYPE, _cdiv, fp8_gemm_torch
@@ -249,7 +249,7 @@ def fp8_gemm(
     grid = (_cdiv(m, bm) * _cdiv(n, bn),)
     scale_args = (a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1))
     if kind == "ptr":
-        _fp8_gemm_kernel[grid](
+        launch(_fp8_gemm_kernel, grid,
             aq, bq, c, a_scale, b_scale, m, n, k, aq.stride(0), bq.stride(0), c.stride(0),
             *scale_args, B_BLOCK_SCALED=b_block, BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8,
             EVEN_K=(k % BLOCK == 0), num_warps=warps, num_stages=stages,
@@ -261,7 +261,7 @@ def fp8_gemm(
             raise ValueError("TMA GEMM needs K and the row strides to be multiples of 16 bytes")
         a_desc = TensorDescriptor.from_tensor(aq, [bm, BLOCK])
         b_desc = TensorDescriptor.from_tensor(bq, [bn, BLOCK])
-        _fp8_gemm_tma_kernel[grid](
+        launch(_fp8_gemm_tma_kernel, grid,
             a_desc, b_desc, c, a_scale, b_scale, m, n, k, c.stride(0), *scale_args,
             B_BLOCK_SCALED=b_block, BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8,
             WARP_SPECIALIZE=kind.endswith("_ws"), PIPELINE="_pp" in kind, num_warps=warps, num_stages=stages,

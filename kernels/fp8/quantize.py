@@ -28,7 +28,7 @@ import os
 
 import torch
 
-from .backend import HAS_TRITON, check_2d, pick_backend, tl, triton
+from .backend import HAS_TRITON, check_2d, launch, pick_backend, tl, triton
 from .reference import (
     BLOCK,
     FP8_DTYPE,
@@ -227,7 +227,7 @@ def _quant_act_triton(x: torch.Tensor, rowwise: bool, colwise: bool, pow2_scale:
     # Unused outputs get a stand-in (never written: their branch is compiled out).
     qq, ss = (q, s) if rowwise else (qt_words, st)
     qqt, sst = (qt_words, st) if colwise else (q, s)
-    _quant_act_kernel[(_cdiv(m, block_m), _cdiv(k, block_k))](
+    launch(_quant_act_kernel, (_cdiv(m, block_m), _cdiv(k, block_k)),
         x, qq, ss, qqt, sst, m, k, _cdiv(m, 4),
         x.stride(0), x.stride(1), qq.stride(0), ss.stride(1), qqt.stride(0), sst.stride(1),
         BLOCK_M=block_m, BLOCK_K=block_k, ROWWISE=rowwise, COLWISE=colwise, POW2=pow2_scale,
@@ -281,7 +281,7 @@ def _quant_weight_triton(w: torch.Tensor, pow2_scale: bool, transposed: bool):
         q = out = torch.empty(n, k, dtype=FP8_DTYPE, device=w.device)
         s = torch.empty(nb, kb, dtype=torch.float32, device=w.device)
         s_n, s_k = s.stride(0), s.stride(1)
-    _quant_weight_kernel[(nb, kb)](w, out, s, out, n, k, _cdiv(n, 4), w.stride(0), w.stride(1), out.stride(0),
+    launch(_quant_weight_kernel, (nb, kb), w, out, s, out, n, k, _cdiv(n, 4), w.stride(0), w.stride(1), out.stride(0),
                                    out.stride(0), s_n, s_k, POW2=pow2_scale,
                                    DIRECT=not transposed, TRANSPOSED=transposed, num_warps=8)
     return q, s

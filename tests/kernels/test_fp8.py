@@ -339,6 +339,30 @@ def test_fp8_gemm_gluon_matches_reference_and_triton(m, n, k, b_kind, poison_emp
                                         torch.bfloat16, config=(128, 128, 8, 4, "ptr"))), cfg
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the launch cache is the CUDA path (the "
+                    "interpreter launches through Triton); verified on an H100 (BENCHMARKS.md, FP8)")
+def test_cached_launches_see_new_arguments(poison_empty):
+    """Repeated launches (backend.launch's direct path after the first) use each call's own
+    tensors, shapes and strides: fresh inputs, new sizes and a sliced (strided) operand."""
+    for i, (m, k) in enumerate([(300, 1040), (300, 1040), (301, 1040), (300, 1040), (64, 384)]):
+        x, w = make_input(m, k, seed=40 + i), make_input(264, k, seed=50 + i)
+        for got, want in zip(quantize_act_both(x.cuda()), (*R.quantize_act_ref(x), *R.quantize_act_t_ref(x))):
+            assert_bitwise(got.cpu(), want)
+        wq, ws = quantize_weight(w.cuda())
+        assert_bitwise(wq.cpu(), R.quantize_weight_ref(w)[0])
+        xq, xs = quantize_act(x.cuda())
+        cfgs = [(128, 128, 8, 4, "ptr"), (128, 128, 8, 4, "tma")]
+        if _HOPPER:
+            cfgs += [(128, 128, 8, 4, "gluon"), (128, 256, 4, 3, "gluon_ws")]
+        outs = [fp8_gemm(xq, xs, wq, ws, torch.float32, config=cfg) for cfg in cfgs]
+        assert rel(outs[0].cpu(), R.fp8_gemm_ref(xq.cpu(), xs.cpu(), wq.cpu(), ws.cpu())) < 1e-3
+        for cfg, out in zip(cfgs[1:], outs[1:]):
+            assert torch.equal(out, outs[0]), cfg
+    big = make_input(256, 512, seed=60)
+    xq, xs = quantize_act(big.cuda()[::2])  # row stride 1024: a new specialization key
+    assert_bitwise(xq.cpu(), R.quantize_act_ref(big[::2])[0])
+
+
 def test_cpu_gemm_uses_exact_block_sums():
     """The CPU path's per-128 partial sums are exact, so reordering K inside a block is a no-op."""
     a = make_input(8, 128, seed=10)
