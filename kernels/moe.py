@@ -118,11 +118,13 @@ CPU_MACS_PER_CALL = 500_000
 
 
 def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: torch.Tensor,
-                    w2: torch.Tensor) -> torch.Tensor:
-    """The routed experts with stacked weights — the rollout's layout (vLLM's fused-MoE one):
-    ``w13 [E, 2I, D]`` = each expert's gate_proj rows then its up_proj rows, ``w2 [E, D, I]`` =
-    its down_proj.  ``out[n] = Σ_j w[n, j] · down_e(silu(gate_e x) · up_e x)`` for e = idx[n, j],
-    the same terms and order as :func:`combine_experts`; x ``[N, D]`` in the weights' dtype.
+                     w2: torch.Tensor, shared: bool) -> torch.Tensor:
+    """The experts with stacked weights — the rollout's layout (vLLM's fused-MoE one):
+    ``w13 [S, 2I, D]`` = each expert's gate_proj rows then its up_proj rows, ``w2 [S, D, I]`` =
+    its down_proj; the routed experts first, then (``shared``) the shared expert as the last.
+    ``out[n] = Σ_j w[n, j] · down_e(silu(gate_e x) · up_e x)`` for e = idx[n, j] (+ the shared
+    expert's output), the same terms and order as :func:`combine_experts` then ``+ shared``,
+    as :meth:`MoE.forward`; x ``[N, D]`` in the weights' dtype.
 
     Two grouped GEMMs for all experts (``torch._grouped_mm``: one call instead of three per
     expert; on CPU it equals per-expert matmuls bitwise), or on CPU for small batches every
@@ -131,30 +133,34 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
     so a compiled model treats it as one opaque call: the grouped GEMM has no fp32 meta kernel
     for the compiler to trace, and the rows per expert are data-dependent.
     ``_grouped_mm`` takes fp32/bf16/fp16; fp64 (references, tests) runs the per-expert loop."""
-    (N, k), (E, two_inter, D) = idx.shape, w13.shape
-    inter = two_inter // 2
-    if x.device.type == "cpu" and N * (E - k) * 3 * D * inter <= 2 * E * CPU_MACS_PER_CALL:
-        h = F.linear(x, w13.reshape(E * two_inter, D)).view(N, E, two_inter)
-        y = torch.bmm((F.silu(h[..., :inter]) * h[..., inter:]).transpose(0, 1), w2.transpose(1, 2))  # [E, N, D]
+    (N, k), (stack, two_inter, D) = idx.shape, w13.shape
+    E, inter = stack - shared, two_inter // 2
+    if x.device.type == "cpu" and N * (E - k) * 3 * D * inter <= 2 * stack * CPU_MACS_PER_CALL:
+        h = F.linear(x, w13.reshape(stack * two_inter, D)).view(N, stack, two_inter)
+        y = torch.bmm((F.silu(h[..., :inter]) * h[..., inter:]).transpose(0, 1), w2.transpose(1, 2))  # [S, N, D]
         idx, slot_order = torch.sort(idx, dim=1, stable=True)
-        return weighted_sum(y[idx, torch.arange(N, device=idx.device)[:, None]], w.gather(1, slot_order))
+        out = weighted_sum(y[idx, torch.arange(N, device=idx.device)[:, None]], w.gather(1, slot_order))
+        return out + y[E].to(out.dtype) if shared else out
     plan = ExpertDispatch(idx, w, E)
-    rows = x[plan.token]
+    rows, counts = x[plan.token], plan.counts
+    if shared:  # the shared expert: one more group, every token
+        rows, counts = torch.cat((rows, x)), torch.cat((counts, counts.new_full((1,), N)))
     if x.dtype == torch.float64:
-        ys = stacked_experts_reference(rows, plan.counts.tolist(), w13, w2)
+        ys = stacked_experts_reference(rows, counts.tolist(), w13, w2)
     else:
-        offs = plan.counts.cumsum(0).to(torch.int32)
+        offs = counts.cumsum(0).to(torch.int32)
         h = torch._grouped_mm(rows, w13.transpose(1, 2), offs=offs)
         ys = torch._grouped_mm(F.silu(h[:, :inter]) * h[:, inter:], w2.transpose(1, 2), offs=offs)
-    return plan.combine(ys)
+    out = plan.combine(ys[:N * k])
+    return out + ys[N * k:].to(out.dtype) if shared else out
 
 
 # A plain `torch.library` registration, not `torch.library.custom_op`: the latter's Python
 # wrapper costs ~50 µs per call, more than the op itself on a decode step.
 _LIB = torch.library.Library("lockstep", "DEF")
-_LIB.define("stacked_experts(Tensor x, Tensor idx, Tensor w, Tensor w13, Tensor w2) -> Tensor")
+_LIB.define("stacked_experts(Tensor x, Tensor idx, Tensor w, Tensor w13, Tensor w2, bool shared) -> Tensor")
 _LIB.impl("stacked_experts", _stacked_experts, "CompositeExplicitAutograd")
-_LIB.impl("stacked_experts", lambda x, idx, w, w13, w2: w.new_empty(x.shape[0], w2.shape[1]), "Meta")
+_LIB.impl("stacked_experts", lambda x, idx, w, w13, w2, shared: w.new_empty(x.shape[0], w2.shape[1]), "Meta")
 stacked_experts = torch.ops.lockstep.stacked_experts
 
 
@@ -225,41 +231,53 @@ def load_expert_weight(param: torch.Tensor, loaded_weight: torch.Tensor, expert:
 
 
 class StackedMoE(nn.Module):
-    """:class:`MoE` with the routed experts' weights stacked, as inference engines keep them
-    (vLLM's fused-MoE layout): ``experts_w13 [E, 2I, D]`` (gate_proj rows, then up_proj rows)
-    and ``experts_w2 [E, D, I]`` (down_proj); the router and shared expert are MoE's own
-    modules.  The same function as :class:`MoE` (same routing, the same expert terms summed in
-    the same order) in two grouped GEMMs instead of three calls per expert; it has no autograd
-    (the rollout model).  Checkpoint names ``experts.{e}.{gate,up,down}_proj.weight`` map onto
-    slices of the stacks through :meth:`expert_slot`."""
+    """:class:`MoE` with the experts' weights stacked, as inference engines keep them (vLLM's
+    fused-MoE layout): ``experts_w13 [S, 2I, D]`` (gate_proj rows, then up_proj rows) and
+    ``experts_w2 [S, D, I]`` (down_proj) for the E routed experts and, when it has their width
+    (all presets), the shared expert as the last of the S; the router is MoE's own module.  The
+    same function as :class:`MoE` (same routing, the same expert terms summed in the same
+    order, the shared expert added last) in two grouped GEMMs instead of three calls per
+    expert; no autograd (the rollout model).  Checkpoint names ``experts.{e}.{proj}.weight``
+    and ``shared_experts.{proj}.weight`` map onto slices of the stacks (:meth:`expert_slot`)."""
 
     def __init__(self, config):
         super().__init__()
         self.cfg = config
         E, D, inter = config.num_experts, config.hidden_size, config.moe_intermediate_size
-        self.gate = MoEGate(config)
-        self.experts_w13 = nn.Parameter(torch.empty(E, 2 * inter, D), requires_grad=False)
-        self.experts_w2 = nn.Parameter(torch.empty(E, D, inter), requires_grad=False)
-        for stack in (self.experts_w13, self.experts_w2):
-            stack.weight_loader = load_expert_weight  # vLLM's loader hook (in-place reloads)
         shared = config.moe_shared_expert_intermediate_size * config.num_shared_experts
-        self.shared_experts = SwiGLU(config.hidden_size, shared) if config.num_shared_experts > 0 else None
+        self.gate = MoEGate(config)
+        self.shared_stacked = config.num_shared_experts > 0 and shared == inter
+        stack = E + self.shared_stacked
+        self.experts_w13 = nn.Parameter(torch.empty(stack, 2 * inter, D), requires_grad=False)
+        self.experts_w2 = nn.Parameter(torch.empty(stack, D, inter), requires_grad=False)
+        for weight in (self.experts_w13, self.experts_w2):
+            weight.weight_loader = load_expert_weight  # vLLM's loader hook (in-place reloads)
+        self.shared_experts = (SwiGLU(D, shared) if config.num_shared_experts > 0 and not self.shared_stacked
+                               else None)
 
-    def expert_slot(self, expert: int, projection: str) -> tuple[str, int, int, int]:
-        """Where ``experts.{expert}.{projection}.weight`` lives: (stacked parameter name,
-        expert, first row, end row), the arguments of :func:`load_expert_weight`."""
+    def checkpoint_names(self, prefix: str) -> list[str]:
+        """The checkpoint names that fill the stacks, under this module's ``prefix``."""
+        names = [f"{prefix}.experts.{e}" for e in range(self.cfg.num_experts)]
+        names += [f"{prefix}.shared_experts"] if self.shared_stacked else []
+        return [f"{n}.{p}.weight" for n in names for p in ("gate_proj", "up_proj", "down_proj")]
+
+    def expert_slot(self, expert: int | None, projection: str) -> tuple[str, int, int, int]:
+        """Where ``experts.{expert}.{projection}.weight`` lives (``expert`` None: the shared
+        expert's): (stacked parameter name, stack index, first row, end row), the arguments of
+        :func:`load_expert_weight`."""
+        index = self.cfg.num_experts if expert is None else expert
         inter = self.cfg.moe_intermediate_size
         if projection == "down_proj":
-            return "experts_w2", expert, 0, self.cfg.hidden_size
+            return "experts_w2", index, 0, self.cfg.hidden_size
         start = 0 if projection == "gate_proj" else inter
-        return "experts_w13", expert, start, start + inter
+        return "experts_w13", index, start, start + inter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32, as :meth:`MoE.forward`."""
         flat = x.reshape(-1, x.shape[-1])
         idx, w = self.gate(flat)
         w13, w2 = self.experts_w13, self.experts_w2
-        out = stacked_experts(flat.to(w13.dtype), idx, w, w13, w2)
+        out = stacked_experts(flat.to(w13.dtype), idx, w, w13, w2, self.shared_stacked)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat).to(out.dtype)
         return out.view(x.shape)

@@ -203,8 +203,6 @@ def recurrent(q, k, v, decay, scale, state, state_indices=None, backend="auto"):
                              f"{state_indices.dtype} {list(state_indices.shape)}")
         if state_indices.device != q.device:
             raise ValueError("state_indices must be on the inputs' device")
-        if state_indices.device.type == "cpu" and bool((state_indices >= state.shape[0]).any()):
-            raise ValueError(f"state_indices out of range for a pool of {state.shape[0]} slots")
     elif state.shape[0] < B:
         raise ValueError(f"without state_indices the pool needs >= B={B} slots")
     if scale is None:
@@ -214,6 +212,9 @@ def recurrent(q, k, v, decay, scale, state, state_indices=None, backend="auto"):
 
         if D & (D - 1) or not 16 <= D <= 256:
             raise ValueError(f"the Triton kernels need a power-of-two head dim in [16, 256], got {D}")
+        if state_indices is not None and state_indices.device.type == "cpu" \
+                and bool((state_indices >= state.shape[0]).any()):  # (the torch path checks its own)
+            raise ValueError(f"state_indices out of range for a pool of {state.shape[0]} slots")
         o = recurrent_triton(q4, k4, v4, decay.float().contiguous(), scale, state, state_indices)
     else:
         with torch.no_grad():

@@ -46,42 +46,44 @@ def recurrent_torch(q, k, v, decay, scale, state, state_indices):
 
     Vectorised over the batch: the state is the whole cost of a decode step, so the update is one
     fused pass (``mul_`` + broadcast ``addcmul_``, no outer-product temporary), done in place on
-    a view of the pool when the rows' slots are evenly spaced (the usual case), else on a
-    gathered copy that is scattered back (the scatter alone costs as much as the update).
+    a view of the pool when the rows' slots are evenly spaced (vLLM's usual layout), else on a
+    gathered copy that is scattered back (the scatter alone costs as much as the update).  Few
+    tensor ops: on a small CPU batch each costs more than its arithmetic.
     (Per-row loops over pool views are far slower on CPU: one OpenMP fork/join per small op.)
     """
     B, N, H, D = q.shape
     dt = state.dtype
-    lam = torch.exp(decay.to(dt))[None, :, None, None]            # [1, H, 1, 1]
+    lam = decay.to(dt).exp().view(H, 1, 1)
     qf, kf, vf = q.to(dt), k.to(dt), v.to(dt)
-    rows = valid = None
-    if state_indices is None:
-        S, reverse = state[:B], False                               # a view: updated in place
+    slots = list(range(B)) if state_indices is None else state_indices.tolist()
+    if slots and max(slots) >= state.shape[0]:
+        raise ValueError(f"state_indices out of range for a pool of {state.shape[0]} slots")
+    padded = bool(slots) and min(slots) < 0
+    view = None if padded else _pool_view(state, slots)
+    rows = None
+    if view is not None:
+        S, reverse = view
+        if reverse:  # the view lists the slots in the opposite order of the batch
+            qf, kf, vf = qf.flip(0), kf.flip(0), vf.flip(0)
     else:
-        slots = state_indices.tolist()
-        view = _pool_view(state, slots) if min(slots) >= 0 else None
-        if view is not None:
-            S, reverse = view
-        else:
-            valid = state_indices >= 0
-            rows, reverse = state_indices.long().clamp(min=0), False
-            S = state.index_select(0, rows)
-    if reverse:  # the view lists the slots in the opposite order of the batch
-        qf, kf, vf = qf.flip(0), kf.flip(0), vf.flip(0)
-    o = torch.empty(B, N, H, v.shape[-1], dtype=dt, device=q.device)
+        reverse = False
+        rows = state_indices.long().clamp(min=0)
+        S = state.index_select(0, rows)
+    o = torch.empty(B, N, H, D, dtype=dt, device=q.device)
     for n in range(N):
-        S.mul_(lam).addcmul_(kf[:, n, :, :, None], vf[:, n, :, None, :])
-        o[:, n] = torch.matmul(qf[:, n, :, None, :], S)[:, :, 0]
+        S.mul_(lam).addcmul_(kf[:, n].unsqueeze(-1), vf[:, n].unsqueeze(-2))
+        o[:, n] = torch.matmul(qf[:, n].unsqueeze(-2), S).squeeze(-2)
     if scale != 1.0:
         o.mul_(scale)
     if reverse:
         o = o.flip(0)
     if rows is not None:
-        o[~valid] = 0
-        if bool(valid.all()):
-            state.index_copy_(0, rows, S)
-        else:
+        if padded:
+            valid = state_indices >= 0
+            o[~valid] = 0
             state.index_copy_(0, rows[valid], S[valid])
+        else:
+            state.index_copy_(0, rows, S)
     return o.to(q.dtype)
 
 

@@ -73,7 +73,7 @@ from trainer.ring_linear.loading import skipped_names
 
 STATE_DTYPE = torch.float32  # the linear-attention state is fp32 in both engines (DESIGN §4)
 # a routed expert's weight in the checkpoint; the rollout keeps them stacked (kernels.moe.StackedMoE)
-EXPERT_WEIGHT = re.compile(r"(?P<moe>.+\.mlp)\.experts\.(?P<expert>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight")
+EXPERT_WEIGHT = re.compile(r"(?P<moe>.+\.mlp)\.(?:experts\.(?P<expert>\d+)|shared_experts)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight")
 logger = init_logger(__name__)
 
 
@@ -338,20 +338,21 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Loads checkpoint tensors into the parameters of the same name (the first load and
-        every in-place weight sync); routed experts' weights go into their rows of the layer's
-        stacked weights.  Skips what the trainer's loader skips (logged there: MTP heads,
+        every in-place weight sync); experts' weights (the routed ones, and the shared one when
+        stacked) go into their rows of the layer's stacked weights.  Skips what the trainer's loader skips (logged there: MTP heads,
         exported buffers); any other unknown name raises ``ValueError`` listing them, and so
-        does a layer that received only some of its routed experts' weights.  Missing names are
+        does a layer that received only some of its (stacked) experts' weights.  Missing names are
         reported by vLLM's loader after this returns."""
         params = dict(self.named_parameters())
         c = self.config
         loaded, unexpected = set(), []
-        experts: dict[str, set[str]] = {}  # MoE layer → the routed-expert names it received
+        experts: dict[str, set[str]] = {}  # MoE layer → the stacked experts' names it received
         for name, tensor in weights:
             expert = EXPERT_WEIGHT.fullmatch(name)
-            if expert and f"{expert['moe']}.experts_w13" in params:
-                moe = self.get_submodule(expert["moe"])
-                stack, e, start, end = moe.expert_slot(int(expert["expert"]), expert["proj"])
+            moe = self._stacked_moe(expert["moe"]) if expert else None
+            if moe is not None and (expert["expert"] is not None or moe.shared_stacked):
+                e = None if expert["expert"] is None else int(expert["expert"])
+                stack, e, start, end = moe.expert_slot(e, expert["proj"])
                 target = f"{expert['moe']}.{stack}"
                 param, args, shape = params[target], (e, start, end), params[target][e, start:end].shape
                 experts.setdefault(expert["moe"], set()).add(name)
@@ -371,16 +372,19 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         if unexpected:
             raise ValueError(f"the checkpoint has {len(unexpected)} weights the Ring-linear model "
                              f"does not have: {', '.join(sorted(unexpected)[:40])}")
-        partial = [missing for moe, got in experts.items() for missing in self._expert_names(moe) - got]
+        partial = [missing for moe, got in experts.items()
+                   for missing in set(self._stacked_moe(moe).checkpoint_names(moe)) - got]
         if partial:
-            raise ValueError(f"the checkpoint lacks {len(partial)} routed-expert weights of layers it "
-                             f"has others of: {', '.join(sorted(partial)[:40])}")
+            raise ValueError(f"the checkpoint lacks {len(partial)} expert weights of layers it has "
+                             f"others of: {', '.join(sorted(partial)[:40])}")
         return loaded
 
-    def _expert_names(self, moe: str) -> set[str]:
-        """The checkpoint names of one MoE layer's routed experts (its stacked weights)."""
-        return {f"{moe}.experts.{e}.{p}.weight" for e in range(self.config.num_experts)
-                for p in ("gate_proj", "up_proj", "down_proj")}
+    def _stacked_moe(self, path: str) -> StackedMoE | None:
+        try:
+            module = self.get_submodule(path)
+        except AttributeError:
+            return None
+        return module if isinstance(module, StackedMoE) else None
 
 
 __all__ = ["BailingMoeLinearV2ForCausalLM"]

@@ -121,8 +121,8 @@ def _send(llm, tensors: dict) -> list[int]:
 
 
 def test_bad_weight_updates_are_refused(ring):
-    """An update naming a weight the model lacks, or only part of a layer's routed experts (the
-    engine keeps them stacked), is an error that lists the names.  Runs last: the refused
+    """An update naming a weight the model lacks, or only part of a layer's experts (the engine
+    keeps them stacked), is an error that lists the names.  Runs last: the refused
     reload leaves the engine's weights undefined."""
     path, llm, model = ring
     state = model.state_dict()
@@ -130,5 +130,5 @@ def test_bad_weight_updates_are_refused(ring):
         _send(llm, {"model.layers.0.mlp.bogus.weight": torch.zeros(3)})
     moe = next(i for i in range(model.config.num_hidden_layers) if model.config.is_moe_layer(i))
     one = f"model.layers.{moe}.mlp.experts.0.gate_proj.weight"
-    with pytest.raises(Exception, match=rf"lacks \d+ routed-expert weights.*model\.layers\.{moe}\.mlp\.experts\.0\.down_proj\.weight"):
+    with pytest.raises(Exception, match=rf"lacks \d+ expert weights.*model\.layers\.{moe}\.mlp\.experts\.0\.down_proj\.weight"):
         _send(llm, {one: state[one]})

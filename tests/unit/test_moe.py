@@ -21,10 +21,12 @@ def _moe_pair(dtype=torch.float32, seed=0):
         for p in moe.parameters():
             p.copy_(torch.randn(p.shape, dtype=p.dtype) * 0.1)
     stacked = StackedMoE(config).to(dtype)
+    assert stacked.shared_stacked  # the preset's shared expert has the routed experts' width
     for name, tensor in moe.state_dict().items():
-        if name.startswith("experts."):
-            _, e, proj, _ = name.split(".")
-            stack, expert, start, end = stacked.expert_slot(int(e), proj)
+        if name.startswith(("experts.", "shared_experts.")):
+            parts = name.split(".")  # experts.{e}.{proj}.weight or shared_experts.{proj}.weight
+            expert = int(parts[1]) if parts[0] == "experts" else None
+            stack, expert, start, end = stacked.expert_slot(expert, parts[-2])
             param = getattr(stacked, stack)
             param.weight_loader(param, tensor, expert, start, end)
         else:
@@ -33,10 +35,10 @@ def _moe_pair(dtype=torch.float32, seed=0):
 
 
 def _small_batch_limit(config) -> int:
-    """The largest token count that runs the every-expert path on CPU."""
+    """The largest token count that runs the every-expert path on CPU (shared expert stacked)."""
     E, k = config.num_experts, config.num_experts_per_tok
     per_token = (E - k) * 3 * config.hidden_size * config.moe_intermediate_size
-    return 2 * E * CPU_MACS_PER_CALL // per_token
+    return 2 * (E + 1) * CPU_MACS_PER_CALL // per_token
 
 
 def test_stacked_moe_matches_per_expert_modules_on_both_paths():
@@ -80,19 +82,30 @@ def test_stacked_experts_empty_batch_and_unused_experts():
     E, D = config.num_experts, config.hidden_size
     w13, w2 = stacked.experts_w13, stacked.experts_w2
     assert stacked_experts(torch.randn(0, D), torch.zeros(0, 2, dtype=torch.long),
-                           torch.zeros(0, 2), w13, w2).shape == (0, D)
+                           torch.zeros(0, 2), w13, w2, True).shape == (0, D)
     # 150 tokens all routed to experts 1 and 6: the grouped path with six empty groups
     x = torch.randn(150, D)
     idx = torch.tensor([[6, 1]]).repeat(150, 1)
     w = torch.rand(150, 2)
     with torch.no_grad():
-        got = stacked_experts(x, idx, w, w13, w2)
-        want = sum(w[:, j:j + 1] * moe.experts[e](x) for j, e in sorted(enumerate([6, 1]), key=lambda t: t[1]))
+        got = stacked_experts(x, idx, w, w13, w2, True)
+        routed = sum(w[:, j:j + 1] * moe.experts[e](x) for j, e in sorted(enumerate([6, 1]), key=lambda t: t[1]))
+        want = routed + moe.shared_experts(x)
     assert (got - want).abs().max().item() <= 1e-6 * want.abs().max().item()
 
 
 @pytest.mark.parametrize("proj", ["gate_proj", "up_proj", "down_proj"])
 def test_expert_slot_places_each_projection(proj):
     config, moe, stacked = _moe_pair()
-    stack, e, start, end = stacked.expert_slot(5, proj)
-    assert torch.equal(getattr(stacked, stack)[e, start:end], getattr(moe.experts[5], proj).weight)
+    for expert, module in ((5, moe.experts[5]), (None, moe.shared_experts)):
+        stack, e, start, end = stacked.expert_slot(expert, proj)
+        assert torch.equal(getattr(stacked, stack)[e, start:end], getattr(module, proj).weight)
+    names = stacked.checkpoint_names("m")
+    assert len(names) == 3 * (config.num_experts + 1) and "m.shared_experts.down_proj.weight" in names
+
+
+def test_unequal_shared_width_keeps_a_separate_shared_expert():
+    config = preset_config("tiny", moe_shared_expert_intermediate_size=96)
+    stacked = StackedMoE(config)
+    assert not stacked.shared_stacked and stacked.shared_experts is not None
+    assert stacked.experts_w13.shape[0] == config.num_experts
