@@ -373,6 +373,27 @@ def linear_section(dev) -> None:
     times = {k_: bench(f_) * 1e3 for k_, f_ in parts.items()}
     say("breakdown (us): " + ", ".join(f"{k_} {t_:.0f}" for k_, t_ in times.items())
         + f"; sum {sum(times.values()):.0f}")
+    # wgrad (both operands 1×128 along the token dim): the default kernel against Triton's,
+    # bitwise on these inputs and timed in the same run (M=5120, N=2048, K=8192).
+    from kernels.fp8.gemm_hopper import fp8_gemm_gluon_ws
+
+    dw_ref = fp8_gemm(dyqt, dyst, xqt, xst, config=(128, 128, 8, 4, "tma"))
+    wg = {"triton tma": lambda: fp8_gemm(dyqt, dyst, xqt, xst, config=(128, 128, 8, 4, "tma")),
+          "default": lambda: fp8_gemm(dyqt, dyst, xqt, xst)}
+    for regs in (224, 232, 240):
+        wg[f"gluon_ws regs {regs}"] = (lambda r=regs: fp8_gemm_gluon_ws(dyqt, dyst, xqt, xst, torch.bfloat16,
+                                                                     3, r, b_block=False))
+    wfl = 2 * m * n * k
+    for name_, f_ in wg.items():
+        same = torch.equal(f_(), dw_ref)
+        t = bench(f_)
+        say(f"wgrad {name_}: {t * 1e3:.0f} us, {wfl / (t * 1e-3) / 1e12:.0f} TFLOP/s, bitwise equal to Triton: {same}")
+    from kernels.fp8 import backend as B
+
+    for key_, ck in B._COMPILED.items():  # registers / spills of the compiled GEMM kernels
+        if "gemm" in ck.name:
+            say(f"  {ck.name} {[a for a in key_ if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], str)]}: "
+                f"{ck.n_regs} registers, {ck.n_spills} spills")
     host = {}
     for k_, f_ in parts.items():  # host time per call: 50 calls, no sync inside
         torch.cuda.synchronize()

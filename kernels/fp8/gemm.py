@@ -155,19 +155,23 @@ _CONFIG_GLUON = (128, 128, 8, 4, "gluon")  # fewer 128×256 tiles than SMs (M=12
 # "gluon_ws": persistent, warp-specialized, 128×256 tiles (gemm_hopper.py); 0.81-0.88× cuBLAS
 # tensorwise at the large benchmark shapes vs 0.68-0.73× for "gluon" (H100, 2026-11-26).
 _CONFIG_GLUON_WS = (128, 256, 4, 3, "gluon_ws")
-_logged_kinds: set[str] = set()
+_logged_kinds: set[tuple[str, bool]] = set()
 
 
 def _pick_config(m: int, n: int, k: int, on_cpu: bool, batch_invariant: bool, gluon_ok: bool,
-                 sms: int = 132):
+                 b_block: bool = True, sms: int = 132):
     if on_cpu:
         return _CONFIG_INTERPRET
-    # Gluon: 128×128-block B only (with 1×128 B scales its two scale vectors spill registers);
-    # bitwise the same as the Triton kernels (checked on the H100), so the choice may vary.
-    # The persistent 128×256 kernel needs at least a wave of tiles; below that the 128×128
-    # kernel spreads the work over twice as many SMs.
-    if gluon_ok:
-        return _CONFIG_GLUON_WS if _cdiv(m, 128) * _cdiv(n, 256) >= sms else _CONFIG_GLUON
+    # Gluon kernels are bitwise the same as the Triton kernels (checked on the H100), so the
+    # choice may vary. The persistent 128×256 kernel needs at least a wave of tiles; below that
+    # the 128×128 kernel spreads the work over twice as many SMs — for 128×128-block B only:
+    # with 1×128 B scales (wgrad) its two scale vectors spill, and Triton's kernel is faster.
+    # 1×128 B on gluon_ws: 585 vs 509 TFLOP/s (Triton) at the wgrad shape when N % 256 == 0;
+    # other N clamp the scale columns, which was not timed.
+    if gluon_ok and _cdiv(m, 128) * _cdiv(n, 256) >= sms and (b_block or n % 256 == 0):
+        return _CONFIG_GLUON_WS
+    if gluon_ok and b_block:
+        return _CONFIG_GLUON
     if batch_invariant:
         cfg = _CONFIG_INVARIANT
     elif m <= 256 or _cdiv(m, 128) * _cdiv(n, 128) < 132:
@@ -226,24 +230,24 @@ def fp8_gemm(
     m, k = aq.shape
     n = bq.shape[0]
     b_block = b_scale.shape[0] != n or n == 1
-    why_not = gluon_supported(aq, bq, out_dtype) if b_block else "1x128 B scales (wgrad) spill"
+    why_not = gluon_supported(aq, bq, out_dtype)
     bm, bn, warps, stages, kind = config or _pick_config(
-        m, n, k, not aq.is_cuda, batch_invariant, why_not is None,
+        m, n, k, not aq.is_cuda, batch_invariant, why_not is None, b_block,
         num_sms(aq.device) if why_not is None else 132)
-    if aq.is_cuda and kind not in _logged_kinds:  # the kernel choice is visible, never silent
-        _logged_kinds.add(kind)
-        log.info("fp8_gemm uses the %r kernel%s", kind,
-                 "" if kind.startswith("gluon") else f" (Gluon kernel not used: {why_not})")
+    if aq.is_cuda and (kind, b_block) not in _logged_kinds:  # the choice is visible, never silent
+        _logged_kinds.add((kind, b_block))
+        log.info("fp8_gemm uses the %r kernel for %s B scales%s", kind,
+                 "128x128-block" if b_block else "1x128", "" if kind.startswith("gluon") else
+                 f" (Gluon kernel not used: {why_not or 'fewer 128x256 tiles than SMs'})")
     if kind in ("gluon", "gluon_p", "gluon_ws"):
-        # why_not already holds gluon_supported's answer for block-scaled B (a host-bound path).
-        if (why := why_not if b_block else gluon_supported(aq, bq, out_dtype)) is not None:
-            raise ValueError(f"fp8_gemm: Gluon kernel requested but {why}")
+        if why_not is not None:
+            raise ValueError(f"fp8_gemm: Gluon kernel requested but {why_not}")
         if kind == "gluon":
             return fp8_gemm_gluon(aq, a_scale, bq, b_scale, out_dtype, b_block, bm, bn, warps, stages)
-        if not b_block:
-            raise ValueError("fp8_gemm: the persistent Gluon kernels need 128x128-block B scales")
         if kind == "gluon_ws":
-            return fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages)
+            return fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages, b_block=b_block)
+        if not b_block:
+            raise ValueError("fp8_gemm: the gluon_p kernel needs 128x128-block B scales")
         return fp8_gemm_gluon_persistent(aq, a_scale, bq, b_scale, out_dtype, bm, bn, warps, stages)
     c = torch.empty(m, n, dtype=out_dtype, device=aq.device)
     grid = (_cdiv(m, bm) * _cdiv(n, bn),)

@@ -14,7 +14,7 @@ beside the fp32 accumulator. The block scales are loaded one block ahead, and fo
 blocks sA·sB is one factor per row, so the promotion is one FMA per element. Operands stream
 through a STAGES-deep TMA ring completing on mbarriers; a slot is refilled as soon as its
 wgmma has retired. Used for 128×128-block B (forward, dgrad); 1×128 B scales (wgrad) carry a
-per-column scale vector that makes it spill, so those stay on the Triton kernel.
+per-column scale vector that makes this kernel spill; the wgrad GEMM runs on ``gluon_ws``.
 
 Three kernels, all with this per-element math (``fp8_gemm`` kinds):
 - ``gluon_ws`` (default for large M·N): persistent (one program per SM), warp-specialized —
@@ -24,6 +24,8 @@ Three kernels, all with this per-element math (``fp8_gemm`` kinds):
   acc (two 64×128 halves) + one P tile and does not overlap its own wgmma and promotion; with
   no CTA-wide barrier in the K loop the two warpgroups drift apart and each promotes while the
   tensor cores run the other's wgmma. 0.82-0.90× cuBLAS tensorwise FP8 (BENCHMARKS.md).
+  Also the wgrad GEMM (1×128 B scales, B_ROWWISE): the factor sA[row]·sB[col] per element,
+  the current block's scales loaded while its wgmma runs; 585 TFLOP/s vs Triton's 510.
 - ``gluon``: the non-persistent 128×128 kernel described above (small M·N: fewer 128×256
   tiles than SMs; also 1×128 B scales when asked for explicitly).
 - ``gluon_p``: persistent without a producer warp (the loads are issued by the consumers,
@@ -442,8 +444,12 @@ if HAS_GLUON:
     def _ws_consumer(a_desc, c_desc, as_ptr, bs_ptr, a_smem, b_smem, c_smem, ready, empty,
                      M, N, K, stride_asm, stride_ask, stride_bsn, stride_bsk,
                      ROW0: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                     C_BUFS: gl.constexpr):
-        # Rows ROW0 .. ROW0 + 63 of every tile; per block, as _mainloop_halves.
+                     C_BUFS: gl.constexpr, B_ROWWISE: gl.constexpr, EVEN_N: gl.constexpr):
+        # Rows ROW0 .. ROW0 + 63 of every tile; per block, as _mainloop_halves. B_ROWWISE: 1×128
+        # B scales (the wgrad GEMM): the factor of block kb is sA[row]·sB[col], formed per
+        # element like the Triton kernel; sA and each half's sB vector (32 registers in the
+        # accumulator's column slice) are loaded for the current block only, while its wgmma
+        # runs (prefetching them a block ahead would need 64 more registers).
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         SUB_M: gl.constexpr = c_desc.block_type.shape[0]
         mma: gl.constexpr = gl.NVMMADistributedLayout(
@@ -457,36 +463,66 @@ if HAS_GLUON:
             off_m, off_n = _tile_offsets(tile, num_pid_m, num_pid_n, BLOCK_M, 256, GROUP_M)
             rows = gl.minimum(off_m + ROW0 + gl.arange(0, SUB_M, layout=gl.SliceLayout(1, mma)),
                               M - 1) * stride_asm
-            bs0 = bs_ptr + (off_n // 128) * stride_bsn
-            bs1 = bs_ptr + gl.minimum(off_n // 128 + 1, n_blocks_b - 1) * stride_bsn
             acc0 = gl.zeros((SUB_M, 128), gl.float32, layout=mma)
             acc1 = gl.zeros((SUB_M, 128), gl.float32, layout=mma)
             p = gl.zeros((SUB_M, 128), gl.float32, layout=mma)
-            sa = gl.load(as_ptr + rows)
-            s0 = sa * gl.load(bs0)
-            s1 = sa * gl.load(bs1)
-            for kb in range(num_k):
-                slot = _wait_ready(ready, g, STAGES)
-                a_k = a_smem.index(slot).slice(ROW0, SUB_M)
-                b_k = b_smem.index(slot)
-                p = warpgroup_mma(a_k, b_k.slice(0, 128).permute((1, 0)), p, use_acc=False,
-                                  is_async=True)
-                nk = gl.minimum(kb + 1, num_k - 1)
-                sa_n = gl.load(as_ptr + rows + nk * stride_ask)
-                sb0_n = gl.load(bs0 + nk * stride_bsk)
-                sb1_n = gl.load(bs1 + nk * stride_bsk)
-                p = warpgroup_mma_wait(num_outstanding=0, deps=(p, ))
-                acc0 = acc0 + p * gl.expand_dims(s0, 1)
-                p, acc0 = warpgroup_mma_wait(num_outstanding=0, deps=(p, acc0))
-                p = warpgroup_mma(a_k, b_k.slice(128, 128).permute((1, 0)), p, use_acc=False,
-                                  is_async=True)
-                p = warpgroup_mma_wait(num_outstanding=0, deps=(p, ))
-                mbarrier.arrive(empty.index(slot), count=1)
-                acc1 = acc1 + p * gl.expand_dims(s1, 1)
-                p, acc1 = warpgroup_mma_wait(num_outstanding=0, deps=(p, acc1))
-                s0 = sa_n * sb0_n
-                s1 = sa_n * sb1_n
-                g += 1
+            if B_ROWWISE:
+                # Column offsets stay affine in the thread index (no clamp when N % 256 == 0), so
+                # a block's 32 scale addresses per thread are one base register plus immediates.
+                cn = gl.arange(0, 128, layout=gl.SliceLayout(0, mma))
+                if EVEN_N:
+                    c0 = (off_n + cn) * stride_bsn
+                    c1 = (off_n + 128 + cn) * stride_bsn
+                else:
+                    c0 = gl.minimum(off_n + cn, N - 1) * stride_bsn
+                    c1 = gl.minimum(off_n + 128 + cn, N - 1) * stride_bsn
+                for kb in range(num_k):
+                    slot = _wait_ready(ready, g, STAGES)
+                    a_k = a_smem.index(slot).slice(ROW0, SUB_M)
+                    b_k = b_smem.index(slot)
+                    p = warpgroup_mma(a_k, b_k.slice(0, 128).permute((1, 0)), p, use_acc=False,
+                                      is_async=True)
+                    sa = gl.load(as_ptr + rows + kb * stride_ask)
+                    sb = gl.load(bs_ptr + kb * stride_bsk + c0)
+                    p = warpgroup_mma_wait(num_outstanding=0, deps=(p, ))
+                    acc0 = acc0 + p * (gl.expand_dims(sa, 1) * gl.expand_dims(sb, 0))
+                    p, acc0 = warpgroup_mma_wait(num_outstanding=0, deps=(p, acc0))
+                    p = warpgroup_mma(a_k, b_k.slice(128, 128).permute((1, 0)), p, use_acc=False,
+                                      is_async=True)
+                    sb = gl.load(bs_ptr + kb * stride_bsk + c1)
+                    p = warpgroup_mma_wait(num_outstanding=0, deps=(p, ))
+                    mbarrier.arrive(empty.index(slot), count=1)
+                    acc1 = acc1 + p * (gl.expand_dims(sa, 1) * gl.expand_dims(sb, 0))
+                    p, acc1 = warpgroup_mma_wait(num_outstanding=0, deps=(p, acc1))
+                    g += 1
+            else:
+                bs0 = bs_ptr + (off_n // 128) * stride_bsn
+                bs1 = bs_ptr + gl.minimum(off_n // 128 + 1, n_blocks_b - 1) * stride_bsn
+                sa = gl.load(as_ptr + rows)
+                s0 = sa * gl.load(bs0)
+                s1 = sa * gl.load(bs1)
+                for kb in range(num_k):
+                    slot = _wait_ready(ready, g, STAGES)
+                    a_k = a_smem.index(slot).slice(ROW0, SUB_M)
+                    b_k = b_smem.index(slot)
+                    p = warpgroup_mma(a_k, b_k.slice(0, 128).permute((1, 0)), p, use_acc=False,
+                                      is_async=True)
+                    nk = gl.minimum(kb + 1, num_k - 1)
+                    sa_n = gl.load(as_ptr + rows + nk * stride_ask)
+                    sb0_n = gl.load(bs0 + nk * stride_bsk)
+                    sb1_n = gl.load(bs1 + nk * stride_bsk)
+                    p = warpgroup_mma_wait(num_outstanding=0, deps=(p, ))
+                    acc0 = acc0 + p * gl.expand_dims(s0, 1)
+                    p, acc0 = warpgroup_mma_wait(num_outstanding=0, deps=(p, acc0))
+                    p = warpgroup_mma(a_k, b_k.slice(128, 128).permute((1, 0)), p, use_acc=False,
+                                      is_async=True)
+                    p = warpgroup_mma_wait(num_outstanding=0, deps=(p, ))
+                    mbarrier.arrive(empty.index(slot), count=1)
+                    acc1 = acc1 + p * gl.expand_dims(s1, 1)
+                    p, acc1 = warpgroup_mma_wait(num_outstanding=0, deps=(p, acc1))
+                    s0 = sa_n * sb0_n
+                    s1 = sa_n * sb1_n
+                    g += 1
             # Epilogue: one staging buffer per half when shared memory allows (C_BUFS = 2), else
             # the halves take turns in one. The stores complete while the next tile runs.
             tma.store_wait(pendings=0)  # the previous tile's stores have left c_smem
@@ -506,7 +542,8 @@ if HAS_GLUON:
         M, N, K,
         stride_asm, stride_ask, stride_bsn, stride_bsk,
         STAGES: gl.constexpr, GROUP_M: gl.constexpr, C_BUFS: gl.constexpr,
-        CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+        B_ROWWISE: gl.constexpr, EVEN_N: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         gl.static_assert(num_warps == 4)
         gl.static_assert(b_desc.block_type.shape[0] == 256)
@@ -522,10 +559,10 @@ if HAS_GLUON:
         gl.warp_specialize([
             (_ws_consumer, (a_desc, c_desc, as_ptr, bs_ptr, a_smem, b_smem, c0_smem, ready, empty,
                             M, N, K, stride_asm, stride_ask, stride_bsn, stride_bsk, 0, STAGES,
-                            GROUP_M, C_BUFS)),
+                            GROUP_M, C_BUFS, B_ROWWISE, EVEN_N)),
             (_ws_consumer, (a_desc, c_desc, as_ptr, bs_ptr, a_smem, b_smem, c1_smem, ready, empty,
                             M, N, K, stride_asm, stride_ask, stride_bsn, stride_bsk, 64, STAGES,
-                            GROUP_M, C_BUFS)),
+                            GROUP_M, C_BUFS, B_ROWWISE, EVEN_N)),
             (_ws_producer, (a_desc, b_desc, a_smem, b_smem, ready, empty, M, N, K, STAGES, GROUP_M)),
         ], [4, 1], [CONSUMER_REGS, 24])
 
@@ -624,9 +661,11 @@ def fp8_gemm_gluon_persistent(aq, a_scale, bq, b_scale, out_dtype,
     return c
 
 
-def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, consumer_regs: int = 232):
-    """Launch the warp-specialized persistent Gluon kernel (128×256 tiles, 128×128-block B;
-    caller validated the operands and ``gluon_supported``). Returns C [M, N]."""
+def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, consumer_regs: int = 232,
+                      b_block: bool = True):
+    """Launch the warp-specialized persistent Gluon kernel (128×256 tiles; 128×128-block B, or
+    1×128 B scales with b_block=False; caller validated the operands and ``gluon_supported``).
+    Returns C [M, N]."""
     m, k = aq.shape
     n = bq.shape[0]
     sms = num_sms(aq.device)
@@ -647,6 +686,7 @@ def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, cons
     launch(_fp8_gemm_gluon_ws_kernel, (min(tiles, sms),),
         a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,
         a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
-        STAGES=stages, GROUP_M=8, C_BUFS=c_bufs, CONSUMER_REGS=consumer_regs, num_warps=4,
+        STAGES=stages, GROUP_M=8, C_BUFS=c_bufs, B_ROWWISE=not b_block, EVEN_N=n % 256 == 0,
+        CONSUMER_REGS=consumer_regs, num_warps=4,
     )
     return c

@@ -329,14 +329,15 @@ def test_fp8_gemm_gluon_matches_reference_and_triton(m, n, k, b_kind, poison_emp
     part = fp8_gemm(aq[:5].contiguous(), as_[:5].contiguous(), bq, bs, torch.float32,
                     config=(64, 128, 4, 4, "gluon"))
     assert torch.equal(part, c[:5])
-    if b_kind == "block":  # the persistent kernels (128×128-block B only), bf16 and fp32 out
-        for cfg in ((128, 256, 4, 3, "gluon_ws"), (128, 256, 4, 2, "gluon_ws"),
-                    (128, 256, 8, 2, "gluon_p"), (128, 128, 8, 4, "gluon_p")):
-            assert torch.equal(fp8_gemm(aq, as_, bq, bs, torch.float32, config=cfg), c), cfg
-            assert torch.equal(fp8_gemm(aq[:5].contiguous(), as_[:5].contiguous(), bq, bs,
-                                        torch.bfloat16, config=cfg),
-                               fp8_gemm(aq[:5].contiguous(), as_[:5].contiguous(), bq, bs,
-                                        torch.bfloat16, config=(128, 128, 8, 4, "ptr"))), cfg
+    persistent = [(128, 256, 4, 3, "gluon_ws"), (128, 256, 4, 2, "gluon_ws")]
+    if b_kind == "block":  # gluon_p: 128×128-block B only
+        persistent += [(128, 256, 8, 2, "gluon_p"), (128, 128, 8, 4, "gluon_p")]
+    for cfg in persistent:  # the persistent kernels, bf16 and fp32 out
+        assert torch.equal(fp8_gemm(aq, as_, bq, bs, torch.float32, config=cfg), c), cfg
+        assert torch.equal(fp8_gemm(aq[:5].contiguous(), as_[:5].contiguous(), bq, bs,
+                                    torch.bfloat16, config=cfg),
+                           fp8_gemm(aq[:5].contiguous(), as_[:5].contiguous(), bq, bs,
+                                    torch.bfloat16, config=(128, 128, 8, 4, "ptr"))), cfg
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the launch cache is the CUDA path (the "
