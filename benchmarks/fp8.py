@@ -43,7 +43,7 @@ from kernels.lm_head import logits_fp32, token_logprobs, token_logprobs_ref  # n
 GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, kind); full Triton sweep of
     # 2026-11-26 in BENCHMARKS.md (ptr / tma / tma_ws / tma_pp: 206-690 TFLOP/s)
     (128, 128, 8, 4, "ptr"), (128, 128, 8, 4, "tma"), (64, 128, 4, 4, "tma"),
-    (128, 128, 8, 4, "gluon"), (128, 128, 8, 5, "gluon"), (128, 256, 8, 2, "gluon_p"),
+    (128, 128, 8, 4, "gluon"), (128, 128, 8, 5, "gluon"),
     (128, 256, 4, 3, "gluon_ws"), (128, 256, 4, 4, "gluon_ws"),
 ]  # the persistent variants' sweep: benchmarks/fp8_gemm_variants.py
 WS_CONFIGS = [(128, 128, 8, 4, "tma_ws"), (128, 128, 8, 4, "tma_pp_ws")]
@@ -155,7 +155,7 @@ def check_correctness(dev: str, smoke: bool) -> None:
     cfgs = [] if smoke or dev == "cpu" else [(128, 128, 8, 4, "ptr"), (64, 128, 4, 4, "tma"),
                                                (64, 64, 4, 3, "ptr"), (128, 128, 8, 4, "tma"),
                                                (128, 128, 8, 4, "gluon"), (64, 128, 4, 4, "gluon"),
-                                               (128, 256, 4, 3, "gluon_ws"), (128, 256, 8, 2, "gluon_p")]
+                                               (128, 256, 4, 3, "gluon_ws")]
     for cfg in cfgs:
         print(f"  invariance check, config {cfg}", flush=True)
         try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .backend import HAS_TRITON, check_2d, launch, log, pick_backend, tl, triton
-from .gemm_hopper import (fp8_gemm_gluon, fp8_gemm_gluon_persistent, fp8_gemm_gluon_ws,
+from .gemm_hopper import (fp8_gemm_gluon, fp8_gemm_gluon_ws,
                           gluon_supported, num_sms)
 from .reference import BLOCK, FP8_DTYPE, _cdiv, fp8_gemm_torch
 
@@ -139,9 +139,10 @@ if HAS_TRITON:
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, kind); kind: "gluon_ws" (gemm_hopper.py: persistent
-# warp-specialized Gluon kernel, 128×256 tiles; the default on sm_90 for 128×128-block B where TMA
-# alignment allows and there is a wave of tiles; num_warps is its per-consumer 4), "gluon_p" (the
-# persistent Gluon kernel without a producer warp, BLOCK_N 256 or ≤ 128), "gluon" (non-persistent
+# warp-specialized Gluon kernel, 128×256 tiles; the default on sm_90 where TMA alignment allows
+# and there is a wave of tiles, 1×128 B scales only when N % 256 == 0; num_warps is its
+# per-consumer 4; "gluon_p", persistent without a producer warp, was slower everywhere and was
+# deleted 2026-11-27, see BENCHMARKS.md), "gluon" (non-persistent
 # Gluon kernel, promotion prefetched and overlapped; the default for small M·N),
 # "ptr" (pointer loads), "tma" (TMA descriptors), "tma_ws" (TMA + Triton's automatic warp
 # specialization), "tma_pp"/"tma_pp_ws" (software-pipelined promotion). Chosen from M only when
@@ -239,16 +240,12 @@ def fp8_gemm(
         log.info("fp8_gemm uses the %r kernel for %s B scales%s", kind,
                  "128x128-block" if b_block else "1x128", "" if kind.startswith("gluon") else
                  f" (Gluon kernel not used: {why_not or 'fewer 128x256 tiles than SMs'})")
-    if kind in ("gluon", "gluon_p", "gluon_ws"):
+    if kind in ("gluon", "gluon_ws"):
         if why_not is not None:
             raise ValueError(f"fp8_gemm: Gluon kernel requested but {why_not}")
         if kind == "gluon":
             return fp8_gemm_gluon(aq, a_scale, bq, b_scale, out_dtype, b_block, bm, bn, warps, stages)
-        if kind == "gluon_ws":
-            return fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages, b_block=b_block)
-        if not b_block:
-            raise ValueError("fp8_gemm: the gluon_p kernel needs 128x128-block B scales")
-        return fp8_gemm_gluon_persistent(aq, a_scale, bq, b_scale, out_dtype, bm, bn, warps, stages)
+        return fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages, b_block=b_block)
     c = torch.empty(m, n, dtype=out_dtype, device=aq.device)
     grid = (_cdiv(m, bm) * _cdiv(n, bn),)
     scale_args = (a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1))

@@ -16,7 +16,7 @@ through a STAGES-deep TMA ring completing on mbarriers; a slot is refilled as so
 wgmma has retired. Used for 128×128-block B (forward, dgrad); 1×128 B scales (wgrad) carry a
 per-column scale vector that makes this kernel spill; the wgrad GEMM runs on ``gluon_ws``.
 
-Three kernels, all with this per-element math (``fp8_gemm`` kinds):
+Two kernels, both with this per-element math (``fp8_gemm`` kinds):
 - ``gluon_ws`` (default for large M·N): persistent (one program per SM), warp-specialized —
   a 1-warp TMA producer and two consumer warpgroups that each own 64 rows of a 128×256 tile
   (a K block moves 48 KiB of operands per 128×256 outputs instead of 32 KiB per 128×128: a
@@ -28,9 +28,6 @@ Three kernels, all with this per-element math (``fp8_gemm`` kinds):
   the current block's scales loaded while its wgmma runs; 585 TFLOP/s vs Triton's 510.
 - ``gluon``: the non-persistent 128×128 kernel described above (small M·N: fewer 128×256
   tiles than SMs; also 1×128 B scales when asked for explicitly).
-- ``gluon_p``: persistent without a producer warp (the loads are issued by the consumers,
-  the next tile's first blocks during this tile's last ones); measured slower than
-  ``gluon_ws``, kept for comparison.
 
 Batch invariance: every output element is the same fixed sequence of wgmma blocks and fp32
 FMAs whatever M or the tile shape; the GPU benchmark checks it bitwise against the Triton
@@ -204,13 +201,7 @@ if HAS_GLUON:
         tma.store_wait(pendings=0)
 
 
-    # ------------------------------------------------------------------ persistent kernel
-    # One program per SM walks the output tiles (tile = pid, pid + #programs, ...). The TMA ring
-    # runs across tile boundaries: the slot freed by block kb is refilled with block
-    # kb + STAGES counted from the current tile's first block, which near the end of a tile is
-    # one of the next tile's first blocks, so the next tile's operands stream in during this
-    # tile's last blocks and its epilogue. The epilogue's TMA store is waited for only before
-    # the next tile reuses its staging buffer.
+    # ------------------------------------------------------------ persistent helpers
 
     @gluon.jit
     def _tile_offsets(tile, num_pid_m, num_pid_n, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -224,192 +215,11 @@ if HAS_GLUON:
         return pid_m * BLOCK_M, pid_n * BLOCK_N
 
     @gluon.jit
-    def _load_ahead(a_desc, b_desc, a_smem, b_smem, ready, base, j, num_k, off_m, off_n,
-                    nxt_m, nxt_n, has_next, STAGES: gl.constexpr):
-        # TMA-load block j counted from the current tile's block 0 into ring position base + j:
-        # block j of this tile, or for j ≥ num_k block j - num_k of this program's next tile
-        # (no-op if there is none; the launcher keeps STAGES ≤ num_k). Selects, no division:
-        # this sits between the wgmma wait and the promotion.
-        this = j < num_k
-        slot = (base + j) % STAGES
-        pred = this | has_next
-        m = gl.where(this, off_m, nxt_m)
-        n = gl.where(this, off_n, nxt_n)
-        k = gl.where(this, j, j - num_k) * 128
-        bar = ready.index(slot)
-        mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes, pred=pred)
-        tma.async_copy_global_to_shared(a_desc, [m, k], bar, a_smem.index(slot), pred=pred)
-        tma.async_copy_global_to_shared(b_desc, [n, k], bar, b_smem.index(slot), pred=pred)
-
-    @gluon.jit
     def _wait_ready(ready, g, STAGES: gl.constexpr):
         # Ring position g: slot g % STAGES, completed (g // STAGES) times before.
         slot = g % STAGES
         mbarrier.wait(ready.index(slot), (g // STAGES) & 1)
         return slot
-
-    @gluon.jit
-    def _fp8_gemm_gluon_persistent_kernel(
-        a_desc, b_desc, c_desc, as_ptr, bs_ptr,
-        M, N, K,
-        stride_asm, stride_ask, stride_bsn, stride_bsk,
-        STAGES: gl.constexpr, GROUP_M: gl.constexpr, num_warps: gl.constexpr,
-    ):
-        # 128×128-block B only. BLOCK_N ≤ 128 (dividing 128): one scale factor per row and
-        # block, two partial-product tiles, block k+1's wgmma overlapping block k's promotion
-        # (as in _fp8_gemm_gluon_kernel). BLOCK_N = 256: two 128-column halves with their own
-        # accumulators and one shared partial-product tile; each warpgroup promotes one half
-        # while the tensor cores run the other warpgroup's wgmma (acc0 + acc1 + P = 192
-        # registers per thread, where two P tiles of 64×256 would not fit).
-        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-        BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
-        HALVES: gl.constexpr = BLOCK_N // 128 if BLOCK_N > 128 else 1
-        MMA_N: gl.constexpr = BLOCK_N // HALVES
-        C_N: gl.constexpr = c_desc.block_type.shape[1]
-        gl.static_assert(C_N == MMA_N)
-
-        pid = gl.program_id(0)
-        nprog = gl.num_programs(0)
-        num_pid_m = gl.cdiv(M, BLOCK_M)
-        num_pid_n = gl.cdiv(N, BLOCK_N)
-        num_tiles = num_pid_m * num_pid_n
-        num_k = gl.cdiv(K, 128)
-        n_blocks_b = gl.cdiv(N, 128)
-
-        mma: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, MMA_N, 32])
-        row_layout: gl.constexpr = gl.SliceLayout(1, mma)
-
-        a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
-        b_smem = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
-        c_smem = gl.allocate_shared_memory(c_desc.dtype, [HALVES] + c_desc.block_type.shape, c_desc.layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
-        off_m, off_n = _tile_offsets(pid, num_pid_m, num_pid_n, BLOCK_M, BLOCK_N, GROUP_M)
-        for i in gl.static_range(STAGES):
-            _load_ahead(a_desc, b_desc, a_smem, b_smem, ready, 0, i, num_k, off_m, off_n, off_m,
-                        off_n, False, STAGES)
-
-        base = 0  # ring position of the current tile's block 0
-        for tile in range(pid, num_tiles, nprog):
-            off_m, off_n = _tile_offsets(tile, num_pid_m, num_pid_n, BLOCK_M, BLOCK_N, GROUP_M)
-            nxt_m, nxt_n = _tile_offsets(tile + nprog, num_pid_m, num_pid_n, BLOCK_M, BLOCK_N, GROUP_M)
-            ld = (num_k, off_m, off_n, nxt_m, nxt_n, tile + nprog < num_tiles)
-            rows = gl.minimum(off_m + gl.arange(0, BLOCK_M, layout=row_layout), M - 1) * stride_asm
-            if HALVES == 1:
-                acc = _mainloop_overlapped(a_desc, b_desc, a_smem, b_smem, ready, as_ptr, bs_ptr,
-                                           rows, off_n, base, ld, stride_ask, stride_bsn,
-                                           stride_bsk, mma, STAGES)
-                tma.store_wait(pendings=0)  # the previous tile's store has left c_smem
-                c_smem.index(0).store(acc.to(c_desc.dtype))
-                fence_async_shared()
-                tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem.index(0))
-            else:
-                gl.static_assert(HALVES == 2)
-                acc0, acc1 = _mainloop_halves(a_desc, b_desc, a_smem, b_smem, ready, as_ptr, bs_ptr,
-                                              rows, off_n, n_blocks_b, base, ld, stride_ask,
-                                              stride_bsn, stride_bsk, mma, STAGES)
-                tma.store_wait(pendings=0)
-                c_smem.index(0).store(acc0.to(c_desc.dtype))
-                c_smem.index(1).store(acc1.to(c_desc.dtype))
-                fence_async_shared()
-                tma.async_copy_shared_to_global(c_desc, [off_m, off_n], c_smem.index(0))
-                tma.async_copy_shared_to_global(c_desc, [off_m, off_n + 128], c_smem.index(1))
-            base += num_k
-        tma.store_wait(pendings=0)
-        for i in gl.static_range(STAGES):
-            mbarrier.invalidate(ready.index(i))
-
-    @gluon.jit
-    def _mainloop_overlapped(a_desc, b_desc, a_smem, b_smem, ready, as_ptr, bs_ptr, rows, off_n,
-                             base, ld, stride_ask, stride_bsn, stride_bsk, mma: gl.constexpr,
-                             STAGES: gl.constexpr):
-        # One tile's K loop, BLOCK_N ≤ 128: the schedule of _fp8_gemm_gluon_kernel (see there
-        # for why it is unrolled by two and drains before the back edge). s = sA·sB per row.
-        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-        BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
-        bs_row = bs_ptr + (off_n // 128) * stride_bsn
-        num_k = ld[0]
-        acc = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, layout=mma)
-        p1 = gl.zeros((BLOCK_M, BLOCK_N), gl.float32, layout=mma)
-        slot = _wait_ready(ready, base, STAGES)
-        p0 = warpgroup_mma(a_smem.index(slot), b_smem.index(slot).permute((1, 0)), p1,
-                           use_acc=False, is_async=True)
-        s0 = gl.load(as_ptr + rows) * gl.load(bs_row)
-        p0 = warpgroup_mma_wait(num_outstanding=0, deps=(p0, ))
-        for j in range(0, (num_k - 1) // 2):
-            kb = 2 * j + 1
-            slot = _wait_ready(ready, base + kb, STAGES)
-            p1 = warpgroup_mma(a_smem.index(slot), b_smem.index(slot).permute((1, 0)), p1,
-                               use_acc=False, is_async=True)
-            p0 = warpgroup_mma_wait(num_outstanding=1, deps=(p0, ))
-            _load_ahead(a_desc, b_desc, a_smem, b_smem, ready, base, kb - 1 + STAGES, *ld, STAGES)
-            s1 = gl.load(as_ptr + rows + kb * stride_ask) * gl.load(bs_row + kb * stride_bsk)
-            acc = acc + p0 * gl.expand_dims(s0, 1)
-            p0, acc = warpgroup_mma_wait(num_outstanding=1, deps=(p0, acc))
-            slot = _wait_ready(ready, base + kb + 1, STAGES)
-            p0 = warpgroup_mma(a_smem.index(slot), b_smem.index(slot).permute((1, 0)), p0,
-                               use_acc=False, is_async=True)
-            p1 = warpgroup_mma_wait(num_outstanding=1, deps=(p1, ))
-            _load_ahead(a_desc, b_desc, a_smem, b_smem, ready, base, kb + STAGES, *ld, STAGES)
-            s0 = gl.load(as_ptr + rows + (kb + 1) * stride_ask) * gl.load(bs_row + (kb + 1) * stride_bsk)
-            acc = acc + p1 * gl.expand_dims(s1, 1)
-            p1, acc = warpgroup_mma_wait(num_outstanding=1, deps=(p1, acc))
-            p0 = warpgroup_mma_wait(num_outstanding=0, deps=(p0, ))
-        last_even = 2 * ((num_k - 1) // 2)  # the block p0 holds, retired
-        _load_ahead(a_desc, b_desc, a_smem, b_smem, ready, base, last_even + STAGES, *ld, STAGES)
-        acc = acc + p0 * gl.expand_dims(s0, 1)
-        if num_k % 2 == 0:  # one odd block left (no overlap; one per tile)
-            kb = num_k - 1
-            slot = _wait_ready(ready, base + kb, STAGES)
-            p1 = warpgroup_mma(a_smem.index(slot), b_smem.index(slot).permute((1, 0)), p1,
-                               use_acc=False, is_async=True)
-            s1 = gl.load(as_ptr + rows + kb * stride_ask) * gl.load(bs_row + kb * stride_bsk)
-            p1 = warpgroup_mma_wait(num_outstanding=0, deps=(p1, ))
-            _load_ahead(a_desc, b_desc, a_smem, b_smem, ready, base, kb + STAGES, *ld, STAGES)
-            acc = acc + p1 * gl.expand_dims(s1, 1)
-        return acc
-
-    @gluon.jit
-    def _mainloop_halves(a_desc, b_desc, a_smem, b_smem, ready, as_ptr, bs_ptr, rows, off_n,
-                         n_blocks_b, base, ld, stride_ask, stride_bsn, stride_bsk,
-                         mma: gl.constexpr, STAGES: gl.constexpr):
-        # One tile's K loop, BLOCK_N = 256: per block, P = A_k·B_k[:128]ᵀ → promote into acc0,
-        # then P = A_k·B_k[128:]ᵀ → promote into acc1 (s0, s1: sA·sB of each half per row).
-        # The FMAs are pinned before the next wgmma overwrites P (a no-op wait taking the
-        # accumulator as a dependency). The scales are loaded one block ahead.
-        BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-        num_k = ld[0]
-        bs0 = bs_ptr + (off_n // 128) * stride_bsn
-        bs1 = bs_ptr + gl.minimum(off_n // 128 + 1, n_blocks_b - 1) * stride_bsn
-        acc0 = gl.zeros((BLOCK_M, 128), gl.float32, layout=mma)
-        acc1 = gl.zeros((BLOCK_M, 128), gl.float32, layout=mma)
-        p = gl.zeros((BLOCK_M, 128), gl.float32, layout=mma)
-        sa = gl.load(as_ptr + rows)
-        s0 = sa * gl.load(bs0)
-        s1 = sa * gl.load(bs1)
-        for kb in range(num_k):
-            slot = _wait_ready(ready, base + kb, STAGES)
-            a_k = a_smem.index(slot)
-            b_k = b_smem.index(slot)
-            p = warpgroup_mma(a_k, b_k.slice(0, 128).permute((1, 0)), p, use_acc=False, is_async=True)
-            nk = gl.minimum(kb + 1, num_k - 1)  # next block's scales (reloads the last at the end)
-            sa_n = gl.load(as_ptr + rows + nk * stride_ask)
-            sb0_n = gl.load(bs0 + nk * stride_bsk)
-            sb1_n = gl.load(bs1 + nk * stride_bsk)
-            p = warpgroup_mma_wait(num_outstanding=0, deps=(p, ))
-            acc0 = acc0 + p * gl.expand_dims(s0, 1)
-            p, acc0 = warpgroup_mma_wait(num_outstanding=0, deps=(p, acc0))
-            p = warpgroup_mma(a_k, b_k.slice(128, 128).permute((1, 0)), p, use_acc=False, is_async=True)
-            p = warpgroup_mma_wait(num_outstanding=0, deps=(p, ))
-            _load_ahead(a_desc, b_desc, a_smem, b_smem, ready, base, kb + STAGES, *ld, STAGES)
-            acc1 = acc1 + p * gl.expand_dims(s1, 1)
-            p, acc1 = warpgroup_mma_wait(num_outstanding=0, deps=(p, acc1))
-            s0 = sa_n * sb0_n
-            s1 = sa_n * sb1_n
-        return acc0, acc1
-
 
     # ------------------------------------------------------------ warp-specialized kernel
     # Persistent, 128×256 tiles, three partitions: a 1-warp producer issuing the TMA loads and
@@ -445,7 +255,7 @@ if HAS_GLUON:
                      M, N, K, stride_asm, stride_ask, stride_bsn, stride_bsk,
                      ROW0: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
                      C_BUFS: gl.constexpr, B_ROWWISE: gl.constexpr, EVEN_N: gl.constexpr):
-        # Rows ROW0 .. ROW0 + 63 of every tile; per block, as _mainloop_halves. B_ROWWISE: 1×128
+        # Rows ROW0 .. ROW0 + 63 of every tile; per block: P = A·B[:128]ᵀ, promote into acc0, P = A·B[128:]ᵀ, free the slot, promote into acc1. B_ROWWISE: 1×128
         # B scales (the wgrad GEMM): the factor of block kb is sA[row]·sB[col], formed per
         # element like the Triton kernel; sA and each half's sB vector (32 registers in the
         # accumulator's column slice) are loaded for the current block only, while its wgmma
@@ -616,7 +426,6 @@ def fp8_gemm_gluon(aq, a_scale, bq, b_scale, out_dtype, b_block: bool,
 
 
 _NUM_SMS: dict[int, int] = {}
-_FALLBACK_LOGGED: set[str] = set()
 _SMEM_BYTES = 232448 - 1024  # sm_90 opt-in shared memory per block, less barriers and slack
 
 
@@ -625,40 +434,6 @@ def num_sms(device: torch.device) -> int:
     if dev not in _NUM_SMS:
         _NUM_SMS[dev] = torch.cuda.get_device_properties(dev).multi_processor_count
     return _NUM_SMS[dev]
-
-
-def fp8_gemm_gluon_persistent(aq, a_scale, bq, b_scale, out_dtype,
-                              block_m: int = 128, block_n: int = 256, num_warps: int = 8,
-                              stages: int = 3):
-    """Launch the persistent Gluon kernel (128×128-block B only; caller validated the operands
-    and ``gluon_supported``). One program per SM, at most one per tile. Returns C [M, N]."""
-    m, k = aq.shape
-    n = bq.shape[0]
-    if not (block_n == 256 or 128 % block_n == 0):
-        raise ValueError(f"persistent Gluon GEMM: BLOCK_N must be 256 or divide 128, got {block_n}")
-    sms = num_sms(aq.device)
-    if -(-k // 128) < stages:  # the ring prefetches at most one tile ahead (STAGES ≤ num_k)
-        if "short_k" not in _FALLBACK_LOGGED:
-            _FALLBACK_LOGGED.add("short_k")
-            log.info("fp8_gemm: K=%d has fewer 128-blocks than the persistent Gluon kernel's %d "
-                     "stages; such GEMMs run the non-persistent Gluon kernel (bitwise the same)",
-                     k, stages)
-        return fp8_gemm_gluon(aq, a_scale, bq, b_scale, out_dtype, True)
-    c = torch.empty(m, n, dtype=out_dtype, device=aq.device)
-    c_n = min(block_n, 128)  # BLOCK_N = 256 stores two 128-column halves
-    a_layout = _smem_layout((block_m, 128), torch.float8_e4m3fn)
-    b_layout = _smem_layout((block_n, 128), torch.float8_e4m3fn)
-    c_layout = _smem_layout((block_m, c_n), out_dtype)
-    a_desc = TensorDescriptor.from_tensor(aq, [block_m, 128], a_layout)
-    b_desc = TensorDescriptor.from_tensor(bq, [block_n, 128], b_layout)
-    c_desc = TensorDescriptor.from_tensor(c, [block_m, c_n], c_layout)
-    tiles = -(-m // block_m) * -(-n // block_n)
-    launch(_fp8_gemm_gluon_persistent_kernel, (min(tiles, sms),),
-        a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,
-        a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
-        STAGES=stages, GROUP_M=8, num_warps=num_warps,
-    )
-    return c
 
 
 def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, consumer_regs: int = 232,

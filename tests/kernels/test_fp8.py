@@ -329,10 +329,7 @@ def test_fp8_gemm_gluon_matches_reference_and_triton(m, n, k, b_kind, poison_emp
     part = fp8_gemm(aq[:5].contiguous(), as_[:5].contiguous(), bq, bs, torch.float32,
                     config=(64, 128, 4, 4, "gluon"))
     assert torch.equal(part, c[:5])
-    persistent = [(128, 256, 4, 3, "gluon_ws"), (128, 256, 4, 2, "gluon_ws")]
-    if b_kind == "block":  # gluon_p: 128×128-block B only
-        persistent += [(128, 256, 8, 2, "gluon_p"), (128, 128, 8, 4, "gluon_p")]
-    for cfg in persistent:  # the persistent kernels, bf16 and fp32 out
+    for cfg in ((128, 256, 4, 3, "gluon_ws"), (128, 256, 4, 2, "gluon_ws")):  # bf16 and fp32 out
         assert torch.equal(fp8_gemm(aq, as_, bq, bs, torch.float32, config=cfg), c), cfg
         assert torch.equal(fp8_gemm(aq[:5].contiguous(), as_[:5].contiguous(), bq, bs,
                                     torch.bfloat16, config=cfg),
