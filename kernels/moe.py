@@ -13,6 +13,7 @@ engines add the same terms in the same order.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .norm import compute_dtype
+
+_log = logging.getLogger(__name__)
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -132,7 +135,8 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
     Registered as the custom op ``torch.ops.lockstep.stacked_experts`` (:data:`stacked_experts`),
     so a compiled model treats it as one opaque call: the grouped GEMM has no fp32 meta kernel
     for the compiler to trace, and the rows per expert are data-dependent.
-    ``_grouped_mm`` takes fp32/bf16/fp16; fp64 (references, tests) runs the per-expert loop."""
+    ``_grouped_mm`` takes fp32/bf16/fp16 on CPU and bf16 on CUDA; other cases (fp64 references
+    and tests, fp32 on a GPU) run the per-expert loop, logged once per dtype and device."""
     (N, k), (stack, two_inter, D) = idx.shape, w13.shape
     E, inter = stack - shared, two_inter // 2
     if x.device.type == "cpu" and N * (E - k) * 3 * D * inter <= 2 * stack * CPU_MACS_PER_CALL:
@@ -145,7 +149,7 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
     rows, counts = x[plan.token], plan.counts
     if shared:  # the shared expert: one more group, every token
         rows, counts = torch.cat((rows, x)), torch.cat((counts, counts.new_full((1,), N)))
-    if x.dtype == torch.float64:
+    if not _grouped_mm_supported(x):
         ys = stacked_experts_reference(rows, counts.tolist(), w13, w2)
     else:
         offs = counts.cumsum(0).to(torch.int32)
@@ -153,6 +157,18 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
         ys = torch._grouped_mm(F.silu(h[:, :inter]) * h[:, inter:], w2.transpose(1, 2), offs=offs)
     out = plan.combine(ys[:N * k])
     return out + ys[N * k:].to(out.dtype) if shared else out
+
+
+def _grouped_mm_supported(x: torch.Tensor) -> bool:
+    ok = x.dtype == torch.bfloat16 if x.is_cuda else x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    if not ok and (x.dtype, x.device.type) not in _LOOP_LOGGED:
+        _LOOP_LOGGED.add((x.dtype, x.device.type))
+        _log.warning("stacked experts: no grouped GEMM for %s on %s; running one GEMM pair per expert",
+                     x.dtype, x.device.type)
+    return ok
+
+
+_LOOP_LOGGED: set[tuple[torch.dtype, str]] = set()
 
 
 # A plain `torch.library` registration, not `torch.library.custom_op`: the latter's Python

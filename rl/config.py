@@ -86,6 +86,8 @@ class RolloutConfig:
     # vLLM CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); GPU: fraction of memory.
     kv_cache_gib: float = 1.0
     gpu_memory_utilization: float = 0.5
+    # vLLM's enforce_eager. true: no torch.compile, faster engine start; false: compiled decode
+    # (the Ring-linear plugin compiles on CPU; on GPUs it runs eagerly, logged).
     enforce_eager: bool = True
     # Threads the engine may use on CPU (0: let vLLM decide).
     cpu_threads: int = 0

@@ -35,8 +35,8 @@ the recurrence run inside vLLM's ``linear_attention`` custom op (a graph-splitti
 vLLM's MiniMax and Bailing layers), the routed experts inside ``lockstep::stacked_experts``;
 everything else (projections, norms, RoPE, gates, router) is one inductor graph per step.  The
 compiled rollout is not bitwise the eager trainer (inductor fuses the elementwise ops and
-reduces in its own order): fast mode's ≤ 1e-5 holds, tested for both.  On CUDA the model still
-turns vLLM's CUDA graphs off (:func:`_run_eagerly`).
+reduces in its own order): fast mode's ≤ 1e-5 holds, tested for both.  On GPUs the model runs
+eagerly, without CUDA graphs, as it was checked there (:func:`_run_eagerly_on_gpus`).
 """
 
 from __future__ import annotations
@@ -77,16 +77,25 @@ EXPERT_WEIGHT = re.compile(r"(?P<moe>.+\.mlp)\.(?:experts\.(?P<expert>\d+)|share
 logger = init_logger(__name__)
 
 
-def _run_eagerly(vllm_config: VllmConfig) -> None:
-    """Turns vLLM's CUDA graphs off for this model.  With the state bookkeeping inside a
-    graph-splitting op, piecewise graphs could capture the rest, but that is untested on a GPU
-    with this model: vLLM 0.26 on an H100 failed at start-up capturing the earlier, unsplit
-    forward ("operation not permitted when stream is capturing").  The GPU model runner reads
-    ``compilation_config.cudagraph_mode`` after the model is built (wrapping, memory profiling,
-    capture), so setting it here is enough; on CPU there are no graphs and this changes nothing."""
+def _run_eagerly_on_gpus(vllm_config: VllmConfig) -> None:
+    """On GPUs the model runs eagerly, as it was checked there (vLLM 0.26 on an H100): no
+    torch.compile and no CUDA graphs.  The compiled forward is tested on CPU only; on CUDA the
+    earlier, unsplit forward failed at start-up under vLLM's default graph capture ("operation
+    not permitted when stream is capturing").  With the state bookkeeping now inside a
+    graph-splitting op, piecewise graphs could capture the rest, but that is untested here.
+    The model is built before vLLM compiles or captures anything, so setting the modes in its
+    constructor is enough; the change is logged."""
+    from vllm.config import CompilationMode
+    from vllm.platforms import current_platform
+
     cc = vllm_config.compilation_config
-    if cc.cudagraph_mode is not None and cc.cudagraph_mode != CUDAGraphMode.NONE:
-        logger.warning("Ring-linear model: CUDA graphs off (cudagraph_mode %s -> NONE)", cc.cudagraph_mode.name)
+    if current_platform.is_cpu():
+        return
+    if cc.mode != CompilationMode.NONE or (cc.cudagraph_mode is not None and cc.cudagraph_mode != CUDAGraphMode.NONE):
+        logger.warning("Ring-linear model on %s: eager (compilation mode %s -> NONE, cudagraph_mode %s -> "
+                       "NONE); the compiled forward is tested on CPU only", current_platform.device_name,
+                       cc.mode, cc.cudagraph_mode)
+        cc.mode = CompilationMode.NONE
         cc.cudagraph_mode = CUDAGraphMode.NONE
 
 
@@ -299,7 +308,7 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         config = vllm_config.model_config.hf_config
         if vllm_config.parallel_config.pipeline_parallel_size != 1:
             raise ValueError("the Ring-linear vLLM model does not support pipeline parallelism")
-        _run_eagerly(vllm_config)
+        _run_eagerly_on_gpus(vllm_config)
         self.config = config
         self.model = BailingMoeLinearV2Model(vllm_config=vllm_config, prefix="model")
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
