@@ -57,7 +57,7 @@ def pieces(xq, xs, wq, ws, xd) -> dict[str, float]:
     dc = TensorDescriptor.from_tensor(c, [64, 128], lc)
     launch = lambda: H._fp8_gemm_gluon_ws_kernel[(132,)](  # noqa: E731
         da, db, dc, xs, ws, m, n, xq.shape[1], xs.stride(0), xs.stride(1), ws.stride(0), ws.stride(1),
-        STAGES=3, GROUP_M=8, C_BUFS=1, B_ROWWISE=False, EVEN_N=True, CONSUMER_REGS=232,
+        STAGES=3, GROUP_M=8, C_BUFS=1, B_ROWWISE=False, CONSUMER_REGS=232,
         num_warps=4)
     return {
         "get_device_capability": host_us(lambda: torch.cuda.get_device_capability(xq.device), 200),

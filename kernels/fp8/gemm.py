@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from .backend import HAS_TRITON, check_2d, launch, log, pick_backend, tl, triton
-from .gemm_hopper import (fp8_gemm_gluon, fp8_gemm_gluon_ws,
+from .gemm_hopper import (fp8_gemm_gluon, fp8_gemm_gluon_ws, scales_tma_ok,
                           gluon_supported, num_sms)
 from .reference import BLOCK, FP8_DTYPE, _cdiv, fp8_gemm_torch
 
@@ -140,7 +140,7 @@ if HAS_TRITON:
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, kind); kind: "gluon_ws" (gemm_hopper.py: persistent
 # warp-specialized Gluon kernel, 128×256 tiles; the default on sm_90 where TMA alignment allows
-# and there is a wave of tiles, 1×128 B scales only when N % 256 == 0; num_warps is its
+# and there is a wave of tiles (1×128 B: scales M- / N-contiguous for TMA); num_warps is its
 # per-consumer 4; "gluon_p", persistent without a producer warp, was slower everywhere and was
 # deleted 2026-11-27, see BENCHMARKS.md), "gluon" (non-persistent
 # Gluon kernel, promotion prefetched and overlapped; the default for small M·N),
@@ -167,9 +167,8 @@ def _pick_config(m: int, n: int, k: int, on_cpu: bool, batch_invariant: bool, gl
     # choice may vary. The persistent 128×256 kernel needs at least a wave of tiles; below that
     # the 128×128 kernel spreads the work over twice as many SMs — for 128×128-block B only:
     # with 1×128 B scales (wgrad) its two scale vectors spill, and Triton's kernel is faster.
-    # 1×128 B on gluon_ws: 585 vs 509 TFLOP/s (Triton) at the wgrad shape when N % 256 == 0;
-    # other N clamp the scale columns, which was not timed.
-    if gluon_ok and _cdiv(m, 128) * _cdiv(n, 256) >= sms and (b_block or n % 256 == 0):
+    # 1×128 B on gluon_ws (scales TMA-loaded with the operands): see BENCHMARKS.md, FP8.
+    if gluon_ok and _cdiv(m, 128) * _cdiv(n, 256) >= sms:
         return _CONFIG_GLUON_WS
     if gluon_ok and b_block:
         return _CONFIG_GLUON
@@ -232,6 +231,8 @@ def fp8_gemm(
     n = bq.shape[0]
     b_block = b_scale.shape[0] != n or n == 1
     why_not = gluon_supported(aq, bq, out_dtype)
+    if why_not is None and not b_block and not scales_tma_ok(a_scale, b_scale):
+        why_not = "1x128 scales not M/N-contiguous with 16-byte aligned rows (TMA)"
     bm, bn, warps, stages, kind = config or _pick_config(
         m, n, k, not aq.is_cuda, batch_invariant, why_not is None, b_block,
         num_sms(aq.device) if why_not is None else 132)

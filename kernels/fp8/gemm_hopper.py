@@ -24,8 +24,9 @@ Two kernels, both with this per-element math (``fp8_gemm`` kinds):
   acc (two 64×128 halves) + one P tile and does not overlap its own wgmma and promotion; with
   no CTA-wide barrier in the K loop the two warpgroups drift apart and each promotes while the
   tensor cores run the other's wgmma. 0.82-0.90× cuBLAS tensorwise FP8 (BENCHMARKS.md).
-  Also the wgrad GEMM (1×128 B scales, B_ROWWISE): the factor sA[row]·sB[col] per element,
-  the current block's scales loaded while its wgmma runs; 585 TFLOP/s vs Triton's 510.
+  Also the wgrad GEMM (1×128 B scales, B_ROWWISE): the producer TMA-loads each block's sA
+  and sB vectors into the ring slot beside A and B; the consumers read them from shared memory
+  and form sA[row]·sB[col] per element (the Triton kernel's rounding): 760 TFLOP/s vs 510.
 - ``gluon``: the non-persistent 128×128 kernel described above (small M·N: fewer 128×256
   tiles than SMs; also 1×128 B scales when asked for explicitly).
 
@@ -62,6 +63,7 @@ _GL_OUT = {}
 if HAS_GLUON:
     _GL_OUT = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
     _GL_DTYPE = {**_GL_OUT, torch.float8_e4m3fn: gl.float8e4nv}
+    _SCALE_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
 
     @gluon.jit
     def _load_block(a_desc, b_desc, a_smem, b_smem, ready, kb, num_k, off_m, off_n,
@@ -230,8 +232,10 @@ if HAS_GLUON:
     # while the tensor cores run the other's wgmma.
 
     @gluon.jit
-    def _ws_producer(a_desc, b_desc, a_smem, b_smem, ready, empty, M, N, K,
-                     STAGES: gl.constexpr, GROUP_M: gl.constexpr):
+    def _ws_producer(a_desc, b_desc, as_desc, bs_desc, a_smem, b_smem, sa_smem, sb_smem, ready, empty,
+                     M, N, K, STAGES: gl.constexpr, GROUP_M: gl.constexpr, B_ROWWISE: gl.constexpr):
+        # B_ROWWISE: the block's scale vectors (sA for 128 rows, sB for 256 columns; rows of the
+        # transposed, M- / N-contiguous scale tensors) ride in the same ring slot as A and B.
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
         num_pid_m = gl.cdiv(M, BLOCK_M)
@@ -245,16 +249,22 @@ if HAS_GLUON:
                 # Fresh barriers pass the parity-1 wait: the first lap does not wait.
                 mbarrier.wait(empty.index(slot), ((g // STAGES) & 1) ^ 1)
                 bar = ready.index(slot)
-                mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+                if B_ROWWISE:
+                    mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes
+                                    + as_desc.block_type.nbytes + bs_desc.block_type.nbytes)
+                    tma.async_copy_global_to_shared(as_desc, [kb, off_m], bar, sa_smem.index(slot))
+                    tma.async_copy_global_to_shared(bs_desc, [kb, off_n], bar, sb_smem.index(slot))
+                else:
+                    mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
                 tma.async_copy_global_to_shared(a_desc, [off_m, kb * 128], bar, a_smem.index(slot))
                 tma.async_copy_global_to_shared(b_desc, [off_n, kb * 128], bar, b_smem.index(slot))
                 g += 1
 
     @gluon.jit
-    def _ws_consumer(a_desc, c_desc, as_ptr, bs_ptr, a_smem, b_smem, c_smem, ready, empty,
+    def _ws_consumer(a_desc, c_desc, as_ptr, bs_ptr, a_smem, b_smem, sa_smem, sb_smem, c_smem, ready, empty,
                      M, N, K, stride_asm, stride_ask, stride_bsn, stride_bsk,
                      ROW0: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                     C_BUFS: gl.constexpr, B_ROWWISE: gl.constexpr, EVEN_N: gl.constexpr):
+                     C_BUFS: gl.constexpr, B_ROWWISE: gl.constexpr):
         # Rows ROW0 .. ROW0 + 63 of every tile; per block: P = A·B[:128]ᵀ, promote into acc0, P = A·B[128:]ᵀ, free the slot, promote into acc1. B_ROWWISE: 1×128
         # B scales (the wgrad GEMM): the factor of block kb is sA[row]·sB[col], formed per
         # element like the Triton kernel; sA and each half's sB vector (32 registers in the
@@ -277,29 +287,25 @@ if HAS_GLUON:
             acc1 = gl.zeros((SUB_M, 128), gl.float32, layout=mma)
             p = gl.zeros((SUB_M, 128), gl.float32, layout=mma)
             if B_ROWWISE:
-                # Column offsets stay affine in the thread index (no clamp when N % 256 == 0), so
-                # a block's 32 scale addresses per thread are one base register plus immediates.
-                cn = gl.arange(0, 128, layout=gl.SliceLayout(0, mma))
-                if EVEN_N:
-                    c0 = (off_n + cn) * stride_bsn
-                    c1 = (off_n + 128 + cn) * stride_bsn
-                else:
-                    c0 = gl.minimum(off_n + cn, N - 1) * stride_bsn
-                    c1 = gl.minimum(off_n + 128 + cn, N - 1) * stride_bsn
+                # The block's scales come from the ring slot (TMA-loaded by the producer; zeros
+                # past M and N, whose outputs the store clips): no global-memory latency here.
+                vec: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
                 for kb in range(num_k):
                     slot = _wait_ready(ready, g, STAGES)
                     a_k = a_smem.index(slot).slice(ROW0, SUB_M)
                     b_k = b_smem.index(slot)
+                    sa_k = sa_smem.index(slot)._reinterpret(gl.float32, [128], vec)
+                    sb_k = sb_smem.index(slot)._reinterpret(gl.float32, [256], vec)
                     p = warpgroup_mma(a_k, b_k.slice(0, 128).permute((1, 0)), p, use_acc=False,
                                       is_async=True)
-                    sa = gl.load(as_ptr + rows + kb * stride_ask)
-                    sb = gl.load(bs_ptr + kb * stride_bsk + c0)
+                    sa = sa_k.slice(ROW0, SUB_M).load(gl.SliceLayout(1, mma))
+                    sb = sb_k.slice(0, 128).load(gl.SliceLayout(0, mma))
                     p = warpgroup_mma_wait(num_outstanding=0, deps=(p, ))
                     acc0 = acc0 + p * (gl.expand_dims(sa, 1) * gl.expand_dims(sb, 0))
                     p, acc0 = warpgroup_mma_wait(num_outstanding=0, deps=(p, acc0))
                     p = warpgroup_mma(a_k, b_k.slice(128, 128).permute((1, 0)), p, use_acc=False,
                                       is_async=True)
-                    sb = gl.load(bs_ptr + kb * stride_bsk + c1)
+                    sb = sb_k.slice(128, 128).load(gl.SliceLayout(0, mma))
                     p = warpgroup_mma_wait(num_outstanding=0, deps=(p, ))
                     mbarrier.arrive(empty.index(slot), count=1)
                     acc1 = acc1 + p * (gl.expand_dims(sa, 1) * gl.expand_dims(sb, 0))
@@ -352,28 +358,36 @@ if HAS_GLUON:
         M, N, K,
         stride_asm, stride_ask, stride_bsn, stride_bsk,
         STAGES: gl.constexpr, GROUP_M: gl.constexpr, C_BUFS: gl.constexpr,
-        B_ROWWISE: gl.constexpr, EVEN_N: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-        num_warps: gl.constexpr,
+        B_ROWWISE: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
     ):
+        # B_ROWWISE: as_ptr / bs_ptr are TMA descriptors of the transposed scale tensors
+        # ([Kb, M] and [Kb, N], blocks [1, 128] and [1, 256]); otherwise pointers.
         gl.static_assert(num_warps == 4)
         gl.static_assert(b_desc.block_type.shape[0] == 256)
         a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
         b_smem = gl.allocate_shared_memory(b_desc.dtype, [STAGES] + b_desc.block_type.shape, b_desc.layout)
         c0_smem = gl.allocate_shared_memory(c_desc.dtype, [C_BUFS] + c_desc.block_type.shape, c_desc.layout)
         c1_smem = gl.allocate_shared_memory(c_desc.dtype, [C_BUFS] + c_desc.block_type.shape, c_desc.layout)
+        if B_ROWWISE:
+            sa_smem = gl.allocate_shared_memory(gl.float32, [STAGES] + as_ptr.block_type.shape, as_ptr.layout)
+            sb_smem = gl.allocate_shared_memory(gl.float32, [STAGES] + bs_ptr.block_type.shape, bs_ptr.layout)
+        else:  # unused stand-ins
+            sa_smem = a_smem
+            sb_smem = b_smem
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(STAGES):
             mbarrier.init(ready.index(i), count=1)
             mbarrier.init(empty.index(i), count=2)
         gl.warp_specialize([
-            (_ws_consumer, (a_desc, c_desc, as_ptr, bs_ptr, a_smem, b_smem, c0_smem, ready, empty,
-                            M, N, K, stride_asm, stride_ask, stride_bsn, stride_bsk, 0, STAGES,
-                            GROUP_M, C_BUFS, B_ROWWISE, EVEN_N)),
-            (_ws_consumer, (a_desc, c_desc, as_ptr, bs_ptr, a_smem, b_smem, c1_smem, ready, empty,
-                            M, N, K, stride_asm, stride_ask, stride_bsn, stride_bsk, 64, STAGES,
-                            GROUP_M, C_BUFS, B_ROWWISE, EVEN_N)),
-            (_ws_producer, (a_desc, b_desc, a_smem, b_smem, ready, empty, M, N, K, STAGES, GROUP_M)),
+            (_ws_consumer, (a_desc, c_desc, as_ptr, bs_ptr, a_smem, b_smem, sa_smem, sb_smem, c0_smem,
+                            ready, empty, M, N, K, stride_asm, stride_ask, stride_bsn, stride_bsk, 0,
+                            STAGES, GROUP_M, C_BUFS, B_ROWWISE)),
+            (_ws_consumer, (a_desc, c_desc, as_ptr, bs_ptr, a_smem, b_smem, sa_smem, sb_smem, c1_smem,
+                            ready, empty, M, N, K, stride_asm, stride_ask, stride_bsn, stride_bsk, 64,
+                            STAGES, GROUP_M, C_BUFS, B_ROWWISE)),
+            (_ws_producer, (a_desc, b_desc, as_ptr, bs_ptr, a_smem, b_smem, sa_smem, sb_smem, ready, empty,
+                            M, N, K, STAGES, GROUP_M, B_ROWWISE)),
         ], [4, 1], [CONSUMER_REGS, 24])
 
 
@@ -386,6 +400,13 @@ def _capability(index: int | None) -> tuple[int, int]:
 def _smem_layout(block: tuple[int, int], dtype: torch.dtype):
     """The NVMMA shared layout of a TMA block (built once: ~6-10 µs per call on the H100 hosts)."""
     return gl.NVMMASharedLayout.get_default_for(list(block), _GL_DTYPE[dtype])
+
+
+def scales_tma_ok(a_scale: torch.Tensor, b_scale: torch.Tensor) -> bool:
+    """Whether 1×128 scales can be TMA-loaded as rows of their transposes (``gluon_ws`` with
+    1×128 B): M- / N-contiguous (the layout ``quantize_act*`` writes), 16-byte aligned rows."""
+    return all(s.stride(0) == 1 and (s.stride(1) * 4) % 16 == 0 and s.data_ptr() % 16 == 0
+               for s in (a_scale, b_scale))
 
 
 def gluon_supported(aq: torch.Tensor, bq: torch.Tensor, out_dtype: torch.dtype) -> str | None:
@@ -451,17 +472,23 @@ def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, cons
     a_desc = TensorDescriptor.from_tensor(aq, [128, 128], a_layout)
     b_desc = TensorDescriptor.from_tensor(bq, [256, 128], b_layout)
     c_desc = TensorDescriptor.from_tensor(c, [64, 128], c_layout)
-    # Shared memory: STAGES × 48 KiB operands + 2 consumers × C_BUFS × 64×128 staging tiles.
+    scales = (a_scale, b_scale)
+    if not b_block:  # 1×128 B: the scales travel by TMA too, as rows of their transposes
+        scales = (TensorDescriptor.from_tensor(a_scale.t(), [1, 128], _SCALE_LAYOUT),
+                  TensorDescriptor.from_tensor(b_scale.t(), [1, 256], _SCALE_LAYOUT))
+    # Shared memory: STAGES × (48 KiB operands [+ 1.5 KiB scales]) + 2 consumers × C_BUFS ×
+    # 64×128 staging tiles.
+    stage = 49152 + (0 if b_block else 1536)
     c_tile = 64 * 128 * c.element_size()
-    c_bufs = 2 if stages * 49152 + 4 * c_tile <= _SMEM_BYTES else 1
-    if stages * 49152 + 2 * c_bufs * c_tile > _SMEM_BYTES:
+    c_bufs = 2 if stages * stage + 4 * c_tile <= _SMEM_BYTES else 1
+    if stages * stage + 2 * c_bufs * c_tile > _SMEM_BYTES:
         raise ValueError(f"warp-specialized Gluon GEMM: {stages} stages with {out_dtype} output "
                          "exceed shared memory (use 3 stages or fewer)")
     tiles = -(-m // 128) * -(-n // 256)
     launch(_fp8_gemm_gluon_ws_kernel, (min(tiles, sms),),
-        a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,
+        a_desc, b_desc, c_desc, *scales, m, n, k,
         a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
-        STAGES=stages, GROUP_M=8, C_BUFS=c_bufs, B_ROWWISE=not b_block, EVEN_N=n % 256 == 0,
+        STAGES=stages, GROUP_M=8, C_BUFS=c_bufs, B_ROWWISE=not b_block,
         CONSUMER_REGS=consumer_regs, num_warps=4,
     )
     return c

@@ -194,8 +194,9 @@ if HAS_TRITON:
 
 
 def _empty_act_scale(rows: int, cols: int, device) -> torch.Tensor:
-    # Shape [rows, cols], stored M-major (column-major) for coalesced GEMM loads.
-    return torch.empty(cols, rows, dtype=torch.float32, device=device).t()
+    # Shape [rows, cols], stored M-major (column-major) for coalesced GEMM loads, columns padded
+    # to 16 bytes so the wgrad GEMM can TMA-load them (gemm_hopper.scales_tma_ok).
+    return torch.empty(cols, _cdiv(rows, 4) * 4, dtype=torch.float32, device=device)[:, :rows].t()
 
 
 def _empty_transposed(rows: int, cols: int, device) -> tuple[torch.Tensor, torch.Tensor]:
