@@ -135,8 +135,9 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
     Registered as the custom op ``torch.ops.lockstep.stacked_experts`` (:data:`stacked_experts`),
     so a compiled model treats it as one opaque call: the grouped GEMM has no fp32 meta kernel
     for the compiler to trace, and the rows per expert are data-dependent.
-    ``_grouped_mm`` takes fp32/bf16/fp16 on CPU and bf16 on CUDA; other cases (fp64 references
-    and tests, fp32 on a GPU) run the per-expert loop, logged once per dtype and device."""
+    ``_grouped_mm`` takes fp32/bf16/fp16 on CPU and bf16 on CUDA, with 16-byte-aligned rows; other
+    cases (fp64 references and tests, fp32 on a GPU, odd widths such as the demo model's 86) run
+    the per-expert loop, logged once per case."""
     (N, k), (stack, two_inter, D) = idx.shape, w13.shape
     E, inter = stack - shared, two_inter // 2
     if x.device.type == "cpu" and N * (E - k) * 3 * D * inter <= 2 * stack * CPU_MACS_PER_CALL:
@@ -149,7 +150,7 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
     rows, counts = x[plan.token], plan.counts
     if shared:  # the shared expert: one more group, every token
         rows, counts = torch.cat((rows, x)), torch.cat((counts, counts.new_full((1,), N)))
-    if not _grouped_mm_supported(x):
+    if not _grouped_mm_supported(x, inter):
         ys = stacked_experts_reference(rows, counts.tolist(), w13, w2)
     else:
         offs = counts.cumsum(0).to(torch.int32)
@@ -159,16 +160,18 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
     return out + ys[N * k:].to(out.dtype) if shared else out
 
 
-def _grouped_mm_supported(x: torch.Tensor) -> bool:
+def _grouped_mm_supported(x: torch.Tensor, inter: int) -> bool:
     ok = x.dtype == torch.bfloat16 if x.is_cuda else x.dtype in (torch.float32, torch.bfloat16, torch.float16)
-    if not ok and (x.dtype, x.device.type) not in _LOOP_LOGGED:
-        _LOOP_LOGGED.add((x.dtype, x.device.type))
-        _log.warning("stacked experts: no grouped GEMM for %s on %s; running one GEMM pair per expert",
-                     x.dtype, x.device.type)
-    return ok
+    aligned = all(n * x.element_size() % 16 == 0 for n in (x.shape[-1], inter))  # its stride rule
+    case = (x.dtype, x.device.type, aligned)
+    if not (ok and aligned) and case not in _LOOP_LOGGED:
+        _LOOP_LOGGED.add(case)
+        _log.warning("stacked experts: no grouped GEMM for %s on %s with widths %d, %d; running one "
+                     "GEMM pair per expert", x.dtype, x.device.type, x.shape[-1], inter)
+    return ok and aligned
 
 
-_LOOP_LOGGED: set[tuple[torch.dtype, str]] = set()
+_LOOP_LOGGED: set[tuple] = set()
 
 
 # A plain `torch.library` registration, not `torch.library.custom_op`: the latter's Python

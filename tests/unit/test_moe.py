@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import kernels.moe as moe_module
 from kernels.moe import CPU_MACS_PER_CALL, MoE, StackedMoE, stacked_experts
 from trainer.ring_linear.presets import preset_config
 
@@ -109,3 +110,28 @@ def test_unequal_shared_width_keeps_a_separate_shared_expert():
     stacked = StackedMoE(config)
     assert not stacked.shared_stacked and stacked.shared_experts is not None
     assert stacked.experts_w13.shape[0] == config.num_experts
+
+
+def test_unaligned_expert_width_runs_the_per_expert_loop(caplog, monkeypatch):
+    """_grouped_mm needs 16-byte-aligned rows: an expert width of 86 fp32 (the demo model's) must
+    still work, through the per-expert loop, and say so."""
+    config = preset_config("tiny", moe_intermediate_size=86, moe_shared_expert_intermediate_size=86)
+    torch.manual_seed(0)
+    moe = MoE(config)
+    stacked = StackedMoE(config)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.copy_(torch.randn(p.shape) * 0.1)
+    for name, tensor in moe.state_dict().items():
+        parts = name.split(".")
+        if parts[0] in ("experts", "shared_experts"):
+            stack, e, start, end = stacked.expert_slot(int(parts[1]) if parts[0] == "experts" else None, parts[-2])
+            getattr(stacked, stack).data[e, start:end] = tensor
+        else:
+            stacked.get_parameter(name).data.copy_(tensor)
+    monkeypatch.setattr(moe_module, "_LOOP_LOGGED", set())  # logged once per process: reset it
+    x = torch.randn(300, config.hidden_size)  # above the every-expert limit: the grouped path's case
+    with caplog.at_level("WARNING", logger="kernels.moe"), torch.no_grad():
+        got, want = stacked(x), moe(x)
+    assert (got - want).abs().max().item() <= 1e-6 * want.abs().max().item()
+    assert "no grouped GEMM for torch.float32 on cpu with widths 256, 86" in caplog.text
