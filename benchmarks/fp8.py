@@ -342,6 +342,25 @@ def bandwidth_section(dev, copy_bw) -> None:
     say()
 
 
+def linear_step_parts(x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor) -> dict:
+    """The launches of one FP8Linear fwd+bwd step, in order, as callables on fixed inputs."""
+    from kernels.fp8 import quantize_weight_t
+
+    xq, xs, xqt, xst = quantize_act_both(x)
+    wq, ws = quantize_weight(weight)
+    dyq, dys, dyqt, dyst = quantize_act_both(dy)
+    wqt, wst = quantize_weight_t(weight)
+    return {
+        "quant x both": lambda: quantize_act_both(x),
+        "quant W": lambda: quantize_weight(weight),
+        "fwd gemm": lambda: fp8_gemm(xq, xs, wq, ws),
+        "quant dy both": lambda: quantize_act_both(dy),
+        "quant W^T": lambda: quantize_weight_t(weight),
+        "dgrad gemm": lambda: fp8_gemm(dyq, dys, wqt, wst),
+        "wgrad gemm": lambda: fp8_gemm(dyqt, dyst, xqt, xst),
+    }
+
+
 def linear_section(dev) -> None:
     say("## FP8Linear forward+backward vs bf16 nn.Linear (8192 tokens, 2048 -> 5120, no bias)")
     m, k, n = 8192, 2048, 5120
@@ -354,22 +373,7 @@ def linear_section(dev) -> None:
         res[name + "_fwd"] = bench(lambda: mod(x), grad_to_none=[x, lin.weight])
         res[name + "_fwdbwd"] = bench(lambda: mod(x).backward(dy), grad_to_none=[x, lin.weight])
     # where the FP8 time goes (the launches of one step, in order)
-    from kernels.fp8 import quantize_weight_t
-
-    xd, wd = x.detach(), lin.weight.detach()
-    xq, xs, xqt, xst = quantize_act_both(xd)
-    wq, ws = quantize_weight(wd)
-    dyq, dys, dyqt, dyst = quantize_act_both(dy)
-    wqt, wst = quantize_weight_t(wd)
-    parts = {
-        "quant x both": lambda: quantize_act_both(xd),
-        "quant W": lambda: quantize_weight(wd),
-        "fwd gemm": lambda: fp8_gemm(xq, xs, wq, ws),
-        "quant dy both": lambda: quantize_act_both(dy),
-        "quant W^T": lambda: quantize_weight_t(wd),
-        "dgrad gemm": lambda: fp8_gemm(dyq, dys, wqt, wst),
-        "wgrad gemm": lambda: fp8_gemm(dyqt, dyst, xqt, xst),
-    }
+    parts = linear_step_parts(x.detach(), lin.weight.detach(), dy)
     times = {k_: bench(f_) * 1e3 for k_, f_ in parts.items()}
     say("breakdown (us): " + ", ".join(f"{k_} {t_:.0f}" for k_, t_ in times.items())
         + f"; sum {sum(times.values()):.0f}")

@@ -24,6 +24,7 @@ import triton  # noqa: E402
 
 from kernels.fp8 import FP8Linear, fp8_gemm, quantize_act_both, quantize_weight  # noqa: E402
 from kernels.fp8.quantize import quantize_weight_t  # noqa: E402
+from benchmarks.fp8 import linear_step_parts  # noqa: E402
 
 
 def host_us(f, calls: int = 50) -> float:
@@ -84,18 +85,8 @@ def main() -> None:
     x = torch.randn(m, k, device=dev, dtype=torch.bfloat16, requires_grad=True)
     dy = torch.randn(m, n, device=dev, dtype=torch.bfloat16)
     xd, wd = x.detach(), lin.weight.detach()
-    xq, xs, xqt, xst = quantize_act_both(xd)
-    wq, ws = quantize_weight(wd)
-    dyq, dys, dyqt, dyst = quantize_act_both(dy)
-    wqt, wst = quantize_weight_t(wd)
     parts = {
-        "quant x both": lambda: quantize_act_both(xd),
-        "quant W": lambda: quantize_weight(wd),
-        "fwd gemm": lambda: fp8_gemm(xq, xs, wq, ws),
-        "quant dy both": lambda: quantize_act_both(dy),
-        "quant W^T": lambda: quantize_weight_t(wd),
-        "dgrad gemm": lambda: fp8_gemm(dyq, dys, wqt, wst),
-        "wgrad gemm": lambda: fp8_gemm(dyqt, dyst, xqt, xst),
+        **linear_step_parts(xd, wd, dy),
         "torch.empty x3": lambda: (torch.empty(m, n, device=dev), torch.empty(m, k, device=dev),
                                    torch.empty(n, k, device=dev)),
     }
