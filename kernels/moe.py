@@ -9,6 +9,10 @@ and their gates are the *unbiased* scores renormalised over the k (``norm_topk_p
 Alignment (DESIGN.md §4): router in fp32, stable top-k (ties go to the lower expert index),
 and each token's expert outputs are summed in expert-index order whatever the batch, so both
 engines add the same terms in the same order.
+
+Two layouts of the same experts: :class:`MoE` (the trainer's: one module per expert, which
+ZeRO-3 gathers one by one) and :class:`StackedMoE` (the rollout engine's: the weights stacked
+as vLLM's fused MoE keeps them, two grouped GEMMs in the custom op :data:`stacked_experts`).
 """
 
 from __future__ import annotations
@@ -104,7 +108,8 @@ def combine_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, num_exp
 
 def stacked_experts_reference(rows: torch.Tensor, counts: list[int], w13: torch.Tensor,
                               w2: torch.Tensor) -> torch.Tensor:
-    """SwiGLU of each expert on its rows, one expert at a time (fp64 and the tests)."""
+    """SwiGLU of each expert on its rows, one GEMM pair per expert: the path where no grouped
+    GEMM exists (fp64, fp32 on CUDA, unaligned widths)."""
     inter = w2.shape[-1]
     out = []
     for e, part in enumerate(rows.split(counts)):
