@@ -55,6 +55,13 @@ def route(logits: torch.Tensor, expert_bias: torch.Tensor, top_k: int, n_group: 
     return idx, w * routed_scaling_factor
 
 
+def expert_order(idx: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's k (expert, gate) pairs sorted by expert index (stable): the order in which
+    its terms are summed, in every layout."""
+    idx, slot_order = torch.sort(idx, dim=1, stable=True)
+    return idx, w.gather(1, slot_order)
+
+
 class ExpertDispatch:
     """Where each (token, slot) pair of a routing goes: rows grouped by expert, ascending, and
     back.  Shared by both expert layouts (per-expert modules, stacked weights), so the k terms
@@ -62,8 +69,7 @@ class ExpertDispatch:
 
     def __init__(self, idx: torch.Tensor, w: torch.Tensor, num_experts: int):
         N, k = idx.shape
-        idx, slot_order = torch.sort(idx, dim=1, stable=True)           # each token's experts ascending
-        self.w = w.gather(1, slot_order)
+        idx, self.w = expert_order(idx, w)
         self.by_expert = torch.sort(idx.reshape(-1), stable=True).indices  # (token, slot) rows grouped by expert
         self.token = self.by_expert // k                                # the token of each grouped row
         # rows per expert, [E] int64, without a data-dependent output size (compile-friendly)
@@ -106,7 +112,7 @@ def combine_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, num_exp
     return plan.combine(torch.cat([expert(e, part) for e, part in enumerate(rows.split(counts))]))
 
 
-def stacked_experts_reference(rows: torch.Tensor, counts: list[int], w13: torch.Tensor,
+def stacked_experts_loop(rows: torch.Tensor, counts: list[int], w13: torch.Tensor,
                               w2: torch.Tensor) -> torch.Tensor:
     """SwiGLU of each expert on its rows, one GEMM pair per expert: the path where no grouped
     GEMM exists (fp64, fp32 on CUDA, unaligned widths)."""
@@ -148,15 +154,15 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
     if x.device.type == "cpu" and N * (E - k) * 3 * D * inter <= 2 * stack * CPU_MACS_PER_CALL:
         h = F.linear(x, w13.reshape(stack * two_inter, D)).view(N, stack, two_inter)
         y = torch.bmm((F.silu(h[..., :inter]) * h[..., inter:]).transpose(0, 1), w2.transpose(1, 2))  # [S, N, D]
-        idx, slot_order = torch.sort(idx, dim=1, stable=True)
-        out = weighted_sum(y[idx, torch.arange(N, device=idx.device)[:, None]], w.gather(1, slot_order))
+        idx, w = expert_order(idx, w)
+        out = weighted_sum(y[idx, torch.arange(N, device=idx.device)[:, None]], w)
         return out + y[E].to(out.dtype) if shared else out
     plan = ExpertDispatch(idx, w, E)
     rows, counts = x[plan.token], plan.counts
     if shared:  # the shared expert: one more group, every token
         rows, counts = torch.cat((rows, x)), torch.cat((counts, counts.new_full((1,), N)))
     if not _grouped_mm_supported(x, inter):
-        ys = stacked_experts_reference(rows, counts.tolist(), w13, w2)
+        ys = stacked_experts_loop(rows, counts.tolist(), w13, w2)
     else:
         offs = counts.cumsum(0).to(torch.int32)
         h = torch._grouped_mm(rows, w13.transpose(1, 2), offs=offs)
@@ -279,6 +285,22 @@ class StackedMoE(nn.Module):
         self.shared_experts = (SwiGLU(D, shared) if config.num_shared_experts > 0 and not self.shared_stacked
                                else None)
 
+    def checkpoint_slot(self, name: str) -> tuple[str, int, int, int] | None:
+        """:meth:`expert_slot` of a checkpoint name relative to this module
+        (``experts.{e}.{proj}.weight``, ``shared_experts.{proj}.weight``); None for other names
+        (the router's, a shared expert kept as its own module, an expert index out of range)."""
+        parts = name.split(".")
+        if len(parts) == 4 and parts[0] == "experts" and parts[1].isdigit() \
+                and int(parts[1]) < self.cfg.num_experts:
+            expert = int(parts[1])
+        elif len(parts) == 3 and parts[0] == "shared_experts" and self.shared_stacked:
+            expert = None
+        else:
+            return None
+        if parts[-1] != "weight" or parts[-2] not in ("gate_proj", "up_proj", "down_proj"):
+            return None
+        return self.expert_slot(expert, parts[-2])
+
     def checkpoint_names(self, prefix: str) -> list[str]:
         """The checkpoint names that fill the stacks, under this module's ``prefix``."""
         names = [f"{prefix}.experts.{e}" for e in range(self.cfg.num_experts)]
@@ -308,4 +330,4 @@ class StackedMoE(nn.Module):
 
 
 __all__ = ["stable_topk", "route", "ExpertDispatch", "combine_experts", "stacked_experts",
-           "stacked_experts_reference", "weighted_sum", "SwiGLU", "MoEGate", "MoE", "StackedMoE", "load_expert_weight"]
+           "stacked_experts_loop", "expert_order", "weighted_sum", "SwiGLU", "MoEGate", "MoE", "StackedMoE", "load_expert_weight"]

@@ -41,7 +41,6 @@ eagerly, without CUDA graphs, as it was checked there (:func:`_run_eagerly_on_gp
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import torch
@@ -72,8 +71,6 @@ from kernels.rope import apply_rope, rope_cos_sin
 from trainer.ring_linear.loading import skipped_names
 
 STATE_DTYPE = torch.float32  # the linear-attention state is fp32 in both engines (DESIGN §4)
-# a routed expert's weight in the checkpoint; the rollout keeps them stacked (kernels.moe.StackedMoE)
-EXPERT_WEIGHT = re.compile(r"(?P<moe>.+\.mlp)\.(?:experts\.(?P<expert>\d+)|shared_experts)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight")
 logger = init_logger(__name__)
 
 
@@ -357,14 +354,14 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         loaded, unexpected = set(), []
         experts: dict[str, set[str]] = {}  # MoE layer → the stacked experts' names it received
         for name, tensor in weights:
-            expert = EXPERT_WEIGHT.fullmatch(name)
-            moe = self._stacked_moe(expert["moe"]) if expert else None
-            if moe is not None and (expert["expert"] is not None or moe.shared_stacked):
-                e = None if expert["expert"] is None else int(expert["expert"])
-                stack, e, start, end = moe.expert_slot(e, expert["proj"])
-                target = f"{expert['moe']}.{stack}"
+            path, _, rest = name.partition(".mlp.")
+            moe = self._stacked_moe(f"{path}.mlp") if rest else None
+            slot = moe.checkpoint_slot(rest) if moe is not None else None
+            if slot is not None:
+                stack, e, start, end = slot
+                target = f"{path}.mlp.{stack}"
                 param, args, shape = params[target], (e, start, end), params[target][e, start:end].shape
-                experts.setdefault(expert["moe"], set()).add(name)
+                experts.setdefault(f"{path}.mlp", set()).add(name)
             elif name in params:
                 target, param, args, shape = name, params[name], (), params[name].shape
             else:

@@ -23,16 +23,21 @@ def _moe_pair(dtype=torch.float32, seed=0):
             p.copy_(torch.randn(p.shape, dtype=p.dtype) * 0.1)
     stacked = StackedMoE(config).to(dtype)
     assert stacked.shared_stacked  # the preset's shared expert has the routed experts' width
-    for name, tensor in moe.state_dict().items():
-        if name.startswith(("experts.", "shared_experts.")):
-            parts = name.split(".")  # experts.{e}.{proj}.weight or shared_experts.{proj}.weight
-            expert = int(parts[1]) if parts[0] == "experts" else None
-            stack, expert, start, end = stacked.expert_slot(expert, parts[-2])
+    _load_like_the_engine(stacked, moe.state_dict())
+    return config, moe, stacked
+
+
+def _load_like_the_engine(stacked: StackedMoE, state: dict) -> None:
+    """A trainer MoE's state dict into a StackedMoE, through the checkpoint-name mapping and the
+    stacks' loader hook, as the rollout model's load_weights does."""
+    for name, tensor in state.items():
+        slot = stacked.checkpoint_slot(name)
+        if slot is None:
+            stacked.get_parameter(name).data.copy_(tensor)
+        else:
+            stack, expert, start, end = slot
             param = getattr(stacked, stack)
             param.weight_loader(param, tensor, expert, start, end)
-        else:
-            stacked.get_parameter(name).data.copy_(tensor)
-    return config, moe, stacked
 
 
 def _small_batch_limit(config) -> int:
@@ -103,6 +108,11 @@ def test_expert_slot_places_each_projection(proj):
         assert torch.equal(getattr(stacked, stack)[e, start:end], getattr(module, proj).weight)
     names = stacked.checkpoint_names("m")
     assert len(names) == 3 * (config.num_experts + 1) and "m.shared_experts.down_proj.weight" in names
+    assert {stacked.checkpoint_slot(n.removeprefix("m.")) for n in names} == {
+        stacked.expert_slot(e, p) for e in [*range(config.num_experts), None] for p in ("gate_proj", "up_proj", "down_proj")}
+    for other in ("gate.weight", "gate.expert_bias", "experts.x.gate_proj.weight", "experts.1.gate_proj.bias",
+                  f"experts.{config.num_experts}.up_proj.weight"):
+        assert stacked.checkpoint_slot(other) is None
 
 
 def test_unequal_shared_width_keeps_a_separate_shared_expert():
@@ -110,6 +120,7 @@ def test_unequal_shared_width_keeps_a_separate_shared_expert():
     stacked = StackedMoE(config)
     assert not stacked.shared_stacked and stacked.shared_experts is not None
     assert stacked.experts_w13.shape[0] == config.num_experts
+    assert stacked.checkpoint_slot("shared_experts.up_proj.weight") is None  # its own module's name
 
 
 def test_unaligned_expert_width_runs_the_per_expert_loop(caplog, monkeypatch):
@@ -122,13 +133,7 @@ def test_unaligned_expert_width_runs_the_per_expert_loop(caplog, monkeypatch):
     with torch.no_grad():
         for p in moe.parameters():
             p.copy_(torch.randn(p.shape) * 0.1)
-    for name, tensor in moe.state_dict().items():
-        parts = name.split(".")
-        if parts[0] in ("experts", "shared_experts"):
-            stack, e, start, end = stacked.expert_slot(int(parts[1]) if parts[0] == "experts" else None, parts[-2])
-            getattr(stacked, stack).data[e, start:end] = tensor
-        else:
-            stacked.get_parameter(name).data.copy_(tensor)
+    _load_like_the_engine(stacked, moe.state_dict())
     monkeypatch.setattr(moe_module, "_LOOP_LOGGED", set())  # logged once per process: reset it
     x = torch.randn(300, config.hidden_size)  # above the every-expert limit: the grouped path's case
     with caplog.at_level("WARNING", logger="kernels.moe"), torch.no_grad():
