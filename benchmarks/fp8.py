@@ -53,6 +53,8 @@ QUANT_CONFIGS = {  # mode -> [(BLOCK_M, BLOCK_K, num_warps)]; 2026-11-26 sweeps 
     "col": [(128, 64, 4), (128, 32, 4), (128, 64, 8), (128, 128, 8), (128, 128, 16)],
     "both": [(128, 128, 8), (128, 128, 8, 128)],  # 4th: maxnreg (2 blocks per SM, some spills)
 }
+# The Gluon kernel (kernels/fp8/quantize_hopper.py), every mode: ("gluon", STAGES, programs per SM).
+QUANT_GLUON_CONFIGS = [("gluon", 2, 2), ("gluon", 1, 2), ("gluon", 3, 1)]  # (STAGES, per SM)
 FUSED_CONFIGS = {  # op -> [(rows per program, num_warps)]
     "rmsnorm": [(2, 8), (1, 4), (1, 8), (4, 8), (2, 4)],
     "silu": [(4, 4), (2, 4), (1, 4), (8, 8), (4, 8)],
@@ -233,6 +235,40 @@ def bench(fn, ms_rep=200, grad_to_none=None) -> float:
                                    return_mode="median")
 
 
+def bench_graph(fn, inputs: list, reps: int = 20) -> float:
+    """GPU ms per call of fn(x), x cycling through ``inputs``: all calls captured in one CUDA
+    graph and replayed, so host launch cost is left out (do_bench times it in whenever the
+    host needs longer than the GPU: small memory-bound kernels on these VMs). Give inputs
+    that together exceed the L2 cache (50 MB), so none is read from L2."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile and fill the launch cache outside the capture
+        for x in inputs:
+            fn(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for x in inputs:
+            fn(x)
+    graph.replay()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / len(inputs))
+    del graph
+    return sorted(times)[len(times) // 2]
+
+
+def rotating(x: torch.Tensor, total_bytes: int = 1 << 28) -> list:
+    """x and copies of it, at least ``total_bytes`` together (for bench_graph)."""
+    n = max(2, -(-total_bytes // (x.numel() * x.element_size())))
+    return [x] + [x.clone() for _ in range(n - 1)]
+
+
 def copy_bandwidth(dev) -> float:
     x = torch.randn(1 << 29, device=dev, dtype=torch.bfloat16)  # 1 GiB
     y = torch.empty_like(x)
@@ -286,44 +322,49 @@ def gemm_section(dev) -> None:
 
 def bandwidth_section(dev, copy_bw) -> None:
     say(f"## memory-bound kernels (copy bandwidth {copy_bw / 1e12:.2f} TB/s, read+write)")
-    say("| op | shape | time us | GB/s | ÷ copy |")
-    say("|---|---|---|---|---|")
+    say("do_bench: median of single launches (host time included when the host is slower);")
+    say("graph: GPU time per call, calls captured in a CUDA graph over rotating inputs (> L2).")
+    say("| op | shape | do_bench us | ÷ copy | graph us | ÷ copy |")
+    say("|---|---|---|---|---|---|")
 
-    def row(name, shape, fn, nbytes):
+    def row(name, shape, fn, nbytes, x=None):
         t = bench(fn)
-        bw = nbytes / (t * 1e-3)
-        RESULTS[f"bw_{name}_{shape}"] = bw / copy_bw
-        say(f"| {name} | {shape} | {t * 1e3:.1f} | {bw / 1e9:.0f} | {bw / copy_bw:.2f} |")
+        tg = bench_graph(lambda xx: fn(xx), rotating(x)) if x is not None else float("nan")
+        RESULTS[f"bw_{name}_{shape}"] = (nbytes / (t * 1e-3) / copy_bw, nbytes / (tg * 1e-3) / copy_bw)
+        say(f"| {name} | {shape} | {t * 1e3:.1f} | {nbytes / (t * 1e-3) / copy_bw:.2f} | "
+            f"{tg * 1e3:.1f} | {nbytes / (tg * 1e-3) / copy_bw:.2f} |")
 
     for m, k in ((8192, 2048), (16384, 7168)):
         x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
         sc = m * k // 128 * 4
-        row("quantize_act", f"{m}x{k}", lambda: quantize_act(x), m * k * 3 + sc)
-        row("quantize_act_t", f"{m}x{k}", lambda: quantize_act_t(x), m * k * 3 + sc)
-        row("quantize_act_both", f"{m}x{k}", lambda: quantize_act_both(x), m * k * 4 + 2 * sc)
-        row("quantize_weight", f"{m}x{k}", lambda: quantize_weight(x), m * k * 3)
+        row("quantize_act", f"{m}x{k}", lambda xx=x: quantize_act(xx), m * k * 3 + sc, x)
+        row("quantize_act_t", f"{m}x{k}", lambda xx=x: quantize_act_t(xx), m * k * 3 + sc, x)
+        row("quantize_act_both", f"{m}x{k}", lambda xx=x: quantize_act_both(xx), m * k * 4 + 2 * sc, x)
+        row("quantize_weight", f"{m}x{k}", lambda xx=x: quantize_weight(xx), m * k * 3, x)
     from kernels.fp8.quantize import _quant_act_triton
 
-    for m, k in ((8192, 5120), (16384, 7168)):
-        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+    for m, k in ((8192, 2048), (8192, 5120), (16384, 7168)):
+        xs = rotating(torch.randn(m, k, device=dev, dtype=torch.bfloat16))
         sc = m * k // 128 * 4
         for mode, flags, nbytes in (("row", (True, False), m * k * 3 + sc),
                                     ("col", (False, True), m * k * 3 + sc),
                                     ("both", (True, True), m * k * 4 + 2 * sc)):
             per = {}
-            for cfg in QUANT_CONFIGS[mode]:
+            for cfg in QUANT_CONFIGS[mode] + (QUANT_GLUON_CONFIGS if mode != "row" else []):
                 try:
-                    t = bench(lambda: _quant_act_triton(x, *flags, False, cfg))
+                    t = bench_graph(lambda xx: _quant_act_triton(xx, *flags, False, cfg), xs)
                     per[str(cfg)] = round(nbytes / (t * 1e-3) / copy_bw, 2)
                 except Exception as e:
-                    per[str(cfg)] = f"fail {type(e).__name__}"
-            say(f"  quantize {mode} {m}x{k} ÷copy per (BLOCK_M, G, warps): {per}")
+                    per[str(cfg)] = f"fail {type(e).__name__}: {str(e)[:100]}"
+            say(f"  quantize {mode} {m}x{k} graph ÷copy per (BLOCK_M, BLOCK_K, warps) / (gluon, STAGES, "
+                f"per SM): {per}")
+        del xs
     m, d = 8192, 2048
     xr = torch.randn(m, d, device=dev)
     g = torch.rand(d, device=dev) + 0.5
-    row("rmsnorm_quant fp32 in", f"{m}x{d}", lambda: rmsnorm_quant(xr, g), m * d * 5 + m * d // 32)
-    row("rmsnorm_quant +y bf16", f"{m}x{d}", lambda: rmsnorm_quant(xr, g, return_y=True),
-        m * d * 7 + m * d // 32)
+    row("rmsnorm_quant fp32 in", f"{m}x{d}", lambda xx=xr: rmsnorm_quant(xx, g), m * d * 5 + m * d // 32, xr)
+    row("rmsnorm_quant +y bf16", f"{m}x{d}", lambda xx=xr: rmsnorm_quant(xx, g, return_y=True),
+        m * d * 7 + m * d // 32, xr)
     per = {}
     for cfg in FUSED_CONFIGS["rmsnorm"]:
         t = bench(lambda: rmsnorm_quant(xr, g, config=cfg))
@@ -331,9 +372,9 @@ def bandwidth_section(dev, copy_bw) -> None:
     say(f"  rmsnorm_quant {m}x{d} ÷copy per (rows, warps): {per}")
     for m, i in ((8192, 5120), (16384, 1024)):
         xs = torch.randn(m, 2 * i, device=dev, dtype=torch.bfloat16)
-        row("silu_mul_quant", f"{m}x2*{i}", lambda: silu_mul_quant(xs), m * i * 5 + m * i // 32)
-        row("silu_mul_quant +y", f"{m}x2*{i}", lambda: silu_mul_quant(xs, return_y=True),
-            m * i * 7 + m * i // 32)
+        row("silu_mul_quant", f"{m}x2*{i}", lambda xx=xs: silu_mul_quant(xx), m * i * 5 + m * i // 32, xs)
+        row("silu_mul_quant +y", f"{m}x2*{i}", lambda xx=xs: silu_mul_quant(xx, return_y=True),
+            m * i * 7 + m * i // 32, xs)
         per = {}
         for cfg in FUSED_CONFIGS["silu"]:
             t = bench(lambda: silu_mul_quant(xs, config=cfg))

@@ -5,7 +5,8 @@ training forwards quantize identically. CUDA tensors run the Triton kernels; CPU
 the PyTorch implementation in ``reference.py`` (same quantized bits; exact GEMM), so the CPU
 demo can run in FP8. ``backend="triton"`` on CPU runs the kernels in the Triton interpreter.
 
-Modules: ``reference`` (PyTorch reference / CPU path), ``quantize``, ``gemm``, ``linear``
+Modules: ``reference`` (PyTorch reference / CPU path), ``quantize`` (``quantize_hopper``: the
+Gluon kernel for the transposed forms on Hopper), ``gemm``, ``linear``
 (autograd FP8Linear), ``fused`` (rmsnorm_quant, silu_mul_quant), ``backend`` (dispatch).
 """
 

@@ -28,7 +28,7 @@ import os
 
 import torch
 
-from .backend import HAS_TRITON, check_2d, launch, pick_backend, tl, triton
+from .backend import HAS_TRITON, check_2d, launch, log, pick_backend, tl, triton
 from .reference import (
     BLOCK,
     FP8_DTYPE,
@@ -210,6 +210,30 @@ def _empty_transposed(rows: int, cols: int, device) -> tuple[torch.Tensor, torch
 # "both" holds 64 fp32 values per thread plus both outputs: capped at 128 registers it runs two
 # blocks per SM (a few spills) and beats one block at 165 registers (0.56 vs 0.46 of copy).
 _QUANT_CFG = {"row": (32, 128, 4), "col": (128, 64, 4), "both": (128, 128, 8, 128)}
+# Modes that run the Gluon kernel (quantize_hopper.py) on Hopper when TMA can load x; the row
+# mode stays on Triton (0.82-0.94 of copy vs 0.78-0.86 for Gluon, BENCHMARKS.md).
+_GLUON_MODES = {"col", "both"}
+_gluon_logged: set = set()
+
+
+def _use_gluon(x: torch.Tensor, mode: str, cfg) -> bool:
+    """Gluon kernel for this call? cfg: None (the default per mode), "gluon" or ("gluon",
+    STAGES, programs per SM) to ask for it, a Triton tile config to ask for Triton. Where the
+    Gluon kernel cannot run, the Triton kernel does, logged once per reason."""
+    if cfg is not None and not (cfg == "gluon" or cfg[0] == "gluon"):
+        return False
+    if cfg is None and mode not in _GLUON_MODES:
+        return False
+    from .quantize_hopper import gluon_quant_supported
+
+    why = gluon_quant_supported(x)
+    if why is not None:
+        if cfg is not None:
+            raise ValueError(f"quantize ({mode}): Gluon kernel asked for but unusable: {why}")
+        if (mode, why) not in _gluon_logged:  # the Triton kernel runs instead: say so once
+            _gluon_logged.add((mode, why))
+            log.info("quantize (%s): Triton kernel, Gluon kernel not used: %s", mode, why)
+    return why is None
 
 
 def _quant_act_triton(x: torch.Tensor, rowwise: bool, colwise: bool, pow2_scale: bool, cfg=None):
@@ -222,6 +246,12 @@ def _quant_act_triton(x: torch.Tensor, rowwise: bool, colwise: bool, pow2_scale:
         qt, qt_words = _empty_transposed(k, m, x.device)
         st = _empty_act_scale(k, _cdiv(m, BLOCK), x.device)
     mode = "both" if rowwise and colwise else ("row" if rowwise else "col")
+    if x.is_cuda and _use_gluon(x, mode, cfg):
+        from .quantize_hopper import quant_act_gluon
+
+        quant_act_gluon(x, q, s, qt, st, rowwise, colwise, pow2_scale,
+                        None if cfg in (None, "gluon") else cfg[1:])
+        return q, s, qt, st
     block_m, block_k, warps, *maxnreg = cfg or _QUANT_CFG[mode]  # optional register cap
     if colwise and block_m != BLOCK or rowwise and block_k % BLOCK:
         raise ValueError("tiles must be 128 rows (transposed) and a multiple of 128 wide (rows)")

@@ -178,6 +178,36 @@ def test_quantize_hard_inputs_bitwise(dtype, pow2, poison_empty):
             assert_bitwise(got.cpu(), ref)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the Gluon quantizer is sm_90-only and the interpreter cannot run Gluon; "
+                    "verified on an H100 (BENCHMARKS.md, FP8)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("pow2", [False, True])
+def test_quantize_gluon_hard_inputs_bitwise(dtype, pow2, poison_empty):
+    """quantize_hopper's kernel (quantize_act_both / _t) against the PyTorch path: the hard input
+    at TMA-legal shapes with partial tiles (M, K not multiples of 128), M < 16, and a random
+    input of 1024 tiles (several tiles per persistent program: the TMA ring and the staging
+    buffers wrap, the barrier phases flip; 1 and 3 stages)."""
+    from kernels.fp8.quantize import _quant_act_triton
+
+    hard = _hard_quant_input(dtype)
+    big = make_input(2048, 8192, dtype=dtype, seed=70)
+    cases = [hard[:m, :k] for m, k in ((384, 640), (301, 520), (7, 200), (129, 136))] + [big]
+    for x in cases:
+        xc = x.cuda()
+        ref = (*R.quantize_act_ref(x, pow2), *R.quantize_act_t_ref(x, pow2))
+        for cfg in ("gluon", ("gluon", 1, 1), ("gluon", 3, 1)):
+            for got, want in zip(_quant_act_triton(xc, True, True, pow2, cfg), ref):
+                assert_bitwise(got.cpu(), want)
+            _, _, qt, st = _quant_act_triton(xc, False, True, pow2, cfg)
+            for got, want in zip((qt, st), ref[2:]):
+                assert_bitwise(got.cpu(), want)
+    with pytest.raises(ValueError, match="TMA"):  # 517·2 bytes: rows not 16-byte aligned
+        _quant_act_triton(hard[:8, :517].cuda(), True, True, pow2, "gluon")
+    with pytest.raises(ValueError, match="16-bit"):  # fp32 x runs the Triton kernel
+        _quant_act_triton(hard[:8, :512].float().cuda(), True, True, pow2, "gluon")
+
+
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
 def test_fused_quantization_hard_inputs_bitwise(out_dtype, poison_empty):
     x = _hard_quant_input(torch.float32).to(_DEV)[:, :512]

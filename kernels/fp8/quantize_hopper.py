@@ -1,0 +1,200 @@
+"""Hopper (sm_90) 1×128 activation quantization in Gluon: TMA-fed, persistent, explicit layouts.
+
+For ``quantize_act_t`` and ``quantize_act_both`` (the transposed forms: the backward pass's
+dy and the forward's x). Same outputs, bit for bit, as ``quantize._quant_act_kernel`` and so as
+the PyTorch path (``reference.quantize_act_ref`` / ``quantize_act_t_ref``): the per-tile math is
+the same ``tile_scale`` / ``to_e4m3`` code. What differs is how a 128×128 tile of x reaches the
+registers and how qt leaves, which kept the Triton kernel at 0.45-0.74 of copy bandwidth
+(BENCHMARKS.md, "## FP8"):
+
+- Persistent programs (two per SM) each keep STAGES tiles in flight: TMA copies the next tiles
+  into a shared-memory ring while the warps quantize the current one (the Triton kernel holds
+  one tile per program, and with 165 registers one program per SM: the SM idled on memory).
+- Each direction reads the tile from shared memory in its own register layout, so that its
+  reduction needs no shared-memory round trip of the data:
+  ROW (along K → q [M, K]): a thread owns 8 values of a row in each 64-column half (8 lanes
+  per row): the row amax is an in-thread max and 3 shuffles; q leaves as 8-byte stores.
+  COL (along M → qt [K, M]): a thread owns 16 consecutive rows × 2 columns of a half (a warp
+  spans its 64 columns, the 8 warps the 128 rows): the column amax is an in-thread max over 16
+  rows and one cross-warp step; each column's 16 rows are 16 contiguous bytes of a qt row,
+  written into a staging tile [128 k, 128 m] and TMA-stored (stored from registers instead,
+  each warp store touched 32 qt rows: 0.67 of copy vs 0.82, BENCHMARKS.md).
+- Tiles arrive as two 128×64 halves (128-byte rows, 128B swizzle): both layouts read shared
+  memory without bank conflicts (unswizzled 256-byte rows made ldmatrix 8-way conflicted).
+GPU-only (Gluon has no interpreter): the Triton kernel is the interpreter path and the
+fallback (logged) where this one cannot run (fp32 x, rows TMA cannot load).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .backend import launch
+from .reference import _cdiv
+
+try:  # pragma: no cover - depends on the install (Triton >= 3.5 with Gluon)
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    HAS_GLUON = True
+except ImportError:  # pragma: no cover
+    HAS_GLUON = False
+
+if HAS_GLUON:
+    from .quantize import tile_scale, to_e4m3
+
+    _GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
+
+    @gluon.jit
+    def _quant_act_gluon_kernel(
+        x_desc, qt_desc, q_ptr, s_ptr, st_ptr,
+        M, K, stride_qm, stride_sk, stride_stm,
+        ROWWISE: gl.constexpr, COLWISE: gl.constexpr, POW2: gl.constexpr,
+        STAGES: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        # Program p quantizes tiles p, p + P, p + 2P, ... (tile t = (t // Kt, t % Kt) in
+        # 128×128 units). ROWWISE writes q [M, K] and s [M, Kb] (s.stride(0) == 1); COLWISE qt
+        # [K, M] and st [K, Mb] (st.stride(0) == 1). TMA zero-fills rows and columns of x past
+        # M and K, as the reference pads its tiles; the qt store clips to K and M.
+        BF16_IN: gl.constexpr = x_desc.dtype == gl.bfloat16
+        RB: gl.constexpr = 4 * num_warps  # rows per ROW chunk (16 values per thread live)
+        ROW: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+        COL: gl.constexpr = gl.BlockedLayout([16, 2], [1, 32], [num_warps, 1], [0, 1])
+
+        pid = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        kt = gl.cdiv(K, 128)
+        n_tiles = gl.cdiv(M, 128) * kt
+        my_tiles = gl.cdiv(n_tiles - pid, nprog)
+
+        x_smem = gl.allocate_shared_memory(x_desc.dtype, [2 * STAGES, 128, 64], x_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        if COLWISE:  # two staging tiles: one drains to global while the other is filled
+            qt_smem = gl.allocate_shared_memory(gl.float8e4nv, [2, 128, 128], qt_desc.layout)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+        fence_async_shared()
+        for i in gl.static_range(STAGES):
+            _load_tile(x_desc, x_smem, ready, i, pid + i * nprog, kt, i < my_tiles)
+
+        for it in range(my_tiles):
+            slot = it % STAGES
+            t = pid + it * nprog
+            off_m = (t // kt) * 128
+            off_k = (t % kt) * 128
+            mbarrier.wait(ready.index(slot), (it // STAGES) & 1)
+            if ROWWISE:  # chunks of RB rows: a row's amax is the max of its two halves' amax
+                for r in gl.static_range(128 // RB):
+                    xl = x_smem.index(2 * slot).slice(RB * r, RB, dim=0).load(ROW).to(gl.float32)
+                    xr = x_smem.index(2 * slot + 1).slice(RB * r, RB, dim=0).load(ROW).to(gl.float32)
+                    amax = gl.maximum(gl.max(gl.abs(xl), axis=1), gl.max(gl.abs(xr), axis=1))
+                    s, b, c, inv = tile_scale(amax, POW2)  # per row
+                    rows = off_m + RB * r + gl.arange(0, RB, layout=gl.SliceLayout(1, ROW))
+                    cols = off_k + gl.arange(0, 64, layout=gl.SliceLayout(0, ROW))
+                    ptrs = q_ptr + rows[:, None] * stride_qm + cols[None, :]
+                    gl.store(ptrs, to_e4m3(xl, b[:, None], c[:, None], inv[:, None], BF16_IN),
+                             mask=(rows[:, None] < M) & (cols[None, :] < K))
+                    gl.store(ptrs + 64, to_e4m3(xr, b[:, None], c[:, None], inv[:, None], BF16_IN),
+                             mask=(rows[:, None] < M) & (cols[None, :] + 64 < K))
+                    gl.store(s_ptr + rows + (off_k // 128) * stride_sk, s, mask=rows < M)
+            if COLWISE:  # per half: the 128-row column amax; a [64 k, 128 m] block of qt
+                buf = qt_smem.index(it % 2)
+                for h in gl.static_range(2):
+                    x = x_smem.index(2 * slot + h).load(COL).to(gl.float32)
+                    st, b, c, inv = tile_scale(gl.max(gl.abs(x), axis=0), POW2)  # per column
+                    q = to_e4m3(x, b[None, :], c[None, :], inv[None, :], BF16_IN)
+                    buf.slice(64 * h, 64, dim=0).permute((1, 0)).store(q)  # qt[k, m] = q[m, k]
+                    cols = off_k + 64 * h + gl.arange(0, 64, layout=gl.SliceLayout(0, COL))
+                    gl.store(st_ptr + cols + (off_m // 128) * stride_stm, st, mask=cols < K)
+                # Every warp's writes visible to the TMA engine, then one thread issues the store;
+                # the other buffer is written next tile: its store (last tile's) must have read it
+                # (only the issuing thread waits; the barrier below holds the others).
+                fence_async_shared()
+                gl.thread_barrier()
+                tma.async_copy_shared_to_global(qt_desc, [off_k, off_m], buf)
+                tma.store_wait(pendings=1)
+            # Every warp is done with this slot: refill it with this program's tile it + STAGES.
+            gl.thread_barrier()
+            fence_async_shared()
+            _load_tile(x_desc, x_smem, ready, slot, t + STAGES * nprog, kt, it + STAGES < my_tiles)
+
+        if COLWISE:
+            tma.store_wait(pendings=0)
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(i))
+
+    @gluon.jit
+    def _load_tile(x_desc, x_smem, ready, slot, t, kt, pred):
+        # Tile t's two 128×64 halves into ring slot `slot` (no-op when pred is false).
+        bar = ready.index(slot)
+        mbarrier.expect(bar, 2 * x_desc.block_type.nbytes, pred=pred)
+        off_m = (t // kt) * 128
+        off_k = (t % kt) * 128
+        tma.async_copy_global_to_shared(x_desc, [off_m, off_k], bar, x_smem.index(2 * slot), pred=pred)
+        tma.async_copy_global_to_shared(x_desc, [off_m, off_k + 64], bar, x_smem.index(2 * slot + 1),
+                                        pred=pred)
+
+
+@functools.cache
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+@functools.cache
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@functools.cache
+def _tile_layout(dtype: torch.dtype):
+    # 128×64 halves of 128-byte rows, 128B swizzle (16-byte chunks XOR-permuted by row % 8): the
+    # ROW layout reads a row's 8 chunks and ldmatrix (COL) 8 rows of one chunk, both without
+    # bank conflicts (unswizzled 256-byte rows made ldmatrix 8-way conflicted).
+    return gl.NVMMASharedLayout.get_default_for([128, 64], _GL_DTYPE[dtype])
+
+
+def gluon_quant_supported(x: torch.Tensor) -> str | None:
+    """None if the Gluon quantizer can run on x, else the reason it cannot."""
+    if not HAS_GLUON:
+        return "triton.experimental.gluon is not importable"
+    if not x.is_cuda or _capability(x.device.index) != (9, 0):
+        return "needs an sm_90 (Hopper) GPU"
+    if x.element_size() != 2:
+        return "written for 16-bit inputs (a 128×64 half is one 128-byte swizzle row)"
+    if x.stride(1) != 1 or (x.stride(0) * x.element_size()) % 16 or x.data_ptr() % 16:
+        return "TMA needs a row-major x with 16-byte aligned rows"
+    return None
+
+
+# (STAGES, programs per SM): two programs of 8 warps per SM, each with a 2-tile ring (2 × 32 KiB)
+# and 2 qt staging tiles (2 × 16 KiB): 0.67-0.83 of copy for both ways, vs 0.57-0.67 with one
+# program of 3 stages (a CTA-wide barrier stalls the whole SM when it is alone; BENCHMARKS.md).
+_GLUON_CFG = (2, 2)
+
+
+@functools.cache
+def _qt_layout():
+    return gl.NVMMASharedLayout.get_default_for([128, 128], gl.float8e4nv)
+
+
+def quant_act_gluon(x: torch.Tensor, q, s, qt, st, rowwise: bool, colwise: bool, pow2: bool,
+                    cfg: tuple | None = None) -> None:
+    """Fill the outputs allocated by ``quantize._quant_act_triton`` (same layouts; qt [K, M]
+    with rows padded to 16 bytes); the caller checked ``gluon_quant_supported``.
+    cfg: (STAGES, programs per SM), default _GLUON_CFG."""
+    if not colwise:  # (it would run, but the Triton row kernel is faster: BENCHMARKS.md)
+        raise ValueError("the Gluon quantizer writes qt: quantize_act_t or quantize_act_both")
+    m, k = x.shape
+    stages, per_sm = cfg or _GLUON_CFG
+    dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    q, s = (q, s) if rowwise else (qt, st)  # stand-ins for quantize_act_t (never written)
+    x_desc = TensorDescriptor.from_tensor(x, [128, 64], _tile_layout(x.dtype))
+    qt_desc = TensorDescriptor.from_tensor(qt, [128, 128], _qt_layout())
+    tiles = _cdiv(m, 128) * _cdiv(k, 128)
+    launch(_quant_act_gluon_kernel, (min(tiles, per_sm * _num_sms(dev)),),
+           x_desc, qt_desc, q, s, st, m, k, q.stride(0), s.stride(1), st.stride(1),
+           ROWWISE=rowwise, COLWISE=colwise, POW2=pow2, STAGES=stages, num_warps=8)
