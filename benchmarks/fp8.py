@@ -418,10 +418,16 @@ def linear_section(dev) -> None:
     times = {k_: bench(f_) * 1e3 for k_, f_ in parts.items()}
     say("breakdown (us): " + ", ".join(f"{k_} {t_:.0f}" for k_, t_ in times.items())
         + f"; sum {sum(times.values()):.0f}")
+    # The same parts as GPU time (4 calls each in a CUDA graph, same inputs: no host launch cost).
+    times = {k_: bench_graph(lambda _, f_=f_: f_(), [None] * 4) * 1e3 for k_, f_ in parts.items()}
+    say("breakdown, CUDA graph (us): " + ", ".join(f"{k_} {t_:.0f}" for k_, t_ in times.items())
+        + f"; sum {sum(times.values()):.0f}")
     # wgrad (both operands 1×128 along the token dim): the default kernel against Triton's,
     # bitwise on these inputs and timed in the same run (M=5120, N=2048, K=8192).
     from kernels.fp8.gemm_hopper import fp8_gemm_gluon_ws
 
+    _, _, xqt, xst = quantize_act_both(x.detach())
+    _, _, dyqt, dyst = quantize_act_both(dy)
     dw_ref = fp8_gemm(dyqt, dyst, xqt, xst, config=(128, 128, 8, 4, "tma"))
     wg = {"triton tma": lambda: fp8_gemm(dyqt, dyst, xqt, xst, config=(128, 128, 8, 4, "tma")),
           "default": lambda: fp8_gemm(dyqt, dyst, xqt, xst)}
