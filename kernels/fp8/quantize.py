@@ -1,6 +1,7 @@
 """Block-scaled FP8 quantization: activations 1×128, weights 128×128, and the transposed forms.
 
-Public functions (dispatch: CUDA → Triton, CPU → PyTorch in ``reference.py``; same bits):
+Public functions (dispatch: CUDA → Triton, CPU → PyTorch in ``reference.py``; same bits; on
+Hopper ``quantize_act_t`` / ``quantize_act_both`` run the Gluon kernel in ``quantize_hopper.py``):
 
 - ``quantize_act(x)``      x [M, K]  → q [M, K] e4m3, scale [M, ceil(K/128)] fp32 (tiles along K)
 - ``quantize_act_t(x)``    x [M, K]  → q [K, M] e4m3, scale [K, ceil(M/128)] fp32 (tiles along M),
@@ -211,7 +212,7 @@ def _empty_transposed(rows: int, cols: int, device) -> tuple[torch.Tensor, torch
 # blocks per SM (a few spills) and beats one block at 165 registers (0.56 vs 0.46 of copy).
 _QUANT_CFG = {"row": (32, 128, 4), "col": (128, 64, 4), "both": (128, 128, 8, 128)}
 # Modes that run the Gluon kernel (quantize_hopper.py) on Hopper when TMA can load x; the row
-# mode stays on Triton (0.82-0.94 of copy vs 0.78-0.86 for Gluon, BENCHMARKS.md).
+# mode stays on Triton (0.89-0.95 of copy vs 0.73-0.94 for Gluon on an H100, BENCHMARKS.md).
 _GLUON_MODES = {"col", "both"}
 _gluon_logged: set = set()
 
@@ -237,6 +238,9 @@ def _use_gluon(x: torch.Tensor, mode: str, cfg) -> bool:
 
 
 def _quant_act_triton(x: torch.Tensor, rowwise: bool, colwise: bool, pow2_scale: bool, cfg=None):
+    """The GPU / interpreter path of the three activation quantizers: allocates the outputs and
+    runs the Gluon kernel (see _use_gluon) or the Triton one. Returns (q, s, qt, st), None where
+    not asked for."""
     m, k = x.shape
     q = s = qt = st = qt_words = None
     if rowwise:
