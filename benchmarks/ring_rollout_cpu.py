@@ -16,11 +16,16 @@ Each engine runs in its own process, one after the other (2 cores: never concurr
 length is timed after a warm-up generation.  Tokens/s = batch × length / wall time of one
 ``generate`` with ``ignore_eos`` (every sequence runs to the full length).
 
+Batch sizes (``--batch 8,128``): 8 sequences is a small interactive batch, where per-op call
+overhead dominates; an RL rollout decodes far more at once (the default recipe: 16 prompts × 8
+samples = 128 sequences per step), where the state and KV-cache traffic does.
+
 Run-to-run spread on the shared 2-core machine is large (whole processes land ~1.5× apart), so
 ``--repeats R`` runs every engine R times, interleaved, each in a fresh process, and reports each
-engine's best rate per length (the spread is printed too); ``--engines`` picks rows by kind.
+engine's best rate per length, and the median over repeats of the ratio ring ÷ anchor of the
+runs made back to back (the spread is printed too); ``--engines`` picks rows by kind.
 
-    python benchmarks/ring_rollout_cpu.py [--lengths 128,512,1024,2048,4096] [--batch 8]
+    python benchmarks/ring_rollout_cpu.py [--lengths 128,512,1024,2048,4096] [--batch 8,128]
                                           [--repeats 3] [--engines ring,dense,ring-eager,dense-eager,hf]
 """
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -76,8 +82,24 @@ def prompts(batch: int, vocab: int) -> list[list[int]]:
     return [[rng.randrange(1, vocab) for _ in range(PROMPT_LEN)] for _ in range(batch)]
 
 
+def kv_cache_gib(model: str, batch: int, max_len: int) -> int:
+    """KV-cache space for ``batch`` sequences of ``max_len`` tokens, with room to spare (vLLM's
+    CPU default of 4 GiB is more than the tiny models need at small batches, and too little for
+    the dense model at batch 128 × 4096 tokens: it would preempt sequences)."""
+    from transformers import AutoConfig
+
+    import trainer.ring_linear  # noqa: F401  (registers the Ring-linear config with AutoConfig)
+
+    c = AutoConfig.from_pretrained(model)
+    softmax_layers = sum(1 for i in range(c.num_hidden_layers)
+                         if not hasattr(c, "is_softmax_layer") or c.is_softmax_layer(i))
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    per_token = 2 * softmax_layers * c.num_key_value_heads * head_dim * 4   # K and V, fp32
+    return max(2, -(-int(1.5 * batch * max_len * per_token) // 2**30))
+
+
 def run_vllm(model: str, lengths: list[int], batch: int, eager: bool) -> dict:
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib(model, batch, max(lengths) + PROMPT_LEN)))
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     # The engine in this process, as Lockstep's rollout worker runs it on CPU (rollout/worker.py):
     # vLLM's default three-process layout hands every decode step over ZeroMQ.
@@ -132,7 +154,7 @@ def child(kind: str, model: str, lengths: list[int], batch: int, result: str) ->
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", default="128,512,1024,2048,4096")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", default="8", help="comma-separated batch sizes (sequences decoded at once)")
     ap.add_argument("--work", default="/tmp/lockstep-ring-rollout-bench")
     ap.add_argument("--hf-max-length", type=int, default=None,
                     help="transformers rows only up to this length (the ring model's generate loop is slow on CPU)")
@@ -142,13 +164,14 @@ def main() -> None:
     ap.add_argument("--child", nargs=3, metavar=("KIND", "MODEL", "RESULT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
+    batches = [int(x) for x in args.batch.split(",")]
     if args.child:
-        return child(args.child[0], args.child[1], lengths, args.batch, args.child[2])
+        return child(args.child[0], args.child[1], lengths, batches[0], args.child[2])
     root = Path(args.work)
     root.mkdir(parents=True, exist_ok=True)
     ring, dense, sizes = build_models(root)
     print(f"parameters: ring-linear tiny {sizes['ring_params']:,}, dense Qwen2 twin {sizes['dense_params']:,}; "
-          f"batch {args.batch}, prompt {PROMPT_LEN}, load {os.getloadavg()[0]:.2f}", flush=True)
+          f"prompt {PROMPT_LEN}, load {os.getloadavg()[0]:.2f}", flush=True)
     runs = [("ring (vLLM + plugin, compiled)", "vllm", ring, "ring"),
             ("ring (vLLM + plugin, eager)", "vllm-eager", ring, "ring-eager"),
             ("dense (vLLM native, compiled)", "vllm", dense, "dense"),
@@ -157,29 +180,42 @@ def main() -> None:
             ("ring (transformers generate, cache)", "hf", ring, "hf")]
     chosen = set(args.engines.split(","))
     runs = [r for r in runs if r[3] in chosen]
-    samples: dict[str, dict[int, list[float]]] = {}
-    for repeat in range(args.repeats):
-        for label, kind, model, _ in runs:
-            result = root / f"{kind}-{model.name}.json"
-            todo = [n for n in lengths if kind != "hf" or args.hf_max_length is None or n <= args.hf_max_length]
-            subprocess.run([sys.executable, __file__, "--lengths", ",".join(map(str, todo)), "--batch", str(args.batch),
-                            "--child", kind, str(model), str(result)], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for n, rate in json.loads(result.read_text()).items():
-                samples.setdefault(label, {}).setdefault(int(n), []).append(rate)
-            print(f"  done: {label} (run {repeat + 1}/{args.repeats})", flush=True)
+    for batch in batches:
+        print(f"\n## batch {batch}", flush=True)
+        samples: dict[str, dict[int, list[float]]] = {}
+        for repeat in range(args.repeats):
+            for label, kind, model, _ in runs:
+                result = root / f"{kind}-{model.name}.json"
+                todo = [n for n in lengths if kind != "hf" or args.hf_max_length is None or n <= args.hf_max_length]
+                subprocess.run([sys.executable, __file__, "--lengths", ",".join(map(str, todo)), "--batch", str(batch),
+                                "--child", kind, str(model), str(result)], check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for n, rate in json.loads(result.read_text()).items():
+                    samples.setdefault(label, {}).setdefault(int(n), []).append(rate)
+                print(f"  done: {label} (run {repeat + 1}/{args.repeats}, load {os.getloadavg()[0]:.2f})", flush=True)
+        report(samples, lengths, args.repeats)
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+
+
+def report(samples: dict[str, dict[int, list[float]]], lengths: list[int], repeats: int) -> None:
+    """Best rate per engine and length; ring ÷ each anchor as best ÷ best and, with repeats, as
+    the median of the back-to-back runs' ratios."""
     rates = {label: {n: max(v) for n, v in by_len.items()} for label, by_len in samples.items()}
-    if args.repeats > 1:
+    if repeats > 1:
         print("\nall runs (tokens/s): " + "; ".join(f"{label} {n}: " + "/".join(f"{r:.0f}" for r in v)
                                                   for label, by_len in samples.items() for n, v in by_len.items()))
-    ring_rate = rates[runs[0][0]]
+    ring_label = next(iter(rates))
     print(f"\n| engine | " + " | ".join(f"{n} tok/s" for n in lengths) + " |")
     print("|---|" + "---|" * len(lengths))
     for label, r in rates.items():
         print(f"| {label} | " + " | ".join(f"{r[n]:.0f}" if n in r else "–" for n in lengths) + " |")
     for label in list(rates)[1:]:
-        print(f"| ring (vLLM) ÷ {label} | " + " | ".join(f"{ring_rate[n] / rates[label][n]:.2f}" if n in rates[label] else "–" for n in lengths) + " |")
-    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+        print(f"| ring (vLLM) ÷ {label}, best ÷ best | " + " | ".join(
+            f"{rates[ring_label][n] / rates[label][n]:.2f}" if n in rates[label] else "–" for n in lengths) + " |")
+        if repeats > 1:
+            print(f"| ring (vLLM) ÷ {label}, median of paired runs | " + " | ".join(
+                f"{statistics.median(a / b for a, b in zip(samples[ring_label][n], samples[label][n])):.2f}"
+                if n in samples[label] else "–" for n in lengths) + " |")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import torch
 from .chunk_torch import CHUNK, chunk_torch
 from .decay import alibi_slopes, layer_decay, layer_factor
 from .naive import naive_recurrence
-from .recurrent import recurrent_torch
+from .recurrent import StateSlots, recurrent_torch
 
 try:  # the Triton kernels; imported here (not lazily) so that the submodule name ``chunk``
     # never shadows the function ``chunk`` defined below.  CPU-only installs may lack triton.
@@ -40,7 +40,7 @@ try:  # the Triton kernels; imported here (not lazily) so that the submodule nam
 except ImportError:  # pragma: no cover
     _triton_chunk = None
 
-__all__ = ["chunk", "recurrent", "alibi_slopes", "layer_decay", "layer_factor",
+__all__ = ["chunk", "recurrent", "StateSlots", "alibi_slopes", "layer_decay", "layer_factor",
            "naive_recurrence", "CHUNK_SIZE"]
 
 CHUNK_SIZE = CHUNK
@@ -70,8 +70,9 @@ def _backend(x: torch.Tensor, backend: str, allow_fp64: bool) -> str:
     return backend
 
 
-# id(decay) → (weak reference, version) of the decay tensors already validated
-_DECAY_CHECKED: dict[int, tuple[weakref.ref, int]] = {}
+# id(decay) → (weak reference, version, {dtype: exp(decay) [H, 1, 1]}) of the decay tensors
+# already validated
+_DECAY_CHECKED: dict[int, tuple[weakref.ref, int, dict]] = {}
 
 
 def _version(t: torch.Tensor) -> int:
@@ -79,7 +80,9 @@ def _version(t: torch.Tensor) -> int:
     return -1 if t.is_inference() else t._version
 
 
-def _check_decay(decay, H, device, triton_path):
+def _check_decay(decay, H, device, triton_path) -> dict:
+    """Validates ``decay`` and returns its cache entry (exp(decay) per dtype, for the CPU
+    decode path)."""
     if not isinstance(decay, torch.Tensor) or decay.shape != (H,) or not decay.is_floating_point():
         raise ValueError(f"decay must be a float tensor of shape [H]=[{H}] (per-head log-decay), got "
                          f"{getattr(decay, 'shape', type(decay))}")
@@ -89,12 +92,20 @@ def _check_decay(decay, H, device, triton_path):
         raise ValueError("decay is a constant of the layer: the Triton path gives it no gradient "
                          "(pass decay.detach())")
     seen, version = _DECAY_CHECKED.get(id(decay)), _version(decay)
-    if decay.device.type == "cpu" and (seen is None or seen[0]() is not decay or seen[1] != version):
+    if seen is None or seen[0]() is not decay or seen[1] != version:
         # once per tensor version: a layer's decay is a constant, and checking it on every
         # decode step was a quarter of the op's cost on small CPU batches
-        if not bool((decay <= 0).all() & decay.isfinite().all()):
+        if decay.device.type == "cpu" and not bool((decay <= 0).all() & decay.isfinite().all()):
             raise ValueError("decay must be finite log-decays <= 0 (λ = exp(decay) <= 1)")
-        _DECAY_CHECKED[id(decay)] = (weakref.ref(decay), version)
+        seen = _DECAY_CHECKED[id(decay)] = (weakref.ref(decay), version, {})
+    return seen[2]
+
+
+def _decay_factor(decay: torch.Tensor, cache: dict, dtype: torch.dtype) -> torch.Tensor:
+    """λ = exp(decay) as ``[H, 1, 1]`` in ``dtype``, computed once per decay version."""
+    if dtype not in cache:
+        cache[dtype] = decay.detach().to(dtype).exp().view(-1, 1, 1)
+    return cache[dtype]
 
 
 def _check_state(name, s, shape, allow_fp64):
@@ -165,7 +176,7 @@ def chunk(q, k, v, decay, scale=None, initial_state=None, cu_seqlens=None,
                                cu_seqlens, output_final_state)
 
 
-def recurrent(q, k, v, decay, scale, state, state_indices=None, backend="auto"):
+def recurrent(q, k, v, decay, scale, state, state_indices=None, backend="auto", out=None):
     """Decode step(s); updates ``state`` in place and returns ``o``.
 
     Args:
@@ -176,7 +187,9 @@ def recurrent(q, k, v, decay, scale, state, state_indices=None, backend="auto"):
         state: fp32 pool ``[num_slots, H, D, D]`` ([key dim, value dim]); each slot contiguous,
             the slot stride free (vLLM pads its state pages).
         state_indices: int ``[B]``: slot of each batch row (negative: padding row, output 0,
-            pool untouched).  None: row b uses slot b.
+            pool untouched), or a :class:`StateSlots` made from them once for several layers'
+            calls (an engine step).  None: row b uses slot b.
+        out: optional tensor of o's shape and dtype to write o into.
     Returns:
         ``o`` with q's shape and dtype.  Not differentiable (inference only).
     """
@@ -185,11 +198,13 @@ def recurrent(q, k, v, decay, scale, state, state_indices=None, backend="auto"):
     if not (q.shape == k.shape == v.shape) or not (q.dtype == k.dtype == v.dtype) \
             or not (q.device == k.device == v.device):
         raise ValueError("q, k, v must share one shape, dtype and device")
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device):
+        raise ValueError(f"out must match q ({q.dtype} {list(q.shape)}), got {out.dtype} {list(out.shape)}")
     single = q.dim() == 3
     q4, k4, v4 = (x[:, None] if single else x for x in (q, k, v))
     B, N, H, D = q4.shape
     be = _backend(q, backend, allow_fp64=True)
-    _check_decay(decay, H, q.device, False)
+    decay_cache = _check_decay(decay, H, q.device, False)
     if not isinstance(state, torch.Tensor) or state.dim() != 4:
         raise ValueError("state must be a 4-D fp32 pool [num_slots, H, D, D]")
     _check_state("state", state, (state.shape[0], H, D, D), q.dtype == torch.float64)
@@ -197,11 +212,16 @@ def recurrent(q, k, v, decay, scale, state, state_indices=None, backend="auto"):
         raise ValueError("each state slot must be a contiguous [H, D, D] block (it is updated in place)")
     if state.device != q.device:
         raise ValueError(f"state is on {state.device}, inputs on {q.device}")
-    if state_indices is not None:
-        if state_indices.shape != (B,) or state_indices.dtype not in (torch.int32, torch.int64):
+    slots = state_indices if isinstance(state_indices, StateSlots) else None
+    indices = slots.indices if slots is not None else state_indices
+    if slots is not None and (slots.batch != B or slots.num_slots != state.shape[0]):
+        raise ValueError(f"StateSlots made for {slots.batch} rows of a {slots.num_slots}-slot pool, "
+                         f"used with {B} rows of a {state.shape[0]}-slot pool")
+    if indices is not None:
+        if indices.shape != (B,) or indices.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"state_indices must be int32/int64 [B]=[{B}], got "
-                             f"{state_indices.dtype} {list(state_indices.shape)}")
-        if state_indices.device != q.device:
+                             f"{indices.dtype} {list(indices.shape)}")
+        if indices.device != q.device:
             raise ValueError("state_indices must be on the inputs' device")
     elif state.shape[0] < B:
         raise ValueError(f"without state_indices the pool needs >= B={B} slots")
@@ -212,11 +232,16 @@ def recurrent(q, k, v, decay, scale, state, state_indices=None, backend="auto"):
 
         if D & (D - 1) or not 16 <= D <= 256:
             raise ValueError(f"the Triton kernels need a power-of-two head dim in [16, 256], got {D}")
-        if state_indices is not None and state_indices.device.type == "cpu" \
-                and bool((state_indices >= state.shape[0]).any()):  # (the torch path checks its own)
+        if slots is None and indices is not None and indices.device.type == "cpu" \
+                and bool((indices >= state.shape[0]).any()):  # (StateSlots checked their own)
             raise ValueError(f"state_indices out of range for a pool of {state.shape[0]} slots")
-        o = recurrent_triton(q4, k4, v4, decay.float().contiguous(), scale, state, state_indices)
-    else:
-        with torch.no_grad():
-            o = recurrent_torch(q4, k4, v4, decay, scale, state, state_indices)
-    return o[:, 0] if single else o
+        o = recurrent_triton(q4, k4, v4, decay.float().contiguous(), scale, state, indices)
+        o = o[:, 0] if single else o
+        return o if out is None else out.copy_(o)
+    if slots is None:
+        slots = StateSlots(indices, B, state.shape[0], state.device)
+    lam = _decay_factor(decay, decay_cache, state.dtype)
+    with torch.no_grad():
+        o = recurrent_torch(q4, k4, v4, lam, scale, state, slots,
+                            None if out is None else (out[:, None] if single else out))
+    return out if out is not None else (o[:, 0] if single else o)

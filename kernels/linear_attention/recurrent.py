@@ -12,9 +12,14 @@ Two implementations: ``recurrent_torch`` (CPU path, vectorised over the batch) a
 kernel ``recurrent_triton`` (one program per (row, head, block of BV value columns): it reads
 its state slice once, applies the N tokens in registers, writes it back once — the op is a pure
 state read + write, so its floor is 2 · 4 · K · V · H bytes per row over the copy bandwidth).
+On CPU the one-token step (every decode step of a rollout) runs :func:`decode_step`, the same
+math written once in PyTorch and compiled by inductor into one loop over the states.
 """
 
 from __future__ import annotations
+
+import logging
+import os
 
 import torch
 
@@ -27,64 +32,135 @@ except ImportError:  # pragma: no cover - exercised only without triton
 BV_DECODE = 32
 DECODE_WARPS = 4
 POISON_OUTPUTS = False  # tests: NaN-fill the output before the kernel runs
+_log = logging.getLogger(__name__)
 
 
-def _pool_view(state: torch.Tensor, slots: list[int]) -> tuple[torch.Tensor, bool] | None:
-    """A strided view of the pool whose rows are ``slots`` — when they are an arithmetic
-    progression (vLLM hands out state slots in strides, ascending or descending) — and whether
-    the batch runs in reverse order of the view; None otherwise."""
-    B = len(slots)
-    step = slots[1] - slots[0] if B > 1 else 1
-    if step == 0 or any(b - a != step for a, b in zip(slots, slots[1:])):
+class StateSlots:
+    """The state slots of one decode batch, read and checked once.
+
+    Every linear layer of an engine step decodes the same sequences, so the rollout model builds
+    this once per step and passes it to every layer's :func:`recurrent` in place of the index
+    tensor: the host read of the indices, the range check and the choice of state-access path
+    are then not repeated per layer.
+
+    * ``rows``: the slots as int64 (padding rows, index < 0, read slot 0); ``valid``: which rows
+      are not padding (None when all are).
+    * ``view``: when the slots are an arithmetic progression (vLLM hands out state slots in
+      strides, ascending or descending) the eager path updates a strided view of the pool in
+      place instead of gathering and scattering; ``reverse``: the batch runs opposite to the
+      view's order.
+    """
+
+    def __init__(self, state_indices: torch.Tensor | None, batch: int, num_slots: int, device=None):
+        """``device``: the pool's, when ``state_indices`` is None (row b uses slot b)."""
+        self.indices, self.batch, self.num_slots = state_indices, batch, num_slots
+        slots = list(range(batch)) if state_indices is None else state_indices.tolist()
+        if slots and max(slots) >= num_slots:
+            raise ValueError(f"state_indices out of range for a pool of {num_slots} slots")
+        padded = bool(slots) and min(slots) < 0
+        self.rows = (torch.arange(batch, device=device) if state_indices is None
+                     else state_indices.long().clamp(min=0))
+        self.valid = (state_indices >= 0) if padded else None
+        step = slots[1] - slots[0] if batch > 1 else 1
+        evenly = not padded and step != 0 and all(b - a == step for a, b in zip(slots, slots[1:]))
+        self.view, self.reverse = None, evenly and step < 0
+        if evenly:
+            first = min(slots[0], slots[-1]) if slots else 0
+            self.view = slice(first, first + abs(step) * (batch - 1) + 1, abs(step))
+
+
+def decode_step(qkv, lam, scale: float, state, rows):
+    """One token per row, the CPU kernel's definition: ``S ← λ S + kᵀ v`` on each row's slot of
+    the pool, ``o = scale · q S``.  qkv: q, k, v stacked ``[B, 3, H, D]``; lam ``[H, 1, 1]``;
+    rows int64 ``[B]`` (distinct).  Compiled (:func:`_compiled_decode_step`) it is one generated
+    loop that reads each state once and writes it once; the eager ops of
+    :func:`recurrent_torch` pass over the states five times (gather, decay, update, q·S,
+    scatter), which is most of a decode step's cost once the batch is large.  Rounding: fp32
+    products summed in the generated loop's order, fixed per row (batch-invariant), not the
+    eager matmul's."""
+    q, k, v = qkv.to(state.dtype).unbind(1)
+    S = state[rows] * lam + k[..., :, None] * v[..., None, :]
+    state[rows] = S
+    return ((q[..., :, None] * S).sum(-2) * scale).to(qkv.dtype)
+
+
+# LOCKSTEP_COMPILED_DECODE=0 keeps the eager ops (for comparison; a failed compile does too)
+_COMPILED = {"fn": None, "enabled": os.environ.get("LOCKSTEP_COMPILED_DECODE", "1") != "0"}
+
+
+def _compiled_decode_step():
+    """:func:`decode_step` compiled by inductor (dynamic batch), or None where compilation is
+    off or failed (logged once; the eager path runs)."""
+    if _COMPILED["fn"] is None and _COMPILED["enabled"]:
+        _COMPILED["fn"] = torch.compile(decode_step, fullgraph=True)
+    return _COMPILED["fn"]
+
+
+def _run_compiled_decode(q, k, v, lam, scale, state, rows):
+    # q, k, v stacked into one fresh tensor: views as inputs would make the compiled function
+    # guard on (and recompile for) the layout of the tensor they view
+    qkv = torch.stack((q, k, v), 1)
+    # one kernel for every batch size; H and D stay constants of the generated loops
+    torch._dynamo.maybe_mark_dynamic(qkv, 0)
+    torch._dynamo.maybe_mark_dynamic(rows, 0)
+    try:
+        return _compiled_decode_step()(qkv, lam, float(scale), state, rows)
+    except Exception as err:  # no C++ compiler, an inductor bug: the eager path is exact too
+        if not (isinstance(err, RuntimeError) or type(err).__module__.startswith("torch")):
+            raise
+        _COMPILED.update(fn=None, enabled=False)
+        _log.warning("linear_attention: the compiled CPU decode step failed (%s: %s); decoding "
+                     "with the eager ops from now on (slower, same math)", type(err).__name__, err)
         return None
-    first = min(slots[0], slots[-1])
-    return state[first:first + abs(step) * (B - 1) + 1:abs(step)], step < 0
 
 
-def recurrent_torch(q, k, v, decay, scale, state, state_indices):
-    """q, k, v: ``[B, N, H, D]``; state: ``[slots, H, D, D]`` fp32 (or fp64); returns o [B, N, H, D].
+def recurrent_torch(q, k, v, lam, scale, state, slots: StateSlots, out=None):
+    """q, k, v: ``[B, N, H, D]``; lam = exp(decay) ``[H, 1, 1]`` in the state's dtype; state:
+    ``[slots, H, D, D]`` fp32 (or fp64); returns o ``[B, N, H, D]`` in q's dtype (written into
+    ``out`` when given: it must have o's shape and dtype).
 
     Vectorised over the batch: the state is the whole cost of a decode step, so the update is one
     fused pass (``mul_`` + broadcast ``addcmul_``, no outer-product temporary), done in place on
-    a view of the pool when the rows' slots are evenly spaced (vLLM's usual layout), else on a
-    gathered copy that is scattered back (the scatter alone costs as much as the update).  Few
-    tensor ops: on a small CPU batch each costs more than its arithmetic.
-    (Per-row loops over pool views are far slower on CPU: one OpenMP fork/join per small op.)
+    a view of the pool when the rows' slots are evenly spaced, else on a gathered copy that is
+    scattered back.  Few tensor ops: on a small CPU batch each costs more than its arithmetic
+    (per-row loops over pool views are far slower: one OpenMP fork/join per small op).
     """
     B, N, H, D = q.shape
     dt = state.dtype
-    lam = decay.to(dt).exp().view(H, 1, 1)
-    qf, kf, vf = q.to(dt), k.to(dt), v.to(dt)
-    slots = list(range(B)) if state_indices is None else state_indices.tolist()
-    if slots and max(slots) >= state.shape[0]:
-        raise ValueError(f"state_indices out of range for a pool of {state.shape[0]} slots")
-    padded = bool(slots) and min(slots) < 0
-    view = None if padded else _pool_view(state, slots)
-    rows = None
-    if view is not None:
-        S, reverse = view
-        if reverse:  # the view lists the slots in the opposite order of the batch
+    if N == 1 and slots.valid is None and _compiled_decode_step() is not None:
+        o = _run_compiled_decode(q[:, 0], k[:, 0], v[:, 0], lam, scale, state, slots.rows)
+        if o is not None:
+            return o[:, None] if out is None else out.copy_(o[:, None])
+    qf, kf, vf = (x if x.dtype == dt else x.to(dt) for x in (q, k, v))
+    if slots.view is not None:
+        S = state[slots.view]
+        if slots.reverse:  # the view lists the slots in the opposite order of the batch
             qf, kf, vf = qf.flip(0), kf.flip(0), vf.flip(0)
     else:
-        reverse = False
-        rows = state_indices.long().clamp(min=0)
-        S = state.index_select(0, rows)
-    o = torch.empty(B, N, H, D, dtype=dt, device=q.device)
+        S = state.index_select(0, slots.rows)
+    direct = out is not None and out.dtype == dt and not slots.reverse and out.is_contiguous()
+    o = out if direct else torch.empty(B, N, H, D, dtype=dt, device=q.device)
     for n in range(N):
         S.mul_(lam).addcmul_(kf[:, n].unsqueeze(-1), vf[:, n].unsqueeze(-2))
-        o[:, n] = torch.matmul(qf[:, n].unsqueeze(-2), S).squeeze(-2)
+        if N == 1:
+            torch.matmul(qf[:, 0].unsqueeze(-2), S, out=o.view(B, H, 1, D))
+        else:
+            o[:, n] = torch.matmul(qf[:, n].unsqueeze(-2), S).squeeze(-2)
     if scale != 1.0:
         o.mul_(scale)
-    if reverse:
+    if slots.reverse:
         o = o.flip(0)
-    if rows is not None:
-        if padded:
-            valid = state_indices >= 0
-            o[~valid] = 0
-            state.index_copy_(0, rows[valid], S[valid])
+    if slots.view is None:
+        if slots.valid is None:
+            state.index_copy_(0, slots.rows, S)
         else:
-            state.index_copy_(0, rows, S)
-    return o.to(q.dtype)
+            o[~slots.valid] = 0
+            state.index_copy_(0, slots.rows[slots.valid], S[slots.valid])
+    if direct:
+        return o
+    if out is None:
+        return o.to(q.dtype)
+    return out.copy_(o)
 
 
 if triton is not None:

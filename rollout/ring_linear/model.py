@@ -62,7 +62,7 @@ from vllm.model_executor.layers.mamba.mamba_utils import (
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 
-from kernels.linear_attention import chunk, layer_decay, recurrent
+from kernels.linear_attention import StateSlots, chunk, layer_decay, recurrent
 from kernels.lm_head import logits_fp32
 from kernels.moe import StackedMoE
 from kernels.moe import SwiGLU as MLP
@@ -177,15 +177,16 @@ class RingLinearAttention(VllmLinearAttention):
         if meta is None:  # profile and dummy runs: no sequences, o = 0
             output.zero_()
             return
-        plan = StepPlan.of(meta, self.prefix)
         state = self.kv_cache[0]                                      # [slots, H, d, d] fp32
+        plan = StepPlan.of(meta, self.prefix, state.shape[0])
         if plan.fresh is not None:
             state[plan.fresh] = 0  # a new sequence starts from S = 0, decodes included
         q, k, v = hidden_states.unbind(1)
         scale, decay = self.head_dim ** -0.5, self.decay(q.device)
         n_dec, n_pre_tok = plan.decodes, plan.prefill_tokens
         if n_dec:
-            output[:n_dec] = recurrent(q[:n_dec], k[:n_dec], v[:n_dec], decay, scale, state, plan.decode_slots)
+            recurrent(q[:n_dec], k[:n_dec], v[:n_dec], decay, scale, state, plan.decode_slots,
+                      out=output[:n_dec])
         if n_pre_tok:
             part = slice(n_dec, n_dec + n_pre_tok)
             q, k, v = (t[None, part].contiguous() for t in (q, k, v))
@@ -193,24 +194,26 @@ class RingLinearAttention(VllmLinearAttention):
                                cu_seqlens=plan.prefill_cu, output_final_state=True)
             state[plan.prefill_slots] = final
             output[part] = out[0]
-        output[n_dec + n_pre_tok:].zero_()  # padding rows, if any
+        if n_dec + n_pre_tok < output.shape[0]:
+            output[n_dec + n_pre_tok:].zero_()  # padding rows
 
 
 class StepPlan:
     """What every linear layer of one engine step needs from vLLM's linear-attention metadata
-    (one object for the step's layers): the state slots of the decodes and of the prefills,
-    the prefills' cumulative lengths, and the slots of sequences that start this step (their
-    context is empty) — computed once per step, not once per layer."""
+    (one object for the step's layers): the state slots of the decodes (a checked
+    :class:`~kernels.linear_attention.StateSlots`) and of the prefills, the prefills' cumulative
+    lengths, and the slots of sequences that start this step (their context is empty) —
+    computed once per step, not once per layer (every layer's state pool has the same slots)."""
 
     _last: tuple[object, "StepPlan"] | None = None  # (metadata, its plan): the current step's
 
     @classmethod
-    def of(cls, meta, prefix: str) -> "StepPlan":
+    def of(cls, meta, prefix: str, num_slots: int) -> "StepPlan":
         if cls._last is None or cls._last[0] is not meta:
-            cls._last = (meta, cls(meta, prefix))
+            cls._last = (meta, cls(meta, prefix, num_slots))
         return cls._last[1]
 
-    def __init__(self, meta, prefix: str):
+    def __init__(self, meta, prefix: str, num_slots: int):
         n_dec, n_pre = meta.num_decodes, meta.num_prefills
         if n_dec != meta.num_decode_tokens:
             raise RuntimeError(f"{prefix}: {meta.num_decode_tokens} decode tokens for {n_dec} decodes; "
@@ -223,7 +226,9 @@ class StepPlan:
         # vLLM's own helper only clears prefills; a 1-token prompt arrives as a decode, and a
         # stale slot gave |Δ log-prob| ≈ 1 in the probe (DESIGN §10)
         self.fresh = slots[fresh] if bool(fresh.any()) else None
-        self.decodes, self.decode_slots = n_dec, slots[:n_dec]
+        # read on the host once per step for the CPU path; the GPU kernel takes the tensor
+        self.decodes = n_dec
+        self.decode_slots = StateSlots(slots[:n_dec], n_dec, num_slots) if slots.device.type == "cpu" else slots[:n_dec]
         self.prefill_tokens, self.prefill_slots = meta.num_prefill_tokens, slots[n_dec:]
         self.prefill_cu = (starts[n_dec:] - starts[n_dec]).to(torch.int64)
 

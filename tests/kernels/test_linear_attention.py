@@ -42,6 +42,17 @@ def _triton_mode():
 
 
 TRITON = _triton_mode()
+recurrent_module = importlib.import_module("kernels.linear_attention.recurrent")
+
+
+@pytest.fixture(params=["compiled", "eager"])
+def cpu_decode(request, monkeypatch):
+    """The torch backend's one-token decode: the inductor-compiled step (default) or the eager
+    ops (its fallback, and the path for padding rows and several tokens per row)."""
+    if request.param == "eager":
+        monkeypatch.setitem(recurrent_module._COMPILED, "enabled", False)
+        monkeypatch.setitem(recurrent_module._COMPILED, "fn", None)
+    return request.param
 
 
 @pytest.fixture(params=["torch", "triton"])
@@ -222,7 +233,10 @@ def test_chunk_is_batch_and_length_invariant(backend):
 
 # ----------------------------------------------------------------------------- recurrent
 @pytest.mark.parametrize("tokens", [None, 3])  # None: [B, H, D] (one token), 3: [B, 3, H, D]
-def test_recurrent_matches_float64(backend, tokens):
+@pytest.mark.parametrize("slots", [[6, -1, 2, 0], [6, 1, 2, 0]], ids=["padding-row", "no-padding"])
+def test_recurrent_matches_float64(backend, tokens, slots, cpu_decode):
+    if backend == "triton" and cpu_decode == "eager":
+        pytest.skip("the CPU decode path does not apply to the Triton backend")
     torch.manual_seed(6)
     dev = _dev(backend)
     B, H, D = 4, 5, 128
@@ -231,7 +245,7 @@ def test_recurrent_matches_float64(backend, tokens):
     q, k, v = (_rand(*shape, dev=dev) for _ in range(3))
     pool = _rand(9, H, D, D, dev=dev)
     before = pool.clone()
-    idx = torch.tensor([6, -1, 2, 0], device=dev)        # -1: a padding row
+    idx = torch.tensor(slots, device=dev)                 # -1: a padding row
     o = la.recurrent(q, k, v, g, 0.2, pool, idx, backend=backend)
     assert o.shape == q.shape and o.dtype == q.dtype
     q4, k4, v4 = (x[:, None] if tokens is None else x for x in (q, k, v))
@@ -245,11 +259,13 @@ def test_recurrent_matches_float64(backend, tokens):
                                   output_final_state=True)
         assert rel(ob, ro[0]) < 1e-6
         assert rel(pool[slot], rs[0]) < 1e-6
-    untouched = [s for s in range(9) if s not in (6, 2, 0)]
+    untouched = [s for s in range(9) if s not in slots]
     assert torch.equal(pool[untouched], before[untouched])
 
 
-def test_recurrent_is_batch_invariant(backend):
+def test_recurrent_is_batch_invariant(backend, cpu_decode):
+    if backend == "triton" and cpu_decode == "eager":
+        pytest.skip("the CPU decode path does not apply to the Triton backend")
     torch.manual_seed(7)
     dev = _dev(backend)
     B, H, D = 16, 3, 64
@@ -281,6 +297,59 @@ def test_recurrent_on_a_pool_with_padded_slot_stride(backend):
     o_dense = la.recurrent(q, k, v, g, 0.3, dense, idx, backend=backend)
     assert torch.equal(o_padded, o_dense) and torch.equal(padded, dense)
     assert torch.equal(pages[:, H * D * D:], tail)
+
+
+@pytest.mark.parametrize("slots", [[7, 5, 3, 1], [2, 3, 4, 5], [6, 0, 4, 1], [8, -1, 2, 5]],
+                         ids=["descending", "ascending", "irregular", "padded"])
+def test_recurrent_state_slots_shared_by_layers(slots, cpu_decode):
+    """One StateSlots per engine step serves every layer (each its own pool): the results are
+    bitwise those of passing the index tensor, for each slot layout the CPU paths handle
+    (compiled step; eager: in-place view ascending or reversed, gather/scatter; padding rows),
+    with ``out`` given."""
+    torch.manual_seed(9)
+    B, H, D = 4, 3, 64
+    idx = torch.tensor(slots)
+    plan = la.StateSlots(idx, B, 9)
+    for layer in range(2):
+        g = la.layer_decay(H, layer, 2)
+        q, k, v = (_rand(B, H, D) for _ in range(3))
+        pool = _rand(9, H, D, D)
+        ref_pool, before = pool.clone(), pool.clone()
+        out = torch.full_like(q, float("nan"))
+        o = la.recurrent(q, k, v, g, 0.2, pool, plan, out=out)
+        ref = la.recurrent(q, k, v, g, 0.2, ref_pool, idx)
+        assert o is out and torch.equal(o, ref) and torch.equal(pool, ref_pool)
+        used = [x for x in slots if x >= 0]
+        assert not torch.equal(pool[used], before[used])  # the states did move
+    with pytest.raises(ValueError, match="StateSlots made for 4 rows of a 9-slot pool"):
+        la.recurrent(q, k, v, g, 0.2, _rand(10, H, D, D), plan)
+    with pytest.raises(ValueError, match="out of range"):
+        la.StateSlots(torch.tensor([7, 5, 3, 1]), B, 7)
+
+
+def test_compiled_decode_runs_and_its_failure_is_logged(monkeypatch, caplog):
+    """The torch backend's one-token decode runs the compiled step (not silently the eager
+    ops); if compiling fails, the eager ops take over with a warning and the same results."""
+    torch.manual_seed(10)
+    B, H, D = 3, 2, 64
+    g = la.layer_decay(H, 0, 2)
+    q, k, v = (_rand(B, H, D) for _ in range(3))
+    pool = _rand(5, H, D, D)
+    idx = torch.tensor([4, 0, 2])
+    expected_pool = pool.clone()
+    expected = la.recurrent(q, k, v, g, 0.3, expected_pool, idx)
+    assert recurrent_module._COMPILED["enabled"] and recurrent_module._COMPILED["fn"] is not None
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setitem(recurrent_module._COMPILED, "fn", broken)
+    monkeypatch.setitem(recurrent_module._COMPILED, "enabled", True)  # both restored afterwards
+    with caplog.at_level("WARNING", logger="kernels.linear_attention.recurrent"):
+        o = la.recurrent(q, k, v, g, 0.3, pool, idx)
+    assert "compiled CPU decode step failed" in caplog.text and "no C++ compiler" in caplog.text
+    assert not recurrent_module._COMPILED["enabled"]
+    assert rel(o, expected) < 1e-6 and rel(pool, expected_pool) < 1e-6
 
 
 # ----------------------------------------------------------------------------- validation
