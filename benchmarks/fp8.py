@@ -28,12 +28,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from kernels.fp8 import (  # noqa: E402
+    FP8_DTYPE,
     FP8Linear,
     fp8_gemm,
     quantize_act,
     quantize_act_both,
     quantize_act_t,
     quantize_weight,
+    quantize_weight_t,
     rmsnorm_quant,
     silu_mul_quant,
 )
@@ -55,6 +57,9 @@ QUANT_CONFIGS = {  # mode -> [(BLOCK_M, BLOCK_K, num_warps)]; 2026-11-26 sweeps 
 }
 # The Gluon kernel (kernels/fp8/quantize_hopper.py), every mode: ("gluon", STAGES, programs per SM).
 QUANT_GLUON_CONFIGS = [("gluon", 2, 2), ("gluon", 1, 2), ("gluon", 3, 1)]  # (STAGES, per SM)
+# The weight quantizer: "triton" or ("gluon", STAGES, programs per SM, warps).
+WEIGHT_CONFIGS = ["triton", ("gluon", 2, 2, 8), ("gluon", 3, 1, 8), ("gluon", 2, 3, 8),
+                  ("gluon", 1, 4, 8), ("gluon", 2, 2, 4), ("gluon", 2, 4, 4)]
 FUSED_CONFIGS = {  # op -> [(rows per program, num_warps)]
     "rmsnorm": [(2, 8), (1, 4), (1, 8), (4, 8), (2, 4)],
     "silu": [(4, 4), (2, 4), (1, 4), (8, 8), (4, 8)],
@@ -341,6 +346,7 @@ def bandwidth_section(dev, copy_bw) -> None:
         row("quantize_act_t", f"{m}x{k}", lambda xx=x: quantize_act_t(xx), m * k * 3 + sc, x)
         row("quantize_act_both", f"{m}x{k}", lambda xx=x: quantize_act_both(xx), m * k * 4 + 2 * sc, x)
         row("quantize_weight", f"{m}x{k}", lambda xx=x: quantize_weight(xx), m * k * 3, x)
+        row("quantize_weight_t", f"{m}x{k}", lambda xx=x: quantize_weight_t(xx), m * k * 3, x)
     from kernels.fp8.quantize import _quant_act_triton
 
     for m, k in ((8192, 2048), (8192, 5120), (16384, 7168)):
@@ -383,10 +389,37 @@ def bandwidth_section(dev, copy_bw) -> None:
     say()
 
 
+def weight_section(dev, copy_bw) -> None:
+    """quantize_weight / quantize_weight_t per kernel config: graph ÷ copy, bits vs Triton."""
+    from kernels.fp8.quantize import _quant_weight_triton
+
+    say(f"## weight quantizer, 128×128 blocks (copy {copy_bw / 1e12:.2f} TB/s; graph ÷ copy, "
+        "bytes 3·N·K; '!' = bits differ from the Triton kernel)")
+    for n, k in ((8192, 2048), (5120, 2048), (16384, 7168)):
+        ws = rotating(torch.randn(n, k, device=dev, dtype=torch.bfloat16))
+        for transposed in (False, True):
+            want = _quant_weight_triton(ws[0], False, transposed, "triton")
+            per = {}
+            for cfg in WEIGHT_CONFIGS:
+                try:
+                    got = _quant_weight_triton(ws[0], False, transposed, cfg)
+                    same = all(torch.equal(a.view(torch.uint8) if a.dtype == FP8_DTYPE else a,
+                                           b.view(torch.uint8) if b.dtype == FP8_DTYPE else b)
+                               for a, b in zip(got, want))
+                    t = bench_graph(lambda w: _quant_weight_triton(w, False, transposed, cfg), ws)
+                    per[str(cfg)] = f"{n * k * 3 / (t * 1e-3) / copy_bw:.2f}{'' if same else '!'}"
+                except Exception as e:  # out of shared memory etc.
+                    per[str(cfg)] = f"fail {type(e).__name__}"
+            fn = quantize_weight_t if transposed else quantize_weight
+            t = bench(lambda: fn(ws[0]))
+            say(f"  {'W^T' if transposed else 'W'} {n}x{k}: default do_bench {t * 1e3:.1f} us "
+                f"({n * k * 3 / (t * 1e-3) / copy_bw:.2f}); graph: {per}")
+        del ws
+    say()
+
+
 def linear_step_parts(x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor) -> dict:
     """The launches of one FP8Linear fwd+bwd step, in order, as callables on fixed inputs."""
-    from kernels.fp8 import quantize_weight_t
-
     xq, xs, xqt, xst = quantize_act_both(x)
     wq, ws = quantize_weight(weight)
     dyq, dys, dyqt, dyst = quantize_act_both(dy)
@@ -537,7 +570,7 @@ def lm_head_section(dev) -> None:
     say()
 
 
-SECTIONS = ("correctness", "gemm", "bw", "linear", "lm", "ws")
+SECTIONS = ("correctness", "gemm", "bw", "linear", "lm", "ws", "wq")
 
 
 def ws_probe(dev) -> None:
@@ -581,8 +614,9 @@ def main() -> None:
         "linear": lambda: linear_section(dev),
         "lm": lambda: lm_head_section(dev),
         "ws": lambda: ws_probe(dev),
+        "wq": lambda: weight_section(dev, RESULTS["copy_bw"]),
     }
-    if dev == "cuda" and "bw" in sections:
+    if dev == "cuda" and ("bw" in sections or "wq" in sections):
         RESULTS["copy_bw"] = copy_bandwidth(dev)
         say(f"copy bandwidth: {RESULTS['copy_bw'] / 1e12:.2f} TB/s (1 GiB bf16 copy_, read+write)")
     for key in sections:

@@ -213,7 +213,7 @@ def _empty_transposed(rows: int, cols: int, device) -> tuple[torch.Tensor, torch
 _QUANT_CFG = {"row": (32, 128, 4), "col": (128, 64, 4), "both": (128, 128, 8, 128)}
 # Modes that run the Gluon kernel (quantize_hopper.py) on Hopper when TMA can load x; the row
 # mode stays on Triton (0.89-0.95 of copy vs 0.73-0.94 for Gluon on an H100, BENCHMARKS.md).
-_GLUON_MODES = {"col", "both"}
+_GLUON_MODES = {"col", "both", "weight", "weight_t"}
 _gluon_logged: set = set()
 
 
@@ -305,7 +305,10 @@ def quantize_act_both(x: torch.Tensor, pow2_scale: bool = False, *, backend: str
     return _quantize_act("quantize_act_both", x, pow2_scale, backend, True, True)
 
 
-def _quant_weight_triton(w: torch.Tensor, pow2_scale: bool, transposed: bool):
+def _quant_weight_triton(w: torch.Tensor, pow2_scale: bool, transposed: bool, cfg=None):
+    """GPU / interpreter path of quantize_weight(_t): the Gluon kernel on Hopper (see _use_gluon;
+    cfg "gluon" or ("gluon", STAGES, per SM, warps) asks for it, "triton" for Triton), else the
+    Triton kernel."""
     n, k = w.shape
     nb, kb = _cdiv(n, BLOCK), _cdiv(k, BLOCK)
     if transposed:  # q [K, N], scale [Kb, Nb]
@@ -316,6 +319,12 @@ def _quant_weight_triton(w: torch.Tensor, pow2_scale: bool, transposed: bool):
         q = out = torch.empty(n, k, dtype=FP8_DTYPE, device=w.device)
         s = torch.empty(nb, kb, dtype=torch.float32, device=w.device)
         s_n, s_k = s.stride(0), s.stride(1)
+    if w.is_cuda and _use_gluon(w, "weight_t" if transposed else "weight", cfg):
+        from .quantize_hopper import quant_weight_gluon
+
+        quant_weight_gluon(w, None if transposed else q, q if transposed else None, s, pow2_scale,
+                           None if cfg in (None, "gluon") else cfg[1:])
+        return q, s
     launch(_quant_weight_kernel, (nb, kb), w, out, s, out, n, k, _cdiv(n, 4), w.stride(0), w.stride(1), out.stride(0),
                                    out.stride(0), s_n, s_k, POW2=pow2_scale,
                                    DIRECT=not transposed, TRANSPOSED=transposed, num_warps=8)

@@ -128,6 +128,85 @@ if HAS_GLUON:
             mbarrier.invalidate(ready.index(i))
 
     @gluon.jit
+    def _quant_weight_gluon_kernel(
+        w_desc, qt_desc, q_ptr, s_ptr,
+        N, K, stride_qn, stride_sn, stride_sk,
+        DIRECT: gl.constexpr, TRANSPOSED: gl.constexpr, POW2: gl.constexpr,
+        STAGES: gl.constexpr, num_warps: gl.constexpr,
+    ):
+        # 128×128 blocks on the same persistent TMA ring as _quant_act_gluon_kernel. One scale per
+        # block, so the block's amax must be known before any value is quantized: pass 1 reads
+        # the ring slot for the amax (an elementwise running max over row chunks in registers,
+        # then one CTA-wide reduction), pass 2 reads it again and quantizes (shared memory is
+        # read at ~10× the rate HBM fills it: the second read is cheap). DIRECT writes q [N, K]
+        # from registers (ROW layout, 8-byte stores); TRANSPOSED writes Wᵀ's q [K, N] through a
+        # staging tile and a TMA store (COL layout, as the act kernel's qt). Scale [Nb, Kb] or
+        # its transpose, by the strides.
+        BF16_IN: gl.constexpr = w_desc.dtype == gl.bfloat16
+        RB: gl.constexpr = 4 * num_warps
+        ROW: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
+        COL: gl.constexpr = gl.BlockedLayout([16, 2], [1, 32], [num_warps, 1], [0, 1])
+
+        pid = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        kt = gl.cdiv(K, 128)
+        n_tiles = gl.cdiv(N, 128) * kt
+        my_tiles = gl.cdiv(n_tiles - pid, nprog)
+
+        w_smem = gl.allocate_shared_memory(w_desc.dtype, [2 * STAGES, 128, 64], w_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        if TRANSPOSED:
+            qt_smem = gl.allocate_shared_memory(gl.float8e4nv, [2, 128, 128], qt_desc.layout)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+        fence_async_shared()
+        for i in gl.static_range(STAGES):
+            _load_tile(w_desc, w_smem, ready, i, pid + i * nprog, kt, i < my_tiles)
+
+        for it in range(my_tiles):
+            slot = it % STAGES
+            t = pid + it * nprog
+            off_n = (t // kt) * 128
+            off_k = (t % kt) * 128
+            mbarrier.wait(ready.index(slot), (it // STAGES) & 1)
+            amax = gl.zeros([RB, 64], gl.float32, ROW)  # TMA zero-filled the padding: max ≥ 0
+            for h in gl.static_range(2):
+                for r in gl.static_range(128 // RB):
+                    x = w_smem.index(2 * slot + h).slice(RB * r, RB, dim=0).load(ROW)
+                    amax = gl.maximum(amax, gl.abs(x.to(gl.float32)))
+            amax_rows = gl.max(amax, axis=1)
+            s, b, c, inv = tile_scale(gl.max(amax_rows, axis=0), POW2)  # scalars: one block
+            one = gl.arange(0, RB, layout=gl.SliceLayout(1, ROW))  # the scale by one lane
+            gl.store(s_ptr + (off_n // 128) * stride_sn + (off_k // 128) * stride_sk + one * 0,
+                     s + amax_rows * 0, mask=one == 0)
+            if DIRECT:
+                for h in gl.static_range(2):
+                    for r in gl.static_range(128 // RB):
+                        x = w_smem.index(2 * slot + h).slice(RB * r, RB, dim=0).load(ROW).to(gl.float32)
+                        rows = off_n + RB * r + gl.arange(0, RB, layout=gl.SliceLayout(1, ROW))
+                        cols = off_k + 64 * h + gl.arange(0, 64, layout=gl.SliceLayout(0, ROW))
+                        gl.store(q_ptr + rows[:, None] * stride_qn + cols[None, :],
+                                 to_e4m3(x, b, c, inv, BF16_IN),
+                                 mask=(rows[:, None] < N) & (cols[None, :] < K))
+            if TRANSPOSED:  # as the act kernel's qt: staging tile [128 k, 128 n], TMA store
+                buf = qt_smem.index(it % 2)
+                for h in gl.static_range(2):
+                    x = w_smem.index(2 * slot + h).load(COL).to(gl.float32)
+                    buf.slice(64 * h, 64, dim=0).permute((1, 0)).store(to_e4m3(x, b, c, inv, BF16_IN))
+                fence_async_shared()
+                gl.thread_barrier()
+                tma.async_copy_shared_to_global(qt_desc, [off_k, off_n], buf)
+                tma.store_wait(pendings=1)
+            gl.thread_barrier()  # every warp is done with this slot: refill it
+            fence_async_shared()
+            _load_tile(w_desc, w_smem, ready, slot, t + STAGES * nprog, kt, it + STAGES < my_tiles)
+
+        if TRANSPOSED:
+            tma.store_wait(pendings=0)
+        for i in gl.static_range(STAGES):
+            mbarrier.invalidate(ready.index(i))
+
+    @gluon.jit
     def _load_tile(x_desc, x_smem, ready, slot, t, kt, pred):
         # Tile t's two 128×64 halves into ring slot `slot` (no-op when pred is false).
         bar = ready.index(slot)
@@ -198,3 +277,26 @@ def quant_act_gluon(x: torch.Tensor, q, s, qt, st, rowwise: bool, colwise: bool,
     launch(_quant_act_gluon_kernel, (min(tiles, per_sm * _num_sms(dev)),),
            x_desc, qt_desc, q, s, st, m, k, q.stride(0), s.stride(1), st.stride(1),
            ROWWISE=rowwise, COLWISE=colwise, POW2=pow2, STAGES=stages, num_warps=8)
+
+
+# (STAGES, programs per SM, warps) of the weight kernel.
+_GLUON_WEIGHT_CFG = (2, 2, 8)
+
+
+def quant_weight_gluon(w: torch.Tensor, q, qt, s, pow2: bool, cfg: tuple | None = None) -> None:
+    """128×128 block quantization of w [N, K] into q [N, K] (DIRECT) or qt [K, N] (Wᵀ, rows
+    padded to 16 bytes), whichever is not None, and s ([Nb, Kb], or [Kb, Nb] with qt); the
+    caller checked ``gluon_quant_supported(w)``. cfg: (STAGES, programs per SM, warps)."""
+    n, k = w.shape
+    stages, per_sm, warps = cfg or _GLUON_WEIGHT_CFG
+    dev = w.device.index if w.device.index is not None else torch.cuda.current_device()
+    w_desc = TensorDescriptor.from_tensor(w, [128, 64], _tile_layout(w.dtype))
+    if qt is not None:  # s is Wᵀ's [Kb, Nb]
+        qt_desc = TensorDescriptor.from_tensor(qt, [128, 128], _qt_layout())
+        q_arg, s_n, s_k = qt, s.stride(1), s.stride(0)
+    else:  # stand-ins for the unused transposed output (its branch is compiled out)
+        qt_desc, q_arg, s_n, s_k = w_desc, q, s.stride(0), s.stride(1)
+    tiles = _cdiv(n, 128) * _cdiv(k, 128)
+    launch(_quant_weight_gluon_kernel, (min(tiles, per_sm * _num_sms(dev)),),
+           w_desc, qt_desc, q_arg, s, n, k, q_arg.stride(0), s_n, s_k,
+           DIRECT=q is not None, TRANSPOSED=qt is not None, POW2=pow2, STAGES=stages, num_warps=warps)

@@ -208,6 +208,34 @@ def test_quantize_gluon_hard_inputs_bitwise(dtype, pow2, poison_empty):
         _quant_act_triton(hard[:8, :512].float().cuda(), True, True, pow2, "gluon")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+                    reason="the Gluon quantizer is sm_90-only and the interpreter cannot run Gluon; "
+                    "verified on an H100 (BENCHMARKS.md, FP8)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("pow2", [False, True])
+def test_quantize_weight_gluon_hard_inputs_bitwise(dtype, pow2, poison_empty):
+    """quantize_hopper's 128×128 weight kernel (quantize_weight / _t) against the PyTorch path:
+    the hard input plus an all-zero block and a block of only subnormal values (scale < 2^-64),
+    partial blocks, N < 16, and 1024 blocks (the ring and staging buffers wrap)."""
+    from kernels.fp8.quantize import _quant_weight_triton
+
+    hard = _hard_quant_input(dtype)
+    hard[256:384, :128] = 0
+    hard[256:384, 128:256] *= 2.0**-140  # fp16: underflows to zeros, another all-zero block
+    big = make_input(2048, 8192, dtype=dtype, seed=71)
+    cases = [hard[:m, :k] for m, k in ((384, 640), (301, 520), (7, 200), (129, 136))] + [big]
+    for w in cases:
+        wc = w.cuda()
+        wq, ws = R.quantize_weight_ref(w, pow2)
+        for cfg in ("gluon", ("gluon", 1, 3, 8), ("gluon", 3, 1, 8), ("gluon", 2, 2, 4)):
+            for got, want in zip(_quant_weight_triton(wc, pow2, False, cfg), (wq, ws)):
+                assert_bitwise(got.cpu(), want)
+            for got, want in zip(_quant_weight_triton(wc, pow2, True, cfg), (wq.t(), ws.t())):
+                assert_bitwise(got.cpu(), want.contiguous())
+    with pytest.raises(ValueError, match="TMA"):  # 517·2 bytes: rows not 16-byte aligned
+        _quant_weight_triton(hard[:8, :517].cuda(), pow2, False, "gluon")
+
+
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
 def test_fused_quantization_hard_inputs_bitwise(out_dtype, poison_empty):
     x = _hard_quant_input(torch.float32).to(_DEV)[:, :512]
