@@ -56,10 +56,13 @@ QUANT_CONFIGS = {  # mode -> [(BLOCK_M, BLOCK_K, num_warps)]; 2026-11-26 sweeps 
     "both": [(128, 128, 8), (128, 128, 8, 128)],  # 4th: maxnreg (2 blocks per SM, some spills)
 }
 # The Gluon kernel (kernels/fp8/quantize_hopper.py), every mode: ("gluon", STAGES, programs per SM).
-QUANT_GLUON_CONFIGS = [("gluon", 2, 2), ("gluon", 1, 2), ("gluon", 3, 1)]  # (STAGES, per SM)
+# (STAGES, per SM[, register cap]): capped at 80 registers (no spills, ptxas) 3 programs of one
+# stage fit an SM.
+QUANT_GLUON_CONFIGS = [("gluon", 2, 2), ("gluon", 1, 2), ("gluon", 3, 1), ("gluon", 1, 3, 80),
+                       ("gluon", 1, 4, 80), ("gluon", 1, 5, 80), ("gluon", 2, 3, 80)]
 # The weight quantizer: "triton" or ("gluon", STAGES, programs per SM, warps).
-WEIGHT_CONFIGS = ["triton", ("gluon", 2, 2, 8), ("gluon", 3, 1, 8), ("gluon", 2, 3, 8),
-                  ("gluon", 1, 4, 8), ("gluon", 2, 2, 4), ("gluon", 2, 4, 4)]
+WEIGHT_CONFIGS = ["triton", ("gluon", 1, 4, 8), ("gluon", 2, 2, 8), ("gluon", 3, 1, 8),
+                  ("gluon", 1, 3, 8), ("gluon", 1, 5, 8), ("gluon", 2, 2, 4)]
 FUSED_CONFIGS = {  # op -> [(rows per program, num_warps)]
     "rmsnorm": [(2, 8), (1, 4), (1, 8), (4, 8), (2, 4)],
     "silu": [(4, 4), (2, 4), (1, 4), (8, 8), (4, 8)],

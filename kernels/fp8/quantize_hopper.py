@@ -7,9 +7,10 @@ the same ``tile_scale`` / ``to_e4m3`` code. What differs is how a 128×128 tile 
 registers and how qt leaves, which kept the Triton kernel at 0.45-0.74 of copy bandwidth
 (BENCHMARKS.md, "## FP8"):
 
-- Persistent programs (two per SM) each keep STAGES tiles in flight: TMA copies the next tiles
-  into a shared-memory ring while the warps quantize the current one (the Triton kernel holds
-  one tile per program, and with 165 registers one program per SM: the SM idled on memory).
+- Persistent programs (2-3 resident per SM, _GLUON_CFG) each keep STAGES tiles in flight: TMA
+  copies the next tiles into a shared-memory ring while the warps quantize the current one (the
+  Triton kernel holds one tile per program, and with 165 registers one program per SM: the SM
+  idled on memory).
 - Each direction reads the tile from shared memory in its own register layout, so that its
   reduction needs no shared-memory round trip of the data:
   ROW (along K → q [M, K]): a thread owns 8 values of a row in each 64-column half (8 lanes
@@ -21,6 +22,8 @@ registers and how qt leaves, which kept the Triton kernel at 0.45-0.74 of copy b
   each warp store touched 32 qt rows: 0.67 of copy vs 0.82, BENCHMARKS.md).
 - Tiles arrive as two 128×64 halves (128-byte rows, 128B swizzle): both layouts read shared
   memory without bank conflicts (unswizzled 256-byte rows made ldmatrix 8-way conflicted).
+``_quant_weight_gluon_kernel`` runs ``quantize_weight`` / ``quantize_weight_t`` (128×128 blocks)
+on the same ring: one amax per block, then the ROW pass (q) or the COL pass (Wᵀ's q).
 GPU-only (Gluon has no interpreter): the Triton kernel is the interpreter path and the
 fallback (logged) where this one cannot run (fp32 x, rows TMA cannot load).
 """
@@ -249,10 +252,15 @@ def gluon_quant_supported(x: torch.Tensor) -> str | None:
     return None
 
 
-# (STAGES, programs per SM): two programs of 8 warps per SM, each with a 2-tile ring (2 × 32 KiB)
-# and 2 qt staging tiles (2 × 16 KiB): 0.67-0.83 of copy for both ways, vs 0.57-0.67 with one
-# program of 3 stages (a CTA-wide barrier stalls the whole SM when it is alone; BENCHMARKS.md).
-_GLUON_CFG = (2, 2)
+# (STAGES, programs per SM[, register cap]) by rowwise. Transposed only: capped at 80 registers
+# (no spills), three programs of one stage (32 KiB ring slot + 2 × 16 KiB qt staging) fit an SM,
+# and five per SM are asked for: the programs beyond the resident three start as those finish,
+# so the last round is finer. Both ways: two programs of two stages (99 registers). Graph ÷ copy
+# on an H100, two runs, at 8192×2048 / 8192×5120 / 16384×7168 (BENCHMARKS.md):
+#   col  (1, 5, 80) 0.75-0.76 / 0.82-0.83 / 0.83-0.85   (2, 2) 0.73-0.74 / 0.79 / 0.79
+#   both (1, 5, 80) 0.70-0.71 / 0.78      / 0.81        (2, 2) 0.68-0.69 / 0.77 / 0.83
+# One program of 3 stages: 0.62-0.83 (a CTA-wide barrier stalls the whole SM when it is alone).
+_GLUON_CFG = {True: (2, 2), False: (1, 5, 80)}
 
 
 @functools.cache
@@ -264,11 +272,11 @@ def quant_act_gluon(x: torch.Tensor, q, s, qt, st, rowwise: bool, colwise: bool,
                     cfg: tuple | None = None) -> None:
     """Fill the outputs allocated by ``quantize._quant_act_triton`` (same layouts; qt [K, M]
     with rows padded to 16 bytes); the caller checked ``gluon_quant_supported``.
-    cfg: (STAGES, programs per SM), default _GLUON_CFG."""
+    cfg: (STAGES, programs per SM[, register cap]), default _GLUON_CFG."""
     if not colwise:  # (it would run, but the Triton row kernel is faster: BENCHMARKS.md)
         raise ValueError("the Gluon quantizer writes qt: quantize_act_t or quantize_act_both")
     m, k = x.shape
-    stages, per_sm = cfg or _GLUON_CFG
+    stages, per_sm, *maxnreg = cfg or _GLUON_CFG[rowwise]
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
     q, s = (q, s) if rowwise else (qt, st)  # stand-ins for quantize_act_t (never written)
     x_desc = TensorDescriptor.from_tensor(x, [128, 64], _tile_layout(x.dtype))
@@ -276,11 +284,17 @@ def quant_act_gluon(x: torch.Tensor, q, s, qt, st, rowwise: bool, colwise: bool,
     tiles = _cdiv(m, 128) * _cdiv(k, 128)
     launch(_quant_act_gluon_kernel, (min(tiles, per_sm * _num_sms(dev)),),
            x_desc, qt_desc, q, s, st, m, k, q.stride(0), s.stride(1), st.stride(1),
-           ROWWISE=rowwise, COLWISE=colwise, POW2=pow2, STAGES=stages, num_warps=8)
+           ROWWISE=rowwise, COLWISE=colwise, POW2=pow2, STAGES=stages, num_warps=8,
+           **({"maxnreg": maxnreg[0]} if maxnreg else {}))
 
 
-# (STAGES, programs per SM, warps) of the weight kernel.
-_GLUON_WEIGHT_CFG = (2, 2, 8)
+# (STAGES, programs per SM, warps) of the weight kernel, per output. q [N, K]: one program per SM
+# with a 3-tile ring; Wᵀ: one stage and 5 programs per SM asked (3 fit in shared memory, 64 KiB
+# each with the qt staging tiles; the rest start as those finish: a finer last round). Graph ÷
+# copy on an H100 (three runs) at 8192×2048 / 5120×2048 / 16384×7168: q 0.80-0.82 / 0.81-0.83 /
+# 0.82-0.83, Wᵀ 0.83-0.84 / 0.83-0.84 / 0.87; (2, 2, 8): 0.79-0.81 / 0.73-0.74 / 0.83-0.84 and
+# 0.80 / 0.68-0.70 / 0.80-0.81; Triton 0.64 / 0.63 / 0.72 and 0.58 / 0.54 / 0.65 (BENCHMARKS.md).
+_GLUON_WEIGHT_CFG = {False: (3, 1, 8), True: (1, 5, 8)}  # by transposed
 
 
 def quant_weight_gluon(w: torch.Tensor, q, qt, s, pow2: bool, cfg: tuple | None = None) -> None:
@@ -288,7 +302,7 @@ def quant_weight_gluon(w: torch.Tensor, q, qt, s, pow2: bool, cfg: tuple | None 
     padded to 16 bytes), whichever is not None, and s ([Nb, Kb], or [Kb, Nb] with qt); the
     caller checked ``gluon_quant_supported(w)``. cfg: (STAGES, programs per SM, warps)."""
     n, k = w.shape
-    stages, per_sm, warps = cfg or _GLUON_WEIGHT_CFG
+    stages, per_sm, warps = cfg or _GLUON_WEIGHT_CFG[qt is not None]
     dev = w.device.index if w.device.index is not None else torch.cuda.current_device()
     w_desc = TensorDescriptor.from_tensor(w, [128, 64], _tile_layout(w.dtype))
     if qt is not None:  # s is Wᵀ's [Kb, Nb]
