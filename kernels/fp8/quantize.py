@@ -1,7 +1,8 @@
 """Block-scaled FP8 quantization: activations 1×128, weights 128×128, and the transposed forms.
 
 Public functions (dispatch: CUDA → Triton, CPU → PyTorch in ``reference.py``; same bits; on
-Hopper ``quantize_act_t`` / ``quantize_act_both`` run the Gluon kernel in ``quantize_hopper.py``):
+Hopper ``quantize_act_t`` / ``quantize_act_both`` and the two weight quantizers run the Gluon
+kernels in ``quantize_hopper.py``):
 
 - ``quantize_act(x)``      x [M, K]  → q [M, K] e4m3, scale [M, ceil(K/128)] fp32 (tiles along K)
 - ``quantize_act_t(x)``    x [M, K]  → q [K, M] e4m3, scale [K, ceil(M/128)] fp32 (tiles along M),
@@ -211,8 +212,9 @@ def _empty_transposed(rows: int, cols: int, device) -> tuple[torch.Tensor, torch
 # "both" holds 64 fp32 values per thread plus both outputs: capped at 128 registers it runs two
 # blocks per SM (a few spills) and beats one block at 165 registers (0.56 vs 0.46 of copy).
 _QUANT_CFG = {"row": (32, 128, 4), "col": (128, 64, 4), "both": (128, 128, 8, 128)}
-# Modes that run the Gluon kernel (quantize_hopper.py) on Hopper when TMA can load x; the row
+# Modes that run the Gluon kernels (quantize_hopper.py) on Hopper when TMA can load x; the row
 # mode stays on Triton (0.89-0.95 of copy vs 0.73-0.94 for Gluon on an H100, BENCHMARKS.md).
+# Weights: 0.80-0.87 of copy vs Triton's 0.54-0.72 (BENCHMARKS.md, session 6).
 _GLUON_MODES = {"col", "both", "weight", "weight_t"}
 _gluon_logged: set = set()
 

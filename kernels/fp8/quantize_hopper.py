@@ -1,4 +1,4 @@
-"""Hopper (sm_90) 1×128 activation quantization in Gluon: TMA-fed, persistent, explicit layouts.
+"""Hopper (sm_90) FP8 quantization in Gluon (1×128 activations, 128×128 weights): TMA-fed, persistent.
 
 For ``quantize_act_t`` and ``quantize_act_both`` (the transposed forms: the backward pass's
 dy and the forward's x). Same outputs, bit for bit, as ``quantize._quant_act_kernel`` and so as
