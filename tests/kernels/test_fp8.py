@@ -178,9 +178,13 @@ def test_quantize_hard_inputs_bitwise(dtype, pow2, poison_empty):
             assert_bitwise(got.cpu(), ref)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
-                    reason="the Gluon quantizer is sm_90-only and the interpreter cannot run Gluon; "
-                    "verified on an H100 (BENCHMARKS.md, FP8)")
+needs_gluon_quantizer = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+    reason="the Gluon quantizer is sm_90-only and the interpreter cannot run Gluon; verified on an "
+    "H100 (BENCHMARKS.md, FP8)")
+
+
+@needs_gluon_quantizer
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("pow2", [False, True])
 def test_quantize_gluon_hard_inputs_bitwise(dtype, pow2, poison_empty):
@@ -209,9 +213,7 @@ def test_quantize_gluon_hard_inputs_bitwise(dtype, pow2, poison_empty):
         _quant_act_triton(hard[:8, :512].float().cuda(), True, True, pow2, "gluon")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
-                    reason="the Gluon quantizer is sm_90-only and the interpreter cannot run Gluon; "
-                    "verified on an H100 (BENCHMARKS.md, FP8)")
+@needs_gluon_quantizer
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("pow2", [False, True])
 def test_quantize_weight_gluon_hard_inputs_bitwise(dtype, pow2, poison_empty):
