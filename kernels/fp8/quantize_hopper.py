@@ -68,21 +68,9 @@ if HAS_GLUON:
         ROW: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
         COL: gl.constexpr = gl.BlockedLayout([16, 2], [1, 32], [num_warps, 1], [0, 1])
 
-        pid = gl.program_id(0)
-        nprog = gl.num_programs(0)
-        kt = gl.cdiv(K, 128)
-        n_tiles = gl.cdiv(M, 128) * kt
-        my_tiles = gl.cdiv(n_tiles - pid, nprog)
-
-        x_smem = gl.allocate_shared_memory(x_desc.dtype, [2 * STAGES, 128, 64], x_desc.layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        x_smem, ready, pid, nprog, kt, my_tiles = _ring_start(x_desc, M, K, STAGES)
         if COLWISE:  # two staging tiles: one drains to global while the other is filled
             qt_smem = gl.allocate_shared_memory(gl.float8e4nv, [2, 128, 128], qt_desc.layout)
-        for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
-        fence_async_shared()
-        for i in gl.static_range(STAGES):
-            _load_tile(x_desc, x_smem, ready, i, pid + i * nprog, kt, i < my_tiles)
 
         for it in range(my_tiles):
             slot = it % STAGES
@@ -150,21 +138,9 @@ if HAS_GLUON:
         ROW: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [num_warps, 1], [1, 0])
         COL: gl.constexpr = gl.BlockedLayout([16, 2], [1, 32], [num_warps, 1], [0, 1])
 
-        pid = gl.program_id(0)
-        nprog = gl.num_programs(0)
-        kt = gl.cdiv(K, 128)
-        n_tiles = gl.cdiv(N, 128) * kt
-        my_tiles = gl.cdiv(n_tiles - pid, nprog)
-
-        w_smem = gl.allocate_shared_memory(w_desc.dtype, [2 * STAGES, 128, 64], w_desc.layout)
-        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        w_smem, ready, pid, nprog, kt, my_tiles = _ring_start(w_desc, N, K, STAGES)
         if TRANSPOSED:
             qt_smem = gl.allocate_shared_memory(gl.float8e4nv, [2, 128, 128], qt_desc.layout)
-        for i in gl.static_range(STAGES):
-            mbarrier.init(ready.index(i), count=1)
-        fence_async_shared()
-        for i in gl.static_range(STAGES):
-            _load_tile(w_desc, w_smem, ready, i, pid + i * nprog, kt, i < my_tiles)
 
         for it in range(my_tiles):
             slot = it % STAGES
@@ -208,6 +184,26 @@ if HAS_GLUON:
             tma.store_wait(pendings=0)
         for i in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(i))
+
+    @gluon.jit
+    def _ring_start(x_desc, M, K, STAGES: gl.constexpr):
+        # The persistent TMA ring both kernels run on: program p takes the tiles p, p + P,
+        # p + 2P, ... of x [M, K] in 128×128 units (my_tiles of them; tile t is at 128·(t // kt),
+        # 128·(t % kt)) through STAGES ring slots of two 128×64 halves, each slot with its
+        # mbarrier. Allocates the ring, initialises the barriers and issues the first STAGES
+        # loads. Returns (ring, barriers, pid, P, kt, my_tiles).
+        pid = gl.program_id(0)
+        nprog = gl.num_programs(0)
+        kt = gl.cdiv(K, 128)
+        my_tiles = gl.cdiv(gl.cdiv(M, 128) * kt - pid, nprog)
+        x_smem = gl.allocate_shared_memory(x_desc.dtype, [2 * STAGES, 128, 64], x_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(STAGES):
+            mbarrier.init(ready.index(i), count=1)
+        fence_async_shared()
+        for i in gl.static_range(STAGES):
+            _load_tile(x_desc, x_smem, ready, i, pid + i * nprog, kt, i < my_tiles)
+        return x_smem, ready, pid, nprog, kt, my_tiles
 
     @gluon.jit
     def _load_tile(x_desc, x_smem, ready, slot, t, kt, pred):
