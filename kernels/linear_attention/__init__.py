@@ -6,6 +6,8 @@ Public API (shared by the trainer and the vLLM-side model):
 
 * :func:`chunk` — training and prefill, ``[B, T, H, D]`` or packed varlen, autograd.
 * :func:`recurrent` — decode, one (or a few) tokens per sequence, state pool updated in place.
+* :func:`decode_packed` — the engine's CPU decode step: q, k, v packed as the model projects
+  them, slots checked once per step (:class:`StateSlots`), the C kernel with no per-call copies.
 * :func:`layer_decay`, :func:`alibi_slopes`, :func:`layer_factor` — the per-head log-decay.
 * :func:`naive_recurrence` — the float64-capable token-loop reference (tests only).
 
@@ -32,7 +34,7 @@ import torch
 from .chunk_torch import CHUNK, chunk_torch
 from .decay import alibi_slopes, layer_decay, layer_factor
 from .naive import naive_recurrence
-from .recurrent import StateSlots, recurrent_torch
+from .recurrent import StateSlots, decode_packed, recurrent_torch
 
 try:  # the Triton kernels; imported here (not lazily) so that the submodule name ``chunk``
     # never shadows the function ``chunk`` defined below.  CPU-only installs may lack triton.
@@ -40,7 +42,7 @@ try:  # the Triton kernels; imported here (not lazily) so that the submodule nam
 except ImportError:  # pragma: no cover
     _triton_chunk = None
 
-__all__ = ["chunk", "recurrent", "StateSlots", "alibi_slopes", "layer_decay", "layer_factor",
+__all__ = ["chunk", "recurrent", "decode_packed", "StateSlots", "alibi_slopes", "layer_decay", "layer_factor",
            "naive_recurrence", "CHUNK_SIZE"]
 
 CHUNK_SIZE = CHUNK

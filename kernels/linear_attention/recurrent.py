@@ -12,16 +12,20 @@ Two implementations: ``recurrent_torch`` (CPU path, vectorised over the batch) a
 kernel ``recurrent_triton`` (one program per (row, head, block of BV value columns): it reads
 its state slice once, applies the N tokens in registers, writes it back once — the op is a pure
 state read + write, so its floor is 2 · 4 · K · V · H bytes per row over the copy bandwidth).
-On CPU the one-token step (every decode step of a rollout) runs :func:`decode_step`, the same
-math written once in PyTorch and compiled by inductor into one loop over the states.
+On CPU the one-token step (every decode step of a rollout) runs a C kernel
+(``decode_cpu.c``, built at first use: :mod:`kernels.native`) that reads and writes each state
+once; :func:`decode_step` is its definition in PyTorch.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
-import os
+from pathlib import Path
 
 import torch
+
+from .. import native
 
 try:  # kernels/ must import on CPU-only installs without triton
     import triton
@@ -70,52 +74,53 @@ class StateSlots:
 
 
 def decode_step(qkv, lam, scale: float, state, rows):
-    """One token per row, the CPU kernel's definition: ``S ← λ S + kᵀ v`` on each row's slot of
-    the pool, ``o = scale · q S``.  qkv: q, k, v stacked ``[B, 3, H, D]``; lam ``[H, 1, 1]``;
-    rows int64 ``[B]`` (distinct).  Compiled (:func:`_compiled_decode_step`) it is one generated
-    loop that reads each state once and writes it once; the eager ops of
-    :func:`recurrent_torch` pass over the states five times (gather, decay, update, q·S,
-    scatter), which is most of a decode step's cost once the batch is large.
+    """One token per row, the definition of the CPU decode kernel (``decode_cpu.c``, which
+    computes exactly this in one pass): ``S ← λ S + kᵀ v`` on each row's slot of the pool,
+    ``o = scale · q S``.  qkv: q, k, v stacked ``[B, 3, H, D]``; lam ``[H, 1, 1]``; rows int64
+    ``[B]`` (distinct).
 
-    Rounding: the arithmetic is fp64 in registers, the state is stored in its own dtype (fp32):
-    the update rounds once per element and q·S once per output, instead of the fp32 loop's
-    sequential 64-term sum (whose error, ~10% above the eager matmul's, left the engine-vs-trainer
-    parity test at 1.3e-5 once against its 1e-5 bound).  Per row the order is fixed, so the step
-    is batch-invariant; it is not bitwise the eager ops."""
+    Rounding: the arithmetic is fp64, the state is stored in its own dtype (fp32): the update
+    rounds once per element and q·S once per output, instead of an fp32 loop's sequential
+    64-term sum (whose error, ~10% above the eager matmul's, left the engine-vs-trainer parity
+    test at 1.3e-5 once against its 1e-5 bound).  Per row the order is fixed, so the step is
+    batch-invariant; it is not bitwise the eager ops of :func:`recurrent_torch`."""
     q, k, v = qkv.double().unbind(1)
     S = state[rows].double() * lam.double() + k[..., :, None] * v[..., None, :]
     state[rows] = S.to(state.dtype)
     return ((q[..., :, None] * S).sum(-2) * scale).to(qkv.dtype)
 
 
-# LOCKSTEP_COMPILED_DECODE=0 keeps the eager ops (for comparison; a failed compile does too)
-_COMPILED = {"fn": None, "enabled": os.environ.get("LOCKSTEP_COMPILED_DECODE", "1") != "0"}
+_DECODE_SOURCE = Path(__file__).with_name("decode_cpu.c")
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+_DECODE_SIGNATURE = (None, [_ptr, _i64, _i64, _i64, _ptr, ctypes.c_double, _ptr, _i64, _ptr, _ptr])
+MAX_NATIVE_D = 256  # decode_cpu.c's accumulator size
 
 
-def _compiled_decode_step():
-    """:func:`decode_step` compiled by inductor (dynamic batch), or None where compilation is
-    off or failed (logged once; the eager path runs)."""
-    if _COMPILED["fn"] is None and _COMPILED["enabled"]:
-        _COMPILED["fn"] = torch.compile(decode_step, fullgraph=True)
-    return _COMPILED["fn"]
+def _decode_kernel():
+    """The C decode step, or None (``LOCKSTEP_NATIVE_KERNELS=0``, or its build failed: logged)."""
+    lib = native.load(_DECODE_SOURCE, {"lockstep_decode_step_f32": _DECODE_SIGNATURE})
+    return None if lib is None else lib.lockstep_decode_step_f32
 
 
-def _run_compiled_decode(q, k, v, lam, scale, state, rows):
-    # q, k, v stacked into one fresh tensor: views as inputs would make the compiled function
-    # guard on (and recompile for) the layout of the tensor they view
-    qkv = torch.stack((q, k, v), 1)
-    # one kernel for every batch size; H and D stay constants of the generated loops
-    torch._dynamo.maybe_mark_dynamic(qkv, 0)
-    torch._dynamo.maybe_mark_dynamic(rows, 0)
-    try:
-        return _compiled_decode_step()(qkv, lam, float(scale), state, rows)
-    except Exception as err:  # no C++ compiler, an inductor bug: the eager path is exact too
-        if not (isinstance(err, RuntimeError) or type(err).__module__.startswith("torch")):
-            raise
-        _COMPILED.update(fn=None, enabled=False)
-        _log.warning("linear_attention: the compiled CPU decode step failed (%s: %s); decoding "
-                     "with the eager ops from now on (slower, same math)", type(err).__name__, err)
-        return None
+def decode_packed(qkv, lam, scale: float, state, slots: StateSlots, out) -> bool:
+    """One token per row with q, k, v packed ``[B, 3, H, D]`` fp32 (as the rollout model projects
+    them), o written into ``out`` ``[B, H, D]`` fp32, by the C kernel; lam = exp(decay) fp32
+    ``[H]`` (any shape of H elements).  Only the checks the kernel's memory safety needs: the
+    slots were checked by :class:`StateSlots`, the shapes are the caller's (:func:`recurrent`
+    checks them for its callers; the engine's are fixed when it starts).  Returns False, having
+    changed nothing, when the kernel cannot take the call (padding rows, fp64, D > 256, a
+    non-contiguous layout, the kernel unavailable): the caller then runs the eager ops."""
+    B, three, H, D = qkv.shape
+    kernel = _decode_kernel()
+    if (kernel is None or slots.valid is not None or D > MAX_NATIVE_D or three != 3 or B == 0
+            or not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (qkv, lam, state, out))
+            or not (qkv.is_contiguous() and out.is_contiguous() and lam.is_contiguous() and state[:1].is_contiguous())
+            or out.shape != (B, H, D) or lam.numel() != H or state.shape[1:] != (H, D, D)):
+        return False
+    rows = slots.rows
+    kernel(qkv.data_ptr(), B, H, D, lam.data_ptr(), float(scale), state.data_ptr(), state.stride(0),
+           rows.data_ptr(), out.data_ptr())
+    return True
 
 
 def recurrent_torch(q, k, v, lam, scale, state, slots: StateSlots, out=None):
@@ -131,10 +136,11 @@ def recurrent_torch(q, k, v, lam, scale, state, slots: StateSlots, out=None):
     """
     B, N, H, D = q.shape
     dt = state.dtype
-    if N == 1 and slots.valid is None and _compiled_decode_step() is not None:
-        o = _run_compiled_decode(q[:, 0], k[:, 0], v[:, 0], lam, scale, state, slots.rows)
-        if o is not None:
-            return o[:, None] if out is None else out.copy_(o[:, None])
+    if N == 1 and slots.valid is None and state.dtype == torch.float32 and _decode_kernel() is not None:
+        o = out if out is not None and out.dtype == torch.float32 and out.is_contiguous() \
+            else torch.empty(B, N, H, D, dtype=dt, device=q.device)
+        if decode_packed(torch.stack((q[:, 0], k[:, 0], v[:, 0]), 1).to(dt), lam, scale, state, slots, o.view(B, H, D)):
+            return o.to(q.dtype) if out is None else o if o is out else out.copy_(o)
     qf, kf, vf = (x if x.dtype == dt else x.to(dt) for x in (q, k, v))
     if slots.view is not None:
         S = state[slots.view]

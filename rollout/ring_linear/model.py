@@ -62,7 +62,7 @@ from vllm.model_executor.layers.mamba.mamba_utils import (
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 
-from kernels.linear_attention import StateSlots, chunk, layer_decay, recurrent
+from kernels.linear_attention import StateSlots, chunk, decode_packed, layer_decay, recurrent
 from kernels.lm_head import logits_fp32
 from kernels.moe import StackedMoE
 from kernels.moe import SwiGLU as MLP
@@ -134,6 +134,7 @@ class RingLinearAttention(VllmLinearAttention):
         self.g_norm = GroupRMSNorm(H * d, config.group_norm_size, config.rms_norm_eps)
         self.dense = nn.Linear(H * d, D, bias=False)
         self._decay: dict[torch.device, torch.Tensor] = {}
+        self._decay_factor: dict[torch.device, torch.Tensor] = {}
         # vLLM binds the state cache to the layers it finds here (and rejects duplicates).
         context = vllm_config.compilation_config.static_forward_context
         if prefix in context:
@@ -149,6 +150,12 @@ class RingLinearAttention(VllmLinearAttention):
             g = layer_decay(self.num_heads, self.layer_idx, self.num_hidden_layers, self.layer_offset)
             self._decay[device] = g.to(device)
         return self._decay[device]
+
+    def decay_factor(self, device: torch.device) -> torch.Tensor:
+        """λ = exp(decay) fp32 ``[H]``, the decode kernel's form of the decay."""
+        if device not in self._decay_factor:
+            self._decay_factor[device] = torch.exp(self.decay(device).float())
+        return self._decay_factor[device]
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                 ) -> torch.Tensor:
@@ -184,7 +191,10 @@ class RingLinearAttention(VllmLinearAttention):
         q, k, v = hidden_states.unbind(1)
         scale, decay = self.head_dim ** -0.5, self.decay(q.device)
         n_dec, n_pre_tok = plan.decodes, plan.prefill_tokens
-        if n_dec:
+        # decodes: the packed q, k, v go straight to the CPU kernel (no per-layer checks or
+        # copies: the slots were checked once for the step); other cases through `recurrent`
+        if n_dec and not (plan.native_decode and decode_packed(hidden_states[:n_dec], self.decay_factor(q.device),
+                                                               scale, state, plan.decode_slots, output[:n_dec])):
             recurrent(q[:n_dec], k[:n_dec], v[:n_dec], decay, scale, state, plan.decode_slots,
                       out=output[:n_dec])
         if n_pre_tok:
@@ -229,6 +239,7 @@ class StepPlan:
         # read on the host once per step for the CPU path; the GPU kernel takes the tensor
         self.decodes = n_dec
         self.decode_slots = StateSlots(slots[:n_dec], n_dec, num_slots) if slots.device.type == "cpu" else slots[:n_dec]
+        self.native_decode = slots.device.type == "cpu"  # the packed CPU kernel (decode_packed)
         self.prefill_tokens, self.prefill_slots = meta.num_prefill_tokens, slots[n_dec:]
         self.prefill_cu = (starts[n_dec:] - starts[n_dec]).to(torch.int64)
 

@@ -45,13 +45,12 @@ TRITON = _triton_mode()
 recurrent_module = importlib.import_module("kernels.linear_attention.recurrent")
 
 
-@pytest.fixture(params=["compiled", "eager"])
+@pytest.fixture(params=["native", "eager"])
 def cpu_decode(request, monkeypatch):
-    """The torch backend's one-token decode: the inductor-compiled step (default) or the eager
-    ops (its fallback, and the path for padding rows and several tokens per row)."""
+    """The torch backend's one-token decode: the C kernel (default) or the eager ops (its
+    fallback, and the path for padding rows and several tokens per row)."""
     if request.param == "eager":
-        monkeypatch.setitem(recurrent_module._COMPILED, "enabled", False)
-        monkeypatch.setitem(recurrent_module._COMPILED, "fn", None)
+        monkeypatch.setattr(recurrent_module, "_decode_kernel", lambda: None)
     return request.param
 
 
@@ -305,7 +304,7 @@ def test_recurrent_on_a_pool_with_padded_slot_stride(backend):
 def test_recurrent_state_slots_shared_by_layers(slots, cpu_decode):
     """One StateSlots per engine step serves every layer (each its own pool): the results are
     bitwise those of passing the index tensor, for each slot layout the CPU paths handle
-    (compiled step; eager: in-place view ascending or reversed, gather/scatter; padding rows),
+    (C kernel; eager: in-place view ascending or reversed, gather/scatter; padding rows),
     with ``out`` given."""
     torch.manual_seed(9)
     B, H, D = 4, 3, 64
@@ -328,9 +327,39 @@ def test_recurrent_state_slots_shared_by_layers(slots, cpu_decode):
         la.StateSlots(torch.tensor([7, 5, 3, 1]), B, 7)
 
 
-def test_compiled_decode_runs_and_its_failure_is_logged(monkeypatch, caplog):
-    """The torch backend's one-token decode runs the compiled step (not silently the eager
-    ops); if compiling fails, the eager ops take over with a warning and the same results."""
+def test_native_decode_is_its_pytorch_definition():
+    """The C decode step (decode_cpu.c) computes :func:`decode_step` exactly: bitwise the same
+    outputs and states, on irregular slots of a pool with a padded slot stride (vLLM's pages),
+    leaving other slots and the padding alone."""
+    torch.manual_seed(11)
+    B, H, D, slots, pad = 5, 3, 64, 9, 40
+    assert recurrent_module._decode_kernel() is not None, "the C decode kernel did not build here"
+    qkv = _rand(B, 3, H, D)
+    lam = torch.exp(la.layer_decay(H, 1, 4))
+    pages = _rand(slots, H * D * D + pad)
+    pool = pages[:, : H * D * D].view(slots, H, D, D)
+    before = pages.clone()
+    plan = la.StateSlots(torch.tensor([7, 0, 3, 8, 2]), B, slots)
+    out = torch.full((B, H, D), float("nan"))
+    assert la.decode_packed(qkv, lam, 0.3, pool, plan, out)
+    ref_pool = before[:, : H * D * D].reshape(slots, H, D, D).clone()
+    ref = recurrent_module.decode_step(qkv, lam[:, None, None], 0.3, ref_pool, plan.rows)
+    assert torch.equal(out, ref) and torch.equal(pool, ref_pool)
+    assert torch.equal(pages[:, H * D * D:], before[:, H * D * D:])
+    untouched = [1, 4, 5, 6]
+    assert torch.equal(pages[untouched], before[untouched])
+    # padding rows and fp64 are not the kernel's: it declines and changes nothing
+    padded = la.StateSlots(torch.tensor([7, -1, 3, 8, 2]), B, slots)
+    assert not la.decode_packed(qkv, lam, 0.3, pool, padded, out)
+    assert not la.decode_packed(qkv.double(), lam, 0.3, pool, plan, out)
+    assert torch.equal(pool, ref_pool)
+
+
+def test_native_decode_build_failure_is_logged(monkeypatch, tmp_path, caplog):
+    """Without a C compiler the kernel is unavailable, with a warning naming why, and the torch
+    backend decodes with the eager ops: the same results to rounding."""
+    from kernels import native
+
     torch.manual_seed(10)
     B, H, D = 3, 2, 64
     g = la.layer_decay(H, 0, 2)
@@ -338,19 +367,26 @@ def test_compiled_decode_runs_and_its_failure_is_logged(monkeypatch, caplog):
     pool = _rand(5, H, D, D)
     idx = torch.tensor([4, 0, 2])
     expected_pool = pool.clone()
-    expected = la.recurrent(q, k, v, g, 0.3, expected_pool, idx)
-    assert recurrent_module._COMPILED["enabled"] and recurrent_module._COMPILED["fn"] is not None
-
-    def broken(*args):
-        raise RuntimeError("no C++ compiler")
-
-    monkeypatch.setitem(recurrent_module._COMPILED, "fn", broken)
-    monkeypatch.setitem(recurrent_module._COMPILED, "enabled", True)  # both restored afterwards
-    with caplog.at_level("WARNING", logger="kernels.linear_attention.recurrent"):
+    expected = la.recurrent(q, k, v, g, 0.3, expected_pool, idx)  # the C kernel
+    monkeypatch.setattr(native, "_LOADED", {})
+    monkeypatch.setenv("LOCKSTEP_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "no-such-compiler")
+    with caplog.at_level("WARNING", logger="kernels.native"):
         o = la.recurrent(q, k, v, g, 0.3, pool, idx)
-    assert "compiled CPU decode step failed" in caplog.text and "no C++ compiler" in caplog.text
-    assert not recurrent_module._COMPILED["enabled"]
+    assert "decode_cpu.c unavailable" in caplog.text and "no-such-compiler" in caplog.text
+    assert recurrent_module._decode_kernel() is None
     assert rel(o, expected) < 1e-6 and rel(pool, expected_pool) < 1e-6
+
+
+def test_native_build_reports_compiler_errors(tmp_path, monkeypatch):
+    from kernels import native
+
+    monkeypatch.setenv("LOCKSTEP_CACHE", str(tmp_path))
+    broken = tmp_path / "broken.c"
+    broken.write_text("void f(void) { this is not C; }\n")
+    with pytest.raises(RuntimeError, match="failed on broken.c"):
+        native.build(broken)
+    assert not list((tmp_path / "native").glob("*.so"))  # no partial library left behind
 
 
 # ----------------------------------------------------------------------------- validation
