@@ -477,7 +477,8 @@ def linear_section(dev) -> None:
         say(f"wgrad {name_}: {t * 1e3:.0f} us, {wfl / (t * 1e-3) / 1e12:.0f} TFLOP/s, bitwise equal to Triton: {same}")
     from kernels.fp8 import backend as B
 
-    for key_, ck in B._COMPILED.items():  # registers / spills of the compiled GEMM kernels
+    for key_, direct in B._COMPILED.items():  # registers / spills of the compiled GEMM kernels
+        ck = direct.compiled
         if "gemm" in ck.name:
             say(f"  {ck.name} {[a for a in key_ if isinstance(a, tuple) and len(a) == 2 and isinstance(a[0], str)]}: "
                 f"{ck.n_regs} registers, {ck.n_spills} spills")

@@ -1,10 +1,14 @@
 """Host (CPU) cost of enqueueing FP8Linear's launches, per op and per fwd+bwd step.
 
-Run on a CUDA machine:  python benchmarks/fp8_host.py [--profile N] [--out DIR]
+Run on a CUDA machine:  python benchmarks/fp8_host.py [--profile N] [--out DIR] [--kernels-root DIR]
 Prints, at the FP8Linear benchmark shape (8192 tokens, 2048 -> 5120, bf16): host µs per call of
 each launch of a training step (50 calls, no synchronisation inside, after warm-up), host µs to
-enqueue a whole fwd+bwd (FP8 and bf16 nn.Linear), and the GPU time of a step for comparison.
+enqueue a whole fwd+bwd (FP8 and bf16 nn.Linear), the measured step (do_bench: host and GPU
+together), and the step captured in a CUDA graph and replayed (GPU time alone; FP8Linear can be
+captured). The last line is a one-line summary.
 --profile N: cProfile of N fwd+bwd steps, the top functions by own time (written to --out too).
+--kernels-root DIR: import ``kernels`` from DIR instead (an older copy, for before/after runs
+in one call: e.g. ``git archive HEAD kernels | tar -x -C DIR``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if "--kernels-root" in sys.argv:  # before the kernels are imported
+    sys.path.insert(0, os.path.abspath(sys.argv[sys.argv.index("--kernels-root") + 1]))
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -28,15 +34,18 @@ from benchmarks.fp8 import linear_step_parts  # noqa: E402
 
 
 def host_us(f, calls: int = 50) -> float:
+    """Median host µs of one call of f, calls timed one by one without synchronisation (after 3
+    warm-up calls and a sync): the median drops the odd slow call (GC pause, preemption)."""
     for _ in range(3):
         f()
     torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(calls):
+        t0 = time.perf_counter()
         f()
-    t = (time.perf_counter() - t0) / calls * 1e6
+        times.append(time.perf_counter() - t0)
     torch.cuda.synchronize()
-    return t
+    return sorted(times)[len(times) // 2] * 1e6
 
 
 def pieces(xq, xs, wq, ws, xd) -> dict[str, float]:
@@ -75,16 +84,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--profile", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--kernels-root", default=None, help="import kernels from here (see above)")
+    ap.add_argument("--quick", action="store_true", help="host per call, per step, measured and graph steps only")
     args = ap.parse_args()
     dev = torch.device("cuda")
+    import kernels.fp8
+
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernels from {kernels.fp8.__file__}")
     m, k, n = 8192, 2048, 5120
     lin = torch.nn.Linear(k, n, bias=False, device=dev, dtype=torch.bfloat16)
     f8 = FP8Linear.from_linear(lin)
     x = torch.randn(m, k, device=dev, dtype=torch.bfloat16, requires_grad=True)
     dy = torch.randn(m, n, device=dev, dtype=torch.bfloat16)
     xd, wd = x.detach(), lin.weight.detach()
+    # bf16 first: its backward makes the autograd worker thread's CUDA context current. Kernels
+    # before 2026-11-27 (--kernels-root) failed when FP8Linear's backward was that thread's first
+    # CUDA work (Triton's TMA encoder needs a current context; backend.ensure_cuda_context).
+    lin(x).backward(dy)
     parts = {
         **linear_step_parts(xd, wd, dy),
         "torch.empty x3": lambda: (torch.empty(m, n, device=dev), torch.empty(m, k, device=dev),
@@ -92,8 +109,11 @@ def main() -> None:
     }
     host = {name: host_us(f) for name, f in parts.items()}
     print("host us per call: " + ", ".join(f"{a} {b:.0f}" for a, b in host.items()))
-    print("pieces (host us per call): " + ", ".join(f"{a} {b:.1f}" for a, b in pieces(xq, xs, wq, ws, xd).items()))
-    for steps in (1, 3, 10, 20):  # does the enqueue slow down as the launch queue fills?
+    xq, xs, _, _ = quantize_act_both(xd)
+    wq, ws = quantize_weight(wd)
+    if not args.quick:
+        print("pieces (host us per call): " + ", ".join(f"{a} {b:.1f}" for a, b in pieces(xq, xs, wq, ws, xd).items()))
+    for steps in (1, 3, 10, 20) if not args.quick else ():  # does the enqueue slow down as the launch queue fills?
         t = host_us(lambda: [f8(x).backward(dy) for _ in range(steps)], calls=1) / steps
         print(f"fp8 host per step, {steps} steps after a sync: {t:.0f} us")
     fwd = host_us(lambda: f8(x), calls=20)
@@ -111,23 +131,33 @@ def main() -> None:
         fp8_gemm(dqt, dst, xqt_, xst_); t.append(time.perf_counter())
         times.append([(b - a) * 1e6 for a, b in zip(t, t[1:])])
 
-    times: list = []
-    for _ in range(3):
-        manual_step(times)
-    torch.cuda.synchronize()
-    times.clear()
-    for _ in range(10):
-        manual_step(times)
-    torch.cuda.synchronize()
-    med = [sorted(col)[len(col) // 2] for col in zip(*times)]
-    print("manual step (no autograd) host us, median of 10: " + ", ".join(f"{v:.0f}" for v in med)
-          + f"; sum {sum(med):.0f}")
+    if not args.quick:
+        times: list = []
+        for _ in range(3):
+            manual_step(times)
+        torch.cuda.synchronize()
+        times.clear()
+        for _ in range(10):
+            manual_step(times)
+        torch.cuda.synchronize()
+        med = [sorted(col)[len(col) // 2] for col in zip(*times)]
+        print("manual step (no autograd) host us, median of 10: " + ", ".join(f"{v:.0f}" for v in med)
+              + f"; sum {sum(med):.0f}")
     autograd_trace(f8, x, dy)
+    wd.grad = x.grad = None
+    summary = {}
     for name, mod in (("bf16", lin), ("fp8", f8)):
         t = host_us(lambda: mod(x).backward(dy), calls=20)
         g = triton.testing.do_bench(lambda: mod(x).backward(dy), grad_to_none=[x, lin.weight],
                                     return_mode="median") * 1e3
+        summary[name] = (t, g)
         print(f"{name}: host enqueue per fwd+bwd {t:.0f} us; measured fwd+bwd {g:.0f} us")
+    for name, mod in (("bf16", lin), ("fp8", f8)):
+        summary[name] += (graph_step_us(mod, x, dy),)
+        print(f"{name}: fwd+bwd captured in a CUDA graph, replayed: {summary[name][2]:.0f} us per step")
+    (hb, sb, gb), (hf, sf, gf) = summary["bf16"], summary["fp8"]
+    print(f"SUMMARY host enqueue fp8 {hf:.0f} us (bf16 {hb:.0f}); measured step fp8 {sf:.0f} us, bf16 {sb:.0f} us, "
+          f"speed-up {sb / sf:.2f}x; CUDA graph step fp8 {gf:.0f} us, bf16 {gb:.0f} us, speed-up {gb / gf:.2f}x")
     if args.profile:
         pr = cProfile.Profile()
         pr.enable()
@@ -147,15 +177,44 @@ def main() -> None:
                 fh.write(text)
 
 
-def autograd_trace(f8, x, dy) -> None:
-    """Host µs of each launch inside the autograd step (which thread runs it), and the gaps."""
+def graph_step_us(mod, x, dy, steps: int = 4, reps: int = 20) -> float:
+    """GPU µs per fwd+bwd of ``mod`` with ``steps`` steps captured in one CUDA graph (PyTorch's
+    whole-network capture: warm-up on a side stream, gradients set to None before capture)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            mod(x).backward(dy)
+    torch.cuda.current_stream().wait_stream(side)
+    x.grad = mod.weight.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(steps):
+            mod(x).backward(dy)
+    graph.replay()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / steps)
+    del graph
+    x.grad = mod.weight.grad = None
+    return sorted(times)[len(times) // 2]
+
+
+def autograd_trace(f8, x, dy, steps: int = 20) -> None:
+    """Where the host time of an autograd fwd+bwd goes, per thread: each op FP8Linear calls, the
+    kernel launches inside them and the output allocations, summed per step (median over
+    ``steps`` steps, no synchronisation), and the backward's hand-off from the caller."""
+    import importlib
     import threading
 
     from kernels.fp8 import linear as L
 
     log: list = []
-    orig = {name: getattr(L, name) for name in ("quantize_act_both", "quantize_weight", "quantize_weight_t",
-                                                "fp8_gemm")}
 
     def wrap(name, f):
         def g(*a, **kw):
@@ -165,35 +224,50 @@ def autograd_trace(f8, x, dy) -> None:
             return r
         return g
 
-    for name, f in orig.items():
-        setattr(L, name, wrap(name, f))
+    patched = [(L, name, name) for name in ("quantize_act", "quantize_act_both", "quantize_act_t", "quantize_weight",
+                                            "quantize_weight_t", "fp8_gemm")]
+    for mod_name in ("quantize", "quantize_hopper", "gemm", "gemm_hopper"):
+        mod = importlib.import_module(f"kernels.fp8.{mod_name}")
+        if hasattr(mod, "launch"):
+            patched.append((mod, "launch", "launch"))
+    patched += [(torch, "empty", "alloc"), (torch, "empty_strided", "alloc")]
+    orig = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patched if hasattr(obj, attr)]
+    for (obj, attr, f), (_, _, label) in zip(orig, patched):
+        setattr(obj, attr, wrap(label, f))
     fb = L._FP8LinearFn.backward
 
     def bwd(ctx, g):
-        log.append(("backward enter", threading.current_thread().name, time.perf_counter(), time.perf_counter()))
+        t0 = time.perf_counter()
         r = fb(ctx, g)
-        log.append(("backward exit", threading.current_thread().name, time.perf_counter(), time.perf_counter()))
+        log.append(("backward body", threading.current_thread().name, t0, time.perf_counter()))
         return r
 
     L._FP8LinearFn.backward = staticmethod(bwd)
+    per_step: list = []
     try:
-        for rep in range(4):
-            torch.cuda.synchronize()
+        for _ in range(steps + 3):
             log.clear()
             t0 = time.perf_counter()
             y = f8(x)
             t1 = time.perf_counter()
             y.backward(dy)
             t2 = time.perf_counter()
-            if rep == 3:
-                print(f"autograd step: forward {1e6 * (t1 - t0):.0f} us, backward() call {1e6 * (t2 - t1):.0f} us")
-                for name, th, a, b in log:
-                    print(f"  {name:18s} {th:12s} start +{1e6 * (a - t0):6.0f} us, {1e6 * (b - a):5.0f} us")
+            sums: dict = {("forward (caller)", "main"): t1 - t0, ("backward() (caller)", "main"): t2 - t1}
+            for name, th, a, b in log:
+                key = (name, "main" if th == "MainThread" else "autograd worker")
+                sums[key] = sums.get(key, 0.0) + (b - a)
+            per_step.append(sums)
     finally:
-        for name, f in orig.items():
-            setattr(L, name, f)
+        for obj, attr, f in orig:
+            setattr(obj, attr, f)
         L._FP8LinearFn.backward = staticmethod(fb)
     torch.cuda.synchronize()
+    per_step = per_step[3:]
+    print(f"autograd step, host µs summed per step (median of {steps} steps, no sync; launch and alloc are "
+          "inside the ops):")
+    for key in per_step[-1]:
+        vals = sorted(d.get(key, 0.0) for d in per_step)
+        print(f"  {key[0]:22s} {key[1]:16s} {vals[len(vals) // 2] * 1e6:7.0f}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import HAS_TRITON, check_2d, launch, log, pick_backend, tl, triton
+from .backend import HAS_TRITON, TMA, check_2d, launch, log, pick_backend, tl, triton
 from .gemm_hopper import (fp8_gemm_gluon, fp8_gemm_gluon_ws, scales_tma_ok,
                           gluon_supported, num_sms)
 from .reference import BLOCK, FP8_DTYPE, _cdiv, fp8_gemm_torch
@@ -208,6 +208,41 @@ def _validate(aq, a_scale, bq, b_scale, out_dtype):
         raise ValueError(f"empty GEMM: M={m}, N={n}")
 
 
+# What fp8_gemm decides from the operands alone (validation, backend, B's scale granularity, the
+# kernel and its tiles) is cached per operand layout: ~15 µs of Python per call on the H100 hosts
+# otherwise (BENCHMARKS.md, FP8). The key holds everything those decisions read: each operand's
+# dtype, shape, strides, device and 16-byte alignment, and the arguments.
+_PLANS: dict = {}
+_PLANS_MAX = 1024
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    return t.dtype, t.shape, t.stride(), t.get_device(), t.data_ptr() % 16 == 0
+
+
+def _make_plan(aq, a_scale, bq, b_scale, out_dtype, batch_invariant, backend, config):
+    """"torch" (the PyTorch path), or (why the Gluon kernels cannot run or None, b_block,
+    (BLOCK_M, BLOCK_N, num_warps, num_stages, kind)); raises on invalid operands."""
+    _validate(aq, a_scale, bq, b_scale, out_dtype)
+    if pick_backend("fp8_gemm", aq, backend) == "torch":
+        return "torch"
+    m, k = aq.shape
+    n = bq.shape[0]
+    b_block = b_scale.shape[0] != n or n == 1
+    why_not = gluon_supported(aq, bq, out_dtype)
+    if why_not is None and not b_block and not scales_tma_ok(a_scale, b_scale):
+        why_not = "1x128 scales not M/N-contiguous with 16-byte aligned rows (TMA)"
+    cfg = config or _pick_config(m, n, k, not aq.is_cuda, batch_invariant, why_not is None, b_block,
+                                 num_sms(aq.device) if why_not is None else 132)
+    kind = cfg[4]
+    if aq.is_cuda and (kind, b_block) not in _logged_kinds:  # the choice is visible, never silent
+        _logged_kinds.add((kind, b_block))
+        log.info("fp8_gemm uses the %r kernel for %s B scales%s", kind,
+                 "128x128-block" if b_block else "1x128", "" if kind.startswith("gluon") else
+                 f" (Gluon kernel not used: {why_not or 'fewer 128x256 tiles than SMs'})")
+    return why_not, b_block, tuple(cfg)
+
+
 def fp8_gemm(
     aq: torch.Tensor,
     a_scale: torch.Tensor,
@@ -221,26 +256,22 @@ def fp8_gemm(
 ) -> torch.Tensor:
     """``(aq·a_scale) @ (bq·b_scale)ᵀ`` → [M, N] out_dtype (see the module docstring for shapes).
 
-    batch_invariant pins one tile configuration for every M (strict mode). ``config`` overrides
-    the (BLOCK_M, BLOCK_N, num_warps, num_stages, kind) choice (benchmarks).
+    batch_invariant pins one tile configuration for every M (strict mode). ``config`` (a tuple)
+    overrides the (BLOCK_M, BLOCK_N, num_warps, num_stages, kind) choice (benchmarks).
     """
-    _validate(aq, a_scale, bq, b_scale, out_dtype)
-    if pick_backend("fp8_gemm", aq, backend) == "torch":
+    key = (_layout(aq), _layout(a_scale), _layout(bq), _layout(b_scale), out_dtype, batch_invariant,
+           backend, config)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _make_plan(aq, a_scale, bq, b_scale, out_dtype, batch_invariant, backend, config)
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    if plan == "torch":
         return fp8_gemm_torch(aq, a_scale, bq, b_scale, out_dtype)
+    why_not, b_block, (bm, bn, warps, stages, kind) = plan
     m, k = aq.shape
     n = bq.shape[0]
-    b_block = b_scale.shape[0] != n or n == 1
-    why_not = gluon_supported(aq, bq, out_dtype)
-    if why_not is None and not b_block and not scales_tma_ok(a_scale, b_scale):
-        why_not = "1x128 scales not M/N-contiguous with 16-byte aligned rows (TMA)"
-    bm, bn, warps, stages, kind = config or _pick_config(
-        m, n, k, not aq.is_cuda, batch_invariant, why_not is None, b_block,
-        num_sms(aq.device) if why_not is None else 132)
-    if aq.is_cuda and (kind, b_block) not in _logged_kinds:  # the choice is visible, never silent
-        _logged_kinds.add((kind, b_block))
-        log.info("fp8_gemm uses the %r kernel for %s B scales%s", kind,
-                 "128x128-block" if b_block else "1x128", "" if kind.startswith("gluon") else
-                 f" (Gluon kernel not used: {why_not or 'fewer 128x256 tiles than SMs'})")
     if kind in ("gluon", "gluon_ws"):
         if why_not is not None:
             raise ValueError(f"fp8_gemm: Gluon kernel requested but {why_not}")
@@ -257,14 +288,10 @@ def fp8_gemm(
             EVEN_K=(k % BLOCK == 0), num_warps=warps, num_stages=stages,
         )
     elif kind in ("tma", "tma_ws", "tma_pp", "tma_pp_ws"):
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
         if k % 16 or aq.stride(0) % 16 or bq.stride(0) % 16 or aq.data_ptr() % 16 or bq.data_ptr() % 16:
             raise ValueError("TMA GEMM needs K and the row strides to be multiples of 16 bytes")
-        a_desc = TensorDescriptor.from_tensor(aq, [bm, BLOCK])
-        b_desc = TensorDescriptor.from_tensor(bq, [bn, BLOCK])
         launch(_fp8_gemm_tma_kernel, grid,
-            a_desc, b_desc, c, a_scale, b_scale, m, n, k, c.stride(0), *scale_args,
+            TMA(aq, (bm, BLOCK)), TMA(bq, (bn, BLOCK)), c, a_scale, b_scale, m, n, k, c.stride(0), *scale_args,
             B_BLOCK_SCALED=b_block, BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8,
             WARP_SPECIALIZE=kind.endswith("_ws"), PIPELINE="_pp" in kind, num_warps=warps, num_stages=stages,
         )

@@ -41,7 +41,7 @@ import functools
 
 import torch
 
-from .backend import launch, log
+from .backend import TMA, launch, log
 
 try:  # pragma: no cover - depends on the install (Triton >= 3.5 with Gluon)
     from triton.experimental import gluon
@@ -53,7 +53,6 @@ try:  # pragma: no cover - depends on the install (Triton >= 3.5 with Gluon)
         warpgroup_mma,
         warpgroup_mma_wait,
     )
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     HAS_GLUON = True
 except ImportError:  # pragma: no cover
@@ -433,12 +432,10 @@ def fp8_gemm_gluon(aq, a_scale, bq, b_scale, out_dtype, b_block: bool,
     a_layout = _smem_layout((block_m, 128), torch.float8_e4m3fn)
     b_layout = _smem_layout((block_n, 128), torch.float8_e4m3fn)
     c_layout = _smem_layout((block_m, block_n), out_dtype)
-    a_desc = TensorDescriptor.from_tensor(aq, [block_m, 128], a_layout)
-    b_desc = TensorDescriptor.from_tensor(bq, [block_n, 128], b_layout)
-    c_desc = TensorDescriptor.from_tensor(c, [block_m, block_n], c_layout)
     grid = (-(-m // block_m) * -(-n // block_n),)
     launch(_fp8_gemm_gluon_kernel, grid,
-        a_desc, b_desc, c_desc, a_scale, b_scale, m, n, k,
+        TMA(aq, (block_m, 128), a_layout), TMA(bq, (block_n, 128), b_layout),
+        TMA(c, (block_m, block_n), c_layout), a_scale, b_scale, m, n, k,
         a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
         B_BLOCK_SCALED=b_block, STAGES=stages, GROUP_M=8, num_warps=num_warps,
     )
@@ -469,13 +466,9 @@ def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, cons
     a_layout = _smem_layout((128, 128), torch.float8_e4m3fn)
     b_layout = _smem_layout((256, 128), torch.float8_e4m3fn)
     c_layout = _smem_layout((64, 128), out_dtype)
-    a_desc = TensorDescriptor.from_tensor(aq, [128, 128], a_layout)
-    b_desc = TensorDescriptor.from_tensor(bq, [256, 128], b_layout)
-    c_desc = TensorDescriptor.from_tensor(c, [64, 128], c_layout)
     scales = (a_scale, b_scale)
     if not b_block:  # 1×128 B: the scales travel by TMA too, as rows of their transposes
-        scales = (TensorDescriptor.from_tensor(a_scale.t(), [1, 128], _SCALE_LAYOUT),
-                  TensorDescriptor.from_tensor(b_scale.t(), [1, 256], _SCALE_LAYOUT))
+        scales = (TMA(a_scale.t(), (1, 128), _SCALE_LAYOUT), TMA(b_scale.t(), (1, 256), _SCALE_LAYOUT))
     # Shared memory: STAGES × (48 KiB operands [+ 1.5 KiB scales]) + 2 consumers × C_BUFS ×
     # 64×128 staging tiles.
     stage = 49152 + (0 if b_block else 1536)
@@ -486,7 +479,7 @@ def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, cons
                          "exceed shared memory (use 3 stages or fewer)")
     tiles = -(-m // 128) * -(-n // 256)
     launch(_fp8_gemm_gluon_ws_kernel, (min(tiles, sms),),
-        a_desc, b_desc, c_desc, *scales, m, n, k,
+        TMA(aq, (128, 128), a_layout), TMA(bq, (256, 128), b_layout), TMA(c, (64, 128), c_layout), *scales, m, n, k,
         a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
         STAGES=stages, GROUP_M=8, C_BUFS=c_bufs, B_ROWWISE=not b_block,
         CONSUMER_REGS=consumer_regs, num_warps=4,

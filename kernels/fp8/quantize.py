@@ -26,6 +26,7 @@ the transpose, so a program's qt rows leave as 16-byte stores.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -197,8 +198,9 @@ if HAS_TRITON:
 
 def _empty_act_scale(rows: int, cols: int, device) -> torch.Tensor:
     # Shape [rows, cols], stored M-major (column-major) for coalesced GEMM loads, columns padded
-    # to 16 bytes so the wgrad GEMM can TMA-load them (gemm_hopper.scales_tma_ok).
-    return torch.empty(cols, _cdiv(rows, 4) * 4, dtype=torch.float32, device=device)[:, :rows].t()
+    # to 16 bytes so the wgrad GEMM can TMA-load them (gemm_hopper.scales_tma_ok). One
+    # allocation call (empty + slice + transpose cost three on the host's hot path).
+    return torch.empty_strided((rows, cols), (1, _cdiv(rows, 4) * 4), dtype=torch.float32, device=device)
 
 
 def _empty_transposed(rows: int, cols: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,6 +208,12 @@ def _empty_transposed(rows: int, cols: int, device) -> tuple[torch.Tensor, torch
     TMA wants 16-byte row strides), and the int32 view of the padded buffer the kernels write."""
     buf = torch.empty(rows, _cdiv(cols, 16) * 16, dtype=FP8_DTYPE, device=device)
     return buf[:, :cols], buf.view(torch.int32)
+
+
+def _empty_padded_rows(rows: int, cols: int, device) -> torch.Tensor:
+    """fp8 [rows, cols] with rows padded to 16 bytes, as ``_empty_transposed``, in one call, for
+    the Gluon kernels (their TMA stores clip to [rows, cols]: no whole words past the end)."""
+    return torch.empty_strided((rows, cols), (_cdiv(cols, 16) * 16, 1), dtype=FP8_DTYPE, device=device)
 
 
 # (BLOCK_M, BLOCK_K, num_warps[, maxnreg]) per mode; tuned on an H100 (benchmarks/fp8.py).
@@ -227,9 +235,7 @@ def _use_gluon(x: torch.Tensor, mode: str, cfg) -> bool:
         return False
     if cfg is None and mode not in _GLUON_MODES:
         return False
-    from .quantize_hopper import gluon_quant_supported
-
-    why = gluon_quant_supported(x)
+    why = _hopper().gluon_quant_supported(x)
     if why is not None:
         if cfg is not None:
             raise ValueError(f"quantize ({mode}): Gluon kernel asked for but unusable: {why}")
@@ -239,24 +245,34 @@ def _use_gluon(x: torch.Tensor, mode: str, cfg) -> bool:
     return why is None
 
 
+@functools.cache
+def _hopper():
+    """quantize_hopper, imported on first use (it imports this module's tile math)."""
+    from . import quantize_hopper
+
+    return quantize_hopper
+
+
 def _quant_act_triton(x: torch.Tensor, rowwise: bool, colwise: bool, pow2_scale: bool, cfg=None):
     """The GPU / interpreter path of the three activation quantizers: allocates the outputs and
     runs the Gluon kernel (see _use_gluon) or the Triton one. Returns (q, s, qt, st), None where
     not asked for."""
     m, k = x.shape
+    mode = "both" if rowwise and colwise else ("row" if rowwise else "col")
+    gluon = x.is_cuda and _use_gluon(x, mode, cfg)
     q = s = qt = st = qt_words = None
     if rowwise:
         q = torch.empty(m, k, dtype=FP8_DTYPE, device=x.device)
         s = _empty_act_scale(m, _cdiv(k, BLOCK), x.device)
     if colwise:
-        qt, qt_words = _empty_transposed(k, m, x.device)
+        if gluon:
+            qt = _empty_padded_rows(k, m, x.device)
+        else:
+            qt, qt_words = _empty_transposed(k, m, x.device)
         st = _empty_act_scale(k, _cdiv(m, BLOCK), x.device)
-    mode = "both" if rowwise and colwise else ("row" if rowwise else "col")
-    if x.is_cuda and _use_gluon(x, mode, cfg):
-        from .quantize_hopper import quant_act_gluon
-
-        quant_act_gluon(x, q, s, qt, st, rowwise, colwise, pow2_scale,
-                        None if cfg in (None, "gluon") else cfg[1:])
+    if gluon:
+        _hopper().quant_act_gluon(x, q, s, qt, st, rowwise, colwise, pow2_scale,
+                                  None if cfg in (None, "gluon") else cfg[1:])
         return q, s, qt, st
     block_m, block_k, warps, *maxnreg = cfg or _QUANT_CFG[mode]  # optional register cap
     if colwise and block_m != BLOCK or rowwise and block_k % BLOCK:
@@ -313,19 +329,21 @@ def _quant_weight_triton(w: torch.Tensor, pow2_scale: bool, transposed: bool, cf
     Triton kernel."""
     n, k = w.shape
     nb, kb = _cdiv(n, BLOCK), _cdiv(k, BLOCK)
+    gluon = w.is_cuda and _use_gluon(w, "weight_t" if transposed else "weight", cfg)
     if transposed:  # q [K, N], scale [Kb, Nb]
-        q, out = _empty_transposed(k, n, w.device)
+        if gluon:
+            q = out = _empty_padded_rows(k, n, w.device)
+        else:
+            q, out = _empty_transposed(k, n, w.device)
         s = torch.empty(kb, nb, dtype=torch.float32, device=w.device)
         s_n, s_k = s.stride(1), s.stride(0)
     else:
         q = out = torch.empty(n, k, dtype=FP8_DTYPE, device=w.device)
         s = torch.empty(nb, kb, dtype=torch.float32, device=w.device)
         s_n, s_k = s.stride(0), s.stride(1)
-    if w.is_cuda and _use_gluon(w, "weight_t" if transposed else "weight", cfg):
-        from .quantize_hopper import quant_weight_gluon
-
-        quant_weight_gluon(w, None if transposed else q, q if transposed else None, s, pow2_scale,
-                           None if cfg in (None, "gluon") else cfg[1:])
+    if gluon:
+        _hopper().quant_weight_gluon(w, None if transposed else q, q if transposed else None, s, pow2_scale,
+                                     None if cfg in (None, "gluon") else cfg[1:])
         return q, s
     launch(_quant_weight_kernel, (nb, kb), w, out, s, out, n, k, _cdiv(n, 4), w.stride(0), w.stride(1), out.stride(0),
                                    out.stride(0), s_n, s_k, POW2=pow2_scale,

@@ -34,14 +34,13 @@ import functools
 
 import torch
 
-from .backend import launch
+from .backend import TMA, launch
 from .reference import _cdiv
 
 try:  # pragma: no cover - depends on the install (Triton >= 3.5 with Gluon)
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     HAS_GLUON = True
 except ImportError:  # pragma: no cover
@@ -275,11 +274,10 @@ def quant_act_gluon(x: torch.Tensor, q, s, qt, st, rowwise: bool, colwise: bool,
     stages, per_sm, *maxnreg = cfg or _GLUON_CFG[rowwise]
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
     q, s = (q, s) if rowwise else (qt, st)  # stand-ins for quantize_act_t (never written)
-    x_desc = TensorDescriptor.from_tensor(x, [128, 64], _tile_layout(x.dtype))
-    qt_desc = TensorDescriptor.from_tensor(qt, [128, 128], _qt_layout())
     tiles = _cdiv(m, 128) * _cdiv(k, 128)
     launch(_quant_act_gluon_kernel, (min(tiles, per_sm * _num_sms(dev)),),
-           x_desc, qt_desc, q, s, st, m, k, q.stride(0), s.stride(1), st.stride(1),
+           TMA(x, (128, 64), _tile_layout(x.dtype)), TMA(qt, (128, 128), _qt_layout()),
+           q, s, st, m, k, q.stride(0), s.stride(1), st.stride(1),
            ROWWISE=rowwise, COLWISE=colwise, POW2=pow2, STAGES=stages, num_warps=8,
            **({"maxnreg": maxnreg[0]} if maxnreg else {}))
 
@@ -300,9 +298,9 @@ def quant_weight_gluon(w: torch.Tensor, q, qt, s, pow2: bool, cfg: tuple | None 
     n, k = w.shape
     stages, per_sm, warps = cfg or _GLUON_WEIGHT_CFG[qt is not None]
     dev = w.device.index if w.device.index is not None else torch.cuda.current_device()
-    w_desc = TensorDescriptor.from_tensor(w, [128, 64], _tile_layout(w.dtype))
+    w_desc = TMA(w, (128, 64), _tile_layout(w.dtype))
     if qt is not None:  # s is Wᵀ's [Kb, Nb]
-        qt_desc = TensorDescriptor.from_tensor(qt, [128, 128], _qt_layout())
+        qt_desc = TMA(qt, (128, 128), _qt_layout())
         q_arg, s_n, s_k = qt, s.stride(1), s.stride(0)
     else:  # stand-ins for the unused transposed output (its branch is compiled out)
         qt_desc, q_arg, s_n, s_k = w_desc, q, s.stride(0), s.stride(1)

@@ -51,18 +51,22 @@ def make_input(m, k, dtype=torch.bfloat16, seed=0):
 
 @pytest.fixture
 def poison_empty(monkeypatch):
-    """Every torch.empty inside the kernels returns NaN-filled memory: unwritten outputs fail."""
-    real_empty = torch.empty
+    """Every torch.empty / torch.empty_strided inside the kernels returns NaN-filled memory:
+    unwritten outputs fail."""
 
-    def empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        if t.dtype == FP8_DTYPE:
-            t.view(torch.uint8).fill_(0x7F)  # e4m3fn NaN
-        elif t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
+    def poisoned(real):
+        def empty(*args, **kwargs):
+            t = real(*args, **kwargs)
+            if t.dtype == FP8_DTYPE:
+                t.view(torch.uint8).fill_(0x7F)  # e4m3fn NaN
+            elif t.is_floating_point():
+                t.fill_(float("nan"))
+            return t
 
-    monkeypatch.setattr(torch, "empty", empty)
+        return empty
+
+    monkeypatch.setattr(torch, "empty", poisoned(torch.empty))
+    monkeypatch.setattr(torch, "empty_strided", poisoned(torch.empty_strided))
 
 
 # ----------------------------------------------------------------------------- quantization
@@ -418,6 +422,170 @@ def test_cached_launches_see_new_arguments(poison_empty):
     big = make_input(256, 512, seed=60)
     xq, xs = quantize_act(big.cuda()[::2])  # row stride 1024: a new specialization key
     assert_bitwise(xq.cpu(), R.quantize_act_ref(big[::2])[0])
+
+
+def test_gemm_plan_cache_revalidates_new_layouts():
+    """fp8_gemm caches its validation and kernel choice per operand layout: the same shapes with
+    other strides are validated anew (here: rejected), and another B scale granularity (1×128
+    instead of 128×128, same bq) gets its own plan."""
+    a, b = make_input(8, 256, seed=12), make_input(16, 256, seed=13)
+    aq, as_ = quantize_act(a)
+    bq, bs = quantize_weight(b)
+    c = fp8_gemm(aq, as_, bq, bs, torch.float32)
+    assert torch.equal(fp8_gemm(aq, as_, bq, bs, torch.float32), c)  # the cached plan
+    assert rel(c, R.fp8_gemm_ref(aq, as_, bq, bs)) < 1e-6
+    aq_k_strided = aq.t().contiguous().t()  # same shape and values, stride(1) = 8
+    with pytest.raises(ValueError, match="contiguous along K"):
+        fp8_gemm(aq_k_strided, as_, bq, bs, torch.float32)
+    bq_rows, bs_rows = quantize_act(b)  # 1×128 B scales [16, 2] instead of [1, 2]
+    assert rel(fp8_gemm(aq, as_, bq_rows, bs_rows, torch.float32), R.fp8_gemm_ref(aq, as_, bq_rows, bs_rows)) < 1e-6
+
+
+@needs_gluon_quantizer
+def test_tma_descriptor_cache_rebuilds_for_new_tensors(poison_empty, monkeypatch, caplog):
+    """backend.launch's cache of encoded TMA descriptors (key: address, shape, strides, element
+    type, block, swizzle). A tensor at a new address with the same shape, one at the same address
+    with other strides or another shape, and one allocated where a freed one was all get results
+    bitwise equal to the PyTorch path (a stale descriptor would read the old tensor's rows); the
+    cache stays within its bound; a GEMM through the cache equals one through Triton's launcher
+    (caches emptied); descriptors passed prebuilt take Triton's launcher, logged."""
+    from kernels.fp8 import backend as B
+
+    def check_both(x):
+        want = (*R.quantize_act_ref(x.cpu()), *R.quantize_act_t_ref(x.cpu()))
+        for got, ref in zip(quantize_act_both(x), want):
+            assert_bitwise(got.cpu(), ref)
+
+    # Each case runs twice: a new specialization (shape, strides) launches through Triton first;
+    # the second call launches directly and looks its descriptors up in the cache, which then
+    # holds entries of the cases before it (same address, same shape or same strides).
+    x = make_input(512, 1024, seed=80).cuda()
+    check_both(x)  # first launch of this specialization: through Triton
+    check_both(x)  # direct launch: descriptors encoded into the cache
+    check_both(x)  # x's descriptor from the cache
+    assert any(key[1] == x.data_ptr() for key in B._TENSORMAPS)
+    check_both(make_input(512, 1024, seed=81).cuda())  # same shape and strides, new address
+    buf = make_input(512, 2048, seed=82).cuda()
+    for view in (buf[:, :1024],  # row stride 2048
+                 buf.view(-1)[: 512 * 1024].view(512, 1024),  # same address and shape, row stride 1024
+                 buf.view(-1)[: 384 * 1024].view(384, 1024)):  # same address and strides, 384 rows
+        check_both(view)
+        check_both(view)
+    B._TENSORMAPS.clear()
+    monkeypatch.setattr(B, "_TENSORMAPS_MAX", 3)
+    old_ptr = x.data_ptr()
+    del x
+    y = make_input(512, 1024, seed=83).cuda()  # likely at the freed address (caching allocator)
+    check_both(y)
+    check_both(y)  # a hit on the freed x's key when y took its address: y's values must come out
+    assert len(B._TENSORMAPS) <= 3
+    if y.data_ptr() == old_ptr:
+        assert any(key[1] == old_ptr for key in B._TENSORMAPS)
+
+    # wgrad-form GEMM (five descriptors, two of them on the scale tensors): cached vs uncached.
+    a, b = make_input(2048, 1024, seed=84).cuda(), make_input(2048, 1024, seed=85).cuda()
+    _, _, aqt, ast = quantize_act_both(a)
+    _, _, bqt, bst = quantize_act_both(b)
+    cfg = (128, 256, 4, 3, "gluon_ws")
+    B._COMPILED.clear()
+    B._TENSORMAPS.clear()
+    uncached = fp8_gemm(aqt, ast, bqt, bst, torch.float32, config=cfg)  # through Triton
+    for _ in range(2):
+        assert torch.equal(fp8_gemm(aqt, ast, bqt, bst, torch.float32, config=cfg), uncached)
+
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from kernels.fp8 import quantize_hopper as QH
+    from kernels.fp8.quantize import _empty_act_scale, _empty_padded_rows
+
+    x = make_input(256, 384, seed=86).cuda()
+    q = torch.empty(256, 384, dtype=FP8_DTYPE, device="cuda")
+    s, st = _empty_act_scale(256, 3, "cuda"), _empty_act_scale(384, 2, "cuda")
+    qt = _empty_padded_rows(384, 256, "cuda")
+    args = (TensorDescriptor.from_tensor(x, [128, 64], QH._tile_layout(x.dtype)),
+            TensorDescriptor.from_tensor(qt, [128, 128], QH._qt_layout()),
+            q, s, st, 256, 384, q.stride(0), s.stride(1), st.stride(1))
+    with caplog.at_level("INFO", logger="kernels"):
+        for _ in range(2):
+            B.launch(QH._quant_act_gluon_kernel, (6,), *args, ROWWISE=True, COLWISE=True, POW2=False,
+                     STAGES=2, num_warps=8)
+    assert "descriptor passed prebuilt" in caplog.text
+    for got, ref in zip((q, s, qt, st), (*R.quantize_act_ref(x.cpu()), *R.quantize_act_t_ref(x.cpu()))):
+        assert_bitwise(got.cpu(), ref)
+
+
+@needs_gluon_quantizer
+def test_descriptors_encoded_on_a_thread_without_cuda_context():
+    """A TMA descriptor encoded on a thread that has made no CUDA call yet (the autograd engine's
+    worker when FP8Linear's backward is its first CUDA work): Triton's encoder needs a current
+    context and failed there ("invalid device context", H100 2026-11-27); launch now makes the
+    device's primary context current first. The thread only quantizes (its outputs come from
+    the caching allocator's freed blocks, so it makes no CUDA runtime call before the encoding)."""
+    import threading
+
+    from kernels.fp8 import backend as B
+
+    x = make_input(384, 640, seed=95).cuda()
+    quantize_act_both(x)  # compiled and specialized on this thread; its outputs go back to the cache
+    B._TENSORMAPS.clear()  # the thread must encode x's and qt's descriptors itself
+    torch.cuda.synchronize()
+    result = {}
+
+    def worker():
+        try:
+            result["out"] = [t.cpu() for t in quantize_act_both(x)]
+        except Exception as e:  # reported by the assertion below
+            result["error"] = e
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert "error" not in result, result.get("error")
+    for got, want in zip(result["out"], (*R.quantize_act_ref(x.cpu()), *R.quantize_act_t_ref(x.cpu()))):
+        assert_bitwise(got, want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; verified on an H100 "
+                    "(BENCHMARKS.md, FP8)")
+def test_fp8_linear_cuda_graph_replay_matches_eager():
+    """FP8Linear fwd+bwd captured in a CUDA graph (PyTorch's whole-network capture) and replayed on
+    new input values gives bitwise the eager results: every launch, the cached ones included,
+    reads the graph's own buffers."""
+    torch.manual_seed(5)
+    lin = FP8Linear(1024, 768, bias=True, device="cuda", dtype=torch.bfloat16)
+    x_static = torch.randn(512, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dy_static = torch.randn(512, 768, device="cuda", dtype=torch.bfloat16)
+
+    def eager(x, dy):
+        x = x.detach().clone().requires_grad_()
+        lin.zero_grad(set_to_none=True)
+        y = lin(x)
+        y.backward(dy)
+        return y.detach(), x.grad, lin.weight.grad.clone(), lin.bias.grad.clone()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (compilation, caches) outside the capture
+        for _ in range(3):
+            lin(x_static).backward(dy_static)
+    torch.cuda.current_stream().wait_stream(side)
+    lin.zero_grad(set_to_none=True)
+    x_static.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_static = lin(x_static)
+        y_static.backward(dy_static)
+    grads = (x_static.grad, lin.weight.grad, lin.bias.grad)
+    x_new = make_input(512, 1024, seed=90).cuda()
+    dy_new = make_input(512, 768, seed=91).cuda()
+    with torch.no_grad():
+        x_static.copy_(x_new)
+        dy_static.copy_(dy_new)
+    graph.replay()
+    torch.cuda.synchronize()
+    replayed = (y_static.clone(), *(g.clone() for g in grads))
+    for got, want in zip(replayed, eager(x_new, dy_new)):
+        assert torch.equal(got, want)
 
 
 def test_cpu_gemm_uses_exact_block_sums():
