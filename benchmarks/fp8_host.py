@@ -118,7 +118,7 @@ def main() -> None:
         print(f"fp8 host per step, {steps} steps after a sync: {t:.0f} us")
     fwd = host_us(lambda: f8(x), calls=20)
     print(f"fp8 forward alone host {fwd:.0f} us")
-    wd.grad = None
+    lin.weight.grad = x.grad = None
 
     def manual_step(times):  # the launches of one step, on this thread, without autograd
         t = [time.perf_counter()]
@@ -144,7 +144,7 @@ def main() -> None:
         print("manual step (no autograd) host us, median of 10: " + ", ".join(f"{v:.0f}" for v in med)
               + f"; sum {sum(med):.0f}")
     autograd_trace(f8, x, dy)
-    wd.grad = x.grad = None
+    lin.weight.grad = x.grad = None
     summary = {}
     for name, mod in (("bf16", lin), ("fp8", f8)):
         t = host_us(lambda: mod(x).backward(dy), calls=20)
@@ -243,6 +243,23 @@ def autograd_trace(f8, x, dy, steps: int = 20) -> None:
         return r
 
     L._FP8LinearFn.backward = staticmethod(bwd)
+    # TMA descriptors: lookups in backend's cache and encodings (cache misses), where it has one.
+    from kernels.fp8 import backend as B
+    from triton.backends.nvidia import driver as D
+
+    counts = {"lookups": 0, "encodes": 0}
+
+    def counted(key, f):
+        def g(*a, **kw):
+            counts[key] += 1
+            return f(*a, **kw)
+        return g
+
+    orig.append((D, "make_tensordesc_arg", D.make_tensordesc_arg))
+    D.make_tensordesc_arg = counted("encodes", D.make_tensordesc_arg)
+    if hasattr(B, "_tensormap_args"):
+        orig.append((B, "_tensormap_args", B._tensormap_args))
+        B._tensormap_args = counted("lookups", B._tensormap_args)
     per_step: list = []
     try:
         for _ in range(steps + 3):
@@ -252,6 +269,8 @@ def autograd_trace(f8, x, dy, steps: int = 20) -> None:
             t1 = time.perf_counter()
             y.backward(dy)
             t2 = time.perf_counter()
+            if len(per_step) == 3:  # the warm-up steps are left out of the counts too
+                counts.update(lookups=0, encodes=0)
             sums: dict = {("forward (caller)", "main"): t1 - t0, ("backward() (caller)", "main"): t2 - t1}
             for name, th, a, b in log:
                 key = (name, "main" if th == "MainThread" else "autograd worker")
@@ -268,6 +287,11 @@ def autograd_trace(f8, x, dy, steps: int = 20) -> None:
     for key in per_step[-1]:
         vals = sorted(d.get(key, 0.0) for d in per_step)
         print(f"  {key[0]:22s} {key[1]:16s} {vals[len(vals) // 2] * 1e6:7.0f}")
+    print(f"TMA descriptors per step: {counts['lookups'] / steps:.1f} cache lookups, "
+          f"{counts['encodes'] / steps:.1f} encodings")
+    if hasattr(B, "_DirectLaunch"):
+        fallbacks = [(d.compiled.name, d.why_not_direct) for d in B._COMPILED.values() if d.why_not_direct]
+        print(f"kernels launched directly: {len(B._COMPILED) - len(fallbacks)}, through Triton's launcher: {fallbacks}")
 
 
 if __name__ == "__main__":

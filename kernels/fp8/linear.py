@@ -14,6 +14,9 @@ directly into the transposed layout (bitwise the same 128×128 blocks the forwar
 leaves the GEMM (fp32 accumulation) in the master weight's dtype. Saved for backward: xᵀ
 quantized (fp8, half the bytes of a bf16 x) and the weight (a parameter: nothing extra).
 Works on any device (CPU: the PyTorch path, exact and slow), so the CPU demo can run in FP8.
+On CUDA the eager step is host-bound at the Ring-mini shape (Python launches, autograd's worker
+thread); the step can be captured in a CUDA graph (PyTorch's whole-network capture, tested
+bitwise against eager), which runs it at GPU speed (BENCHMARKS.md, FP8).
 """
 
 from __future__ import annotations
