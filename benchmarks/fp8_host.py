@@ -263,14 +263,14 @@ def autograd_trace(f8, x, dy, steps: int = 20) -> None:
     per_step: list = []
     try:
         for _ in range(steps + 3):
+            if len(per_step) == 3:  # the warm-up steps are left out of the counts too
+                counts.update(lookups=0, encodes=0)
             log.clear()
             t0 = time.perf_counter()
             y = f8(x)
             t1 = time.perf_counter()
             y.backward(dy)
             t2 = time.perf_counter()
-            if len(per_step) == 3:  # the warm-up steps are left out of the counts too
-                counts.update(lookups=0, encodes=0)
             sums: dict = {("forward (caller)", "main"): t1 - t0, ("backward() (caller)", "main"): t2 - t1}
             for name, th, a, b in log:
                 key = (name, "main" if th == "MainThread" else "autograd worker")

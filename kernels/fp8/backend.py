@@ -150,10 +150,11 @@ def _tensormap_args(a: TMA, meta: dict, meta_key: tuple, dev: int) -> list:
     """The launcher arguments of one TMA descriptor: [CUtensorMap, *shape, *strides], encoded by
     Triton's ``make_tensordesc_arg`` on the first use of a key and reused after. The key holds
     every input of the encoding (device, address, shape, strides, and the compiled kernel's
-    element type, swizzle and block; TMA requests always zero-fill out of bounds), so a hit returns exactly what encoding anew would
-    give — for whatever tensor now lives at that address — and never a stale descriptor. The
-    CUtensorMap is copied into the kernel's parameters at each launch (and into a CUDA graph's
-    node when captured), so reusing the object is safe."""
+    element type, swizzle and block; TMA requests always zero-fill out of bounds), so a hit
+    returns exactly what encoding anew would give — for whatever tensor now lives at that
+    address — and never a stale descriptor. The CUtensorMap is copied into the kernel's
+    parameters at each launch (and into a CUDA graph's node when captured), so reusing the
+    object is safe."""
     t = a.tensor
     key = (dev, t.data_ptr(), t.shape, t.stride(), t.dtype, a.block, meta_key)
     hit = _TENSORMAPS.get(key)
@@ -190,8 +191,9 @@ class _DirectLaunch:
         if any(hasattr(a, "block_shape") for a in args):
             why = "a descriptor passed prebuilt (not as a TMA request)"
         elif tma_args:
-            code = getattr(run.launch, "__code__", None)
-            cells = dict(zip(code.co_freevars, (c.cell_contents for c in run.launch.__closure__ or ()))) if code else {}
+            code = getattr(run.launch, "__code__", None)  # None: a C function, not the wrapper
+            closure = (run.launch.__closure__ or ()) if code else ()
+            cells = dict(zip(code.co_freevars, (c.cell_contents for c in closure))) if code else {}
             metas = cells.get("tensordesc_meta")  # one per descriptor parameter, None if not lowered
             if "launcher" not in cells or not isinstance(metas, list) or len(metas) != len(tma_args):
                 why = "Triton's launcher wrapper is not the one this code knows (triton 3.6)"
@@ -222,7 +224,6 @@ class _DirectLaunch:
                 from triton.backends.nvidia.driver import make_tensordesc_arg
 
                 ensure_cuda_context(dev)
-
                 flat[i:i + 1] = make_tensordesc_arg(args[i].descriptor(), None)
             else:
                 flat[i:i + 1] = _tensormap_args(args[i], m, meta_key, dev)
