@@ -131,6 +131,27 @@ def stacked_experts_loop(rows: torch.Tensor, counts: list[int], w13: torch.Tenso
 CPU_MACS_PER_CALL = 500_000
 
 
+def every_expert_pays(x: torch.Tensor, idx: torch.Tensor, w13: torch.Tensor, shared: bool):
+    """Whether :func:`every_expert_swiglu` is the cheaper way for this batch (CPU only).  A
+    SymBool when the batch size is symbolic (a compiled model decides per call)."""
+    (N, k), (stack, two_inter, D) = idx.shape, w13.shape
+    return x.device.type == "cpu" and N * (stack - shared - k) * 3 * D * (two_inter // 2) <= 2 * stack * CPU_MACS_PER_CALL
+
+
+def every_expert_swiglu(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: torch.Tensor,
+                        w2: torch.Tensor, shared: bool) -> torch.Tensor:
+    """:func:`_stacked_experts` by running every expert on every token (two GEMMs over all the
+    stacked experts) and keeping each token's k outputs: the same terms, from other GEMM
+    shapes.  Plain traceable tensor ops, so a compiled model fuses all but the GEMMs."""
+    (N, k), (stack, two_inter, D) = idx.shape, w13.shape
+    E, inter = stack - shared, two_inter // 2
+    h = F.linear(x, w13.reshape(stack * two_inter, D)).view(N, stack, two_inter)
+    y = torch.bmm((F.silu(h[..., :inter]) * h[..., inter:]).transpose(0, 1), w2.transpose(1, 2))  # [S, N, D]
+    idx, w = expert_order(idx, w)
+    out = weighted_sum(y.transpose(0, 1).gather(1, idx[..., None].expand(N, k, D)), w)
+    return out + y[E].to(out.dtype) if shared else out
+
+
 def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: torch.Tensor,
                      w2: torch.Tensor, shared: bool) -> torch.Tensor:
     """The experts with stacked weights — the rollout's layout (vLLM's fused-MoE one):
@@ -142,21 +163,17 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
 
     Two grouped GEMMs for all experts (``torch._grouped_mm``: one call instead of three per
     expert; on CPU it equals per-expert matmuls bitwise), or on CPU for small batches every
-    expert on every token (:data:`CPU_MACS_PER_CALL`; the same terms, from other GEMM shapes).
+    expert on every token (:func:`every_expert_swiglu`, :data:`CPU_MACS_PER_CALL`).
     Registered as the custom op ``torch.ops.lockstep.stacked_experts`` (:data:`stacked_experts`),
     so a compiled model treats it as one opaque call: the grouped GEMM has no fp32 meta kernel
     for the compiler to trace, and the rows per expert are data-dependent.
     ``_grouped_mm`` takes fp32/bf16/fp16 on CPU and bf16 on CUDA, with 16-byte-aligned rows; other
     cases (fp64 references and tests, fp32 on a GPU, odd widths such as the demo model's 86) run
     the per-expert loop, logged once per case."""
+    if every_expert_pays(x, idx, w13, shared):
+        return every_expert_swiglu(x, idx, w, w13, w2, shared)
     (N, k), (stack, two_inter, D) = idx.shape, w13.shape
     E, inter = stack - shared, two_inter // 2
-    if x.device.type == "cpu" and N * (E - k) * 3 * D * inter <= 2 * stack * CPU_MACS_PER_CALL:
-        h = F.linear(x, w13.reshape(stack * two_inter, D)).view(N, stack, two_inter)
-        y = torch.bmm((F.silu(h[..., :inter]) * h[..., inter:]).transpose(0, 1), w2.transpose(1, 2))  # [S, N, D]
-        idx, w = expert_order(idx, w)
-        out = weighted_sum(y[idx, torch.arange(N, device=idx.device)[:, None]], w)
-        return out + y[E].to(out.dtype) if shared else out
     plan = ExpertDispatch(idx, w, E)
     rows, counts = x[plan.token], plan.counts
     if shared:  # the shared expert: one more group, every token
@@ -322,8 +339,16 @@ class StackedMoE(nn.Module):
         """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32, as :meth:`MoE.forward`."""
         flat = x.reshape(-1, x.shape[-1])
         idx, w = self.gate(flat)
-        w13, w2 = self.experts_w13, self.experts_w2
-        out = stacked_experts(flat.to(w13.dtype), idx, w, w13, w2, self.shared_stacked)
+        w13, w2, shared = self.experts_w13, self.experts_w2, self.shared_stacked
+        xs = flat.to(w13.dtype)
+        if torch.compiler.is_compiling() and xs.device.type == "cpu":
+            # compiled (the rollout engine on CPU): decode-sized batches run every expert inside
+            # the compiled graph, fused around the GEMMs, the rest the opaque op; chosen per call
+            out = torch.cond(every_expert_pays(xs, idx, w13, shared),
+                             lambda *t: every_expert_swiglu(*t, shared), lambda *t: stacked_experts(*t, shared),
+                             (xs, idx, w, w13, w2))
+        else:
+            out = stacked_experts(xs, idx, w, w13, w2, shared)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat).to(out.dtype)
         return out.view(x.shape)

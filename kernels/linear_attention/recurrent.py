@@ -63,7 +63,7 @@ class StateSlots:
             raise ValueError(f"state_indices out of range for a pool of {num_slots} slots")
         padded = bool(slots) and min(slots) < 0
         self.rows = (torch.arange(batch, device=device) if state_indices is None
-                     else state_indices.long().clamp(min=0))
+                     else state_indices.long().clamp(min=0) if padded else state_indices.long())
         self.valid = (state_indices >= 0) if padded else None
         step = slots[1] - slots[0] if batch > 1 else 1
         evenly = not padded and step != 0 and all(b - a == step for a, b in zip(slots, slots[1:]))

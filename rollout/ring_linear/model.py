@@ -230,18 +230,30 @@ class StepPlan:
                                "the Ring-linear model decodes one token per sequence (no speculative decoding)")
         reqs = n_dec + n_pre
         slots = meta.state_indices_tensor[:reqs]
-        starts = meta.query_start_loc[:reqs + 1]
-        context = meta.seq_lens[:reqs] - (starts[1:] - starts[:-1])
-        fresh = (context == 0) & (slots >= 0)
+        on_host = slots.device.type == "cpu"
+        # On CPU the few per-sequence values are read as numpy views: an op costs ~1 µs there
+        # against ~5–10 µs for a torch op, and this runs every step
+        arrays = [t.numpy() if on_host else t for t in (slots, meta.query_start_loc[:reqs + 1], meta.seq_lens[:reqs])]
+        fresh = fresh_slots(*arrays)
         # vLLM's own helper only clears prefills; a 1-token prompt arrives as a decode, and a
         # stale slot gave |Δ log-prob| ≈ 1 in the probe (DESIGN §10)
-        self.fresh = slots[fresh] if bool(fresh.any()) else None
-        # read on the host once per step for the CPU path; the GPU kernel takes the tensor
+        self.fresh = None if len(fresh) == 0 else torch.from_numpy(fresh) if on_host else fresh
+        # read on the host once per step for the CPU kernel; the GPU kernel takes the tensor
         self.decodes = n_dec
-        self.decode_slots = StateSlots(slots[:n_dec], n_dec, num_slots) if slots.device.type == "cpu" else slots[:n_dec]
-        self.native_decode = slots.device.type == "cpu"  # the packed CPU kernel (decode_packed)
+        self.decode_slots = StateSlots(slots[:n_dec], n_dec, num_slots) if on_host else slots[:n_dec]
+        self.native_decode = on_host  # the packed CPU kernel (decode_packed)
         self.prefill_tokens, self.prefill_slots = meta.num_prefill_tokens, slots[n_dec:]
-        self.prefill_cu = (starts[n_dec:] - starts[n_dec]).to(torch.int64)
+        if n_pre:
+            starts = meta.query_start_loc[n_dec:reqs + 1]
+            self.prefill_cu = (starts - starts[0]).to(torch.int64)
+
+
+def fresh_slots(slots, starts, seq_lens):
+    """The state slots of the sequences whose context is empty (every token of theirs is in
+    this step: their state must start at 0); numpy arrays or tensors.  slots ``[R]`` (negative:
+    padding), starts ``[R + 1]`` (query start locations), seq_lens ``[R]``."""
+    context = seq_lens - (starts[1:] - starts[:-1])
+    return slots[(context == 0) & (slots >= 0)]
 
 
 class RingSoftmaxAttention(nn.Module):

@@ -75,12 +75,28 @@ def test_stacked_experts_against_float64():
         assert err <= 1e-5 * ref.abs().max().item(), (tokens, err)
 
 
-def test_stacked_experts_compiles_as_one_opaque_op():
+def test_compiled_stacked_moe_chooses_its_path_per_call():
+    """Compiled with a dynamic batch (as the rollout engine compiles the model), decode-sized
+    batches run every expert inside the compiled graph and larger ones the opaque grouped-GEMM
+    op, chosen per call (``torch.cond``) by one compiled graph."""
+    from torch.profiler import ProfilerActivity, profile
+
     config, _, stacked = _moe_pair()
-    x = torch.randn(8, config.hidden_size)
+    limit = _small_batch_limit(config)
     compiled = torch.compile(stacked, fullgraph=True, dynamic=True)
     with torch.no_grad():
-        assert torch.equal(compiled(x), stacked(x))
+        compiled(torch.randn(3, config.hidden_size))  # compiles (tracing runs both branches)
+    for tokens in (8, limit + 1):
+        x = torch.randn(tokens, config.hidden_size)
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            got = compiled(x)
+        want = stacked(x)
+        op_ran = any(e.key == "lockstep::stacked_experts" for e in prof.key_averages())
+        assert op_ran == (tokens > limit), tokens
+        if op_ran:
+            assert torch.equal(got, want)
+        else:  # inductor fuses the elementwise ops around the GEMMs: fp32 rounding only
+            assert (got - want).abs().max().item() <= 1e-6 * want.abs().max().item()
 
 
 def test_stacked_experts_empty_batch_and_unused_experts():
