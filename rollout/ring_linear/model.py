@@ -32,8 +32,9 @@ parallel sizes above 1 are refused at construction.
 Compiled like vLLM's own models (``@support_torch_compile``; ``enforce_eager`` turns it off): the
 per-sequence bookkeeping — the state slots, zeroing fresh ones, the decode/prefill split — and
 the recurrence run inside vLLM's ``linear_attention`` custom op (a graph-splitting op, as for
-vLLM's MiniMax and Bailing layers), the routed experts inside ``lockstep::stacked_experts``;
-everything else (projections, norms, RoPE, gates, router) is one inductor graph per step.  The
+vLLM's MiniMax and Bailing layers), the routed experts of prefill-sized batches inside
+``lockstep::stacked_experts`` (decode-sized ones run every expert in the graph: ``torch.cond``
+in :class:`~kernels.moe.StackedMoE`); everything else (projections, norms, RoPE, gates, router) is one inductor graph per step.  The
 compiled rollout is not bitwise the eager trainer (inductor fuses the elementwise ops and
 reduces in its own order): fast mode's ≤ 1e-5 holds, tested for both.  On GPUs the model runs
 eagerly, without CUDA graphs, as it was checked there (:func:`_run_eagerly_on_gpus`).
