@@ -131,10 +131,12 @@ def stacked_experts_loop(rows: torch.Tensor, counts: list[int], w13: torch.Tenso
 CPU_MACS_PER_CALL = 500_000
 
 
-def every_expert_pays(x: torch.Tensor, idx: torch.Tensor, w13: torch.Tensor, shared: bool):
-    """Whether :func:`every_expert_swiglu` is the cheaper way for this batch (CPU only).  A
-    SymBool when the batch size is symbolic (a compiled model decides per call)."""
+def every_expert_pays(x: torch.Tensor, idx: torch.Tensor, w13: torch.Tensor, shared: bool, tokens=None):
+    """Whether :func:`every_expert_swiglu` is the cheaper way for this batch (CPU only), or for
+    ``tokens`` tokens.  A SymBool when the batch size is symbolic (a compiled model decides per
+    call)."""
     (N, k), (stack, two_inter, D) = idx.shape, w13.shape
+    N = N if tokens is None else tokens
     return x.device.type == "cpu" and N * (stack - shared - k) * 3 * D * (two_inter // 2) <= 2 * stack * CPU_MACS_PER_CALL
 
 
@@ -341,9 +343,10 @@ class StackedMoE(nn.Module):
         idx, w = self.gate(flat)
         w13, w2, shared = self.experts_w13, self.experts_w2, self.shared_stacked
         xs = flat.to(w13.dtype)
-        if torch.compiler.is_compiling() and xs.device.type == "cpu":
+        if torch.compiler.is_compiling() and every_expert_pays(xs, idx, w13, shared, tokens=1):
             # compiled (the rollout engine on CPU): decode-sized batches run every expert inside
             # the compiled graph, fused around the GEMMs, the rest the opaque op; chosen per call
+            # (models whose experts never pay, e.g. mini's 256, skip tracing that branch)
             out = torch.cond(every_expert_pays(xs, idx, w13, shared),
                              lambda *t: every_expert_swiglu(*t, shared), lambda *t: stacked_experts(*t, shared),
                              (xs, idx, w, w13, w2))
