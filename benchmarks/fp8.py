@@ -421,6 +421,50 @@ def weight_section(dev, copy_bw) -> None:
     say()
 
 
+# The activation quantizer's A/B (section "qa"): ("gluon", STAGES, per SM, register cap or 0,
+# options) of kernels/fp8/quantize_hopper.py; the first of each mode is the old default.
+QA_CONFIGS = {  # "gluon": the default (kernels/fp8/quantize_hopper.py, _GLUON_CFG)
+    "col": [("gluon", 1, 5, 80, ""), "gluon", ("gluon", 1, 0, 80, ""), ("gluon", 1, 0, 64, "fmax"),
+            ("gluon", 1, 16, 80, "fmax")],
+    "both": [("gluon", 2, 2, 0, ""), "gluon", ("gluon", 1, 0, 80, ""), ("gluon", 1, 0, 64, "fmax"),
+             ("gluon", 1, 0, 0, "fmax"), ("gluon", 1, 16, 80, "fmax")],
+}
+
+
+def quant_act_ab_section(dev, copy_bw, rounds: int = 3) -> None:
+    """quantize_act_t / quantize_act_both per Gluon config, graph ÷ copy, every config timed
+    once per round (rounds interleaved: the spread between rounds is the noise); bits compared
+    with the first config of the mode ('!' = differ)."""
+    from kernels.fp8.quantize import _quant_act_triton
+
+    say(f"## activation quantizer A/B (copy {copy_bw / 1e12:.2f} TB/s; graph ÷ copy per round)")
+    for m, k in ((8192, 2048), (8192, 5120), (16384, 7168)):
+        xs = rotating(torch.randn(m, k, device=dev, dtype=torch.bfloat16))
+        sc = m * k // 128 * 4
+        for mode, flags, nbytes in (("col", (False, True), m * k * 3 + sc),
+                                    ("both", (True, True), m * k * 4 + 2 * sc)):
+            cfgs = QA_CONFIGS[mode]
+            want = _quant_act_triton(xs[0], *flags, False, cfgs[0])
+            same = {}
+            for cfg in cfgs:
+                got = _quant_act_triton(xs[0], *flags, False, cfg)
+                same[cfg] = all(a is None or torch.equal(a.view(torch.uint8) if a.dtype == FP8_DTYPE else a,
+                                                         b.view(torch.uint8) if b.dtype == FP8_DTYPE else b)
+                                for a, b in zip(got, want))
+            per = {cfg: [] for cfg in cfgs}
+            for _ in range(rounds):
+                for cfg in cfgs:
+                    t = bench_graph(lambda xx: _quant_act_triton(xx, *flags, False, cfg), xs)
+                    per[cfg].append(nbytes / (t * 1e-3) / copy_bw)
+            for cfg in cfgs:
+                name = "default" if cfg == "gluon" else cfg[1:]
+                RESULTS[f"qa_{mode}_{m}x{k}_{name}"] = per[cfg]
+                say(f"  {mode} {m}x{k} {name}: " + " / ".join(f"{r:.3f}" for r in per[cfg])
+                    + ("" if same[cfg] else " !"))
+        del xs
+    say()
+
+
 def linear_step_parts(x: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor) -> dict:
     """The launches of one FP8Linear fwd+bwd step, in order, as callables on fixed inputs."""
     xq, xs, xqt, xst = quantize_act_both(x)
@@ -574,7 +618,7 @@ def lm_head_section(dev) -> None:
     say()
 
 
-SECTIONS = ("correctness", "gemm", "bw", "linear", "lm", "ws", "wq")
+SECTIONS = ("correctness", "gemm", "bw", "linear", "lm", "ws", "wq", "qa")
 
 
 def ws_probe(dev) -> None:
@@ -619,8 +663,9 @@ def main() -> None:
         "lm": lambda: lm_head_section(dev),
         "ws": lambda: ws_probe(dev),
         "wq": lambda: weight_section(dev, RESULTS["copy_bw"]),
+        "qa": lambda: quant_act_ab_section(dev, RESULTS["copy_bw"]),
     }
-    if dev == "cuda" and ("bw" in sections or "wq" in sections):
+    if dev == "cuda" and ("bw" in sections or "wq" in sections or "qa" in sections):
         RESULTS["copy_bw"] = copy_bandwidth(dev)
         say(f"copy bandwidth: {RESULTS['copy_bw'] / 1e12:.2f} TB/s (1 GiB bf16 copy_, read+write)")
     for key in sections:

@@ -1,4 +1,4 @@
-"""Hopper (sm_90) FP8 quantization in Gluon (1×128 activations, 128×128 weights): TMA-fed, persistent.
+"""Hopper (sm_90) FP8 quantization in Gluon (1×128 activations, 128×128 weights), TMA-fed.
 
 For ``quantize_act_t`` and ``quantize_act_both`` (the transposed forms: the backward pass's
 dy and the forward's x). Same outputs, bit for bit, as ``quantize._quant_act_kernel`` and so as
@@ -7,10 +7,12 @@ the same ``tile_scale`` / ``to_e4m3`` code. What differs is how a 128×128 tile 
 registers and how qt leaves, which kept the Triton kernel at 0.45-0.74 of copy bandwidth
 (BENCHMARKS.md, "## FP8"):
 
-- Persistent programs (2-3 resident per SM, _GLUON_CFG) each keep STAGES tiles in flight: TMA
-  copies the next tiles into a shared-memory ring while the warps quantize the current one (the
-  Triton kernel holds one tile per program, and with 165 registers one program per SM: the SM
-  idled on memory).
+- The activation kernel runs one program per 128×128 tile by default (_GLUON_CFG; 80 registers,
+  so three programs of 8 warps per SM, the next one starting as one leaves): the SM works on
+  one tile while the TMA engine loads the next program's. The kernel can also run persistent
+  programs over a ring of STAGES tiles (the weight kernel does), which measured slower for the
+  activations at every shape (BENCHMARKS.md). (The Triton kernel held one tile per program with
+  165 registers, one program per SM: the SM idled on memory.)
 - Each direction reads the tile from shared memory in its own register layout, so that its
   reduction needs no shared-memory round trip of the data:
   ROW (along K → q [M, K]): a thread owns 8 values of a row in each 64-column half (8 lanes
@@ -23,7 +25,7 @@ registers and how qt leaves, which kept the Triton kernel at 0.45-0.74 of copy b
 - Tiles arrive as two 128×64 halves (128-byte rows, 128B swizzle): both layouts read shared
   memory without bank conflicts (unswizzled 256-byte rows made ldmatrix 8-way conflicted).
 ``_quant_weight_gluon_kernel`` runs ``quantize_weight`` / ``quantize_weight_t`` (128×128 blocks)
-on the same ring: one amax per block, then the ROW pass (q) or the COL pass (Wᵀ's q).
+on the same ring (persistent): one amax per block, then the ROW pass (q) or the COL pass (Wᵀ's q).
 GPU-only (Gluon has no interpreter): the Triton kernel is the interpreter path and the
 fallback (logged) where this one cannot run (fp32 x, rows TMA cannot load).
 """
@@ -41,6 +43,7 @@ try:  # pragma: no cover - depends on the install (Triton >= 3.5 with Gluon)
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
+    import triton.language as tl
 
     HAS_GLUON = True
 except ImportError:  # pragma: no cover
@@ -56,7 +59,7 @@ if HAS_GLUON:
         x_desc, qt_desc, q_ptr, s_ptr, st_ptr,
         M, K, stride_qm, stride_sk, stride_stm,
         ROWWISE: gl.constexpr, COLWISE: gl.constexpr, POW2: gl.constexpr,
-        STAGES: gl.constexpr, num_warps: gl.constexpr,
+        STAGES: gl.constexpr, QT_BUFFERS: gl.constexpr, FMAX: gl.constexpr, num_warps: gl.constexpr,
     ):
         # Program p quantizes tiles p, p + P, p + 2P, ... (tile t = (t // Kt, t % Kt) in
         # 128×128 units). ROWWISE writes q [M, K] and s [M, Kb] (s.stride(0) == 1); COLWISE qt
@@ -68,8 +71,8 @@ if HAS_GLUON:
         COL: gl.constexpr = gl.BlockedLayout([16, 2], [1, 32], [num_warps, 1], [0, 1])
 
         x_smem, ready, pid, nprog, kt, my_tiles = _ring_start(x_desc, M, K, STAGES)
-        if COLWISE:  # two staging tiles: one drains to global while the other is filled
-            qt_smem = gl.allocate_shared_memory(gl.float8e4nv, [2, 128, 128], qt_desc.layout)
+        if COLWISE:  # with 2 staging tiles one drains to global while the other is filled
+            qt_smem = gl.allocate_shared_memory(gl.float8e4nv, [QT_BUFFERS, 128, 128], qt_desc.layout)
 
         for it in range(my_tiles):
             slot = it % STAGES
@@ -86,27 +89,27 @@ if HAS_GLUON:
                     rows = off_m + RB * r + gl.arange(0, RB, layout=gl.SliceLayout(1, ROW))
                     cols = off_k + gl.arange(0, 64, layout=gl.SliceLayout(0, ROW))
                     ptrs = q_ptr + rows[:, None] * stride_qm + cols[None, :]
-                    gl.store(ptrs, to_e4m3(xl, b[:, None], c[:, None], inv[:, None], BF16_IN),
+                    gl.store(ptrs, _to_e4m3(xl, b[:, None], c[:, None], inv[:, None], BF16_IN, FMAX),
                              mask=(rows[:, None] < M) & (cols[None, :] < K))
-                    gl.store(ptrs + 64, to_e4m3(xr, b[:, None], c[:, None], inv[:, None], BF16_IN),
+                    gl.store(ptrs + 64, _to_e4m3(xr, b[:, None], c[:, None], inv[:, None], BF16_IN, FMAX),
                              mask=(rows[:, None] < M) & (cols[None, :] + 64 < K))
                     gl.store(s_ptr + rows + (off_k // 128) * stride_sk, s, mask=rows < M)
             if COLWISE:  # per half: the 128-row column amax; a [64 k, 128 m] block of qt
-                buf = qt_smem.index(it % 2)
+                buf = qt_smem.index(it % QT_BUFFERS)
                 for h in gl.static_range(2):
                     x = x_smem.index(2 * slot + h).load(COL).to(gl.float32)
                     st, b, c, inv = tile_scale(gl.max(gl.abs(x), axis=0), POW2)  # per column
-                    q = to_e4m3(x, b[None, :], c[None, :], inv[None, :], BF16_IN)
+                    q = _to_e4m3(x, b[None, :], c[None, :], inv[None, :], BF16_IN, FMAX)
                     buf.slice(64 * h, 64, dim=0).permute((1, 0)).store(q)  # qt[k, m] = q[m, k]
                     cols = off_k + 64 * h + gl.arange(0, 64, layout=gl.SliceLayout(0, COL))
                     gl.store(st_ptr + cols + (off_m // 128) * stride_stm, st, mask=cols < K)
                 # Every warp's writes visible to the TMA engine, then one thread issues the store;
-                # the other buffer is written next tile: its store (last tile's) must have read it
-                # (only the issuing thread waits; the barrier below holds the others).
+                # the buffer written next tile must have been read by its store (with 2 buffers
+                # last tile's; only the issuing thread waits, the barrier below holds the others).
                 fence_async_shared()
                 gl.thread_barrier()
                 tma.async_copy_shared_to_global(qt_desc, [off_k, off_m], buf)
-                tma.store_wait(pendings=1)
+                tma.store_wait(pendings=QT_BUFFERS - 1)
             # Every warp is done with this slot: refill it with this program's tile it + STAGES.
             gl.thread_barrier()
             fence_async_shared()
@@ -185,6 +188,25 @@ if HAS_GLUON:
             mbarrier.invalidate(ready.index(i))
 
     @gluon.jit
+    def _to_e4m3(x, b, c, inv, BF16_IN: gl.constexpr, FMAX: gl.constexpr):
+        # quantize.to_e4m3, the same bits. FMAX: its magnitude floor max(|q|, 2^-100) as one
+        # float max (FMNMX with |q| as operand) instead of an AND and an integer max: for q
+        # not NaN, non-negative floats order as their bit patterns; max.NaN keeps a NaN q NaN
+        # (e4m3 has one NaN per sign). One instruction fewer per element (5-6% of the both-ways
+        # kernel's, which issues ~17 per element and direction: it is instruction-bound).
+        if FMAX:
+            a = x * c
+            q = a * inv
+            q = gl.fma(gl.fma(-b, q, a), inv, q)  # RN(a / b) for bf16 a (see to_e4m3)
+            if not BF16_IN:
+                q = gl.fma(gl.fma(-b, q, a), inv, q)
+            mag = gl.maximum(gl.abs(q), 7.888609052210118e-31, propagate_nan=tl.PropagateNan.ALL)
+            qb = mag.to(gl.int32, bitcast=True) | (a.to(gl.int32, bitcast=True) & -2147483648)
+            return qb.to(gl.float32, bitcast=True).to(gl.float8e4nv)
+        else:
+            return to_e4m3(x, b, c, inv, BF16_IN)
+
+    @gluon.jit
     def _ring_start(x_desc, M, K, STAGES: gl.constexpr):
         # The persistent TMA ring both kernels run on: program p takes the tiles p, p + P,
         # p + 2P, ... of x [M, K] in 128×128 units (my_tiles of them; tile t is at 128·(t // kt),
@@ -247,15 +269,21 @@ def gluon_quant_supported(x: torch.Tensor) -> str | None:
     return None
 
 
-# (STAGES, programs per SM[, register cap]) by rowwise. Transposed only: capped at 80 registers
-# (no spills), three programs of one stage (32 KiB ring slot + 2 × 16 KiB qt staging) fit an SM,
-# and five per SM are asked for: the programs beyond the resident three start as those finish,
-# so the last round is finer. Both ways: two programs of two stages (99 registers). Graph ÷ copy
-# on an H100, two runs, at 8192×2048 / 8192×5120 / 16384×7168 (BENCHMARKS.md):
-#   col  (1, 5, 80) 0.75-0.76 / 0.82-0.83 / 0.83-0.85   (2, 2) 0.73-0.74 / 0.79 / 0.79
-#   both (1, 5, 80) 0.70-0.71 / 0.78      / 0.81        (2, 2) 0.68-0.69 / 0.77 / 0.83
+# Launch configs: (STAGES, programs per SM or 0 for one program per tile, register cap or 0,
+# options); options "+"-joined, "fmax": _to_e4m3's one-instruction magnitude floor.
+# Capped at 80 registers (no spills, ptxas) three one-stage programs fit an SM. Graph ÷ copy on
+# an H100 at 8192×2048 / 8192×5120 / 16384×7168 (BENCHMARKS.md, FP8, 2026-11-27 session 7
+# second helper; A/B in one run):
+#   col  (1, 5, 80, "")       0.76 / 0.82-0.83 / 0.85        (the default before)
+#   col  (1, 0, 80, "fmax")   0.80 / 0.88      / 0.94
+#   both (2, 2, 0, "")        0.68 / 0.78      / 0.82-0.83   (the default before)
+#   both (1, 0, 80, "fmax")   0.78 / 0.86-0.87 / 0.90-0.92
+# Persistent programs lose to one program per tile at every shape: asking 5, 8, 12, 16 programs
+# per SM (3 resident, the rest start as those finish) gave both ways 0.73-0.78 / 0.78-0.84 /
+# 0.81-0.86 (more is better, 4 is worse than 3), i.e. what helps is a fine last round and new
+# programs filling an SM as others leave, not a ring kept across tiles. "fmax" alone: +0.01-0.03.
 # One program of 3 stages: 0.62-0.83 (a CTA-wide barrier stalls the whole SM when it is alone).
-_GLUON_CFG = {True: (2, 2), False: (1, 5, 80)}
+_GLUON_CFG = {True: (1, 0, 80, "fmax"), False: (1, 0, 80, "fmax")}  # by rowwise
 
 
 @functools.cache
@@ -267,19 +295,26 @@ def quant_act_gluon(x: torch.Tensor, q, s, qt, st, rowwise: bool, colwise: bool,
                     cfg: tuple | None = None) -> None:
     """Fill the outputs allocated by ``quantize._quant_act_triton`` (same layouts; qt [K, M]
     with rows padded to 16 bytes); the caller checked ``gluon_quant_supported``.
-    cfg: (STAGES, programs per SM[, register cap]), default _GLUON_CFG."""
+    cfg: (STAGES, programs per SM or 0[, register cap or 0[, options]]), default _GLUON_CFG."""
     if not colwise:  # (it would run, but the Triton row kernel is faster: BENCHMARKS.md)
         raise ValueError("the Gluon quantizer writes qt: quantize_act_t or quantize_act_both")
     m, k = x.shape
-    stages, per_sm, *maxnreg = cfg or _GLUON_CFG[rowwise]
+    stages, per_sm, *rest = cfg or _GLUON_CFG[rowwise]
+    maxnreg = rest[0] if rest else 0
+    options = set(rest[1].split("+")) - {""} if len(rest) > 1 else set()
+    if options - {"fmax"}:
+        raise ValueError(f"unknown Gluon quantizer options {options}")
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    q, s = (q, s) if rowwise else (qt, st)  # stand-ins for quantize_act_t (never written)
     tiles = _cdiv(m, 128) * _cdiv(k, 128)
-    launch(_quant_act_gluon_kernel, (min(tiles, per_sm * _num_sms(dev)),),
+    programs = tiles if per_sm == 0 else min(tiles, per_sm * _num_sms(dev))
+    q, s = (q, s) if rowwise else (qt, st)  # stand-ins for quantize_act_t (never written)
+    launch(_quant_act_gluon_kernel, (programs,),
            TMA(x, (128, 64), _tile_layout(x.dtype)), TMA(qt, (128, 128), _qt_layout()),
            q, s, st, m, k, q.stride(0), s.stride(1), st.stride(1),
-           ROWWISE=rowwise, COLWISE=colwise, POW2=pow2, STAGES=stages, num_warps=8,
-           **({"maxnreg": maxnreg[0]} if maxnreg else {}))
+           ROWWISE=rowwise, COLWISE=colwise, POW2=pow2, STAGES=stages,
+           QT_BUFFERS=1 if programs == tiles else 2,  # one tile per program: one staging tile
+           FMAX="fmax" in options, num_warps=8,
+           **({"maxnreg": maxnreg} if maxnreg else {}))
 
 
 # (STAGES, programs per SM, warps) of the weight kernel, per output. q [N, K]: one program per SM

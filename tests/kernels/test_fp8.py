@@ -194,9 +194,10 @@ needs_gluon_quantizer = pytest.mark.skipif(
 def test_quantize_gluon_hard_inputs_bitwise(dtype, pow2, poison_empty):
     """quantize_hopper's kernel (quantize_act_both / _t) against the PyTorch path: the hard input
     at TMA-legal shapes with partial tiles (M, K not multiples of 128), M < 16, and a random
-    input of 1024 tiles (several tiles per persistent program: the TMA ring and the staging
-    buffers wrap, the barrier phases flip; 1, 2 and 3 stages; registers capped at 80 in the
-    transposed-only default)."""
+    input of 1024 tiles. Configs: one program per tile with one staging tile (the default, and
+    at 64 registers, which spills); persistent programs (several tiles per program: the TMA
+    ring and the staging buffers wrap, the barrier phases flip; 1, 2 and 3 stages; capped at 80
+    registers); with and without the "fmax" magnitude floor."""
     from kernels.fp8.quantize import _quant_act_triton
 
     hard = _hard_quant_input(dtype)
@@ -205,7 +206,8 @@ def test_quantize_gluon_hard_inputs_bitwise(dtype, pow2, poison_empty):
     for x in cases:
         xc = x.cuda()
         ref = (*R.quantize_act_ref(x, pow2), *R.quantize_act_t_ref(x, pow2))
-        for cfg in ("gluon", ("gluon", 2, 2), ("gluon", 1, 1), ("gluon", 3, 1)):
+        for cfg in ("gluon", ("gluon", 2, 2), ("gluon", 1, 1), ("gluon", 3, 1),
+                    ("gluon", 2, 2, 0, "fmax"), ("gluon", 1, 5, 80, "fmax"), ("gluon", 1, 0, 64, "fmax")):
             for got, want in zip(_quant_act_triton(xc, True, True, pow2, cfg), ref):
                 assert_bitwise(got.cpu(), want)
             _, _, qt, st = _quant_act_triton(xc, False, True, pow2, cfg)
