@@ -510,7 +510,7 @@ def test_tma_descriptor_cache_rebuilds_for_new_tensors(poison_empty, monkeypatch
     with caplog.at_level("INFO", logger="kernels"):
         for _ in range(2):
             B.launch(QH._quant_act_gluon_kernel, (6,), *args, ROWWISE=True, COLWISE=True, POW2=False,
-                     STAGES=2, num_warps=8)
+                     STAGES=2, QT_BUFFERS=2, FMAX=False, num_warps=8)
     assert "descriptor passed prebuilt" in caplog.text
     for got, ref in zip((q, s, qt, st), (*R.quantize_act_ref(x.cpu()), *R.quantize_act_t_ref(x.cpu()))):
         assert_bitwise(got.cpu(), ref)
