@@ -72,7 +72,9 @@ def load(source: Path, signatures: dict[str, tuple]) -> ctypes.CDLL | None:
     argtypes)); None when native kernels are off or the build failed (logged once per source)."""
     if source not in _LOADED:
         lib = None
-        if ENABLED:
+        if not ENABLED:
+            _log.warning("native CPU kernel %s off (LOCKSTEP_NATIVE_KERNELS=0); running its PyTorch path", source.name)
+        else:
             try:
                 lib = ctypes.CDLL(str(build(source)))
                 for name, (restype, argtypes) in signatures.items():

@@ -229,8 +229,10 @@ _gluon_logged: set = set()
 
 def _use_gluon(x: torch.Tensor, mode: str, cfg) -> bool:
     """Gluon kernel for this call? cfg: None (the default per mode), "gluon" or ("gluon",
-    STAGES, programs per SM) to ask for it, a Triton tile config to ask for Triton. Where the
-    Gluon kernel cannot run, the Triton kernel does, logged once per reason."""
+    *the Gluon launch config*: STAGES, programs per SM or 0 for one per tile, register cap,
+    options; see ``quantize_hopper.quant_act_gluon``) to ask for it, a Triton tile config to ask
+    for Triton. Where the Gluon kernel cannot run, the Triton kernel does, logged once per
+    reason."""
     if cfg is not None and not (cfg == "gluon" or cfg[0] == "gluon"):
         return False
     if cfg is None and mode not in _GLUON_MODES:

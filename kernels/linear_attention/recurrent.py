@@ -63,7 +63,7 @@ class StateSlots:
             raise ValueError(f"state_indices out of range for a pool of {num_slots} slots")
         padded = bool(slots) and min(slots) < 0
         self.rows = (torch.arange(batch, device=device) if state_indices is None
-                     else state_indices.long().clamp(min=0) if padded else state_indices.long())
+                     else state_indices.long().clamp(min=0) if padded else state_indices.long().contiguous())
         self.valid = (state_indices >= 0) if padded else None
         step = slots[1] - slots[0] if batch > 1 else 1
         evenly = not padded and step != 0 and all(b - a == step for a, b in zip(slots, slots[1:]))
@@ -114,6 +114,7 @@ def decode_packed(qkv, lam, scale: float, state, slots: StateSlots, out) -> bool
     kernel = _decode_kernel()
     if (kernel is None or slots.valid is not None or D > MAX_NATIVE_D or three != 3 or B == 0
             or not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in (qkv, lam, state, out))
+            or slots.rows.device.type != "cpu" or slots.rows.stride(0) != 1
             or not (qkv.is_contiguous() and out.is_contiguous() and lam.is_contiguous() and state[:1].is_contiguous())
             or out.shape != (B, H, D) or lam.numel() != H or state.shape[1:] != (H, D, D)):
         return False
