@@ -191,18 +191,12 @@ def graph_step_us(mod, x, dy, steps: int = 4, reps: int = 20) -> float:
     with torch.cuda.graph(graph):
         for _ in range(steps):
             mod(x).backward(dy)
-    graph.replay()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / steps)
+    from fp8 import replay_ms  # benchmarks/fp8.py (this script's folder is on sys.path)
+
+    us = replay_ms(graph, reps, steps) * 1e3
     del graph
     x.grad = mod.weight.grad = None
-    return sorted(times)[len(times) // 2]
+    return us
 
 
 def autograd_trace(f8, x, dy, steps: int = 20) -> None:
