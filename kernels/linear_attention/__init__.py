@@ -34,7 +34,7 @@ import torch
 from .chunk_torch import CHUNK, chunk_torch
 from .decay import alibi_slopes, layer_decay, layer_factor
 from .naive import naive_recurrence
-from .recurrent import StateSlots, decode_packed, recurrent_torch
+from .recurrent import StateSlots, decode_native, recurrent_torch
 
 try:  # the Triton kernels; imported here (not lazily) so that the submodule name ``chunk``
     # never shadows the function ``chunk`` defined below.  CPU-only installs may lack triton.
@@ -108,6 +108,18 @@ def _decay_factor(decay: torch.Tensor, cache: dict, dtype: torch.dtype) -> torch
     if dtype not in cache:
         cache[dtype] = decay.detach().to(dtype).exp().view(-1, 1, 1)
     return cache[dtype]
+
+
+def decode_packed(qkv, decay, scale: float, state, slots: StateSlots, out) -> bool:
+    """The rollout engine's CPU decode step: one token per row, q, k, v packed ``[B, 3, H, D]``
+    fp32 (as the model projects them), o written into ``out`` ``[B, H, D]`` fp32, by the C kernel
+    (``decode_cpu.c``).  ``decay``: the per-head log-decay, as for :func:`recurrent` (λ is
+    cached per decay tensor version); ``slots``: the step's :class:`StateSlots`, checked once for
+    all layers.  No other per-call checks or copies.  Returns False, having changed nothing,
+    when the kernel cannot take the call (padding rows, fp64, D > 256, a non-contiguous layout,
+    the kernel unavailable): the caller then runs :func:`recurrent`."""
+    lam = _decay_factor(decay, _check_decay(decay, qkv.shape[2], qkv.device, False), torch.float32)
+    return decode_native(qkv, lam, scale, state, slots, out)
 
 
 def _check_state(name, s, shape, allow_fp64):

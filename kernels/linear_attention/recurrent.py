@@ -102,13 +102,12 @@ def _decode_kernel():
     return None if lib is None else lib.lockstep_decode_step_f32
 
 
-def decode_packed(qkv, lam, scale: float, state, slots: StateSlots, out) -> bool:
-    """One token per row with q, k, v packed ``[B, 3, H, D]`` fp32 (as the rollout model projects
-    them), o written into ``out`` ``[B, H, D]`` fp32, by the C kernel; lam = exp(decay) fp32
-    ``[H]`` (any shape of H elements).  Only the checks the kernel's memory safety needs: the
-    slots were checked by :class:`StateSlots`, the shapes are the caller's (:func:`recurrent`
-    checks them for its callers; the engine's are fixed when it starts).  Returns False, having
-    changed nothing, when the kernel cannot take the call (padding rows, fp64, D > 256, a
+def decode_native(qkv, lam, scale: float, state, slots: StateSlots, out) -> bool:
+    """One token per row with q, k, v packed ``[B, 3, H, D]`` fp32, o written into ``out``
+    ``[B, H, D]`` fp32, by the C kernel; lam = exp(decay) fp32 (H elements, contiguous).  Only the
+    checks the kernel's memory safety needs: the slots were checked by :class:`StateSlots`, the
+    shapes are the caller's (:func:`recurrent` checks them; the engine's are fixed).  Returns False,
+    having changed nothing, when the kernel cannot take the call (padding rows, fp64, D > 256, a
     non-contiguous layout, the kernel unavailable): the caller then runs the eager ops."""
     B, three, H, D = qkv.shape
     kernel = _decode_kernel()
@@ -140,7 +139,7 @@ def recurrent_torch(q, k, v, lam, scale, state, slots: StateSlots, out=None):
     if N == 1 and slots.valid is None and state.dtype == torch.float32 and _decode_kernel() is not None:
         o = out if out is not None and out.dtype == torch.float32 and out.is_contiguous() \
             else torch.empty(B, N, H, D, dtype=dt, device=q.device)
-        if decode_packed(torch.stack((q[:, 0], k[:, 0], v[:, 0]), 1).to(dt), lam, scale, state, slots, o.view(B, H, D)):
+        if decode_native(torch.stack((q[:, 0], k[:, 0], v[:, 0]), 1).to(dt), lam, scale, state, slots, o.view(B, H, D)):
             return o.to(q.dtype) if out is None else o if o is out else out.copy_(o)
     qf, kf, vf = (x if x.dtype == dt else x.to(dt) for x in (q, k, v))
     if slots.view is not None:

@@ -135,7 +135,6 @@ class RingLinearAttention(VllmLinearAttention):
         self.g_norm = GroupRMSNorm(H * d, config.group_norm_size, config.rms_norm_eps)
         self.dense = nn.Linear(H * d, D, bias=False)
         self._decay: dict[torch.device, torch.Tensor] = {}
-        self._decay_factor: dict[torch.device, torch.Tensor] = {}
         # vLLM binds the state cache to the layers it finds here (and rejects duplicates).
         context = vllm_config.compilation_config.static_forward_context
         if prefix in context:
@@ -151,12 +150,6 @@ class RingLinearAttention(VllmLinearAttention):
             g = layer_decay(self.num_heads, self.layer_idx, self.num_hidden_layers, self.layer_offset)
             self._decay[device] = g.to(device)
         return self._decay[device]
-
-    def decay_factor(self, device: torch.device) -> torch.Tensor:
-        """λ = exp(decay) fp32 ``[H]``, the decode kernel's form of the decay."""
-        if device not in self._decay_factor:
-            self._decay_factor[device] = torch.exp(self.decay(device).float())
-        return self._decay_factor[device]
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                 ) -> torch.Tensor:
@@ -194,8 +187,8 @@ class RingLinearAttention(VllmLinearAttention):
         n_dec, n_pre_tok = plan.decodes, plan.prefill_tokens
         # decodes: the packed q, k, v go straight to the CPU kernel (no per-layer checks or
         # copies: the slots were checked once for the step); other cases through `recurrent`
-        if n_dec and not (plan.native_decode and decode_packed(hidden_states[:n_dec], self.decay_factor(q.device),
-                                                               scale, state, plan.decode_slots, output[:n_dec])):
+        if n_dec and not (plan.native_decode and decode_packed(hidden_states[:n_dec], decay, scale, state,
+                                                               plan.decode_slots, output[:n_dec])):
             recurrent(q[:n_dec], k[:n_dec], v[:n_dec], decay, scale, state, plan.decode_slots,
                       out=output[:n_dec])
         if n_pre_tok:

@@ -335,13 +335,14 @@ def test_native_decode_is_its_pytorch_definition():
     B, H, D, slots, pad = 5, 3, 64, 9, 40
     assert recurrent_module._decode_kernel() is not None, "the C decode kernel did not build here"
     qkv = _rand(B, 3, H, D)
-    lam = torch.exp(la.layer_decay(H, 1, 4))
+    g = la.layer_decay(H, 1, 4)
+    lam = torch.exp(g)
     pages = _rand(slots, H * D * D + pad)
     pool = pages[:, : H * D * D].view(slots, H, D, D)
     before = pages.clone()
     plan = la.StateSlots(torch.tensor([7, 0, 3, 8, 2]), B, slots)
     out = torch.full((B, H, D), float("nan"))
-    assert la.decode_packed(qkv, lam, 0.3, pool, plan, out)
+    assert la.decode_packed(qkv, g, 0.3, pool, plan, out)
     ref_pool = before[:, : H * D * D].reshape(slots, H, D, D).clone()
     ref = recurrent_module.decode_step(qkv, lam[:, None, None], 0.3, ref_pool, plan.rows)
     assert torch.equal(out, ref) and torch.equal(pool, ref_pool)
@@ -350,8 +351,8 @@ def test_native_decode_is_its_pytorch_definition():
     assert torch.equal(pages[untouched], before[untouched])
     # padding rows and fp64 are not the kernel's: it declines and changes nothing
     padded = la.StateSlots(torch.tensor([7, -1, 3, 8, 2]), B, slots)
-    assert not la.decode_packed(qkv, lam, 0.3, pool, padded, out)
-    assert not la.decode_packed(qkv.double(), lam, 0.3, pool, plan, out)
+    assert not la.decode_packed(qkv, g, 0.3, pool, padded, out)
+    assert not la.decode_packed(qkv.double(), g, 0.3, pool, plan, out)
     assert torch.equal(pool, ref_pool)
 
 
