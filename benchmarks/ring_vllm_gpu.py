@@ -16,7 +16,7 @@ Run on a machine with CUDA and vLLM (the plugin must be visible to every engine 
 installed Lockstep, or this script writes a ``lockstep_rl`` dist-info with the entry point into
 a temporary folder on ``PYTHONPATH``)::
 
-    python benchmarks/ring_vllm_gpu.py --out DIR [--dtype float32] [--backend TRITON_ATTN]
+    python benchmarks/ring_vllm_gpu.py --out DIR [--dtype float32] [--backend TRITON_ATTN] [--fp8]
 
 fp32 runs with ``TRITON_F32_DEFAULT=ieee`` (set here unless already set): vLLM's Triton attention
 kernel calls ``tl.dot`` on fp32 q/k/v without an ``input_precision``, which is tf32 by default
@@ -41,6 +41,7 @@ from pathlib import Path
 
 PROMPT_LENS = [1, 5, 23, 70]
 NEW_TOKENS = 64
+FP8_OPTIONS = {"pow2_scale": False, "batch_invariant": False}
 ENTRY_POINT = ("vllm.general_plugins", "lockstep_ring_linear", "rollout.ring_linear:register")
 
 
@@ -62,6 +63,35 @@ def ensure_plugin_entry_point() -> str:
     os.environ["PYTHONPATH"] = os.pathsep.join(parts)
     importlib.invalidate_caches()
     return f"dist-info written to {root}"
+
+
+def fp8_parity(llm, model, plain, tol) -> dict:
+    """With ``--fp8`` (both engines' projections as FP8 GEMMs): teacher-forced log-probs
+    (prefill, the same algorithm in both engines) engine vs FP8 trainer, bounded by ``tol``; the
+    sampled tokens' mismatch engine vs FP8 trainer, measured against engine vs the unquantized
+    trainer (what a rollout quantizing on its own would see)."""
+    import torch
+
+    from rl.alignment import sample_with_logprobs, trainer_logprobs
+    from vllm import SamplingParams, TokensPrompt
+
+    rng = random.Random(0)
+    vocab = model.config.vocab_size
+    prompts = [[rng.randrange(1, vocab) for _ in range(n)] for n in PROMPT_LENS]
+    completions, engine = sample_with_logprobs(llm, prompts, NEW_TOKENS)
+    fp8 = torch.cat([e - t for e, t in zip(engine, trainer_logprobs(model, prompts, completions))]).abs()
+    unshared = torch.cat([e - t for e, t in zip(engine, trainer_logprobs(plain, prompts, completions))]).abs()
+    ids = prompts[-1] + completions[-1]
+    (out,) = llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+    prefill = torch.tensor([s[t].logprob for s, t in zip(out.prompt_logprobs[1:], ids[1:])], dtype=torch.float64)
+    (teacher,) = trainer_logprobs(model, [ids[:1]], [ids[1:]])
+    res = dict(prefill_engine_vs_trainer=(prefill - teacher).abs().max().item(),
+               decode_engine_vs_trainer=dict(mean=fp8.mean().item(), median=fp8.median().item(), max=fp8.max().item(),
+                                             frac_le_1e5=(fp8 <= 1e-5).float().mean().item()),
+               decode_engine_vs_unquantized_trainer=dict(mean=unshared.mean().item(), median=unshared.median().item()))
+    res["ok"] = res["prefill_engine_vs_trainer"] <= tol and fp8.mean().item() < 0.1 * unshared.mean().item()
+    print(f"  {res}", flush=True)
+    return res
 
 
 def parity(llm, model, path, tol) -> dict:
@@ -117,7 +147,7 @@ def decode_speed(llm, vocab, batch, new_tokens, repeats=2) -> dict:
                 tokens_per_s=batch * new_tokens / best, ms_per_step=1e3 * best / new_tokens)
 
 
-def weight_update(llm, model, path, tol) -> dict:
+def weight_update(llm, model, path, tol, fp8: dict | None = None) -> dict:
     import torch
     from safetensors.torch import save
     from vllm import SamplingParams, TokensPrompt
@@ -130,6 +160,10 @@ def weight_update(llm, model, path, tol) -> dict:
     with torch.no_grad():
         for _, p in updated.named_parameters():
             p.add_(torch.randn(p.shape, generator=gen).to(p.dtype) * 0.03)
+    if fp8 is not None:  # the engine quantizes the new weights: so must the comparison
+        from trainer.worker import use_fp8
+
+        use_fp8(updated, fp8)
     tensors = {k: v.contiguous() for k, v in updated.state_dict().items()}
     names = list(tensors)
     blobs = [save({n: tensors[n] for n in names[i : i + 10]}) for i in range(0, len(names), 10)]
@@ -162,6 +196,7 @@ def main() -> int:
     ap.add_argument("--enforce-eager", action="store_true",
                     help="pass enforce_eager=True (default: vLLM's default; the plugin turns CUDA graphs off itself)")
     ap.add_argument("--skip", default="", help="comma list of stages to skip: parity,speed,update")
+    ap.add_argument("--fp8", action="store_true", help="both engines with FP8 projections (model.fp8); parity becomes fp8_parity")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     if args.dtype == "float32":
@@ -177,14 +212,17 @@ def main() -> int:
     import vllm
     from vllm import LLM
 
+    from kernels.fp8 import fp8_projection_count
+    from rollout.worker import FP8_CONFIG_KEY
     from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
     from trainer.ring_linear.presets import build_random_checkpoint
+    from trainer.worker import use_fp8
 
     result: dict = dict(
         date_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         vllm=vllm.__version__, torch=torch.__version__, dtype=args.dtype, backend=args.backend,
-        enforce_eager=args.enforce_eager,
+        enforce_eager=args.enforce_eager, fp8=args.fp8,
         tol=tol, plugin=plugin, triton_f32_default=os.environ.get("TRITON_F32_DEFAULT"))
     print(json.dumps(result), flush=True)
     path = build_random_checkpoint(Path(tempfile.mkdtemp(prefix="ring_tiny_")) / "tiny", "tiny", seed=3,
@@ -194,17 +232,26 @@ def main() -> int:
               max_num_batched_tokens=64, max_num_seqs=max(8, args.batch), logprobs_mode="processed_logprobs",
               worker_extension_cls="rollout.activations.EngineExtension",
               gpu_memory_utilization=args.gpu_memory_utilization,
-              **({} if args.backend == "auto" else {"attention_backend": args.backend}))
+              **({} if args.backend == "auto" else {"attention_backend": args.backend}),
+              **({"hf_overrides": {FP8_CONFIG_KEY: FP8_OPTIONS}} if args.fp8 else {}))
     result["engine_start_s"] = round(time.perf_counter() - t0, 1)
     print(f"engine up in {result['engine_start_s']} s", flush=True)
     dtype = getattr(torch, args.dtype)
     model = BailingMoeLinearV2ForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
     if torch.cuda.is_available():
         model = model.cuda()
+    check_parity = lambda: parity(llm, model, path, tol)  # noqa: E731
+    if args.fp8:
+        plain = model
+        model = BailingMoeLinearV2ForCausalLM.from_pretrained(str(path), dtype=dtype).eval().to(plain.device)
+        use_fp8(model, FP8_OPTIONS)
+        result["fp8_projections"] = dict(engine=llm.collective_rpc("lockstep_fp8_projections")[0],
+                                         trainer=fp8_projection_count(model))
+        check_parity = lambda: fp8_parity(llm, model, plain, tol)  # noqa: E731
     ok = True
-    for stage, fn in (("parity", lambda: parity(llm, model, path, tol)),
+    for stage, fn in (("parity", check_parity),
                       ("speed", lambda: decode_speed(llm, model.config.vocab_size, args.batch, args.new_tokens)),
-                      ("update", lambda: weight_update(llm, model, path, tol))):
+                      ("update", lambda: weight_update(llm, model, path, tol, FP8_OPTIONS if args.fp8 else None))):
         if stage in skip:
             continue
         print(f"--- {stage}", flush=True)

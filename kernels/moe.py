@@ -12,7 +12,8 @@ engines add the same terms in the same order.
 
 Two layouts of the same experts: :class:`MoE` (the trainer's: one module per expert, which
 ZeRO-3 gathers one by one) and :class:`StackedMoE` (the rollout engine's: the weights stacked
-as vLLM's fused MoE keeps them, two grouped GEMMs in the custom op :data:`stacked_experts`).
+as vLLM's fused MoE keeps them, two grouped GEMMs in the custom op :data:`stacked_experts`;
+with FP8 projections, :data:`stacked_experts_fp8`, which computes what FP8 expert modules do).
 """
 
 from __future__ import annotations
@@ -174,20 +175,54 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
     the per-expert loop, logged once per case."""
     if every_expert_pays(x, idx, w13, shared):
         return every_expert_swiglu(x, idx, w, w13, w2, shared)
-    (N, k), (stack, two_inter, D) = idx.shape, w13.shape
-    E, inter = stack - shared, two_inter // 2
-    plan = ExpertDispatch(idx, w, E)
-    rows, counts = x[plan.token], plan.counts
-    if shared:  # the shared expert: one more group, every token
-        rows, counts = torch.cat((rows, x)), torch.cat((counts, counts.new_full((1,), N)))
+    plan, rows, counts = _grouped_rows(x, idx, w, w13.shape[0] - shared, shared)
+    inter = w13.shape[1] // 2
     if not _grouped_mm_supported(x, inter):
         ys = stacked_experts_loop(rows, counts.tolist(), w13, w2)
     else:
         offs = counts.cumsum(0).to(torch.int32)
         h = torch._grouped_mm(rows, w13.transpose(1, 2), offs=offs)
         ys = torch._grouped_mm(F.silu(h[:, :inter]) * h[:, inter:], w2.transpose(1, 2), offs=offs)
-    out = plan.combine(ys[:N * k])
-    return out + ys[N * k:].to(out.dtype) if shared else out
+    return _combined(plan, ys, shared)
+
+
+def _stacked_experts_fp8(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: torch.Tensor,
+                         w2: torch.Tensor, shared: bool, pow2_scale: bool, batch_invariant: bool) -> torch.Tensor:
+    """:func:`_stacked_experts` with every expert projection an FP8 GEMM
+    (:func:`kernels.fp8.fp8_linear`), computing what the trainer's per-expert ``FP8Linear``
+    modules compute: gate_proj and up_proj are quantized as the two weights they are there
+    (with I % 128 ≠ 0 a 128×128 block of the stacked [2I, D] would straddle them), x once per
+    projection with the same 1×128 tiles, and each row's result does not depend on the others
+    (the FP8 GEMM is batch invariant), so the rows grouped per step give the trainer's bits.
+    The custom op ``torch.ops.lockstep.stacked_experts_fp8``."""
+    from .fp8.linear import fp8_linear
+
+    def linear(a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return fp8_linear(a, weight, pow2_scale=pow2_scale, batch_invariant=batch_invariant)
+
+    plan, rows, counts = _grouped_rows(x, idx, w, w13.shape[0] - shared, shared)
+    inter = w13.shape[1] // 2
+    ys = torch.cat([linear(F.silu(linear(part, w13[e, :inter])) * linear(part, w13[e, inter:]), w2[e])
+                    for e, part in enumerate(rows.split(counts.tolist()))])
+    return _combined(plan, ys, shared)
+
+
+def _grouped_rows(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, num_experts: int, shared: bool
+                  ) -> tuple[ExpertDispatch, torch.Tensor, torch.Tensor]:
+    """The dispatch of a routing, x's rows grouped by expert (ascending) and the rows per
+    expert ``[E]``; with ``shared``, one more group last: every token, for the shared expert."""
+    plan = ExpertDispatch(idx, w, num_experts)
+    rows, counts = x[plan.token], plan.counts
+    if shared:
+        rows, counts = torch.cat((rows, x)), torch.cat((counts, counts.new_full((1,), x.shape[0])))
+    return plan, rows, counts
+
+
+def _combined(plan: ExpertDispatch, ys: torch.Tensor, shared: bool) -> torch.Tensor:
+    """The routed rows' outputs combined per token, plus the shared expert's (the last group)."""
+    routed = plan.N * plan.k
+    out = plan.combine(ys[:routed])
+    return out + ys[routed:].to(out.dtype) if shared else out
 
 
 def _grouped_mm_supported(x: torch.Tensor, inter: int) -> bool:
@@ -211,6 +246,11 @@ _LIB.define("stacked_experts(Tensor x, Tensor idx, Tensor w, Tensor w13, Tensor 
 _LIB.impl("stacked_experts", _stacked_experts, "CompositeExplicitAutograd")
 _LIB.impl("stacked_experts", lambda x, idx, w, w13, w2, shared: w.new_empty(x.shape[0], w2.shape[1]), "Meta")
 stacked_experts = torch.ops.lockstep.stacked_experts
+_LIB.define("stacked_experts_fp8(Tensor x, Tensor idx, Tensor w, Tensor w13, Tensor w2, bool shared, "
+            "bool pow2_scale, bool batch_invariant) -> Tensor")
+_LIB.impl("stacked_experts_fp8", _stacked_experts_fp8, "CompositeExplicitAutograd")
+_LIB.impl("stacked_experts_fp8", lambda x, idx, w, w13, w2, *_: w.new_empty(x.shape[0], w2.shape[1]), "Meta")
+stacked_experts_fp8 = torch.ops.lockstep.stacked_experts_fp8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,6 +343,17 @@ class StackedMoE(nn.Module):
             weight.weight_loader = load_expert_weight  # vLLM's loader hook (in-place reloads)
         self.shared_experts = (SwiGLU(D, shared) if config.num_shared_experts > 0 and not self.shared_stacked
                                else None)
+        self.fp8: tuple[bool, bool] | None = None  # (pow2_scale, batch_invariant) once use_fp8 ran
+
+    def use_fp8(self, pow2_scale: bool = False, batch_invariant: bool = False) -> None:
+        """Run the stacked experts' projections as FP8 GEMMs, as ``FP8Linear`` experts would
+        (called by :func:`kernels.fp8.swap_linears_to_fp8`; a shared expert kept as its own
+        module is swapped there like any projection)."""
+        self.fp8 = (pow2_scale, batch_invariant)
+
+    def fp8_projections(self) -> int:
+        """The stacked weight matrices running as FP8 GEMMs (3 per stacked expert, or none)."""
+        return 0 if self.fp8 is None else 3 * self.experts_w13.shape[0]
 
     def checkpoint_slot(self, name: str) -> tuple[str, int, int, int] | None:
         """:meth:`expert_slot` of a checkpoint name relative to this module
@@ -343,7 +394,9 @@ class StackedMoE(nn.Module):
         idx, w = self.gate(flat)
         w13, w2, shared = self.experts_w13, self.experts_w2, self.shared_stacked
         xs = flat.to(w13.dtype)
-        if torch.compiler.is_compiling() and every_expert_pays(xs, idx, w13, shared, tokens=1):
+        if self.fp8 is not None:
+            out = stacked_experts_fp8(xs, idx, w, w13, w2, shared, *self.fp8)
+        elif torch.compiler.is_compiling() and every_expert_pays(xs, idx, w13, shared, tokens=1):
             # compiled (the rollout engine on CPU): decode-sized batches run every expert inside
             # the compiled graph, fused around the GEMMs, the rest the opaque op; chosen per call
             # (models whose experts never pay, e.g. mini's 256, skip tracing that branch)
@@ -358,4 +411,4 @@ class StackedMoE(nn.Module):
 
 
 __all__ = ["stable_topk", "route", "ExpertDispatch", "combine_experts", "stacked_experts",
-           "stacked_experts_loop", "expert_order", "weighted_sum", "SwiGLU", "MoEGate", "MoE", "StackedMoE", "load_expert_weight"]
+           "stacked_experts_fp8", "stacked_experts_loop", "expert_order", "weighted_sum", "SwiGLU", "MoEGate", "MoE", "StackedMoE", "load_expert_weight"]

@@ -48,7 +48,8 @@ def cmd_run(args) -> int:
 
 def cmd_eval(args) -> int:
     from rl.checkpoint import resolve_model_dir
-    from rl.config import DatasetConfig, RewardConfig, RolloutConfig, to_dict
+    from rl.config import DatasetConfig, RewardConfig, RolloutConfig, from_data, to_dict
+    from rl.driver import check_fp8_model, fp8_options
     from rl.data import PRESETS, PromptRenderer, load_examples
     from rl.evaluate import evaluate
     from rl.rewards_config import build_reward_pool
@@ -66,7 +67,12 @@ def cmd_eval(args) -> int:
     if args.k > 1 and temperature == 0:
         raise ConfigError("--k > 1 needs --temperature > 0 (greedy samples are identical)")
     rollout_cfg = dataclasses.replace(RolloutConfig(), max_new_tokens=args.max_new_tokens, max_model_len=args.max_model_len)
-    worker = RolloutWorker(str(model_dir), args.dtype, to_dict(rollout_cfg), seed=args.seed)
+    fp8 = None
+    if args.fp8:
+        fp8_recipe = from_data({"model": {"fp8": {"enabled": True}}})
+        check_fp8_model(fp8_recipe, str(model_dir))
+        fp8 = fp8_options(fp8_recipe)
+    worker = RolloutWorker(str(model_dir), args.dtype, to_dict(rollout_cfg), seed=args.seed, fp8=fp8)
     renderer = PromptRenderer(worker.tokenizer, data)
     with build_reward_pool(RewardConfig()) as pool:
         result = evaluate(worker.generate, pool.score, [renderer.ids(e) for e in examples], [e.answer for e in examples], args.k, args.max_new_tokens, temperature)
@@ -119,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--answer-key", default="answer")
     ev.add_argument("--template", default=None, help="prompt template with {prompt} (presets bring their own)")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ev.add_argument("--fp8", action="store_true", help="sample with the FP8 projections a model.fp8 recipe trains with (Ring-linear models)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--output", help="write per-problem results to this JSON file")
     ev.set_defaults(fn=cmd_eval)

@@ -27,6 +27,18 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class FP8Config:
+    # Block-scaled FP8 (e4m3; 1×128 activation tiles, 128×128 weight blocks, fp32 scales) for
+    # every projection and expert of the decoder, in the trainer (forward and backward) and the
+    # rollout engine alike: both call kernels.fp8, so they quantize identically. The master
+    # weights, the router, the norms, the LM head (fp32 logits) and the linear-attention state
+    # keep their precision. Needs a model whose rollout runs Lockstep's layers (Ring-linear).
+    enabled: bool = False
+    # Round each scale up to a power of two (exact scale multiplies; DeepSeek-V3's option).
+    pow2_scale: bool = False
+
+
+@dataclass
 class ModelConfig:
     # A Hugging Face directory or hub name, or `demo:<name>` for the tiny model built by
     # `rl.demo_model` (seeded, cached under `cache_dir`).
@@ -34,6 +46,7 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trust_remote_code: bool = False
     cache_dir: str = "~/.cache/lockstep"
+    fp8: FP8Config = field(default_factory=FP8Config)
 
 
 @dataclass

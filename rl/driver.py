@@ -45,6 +45,35 @@ def resolve_model_path(cfg: RunConfig) -> str:
     return cfg.model.path
 
 
+def fp8_options(cfg: RunConfig) -> dict | None:
+    """The recipe's ``model.fp8`` as both engines take it (``kernels.fp8.swap_linears_to_fp8``'s
+    options), or None when off."""
+    fp8 = cfg.model.fp8
+    return {"pow2_scale": fp8.pow2_scale, "batch_invariant": cfg.mode == "strict"} if fp8.enabled else None
+
+
+def check_fp8_model(cfg: RunConfig, model_path: str) -> None:
+    """``model.fp8`` needs the rollout engine to run Lockstep's layers, which quantize as the
+    trainer does: the Ring-linear plugin. Models vLLM runs natively use vLLM's own layers (and
+    its own FP8 recipes), so their rollout would silently differ from an FP8 trainer."""
+    if not cfg.model.fp8.enabled:
+        return
+    from transformers import AutoConfig
+
+    from trainer.ring_linear import ARCHITECTURE  # registers the Ring-linear config type
+
+    try:
+        architectures = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code).architectures
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.fp8.enabled: cannot read the config of {model_path} to check its architecture ({e})") from None
+    if architectures != [ARCHITECTURE]:
+        raise ConfigError(
+            f"model.fp8.enabled: FP8 runs where both engines run Lockstep's kernels, i.e. the Ring-linear "
+            f"model ({ARCHITECTURE}); {model_path} is {architectures}, which vLLM samples with its own "
+            f"layers, so rollout and trainer would quantize differently. Use a Ring-linear model or set "
+            f"model.fp8.enabled=false")
+
+
 @dataclass
 class Stage:
     """A trainer group plus what its engine was built for."""
@@ -54,6 +83,8 @@ class Stage:
     # Train mode computes what eval mode does (no active dropout): the training forward's
     # log-probs are the policy's.
     train_forward_is_eval_forward: bool
+    # Weight matrices the trainer runs as FP8 GEMMs (model.fp8; 0 when off).
+    fp8_projections: int
 
 
 def start_trainers(cfg: RunConfig, placement: Placement, model_path: str, lr: float, samples_per_step: int, use_reference: bool) -> Stage:
@@ -71,13 +102,14 @@ def start_trainers(cfg: RunConfig, placement: Placement, model_path: str, lr: fl
     actor_cls = ray.remote(TrainerRank)
     actors = [
         actor_cls.options(**placement.options(b)).remote(
-            rank, ranks, addr, port, model_path, cfg.model.dtype, to_dict(cfg.trainer), lr, micro_batches, cfg.seed, use_reference
+            rank, ranks, addr, port, model_path, cfg.model.dtype, to_dict(cfg.trainer), lr, micro_batches, cfg.seed, use_reference,
+            fp8_options(cfg),
         )
         for rank, b in enumerate(placement.trainer_bundles)
     ]
     group = ActorGroup(actors)
     info = group.call("ping")
-    return Stage(group, micro_batches, all(i["train_forward_is_eval_forward"] for i in info))
+    return Stage(group, micro_batches, all(i["train_forward_is_eval_forward"] for i in info), info[0]["fp8_projections"])
 
 
 def set_scores(samples: list[Sample], scores) -> None:
@@ -103,6 +135,7 @@ class Run:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, self.run_dir / "config.yaml")
         self.base_model = resolve_model_path(cfg)
+        check_fp8_model(cfg, self.base_model)
 
         from transformers import AutoTokenizer
 
@@ -506,10 +539,17 @@ class Run:
 
         self.engines_sleep = self.sleep_while_training()
         actor_cls = ray.remote(RolloutWorker)
-        actors = [actor_cls.options(**self.placement.options(b)).remote(model_path, self.cfg.model.dtype, to_dict(self.cfg.rollout), self.cfg.seed + k, self.engines_sleep)
+        actors = [actor_cls.options(**self.placement.options(b)).remote(model_path, self.cfg.model.dtype, to_dict(self.cfg.rollout), self.cfg.seed + k, self.engines_sleep,
+                                                                         fp8_options(self.cfg))
                   for k, b in enumerate(self.placement.rollout_bundles)]
         group = ActorGroup(actors)
-        group.call("info")
+        infos = group.call("info")
+        engines = {i["fp8_projections"] for i in infos}
+        if engines != {self.stage.fp8_projections}:  # a side that silently stayed unquantized
+            raise RuntimeError(f"model.fp8: the trainer runs {self.stage.fp8_projections} projections as FP8 GEMMs, "
+                               f"the rollout engines {sorted(engines)}; both must quantize the same weights")
+        if self.stage.fp8_projections:
+            print_progress(f"model.fp8: {self.stage.fp8_projections} projections run as FP8 GEMMs in trainer and rollout")
         return group
 
     def sleep_while_training(self) -> bool:

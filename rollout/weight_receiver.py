@@ -36,6 +36,12 @@ class WeightReceiver:
         retie(tied, loaded)
         return len(loaded)
 
+    def lockstep_fp8_projections(self) -> int:
+        """How many of the engine model's weight matrices run as FP8 GEMMs (``model.fp8``)."""
+        from kernels.fp8 import fp8_projection_count
+
+        return fp8_projection_count(self.model_runner.get_model())
+
 
 def shared_parameters(model) -> list[list[tuple[str, object, str]]]:
     """Groups of (module path, module, parameter name) that hold one Parameter object, e.g. a

@@ -24,9 +24,13 @@ import time
 
 log = logging.getLogger("lockstep.rollout")
 
+# The model-config attribute through which the engine's model learns the recipe's FP8 options.
+FP8_CONFIG_KEY = "lockstep_fp8"
+
 
 class RolloutWorker:
-    def __init__(self, model_path: str, dtype: str, rollout_cfg: dict, seed: int, sleep_while_training: bool = False):
+    def __init__(self, model_path: str, dtype: str, rollout_cfg: dict, seed: int, sleep_while_training: bool = False,
+                 fp8: dict | None = None):
         cfg = rollout_cfg
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg["kv_cache_gib"]))))
         # Trainer ranks share these cores: let the OS schedule instead of pinning a core.
@@ -54,6 +58,8 @@ class RolloutWorker:
         self.asleep = False
         if sleep_while_training:
             engine_options["enable_sleep_mode"] = True
+        if fp8 is not None:  # the recipe's model.fp8: read by the Ring-linear plugin's model
+            engine_options["hf_overrides"] = {FP8_CONFIG_KEY: fp8}
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -72,7 +78,9 @@ class RolloutWorker:
         self.start_seconds = time.time() - start
 
     def info(self) -> dict:
-        return {"start_seconds": self.start_seconds, "version": self.version, "eos_token_id": self.tokenizer.eos_token_id}
+        fp8 = self.llm.collective_rpc("lockstep_fp8_projections")
+        return {"start_seconds": self.start_seconds, "version": self.version, "eos_token_id": self.tokenizer.eos_token_id,
+                "fp8_projections": fp8[0]}
 
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = -1) -> list[list[dict]]:
         """For each prompt, n completions: {ids, logprobs, finish_reason, text}."""

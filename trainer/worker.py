@@ -38,8 +38,23 @@ def node_ip() -> str:
     return ray.util.get_node_ip_address()
 
 
+def use_fp8(model: torch.nn.Module, options: dict) -> None:
+    """The recipe's ``model.fp8`` on the training model: every projection and expert of the
+    decoder runs as FP8 GEMMs (forward, dgrad, wgrad; ``kernels.fp8.FP8Linear``) — the same
+    switch the rollout plugin makes, so both quantize identically. The LM head stays out (fp32
+    logits, DESIGN §4); the router and the norms are not projections. Only the Ring-linear
+    model: its rollout runs Lockstep's layers (the driver refuses other models up front)."""
+    from kernels.fp8 import swap_linears_to_fp8
+    from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
+
+    if not isinstance(model, BailingMoeLinearV2ForCausalLM):
+        raise ValueError(f"model.fp8: only the Ring-linear model runs FP8 in both engines; got {type(model).__name__}")
+    switched = swap_linears_to_fp8(model.get_decoder(), **options)
+    log.info("model.fp8: %d projections run as FP8 GEMMs (%s)", len(switched), options)
+
+
 class TrainerRank:
-    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str, dtype: str, trainer_cfg: dict, lr: float, micro_batches_per_step: int, seed: int, use_reference: bool = False):
+    def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, model_path: str, dtype: str, trainer_cfg: dict, lr: float, micro_batches_per_step: int, seed: int, use_reference: bool = False, fp8: dict | None = None):
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK="0")
         if trainer_cfg["cpu_threads"]:
             torch.set_num_threads(trainer_cfg["cpu_threads"])
@@ -52,6 +67,8 @@ class TrainerRank:
         torch.manual_seed(seed)
         self.dtype = DTYPES[dtype]
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype)
+        if fp8 is not None:
+            use_fp8(model, fp8)
         if trainer_cfg["gradient_checkpointing"]:
             model.gradient_checkpointing_enable()
         use_fp32_lm_head(model)
@@ -76,6 +93,8 @@ class TrainerRank:
         self.reference = None
         if use_reference:
             self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype).to(self.device).eval()
+            if fp8 is not None:  # the reference computes as the policy did at step 0
+                use_fp8(self.reference, fp8)
             use_fp32_lm_head(self.reference)
             self.reference.requires_grad_(False)
 
@@ -263,7 +282,10 @@ class TrainerRank:
             raise RuntimeError(f"DeepSpeed found no checkpoint under {ds_dir}")
 
     def ping(self) -> dict:
-        return {"rank": self.rank, "world_size": self.world_size, "device": str(self.device), "time": time.time(), "train_forward_is_eval_forward": self.train_forward_is_eval_forward}
+        from kernels.fp8 import fp8_projection_count
+
+        return {"rank": self.rank, "world_size": self.world_size, "device": str(self.device), "time": time.time(), "train_forward_is_eval_forward": self.train_forward_is_eval_forward,
+                "fp8_projections": fp8_projection_count(self.engine.module)}
 
 
 def has_active_dropout(model: torch.nn.Module) -> bool:

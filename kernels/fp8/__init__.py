@@ -12,7 +12,7 @@ Gluon kernel for the transposed forms on Hopper), ``gemm``, ``linear``
 
 from .fused import rmsnorm_quant, silu_mul_quant
 from .gemm import fp8_gemm
-from .linear import FP8Linear, fp8_linear, swap_linears_to_fp8
+from .linear import FP8Linear, fp8_linear, fp8_projection_count, swap_linears_to_fp8
 from .quantize import (
     FP8_DTYPE,
     FP8_MAX,
@@ -33,6 +33,7 @@ __all__ = [
     "fp8_gemm",
     "fp8_gemm_ref",
     "fp8_linear",
+    "fp8_projection_count",
     "quantize_act",
     "quantize_act_both",
     "quantize_act_t",

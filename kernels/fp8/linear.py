@@ -155,14 +155,21 @@ class FP8Linear(torch.nn.Linear):
 
 def swap_linears_to_fp8(model: torch.nn.Module, include=None, pow2_scale: bool = False,
                         batch_invariant: bool = False) -> list[str]:
-    """Replace ``nn.Linear`` submodules by ``FP8Linear`` in place (what an FP8 recipe switches).
+    """Switch a model's projections to FP8 in place (what a recipe's ``model.fp8`` does, in
+    both engines, so their forwards quantize identically).
 
-    include(name, module) -> bool selects the layers (default: every nn.Linear; a model
-    usually keeps its LM head, router and embeddings out). Parameters are shared, not copied.
-    Returns the names of the swapped modules.
+    Each ``nn.Linear`` submodule becomes an ``FP8Linear`` sharing its parameters, and a module
+    that keeps linear weights in another layout (stacked experts) switches itself through its
+    ``use_fp8(pow2_scale, batch_invariant)`` method. include(name, module) -> bool selects the
+    modules (default: all; pass the decoder, not the whole model, to keep the LM head, which
+    the alignment rules keep in fp32 accumulation with weight-dtype operands). Returns the
+    names of the switched modules.
     """
     swapped = []
     for name, mod in list(model.named_modules()):
+        if hasattr(mod, "use_fp8") and (include is None or include(name, mod)):
+            mod.use_fp8(pow2_scale, batch_invariant)
+            swapped.append(name)
         for child_name, child in list(mod.named_children()):
             full = f"{name}.{child_name}" if name else child_name
             if type(child) is torch.nn.Linear and (include is None or include(full, child)):
@@ -171,4 +178,13 @@ def swap_linears_to_fp8(model: torch.nn.Module, include=None, pow2_scale: bool =
     return swapped
 
 
-__all__ = ["FP8Linear", "fp8_linear", "swap_linears_to_fp8"]
+def fp8_projection_count(model: torch.nn.Module) -> int:
+    """How many weight matrices of ``model`` run as FP8 GEMMs: one per ``FP8Linear``, plus what
+    each module holding projections in another layout reports (``fp8_projections()``). The
+    count does not depend on the layout, so two engines' models can be checked against each
+    other (a side that silently stayed unquantized shows here)."""
+    return sum(1 if isinstance(m, FP8Linear) else m.fp8_projections() if hasattr(m, "fp8_projections") else 0
+               for m in model.modules())
+
+
+__all__ = ["FP8Linear", "fp8_linear", "fp8_projection_count", "swap_linears_to_fp8"]

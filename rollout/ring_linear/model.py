@@ -29,6 +29,11 @@ are the exception: the engine keeps them stacked (:class:`kernels.moe.StackedMoE
 fused-MoE layout), the checkpoint's per-expert names mapped onto slices of the stacks.  Tensor
 parallel sizes above 1 are refused at construction.
 
+FP8 (the recipe's ``model.fp8``, which the rollout worker passes as the model config's
+``lockstep_fp8``): the decoder's projections become ``kernels.fp8.FP8Linear`` and the stacked
+experts run ``lockstep::stacked_experts_fp8`` — the switch the trainer makes on its model
+(``kernels.fp8.swap_linears_to_fp8``), so both quantize the same tensors the same way.
+
 Compiled like vLLM's own models (``@support_torch_compile``; ``enforce_eager`` turns it off): the
 per-sequence bookkeeping — the state slots, zeroing fresh ones, the decode/prefill split — and
 the recurrence run inside vLLM's ``linear_attention`` custom op (a graph-splitting op, as for
@@ -63,12 +68,14 @@ from vllm.model_executor.layers.mamba.mamba_utils import (
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 
+from kernels.fp8 import swap_linears_to_fp8
 from kernels.linear_attention import StateSlots, chunk, decode_packed, layer_decay, recurrent
 from kernels.lm_head import logits_fp32
 from kernels.moe import StackedMoE
 from kernels.moe import SwiGLU as MLP
 from kernels.norm import GroupRMSNorm, RMSNorm, compute_dtype
 from kernels.rope import apply_rope, rope_cos_sin
+from rollout.worker import FP8_CONFIG_KEY
 from trainer.ring_linear.loading import skipped_names
 
 STATE_DTYPE = torch.float32  # the linear-attention state is fp32 in both engines (DESIGN §4)
@@ -331,6 +338,10 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         self.config = config
         self.model = BailingMoeLinearV2Model(vllm_config=vllm_config, prefix="model")
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        fp8 = getattr(config, FP8_CONFIG_KEY, None)
+        if fp8:  # the recipe's model.fp8: the decoder's projections and experts, as the trainer's
+            switched = swap_linears_to_fp8(self.model, **fp8)
+            logger.info("model.fp8: %d projections run as FP8 GEMMs (%s)", len(switched), fp8)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.word_embeddings(input_ids)

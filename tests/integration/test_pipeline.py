@@ -87,6 +87,11 @@ def test_eval_cli_on_run_dir(first_run):
     assert len(report["problems"]) == 8
     assert report["eval/num_problems"] == 8 and 0.0 <= report["eval/pass@1"] <= 1.0
     assert report["checkpoint"].endswith("hf")
+    # FP8 sampling needs the Ring-linear plugin; this run's dense model is refused in one line
+    fp8 = subprocess.run([sys.executable, "-m", "rl.cli", "eval", summary["run_dir"], "--data", "arithmetic", "--fp8"],
+                         capture_output=True, text=True, timeout=300)
+    assert fp8.returncode == 2 and "model.fp8.enabled: FP8 runs where both engines" in fp8.stderr, fp8.stderr[-2000:]
+    assert "Traceback" not in fp8.stderr
 
 
 def test_cli_user_errors_are_one_line(tmp_path):

@@ -40,6 +40,8 @@ def test_defaults_and_overrides():
         ({"rollout": 3}, [], r"rollout: expected a mapping"),
         ({}, ["trainer"], r"expected key.sub=value"),
         ({}, ["trainer.lr.x=1"], r"trainer.lr: expected float, got \{'x': 1\}"),
+        ({"model": {"fp8": True}}, [], r"model.fp8: expected a mapping of FP8Config fields"),
+        ({}, ["model.fp8.enable=true"], r"model.fp8.enable: unknown key. Did you mean 'enabled'\?"),
         ({"trainer": {"lr": 1}}, ["trainer.lr.x=1"], r"trainer.lr is not a mapping"),
     ],
 )
@@ -58,3 +60,23 @@ def test_recipe_file_errors(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_recipe(bad)
+
+
+def test_fp8_switch_and_its_model_check(tmp_path):
+    """``model.fp8`` reaches both engines as the same options, and is refused up front for a
+    model that vLLM samples with its own layers (the rollout could not quantize as the trainer)."""
+    import json
+
+    from rl.driver import check_fp8_model, fp8_options
+    from trainer.ring_linear.presets import build_random_checkpoint
+
+    cfg = from_data({}, ["model.fp8.enabled=true", "model.fp8.pow2_scale=true"])
+    assert fp8_options(cfg) == {"pow2_scale": True, "batch_invariant": False}
+    assert fp8_options(from_data({})) is None
+    check_fp8_model(cfg, str(build_random_checkpoint(tmp_path / "ring", "tiny")))
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    (dense / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    with pytest.raises(ConfigError, match=r"model.fp8.enabled: .*\['Qwen2ForCausalLM'\].*set model.fp8.enabled=false"):
+        check_fp8_model(cfg, str(dense))
+    check_fp8_model(from_data({}), str(dense))  # off: nothing to check

@@ -61,6 +61,30 @@ def test_stacked_moe_matches_per_expert_modules_on_both_paths():
             assert (got - want).abs().max().item() <= 1e-6 * want.abs().max().item(), tokens
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_stacked_experts_are_bitwise_the_fp8_per_expert_modules(dtype):
+    """A recipe's FP8 switch in both layouts (``swap_linears_to_fp8``): the rollout's stacked
+    experts (the op ``lockstep::stacked_experts_fp8``) give the trainer's FP8 expert modules'
+    bits, at any batch size, and differ from the unquantized layer by FP8's rounding only."""
+    from kernels.fp8 import FP8Linear, swap_linears_to_fp8
+
+    config, moe, stacked = _moe_pair(dtype)
+    x = torch.randn(41, config.hidden_size)
+    with torch.no_grad():
+        plain = moe(x)
+    trainer_names = swap_linears_to_fp8(moe)
+    assert len(trainer_names) == 3 * (config.num_experts + 1)  # every expert's projections, not the router
+    assert all(isinstance(m, FP8Linear) for m in moe.experts[0].children())
+    assert swap_linears_to_fp8(stacked) == [""]  # the stacks switch themselves (use_fp8)
+    assert stacked.fp8 == (False, False)
+    with torch.no_grad():
+        want = moe(x)
+        for rows in (slice(None), slice(0, 1), slice(3, 11)):  # a decode-sized batch too
+            assert torch.equal(stacked(x[rows]), moe(x[rows]))
+    err = ((want - plain).norm() / plain.norm()).item()
+    assert 1e-4 < err < 0.1, err  # e4m3 has a 3-bit mantissa: ~2-4% relative error, never exact
+
+
 def test_stacked_experts_against_float64():
     """fp32 stacked experts vs the same weights in float64 (per-expert loop)."""
     config, moe64, stacked64 = _moe_pair(torch.float64, seed=1)

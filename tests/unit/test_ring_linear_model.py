@@ -10,6 +10,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import trainer.ring_linear  # noqa: F401  (registers the model type with transformers)
 from trainer.ring_linear.config import BailingMoeLinearV2Config
@@ -166,6 +167,40 @@ def test_gradients_reach_every_parameter_and_checkpointing_gives_the_same():
     assert all(layer.gradient_checkpointing for layer in model.model.layers)
     loss_ckpt, grads_ckpt = _loss_and_grads(model, ids, mask)
     assert torch.allclose(loss, loss_ckpt, rtol=1e-6)
+    for n, g in grads.items():
+        assert torch.allclose(g, grads_ckpt[n], rtol=1e-5, atol=1e-7), n
+
+
+def test_fp8_training_model_trains_every_projection_in_fp8():
+    """model.fp8 on the trainer (``trainer.worker.use_fp8``): every decoder projection and
+    expert becomes an FP8Linear (not the LM head, router, norms or embeddings), gradients reach
+    every trainable parameter, the loss stays within FP8's rounding of the unquantized model's
+    and the gradients point its way; gradient checkpointing recomputes the same quantization."""
+    from kernels.fp8 import FP8Linear
+    from trainer.worker import use_fp8
+
+    plain = _tiny(seed=2).train()
+    model = _tiny(seed=2).train()
+    use_fp8(model, {"pow2_scale": False, "batch_invariant": False})
+    linears = [n for n, m in plain.named_modules() if type(m) is torch.nn.Linear]
+    fp8 = {n for n, m in model.named_modules() if isinstance(m, FP8Linear)}
+    assert fp8 == set(linears) - {"lm_head"}
+    ids = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(8))
+    mask = torch.ones_like(ids)
+    loss0, grads0 = _loss_and_grads(plain, ids, mask)
+    loss, grads = _loss_and_grads(model, ids, mask)
+    assert set(grads) == set(grads0)
+    assert 1e-6 < abs(loss.item() - loss0.item()) / abs(loss0.item()) < 0.05
+    total = torch.cat([g.flatten() for g in grads.values()])
+    total0 = torch.cat([grads0[n].flatten() for n in grads])
+    # FP8's forward rounding moves routing and every activation a little, so the gradients of
+    # this tiny random model differ by ~25% in norm, but point the same way (a broken FP8
+    # backward — a wrong transpose or scale — gives cosine ≈ 0)
+    assert 1e-4 < (total - total0).norm() / total0.norm() < 0.5
+    assert F.cosine_similarity(total, total0, dim=0) > 0.9
+    model.gradient_checkpointing_enable()
+    loss_ckpt, grads_ckpt = _loss_and_grads(model, ids, mask)
+    assert torch.equal(loss, loss_ckpt)
     for n, g in grads.items():
         assert torch.allclose(g, grads_ckpt[n], rtol=1e-5, atol=1e-7), n
 
@@ -360,7 +395,7 @@ def test_cuda_kernel_path_matches_the_reference():
 
 _ZERO_RANK = r'''
 import json, os, sys
-rank, world, ckpt, stage, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
+rank, world, ckpt, stage, out, fp8 = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6] == "fp8"
 os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", DS_ACCELERATOR="cpu")
 import torch
 torch.set_num_threads(1)
@@ -369,6 +404,9 @@ from transformers import AutoModelForCausalLM
 from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head  # `import trainer` registers the model
 deepspeed.init_distributed(dist_backend="gloo")
 model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+if fp8:
+    from trainer.worker import use_fp8
+    use_fp8(model, {"pow2_scale": False, "batch_invariant": False})
 use_fp32_lm_head(model)
 g = torch.Generator().manual_seed(100 + rank)  # each rank its own data: different experts hit
 batch = pack([torch.randint(1, 200, (n,), generator=g).tolist() for n in (9, 4)],
@@ -391,10 +429,12 @@ json.dump({"err": (logp - plain).abs().max().item(), "moved": (after - logp).abs
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("stage", [1, 3])
-def test_deepspeed_zero_two_ranks(checkpoint, tmp_path, stage):
+@pytest.mark.parametrize("stage, precision", [(1, "fp32"), (3, "fp32"), (3, "fp8")])
+def test_deepspeed_zero_two_ranks(checkpoint, tmp_path, stage, precision):
     """2 gloo ranks on CPU, ZeRO-1/3, different data per rank (so different experts get tokens):
-    log-probs equal the unwrapped model's, and one step moves them."""
+    log-probs equal the unwrapped model's, and one step moves them. With FP8 projections under
+    ZeRO-3 too: the FP8 backward re-quantizes the weight it saved, which ZeRO-3 partitions
+    between the forward and the backward and gathers again."""
     import os
     import socket
     import subprocess
@@ -410,7 +450,7 @@ def test_deepspeed_zero_two_ranks(checkpoint, tmp_path, stage):
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
            "PYTHONPATH": str(root), "TOKENIZERS_PARALLELISM": "false"}
     out = tmp_path / "res"
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(checkpoint), str(stage), str(out)],
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(checkpoint), str(stage), str(out), precision],
                               env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(2)]
     logs = [p.communicate(timeout=300)[0] for p in procs]
