@@ -95,6 +95,12 @@ class TMA(NamedTuple):
         return TensorDescriptor.from_tensor(self.tensor, list(self.block), self.layout)
 
 
+def _with_descriptors(args) -> list:
+    """``args`` with each ``TMA`` request replaced by the descriptor it stands for (what
+    ``kernel[grid](...)`` and Triton's launcher take; encoded anew by them on each call)."""
+    return [a.descriptor() if isinstance(a, TMA) else a for a in args]
+
+
 def _spec(a):
     """What a launch's compiled kernel may depend on, for one argument: a superset of Triton's
     specialization (dtype and 16-byte alignment of pointers, exact scalar values, a descriptor's
@@ -216,7 +222,7 @@ class _DirectLaunch:
             ensure_cuda_context(dev)  # Triton's launcher encodes the descriptors
             self.compiled.run(grid[0], grid[1], grid[2], stream, self.compiled.function,
                               self.compiled.packed_metadata, None, None, None,
-                              *[a.descriptor() if isinstance(a, TMA) else a for a in args], *self.constexprs)
+                              *_with_descriptors(args), *self.constexprs)
             return
         flat = list(args)
         for i, m, meta_key in self.tmas:
@@ -241,14 +247,14 @@ def launch(kernel, grid: tuple, *args, **meta) -> None:
     launch hook set (profilers), every launch goes through Triton.
     """
     if _INTERPRET:
-        kernel[grid](*[a.descriptor() if isinstance(a, TMA) else a for a in args], **meta)
+        kernel[grid](*_with_descriptors(args), **meta)
         return
     dev = torch.cuda.current_device()
     key = (kernel, dev, *map(_spec, args), *meta.items())
     direct = _COMPILED.get(key)
     if direct is None or _hooks_set():
         ensure_cuda_context(dev)  # Triton's launcher encodes any descriptors
-        compiled = kernel[grid](*[a.descriptor() if isinstance(a, TMA) else a for a in args], **meta)
+        compiled = kernel[grid](*_with_descriptors(args), **meta)
         if direct is None:
             if len(_COMPILED) >= _COMPILED_MAX:
                 _COMPILED.clear()

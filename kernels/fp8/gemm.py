@@ -153,8 +153,9 @@ _CONFIG_SMALL_M = (64, 128, 4, 4, "tma")
 _CONFIG_INVARIANT = (128, 128, 8, 4, "tma")
 _CONFIG_INTERPRET = (32, 32, 4, 1, "ptr")
 _CONFIG_GLUON = (128, 128, 8, 4, "gluon")  # fewer 128×256 tiles than SMs (M=128 decode-like shapes)
-# "gluon_ws": persistent, warp-specialized, 128×256 tiles (gemm_hopper.py); 0.81-0.88× cuBLAS
-# tensorwise at the large benchmark shapes vs 0.68-0.73× for "gluon" (H100, 2026-11-26).
+# "gluon_ws": persistent, warp-specialized, 128×256 tiles (gemm_hopper.py); 0.86-0.95× cuBLAS
+# tensorwise at the large benchmark shapes (H100, 2026-11-27 session 8; 0.81-0.88× before) vs
+# 0.68-0.73× for "gluon" (H100, 2026-11-26).
 _CONFIG_GLUON_WS = (128, 256, 4, 3, "gluon_ws")
 _logged_kinds: set[tuple[str, bool]] = set()
 

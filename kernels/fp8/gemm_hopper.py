@@ -23,7 +23,7 @@ Two kernels, both with this per-element math (``fp8_gemm`` kinds):
   quarter less L2 traffic per flop). A consumer holds
   acc (two 64×128 halves) + one P tile and does not overlap its own wgmma and promotion; with
   no CTA-wide barrier in the K loop the two warpgroups drift apart and each promotes while the
-  tensor cores run the other's wgmma. 0.82-0.90× cuBLAS tensorwise FP8 (BENCHMARKS.md).
+  tensor cores run the other's wgmma. 0.86-0.95× cuBLAS tensorwise FP8 (BENCHMARKS.md, session 8).
   Also the wgrad GEMM (1×128 B scales, B_ROWWISE): the producer TMA-loads each block's sA
   and sB vectors into the ring slot beside A and B; the consumers read them from shared memory
   and form sA[row]·sB[col] per element (the Triton kernel's rounding): 760 TFLOP/s vs 510.
@@ -311,21 +311,30 @@ if HAS_GLUON:
                     p, acc1 = warpgroup_mma_wait(num_outstanding=0, deps=(p, acc1))
                     g += 1
             else:
+                # Block kb's factors sA·sB are formed at the top of iteration kb from values
+                # loaded during iteration kb-1, so each load has a whole block's wgmmas to land
+                # (multiplied at the end of iteration kb-1, as before, they stalled the warpgroup
+                # there on the loads: H100 1000-1085 → 1086-1178 TFLOP/s at the four benchmark
+                # shapes, BENCHMARKS.md, FP8, session 8).
                 bs0 = bs_ptr + (off_n // 128) * stride_bsn
                 bs1 = bs_ptr + gl.minimum(off_n // 128 + 1, n_blocks_b - 1) * stride_bsn
                 sa = gl.load(as_ptr + rows)
-                s0 = sa * gl.load(bs0)
-                s1 = sa * gl.load(bs1)
+                sb0 = gl.load(bs0)
+                sb1 = gl.load(bs1)
                 for kb in range(num_k):
                     slot = _wait_ready(ready, g, STAGES)
                     a_k = a_smem.index(slot).slice(ROW0, SUB_M)
                     b_k = b_smem.index(slot)
                     p = warpgroup_mma(a_k, b_k.slice(0, 128).permute((1, 0)), p, use_acc=False,
                                       is_async=True)
+                    # The products pinned (a no-op wait taking them as dependencies) before the
+                    # next block's loads, so that those reuse the registers: no copy of a value
+                    # still in flight at the loop's end.
+                    p, s0, s1 = warpgroup_mma_wait(num_outstanding=1, deps=(p, sa * sb0, sa * sb1))
                     nk = gl.minimum(kb + 1, num_k - 1)
-                    sa_n = gl.load(as_ptr + rows + nk * stride_ask)
-                    sb0_n = gl.load(bs0 + nk * stride_bsk)
-                    sb1_n = gl.load(bs1 + nk * stride_bsk)
+                    sa = gl.load(as_ptr + rows + nk * stride_ask)
+                    sb0 = gl.load(bs0 + nk * stride_bsk)
+                    sb1 = gl.load(bs1 + nk * stride_bsk)
                     p = warpgroup_mma_wait(num_outstanding=0, deps=(p, ))
                     acc0 = acc0 + p * gl.expand_dims(s0, 1)
                     p, acc0 = warpgroup_mma_wait(num_outstanding=0, deps=(p, acc0))
@@ -335,8 +344,6 @@ if HAS_GLUON:
                     mbarrier.arrive(empty.index(slot), count=1)
                     acc1 = acc1 + p * gl.expand_dims(s1, 1)
                     p, acc1 = warpgroup_mma_wait(num_outstanding=0, deps=(p, acc1))
-                    s0 = sa_n * sb0_n
-                    s1 = sa_n * sb1_n
                     g += 1
             # Epilogue: one staging buffer per half when shared memory allows (C_BUFS = 2), else
             # the halves take turns in one. The stores complete while the next tile runs.

@@ -131,6 +131,25 @@ def test_fma_division_is_ieee_division():
         assert fma_div(a, b, 2) == _rn32(a / b), (a, b)
 
 
+def test_amax16_scale_division_is_ieee_division():
+    """tile_scale(AMAX16=True) forms s = RN(amax / 448) as q = RN(amax·Y), Y = RN(1/448), then
+    s = RN(q + RN(amax - 448·q)·Y) (two FMAs). Emulated in exact arithmetic for every
+    non-negative finite bf16 and fp16 value (subnormals included): equal to RN(amax / 448)."""
+    from fractions import Fraction
+
+    y = _rn32(Fraction(1, 448))
+    assert Fraction(torch.tensor(0.002232142857142857, dtype=torch.float32).item()) == y  # the literal
+    bits = torch.arange(0, 1 << 15, dtype=torch.int32).to(torch.int16)
+    values = set()
+    for dtype in (torch.bfloat16, torch.float16):
+        v = bits.view(dtype).float()
+        values.update(v[torch.isfinite(v)].tolist())
+    for a in map(Fraction, values):
+        q = _rn32(a * y)
+        s = _rn32(q + _rn32(a - 448 * q) * y)
+        assert s == _rn32(a / 448), a
+
+
 def _hard_quant_input(dtype, device="cpu"):
     """[384, 640]: every bf16 significand against every scale significand (rows 0-255: row r has
     amax significand r//2 and 64 values a < amax per 128-tile, both signs), signed zeros,
