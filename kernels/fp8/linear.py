@@ -36,27 +36,35 @@ from .quantize import (
 _GEMM_OUT = (torch.bfloat16, torch.float16, torch.float32)
 
 
+def _forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, x_quant, pow2_scale: bool,
+             backend: str | None, invariant: bool, need_xt: bool):
+    """y = x Wᵀ (+ b) through one FP8 GEMM; with ``need_xt`` also xᵀ quantized along M (the
+    weight gradient's operand), taken from the same read of x (one kernel writes both
+    orientations). Returns (y, xq_t, xs_t) (None, None without ``need_xt``)."""
+    xq_t = xs_t = None
+    if x_quant is not None:
+        xq, xs = x_quant
+        if need_xt:
+            xq_t, xs_t = quantize_act_t(x2, pow2_scale, backend=backend)
+    elif need_xt:
+        xq, xs, xq_t, xs_t = quantize_act_both(x2, pow2_scale, backend=backend)
+    else:
+        xq, xs = quantize_act(x2, pow2_scale, backend=backend)
+    wq, ws = quantize_weight(weight, pow2_scale, backend=backend)
+    y = fp8_gemm(xq, xs, wq, ws, out_dtype=x2.dtype, batch_invariant=invariant, backend=backend)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y, xq_t, xs_t
+
+
 class _FP8LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, weight, bias, x_quant, pow2_scale, backend, invariant):
-        need_dw = ctx.needs_input_grad[1]
-        xq_t = xs_t = None
-        # The weight gradient needs xᵀ quantized along M: take it now, from the same read of x
-        # (one kernel writes both orientations), and save it instead of x (half the bytes).
-        if x_quant is not None:
-            xq, xs = x_quant
-            if need_dw:
-                xq_t, xs_t = quantize_act_t(x2, pow2_scale, backend=backend)
-        elif need_dw:
-            xq, xs, xq_t, xs_t = quantize_act_both(x2, pow2_scale, backend=backend)
-        else:
-            xq, xs = quantize_act(x2, pow2_scale, backend=backend)
-        wq, ws = quantize_weight(weight, pow2_scale, backend=backend)
-        y = fp8_gemm(xq, xs, wq, ws, out_dtype=x2.dtype, batch_invariant=invariant, backend=backend)
-        if bias is not None:
-            y = y + bias.to(y.dtype)
+        # xᵀ quantized is saved for the weight gradient instead of x (half the bytes)
+        y, xq_t, xs_t = _forward(x2, weight, bias, x_quant, pow2_scale, backend, invariant,
+                                 need_xt=ctx.needs_input_grad[1])
         # The weight itself is saved (a parameter: no extra memory); dgrad re-quantizes it
-        # straight into the transposed layout, bitwise the same blocks as wq, ws.
+        # straight into the transposed layout, bitwise the same blocks as the forward's.
         ctx.save_for_backward(xq_t, xs_t, weight)
         ctx.has_bias = bias is not None
         ctx.x_dtype, ctx.weight_dtype = x2.dtype, weight.dtype
@@ -116,7 +124,10 @@ def fp8_linear(
     x2 = x.reshape(-1, x.shape[-1])
     if x2.shape[0] == 0:
         return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
-    y = _FP8LinearFn.apply(x2, weight, bias, x_quant, pow2_scale, backend, batch_invariant)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        y = _FP8LinearFn.apply(x2, weight, bias, x_quant, pow2_scale, backend, batch_invariant)
+    else:  # inference (the rollout engine): no autograd node, no xᵀ for a weight gradient
+        y = _forward(x2, weight, bias, x_quant, pow2_scale, backend, batch_invariant, need_xt=False)[0]
     return y.reshape(*lead, weight.shape[0])
 
 

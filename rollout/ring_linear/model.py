@@ -42,7 +42,8 @@ vLLM's MiniMax and Bailing layers), the routed experts of prefill-sized batches 
 in :class:`~kernels.moe.StackedMoE`); everything else (projections, norms, RoPE, gates, router) is one inductor graph per step.  The
 compiled rollout is not bitwise the eager trainer (inductor fuses the elementwise ops and
 reduces in its own order): fast mode's ≤ 1e-5 holds, tested for both.  On GPUs the model runs
-eagerly, without CUDA graphs, as it was checked there (:func:`_run_eagerly_on_gpus`).
+eagerly, without CUDA graphs, as it was checked there (:func:`_run_eagerly_on_gpus`), and so
+does an FP8 engine, whose quantization would amplify the compiled graph's rounding.
 """
 
 from __future__ import annotations
@@ -87,19 +88,23 @@ def _run_eagerly_on_gpus(vllm_config: VllmConfig) -> None:
     torch.compile and no CUDA graphs.  The compiled forward is tested on CPU only; on CUDA the
     earlier, unsplit forward failed at start-up under vLLM's default graph capture ("operation
     not permitted when stream is capturing").  With the state bookkeeping now inside a
-    graph-splitting op, piecewise graphs could capture the rest, but that is untested here.
-    The model is built before vLLM compiles or captures anything, so setting the modes in its
-    constructor is enough; the change is logged."""
-    from vllm.config import CompilationMode
+    graph-splitting op, piecewise graphs could capture the rest, but that is untested here."""
     from vllm.platforms import current_platform
 
+    if not current_platform.is_cpu():
+        _run_eagerly(vllm_config, f"on {current_platform.device_name}: the compiled forward is tested on CPU only")
+
+
+def _run_eagerly(vllm_config: VllmConfig, why: str) -> None:
+    """No torch.compile and no CUDA graphs for this engine, logged with the reason.  The model
+    is built before vLLM compiles or captures anything, so setting the modes in its
+    constructor is enough."""
+    from vllm.config import CompilationMode
+
     cc = vllm_config.compilation_config
-    if current_platform.is_cpu():
-        return
     if cc.mode != CompilationMode.NONE or (cc.cudagraph_mode is not None and cc.cudagraph_mode != CUDAGraphMode.NONE):
-        logger.warning("Ring-linear model on %s: eager (compilation mode %s -> NONE, cudagraph_mode %s -> "
-                       "NONE); the compiled forward is tested on CPU only", current_platform.device_name,
-                       cc.mode, cc.cudagraph_mode)
+        logger.warning("Ring-linear model runs eagerly (compilation mode %s -> NONE, cudagraph_mode %s -> NONE) %s",
+                       cc.mode, cc.cudagraph_mode, why)
         cc.mode = CompilationMode.NONE
         cc.cudagraph_mode = CUDAGraphMode.NONE
 
@@ -335,10 +340,15 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         if vllm_config.parallel_config.pipeline_parallel_size != 1:
             raise ValueError("the Ring-linear vLLM model does not support pipeline parallelism")
         _run_eagerly_on_gpus(vllm_config)
+        fp8 = getattr(config, FP8_CONFIG_KEY, None)
+        if fp8:
+            # FP8 turns the last-bit differences of inductor's fused norms and activations into
+            # whole quantization steps (teacher-forced |Δ log-prob| 0.8 compiled vs 1e-6 eager on
+            # the tiny model, docs/decisions.md): the FP8 engine runs the trainer's eager ops
+            _run_eagerly(vllm_config, "with model.fp8: compiled rounding differs from the trainer's and FP8 amplifies it")
         self.config = config
         self.model = BailingMoeLinearV2Model(vllm_config=vllm_config, prefix="model")
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        fp8 = getattr(config, FP8_CONFIG_KEY, None)
         if fp8:  # the recipe's model.fp8: the decoder's projections and experts, as the trainer's
             switched = swap_linears_to_fp8(self.model, **fp8)
             logger.info("model.fp8: %d projections run as FP8 GEMMs (%s)", len(switched), fp8)
