@@ -187,24 +187,41 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
 
 
 def _stacked_experts_fp8(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: torch.Tensor,
-                         w2: torch.Tensor, shared: bool, pow2_scale: bool, batch_invariant: bool) -> torch.Tensor:
+                         w2: torch.Tensor, gate_q: torch.Tensor, gate_s: torch.Tensor, up_q: torch.Tensor,
+                         up_s: torch.Tensor, down_q: torch.Tensor, down_s: torch.Tensor, shared: bool,
+                         pow2_scale: bool, batch_invariant: bool) -> torch.Tensor:
     """:func:`_stacked_experts` with every expert projection an FP8 GEMM
     (:func:`kernels.fp8.fp8_linear`), computing what the trainer's per-expert ``FP8Linear``
     modules compute: gate_proj and up_proj are quantized as the two weights they are there
     (with I % 128 ≠ 0 a 128×128 block of the stacked [2I, D] would straddle them), x once per
     projection with the same 1×128 tiles, and each row's result does not depend on the others
     (the FP8 GEMM is batch invariant), so the rows grouped per step give the trainer's bits.
+    ``gate_q … down_s``: the weights quantized (:func:`quantize_stacked_experts`).
     The custom op ``torch.ops.lockstep.stacked_experts_fp8``."""
     from .fp8.linear import fp8_linear
 
-    def linear(a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return fp8_linear(a, weight, pow2_scale=pow2_scale, batch_invariant=batch_invariant)
+    def linear(a: torch.Tensor, weight: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return fp8_linear(a, weight, weight_quant=(q, scale), pow2_scale=pow2_scale, batch_invariant=batch_invariant)
 
     plan, rows, counts = _grouped_rows(x, idx, w, w13.shape[0] - shared, shared)
     inter = w13.shape[1] // 2
-    ys = torch.cat([linear(F.silu(linear(part, w13[e, :inter])) * linear(part, w13[e, inter:]), w2[e])
-                    for e, part in enumerate(rows.split(counts.tolist()))])
-    return _combined(plan, ys, shared)
+    ys = []
+    for e, part in enumerate(rows.split(counts.tolist())):
+        h = F.silu(linear(part, w13[e, :inter], gate_q[e], gate_s[e])) * linear(part, w13[e, inter:], up_q[e], up_s[e])
+        ys.append(linear(h, w2[e], down_q[e], down_s[e]))
+    return _combined(plan, torch.cat(ys), shared)
+
+
+def quantize_stacked_experts(w13: torch.Tensor, w2: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, ...]:
+    """Each stacked expert's gate, up and down weights quantized as the trainer's per-expert
+    ``FP8Linear`` modules quantize them (128×128 blocks of each), stacked: (gate_q ``[S, I, D]``,
+    gate_s, up_q ``[S, I, D]``, up_s, down_q ``[S, D, I]``, down_s)."""
+    from .fp8.quantize import quantize_weight
+
+    inter = w13.shape[1] // 2
+    per_expert = [[quantize_weight(m, pow2_scale) for m in (w13[e, :inter], w13[e, inter:], w2[e])]
+                  for e in range(w13.shape[0])]
+    return tuple(torch.stack([quantized[p][i] for quantized in per_expert]) for p in range(3) for i in range(2))
 
 
 def _grouped_rows(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, num_experts: int, shared: bool
@@ -246,7 +263,8 @@ _LIB.define("stacked_experts(Tensor x, Tensor idx, Tensor w, Tensor w13, Tensor 
 _LIB.impl("stacked_experts", _stacked_experts, "CompositeExplicitAutograd")
 _LIB.impl("stacked_experts", lambda x, idx, w, w13, w2, shared: w.new_empty(x.shape[0], w2.shape[1]), "Meta")
 stacked_experts = torch.ops.lockstep.stacked_experts
-_LIB.define("stacked_experts_fp8(Tensor x, Tensor idx, Tensor w, Tensor w13, Tensor w2, bool shared, "
+_LIB.define("stacked_experts_fp8(Tensor x, Tensor idx, Tensor w, Tensor w13, Tensor w2, Tensor gate_q, "
+            "Tensor gate_s, Tensor up_q, Tensor up_s, Tensor down_q, Tensor down_s, bool shared, "
             "bool pow2_scale, bool batch_invariant) -> Tensor")
 _LIB.impl("stacked_experts_fp8", _stacked_experts_fp8, "CompositeExplicitAutograd")
 _LIB.impl("stacked_experts_fp8", lambda x, idx, w, w13, w2, *_: w.new_empty(x.shape[0], w2.shape[1]), "Meta")
@@ -344,12 +362,20 @@ class StackedMoE(nn.Module):
         self.shared_experts = (SwiGLU(D, shared) if config.num_shared_experts > 0 and not self.shared_stacked
                                else None)
         self.fp8: tuple[bool, bool] | None = None  # (pow2_scale, batch_invariant) once use_fp8 ran
+        self.fp8_weights: tuple[torch.Tensor, ...] | None = None  # quantize_weight_once's
 
     def use_fp8(self, pow2_scale: bool = False, batch_invariant: bool = False) -> None:
         """Run the stacked experts' projections as FP8 GEMMs, as ``FP8Linear`` experts would
         (called by :func:`kernels.fp8.swap_linears_to_fp8`; a shared expert kept as its own
         module is swapped there like any projection)."""
         self.fp8 = (pow2_scale, batch_invariant)
+
+    def quantize_weight_once(self) -> None:
+        """With FP8 on, quantize the stacked experts now and reuse them until the next call (the
+        rollout plugin calls it after every weight load, ``kernels.fp8.quantize_fp8_weights``);
+        without, every forward quantizes the live stacks."""
+        if self.fp8 is not None:
+            self.fp8_weights = quantize_stacked_experts(self.experts_w13, self.experts_w2, self.fp8[0])
 
     def fp8_projections(self) -> int:
         """The stacked weight matrices running as FP8 GEMMs (3 per stacked expert, or none)."""
@@ -395,7 +421,9 @@ class StackedMoE(nn.Module):
         w13, w2, shared = self.experts_w13, self.experts_w2, self.shared_stacked
         xs = flat.to(w13.dtype)
         if self.fp8 is not None:
-            out = stacked_experts_fp8(xs, idx, w, w13, w2, shared, *self.fp8)
+            quantized = (self.fp8_weights if self.fp8_weights is not None
+                         else quantize_stacked_experts(w13, w2, self.fp8[0]))
+            out = stacked_experts_fp8(xs, idx, w, w13, w2, *quantized, shared, *self.fp8)
         elif torch.compiler.is_compiling() and every_expert_pays(xs, idx, w13, shared, tokens=1):
             # compiled (the rollout engine on CPU): decode-sized batches run every expert inside
             # the compiled graph, fused around the GEMMs, the rest the opaque op; chosen per call
@@ -411,4 +439,4 @@ class StackedMoE(nn.Module):
 
 
 __all__ = ["stable_topk", "route", "ExpertDispatch", "combine_experts", "stacked_experts",
-           "stacked_experts_fp8", "stacked_experts_loop", "expert_order", "weighted_sum", "SwiGLU", "MoEGate", "MoE", "StackedMoE", "load_expert_weight"]
+           "stacked_experts_fp8", "quantize_stacked_experts", "stacked_experts_loop", "expert_order", "weighted_sum", "SwiGLU", "MoEGate", "MoE", "StackedMoE", "load_expert_weight"]

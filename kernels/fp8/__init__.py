@@ -12,7 +12,7 @@ Gluon kernel for the transposed forms on Hopper), ``gemm``, ``linear``
 
 from .fused import rmsnorm_quant, silu_mul_quant
 from .gemm import fp8_gemm
-from .linear import FP8Linear, fp8_linear, fp8_projection_count, swap_linears_to_fp8
+from .linear import FP8Linear, fp8_linear, fp8_projection_count, quantize_fp8_weights, swap_linears_to_fp8
 from .quantize import (
     FP8_DTYPE,
     FP8_MAX,
@@ -37,6 +37,7 @@ __all__ = [
     "quantize_act",
     "quantize_act_both",
     "quantize_act_t",
+    "quantize_fp8_weights",
     "quantize_weight",
     "quantize_weight_t",
     "rmsnorm_quant",

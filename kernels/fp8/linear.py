@@ -37,7 +37,7 @@ _GEMM_OUT = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def _forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, x_quant, pow2_scale: bool,
-             backend: str | None, invariant: bool, need_xt: bool):
+             backend: str | None, invariant: bool, need_xt: bool, weight_quant=None):
     """y = x Wᵀ (+ b) through one FP8 GEMM; with ``need_xt`` also xᵀ quantized along M (the
     weight gradient's operand), taken from the same read of x (one kernel writes both
     orientations). Returns (y, xq_t, xs_t) (None, None without ``need_xt``)."""
@@ -50,7 +50,7 @@ def _forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
         xq, xs, xq_t, xs_t = quantize_act_both(x2, pow2_scale, backend=backend)
     else:
         xq, xs = quantize_act(x2, pow2_scale, backend=backend)
-    wq, ws = quantize_weight(weight, pow2_scale, backend=backend)
+    wq, ws = weight_quant if weight_quant is not None else quantize_weight(weight, pow2_scale, backend=backend)
     y = fp8_gemm(xq, xs, wq, ws, out_dtype=x2.dtype, batch_invariant=invariant, backend=backend)
     if bias is not None:
         y = y + bias.to(y.dtype)
@@ -102,6 +102,7 @@ def fp8_linear(
     bias: torch.Tensor | None = None,
     *,
     x_quant: tuple[torch.Tensor, torch.Tensor] | None = None,
+    weight_quant: tuple[torch.Tensor, torch.Tensor] | None = None,
     pow2_scale: bool = False,
     batch_invariant: bool = False,
     backend: str | None = None,
@@ -112,6 +113,9 @@ def fp8_linear(
     x_quant: optional (xq [M, K], scale) already computed from x.reshape(-1, K) — e.g. by
     ``rmsnorm_quant``/``silu_mul_quant`` — so the forward skips quantizing x (the fused kernels
     produce the same bits as ``quantize_act`` of their rounded output).
+    weight_quant: optional (wq, scale) = ``quantize_weight(weight, pow2_scale)`` taken earlier,
+    for inference only (an engine whose weights change only when it loads new ones quantizes
+    them once per load); refused where a gradient is needed, whose backward reads the weight.
     batch_invariant pins one GEMM tile configuration for every M (strict mode; the H100 runs
     found all configurations bitwise equal anyway, see BENCHMARKS.md).
     Returns [..., N] in x's dtype.
@@ -125,9 +129,13 @@ def fp8_linear(
     if x2.shape[0] == 0:
         return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        if weight_quant is not None:
+            raise ValueError("fp8_linear: weight_quant (a weight quantized earlier) is for inference; with "
+                             "gradients the forward quantizes the live weight, as the backward does")
         y = _FP8LinearFn.apply(x2, weight, bias, x_quant, pow2_scale, backend, batch_invariant)
     else:  # inference (the rollout engine): no autograd node, no xᵀ for a weight gradient
-        y = _forward(x2, weight, bias, x_quant, pow2_scale, backend, batch_invariant, need_xt=False)[0]
+        y = _forward(x2, weight, bias, x_quant, pow2_scale, backend, batch_invariant, need_xt=False,
+                     weight_quant=weight_quant)[0]
     return y.reshape(*lead, weight.shape[0])
 
 
@@ -144,6 +152,7 @@ class FP8Linear(torch.nn.Linear):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.pow2_scale = pow2_scale
         self.batch_invariant = batch_invariant
+        self.weight_fp8: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, pow2_scale: bool = False,
@@ -153,10 +162,19 @@ class FP8Linear(torch.nn.Linear):
         new.in_features, new.out_features = linear.in_features, linear.out_features
         new.weight, new.bias = linear.weight, linear.bias
         new.pow2_scale, new.batch_invariant = pow2_scale, batch_invariant
+        new.weight_fp8 = None
         return new
 
+    def quantize_weight_once(self) -> None:
+        """Quantize the weight now and let inference forwards reuse it until the next call —
+        for an engine whose weights change only when it loads new ones (the rollout plugin
+        calls it after every load, :func:`quantize_fp8_weights`). The same bits as quantizing
+        on every call; a training forward refuses the frozen copy."""
+        with torch.no_grad():
+            self.weight_fp8 = quantize_weight(self.weight, self.pow2_scale)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp8_linear(x, self.weight, self.bias, pow2_scale=self.pow2_scale,
+        return fp8_linear(x, self.weight, self.bias, weight_quant=self.weight_fp8, pow2_scale=self.pow2_scale,
                           batch_invariant=self.batch_invariant)
 
     def extra_repr(self) -> str:
@@ -189,6 +207,15 @@ def swap_linears_to_fp8(model: torch.nn.Module, include=None, pow2_scale: bool =
     return swapped
 
 
+def quantize_fp8_weights(model: torch.nn.Module) -> None:
+    """Quantize every FP8 projection's weight of ``model`` once, for inference forwards until the
+    next call (``quantize_weight_once`` on each module that has it: ``FP8Linear``, stacked
+    experts). An inference engine calls it after each weight load."""
+    for module in model.modules():
+        if hasattr(module, "quantize_weight_once"):
+            module.quantize_weight_once()
+
+
 def fp8_projection_count(model: torch.nn.Module) -> int:
     """How many weight matrices of ``model`` run as FP8 GEMMs: one per ``FP8Linear``, plus what
     each module holding projections in another layout reports (``fp8_projections()``). The
@@ -198,4 +225,4 @@ def fp8_projection_count(model: torch.nn.Module) -> int:
                for m in model.modules())
 
 
-__all__ = ["FP8Linear", "fp8_linear", "fp8_projection_count", "swap_linears_to_fp8"]
+__all__ = ["FP8Linear", "fp8_linear", "fp8_projection_count", "quantize_fp8_weights", "swap_linears_to_fp8"]

@@ -69,7 +69,7 @@ from vllm.model_executor.layers.mamba.mamba_utils import (
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 
-from kernels.fp8 import swap_linears_to_fp8
+from kernels.fp8 import quantize_fp8_weights, swap_linears_to_fp8
 from kernels.linear_attention import StateSlots, chunk, decode_packed, layer_decay, recurrent
 from kernels.lm_head import logits_fp32
 from kernels.moe import StackedMoE
@@ -426,6 +426,7 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         if partial:
             raise ValueError(f"the checkpoint lacks {len(partial)} expert weights of layers it has "
                              f"others of: {', '.join(sorted(partial)[:40])}")
+        quantize_fp8_weights(self)  # model.fp8: the new weights quantized once, for every step until the next load
         return loaded
 
     def _stacked_moe(self, path: str) -> StackedMoE | None:

@@ -83,6 +83,10 @@ def test_fp8_stacked_experts_are_bitwise_the_fp8_per_expert_modules(dtype):
             assert torch.equal(stacked(x[rows]), moe(x[rows]))
     err = ((want - plain).norm() / plain.norm()).item()
     assert 1e-4 < err < 0.1, err  # e4m3 has a 3-bit mantissa: ~2-4% relative error, never exact
+    stacked.quantize_weight_once()  # the engine's per-load quantization: the same bits
+    assert stacked.fp8_weights[0].shape == (config.num_experts + 1, config.moe_intermediate_size, config.hidden_size)
+    with torch.no_grad():
+        assert torch.equal(stacked(x), want)
 
 
 def test_stacked_experts_against_float64():
