@@ -165,7 +165,8 @@ def check_correctness(dev: str, smoke: bool) -> None:
     cfgs = [] if smoke or dev == "cpu" else [(128, 128, 8, 4, "ptr"), (64, 128, 4, 4, "tma"),
                                                (64, 64, 4, 3, "ptr"), (128, 128, 8, 4, "tma"),
                                                (128, 128, 8, 4, "gluon"), (64, 128, 4, 4, "gluon"),
-                                               (128, 256, 4, 3, "gluon_ws")]
+                                               (128, 256, 4, 3, "gluon_ws"),
+                                               (128, 256, 4, 3, "gluon_ws+g16+sa_tma")]
     for cfg in cfgs:
         print(f"  invariance check, config {cfg}", flush=True)
         try:

@@ -49,6 +49,8 @@ def main():
     ap.add_argument("--variants", default="")
     ap.add_argument("--shapes", default="")
     ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="time the default and every variant this many times, interleaved; report medians")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     args = ap.parse_args()
     variants = DEFAULT_VARIANTS
@@ -108,16 +110,28 @@ def main():
         r["row"] = tf(bench(lambda: torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)))
         aq, as_ = quantize_act(a)
         bq, bs = quantize_weight(b)
-        r["default"] = tf(bench(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16)))
-        print(f"  {m},{n},{k} default (dispatcher's pick): {r['default']:.0f}", flush=True)
+        # Repeats interleaved (default, v1, v2, ..., default, v1, ...): the drift between
+        # repeats hits every variant alike; the median of each is reported.
+        runs = {"default": [], **{str(v): [] for v in variants}}
+        for _ in range(args.repeats):
+            runs["default"].append(tf(bench(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16))))
+            for v in variants:
+                if isinstance(runs[str(v)], str):
+                    continue
+                try:
+                    runs[str(v)].append(tf(bench(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=v))))
+                except Exception as e:  # noqa: BLE001
+                    runs[str(v)] = f"fail {type(e).__name__}: {str(e)[:120]}"
+        for key, ts in runs.items():
+            r[key] = ts if isinstance(ts, str) else sorted(ts)[len(ts) // 2]
+            if isinstance(ts, list) and len(ts) > 1:
+                r[f"{key} runs"] = ts
+        print(f"  {m},{n},{k} default (dispatcher's pick): {r['default']:.0f} {runs['default']}", flush=True)
         for v in variants:
-            try:
-                r[str(v)] = tf(bench(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=v)))
-            except Exception as e:  # noqa: BLE001
-                r[str(v)] = f"fail {type(e).__name__}: {str(e)[:120]}"
             if m <= 512 and isinstance(r[str(v)], float):
                 r[f"{v} graph"] = tf(bench(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=v), graph=True))
-            print(f"  {m},{n},{k} {v}: {r[str(v)]} (graph {r.get(f'{v} graph')})", flush=True)
+            print(f"  {m},{n},{k} {v}: {r[str(v)]} {[round(t) for t in runs[str(v)]] if isinstance(runs[str(v)], list) else ''}"
+                  f" (graph {r.get(f'{v} graph')})", flush=True)
         if m <= 512:
             r["tensor graph"] = tf(bench(lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16), graph=True))
             print(f"  {m},{n},{k} tensorwise graph: {r['tensor graph']}", flush=True)

@@ -117,7 +117,8 @@ def gemm(variants, out):
         descs = (TensorDescriptor.from_tensor(aq, [128, 128], GH._smem_layout((128, 128), aq.dtype)),
                  TensorDescriptor.from_tensor(bq, [256, 128], GH._smem_layout((256, 128), bq.dtype)),
                  TensorDescriptor.from_tensor(c, [64, 128], GH._smem_layout((64, 128), c.dtype)))
-        comp = GH._fp8_gemm_gluon_ws_kernel.warmup(*descs, a_s, b_s, m, n, k, a_s.stride(0), a_s.stride(1),
+        sa = TensorDescriptor.from_tensor(a_s.t(), [1, 128], GH._SCALE_LAYOUT) if kw.get("A_SCALES_TMA") else a_s
+        comp = GH._fp8_gemm_gluon_ws_kernel.warmup(*descs, sa, b_s, m, n, k, a_s.stride(0), a_s.stride(1),
                                                     b_s.stride(0), b_s.stride(1), grid=(1,), **kw)
         print(report(comp, "gemm_" + (v.replace(",", "_").replace("=", "") or "default"), out), flush=True)
 

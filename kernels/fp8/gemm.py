@@ -155,8 +155,14 @@ _CONFIG_INTERPRET = (32, 32, 4, 1, "ptr")
 _CONFIG_GLUON = (128, 128, 8, 4, "gluon")  # fewer 128×256 tiles than SMs (M=128 decode-like shapes)
 # "gluon_ws": persistent, warp-specialized, 128×256 tiles (gemm_hopper.py); 0.86-0.95× cuBLAS
 # tensorwise at the large benchmark shapes (H100, 2026-11-27 session 8; 0.81-0.88× before) vs
-# 0.68-0.73× for "gluon" (H100, 2026-11-26).
-_CONFIG_GLUON_WS = (128, 256, 4, 3, "gluon_ws")
+# 0.68-0.73× for "gluon" (H100, 2026-11-26). Options "+"-joined (_ws_options). For 128×128-block
+# B the default takes A's scales through the TMA ring and groups 16 row-tiles: 0.88-0.92× /
+# 0.93-0.95× / 0.96-0.98× / 0.96× at 8192³ / 4096×7168×16384 / 4096×4096×7168 / 8192×5120×2048
+# vs 0.85-0.87× / 0.89-0.91× / 0.91-0.92× / 0.91-0.92× for plain gluon_ws in the same two H100
+# runs (BENCHMARKS.md, FP8, session 8 second round). 1×128 B (wgrad) keeps plain gluon_ws (its
+# scales already ride the ring; g16 not measured there).
+_CONFIG_GLUON_WS = (128, 256, 4, 3, "gluon_ws+g16+sa_tma")
+_CONFIG_GLUON_WS_ROWWISE_B = (128, 256, 4, 3, "gluon_ws")
 _logged_kinds: set[tuple[str, bool]] = set()
 
 
@@ -170,7 +176,7 @@ def _pick_config(m: int, n: int, k: int, on_cpu: bool, batch_invariant: bool, gl
     # with 1×128 B scales (wgrad) its two scale vectors spill, and Triton's kernel is faster.
     # 1×128 B on gluon_ws (scales TMA-loaded with the operands): see BENCHMARKS.md, FP8.
     if gluon_ok and _cdiv(m, 128) * _cdiv(n, 256) >= sms:
-        return _CONFIG_GLUON_WS
+        return _CONFIG_GLUON_WS if b_block else _CONFIG_GLUON_WS_ROWWISE_B
     if gluon_ok and b_block:
         return _CONFIG_GLUON
     if batch_invariant:
@@ -182,6 +188,20 @@ def _pick_config(m: int, n: int, k: int, on_cpu: bool, batch_invariant: bool, gl
     if k % 16:  # TMA needs 16-byte aligned rows
         cfg = (*cfg[:4], "ptr")
     return cfg
+
+
+def _ws_options(options: list[str]) -> dict:
+    """gluon_ws kind options ("gluon_ws+g16+sa_tma"): gN = N row-tiles per group of the tile
+    order (default 8), sa_tma = A's scales through the TMA ring."""
+    kw = {}
+    for opt in options:
+        if opt == "sa_tma":
+            kw["a_scales_tma"] = True
+        elif opt[:1] == "g" and opt[1:].isdigit():
+            kw["group_m"] = int(opt[1:])
+        else:
+            raise ValueError(f"unknown gluon_ws option {opt!r}")
+    return kw
 
 
 def _validate(aq, a_scale, bq, b_scale, out_dtype):
@@ -273,12 +293,14 @@ def fp8_gemm(
     why_not, b_block, (bm, bn, warps, stages, kind) = plan
     m, k = aq.shape
     n = bq.shape[0]
-    if kind in ("gluon", "gluon_ws"):
+    base, *options = kind.split("+")
+    if base in ("gluon", "gluon_ws"):
         if why_not is not None:
             raise ValueError(f"fp8_gemm: Gluon kernel requested but {why_not}")
-        if kind == "gluon":
+        if base == "gluon":
             return fp8_gemm_gluon(aq, a_scale, bq, b_scale, out_dtype, b_block, bm, bn, warps, stages)
-        return fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages, b_block=b_block)
+        return fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages, b_block=b_block,
+                                 **_ws_options(options))
     c = torch.empty(m, n, dtype=out_dtype, device=aq.device)
     grid = (_cdiv(m, bm) * _cdiv(n, bn),)
     scale_args = (a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1))

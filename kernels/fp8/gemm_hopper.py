@@ -23,7 +23,9 @@ Two kernels, both with this per-element math (``fp8_gemm`` kinds):
   quarter less L2 traffic per flop). A consumer holds
   acc (two 64×128 halves) + one P tile and does not overlap its own wgmma and promotion; with
   no CTA-wide barrier in the K loop the two warpgroups drift apart and each promotes while the
-  tensor cores run the other's wgmma. 0.86-0.95× cuBLAS tensorwise FP8 (BENCHMARKS.md, session 8).
+  tensor cores run the other's wgmma. 0.86-0.95× cuBLAS tensorwise FP8 (BENCHMARKS.md, session 8);
+  0.88-0.98× with A's scales TMA-loaded into the ring slot beside A and B (A_SCALES_TMA: no
+  global load in the consumer's loop for them) and 16 row-tiles per group (session 8, second round).
   Also the wgrad GEMM (1×128 B scales, B_ROWWISE): the producer TMA-loads each block's sA
   and sB vectors into the ring slot beside A and B; the consumers read them from shared memory
   and form sA[row]·sB[col] per element (the Triton kernel's rounding): 760 TFLOP/s vs 510.
@@ -232,9 +234,11 @@ if HAS_GLUON:
 
     @gluon.jit
     def _ws_producer(a_desc, b_desc, as_desc, bs_desc, a_smem, b_smem, sa_smem, sb_smem, ready, empty,
-                     M, N, K, STAGES: gl.constexpr, GROUP_M: gl.constexpr, B_ROWWISE: gl.constexpr):
+                     M, N, K, STAGES: gl.constexpr, GROUP_M: gl.constexpr, B_ROWWISE: gl.constexpr,
+                     A_SCALES_TMA: gl.constexpr):
         # B_ROWWISE: the block's scale vectors (sA for 128 rows, sB for 256 columns; rows of the
-        # transposed, M- / N-contiguous scale tensors) ride in the same ring slot as A and B.
+        # transposed, M- / N-contiguous scale tensors) ride in the same ring slot as A and B;
+        # A_SCALES_TMA (128×128-block B): sA alone does.
         BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
         BLOCK_N: gl.constexpr = b_desc.block_type.shape[0]
         num_pid_m = gl.cdiv(M, BLOCK_M)
@@ -253,6 +257,10 @@ if HAS_GLUON:
                                     + as_desc.block_type.nbytes + bs_desc.block_type.nbytes)
                     tma.async_copy_global_to_shared(as_desc, [kb, off_m], bar, sa_smem.index(slot))
                     tma.async_copy_global_to_shared(bs_desc, [kb, off_n], bar, sb_smem.index(slot))
+                elif A_SCALES_TMA:
+                    mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes
+                                    + as_desc.block_type.nbytes)
+                    tma.async_copy_global_to_shared(as_desc, [kb, off_m], bar, sa_smem.index(slot))
                 else:
                     mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
                 tma.async_copy_global_to_shared(a_desc, [off_m, kb * 128], bar, a_smem.index(slot))
@@ -263,7 +271,7 @@ if HAS_GLUON:
     def _ws_consumer(a_desc, c_desc, as_ptr, bs_ptr, a_smem, b_smem, sa_smem, sb_smem, c_smem, ready, empty,
                      M, N, K, stride_asm, stride_ask, stride_bsn, stride_bsk,
                      ROW0: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr,
-                     C_BUFS: gl.constexpr, B_ROWWISE: gl.constexpr):
+                     C_BUFS: gl.constexpr, B_ROWWISE: gl.constexpr, A_SCALES_TMA: gl.constexpr):
         # Rows ROW0 .. ROW0 + 63 of every tile; per block: P = A·B[:128]ᵀ, promote into acc0, P = A·B[128:]ᵀ, free the slot, promote into acc1. B_ROWWISE: 1×128
         # B scales (the wgrad GEMM): the factor of block kb is sA[row]·sB[col], formed per
         # element like the Triton kernel; sA and each half's sB vector (32 registers in the
@@ -316,9 +324,13 @@ if HAS_GLUON:
                 # (multiplied at the end of iteration kb-1, as before, they stalled the warpgroup
                 # there on the loads: H100 1000-1085 → 1086-1178 TFLOP/s at the four benchmark
                 # shapes, BENCHMARKS.md, FP8, session 8).
+                # A_SCALES_TMA: sA comes from the ring slot (TMA-loaded with A and B; zeros past
+                # M, whose rows the store clips), read while the first wgmma runs.
+                vec_a: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
                 bs0 = bs_ptr + (off_n // 128) * stride_bsn
                 bs1 = bs_ptr + gl.minimum(off_n // 128 + 1, n_blocks_b - 1) * stride_bsn
-                sa = gl.load(as_ptr + rows)
+                if not A_SCALES_TMA:
+                    sa = gl.load(as_ptr + rows)
                 sb0 = gl.load(bs0)
                 sb1 = gl.load(bs1)
                 for kb in range(num_k):
@@ -327,12 +339,16 @@ if HAS_GLUON:
                     b_k = b_smem.index(slot)
                     p = warpgroup_mma(a_k, b_k.slice(0, 128).permute((1, 0)), p, use_acc=False,
                                       is_async=True)
+                    if A_SCALES_TMA:
+                        sa = sa_smem.index(slot)._reinterpret(gl.float32, [128], vec_a).slice(
+                            ROW0, SUB_M).load(gl.SliceLayout(1, mma))
                     # The products pinned (a no-op wait taking them as dependencies) before the
                     # next block's loads, so that those reuse the registers: no copy of a value
                     # still in flight at the loop's end.
                     p, s0, s1 = warpgroup_mma_wait(num_outstanding=1, deps=(p, sa * sb0, sa * sb1))
                     nk = gl.minimum(kb + 1, num_k - 1)
-                    sa = gl.load(as_ptr + rows + nk * stride_ask)
+                    if not A_SCALES_TMA:
+                        sa = gl.load(as_ptr + rows + nk * stride_ask)
                     sb0 = gl.load(bs0 + nk * stride_bsk)
                     sb1 = gl.load(bs1 + nk * stride_bsk)
                     p = warpgroup_mma_wait(num_outstanding=0, deps=(p, ))
@@ -365,9 +381,11 @@ if HAS_GLUON:
         stride_asm, stride_ask, stride_bsn, stride_bsk,
         STAGES: gl.constexpr, GROUP_M: gl.constexpr, C_BUFS: gl.constexpr,
         B_ROWWISE: gl.constexpr, CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+        A_SCALES_TMA: gl.constexpr = False,
     ):
         # B_ROWWISE: as_ptr / bs_ptr are TMA descriptors of the transposed scale tensors
-        # ([Kb, M] and [Kb, N], blocks [1, 128] and [1, 256]); otherwise pointers.
+        # ([Kb, M] and [Kb, N], blocks [1, 128] and [1, 256]); otherwise pointers, but for
+        # A_SCALES_TMA as_ptr is the [Kb, M] descriptor (blocks [1, 128]).
         gl.static_assert(num_warps == 4)
         gl.static_assert(b_desc.block_type.shape[0] == 256)
         a_smem = gl.allocate_shared_memory(a_desc.dtype, [STAGES] + a_desc.block_type.shape, a_desc.layout)
@@ -377,6 +395,9 @@ if HAS_GLUON:
         if B_ROWWISE:
             sa_smem = gl.allocate_shared_memory(gl.float32, [STAGES] + as_ptr.block_type.shape, as_ptr.layout)
             sb_smem = gl.allocate_shared_memory(gl.float32, [STAGES] + bs_ptr.block_type.shape, bs_ptr.layout)
+        elif A_SCALES_TMA:
+            sa_smem = gl.allocate_shared_memory(gl.float32, [STAGES] + as_ptr.block_type.shape, as_ptr.layout)
+            sb_smem = b_smem  # unused stand-in
         else:  # unused stand-ins
             sa_smem = a_smem
             sb_smem = b_smem
@@ -388,12 +409,12 @@ if HAS_GLUON:
         gl.warp_specialize([
             (_ws_consumer, (a_desc, c_desc, as_ptr, bs_ptr, a_smem, b_smem, sa_smem, sb_smem, c0_smem,
                             ready, empty, M, N, K, stride_asm, stride_ask, stride_bsn, stride_bsk, 0,
-                            STAGES, GROUP_M, C_BUFS, B_ROWWISE)),
+                            STAGES, GROUP_M, C_BUFS, B_ROWWISE, A_SCALES_TMA)),
             (_ws_consumer, (a_desc, c_desc, as_ptr, bs_ptr, a_smem, b_smem, sa_smem, sb_smem, c1_smem,
                             ready, empty, M, N, K, stride_asm, stride_ask, stride_bsn, stride_bsk, 64,
-                            STAGES, GROUP_M, C_BUFS, B_ROWWISE)),
+                            STAGES, GROUP_M, C_BUFS, B_ROWWISE, A_SCALES_TMA)),
             (_ws_producer, (a_desc, b_desc, as_ptr, bs_ptr, a_smem, b_smem, sa_smem, sb_smem, ready, empty,
-                            M, N, K, STAGES, GROUP_M, B_ROWWISE)),
+                            M, N, K, STAGES, GROUP_M, B_ROWWISE, A_SCALES_TMA)),
         ], [4, 1], [CONSUMER_REGS, 24])
 
 
@@ -462,10 +483,11 @@ def num_sms(device: torch.device) -> int:
 
 
 def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, consumer_regs: int = 232,
-                      b_block: bool = True):
+                      b_block: bool = True, group_m: int = 8, a_scales_tma: bool = False):
     """Launch the warp-specialized persistent Gluon kernel (128×256 tiles; 128×128-block B, or
     1×128 B scales with b_block=False; caller validated the operands and ``gluon_supported``).
-    Returns C [M, N]."""
+    group_m: row-tiles per group of the tile order. a_scales_tma (128×128-block B): sA through
+    the TMA ring, where its layout allows (else pointer loads: the same bits). Returns C [M, N]."""
     m, k = aq.shape
     n = bq.shape[0]
     sms = num_sms(aq.device)
@@ -474,11 +496,14 @@ def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, cons
     b_layout = _smem_layout((256, 128), torch.float8_e4m3fn)
     c_layout = _smem_layout((64, 128), out_dtype)
     scales = (a_scale, b_scale)
+    a_scales_tma = a_scales_tma and b_block and scales_tma_ok(a_scale, a_scale)  # A's layout alone
+    if a_scales_tma:
+        scales = (TMA(a_scale.t(), (1, 128), _SCALE_LAYOUT), b_scale)
     if not b_block:  # 1×128 B: the scales travel by TMA too, as rows of their transposes
         scales = (TMA(a_scale.t(), (1, 128), _SCALE_LAYOUT), TMA(b_scale.t(), (1, 256), _SCALE_LAYOUT))
     # Shared memory: STAGES × (48 KiB operands [+ 1.5 KiB scales]) + 2 consumers × C_BUFS ×
     # 64×128 staging tiles.
-    stage = 49152 + (0 if b_block else 1536)
+    stage = 49152 + (0 if b_block else 1536) + (512 if a_scales_tma else 0)
     c_tile = 64 * 128 * c.element_size()
     c_bufs = 2 if stages * stage + 4 * c_tile <= _SMEM_BYTES else 1
     if stages * stage + 2 * c_bufs * c_tile > _SMEM_BYTES:
@@ -488,7 +513,7 @@ def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, cons
     launch(_fp8_gemm_gluon_ws_kernel, (min(tiles, sms),),
         TMA(aq, (128, 128), a_layout), TMA(bq, (256, 128), b_layout), TMA(c, (64, 128), c_layout), *scales, m, n, k,
         a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1),
-        STAGES=stages, GROUP_M=8, C_BUFS=c_bufs, B_ROWWISE=not b_block,
-        CONSUMER_REGS=consumer_regs, num_warps=4,
+        STAGES=stages, GROUP_M=group_m, C_BUFS=c_bufs, B_ROWWISE=not b_block,
+        CONSUMER_REGS=consumer_regs, num_warps=4, A_SCALES_TMA=a_scales_tma,
     )
     return c

@@ -309,6 +309,10 @@ def gluon_quant_supported(x: torch.Tensor) -> str | None:
 # two FMA steps for tile_scale's reciprocal (→ 1728 instructions, yet both ways 0.01 slower on
 # the H100, faster on an H200), the column pass first (-0.01 at 8192×2048); 4 warps per
 # program at a 128-register cap (4 programs per SM) spills (the COL pass holds a 128×64 half).
+# Session 8, second round (same A/B): stores without bounds masks where 128 divides M and K
+# (-16 of 1920 instructions) 0.78 / 0.86 / 0.92 both ways, no better; a 64-register cap (4
+# programs per SM, 56-byte spills) 0.63-0.81; quantize_act_t as one program per 128×64 half (a
+# finer last round, half the bytes in flight per program) 0.69-0.79 vs 0.79-0.93: all removed.
 _GLUON_CFG = {True: (1, 0, 80, "fmax"), False: (1, 0, 80, "fmax")}  # by rowwise
 
 

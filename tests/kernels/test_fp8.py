@@ -415,7 +415,8 @@ def test_fp8_gemm_gluon_matches_reference_and_triton(m, n, k, b_kind, poison_emp
     aq5, as5 = quantize_act(a[:5])  # (Gluon with 1×128 B needs the quantizers' scale layout)
     part = fp8_gemm(aq5, as5, bq, bs, torch.float32, config=(64, 128, 4, 4, "gluon"))
     assert torch.equal(part, c[:5])
-    for cfg in ((128, 256, 4, 3, "gluon_ws"), (128, 256, 4, 2, "gluon_ws")):  # bf16 and fp32 out
+    for cfg in ((128, 256, 4, 3, "gluon_ws"), (128, 256, 4, 2, "gluon_ws"),  # bf16 and fp32 out
+                (128, 256, 4, 3, "gluon_ws+g16+sa_tma")):
         assert torch.equal(fp8_gemm(aq, as_, bq, bs, torch.float32, config=cfg), c), cfg
         assert torch.equal(fp8_gemm(aq5, as5, bq, bs, torch.bfloat16, config=cfg),
                            fp8_gemm(aq5, as5, bq, bs, torch.bfloat16, config=(128, 128, 8, 4, "ptr"))), cfg
@@ -744,3 +745,17 @@ def test_swap_linears_to_fp8():
     names = swap_linears_to_fp8(model, include=lambda name, m: name != "2")
     assert names == ["0"] and isinstance(model[0], FP8Linear) and type(model[2]) is torch.nn.Linear
     assert rel(model(torch.ones(2, 128)), ref) < 0.1
+
+
+def test_gluon_ws_options_and_default_pick():
+    """gluon_ws kind options parse (unknown ones refused); large 128×128-block-B GEMMs default to
+    A's scales through the TMA ring with 16 row-tiles per group, wgrad (1×128 B) to plain
+    gluon_ws (BENCHMARKS.md, FP8, session 8 second round)."""
+    from kernels.fp8 import gemm as G
+
+    assert G._ws_options(["g16", "sa_tma"]) == {"group_m": 16, "a_scales_tma": True}
+    assert G._ws_options([]) == {}
+    with pytest.raises(ValueError, match="unknown gluon_ws option"):
+        G._ws_options(["sb_tma"])
+    assert G._pick_config(8192, 8192, 8192, False, False, True, True, 132)[4] == "gluon_ws+g16+sa_tma"
+    assert G._pick_config(8192, 8192, 8192, False, False, True, False, 132)[4] == "gluon_ws"
