@@ -311,8 +311,8 @@ def gluon_quant_supported(x: torch.Tensor) -> str | None:
 # program at a 128-register cap (4 programs per SM) spills (the COL pass holds a 128×64 half).
 # Session 8, second round (same A/B): stores without bounds masks where 128 divides M and K
 # (-16 of 1920 instructions) 0.78 / 0.86 / 0.92 both ways, no better; a 64-register cap (4
-# programs per SM, 56-byte spills) 0.63-0.81; quantize_act_t as one program per 128×64 half (a
-# finer last round, half the bytes in flight per program) 0.69-0.79 vs 0.79-0.93: all removed.
+# programs per SM, 56-byte spills) 0.61-0.81; quantize_act_t as one program per 128×64 half (a
+# finer last round, half the bytes in flight per program) 0.69-0.80 vs 0.79-0.94: all removed.
 _GLUON_CFG = {True: (1, 0, 80, "fmax"), False: (1, 0, 80, "fmax")}  # by rowwise
 
 
