@@ -482,6 +482,11 @@ def num_sms(device: torch.device) -> int:
     return _NUM_SMS[dev]
 
 
+@functools.cache
+def _log_once(message: str) -> None:
+    log.info(message)
+
+
 def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, consumer_regs: int = 232,
                       b_block: bool = True, group_m: int = 8, a_scales_tma: bool = False):
     """Launch the warp-specialized persistent Gluon kernel (128×256 tiles; 128×128-block B, or
@@ -496,7 +501,11 @@ def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, cons
     b_layout = _smem_layout((256, 128), torch.float8_e4m3fn)
     c_layout = _smem_layout((64, 128), out_dtype)
     scales = (a_scale, b_scale)
-    a_scales_tma = a_scales_tma and b_block and scales_tma_ok(a_scale, a_scale)  # A's layout alone
+    if a_scales_tma and b_block and not scales_tma_ok(a_scale, a_scale):  # A's layout alone
+        a_scales_tma = False
+        _log_once("gluon_ws: A's scales cannot travel by TMA (columns not padded to 16 bytes; "
+                  "quantize_act's output is): loaded by pointer, the same bits, a little slower")
+    a_scales_tma = a_scales_tma and b_block
     if a_scales_tma:
         scales = (TMA(a_scale.t(), (1, 128), _SCALE_LAYOUT), b_scale)
     if not b_block:  # 1×128 B: the scales travel by TMA too, as rows of their transposes
