@@ -256,11 +256,17 @@ def _make_plan(aq, a_scale, bq, b_scale, out_dtype, batch_invariant, backend, co
     cfg = config or _pick_config(m, n, k, not aq.is_cuda, batch_invariant, why_not is None, b_block,
                                  num_sms(aq.device) if why_not is None else 132)
     kind = cfg[4]
+    sa_by_pointer = "+sa_tma" in kind and not scales_tma_ok(a_scale, a_scale)  # A's scales alone
+    if sa_by_pointer:  # the same bits, a little slower
+        kind = kind.replace("+sa_tma", "")
+        cfg = (*cfg[:4], kind)
     if aq.is_cuda and (kind, b_block) not in _logged_kinds:  # the choice is visible, never silent
         _logged_kinds.add((kind, b_block))
-        log.info("fp8_gemm uses the %r kernel for %s B scales%s", kind,
+        log.info("fp8_gemm uses the %r kernel for %s B scales%s%s", kind,
                  "128x128-block" if b_block else "1x128", "" if kind.startswith("gluon") else
-                 f" (Gluon kernel not used: {why_not or 'fewer 128x256 tiles than SMs'})")
+                 f" (Gluon kernel not used: {why_not or 'fewer 128x256 tiles than SMs'})",
+                 " (A's scales by pointer: their columns are not padded to 16 bytes for TMA, as "
+                 "quantize_act's are)" if sa_by_pointer else "")
     return why_not, b_block, tuple(cfg)
 
 

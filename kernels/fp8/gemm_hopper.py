@@ -43,7 +43,7 @@ import functools
 
 import torch
 
-from .backend import TMA, launch, log
+from .backend import TMA, launch
 
 try:  # pragma: no cover - depends on the install (Triton >= 3.5 with Gluon)
     from triton.experimental import gluon
@@ -482,17 +482,13 @@ def num_sms(device: torch.device) -> int:
     return _NUM_SMS[dev]
 
 
-@functools.cache
-def _log_once(message: str) -> None:
-    log.info(message)
-
-
 def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, consumer_regs: int = 232,
                       b_block: bool = True, group_m: int = 8, a_scales_tma: bool = False):
     """Launch the warp-specialized persistent Gluon kernel (128×256 tiles; 128×128-block B, or
     1×128 B scales with b_block=False; caller validated the operands and ``gluon_supported``).
     group_m: row-tiles per group of the tile order. a_scales_tma (128×128-block B): sA through
-    the TMA ring, where its layout allows (else pointer loads: the same bits). Returns C [M, N]."""
+    the TMA ring (the plan in ``gemm.py`` asks for it only where ``scales_tma_ok``; else pointer
+    loads: the same bits). Returns C [M, N]."""
     m, k = aq.shape
     n = bq.shape[0]
     sms = num_sms(aq.device)
@@ -501,11 +497,7 @@ def fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages: int = 3, cons
     b_layout = _smem_layout((256, 128), torch.float8_e4m3fn)
     c_layout = _smem_layout((64, 128), out_dtype)
     scales = (a_scale, b_scale)
-    if a_scales_tma and b_block and not scales_tma_ok(a_scale, a_scale):  # A's layout alone
-        a_scales_tma = False
-        _log_once("gluon_ws: A's scales cannot travel by TMA (columns not padded to 16 bytes; "
-                  "quantize_act's output is): loaded by pointer, the same bits, a little slower")
-    a_scales_tma = a_scales_tma and b_block
+    a_scales_tma = a_scales_tma and b_block  # 1×128 B: A's scales ride the ring anyway
     if a_scales_tma:
         scales = (TMA(a_scale.t(), (1, 128), _SCALE_LAYOUT), b_scale)
     if not b_block:  # 1×128 B: the scales travel by TMA too, as rows of their transposes

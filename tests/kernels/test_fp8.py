@@ -759,3 +759,23 @@ def test_gluon_ws_options_and_default_pick():
         G._ws_options(["sb_tma"])
     assert G._pick_config(8192, 8192, 8192, False, False, True, True, 132)[4] == "gluon_ws+g16+sa_tma"
     assert G._pick_config(8192, 8192, 8192, False, False, True, False, 132)[4] == "gluon_ws"
+
+
+def test_gemm_plan_takes_a_scales_by_pointer_where_tma_cannot_load_them(monkeypatch):
+    """The per-layout plan keeps sa_tma only for A scales TMA can load (M-contiguous, 16-byte
+    rows: what quantize_act writes on a GPU); other layouts drop it there, once per layout,
+    not per call (the Gluon paths are faked so that the plan is made on CPU tensors)."""
+    from kernels.fp8 import gemm as G
+
+    monkeypatch.setattr(G, "pick_backend", lambda *a: "triton")
+    monkeypatch.setattr(G, "gluon_supported", lambda *a: None)
+    m, n, k = 8192, 8192, 256
+    aq = torch.empty(m, k, dtype=torch.float8_e4m3fn)
+    bq = torch.empty(n, k, dtype=torch.float8_e4m3fn)
+    b_scale = torch.ones(n // 128, k // 128)
+    padded = torch.ones(k // 128, m).t()           # M-contiguous: TMA-loadable
+    row_major = torch.ones(m, k // 128)             # K-contiguous: not
+    kind = lambda a_scale: G._make_plan(aq, a_scale, bq, b_scale, torch.bfloat16, False, None,
+                                         G._CONFIG_GLUON_WS)[2][4]  # the GPU default, here on CPU tensors
+    assert kind(padded) == "gluon_ws+g16+sa_tma"
+    assert kind(row_major) == "gluon_ws+g16"
