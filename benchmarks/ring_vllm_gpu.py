@@ -71,8 +71,7 @@ def fp8_parity(llm, model, plain) -> dict:
     unquantized trainer (what a rollout quantizing on its own would see)."""
     import torch
 
-    from rl.alignment import sample_with_logprobs, trainer_logprobs
-    from vllm import SamplingParams, TokensPrompt
+    from rl.alignment import sample_with_logprobs, teacher_forced_logprobs, trainer_logprobs
 
     rng = random.Random(0)
     vocab = model.config.vocab_size
@@ -81,8 +80,7 @@ def fp8_parity(llm, model, plain) -> dict:
     fp8 = torch.cat([e - t for e, t in zip(engine, trainer_logprobs(model, prompts, completions))]).abs()
     unshared = torch.cat([e - t for e, t in zip(engine, trainer_logprobs(plain, prompts, completions))]).abs()
     ids = prompts[-1] + completions[-1]
-    (out,) = llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
-    prefill = torch.tensor([s[t].logprob for s, t in zip(out.prompt_logprobs[1:], ids[1:])], dtype=torch.float64)
+    prefill = teacher_forced_logprobs(llm, ids)
     (teacher,) = trainer_logprobs(model, [ids[:1]], [ids[1:]])
     (teacher_unquantized,) = trainer_logprobs(plain, [ids[:1]], [ids[1:]])
     res = dict(prefill_engine_vs_trainer=(prefill - teacher).abs().max().item(),
@@ -155,8 +153,8 @@ def decode_speed(llm, vocab, batch, new_tokens, repeats=2) -> dict:
 def weight_update(llm, model, path, tol, fp8: dict | None = None) -> dict:
     import torch
     from safetensors.torch import save
-    from vllm import SamplingParams, TokensPrompt
 
+    from rl.alignment import teacher_forced_logprobs
     from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 
     device = next(model.parameters()).device
@@ -176,9 +174,7 @@ def weight_update(llm, model, path, tol, fp8: dict | None = None) -> dict:
     llm.reset_prefix_cache()
     updated = updated.to(device)
     ids = [int(t) for t in torch.randint(1, model.config.vocab_size, (40,), generator=gen)]
-    (out,) = llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0),
-                          use_tqdm=False)
-    engine = torch.tensor([s[t].logprob for s, t in zip(out.prompt_logprobs[1:], ids[1:])], dtype=torch.float64)
+    engine = teacher_forced_logprobs(llm, ids)
     x, tgt = torch.tensor([ids], device=device), torch.tensor(ids[1:])[:, None]
     with torch.no_grad():
         new = updated(x).logits[0, :-1].double().cpu().log_softmax(-1).gather(1, tgt)[:, 0]

@@ -107,10 +107,8 @@ def combine_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, num_exp
     Returns ``[N, D]`` in w's dtype.  Every expert is called, in index order, also on zero rows:
     under ZeRO-3 an expert's weights are gathered by a collective in its forward hook, so all
     ranks must call the same modules."""
-    plan = ExpertDispatch(idx, w, num_experts)
-    rows = x[plan.token]
-    counts = plan.counts.tolist()  # one host sync
-    return plan.combine(torch.cat([expert(e, part) for e, part in enumerate(rows.split(counts))]))
+    plan, rows, counts = _grouped_rows(x, idx, w, num_experts, shared=False)
+    return plan.combine(torch.cat([expert(e, part) for e, part in enumerate(rows.split(counts.tolist()))]))
 
 
 def stacked_experts_loop(rows: torch.Tensor, counts: list[int], w13: torch.Tensor,

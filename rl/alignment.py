@@ -1,6 +1,7 @@
 """Trainer vs rollout engine on the same tokens: the checks behind "the engines agree".
 
 * :func:`sample_with_logprobs` — completions and the engine's sampled-token log-probs.
+* :func:`teacher_forced_logprobs` — the engine's log-probs of given tokens (prefill only).
 * :func:`trainer_logprobs` — the trainer's log-probs of those tokens (the fp32 LM head path it
   trains with).
 * :func:`first_diverging_module` — when they disagree, where: one sequence decoded token by
@@ -34,6 +35,16 @@ def sample_with_logprobs(llm, prompts: list[list[int]], max_tokens: int) -> tupl
     return completions, logps
 
 
+def teacher_forced_logprobs(llm, ids: list[int]) -> torch.Tensor:
+    """The engine's log-prob of each token of ``ids`` after the first, teacher-forced (prefill
+    only; temperature 1), float64."""
+    from vllm import SamplingParams, TokensPrompt
+
+    params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
+    (out,) = llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)
+    return torch.tensor([step[t].logprob for step, t in zip(out.prompt_logprobs[1:], ids[1:])], dtype=torch.float64)
+
+
 def trainer_logprobs(model, prompts: list[list[int]], completions: list[list[int]]) -> list[torch.Tensor]:
     """The training model's log-probs of each completion's tokens, float64 on the CPU."""
     use_fp32_lm_head(model)
@@ -58,4 +69,4 @@ def first_diverging_module(llm, model, prompt: list[int], rtol: float, new_token
     return "all modules agree" if hit is None else f"first diverging module: {hit[0]} (rel. error {hit[1]:.2e})"
 
 
-__all__ = ["sample_with_logprobs", "trainer_logprobs", "first_diverging_module"]
+__all__ = ["sample_with_logprobs", "teacher_forced_logprobs", "trainer_logprobs", "first_diverging_module"]

@@ -38,3 +38,14 @@ def ray_local():
     yield
     if ray.is_initialized():
         ray.shutdown()
+
+
+def send_weights(llm, tensors: dict) -> list[int]:
+    """``tensors`` into a running ``vllm.LLM`` as one bucket, the way the weight sync sends them
+    (``rollout.weight_receiver``); returns each worker's count of loaded tensors."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    blob = save({n: t.contiguous() for n, t in tensors.items()})
+    return llm.collective_rpc("lockstep_load_buckets", args=([blob], [hashlib.sha256(blob).hexdigest()]))

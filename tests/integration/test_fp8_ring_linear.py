@@ -11,18 +11,17 @@ is measured here against the one a rollout without Lockstep's shared FP8 would h
 trainer vs unquantized engine).  Only bitwise-equal upstream activations (strict mode) make FP8
 decoding exact."""
 
-import hashlib
-
 import pytest
 import torch
-from safetensors.torch import save
 
 from kernels.fp8 import FP8Linear
-from rl.alignment import sample_with_logprobs, trainer_logprobs
+from rl.alignment import sample_with_logprobs, teacher_forced_logprobs, trainer_logprobs
 from rollout.worker import FP8_CONFIG_KEY
 from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 from trainer.ring_linear.presets import build_random_checkpoint
 from trainer.worker import use_fp8
+
+from .conftest import send_weights
 
 pytestmark = pytest.mark.integration
 
@@ -53,14 +52,6 @@ def ring_fp8(request, tmp_path_factory):
     del llm
 
 
-def _prompt_logprobs(llm, ids: list[int]) -> torch.Tensor:
-    """The engine's teacher-forced log-prob of each token after the first (prefill only)."""
-    from vllm import SamplingParams, TokensPrompt
-
-    (out,) = llm.generate([TokensPrompt(prompt_token_ids=ids)], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
-    return torch.tensor([step[t].logprob for step, t in zip(out.prompt_logprobs[1:], ids[1:])], dtype=torch.float64)
-
-
 def test_fp8_engine_matches_fp8_trainer(ring_fp8):
     path, llm, model, plain = ring_fp8
     assert isinstance(model.model.layers[0].attention.query_key_value, FP8Linear)
@@ -72,7 +63,7 @@ def test_fp8_engine_matches_fp8_trainer(ring_fp8):
     ids = prompts[-1] + completions[-1]
     (trainer,) = trainer_logprobs(model, [ids[:1]], [ids[1:]])
     (unquantized,) = trainer_logprobs(plain, [ids[:1]], [ids[1:]])
-    prefill = _prompt_logprobs(llm, ids)
+    prefill = teacher_forced_logprobs(llm, ids)
     assert (prefill - trainer).abs().max().item() <= TOL
     assert (trainer - unquantized).abs().max().item() > 1e-3  # FP8 rounding shows: the switch took effect
     # sampled tokens (decoding): where and how early a rounding flips varies from run to run
@@ -91,11 +82,9 @@ def test_fp8_engine_takes_new_weights(ring_fp8):
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.03)
-    blob = save({k: v.contiguous() for k, v in model.state_dict().items()})
-    (count,) = llm.collective_rpc("lockstep_load_buckets", args=([blob], [hashlib.sha256(blob).hexdigest()]))
-    assert count == len(model.state_dict())
+    assert send_weights(llm, model.state_dict()) == [len(model.state_dict())]
     llm.reset_prefix_cache()
     ids = torch.randint(1, model.config.vocab_size, (40,), generator=gen).tolist()
-    engine = _prompt_logprobs(llm, ids)
+    engine = teacher_forced_logprobs(llm, ids)
     (trainer,) = trainer_logprobs(model, [ids[:1]], [ids[1:]])
     assert (engine - trainer).abs().max().item() <= TOL

@@ -16,8 +16,10 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from rl.alignment import first_diverging_module, sample_with_logprobs, trainer_logprobs
+from rl.alignment import first_diverging_module, sample_with_logprobs, teacher_forced_logprobs, trainer_logprobs
 from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
+
+from .conftest import send_weights
 from trainer.ring_linear.presets import build_random_checkpoint
 from trainer.ring_linear.reference import reference_logits
 
@@ -91,8 +93,6 @@ def test_weights_update_in_place(ring):
     """The trainer's weight buckets load into the running engine (the plugin's load_weights,
     through vLLM's in-place reload): afterwards the engine matches the updated trainer model."""
     path, llm, model = ring
-    from vllm import SamplingParams, TokensPrompt
-
     updated = BailingMoeLinearV2ForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     gen = torch.Generator().manual_seed(7)
     with torch.no_grad():
@@ -105,19 +105,12 @@ def test_weights_update_in_place(ring):
     assert counts == [len(names)]
     llm.reset_prefix_cache()
     ids = [int(t) for t in torch.randint(1, model.config.vocab_size, (40,), generator=gen)]
-    params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0)
-    (out,) = llm.generate([TokensPrompt(prompt_token_ids=ids)], params, use_tqdm=False)
-    engine = torch.tensor([step[t].logprob for step, t in zip(out.prompt_logprobs[1:], ids[1:])], dtype=torch.float64)
+    engine = teacher_forced_logprobs(llm, ids)
     with torch.no_grad():
         ref = updated(torch.tensor([ids])).logits[0, :-1].double().log_softmax(-1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
         old = model(torch.tensor([ids])).logits[0, :-1].double().log_softmax(-1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
     assert (engine - ref).abs().max().item() <= TOL
     assert (engine - old).abs().max().item() > 1e-3  # the weights really moved
-
-
-def _send(llm, tensors: dict) -> list[int]:
-    blob = save({n: t.contiguous() for n, t in tensors.items()})
-    return llm.collective_rpc("lockstep_load_buckets", args=([blob], [hashlib.sha256(blob).hexdigest()]))
 
 
 def test_bad_weight_updates_are_refused(ring):
@@ -127,8 +120,8 @@ def test_bad_weight_updates_are_refused(ring):
     path, llm, model = ring
     state = model.state_dict()
     with pytest.raises(Exception, match="model.layers.0.mlp.bogus.weight"):
-        _send(llm, {"model.layers.0.mlp.bogus.weight": torch.zeros(3)})
+        send_weights(llm, {"model.layers.0.mlp.bogus.weight": torch.zeros(3)})
     moe = next(i for i in range(model.config.num_hidden_layers) if model.config.is_moe_layer(i))
     one = f"model.layers.{moe}.mlp.experts.0.gate_proj.weight"
     with pytest.raises(Exception, match=rf"lacks \d+ expert weights.*model\.layers\.{moe}\.mlp\.experts\.0\.down_proj\.weight"):
-        _send(llm, {one: state[one]})
+        send_weights(llm, {one: state[one]})
