@@ -10,7 +10,9 @@ Prints, with the device and the anchors measured in the same run:
 2. GEMM TFLOP/s: bf16 torch.matmul, torch._scaled_mm tensorwise and rowwise (cuBLAS), ours;
 3. quantization / fused norm+quant / SwiGLU+quant bandwidth ÷ measured copy bandwidth;
 4. FP8Linear forward+backward vs bf16 nn.Linear at 8192 tokens, 2048 → 5120;
-5. token_logprobs (fp32 logits + log-prob gather, chunked) vs the naive fp32 path at V=157184.
+5. token_logprobs (fp32 logits + log-prob gather, chunked) vs the naive fp32 path at V=157184;
+6. (--sections moe) Ring-mini's MoE layer with FP8 experts: grouped GEMMs vs the per-expert loop
+   and the bf16 layer, and the grouped layer's bits against the loop.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from kernels.fp8 import (  # noqa: E402
     FP8_DTYPE,
     FP8Linear,
     fp8_gemm,
+    fp8_linear,
     quantize_act,
     quantize_act_both,
     quantize_act_t,
@@ -625,7 +628,56 @@ def lm_head_section(dev) -> None:
     say()
 
 
-SECTIONS = ("correctness", "gemm", "bw", "linear", "lm", "ws", "wq", "qa")
+def moe_section(dev) -> None:
+    """Ring-mini's MoE layer with FP8 experts, as the rollout engine runs it (256 experts of
+    2048 → 512 → 2048, top-8, the shared expert stacked last, bf16 weights quantized once):
+    ``stacked_experts_fp8`` (grouped FP8 GEMMs, one launch per projection) against the per-expert
+    loop it replaced (three fp8_linear calls per expert: 771 GEMMs) and the unquantized bf16
+    layer (``stacked_experts``: torch._grouped_mm). Checks the grouped layer bitwise against the
+    loop, which is what the trainer's per-expert FP8 modules compute."""
+    from kernels.moe import MoEGate, _combined, _grouped_rows, quantize_stacked_experts, stacked_experts, \
+        stacked_experts_fp8
+    from trainer.ring_linear.presets import preset_config
+
+    config = preset_config("mini")
+    E, D, inter = config.num_experts, config.hidden_size, config.moe_intermediate_size
+    say(f"## MoE layer with FP8 experts (Ring-mini: E={E}+1 shared, top-{config.num_experts_per_tok}, "
+        f"D={D}, I={inter}; bf16 weights; ms, do_bench median)")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    w13 = torch.randn(E + 1, 2 * inter, D, device=dev, generator=gen, dtype=torch.bfloat16) * 0.02
+    w2 = torch.randn(E + 1, D, inter, device=dev, generator=gen, dtype=torch.bfloat16) * 0.02
+    quantized = quantize_stacked_experts(w13, w2, False)
+    gq, gs, uq, us, dq, ds = quantized
+    gate = MoEGate(config).to(dev)
+    with torch.no_grad():
+        gate.weight.normal_(0, 0.02)
+
+    def per_expert_loop(x, idx, w):  # the implementation before the grouped GEMM (commit 6241847)
+        plan, rows, counts = _grouped_rows(x, idx, w, E, True)
+        ys = []
+        for e, part in enumerate(rows.split(counts.tolist())):
+            h = (F.silu(fp8_linear(part, w13[e, :inter], weight_quant=(gq[e], gs[e])))
+                 * fp8_linear(part, w13[e, inter:], weight_quant=(uq[e], us[e])))
+            ys.append(fp8_linear(h, w2[e], weight_quant=(dq[e], ds[e])))
+        return _combined(plan, torch.cat(ys), True)
+
+    say("| tokens | bitwise = loop | grouped FP8 | per-expert loop | bf16 grouped_mm | loop ÷ grouped | bf16 ÷ grouped |")
+    say("|---|---|---|---|---|---|---|")
+    with torch.no_grad():
+        for tokens in (1, 8, 64, 256, 1024, 4096):
+            x = outlier_randn(tokens, D, device=dev)
+            idx, w = gate(x.float())
+            grouped = lambda: stacked_experts_fp8(x, idx, w, w13, w2, *quantized, True, False, False)  # noqa: E731
+            same = torch.equal(grouped(), per_expert_loop(x, idx, w))
+            t_grouped = bench(grouped)
+            t_loop = bench(lambda: per_expert_loop(x, idx, w), ms_rep=100)
+            t_bf16 = bench(lambda: stacked_experts(x, idx, w, w13, w2, True))
+            RESULTS[f"moe_{tokens}"] = dict(bitwise=same, grouped=t_grouped, loop=t_loop, bf16=t_bf16)
+            say(f"| {tokens} | {same} | {t_grouped:.3f} | {t_loop:.3f} | {t_bf16:.3f} | "
+                f"{t_loop / t_grouped:.1f}× | {t_bf16 / t_grouped:.2f}× |")
+
+
+SECTIONS = ("correctness", "gemm", "bw", "linear", "lm", "ws", "wq", "qa", "moe")
 
 
 def ws_probe(dev) -> None:
@@ -671,6 +723,7 @@ def main() -> None:
         "ws": lambda: ws_probe(dev),
         "wq": lambda: weight_section(dev, RESULTS["copy_bw"]),
         "qa": lambda: quant_act_ab_section(dev, RESULTS["copy_bw"]),
+        "moe": lambda: moe_section(dev),
     }
     if dev == "cuda" and ("bw" in sections or "wq" in sections or "qa" in sections):
         RESULTS["copy_bw"] = copy_bandwidth(dev)

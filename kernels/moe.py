@@ -188,26 +188,31 @@ def _stacked_experts_fp8(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w1
                          w2: torch.Tensor, gate_q: torch.Tensor, gate_s: torch.Tensor, up_q: torch.Tensor,
                          up_s: torch.Tensor, down_q: torch.Tensor, down_s: torch.Tensor, shared: bool,
                          pow2_scale: bool, batch_invariant: bool) -> torch.Tensor:
-    """:func:`_stacked_experts` with every expert projection an FP8 GEMM
-    (:func:`kernels.fp8.fp8_linear`), computing what the trainer's per-expert ``FP8Linear``
-    modules compute: gate_proj and up_proj are quantized as the two weights they are there
-    (with I % 128 ≠ 0 a 128×128 block of the stacked [2I, D] would straddle them), x once per
-    projection with the same 1×128 tiles, and each row's result does not depend on the others
-    (the FP8 GEMM is batch invariant), so the rows grouped per step give the trainer's bits.
+    """:func:`_stacked_experts` with every expert projection an FP8 GEMM, computing bitwise what
+    the trainer's per-expert ``FP8Linear`` modules compute (:func:`kernels.fp8.fp8_linear` on each
+    expert's rows), in one grouped GEMM per projection for all experts
+    (:func:`kernels.fp8.fp8_gemm_grouped`):
+    - the rows are quantized once for gate and up (1×128 tiles along a row: a row's bits do not
+      depend on the other rows, so quantizing all experts' rows at once is quantizing each
+      expert's), and silu(gate)·up once, in the weight dtype as ``SwiGLU``;
+    - gate_proj and up_proj are quantized as the two weights they are in the trainer (with
+      I % 128 ≠ 0 a 128×128 block of the stacked [2I, D] would straddle them);
+    - a row's GEMM result depends neither on the other rows nor on the tiles (batch invariance).
     ``gate_q … down_s``: the weights quantized (:func:`quantize_stacked_experts`).
     The custom op ``torch.ops.lockstep.stacked_experts_fp8``."""
-    from .fp8.linear import fp8_linear
+    from .fp8 import fp8_gemm_grouped, quantize_act
 
-    def linear(a: torch.Tensor, weight: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return fp8_linear(a, weight, weight_quant=(q, scale), pow2_scale=pow2_scale, batch_invariant=batch_invariant)
-
+    if x.shape[0] == 0:
+        return w.new_zeros(0, w2.shape[1])
     plan, rows, counts = _grouped_rows(x, idx, w, w13.shape[0] - shared, shared)
-    inter = w13.shape[1] // 2
-    ys = []
-    for e, part in enumerate(rows.split(counts.tolist())):
-        h = F.silu(linear(part, w13[e, :inter], gate_q[e], gate_s[e])) * linear(part, w13[e, inter:], up_q[e], up_s[e])
-        ys.append(linear(h, w2[e], down_q[e], down_s[e]))
-    return _combined(plan, torch.cat(ys), shared)
+    offsets = F.pad(counts.cumsum(0), (1, 0))
+
+    def grouped(aq: torch.Tensor, a_scale: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return fp8_gemm_grouped(aq, a_scale, q, scale, offsets, rows.dtype, batch_invariant=batch_invariant)
+
+    rows_q = quantize_act(rows, pow2_scale)
+    h = F.silu(grouped(*rows_q, gate_q, gate_s)) * grouped(*rows_q, up_q, up_s)
+    return _combined(plan, grouped(*quantize_act(h, pow2_scale), down_q, down_s), shared)
 
 
 def quantize_stacked_experts(w13: torch.Tensor, w2: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, ...]:

@@ -6,12 +6,13 @@ the PyTorch implementation in ``reference.py`` (same quantized bits; exact GEMM)
 demo can run in FP8. ``backend="triton"`` on CPU runs the kernels in the Triton interpreter.
 
 Modules: ``reference`` (PyTorch reference / CPU path), ``quantize`` (``quantize_hopper``: the
-Gluon kernel for the transposed forms on Hopper), ``gemm``, ``linear``
+Gluon kernel for the transposed forms on Hopper), ``gemm``, ``grouped`` (one launch for many experts' GEMMs), ``linear``
 (autograd FP8Linear), ``fused`` (rmsnorm_quant, silu_mul_quant), ``backend`` (dispatch).
 """
 
 from .fused import rmsnorm_quant, silu_mul_quant
 from .gemm import fp8_gemm
+from .grouped import fp8_gemm_grouped
 from .linear import FP8Linear, fp8_linear, fp8_projection_count, quantize_fp8_weights, swap_linears_to_fp8
 from .quantize import (
     FP8_DTYPE,
@@ -31,6 +32,7 @@ __all__ = [
     "FP8Linear",
     "dequantize_ref",
     "fp8_gemm",
+    "fp8_gemm_grouped",
     "fp8_gemm_ref",
     "fp8_linear",
     "fp8_projection_count",

@@ -61,15 +61,19 @@ def test_stacked_moe_matches_per_expert_modules_on_both_paths():
             assert (got - want).abs().max().item() <= 1e-6 * want.abs().max().item(), tokens
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU"))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fp8_stacked_experts_are_bitwise_the_fp8_per_expert_modules(dtype):
+def test_fp8_stacked_experts_are_bitwise_the_fp8_per_expert_modules(dtype, device):
     """A recipe's FP8 switch in both layouts (``swap_linears_to_fp8``): the rollout's stacked
-    experts (the op ``lockstep::stacked_experts_fp8``) give the trainer's FP8 expert modules'
-    bits, at any batch size, and differ from the unquantized layer by FP8's rounding only."""
+    experts (the op ``lockstep::stacked_experts_fp8``: grouped FP8 GEMMs) give the trainer's FP8
+    expert modules' bits (per-expert FP8 GEMMs), at any batch size, and differ from the
+    unquantized layer by FP8's rounding only."""
     from kernels.fp8 import FP8Linear, swap_linears_to_fp8
 
     config, moe, stacked = _moe_pair(dtype)
-    x = torch.randn(41, config.hidden_size)
+    moe, stacked = moe.to(device), stacked.to(device)
+    x = torch.randn(41, config.hidden_size, device=device)
     with torch.no_grad():
         plain = moe(x)
     trainer_names = swap_linears_to_fp8(moe)

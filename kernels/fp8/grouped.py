@@ -1,0 +1,168 @@
+"""Grouped block-scaled FP8 GEMM: the rows of many experts against their own weights, one launch.
+
+``fp8_gemm_grouped(aq, a_scale, bq, b_scale, offsets, out_dtype)``:
+- aq [R, K] e4m3 with a_scale [R, ceil(K/128)] (1×128 tiles): every group's rows, group g's in
+  ``offsets[g]:offsets[g+1]`` (offsets [G+1] int, ascending, offsets[0] = 0, offsets[G] = R);
+- bq [G, N, K] e4m3 with b_scale [G, ceil(N/128), ceil(K/128)]: each group's weight (128×128 blocks);
+- returns C [R, N] in out_dtype, whose rows of group g are ``fp8_gemm(aq[rows_g], a_scale[rows_g],
+  bq[g], b_scale[g])`` — bitwise: the same per-element math (each 128-wide K block's fp8 product
+  on the tensor cores, promoted ``acc += P_k * (sA_k ⊗ sB_k)`` in K order), and a row's result
+  depends neither on the tile shape nor on the other rows (fp8_gemm's batch invariance). The GPU
+  benchmark (``benchmarks/fp8.py --sections moe``) and the GPU tests check the bits.
+
+What it is for: a MoE layer's FP8 experts in the rollout engine (``kernels.moe``'s
+``stacked_experts_fp8``), which otherwise launch three GEMMs per expert (768 for 256 experts).
+The tile → group map is found in the kernel (a binary search over the groups' first tiles), so
+the launch needs no host synchronisation on the routing: the grid covers the
+``cdiv(R, BLOCK_M) + G`` row tiles the groups can need at most, and programs past the last tile
+return at once. On CPU (the PyTorch path) each group runs ``fp8_gemm_torch``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .backend import HAS_TRITON, check_2d, launch, pick_backend, tl, triton
+from .reference import BLOCK, FP8_DTYPE, _cdiv, fp8_gemm_torch
+
+_OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _fp8_gemm_grouped_kernel(
+        a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, offsets_ptr, first_tile_ptr,
+        G, N, K,
+        stride_am, stride_bg, stride_bn, stride_cm,
+        stride_asm, stride_ask, stride_bsg, stride_bsn, stride_bsk,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SEARCH_STEPS: tl.constexpr,
+        EVEN_K: tl.constexpr,
+    ):
+        BLOCK_K: tl.constexpr = 128
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        if pid_m >= tl.load(first_tile_ptr + G):
+            return
+        # The group whose tiles hold this one: the last g with first_tile[g] <= pid_m (groups
+        # without rows share their first tile with the next group and are skipped).
+        lo = 0
+        hi = G
+        for _ in tl.static_range(SEARCH_STEPS):
+            mid = (lo + hi) // 2
+            right = tl.load(first_tile_ptr + mid) <= pid_m
+            lo = tl.where(right, mid, lo)
+            hi = tl.where(right, hi, mid)
+        g = lo.to(tl.int64)
+        row_end = tl.load(offsets_ptr + g + 1)
+        rm = tl.load(offsets_ptr + g) + (pid_m - tl.load(first_tile_ptr + g)) * BLOCK_M + tl.arange(0, BLOCK_M)
+        # Rows past the group re-read its last row (reads stay in bounds, stores are masked);
+        # columns past N wrap, as in fp8_gemm's pointer kernel.
+        offs_m = tl.where(rm < row_end, rm, row_end - 1)
+        offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
+        offs_k = tl.arange(0, BLOCK_K)
+        a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
+        b_ptrs = b_ptr + g * stride_bg + offs_n[:, None] * stride_bn + offs_k[None, :]
+        as_ptrs = as_ptr + offs_m * stride_asm
+        bs_ptrs = bs_ptr + g * stride_bsg + (offs_n // 128) * stride_bsn
+
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for kb in range(0, tl.cdiv(K, BLOCK_K)):
+            if EVEN_K:
+                a = tl.load(a_ptrs)
+                b = tl.load(b_ptrs)
+            else:
+                kmask = offs_k < K - kb * BLOCK_K
+                a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=kmask[None, :], other=0.0)
+            sa = tl.load(as_ptrs + kb * stride_ask)
+            sb = tl.load(bs_ptrs + kb * stride_bsk)
+            part = tl.dot(a, tl.trans(b))
+            acc += part * (sa[:, None] * sb[None, :])
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
+
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
+        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < row_end) & (rn[None, :] < N))
+
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). 64-row tiles are one Hopper warpgroup MMA (wgmma), as
+# fp8_gemm's small-M configuration; with ~128 rows or more per group, 128-row tiles (two
+# warpgroups) read each weight tile half as often. Both give the same bits (per-element math).
+_CONFIG_FEW_ROWS = (64, 128, 4, 4)
+_CONFIG_MANY_ROWS = (128, 128, 8, 4)
+_CONFIG_INTERPRET = (32, 32, 4, 1)
+
+
+def _validate(aq, a_scale, bq, b_scale, offsets, out_dtype):
+    check_2d("aq", aq, (FP8_DTYPE,))
+    check_2d("a_scale", a_scale, (torch.float32,))
+    r, k = aq.shape
+    if bq.dim() != 3 or bq.dtype != FP8_DTYPE or bq.shape[2] != k:
+        raise ValueError(f"bq must be [G, N, K={k}] float8_e4m3fn, got {tuple(bq.shape)} {bq.dtype}")
+    g, n, _ = bq.shape
+    kb = _cdiv(k, BLOCK)
+    if tuple(a_scale.shape) != (r, kb):
+        raise ValueError(f"a_scale must be [R, ceil(K/128)] = {(r, kb)}, got {tuple(a_scale.shape)}")
+    if b_scale.dtype != torch.float32 or tuple(b_scale.shape) != (g, _cdiv(n, BLOCK), kb):
+        raise ValueError(f"b_scale must be fp32 [G, ceil(N/128), ceil(K/128)] = {(g, _cdiv(n, BLOCK), kb)}, "
+                         f"got {tuple(b_scale.shape)} {b_scale.dtype}")
+    if offsets.dim() != 1 or offsets.shape[0] != g + 1 or offsets.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"offsets must be int [G+1] = [{g + 1}] (group g's rows offsets[g]:offsets[g+1]), "
+                         f"got {tuple(offsets.shape)} {offsets.dtype}")
+    if out_dtype not in _OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {_OUT_DTYPES}, got {out_dtype}")
+    if aq.stride(1) != 1 or bq.stride(2) != 1:
+        raise ValueError("aq and bq must be contiguous along K")
+    if n == 0 or g == 0:
+        raise ValueError(f"empty grouped GEMM: G={g}, N={n}")
+
+
+def fp8_gemm_grouped(
+    aq: torch.Tensor,
+    a_scale: torch.Tensor,
+    bq: torch.Tensor,
+    b_scale: torch.Tensor,
+    offsets: torch.Tensor,
+    out_dtype: torch.dtype = torch.bfloat16,
+    *,
+    batch_invariant: bool = False,
+    backend: str | None = None,
+    config: tuple[int, int, int, int] | None = None,
+) -> torch.Tensor:
+    """Each group's rows of ``aq·a_scale`` times its ``(bq[g]·b_scale[g])ᵀ`` → [R, N] out_dtype
+    (shapes in the module docstring). ``offsets`` stays on the device: nothing here waits for it.
+    batch_invariant pins one tile configuration (strict mode); ``config`` overrides it
+    (BLOCK_M, BLOCK_N, num_warps, num_stages) for benchmarks."""
+    _validate(aq, a_scale, bq, b_scale, offsets, out_dtype)
+    r, k = aq.shape
+    g, n, _ = bq.shape
+    if r == 0:
+        return torch.empty(0, n, dtype=out_dtype, device=aq.device)
+    if pick_backend("fp8_gemm_grouped", aq, backend) == "torch":
+        bounds = offsets.tolist()
+        return torch.cat([fp8_gemm_torch(aq[s:e], a_scale[s:e], bq[i], b_scale[i], out_dtype)
+                          for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:]))])
+    if config is None:
+        if not aq.is_cuda:
+            config = _CONFIG_INTERPRET
+        elif batch_invariant or r < 128 * g:
+            config = _CONFIG_FEW_ROWS
+        else:
+            config = _CONFIG_MANY_ROWS
+    bm, bn, warps, stages = config
+    tiles = torch.div(offsets.diff() + (bm - 1), bm, rounding_mode="floor")
+    first_tile = F.pad(tiles.cumsum(0), (1, 0)).to(torch.int32)
+    c = torch.empty(r, n, dtype=out_dtype, device=aq.device)
+    launch(_fp8_gemm_grouped_kernel, (_cdiv(r, bm) + g, _cdiv(n, bn)),
+        aq, bq, c, a_scale, b_scale, offsets, first_tile, g, n, k,
+        aq.stride(0), bq.stride(0), bq.stride(1), c.stride(0),
+        a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1), b_scale.stride(2),
+        BLOCK_M=bm, BLOCK_N=bn, SEARCH_STEPS=max(1, g.bit_length()), EVEN_K=(k % BLOCK == 0),
+        num_warps=warps, num_stages=stages,
+    )
+    return c
+
+
+__all__ = ["fp8_gemm_grouped"]
