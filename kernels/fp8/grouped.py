@@ -12,16 +12,15 @@
 
 What it is for: a MoE layer's FP8 experts in the rollout engine (``kernels.moe``'s
 ``stacked_experts_fp8``), which otherwise launch three GEMMs per expert (768 for 256 experts).
-The tile → group map is found in the kernel (a binary search over the groups' first tiles), so
-the launch needs no host synchronisation on the routing: the grid covers the
-``cdiv(R, BLOCK_M) + G`` row tiles the groups can need at most, and programs past the last tile
-return at once. On CPU (the PyTorch path) each group runs ``fp8_gemm_torch``.
+The tile → group map is found in the kernel from the offsets alone (a binary search), so the
+launch needs no host synchronisation on the routing and no other device work: the grid covers
+``R // BLOCK_M + G`` row tiles, at least what the groups need, and a spare tile's program returns
+at once. On CPU (the PyTorch path) each group runs ``fp8_gemm_torch``.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .backend import HAS_TRITON, check_2d, launch, pick_backend, tl, triton
 from .reference import BLOCK, FP8_DTYPE, _cdiv, fp8_gemm_torch
@@ -32,7 +31,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _fp8_gemm_grouped_kernel(
-        a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, offsets_ptr, first_tile_ptr,
+        a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr, offsets_ptr,
         G, N, K,
         stride_am, stride_bg, stride_bn, stride_cm,
         stride_asm, stride_ask, stride_bsg, stride_bsn, stride_bsk,
@@ -42,20 +41,24 @@ if HAS_TRITON:
         BLOCK_K: tl.constexpr = 128
         pid_m = tl.program_id(0)
         pid_n = tl.program_id(1)
-        if pid_m >= tl.load(first_tile_ptr + G):
-            return
-        # The group whose tiles hold this one: the last g with first_tile[g] <= pid_m (groups
-        # without rows share their first tile with the next group and are skipped).
+        # Group g owns the row tiles from first_tile(g) = offsets[g] // BLOCK_M + g to the next
+        # group's first: the cdiv(rows, BLOCK_M) it needs and at most one spare (whose program
+        # returns; an empty group has just that one), from the offsets alone, with no prefix
+        # sum over the groups. This tile's group: the last g with first_tile(g) <= pid_m.
         lo = 0
         hi = G
         for _ in tl.static_range(SEARCH_STEPS):
             mid = (lo + hi) // 2
-            right = tl.load(first_tile_ptr + mid) <= pid_m
+            right = tl.load(offsets_ptr + mid) // BLOCK_M + mid <= pid_m
             lo = tl.where(right, mid, lo)
             hi = tl.where(right, hi, mid)
         g = lo.to(tl.int64)
+        row_start = tl.load(offsets_ptr + g)
         row_end = tl.load(offsets_ptr + g + 1)
-        rm = tl.load(offsets_ptr + g) + (pid_m - tl.load(first_tile_ptr + g)) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row0 = row_start + (pid_m - row_start // BLOCK_M - g) * BLOCK_M
+        if row0 >= row_end:
+            return
+        rm = row0 + tl.arange(0, BLOCK_M)
         # Rows past the group re-read its last row (reads stay in bounds, stores are masked);
         # columns past N wrap, as in fp8_gemm's pointer kernel.
         offs_m = tl.where(rm < row_end, rm, row_end - 1)
@@ -152,11 +155,9 @@ def fp8_gemm_grouped(
         else:
             config = _CONFIG_MANY_ROWS
     bm, bn, warps, stages = config
-    tiles = torch.div(offsets.diff() + (bm - 1), bm, rounding_mode="floor")
-    first_tile = F.pad(tiles.cumsum(0), (1, 0)).to(torch.int32)
     c = torch.empty(r, n, dtype=out_dtype, device=aq.device)
-    launch(_fp8_gemm_grouped_kernel, (_cdiv(r, bm) + g, _cdiv(n, bn)),
-        aq, bq, c, a_scale, b_scale, offsets, first_tile, g, n, k,
+    launch(_fp8_gemm_grouped_kernel, (r // bm + g, _cdiv(n, bn)),  # first_tile(G): the tiles there are
+        aq, bq, c, a_scale, b_scale, offsets, g, n, k,
         aq.stride(0), bq.stride(0), bq.stride(1), c.stride(0),
         a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1), b_scale.stride(2),
         BLOCK_M=bm, BLOCK_N=bn, SEARCH_STEPS=max(1, g.bit_length()), EVEN_K=(k % BLOCK == 0),
