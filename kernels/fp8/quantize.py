@@ -299,13 +299,20 @@ def _quant_act_triton(x: torch.Tensor, rowwise: bool, colwise: bool, pow2_scale:
     return q, s, qt, st
 
 
+def _quantize_act_both_cpu(x: torch.Tensor, pow2_scale: bool):
+    """quantize_act_both on CPU: both orientations from one fp32 copy of x (the references
+    start with x.float(), a no-op on it, so the bits are theirs)."""
+    xf = x.float()
+    return (*quantize_act_ref(xf, pow2_scale), *quantize_act_t_ref(xf, pow2_scale))
+
+
 def _quantize_act(op: str, x, pow2_scale: bool, backend, rowwise: bool, colwise: bool):
     """Shared body of the three activation quantizers: (q, s) and/or (qt, st)."""
     check_2d("x", x, _FLOAT_IN)
     if pick_backend(op, x, backend) == "torch":
-        row = quantize_act_ref(x, pow2_scale) if rowwise else ()
-        col = quantize_act_t_ref(x, pow2_scale) if colwise else ()
-        return (*row, *col)
+        if rowwise and colwise:
+            return _quantize_act_both_cpu(x, pow2_scale)
+        return quantize_act_ref(x, pow2_scale) if rowwise else quantize_act_t_ref(x, pow2_scale)
     q, s, qt, st = _quant_act_triton(x, rowwise, colwise, pow2_scale)
     return ((q, s) if rowwise else ()) + ((qt, st) if colwise else ())
 

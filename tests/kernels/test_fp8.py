@@ -622,6 +622,108 @@ def test_cpu_gemm_uses_exact_block_sums():
     assert torch.equal(c1, c2)
 
 
+# The CPU path against plain restatements of its math (what a faster CPU implementation must keep).
+
+_INT = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16, FP8_DTYPE: torch.uint8}
+
+
+def assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Same shape, dtype, strides and raw bits (NaN payloads included)."""
+    assert a.shape == b.shape and a.dtype == b.dtype and a.stride() == b.stride()
+    assert torch.equal(a.view(_INT[a.dtype]), b.view(_INT[b.dtype])), \
+        f"{(a.view(_INT[a.dtype]) != b.view(_INT[b.dtype])).sum()} elements differ"
+
+
+def _gemm_per_block_loop(aq, a_scale, bq, b_scale, out_dtype):
+    """fp8_gemm's math, element by element of the recipe: per 128-wide K block the float64
+    product of the fp8 values, rounded to fp32, times fp32 (a_scale ⊗ b_scale), rounded,
+    added to the fp32 accumulator in K order."""
+    m, k = aq.shape
+    n = bq.shape[0]
+    acc = torch.zeros(m, n)
+    for i in range(-(-k // 128)):
+        blk = slice(128 * i, 128 * (i + 1))
+        part = (aq[:, blk].double() @ bq[:, blk].double().t()).float()
+        sb = b_scale[torch.arange(n) // 128, i] if b_scale.shape[0] != n or n == 1 else b_scale[:, i]
+        scale = a_scale[:, i, None] * sb[None, :]
+        acc = acc + part * scale
+    return acc.to(out_dtype)
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 344, 128), (128, 344, 128), (130, 128, 344), (5, 1, 300),
+                                   (33, 130, 100), (64, 256, 512), (3, 129, 1000)])
+def test_cpu_gemm_matches_per_block_loop_bitwise(m, n, k):
+    g = torch.Generator().manual_seed(m * 1000 + n + k)
+    kb, nb = -(-k // 128), -(-n // 128)
+    # raw bytes (every finite e4m3 value, no NaN codes) and scales over a wide range
+    aq = torch.randint(0, 127, (m, k), generator=g, dtype=torch.uint8)
+    bq = torch.randint(0, 127, (n, k), generator=g, dtype=torch.uint8)
+    aq = (aq | (torch.randint(0, 2, (m, k), generator=g, dtype=torch.uint8) << 7)).view(FP8_DTYPE)
+    bq = (bq | (torch.randint(0, 2, (n, k), generator=g, dtype=torch.uint8) << 7)).view(FP8_DTYPE)
+    a_scale = (1 + torch.rand(m, kb, generator=g)) * 2.0 ** torch.randint(-60, 20, (m, kb), generator=g)
+    for b_scale in ((1 + torch.rand(nb, kb, generator=g)) * 2.0 ** torch.randint(-60, 20, (nb, kb), generator=g),
+                    (1 + torch.rand(n, kb, generator=g)) * 2.0 ** torch.randint(-60, 20, (n, kb), generator=g)):
+        for out in (torch.float32, torch.bfloat16):
+            got = R.fp8_gemm_torch(aq, a_scale, bq, b_scale, out)
+            assert_same_bits(got, _gemm_per_block_loop(aq, a_scale, bq, b_scale, out))
+        ref = R.fp8_gemm_ref(aq, a_scale, bq, b_scale)
+        assert rel(R.fp8_gemm_torch(aq, a_scale, bq, b_scale, torch.float32), ref) < 1e-6
+    # and from quantized data through the public entry point
+    aq, as_ = quantize_act(make_input(m, k, seed=1))
+    bq, bs = quantize_weight(make_input(n, k, torch.float32, seed=2))
+    assert_same_bits(fp8_gemm(aq, as_, bq, bs, torch.float32), _gemm_per_block_loop(aq, as_, bq, bs, torch.float32))
+
+
+def test_cpu_fp8_to_float64_is_the_cast():
+    """The lookup-table conversion equals .double() on every byte (NaN codes included), for
+    strided inputs too."""
+    q = torch.arange(256, dtype=torch.uint8).view(FP8_DTYPE)
+    want = q.double()
+    got = R._fp8_to_f64(q)
+    assert torch.equal(got.view(torch.int64), want.view(torch.int64))
+    q2 = q.view(16, 16).t()
+    assert torch.equal(R._fp8_to_f64(q2).view(torch.int64), q2.double().contiguous().view(torch.int64))
+
+
+def _quantize_padded(x, tile_rows, pow2):
+    """The CPU quantizers restated on a zero-padded fp32 copy: tiles of tile_rows × 128."""
+    r, c = x.shape
+    rb, cb = -(-r // tile_rows), -(-c // 128)
+    xp = torch.zeros(rb * tile_rows, cb * 128)
+    xp[:r, :c] = x.float()
+    t = xp.view(rb, tile_rows, cb, 128)
+    scale = R.scale_from_amax(t.abs().amax(dim=(1, 3)), pow2)
+    q = (t / scale[:, None, :, None]).clamp(-448.0, 448.0).to(FP8_DTYPE).view(rb * tile_rows, cb * 128)
+    return q[:r, :c].contiguous(), scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("pow2", [False, True])
+def test_cpu_quantizers_match_padded_restatement(dtype, pow2):
+    """quantize_act(_t/_both) and quantize_weight(_t) on CPU (full tiles, K and M tails, K < 128,
+    M = 1, transposed views, NaN / inf, tiny tiles) == the zero-padded restatement, bitwise,
+    contiguous."""
+    for m, k in [(128, 128), (128, 344), (344, 128), (1, 300), (7, 100), (129, 257), (256, 384)]:
+        for x in (make_input(m, k, torch.float32, seed=m + k), make_input(k, m, torch.float32, seed=m).t()):
+            x = x.clone()
+            x[0, 0], x[-1, -1] = float("nan"), float("inf")
+            x[1 % m] *= 2.0**-147  # a row whose 1×128 scales underflow to 0 (→ 1)
+            x = x.to(dtype)
+            act = _quantize_padded(x, 1, pow2)
+            act_t = _quantize_padded(x.t(), 1, pow2)
+            wt = _quantize_padded(x, 128, pow2)
+            for got, want in ((R.quantize_act_ref(x, pow2), act), (R.quantize_act_t_ref(x, pow2), act_t),
+                              (R.quantize_weight_ref(x, pow2), wt)):
+                for a, b in zip(got, want, strict=True):
+                    assert_same_bits(a, b)
+            if dtype != torch.float64:  # the public quantizers take fp32/bf16/fp16
+                for a, b in zip(quantize_act_both(x, pow2), (*act, *act_t), strict=True):
+                    assert_same_bits(a, b)
+                for a, b in zip(quantize_weight_t(x, pow2), (wt[0].t().contiguous(), wt[1].t().contiguous()),
+                                strict=True):
+                    assert_same_bits(a, b)
+
+
 # ----------------------------------------------------------------------------- FP8Linear
 
 
