@@ -199,6 +199,7 @@ def _stacked_experts_fp8(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w1
       I % 128 ≠ 0 a 128×128 block of the stacked [2I, D] would straddle them);
     - a row's GEMM result depends neither on the other rows nor on the tiles (batch invariance).
     ``gate_q … down_s``: the weights quantized (:func:`quantize_stacked_experts`).
+    ``batch_invariant`` needs nothing more here: the grouped GEMM has one tile configuration.
     The custom op ``torch.ops.lockstep.stacked_experts_fp8``."""
     from .fp8 import fp8_gemm_grouped, quantize_act
 
@@ -208,7 +209,7 @@ def _stacked_experts_fp8(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w1
     offsets = F.pad(counts.cumsum(0), (1, 0))
 
     def grouped(aq: torch.Tensor, a_scale: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return fp8_gemm_grouped(aq, a_scale, q, scale, offsets, rows.dtype, batch_invariant=batch_invariant)
+        return fp8_gemm_grouped(aq, a_scale, q, scale, offsets, rows.dtype)
 
     rows_q = quantize_act(rows, pow2_scale)
     h = F.silu(grouped(*rows_q, gate_q, gate_s)) * grouped(*rows_q, up_q, up_s)

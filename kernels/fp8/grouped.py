@@ -90,11 +90,12 @@ if HAS_TRITON:
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < row_end) & (rn[None, :] < N))
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). 64-row tiles are one Hopper warpgroup MMA (wgmma), as
-# fp8_gemm's small-M configuration; with ~128 rows or more per group, 128-row tiles (two
-# warpgroups) read each weight tile half as often. Both give the same bits (per-element math).
-_CONFIG_FEW_ROWS = (64, 128, 4, 4)
-_CONFIG_MANY_ROWS = (128, 128, 8, 4)
+# (BLOCK_M, BLOCK_N, num_warps, num_stages): 64-row tiles, one Hopper warpgroup MMA (wgmma), as
+# fp8_gemm's small-M configuration. Fastest of five at Ring-mini's MoE shape from 64 to 4096
+# tokens (H100, BENCHMARKS.md, FP8, session 9: 128-row tiles were 1.2-1.7× slower: an expert's
+# last tile is mostly empty at ~143 rows per expert, and there are half as many programs);
+# every configuration gives the same bits (per-element math, checked there).
+_CONFIG_GPU = (64, 128, 4, 4)
 _CONFIG_INTERPRET = (32, 32, 4, 1)
 
 
@@ -130,14 +131,13 @@ def fp8_gemm_grouped(
     offsets: torch.Tensor,
     out_dtype: torch.dtype = torch.bfloat16,
     *,
-    batch_invariant: bool = False,
     backend: str | None = None,
     config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """Each group's rows of ``aq·a_scale`` times its ``(bq[g]·b_scale[g])ᵀ`` → [R, N] out_dtype
     (shapes in the module docstring). ``offsets`` stays on the device: nothing here waits for it.
-    batch_invariant pins one tile configuration (strict mode); ``config`` overrides it
-    (BLOCK_M, BLOCK_N, num_warps, num_stages) for benchmarks."""
+    One tile configuration serves every size (batch invariant by construction, as strict mode
+    needs); ``config`` overrides it (BLOCK_M, BLOCK_N, num_warps, num_stages) for benchmarks."""
     _validate(aq, a_scale, bq, b_scale, offsets, out_dtype)
     r, k = aq.shape
     g, n, _ = bq.shape
@@ -148,12 +148,7 @@ def fp8_gemm_grouped(
         return torch.cat([fp8_gemm_torch(aq[s:e], a_scale[s:e], bq[i], b_scale[i], out_dtype)
                           for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:]))])
     if config is None:
-        if not aq.is_cuda:
-            config = _CONFIG_INTERPRET
-        elif batch_invariant or r < 128 * g:
-            config = _CONFIG_FEW_ROWS
-        else:
-            config = _CONFIG_MANY_ROWS
+        config = _CONFIG_GPU if aq.is_cuda else _CONFIG_INTERPRET
     bm, bn, warps, stages = config
     c = torch.empty(r, n, dtype=out_dtype, device=aq.device)
     launch(_fp8_gemm_grouped_kernel, (r // bm + g, _cdiv(n, bn)),  # first_tile(G): the tiles there are
