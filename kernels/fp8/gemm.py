@@ -29,6 +29,35 @@ _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 if HAS_TRITON:
 
     @triton.jit
+    def block_scaled_dot(a_ptrs, b_ptrs, as_ptrs, bs_ptrs, K, stride_ask, stride_bsk,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr):
+        """The block-scaled product of one output tile by pointer loads: for each 128-wide K
+        block in increasing order, P_k = A_k @ B_kᵀ on the tensor cores (fp32 accumulation),
+        then ``acc += P_k * (sA_k ⊗ sB_k)`` in fp32. a_ptrs [BLOCK_M, 128] / b_ptrs [BLOCK_N, 128]
+        point at K block 0 of the tile's rows of A and B (K contiguous), as_ptrs [BLOCK_M] /
+        bs_ptrs [BLOCK_N] at their K-block-0 scales (the next block's a stride_ask / stride_bsk
+        further). Shared by fp8_gemm's pointer kernel and the grouped GEMM, so the two compute
+        each element alike."""
+        BLOCK_K: tl.constexpr = 128
+        offs_k = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for kb in range(0, tl.cdiv(K, BLOCK_K)):
+            if EVEN_K:
+                a = tl.load(a_ptrs)
+                b = tl.load(b_ptrs)
+            else:
+                kmask = offs_k < K - kb * BLOCK_K
+                a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=kmask[None, :], other=0.0)
+            sa = tl.load(as_ptrs + kb * stride_ask)
+            sb = tl.load(bs_ptrs + kb * stride_bsk)
+            part = tl.dot(a, tl.trans(b))
+            acc += part * (sa[:, None] * sb[None, :])
+            a_ptrs += BLOCK_K
+            b_ptrs += BLOCK_K
+        return acc
+
+    @triton.jit
     def _fp8_gemm_kernel(
         a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr,
         M, N, K,
@@ -61,21 +90,8 @@ if HAS_TRITON:
         else:
             bs_ptrs = bs_ptr + offs_n * stride_bsn
 
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kb in range(0, tl.cdiv(K, BLOCK_K)):
-            if EVEN_K:
-                a = tl.load(a_ptrs)
-                b = tl.load(b_ptrs)
-            else:
-                kmask = offs_k < K - kb * BLOCK_K
-                a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0)
-                b = tl.load(b_ptrs, mask=kmask[None, :], other=0.0)
-            sa = tl.load(as_ptrs + kb * stride_ask)
-            sb = tl.load(bs_ptrs + kb * stride_bsk)
-            part = tl.dot(a, tl.trans(b))
-            acc += part * (sa[:, None] * sb[None, :])
-            a_ptrs += BLOCK_K
-            b_ptrs += BLOCK_K
+        acc = block_scaled_dot(a_ptrs, b_ptrs, as_ptrs, bs_ptrs, K, stride_ask, stride_bsk,
+                               BLOCK_M, BLOCK_N, EVEN_K)
 
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -28,6 +28,7 @@ from .reference import BLOCK, FP8_DTYPE, _cdiv, fp8_gemm_torch
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 if HAS_TRITON:
+    from .gemm import block_scaled_dot
 
     @triton.jit
     def _fp8_gemm_grouped_kernel(
@@ -69,22 +70,8 @@ if HAS_TRITON:
         as_ptrs = as_ptr + offs_m * stride_asm
         bs_ptrs = bs_ptr + g * stride_bsg + (offs_n // 128) * stride_bsn
 
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kb in range(0, tl.cdiv(K, BLOCK_K)):
-            if EVEN_K:
-                a = tl.load(a_ptrs)
-                b = tl.load(b_ptrs)
-            else:
-                kmask = offs_k < K - kb * BLOCK_K
-                a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0)
-                b = tl.load(b_ptrs, mask=kmask[None, :], other=0.0)
-            sa = tl.load(as_ptrs + kb * stride_ask)
-            sb = tl.load(bs_ptrs + kb * stride_bsk)
-            part = tl.dot(a, tl.trans(b))
-            acc += part * (sa[:, None] * sb[None, :])
-            a_ptrs += BLOCK_K
-            b_ptrs += BLOCK_K
-
+        acc = block_scaled_dot(a_ptrs, b_ptrs, as_ptrs, bs_ptrs, K, stride_ask, stride_bsk,
+                               BLOCK_M, BLOCK_N, EVEN_K)
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
         tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < row_end) & (rn[None, :] < N))
