@@ -104,6 +104,9 @@ def _validate(aq, a_scale, bq, b_scale, offsets, out_dtype):
                          f"got {tuple(offsets.shape)} {offsets.dtype}")
     if out_dtype not in _OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {_OUT_DTYPES}, got {out_dtype}")
+    if len({t.device for t in (aq, a_scale, bq, b_scale, offsets)}) != 1:
+        raise ValueError("aq, a_scale, bq, b_scale and offsets must be on one device, got "
+                         f"{[str(t.device) for t in (aq, a_scale, bq, b_scale, offsets)]}")
     if aq.stride(1) != 1 or bq.stride(2) != 1:
         raise ValueError("aq and bq must be contiguous along K")
     if n == 0 or g == 0:

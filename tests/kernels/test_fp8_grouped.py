@@ -67,6 +67,8 @@ def test_grouped_gemm_no_rows_and_bad_operands():
         fp8_gemm_grouped(aq, as_, bq, bs[:, :, :0], offsets)
     with pytest.raises(ValueError, match="out_dtype"):
         fp8_gemm_grouped(aq, as_, bq, bs, offsets, torch.int32)
+    with pytest.raises(ValueError, match="one device"):
+        fp8_gemm_grouped(aq, as_, bq, bs, offsets.to("meta"))
 
 
 @pytest.mark.skipif(not _CUDA, reason="needs a GPU")
