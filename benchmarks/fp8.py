@@ -687,7 +687,7 @@ def moe_section(dev) -> None:
         for tokens in (1, 8, 64, 256, 1024, 4096):
             x = outlier_randn(tokens, D, device=dev)
             idx, w = gate(x.float())
-            grouped = lambda: stacked_experts_fp8(x, idx, w, w13, w2, *quantized, True, False, False)  # noqa: E731
+            grouped = lambda: stacked_experts_fp8(x, idx, w, *quantized, True, False)  # noqa: E731
             bf16 = lambda: stacked_experts(x, idx, w, w13, w2, True)  # noqa: E731
             same = torch.equal(grouped(), per_expert_loop(x, idx, w))
             t_grouped, t_bf16 = bench(grouped), bench(bf16)

@@ -184,10 +184,9 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
     return _combined(plan, ys, shared)
 
 
-def _stacked_experts_fp8(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: torch.Tensor,
-                         w2: torch.Tensor, gate_q: torch.Tensor, gate_s: torch.Tensor, up_q: torch.Tensor,
-                         up_s: torch.Tensor, down_q: torch.Tensor, down_s: torch.Tensor, shared: bool,
-                         pow2_scale: bool, batch_invariant: bool) -> torch.Tensor:
+def _stacked_experts_fp8(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_q: torch.Tensor,
+                         gate_s: torch.Tensor, up_q: torch.Tensor, up_s: torch.Tensor, down_q: torch.Tensor,
+                         down_s: torch.Tensor, shared: bool, pow2_scale: bool) -> torch.Tensor:
     """:func:`_stacked_experts` with every expert projection an FP8 GEMM, computing bitwise what
     the trainer's per-expert ``FP8Linear`` modules compute (:func:`kernels.fp8.fp8_linear` on each
     expert's rows), in one grouped GEMM per projection for all experts
@@ -198,14 +197,14 @@ def _stacked_experts_fp8(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w1
     - gate_proj and up_proj are quantized as the two weights they are in the trainer (with
       I % 128 ≠ 0 a 128×128 block of the stacked [2I, D] would straddle them);
     - a row's GEMM result depends neither on the other rows nor on the tiles (batch invariance).
-    ``gate_q … down_s``: the weights quantized (:func:`quantize_stacked_experts`).
-    ``batch_invariant`` needs nothing more here: the grouped GEMM has one tile configuration.
-    The custom op ``torch.ops.lockstep.stacked_experts_fp8``."""
+    ``gate_q … down_s``: the weights quantized (:func:`quantize_stacked_experts`), all the op
+    reads of them. Strict mode needs nothing more here: the grouped GEMM has one tile
+    configuration for every batch. The custom op ``torch.ops.lockstep.stacked_experts_fp8``."""
     from .fp8 import fp8_gemm_grouped, quantize_act
 
     if x.shape[0] == 0:
-        return w.new_zeros(0, w2.shape[1])
-    plan, rows, counts = _grouped_rows(x, idx, w, w13.shape[0] - shared, shared)
+        return w.new_zeros(0, down_q.shape[1])
+    plan, rows, counts = _grouped_rows(x, idx, w, gate_q.shape[0] - shared, shared)
     offsets = F.pad(counts.cumsum(0), (1, 0))
 
     def grouped(aq: torch.Tensor, a_scale: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -267,11 +266,10 @@ _LIB.define("stacked_experts(Tensor x, Tensor idx, Tensor w, Tensor w13, Tensor 
 _LIB.impl("stacked_experts", _stacked_experts, "CompositeExplicitAutograd")
 _LIB.impl("stacked_experts", lambda x, idx, w, w13, w2, shared: w.new_empty(x.shape[0], w2.shape[1]), "Meta")
 stacked_experts = torch.ops.lockstep.stacked_experts
-_LIB.define("stacked_experts_fp8(Tensor x, Tensor idx, Tensor w, Tensor w13, Tensor w2, Tensor gate_q, "
-            "Tensor gate_s, Tensor up_q, Tensor up_s, Tensor down_q, Tensor down_s, bool shared, "
-            "bool pow2_scale, bool batch_invariant) -> Tensor")
+_LIB.define("stacked_experts_fp8(Tensor x, Tensor idx, Tensor w, Tensor gate_q, Tensor gate_s, Tensor up_q, "
+            "Tensor up_s, Tensor down_q, Tensor down_s, bool shared, bool pow2_scale) -> Tensor")
 _LIB.impl("stacked_experts_fp8", _stacked_experts_fp8, "CompositeExplicitAutograd")
-_LIB.impl("stacked_experts_fp8", lambda x, idx, w, w13, w2, *_: w.new_empty(x.shape[0], w2.shape[1]), "Meta")
+_LIB.impl("stacked_experts_fp8", lambda x, idx, w, *q: w.new_empty(x.shape[0], q[4].shape[1]), "Meta")
 stacked_experts_fp8 = torch.ops.lockstep.stacked_experts_fp8
 
 
@@ -427,7 +425,7 @@ class StackedMoE(nn.Module):
         if self.fp8 is not None:
             quantized = (self.fp8_weights if self.fp8_weights is not None
                          else quantize_stacked_experts(w13, w2, self.fp8[0]))
-            out = stacked_experts_fp8(xs, idx, w, w13, w2, *quantized, shared, *self.fp8)
+            out = stacked_experts_fp8(xs, idx, w, *quantized, shared, self.fp8[0])
         elif torch.compiler.is_compiling() and every_expert_pays(xs, idx, w13, shared, tokens=1):
             # compiled (the rollout engine on CPU): decode-sized batches run every expert inside
             # the compiled graph, fused around the GEMMs, the rest the opaque op; chosen per call

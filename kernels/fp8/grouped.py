@@ -11,7 +11,7 @@
   benchmark (``benchmarks/fp8.py --sections moe``) and the GPU tests check the bits.
 
 What it is for: a MoE layer's FP8 experts in the rollout engine (``kernels.moe``'s
-``stacked_experts_fp8``), which otherwise launch three GEMMs per expert (768 for 256 experts).
+``stacked_experts_fp8``), instead of three GEMM launches per expert (771 for Ring-mini's 257).
 The tile → group map is found in the kernel from the offsets alone (a binary search), so the
 launch needs no host synchronisation on the routing and no other device work: the grid covers
 ``R // BLOCK_M + G`` row tiles, at least what the groups need, and a spare tile's program returns
