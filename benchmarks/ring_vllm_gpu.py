@@ -65,18 +65,25 @@ def ensure_plugin_entry_point() -> str:
     return f"dist-info written to {root}"
 
 
+def sampled(llm, vocab: int) -> tuple[list, list, list]:
+    """The parity checks' samples: seeded random prompts of PROMPT_LENS tokens, NEW_TOKENS
+    sampled tokens each, with the engine's log-probs: (prompts, completions, log-probs)."""
+    from rl.alignment import sample_with_logprobs
+
+    rng = random.Random(0)
+    prompts = [[rng.randrange(1, vocab) for _ in range(n)] for n in PROMPT_LENS]
+    return (prompts, *sample_with_logprobs(llm, prompts, NEW_TOKENS))
+
+
 def fp8_parity(llm, model, plain) -> dict:
     """With ``--fp8`` (both engines' projections as FP8 GEMMs): teacher-forced (prefill) and
     sampled (decode) log-probs, engine vs the FP8 trainer, each measured against engine vs the
     unquantized trainer (what a rollout quantizing on its own would see)."""
     import torch
 
-    from rl.alignment import sample_with_logprobs, teacher_forced_logprobs, trainer_logprobs
+    from rl.alignment import teacher_forced_logprobs, trainer_logprobs
 
-    rng = random.Random(0)
-    vocab = model.config.vocab_size
-    prompts = [[rng.randrange(1, vocab) for _ in range(n)] for n in PROMPT_LENS]
-    completions, engine = sample_with_logprobs(llm, prompts, NEW_TOKENS)
+    prompts, completions, engine = sampled(llm, model.config.vocab_size)
     fp8 = torch.cat([e - t for e, t in zip(engine, trainer_logprobs(model, prompts, completions))]).abs()
     unshared = torch.cat([e - t for e, t in zip(engine, trainer_logprobs(plain, prompts, completions))]).abs()
     ids = prompts[-1] + completions[-1]
@@ -100,13 +107,10 @@ def fp8_parity(llm, model, plain) -> dict:
 def parity(llm, model, path, tol) -> dict:
     import torch
 
-    from rl.alignment import first_diverging_module, sample_with_logprobs, trainer_logprobs
+    from rl.alignment import first_diverging_module, trainer_logprobs
     from trainer.ring_linear.reference import reference_logits
 
-    rng = random.Random(0)
-    vocab = model.config.vocab_size
-    prompts = [[rng.randrange(1, vocab) for _ in range(n)] for n in PROMPT_LENS]
-    completions, engine = sample_with_logprobs(llm, prompts, NEW_TOKENS)
+    prompts, completions, engine = sampled(llm, model.config.vocab_size)
     assert all(len(c) == NEW_TOKENS for c in completions), [len(c) for c in completions]
     trainer = trainer_logprobs(model, prompts, completions)
     state = {k: v.cpu() for k, v in model.state_dict().items()}
