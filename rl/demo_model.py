@@ -32,6 +32,9 @@ class DemoSpec:
     seed: int = 0
     architecture: str = "qwen2"  # or "ring-linear": the hybrid linear/softmax MoE (DESIGN §3)
     num_experts: int = 8  # ring-linear only: routed experts (top-2 of 4 groups, 1 shared)
+    # ring-linear only: build from this Ring-linear preset (trainer.ring_linear.presets) instead
+    # of the sizes above; the vocabulary is still the demo tokenizer's.
+    preset: str = ""
 
 
 SPECS = {
@@ -40,6 +43,8 @@ SPECS = {
     # Ring-linear hybrid: layers linear, softmax, linear, softmax; a dense first layer, MoE after.
     "ring-micro": DemoSpec(architecture="ring-linear", hidden_size=128, num_layers=4, intermediate_size=344,
                            num_heads=2, num_kv_heads=1),
+    # The GPU recipe's model: Ring-mini's layer shapes, 1.2 B parameters (recipes/gpu_ring.yaml).
+    "ring-mini-1b": DemoSpec(architecture="ring-linear", preset="mini-1b"),
 }
 
 
@@ -49,7 +54,9 @@ def resolve(path: str, cache_dir: str) -> Path:
     if name not in SPECS:
         raise ValueError(f"model.path {path!r}: unknown demo model; known: {', '.join(SPECS)}")
     spec = SPECS[name]
-    fields = {k: v for k, v in asdict(spec).items() if spec.architecture != "qwen2" or k not in ("architecture", "num_experts")}
+    # Fields added after a spec existed stay out of its digest at their defaults (same cache key).
+    fields = {k: v for k, v in asdict(spec).items()
+              if (spec.architecture != "qwen2" or k not in ("architecture", "num_experts")) and (k != "preset" or v)}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
     target = Path(cache_dir).expanduser() / "demo" / f"{name}-{digest}"
     if (target / "config.json").exists():
@@ -125,12 +132,17 @@ def build(spec: DemoSpec, out: Path) -> None:
 
 
 def build_ring_linear(spec: DemoSpec, tokenizer, out: Path) -> None:
-    """The Ring-linear architecture at demo size (``layer_group_size`` 2: linear, softmax, …)."""
-    import torch
-
-    from trainer.ring_linear import BailingMoeLinearV2Config, BailingMoeLinearV2ForCausalLM
+    """The Ring-linear architecture at demo size (``layer_group_size`` 2: linear, softmax, …),
+    or a named preset's shapes with the demo tokenizer."""
+    from trainer.ring_linear import BailingMoeLinearV2Config
     from trainer.ring_linear.config import ARCHITECTURE
 
+    if spec.preset:
+        from trainer.ring_linear.presets import preset_config
+
+        config = preset_config(spec.preset, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id, torch_dtype="float32")
+        return _save_random(config, spec.seed, out)
     config = BailingMoeLinearV2Config(
         vocab_size=len(tokenizer), hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
         layer_group_size=2, num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads,
@@ -141,7 +153,15 @@ def build_ring_linear(spec: DemoSpec, tokenizer, out: Path) -> None:
         max_position_embeddings=spec.max_position, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, architectures=[ARCHITECTURE], torch_dtype="float32",
     )
-    torch.manual_seed(spec.seed)
+    _save_random(config, spec.seed, out)
+
+
+def _save_random(config, seed: int, out: Path) -> None:
+    import torch
+
+    from trainer.ring_linear import BailingMoeLinearV2ForCausalLM
+
+    torch.manual_seed(seed)
     model = BailingMoeLinearV2ForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
     (out / "generation_config.json").unlink(missing_ok=True)

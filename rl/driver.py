@@ -26,15 +26,9 @@ from rl.evaluate import evaluate
 from rl.metrics import MetricsLogger, print_progress, progress_line, read_history, sparkline
 from rl.placement import ActorGroup, Placement, connect
 from rl.rewards_config import build_reward_pool
+from rl.weight_sync import PROBE_TEXT, WeightSync
 
 log = logging.getLogger("lockstep.driver")
-
-# The sync probe: a fixed text whose teacher-forced log-probs both engines compute after a sync.
-PROBE_TEXT = "Ann has 23 apples. Ann gets 58 more. How many apples now? 23+58=81. The answer is 81."
-# Largest |Δ log-prob| on the probe that still counts as "same weights" (fp32 engines agree to
-# ~1e-6; half precision needs room for kernel differences, which fast mode allows).
-SYNC_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.05}
-
 
 def resolve_model_path(cfg: RunConfig) -> str:
     if cfg.model.path.startswith("demo:"):
@@ -167,6 +161,7 @@ class Run:
             self.stage.trainers.call("load_checkpoint", str(self.resume_from / checkpoint.ENGINE_DIR))
         self.logprobs_from_update = self.fold_logprobs_into_update()
         self.rollout = self.start_rollout(policy)
+        self.weight_sync = self.start_weight_sync()
         self.step, self.cursor = (state["step"], state["cursor"]) if state else (0, 0)
         self.pending = None  # (idx, prompts, futures) of a batch sampled ahead
         self.saved_step = self.step if state else None
@@ -203,7 +198,7 @@ class Run:
         # rounds may still change the batch — the trainer's log-probs of the rollout tokens.
         t = time.time()
         reward_handle = self.rewards.submit([(s.text, a) for s, a in zip(samples, answers)])
-        probe_before = [w.prompt_logprobs.remote(self.probe_ids) for w in self.rollout.actors]
+        probe_before = self.weight_sync.launch_probes()
         if cfg.rollout.max_staleness and self.step < cfg.schedule.steps:
             # Queued after the probe: the engines sample the next batch with the weights that
             # sampled this one while the trainer updates; the sync waits for it (actor order).
@@ -246,7 +241,7 @@ class Run:
             ray.wait(self.pending[2], num_returns=len(self.pending[2]))
             timings["rollout_ahead_wait"] = time.time() - t  # the next batch outlasted the update
         t = time.time()
-        metrics.update(self.sync_weights(ray.get(probe_before)))
+        metrics.update(self.weight_sync.sync(self.step, probe_before))
         timings["sync"] = time.time() - t
         metrics["data/cursor"] = float(self.consumed_cursor())
         # A fingerprint of which prompts this step drew (resume must reproduce it exactly).
@@ -461,28 +456,19 @@ class Run:
             "train/lr": totals["lr"] / n_results,
         }, logps
 
-    def sync_weights(self, before: list[list[float]]) -> dict[str, float]:
-        """Bucketed transfer trainer → every rollout engine, then verified: the engines' log-probs
-        on the probe must equal the trainer's within the dtype's tolerance, and `before` (the
-        engines' probe log-probs with the weights that sampled this step) records that they
-        moved. A sync that did not take is an error, never a silent skip."""
-        version = self.step
-        buckets = self.stage.trainers.call("weight_buckets", self.cfg.trainer.sync_bucket_mib)[0]
-        # The trainer's probe runs while the engines load; each engine probes right after loading.
-        trainer_probe = [a.probe_logprobs.remote(self.probe_ids) for a in self.stage.trainers.actors]
-        results = self.rollout.call("update_weights", buckets, version, self.probe_ids)
-        trainer_probe = ray.get(trainer_probe)[0]
-        worst = changed = 0.0
-        for old, new in zip(before, [r["probe"] for r in results]):
-            worst = max(worst, max(abs(x - y) for x, y in zip(trainer_probe, new)))
-            changed = max(changed, max(abs(x - y) for x, y in zip(old, new)))
-        tolerance = SYNC_TOLERANCE[self.cfg.model.dtype]
-        if not worst <= tolerance:
-            raise RuntimeError(
-                f"weight sync to version {version} failed verification: probe |Δ log-prob| = {worst:.3g} > {tolerance} "
-                "(the rollout engine is not running the trainer's weights)"
-            )
-        return {"sync/probe_max_abs_diff": worst, "sync/probe_change": changed, "sync/buckets": float(len(buckets)), "sync/bytes": float(results[0]["bytes"]), "sync/version": float(version)}
+    def start_weight_sync(self) -> WeightSync:
+        """CUDA IPC on the device when each engine shares its trainer rank's GPU, else the host
+        path (said once); the probe noise is measured now, on the weights both loaded."""
+        on_device = self.placement.gpus and self.cfg.ray.placement == "colocated"
+        if self.placement.gpus and not on_device:
+            log.warning("weight sync through host memory: the engines are on other GPUs than the trainer "
+                        "(the NCCL broadcast path does not exist yet)")
+        sync = WeightSync(self.stage.trainers.actors, self.rollout.actors, "device" if on_device else "host",
+                          self.cfg.trainer.sync_bucket_mib, self.probe_ids, self.cfg.model.dtype)
+        noise = sync.calibrate()
+        print_progress(f"weight sync: {'CUDA IPC on the device' if on_device else 'through host memory'}; "
+                       f"probe noise engine vs trainer {noise:.2g} on equal weights")
+        return sync
 
     # ----------------------------------------------------------------------------------------
     # Evaluation, checkpoints, start-up, summary

@@ -87,6 +87,13 @@ class Placement:
         ranks, workers = cfg.trainer.num_ranks, cfg.rollout.num_workers
         colocated = cfg.ray.placement == "colocated"
         n_bundles = max(ranks, workers) if colocated else ranks + workers
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if self.gpus and n_bundles > gpus:
+            # A placement group that cannot be placed would wait, not fail: say it now.
+            layout = (f"colocated: max(trainer.num_ranks={ranks}, rollout.num_workers={workers})" if colocated
+                      else f"split: trainer.num_ranks={ranks} + rollout.num_workers={workers}")
+            raise ConfigError(f"the run needs {n_bundles} GPUs ({layout}, one GPU each) but the Ray cluster has {gpus}: "
+                              f"lower trainer.num_ranks / rollout.num_workers, or add GPUs")
         cpus = ray.cluster_resources().get("CPU", 1)
         # Fractional CPUs: on a small machine every actor still fits; threads are set per actor.
         per_bundle = max(0.01, min(4.0, cpus / n_bundles))

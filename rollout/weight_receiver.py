@@ -1,8 +1,10 @@
 """vLLM worker extension: receives the trainer's weights in place, without restarting the engine.
 
 Loaded into every vLLM worker process through `worker_extension_cls`; its methods are called
-with `LLM.collective_rpc`. Tensors do not survive RPC arguments (they arrive as lists), so
-weights travel as safetensors bytes, one blob per bucket, each checked against its sha256.
+with `LLM.collective_rpc`. Tensors do not survive RPC arguments (they arrive as lists). On CPU
+the weights travel as safetensors bytes, one blob per bucket, each checked against its sha256; on
+a GPU shared with the trainer they stay on the device: CUDA IPC handles of the trainer's weight
+buckets, each checked by a checksum computed on the device (`kernels.weight_buckets`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,34 @@ class WeightReceiver:
             got = hashlib.sha256(blob).hexdigest()
             if got != digest:
                 raise ValueError(f"weight bucket {i}: sha256 {got[:12]} != sent {digest[:12]} (corrupted in transfer)")
+        return self._reload_in_place((name, t) for blob in blobs for name, t in load(blob).items())
+
+    def lockstep_load_device_buckets(self, payload: bytes) -> int:
+        """The GPU path: opens the trainer's device buckets (a pickled list of
+        `kernels.weight_buckets.DeviceBucket`, CUDA IPC handles into the trainer's memory on this
+        GPU), verifies each bucket's checksum on the device and loads all of them in one
+        in-place reload; returns the tensor count. Nothing is copied through host memory."""
+        import pickle
+
+        import torch
+
+        from kernels.weight_buckets import bucket_tensors, open_bucket
+
+        opened = [(open_bucket(b), b) for b in pickle.loads(payload)]
+        count = self._reload_in_place(name_tensor for buffer, b in opened for name_tensor in bucket_tensors(buffer, b))
+        torch.cuda.synchronize()  # the copies out of the trainer's buckets are done before it frees them
+        del opened
+        return count
+
+    def _reload_in_place(self, named_tensors) -> int:
+        """One in-place reload of every (name, tensor); re-ties tied parameters. Returns how many
+        distinct names were loaded."""
         loaded: set[str] = set()
 
         def tensors():
-            for blob in blobs:
-                for name, tensor in load(blob).items():
-                    loaded.add(name)
-                    yield name, tensor
+            for name, tensor in named_tensors:
+                loaded.add(name)
+                yield name, tensor
 
         model = self.model_runner.get_model()
         tied = shared_parameters(model)

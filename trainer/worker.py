@@ -90,6 +90,7 @@ class TrainerRank:
             "wall_clock_breakdown": False,
         }
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        self.sync_buffers: list[torch.Tensor] = []  # device weight buckets in flight (GPU sync)
         self.reference = None
         if use_reference:
             self.reference = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.dtype).to(self.device).eval()
@@ -219,17 +220,40 @@ class TrainerRank:
     # ----------------------------------------------------------------------------------------
     # Weights out: buckets for the rollout engine, Hugging Face export, DeepSpeed checkpoints
 
-    def _full_parameters(self):
-        """Yields (name, full tensor on CPU) in a fixed order; all ranks must iterate together
-        (ZeRO-3 gathers each parameter with a collective)."""
+    def _full_parameters(self, device: str = "cpu"):
+        """Yields (name, full tensor on `device`: "cpu", or "cuda" for the trainer's own GPU) in
+        a fixed order; all ranks must iterate together (ZeRO-3 gathers each parameter with a
+        collective). A gathered ZeRO-3 parameter is copied (its memory goes at the context's end);
+        an unpartitioned one on its own device is yielded as is."""
         import deepspeed
 
+        target = self.device if device == "cuda" else torch.device("cpu")
         for name, param in self.engine.module.named_parameters():
             if hasattr(param, "ds_id"):  # ZeRO-3 partitioned
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    yield name, param.detach().to("cpu", copy=True)
+                    yield name, param.detach().to(target, copy=True)
             else:
-                yield name, param.detach().to("cpu")
+                yield name, param.detach().to(target)
+
+    def device_weight_buckets(self, bucket_mib: float) -> tuple[bytes, int, int]:
+        """The GPU weight sync: copies the full weights into device buckets of ≤ bucket_mib
+        shared by CUDA IPC handles (`kernels.weight_buckets`) for the rollout engine on this
+        rank's GPU. Returns (the pickled bucket list, tensor count, bytes); the buckets stay
+        allocated until `release_weight_buckets`. Every rank packs (ZeRO-3 gathers together);
+        each rank's buckets serve the engine colocated with it."""
+        import pickle
+
+        from kernels.weight_buckets import pack_buckets
+
+        self.release_weight_buckets()
+        packed = pack_buckets(self._full_parameters("cuda"), int(bucket_mib * 2**20))
+        self.sync_buffers = [buffer for buffer, _ in packed]
+        buckets = [b for _, b in packed]
+        return pickle.dumps(buckets), sum(len(b.tensors) for b in buckets), sum(b.nbytes for b in buckets)
+
+    def release_weight_buckets(self) -> None:
+        """Frees the device buckets once every engine has loaded them."""
+        self.sync_buffers = []
 
     def weight_buckets(self, bucket_mib: float) -> list[tuple[object, str, int]]:
         """Serialises the full weights into safetensors buckets of ≤ bucket_mib (a tensor larger

@@ -4,6 +4,8 @@
   softmax, linear, softmax), a dense first layer, 8 experts in 4 groups.  head_dim 64, a size
   vLLM's CPU attention backend supports.
 * ``mini``  — Ring-mini-linear-2.0 shapes (its published ``config.json``).
+* ``mini-1b`` — Ring-mini's layer shapes at 10 layers and 32 experts (1.2 B parameters with a
+  small vocabulary): the GPU recipe's model.
 * ``flash`` — Ring-flash-linear-2.0 shapes (32 layers, G = 8, d_model 4096, 32 heads of 128,
   4 KV heads, FFN 9216, 256 experts of 1024, top-8 of 8 groups / top-4 groups, 1 shared).
 
@@ -42,6 +44,13 @@ PRESETS: dict[str, dict] = {
     "mini": dict(_COMMON, hidden_size=2048, num_hidden_layers=20, layer_group_size=5,
                  num_attention_heads=16, intermediate_size=5120, moe_intermediate_size=512,
                  moe_shared_expert_intermediate_size=512),
+    # Ring-mini's layer shapes (d_model 2048, 16 heads of 128, 4 KV heads, G = 5, dense FFN 5120,
+    # experts of 512, one shared, sigmoid router in 8 groups) with 10 layers and 32 experts:
+    # 1.2 B parameters (with the demo's 384-token vocabulary), trainable in bf16 with Adam on one
+    # 80 GB GPU beside its rollout engine. The GPU recipe's model (recipes/gpu_ring.yaml).
+    "mini-1b": dict(_COMMON, hidden_size=2048, num_hidden_layers=10, layer_group_size=5,
+                    num_attention_heads=16, intermediate_size=5120, moe_intermediate_size=512,
+                    moe_shared_expert_intermediate_size=512, num_experts=32, max_position_embeddings=4096),
     "flash": dict(_COMMON, hidden_size=4096, num_hidden_layers=32, layer_group_size=8,
                   num_attention_heads=32, intermediate_size=9216, moe_intermediate_size=1024,
                   moe_shared_expert_intermediate_size=1024),
