@@ -128,8 +128,8 @@ def build_ring_linear(spec: DemoSpec, tokenizer, out: Path) -> None:
     """The Ring-linear architecture at demo size (``layer_group_size`` 2: linear, softmax, …)."""
     import torch
 
-    from trainer.ring_linear import BailingMoeLinearV2Config, BailingMoeLinearV2ForCausalLM
-    from trainer.ring_linear.config import ARCHITECTURE
+    from models.ring_linear import ARCHITECTURE, BailingMoeLinearV2Config
+    from trainer.ring_linear import BailingMoeLinearV2ForCausalLM
 
     config = BailingMoeLinearV2Config(
         vocab_size=len(tokenizer), hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,

@@ -183,7 +183,8 @@ def test_the_scan_reports_a_forbidden_edge_and_a_cycle(tmp_path):
         "low/a.py": "from . import b\n",
         "low/b.py": "def h():\n    from .a import x\n",  # a <-> b through a lazy import
         "low/sub/__init__.py": "from .c import VALUE\nNAME = 1\n",
-        "low/sub/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import NAME\nVALUE = 2\n",
+        "low/sub/c.py": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import NAME\n"
+                         "VALUE = 2\n"),
         "high/__init__.py": "",
         "high/api.py": "import low.ops\ndef g():\n    return low.ops.f\n",
     }
