@@ -636,9 +636,9 @@ def moe_section(dev) -> None:
     loop it replaced (three fp8_linear calls per expert: 771 GEMMs) and the unquantized bf16
     layer (``stacked_experts``: torch._grouped_mm). Checks the grouped layer bitwise against the
     loop, which is what the trainer's per-expert FP8 modules compute."""
-    from kernels.moe import MoEGate, _combined, _grouped_rows, quantize_stacked_experts, stacked_experts, \
-        stacked_experts_fp8
-    from trainer.ring_linear.presets import preset_config
+    from kernels.moe import _combined, _grouped_rows, quantize_stacked_experts, stacked_experts, stacked_experts_fp8
+    from models.ring_linear.moe import MoEGate
+    from models.ring_linear.presets import preset_config
 
     config = preset_config("mini")
     E, D, inter = config.num_experts, config.hidden_size, config.moe_intermediate_size

@@ -49,7 +49,8 @@ def build_models(root: Path) -> tuple[Path, Path, dict]:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from trainer.ring_linear.presets import build_random_checkpoint, parameter_count
+    from models.ring_linear.presets import parameter_count
+    from trainer.ring_linear.random_checkpoint import build_random_checkpoint
 
     ring = root / "ring-tiny"
     if not (ring / "config.json").exists():
@@ -88,7 +89,7 @@ def kv_cache_gib(model: str, batch: int, max_len: int) -> int:
     the dense model at batch 128 × 4096 tokens: it would preempt sequences)."""
     from transformers import AutoConfig
 
-    import trainer.ring_linear  # noqa: F401  (registers the Ring-linear config with AutoConfig)
+    import models.ring_linear  # noqa: F401  (registers the Ring-linear config with AutoConfig)
 
     c = AutoConfig.from_pretrained(model)
     softmax_layers = sum(1 for i in range(c.num_hidden_layers)

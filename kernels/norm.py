@@ -1,4 +1,5 @@
-"""RMSNorm and group RMSNorm in fp32 — one implementation for the trainer and the rollout model.
+"""RMSNorm and group RMSNorm in fp32 — one implementation for the trainer and the rollout model
+(the modules that hold their weights: :mod:`models.ring_linear.norm`).
 
     rms_norm(x)       = x / sqrt(mean(x², -1) + eps) · w
     group_rms_norm(x) = the same over each of ``groups`` equal slices of the last dim, one [dim] w
@@ -12,7 +13,6 @@ one PyTorch expression is the surest way for two engines to get the same bits.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -35,25 +35,4 @@ def group_rms_norm(x: torch.Tensor, weight: torch.Tensor, groups: int, eps: floa
     return xg.flatten(-2) * weight.to(dt)
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
-
-
-class GroupRMSNorm(RMSNorm):
-    """RMSNorm over ``groups`` equal slices of the last dim; one ``[dim]`` weight."""
-
-    def __init__(self, dim: int, groups: int, eps: float):
-        super().__init__(dim, eps)
-        self.groups = groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return group_rms_norm(x, self.weight, self.groups, self.eps)
-
-
-__all__ = ["compute_dtype", "rms_norm", "group_rms_norm", "RMSNorm", "GroupRMSNorm"]
+__all__ = ["compute_dtype", "rms_norm", "group_rms_norm"]

@@ -3,7 +3,9 @@ the common answer types once, so regexes are compiled and sympy's lazily importe
 are loaded before workers are forked. A cold worker otherwise spends 0.1-0.3 s on its first
 interval / set / equation / matrix, enough to be mistaken for a straggler on a busy machine."""
 
-from rewards import accuracy, worker  # noqa: F401
+# rewards.worker comes with the package (rewards.pool imports it); importing it here by name
+# would close a cycle (worker_main imports this module)
+from rewards import accuracy
 
 _WARM_UP = [
     ("\\boxed{\\frac{1}{2}}", "0.5"),

@@ -6,12 +6,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from rewards.score import Score
-
-if TYPE_CHECKING:
-    from rewards.pool import RewardPool
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +19,7 @@ class PoolClosed(RuntimeError):
 class BatchHandle:
     """Future of one `RewardPool.submit` call: `result()` gives the scores in input order."""
 
-    def __init__(self, n: int, pool: RewardPool | None):
+    def __init__(self, n: int, pool: object | None):
         self._scores: list[Score | None] = [None] * n
         self._remaining = n
         self._error: BaseException | None = None

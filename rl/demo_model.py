@@ -32,7 +32,7 @@ class DemoSpec:
     seed: int = 0
     architecture: str = "qwen2"  # or "ring-linear": the hybrid linear/softmax MoE (DESIGN §3)
     num_experts: int = 8  # ring-linear only: routed experts (top-2 of 4 groups, 1 shared)
-    # ring-linear only: build from this Ring-linear preset (trainer.ring_linear.presets) instead
+    # ring-linear only: build from this Ring-linear preset (models.ring_linear.presets) instead
     # of the sizes above; the vocabulary is still the demo tokenizer's.
     preset: str = ""
 
@@ -134,11 +134,10 @@ def build(spec: DemoSpec, out: Path) -> None:
 def build_ring_linear(spec: DemoSpec, tokenizer, out: Path) -> None:
     """The Ring-linear architecture at demo size (``layer_group_size`` 2: linear, softmax, …),
     or a named preset's shapes with the demo tokenizer."""
-    from trainer.ring_linear import BailingMoeLinearV2Config
-    from trainer.ring_linear.config import ARCHITECTURE
+    from models.ring_linear import ARCHITECTURE, BailingMoeLinearV2Config
 
     if spec.preset:
-        from trainer.ring_linear.presets import preset_config
+        from models.ring_linear.presets import preset_config
 
         config = preset_config(spec.preset, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
                                pad_token_id=tokenizer.pad_token_id, torch_dtype="float32")

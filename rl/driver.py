@@ -54,7 +54,7 @@ def check_fp8_model(cfg: RunConfig, model_path: str) -> None:
         return
     from transformers import AutoConfig
 
-    from trainer.ring_linear import ARCHITECTURE  # registers the Ring-linear config type
+    from models.ring_linear import ARCHITECTURE  # registers the Ring-linear config type
 
     try:
         architectures = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code).architectures

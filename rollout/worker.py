@@ -22,10 +22,9 @@ import logging
 import os
 import time
 
-log = logging.getLogger("lockstep.rollout")
+from models.ring_linear.config import FP8_CONFIG_KEY
 
-# The model-config attribute through which the engine's model learns the recipe's FP8 options.
-FP8_CONFIG_KEY = "lockstep_fp8"
+log = logging.getLogger("lockstep.rollout")
 
 
 class RolloutWorker:

@@ -13,13 +13,12 @@ MODEL_CLASS = "rollout.ring_linear.model:BailingMoeLinearV2ForCausalLM"
 
 
 def register() -> None:
-    """vLLM plugin hook: registers the config with transformers and the model with vLLM."""
-    from transformers import AutoConfig
+    """vLLM plugin hook: registers the config with transformers (importing
+    :mod:`models.ring_linear` does) and the model with vLLM."""
     from vllm import ModelRegistry
 
-    from trainer.ring_linear.config import ARCHITECTURE, MODEL_TYPE, BailingMoeLinearV2Config
+    from models.ring_linear import ARCHITECTURE
 
-    AutoConfig.register(MODEL_TYPE, BailingMoeLinearV2Config, exist_ok=True)
     ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
 
 

@@ -1,5 +1,6 @@
 """The Ring-linear hybrid model as a vLLM model (DESIGN.md §3, §10): the rollout engine's twin
-of :mod:`trainer.ring_linear.modeling`.
+of :mod:`trainer.ring_linear.modeling`, built from the same model definition
+(:mod:`models.ring_linear`: config, weight names, the norm and MoE layers).
 
 Same parameter names as the published checkpoint and the trainer (so one directory loads in
 both, and the trainer's weight buckets load in place), same math through the same ``kernels/``
@@ -25,7 +26,7 @@ trainer (noted in docs/decisions.md).
 
 Plain ``nn.Linear`` projections (no tensor parallelism): one module per weight, updated in place
 by ``load_weights``, computing with the same ``F.linear`` the trainer uses.  The routed experts
-are the exception: the engine keeps them stacked (:class:`kernels.moe.StackedMoE`, vLLM's
+are the exception: the engine keeps them stacked (:class:`models.ring_linear.moe.StackedMoE`, vLLM's
 fused-MoE layout), the checkpoint's per-expert names mapped onto slices of the stacks.  Tensor
 parallel sizes above 1 are refused at construction.
 
@@ -39,7 +40,7 @@ per-sequence bookkeeping — the state slots, zeroing fresh ones, the decode/pre
 the recurrence run inside vLLM's ``linear_attention`` custom op (a graph-splitting op, as for
 vLLM's MiniMax and Bailing layers), the routed experts of prefill-sized batches inside
 ``lockstep::stacked_experts`` (decode-sized ones run every expert in the graph: ``torch.cond``
-in :class:`~kernels.moe.StackedMoE`); everything else (projections, norms, RoPE, gates, router) is one inductor graph per step.  The
+in :class:`~models.ring_linear.moe.StackedMoE`); everything else (projections, norms, RoPE, gates, router) is one inductor graph per step.  The
 compiled rollout is not bitwise the eager trainer (inductor fuses the elementwise ops and
 reduces in its own order): fast mode's ≤ 1e-5 holds, tested for both.  On GPUs the model runs
 eagerly, without CUDA graphs, as it was checked there (:func:`_run_eagerly_on_gpus`), and so
@@ -72,12 +73,13 @@ from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 from kernels.fp8 import quantize_fp8_weights, swap_linears_to_fp8
 from kernels.linear_attention import StateSlots, chunk, decode_packed, layer_decay, recurrent
 from kernels.lm_head import logits_fp32
-from kernels.moe import StackedMoE
-from kernels.moe import SwiGLU as MLP
-from kernels.norm import GroupRMSNorm, RMSNorm, compute_dtype
+from kernels.norm import compute_dtype
 from kernels.rope import apply_rope, rope_cos_sin
-from rollout.worker import FP8_CONFIG_KEY
-from trainer.ring_linear.loading import skipped_names
+from models.ring_linear.config import FP8_CONFIG_KEY
+from models.ring_linear.moe import StackedMoE
+from models.ring_linear.moe import SwiGLU as MLP
+from models.ring_linear.norm import GroupRMSNorm, RMSNorm
+from models.ring_linear.weight_names import skipped_names
 
 STATE_DTYPE = torch.float32  # the linear-attention state is fp32 in both engines (DESIGN §4)
 logger = init_logger(__name__)

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from kernels.fp8 import FP8Linear
+from models.ring_linear.config import FP8_CONFIG_KEY
 from rl.alignment import sample_with_logprobs, teacher_forced_logprobs, trainer_logprobs
-from rollout.worker import FP8_CONFIG_KEY
 from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
-from trainer.ring_linear.presets import build_random_checkpoint
+from trainer.ring_linear.random_checkpoint import build_random_checkpoint
 from trainer.worker import use_fp8
 
 from .conftest import send_weights

@@ -16,12 +16,12 @@ import pytest
 import torch
 from safetensors.torch import save
 
+from models.ring_linear.reference import reference_logits
 from rl.alignment import first_diverging_module, sample_with_logprobs, teacher_forced_logprobs, trainer_logprobs
 from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
+from trainer.ring_linear.random_checkpoint import build_random_checkpoint
 
 from .conftest import send_weights
-from trainer.ring_linear.presets import build_random_checkpoint
-from trainer.ring_linear.reference import reference_logits
 
 pytestmark = pytest.mark.integration
 

@@ -68,7 +68,7 @@ def test_fp8_switch_and_its_model_check(tmp_path):
     import json
 
     from rl.driver import check_fp8_model, fp8_options
-    from trainer.ring_linear.presets import build_random_checkpoint
+    from trainer.ring_linear.random_checkpoint import build_random_checkpoint
 
     cfg = from_data({}, ["model.fp8.enabled=true", "model.fp8.pow2_scale=true"])
     assert fp8_options(cfg) == {"pow2_scale": True, "batch_invariant": False}

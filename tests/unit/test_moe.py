@@ -1,4 +1,4 @@
-"""kernels/moe.py: the rollout's stacked-weight experts (StackedMoE, the custom op
+"""models/ring_linear/moe.py: the rollout's stacked-weight experts (StackedMoE, the custom op
 ``lockstep::stacked_experts``) against the trainer's per-expert modules (MoE) and a float64
 reference, on both of the op's paths (grouped GEMMs; every expert for small CPU batches)."""
 
@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import kernels.moe as moe_module
-from kernels.moe import CPU_MACS_PER_CALL, MoE, StackedMoE, stacked_experts
-from trainer.ring_linear.presets import preset_config
+from kernels.moe import CPU_MACS_PER_CALL, stacked_experts
+from models.ring_linear.moe import MoE, StackedMoE
+from models.ring_linear.presets import preset_config
 
 
 def _moe_pair(dtype=torch.float32, seed=0):

@@ -10,9 +10,9 @@ import torch
 from transformers import DynamicCache
 
 import trainer.ring_linear  # noqa: F401  (registers the model type with transformers)
+from models.ring_linear.presets import preset_config
+from models.ring_linear.reference import reference_logits
 from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
-from trainer.ring_linear.presets import preset_config
-from trainer.ring_linear.reference import reference_logits
 
 from test_ring_linear_model import _perturbed  # tests/unit is on sys.path (pytest's rootdir-relative import)
 

@@ -1,6 +1,6 @@
-"""Ring-linear training model (trainer/ring_linear): parity with the float64 reference, padding,
-gradients, gradient checkpointing, checkpoint round trip, strict loading, config validation,
-preset sizes.  CPU, tiny preset."""
+"""Ring-linear training model (trainer/ring_linear) and its definition (models/ring_linear): parity
+with the float64 reference, padding, gradients, gradient checkpointing, checkpoint round trip,
+strict loading, config validation, preset sizes.  CPU, tiny preset."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 
 import trainer.ring_linear  # noqa: F401  (registers the model type with transformers)
-from trainer.ring_linear.config import BailingMoeLinearV2Config
 from kernels.moe import route
+from models.ring_linear.config import BailingMoeLinearV2Config
+from models.ring_linear.presets import PRESETS, parameter_count, preset_config
+from models.ring_linear.reference import reference_logits
 from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
-from trainer.ring_linear.presets import PRESETS, build_random_checkpoint, parameter_count, preset_config
-from trainer.ring_linear.reference import reference_logits
+from trainer.ring_linear.random_checkpoint import build_random_checkpoint
 
 
 def _perturbed(model: BailingMoeLinearV2ForCausalLM, seed: int = 1) -> BailingMoeLinearV2ForCausalLM:
@@ -252,8 +253,6 @@ def test_sharded_checkpoint_round_trip(checkpoint, tmp_path):
 def test_missing_and_unexpected_weights_are_listed(checkpoint, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from trainer.ring_linear.loading import load_pretrained
-
     state = {}
     for f in sorted(checkpoint.glob("*.safetensors")):
         state.update(load_file(str(f)))
@@ -265,7 +264,7 @@ def test_missing_and_unexpected_weights_are_listed(checkpoint, tmp_path):
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text((checkpoint / "config.json").read_text())
     with pytest.raises(ValueError) as err:
-        load_pretrained(out)
+        BailingMoeLinearV2ForCausalLM.from_pretrained(out)
     msg = str(err.value)
     assert "missing weights (2)" in msg and "unexpected weights (1)" in msg
     for name in ("model.layers.2.attention.g_norm.weight", "model.layers.3.mlp.experts.5.up_proj.weight",
@@ -274,7 +273,7 @@ def test_missing_and_unexpected_weights_are_listed(checkpoint, tmp_path):
 
 
 def test_only_documented_names_are_skipped():
-    from trainer.ring_linear.loading import skipped_names
+    from models.ring_linear.weight_names import skipped_names
 
     names = {"model.layers.0.attention.dense.weight", "model.layers.1.attention.rotary_emb.inv_freq",
              "model.layers.0.attention.slope", "model.mtp.layers.0.eh_proj.weight",

@@ -1,15 +1,18 @@
-"""Ring-linear hybrid model, training side (DESIGN.md §3): config, model, presets, references.
+"""Ring-linear hybrid model, training side (DESIGN.md §3): the transformers model classes
+(:mod:`.modeling`) and seeded random checkpoints (:mod:`.random_checkpoint`); the config,
+names, presets and layers are the model definition's, :mod:`models.ring_linear`.
 
-Importing this package registers ``model_type = "bailing_moe_linear"`` with transformers'
-``AutoConfig`` and ``AutoModelForCausalLM`` (so ``AutoModelForCausalLM.from_pretrained`` on a
-Ring-linear directory builds :class:`BailingMoeLinearV2ForCausalLM`).  The model classes are
-imported lazily (``_LazyForCausalLM`` stands in the auto mapping; the package's
-``__getattr__`` resolves the class names), so ``import trainer`` pays only for the config.
+Importing this package registers the model with transformers' ``AutoModelForCausalLM`` (so
+``AutoModelForCausalLM.from_pretrained`` on a Ring-linear directory builds
+:class:`BailingMoeLinearV2ForCausalLM`; importing :mod:`models.ring_linear` registered the
+config with ``AutoConfig``).  The model classes are imported lazily (``_LazyForCausalLM`` stands
+in the auto mapping; the package's ``__getattr__`` resolves the class names), so
+``import trainer`` pays only for the config.
 """
 
 from __future__ import annotations
 
-from .config import ARCHITECTURE, MODEL_TYPE, BailingMoeLinearV2Config
+from models.ring_linear import BailingMoeLinearV2Config
 
 _MODEL_NAMES = ("BailingMoeLinearV2PreTrainedModel", "BailingMoeLinearV2Model",
                 "BailingMoeLinearV2ForCausalLM")
@@ -36,9 +39,8 @@ class _LazyForCausalLM:
 
 
 def _register() -> None:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    AutoConfig.register(MODEL_TYPE, BailingMoeLinearV2Config, exist_ok=True)
     AutoModelForCausalLM.register(BailingMoeLinearV2Config, _LazyForCausalLM, exist_ok=True)
 
 
@@ -52,4 +54,4 @@ def __getattr__(name: str):
 
 _register()
 
-__all__ = ["ARCHITECTURE", "MODEL_TYPE", "BailingMoeLinearV2Config", *_MODEL_NAMES]
+__all__ = list(_MODEL_NAMES)

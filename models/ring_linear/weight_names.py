@@ -1,13 +1,15 @@
-"""Strict loading of a Ring-linear Hugging Face directory.
+"""The Ring-linear checkpoint's weight names, as both engines load them.
 
-Owns the weight-name check: the set of tensor names in a checkpoint's safetensors files must
-equal the model's parameter names, else ``ValueError`` listing the missing and the unexpected
-ones (transformers only logs them and silently re-initialises missing weights).
+Owns the weight-name check (the trainer's ``from_pretrained``): the set of tensor names in a
+checkpoint's safetensors files must equal the model's parameter names, else ``ValueError``
+listing the missing and the unexpected ones (transformers only logs them and silently
+re-initialises missing weights).
 
 Names skipped on purpose, each logged (never silently): non-persistent buffers some exports
 carry (``*.inv_freq``, ``*.slope`` — SGLang's loader skips the same), and the multi-token-
 prediction heads when ``num_nextn_predict_layers > 0`` (``model.mtp.*`` as SGLang skips, and
 ``model.layers.N.*`` for ``N >= num_hidden_layers``): RL scores and trains the main head only.
+The rollout model's ``load_weights`` skips the same names (:func:`skipped_names`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger("lockstep.trainer.ring_linear")
+log = logging.getLogger("lockstep.models.ring_linear")
 
 _BUFFER_NAMES = re.compile(r"(^|\.)(inv_freq|slope)$")
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
@@ -90,11 +92,4 @@ def check_loaded(model: torch.nn.Module, path: str | os.PathLike) -> None:
     compare_names(set(model.state_dict().keys()), found - skipped, str(path))
 
 
-def load_pretrained(path: str | os.PathLike, dtype: torch.dtype | str | None = None, **kwargs):
-    """Loads a Ring-linear checkpoint directory strictly (``ValueError`` on name mismatch)."""
-    from .modeling import BailingMoeLinearV2ForCausalLM
-
-    return BailingMoeLinearV2ForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
-
-
-__all__ = ["checkpoint_names", "skipped_names", "compare_names", "check_loaded", "load_pretrained"]
+__all__ = ["checkpoint_names", "skipped_names", "compare_names", "check_loaded"]

@@ -1,12 +1,13 @@
 """Configuration of the Ring-linear hybrid model (``model_type = "bailing_moe_linear"``).
 
-Owns the config fields and their validation.  Field names and defaults follow the public
+Owns the config fields and their validation, and the names both engines key on (the model type,
+the architecture, the layer kinds, the FP8 config attribute).  Field names and defaults follow the public
 ``config.json`` of Ring-mini-linear-2.0 (``BailingMoeLinearV2ForCausalLM``) as reproduced by
 the public ports that load it (SGLang ``python/sglang/srt/models/bailing_moe_linear.py``,
 mlx-lm ``mlx_lm/models/bailing_moe_linear.py``, vLLM ``bailing_linear_attn.py``), so a published
 checkpoint directory loads with this class unchanged.
 
-One field is ours: ``linear_decay_layer_offset`` (see :mod:`trainer.ring_linear.modeling` and
+One field is ours: ``linear_decay_layer_offset`` (see :mod:`models.ring_linear` and
 ``kernels.linear_attention.decay``).  The published config has no such key; the default (1)
 is what the checkpoint's own Hugging Face modeling code computes, so published configs load
 with the right decay.
@@ -21,6 +22,9 @@ from transformers import PretrainedConfig
 MODEL_TYPE = "bailing_moe_linear"
 ARCHITECTURE = "BailingMoeLinearV2ForCausalLM"
 LINEAR, SOFTMAX = "linear_attention", "full_attention"
+# The model-config attribute through which the rollout engine's model learns the recipe's FP8
+# options (the rollout worker passes it as a vLLM ``hf_overrides`` key).
+FP8_CONFIG_KEY = "lockstep_fp8"
 
 
 class BailingMoeLinearV2Config(PretrainedConfig):
@@ -174,4 +178,4 @@ class BailingMoeLinearV2Config(PretrainedConfig):
         need(self.num_nextn_predict_layers >= 0, "num_nextn_predict_layers", "must be >= 0")
 
 
-__all__ = ["BailingMoeLinearV2Config", "MODEL_TYPE", "ARCHITECTURE", "LINEAR", "SOFTMAX"]
+__all__ = ["BailingMoeLinearV2Config", "MODEL_TYPE", "ARCHITECTURE", "LINEAR", "SOFTMAX", "FP8_CONFIG_KEY"]

@@ -1,7 +1,7 @@
 """Plain float64 forward of the whole Ring-linear model, for parity tests only.
 
-Written from DESIGN.md §3 and the conventions listed in :mod:`trainer.ring_linear.modeling`,
-independently of ``kernels/`` and of the model classes: it reads a state dict by the published
+Written from DESIGN.md §3 and the conventions listed in :mod:`models.ring_linear`, independently
+of ``kernels/`` and of both engines' model classes: it reads a state dict by the published
 weight names and runs one sequence at a time, token by token in the linear-attention layers
 (the naive recurrence ``S_t = λ S_{t-1} + k_tᵀ v_t``, ``o_t = q_t S_t / √d``), with an explicit
 masked softmax in the softmax layers and a per-token loop over the chosen experts.  Slow on

@@ -1,4 +1,5 @@
-"""Presets of the Ring-linear architecture and a builder for seeded random checkpoints.
+"""Presets of the Ring-linear architecture (seeded random checkpoints of them:
+:mod:`trainer.ring_linear.random_checkpoint`).
 
 * ``tiny``  — a few million parameters (CPU demo and tests): 4 layers in groups of 2 (linear,
   softmax, linear, softmax), a dense first layer, 8 experts in 4 groups.  head_dim 64, a size
@@ -15,9 +16,6 @@
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 from .config import ARCHITECTURE, BailingMoeLinearV2Config
 
@@ -58,6 +56,7 @@ PRESETS: dict[str, dict] = {
 
 
 def preset_config(name: str, **overrides) -> BailingMoeLinearV2Config:
+    """The config of preset ``name`` with ``overrides`` applied (``ValueError`` for an unknown name)."""
     if name not in PRESETS:
         raise ValueError(f"unknown Ring-linear preset {name!r}; known: {', '.join(PRESETS)}")
     return BailingMoeLinearV2Config(**{**PRESETS[name], **overrides})
@@ -92,58 +91,4 @@ def parameter_count(config: BailingMoeLinearV2Config) -> dict[str, int]:
     return {"total": total, "active": active, "embedding": embedding}
 
 
-def build_tokenizer(out: str | os.PathLike, vocab_size: int = 512):
-    """A byte-level BPE tokenizer (``<|endoftext|>`` = eos = pad) trained on a fixed built-in
-    text, saved to ``out``; deterministic.  Returns the ``PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    eos = "<|endoftext|>"
-    corpus = [f"Question: what is {a} plus {b}? Answer: {a + b}. The answer is {a + b}."
-              for a in range(0, 300, 7) for b in range(0, 300, 11)]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[eos], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=eos, bos_token=None)
-    fast.save_pretrained(str(out))
-    return fast
-
-
-def build_random_checkpoint(out: str | os.PathLike, preset: str = "tiny", seed: int = 0,
-                            tokenizer_dir: str | os.PathLike | None = None,
-                            max_shard_size: str = "2GB", **overrides) -> Path:
-    """Writes a seeded random Ring-linear checkpoint directory (config.json, safetensors
-    shards, tokenizer) and returns its path.  The tokenizer is copied from ``tokenizer_dir``
-    or built by :func:`build_tokenizer`; ``vocab_size`` becomes the tokenizer's length unless
-    overridden.  Meant for ``tiny`` (``mini``/``flash`` would allocate their full size)."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from .modeling import BailingMoeLinearV2ForCausalLM
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if tokenizer_dir is not None:
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        tokenizer.save_pretrained(str(out))
-    else:
-        tokenizer = build_tokenizer(out, vocab_size=PRESETS[preset]["vocab_size"])
-    ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    config = preset_config(preset, **{"vocab_size": len(tokenizer), **ids, **overrides})
-    torch.manual_seed(seed)
-    model = BailingMoeLinearV2ForCausalLM(config)
-    with torch.no_grad():  # a random but non-zero balancing bias, so the tests exercise it
-        g = torch.Generator().manual_seed(seed + 1)
-        for name, p in model.named_parameters():
-            if name.endswith("expert_bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    model.save_pretrained(str(out), max_shard_size=max_shard_size)
-    (out / "generation_config.json").unlink(missing_ok=True)
-    return out
-
-
-__all__ = ["PRESETS", "preset_config", "parameter_count", "build_tokenizer", "build_random_checkpoint"]
+__all__ = ["PRESETS", "preset_config", "parameter_count"]

@@ -1,0 +1,193 @@
+"""The Ring-linear MoE layer's modules, one definition for both engines (parameter names are
+the checkpoint's): the router :class:`MoEGate`, the SwiGLU expert, and the experts in two layouts —
+:class:`MoE` (the trainer's: one module per expert, which ZeRO-3 gathers one by one) and
+:class:`StackedMoE` (the rollout engine's: the weights stacked as vLLM's fused MoE keeps them).
+
+The math — routing, the order in which each token's expert terms are summed, the stacked-expert
+custom ops — is :mod:`kernels.moe`'s, so both layouts compute the same terms in the same order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.moe import (
+    combine_experts,
+    every_expert_pays,
+    every_expert_swiglu,
+    quantize_stacked_experts,
+    route,
+    stacked_experts,
+    stacked_experts_fp8,
+)
+from kernels.norm import compute_dtype
+
+from .config import BailingMoeLinearV2Config
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) · up(x))`` in the weight dtype (inputs cast to it)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.gate_proj.weight.dtype)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoEGate(nn.Module):
+    """The router: ``weight [E, D]`` and the fp32 balancing bias ``expert_bias [E]`` (not trained
+    by gradient).  Routing happens inside this module's call, so that ZeRO-3 has both
+    parameters gathered."""
+
+    def __init__(self, config: BailingMoeLinearV2Config):
+        super().__init__()
+        self.cfg = config
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+        self.expert_bias = nn.Parameter(torch.zeros(config.num_experts, dtype=torch.float32), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x ``[N, D]`` → (expert indices int64 ``[N, k]``, gates ``[N, k]`` fp32, fp64 for fp64 weights)."""
+        c, dt = self.cfg, compute_dtype(self.weight)
+        logits = F.linear(x.to(dt), self.weight.to(dt))  # router in fp32
+        return route(logits, self.expert_bias, c.num_experts_per_tok, c.n_group, c.topk_group,
+                     c.norm_topk_prob, c.routed_scaling_factor)
+
+
+class MoE(nn.Module):
+    """Routed SwiGLU experts + an optional shared expert; ``config`` carries the Ring-linear /
+    DeepSeek-V3 MoE fields (num_experts, num_experts_per_tok, n_group, topk_group, …)."""
+
+    def __init__(self, config: BailingMoeLinearV2Config):
+        super().__init__()
+        self.cfg = config
+        self.gate = MoEGate(config)
+        self.experts = nn.ModuleList(SwiGLU(config.hidden_size, config.moe_intermediate_size)
+                                     for _ in range(config.num_experts))
+        shared = config.moe_shared_expert_intermediate_size * config.num_shared_experts
+        self.shared_experts = SwiGLU(config.hidden_size, shared) if config.num_shared_experts > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32 (fp64 for fp64 weights)."""
+        flat = x.reshape(-1, x.shape[-1])
+        idx, w = self.gate(flat)
+        out = combine_experts(flat, idx, w, self.cfg.num_experts, lambda e, rows: self.experts[e](rows))
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat).to(out.dtype)
+        return out.view(x.shape)
+
+
+def load_expert_weight(param: torch.Tensor, loaded_weight: torch.Tensor, expert: int, start: int,
+                       end: int) -> None:
+    """Copies one expert's projection into its rows ``[start, end)`` of a stacked weight."""
+    param.data[expert, start:end].copy_(loaded_weight)
+
+
+class StackedMoE(nn.Module):
+    """:class:`MoE` with the experts' weights stacked, as inference engines keep them (vLLM's
+    fused-MoE layout): ``experts_w13 [S, 2I, D]`` (gate_proj rows, then up_proj rows) and
+    ``experts_w2 [S, D, I]`` (down_proj) for the E routed experts and, when it has their width
+    (all presets), the shared expert as the last of the S; the router is MoE's own module.  The
+    same function as :class:`MoE` (same routing, the same expert terms summed in the same
+    order, the shared expert added last) in two grouped GEMMs instead of three calls per
+    expert; no autograd (the rollout model).  Checkpoint names ``experts.{e}.{proj}.weight``
+    and ``shared_experts.{proj}.weight`` map onto slices of the stacks (:meth:`expert_slot`)."""
+
+    def __init__(self, config: BailingMoeLinearV2Config):
+        super().__init__()
+        self.cfg = config
+        E, D, inter = config.num_experts, config.hidden_size, config.moe_intermediate_size
+        shared = config.moe_shared_expert_intermediate_size * config.num_shared_experts
+        self.gate = MoEGate(config)
+        self.shared_stacked = config.num_shared_experts > 0 and shared == inter
+        stack = E + self.shared_stacked
+        self.experts_w13 = nn.Parameter(torch.empty(stack, 2 * inter, D), requires_grad=False)
+        self.experts_w2 = nn.Parameter(torch.empty(stack, D, inter), requires_grad=False)
+        for weight in (self.experts_w13, self.experts_w2):
+            weight.weight_loader = load_expert_weight  # vLLM's loader hook (in-place reloads)
+        self.shared_experts = (SwiGLU(D, shared) if config.num_shared_experts > 0 and not self.shared_stacked
+                               else None)
+        self.fp8: tuple[bool, bool] | None = None  # (pow2_scale, batch_invariant) once use_fp8 ran
+        self.fp8_weights: tuple[torch.Tensor, ...] | None = None  # quantize_weight_once's
+
+    def use_fp8(self, pow2_scale: bool = False, batch_invariant: bool = False) -> None:
+        """Run the stacked experts' projections as FP8 GEMMs, as ``FP8Linear`` experts would
+        (called by :func:`kernels.fp8.swap_linears_to_fp8`; a shared expert kept as its own
+        module is swapped there like any projection)."""
+        self.fp8 = (pow2_scale, batch_invariant)
+
+    def quantize_weight_once(self) -> None:
+        """With FP8 on, quantize the stacked experts now and reuse them until the next call (the
+        rollout plugin calls it after every weight load, ``kernels.fp8.quantize_fp8_weights``);
+        without, every forward quantizes the live stacks."""
+        if self.fp8 is not None:
+            self.fp8_weights = quantize_stacked_experts(self.experts_w13, self.experts_w2, self.fp8[0])
+
+    def fp8_projections(self) -> int:
+        """The stacked weight matrices running as FP8 GEMMs (3 per stacked expert, or none)."""
+        return 0 if self.fp8 is None else 3 * self.experts_w13.shape[0]
+
+    def checkpoint_slot(self, name: str) -> tuple[str, int, int, int] | None:
+        """:meth:`expert_slot` of a checkpoint name relative to this module
+        (``experts.{e}.{proj}.weight``, ``shared_experts.{proj}.weight``); None for other names
+        (the router's, a shared expert kept as its own module, an expert index out of range)."""
+        parts = name.split(".")
+        if len(parts) == 4 and parts[0] == "experts" and parts[1].isdigit() \
+                and int(parts[1]) < self.cfg.num_experts:
+            expert = int(parts[1])
+        elif len(parts) == 3 and parts[0] == "shared_experts" and self.shared_stacked:
+            expert = None
+        else:
+            return None
+        if parts[-1] != "weight" or parts[-2] not in ("gate_proj", "up_proj", "down_proj"):
+            return None
+        return self.expert_slot(expert, parts[-2])
+
+    def checkpoint_names(self, prefix: str) -> list[str]:
+        """The checkpoint names that fill the stacks, under this module's ``prefix``."""
+        names = [f"{prefix}.experts.{e}" for e in range(self.cfg.num_experts)]
+        names += [f"{prefix}.shared_experts"] if self.shared_stacked else []
+        return [f"{n}.{p}.weight" for n in names for p in ("gate_proj", "up_proj", "down_proj")]
+
+    def expert_slot(self, expert: int | None, projection: str) -> tuple[str, int, int, int]:
+        """Where ``experts.{expert}.{projection}.weight`` lives (``expert`` None: the shared
+        expert's): (stacked parameter name, stack index, first row, end row), the arguments of
+        :func:`load_expert_weight`."""
+        index = self.cfg.num_experts if expert is None else expert
+        inter = self.cfg.moe_intermediate_size
+        if projection == "down_proj":
+            return "experts_w2", index, 0, self.cfg.hidden_size
+        start = 0 if projection == "gate_proj" else inter
+        return "experts_w13", index, start, start + inter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32, as :meth:`MoE.forward`."""
+        flat = x.reshape(-1, x.shape[-1])
+        idx, w = self.gate(flat)
+        w13, w2, shared = self.experts_w13, self.experts_w2, self.shared_stacked
+        xs = flat.to(w13.dtype)
+        if self.fp8 is not None:
+            quantized = (self.fp8_weights if self.fp8_weights is not None
+                         else quantize_stacked_experts(w13, w2, self.fp8[0]))
+            out = stacked_experts_fp8(xs, idx, w, *quantized, shared, self.fp8[0])
+        elif torch.compiler.is_compiling() and every_expert_pays(xs, idx, w13, shared, tokens=1):
+            # compiled (the rollout engine on CPU): decode-sized batches run every expert inside
+            # the compiled graph, fused around the GEMMs, the rest the opaque op; chosen per call
+            # (models whose experts never pay, e.g. mini's 256, skip tracing that branch)
+            out = torch.cond(every_expert_pays(xs, idx, w13, shared),
+                             lambda *t: every_expert_swiglu(*t, shared), lambda *t: stacked_experts(*t, shared),
+                             (xs, idx, w, w13, w2))
+        else:
+            out = stacked_experts(xs, idx, w, w13, w2, shared)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(flat).to(out.dtype)
+        return out.view(x.shape)
+
+
+__all__ = ["SwiGLU", "MoEGate", "MoE", "StackedMoE", "load_expert_weight"]

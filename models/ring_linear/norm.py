@@ -1,0 +1,36 @@
+"""The Ring-linear model's norm modules (parameter ``weight``, as in the checkpoint), for both
+engines: :class:`RMSNorm` and :class:`GroupRMSNorm` (the linear layers' output norm), computing
+:func:`kernels.norm.rms_norm` / :func:`kernels.norm.group_rms_norm` in fp32."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kernels.norm import group_rms_norm, rms_norm
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim; returns fp32 (fp64 for fp64 weights)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class GroupRMSNorm(RMSNorm):
+    """RMSNorm over ``groups`` equal slices of the last dim; one ``[dim]`` weight."""
+
+    def __init__(self, dim: int, groups: int, eps: float):
+        super().__init__(dim, eps)
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_rms_norm(x, self.weight, self.groups, self.eps)
+
+
+__all__ = ["RMSNorm", "GroupRMSNorm"]
