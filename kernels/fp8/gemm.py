@@ -13,16 +13,20 @@ then promoted: ``acc += P_k * (sA_k ⊗ sB_k)`` in fp32 (DeepSeek-V3's per-128 p
 also keeps Hopper's limited-precision FP8 accumulation short). No split-K and a fixed K order:
 a row of C does not depend on M or on the other rows (batch invariant; the GPU benchmark checks
 it bitwise across M and tile configurations).
+
+Implementations (``backend=`` as in :mod:`kernels.backend`): the PyTorch path
+(``gemm_torch.py``), the Triton kernels here, the Gluon kernels on Hopper (``gemm_hopper.py``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .backend import HAS_TRITON, TMA, check_2d, launch, log, pick_backend, tl, triton
-from .gemm_hopper import (fp8_gemm_gluon, fp8_gemm_gluon_ws, scales_tma_ok,
-                          gluon_supported, num_sms)
-from .reference import BLOCK, FP8_DTYPE, _cdiv, fp8_gemm_torch
+from ..backend import HAS_TRITON, Backend, log, resolve_backend, tl, triton
+from .format import BLOCK, FP8_DTYPE, cdiv, check_2d
+from .gemm_hopper import fp8_gemm_gluon, fp8_gemm_gluon_ws, gluon_supported, num_sms, scales_tma_ok
+from .gemm_torch import fp8_gemm_torch
+from .launch import TMA, launch
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -191,13 +195,13 @@ def _pick_config(m: int, n: int, k: int, on_cpu: bool, batch_invariant: bool, gl
     # the 128×128 kernel spreads the work over twice as many SMs — for 128×128-block B only:
     # with 1×128 B scales (wgrad) its two scale vectors spill, and Triton's kernel is faster.
     # 1×128 B on gluon_ws (scales TMA-loaded with the operands): see BENCHMARKS.md, FP8.
-    if gluon_ok and _cdiv(m, 128) * _cdiv(n, 256) >= sms:
+    if gluon_ok and cdiv(m, 128) * cdiv(n, 256) >= sms:
         return _CONFIG_GLUON_WS if b_block else _CONFIG_GLUON_WS_ROWWISE_B
     if gluon_ok and b_block:
         return _CONFIG_GLUON
     if batch_invariant:
         cfg = _CONFIG_INVARIANT
-    elif m <= 256 or _cdiv(m, 128) * _cdiv(n, 128) < 132:
+    elif m <= 256 or cdiv(m, 128) * cdiv(n, 128) < 132:
         cfg = _CONFIG_SMALL_M
     else:
         cfg = _CONFIG_LARGE
@@ -229,12 +233,12 @@ def _validate(aq, a_scale, bq, b_scale, out_dtype):
     n, kb_ = bq.shape
     if kb_ != k:
         raise ValueError(f"aq [M, K]={tuple(aq.shape)} and bq [N, K]={tuple(bq.shape)} differ in K")
-    kb = _cdiv(k, BLOCK)
+    kb = cdiv(k, BLOCK)
     if tuple(a_scale.shape) != (m, kb):
         raise ValueError(f"a_scale must be [M, ceil(K/128)] = {(m, kb)}, got {tuple(a_scale.shape)}")
-    if tuple(b_scale.shape) not in ((_cdiv(n, BLOCK), kb), (n, kb)):
+    if tuple(b_scale.shape) not in ((cdiv(n, BLOCK), kb), (n, kb)):
         raise ValueError(
-            f"b_scale must be [ceil(N/128), ceil(K/128)] = {(_cdiv(n, BLOCK), kb)} (block) or "
+            f"b_scale must be [ceil(N/128), ceil(K/128)] = {(cdiv(n, BLOCK), kb)} (block) or "
             f"[N, ceil(K/128)] = {(n, kb)} (1×128), got {tuple(b_scale.shape)}"
         )
     if out_dtype not in _OUT_DTYPES:
@@ -261,7 +265,7 @@ def _make_plan(aq, a_scale, bq, b_scale, out_dtype, batch_invariant, backend, co
     """"torch" (the PyTorch path), or (why the Gluon kernels cannot run or None, b_block,
     (BLOCK_M, BLOCK_N, num_warps, num_stages, kind)); raises on invalid operands."""
     _validate(aq, a_scale, bq, b_scale, out_dtype)
-    if pick_backend("fp8_gemm", aq, backend) == "torch":
+    if resolve_backend("fp8_gemm", aq, backend) == "torch":
         return "torch"
     m, k = aq.shape
     n = bq.shape[0]
@@ -294,13 +298,16 @@ def fp8_gemm(
     out_dtype: torch.dtype = torch.bfloat16,
     *,
     batch_invariant: bool = False,
-    backend: str | None = None,
+    backend: Backend = "auto",
     config: tuple[int, int, int, int, str] | None = None,
 ) -> torch.Tensor:
-    """``(aq·a_scale) @ (bq·b_scale)ᵀ`` → [M, N] out_dtype (see the module docstring for shapes).
+    """``(aq·a_scale) @ (bq·b_scale)ᵀ`` → [M, N] out_dtype (bf16, fp16 or fp32).
 
-    batch_invariant pins one tile configuration for every M (strict mode). ``config`` (a tuple)
-    overrides the (BLOCK_M, BLOCK_N, num_warps, num_stages, kind) choice (benchmarks).
+    aq [M, K] e4m3 with a_scale [M, ceil(K/128)] fp32; bq [N, K] e4m3 with b_scale fp32
+    [ceil(N/128), ceil(K/128)] (128×128 blocks) or [N, ceil(K/128)] (1×128 tiles); aq and bq
+    contiguous along K. batch_invariant pins one tile configuration for every M (strict mode).
+    ``config`` (a tuple) overrides the (BLOCK_M, BLOCK_N, num_warps, num_stages, kind) choice
+    (benchmarks).
     """
     key = (_layout(aq), _layout(a_scale), _layout(bq), _layout(b_scale), out_dtype, batch_invariant,
            backend, config)
@@ -324,7 +331,7 @@ def fp8_gemm(
         return fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages, b_block=b_block,
                                  **_ws_options(options))
     c = torch.empty(m, n, dtype=out_dtype, device=aq.device)
-    grid = (_cdiv(m, bm) * _cdiv(n, bn),)
+    grid = (cdiv(m, bm) * cdiv(n, bn),)
     scale_args = (a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1))
     if kind == "ptr":
         launch(_fp8_gemm_kernel, grid,
