@@ -9,10 +9,11 @@ Modules, one per op, each holding its public function(s) and the choice of imple
 ``quantize`` (the five quantizers), ``gemm`` (``fp8_gemm``), ``grouped`` (``fp8_gemm_grouped``:
 one launch for many experts' GEMMs), ``fused`` (``rmsnorm_quant``, ``silu_mul_quant``),
 ``linear`` (autograd ``fp8_linear`` / ``FP8Linear`` and the model-level switches).
-Implementations: ``quantize_torch`` / ``gemm_torch`` (the PyTorch path), ``quantize_triton``,
-``quantize_hopper`` / ``gemm_hopper`` (Gluon).  Below them: ``format`` (dtype, block, scale
-rule), ``launch`` (low-overhead kernel launches).  ``reference`` holds the tests' and
-benchmarks' references; nothing in the engines calls it.
+Implementations: ``quantize_torch`` / ``gemm_torch`` (the PyTorch path), ``quantize_triton`` /
+``gemm_triton`` (Triton), ``quantize_hopper`` / ``gemm_hopper`` (Gluon); ``grouped`` and ``fused``
+are small enough to hold their one Triton kernel and PyTorch path beside the function.
+Below them: ``format`` (dtype, block, scale rule), ``launch`` (low-overhead kernel launches).
+``reference`` holds the tests' and benchmarks' references; nothing in the engines calls it.
 """
 
 from .format import FP8_DTYPE, FP8_MAX

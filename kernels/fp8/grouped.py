@@ -31,7 +31,7 @@ from .launch import launch
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 if HAS_TRITON:
-    from .gemm import block_scaled_dot
+    from .gemm_triton import block_scaled_dot
 
     @triton.jit
     def _fp8_gemm_grouped_kernel(

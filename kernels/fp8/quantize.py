@@ -23,23 +23,20 @@ from __future__ import annotations
 
 import torch
 
-from ..backend import Backend, log, resolve_backend
-from . import quantize_hopper
+from ..backend import HAS_TRITON, Backend, log, resolve_backend
 from .format import BLOCK, FP8_DTYPE, cdiv, check_2d
 from .launch import launch
+from .quantize_hopper import gluon_quant_supported, quant_act_gluon, quant_weight_gluon
 from .quantize_torch import (
     quantize_act_both_torch,
     quantize_act_t_torch,
     quantize_act_torch,
     quantize_weight_torch,
 )
-from .quantize_triton import (
-    empty_act_scale,
-    empty_padded_rows,
-    empty_transposed,
-    quant_act_kernel,
-    quant_weight_kernel,
-)
+from .quantize_triton import empty_act_scale, empty_padded_rows, empty_transposed
+
+if HAS_TRITON:  # CPU-only installs may lack triton
+    from .quantize_triton import quant_act_kernel, quant_weight_kernel
 
 _FLOAT_IN = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -64,7 +61,7 @@ def _use_gluon(x: torch.Tensor, mode: str, cfg) -> bool:
         return False
     if cfg is None and mode not in _GLUON_MODES:
         return False
-    why = quantize_hopper.gluon_quant_supported(x)
+    why = gluon_quant_supported(x)
     if why is not None:
         if cfg is not None:
             raise ValueError(f"quantize ({mode}): Gluon kernel asked for but unusable: {why}")
@@ -92,8 +89,8 @@ def _quant_act_triton(x: torch.Tensor, rowwise: bool, colwise: bool, pow2_scale:
             qt, qt_words = empty_transposed(k, m, x.device)
         st = empty_act_scale(k, cdiv(m, BLOCK), x.device)
     if gluon:
-        quantize_hopper.quant_act_gluon(x, q, s, qt, st, rowwise, colwise, pow2_scale,
-                                        None if cfg in (None, "gluon") else cfg[1:])
+        quant_act_gluon(x, q, s, qt, st, rowwise, colwise, pow2_scale,
+                        None if cfg in (None, "gluon") else cfg[1:])
         return q, s, qt, st
     block_m, block_k, warps, *maxnreg = cfg or _QUANT_CFG[mode]  # optional register cap
     if colwise and block_m != BLOCK or rowwise and block_k % BLOCK:
@@ -170,8 +167,8 @@ def _quant_weight_triton(w: torch.Tensor, pow2_scale: bool, transposed: bool, cf
         s = torch.empty(nb, kb, dtype=torch.float32, device=w.device)
         s_n, s_k = s.stride(0), s.stride(1)
     if gluon:
-        quantize_hopper.quant_weight_gluon(w, None if transposed else q, q if transposed else None, s,
-                                           pow2_scale, None if cfg in (None, "gluon") else cfg[1:])
+        quant_weight_gluon(w, None if transposed else q, q if transposed else None, s,
+                           pow2_scale, None if cfg in (None, "gluon") else cfg[1:])
         return q, s
     launch(quant_weight_kernel, (nb, kb), w, out, s, out, n, k, cdiv(n, 4), w.stride(0), w.stride(1),
            out.stride(0), out.stride(0), s_n, s_k, POW2=pow2_scale,
