@@ -530,7 +530,7 @@ def linear_section(dev) -> None:
         same = torch.equal(f_(), dw_ref)
         t = bench(f_)
         say(f"wgrad {name_}: {t * 1e3:.0f} us, {wfl / (t * 1e-3) / 1e12:.0f} TFLOP/s, bitwise equal to Triton: {same}")
-    from kernels.fp8 import backend as B
+    from kernels.fp8 import launch as B
 
     for key_, direct in B._COMPILED.items():  # registers / spills of the compiled GEMM kernels
         ck = direct.compiled

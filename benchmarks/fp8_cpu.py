@@ -1,5 +1,6 @@
-"""CPU timings of the block-scaled FP8 path (kernels/fp8/reference.py and its CPU dispatch): the
-current code against an earlier reference.py loaded from git at run time, in the same run.
+"""CPU timings of the block-scaled FP8 path (kernels/fp8/quantize_torch.py, gemm_torch.py and their
+CPU dispatch): the current code against an earlier kernels/fp8/reference.py (which held the CPU
+path until it was split) loaded from git at run time, in the same run.
 
     python benchmarks/fp8_cpu.py [--old-rev REV] [--threads 1 2] [--repeats 7] [--quick]
 
@@ -8,7 +9,7 @@ quantize_weight, quantize_weight_t, fp8_gemm (the PyTorch path), FP8Linear forwa
 forward+backward, and F.linear (fp32) forward and forward+backward as the anchor; old and new
 alternate call by call (the machine is noisy), each timing the median over ``--repeats`` rounds
 of the median of many calls. "old" runs the same dispatch (quantize.py, gemm.py, linear.py) with the
-old reference functions patched in, so the ratio measures reference.py and the CPU branches.
+old reference functions patched in, so the ratio measures the CPU path's functions.
 Bitwise equality of the two is checked by benchmarks/fp8_cpu_check.py.
 """
 
@@ -34,7 +35,6 @@ import torch.nn.functional as F  # noqa: E402
 from kernels.fp8 import fp8_gemm, fp8_linear  # noqa: E402
 from kernels.fp8 import gemm as G  # noqa: E402
 from kernels.fp8 import quantize as Q  # noqa: E402
-from kernels.fp8 import reference as NEW  # noqa: E402
 
 # The last commit before the CPU speed-up of reference.py (the default "old" for the comparison).
 BASE_REV = "6241847"
@@ -58,16 +58,13 @@ def load_old_reference(rev: str = BASE_REV, path: str | None = None):
 def old_path(old):
     """Run the CPU dispatch with the old reference functions (and the old CPU branches: both
     orientations quantized from x separately)."""
-    saved = {(Q, "quantize_act_ref"): Q.quantize_act_ref, (Q, "quantize_act_t_ref"): Q.quantize_act_t_ref,
-             (Q, "quantize_weight_ref"): Q.quantize_weight_ref, (G, "fp8_gemm_torch"): G.fp8_gemm_torch}
-    had_both = hasattr(Q, "_quantize_act_both_cpu")
-    if had_both:
-        saved[(Q, "_quantize_act_both_cpu")] = Q._quantize_act_both_cpu
+    names = [(Q, "quantize_act_torch"), (Q, "quantize_act_t_torch"), (Q, "quantize_weight_torch"),
+             (Q, "quantize_act_both_torch"), (G, "fp8_gemm_torch")]
+    saved = {(mod, name): getattr(mod, name) for mod, name in names}
     try:
-        Q.quantize_act_ref, Q.quantize_act_t_ref = old.quantize_act_ref, old.quantize_act_t_ref
-        Q.quantize_weight_ref, G.fp8_gemm_torch = old.quantize_weight_ref, old.fp8_gemm_torch
-        if had_both:
-            Q._quantize_act_both_cpu = lambda x, p2: (*old.quantize_act_ref(x, p2), *old.quantize_act_t_ref(x, p2))
+        Q.quantize_act_torch, Q.quantize_act_t_torch = old.quantize_act_ref, old.quantize_act_t_ref
+        Q.quantize_weight_torch, G.fp8_gemm_torch = old.quantize_weight_ref, old.fp8_gemm_torch
+        Q.quantize_act_both_torch = lambda x, p2: (*old.quantize_act_ref(x, p2), *old.quantize_act_t_ref(x, p2))
         yield
     finally:
         for (mod, name), fn in saved.items():

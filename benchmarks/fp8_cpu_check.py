@@ -1,5 +1,7 @@
-"""Bitwise check of the CPU FP8 path (kernels/fp8/reference.py and its CPU dispatch) against an
-earlier version of reference.py, loaded from git at run time (or from a file).
+"""Bitwise check of the CPU FP8 path (kernels/fp8/quantize_torch.py, gemm_torch.py and their CPU
+dispatch) and of the tests' references (kernels/fp8/reference.py) against an earlier version of
+kernels/fp8/reference.py (which held the CPU path until it was split), loaded from git at run
+time (or from a file).
 
     python benchmarks/fp8_cpu_check.py [--old-rev REV | --old-file PATH] [--cases N]
 
@@ -23,8 +25,16 @@ import torch  # noqa: E402
 
 from fp8_cpu import BASE_REV, load_old_reference  # noqa: E402
 from kernels.fp8 import FP8_DTYPE, fp8_linear  # noqa: E402
-from kernels.fp8 import reference as NEW  # noqa: E402
-from kernels.fp8.quantize import quantize_act_both, quantize_weight_t  # noqa: E402
+from kernels.fp8 import format as FMT  # noqa: E402
+from kernels.fp8 import quantize_act_both, quantize_weight_t  # noqa: E402
+from kernels.fp8 import reference as REF  # noqa: E402
+from kernels.fp8.gemm_torch import fp8_gemm_torch  # noqa: E402
+from kernels.fp8.quantize_torch import (  # noqa: E402
+    _quantize_tiles,
+    quantize_act_t_torch,
+    quantize_act_torch,
+    quantize_weight_torch,
+)
 
 _INT_OF = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,
            torch.float16: torch.int16, FP8_DTYPE: torch.uint8}
@@ -80,9 +90,15 @@ def check_quantizers(old, g, cases: int) -> int:
                     x = make_input(k, m, dtype, g, special).t()
                 for p2 in (False, True):
                     what = f"{m}x{k} {dtype} pow2={p2} special={special} contiguous={x.is_contiguous()}"
-                    same("quantize_act_ref " + what, NEW.quantize_act_ref(x, p2), old.quantize_act_ref(x, p2))
-                    same("quantize_act_t_ref " + what, NEW.quantize_act_t_ref(x, p2), old.quantize_act_t_ref(x, p2))
-                    same("quantize_weight_ref " + what, NEW.quantize_weight_ref(x, p2), old.quantize_weight_ref(x, p2))
+                    same("quantize_act_torch " + what, quantize_act_torch(x, p2), old.quantize_act_ref(x, p2))
+                    same("quantize_act_t_torch " + what, quantize_act_t_torch(x, p2), old.quantize_act_t_ref(x, p2))
+                    same("quantize_weight_torch " + what, quantize_weight_torch(x, p2), old.quantize_weight_ref(x, p2))
+                    same("reference.quantize_act_ref " + what, REF.quantize_act_ref(x, p2),
+                         old.quantize_act_ref(x, p2))
+                    same("reference.quantize_act_t_ref " + what, REF.quantize_act_t_ref(x, p2),
+                         old.quantize_act_t_ref(x, p2))
+                    same("reference.quantize_weight_ref " + what, REF.quantize_weight_ref(x, p2),
+                         old.quantize_weight_ref(x, p2))
                     if dtype != torch.float64:  # the dispatch accepts fp32/bf16/fp16
                         same("quantize_act_both " + what, quantize_act_both(x, p2),
                              (*old.quantize_act_ref(x, p2), *old.quantize_act_t_ref(x, p2)))
@@ -92,9 +108,9 @@ def check_quantizers(old, g, cases: int) -> int:
                     n += 1
                 amax = x.double().abs().float()  # any fp32 values, including subnormal / inf / NaN
                 for p2 in (False, True):
-                    same(f"scale_from_amax {dtype}", NEW.scale_from_amax(amax, p2), old.scale_from_amax(amax, p2))
+                    same(f"scale_from_amax {dtype}", FMT.scale_from_amax(amax, p2), old.scale_from_amax(amax, p2))
                 s = old.scale_from_amax(amax, False)
-                same("_quantize_tiles", NEW._quantize_tiles(x.float(), s), old._quantize_tiles(x.float(), s))
+                same("_quantize_tiles", _quantize_tiles(x.float(), s), old._quantize_tiles(x.float(), s))
     return n
 
 
@@ -121,18 +137,21 @@ def check_gemm(old, g, cases: int) -> int:
             kb, nb = -(-k // 128), -(-nn // 128)
             nan = rep % 3 == 2
             if rep % 2 == 0:  # operands from the quantizers
-                aq, as_ = NEW.quantize_act_ref(make_input(m, k, torch.float32, g, nan))
+                aq, as_ = quantize_act_torch(make_input(m, k, torch.float32, g, nan))
                 if rep % 4 == 0:
-                    bq, bs = NEW.quantize_weight_ref(make_input(nn, k, torch.float32, g, nan))
+                    bq, bs = quantize_weight_torch(make_input(nn, k, torch.float32, g, nan))
                 else:  # the wgrad form: B with 1×128 scales
-                    bq, bs = NEW.quantize_act_ref(make_input(nn, k, torch.float32, g, nan))
+                    bq, bs = quantize_act_torch(make_input(nn, k, torch.float32, g, nan))
             else:  # raw bytes and wide-range scales
                 aq, as_ = random_fp8((m, k), g, nan), random_scales((m, kb), g)
                 bq = random_fp8((nn, k), g, nan)
                 bs = random_scales((nb, kb) if rep % 4 == 1 else (nn, kb), g)
             for out in (torch.float32, torch.bfloat16, torch.float16):
-                same(f"fp8_gemm_torch {m}x{nn}x{k} {out} nan={nan} b_scale={tuple(bs.shape)}",
-                     NEW.fp8_gemm_torch(aq, as_, bq, bs, out), old.fp8_gemm_torch(aq, as_, bq, bs, out))
+                what = f"{m}x{nn}x{k} {out} nan={nan} b_scale={tuple(bs.shape)}"
+                same("fp8_gemm_torch " + what, fp8_gemm_torch(aq, as_, bq, bs, out),
+                     old.fp8_gemm_torch(aq, as_, bq, bs, out))
+                same("reference.fp8_gemm_blocks_ref " + what, REF.fp8_gemm_blocks_ref(aq, as_, bq, bs, out),
+                     old.fp8_gemm_torch(aq, as_, bq, bs, out))
                 n += 1
     return n
 

@@ -237,8 +237,8 @@ def autograd_trace(f8, x, dy, steps: int = 20) -> None:
         return r
 
     L._FP8LinearFn.backward = staticmethod(bwd)
-    # TMA descriptors: lookups in backend's cache and encodings (cache misses), where it has one.
-    from kernels.fp8 import backend as B
+    # TMA descriptors: lookups in launch's cache and encodings (cache misses), where it has one.
+    from kernels.fp8 import launch as B
     from triton.backends.nvidia import driver as D
 
     counts = {"lookups": 0, "encodes": 0}

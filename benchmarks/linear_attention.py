@@ -48,7 +48,7 @@ def row(**kw):
 def _chunk_mod():
     import importlib
 
-    return importlib.import_module("kernels.linear_attention.chunk")
+    return importlib.import_module("kernels.linear_attention.chunk_triton")
 
 
 def gpu_correctness(dev):
@@ -277,7 +277,7 @@ def sweep(dev, decode_sweep=False):
     """Launch configurations of the chunk kernel (timing only; the default is a fixed constant)."""
     import importlib
 
-    ck = importlib.import_module("kernels.linear_attention.chunk")
+    ck = importlib.import_module("kernels.linear_attention.chunk_triton")
 
     base = (ck.BV, ck.NUM_WARPS, ck.NUM_STAGES, ck.SPLIT_STATE, ck.SPLIT_DERIVED)
     B, T = 4, 8192
@@ -321,7 +321,7 @@ def sweep(dev, decode_sweep=False):
     # decode kernel configurations (graph replay, B=64 and B=1), and bitwise agreement
     import importlib
 
-    rk = importlib.import_module("kernels.linear_attention.recurrent")
+    rk = importlib.import_module("kernels.linear_attention.recurrent_triton")
     rbase = (rk.BV_DECODE, rk.DECODE_WARPS)
     for B in (1, 64):
         qd, kd, vd = [torch.randn(B, H, D, device=dev) for _ in range(3)]

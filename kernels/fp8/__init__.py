@@ -1,22 +1,27 @@
 """Block-scaled FP8 (e4m3, 1×128 activation tiles, 128×128 weight blocks, fp32 scales).
 
 One implementation shared by the trainer and the rollout engine, so FP8 rollout and FP8
-training forwards quantize identically. CUDA tensors run the Triton kernels; CPU tensors run
-the PyTorch implementation in ``reference.py`` (same quantized bits; exact GEMM), so the CPU
-demo can run in FP8. ``backend="triton"`` on CPU runs the kernels in the Triton interpreter.
+training forwards quantize identically.  ``backend=`` as in :mod:`kernels.backend`: CUDA
+tensors run the Triton (on Hopper partly Gluon) kernels, CPU tensors the PyTorch path (same
+quantized bits; exact GEMM), so the CPU demo can run in FP8.
 
-Modules: ``reference`` (PyTorch reference / CPU path), ``quantize`` (``quantize_hopper``: the
-Gluon kernel for the transposed forms on Hopper), ``gemm``, ``grouped`` (one launch for many experts' GEMMs), ``linear``
-(autograd FP8Linear), ``fused`` (rmsnorm_quant, silu_mul_quant), ``backend`` (dispatch).
+Modules, one per op, each holding its public function(s) and the choice of implementation:
+``quantize`` (the five quantizers), ``gemm`` (``fp8_gemm``), ``grouped`` (``fp8_gemm_grouped``:
+one launch for many experts' GEMMs), ``fused`` (``rmsnorm_quant``, ``silu_mul_quant``),
+``linear`` (autograd ``fp8_linear`` / ``FP8Linear`` and the model-level switches).
+Implementations: ``quantize_torch`` / ``gemm_torch`` (the PyTorch path), ``quantize_triton`` /
+``gemm_triton`` (Triton), ``quantize_hopper`` / ``gemm_hopper`` (Gluon); ``grouped`` and ``fused``
+are small enough to hold their one Triton kernel and PyTorch path beside the function.
+Below them: ``format`` (dtype, block, scale rule), ``launch`` (low-overhead kernel launches).
+``reference`` holds the tests' and benchmarks' references; nothing in the engines calls it.
 """
 
+from .format import FP8_DTYPE, FP8_MAX
 from .fused import rmsnorm_quant, silu_mul_quant
 from .gemm import fp8_gemm
 from .grouped import fp8_gemm_grouped
 from .linear import FP8Linear, fp8_linear, fp8_projection_count, quantize_fp8_weights, swap_linears_to_fp8
 from .quantize import (
-    FP8_DTYPE,
-    FP8_MAX,
     quantize_act,
     quantize_act_both,
     quantize_act_t,
@@ -24,16 +29,13 @@ from .quantize import (
     quantize_weight_t,
     transpose_quantized_weight,
 )
-from .reference import dequantize_ref, fp8_gemm_ref
 
 __all__ = [
     "FP8_DTYPE",
     "FP8_MAX",
     "FP8Linear",
-    "dequantize_ref",
     "fp8_gemm",
     "fp8_gemm_grouped",
-    "fp8_gemm_ref",
     "fp8_linear",
     "fp8_projection_count",
     "quantize_act",

@@ -13,27 +13,31 @@ itself agrees (same fp32 norm math; the tests bound y against the fp32 reference
   plus y [M, I] if return_y. y = silu(gate) · up in fp32.
 
 Forward only (rollout, and training forwards that hand ``x_quant`` to ``fp8_linear``).
+``backend=`` as in :mod:`kernels.backend`: the PyTorch path (fp32 math here, then
+``quantize_act_torch``) or the Triton kernels here (whose tile math is ``quantize_triton.py``'s).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .backend import HAS_TRITON, check_2d, launch, pick_backend, tl, triton
-from .quantize import _empty_act_scale
-from .reference import BLOCK, FP8_DTYPE, _cdiv, quantize_act_ref, rmsnorm_ref, silu_mul_ref
+from ..backend import HAS_TRITON, Backend, resolve_backend, tl, triton
+from .format import BLOCK, FP8_DTYPE, cdiv, check_2d
+from .launch import launch
+from .quantize_torch import quantize_act_torch
+from .quantize_triton import empty_act_scale
 
 _FLOAT_IN = (torch.float32, torch.bfloat16, torch.float16)
 
 if HAS_TRITON:
-    from .quantize import as_f32, tile_scale, to_e4m3
+    from .quantize_triton import as_f32, tile_scale, to_e4m3
 
     @triton.jit
     def _quantize_rows_and_store(y, rows, cols, group0, M, N, q_ptr, s_ptr, stride_qm, stride_sk,
                                  BF16_Y: tl.constexpr, POW2: tl.constexpr):
         # y: fp32 [R, C] (zeros where masked) for output rows `rows` [R] and columns `cols` [C]
         # (C a multiple of 128, cols starting at 128·group0): quantize each 1×128 group, store q and
-        # the scales (s[m, g] at m + g·stride_sk, M-major as _empty_act_scale lays it out).
+        # the scales (s[m, g] at m + g·stride_sk, M-major as empty_act_scale lays it out).
         R: tl.constexpr = y.shape[0]
         G: tl.constexpr = y.shape[1] // 128
         y3 = tl.reshape(y, (R, G, 128))
@@ -96,12 +100,29 @@ def _rmsnorm_config(block_d: int) -> tuple[int, int]:
     return max(1, 4096 // block_d), min(16, max(4, block_d // 512))
 
 
-def rmsnorm_quant(x, weight, eps: float = 1e-6, *, out_dtype=torch.bfloat16, pow2_scale=False,
-                  return_y=False, backend=None, config=None):
-    """Fused fp32 RMSNorm + 1×128 FP8 quantization (see module docstring for shapes).
+def _rmsnorm_fp32(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x * rsqrt(mean(x²) + eps) * weight, all in fp32 (the PyTorch path). x [M, D] → fp32 [M, D]."""
+    xf = x.float()
+    var = xf.pow(2).mean(dim=-1, keepdim=True)
+    return xf * torch.rsqrt(var + eps) * weight.float()
 
-    Returns (yq, scale) or, with return_y, (y, yq, scale). config: (rows per program,
-    num_warps) for the Triton kernel (benchmarks).
+
+def _silu_mul_fp32(x: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up in fp32 (the PyTorch path). x [M, 2I] = [gate | up] → fp32 [M, I]."""
+    i = x.shape[-1] // 2
+    g, u = x[:, :i].float(), x[:, i:].float()
+    return g * torch.sigmoid(g) * u
+
+
+def rmsnorm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
+                  out_dtype: torch.dtype = torch.bfloat16, pow2_scale: bool = False, return_y: bool = False,
+                  backend: Backend = "auto",
+                  config: tuple[int, int] | None = None) -> tuple[torch.Tensor, ...]:
+    """Fused fp32 RMSNorm + 1×128 FP8 quantization.
+
+    x [M, D] fp32/bf16/fp16 (contiguous along D), weight [D]. Returns (yq [M, D] e4m3,
+    scale [M, ceil(D/128)] fp32) or, with return_y, (y [M, D] out_dtype, yq, scale).
+    config: (rows per program, num_warps) for the Triton kernel (benchmarks).
     """
     check_2d("x", x, _FLOAT_IN)
     m, d = x.shape
@@ -109,27 +130,29 @@ def rmsnorm_quant(x, weight, eps: float = 1e-6, *, out_dtype=torch.bfloat16, pow
         raise ValueError(f"weight must be [D]={d}, got {tuple(weight.shape)}")
     if x.stride(1) != 1:
         raise ValueError("x must be contiguous along D")
-    if pick_backend("rmsnorm_quant", x, backend) == "torch":
-        y = rmsnorm_ref(x, weight, eps).to(out_dtype)
-        yq, ys = quantize_act_ref(y, pow2_scale)
+    if resolve_backend("rmsnorm_quant", x, backend) == "torch":
+        y = _rmsnorm_fp32(x, weight, eps).to(out_dtype)
+        yq, ys = quantize_act_torch(y, pow2_scale)
     else:
         y = torch.empty(m, d, dtype=out_dtype, device=x.device)
         yq = torch.empty(m, d, dtype=FP8_DTYPE, device=x.device)
-        ys = _empty_act_scale(m, _cdiv(d, BLOCK), x.device)
+        ys = empty_act_scale(m, cdiv(d, BLOCK), x.device)
         block_d = max(BLOCK, _next_pow2(d))
         rows, warps = config or _rmsnorm_config(block_d)
-        launch(_rmsnorm_quant_kernel, (_cdiv(m, rows),),
+        launch(_rmsnorm_quant_kernel, (cdiv(m, rows),),
             x, weight, y, yq, ys, m, d, eps, x.stride(0), y.stride(0), yq.stride(0), ys.stride(1),
             ROWS=rows, BLOCK_D=block_d, STORE_Y=return_y, POW2=pow2_scale, num_warps=warps,
         )
     return (y, yq, ys) if return_y else (yq, ys)
 
 
-def silu_mul_quant(x, *, out_dtype=torch.bfloat16, pow2_scale=False, return_y=False,
-                   backend=None, config=None):
-    """Fused SwiGLU (silu(gate) · up, fp32) + 1×128 FP8 quantization; x [M, 2I] = [gate | up].
+def silu_mul_quant(x: torch.Tensor, *, out_dtype: torch.dtype = torch.bfloat16, pow2_scale: bool = False,
+                   return_y: bool = False, backend: Backend = "auto",
+                   config: tuple[int, int] | None = None) -> tuple[torch.Tensor, ...]:
+    """Fused SwiGLU (silu(gate) · up, fp32) + 1×128 FP8 quantization.
 
-    Returns (yq [M, I], scale [M, ceil(I/128)]) or, with return_y, (y, yq, scale).
+    x [M, 2I] = [gate | up] fp32/bf16/fp16 (contiguous along its last dim). Returns (yq [M, I]
+    e4m3, scale [M, ceil(I/128)] fp32) or, with return_y, (y [M, I] out_dtype, yq, scale).
     config: (rows per program, num_warps) for the Triton kernel (benchmarks).
     """
     check_2d("x", x, _FLOAT_IN)
@@ -139,16 +162,16 @@ def silu_mul_quant(x, *, out_dtype=torch.bfloat16, pow2_scale=False, return_y=Fa
     if x.stride(1) != 1:
         raise ValueError("x must be contiguous along its last dim")
     i = two_i // 2
-    if pick_backend("silu_mul_quant", x, backend) == "torch":
-        y = silu_mul_ref(x).to(out_dtype)
-        yq, ys = quantize_act_ref(y, pow2_scale)
+    if resolve_backend("silu_mul_quant", x, backend) == "torch":
+        y = _silu_mul_fp32(x).to(out_dtype)
+        yq, ys = quantize_act_torch(y, pow2_scale)
     else:
         y = torch.empty(m, i, dtype=out_dtype, device=x.device)
         yq = torch.empty(m, i, dtype=FP8_DTYPE, device=x.device)
-        ys = _empty_act_scale(m, _cdiv(i, BLOCK), x.device)
+        ys = empty_act_scale(m, cdiv(i, BLOCK), x.device)
         block_i = min(1024, max(BLOCK, _next_pow2(i)))
         rows, warps = config or _SILU_CFG
-        launch(_silu_mul_quant_kernel, (_cdiv(m, rows), _cdiv(i, block_i)),
+        launch(_silu_mul_quant_kernel, (cdiv(m, rows), cdiv(i, block_i)),
             x, y, yq, ys, m, i, x.stride(0), y.stride(0), yq.stride(0), ys.stride(1),
             ROWS=rows, BLOCK_I=block_i, STORE_Y=return_y, POW2=pow2_scale, num_warps=warps,
         )

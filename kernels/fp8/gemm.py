@@ -13,146 +13,26 @@ then promoted: ``acc += P_k * (sA_k ⊗ sB_k)`` in fp32 (DeepSeek-V3's per-128 p
 also keeps Hopper's limited-precision FP8 accumulation short). No split-K and a fixed K order:
 a row of C does not depend on M or on the other rows (batch invariant; the GPU benchmark checks
 it bitwise across M and tile configurations).
+
+Implementations (``backend=`` as in :mod:`kernels.backend`): the PyTorch path
+(``gemm_torch.py``), the Triton kernels (``gemm_triton.py``), the Gluon kernels on Hopper
+(``gemm_hopper.py``). This module owns the public function and the choice among them.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .backend import HAS_TRITON, TMA, check_2d, launch, log, pick_backend, tl, triton
-from .gemm_hopper import (fp8_gemm_gluon, fp8_gemm_gluon_ws, scales_tma_ok,
-                          gluon_supported, num_sms)
-from .reference import BLOCK, FP8_DTYPE, _cdiv, fp8_gemm_torch
+from ..backend import HAS_TRITON, Backend, log, resolve_backend
+from .format import BLOCK, FP8_DTYPE, cdiv, check_2d
+from .gemm_hopper import fp8_gemm_gluon, fp8_gemm_gluon_ws, gluon_supported, num_sms, scales_tma_ok
+from .gemm_torch import fp8_gemm_torch
+from .launch import TMA, launch
+
+if HAS_TRITON:  # CPU-only installs may lack triton
+    from .gemm_triton import fp8_gemm_kernel, fp8_gemm_tma_kernel
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-if HAS_TRITON:
-
-    @triton.jit
-    def block_scaled_dot(a_ptrs, b_ptrs, as_ptrs, bs_ptrs, K, stride_ask, stride_bsk,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr):
-        """The block-scaled product of one output tile by pointer loads: for each 128-wide K
-        block in increasing order, P_k = A_k @ B_kᵀ on the tensor cores (fp32 accumulation),
-        then ``acc += P_k * (sA_k ⊗ sB_k)`` in fp32. a_ptrs [BLOCK_M, 128] / b_ptrs [BLOCK_N, 128]
-        point at K block 0 of the tile's rows of A and B (K contiguous), as_ptrs [BLOCK_M] /
-        bs_ptrs [BLOCK_N] at their K-block-0 scales (the next block's a stride_ask / stride_bsk
-        further). Shared by fp8_gemm's pointer kernel and the grouped GEMM, so the two compute
-        each element alike."""
-        BLOCK_K: tl.constexpr = 128
-        offs_k = tl.arange(0, BLOCK_K)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for kb in range(0, tl.cdiv(K, BLOCK_K)):
-            if EVEN_K:
-                a = tl.load(a_ptrs)
-                b = tl.load(b_ptrs)
-            else:
-                kmask = offs_k < K - kb * BLOCK_K
-                a = tl.load(a_ptrs, mask=kmask[None, :], other=0.0)
-                b = tl.load(b_ptrs, mask=kmask[None, :], other=0.0)
-            sa = tl.load(as_ptrs + kb * stride_ask)
-            sb = tl.load(bs_ptrs + kb * stride_bsk)
-            part = tl.dot(a, tl.trans(b))
-            acc += part * (sa[:, None] * sb[None, :])
-            a_ptrs += BLOCK_K
-            b_ptrs += BLOCK_K
-        return acc
-
-    @triton.jit
-    def _fp8_gemm_kernel(
-        a_ptr, b_ptr, c_ptr, as_ptr, bs_ptr,
-        M, N, K,
-        stride_am, stride_bn, stride_cm,
-        stride_asm, stride_ask, stride_bsn, stride_bsk,
-        B_BLOCK_SCALED: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
-        EVEN_K: tl.constexpr,
-    ):
-        BLOCK_K: tl.constexpr = 128
-        pid = tl.program_id(0)
-        num_pid_m = tl.cdiv(M, BLOCK_M)
-        num_pid_n = tl.cdiv(N, BLOCK_N)
-        # Grouped tile order: GROUP_M row-tiles share each B column-tile while it is in L2.
-        group = GROUP_M * num_pid_n
-        first_m = (pid // group) * GROUP_M
-        group_m = min(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % group_m
-        pid_n = (pid % group) // group_m
-
-        # Out-of-range rows/cols wrap around (reads stay in bounds, stores are masked).
-        offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
-        offs_n = (pid_n * BLOCK_N + tl.arange(0, BLOCK_N)) % N
-        offs_k = tl.arange(0, BLOCK_K)
-        a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :]
-        b_ptrs = b_ptr + offs_n[:, None] * stride_bn + offs_k[None, :]
-        as_ptrs = as_ptr + offs_m * stride_asm
-        if B_BLOCK_SCALED:
-            bs_ptrs = bs_ptr + (offs_n // 128) * stride_bsn
-        else:
-            bs_ptrs = bs_ptr + offs_n * stride_bsn
-
-        acc = block_scaled_dot(a_ptrs, b_ptrs, as_ptrs, bs_ptrs, K, stride_ask, stride_bsk,
-                               BLOCK_M, BLOCK_N, EVEN_K)
-
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
-
-    @triton.jit
-    def _fp8_gemm_tma_kernel(
-        a_desc, b_desc, c_ptr, as_ptr, bs_ptr,
-        M, N, K,
-        stride_cm, stride_asm, stride_ask, stride_bsn, stride_bsk,
-        B_BLOCK_SCALED: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr,
-        WARP_SPECIALIZE: tl.constexpr, PIPELINE: tl.constexpr,
-    ):
-        # Same math as _fp8_gemm_kernel; operands arrive through TMA descriptors (Hopper's
-        # bulk tensor copy engine), which zero-fill out-of-bounds rows and the K tail.
-        BLOCK_K: tl.constexpr = 128
-        pid = tl.program_id(0)
-        num_pid_m = tl.cdiv(M, BLOCK_M)
-        num_pid_n = tl.cdiv(N, BLOCK_N)
-        group = GROUP_M * num_pid_n
-        first_m = (pid // group) * GROUP_M
-        group_m = min(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % group_m
-        pid_n = (pid % group) // group_m
-        off_m = pid_m * BLOCK_M
-        off_n = pid_n * BLOCK_N
-        rm = off_m + tl.arange(0, BLOCK_M)
-        rn = off_n + tl.arange(0, BLOCK_N)
-        as_ptrs = as_ptr + tl.minimum(rm, M - 1) * stride_asm
-        if B_BLOCK_SCALED:
-            bs_ptrs = bs_ptr + (tl.minimum(rn, N - 1) // 128) * stride_bsn
-        else:
-            bs_ptrs = bs_ptr + tl.minimum(rn, N - 1) * stride_bsn
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if PIPELINE:
-            # Software-pipelined promotion: issue block k's tensor-core product before scaling
-            # and adding block k-1's, so the MMA can run while the FMAs do (same math, same
-            # order of the fp32 additions as the plain loop).
-            part = tl.dot(a_desc.load([off_m, 0]), b_desc.load([off_n, 0]).T)
-            s = tl.load(as_ptrs)[:, None] * tl.load(bs_ptrs)[None, :]
-            for kb in tl.range(1, tl.cdiv(K, BLOCK_K), warp_specialize=WARP_SPECIALIZE):
-                a = a_desc.load([off_m, kb * BLOCK_K])
-                b = b_desc.load([off_n, kb * BLOCK_K])
-                nxt = tl.dot(a, b.T)
-                acc += part * s
-                s = tl.load(as_ptrs + kb * stride_ask)[:, None] * tl.load(bs_ptrs + kb * stride_bsk)[None, :]
-                part = nxt
-            acc += part * s
-        else:
-            for kb in tl.range(0, tl.cdiv(K, BLOCK_K), warp_specialize=WARP_SPECIALIZE):
-                a = a_desc.load([off_m, kb * BLOCK_K])
-                b = b_desc.load([off_n, kb * BLOCK_K])
-                sa = tl.load(as_ptrs + kb * stride_ask)
-                sb = tl.load(bs_ptrs + kb * stride_bsk)
-                part = tl.dot(a, b.T)
-                acc += part * (sa[:, None] * sb[None, :])
-        c_ptrs = c_ptr + rm[:, None] * stride_cm + rn[None, :]
-        tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
-
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, kind); kind: "gluon_ws" (gemm_hopper.py: persistent
 # warp-specialized Gluon kernel, 128×256 tiles; the default on sm_90 where TMA alignment allows
@@ -191,13 +71,13 @@ def _pick_config(m: int, n: int, k: int, on_cpu: bool, batch_invariant: bool, gl
     # the 128×128 kernel spreads the work over twice as many SMs — for 128×128-block B only:
     # with 1×128 B scales (wgrad) its two scale vectors spill, and Triton's kernel is faster.
     # 1×128 B on gluon_ws (scales TMA-loaded with the operands): see BENCHMARKS.md, FP8.
-    if gluon_ok and _cdiv(m, 128) * _cdiv(n, 256) >= sms:
+    if gluon_ok and cdiv(m, 128) * cdiv(n, 256) >= sms:
         return _CONFIG_GLUON_WS if b_block else _CONFIG_GLUON_WS_ROWWISE_B
     if gluon_ok and b_block:
         return _CONFIG_GLUON
     if batch_invariant:
         cfg = _CONFIG_INVARIANT
-    elif m <= 256 or _cdiv(m, 128) * _cdiv(n, 128) < 132:
+    elif m <= 256 or cdiv(m, 128) * cdiv(n, 128) < 132:
         cfg = _CONFIG_SMALL_M
     else:
         cfg = _CONFIG_LARGE
@@ -229,12 +109,12 @@ def _validate(aq, a_scale, bq, b_scale, out_dtype):
     n, kb_ = bq.shape
     if kb_ != k:
         raise ValueError(f"aq [M, K]={tuple(aq.shape)} and bq [N, K]={tuple(bq.shape)} differ in K")
-    kb = _cdiv(k, BLOCK)
+    kb = cdiv(k, BLOCK)
     if tuple(a_scale.shape) != (m, kb):
         raise ValueError(f"a_scale must be [M, ceil(K/128)] = {(m, kb)}, got {tuple(a_scale.shape)}")
-    if tuple(b_scale.shape) not in ((_cdiv(n, BLOCK), kb), (n, kb)):
+    if tuple(b_scale.shape) not in ((cdiv(n, BLOCK), kb), (n, kb)):
         raise ValueError(
-            f"b_scale must be [ceil(N/128), ceil(K/128)] = {(_cdiv(n, BLOCK), kb)} (block) or "
+            f"b_scale must be [ceil(N/128), ceil(K/128)] = {(cdiv(n, BLOCK), kb)} (block) or "
             f"[N, ceil(K/128)] = {(n, kb)} (1×128), got {tuple(b_scale.shape)}"
         )
     if out_dtype not in _OUT_DTYPES:
@@ -261,7 +141,7 @@ def _make_plan(aq, a_scale, bq, b_scale, out_dtype, batch_invariant, backend, co
     """"torch" (the PyTorch path), or (why the Gluon kernels cannot run or None, b_block,
     (BLOCK_M, BLOCK_N, num_warps, num_stages, kind)); raises on invalid operands."""
     _validate(aq, a_scale, bq, b_scale, out_dtype)
-    if pick_backend("fp8_gemm", aq, backend) == "torch":
+    if resolve_backend("fp8_gemm", aq, backend) == "torch":
         return "torch"
     m, k = aq.shape
     n = bq.shape[0]
@@ -294,13 +174,16 @@ def fp8_gemm(
     out_dtype: torch.dtype = torch.bfloat16,
     *,
     batch_invariant: bool = False,
-    backend: str | None = None,
+    backend: Backend = "auto",
     config: tuple[int, int, int, int, str] | None = None,
 ) -> torch.Tensor:
-    """``(aq·a_scale) @ (bq·b_scale)ᵀ`` → [M, N] out_dtype (see the module docstring for shapes).
+    """``(aq·a_scale) @ (bq·b_scale)ᵀ`` → [M, N] out_dtype (bf16, fp16 or fp32).
 
-    batch_invariant pins one tile configuration for every M (strict mode). ``config`` (a tuple)
-    overrides the (BLOCK_M, BLOCK_N, num_warps, num_stages, kind) choice (benchmarks).
+    aq [M, K] e4m3 with a_scale [M, ceil(K/128)] fp32; bq [N, K] e4m3 with b_scale fp32
+    [ceil(N/128), ceil(K/128)] (128×128 blocks) or [N, ceil(K/128)] (1×128 tiles); aq and bq
+    contiguous along K. batch_invariant pins one tile configuration for every M (strict mode).
+    ``config`` (a tuple) overrides the (BLOCK_M, BLOCK_N, num_warps, num_stages, kind) choice
+    (benchmarks).
     """
     key = (_layout(aq), _layout(a_scale), _layout(bq), _layout(b_scale), out_dtype, batch_invariant,
            backend, config)
@@ -324,10 +207,10 @@ def fp8_gemm(
         return fp8_gemm_gluon_ws(aq, a_scale, bq, b_scale, out_dtype, stages, b_block=b_block,
                                  **_ws_options(options))
     c = torch.empty(m, n, dtype=out_dtype, device=aq.device)
-    grid = (_cdiv(m, bm) * _cdiv(n, bn),)
+    grid = (cdiv(m, bm) * cdiv(n, bn),)
     scale_args = (a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1))
     if kind == "ptr":
-        launch(_fp8_gemm_kernel, grid,
+        launch(fp8_gemm_kernel, grid,
             aq, bq, c, a_scale, b_scale, m, n, k, aq.stride(0), bq.stride(0), c.stride(0),
             *scale_args, B_BLOCK_SCALED=b_block, BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8,
             EVEN_K=(k % BLOCK == 0), num_warps=warps, num_stages=stages,
@@ -335,7 +218,7 @@ def fp8_gemm(
     elif kind in ("tma", "tma_ws", "tma_pp", "tma_pp_ws"):
         if k % 16 or aq.stride(0) % 16 or bq.stride(0) % 16 or aq.data_ptr() % 16 or bq.data_ptr() % 16:
             raise ValueError("TMA GEMM needs K and the row strides to be multiples of 16 bytes")
-        launch(_fp8_gemm_tma_kernel, grid,
+        launch(fp8_gemm_tma_kernel, grid,
             TMA(aq, (bm, BLOCK)), TMA(bq, (bn, BLOCK)), c, a_scale, b_scale, m, n, k, c.stride(0), *scale_args,
             B_BLOCK_SCALED=b_block, BLOCK_M=bm, BLOCK_N=bn, GROUP_M=8,
             WARP_SPECIALIZE=kind.endswith("_ws"), PIPELINE="_pp" in kind, num_warps=warps, num_stages=stages,

@@ -1,6 +1,6 @@
 """Hopper (sm_90) block-scaled FP8 GEMM written in Gluon: the promotion overlapped with the MMA.
 
-Same contract and math as ``gemm.fp8_gemm`` (its PyTorch reference is ``reference.fp8_gemm_torch``):
+Same contract and math as ``gemm.fp8_gemm`` (its PyTorch path is ``gemm_torch.fp8_gemm_torch``):
 for each 128-wide K block k, in increasing order,
 
     P_k  = A_k @ B_kᵀ                      (fp8 wgmma, fp32 accumulation inside the block)
@@ -43,7 +43,7 @@ import functools
 
 import torch
 
-from .backend import TMA, launch
+from .launch import TMA, launch
 
 try:  # pragma: no cover - depends on the install (Triton >= 3.5 with Gluon)
     from triton.experimental import gluon

@@ -15,20 +15,23 @@ What it is for: a MoE layer's FP8 experts in the rollout engine (``kernels.moe``
 The tile → group map is found in the kernel from the offsets alone (a binary search), so the
 launch needs no host synchronisation on the routing and no other device work: the grid covers
 ``R // BLOCK_M + G`` row tiles, at least what the groups need, and a spare tile's program returns
-at once. On CPU (the PyTorch path) each group runs ``fp8_gemm_torch``.
+at once. The PyTorch path (``backend=`` as in :mod:`kernels.backend`) runs ``fp8_gemm_torch``
+per group.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .backend import HAS_TRITON, check_2d, launch, pick_backend, tl, triton
-from .reference import BLOCK, FP8_DTYPE, _cdiv, fp8_gemm_torch
+from ..backend import HAS_TRITON, Backend, resolve_backend, tl, triton
+from .format import BLOCK, FP8_DTYPE, cdiv, check_2d
+from .gemm_torch import fp8_gemm_torch
+from .launch import launch
 
 _OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 if HAS_TRITON:
-    from .gemm import block_scaled_dot
+    from .gemm_triton import block_scaled_dot
 
     @triton.jit
     def _fp8_gemm_grouped_kernel(
@@ -93,11 +96,11 @@ def _validate(aq, a_scale, bq, b_scale, offsets, out_dtype):
     if bq.dim() != 3 or bq.dtype != FP8_DTYPE or bq.shape[2] != k:
         raise ValueError(f"bq must be [G, N, K={k}] float8_e4m3fn, got {tuple(bq.shape)} {bq.dtype}")
     g, n, _ = bq.shape
-    kb = _cdiv(k, BLOCK)
+    kb = cdiv(k, BLOCK)
     if tuple(a_scale.shape) != (r, kb):
         raise ValueError(f"a_scale must be [R, ceil(K/128)] = {(r, kb)}, got {tuple(a_scale.shape)}")
-    if b_scale.dtype != torch.float32 or tuple(b_scale.shape) != (g, _cdiv(n, BLOCK), kb):
-        raise ValueError(f"b_scale must be fp32 [G, ceil(N/128), ceil(K/128)] = {(g, _cdiv(n, BLOCK), kb)}, "
+    if b_scale.dtype != torch.float32 or tuple(b_scale.shape) != (g, cdiv(n, BLOCK), kb):
+        raise ValueError(f"b_scale must be fp32 [G, ceil(N/128), ceil(K/128)] = {(g, cdiv(n, BLOCK), kb)}, "
                          f"got {tuple(b_scale.shape)} {b_scale.dtype}")
     if offsets.dim() != 1 or offsets.shape[0] != g + 1 or offsets.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"offsets must be int [G+1] = [{g + 1}] (group g's rows offsets[g]:offsets[g+1]), "
@@ -121,7 +124,7 @@ def fp8_gemm_grouped(
     offsets: torch.Tensor,
     out_dtype: torch.dtype = torch.bfloat16,
     *,
-    backend: str | None = None,
+    backend: Backend = "auto",
     config: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """Each group's rows of ``aq·a_scale`` times its ``(bq[g]·b_scale[g])ᵀ`` → [R, N] out_dtype
@@ -133,7 +136,7 @@ def fp8_gemm_grouped(
     g, n, _ = bq.shape
     if r == 0:
         return torch.empty(0, n, dtype=out_dtype, device=aq.device)
-    if pick_backend("fp8_gemm_grouped", aq, backend) == "torch":
+    if resolve_backend("fp8_gemm_grouped", aq, backend) == "torch":
         bounds = offsets.tolist()
         return torch.cat([fp8_gemm_torch(aq[s:e], a_scale[s:e], bq[i], b_scale[i], out_dtype)
                           for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:]))])
@@ -141,7 +144,7 @@ def fp8_gemm_grouped(
         config = _CONFIG_GPU if aq.is_cuda else _CONFIG_INTERPRET
     bm, bn, warps, stages = config
     c = torch.empty(r, n, dtype=out_dtype, device=aq.device)
-    launch(_fp8_gemm_grouped_kernel, (r // bm + g, _cdiv(n, bn)),  # first_tile(G): the tiles there are
+    launch(_fp8_gemm_grouped_kernel, (r // bm + g, cdiv(n, bn)),  # first_tile(G): the tiles there are
         aq, bq, c, a_scale, b_scale, offsets, g, n, k,
         aq.stride(0), bq.stride(0), bq.stride(1), c.stride(0),
         a_scale.stride(0), a_scale.stride(1), b_scale.stride(0), b_scale.stride(1), b_scale.stride(2),

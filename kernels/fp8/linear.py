@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..backend import Backend
 from .gemm import fp8_gemm
 from .quantize import (
     quantize_act,
@@ -37,7 +38,7 @@ _GEMM_OUT = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def _forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, x_quant, pow2_scale: bool,
-             backend: str | None, invariant: bool, need_xt: bool, weight_quant=None):
+             backend: Backend, invariant: bool, need_xt: bool, weight_quant=None):
     """y = x Wᵀ (+ b) through one FP8 GEMM; with ``need_xt`` also xᵀ quantized along M (the
     weight gradient's operand), taken from the same read of x (one kernel writes both
     orientations). Returns (y, xq_t, xs_t) (None, None without ``need_xt``)."""
@@ -105,7 +106,7 @@ def fp8_linear(
     weight_quant: tuple[torch.Tensor, torch.Tensor] | None = None,
     pow2_scale: bool = False,
     batch_invariant: bool = False,
-    backend: str | None = None,
+    backend: Backend = "auto",
 ) -> torch.Tensor:
     """y = x Wᵀ + b through FP8 GEMMs, differentiable w.r.t. x, weight and bias.
 
@@ -117,7 +118,8 @@ def fp8_linear(
     for inference only (an engine whose weights change only when it loads new ones quantizes
     them once per load); refused where a gradient is needed, whose backward reads the weight.
     batch_invariant pins one GEMM tile configuration for every M (strict mode; the H100 runs
-    found all configurations bitwise equal anyway, see BENCHMARKS.md).
+    found all configurations bitwise equal anyway, see BENCHMARKS.md). ``backend`` (as in
+    :mod:`kernels.backend`) applies to every quantizer and GEMM of the forward and backward.
     Returns [..., N] in x's dtype.
     """
     if x.shape[-1] != weight.shape[-1] or weight.dim() != 2:

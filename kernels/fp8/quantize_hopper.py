@@ -1,11 +1,11 @@
 """Hopper (sm_90) FP8 quantization in Gluon (1×128 activations, 128×128 weights), TMA-fed.
 
 For ``quantize_act_t`` and ``quantize_act_both`` (the transposed forms: the backward pass's
-dy and the forward's x). Same outputs, bit for bit, as ``quantize._quant_act_kernel`` and so as
-the PyTorch path (``reference.quantize_act_ref`` / ``quantize_act_t_ref``): the per-tile math is
-the same ``tile_scale`` / ``to_e4m3`` code. What differs is how a 128×128 tile of x reaches the
-registers and how qt leaves, which kept the Triton kernel at 0.45-0.74 of copy bandwidth
-(BENCHMARKS.md, "## FP8"):
+dy and the forward's x). Same outputs, bit for bit, as ``quantize_triton.quant_act_kernel``
+and so as the PyTorch path (``quantize_torch.quantize_act_torch`` / ``quantize_act_t_torch``):
+the per-tile math is the same ``tile_scale`` / ``to_e4m3`` code (``quantize_triton.py``).
+What differs is how a 128×128 tile of x reaches the registers and how qt leaves, which kept
+the Triton kernel at 0.45-0.74 of copy bandwidth (BENCHMARKS.md, "## FP8"):
 
 - The activation kernel runs one program per 128×128 tile by default (_GLUON_CFG; 80 registers,
   so three programs of 8 warps per SM, the next one starting as one leaves): the SM works on
@@ -36,8 +36,8 @@ import functools
 
 import torch
 
-from .backend import TMA, launch
-from .reference import _cdiv
+from .format import cdiv
+from .launch import TMA, launch
 
 try:  # pragma: no cover - depends on the install (Triton >= 3.5 with Gluon)
     from triton.experimental import gluon
@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover
     HAS_GLUON = False
 
 if HAS_GLUON:
-    from .quantize import tile_scale, to_e4m3
+    from .quantize_triton import tile_scale, to_e4m3
 
     _GL_DTYPE = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
 
@@ -209,7 +209,7 @@ if HAS_GLUON:
 
     @gluon.jit
     def _to_e4m3(x, b, c, inv, BF16_IN: gl.constexpr, FMAX: gl.constexpr):
-        # quantize.to_e4m3, the same bits. FMAX: its magnitude floor max(|q|, 2^-100) as one
+        # quantize_triton.to_e4m3, the same bits. FMAX: its magnitude floor max(|q|, 2^-100) as one
         # float max (FMNMX with |q| as operand) instead of an AND and an integer max: for q
         # not NaN, non-negative floats order as their bit patterns; max.NaN keeps a NaN q NaN
         # (e4m3 has one NaN per sign). One instruction fewer per element (5-6% of the both-ways
@@ -335,7 +335,7 @@ def quant_act_gluon(x: torch.Tensor, q, s, qt, st, rowwise: bool, colwise: bool,
     if options - {"fmax"}:
         raise ValueError(f"unknown Gluon quantizer options {options}")
     dev = x.device.index if x.device.index is not None else torch.cuda.current_device()
-    tiles = _cdiv(m, 128) * _cdiv(k, 128)
+    tiles = cdiv(m, 128) * cdiv(k, 128)
     programs = tiles if per_sm == 0 else min(tiles, per_sm * _num_sms(dev))
     q, s = (q, s) if rowwise else (qt, st)  # stand-ins for quantize_act_t (never written)
     launch(_quant_act_gluon_kernel, (programs,),
@@ -369,7 +369,7 @@ def quant_weight_gluon(w: torch.Tensor, q, qt, s, pow2: bool, cfg: tuple | None 
         q_arg, s_n, s_k = qt, s.stride(1), s.stride(0)
     else:  # stand-ins for the unused transposed output (its branch is compiled out)
         qt_desc, q_arg, s_n, s_k = w_desc, q, s.stride(0), s.stride(1)
-    tiles = _cdiv(n, 128) * _cdiv(k, 128)
+    tiles = cdiv(n, 128) * cdiv(k, 128)
     launch(_quant_weight_gluon_kernel, (min(tiles, per_sm * _num_sms(dev)),),
            w_desc, qt_desc, q_arg, s, n, k, q_arg.stride(0), s_n, s_k,
            DIRECT=q is not None, TRANSPOSED=qt is not None, POW2=pow2, STAGES=stages, num_warps=warps)

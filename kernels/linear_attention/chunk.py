@@ -1,282 +1,90 @@
-"""Triton chunk kernels (training forward/backward, prefill), fp32 state, fixed reduction order.
-
-Design.  One program owns one (sequence, head, block of BV value columns) and walks the
-sequence chunk by chunk (``BT = 64`` tokens, boundaries fixed from the sequence start), keeping
-its ``[D, BV]`` slice of the state in fp32 registers.  Per chunk it does the intra-chunk part with
-two tensor-core products and the inter-chunk part with one, then updates the state:
-
-    o_i    = scale · ( λ^{i+1} (q_i S)  +  Σ_{j≤i} λ^{i-j} (q_i·k_j) v_j )
-    S_next = λ^c S + Σ_j λ^{c-1-j} k_jᵀ v_j
-
-Per-chunk states are never written to memory (so they are never rounded to bf16, unlike fla's
-``chunk_fwd_h``); the forward reads q, k, v once from DRAM and writes o.
-
-Backward is the same scan three times, with the roles of the tensors permuted (the one kernel
-``_scan`` is the whole algorithm):
-
-    dq_t = scale Σ_{s≤t} λ^{t-s} (dO_t·v_s) k_s + scale λ^{t} dO_t S_0ᵀ      forward scan (dO, v, k)
-    dS_t = Σ_{s≥t} λ^{s-t} scale q_sᵀ dO_s + λ^{L-1-t} dS_final              (0-based t)
-    dk_t = dS_t v_t = reverse scan (v, dO, q);     dv_t = k_t dS_t = reverse scan (k, q, dO)
-    d initial_state = λ · dS_0  (the final state of the dv scan)
-
-The three scans run as one launch (``role`` = program_id(0) // NV) so short batches still fill
-the GPU.  A reverse scan starts from ``dS_final / (λ·scale)`` (the first reversed token must see
-``dS_final`` with weight λ^0 and every output is multiplied by ``scale``).
-
-Precision.  Products accumulate in fp32 and the state stays fp32.  fp32 inputs (the model's
-dtype, DESIGN §3 step 1) use ``tf32x3`` products: ≈ fp32 accuracy (H100: rel. err. 4.5e-7 vs
-float64).  16-bit inputs enter the tensor cores as they are (exact); the fp32 operands derived
-from them can be split into a 16-bit high part and a 16-bit remainder (two products, ~16
-mantissa bits instead of 8): ``SPLIT_STATE`` (default on) for the state in q·S,
-``SPLIT_DERIVED`` (default off) for the decayed scores and decayed keys.  With both on, bf16
-outputs and gradients sit at the bf16 rounding floor (1.7e-3) and final states at 2e-6; the
-default costs 0.7× fla's fwd+bwd time, both on 1.1× (BENCHMARKS.md).  The splits are module
-constants, not arguments, so that every caller of the op gets the same arithmetic.
-
-Batch invariance.  The launch configuration (BT, BV, warps) is a fixed constant, never
-autotuned (the pipelining depth changes no arithmetic), every program's reduction order is
-fixed, and masked (out-of-sequence) rows load as zeros whose scores are multiplied by an exact 0.
-A token's output therefore depends only on its own sequence's tokens up to its chunk, not on T,
-the batch or the padding (checked bitwise on an H100 and in the interpreter).
+"""``chunk``: chunked linear attention for training and prefill (``[B, T, H, D]`` or packed
+varlen), differentiable.  This module owns the public function: its input validation and the
+choice of implementation (``backend=`` as in :mod:`kernels.backend`): the PyTorch chunked form
+(``chunk_torch.py``, the CPU path) or the Triton kernels (``chunk_triton.py``).
 """
 
 from __future__ import annotations
 
-import logging
-
 import torch
-import triton
-import triton.language as tl
-from triton.runtime.errors import OutOfResources
 
-_log = logging.getLogger(__name__)
+from ..backend import HAS_TRITON, Backend, resolve_backend
+from .chunk_torch import chunk_torch
+from .decay import check_decay
+from .state import check_state
 
-BT = 64        # chunk size: fixed, shared with chunk_torch and the strict-mode contract
-BV = 32        # value columns per program (fixed: part of the reduction-order contract)
-NUM_WARPS = 4
-NUM_STAGES = 3       # 16-bit inputs (H100 sweep in BENCHMARKS.md)
-NUM_STAGES_FP32 = 2  # fp32 tiles are twice as large: 3 stages overflow the H100's shared memory
-# 16-bit inputs: hi/lo split (two products) of the fp32 state S in q·S, and of the other fp32
-# operands (decayed scores, decayed keys).  See "Precision" above and BENCHMARKS.md for costs.
-SPLIT_STATE = True
-SPLIT_DERIVED = False
-# fp32 inputs: "tf32x3" (≈ fp32, 4–5× fla's tf32 time on an H100) or "tf32" (fast, ~1e-3 error).
-FP32_PRECISION = "tf32x3"
-# Tests set this to fill every output buffer with NaN before the kernels run, so an element a
-# kernel forgets to write fails the comparison instead of passing by luck.
-POISON_OUTPUTS = False
+if HAS_TRITON:  # CPU-only installs may lack triton
+    from .chunk_triton import ChunkFunction
+
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
 
-def _empty(x, *shape, dtype=None):
-    out = x.new_empty(shape or x.shape, dtype=dtype or x.dtype)
-    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+def check_triton_inputs(x: torch.Tensor, D: int) -> None:
+    """What the Triton kernels (chunk and decode) take beyond the op's contract."""
+    if x.dtype == torch.float64:
+        raise ValueError("the Triton kernels take bf16/fp16/fp32 inputs; float64 is for the "
+                         "torch backend and the naive reference")
+    if D & (D - 1) or not 16 <= D <= 256:
+        raise ValueError(f"the Triton kernels need a power-of-two head dim in [16, 256], got {D}")
 
 
-@triton.jit
-def _mm(a, b, SPLIT_B: tl.constexpr, IN_PREC: tl.constexpr):
-    """a @ b with fp32 accumulation.  ``a`` is already in the compute dtype; ``b`` is fp32 and,
-    for 16-bit compute, is split hi + lo so its fp32 value is used with ~16 mantissa bits."""
-    if SPLIT_B:
-        b_hi = b.to(a.dtype)
-        b_lo = (b - b_hi.to(tl.float32)).to(a.dtype)
-        return tl.dot(a, b_hi) + tl.dot(a, b_lo)
-    else:
-        return tl.dot(a, b.to(a.dtype), input_precision=IN_PREC)
+def chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor,
+          scale: float | None = None, initial_state: torch.Tensor | None = None,
+          cu_seqlens: torch.Tensor | None = None, output_final_state: bool = False, *,
+          backend: Backend = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunked linear attention (training, prefill).
 
-
-@triton.jit
-def _mm_split_a(a, b, SPLIT_A: tl.constexpr, IN_PREC: tl.constexpr):
-    """a @ b where ``a`` is fp32 derived data and ``b`` is in the compute dtype."""
-    if SPLIT_A:
-        a_hi = a.to(b.dtype)
-        a_lo = (a - a_hi.to(tl.float32)).to(b.dtype)
-        return tl.dot(a_hi, b) + tl.dot(a_lo, b)
-    else:
-        return tl.dot(a.to(b.dtype), b, input_precision=IN_PREC)
-
-
-@triton.jit
-def _scan(q_ptr, k_ptr, v_ptr, o_ptr, h0_ptr, ht_ptr, s_tok, s_h0k, s_h0v, L, g, scale, i_v,
-          D: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr,
-          USE_H0: tl.constexpr, STORE_HT: tl.constexpr, SPLIT_S: tl.constexpr, SPLIT_D: tl.constexpr,
-          IN_PREC: tl.constexpr):
-    # q/k/v/o pointers point at (first token of the sequence, head); tokens are s_tok apart.
-    o_t = tl.arange(0, BT)
-    o_d = tl.arange(0, D)
-    o_bv = i_v * BV + tl.arange(0, BV)
-    S = tl.zeros([D, BV], dtype=tl.float32)
-    if USE_H0:
-        S = tl.load(h0_ptr + o_d[:, None] * s_h0k + o_bv[None, :] * s_h0v).to(tl.float32)
-        if REVERSE:
-            S = S * (tl.exp(-g) / scale)
-    NT = tl.cdiv(L, BT)
-    for it in range(0, NT):
-        if REVERSE:
-            i_t = NT - 1 - it
-        else:
-            i_t = it
-        start = i_t * BT
-        c = tl.minimum(L - start, BT)
-        m = o_t < c
-        rows = (start + o_t).to(tl.int64) * s_tok
-        b_q = tl.load(q_ptr + rows[:, None] + o_d[None, :], mask=m[:, None], other=0.0)
-        b_k = tl.load(k_ptr + rows[:, None] + o_d[None, :], mask=m[:, None], other=0.0)
-        b_v = tl.load(v_ptr + rows[:, None] + o_bv[None, :], mask=m[:, None], other=0.0)
-        ft = o_t.to(tl.float32)
-        fc = c.to(tl.float32)
-        if REVERSE:
-            diff = ft[None, :] - ft[:, None]                       # j - i, keep j >= i
-            d_state = tl.where(m, tl.exp(g * tl.maximum(fc - ft, 0.0)), 0.0)   # λ^{c-i}
-            d_key = tl.exp(g * ft)                                 # λ^{j}
-        else:
-            diff = ft[:, None] - ft[None, :]                       # i - j, keep j <= i
-            d_state = tl.exp(g * (ft + 1.0))                       # λ^{i+1}
-            d_key = tl.where(m, tl.exp(g * tl.maximum(fc - 1.0 - ft, 0.0)), 0.0)  # λ^{c-1-j}
-        d_intra = tl.where(diff >= 0, tl.exp(g * tl.maximum(diff, 0.0)), 0.0)
-        scores = tl.dot(b_q, tl.trans(b_k), input_precision=IN_PREC) * d_intra   # [BT, BT]
-        b_o = _mm(b_q, S, SPLIT_S, IN_PREC) * d_state[:, None]
-        b_o += _mm_split_a(scores, b_v, SPLIT_D, IN_PREC)
-        tl.store(o_ptr + rows[:, None] + o_bv[None, :], (b_o * scale).to(o_ptr.dtype.element_ty),
-                 mask=m[:, None])
-        k_dec = tl.trans(b_k.to(tl.float32) * d_key[:, None])                    # [D, BT]
-        S = S * tl.exp(g * fc) + _mm_split_a(k_dec, b_v, SPLIT_D, IN_PREC)
-    if STORE_HT:
-        if REVERSE:
-            S = S * (tl.exp(g) * scale)
-        tl.store(ht_ptr + o_d[:, None] * s_h0k + o_bv[None, :] * s_h0v, S)
-
-
-@triton.jit
-def _seq_bounds(cu_ptr, i_n, T, VARLEN: tl.constexpr):
-    if VARLEN:
-        bos = tl.load(cu_ptr + i_n).to(tl.int64)
-        eos = tl.load(cu_ptr + i_n + 1).to(tl.int64)
-    else:
-        bos = i_n.to(tl.int64) * T
-        eos = bos + T
-    return bos, eos
-
-
-@triton.jit
-def _chunk_fwd_kernel(q, k, v, o, g_ptr, h0, ht, cu, scale, T, H: tl.constexpr, D: tl.constexpr,
-                      BT: tl.constexpr, BV: tl.constexpr, VARLEN: tl.constexpr, USE_H0: tl.constexpr,
-                      STORE_HT: tl.constexpr, SPLIT_S: tl.constexpr, SPLIT_D: tl.constexpr,
-                      IN_PREC: tl.constexpr):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _seq_bounds(cu, i_n, T, VARLEN)
-    off = bos * H * D + i_h * D
-    st = i_nh.to(tl.int64) * D * D
-    g = tl.load(g_ptr + i_h).to(tl.float32)
-    _scan(q + off, k + off, v + off, o + off, h0 + st, ht + st, H * D, D, 1, eos - bos, g, scale,
-          i_v, D, BT, BV, False, USE_H0, STORE_HT, SPLIT_S, SPLIT_D, IN_PREC)
-
-
-@triton.jit
-def _chunk_bwd_kernel(q, k, v, do, dq, dk, dv, g_ptr, h0, dht, dh0, cu, scale, T,
-                      H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-                      VARLEN: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr,
-                      STORE_DH0: tl.constexpr, SPLIT_S: tl.constexpr, SPLIT_D: tl.constexpr,
-                      IN_PREC: tl.constexpr):
-    NV: tl.constexpr = D // BV
-    pid, i_nh = tl.program_id(0), tl.program_id(1)
-    role, i_v = pid // NV, pid % NV
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _seq_bounds(cu, i_n, T, VARLEN)
-    off = bos * H * D + i_h * D
-    st = i_nh.to(tl.int64) * D * D
-    g = tl.load(g_ptr + i_h).to(tl.float32)
-    if role == 0:    # dq: forward scan over (dO, v, k), initial state S_0ᵀ
-        _scan(do + off, v + off, k + off, dq + off, h0 + st, h0 + st, H * D, 1, D, eos - bos, g,
-              scale, i_v, D, BT, BV, False, USE_H0, False, SPLIT_S, SPLIT_D, IN_PREC)
-    elif role == 1:  # dk: reverse scan over (v, dO, q), initial state dS_finalᵀ
-        _scan(v + off, do + off, q + off, dk + off, dht + st, dht + st, H * D, 1, D, eos - bos, g,
-              scale, i_v, D, BT, BV, True, USE_DHT, False, SPLIT_S, SPLIT_D, IN_PREC)
-    else:            # dv: reverse scan over (k, q, dO), initial state dS_final; its end is dS_0
-        _scan(k + off, q + off, do + off, dv + off, dht + st, dh0 + st, H * D, D, 1, eos - bos, g,
-              scale, i_v, D, BT, BV, True, USE_DHT, STORE_DH0, SPLIT_S, SPLIT_D, IN_PREC)
-
-
-def _launch_args(q, cu_seqlens):
+    Args:
+        q, k, v: ``[B, T, H, D]``, same dtype (bf16, fp16 or fp32; fp64 on the torch backend),
+            same device.  With ``cu_seqlens``, ``B`` must be 1 and the sequences are packed along T.
+        decay: fp32 ``[H]`` per-head log-decay (:func:`layer_decay`); not differentiated by the
+            Triton kernels.
+        scale: multiplier of ``q S`` (None: ``D ** -0.5``).
+        initial_state: fp32 ``[N, H, D, D]`` ([key dim, value dim]); N = B, or the number of
+            sequences with ``cu_seqlens``.  None means zeros.  Differentiable.
+        cu_seqlens: int32/int64 ``[N + 1]``, 0 first, T last, non-decreasing (checked on the host:
+            one device sync).
+        output_final_state: also return the fp32 state after each sequence's last token.
+        backend: "auto" | "triton" | "torch" (:mod:`kernels.backend`); the Triton kernels need a
+            power-of-two head dim in [16, 256].
+    Returns:
+        ``(o, final_state)``: o ``[B, T, H, D]`` in q's dtype; final_state fp32 ``[N, H, D, D]``
+        or None.  Gradients flow to q, k, v and initial_state.
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor [B, T, H, D], got "
+                             f"{getattr(x, 'shape', type(x))}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(f"q, k, v must have one shape [B, T, H, D]; got {list(q.shape)}, "
+                         f"{list(k.shape)}, {list(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _DTYPES:
+        raise ValueError(f"q, k, v must share one dtype of bf16/fp16/fp32, got {q.dtype}, "
+                         f"{k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError("q, k, v must be on one device")
     B, T, H, D = q.shape
-    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    lowp = q.dtype in (torch.bfloat16, torch.float16)
-    split = (SPLIT_STATE and lowp, SPLIT_DERIVED and lowp)
-    # fp32 inputs: three tf32 products per product give ~fp32 accuracy on the tensor cores.
-    return B, T, H, D, N, min(BV, D), split, FP32_PRECISION
-
-
-_STAGES_OK: dict = {}
-
-
-def _launch(kernel, grid, args, kwargs, lowp):
-    """Launch with the fixed configuration.  Pipelining depth changes no arithmetic (only when
-    loads are issued), so if a GPU has too little shared memory for it we retry shallower, and
-    say so once, instead of failing."""
-    want = NUM_STAGES if lowp else NUM_STAGES_FP32
-    key = (id(kernel), want, torch.cuda.current_device() if args[0].is_cuda else -1)
-    stages = _STAGES_OK.get(key, want)
-    while True:
-        try:
-            out = kernel[grid](*args, **kwargs, num_warps=NUM_WARPS, num_stages=stages)
-            _STAGES_OK[key] = stages
-            return out
-        except OutOfResources:
-            if stages <= 1:
-                raise
-            stages -= 1
-            _log.warning("linear_attention.chunk: %s needs less shared memory on this GPU; "
-                         "retrying with num_stages=%d (same results, slower)",
-                         getattr(kernel, "__name__", "kernel"), stages)
-
-
-def chunk_fwd(q, k, v, decay, scale, h0, cu_seqlens, output_final_state):
-    B, T, H, D, N, bv, split, prec = _launch_args(q, cu_seqlens)
-    o = _empty(v)
-    ht = _empty(q, N, H, D, D, dtype=torch.float32) if output_final_state else None
-    dummy = q.new_empty(1, dtype=torch.float32)
-    cu = cu_seqlens if cu_seqlens is not None else dummy
-    _launch(_chunk_fwd_kernel, (D // bv, N * H),
-            (q, k, v, o, decay, h0 if h0 is not None else dummy, ht if ht is not None else dummy, cu,
-             float(scale), T),
-            dict(H=H, D=D, BT=BT, BV=bv, VARLEN=cu_seqlens is not None, USE_H0=h0 is not None,
-                 STORE_HT=output_final_state, SPLIT_S=split[0], SPLIT_D=split[1], IN_PREC=prec),
-            q.dtype != torch.float32)
-    return o, ht
-
-
-def chunk_bwd(q, k, v, decay, scale, h0, cu_seqlens, do, dht, need_dh0):
-    B, T, H, D, N, bv, split, prec = _launch_args(q, cu_seqlens)
-    dq, dk, dv = _empty(q), _empty(k), _empty(v)
-    dh0 = _empty(q, N, H, D, D, dtype=torch.float32) if need_dh0 else None
-    dummy = q.new_empty(1, dtype=torch.float32)
-    cu = cu_seqlens if cu_seqlens is not None else dummy
-    _launch(_chunk_bwd_kernel, (3 * (D // bv), N * H),
-            (q, k, v, do, dq, dk, dv, decay, h0 if h0 is not None else dummy,
-             dht if dht is not None else dummy, dh0 if dh0 is not None else dummy, cu, float(scale),
-             T),
-            dict(H=H, D=D, BT=BT, BV=bv, VARLEN=cu_seqlens is not None, USE_H0=h0 is not None,
-                 USE_DHT=dht is not None, STORE_DH0=need_dh0, SPLIT_S=split[0], SPLIT_D=split[1],
-                 IN_PREC=prec),
-            q.dtype != torch.float32)
-    return dq, dk, dv, dh0
-
-
-class ChunkFunction(torch.autograd.Function):
-    """Autograd wrapper: gradients for q, k, v and initial_state (decay is a constant)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, decay, scale, initial_state, cu_seqlens, output_final_state):
-        o, ht = chunk_fwd(q, k, v, decay, scale, initial_state, cu_seqlens, output_final_state)
-        ctx.save_for_backward(q, k, v, decay, initial_state, cu_seqlens)
-        ctx.scale = scale
-        return o, ht
-
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, decay, h0, cu_seqlens = ctx.saved_tensors
-        need_dh0 = h0 is not None and ctx.needs_input_grad[5]
-        dht = dht.contiguous().float() if dht is not None else None
-        dq, dk, dv, dh0 = chunk_bwd(q, k, v, decay, ctx.scale, h0, cu_seqlens,
-                                    do.to(q.dtype).contiguous(), dht, need_dh0)
-        return dq, dk, dv, None, None, dh0, None, None
+    be = resolve_backend("linear_attention.chunk", q, backend)
+    check_decay(decay, H, q.device, be == "triton")
+    if be == "triton":
+        check_triton_inputs(q, D)
+    N = B
+    if cu_seqlens is not None:
+        if B != 1:
+            raise ValueError(f"with cu_seqlens the sequences are packed: B must be 1, got {B}")
+        if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in (torch.int32, torch.int64) \
+                or cu_seqlens.numel() < 2:
+            raise ValueError("cu_seqlens must be a 1-D int32/int64 tensor [N + 1]")
+        cu = cu_seqlens.tolist()
+        if cu[0] != 0 or cu[-1] != T or any(b < a for a, b in zip(cu, cu[1:])):
+            raise ValueError(f"cu_seqlens must start at 0, end at T={T} and never decrease; got {cu}")
+        N = len(cu) - 1
+    if initial_state is not None:
+        check_state("initial_state", initial_state, (N, H, D, D), q.dtype == torch.float64)
+    if scale is None:
+        scale = D ** -0.5
+    if be == "torch":
+        return chunk_torch(q, k, v, decay, scale, initial_state, cu_seqlens, output_final_state)
+    return ChunkFunction.apply(q.contiguous(), k.contiguous(), v.contiguous(), decay.float().contiguous(),
+                               float(scale), None if initial_state is None else initial_state.contiguous(),
+                               cu_seqlens, output_final_state)

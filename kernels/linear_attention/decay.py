@@ -13,11 +13,14 @@ Convention used by every function of this package: the decay argument is the per
 layer factor uses the 0-based layer index ``l`` (offset 0: SGLang / vLLM style,
 ``1 - layer_id / (num_layers - 1)``) or ``l - 1`` (offset 1).  The checkpoint decides; the model
 config carries the offset and passes it here.
+
+This module also validates the ops' ``decay`` argument and caches λ per decay tensor version.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -69,3 +72,42 @@ def layer_decay(num_heads: int, layer_idx: int, num_layers: int, layer_offset: i
             f"layer_offset={layer_offset} with layer_idx={layer_idx} of {num_layers} gives a negative "
             "layer factor (a growing state); check the layer offset")
     return g.to(torch.float32)
+
+
+# id(decay) → (weak reference, version, {dtype: exp(decay) [H, 1, 1]}) of the decay tensors
+# already validated
+_DECAY_CHECKED: dict[int, tuple[weakref.ref, int, dict]] = {}
+
+
+def _version(t: torch.Tensor) -> int:
+    """The tensor's in-place-write counter (inference tensors have none: -1)."""
+    return -1 if t.is_inference() else t._version
+
+
+def check_decay(decay: torch.Tensor, H: int, device: torch.device, triton_path: bool) -> dict:
+    """Validates the ``decay`` argument of the ops (fp [H] log-decays <= 0 on the inputs' device)
+    and returns its cache entry (exp(decay) per dtype, for the CPU decode path)."""
+    if not isinstance(decay, torch.Tensor) or decay.shape != (H,) or not decay.is_floating_point():
+        raise ValueError(f"decay must be a float tensor of shape [H]=[{H}] (per-head log-decay), got "
+                         f"{getattr(decay, 'shape', type(decay))}")
+    if decay.device != device:
+        raise ValueError(f"decay is on {decay.device}, inputs on {device}")
+    if triton_path and decay.requires_grad:
+        raise ValueError("decay is a constant of the layer: the Triton path gives it no gradient "
+                         "(pass decay.detach())")
+    seen, version = _DECAY_CHECKED.get(id(decay)), _version(decay)
+    if seen is None or seen[0]() is not decay or seen[1] != version:
+        # once per tensor version: a layer's decay is a constant, and checking it on every
+        # decode step was a quarter of the op's cost on small CPU batches
+        if decay.device.type == "cpu" and not bool((decay <= 0).all() & decay.isfinite().all()):
+            raise ValueError("decay must be finite log-decays <= 0 (λ = exp(decay) <= 1)")
+        seen = _DECAY_CHECKED[id(decay)] = (weakref.ref(decay), version, {})
+    return seen[2]
+
+
+def decay_factor(decay: torch.Tensor, cache: dict, dtype: torch.dtype) -> torch.Tensor:
+    """λ = exp(decay) as ``[H, 1, 1]`` in ``dtype``, computed once per decay version (``cache``:
+    the entry :func:`check_decay` returned)."""
+    if dtype not in cache:
+        cache[dtype] = decay.detach().to(dtype).exp().view(-1, 1, 1)
+    return cache[dtype]

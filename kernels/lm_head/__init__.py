@@ -4,7 +4,9 @@
 - ``token_logprobs(hidden, weight, tokens)``: sampled-token log-probs and entropy, chunked over
   the vocabulary with an online logsumexp and a chunk-wise backward (the trainer's log-probs).
 - ``reference``: the non-fused full-vocabulary versions, for tests and benchmarks.
-CUDA → Triton, CPU → PyTorch (float64-accumulated), chosen and logged by ``kernels.fp8.backend``.
+``backend=`` as in :mod:`kernels.backend`: CUDA → Triton, CPU → PyTorch (float64-accumulated).
+Modules: ``logits`` (``logits_fp32``, ``matmul_fp32`` and their GEMM kernel), ``logprobs``
+(``token_logprobs``), ``online_softmax`` (its per-chunk statistics and gradients).
 """
 
 from .logits import logits_fp32, matmul_fp32

@@ -5,17 +5,18 @@ fp32 accumulation and an fp32 result, never an fp32 copy of the weight.
 ``matmul_fp32(a, b, out=None, accumulate=False)``: the same kernel for any strides,
 a [M, K] × b [K, N] → fp32 [M, N] (optionally ``out += a @ b``); the log-prob backward uses it.
 
-Backends: CUDA → a Triton tensor-core GEMM with a fixed K order and no split-K (a row of the
-output does not depend on N: batch invariant). CPU → float64 matmuls over vocabulary chunks,
-rounded to fp32 (products of bf16 values are exact; the float64 sum carries 29 more bits than
-fp32, so the fp32 result does not depend on the CPU library's blocking in practice).
+Backends (``backend=`` as in :mod:`kernels.backend`): CUDA → a Triton tensor-core GEMM with a
+fixed K order and no split-K (a row of the output does not depend on N: batch invariant).
+CPU → float64 matmuls over vocabulary chunks, rounded to fp32 (products of bf16 values are
+exact; the float64 sum carries 29 more bits than fp32, so the fp32 result does not depend on
+the CPU library's blocking in practice).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..fp8.backend import HAS_TRITON, pick_backend, tl, triton
+from ..backend import HAS_TRITON, Backend, resolve_backend, tl, triton
 
 _IN_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -81,9 +82,13 @@ _CPU_CHUNK = 4096
 
 
 def matmul_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
-                accumulate: bool = False, *, backend: str | None = None,
+                accumulate: bool = False, *, backend: Backend = "auto",
                 config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
-    """a [M, K] × b [K, N] (same dtype, any strides) → fp32 [M, N]; ``out += a @ b`` if accumulate."""
+    """a [M, K] × b [K, N] (same dtype: bf16, fp16 or fp32; any strides) → fp32 [M, N].
+
+    ``out``: an fp32 [M, N] to write into (returned); ``accumulate``: ``out += a @ b`` instead.
+    ``config``: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) of the Triton kernel (benchmarks).
+    """
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul_fp32 needs a [M, K] and b [K, N], got {tuple(a.shape)}, {tuple(b.shape)}")
     if a.dtype != b.dtype or a.dtype not in _IN_DTYPES:
@@ -98,7 +103,7 @@ def matmul_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = Non
         raise ValueError(f"out must be fp32 [{m}, {n}], got {out.dtype} {tuple(out.shape)}")
     if m == 0 or n == 0:
         return out
-    if pick_backend("lm_head.matmul_fp32", a, backend) == "torch":
+    if resolve_backend("lm_head.matmul_fp32", a, backend) == "torch":
         for c0 in range(0, n, _CPU_CHUNK):
             part = (a.double() @ b[:, c0:c0 + _CPU_CHUNK].double()).float()
             if accumulate:
@@ -118,9 +123,10 @@ def matmul_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = Non
     return out
 
 
-def logits_fp32(hidden: torch.Tensor, weight: torch.Tensor, *, backend: str | None = None,
-                config=None) -> torch.Tensor:
-    """LM-head logits in fp32: hidden [N, D] × weight [V, D] (bf16, or fp16/fp32) → [N, V] fp32."""
+def logits_fp32(hidden: torch.Tensor, weight: torch.Tensor, *, backend: Backend = "auto",
+                config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
+    """LM-head logits in fp32: hidden [N, D] × weight [V, D] (one dtype: bf16, or fp16/fp32)
+    → [N, V] fp32, fp32 accumulation; ``config`` as for :func:`matmul_fp32`."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(
             f"logits_fp32 needs hidden [N, D] and weight [V, D], got {tuple(hidden.shape)}, {tuple(weight.shape)}"

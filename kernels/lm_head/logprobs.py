@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backend import Backend
 from .logits import logits_fp32, matmul_fp32
 from .online_softmax import logit_grads, new_state, update_stats
 
@@ -92,12 +93,13 @@ class _TokenLogprobsFn(torch.autograd.Function):
 
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor, *,
                    temperature: float = 1.0, chunk_size: int | None = None,
-                   backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   backend: Backend = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of ``tokens`` and entropy under softmax(hidden · weightᵀ / temperature).
 
     hidden: [..., D] bf16 (or fp16/fp32); weight: [V, D] same dtype; tokens: [...] int64
     (negative = ignored). Returns (logprobs [...] fp32, entropy [...] fp32), differentiable
-    w.r.t. hidden and weight. Peak extra memory O(N · chunk_size) fp32.
+    w.r.t. hidden and weight. Peak extra memory O(N · chunk_size) fp32 (default chunk 8192,
+    fixed so a row's result does not depend on N). ``backend`` as in :mod:`kernels.backend`.
     """
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(f"hidden [..., D]={tuple(hidden.shape)} does not match weight [V, D]={tuple(weight.shape)}")

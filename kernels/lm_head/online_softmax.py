@@ -4,14 +4,15 @@ State (fp32 [4, N]): running max m, Σ e^(z-m), Σ e^(z-m)·(z-m), and the sampl
 ``update_stats(z, c0, tokens, temperature, state)`` folds a logits chunk z [N, C] (vocabulary
 columns c0 … c0+C) into it; ``logit_grads(z, c0, tokens, lse, shift, g_lp, g_ent, temperature,
 dtype)`` returns dz [N, C] in ``dtype`` (see logprobs.py for the formulas).
-CUDA → Triton (one read of z per chunk instead of ~8 PyTorch passes); CPU → PyTorch.
+CUDA → Triton (one read of z per chunk instead of ~8 PyTorch passes); CPU → PyTorch
+(``backend=`` as in :mod:`kernels.backend`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..fp8.backend import HAS_TRITON, pick_backend, tl, triton
+from ..backend import HAS_TRITON, Backend, resolve_backend, tl, triton
 
 if HAS_TRITON:
 
@@ -61,16 +62,18 @@ if HAS_TRITON:
         tl.store(dz_ptr + row * stride_dz + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
 
 
-def new_state(n: int, device) -> torch.Tensor:
+def new_state(n: int, device: torch.device) -> torch.Tensor:
+    """The statistics before any chunk: fp32 [4, N] (m = -inf, the sums 0)."""
     st = torch.zeros(4, n, dtype=torch.float32, device=device)
     st[0] = float("-inf")
     return st
 
 
-def update_stats(z, c0, tokens, temperature, state, *, backend=None) -> None:
+def update_stats(z: torch.Tensor, c0: int, tokens: torch.Tensor, temperature: float, state: torch.Tensor, *,
+                 backend: Backend = "auto") -> None:
     """Fold logits chunk z [N, C] fp32 (columns c0…c0+C-1) into state [4, N] in place."""
     n, c = z.shape
-    if pick_backend("lm_head.update_stats", z, backend) == "triton":
+    if resolve_backend("lm_head.update_stats", z, backend) == "triton":
         _stats_kernel[(n,)](z, tokens, state, n, c, c0, z.stride(0), float(temperature),
                             BLOCK=min(4096, triton.next_power_of_2(c)), num_warps=8)
         return
@@ -89,10 +92,12 @@ def update_stats(z, c0, tokens, temperature, state, *, backend=None) -> None:
     m.copy_(m_new)
 
 
-def logit_grads(z, c0, tokens, lse, shift, g_lp, g_ent, temperature, dtype, *, backend=None):
+def logit_grads(z: torch.Tensor, c0: int, tokens: torch.Tensor, lse: torch.Tensor, shift: torch.Tensor,
+                g_lp: torch.Tensor, g_ent: torch.Tensor, temperature: float, dtype: torch.dtype, *,
+                backend: Backend = "auto") -> torch.Tensor:
     """dz [N, C] in ``dtype`` for logits chunk z [N, C] fp32 (z is consumed on the CPU path)."""
     n, c = z.shape
-    if pick_backend("lm_head.logit_grads", z, backend) == "triton":
+    if resolve_backend("lm_head.logit_grads", z, backend) == "triton":
         dz = torch.empty(n, c, dtype=dtype, device=z.device)
         block = 1024
         _grad_kernel[(n, triton.cdiv(c, block))](

@@ -11,12 +11,14 @@ import torch
 import torch.nn.functional as F
 
 
-def logits_ref(hidden: torch.Tensor, weight: torch.Tensor, dtype=torch.float64) -> torch.Tensor:
+def logits_ref(hidden: torch.Tensor, weight: torch.Tensor,
+               dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """hidden [N, D] × weight [V, D] → logits [N, V] computed and returned in ``dtype``."""
     return F.linear(hidden.to(dtype), weight.to(dtype))
 
 
-def token_logprobs_ref(hidden, weight, tokens, temperature: float = 1.0, dtype=torch.float64):
+def token_logprobs_ref(hidden: torch.Tensor, weight: torch.Tensor, tokens: torch.Tensor,
+                       temperature: float = 1.0, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """(logprobs [N], entropy [N]) of softmax(logits / temperature), in ``dtype``.
 
     hidden [N, D], weight [V, D], tokens [N] int (negative = ignored → logprob 0).

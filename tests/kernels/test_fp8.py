@@ -21,6 +21,8 @@ from kernels.fp8 import (
     silu_mul_quant,
 )
 from kernels.fp8 import reference as R
+from kernels.fp8.gemm_torch import fp8_gemm_torch, fp8_to_f64
+from kernels.fp8.quantize_torch import quantize_act_t_torch, quantize_act_torch, quantize_weight_torch
 
 BACKENDS = ["torch", "triton"]
 
@@ -471,7 +473,7 @@ def test_tma_descriptor_cache_rebuilds_for_new_tensors(poison_empty, monkeypatch
     bitwise equal to the PyTorch path (a stale descriptor would read the old tensor's rows); the
     cache stays within its bound; a GEMM through the cache equals one through Triton's launcher
     (caches emptied); descriptors passed prebuilt take Triton's launcher, logged."""
-    from kernels.fp8 import backend as B
+    from kernels.fp8 import launch as B
 
     def check_both(x):
         want = (*R.quantize_act_ref(x.cpu()), *R.quantize_act_t_ref(x.cpu()))
@@ -518,12 +520,12 @@ def test_tma_descriptor_cache_rebuilds_for_new_tensors(poison_empty, monkeypatch
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from kernels.fp8 import quantize_hopper as QH
-    from kernels.fp8.quantize import _empty_act_scale, _empty_padded_rows
+    from kernels.fp8.quantize_triton import empty_act_scale, empty_padded_rows
 
     x = make_input(256, 384, seed=86).cuda()
     q = torch.empty(256, 384, dtype=FP8_DTYPE, device="cuda")
-    s, st = _empty_act_scale(256, 3, "cuda"), _empty_act_scale(384, 2, "cuda")
-    qt = _empty_padded_rows(384, 256, "cuda")
+    s, st = empty_act_scale(256, 3, "cuda"), empty_act_scale(384, 2, "cuda")
+    qt = empty_padded_rows(384, 256, "cuda")
     args = (TensorDescriptor.from_tensor(x, [128, 64], QH._tile_layout(x.dtype)),
             TensorDescriptor.from_tensor(qt, [128, 128], QH._qt_layout()),
             q, s, st, 256, 384, q.stride(0), s.stride(1), st.stride(1))
@@ -545,7 +547,7 @@ def test_descriptors_encoded_on_a_thread_without_cuda_context():
     the caching allocator's freed blocks, so it makes no CUDA runtime call before the encoding)."""
     import threading
 
-    from kernels.fp8 import backend as B
+    from kernels.fp8 import launch as B
 
     x = make_input(384, 640, seed=95).cuda()
     quantize_act_both(x)  # compiled and specialized on this thread; its outputs go back to the cache
@@ -622,7 +624,8 @@ def test_cpu_gemm_uses_exact_block_sums():
     assert torch.equal(c1, c2)
 
 
-# The CPU path against plain restatements of its math (what a faster CPU implementation must keep).
+# The CPU path (quantize_torch, gemm_torch) against the references' plain restatements of its math
+# (what a faster CPU implementation must keep), bitwise.
 
 _INT = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16, FP8_DTYPE: torch.uint8}
 
@@ -632,22 +635,6 @@ def assert_same_bits(a: torch.Tensor, b: torch.Tensor) -> None:
     assert a.shape == b.shape and a.dtype == b.dtype and a.stride() == b.stride()
     assert torch.equal(a.view(_INT[a.dtype]), b.view(_INT[b.dtype])), \
         f"{(a.view(_INT[a.dtype]) != b.view(_INT[b.dtype])).sum()} elements differ"
-
-
-def _gemm_per_block_loop(aq, a_scale, bq, b_scale, out_dtype):
-    """fp8_gemm's math, element by element of the recipe: per 128-wide K block the float64
-    product of the fp8 values, rounded to fp32, times fp32 (a_scale ⊗ b_scale), rounded,
-    added to the fp32 accumulator in K order."""
-    m, k = aq.shape
-    n = bq.shape[0]
-    acc = torch.zeros(m, n)
-    for i in range(-(-k // 128)):
-        blk = slice(128 * i, 128 * (i + 1))
-        part = (aq[:, blk].double() @ bq[:, blk].double().t()).float()
-        sb = b_scale[torch.arange(n) // 128, i] if b_scale.shape[0] != n or n == 1 else b_scale[:, i]
-        scale = a_scale[:, i, None] * sb[None, :]
-        acc = acc + part * scale
-    return acc.to(out_dtype)
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 344, 128), (128, 344, 128), (130, 128, 344), (5, 1, 300),
@@ -664,14 +651,15 @@ def test_cpu_gemm_matches_per_block_loop_bitwise(m, n, k):
     for b_scale in ((1 + torch.rand(nb, kb, generator=g)) * 2.0 ** torch.randint(-60, 20, (nb, kb), generator=g),
                     (1 + torch.rand(n, kb, generator=g)) * 2.0 ** torch.randint(-60, 20, (n, kb), generator=g)):
         for out in (torch.float32, torch.bfloat16):
-            got = R.fp8_gemm_torch(aq, a_scale, bq, b_scale, out)
-            assert_same_bits(got, _gemm_per_block_loop(aq, a_scale, bq, b_scale, out))
+            got = fp8_gemm_torch(aq, a_scale, bq, b_scale, out)
+            assert_same_bits(got, R.fp8_gemm_blocks_ref(aq, a_scale, bq, b_scale, out))
         ref = R.fp8_gemm_ref(aq, a_scale, bq, b_scale)
-        assert rel(R.fp8_gemm_torch(aq, a_scale, bq, b_scale, torch.float32), ref) < 1e-6
+        assert rel(fp8_gemm_torch(aq, a_scale, bq, b_scale, torch.float32), ref) < 1e-6
     # and from quantized data through the public entry point
     aq, as_ = quantize_act(make_input(m, k, seed=1))
     bq, bs = quantize_weight(make_input(n, k, torch.float32, seed=2))
-    assert_same_bits(fp8_gemm(aq, as_, bq, bs, torch.float32), _gemm_per_block_loop(aq, as_, bq, bs, torch.float32))
+    assert_same_bits(fp8_gemm(aq, as_, bq, bs, torch.float32),
+                     R.fp8_gemm_blocks_ref(aq, as_, bq, bs, torch.float32))
 
 
 def test_cpu_fp8_to_float64_is_the_cast():
@@ -679,22 +667,10 @@ def test_cpu_fp8_to_float64_is_the_cast():
     strided inputs too."""
     q = torch.arange(256, dtype=torch.uint8).view(FP8_DTYPE)
     want = q.double()
-    got = R._fp8_to_f64(q)
+    got = fp8_to_f64(q)
     assert torch.equal(got.view(torch.int64), want.view(torch.int64))
     q2 = q.view(16, 16).t()
-    assert torch.equal(R._fp8_to_f64(q2).view(torch.int64), q2.double().contiguous().view(torch.int64))
-
-
-def _quantize_padded(x, tile_rows, pow2):
-    """The CPU quantizers restated on a zero-padded fp32 copy: tiles of tile_rows × 128."""
-    r, c = x.shape
-    rb, cb = -(-r // tile_rows), -(-c // 128)
-    xp = torch.zeros(rb * tile_rows, cb * 128)
-    xp[:r, :c] = x.float()
-    t = xp.view(rb, tile_rows, cb, 128)
-    scale = R.scale_from_amax(t.abs().amax(dim=(1, 3)), pow2)
-    q = (t / scale[:, None, :, None]).clamp(-448.0, 448.0).to(FP8_DTYPE).view(rb * tile_rows, cb * 128)
-    return q[:r, :c].contiguous(), scale
+    assert torch.equal(fp8_to_f64(q2).view(torch.int64), q2.double().contiguous().view(torch.int64))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
@@ -709,11 +685,11 @@ def test_cpu_quantizers_match_padded_restatement(dtype, pow2):
             x[0, 0], x[-1, -1] = float("nan"), float("inf")
             x[1 % m] *= 2.0**-147  # a row whose 1×128 scales underflow to 0 (→ 1)
             x = x.to(dtype)
-            act = _quantize_padded(x, 1, pow2)
-            act_t = _quantize_padded(x.t(), 1, pow2)
-            wt = _quantize_padded(x, 128, pow2)
-            for got, want in ((R.quantize_act_ref(x, pow2), act), (R.quantize_act_t_ref(x, pow2), act_t),
-                              (R.quantize_weight_ref(x, pow2), wt)):
+            act = R.quantize_act_ref(x, pow2)
+            act_t = R.quantize_act_t_ref(x, pow2)
+            wt = R.quantize_weight_ref(x, pow2)
+            for got, want in ((quantize_act_torch(x, pow2), act), (quantize_act_t_torch(x, pow2), act_t),
+                              (quantize_weight_torch(x, pow2), wt)):
                 for a, b in zip(got, want, strict=True):
                     assert_same_bits(a, b)
             if dtype != torch.float64:  # the public quantizers take fp32/bf16/fp16
@@ -869,7 +845,7 @@ def test_gemm_plan_takes_a_scales_by_pointer_where_tma_cannot_load_them(monkeypa
     not per call (the Gluon paths are faked so that the plan is made on CPU tensors)."""
     from kernels.fp8 import gemm as G
 
-    monkeypatch.setattr(G, "pick_backend", lambda *a: "triton")
+    monkeypatch.setattr(G, "resolve_backend", lambda *a: "triton")
     monkeypatch.setattr(G, "gluon_supported", lambda *a: None)
     m, n, k = 8192, 8192, 256
     aq = torch.empty(m, k, dtype=torch.float8_e4m3fn)
@@ -877,7 +853,7 @@ def test_gemm_plan_takes_a_scales_by_pointer_where_tma_cannot_load_them(monkeypa
     b_scale = torch.ones(n // 128, k // 128)
     padded = torch.ones(k // 128, m).t()           # M-contiguous: TMA-loadable
     row_major = torch.ones(m, k // 128)             # K-contiguous: not
-    kind = lambda a_scale: G._make_plan(aq, a_scale, bq, b_scale, torch.bfloat16, False, None,
+    kind = lambda a_scale: G._make_plan(aq, a_scale, bq, b_scale, torch.bfloat16, False, "auto",
                                          G._CONFIG_GLUON_WS)[2][4]  # the GPU default, here on CPU tensors
     assert kind(padded) == "gluon_ws+g16+sa_tma"
     assert kind(row_major) == "gluon_ws+g16"

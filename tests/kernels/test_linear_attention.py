@@ -27,8 +27,8 @@ try:
     import triton  # noqa: F401
     from triton.runtime.interpreter import InterpretedFunction
 
-    ck = importlib.import_module("kernels.linear_attention.chunk")
-    rk = importlib.import_module("kernels.linear_attention.recurrent")
+    ck = importlib.import_module("kernels.linear_attention.chunk_triton")
+    rk = importlib.import_module("kernels.linear_attention.recurrent_triton")
 except ImportError:  # pragma: no cover
     ck = rk = None
 
@@ -42,7 +42,7 @@ def _triton_mode():
 
 
 TRITON = _triton_mode()
-recurrent_module = importlib.import_module("kernels.linear_attention.recurrent")
+recurrent_module = importlib.import_module("kernels.linear_attention.recurrent_torch")
 
 
 @pytest.fixture(params=["native", "eager"])
