@@ -203,11 +203,8 @@ class MathReward:
         if found is None:
             return Score(0.0, Reason.NO_ANSWER, {})
         if found.too_long:  # whatever the budgets: a cut answer is another answer
-            return Score(
-                0.0,
-                Reason.TOO_COMPLEX,
-                {"answer": clip(found.text), "source": found.source, "budget": f"answer over {MAX_ANSWER_CHARS} characters"},
-            )
+            budget = f"answer over {MAX_ANSWER_CHARS} characters"
+            return Score(0.0, Reason.TOO_COMPLEX, {"answer": clip(found.text), "source": found.source, "budget": budget})
         answer = self._normalize(found.text)
         details: dict[str, Any] = {"answer": clip(answer), "source": found.source}
         if not answer:
