@@ -95,7 +95,7 @@ def _braced(text: str, open_pos: int) -> tuple[str | None, bool]:
             if depth == 0:
                 return text[open_pos + 1 : i], False
         i += 1
-    if end < len(text):
+    if min(i, len(text)) > open_pos + MAX_ANSWER_CHARS + 1:  # more than MAX_ANSWER_CHARS, still open
         return text[open_pos + 1 : open_pos + 1 + MAX_ANSWER_CHARS], True
     return None, False
 

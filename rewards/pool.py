@@ -42,6 +42,7 @@ on start-up), or one that is not ready after `_STARTUP_TIMEOUT_S`.
 
 from __future__ import annotations
 
+import ast
 import collections
 import itertools
 import logging
@@ -49,7 +50,6 @@ import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
 import pickle
-import re
 import select
 import signal
 import socket
@@ -74,7 +74,6 @@ _PREFETCH_MAX_BYTES = 32 << 10
 # Longest pause between rounds while every worker has enough queued work (see _round_s).
 _ROUND_S = 0.01
 _STARTUP_TIMEOUT_S = 120.0
-_MAIN_GUARD = re.compile(r"""__name__\s*==\s*["']__main__["']|["']__main__["']\s*==\s*__name__""")
 
 
 class WorkerStartError(RuntimeError):
@@ -484,13 +483,21 @@ def _signal_name(signum: int) -> str:
 
 
 def _has_main_guard(path: str) -> bool:
-    """Does the script at `path` have an `if __name__ == "__main__":` guard? (True if unreadable:
-    then we do not claim it lacks one.)"""
+    """Does the script at `path` have a module-level `if __name__ == "__main__":`? (True if it
+    cannot be read or parsed: then we do not claim it lacks one.)"""
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return _MAIN_GUARD.search(f.read()) is not None
-    except OSError:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
         return True
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            sides = [node.test.left, *node.test.comparators]
+            names = {s.id for s in sides if isinstance(s, ast.Name)}
+            constants = {s.value for s in sides if isinstance(s, ast.Constant)}
+            if "__name__" in names and "__main__" in constants:
+                return True
+    return False
 
 
 _CLOCK_TICK = os.sysconf("SC_CLK_TCK")

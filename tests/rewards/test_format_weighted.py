@@ -95,6 +95,18 @@ def test_everything_crossing_processes_pickles() -> None:
         Score(1.0, C).value = 0.0  # type: ignore[misc]
 
 
+def test_graded_tells_could_not_grade_from_graded_wrong() -> None:
+    # the driver masks what could not be graded (timeout, crash) instead of training on its 0
+    assert {r for r in Reason if not r.graded} == {Reason.TIMEOUT, Reason.CRASH}
+    assert Score(0.0, Reason.WRONG).graded and Score(0.0, Reason.TOO_COMPLEX).graded
+    assert not Score(0.0, Reason.TIMEOUT).graded and not Score(0.0, Reason.CRASH).graded
+    assert not Score(0.0, "crash").graded  # type: ignore[arg-type]  # a reason given as its string
+    assert not pickle.loads(pickle.dumps(Score(0.0, Reason.TIMEOUT, {"timeout": "hard"}))).graded
+    # WeightedReward: the primary (first) component decides, like its reason
+    fn = WeightedReward([(MathReward(), 1.0), (FormatReward(), 0.1)])
+    assert fn.score("\\boxed{5}", "4").graded
+
+
 def test_weighted_reward_in_the_pool() -> None:
     fn = WeightedReward([(MathReward(), 1.0), (FormatReward(), 0.1)])
     items = [("<think>x</think>\\boxed{4}", "4"), ("\\boxed{4}", "4"), ("<think>x</think>\\boxed{3}", "4")]
