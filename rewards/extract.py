@@ -163,12 +163,13 @@ _LABEL = re.compile(
 _INLINE_LABEL = re.compile(r"\b(?i:final[ \t]+answer|answer)[ \t]*[*_]*[ \t]*[:\uff1a][*_]*[ \t]*")
 # Sentence end: a full stop followed by whitespace or the end of the line (not a decimal point).
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
-# Numbers: thousands separators (also LaTeX's `1{,}000`, `10\,000`), decimals, simple fractions,
-# a sign, an optional percent sign.
+# Numbers: thousands separators (also LaTeX's `1{,}000`, `10\,000`), decimals (also `.5`),
+# simple fractions, a sign, an optional percent sign. Not glued to a word or a decimal point.
 _NUMBER = re.compile(
-    r"(?<![\w.])-?(?:\d{1,3}(?:(?:,|\{,\}|\\[,;: !]|~)\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?:\s*\\?%)?"
+    r"(?<![\w.])-?(?:(?:\d{1,3}(?:(?:,|\{,\}|\\[,;: !]|~)\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:/\d+)?(?:\s*\\?%)?"
 )
-_DIGIT = re.compile(r"\d")
+# Digits that are not a `_NUMBER` of their own but part of math: `\frac12`, `\sqrt2`, `x_1`, `1.2.3`.
+_MATH_DIGITS = re.compile(r"\\[A-Za-z]+\d|[_.]\d")
 
 
 def _last_group(pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
@@ -291,16 +292,13 @@ def _standalone(text: str, start: int, end: int) -> bool:
 
 def last_number(text: str) -> str | None:
     """The last number in the text (`1,234.5`, `-3`, `3/4`, `12%`), if it stands alone (see
-    `_standalone`). If the last digits of the text are part of something else (`\\frac{84}{2}`,
-    `x^2`, `x + 7`, `H2O`), there is no answer: an earlier number is not the answer either."""
-    last_digit = _DIGIT.search(text[::-1])
-    if last_digit is None:
-        return None
-    last_digit_pos = len(text) - 1 - last_digit.start()
+    `_standalone`). If it does not (`\\frac{84}{2}`, `x^2`, `x + 7`), or digits after it are
+    part of math (`\\frac12`, `x_1`, `1.2.3`), there is no answer: an earlier number is not the
+    answer either. Digits inside words (`H2O`, a signature `-sepehr2010`) are not numbers."""
     found = None
     for m in _NUMBER.finditer(text):
         found = m
-    if found is None or not found.start() <= last_digit_pos < found.end():
+    if found is None or _MATH_DIGITS.search(text, found.end()):
         return None
     if not _standalone(text, found.start(), found.end()):
         return None

@@ -349,7 +349,8 @@ class _Dispatcher:
                 cause += "; keep everything but definitions under its `if __name__ == \"__main__\":` guard"
         else:
             cause = "it never got to run any reward code (its traceback, if any, is on stderr)"
-        return f"RewardPool: {what} (last one: {exit_text}); the pool stops rather than respawn workers forever: {cause}."
+        stop = "the pool stops rather than respawn workers forever"
+        return f"RewardPool: {what} (last one: {exit_text}); {stop}: {cause}."
 
     def _on_score(self, w: _Worker, key: int, score: Score, done_at: float) -> None:
         if w.inflight and w.inflight[0].key == key:

@@ -81,7 +81,10 @@ from rewards.extract import Extracted, extract_answer
         ("3 then $2 \\cdot 5$", None),
         ("3 then $x \\le 5$", None),
         ("3 then 10 -7", None),
-        ("3 then H2O", None),
+        ("3 then 1.2.3", None),
+        # digits inside words are no numbers (an AIME solution ends in its author's name)
+        ("180 + 24 = 204. -sepehr2010", ("204", "last_number")),
+        ("the probability is .5", (".5", "last_number")),
         # a box, even unusable, turns the fallback off ("\\boxed{" cut off by the token limit)
         ("I got 7, so \\boxed{", None),
         ("I got 7, so \\boxed{} is", None),
@@ -232,7 +235,9 @@ def test_last_number_is_the_last_integer(numbers: list[int], sep: str) -> None:
     st.text(alphabet=st.characters(whitelist_categories=("L", "Zs")), max_size=200),
     st.integers(0, 10**9),
     st.integers(1, 10**9),
-    st.sampled_from(["\\frac{{{a}}}{{{b}}}", "{a}/x", "x/{b}", "x^{b}", "x^{{{b}}}", "x_{b}", "\\sqrt{{{b}}}", "x + {b}"]),
+    st.sampled_from(
+        ["\\frac{{{a}}}{{{b}}}", "{a}/x", "x/{b}", "x^{b}", "x^{{{b}}}", "x_{b}", "\\sqrt{{{b}}}", "x + {b}", "{a}_{b}"]
+    ),
 )
 def test_the_fallback_never_takes_part_of_an_expression(prose: str, a: int, b: int, template: str) -> None:
     text = f"{prose} {a} then ${template.format(a=a, b=b)}$"
