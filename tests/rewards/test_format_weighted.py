@@ -25,6 +25,8 @@ C, W, N = Reason.CORRECT, Reason.WRONG, Reason.NO_ANSWER
         ("<think>add them \\boxed{4}", 0.0, N),  # never closed: no block, no answer after it
         ("</think>\\boxed{4}<think>", 0.5, W),  # tags in the wrong order
         ("<think>add them</think>", 0.5, N),
+        ("<think>add them</think>\\boxed{" + "1" * 1001 + "}", 0.5, N),  # over-long: no gradable answer
+        ("<think>add them</think>So, Final Answer: 4", 1.0, C),  # a label inside the last line
         ("", 0.0, N),
     ],
 )
