@@ -13,7 +13,7 @@ lazily, inside workers (or on the first `MathReward.score` call in this process)
 from rewards import extract
 from rewards.accuracy import MathReward, normalize_answer
 from rewards.format import FormatReward
-from rewards.pool import BatchHandle, PoolClosed, RewardPool
+from rewards.pool import BatchHandle, PoolClosed, RewardPool, WorkerStartError
 from rewards.score import Reason, Score
 from rewards.weighted import RewardFn, WeightedReward
 
@@ -27,6 +27,7 @@ __all__ = [
     "RewardPool",
     "Score",
     "WeightedReward",
+    "WorkerStartError",
     "extract",
     "normalize_answer",
 ]

@@ -3,7 +3,8 @@
 Pipeline for one (completion, reference):
 
 1. `extract.extract_answer` finds the answer text (boxed, `####`, "the answer is", `Answer:`,
-   optionally the last number). Nothing found -> NO_ANSWER.
+   optionally the last number if it stands alone). Nothing found -> NO_ANSWER. An answer longer
+   than `extract.MAX_ANSWER_CHARS` -> TOO_COMPLEX (never a number inside it instead).
 2. `normalize_answer` (both sides): drops `$`/currency signs, math delimiters, markdown, trailing
    full stops, LaTeX thousands separators (`1{,}000`, `1\\,000`); applies the percent policy;
    outside strict mode also drops trailing unit words after a number (`18 dollars`, `5 \\text{cm}`).
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rewards.budget import over_budget
-from rewards.extract import extract_answer, hash_answer, last_boxed
+from rewards.extract import MAX_ANSWER_CHARS, extract_answer, hash_answer, last_boxed
 from rewards.score import Reason, Score, clip
 
 logger = logging.getLogger(__name__)
@@ -201,6 +202,9 @@ class MathReward:
         )
         if found is None:
             return Score(0.0, Reason.NO_ANSWER, {})
+        if found.too_long:  # whatever the budgets: a cut answer is another answer
+            budget = f"answer over {MAX_ANSWER_CHARS} characters"
+            return Score(0.0, Reason.TOO_COMPLEX, {"answer": clip(found.text), "source": found.source, "budget": budget})
         answer = self._normalize(found.text)
         details: dict[str, Any] = {"answer": clip(answer), "source": found.source}
         if not answer:

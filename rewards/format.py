@@ -5,8 +5,9 @@ Checks (each enabled check is worth an equal share of 1.0):
   be part of the prompt, as with chat templates that open the block for the model: set
   `opened_in_prompt=True`), and, if `reasoning_first`, nothing but whitespace before it;
 - `answer`: an explicit final answer (boxed / `####` / "the answer is" / `Answer:`; the
-  last-number fallback does not count) after the reasoning block (anywhere if there is no block;
-  nowhere if the block was opened and never closed).
+  last-number fallback does not count, nor an answer over `MAX_ANSWER_CHARS`, which is not
+  gradable) after the reasoning block (anywhere if there is no block; nowhere if the block was
+  opened and never closed).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class FormatReward:
                 checks["reasoning"] = self._reasoning_ok(text)
             if self.require_answer:
                 found = extract_answer(self._answer_region(text), fallback_last_number=False, reasoning_close=None)
-                checks["answer"] = found is not None
+                checks["answer"] = found is not None and not found.too_long
             value = sum(checks.values()) / len(checks)
             if value == 1.0:
                 reason = Reason.CORRECT

@@ -32,10 +32,17 @@ the next item's clock starts then). The dispatcher:
   share: renicing at once would starve legitimately slow items (0.1-1 s of sympy) into timeouts
   whenever the pool stays busy.
 Results land in their batch's slot by index: nothing is lost, duplicated or reordered.
+
+Workers that cannot start break the pool loudly (`WorkerStartError`, which every pending batch
+gets as `PoolClosed`) instead of being respawned forever: an exception while loading the reward
+function at once; `max_start_failures` workers in a row that die before they are ready (the
+classic cause: a driver script without `if __name__ == "__main__":`, which every worker re-runs
+on start-up), or one that is not ready after `_STARTUP_TIMEOUT_S`.
 """
 
 from __future__ import annotations
 
+import ast
 import collections
 import itertools
 import logging
@@ -44,6 +51,7 @@ import multiprocessing.connection as mpc
 import os
 import pickle
 import select
+import signal
 import socket
 import sys
 import threading
@@ -66,6 +74,10 @@ _PREFETCH_MAX_BYTES = 32 << 10
 # Longest pause between rounds while every worker has enough queued work (see _round_s).
 _ROUND_S = 0.01
 _STARTUP_TIMEOUT_S = 120.0
+
+
+class WorkerStartError(RuntimeError):
+    """Reward workers cannot start (the pool stops; pending batches fail with PoolClosed)."""
 _STAT_KEYS = ("scored",) + tuple(r.value for r in Reason) + ("respawns", "stragglers")
 
 
@@ -86,6 +98,7 @@ class _Worker:
     started_at: float
     readable: Any = None  # select.poll() on conn: one syscall per "is there an answer?" (conn.poll()
     # builds a selector per call, which was most of the driver's CPU per verdict)
+    entered: bool = False  # it reached worker_main: past multiprocessing's start-up (re-running __main__)
     ready: bool = False
     inflight: collections.deque = field(default_factory=collections.deque)
     head_since: float = 0.0  # when the worker started on inflight[0]
@@ -112,6 +125,7 @@ class _Dispatcher:
         prefetch: int,
         memory_limit_mb: int | None,
         start_method: str,
+        max_start_failures: int,
     ):
         self.fn_bytes = fn_bytes
         self.num_workers = num_workers
@@ -123,6 +137,8 @@ class _Dispatcher:
         self.straggler_nice = straggler_nice
         self.prefetch = prefetch
         self.memory_limit_mb = memory_limit_mb
+        self.max_start_failures = max_start_failures
+        self.start_failures = 0  # workers in a row that died before they were ready
         self.ctx = _context(start_method)
         self.inbox: collections.deque[_Item] = collections.deque()  # submit() -> dispatcher
         # items waiting for a worker, one FIFO per slot
@@ -184,6 +200,9 @@ class _Dispatcher:
                         self._service(w, w.proc.sentinel in ready)
                 self._check_clocks()
                 self._reap()
+        except WorkerStartError as exc:  # the message says it all; the stack is the dispatcher's
+            logger.error("%s", exc)
+            self.error = exc
         except BaseException as exc:  # a dispatcher bug must not hang the driver
             logger.exception("RewardPool dispatcher failed")
             self.error = exc
@@ -280,16 +299,58 @@ class _Dispatcher:
                 if msg[0] == "score":
                     w.cpu_base = msg[3]
                     self._on_score(w, msg[1], msg[2], msg[4])
+                elif msg[0] == "started":
+                    w.entered = True
                 elif msg[0] == "ready":
                     w.ready = True
                     w.cpu_base = msg[2]
+                    self.start_failures = 0
                 elif msg[0] == "fatal":
-                    raise RuntimeError(f"RewardPool worker failed to start: {msg[1]}")
+                    raise WorkerStartError(f"RewardPool worker failed to start: {msg[1]}")
         except (EOFError, OSError):
             dead = True
         if w in self.workers and (dead or (exited and not w.proc.is_alive())):
             w.proc.join(timeout=0.2)  # for the exit code in the details; reaped later otherwise
             self._retire(w, Reason.CRASH, {"exitcode": w.proc.exitcode})
+            if not w.ready:
+                self.start_failures += 1
+                if self.start_failures >= self.max_start_failures:
+                    what = f"{self.start_failures} worker processes in a row died before they were ready"
+                    raise WorkerStartError(self._start_failure(w, what))
+
+    def _start_failure(self, w: _Worker, what: str) -> str:
+        """Why workers cannot start, and what to do about it, from what the last one got to."""
+        code = w.proc.exitcode
+        if code is None:
+            exit_text = "still running"
+        elif code < 0:
+            exit_text = f"killed by {_signal_name(-code)}"
+        else:
+            exit_text = f"exit code {code}"
+        main_path = getattr(sys.modules.get("__main__"), "__file__", None)
+        if w.entered:
+            cause = (
+                "it got as far as loading the reward function (unpickling it, importing its modules) "
+                "and no further"
+            )
+        elif main_path:
+            cause = (
+                f"it never got to run any reward code: a worker first re-runs the driver's main module "
+                f"({main_path}), as multiprocessing's forkserver and spawn start methods do, and that failed "
+                "or did not finish (its traceback, if any, is on stderr)"
+            )
+            if not _has_main_guard(main_path):
+                cause += (
+                    f". {main_path} has no `if __name__ == \"__main__\":` guard, so everything it does at "
+                    "module level (creating the RewardPool, scoring, training) runs again in every worker: "
+                    "move that code under the guard"
+                )
+            else:
+                cause += "; keep everything but definitions under its `if __name__ == \"__main__\":` guard"
+        else:
+            cause = "it never got to run any reward code (its traceback, if any, is on stderr)"
+        stop = "the pool stops rather than respawn workers forever"
+        return f"RewardPool: {what} (last one: {exit_text}); {stop}: {cause}."
 
     def _on_score(self, w: _Worker, key: int, score: Score, done_at: float) -> None:
         if w.inflight and w.inflight[0].key == key:
@@ -332,7 +393,8 @@ class _Dispatcher:
         for w in list(self.workers):
             if not w.ready:
                 if now - w.started_at > _STARTUP_TIMEOUT_S:
-                    raise RuntimeError(f"RewardPool worker did not start within {_STARTUP_TIMEOUT_S:.0f} s")
+                    what = f"a worker was not ready within {_STARTUP_TIMEOUT_S:.0f} s"
+                    raise WorkerStartError(self._start_failure(w, what))
                 continue
             if not w.inflight:
                 continue
@@ -412,6 +474,31 @@ class _Dispatcher:
             queue.clear()
         self.wake_r.close()
         self.wake_w.close()
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _has_main_guard(path: str) -> bool:
+    """Does the script at `path` have a module-level `if __name__ == "__main__":`? (True if it
+    cannot be read or parsed: then we do not claim it lacks one.)"""
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return True
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            sides = [node.test.left, *node.test.comparators]
+            names = {s.id for s in sides if isinstance(s, ast.Name)}
+            constants = {s.value for s in sides if isinstance(s, ast.Constant)}
+            if "__name__" in names and "__main__" in constants:
+                return True
+    return False
 
 
 _CLOCK_TICK = os.sysconf("SC_CLK_TCK")
@@ -512,6 +599,13 @@ class RewardPool:
             memory bomb raises MemoryError inside the worker instead of taking the host down.
             None: no limit.
         start_method: "forkserver" (default) or "spawn".
+        max_start_failures: after this many workers in a row die before they are ready (none
+            ready in between), the pool stops with `WorkerStartError` (pending and later batches
+            get it as `PoolClosed`) naming the exit code and the likely cause, instead of
+            respawning workers forever. A worker that cannot start once will not start the next
+            time either (a driver script without `if __name__ == "__main__":`, a reward function
+            that kills its process when unpickled); 3 still rides out a worker or two lost to,
+            say, the OOM killer during start-up.
 
     Use as a context manager or call `close()`; an unreferenced pool is closed by the garbage
     collector (outstanding batches keep their pool alive until they finish).
@@ -531,6 +625,7 @@ class RewardPool:
         prefetch: int = 16,
         memory_limit_mb: int | None = 2048,
         start_method: str = "forkserver",
+        max_start_failures: int = 3,
     ):
         if not callable(getattr(reward_fn, "score", None)):
             raise TypeError(f"reward_fn {reward_fn!r} has no .score(completion, reference) method")
@@ -551,6 +646,8 @@ class RewardPool:
             demote_s = timeout_s / 2
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        if max_start_failures < 1:
+            raise ValueError(f"max_start_failures must be >= 1, got {max_start_failures}")
         self.reward_fn = reward_fn
         self.num_workers = num_workers
         self.timeout_s = float(timeout_s)
@@ -567,6 +664,7 @@ class RewardPool:
             prefetch,
             memory_limit_mb,
             start_method,
+            max_start_failures,
         )
         self._finalizer = weakref.finalize(self, _Dispatcher.close, self._dispatcher)
 

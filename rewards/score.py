@@ -23,6 +23,19 @@ class Reason(enum.StrEnum):
     TIMEOUT = "timeout"  # the verifier ran past its time limit (soft or hard)
     CRASH = "crash"  # the verifier raised, or its worker process died
 
+    @property
+    def graded(self) -> bool:
+        """False for TIMEOUT and CRASH: no verdict on the answer was reached, so the 0 that
+        comes with them says nothing about the answer. Training on it as if the answer were
+        wrong teaches the policy to avoid whatever makes the verifier slow or break; a driver
+        should mask such samples out of the loss (or drop their group) and count them.
+        Every other reason is a verdict on the answer itself (TOO_COMPLEX and PARSE_ERROR
+        included: the answer is what is too complex or unreadable)."""
+        return self not in _UNGRADED
+
+
+_UNGRADED = frozenset({Reason.TIMEOUT, Reason.CRASH})
+
 
 @dataclass(frozen=True)
 class Score:
@@ -31,6 +44,13 @@ class Score:
     value: float
     reason: Reason
     details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def graded(self) -> bool:
+        """True if the value is a verdict on the answer; False if the sample could not be
+        graded (TIMEOUT, CRASH): mask it out of the loss, do not train on its 0 (see
+        `Reason.graded`)."""
+        return Reason(self.reason).graded
 
 
 # Longest string we keep in `details` (extracted answers can be adversarially long).

@@ -1,8 +1,10 @@
 """The reward worker process: score items one at a time, in order, under a soft time limit.
 
 Protocol over one duplex pipe (parent <-> this worker), all messages pickled bytes:
-    worker -> parent   ("ready", pid, cpu) once, then ("score", key, Score, cpu, done_at) per
-                       item, in order, where cpu is this process's CPU seconds so far (the parent
+    worker -> parent   ("started", pid) on entry (past multiprocessing's start-up, which re-runs
+                       the driver's __main__: a later death is not that), ("ready", pid, cpu)
+                       once the reward function is loaded, then ("score", key, Score, cpu,
+                       done_at) per item, in order, where cpu is this process's CPU seconds so far (the parent
                        tells a busy item from a starved one by the CPU it has used since) and
                        done_at its `time.monotonic()` (system-wide on Linux): the next queued
                        item's clock starts then, however late the parent reads the message;
@@ -111,6 +113,7 @@ def worker_main(conn: Any, fn_bytes: bytes, soft_timeout_s: float | None, memory
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     signal.signal(signal.SIGALRM, _on_alarm)
     _die_with_parent()
+    conn.send_bytes(pickle.dumps(("started", os.getpid())))
     try:
         _set_memory_limit(memory_limit_mb)
         fn = pickle.loads(fn_bytes)

@@ -75,3 +75,14 @@ class UnloadableReward:
 
     def __reduce__(self):
         return (_fail_in_worker, ())
+
+
+class ExitsWhenLoaded:
+    """Pickles fine in the driver; unpickling it in a worker ends the worker process at once
+    (exit code 3), like a module that exits on import: no exception, no message, a dead worker."""
+
+    def score(self, completion: str, reference: str) -> Score:
+        return Score(0.0, Reason.WRONG, {})
+
+    def __reduce__(self):
+        return (os._exit, (3,))

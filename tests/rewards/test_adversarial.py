@@ -80,6 +80,23 @@ def test_the_same_inputs_are_correct_when_they_should_be(math_pool: RewardPool) 
     assert [s.value for s in scores] == [1.0, 1.0, 1.0, 1.0]
 
 
+# Issue 21, "rewards that lie": (completion, reference, verdict now; it was correct before).
+LIES = [
+    ("\\boxed{" + "\\frac{1}{" * 121 + "7" + "}" * 121 + "}", "7", Reason.TOO_COMPLEX),  # 1/7, over-long
+    ("\\boxed{x" + " + x" * 259 + " + 7}", "7", Reason.TOO_COMPLEX),  # 1,041 characters
+    ("The answer is 7. \\boxed{x" + " + x" * 259 + " + 7}", "7", Reason.TOO_COMPLEX),
+    ("We halve it. Final Answer: $\\frac{84}{2}$", "2", Reason.WRONG),  # it is 42
+    ("We halve it: $\\frac{84}{2}$", "2", Reason.NO_ANSWER),  # no marker, and the 2 is a denominator
+]
+
+
+def test_rewards_that_lied_through_the_pool(math_pool: RewardPool) -> None:
+    scores = math_pool.score([(c, r) for c, r, _ in LIES], timeout=120)
+    assert [(s.value, s.reason) for s in scores] == [(0.0, reason) for _, _, reason in LIES]
+    assert all(s.graded for s in scores)  # verdicts on the answer: trained on, not masked
+    assert math_pool.score([("We halve it. Final Answer: $\\frac{84}{2}$", "42")])[0].reason is Reason.CORRECT
+
+
 # Only inputs that are fast: outside the pool there is no time limit, and what slips past the
 # complexity budgets (the slow expansion) runs for minutes in-process — that is what the pool is for.
 @pytest.mark.parametrize("name", [n for n in ADVERSARIAL if n != "slow expansion"])

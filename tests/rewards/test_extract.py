@@ -35,11 +35,59 @@ from rewards.extract import Extracted, extract_answer
         ("A: 10", ("10", "label")),
         ("Answer:\n11", ("11", "label")),
         ("a: 10", ("10", "last_number")),  # lower-case "a:" is not an answer label
+        # a label anywhere on the last line (issue 21: the fallback took the denominator, "2")
+        ("So we halve it. Final Answer: $\\frac{84}{2}$", ("$\\frac{84}{2}$", "label")),
+        ("So we halve it, final answer: 42", ("42", "label")),
+        ("So we halve it, **Final Answer:** 42. I hope it is correct.", ("42", "label")),
+        ("Answer: 41, no, Final Answer: 42", ("42", "label")),
+        ("Answer: 41\nthen Final Answer: 42\n\n", ("42", "label")),
+        ("Answer: 41\nthen Final Answer: 42\nI hope so.", ("41", "label")),  # only on the last line
+        ("So, Final Answer:", None),  # a label with nothing after it
+        ("Point A: 12", ("12", "last_number")),  # "A:" only counts at the start of a line
         ("there are 3 cats and 12 dogs", ("12", "last_number")),
         ("it costs 1,234.50 total", ("1,234.50", "last_number")),
         ("up by 12 %", ("12 %", "last_number")),
         ("ratio 3/4", ("3/4", "last_number")),
         ("drop of -7", ("-7", "last_number")),
+        ("she has **17** apples", ("17", "last_number")),
+        ("the angle is $90^\\circ$", ("90", "last_number")),
+        ("3 + 4 = 7", ("7", "last_number")),
+        ("3 + 4 => 7 apples", ("7", "last_number")),
+        ("x \\approx 7", ("7", "last_number")),
+        ("so $x = -7$", ("-7", "last_number")),
+        ("in all 10\\,000 dollars", ("10\\,000", "last_number")),
+        ("a 7-day week", ("7", "last_number")),
+        ("\\textbf{12} cats", ("12", "last_number")),
+        # the fallback takes no part of a fraction or an expression, nor an earlier number instead
+        ("so $\\frac{84}{2}$", None),
+        ("so $\\dfrac{84}{2}$.", None),
+        ("so $\\frac12$", None),
+        ("3 then $\\frac{84}{2}$", None),
+        ("3 then $84/x$", None),
+        ("3 then $x/2$", None),
+        ("3 then $x^2$", None),
+        ("3 then $x^{2}$", None),
+        ("3 then $2^x$", None),
+        ("3 then $x_1$", None),
+        ("3 then $a_{12}$", None),
+        ("3 then $\\sqrt{2}$", None),
+        ("3 then $\\sqrt2$", None),
+        ("3 then $\\sqrt[3]{8}$", None),
+        ("3 then $\\log_2 8$", None),
+        ("3 then $\\binom{5}{2}$", None),
+        ("3 then $x + 7$", None),
+        ("3 then $7 - x$", None),
+        ("3 then $3\\pi$", None),
+        ("3 then $2 \\cdot 5$", None),
+        ("3 then $x \\le 5$", None),
+        ("3 then 10 -7", None),
+        ("3 then 1.2.3", None),
+        # digits inside words are no numbers (an AIME solution ends in its author's name)
+        ("180 + 24 = 204. -sepehr2010", ("204", "last_number")),
+        ("the probability is .5", (".5", "last_number")),
+        # a box, even unusable, turns the fallback off ("\\boxed{" cut off by the token limit)
+        ("I got 7, so \\boxed{", None),
+        ("I got 7, so \\boxed{} is", None),
         # precedence: boxed > #### > answer is > label > last number
         ("Answer: 1\n#### 2\nThe answer is 3 \\boxed{4} 5", ("4", "boxed")),
         ("Answer: 1\nThe answer is 3\n#### 2\n 5", ("2", "hash")),
@@ -116,6 +164,39 @@ def test_long_boxed_content_is_bounded() -> None:
     assert extract.last_boxed("\\boxed{" + "1+" * 100 + "1}") == "1+" * 100 + "1"
 
 
+def _too_long(found: Extracted | None) -> tuple[str, bool, int] | None:
+    return None if found is None else (found.source, found.too_long, len(found.text))
+
+
+LIMIT = extract.MAX_ANSWER_CHARS
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # issue 21: the over-long box was skipped and the last number inside it graded
+        ("\\boxed{" + "\\frac{1}{" * 121 + "7" + "}" * 121 + "}", ("boxed", True, LIMIT)),
+        ("\\boxed{" + "x" + " + x" * 259 + " + 7}", ("boxed", True, LIMIT)),  # 1,041 characters
+        ("\\boxed{" + "x" + " + x" * 239 + " + 7}", ("boxed", False, 961)),
+        ("\\boxed{" + "7" * LIMIT + "}", ("boxed", False, LIMIT)),  # just within the limit
+        ("\\boxed{" + "7" * (LIMIT + 1) + "}", ("boxed", True, LIMIT)),  # just over it
+        ("\\boxed{" + "7" * (LIMIT + 1), ("boxed", True, LIMIT)),  # over it and never closed
+        ("\\boxed{" + "7" * (LIMIT - 1), None),  # cut off within the limit: no answer
+        ("\\boxed{7} \\boxed{" + "7" * (LIMIT + 1) + "}", ("boxed", True, LIMIT)),  # the last box
+        ("\\boxed " + "7" * LIMIT, ("boxed", False, LIMIT)),
+        ("\\boxed " + "7" * (LIMIT + 1), ("boxed", True, LIMIT)),
+        ("\\boxed{" + "{" * 1_000_000, ("boxed", True, LIMIT)),
+        ("#### " + "7" * (LIMIT + 1), ("hash", True, LIMIT)),  # no marker cuts its answer short
+        ("The answer is " + "7" * (LIMIT + 1) + ". Done.", ("answer_is", True, LIMIT)),
+        ("The answer is 7. " + "x" * 2 * LIMIT, ("answer_is", False, 1)),  # the sentence, not the line
+        ("Answer: " + "7" * (LIMIT + 1), ("label", True, LIMIT)),
+        ("So, Final Answer: " + "7" * (LIMIT + 1), ("label", True, LIMIT)),
+    ],
+)
+def test_an_over_long_answer_is_marked_not_cut_or_skipped(text: str, expected: tuple | None) -> None:
+    assert _too_long(extract_answer(text)) == expected
+
+
 # --- property-based ----------------------------------------------------------------------------
 ANSWERS = st.one_of(
     st.integers(-(10**12), 10**12).map(str),
@@ -147,6 +228,21 @@ def test_last_box_wins_whatever_surrounds_it(prefix: str, answer: str, suffix: s
 def test_last_number_is_the_last_integer(numbers: list[int], sep: str) -> None:
     text = "values:" + sep.join(str(n) for n in numbers) + " end"
     assert extract_answer(text) == Extracted(str(numbers[-1]), "last_number")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.text(alphabet=st.characters(whitelist_categories=("L", "Zs")), max_size=200),
+    st.integers(0, 10**9),
+    st.integers(1, 10**9),
+    st.sampled_from(
+        ["\\frac{{{a}}}{{{b}}}", "{a}/x", "x/{b}", "x^{b}", "x^{{{b}}}", "x_{b}", "\\sqrt{{{b}}}", "x + {b}", "{a}_{b}"]
+    ),
+)
+def test_the_fallback_never_takes_part_of_an_expression(prose: str, a: int, b: int, template: str) -> None:
+    text = f"{prose} {a} then ${template.format(a=a, b=b)}$"
+    found = extract_answer(text)
+    assert found is None or found.source == "label", (text, found)  # the prose may say "Answer:"
 
 
 @settings(max_examples=100, deadline=None)

@@ -25,6 +25,8 @@ C, W, N = Reason.CORRECT, Reason.WRONG, Reason.NO_ANSWER
         ("<think>add them \\boxed{4}", 0.0, N),  # never closed: no block, no answer after it
         ("</think>\\boxed{4}<think>", 0.5, W),  # tags in the wrong order
         ("<think>add them</think>", 0.5, N),
+        ("<think>add them</think>\\boxed{" + "1" * 1001 + "}", 0.5, N),  # over-long: no gradable answer
+        ("<think>add them</think>So, Final Answer: 4", 1.0, C),  # a label inside the last line
         ("", 0.0, N),
     ],
 )
@@ -93,6 +95,18 @@ def test_everything_crossing_processes_pickles() -> None:
     assert {r.value for r in Reason} == {"correct", "wrong", "no_answer", "parse_error", "too_complex", "timeout", "crash"}
     with pytest.raises(AttributeError):
         Score(1.0, C).value = 0.0  # type: ignore[misc]
+
+
+def test_graded_tells_could_not_grade_from_graded_wrong() -> None:
+    # the driver masks what could not be graded (timeout, crash) instead of training on its 0
+    assert {r for r in Reason if not r.graded} == {Reason.TIMEOUT, Reason.CRASH}
+    assert Score(0.0, Reason.WRONG).graded and Score(0.0, Reason.TOO_COMPLEX).graded
+    assert not Score(0.0, Reason.TIMEOUT).graded and not Score(0.0, Reason.CRASH).graded
+    assert not Score(0.0, "crash").graded  # type: ignore[arg-type]  # a reason given as its string
+    assert not pickle.loads(pickle.dumps(Score(0.0, Reason.TIMEOUT, {"timeout": "hard"}))).graded
+    # WeightedReward: the primary (first) component decides, like its reason
+    fn = WeightedReward([(MathReward(), 1.0), (FormatReward(), 0.1)])
+    assert fn.score("\\boxed{5}", "4").graded
 
 
 def test_weighted_reward_in_the_pool() -> None:

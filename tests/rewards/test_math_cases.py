@@ -9,7 +9,18 @@ import pytest
 
 from rewards import MathReward, Reason
 
-C, W, N, P = Reason.CORRECT, Reason.WRONG, Reason.NO_ANSWER, Reason.PARSE_ERROR
+C, W, N, P, T = Reason.CORRECT, Reason.WRONG, Reason.NO_ANSWER, Reason.PARSE_ERROR, Reason.TOO_COMPLEX
+
+
+def nested_frac(levels: int, inner: str = "7") -> str:
+    """`\\frac{1}{\\frac{1}{...7}}`: the value is 1/7 for an odd number of levels, 7 for an even one."""
+    return "\\frac{1}{" * levels + inner + "}" * levels
+
+
+def sum_ending_in_7(chars: int) -> str:
+    """`x + x + ... + x + 7`, exactly `chars` characters long (chars = 1 mod 4)."""
+    assert chars % 4 == 1
+    return "x" + " + x" * ((chars - 5) // 4) + " + 7"
 
 # (completion, reference, expected value, expected reason or None for "any")
 CASES = [
@@ -154,6 +165,45 @@ CASES = [
     ("\\boxed{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}", "7", 0, W),
     ("\\boxed{x}", "7", 0, W),
     ("\\boxed{\\text{the answer}}", "7", 0, W),
+    # --- issue 21, "rewards that lie": an over-long box is too_complex, never a number inside it --
+    ("\\boxed{" + nested_frac(121) + "}", "7", 0, T),  # 1/7, 1,211 characters: was correct (the 7)
+    ("\\boxed{" + nested_frac(121) + "}", "\\frac{1}{7}", 0, T),  # over-long even when right
+    ("\\boxed{" + nested_frac(80) + "}", "7", 0, T),  # 801 characters: the depth budget
+    ("\\boxed{" + sum_ending_in_7(961) + "}", "7", 0, T),  # the 400-character budget
+    ("\\boxed{" + sum_ending_in_7(997) + "}", "7", 0, T),  # just under the box limit: the budget
+    ("\\boxed{" + sum_ending_in_7(1001) + "}", "7", 0, T),  # just over it: was correct
+    ("\\boxed{" + sum_ending_in_7(1041) + "}", "7", 0, T),  # was correct (the 7)
+    ("\\boxed{7} or rather \\boxed{" + sum_ending_in_7(1041) + "}", "7", 0, T),  # not the box before
+    ("The answer is 7. \\boxed{" + sum_ending_in_7(1041) + "}", "7", 0, T),  # nor another marker
+    ("It is 7. \\boxed{" + sum_ending_in_7(1041), "7", 0, T),  # nor a number before it (cut off)
+    ("It is 7. \\boxed{x + ", "7", 0, N),  # a cut-off box: no answer, no number from elsewhere
+    # --- ... and a label anywhere on the last line; a fallback that never takes part of an expression
+    ("We divide the total by two. Final Answer: $\\frac{84}{2}$", "42", 1, C),  # was wrong: "2"
+    ("We divide the total by two. Final Answer: $\\frac{84}{2}$", "2", 0, W),  # was correct
+    ("Final Answer: $\\frac{84}{2}$", "42", 1, C),  # at the start of the line (always worked)
+    ("Adding the 3 boxes, Final Answer: 42", "42", 1, C),  # a plain number
+    ("Adding the 3 boxes, Final Answer: 42 apples.", "42", 1, C),
+    ("Adding the 3 boxes, **Final Answer:** 42. I hope it is correct.", "42", 1, C),
+    ("First Answer: 41, no, Final Answer: 42", "42", 1, C),  # the last label on the line
+    ("Adding the 3 boxes, Final Answer: $\\boxed{42}$", "42", 1, C),  # with a box
+    ("Adding the 3 boxes, Final Answer: $\\boxed{41}$", "42", 0, W),
+    ("Point A: 42", "42", 1, C),  # "A:" inside a line is no label (the number stands alone)
+    ("So the Final Answer: $\\frac{84}{2}$\nI hope it is correct.", "42", 0, N),  # not the last line
+    ("So the Final Answer: $\\frac{84}{2}$\nI hope it is correct.", "2", 0, N),  # was correct: "2"
+    ("so it is $\\frac{84}{2}$", "2", 0, N),  # a denominator: was correct
+    ("so it is $\\frac{84}{2}$", "84", 0, N),
+    ("so it is $84/x$", "84", 0, N),
+    ("we get $x^2$", "2", 0, N),
+    ("the sides are 3 and $\\sqrt{2}$", "2", 0, N),
+    ("the sides are 3 and $\\sqrt{2}$", "3", 0, N),  # not a number before the expression either
+    ("it is $x + 7$", "7", 0, N),
+    ("the log is $\\log_2 8$", "8", 0, N),
+    ("the area is $3\\pi$", "3", 0, N),
+    ("she has **17** apples", "17", 1, C),  # standalone numbers still count
+    ("the angle is $90^\\circ$.", "90", 1, C),
+    ("so 3 + 4 = 7", "7", 1, C),
+    ("so $x = -7$", "-7", 1, C),
+    ("in all 10\\,000 dollars", "10000", 1, C),
 ]
 
 
@@ -219,6 +269,25 @@ def test_details_carry_the_extracted_answer() -> None:
 def test_unparseable_reference_is_a_parse_error_not_a_crash() -> None:
     score = MathReward().score("\\boxed{3}", "")
     assert score.value == 0 and score.reason in (P, W)
+
+
+def test_an_over_long_box_says_why_it_is_too_complex() -> None:
+    score = MathReward().score("\\boxed{" + nested_frac(121) + "}", "7")
+    assert (score.value, score.reason) == (0, T)
+    assert score.details["budget"] == "answer over 1000 characters" and score.details["source"] == "boxed"
+    assert score.details["answer"].startswith("\\frac{1}{\\frac{1}{")  # the box, not the 7 in it
+
+
+@pytest.mark.parametrize("budgets", [True, False])
+def test_the_box_limit_is_exact_and_does_not_depend_on_the_budgets(budgets: bool) -> None:
+    reward = MathReward(budgets=budgets)
+    under, over = "7" + " " * 999, "7" + " " * 1000  # 1,000 and 1,001 characters
+    assert reward.score("\\boxed{" + under + "}", "7").reason is C
+    assert reward.score("\\boxed{" + over + "}", "7").reason is T
+    # without the budgets, a long answer within the limit is graded on all of it (248x + 7 != 7)
+    expected = T if budgets else W
+    assert reward.score("\\boxed{" + sum_ending_in_7(997) + "}", "7").reason is expected
+    assert reward.score("\\boxed{" + sum_ending_in_7(1001) + "}", "7").reason is T
 
 
 def test_unparseable_answer_is_a_parse_error() -> None:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import gc
 import os
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rewards_testlib import ScriptedReward, UnloadableReward
+from rewards_testlib import ExitsWhenLoaded, ScriptedReward, UnloadableReward
 
-from rewards import MathReward, PoolClosed, Reason, RewardPool, Score
+from rewards import MathReward, PoolClosed, Reason, RewardPool, Score, WorkerStartError
 
 
 def _alive(pid: int) -> bool:
@@ -96,6 +100,7 @@ def test_hang_is_killed_at_the_timeout_and_the_pool_goes_on(pool: RewardPool) ->
     elapsed = time.monotonic() - start
     assert [s.reason for s in scores] == [Reason.CORRECT, Reason.TIMEOUT, Reason.CORRECT]
     assert scores[1] == Score(0.0, Reason.TIMEOUT, scores[1].details) and scores[1].details["timeout"] == "hard"
+    assert [s.graded for s in scores] == [True, False, True]  # the driver masks the timeout
     assert 1.5 <= elapsed < 1.5 + 1.0
     after = pool.stats()
     assert after["timeout"] - before["timeout"] == 1
@@ -105,7 +110,7 @@ def test_hang_is_killed_at_the_timeout_and_the_pool_goes_on(pool: RewardPool) ->
 
 def test_soft_timeout_interrupts_python_loops(pool: RewardPool) -> None:
     score = pool.score([("spin", "a")])[0]
-    assert score.reason is Reason.TIMEOUT and score.details["timeout"] == "soft"
+    assert score.reason is Reason.TIMEOUT and score.details["timeout"] == "soft" and not score.graded
 
 
 @pytest.mark.parametrize("cmd", ["exit", "segv"])
@@ -114,7 +119,7 @@ def test_dead_worker_is_a_crash_for_its_item_only(pool: RewardPool, cmd: str) ->
     items = [(f"value:{i}", "r") for i in range(20)]
     items[7] = (cmd, "r")
     scores = pool.score(items)
-    assert scores[7].reason is Reason.CRASH and scores[7].value == 0.0
+    assert scores[7].reason is Reason.CRASH and scores[7].value == 0.0 and not scores[7].graded
     assert [s.value for i, s in enumerate(scores) if i != 7] == [float(i) for i in range(20) if i != 7]
     after = pool.stats()
     assert after["crash"] - before["crash"] == 1
@@ -126,6 +131,7 @@ def test_exceptions_and_bad_results_are_crashes_without_respawn(pool: RewardPool
     raised, none = pool.score([("raise", "r"), ("none", "r")])
     assert raised.reason is Reason.CRASH and "RuntimeError: boom" in raised.details["error"]
     assert none.reason is Reason.CRASH and "NoneType" in none.details["error"]
+    assert not raised.graded and not none.graded
     assert pool.stats()["respawns"] == before["respawns"]
 
 
@@ -220,6 +226,60 @@ def test_a_reward_function_that_cannot_load_breaks_the_pool_loudly() -> None:
     p.close()
 
 
+def test_workers_that_die_on_start_break_the_pool_with_the_cause() -> None:
+    p = RewardPool(ExitsWhenLoaded(), num_workers=2, timeout_s=5)  # max_start_failures=3
+    handle = p.submit([("x", "y")] * 3)
+    start = time.monotonic()
+    with pytest.raises(PoolClosed, match="3 worker processes in a row died before they were ready") as info:
+        handle.result(timeout=60)  # a pending batch gets the error instead of hanging
+    assert time.monotonic() - start < 30
+    message = str(info.value)
+    assert isinstance(info.value.__cause__, WorkerStartError)
+    assert "exit code 3" in message and "loading the reward function" in message
+    assert "__main__" not in message  # the worker got past multiprocessing's start-up: no guard hint
+    assert p.stats()["respawns"] <= 2  # 2 + at most 2 replacements, not an endless loop
+    with pytest.raises(PoolClosed, match="exit code 3"):
+        p.submit([("x", "y")])
+    p.close()
+
+
+def test_max_start_failures_is_a_setting() -> None:
+    p = RewardPool(ExitsWhenLoaded(), num_workers=1, timeout_s=5, max_start_failures=1)
+    with pytest.raises(PoolClosed, match="1 worker processes in a row"):
+        p.score([("x", "y")], timeout=60)
+    assert p.stats()["respawns"] == 0
+    p.close()
+
+
+_UNGUARDED_SCRIPT = """
+    from rewards import Reason, RewardPool, Score
+
+    class Constant:
+        def score(self, completion, reference):
+            return Score(1.0, Reason.CORRECT, {})
+
+    # no `if __name__ == "__main__":` guard: every worker re-runs this module on start-up
+    with RewardPool(Constant(), num_workers=1, timeout_s=5) as pool:
+        print(pool.score([("a", "b")], timeout=60))
+"""
+
+
+def test_a_driver_script_without_a_main_guard_fails_fast_and_says_why(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(_UNGUARDED_SCRIPT))
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    assert done.returncode != 0, done.stdout
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("rewards.batch.PoolClosed: RewardPool: 3 worker processes in a row"), done.stderr[-3000:]
+    assert "exit code 1" in last and str(script) in last
+    assert 'has no `if __name__ == "__main__":` guard' in last
+    assert elapsed < 60  # a few seconds: the forkserver's start-up and three short-lived workers
+
+
 def test_bad_arguments_fail_at_the_boundary() -> None:
     with pytest.raises(TypeError, match="picklable"):
         RewardPool(type("Local", (), {"score": lambda self, c, r: None})(), num_workers=1)
@@ -229,6 +289,8 @@ def test_bad_arguments_fail_at_the_boundary() -> None:
         RewardPool(MathReward(), num_workers=0)
     with pytest.raises(ValueError, match="fork"):
         RewardPool(MathReward(), num_workers=1, start_method="fork")
+    with pytest.raises(ValueError, match="max_start_failures"):
+        RewardPool(MathReward(), num_workers=1, max_start_failures=0)
 
 
 def test_non_string_items_are_rejected(pool: RewardPool) -> None:
