@@ -217,7 +217,7 @@ def quantize_stacked_experts(w13: torch.Tensor, w2: torch.Tensor, pow2_scale: bo
     """Each stacked expert's gate, up and down weights quantized as the trainer's per-expert
     ``FP8Linear`` modules quantize them (128×128 blocks of each), stacked: (gate_q ``[S, I, D]``,
     gate_s, up_q ``[S, I, D]``, up_s, down_q ``[S, D, I]``, down_s)."""
-    from .fp8.quantize import quantize_weight
+    from .fp8 import quantize_weight
 
     inter = w13.shape[1] // 2
     per_expert = [[quantize_weight(m, pow2_scale) for m in (w13[e, :inter], w13[e, inter:], w2[e])]
