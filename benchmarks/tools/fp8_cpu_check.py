@@ -1,7 +1,7 @@
 """Bitwise check of the CPU FP8 path (kernels/fp8/reference.py and its CPU dispatch) against an
 earlier version of reference.py, loaded from git at run time (or from a file).
 
-    python benchmarks/fp8_cpu_check.py [--old-rev REV | --old-file PATH] [--cases N]
+    python -m benchmarks.tools.fp8_cpu_check [--old-rev REV | --old-file PATH] [--cases N]
 
 Compares raw bits (fp8 as uint8, floats as same-width ints, so NaN payloads count too) of the
 quantizers (fp32/bf16/fp16/fp64 inputs, pow2 on/off, shapes with K/M tails, K < 128, M = 1,
@@ -13,18 +13,14 @@ forward and gradients. Exits non-zero on the first mismatch.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
 
-import torch  # noqa: E402
-
-from fp8_cpu import BASE_REV, load_old_reference  # noqa: E402
-from kernels.fp8 import FP8_DTYPE, fp8_linear  # noqa: E402
-from kernels.fp8 import reference as NEW  # noqa: E402
-from kernels.fp8.quantize import quantize_act_both, quantize_weight_t  # noqa: E402
+from benchmarks.fp8.cpu import BASE_REV, load_old_reference
+from kernels.fp8 import FP8_DTYPE, fp8_linear
+from kernels.fp8 import reference as NEW
+from kernels.fp8.quantize import quantize_act_both, quantize_weight_t
 
 _INT_OF = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16,
            torch.float16: torch.int16, FP8_DTYPE: torch.uint8}

@@ -224,7 +224,7 @@ def _empty_padded_rows(rows: int, cols: int, device) -> torch.Tensor:
     return torch.empty_strided((rows, cols), (_cdiv(cols, 16) * 16, 1), dtype=FP8_DTYPE, device=device)
 
 
-# (BLOCK_M, BLOCK_K, num_warps[, maxnreg]) per mode; tuned on an H100 (benchmarks/fp8.py).
+# (BLOCK_M, BLOCK_K, num_warps[, maxnreg]) per mode; tuned on an H100 (benchmarks/fp8/ops.py).
 # "both" holds 64 fp32 values per thread plus both outputs: capped at 128 registers it runs two
 # blocks per SM (a few spills) and beats one block at 165 registers (0.56 vs 0.46 of copy).
 _QUANT_CFG = {"row": (32, 128, 4), "col": (128, 64, 4), "both": (128, 128, 8, 128)}
