@@ -44,13 +44,13 @@ from kernels.fp8 import reference as R
 from kernels.lm_head import logits_fp32, token_logprobs, token_logprobs_ref
 
 GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, kind); full Triton sweep of
-    # 2026-11-26 in BENCHMARKS.md (ptr / tma / tma_ws / tma_pp: 206-690 TFLOP/s)
+    # 2026-11-26 in docs/benchmarks-log.md (ptr / tma / tma_ws / tma_pp: 206-690 TFLOP/s)
     (128, 128, 8, 4, "ptr"), (128, 128, 8, 4, "tma"), (64, 128, 4, 4, "tma"),
     (128, 128, 8, 4, "gluon"), (128, 128, 8, 5, "gluon"),
     (128, 256, 4, 3, "gluon_ws"), (128, 256, 4, 4, "gluon_ws"),
 ]  # the persistent variants' sweep: benchmarks/tools/fp8_gemm_variants.py
 WS_CONFIGS = [(128, 128, 8, 4, "tma_ws"), (128, 128, 8, 4, "tma_pp_ws")]
-QUANT_CONFIGS = {  # mode -> [(BLOCK_M, BLOCK_K, num_warps)]; 2026-11-26 sweeps in BENCHMARKS.md.
+QUANT_CONFIGS = {  # mode -> [(BLOCK_M, BLOCK_K, num_warps)]; 2026-11-26 sweeps in docs/benchmarks-log.md.
     # Tiles of more than 64 elements per thread spill registers.
     "row": [(32, 128, 4), (32, 256, 4), (64, 128, 4), (16, 256, 4)],
     "col": [(128, 64, 4), (128, 32, 4), (128, 64, 8), (128, 128, 8), (128, 128, 16)],

@@ -5,7 +5,7 @@ spills and SASS instruction counts (no device time).
 
 A fake active driver reports GPUTarget("cuda", 90, 32); ``kernel.warmup`` compiles with CPU
 tensors standing in for the device ones; ptxas -v / cuobjdump -sass read the result
-(BENCHMARKS.md, FP8, "Off-device compile checks").
+(docs/benchmarks-log.md, FP8, "Off-device compile checks").
 """
 
 from __future__ import annotations
