@@ -33,7 +33,6 @@ import random
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from benchmarks.harness import header
@@ -41,9 +40,6 @@ from rewards import MathReward, Reason, RewardPool, Score
 from rewards.pool import default_num_workers
 
 REPO = Path(__file__).resolve().parents[2]
-# The pool preloads this module (`python -m`) into its forkserver; each worker's re-run of it as
-# __mp_main__ then makes runpy warn that it is already imported. Harmless: the workers inherit this.
-warnings.filterwarnings("ignore", r".*found in sys.modules after import of package", RuntimeWarning)
 
 DATA = Path(os.environ.get("LOCKSTEP_DATA_DIR") or REPO.parent / "shared" / "data")  # as rl/data.py
 
