@@ -9,7 +9,7 @@
   over the same tokens with hooks on the same module names; the first module whose outputs
   differ by more than ``rtol`` is named (DESIGN.md §4: fix the first module that diverges).
 
-Used by the parity tests (CPU) and ``benchmarks/ring_vllm_gpu.py`` (CUDA).  ``llm`` is a
+Used by the parity tests (CPU) and ``benchmarks/gpu/ring_vllm.py`` (CUDA).  ``llm`` is a
 ``vllm.LLM`` built with ``worker_extension_cls="rollout.activations.EngineExtension"``.
 """
 

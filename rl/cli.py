@@ -10,6 +10,10 @@ the fix, and exit 2 without a traceback.
 
 from __future__ import annotations
 
+from rl.blas import pin_mkl_code_path
+
+pin_mkl_code_path()  # first: MKL reads MKL_CBWR when torch loads it, in this process and its children
+
 import argparse
 import dataclasses
 import json

@@ -15,6 +15,7 @@ import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from rl.blas import MKL_CBWR
 from rl.config import ConfigError, RunConfig
 
 log = logging.getLogger("lockstep.placement")
@@ -22,7 +23,9 @@ log = logging.getLogger("lockstep.placement")
 
 # The environment of every actor. Their own chatter (vLLM INFO lines, progress bars, deprecation
 # notices) would bury the run's progress lines; warnings and errors still come through.
+# MKL_CBWR: one MKL code path in every trainer rank and engine (rl/blas.py), the user's if exported.
 ACTOR_ENV = {
+    "MKL_CBWR": os.environ.get("MKL_CBWR", MKL_CBWR),
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
     "VLLM_LOGGING_LEVEL": "WARNING",

@@ -92,7 +92,7 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-# (rows per program, num_warps); tuned on an H100 (benchmarks/fp8.py).
+# (rows per program, num_warps); tuned on an H100 (benchmarks/fp8/ops.py).
 _SILU_CFG = (1, 4)
 
 

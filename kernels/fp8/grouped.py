@@ -8,7 +8,7 @@
   bq[g], b_scale[g])`` — bitwise: the same per-element math (each 128-wide K block's fp8 product
   on the tensor cores, promoted ``acc += P_k * (sA_k ⊗ sB_k)`` in K order), and a row's result
   depends neither on the tile shape nor on the other rows (fp8_gemm's batch invariance). The GPU
-  benchmark (``benchmarks/fp8.py --sections moe``) and the GPU tests check the bits.
+  benchmark (``benchmarks/fp8/ops.py --sections moe``) and the GPU tests check the bits.
 
 What it is for: a MoE layer's FP8 experts in the rollout engine (``kernels.moe``'s
 ``stacked_experts_fp8``), instead of three GEMM launches per expert (771 for Ring-mini's 257).

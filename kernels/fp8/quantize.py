@@ -40,7 +40,7 @@ if HAS_TRITON:  # CPU-only installs may lack triton
 
 _FLOAT_IN = (torch.float32, torch.bfloat16, torch.float16)
 
-# (BLOCK_M, BLOCK_K, num_warps[, maxnreg]) per mode; tuned on an H100 (benchmarks/fp8.py).
+# (BLOCK_M, BLOCK_K, num_warps[, maxnreg]) per mode; tuned on an H100 (benchmarks/fp8/ops.py).
 # "both" holds 64 fp32 values per thread plus both outputs: capped at 128 registers it runs two
 # blocks per SM (a few spills) and beats one block at 165 registers (0.56 vs 0.46 of copy).
 _QUANT_CFG = {"row": (32, 128, 4), "col": (128, 64, 4), "both": (128, 128, 8, 128)}

@@ -73,7 +73,7 @@ if HAS_TRITON:
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); one config for every M (batch invariant).
-_CONFIG_GPU = (128, 256, 64, 8, 4)  # best of 4 on an H100 (benchmarks/fp8.py)
+_CONFIG_GPU = (128, 256, 64, 8, 4)  # best of 4 on an H100 (benchmarks/fp8/ops.py)
 # fp32 operands take twice the shared memory per tile: the bf16 tiles would need 393 KB (H100:
 # 227 KB), so fp32 gets smaller tiles (98 KB).
 _CONFIG_GPU_FP32 = (128, 128, 32, 8, 3)

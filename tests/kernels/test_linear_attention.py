@@ -7,7 +7,7 @@ interpreted functions here; if something imported them earlier without it (e.g. 
 directory collected first imported the model), the in-process triton cases are skipped and
 ``test_triton_backend_in_subprocess`` reruns them in a fresh interpreter-mode process.
 Note: the Triton interpreter (3.6) gets bf16 tl.dot wrong, so the 16-bit interpreter cases use
-fp16; bf16 is checked on the GPU by benchmarks/linear_attention.py.
+fp16; bf16 is checked on the GPU by benchmarks/linear_attention/ops.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Benchmark and GPU correctness check for kernels/fp8 and kernels/lm_head (issue kernels/fp8).
 
-Run on a CUDA machine:  python benchmarks/fp8.py [--out DIR]
+Run on a CUDA machine:  python -m benchmarks.fp8.ops [--out DIR]
 Smoke run on CPU (correctness section only, tiny sizes, Triton interpreter):
-    TRITON_INTERPRET=1 python benchmarks/fp8.py --smoke
+    TRITON_INTERPRET=1 python -m benchmarks.fp8.ops --smoke
 
 Prints, with the device and the anchors measured in the same run:
 1. correctness vs float64 references (quantize bitwise vs the PyTorch path, GEMM error,
@@ -18,18 +18,15 @@ Prints, with the device and the anchors measured in the same run:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from kernels.fp8 import (  # noqa: E402
+from benchmarks.harness import copy_bandwidth, gpu_ms, graph_ms, header, rel_error
+from kernels.fp8 import (
     FP8_DTYPE,
     FP8Linear,
     fp8_gemm,
@@ -43,17 +40,17 @@ from kernels.fp8 import (  # noqa: E402
     rmsnorm_quant,
     silu_mul_quant,
 )
-from kernels.fp8 import reference as R  # noqa: E402
-from kernels.lm_head import logits_fp32, token_logprobs, token_logprobs_ref  # noqa: E402
+from kernels.fp8 import reference as R
+from kernels.lm_head import logits_fp32, token_logprobs, token_logprobs_ref
 
 GEMM_CONFIGS = [  # (BLOCK_M, BLOCK_N, num_warps, num_stages, kind); full Triton sweep of
-    # 2026-11-26 in BENCHMARKS.md (ptr / tma / tma_ws / tma_pp: 206-690 TFLOP/s)
+    # 2026-11-26 in docs/benchmarks-log.md (ptr / tma / tma_ws / tma_pp: 206-690 TFLOP/s)
     (128, 128, 8, 4, "ptr"), (128, 128, 8, 4, "tma"), (64, 128, 4, 4, "tma"),
     (128, 128, 8, 4, "gluon"), (128, 128, 8, 5, "gluon"),
     (128, 256, 4, 3, "gluon_ws"), (128, 256, 4, 4, "gluon_ws"),
-]  # the persistent variants' sweep: benchmarks/fp8_gemm_variants.py
+]  # the persistent variants' sweep: benchmarks/tools/fp8_gemm_variants.py
 WS_CONFIGS = [(128, 128, 8, 4, "tma_ws"), (128, 128, 8, 4, "tma_pp_ws")]
-QUANT_CONFIGS = {  # mode -> [(BLOCK_M, BLOCK_K, num_warps)]; 2026-11-26 sweeps in BENCHMARKS.md.
+QUANT_CONFIGS = {  # mode -> [(BLOCK_M, BLOCK_K, num_warps)]; 2026-11-26 sweeps in docs/benchmarks-log.md.
     # Tiles of more than 64 elements per thread spill registers.
     "row": [(32, 128, 4), (32, 256, 4), (64, 128, 4), (16, 256, 4)],
     "col": [(128, 64, 4), (128, 32, 4), (128, 64, 8), (128, 128, 8), (128, 128, 16)],
@@ -81,11 +78,6 @@ RESULTS: dict = {}
 def say(line: str = "") -> None:
     print(line, flush=True)
     ROWS.append(line)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
 
 def bits_equal_frac(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -129,13 +121,13 @@ def check_correctness(dev: str, smoke: bool) -> None:
     ref = R.fp8_gemm_ref(xq, xs, wq, ws)
     c = fp8_gemm(xq, xs, wq, ws, torch.float32)
     exact = x.double() @ w.double().t()
-    say(f"fp8_gemm [{m}x{n}x{k}]: rel err vs float64-on-dequantized {rel(c, ref):.2e}; "
-        f"quantization error vs unquantized float64 {rel(c, exact):.2e}; nan {bool(c.isnan().any())}")
-    RESULTS["gemm_rel_err"] = rel(c, ref)
+    say(f"fp8_gemm [{m}x{n}x{k}]: rel err vs float64-on-dequantized {rel_error(c, ref):.2e}; "
+        f"quantization error vs unquantized float64 {rel_error(c, exact):.2e}; nan {bool(c.isnan().any())}")
+    RESULTS["gemm_rel_err"] = rel_error(c, ref)
     # 1×128-scaled B (the wgrad form)
     bq, bs = quantize_act(w.to(torch.bfloat16))
     c2 = fp8_gemm(xq, xs, bq, bs, torch.float32)
-    say(f"fp8_gemm 1x128-B: rel err {rel(c2, R.fp8_gemm_ref(xq, xs, bq, bs)):.2e}")
+    say(f"fp8_gemm 1x128-B: rel err {rel_error(c2, R.fp8_gemm_ref(xq, xs, bq, bs)):.2e}")
 
     if dev == "cuda":  # Gluon kernel (Hopper) at odd, TMA-legal shapes, both B granularities
         for (gm, gn, gk) in ((1000, 704, 1040), (77, 264, 2048), (300, 1024, 272)):
@@ -148,7 +140,7 @@ def check_correctness(dev: str, smoke: bool) -> None:
                         cg = fp8_gemm(gaq, gas, gbq, gbs, od, config=(128, 128, 8, 4, "gluon"))
                         ct = fp8_gemm(gaq, gas, gbq, gbs, od, config=(128, 128, 8, 4, "ptr"))
                         say(f"gluon [{gm}x{gn}x{gk}] B {bname} {od}: rel err vs float64 "
-                            f"{rel(cg, R.fp8_gemm_ref(gaq, gas, gbq, gbs)):.2e}, bitwise == ptr kernel "
+                            f"{rel_error(cg, R.fp8_gemm_ref(gaq, gas, gbq, gbs)):.2e}, bitwise == ptr kernel "
                             f"{bool(torch.equal(cg, ct))}, nan {bool(cg.isnan().any())}")
                     except Exception as e:
                         say(f"gluon [{gm}x{gn}x{gk}] FAILED: {type(e).__name__}: {str(e)[:300]}")
@@ -187,12 +179,12 @@ def check_correctness(dev: str, smoke: bool) -> None:
     y, yq, ys = rmsnorm_quant(xr, g, 1e-6, return_y=True, backend=be)
     yr = R.rmsnorm_ref(xr, g, 1e-6)
     qr2, sr2 = R.quantize_act_ref(y)
-    say(f"rmsnorm_quant: y rel err vs fp32 ref {rel(y, yr):.2e} (bf16 rounding); q == quantize_act(y) "
+    say(f"rmsnorm_quant: y rel err vs fp32 ref {rel_error(y, yr):.2e} (bf16 rounding); q == quantize_act(y) "
         f"{bits_equal_frac(yq, qr2):.6f}, scales {bits_equal_frac(ys, sr2):.6f}")
     xs_ = torch.randn(m, 2 * (d + 64), device=dev, dtype=torch.bfloat16) * 3
     y, yq, ys = silu_mul_quant(xs_, return_y=True, backend=be)
     qr3, sr3 = R.quantize_act_ref(y)
-    say(f"silu_mul_quant: y rel err {rel(y, R.silu_mul_ref(xs_)):.2e}; q == quantize_act(y) "
+    say(f"silu_mul_quant: y rel err {rel_error(y, R.silu_mul_ref(xs_)):.2e}; q == quantize_act(y) "
         f"{bits_equal_frac(yq, qr3):.6f}, scales {bits_equal_frac(ys, sr3):.6f}")
 
     # FP8Linear gradients vs bf16 linear, both against float64
@@ -214,7 +206,7 @@ def check_correctness(dev: str, smoke: bool) -> None:
     y64.backward(dy.double())
     refs = (y64.detach(), x64.grad, w64.grad)
     for name in ("fp8", "bf16"):
-        e = [rel(out[name][i], refs[i]) for i in range(3)]
+        e = [rel_error(out[name][i], refs[i]) for i in range(3)]
         say(f"linear {name}: rel err vs float64  y {e[0]:.2e}  dx {e[1]:.2e}  dW {e[2]:.2e}")
         RESULTS[f"linear_{name}_rel"] = e
 
@@ -231,71 +223,20 @@ def check_correctness(dev: str, smoke: bool) -> None:
     lr, er = token_logprobs_ref(hd, wd, tok)
     (lr * gl.double() + er * ge.double()).sum().backward()
     say(f"token_logprobs: max|Δlogp| {(lp.double() - lr).abs().max().item():.2e}  max|Δent| "
-        f"{(ent.double() - er).abs().max().item():.2e}  dh rel {rel(h.grad, hd.grad):.2e}  "
-        f"dW rel {rel(wl.grad, wd.grad):.2e}")
+        f"{(ent.double() - er).abs().max().item():.2e}  dh rel {rel_error(h.grad, hd.grad):.2e}  "
+        f"dW rel {rel_error(wl.grad, wd.grad):.2e}")
     lg = logits_fp32(h.detach(), wl.detach())
-    say(f"logits_fp32 rel err vs float64 {rel(lg, hd.detach() @ wd.detach().t()):.2e}")
+    say(f"logits_fp32 rel err vs float64 {rel_error(lg, hd.detach() @ wd.detach().t()):.2e}")
     say()
 
 
 # ----------------------------------------------------------------------------- performance
 
 
-def bench(fn, ms_rep=200, grad_to_none=None) -> float:
-    import triton
-
-    return triton.testing.do_bench(fn, warmup=50, rep=ms_rep, grad_to_none=grad_to_none,
-                                   return_mode="median")
-
-
-def bench_graph(fn, inputs: list, reps: int = 20) -> float:
-    """GPU ms per call of fn(x), x cycling through ``inputs``: all calls captured in one CUDA
-    graph and replayed, so host launch cost is left out (do_bench times it in whenever the
-    host needs longer than the GPU: small memory-bound kernels on these VMs). Give inputs
-    that together exceed the L2 cache (50 MB), so none is read from L2."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # compile and fill the launch cache outside the capture
-        for x in inputs:
-            fn(x)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for x in inputs:
-            fn(x)
-    ms = replay_ms(graph, reps, len(inputs))
-    del graph
-    return ms
-
-
-def replay_ms(graph, reps: int, calls: int) -> float:
-    """Median GPU ms per call over ``reps`` replays of a captured ``graph`` of ``calls`` calls
-    (one untimed replay first)."""
-    graph.replay()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return sorted(times)[len(times) // 2]
-
-
 def rotating(x: torch.Tensor, total_bytes: int = 1 << 28) -> list:
-    """x and copies of it, at least ``total_bytes`` together (for bench_graph)."""
+    """x and copies of it, at least ``total_bytes`` together (for graph_ms)."""
     n = max(2, -(-total_bytes // (x.numel() * x.element_size())))
     return [x] + [x.clone() for _ in range(n - 1)]
-
-
-def copy_bandwidth(dev) -> float:
-    x = torch.randn(1 << 29, device=dev, dtype=torch.bfloat16)  # 1 GiB
-    y = torch.empty_like(x)
-    t = bench(lambda: y.copy_(x))
-    bw = 2 * x.numel() * 2 / (t * 1e-3)
-    del x, y
-    return bw
 
 
 def gemm_section(dev) -> None:
@@ -309,21 +250,21 @@ def gemm_section(dev) -> None:
         b = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
         fl = 2 * m * n * k
         tf = lambda t: fl / (t * 1e-3) / 1e12  # noqa: E731
-        t_bf16 = bench(lambda: a @ b.t())
+        t_bf16 = gpu_ms(lambda: a @ b.t())
         a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn)
         one = torch.ones((), device=dev)
-        t_ten = bench(lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16))
+        t_ten = gpu_ms(lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16))
         sa = torch.rand(m, 1, device=dev) + 0.5
         sb = torch.rand(1, n, device=dev) + 0.5
-        t_row = bench(lambda: torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16))
+        t_row = gpu_ms(lambda: torch._scaled_mm(a8, b8.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16))
         aq, as_ = quantize_act(a)
         bq, bs = quantize_weight(b)
-        t_def = bench(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16))
+        t_def = gpu_ms(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16))
         best = (t_def, "default")
         per = {}
         for cfg in cfgs:
             try:
-                t = bench(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=cfg))
+                t = gpu_ms(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=cfg))
             except Exception as e:  # out of shared memory etc.
                 per[str(cfg)] = f"fail {type(e).__name__}"
                 continue
@@ -348,8 +289,8 @@ def bandwidth_section(dev, copy_bw) -> None:
     say("|---|---|---|---|---|---|")
 
     def row(name, shape, fn, nbytes, x=None):
-        t = bench(fn)
-        tg = bench_graph(lambda xx: fn(xx), rotating(x)) if x is not None else float("nan")
+        t = gpu_ms(fn)
+        tg = graph_ms(lambda xx: fn(xx), rotating(x)) if x is not None else float("nan")
         RESULTS[f"bw_{name}_{shape}"] = (nbytes / (t * 1e-3) / copy_bw, nbytes / (tg * 1e-3) / copy_bw)
         say(f"| {name} | {shape} | {t * 1e3:.1f} | {nbytes / (t * 1e-3) / copy_bw:.2f} | "
             f"{tg * 1e3:.1f} | {nbytes / (tg * 1e-3) / copy_bw:.2f} |")
@@ -373,7 +314,7 @@ def bandwidth_section(dev, copy_bw) -> None:
             per = {}
             for cfg in QUANT_CONFIGS[mode] + (QUANT_GLUON_CONFIGS if mode != "row" else []):
                 try:
-                    t = bench_graph(lambda xx: _quant_act_triton(xx, *flags, False, cfg), xs)
+                    t = graph_ms(lambda xx: _quant_act_triton(xx, *flags, False, cfg), xs)
                     per[str(cfg)] = round(nbytes / (t * 1e-3) / copy_bw, 2)
                 except Exception as e:
                     per[str(cfg)] = f"fail {type(e).__name__}: {str(e)[:100]}"
@@ -388,7 +329,7 @@ def bandwidth_section(dev, copy_bw) -> None:
         m * d * 7 + m * d // 32, xr)
     per = {}
     for cfg in FUSED_CONFIGS["rmsnorm"]:
-        t = bench(lambda: rmsnorm_quant(xr, g, config=cfg))
+        t = gpu_ms(lambda: rmsnorm_quant(xr, g, config=cfg))
         per[str(cfg)] = round((m * d * 5 + m * d // 32) / (t * 1e-3) / copy_bw, 2)
     say(f"  rmsnorm_quant {m}x{d} ÷copy per (rows, warps): {per}")
     for m, i in ((8192, 5120), (16384, 1024)):
@@ -398,7 +339,7 @@ def bandwidth_section(dev, copy_bw) -> None:
             m * i * 7 + m * i // 32, xs)
         per = {}
         for cfg in FUSED_CONFIGS["silu"]:
-            t = bench(lambda: silu_mul_quant(xs, config=cfg))
+            t = gpu_ms(lambda: silu_mul_quant(xs, config=cfg))
             per[str(cfg)] = round((m * i * 5 + m * i // 32) / (t * 1e-3) / copy_bw, 2)
         say(f"  silu_mul_quant {m}x2*{i} ÷copy per (rows, warps): {per}")
     say()
@@ -421,12 +362,12 @@ def weight_section(dev, copy_bw) -> None:
                     same = all(torch.equal(a.view(torch.uint8) if a.dtype == FP8_DTYPE else a,
                                            b.view(torch.uint8) if b.dtype == FP8_DTYPE else b)
                                for a, b in zip(got, want))
-                    t = bench_graph(lambda w: _quant_weight_triton(w, False, transposed, cfg), ws)
+                    t = graph_ms(lambda w: _quant_weight_triton(w, False, transposed, cfg), ws)
                     per[str(cfg)] = f"{n * k * 3 / (t * 1e-3) / copy_bw:.2f}{'' if same else '!'}"
                 except Exception as e:  # out of shared memory etc.
                     per[str(cfg)] = f"fail {type(e).__name__}"
             fn = quantize_weight_t if transposed else quantize_weight
-            t = bench(lambda: fn(ws[0]))
+            t = gpu_ms(lambda: fn(ws[0]))
             say(f"  {'W^T' if transposed else 'W'} {n}x{k}: default do_bench {t * 1e3:.1f} us "
                 f"({n * k * 3 / (t * 1e-3) / copy_bw:.2f}); graph: {per}")
         del ws
@@ -465,7 +406,7 @@ def quant_act_ab_section(dev, copy_bw, rounds: int = 3) -> None:
             per = {cfg: [] for cfg in cfgs}
             for _ in range(rounds):
                 for cfg in cfgs:
-                    t = bench_graph(lambda xx: _quant_act_triton(xx, *flags, False, cfg), xs)
+                    t = graph_ms(lambda xx: _quant_act_triton(xx, *flags, False, cfg), xs)
                     per[cfg].append(nbytes / (t * 1e-3) / copy_bw)
             for cfg in cfgs:
                 name = "default" if cfg == "gluon" else cfg[1:]
@@ -502,15 +443,15 @@ def linear_section(dev) -> None:
     dy = torch.randn(m, n, device=dev, dtype=torch.bfloat16)
     res = {}
     for name, mod in (("bf16", lin), ("fp8", f8)):
-        res[name + "_fwd"] = bench(lambda: mod(x), grad_to_none=[x, lin.weight])
-        res[name + "_fwdbwd"] = bench(lambda: mod(x).backward(dy), grad_to_none=[x, lin.weight])
+        res[name + "_fwd"] = gpu_ms(lambda: mod(x), grad_to_none=[x, lin.weight])
+        res[name + "_fwdbwd"] = gpu_ms(lambda: mod(x).backward(dy), grad_to_none=[x, lin.weight])
     # where the FP8 time goes (the launches of one step, in order)
     parts = linear_step_parts(x.detach(), lin.weight.detach(), dy)
-    times = {k_: bench(f_) * 1e3 for k_, f_ in parts.items()}
+    times = {k_: gpu_ms(f_) * 1e3 for k_, f_ in parts.items()}
     say("breakdown (us): " + ", ".join(f"{k_} {t_:.0f}" for k_, t_ in times.items())
         + f"; sum {sum(times.values()):.0f}")
     # The same parts as GPU time (4 calls each in a CUDA graph, same inputs: no host launch cost).
-    times = {k_: bench_graph(lambda _, f_=f_: f_(), [None] * 4) * 1e3 for k_, f_ in parts.items()}
+    times = {k_: graph_ms(lambda _, f_=f_: f_(), [None] * 4) * 1e3 for k_, f_ in parts.items()}
     say("breakdown, CUDA graph (us): " + ", ".join(f"{k_} {t_:.0f}" for k_, t_ in times.items())
         + f"; sum {sum(times.values()):.0f}")
     # wgrad (both operands 1×128 along the token dim): the default kernel against Triton's,
@@ -528,7 +469,7 @@ def linear_section(dev) -> None:
     wfl = 2 * m * n * k
     for name_, f_ in wg.items():
         same = torch.equal(f_(), dw_ref)
-        t = bench(f_)
+        t = gpu_ms(f_)
         say(f"wgrad {name_}: {t * 1e3:.0f} us, {wfl / (t * 1e-3) / 1e12:.0f} TFLOP/s, bitwise equal to Triton: {same}")
     from kernels.fp8 import launch as B
 
@@ -598,21 +539,21 @@ def lm_head_section(dev) -> None:
         return torch.cuda.max_memory_allocated() - base
 
     d_ref = (ours().double() - naive().double()).abs().max().item()
-    t_naive = bench(naive, ms_rep=1000)
-    t_ours = bench(ours, ms_rep=1000)
+    t_naive = gpu_ms(naive, rep=1000)
+    t_ours = gpu_ms(ours, rep=1000)
     m_naive, m_ours = peak(naive), peak(ours)
-    t_bf16 = bench(lambda: F.linear(h, w))
-    t_logits = bench(lambda: logits_fp32(h, w))
+    t_bf16 = gpu_ms(lambda: F.linear(h, w))
+    t_logits = gpu_ms(lambda: logits_fp32(h, w))
     per = {}
     for cfg in LOGITS_CONFIGS:
         try:
-            per[str(cfg)] = round(2 * n * v * d / bench(lambda: logits_fp32(h, w, config=cfg)) / 1e9)
+            per[str(cfg)] = round(2 * n * v * d / gpu_ms(lambda: logits_fp32(h, w, config=cfg)) / 1e9)
         except Exception as e:
             per[str(cfg)] = f"fail {type(e).__name__}"
     say(f"logits_fp32 TFLOP/s per config: {per}")
     hg = h.clone().requires_grad_()
     wg = w.clone().requires_grad_()
-    t_fb = bench(lambda: token_logprobs(hg, wg, tok)[0].sum().backward(), ms_rep=1000, grad_to_none=[hg, wg])
+    t_fb = gpu_ms(lambda: token_logprobs(hg, wg, tok)[0].sum().backward(), rep=1000, grad_to_none=[hg, wg])
     m_fb = peak(lambda: token_logprobs(hg, wg, tok)[0].sum().backward())
     fl = 2 * n * v * d
     say(f"max |ours - naive| logprob: {d_ref:.2e}")
@@ -672,9 +613,9 @@ def moe_section(dev) -> None:
         h = torch._grouped_mm(rows, w13.transpose(1, 2), offs=offsets[1:].to(torch.int32))
         return torch._grouped_mm(F.silu(h[:, :inter]) * h[:, inter:], w2.transpose(1, 2), offs=offsets[1:].to(torch.int32))
 
-    def graph_ms(fn) -> str:
+    def graphed(fn) -> str:
         try:
-            return f"{bench_graph(lambda _: fn(), [None]):.3f}"
+            return f"{graph_ms(lambda _: fn(), [None]):.3f}"
         except Exception as e:  # a layer that cannot be captured is reported, not hidden
             return f"n/a ({type(e).__name__})"
 
@@ -690,12 +631,12 @@ def moe_section(dev) -> None:
             grouped = lambda: stacked_experts_fp8(x, idx, w, *quantized, True, False)  # noqa: E731
             bf16 = lambda: stacked_experts(x, idx, w, w13, w2, True)  # noqa: E731
             same = torch.equal(grouped(), per_expert_loop(x, idx, w))
-            t_grouped, t_bf16 = bench(grouped), bench(bf16)
-            t_loop = bench(lambda: per_expert_loop(x, idx, w), ms_rep=100)
+            t_grouped, t_bf16 = gpu_ms(grouped), gpu_ms(bf16)
+            t_loop = gpu_ms(lambda: per_expert_loop(x, idx, w), rep=100)
             _, rows, counts = _grouped_rows(x, idx, w, E, True)
             offsets = F.pad(counts.cumsum(0), (1, 0))
-            g_layer = f"{graph_ms(grouped)} / {graph_ms(bf16)}"
-            g_gemms = f"{graph_ms(lambda: gemms_fp8(rows, offsets))} / {graph_ms(lambda: gemms_bf16(rows, offsets))}"
+            g_layer = f"{graphed(grouped)} / {graphed(bf16)}"
+            g_gemms = f"{graphed(lambda: gemms_fp8(rows, offsets))} / {graphed(lambda: gemms_bf16(rows, offsets))}"
             RESULTS[f"moe_{tokens}"] = dict(bitwise=same, grouped=t_grouped, loop=t_loop, bf16=t_bf16,
                                             graph_layer=g_layer, graph_gemms=g_gemms)
             say(f"| {tokens} | {same} | {t_grouped:.3f} | {t_loop:.3f} | {t_bf16:.3f} | "
@@ -711,7 +652,7 @@ def moe_section(dev) -> None:
             for config in ((64, 128, 4, 4), (64, 128, 4, 3), (128, 128, 8, 4), (64, 256, 4, 3), (128, 256, 8, 3)):
                 try:
                     same = torch.equal(gemms_fp8(rows, offsets, config), want)
-                    cells.append(f"{config}: {graph_ms(lambda: gemms_fp8(rows, offsets, config))} {same}")
+                    cells.append(f"{config}: {graphed(lambda: gemms_fp8(rows, offsets, config))} {same}")
                 except Exception as e:
                     cells.append(f"{config}: failed {type(e).__name__}")
             say(f"- {tokens} tokens: " + "; ".join(cells))
@@ -731,7 +672,7 @@ def ws_probe(dev) -> None:
         ref = fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=(128, 128, 8, 4, "ptr"))
         for cfg in WS_CONFIGS:
             c = fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=cfg)
-            t = bench(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=cfg))
+            t = gpu_ms(lambda: fp8_gemm(aq, as_, bq, bs, torch.bfloat16, config=cfg))
             say(f"{m},{n},{k} {cfg}: {2 * m * n * k / t / 1e9:.0f} TFLOP/s, bitwise == ptr kernel: "
                 f"{bool(torch.equal(c, ref))}")
 
@@ -745,14 +686,10 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="also write the raw numbers as JSON")
     args = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
-    import triton
-
     sections = args.sections.split(",")
     tag = "_".join(sections)
-    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu (interpreter)"
-    now = datetime.datetime.now(datetime.timezone.utc)
-    say(f"# kernels/fp8 benchmark [{tag}] — {name}, torch {torch.__version__}, "
-        f"triton {triton.__version__}, {now:%Y-%m-%d %H:%M} UTC")
+    say(header(f"kernels/fp8 benchmark [{tag}]" + ("" if dev == "cuda" else " (Triton interpreter)"),
+               ("torch", "triton")))
     torch.manual_seed(0)
     todo = {
         "correctness": lambda: check_correctness(dev, args.smoke or dev == "cpu"),

@@ -2,7 +2,7 @@
 CPU dispatch): the current code against an earlier kernels/fp8/reference.py (which held the CPU
 path until it was split) loaded from git at run time, in the same run.
 
-    python benchmarks/fp8_cpu.py [--old-rev REV] [--threads 1 2] [--repeats 7] [--quick]
+    python -m benchmarks.fp8.cpu [--old-rev REV] [--threads 1 2] [--repeats 7] [--quick]
 
 Per shape (M tokens, K in, N out) and thread count: median µs of quantize_act, quantize_act_both,
 quantize_weight, quantize_weight_t, fp8_gemm (the PyTorch path), FP8Linear forward and
@@ -10,31 +10,32 @@ forward+backward, and F.linear (fp32) forward and forward+backward as the anchor
 alternate call by call (the machine is noisy), each timing the median over ``--repeats`` rounds
 of the median of many calls. "old" runs the same dispatch (quantize.py, gemm.py, linear.py) with the
 old reference functions patched in, so the ratio measures the CPU path's functions.
-Bitwise equality of the two is checked by benchmarks/fp8_cpu_check.py.
+Bitwise equality of the two is checked by benchmarks/tools/fp8_cpu_check.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import importlib.util
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
+from pathlib import Path
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from kernels.fp8 import fp8_gemm, fp8_linear  # noqa: E402
-from kernels.fp8 import gemm as G  # noqa: E402
-from kernels.fp8 import quantize as Q  # noqa: E402
+from benchmarks.harness import header
+
+from kernels.fp8 import fp8_gemm, fp8_linear
+from kernels.fp8 import gemm as G
+from kernels.fp8 import quantize as Q
+
+REPO = Path(__file__).resolve().parents[2]
 
 # The last commit before the CPU speed-up of reference.py (the default "old" for the comparison).
 BASE_REV = "6241847"
@@ -43,7 +44,7 @@ BASE_REV = "6241847"
 def load_old_reference(rev: str = BASE_REV, path: str | None = None):
     """kernels/fp8/reference.py as of git revision ``rev`` (or the file ``path``), as a module."""
     if path is None:
-        src = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:kernels/fp8/reference.py"], check=True,
+        src = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:kernels/fp8/reference.py"], check=True,
                              capture_output=True, text=True).stdout
         fd, path = tempfile.mkstemp(suffix="_fp8_reference_old.py")
         with os.fdopen(fd, "w") as f:
@@ -148,11 +149,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="only the two demo shapes at M=128")
     args = ap.parse_args()
     old = load_old_reference(args.old_rev, args.old_file)
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"# fp8 CPU path: new (working tree) vs old ({args.old_file or args.old_rev}); {now}; "
-          f"uptime: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
-    print(f"# torch {torch.__version__}; medians of {args.repeats} rounds, each the median of calls "
-          "alternating old/new")
+    print(header(f"fp8 CPU path: new (working tree) vs old ({args.old_file or args.old_rev})"))
+    print(f"# medians of {args.repeats} rounds, each the median of calls alternating old/new")
     shapes = SHAPES[:2] if args.quick else SHAPES
     for threads in args.threads:
         torch.set_num_threads(threads)

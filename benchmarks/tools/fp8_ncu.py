@@ -1,20 +1,16 @@
 """One FP8 kernel (or its cuBLAS anchor) launched a few times, for Nsight Compute (H100).
 
     ncu --clock-control none -k regex:NAME --launch-skip 2 --launch-count 1 ... \\
-        python benchmarks/fp8_ncu.py gemm|scaled_mm|both [M N K] [--config ...]
+        python -m benchmarks.tools.fp8_ncu gemm|scaled_mm|both [M N K] [--config ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from kernels.fp8 import fp8_gemm, quantize_act, quantize_act_both, quantize_weight  # noqa: E402
+from kernels.fp8 import fp8_gemm, quantize_act, quantize_act_both, quantize_weight
 
 
 def main():

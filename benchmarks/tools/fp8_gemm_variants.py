@@ -1,6 +1,6 @@
 """Compare Gluon FP8 GEMM variants against cuBLAS in one process (H100): bitwise checks, then TFLOP/s.
 
-    python benchmarks/fp8_gemm_variants.py [--variants "128,256,4,3,gluon_ws;..."] [--out DIR]
+    python -m benchmarks.tools.fp8_gemm_variants [--variants "128,256,4,3,gluon_ws;..."] [--out DIR]
 
 Correctness: each variant bitwise equal to the Triton pointer kernel at odd shapes (bf16 and
 fp32 out; the output is uninitialised memory, so equality also shows every element written) and
@@ -11,18 +11,15 @@ torch._scaled_mm tensorwise / rowwise measured in the same run.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import triton
 
-import torch  # noqa: E402
-import triton  # noqa: E402
-
-from kernels.fp8 import fp8_gemm, quantize_act, quantize_weight  # noqa: E402
-from kernels.fp8 import reference as R  # noqa: E402
+from benchmarks.harness import gpu_ms, header, rel_error
+from kernels.fp8 import fp8_gemm, quantize_act, quantize_weight
+from kernels.fp8 import reference as R
 
 DEFAULT_VARIANTS = [
     (128, 128, 8, 4, "gluon"), (128, 256, 4, 2, "gluon_ws"),
@@ -36,12 +33,7 @@ REF = (128, 128, 8, 4, "ptr")
 def bench(fn, graph=False):
     if graph:  # small GEMMs: a CUDA graph takes the Python launch cost out
         return triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median")
-    return triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median")
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm()).item()
+    return gpu_ms(fn)
 
 
 def main():
@@ -58,8 +50,7 @@ def main():
         variants = [tuple(int(x) for x in v.split(",")[:4]) + (v.split(",")[4],) for v in args.variants.split(";")]
     shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split(",")) for s in args.shapes.split(";")]
     dev = "cuda"
-    print(f"# {torch.cuda.get_device_name()} | torch {torch.__version__} | triton {triton.__version__} | "
-          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", flush=True)
+    print(header("FP8 GEMM variants vs cuBLAS", ("torch", "triton")), flush=True)
     res = {"variants": [list(v) for v in variants], "checks": {}, "gemm": {}}
     torch.manual_seed(0)
     if not args.skip_check:
@@ -81,7 +72,7 @@ def main():
                     if ok is not True:
                         print(f"  MISMATCH {m}x{n}x{k} {od} {v}: {ok}", flush=True)
             print(f"  checked {m}x{n}x{k} (rel err of ptr vs float64 "
-                  f"{rel(ref, R.fp8_gemm_ref(aq, as_, bq, bs)):.2e})", flush=True)
+                  f"{rel_error(ref, R.fp8_gemm_ref(aq, as_, bq, bs)):.2e})", flush=True)
         mm, kk, nn = 4096, 2048, 2048
         a = torch.randn(mm, kk, device=dev, dtype=torch.bfloat16)
         b = torch.randn(nn, kk, device=dev, dtype=torch.bfloat16)

@@ -1,6 +1,6 @@
 """Reward pool benchmark: verdicts per second and tail latency with pathological completions.
 
-    python benchmarks/rewards.py [--items 2000] [--batches 5] [--timeout 5]
+    python -m benchmarks.rewards.pool [--items 2000] [--batches 5] [--timeout 5]
 
 Prints three tables (see DESIGN.md §9):
 
@@ -21,7 +21,7 @@ Prints three tables (see DESIGN.md §9):
    (rewards/budget.py) on and off, and on with a further kind that no budget catches (only the
    timeout ends it). Target: p99 batch latency <= timeout + 1 s.
 
-Data: ../shared/data relative to the repository root.
+Data: $LOCKSTEP_DATA_DIR, else ../shared/data relative to the repository root.
 """
 
 from __future__ import annotations
@@ -29,20 +29,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.harness import header
+from rewards import MathReward, Reason, RewardPool, Score
+from rewards.pool import default_num_workers
 
-from rewards import MathReward, Reason, RewardPool, Score  # noqa: E402
-from rewards.pool import default_num_workers  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("LOCKSTEP_DATA_DIR") or REPO.parent / "shared" / "data")  # as rl/data.py
 
 PATHOLOGICAL = [
     "Let me compute. \\boxed{9^{9^{9^{9}}}}",
@@ -73,16 +72,6 @@ def workload(n: int) -> list[tuple[str, str]]:
     items += [(r["answer"], r["answer"].rsplit("####", 1)[1].strip()) for r in gsm]
     random.Random(0).shuffle(items)
     return (items * (n // len(items) + 1))[:n]
-
-
-def device() -> str:
-    model = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {len(os.sched_getaffinity(0))} usable cores, load avg {os.getloadavg()[0]:.1f}"
 
 
 # Each measurement returns (verdicts per wall second, CPU seconds per verdict). The CPU figure
@@ -204,11 +193,8 @@ def main() -> None:
 
     items = workload(args.items)
     cores = default_num_workers()
-    print(f"device: {device()}")
-    print(
-        f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(items)} completions "
-        f"(MATH-500 solutions vs own/other answer, GSM8K references)\n"
-    )
+    print(header("reward pool", modules=("math_verify",)))
+    print(f"{len(items)} completions (MATH-500 solutions vs own/other answer, GSM8K references)\n")
 
     if not args.latency_only:
         peer, peer_cpu = best_of(args.repeats, peer_loop, items)

@@ -16,7 +16,7 @@ Run on a machine with CUDA and vLLM (the plugin must be visible to every engine 
 installed Lockstep, or this script writes a ``lockstep_rl`` dist-info with the entry point into
 a temporary folder on ``PYTHONPATH``)::
 
-    python benchmarks/ring_vllm_gpu.py --out DIR [--dtype float32] [--backend TRITON_ATTN] [--fp8]
+    python -m benchmarks.gpu.ring_vllm --out DIR [--dtype float32] [--backend TRITON_ATTN] [--fp8]
 
 fp32 runs with ``TRITON_F32_DEFAULT=ieee`` (set here unless already set): vLLM's Triton attention
 kernel calls ``tl.dot`` on fp32 q/k/v without an ``input_precision``, which is tf32 by default
@@ -27,7 +27,6 @@ writes it to ``DIR/ring_vllm_gpu.json``; exits 1 when a bound is missed.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import importlib.metadata
 import json
@@ -38,6 +37,8 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+
+from benchmarks.harness import environment
 
 PROMPT_LENS = [1, 5, 23, 70]
 NEW_TOKENS = 64
@@ -57,7 +58,7 @@ def ensure_plugin_entry_point() -> str:
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lockstep-rl\nVersion: 0.1.0\n")
     (info / "entry_points.txt").write_text(f"[{group}]\n{name} = {value}\n")
-    repo = str(Path(__file__).resolve().parents[1])
+    repo = str(Path(__file__).resolve().parents[2])
     sys.path[:0] = [str(root), repo]
     parts = [str(root), repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(parts)
@@ -214,7 +215,6 @@ def main() -> int:
     plugin = ensure_plugin_entry_point()
 
     import torch
-    import vllm
     from vllm import LLM
 
     from kernels.fp8 import fp8_projection_count
@@ -224,9 +224,7 @@ def main() -> int:
     from trainer.worker import use_fp8
 
     result: dict = dict(
-        date_utc=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        vllm=vllm.__version__, torch=torch.__version__, dtype=args.dtype, backend=args.backend,
+        **environment(("torch", "vllm")), dtype=args.dtype, backend=args.backend,
         enforce_eager=args.enforce_eager, fp8=args.fp8,
         tol=tol, plugin=plugin, triton_f32_default=os.environ.get("TRITON_F32_DEFAULT"))
     print(json.dumps(result), flush=True)

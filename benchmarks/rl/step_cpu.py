@@ -1,6 +1,6 @@
 """RL step benchmark on CPU: Lockstep's dense demo recipe against TRL's GRPOTrainer, same task.
 
-    python benchmarks/rl_step_cpu.py [RECIPE] [--steps 8] [--warmup 2] [--output-dir DIR] [--trl-threads 2,1]
+    python -m benchmarks.rl.step_cpu [RECIPE] [--steps 8] [--warmup 2] [--output-dir DIR] [--trl-threads 2,1]
 
 One run measures both sides (DESIGN.md §9: the anchor is measured in the same run):
 
@@ -34,33 +34,18 @@ The first `--warmup` steps of each side are dropped; the table shows medians of 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.harness import environment, load_average, median
+
+REPO = Path(__file__).resolve().parents[2]
 
 DEFAULT_RECIPE = REPO / "recipes" / "demo_dense.yaml"
 PHASES = ["rollout", "reward", "logprobs", "train", "sync"]
 
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
 
 
 def recipe(path: Path, steps: int, output_dir: Path):
@@ -245,32 +230,12 @@ def run_trl(steps: int, warmup: int, output_dir: Path, cfg, threads: int) -> dic
 def machine_info() -> dict:
     import torch
 
-    import transformers
-    import trl
-
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu_count": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-    }
+    info = environment(("python", "torch", "transformers", "trl", "vllm", "deepspeed", "ray"))
+    info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        info["avx512"] = "avx512f" in Path("/proc/cpuinfo").read_text()
+        info["avx512"] = str("avx512f" in Path("/proc/cpuinfo").read_text())
     except OSError:
-        pass
-    for mod in ("ray", "vllm", "deepspeed"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception as e:  # report, don't fail: the table still says what ran
-            info[mod] = f"n/a ({type(e).__name__})"
+        info["avx512"] = "n/a"
     return info
 
 
@@ -314,8 +279,8 @@ def main() -> None:
             print(f"trl ({threads} threads) done in {trl_runs[threads]['run_wall_s']:.0f}s; load average {load[f'after_trl_{threads}threads']}", flush=True)
 
     print()
-    print(f"device: {info['cpu_count']} CPUs ({info['cpu']}, AVX-512 in /proc/cpuinfo: {info.get('avx512')}, torch kernels: {info['torch_cpu_capability']}); {info['date']}")
-    print(f"software: python {info['python']}, torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}, vllm {info['vllm']}, deepspeed {info['deepspeed']}, ray {info['ray']}")
+    print(f"device: {info['device']} (AVX-512 in /proc/cpuinfo: {info['avx512']}, torch kernels: {info['torch_cpu_capability']}); {info['date']}")
+    print(f"software: {info['software']}; {info['mkl']}")
     print("load average (1/5/15 min): " + "; ".join(f"{k} {v}" for k, v in load.items()))
     print(f"recipe: {a.recipe}; rollout workers {cfg.rollout.num_workers}, trainer ranks {cfg.trainer.num_ranks} (ZeRO-{cfg.trainer.zero_stage}), old log-probs {cfg.algorithm.old_logprobs}, mini-batches {cfg.trainer.num_minibatches}")
     print(f"task: {cfg.data.train.source}, {cfg.model.path}, {cfg.rollout.prompts_per_step} prompts x {cfg.rollout.group_size}, max_new_tokens {cfg.rollout.max_new_tokens}, temperature {cfg.rollout.temperature}")

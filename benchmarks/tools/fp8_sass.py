@@ -1,11 +1,11 @@
 """Compile the FP8 Gluon kernels for sm_90a on a machine without a GPU and report registers,
 spills and SASS instruction counts (no device time).
 
-    python benchmarks/fp8_sass.py quant [cfg...] | gemm [--out DIR]
+    python -m benchmarks.tools.fp8_sass quant [cfg...] | gemm [--out DIR]
 
 A fake active driver reports GPUTarget("cuda", 90, 32); ``kernel.warmup`` compiles with CPU
 tensors standing in for the device ones; ptxas -v / cuobjdump -sass read the result
-(BENCHMARKS.md, FP8, "Off-device compile checks").
+(docs/benchmarks-log.md, FP8, "Off-device compile checks").
 """
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ import collections
 import os
 import re
 import subprocess
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import torch  # noqa: E402
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.runtime import driver  # noqa: E402
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver
 
 
 class _FakeDriver:

@@ -1,6 +1,6 @@
 """Host (CPU) cost of enqueueing FP8Linear's launches, per op and per fwd+bwd step.
 
-Run on a CUDA machine:  python benchmarks/fp8_host.py [--profile N] [--out DIR] [--kernels-root DIR]
+Run on a CUDA machine:  python -m benchmarks.fp8.host [--profile N] [--out DIR] [--kernels-root DIR]
 Prints, at the FP8Linear benchmark shape (8192 tokens, 2048 -> 5120, bf16): host µs per call of
 each launch of a training step (50 calls, no synchronisation inside, after warm-up), host µs to
 enqueue a whole fwd+bwd (FP8 and bf16 nn.Linear), the measured step (do_bench: host and GPU
@@ -21,16 +21,17 @@ import pstats
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if "--kernels-root" in sys.argv:  # before the kernels are imported
+# --kernels-root: an older copy of `kernels` shadows the working tree's (before/after runs in one
+# call); it must come first on the path before anything imports kernels.
+if "--kernels-root" in sys.argv:
     sys.path.insert(0, os.path.abspath(sys.argv[sys.argv.index("--kernels-root") + 1]))
 
 import torch  # noqa: E402
-import triton  # noqa: E402
 
+from benchmarks.fp8.ops import linear_step_parts  # noqa: E402
+from benchmarks.harness import gpu_ms, header, replay_ms  # noqa: E402
 from kernels.fp8 import FP8Linear, fp8_gemm, quantize_act_both, quantize_weight  # noqa: E402
 from kernels.fp8.quantize import quantize_weight_t  # noqa: E402
-from benchmarks.fp8 import linear_step_parts  # noqa: E402
 
 
 def host_us(f, calls: int = 50) -> float:
@@ -90,8 +91,7 @@ def main() -> None:
     dev = torch.device("cuda")
     import kernels.fp8
 
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, kernels from {kernels.fp8.__file__}")
+    print(header(f"FP8Linear host cost, kernels from {kernels.fp8.__file__}", ("torch", "triton")))
     m, k, n = 8192, 2048, 5120
     lin = torch.nn.Linear(k, n, bias=False, device=dev, dtype=torch.bfloat16)
     f8 = FP8Linear.from_linear(lin)
@@ -148,8 +148,7 @@ def main() -> None:
     summary = {}
     for name, mod in (("bf16", lin), ("fp8", f8)):
         t = host_us(lambda: mod(x).backward(dy), calls=20)
-        g = triton.testing.do_bench(lambda: mod(x).backward(dy), grad_to_none=[x, lin.weight],
-                                    return_mode="median") * 1e3
+        g = gpu_ms(lambda: mod(x).backward(dy), warmup=25, rep=100, grad_to_none=[x, lin.weight]) * 1e3
         summary[name] = (t, g)
         print(f"{name}: host enqueue per fwd+bwd {t:.0f} us; measured fwd+bwd {g:.0f} us")
     for name, mod in (("bf16", lin), ("fp8", f8)):
@@ -191,8 +190,6 @@ def graph_step_us(mod, x, dy, steps: int = 4, reps: int = 20) -> float:
     with torch.cuda.graph(graph):
         for _ in range(steps):
             mod(x).backward(dy)
-    from fp8 import replay_ms  # benchmarks/fp8.py (this script's folder is on sys.path)
-
     us = replay_ms(graph, reps, steps) * 1e3
     del graph
     x.grad = mod.weight.grad = None

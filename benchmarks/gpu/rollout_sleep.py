@@ -12,7 +12,7 @@ vLLM (vLLM has no sleep mode on CPU, so CI cannot run this):
    the first ones (max |Δ| reported; same engine, same weights);
 5. the same cycle timed on a second engine without sleep mode, as the anchor for the wake cost.
 
-    python benchmarks/rollout_sleep_gpu.py --out DIR
+    python -m benchmarks.gpu.rollout_sleep --out DIR
 
 Prints one JSON line and writes DIR/rollout_sleep_gpu.json; exits 1 when a check fails.
 """
@@ -20,7 +20,6 @@ Prints one JSON line and writes DIR/rollout_sleep_gpu.json; exits 1 when a check
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
 import os
@@ -29,8 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.harness import environment
 
 PROBE_TEXT = "Ann has 23 apples. Ann gets 58 more. How many apples now? 23+58=81. The answer is 81."
 
@@ -75,8 +73,7 @@ def main() -> int:
     gen = torch.Generator().manual_seed(0)
     perturbed = {k: v + 0.02 * torch.randn(v.shape, generator=gen) for k, v in original.items()}
     cfg = to_dict(RolloutConfig(max_model_len=256, gpu_memory_utilization=0.3, enforce_eager=False))
-    report: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
-                    "device": torch.cuda.get_device_name(0), "checks": {}}
+    report: dict = {**environment(("torch", "vllm")), "checks": {}}
     checks = report["checks"]
 
     def cycle(worker: RolloutWorker, label: str) -> dict:

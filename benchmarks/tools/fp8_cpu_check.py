@@ -3,7 +3,7 @@ dispatch) and of the tests' references (kernels/fp8/reference.py) against an ear
 kernels/fp8/reference.py (which held the CPU path until it was split), loaded from git at run
 time (or from a file).
 
-    python benchmarks/fp8_cpu_check.py [--old-rev REV | --old-file PATH] [--cases N]
+    python -m benchmarks.tools.fp8_cpu_check [--old-rev REV | --old-file PATH] [--cases N]
 
 Compares raw bits (fp8 as uint8, floats as same-width ints, so NaN payloads count too) of the
 quantizers (fp32/bf16/fp16/fp64 inputs, pow2 on/off, shapes with K/M tails, K < 128, M = 1,
@@ -15,21 +15,16 @@ forward and gradients. Exits non-zero on the first mismatch.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch
 
-import torch  # noqa: E402
-
-from fp8_cpu import BASE_REV, load_old_reference  # noqa: E402
-from kernels.fp8 import FP8_DTYPE, fp8_linear  # noqa: E402
-from kernels.fp8 import format as FMT  # noqa: E402
-from kernels.fp8 import quantize_act_both, quantize_weight_t  # noqa: E402
-from kernels.fp8 import reference as REF  # noqa: E402
-from kernels.fp8.gemm_torch import fp8_gemm_torch  # noqa: E402
-from kernels.fp8.quantize_torch import (  # noqa: E402
+from benchmarks.fp8.cpu import BASE_REV, load_old_reference
+from kernels.fp8 import FP8_DTYPE, fp8_linear
+from kernels.fp8 import format as FMT
+from kernels.fp8 import quantize_act_both, quantize_weight_t
+from kernels.fp8 import reference as REF
+from kernels.fp8.gemm_torch import fp8_gemm_torch
+from kernels.fp8.quantize_torch import (
     _quantize_tiles,
     quantize_act_t_torch,
     quantize_act_torch,

@@ -10,32 +10,24 @@ CPU (`--cpu`): tokens/s of the PyTorch path (prefill T=2048, decode batch 64) vs
 
 Timings: triton.testing.do_bench median (it flushes L2 before every repetition; the training
 inputs are far larger than L2 anyway).  Usage:
-    python benchmarks/linear_attention.py --gpu [--sweep]      # on an H100
-    python benchmarks/linear_attention.py --cpu
+    python -m benchmarks.linear_attention.ops --gpu [--sweep]      # on an H100
+    python -m benchmarks.linear_attention.ops --cpu
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from kernels import linear_attention as la  # noqa: E402
-from kernels.linear_attention import naive_recurrence  # noqa: E402
+from benchmarks.harness import copy_bandwidth, gpu_ms, graph_ms, header, markdown_table, rel_error, wall_s
+from kernels import linear_attention as la
+from kernels.linear_attention import naive_recurrence
 
 H, D = 16, 128
 ROWS: list[dict] = []
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def row(**kw):
@@ -76,8 +68,8 @@ def _correct_one(dev, mode):
         r = [x.detach().double().requires_grad_() for x in (q, k, v, h0)]
         ro, rht = naive_recurrence(*r[:3], g.double(), 0.09, r[3], cu_seqlens=cu, output_final_state=True)
         rg = torch.autograd.grad((ro * do.double()).sum() + (rht * dht.double()).sum(), r)
-        errs = {"o": rel(o, ro), "ht": rel(ht, rht)}
-        errs.update({f"d{n}": rel(a, b) for n, a, b in zip(("q", "k", "v", "h0"), grads, rg)})
+        errs = {"o": rel_error(o, ro), "ht": rel_error(ht, rht)}
+        errs.update({f"d{n}": rel_error(a, b) for n, a, b in zip(("q", "k", "v", "h0"), grads, rg)})
         name = str(dt).split(".")[-1]
         print(f"  correctness {name} split(state, derived)={mode}: " + " ".join(f"{k}={e:.2e}" for k, e in errs.items()), flush=True)
         out[name] = errs
@@ -91,7 +83,7 @@ def _correct_one(dev, mode):
     idx = torch.tensor([4, 1], device=dev)
     pool[idx] = st
     dec = [la.recurrent(q[:, t], k[:, t], v[:, t], g, 0.09, pool, idx) for t in range(T, T + N)]
-    cont = rel(torch.cat([o1, torch.stack(dec, 1)], 1), full)
+    cont = rel_error(torch.cat([o1, torch.stack(dec, 1)], 1), full)
     print(f"  continuation fp32 rel err {cont:.2e}", flush=True)
     out["continuation"] = cont
     assert cont <= 1e-5
@@ -122,42 +114,13 @@ def _correct_one(dev, mode):
 
 
 def bench(fn):
-    import triton
-
-    return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
+    return gpu_ms(fn, warmup=25, rep=150)
 
 
-def graph_time(fns):
+def graph_replays(fns):
     """Median time of one call, from CUDA-graph replays of ``fns`` (distinct inputs each, so
     their total footprint exceeds L2); launch overhead excluded, as in vLLM's graphed decode."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    for _ in range(3):
-        g.replay()
-    ts = []
-    for _ in range(20):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) / len(fns))
-    return sorted(ts)[len(ts) // 2]
-
-
-def copy_bandwidth(dev):
-    x = torch.empty(1 << 28, dtype=torch.float32, device=dev).normal_()  # 1 GiB
-    y = torch.empty_like(x)
-    ms = bench(lambda: y.copy_(x))
-    return 2 * x.numel() * 4 / (ms * 1e-3)
+    return graph_ms(lambda f: f(), fns, warm_replays=3)
 
 
 def matmul_rate(dev):
@@ -205,7 +168,7 @@ def training_shapes(dev, bw, flops, fla_chunk):
 
             a_f, a_fb = bench(fla_f), bench(fla_fb)
             with torch.no_grad():
-                d = rel(ours_f(), fla_f())
+                d = rel_error(ours_f(), fla_f())
             print(f"  ours vs fla output rel diff {d:.2e}")
         if B == 4:  # fp32 inputs (the model's own dtype, DESIGN §3 step 1): tf32x3 products
             q32, k32, v32 = [x.detach().float().requires_grad_() for x in (q, k, v)]
@@ -252,10 +215,10 @@ def decode_shapes(dev, bw, fla_rec):
         R = max(1, min(64, (512 << 20) // (B * H * D * D * 4 * 2)))
         sets = [(torch.randn(2 * B, H, D, D, device=dev), torch.randperm(2 * B, device=dev)[:B])
                 for _ in range(R)]
-        tg = graph_time([lambda p=p, i=i: la.recurrent(q, k, v, g, D ** -0.5, p, i) for p, i in sets])
+        tg = graph_replays([lambda p=p, i=i: la.recurrent(q, k, v, g, D ** -0.5, p, i) for p, i in sets])
         try:
             sts = [p[i].contiguous() for p, i in sets]
-            ag = graph_time([lambda st=st: fla_rec(q[:, None], k[:, None], v[:, None], g_gamma=g,
+            ag = graph_replays([lambda st=st: fla_rec(q[:, None], k[:, None], v[:, None], g_gamma=g,
                                                    scale=D ** -0.5, initial_state=st,
                                                    output_final_state=True) for st in sts])
         except Exception as e:
@@ -334,7 +297,7 @@ def sweep(dev, decode_sweep=False):
             o = la.recurrent(qd, kd, vd, g, 0.088, p0.clone())
             same = None if ref is None else torch.equal(o, ref)
             ref = o if ref is None else ref
-            t = graph_time([lambda p=p: la.recurrent(qd, kd, vd, g, 0.088, p) for p in pools])
+            t = graph_replays([lambda p=p: la.recurrent(qd, kd, vd, g, 0.088, p) for p in pools])
             print(f"  sweep decode B={B} BV={bv} warps={w}: {t * 1e3:.1f} us, bitwise equal to first: "
                   f"{same}", flush=True)
     rk.BV_DECODE, rk.DECODE_WARPS = rbase
@@ -342,8 +305,7 @@ def sweep(dev, decode_sweep=False):
 
 def run_gpu(args):
     dev = torch.device("cuda")
-    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  "
-          f"date {datetime.date.today()}", flush=True)
+    print(header("kernels.linear_attention on GPU", ("torch", "triton")), flush=True)
     try:
         from fla.ops.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
         import fla
@@ -363,41 +325,31 @@ def run_gpu(args):
 
 
 # ----------------------------------------------------------------------------------------- CPU
-def wall(fn, reps=3):
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return sorted(ts)[len(ts) // 2]
-
-
 def run_cpu(args):
-    print(f"CPU: {torch.get_num_threads()} threads, torch {torch.__version__}", flush=True)
+    print(header(f"kernels.linear_attention on CPU, {torch.get_num_threads()} threads"), flush=True)
     g = la.layer_decay(H, 3, 20)
     T = 2048
     q, k, v = [torch.randn(1, T, H, D) for _ in range(3)]
     with torch.no_grad():
-        t_c = wall(lambda: la.chunk(q, k, v, g, D ** -0.5, backend="torch"))
-        t_n = wall(lambda: naive_recurrence(q, k, v, g, D ** -0.5), reps=1)
+        t_c = wall_s(lambda: la.chunk(q, k, v, g, D ** -0.5, backend="torch"))
+        t_n = wall_s(lambda: naive_recurrence(q, k, v, g, D ** -0.5), reps=1)
     row(case=f"cpu prefill T={T} H={H} D={D} fp32", torch_tok_s=T / t_c, naive_tok_s=T / t_n,
         speedup=t_n / t_c)
     qg, kg, vg = [x.clone().requires_grad_() for x in (q, k, v)]
-    t_fb = wall(lambda: torch.autograd.grad(la.chunk(qg, kg, vg, g, D ** -0.5, backend="torch")[0].sum(),
+    t_fb = wall_s(lambda: torch.autograd.grad(la.chunk(qg, kg, vg, g, D ** -0.5, backend="torch")[0].sum(),
                                             (qg, kg, vg)))
     row(case=f"cpu train fwd+bwd T={T}", torch_tok_s=T / t_fb)
     B = 64
     pool = torch.randn(B, H, D, D)
     qd, kd, vd = [torch.randn(B, H, D) for _ in range(3)]
-    t_d = wall(lambda: la.recurrent(qd, kd, vd, g, D ** -0.5, pool, backend="torch"), reps=5)
+    t_d = wall_s(lambda: la.recurrent(qd, kd, vd, g, D ** -0.5, pool, backend="torch"), reps=5)
 
     def naive_step():
         for b in range(B):  # the reference loop, one sequence at a time
             naive_recurrence(qd[b][None, None], kd[b][None, None], vd[b][None, None], g, D ** -0.5,
                              pool[b][None], output_final_state=True)
 
-    t_nd = wall(naive_step, reps=3)
+    t_nd = wall_s(naive_step, reps=3)
     row(case=f"cpu decode B={B}", torch_tok_s=B / t_d, naive_tok_s=B / t_nd, speedup=t_nd / t_d)
 
 
@@ -414,12 +366,8 @@ def main():
         res = run_gpu(args)
     if args.cpu or not args.gpu:
         run_cpu(args)
-    print("\n| case | " + " | ".join(sorted({k for r in ROWS for k in r if k != "case"})) + " |")
     keys = sorted({k for r in ROWS for k in r if k != "case"})
-    print("|---" * (len(keys) + 1) + "|")
-    for r in ROWS:
-        print(f"| {r['case']} | " + " | ".join(
-            f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys) + " |")
+    print("\n" + markdown_table(["case", *keys], [[r["case"], *(r.get(k) for k in keys)] for r in ROWS]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": ROWS, **res}, f, indent=1, default=str)

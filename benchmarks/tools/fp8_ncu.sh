@@ -1,6 +1,7 @@
 #!/bin/bash
 # Nsight Compute on the FP8 kernels (H100): clocks left as found (--clock-control none).
-# Full reports under $OUT; key lines printed. Usage: bash benchmarks/fp8_ncu.sh NAME REGEX ARGS...
+# Full reports under $OUT; key lines printed. Usage: bash benchmarks/tools/fp8_ncu.sh NAME REGEX ARGS...
+# (ARGS: what python runs, e.g. -m benchmarks.tools.fp8_ncu gemm 8192 5120 2048)
 name=$1; regex=$2; shift 2
 ncu --clock-control none -k "regex:$regex" --launch-skip 2 --launch-count 1 \
     --section SpeedOfLight --section ComputeWorkloadAnalysis --section WarpStateStats \

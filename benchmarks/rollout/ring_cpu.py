@@ -25,7 +25,7 @@ Run-to-run spread on the shared 2-core machine is large (whole processes land ~1
 engine's best rate per length, and the median over repeats of the ratio ring ÷ anchor of the
 runs made back to back (the spread is printed too); ``--engines`` picks rows by kind.
 
-    python benchmarks/ring_rollout_cpu.py [--lengths 128,512,1024,2048,4096] [--batch 8,128]
+    python -m benchmarks.rollout.ring_cpu [--lengths 128,512,1024,2048,4096] [--batch 8,128]
                                           [--repeats 3] [--engines ring,dense,ring-eager,dense-eager,hf]
 """
 
@@ -39,6 +39,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.harness import header
 
 PROMPT_LEN = 32
 
@@ -170,6 +172,7 @@ def main() -> None:
         return child(args.child[0], args.child[1], lengths, batches[0], args.child[2])
     root = Path(args.work)
     root.mkdir(parents=True, exist_ok=True)
+    print(header("rollout tokens/s on CPU", ("torch", "vllm", "transformers")), flush=True)
     ring, dense, sizes = build_models(root)
     print(f"parameters: ring-linear tiny {sizes['ring_params']:,}, dense Qwen2 twin {sizes['dense_params']:,}; "
           f"prompt {PROMPT_LEN}, load {os.getloadavg()[0]:.2f}", flush=True)
@@ -188,7 +191,7 @@ def main() -> None:
             for label, kind, model, _ in runs:
                 result = root / f"{kind}-{model.name}.json"
                 todo = [n for n in lengths if kind != "hf" or args.hf_max_length is None or n <= args.hf_max_length]
-                subprocess.run([sys.executable, __file__, "--lengths", ",".join(map(str, todo)), "--batch", str(batch),
+                subprocess.run([sys.executable, "-m", __spec__.name, "--lengths", ",".join(map(str, todo)), "--batch", str(batch),
                                 "--child", kind, str(model), str(result)], check=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 for n, rate in json.loads(result.read_text()).items():

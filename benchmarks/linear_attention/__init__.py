@@ -1,0 +1,1 @@
+"""Linear attention kernels (kernels/linear_attention): chunk forward/backward and decode."""

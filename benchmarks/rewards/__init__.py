@@ -1,0 +1,1 @@
+"""The reward pool: throughput and tail latency."""

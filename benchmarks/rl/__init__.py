@@ -1,0 +1,1 @@
+"""The whole RL step on CPU against TRL."""

@@ -1,0 +1,1 @@
+"""Rollout engines on CPU: the Ring-linear vLLM plugin against dense vLLM and transformers."""

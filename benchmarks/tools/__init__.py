@@ -1,0 +1,1 @@
+"""Profiling and one-off tools: not benchmarks (no anchor); kept for the measurements they made."""
