@@ -7,7 +7,7 @@ old log-probs / update / sync), rollout tokens per second, held-out accuracy fir
 the mismatch (k3, max |Δ log-p|) and the sync probe. The first RL step is reported apart
 (warm-up: kernel compilation, allocator growth); the split is the median of the others.
 
-    python benchmarks/gpu/rl_step.py --out $OUT \
+    python -m benchmarks.gpu.rl_step --out $OUT \
         demo=recipes/demo.yaml:trainer.num_ranks=1,schedule.steps=4
 
 Each job is NAME=RECIPE[:override,override,...]; the log of each run lands in OUT/NAME.log.

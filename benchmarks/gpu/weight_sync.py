@@ -14,7 +14,7 @@ Reports seconds and GB/s for each, the device path's fraction of the copy's band
 ≥ 25 %, probe included), the split of the device path, and checks that both paths load the
 same bits (equal probe log-probs) and that the probe moved.
 
-    python benchmarks/gpu/weight_sync.py --out $OUT [--repeats 3] [--lr 1e-5]
+    python -m benchmarks.gpu.weight_sync --out $OUT [--repeats 3] [--lr 1e-5]
 """
 
 from __future__ import annotations
