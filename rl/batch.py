@@ -34,9 +34,10 @@ class Sample:
     def truncated(self) -> bool:
         return self.completion.truncated
 
-    def for_trainer(self, old_logprobs: list[float] | None = None, ref_logprobs: list[float] | None = None) -> TrainSample:
-        return TrainSample(self.prompt_ids, self.completion_ids, self.rollout_logprobs, self.advantage, self.weight,
-                           old_logprobs, ref_logprobs)
+    def for_trainer(self, old_logprobs: list[float] | None = None,
+                    ref_logprobs: list[float] | None = None) -> TrainSample:
+        return TrainSample(self.prompt_ids, self.completion_ids, self.rollout_logprobs, self.advantage,
+                           self.weight, old_logprobs, ref_logprobs)
 
 
 @dataclass

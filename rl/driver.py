@@ -57,7 +57,8 @@ class Run:
         save_resolved(cfg, self.run_dir / "config.yaml")
         self.base_model = resolve_model_path(cfg)
         check_fp8_model(cfg, self.base_model)
-        tokenizer = AutoTokenizer.from_pretrained(self.base_model, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(self.base_model,
+                                                  trust_remote_code=cfg.model.trust_remote_code)
         train_set = load_examples(cfg.data.train, "data.train")
         renderer = PromptRenderer(tokenizer, cfg.data.train)
         self.held_out = HeldOut(cfg, tokenizer)
@@ -68,20 +69,23 @@ class Run:
         state = checkpoint.load_state(self.resumed_from) if self.resumed_from else {"step": 0, "cursor": 0}
         policy = str(self.resumed_from / checkpoint.HF_DIR) if self.resumed_from else \
             warm_start(cfg, self.placement, self.base_model, train_set, renderer, tokenizer)
-        samples_per_update = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.trainer.num_minibatches
-        self.trainers = TrainerGroup.start(self.placement, trainer_setup(cfg, policy, cfg.trainer.lr, samples_per_update, cfg.algorithm.loss()))
+        per_update = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.trainer.num_minibatches
+        setup = trainer_setup(cfg, policy, cfg.trainer.lr, per_update, cfg.algorithm.loss())
+        self.trainers = TrainerGroup.start(self.placement, setup)
         if self.resumed_from:
             self.trainers.load_checkpoint(str(self.resumed_from / checkpoint.ENGINE_DIR))
         self.b_t = trainer_logprobs.choose(cfg, self.trainers)
         self.rollout = RolloutGroup.start(self.placement, cfg, policy, self.trainers.fp8_projections)
         if self.trainers.fp8_projections:
-            print_progress(f"model.fp8: {self.trainers.fp8_projections} projections run as FP8 GEMMs in trainer and rollout")
+            print_progress(f"model.fp8: {self.trainers.fp8_projections} projections run as FP8 GEMMs "
+                           "in trainer and rollout")
         self.sampler = Sampler(cfg, train_set, renderer, self.rollout, cursor=state["cursor"])
         self.sync = WeightSync(self.trainers, self.rollout, HostTransport(cfg.trainer.sync_bucket_mib),
                                tokenizer(PROBE_TEXT)["input_ids"], cfg.model.dtype)
         self.step = state["step"]
         self.saved_step = self.step if self.resumed_from else None
-        self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=self.step if self.resumed_from else None, config_dict=to_dict(cfg))
+        self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=self.step if self.resumed_from else None,
+                                     config_dict=to_dict(cfg))
         self.timings = Timings()  # the current step's
 
     # ----------------------------------------------------------------------------------------
@@ -177,8 +181,8 @@ class Run:
         m["dynamic_sampling/informative_groups_drawn"] = float(sum(flags))
         m["dynamic_sampling/batch_informative_frac"] = sum(flags[g] for g in groups) / P
         if sum(flags) < P:
-            log.warning("step %d: %d of %d groups informative after %d rollout rounds; the rest train with weight 0",
-                        self.step, sum(flags), P, rounds)
+            log.warning("step %d: %d of %d groups informative after %d rollout rounds; "
+                        "the rest train with weight 0", self.step, sum(flags), P, rounds)
         return StepBatch(idx, drawn, [s for g in groups for s in drawn[g * G : (g + 1) * G]], batch.stale)
 
     def old_logprobs(self, batch: StepBatch) -> list[list[float]] | None:
@@ -201,7 +205,8 @@ class Run:
         m.update(metrics)
         return rows
 
-    def measure_mismatch(self, batch: StepBatch, update: list[TokenLogprobs] | None, m: dict[str, float]) -> None:
+    def measure_mismatch(self, batch: StepBatch, update: list[TokenLogprobs] | None,
+                         m: dict[str, float]) -> None:
         with self.timings.phase("logprobs"):
             b_t = self.b_t.after_update(batch.samples, update)
         metrics, records = mismatch(batch.samples, b_t, self.step, batch.stale)
@@ -242,7 +247,8 @@ class Run:
         partial = checkpoint.partial_dir(self.run_dir, self.step)
         self.trainers.save_checkpoint(str(partial / checkpoint.ENGINE_DIR))
         self.trainers.export_hf(str(partial / checkpoint.HF_DIR), self.base_model)
-        state = {"step": self.step, "cursor": self.sampler.consumed_cursor(), "weights_version": self.step, "config": to_dict(self.cfg)}
+        state = {"step": self.step, "cursor": self.sampler.consumed_cursor(), "weights_version": self.step,
+                 "config": to_dict(self.cfg)}
         final = checkpoint.commit(self.run_dir, self.step, partial, state, self.cfg.schedule.keep_last)
         self.saved_step = self.step
         print_progress(f"saved checkpoint {final}")
@@ -264,13 +270,16 @@ class Run:
         lines = [
             "",
             f"== lockstep run {self.cfg.name}: {self.step} steps ==",
-            f"mean reward per step  {sparkline(rewards)}  ({out['reward_first']:.3f} → {out['reward_last']:.3f})" if rewards else "no RL steps",
+            f"mean reward per step  {sparkline(rewards)}  "
+            f"({out['reward_first']:.3f} → {out['reward_last']:.3f})" if rewards else "no RL steps",
         ]
         if evals:
-            lines.append(f"held-out accuracy     {out['eval_before']:.3f} (step {evals[0][0]}) → {out['eval_after']:.3f} "
-                         f"(step {evals[-1][0]}) on {len(self.held_out.sets[0].examples)} problems")
+            lines.append(f"held-out accuracy     {out['eval_before']:.3f} (step {evals[0][0]}) → "
+                         f"{out['eval_after']:.3f} (step {evals[-1][0]}) "
+                         f"on {len(self.held_out.sets[0].examples)} problems")
         lines += [f"run directory         {self.run_dir}",
-                  f"metrics               {self.run_dir / 'metrics.jsonl'} (TensorBoard: {self.run_dir / 'tensorboard'})",
+                  f"metrics               {self.run_dir / 'metrics.jsonl'} "
+                  f"(TensorBoard: {self.run_dir / 'tensorboard'})",
                   f"latest checkpoint     {out['checkpoint']}"]
         print_progress("\n".join(lines))
         return out

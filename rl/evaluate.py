@@ -79,7 +79,8 @@ class HeldOut:
 
     def __init__(self, cfg: RunConfig, tokenizer):
         self.cfg, self.out_dir = cfg, cfg.run_dir / "eval"
-        self.sets = [EvalSet(dataset_name(c), load_examples(c, f"data.eval[{i}]")[: cfg.schedule.eval_limit], PromptRenderer(tokenizer, c))
+        self.sets = [EvalSet(dataset_name(c), load_examples(c, f"data.eval[{i}]")[: cfg.schedule.eval_limit],
+                             PromptRenderer(tokenizer, c))
                      for i, c in enumerate(as_list(cfg.data.eval))]
         if len({s.name for s in self.sets}) < len(self.sets):
             raise ConfigError("data.eval: two held-out sets share a name; give each a distinct `name`")
@@ -95,8 +96,10 @@ class HeldOut:
                 metrics.update(result.metrics)
                 report.update(result.metrics, problems=result.per_problem[:50])
             if len(self.sets) > 1:
-                metrics.update({k.replace("eval/", f"eval/{held_out.name}/", 1): v for k, v in result.metrics.items()})
-            report.setdefault("sets", {})[held_out.name] = {**result.metrics, "problems": result.per_problem[:50]}
+                metrics.update({k.replace("eval/", f"eval/{held_out.name}/", 1): v
+                                for k, v in result.metrics.items()})
+            report.setdefault("sets", {})[held_out.name] = {**result.metrics,
+                                                             "problems": result.per_problem[:50]}
         if metrics:
             self.out_dir.mkdir(exist_ok=True)
             (self.out_dir / f"step_{step:06d}.json").write_text(json.dumps(report, indent=1))

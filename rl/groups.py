@@ -33,11 +33,12 @@ def shard(items: list, parts: int) -> list[list]:
     return [items[i * n : (i + 1) * n] for i in range(parts)]
 
 
-def trainer_setup(cfg: RunConfig, model_path: str, lr: float, samples_per_step: int, loss: LossConfig | None) -> TrainerSetup:
+def trainer_setup(cfg: RunConfig, model_path: str, lr: float, samples_per_step: int,
+                  loss: LossConfig | None) -> TrainerSetup:
     """An engine that takes `samples_per_step` samples per optimiser step over all ranks."""
-    per_rank = samples_per_step // cfg.trainer.num_ranks
-    return TrainerSetup(model_path, cfg.model.dtype, cfg.trainer, lr, math.ceil(per_rank / cfg.trainer.micro_batch_size),
-                        cfg.seed, cfg.rollout.temperature, loss, fp8_options(cfg))
+    micro_batches = math.ceil(samples_per_step // cfg.trainer.num_ranks / cfg.trainer.micro_batch_size)
+    return TrainerSetup(model_path, cfg.model.dtype, cfg.trainer, lr, micro_batches, cfg.seed,
+                        cfg.rollout.temperature, loss, fp8_options(cfg))
 
 
 class TrainerGroup:
@@ -66,11 +67,13 @@ class TrainerGroup:
     def logprobs(self, samples: list[TrainSample]) -> list[TokenLogprobs]:
         """b_t and entropies of every sample under the current weights, split over the ranks."""
         padded = samples + [samples[-1]] * (-len(samples) % len(self.actors))
-        parts = ray.get([a.compute_logprobs.remote(p) for a, p in zip(self.actors, shard(padded, len(self.actors)))])
-        return concatenated(parts)[: len(samples)]
+        parts = shard(padded, len(self.actors))
+        rows = concatenated(ray.get([a.compute_logprobs.remote(p) for a, p in zip(self.actors, parts)]))
+        return rows[: len(samples)]
 
     def reference_logprobs(self, samples: list[TrainSample]) -> list[list[float]]:
-        return concatenated(ray.get([a.reference_logprobs.remote(p) for a, p in zip(self.actors, shard(samples, len(self.actors)))]))
+        parts = shard(samples, len(self.actors))
+        return concatenated(ray.get([a.reference_logprobs.remote(p) for a, p in zip(self.actors, parts)]))
 
     def train_step(self, samples: list[TrainSample], normaliser: float) -> list[UpdateResult]:
         """One optimiser step on a mini-batch, each rank taking its contiguous share."""
@@ -79,7 +82,8 @@ class TrainerGroup:
 
     def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> list[float]:
         n = len(self.actors)
-        return ray.get([a.sft_step.remote(p, t) for a, p, t in zip(self.actors, shard(prompts, n), shard(targets, n))])
+        return ray.get([a.sft_step.remote(p, t)
+                        for a, p, t in zip(self.actors, shard(prompts, n), shard(targets, n))])
 
     def probe_logprobs(self, token_ids: list[int]) -> Pending[list[float]]:
         """The teacher-forced log-probs of `token_ids` (the sync probe), rank 0's answer."""
@@ -134,31 +138,34 @@ class RolloutGroup:
         self.infos = infos
 
     @classmethod
-    def start(cls, placement: Placement, cfg: RunConfig, model_path: str, trainer_fp8_projections: int) -> RolloutGroup:
+    def start(cls, placement: Placement, cfg: RunConfig, model_path: str,
+              trainer_fp8_projections: int) -> RolloutGroup:
         """The engines, checked to quantize the weights the trainer quantizes (model.fp8)."""
         sleeps = sleep_while_training(cfg, placement)
         actor_cls = ray.remote(RolloutWorker)
-        actors = [actor_cls.options(**placement.options(b)).remote(model_path, cfg.model.dtype, cfg.rollout, cfg.seed + k, sleeps,
-                                                                   fp8_options(cfg))
+        actors = [actor_cls.options(**placement.options(b)).remote(
+                      model_path, cfg.model.dtype, cfg.rollout, cfg.seed + k, sleeps, fp8_options(cfg))
                   for k, b in enumerate(placement.rollout_bundles)]
         infos = ray.get([a.info.remote() for a in actors])
         engines = {i.fp8_projections for i in infos}
         if engines != {trainer_fp8_projections}:  # a side that silently stayed unquantized
-            raise RuntimeError(f"model.fp8: the trainer runs {trainer_fp8_projections} projections as FP8 GEMMs, "
-                               f"the rollout engines {sorted(engines)}; both must quantize the same weights")
+            raise RuntimeError(f"model.fp8: the trainer runs {trainer_fp8_projections} projections as FP8 "
+                               f"GEMMs, the rollout engines {sorted(engines)}; both must quantize the same "
+                               "weights")
         return cls(actors, sleeps, infos)
 
-    def launch(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, top_p: float = 1.0,
-               top_k: int = -1) -> Pending[list[list[Completion]]]:
+    def launch(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
+               top_p: float = 1.0, top_k: int = -1) -> Pending[list[list[Completion]]]:
         """Splits the prompts evenly over the engines and starts sampling n completions of each;
         the result holds each prompt's group, in prompt order."""
         parts = max(1, min(len(self.actors), len(prompts)))
         bounds = [round(k * len(prompts) / parts) for k in range(parts + 1)]
-        return Pending([a.generate.remote(prompts[bounds[k] : bounds[k + 1]], n, max_tokens, temperature, top_p, top_k)
-                        for k, a in enumerate(self.actors[:parts])], concatenated)
+        calls = [a.generate.remote(prompts[lo:hi], n, max_tokens, temperature, top_p, top_k)
+                 for a, lo, hi in zip(self.actors[:parts], bounds, bounds[1:])]
+        return Pending(calls, concatenated)
 
-    def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, top_p: float = 1.0,
-                 top_k: int = -1) -> list[list[Completion]]:
+    def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
+                 top_p: float = 1.0, top_k: int = -1) -> list[list[Completion]]:
         return self.launch(prompts, n, max_tokens, temperature, top_p, top_k).result()
 
     def probe_logprobs(self, token_ids: list[int]) -> Pending[list[list[float]]]:
@@ -171,7 +178,8 @@ class RolloutGroup:
 
     def update_weights(self, refs: list, digests: list[str], tensors: int, version: int,
                        probe_ids: list[int]) -> list[WeightLoad]:
-        return ray.get([a.update_weights.remote(refs, digests, tensors, version, probe_ids) for a in self.actors])
+        return ray.get([a.update_weights.remote(refs, digests, tensors, version, probe_ids)
+                        for a in self.actors])
 
     def kill(self) -> None:
         for a in self.actors:
@@ -181,8 +189,10 @@ class RolloutGroup:
 def sleep_while_training(cfg: RunConfig, placement: Placement) -> bool:
     choice = cfg.rollout.sleep_while_training
     if choice == "on" and not placement.gpus:
-        log.warning("rollout.sleep_while_training=on ignored: vLLM has no sleep mode on CPU; the engines stay resident")
+        log.warning("rollout.sleep_while_training=on ignored: vLLM has no sleep mode on CPU; "
+                    "the engines stay resident")
         return False
-    sleeps = choice == "on" or (choice == "auto" and placement.gpus and cfg.ray.placement == "colocated" and not cfg.rollout.max_staleness)
+    colocated = placement.gpus and cfg.ray.placement == "colocated"
+    sleeps = choice == "on" or (choice == "auto" and colocated and not cfg.rollout.max_staleness)
     log.info("rollout engines %s while the trainer runs", "sleep" if sleeps else "stay resident")
     return sleeps

@@ -35,9 +35,11 @@ def check_fp8_model(cfg: RunConfig, model_path: str) -> None:
     from trainer.ring_linear import ARCHITECTURE  # registers the Ring-linear config type
 
     try:
-        architectures = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code).architectures
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"model.fp8.enabled: cannot read the config of {model_path} to check its architecture ({e})") from None
+        raise ConfigError(f"model.fp8.enabled: cannot read the config of {model_path} to check its "
+                          f"architecture ({e})") from None
+    architectures = config.architectures
     if architectures != [ARCHITECTURE]:
         raise ConfigError(
             f"model.fp8.enabled: FP8 runs where both engines run Lockstep's kernels, i.e. the Ring-linear "

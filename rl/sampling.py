@@ -24,8 +24,8 @@ class Round:
 
 
 class Sampler:
-    def __init__(self, cfg: RunConfig, train_set: list[Example], renderer: PromptRenderer, rollout: RolloutGroup,
-                 cursor: int):
+    def __init__(self, cfg: RunConfig, train_set: list[Example], renderer: PromptRenderer,
+                 rollout: RolloutGroup, cursor: int):
         self.cfg = cfg.rollout
         self.order = DataOrder(len(train_set), cfg.seed, cfg.data.shuffle)
         self.train_set, self.renderer, self.rollout = train_set, renderer, rollout
@@ -55,11 +55,13 @@ class Sampler:
         self.cursor += len(idx)
         prompts = [self.renderer.ids(self.train_set[i]) for i in idx]
         c = self.cfg
-        return Round(idx, prompts, self.rollout.launch(prompts, c.group_size, c.max_new_tokens, c.temperature, c.top_p, c.top_k))
+        return Round(idx, prompts, self.rollout.launch(prompts, c.group_size, c.max_new_tokens, c.temperature,
+                                                       c.top_p, c.top_k))
 
     def collect(self, launched: Round) -> tuple[list[int], list[Sample]]:
         """Waits for a round; returns its prompt indices and its samples, group-major."""
         groups = launched.completions.result()
         samples = [Sample(prompt, c, self.train_set[i].answer)
-                   for i, prompt, group in zip(launched.prompt_indices, launched.prompts, groups) for c in group]
+                   for i, prompt, group in zip(launched.prompt_indices, launched.prompts, groups)
+                   for c in group]
         return launched.prompt_indices, samples

@@ -28,7 +28,8 @@ def reward_metrics(samples: list[Sample], pool_stats: dict[str, int]) -> dict[st
     return out
 
 
-def mismatch(samples: list[Sample], b_t: list[TokenLogprobs], step: int, stale: bool) -> tuple[dict[str, float], list[dict]]:
+def mismatch(samples: list[Sample], b_t: list[TokenLogprobs], step: int,
+             stale: bool) -> tuple[dict[str, float], list[dict]]:
     """The metrics of a_t (rollout) vs b_t (trainer), and one record per token. `stale`: the
     batch was sampled ahead, by weights one update older than the trainer's, so the numbers
     include that update's drift: logged as offpolicy/* (the sync probe still measures the
@@ -44,7 +45,8 @@ def mismatch(samples: list[Sample], b_t: list[TokenLogprobs], step: int, stale: 
         out["policy/entropy"] = sum(entropies) / len(entropies)
     records = [
         {"step": step, "sample": n, "position": j, "token": tok, "rollout_logprob": s.rollout_logprobs[j],
-         "trainer_logprob": row.logprobs[j], "entropy": row.entropies[j] if row.entropies else None, "stale": stale}
+         "trainer_logprob": row.logprobs[j], "entropy": row.entropies[j] if row.entropies else None,
+         "stale": stale}
         for n, (s, row) in enumerate(zip(samples, b_t))
         for j, tok in enumerate(s.completion_ids)
     ]

@@ -53,7 +53,8 @@ def select_and_advantage(samples: list[Sample], cfg: RunConfig, step: int, metri
     return True
 
 
-def old_logprobs(samples: list[Sample], cfg: RunConfig, b_t: list[TokenLogprobs] | None) -> list[list[float]] | None:
+def old_logprobs(samples: list[Sample], cfg: RunConfig,
+                 b_t: list[TokenLogprobs] | None) -> list[list[float]] | None:
     """The behaviour log-probs of the ratio: the rollout's a_t, or the trainer's b_t (None: the
     update's own forward computes them)."""
     if cfg.algorithm.old_logprobs == "rollout":
@@ -66,8 +67,11 @@ def update_policy(trainers: TrainerGroup, cfg: RunConfig, samples: list[Sample],
     """The policy update; returns its metrics and every sample's log-probs and entropies from the
     training forward (pre-update weights when this is one optimiser step)."""
     minibatches = cfg.trainer.num_minibatches
-    ref = trainers.reference_logprobs([s.for_trainer() for s in samples]) if cfg.algorithm.kl_coef > 0 else None
-    batch = [s.for_trainer(None if old is None else old[i], None if ref is None else ref[i]) for i, s in enumerate(samples)]
+    ref = None
+    if cfg.algorithm.kl_coef > 0:
+        ref = trainers.reference_logprobs([s.for_trainer() for s in samples])
+    batch = [s.for_trainer(None if old is None else old[i], None if ref is None else ref[i])
+             for i, s in enumerate(samples)]
     normaliser_fn = AGGREGATION_NORMALISERS[cfg.algorithm.loss_aggregation]
     totals, logps = UpdateStats(), []
     mb = len(samples) // minibatches

@@ -12,8 +12,8 @@ from rl.placement import Placement
 from rl.timings import Timings
 
 
-def warm_start(cfg: RunConfig, placement: Placement, base_model: str, train_set: list[Example], renderer: PromptRenderer,
-               tokenizer) -> str:
+def warm_start(cfg: RunConfig, placement: Placement, base_model: str, train_set: list[Example],
+               renderer: PromptRenderer, tokenizer) -> str:
     """Returns the model the RL stage starts from: the SFT export, or `base_model` without SFT."""
     sft = cfg.sft
     out = cfg.run_dir / "sft" / "hf"
@@ -24,7 +24,8 @@ def warm_start(cfg: RunConfig, placement: Placement, base_model: str, train_set:
         return str(out)
     with_solution = [e for e in train_set if e.solution]
     if not with_solution:
-        raise ConfigError(f"sft.steps={sft.steps} but data.train has no '{as_list(cfg.data.train)[0].solution_key}' field with worked solutions")
+        key = as_list(cfg.data.train)[0].solution_key
+        raise ConfigError(f"sft.steps={sft.steps} but data.train has no '{key}' field with worked solutions")
     ranks = cfg.trainer.num_ranks
     batch = sft.batch_size - sft.batch_size % ranks or ranks
     trainers = TrainerGroup.start(placement, trainer_setup(cfg, base_model, sft.lr, batch, loss=None))
@@ -37,7 +38,8 @@ def warm_start(cfg: RunConfig, placement: Placement, base_model: str, train_set:
         targets = [tokenizer(" " + e.solution + eos, add_special_tokens=False)["input_ids"] for e in examples]
         losses = trainers.sft_step(prompts, targets)
         if (step + 1) % max(1, sft.steps // 10) == 0 or step + 1 == sft.steps:
-            print_progress(f"sft step {step + 1:>4}/{sft.steps} | loss {sum(losses) / len(losses):.3f} | {clock.elapsed():.0f}s")
+            loss = sum(losses) / len(losses)
+            print_progress(f"sft step {step + 1:>4}/{sft.steps} | loss {loss:.3f} | {clock.elapsed():.0f}s")
     partial = out.parent / "hf.partial"
     trainers.export_hf(str(partial), base_model)
     partial.rename(out)

@@ -32,14 +32,15 @@ class HostTransport:
     def gather(self, trainers: TrainerGroup) -> list[WeightBucket]:
         return trainers.weight_buckets(self.bucket_mib)
 
-    def load(self, rollout: RolloutGroup, buckets: list[WeightBucket], version: int, probe_ids: list[int]) -> list[WeightLoad]:
+    def load(self, rollout: RolloutGroup, buckets: list[WeightBucket], version: int,
+             probe_ids: list[int]) -> list[WeightLoad]:
         refs, digests = [b.ref for b in buckets], [b.sha256 for b in buckets]
         return rollout.update_weights(refs, digests, sum(b.tensors for b in buckets), version, probe_ids)
 
 
 class WeightSync:
-    def __init__(self, trainers: TrainerGroup, rollout: RolloutGroup, transport: HostTransport, probe_ids: list[int],
-                 dtype: str):
+    def __init__(self, trainers: TrainerGroup, rollout: RolloutGroup, transport: HostTransport,
+                 probe_ids: list[int], dtype: str):
         self.trainers, self.rollout, self.transport = trainers, rollout, transport
         self.probe_ids = probe_ids
         self.tolerance = SYNC_TOLERANCE[dtype]
@@ -56,8 +57,9 @@ class WeightSync:
         trainer_probe = self.trainers.probe_logprobs(self.probe_ids)  # runs while the engines load
         loads = self.transport.load(self.rollout, payload, version, self.probe_ids)
         worst, changed = self.verify(version, trainer_probe.result(), [w.probe for w in loads])
-        return {"sync/probe_max_abs_diff": worst, "sync/probe_change": changed, "sync/buckets": float(len(payload)),
-                "sync/bytes": float(loads[0].bytes), "sync/version": float(version)}
+        return {"sync/probe_max_abs_diff": worst, "sync/probe_change": changed,
+                "sync/buckets": float(len(payload)), "sync/bytes": float(loads[0].bytes),
+                "sync/version": float(version)}
 
     def verify(self, version: int, trainer: list[float], engines: list[list[float]]) -> tuple[float, float]:
         """(largest |Δ| of any engine against the trainer, largest change of any engine since
@@ -69,7 +71,7 @@ class WeightSync:
             changed = max(changed, max(abs(x - y) for x, y in zip(old, new)))
         if not worst <= self.tolerance:
             raise RuntimeError(
-                f"weight sync to version {version} failed verification: probe |Δ log-prob| = {worst:.3g} > {self.tolerance} "
-                "(the rollout engine is not running the trainer's weights)"
+                f"weight sync to version {version} failed verification: probe |Δ log-prob| = {worst:.3g} > "
+                f"{self.tolerance} (the rollout engine is not running the trainer's weights)"
             )
         return worst, changed

@@ -52,8 +52,8 @@ class WeightLoad:
 
 
 class RolloutWorker:
-    def __init__(self, model_path: str, dtype: str, cfg: RolloutConfig, seed: int, sleep_while_training: bool = False,
-                 fp8: dict[str, bool] | None = None):
+    def __init__(self, model_path: str, dtype: str, cfg: RolloutConfig, seed: int,
+                 sleep_while_training: bool = False, fp8: dict[str, bool] | None = None):
         """`fp8`: `kernels.fp8.swap_linears_to_fp8`'s keyword options (the recipe's model.fp8), or
         None; the engine's model reads them from its config (`FP8_CONFIG_KEY`)."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.kv_cache_gib))))
@@ -104,14 +104,16 @@ class RolloutWorker:
         fp8 = self.llm.collective_rpc("lockstep_fp8_projections")
         return EngineInfo(self.start_seconds, self.version, self.tokenizer.eos_token_id, fp8[0])
 
-    def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, top_p: float = 1.0,
-                 top_k: int = -1) -> list[list[Completion]]:
+    def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
+                 top_p: float = 1.0, top_k: int = -1) -> list[list[Completion]]:
         """For each prompt, n completions."""
         from vllm import SamplingParams, TokensPrompt
 
         # logprobs=0: only the sampled token's log-prob, one flat entry per position.
-        params = SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, logprobs=0, detokenize=False, flat_logprobs=True)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        params = SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                logprobs=0, detokenize=False, flat_logprobs=True)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+                                    use_tqdm=False)
         completions = [c for out in outputs for c in out.outputs]
         ids = [list(c.token_ids) for c in completions]
         logps = [sampled_logprobs(c.logprobs, i) for c, i in zip(completions, ids)]
@@ -130,7 +132,8 @@ class RolloutWorker:
         """Teacher-forced log-prob of each token after the first (the sync probe)."""
         from vllm import SamplingParams, TokensPrompt
 
-        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False, flat_logprobs=True)
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False,
+                                flat_logprobs=True)
         (out,) = self.llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
         return sampled_logprobs(out.prompt_logprobs[1:], token_ids[1:])
 
@@ -180,5 +183,6 @@ def sampled_logprobs(flat, token_ids: list[int]) -> list[float]:
     position with logprobs=0 / prompt_logprobs=0: the sampled or given token comes first)."""
     firsts = flat.start_indices
     if len(firsts) != len(token_ids) or any(flat.token_ids[i] != t for i, t in zip(firsts, token_ids)):
-        raise RuntimeError(f"vLLM returned log-probs for {len(firsts)} positions / other tokens than the {len(token_ids)} sampled ones")
+        raise RuntimeError(f"vLLM returned log-probs for {len(firsts)} positions / other tokens than the "
+                           f"{len(token_ids)} sampled ones")
     return [flat.logprobs[i] for i in firsts]

@@ -50,7 +50,8 @@ def use_fp8(model: torch.nn.Module, options: dict) -> None:
     from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 
     if not isinstance(model, BailingMoeLinearV2ForCausalLM):
-        raise ValueError(f"model.fp8: only the Ring-linear model runs FP8 in both engines; got {type(model).__name__}")
+        raise ValueError(f"model.fp8: only the Ring-linear model runs FP8 in both engines; "
+                         f"got {type(model).__name__}")
     switched = swap_linears_to_fp8(model.get_decoder(), **options)
     log.info("model.fp8: %d projections run as FP8 GEMMs (%s)", len(switched), options)
 
@@ -100,7 +101,8 @@ class TrainerRank:
         use_fp32_lm_head(model)
         self.model_config = model.config
         self.train_forward_is_eval_forward = not has_active_dropout(model)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=setup.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=setup.lr, betas=tuple(cfg.betas),
+                                      weight_decay=cfg.weight_decay)
         warmup = max(1, cfg.warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         self.micro_batches = setup.micro_batches_per_step
@@ -115,10 +117,12 @@ class TrainerRank:
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                               config=ds_config)
         self.reference = None
         if setup.use_reference:
-            self.reference = AutoModelForCausalLM.from_pretrained(setup.model_path, dtype=self.dtype).to(self.device).eval()
+            reference = AutoModelForCausalLM.from_pretrained(setup.model_path, dtype=self.dtype)
+            self.reference = reference.to(self.device).eval()
             if setup.fp8 is not None:  # the reference computes as the policy did at step 0
                 use_fp8(self.reference, setup.fp8)
             use_fp32_lm_head(self.reference)
@@ -142,7 +146,7 @@ class TrainerRank:
             logp, ent = token_logprobs(self.engine.module, batch, self.setup.temperature, with_entropy)
             for i, s in enumerate(chunk):
                 n = len(s.completion_ids)
-                out.append(TokenLogprobs(logp[i, :n].tolist(), ent[i, :n].tolist() if ent is not None else []))
+                out.append(TokenLogprobs(logp[i, :n].tolist(), [] if ent is None else ent[i, :n].tolist()))
         return out
 
     @torch.no_grad()
@@ -181,16 +185,18 @@ class TrainerRank:
         loss_cfg, samples = self.setup.loss, batch.samples
         if loss_cfg is None:
             raise RuntimeError("train_step: this engine was set up without a loss (a supervised engine)")
-        from_forward = {s.old_logprobs is None for s in samples}
-        if len(from_forward) != 1:
+        given = {s.old_logprobs is not None for s in samples}
+        if len(given) != 1:
             raise RuntimeError("train_step: old_logprobs must be given for every sample or for none")
-        from_forward = from_forward.pop()
+        from_forward = not given.pop()  # the old log-probs are this forward's, detached
         if from_forward and not self.train_forward_is_eval_forward:
-            raise RuntimeError("train_step(old_logprobs=None) needs a model without active dropout: its training forward is not the policy's log-prob")
+            raise RuntimeError("train_step without old_logprobs needs a model without active dropout: "
+                               "its training forward is not the policy's log-prob")
         self.engine.module.train()
         chunks = list(self._micro_batches(samples))
         if len(chunks) != self.micro_batches:
-            raise RuntimeError(f"rank {self.rank}: {len(chunks)} micro-batches, engine expects {self.micro_batches}")
+            raise RuntimeError(f"rank {self.rank}: {len(chunks)} micro-batches, "
+                               f"engine expects {self.micro_batches}")
         correction = losses.CORRECTIONS[loss_cfg.correction]
         kl_fn = losses.KL_ESTIMATORS[loss_cfg.kl_estimator]
         stats = UpdateStats()
@@ -198,10 +204,13 @@ class TrainerRank:
         scale = self.world_size * self.micro_batches / max(batch.normaliser, 1.0)
         for chunk in chunks:
             packed = pack([s.prompt_ids for s in chunk], [s.completion_ids for s in chunk])
-            logp, entropy = token_logprobs(self.engine.module, packed, self.setup.temperature, with_entropy=True)
+            logp, entropy = token_logprobs(self.engine.module, packed, self.setup.temperature,
+                                           with_entropy=True)
             device = logp.device
-            mask = packed.completion_mask.to(device) * torch.tensor([s.weight for s in chunk], device=device)[:, None]
-            old = logp.detach() if from_forward else _pad([s.old_logprobs for s in chunk], logp.shape).to(device)
+            weights = torch.tensor([s.weight for s in chunk], device=device)[:, None]
+            mask = packed.completion_mask.to(device) * weights
+            old = logp.detach() if from_forward else \
+                _pad([s.old_logprobs for s in chunk], logp.shape).to(device)
             rollout = _pad([s.rollout_logprobs for s in chunk], logp.shape).to(device)
             adv = torch.tensor([s.advantage for s in chunk], device=device)[:, None].expand_as(logp)
             pg, clipped = losses.clipped_policy_loss(logp, old, adv, loss_cfg.clip_low, loss_cfg.clip_high)
@@ -217,7 +226,8 @@ class TrainerRank:
             self.engine.backward(loss)
             self.engine.step()
             logp_rows, entropy_rows = logp.detach().tolist(), entropy.detach().tolist()
-            rows.extend(TokenLogprobs(logp_rows[i][: len(s.completion_ids)], entropy_rows[i][: len(s.completion_ids)])
+            rows.extend(TokenLogprobs(logp_rows[i][: len(s.completion_ids)],
+                                      entropy_rows[i][: len(s.completion_ids)])
                         for i, s in enumerate(chunk))
             m = mask.bool()
             stats.loss += loss.item() / (self.world_size * self.micro_batches)
@@ -237,7 +247,8 @@ class TrainerRank:
         total_tokens = sum(len(t) for t in targets)
         idx_chunks = list(self._micro_batches(list(range(len(prompts)))))
         if len(idx_chunks) != self.micro_batches:
-            raise RuntimeError(f"rank {self.rank}: {len(idx_chunks)} micro-batches, engine expects {self.micro_batches}")
+            raise RuntimeError(f"rank {self.rank}: {len(idx_chunks)} micro-batches, "
+                               f"engine expects {self.micro_batches}")
         total = 0.0
         for idx in idx_chunks:
             batch = pack([prompts[i] for i in idx], [targets[i] for i in idx])
@@ -302,7 +313,8 @@ class TrainerRank:
 
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
-            self.engine.module.save_pretrained(out, state_dict=state, safe_serialization=True, max_shard_size="2GB")
+            self.engine.module.save_pretrained(out, state_dict=state, safe_serialization=True,
+                                               max_shard_size="2GB")
             AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
         torch.distributed.barrier()
 
@@ -326,7 +338,8 @@ def has_active_dropout(model: torch.nn.Module) -> bool:
     if any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules()):
         return True
     cfg = model.config
-    return any(float(getattr(cfg, k, 0.0) or 0.0) > 0 for k in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"))
+    rates = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+    return any(float(getattr(cfg, k, 0.0) or 0.0) > 0 for k in rates)
 
 
 def _pad(rows: list[list[float]], shape: torch.Size) -> torch.Tensor:
