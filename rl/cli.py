@@ -60,7 +60,8 @@ def cmd_eval(args) -> int:
     if args.data in PRESETS:
         data = dataclasses.replace(PRESETS[args.data], limit=args.limit)
     else:
-        data = DatasetConfig(source=args.data, prompt_key=args.prompt_key, answer_key=args.answer_key, template=args.template or "{prompt}", limit=args.limit)
+        data = DatasetConfig(source=args.data, prompt_key=args.prompt_key, answer_key=args.answer_key,
+                             template=args.template or "{prompt}", limit=args.limit)
     if args.template and args.data in PRESETS:
         data = dataclasses.replace(data, template=args.template)
     examples = load_examples(data, "--data")
@@ -76,7 +77,8 @@ def cmd_eval(args) -> int:
     worker = RolloutWorker(str(model_dir), args.dtype, rollout_cfg, seed=args.seed, fp8=fp8)
     renderer = PromptRenderer(worker.tokenizer, data)
     with build_reward_pool(RewardConfig()) as pool:
-        result = evaluate(worker.generate, pool.score, [renderer.ids(e) for e in examples], [e.answer for e in examples], args.k, args.max_new_tokens, temperature)
+        result = evaluate(worker.generate, pool.score, [renderer.ids(e) for e in examples],
+                          [e.answer for e in examples], args.k, args.max_new_tokens, temperature)
     report = {"checkpoint": str(model_dir), "data": args.data, **result.metrics}
     if args.output:
         Path(args.output).write_text(json.dumps({**report, "problems": result.per_problem}, indent=1))

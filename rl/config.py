@@ -247,13 +247,16 @@ def check_combinations(cfg: RunConfig) -> None:
             f"({cfg.trainer.num_ranks})",
         )
     if cfg.algorithm.dynamic_sampling_max_rounds < 1:
-        bad("algorithm.dynamic_sampling_max_rounds", f"must be ≥ 1, got {cfg.algorithm.dynamic_sampling_max_rounds}")
+        bad("algorithm.dynamic_sampling_max_rounds",
+            f"must be ≥ 1, got {cfg.algorithm.dynamic_sampling_max_rounds}")
     if cfg.algorithm.dynamic_sampling_max_rounds > 1 and not cfg.algorithm.dynamic_sampling:
         bad("algorithm.dynamic_sampling_max_rounds", "refill rounds need algorithm.dynamic_sampling=true")
     if cfg.rollout.max_staleness and cfg.algorithm.dynamic_sampling_max_rounds > 1:
-        bad("rollout.max_staleness", "refill rounds (algorithm.dynamic_sampling_max_rounds > 1) need the engines during the step; use one or the other")
+        bad("rollout.max_staleness", "refill rounds (algorithm.dynamic_sampling_max_rounds > 1) need the "
+            "engines during the step; use one or the other")
     if cfg.rollout.max_staleness and cfg.rollout.sleep_while_training == "on":
-        bad("rollout.max_staleness", "the engines sample the next batch while the trainer runs, so they cannot sleep: set rollout.sleep_while_training=off")
+        bad("rollout.max_staleness", "the engines sample the next batch while the trainer runs, so they "
+            "cannot sleep: set rollout.sleep_while_training=off")
     if cfg.algorithm.clip_low < 0 or cfg.algorithm.clip_high < 0:
         bad("algorithm.clip_low", "clip ranges must be ≥ 0")
     if cfg.algorithm.correction != "none" and cfg.algorithm.old_logprobs == "rollout":

@@ -74,7 +74,7 @@ class Run:
         self.trainers = TrainerGroup.start(self.placement, setup)
         if self.resumed_from:
             self.trainers.load_checkpoint(str(self.resumed_from / checkpoint.ENGINE_DIR))
-        self.b_t = trainer_logprobs.choose(cfg, self.trainers)
+        self.b_t = trainer_logprobs.choose(cfg, self.trainers)  # where b_t comes from, decided once
         self.rollout = RolloutGroup.start(self.placement, cfg, policy, self.trainers.fp8_projections)
         if self.trainers.fp8_projections:
             print_progress(f"model.fp8: {self.trainers.fp8_projections} projections run as FP8 GEMMs "

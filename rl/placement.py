@@ -99,7 +99,8 @@ class Placement:
         self.per_bundle = per_bundle
 
     def options(self, bundle: int) -> dict:
-        strategy = PlacementGroupSchedulingStrategy(placement_group=self.group, placement_group_bundle_index=bundle)
+        strategy = PlacementGroupSchedulingStrategy(placement_group=self.group,
+                                                    placement_group_bundle_index=bundle)
         env = {} if self.gpus else {"DS_ACCELERATOR": "cpu"}
         return {
             "num_cpus": self.per_bundle * self.share,
