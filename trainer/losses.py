@@ -1,8 +1,9 @@
 """Policy-gradient losses, KL estimators, train/infer corrections and loss aggregation.
 
 All tensors are [B, T] over completion tokens with a 0/1 `mask`; each function returns
-per-token values and the trainer aggregates them with one of `AGGREGATIONS`. Variants are
-looked up by name in small tables, never chosen by if-chains.
+per-token values and the trainer sums them with `aggregate`, over a normaliser the driver takes
+from `AGGREGATION_NORMALISERS`. Variants are looked up by name in small tables (the recipe's
+`algorithm` names them, `trainer.config.LossConfig` carries them), never chosen by if-chains.
 """
 
 from __future__ import annotations
