@@ -1,35 +1,50 @@
-"""The one data contract that crosses Ray: a step's samples, from rollout to trainer.
-
-Token lists stay ragged (one list per sample) so nothing is padded until the trainer packs
-micro-batches. Every field is needed by the loss, the mismatch metrics or the report.
+"""The driver's record of a step's samples: what an engine sampled, the verifier's score, the
+advantage and loss weight; `Sample.for_trainer` gives what the trainer receives
+(`trainer.batch.TrainSample`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from rollout.completion import Completion
+from trainer.batch import TrainSample
 
 
 @dataclass
 class Sample:
-    prompt_index: int  # index of the prompt in the step (samples of one group share it)
     prompt_ids: list[int]
-    completion_ids: list[int]
-    rollout_logprobs: list[float]  # a_t: the engine's log-prob of each sampled token
-    finish_reason: str  # "stop" or "length"
-    text: str = ""
+    completion: Completion
+    answer: str  # the reference answer the verifier checks the completion against
     reward: float = 0.0
-    reward_reason: str = ""
+    reward_reason: str = ""  # the verifier's reason: correct, wrong, timeout, …
     advantage: float = 0.0
-    # 1.0 for samples in the loss; 0.0 for padding samples that keep ranks' batches equal.
+    # 1.0 for samples in the loss; 0.0 for samples that only keep ranks' batches equal.
     weight: float = 1.0
 
     @property
+    def completion_ids(self) -> list[int]:
+        return self.completion.token_ids
+
+    @property
+    def rollout_logprobs(self) -> list[float]:
+        return self.completion.logprobs  # a_t
+
+    @property
     def truncated(self) -> bool:
-        return self.finish_reason == "length"
+        return self.completion.truncated
+
+    def for_trainer(self, old_logprobs: list[float] | None = None,
+                    ref_logprobs: list[float] | None = None) -> TrainSample:
+        return TrainSample(self.prompt_ids, self.completion_ids, self.rollout_logprobs, self.advantage,
+                           self.weight, old_logprobs, ref_logprobs)
 
 
 @dataclass
-class RolloutBatch:
-    step: int
-    weights_version: int  # trainer step whose weights sampled this batch
-    samples: list[Sample] = field(default_factory=list)
+class StepBatch:
+    """A step's samples, group-major (`rollout.group_size` consecutive samples per prompt)."""
+
+    prompt_indices: list[int]  # every prompt drawn this step, in the data order
+    drawn: list[Sample]  # every sample drawn and scored (the reward metrics)
+    samples: list[Sample]  # the batch that trains: `drawn`, or the groups refill rounds chose
+    stale: bool  # sampled ahead, by weights one update older than the trainer's

@@ -52,34 +52,37 @@ def cmd_run(args) -> int:
 
 def cmd_eval(args) -> int:
     from rl.checkpoint import resolve_model_dir
-    from rl.config import DatasetConfig, RewardConfig, RolloutConfig, from_data, to_dict
-    from rl.driver import check_fp8_model, fp8_options
+    from rl.config import DatasetConfig, RewardConfig, from_data
     from rl.data import PRESETS, PromptRenderer, load_examples
     from rl.evaluate import evaluate
+    from rl.model import check_fp8_model, fp8_options
     from rl.rewards_config import build_reward_pool
+    from rollout.config import RolloutConfig
     from rollout.worker import RolloutWorker
 
     model_dir = resolve_model_dir(args.checkpoint)
     if args.data in PRESETS:
         data = dataclasses.replace(PRESETS[args.data], limit=args.limit)
     else:
-        data = DatasetConfig(source=args.data, prompt_key=args.prompt_key, answer_key=args.answer_key, template=args.template or "{prompt}", limit=args.limit)
+        data = DatasetConfig(source=args.data, prompt_key=args.prompt_key, answer_key=args.answer_key,
+                             template=args.template or "{prompt}", limit=args.limit)
     if args.template and args.data in PRESETS:
         data = dataclasses.replace(data, template=args.template)
     examples = load_examples(data, "--data")
     temperature = args.temperature if args.temperature is not None else (0.0 if args.k == 1 else 1.0)
     if args.k > 1 and temperature == 0:
         raise ConfigError("--k > 1 needs --temperature > 0 (greedy samples are identical)")
-    rollout_cfg = dataclasses.replace(RolloutConfig(), max_new_tokens=args.max_new_tokens, max_model_len=args.max_model_len)
+    rollout_cfg = RolloutConfig(max_new_tokens=args.max_new_tokens, max_model_len=args.max_model_len)
     fp8 = None
     if args.fp8:
         fp8_recipe = from_data({"model": {"fp8": {"enabled": True}}})
         check_fp8_model(fp8_recipe, str(model_dir))
         fp8 = fp8_options(fp8_recipe)
-    worker = RolloutWorker(str(model_dir), args.dtype, to_dict(rollout_cfg), seed=args.seed, fp8=fp8)
+    worker = RolloutWorker(str(model_dir), args.dtype, rollout_cfg, seed=args.seed, fp8=fp8)
     renderer = PromptRenderer(worker.tokenizer, data)
     with build_reward_pool(RewardConfig()) as pool:
-        result = evaluate(worker.generate, pool.score, [renderer.ids(e) for e in examples], [e.answer for e in examples], args.k, args.max_new_tokens, temperature)
+        result = evaluate(worker.generate, pool.score, [renderer.ids(e) for e in examples],
+                          [e.answer for e in examples], args.k, args.max_new_tokens, temperature)
     report = {"checkpoint": str(model_dir), "data": args.data, **result.metrics}
     if args.output:
         Path(args.output).write_text(json.dumps({**report, "problems": result.per_problem}, indent=1))
@@ -97,7 +100,7 @@ def cmd_mismatch(args) -> int:
         from transformers import AutoTokenizer
 
         from rl.config import load_recipe
-        from rl.driver import resolve_model_path
+        from rl.model import resolve_model_path
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(load_recipe(config)))

@@ -1,6 +1,8 @@
 """The recipe schema: one typed config tree, strict validation, `key.sub=value` overrides.
 
-A recipe is a YAML file whose keys map one-to-one onto the dataclasses below (DESIGN.md §8).
+A recipe is a YAML file whose keys map one-to-one onto the dataclasses below (DESIGN.md §8);
+the sections the actors receive as they are live beside their actors (`rollout.config`,
+`trainer.config`: nothing below `rl/` imports it) and are composed into the tree here.
 Unknown keys, wrong types and impossible combinations raise `ConfigError`, which names the key
 path and says what is allowed. The resolved tree is saved with every run (`to_dict`).
 """
@@ -16,6 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from rollout.config import RolloutConfig
+from trainer.config import LossConfig, TrainerConfig
 
 
 class ConfigError(ValueError):
@@ -87,51 +92,6 @@ class DataConfig:
 
 
 @dataclass
-class RolloutConfig:
-    num_workers: int = 1
-    group_size: int = 8  # G completions per prompt
-    prompts_per_step: int = 8
-    max_new_tokens: int = 32
-    max_model_len: int = 512
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    # vLLM CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); GPU: fraction of memory.
-    kv_cache_gib: float = 1.0
-    gpu_memory_utilization: float = 0.5
-    # vLLM's enforce_eager. true: no torch.compile, faster engine start; false: compiled decode
-    # (the Ring-linear plugin compiles on CPU; on GPUs it runs eagerly, logged).
-    enforce_eager: bool = True
-    # Threads the engine may use on CPU (0: let vLLM decide).
-    cpu_threads: int = 0
-    # Release the engines' GPU memory (weights, KV cache) during the trainer's step; the weight
-    # sync wakes them. auto: when trainer and rollout share GPUs (ray.placement=colocated).
-    # vLLM has no sleep mode on CPU: there "on" is logged and ignored.
-    sleep_while_training: Literal["auto", "on", "off"] = "auto"
-    # Sampling ahead (one-step off-policy, as in AReaL/verl's async modes): 1 samples the next
-    # step's batch while the trainer updates on this one, so each batch was sampled by weights
-    # one update older than those it trains; 0 is on-policy (sample, then train).
-    max_staleness: Literal[0, 1] = 0
-
-
-@dataclass
-class TrainerConfig:
-    num_ranks: int = 1
-    zero_stage: Literal[0, 1, 2, 3] = 1
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    grad_clip: float = 1.0
-    warmup_steps: int = 0
-    micro_batch_size: int = 16  # sequences per forward/backward on one rank
-    # Optimiser steps per RL step: the step's samples are split into this many mini-batches.
-    num_minibatches: int = 1
-    gradient_checkpointing: bool = False
-    sync_bucket_mib: float = 64.0
-    cpu_threads: int = 0
-
-
-@dataclass
 class SFTConfig:
     """Optional warm start by supervised fine-tuning on reference solutions, same trainer."""
 
@@ -167,6 +127,10 @@ class AlgorithmConfig:
     correction: Literal["none", "tis", "masked_is", "icepop"] = "none"
     correction_low: float = 0.5
     correction_high: float = 2.0
+
+    def loss(self) -> LossConfig:
+        """The part of this section the trainer applies."""
+        return LossConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LossConfig)})
 
 
 @dataclass
@@ -283,13 +247,16 @@ def check_combinations(cfg: RunConfig) -> None:
             f"({cfg.trainer.num_ranks})",
         )
     if cfg.algorithm.dynamic_sampling_max_rounds < 1:
-        bad("algorithm.dynamic_sampling_max_rounds", f"must be ≥ 1, got {cfg.algorithm.dynamic_sampling_max_rounds}")
+        bad("algorithm.dynamic_sampling_max_rounds",
+            f"must be ≥ 1, got {cfg.algorithm.dynamic_sampling_max_rounds}")
     if cfg.algorithm.dynamic_sampling_max_rounds > 1 and not cfg.algorithm.dynamic_sampling:
         bad("algorithm.dynamic_sampling_max_rounds", "refill rounds need algorithm.dynamic_sampling=true")
     if cfg.rollout.max_staleness and cfg.algorithm.dynamic_sampling_max_rounds > 1:
-        bad("rollout.max_staleness", "refill rounds (algorithm.dynamic_sampling_max_rounds > 1) need the engines during the step; use one or the other")
+        bad("rollout.max_staleness", "refill rounds (algorithm.dynamic_sampling_max_rounds > 1) need the "
+            "engines during the step; use one or the other")
     if cfg.rollout.max_staleness and cfg.rollout.sleep_while_training == "on":
-        bad("rollout.max_staleness", "the engines sample the next batch while the trainer runs, so they cannot sleep: set rollout.sleep_while_training=off")
+        bad("rollout.max_staleness", "the engines sample the next batch while the trainer runs, so they "
+            "cannot sleep: set rollout.sleep_while_training=off")
     if cfg.algorithm.clip_low < 0 or cfg.algorithm.clip_high < 0:
         bad("algorithm.clip_low", "clip ranges must be ≥ 0")
     if cfg.algorithm.correction != "none" and cfg.algorithm.old_logprobs == "rollout":

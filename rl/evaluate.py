@@ -1,14 +1,23 @@
 """Held-out evaluation: pass@1, avg@k and pass@k of a policy on a problem set.
 
-Used in two places with the same code: every N steps inside a run (through the run's rollout
-workers, current weights) and `lockstep eval CHECKPOINT` (a fresh rollout worker on the newest
-complete checkpoint).
+Used in two places with the same code: every N steps inside a run (`HeldOut`: the recipe's
+held-out sets through the run's rollout engines, current weights) and `lockstep eval CHECKPOINT`
+(a fresh rollout worker on the newest complete checkpoint).
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from rl.config import ConfigError, RunConfig
+from rl.data import Example, PromptRenderer, as_list, dataset_name, load_examples
+from rollout.completion import Completion
+
+# generate(prompts, n, max_tokens, temperature) → each prompt's n completions
+Generate = Callable[[list[list[int]], int, int, float], list[list[Completion]]]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -40,16 +49,63 @@ def summarize(correct: list[list[bool]], k: int) -> dict[str, float]:
     return out
 
 
-def evaluate(generate, score, prompts: list[list[int]], answers: list[str], k: int, max_tokens: int, temperature: float) -> EvalResult:
-    """`generate(prompts, n, max_tokens, temperature)` → per prompt a list of {ids, text, …};
-    `score(list[(completion, reference)])` → list of Score."""
+def evaluate(generate: Generate, score, prompts: list[list[int]], answers: list[str], k: int, max_tokens: int,
+             temperature: float) -> EvalResult:
+    """`score(list[(completion, reference)])` → list of Score."""
     groups = generate(prompts, k, max_tokens, temperature)
-    items = [(c["text"], answer) for group, answer in zip(groups, answers) for c in group]
+    items = [(c.text, answer) for group, answer in zip(groups, answers) for c in group]
     scores = score(items)
     correct, per_problem, i = [], [], 0
     for group, answer in zip(groups, answers):
         row = [scores[i + j].value >= 1.0 for j in range(len(group))]
-        per_problem.append({"answer": answer, "completions": [c["text"] for c in group], "correct": row, "reasons": [str(scores[i + j].reason) for j in range(len(group))]})
+        per_problem.append({"answer": answer, "completions": [c.text for c in group], "correct": row,
+                            "reasons": [str(scores[i + j].reason) for j in range(len(group))]})
         correct.append(row)
         i += len(group)
     return EvalResult(summarize(correct, k), per_problem)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    name: str  # its label in metrics: eval/<name>/…
+    examples: list[Example]
+    renderer: PromptRenderer
+
+
+class HeldOut:
+    """The recipe's held-out sets (`data.eval`), each evaluated and logged on its own; the first
+    is also logged as `eval/…`, the run's headline accuracy. Each evaluation's per-problem
+    report goes to <run_dir>/eval/step_N.json."""
+
+    def __init__(self, cfg: RunConfig, tokenizer):
+        self.cfg, self.out_dir = cfg, cfg.run_dir / "eval"
+        self.sets = [EvalSet(dataset_name(c), load_examples(c, f"data.eval[{i}]")[: cfg.schedule.eval_limit],
+                             PromptRenderer(tokenizer, c))
+                     for i, c in enumerate(as_list(cfg.data.eval))]
+        if len({s.name for s in self.sets}) < len(self.sets):
+            raise ConfigError("data.eval: two held-out sets share a name; give each a distinct `name`")
+
+    def __call__(self, step: int, generate: Generate, score) -> dict[str, float]:
+        s = self.cfg.schedule
+        metrics, report = {}, {"step": step}
+        for i, held_out in enumerate(self.sets):
+            prompts = [held_out.renderer.ids(e) for e in held_out.examples]
+            result = evaluate(generate, score, prompts, [e.answer for e in held_out.examples], s.eval_samples,
+                              self.cfg.rollout.max_new_tokens, s.eval_temperature)
+            if i == 0:
+                metrics.update(result.metrics)
+                report.update(result.metrics, problems=result.per_problem[:50])
+            if len(self.sets) > 1:
+                metrics.update({k.replace("eval/", f"eval/{held_out.name}/", 1): v
+                                for k, v in result.metrics.items()})
+            report.setdefault("sets", {})[held_out.name] = {**result.metrics,
+                                                             "problems": result.per_problem[:50]}
+        if metrics:
+            self.out_dir.mkdir(exist_ok=True)
+            (self.out_dir / f"step_{step:06d}.json").write_text(json.dumps(report, indent=1))
+        return metrics
+
+    def progress_line(self, step: int, metrics: dict[str, float]) -> str:
+        others = "".join(f" | {s.name} {metrics[f'eval/{s.name}/accuracy']:.3f}" for s in self.sets[1:])
+        return (f"step {step:>4}/{self.cfg.schedule.steps} | eval accuracy {metrics['eval/accuracy']:.3f} on "
+                f"{int(metrics['eval/num_problems'])} held-out problems{others}")

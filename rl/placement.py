@@ -1,4 +1,4 @@
-"""Ray: connect or start, place actors in a placement group, call groups of actors.
+"""Ray: connect or start, and place actors in a placement group (rl.groups calls them).
 
 Colocated layout: one bundle per device, a trainer rank and a rollout worker share it (on a GPU
 each takes half). Split layout: separate bundles for trainer ranks and rollout workers.
@@ -109,7 +109,8 @@ class Placement:
         self.per_bundle = per_bundle
 
     def options(self, bundle: int) -> dict:
-        strategy = PlacementGroupSchedulingStrategy(placement_group=self.group, placement_group_bundle_index=bundle)
+        strategy = PlacementGroupSchedulingStrategy(placement_group=self.group,
+                                                    placement_group_bundle_index=bundle)
         env = {} if self.gpus else {"DS_ACCELERATOR": "cpu"}
         return {
             "num_cpus": self.per_bundle * self.share,
@@ -120,20 +121,3 @@ class Placement:
 
     def remove(self) -> None:
         ray.util.remove_placement_group(self.group)
-
-
-class ActorGroup:
-    """Calls a method on every actor of a group (same args, or one arg list per actor)."""
-
-    def __init__(self, actors: list):
-        self.actors = actors
-
-    def call(self, method: str, *args, **kwargs) -> list:
-        return ray.get([getattr(a, method).remote(*args, **kwargs) for a in self.actors])
-
-    def call_each(self, method: str, per_actor_args: list[tuple]) -> list:
-        return ray.get([getattr(a, method).remote(*args) for a, args in zip(self.actors, per_actor_args)])
-
-    def kill(self) -> None:
-        for a in self.actors:
-            ray.kill(a)

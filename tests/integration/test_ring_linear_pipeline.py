@@ -83,7 +83,7 @@ def test_ring_linear_rl_steps_in_fp8(tmp_path, ray_local):
     from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 
     decoder = BailingMoeLinearV2ForCausalLM.from_pretrained(str(export), dtype=torch.float32).get_decoder()
-    assert run.stage.fp8_projections == sum(type(m) is torch.nn.Linear for m in decoder.modules()) > 0
+    assert run.trainers.fp8_projections == sum(type(m) is torch.nn.Linear for m in decoder.modules()) > 0
     # and the checkpoint evaluates with FP8 sampling from the command line
     report = tmp_path / "eval.json"
     out = subprocess.run([sys.executable, "-m", "rl.cli", "eval", summary["run_dir"], "--data", "arithmetic", "--limit", "4",

@@ -10,7 +10,7 @@ from safetensors.torch import save
 from transformers import AutoModelForCausalLM
 
 from rl import demo_model
-from rl.config import RolloutConfig, to_dict
+from rollout.config import RolloutConfig
 from rollout.worker import RolloutWorker
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ def engine(tmp_path_factory):
     if started:
         ray.init(include_dashboard=False, num_cpus=1)  # the buckets travel as Ray object refs
     path = demo_model.resolve("demo:arith-tiny", str(tmp_path_factory.mktemp("cache")))
-    yield path, RolloutWorker(str(path), "float32", to_dict(RolloutConfig(max_model_len=128)), seed=0)
+    yield path, RolloutWorker(str(path), "float32", RolloutConfig(max_model_len=128), seed=0)
     if started:
         ray.shutdown()
 
@@ -49,10 +49,10 @@ def test_engine_matches_transformers_after_update(engine, subset):
     blobs = [save(dict(list(state.items())[i : i + 7])) for i in range(0, len(state), 7)]  # several buckets
     import ray
 
-    refs = [(ray.put(b), hashlib.sha256(b).hexdigest(), len(range(i, min(i + 7, len(state))))) for b, i in zip(blobs, range(0, len(state), 7))]
+    refs, digests = [ray.put(b) for b in blobs], [hashlib.sha256(b).hexdigest() for b in blobs]
     before = worker.prompt_logprobs(worker.tokenizer(TEXT)["input_ids"])
-    info = worker.update_weights(refs, version=1)
-    assert info["tensors"] == len(state)
+    info = worker.update_weights(refs, digests, len(state), version=1)
+    assert info.tensors == len(state)
     ids = worker.tokenizer(TEXT)["input_ids"]
     engine_logp = torch.tensor(worker.prompt_logprobs(ids))
     with torch.no_grad():

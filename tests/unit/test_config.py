@@ -67,7 +67,7 @@ def test_fp8_switch_and_its_model_check(tmp_path):
     model that vLLM samples with its own layers (the rollout could not quantize as the trainer)."""
     import json
 
-    from rl.driver import check_fp8_model, fp8_options
+    from rl.model import check_fp8_model, fp8_options
     from trainer.ring_linear.random_checkpoint import build_random_checkpoint
 
     cfg = from_data({}, ["model.fp8.enabled=true", "model.fp8.pow2_scale=true"])

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rl.algorithms import losses
+from trainer import losses
 
 
 def test_clipped_policy_loss_hand_computed():

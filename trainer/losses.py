@@ -1,8 +1,9 @@
 """Policy-gradient losses, KL estimators, train/infer corrections and loss aggregation.
 
 All tensors are [B, T] over completion tokens with a 0/1 `mask`; each function returns
-per-token values and the trainer aggregates them with one of `AGGREGATIONS`. Variants are
-looked up by name in small tables, never chosen by if-chains.
+per-token values and the trainer sums them with `aggregate`, over a normaliser the driver takes
+from `AGGREGATION_NORMALISERS`. Variants are looked up by name in small tables (the recipe's
+`algorithm` names them, `trainer.config.LossConfig` carries them), never chosen by if-chains.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Callable
 import torch
 
 
-def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float,
+                        clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO/GRPO surrogate with asymmetric clipping (DAPO's clip-higher):
     ratio ρ = exp(logp − old_logp); loss = −min(ρ A, clip(ρ, 1−ε_low, 1+ε_high) A).
 
@@ -40,34 +42,40 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(x) - 1 - x
 
 
-KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
 # Train/infer corrections. The samples came from the rollout engine's distribution μ (log-probs
 # a_t) while the loss assumes π_old (trainer log-probs b_t); each correction returns a per-token
 # weight w_t (no gradient) that multiplies the token's loss, with ρ_t = exp(b_t − a_t).
-def correction_none(old_logp: torch.Tensor, rollout_logp: torch.Tensor, low: float, high: float) -> torch.Tensor:
+def correction_none(old_logp: torch.Tensor, rollout_logp: torch.Tensor, low: float,
+                    high: float) -> torch.Tensor:
     return torch.ones_like(old_logp)
 
 
-def correction_tis(old_logp: torch.Tensor, rollout_logp: torch.Tensor, low: float, high: float) -> torch.Tensor:
+def correction_tis(old_logp: torch.Tensor, rollout_logp: torch.Tensor, low: float,
+                   high: float) -> torch.Tensor:
     """Truncated importance sampling: w = min(ρ, high)."""
     return torch.exp(old_logp - rollout_logp).clamp(max=high)
 
 
-def correction_masked_is(old_logp: torch.Tensor, rollout_logp: torch.Tensor, low: float, high: float) -> torch.Tensor:
+def correction_masked_is(old_logp: torch.Tensor, rollout_logp: torch.Tensor, low: float,
+                         high: float) -> torch.Tensor:
     """Masked IS: w = ρ where low ≤ ρ ≤ high, else 0 (the token is dropped)."""
     rho = torch.exp(old_logp - rollout_logp)
     return torch.where((rho >= low) & (rho <= high), rho, torch.zeros_like(rho))
 
 
-def correction_icepop(old_logp: torch.Tensor, rollout_logp: torch.Tensor, low: float, high: float) -> torch.Tensor:
+def correction_icepop(old_logp: torch.Tensor, rollout_logp: torch.Tensor, low: float,
+                      high: float) -> torch.Tensor:
     """IcePop: two-sided mask without reweighting: w = 1 where low ≤ ρ ≤ high, else 0."""
     rho = torch.exp(old_logp - rollout_logp)
     return ((rho >= low) & (rho <= high)).to(old_logp.dtype)
 
 
-CORRECTIONS = {"none": correction_none, "tis": correction_tis, "masked_is": correction_masked_is, "icepop": correction_icepop}
+CORRECTIONS = {"none": correction_none, "tis": correction_tis, "masked_is": correction_masked_is,
+               "icepop": correction_icepop}
 
 
 # Aggregation: per-token values [B, T] → the sum this rank contributes, divided by a

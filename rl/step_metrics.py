@@ -1,0 +1,53 @@
+"""What a step measures beyond its phases' own numbers: the rewards of every sample drawn, and
+DESIGN §5's mismatch of the rollout's a_t against the trainer's b_t with the per-token records
+the mismatch report reads."""
+
+from __future__ import annotations
+
+import torch
+
+from rl.algorithms.mismatch import mismatch_metrics
+from rl.batch import Sample
+from trainer.batch import TokenLogprobs
+
+
+def reward_metrics(samples: list[Sample], pool_stats: dict[str, int]) -> dict[str, float]:
+    rewards = [s.reward for s in samples]
+    lengths = [len(s.completion_ids) for s in samples]
+    out = {
+        "reward/mean": sum(rewards) / len(rewards),
+        "reward/max": max(rewards),
+        "reward/min": min(rewards),
+        "response/length_mean": sum(lengths) / len(lengths),
+        "response/truncated_frac": sum(s.truncated for s in samples) / len(samples),
+    }
+    for reason in {s.reward_reason for s in samples}:
+        out[f"reward/reason_{reason}"] = float(sum(s.reward_reason == reason for s in samples))
+    for k, v in pool_stats.items():
+        out[f"reward_pool/{k}"] = float(v)
+    return out
+
+
+def mismatch(samples: list[Sample], b_t: list[TokenLogprobs], step: int,
+             stale: bool) -> tuple[dict[str, float], list[dict]]:
+    """The metrics of a_t (rollout) vs b_t (trainer), and one record per token. `stale`: the
+    batch was sampled ahead, by weights one update older than the trainer's, so the numbers
+    include that update's drift: logged as offpolicy/* (the sync probe still measures the
+    engines' mismatch on equal weights every step)."""
+    a = torch.tensor([x for s in samples for x in s.rollout_logprobs], dtype=torch.float32)
+    b = torch.tensor([x for row in b_t for x in row.logprobs], dtype=torch.float32)
+    pos = torch.tensor([j for s in samples for j in range(len(s.completion_ids))])
+    out = mismatch_metrics(a, b, torch.ones_like(a, dtype=torch.bool), pos)
+    if stale:
+        out = {k.replace("mismatch/", "offpolicy/", 1): v for k, v in out.items()}
+    entropies = [x for row in b_t for x in row.entropies]
+    if entropies:
+        out["policy/entropy"] = sum(entropies) / len(entropies)
+    records = [
+        {"step": step, "sample": n, "position": j, "token": tok, "rollout_logprob": s.rollout_logprobs[j],
+         "trainer_logprob": row.logprobs[j], "entropy": row.entropies[j] if row.entropies else None,
+         "stale": stale}
+        for n, (s, row) in enumerate(zip(samples, b_t))
+        for j, tok in enumerate(s.completion_ids)
+    ]
+    return out, records

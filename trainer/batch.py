@@ -1,0 +1,68 @@
+"""What crosses Ray into and out of a trainer rank: the samples it trains on and the per-token
+log-probs and update statistics it returns.
+
+Token lists stay ragged (one list per sample): nothing is padded until the rank packs its
+micro-batches. Every field is read by the loss, the log-prob passes or the driver's metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class TrainSample:
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    rollout_logprobs: list[float]  # a_t: the engine's log-prob of each sampled token
+    advantage: float = 0.0
+    # 1.0 for samples in the loss; 0.0 for samples that only keep ranks' batches equal.
+    weight: float = 1.0
+    # Behaviour log-probs for the ratio; None (on every sample of a batch): the update's own
+    # forward, detached (`TrainerRank.train_step`).
+    old_logprobs: list[float] | None = None
+    # The frozen reference model's log-probs, for the KL term (`LossConfig.kl_coef > 0`).
+    ref_logprobs: list[float] | None = None
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """One rank's share of a mini-batch."""
+
+    samples: list[TrainSample]
+    # The loss normaliser of the whole mini-batch over all ranks (`losses.AGGREGATION_NORMALISERS`).
+    normaliser: float
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """A sample's completion tokens under the trainer: log-probs b_t and entropies (fp32)."""
+
+    logprobs: list[float]
+    entropies: list[float]  # empty when not computed
+
+
+@dataclass
+class UpdateStats:
+    """Sums over one rank's tokens of one optimiser step (the driver divides by `tokens`)."""
+
+    loss: float = 0.0  # this rank's share of the mini-batch loss
+    pg_loss: float = 0.0
+    kl: float = 0.0
+    entropy: float = 0.0
+    clip_frac: float = 0.0
+    correction_weight: float = 0.0
+    tokens: float = 0.0
+    grad_norm: float = 0.0
+    lr: float = 0.0
+
+    def __add__(self, other: UpdateStats) -> UpdateStats:
+        return UpdateStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class UpdateResult:
+    stats: UpdateStats
+    # Every sample's log-probs from the training forward: with one optimiser step per RL step,
+    # those of the weights that sampled the batch (b_t) at no extra cost.
+    logprobs: list[TokenLogprobs]

@@ -1,0 +1,73 @@
+"""What a trainer rank is built with: the recipe's `trainer` section, the loss options it
+applies (from the recipe's `algorithm` section), and the set-up of one engine.
+
+These are frozen dataclasses that cross Ray as they are; `rl.config` composes them into the
+recipe's tree (`TrainerConfig` is the `trainer` section verbatim) and validates them there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _default_betas() -> list[float]:
+    return [0.9, 0.999]
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    num_ranks: int = 1
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=_default_betas)
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    micro_batch_size: int = 16  # sequences per forward/backward on one rank
+    # Optimiser steps per RL step: the step's samples are split into this many mini-batches.
+    num_minibatches: int = 1
+    gradient_checkpointing: bool = False
+    sync_bucket_mib: float = 64.0
+    cpu_threads: int = 0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The policy loss a rank applies (`trainer.losses`); the recipe's `algorithm` section
+    documents each field (`rl.config.AlgorithmConfig.loss()` builds this)."""
+
+    loss_aggregation: Literal["token_mean", "sequence_mean", "token_sum_norm"]
+    clip_low: float
+    clip_high: float
+    kl_coef: float
+    kl_estimator: Literal["k1", "k2", "k3"]
+    entropy_coef: float
+    correction: Literal["none", "tis", "masked_is", "icepop"]
+    correction_low: float
+    correction_high: float
+
+
+@dataclass(frozen=True)
+class TrainerSetup:
+    """One DeepSpeed engine's set-up, the same for every rank of a group."""
+
+    model_path: str
+    dtype: Literal["float32", "bfloat16", "float16"]
+    config: TrainerConfig
+    lr: float
+    # Micro-batches per optimiser step on each rank (DeepSpeed's gradient accumulation steps).
+    micro_batches_per_step: int
+    seed: int
+    # The rollout's sampling temperature: log-probs of sampled tokens are taken under the
+    # distribution they were sampled from (logits / temperature).
+    temperature: float = 1.0
+    # The RL loss; None for a supervised engine (the SFT warm start). A KL term
+    # (`loss.kl_coef > 0`) makes the rank hold a frozen reference copy of the initial model.
+    loss: LossConfig | None = None
+    # `kernels.fp8.swap_linears_to_fp8`'s keyword options (the recipe's model.fp8), or None.
+    fp8: dict[str, bool] | None = None
+
+    @property
+    def use_reference(self) -> bool:
+        return self.loss is not None and self.loss.kl_coef > 0
