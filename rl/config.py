@@ -169,6 +169,9 @@ class RayConfig:
     # None: join a running cluster if there is one, else start a local instance.
     address: str | None = None
     placement: Literal["colocated", "split"] = "colocated"
+    # true: refuse to start on a Ray cluster without GPUs (a GPU recipe would otherwise try to
+    # train its model on CPU for hours).
+    require_gpus: bool = False
 
 
 @dataclass

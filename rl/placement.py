@@ -78,25 +78,32 @@ def running_cluster_address() -> str | None:
         return None
 
 
-def has_gpus() -> bool:
-    return ray.cluster_resources().get("GPU", 0) >= 1
+def check_gpus(cfg: RunConfig, gpus: int) -> int:
+    """The number of bundles (devices) the run places; a clear error when the cluster's `gpus`
+    cannot hold them — a placement group that cannot be placed would wait, not fail."""
+    ranks, workers = cfg.trainer.num_ranks, cfg.rollout.num_workers
+    colocated = cfg.ray.placement == "colocated"
+    n_bundles = max(ranks, workers) if colocated else ranks + workers
+    if cfg.ray.require_gpus and not gpus:
+        raise ConfigError("ray.require_gpus=true but the Ray cluster has no GPUs: run this recipe on a GPU "
+                          "machine (or set ray.require_gpus=false to try it on CPU)")
+    if gpus and n_bundles > gpus:
+        layout = (f"colocated: max(trainer.num_ranks={ranks}, rollout.num_workers={workers})" if colocated
+                  else f"split: trainer.num_ranks={ranks} + rollout.num_workers={workers}")
+        raise ConfigError(f"the run needs {n_bundles} GPUs ({layout}, one GPU each) but the Ray cluster has "
+                          f"{gpus}: lower trainer.num_ranks / rollout.num_workers, or add GPUs")
+    return n_bundles
 
 
 class Placement:
     """Bundles for the run's actors and the scheduling options of each actor."""
 
     def __init__(self, cfg: RunConfig):
-        self.gpus = has_gpus()
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        self.gpus = gpus >= 1
         ranks, workers = cfg.trainer.num_ranks, cfg.rollout.num_workers
         colocated = cfg.ray.placement == "colocated"
-        n_bundles = max(ranks, workers) if colocated else ranks + workers
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        if self.gpus and n_bundles > gpus:
-            # A placement group that cannot be placed would wait, not fail: say it now.
-            layout = (f"colocated: max(trainer.num_ranks={ranks}, rollout.num_workers={workers})" if colocated
-                      else f"split: trainer.num_ranks={ranks} + rollout.num_workers={workers}")
-            raise ConfigError(f"the run needs {n_bundles} GPUs ({layout}, one GPU each) but the Ray cluster has {gpus}: "
-                              f"lower trainer.num_ranks / rollout.num_workers, or add GPUs")
+        n_bundles = check_gpus(cfg, gpus)
         cpus = ray.cluster_resources().get("CPU", 1)
         # Fractional CPUs: on a small machine every actor still fits; threads are set per actor.
         per_bundle = max(0.01, min(4.0, cpus / n_bundles))
