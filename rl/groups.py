@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 import ray
 
 from rl.config import RunConfig
-from rl.model import fp8_options
+from rl.model import check_engine_memory, fp8_options, weight_bytes
 from rl.placement import Placement
 from rollout.completion import Completion
 from rollout.worker import EngineInfo, RolloutWorker, WeightLoad
@@ -148,6 +148,8 @@ class RolloutGroup:
     def start(cls, placement: Placement, cfg: RunConfig, model_path: str,
               trainer_fp8_projections: int) -> RolloutGroup:
         """The engines, checked to quantize the weights the trainer quantizes (model.fp8)."""
+        if placement.gpus:
+            check_engine_memory(cfg, weight_bytes(model_path, cfg.model.dtype), gpu_memory(placement))
         sleeps = sleep_while_training(cfg, placement)
         actor_cls = ray.remote(RolloutWorker)
         actors = [actor_cls.options(**placement.options(b)).remote(
@@ -197,6 +199,18 @@ class RolloutGroup:
     def kill(self) -> None:
         for a in self.actors:
             ray.kill(a)
+
+
+def gpu_memory(placement: Placement) -> int:
+    """Total bytes of the GPU of the first rollout bundle, as a task placed there sees it."""
+
+    @ray.remote
+    def total() -> int:
+        import torch
+
+        return torch.cuda.mem_get_info()[1]
+
+    return ray.get(total.options(**placement.options(placement.rollout_bundles[0])).remote())
 
 
 def sleep_while_training(cfg: RunConfig, placement: Placement) -> bool:

@@ -46,3 +46,39 @@ def check_fp8_model(cfg: RunConfig, model_path: str) -> None:
             f"model ({ARCHITECTURE}); {model_path} is {architectures}, which vLLM samples with its own "
             f"layers, so rollout and trainer would quantize differently. Use a Ring-linear model or set "
             f"model.fp8.enabled=false")
+
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def weight_bytes(model_path: str, dtype: str) -> int:
+    """The model's weights in `dtype`, from its safetensors headers (no tensor is read)."""
+    import json
+    import struct
+    from pathlib import Path
+
+    elements = 0
+    for shard in Path(model_path).glob("*.safetensors"):
+        with open(shard, "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                n = 1
+                for d in entry["shape"]:
+                    n *= d
+                elements += n
+    return elements * DTYPE_BYTES[dtype]
+
+
+def check_engine_memory(cfg: RunConfig, model_bytes: int, gpu_bytes: int) -> None:
+    """The rollout engine gets `rollout.gpu_memory_utilization` of its GPU for weights, activations
+    and KV cache; refuse up front a share its weights alone would fill (vLLM would fail minutes
+    later inside the engine's actor, with a traceback about cache blocks)."""
+    share = cfg.rollout.gpu_memory_utilization
+    budget = share * gpu_bytes
+    if model_bytes > 0.9 * budget:
+        need = min(1.0, model_bytes / 0.9 / gpu_bytes + 0.05)
+        raise ConfigError(
+            f"rollout.gpu_memory_utilization={share} gives the engine {budget / 2**30:.1f} GiB of the "
+            f"{gpu_bytes / 2**30:.1f} GiB GPU, but the model's weights alone take {model_bytes / 2**30:.1f} GiB in "
+            f"{cfg.model.dtype}: raise rollout.gpu_memory_utilization (to ~{need:.2f}) or use a larger GPU")

@@ -27,3 +27,19 @@ def test_more_trainer_ranks_than_gpus_names_the_fields():
 def test_cpu_runs_place_one_bundle_per_device_slot_without_gpus():
     cfg = from_data({}, ["trainer.num_ranks=2", "rollout.num_workers=1"])
     assert check_gpus(cfg, gpus=0) == 2  # CPU bundles: no GPU count to respect
+
+
+def test_engine_memory_share_too_small_for_the_weights_names_the_field(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from rl.model import check_engine_memory, weight_bytes
+
+    save_file({"a": torch.zeros(1000, 256), "b": torch.zeros(24)}, str(tmp_path / "model.safetensors"))
+    assert weight_bytes(str(tmp_path), "bfloat16") == (256_000 + 24) * 2
+    cfg = from_data({}, ["rollout.gpu_memory_utilization=0.3", "model.dtype=bfloat16"])
+    gib = 2**30
+    check_engine_memory(cfg, model_bytes=10 * gib, gpu_bytes=80 * gib)  # 24 GiB share: fits
+    with pytest.raises(ConfigError, match=r"rollout.gpu_memory_utilization=0.3 gives the engine 24.0 GiB .* "
+                                          r"weights alone take 32.0 GiB in bfloat16"):
+        check_engine_memory(cfg, model_bytes=32 * gib, gpu_bytes=80 * gib)
