@@ -33,62 +33,77 @@ class ConfigError(ValueError):
 
 @dataclass
 class FP8Config:
-    # Block-scaled FP8 (e4m3; 1×128 activation tiles, 128×128 weight blocks, fp32 scales) for
-    # every projection and expert of the decoder, in the trainer (forward and backward) and the
-    # rollout engine alike: both call kernels.fp8, so they quantize identically. The master
-    # weights, the router, the norms, the LM head (fp32 logits) and the linear-attention state
-    # keep their precision. Needs a model whose rollout runs Lockstep's layers (Ring-linear).
+    """Block-scaled FP8 GEMMs in both engines (Ring-linear models only)."""
+
     enabled: bool = False
-    # Round each scale up to a power of two (exact scale multiplies; DeepSeek-V3's option).
+    """FP8 (e4m3; 1×128 activation tiles, 128×128 weight blocks, fp32 scales) for every
+    projection and expert of the decoder, in the trainer (forward and backward) and the rollout
+    engine alike: both call kernels.fp8, so they quantize identically. Master weights, router,
+    norms, the LM head (fp32 logits) and the linear-attention state keep their precision. Needs
+    a model whose rollout runs Lockstep's layers (Ring-linear)."""
     pow2_scale: bool = False
+    """Round each scale up to a power of two (exact scale multiplies; DeepSeek-V3's option)."""
 
 
 @dataclass
 class ModelConfig:
-    # A Hugging Face directory or hub name, or `demo:<name>` for the tiny model built by
-    # `rl.demo_model` (seeded, cached under `cache_dir`).
+    """The policy model both engines load."""
+
     path: str = "demo:arith-tiny"
+    """A Hugging Face directory or hub name, or `demo:<name>` for a tiny model built by
+    `rl.demo_model` (seeded, cached under `cache_dir`)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights and compute dtype of trainer and rollout engine (log-probs are fp32 either way)."""
     trust_remote_code: bool = False
+    """Let transformers and vLLM run the model directory's own modeling code."""
     cache_dir: str = "~/.cache/lockstep"
+    """Where `demo:` models are built and cached."""
     fp8: FP8Config = field(default_factory=FP8Config)
+    """Block-scaled FP8 projections in both engines."""
 
 
 @dataclass
 class DatasetConfig:
-    # A .jsonl/.json/.parquet file, a dataset name for `datasets.load_dataset`, a name of
-    # ../shared/data (`gsm8k_test`), or `synthetic:arithmetic`.
+    """One dataset: where its rows come from, which fields hold what, its prompt template."""
+
     source: str = "synthetic:arithmetic"
-    # Label in metrics and reports (`eval/<name>/accuracy`); empty: derived from `source`.
+    """A .jsonl/.json/.parquet file, a dataset name for `datasets.load_dataset`, a name of
+    ../shared/data (`gsm8k_test`), or `synthetic:arithmetic` / `synthetic:arithmetic-noisy`."""
     name: str = ""
+    """Label in metrics and reports (`eval/<name>/accuracy`); empty: derived from `source`."""
     split: str = "train"
+    """Split of a hub dataset or of the synthetic task (`train`, `test`)."""
     prompt_key: str = "question"
+    """Field holding the problem text."""
     answer_key: str = "answer"
-    # A worked solution, used only by the SFT warm start (absent fields are fine otherwise).
+    """Field holding the reference answer."""
     solution_key: str = "solution"
-    # How the reference answer is read out of `answer_key`: the field as is, or GSM8K's
-    # final `#### N` line.
+    """Field holding a worked solution, used only by the SFT warm start (may be absent otherwise)."""
     answer_format: Literal["raw", "gsm8k"] = "raw"
-    # `{prompt}` is replaced by the problem text. With `use_chat_template` and a tokenizer
-    # that has a chat template, the filled template becomes the user message.
+    """How the reference is read out of `answer_key`: the field as is, or GSM8K's final `#### N`."""
     template: str = "{prompt}"
+    """Prompt template; `{prompt}` is replaced by the problem text."""
     use_chat_template: bool = True
+    """With a tokenizer that has a chat template, send the filled template as the user message."""
     limit: int | None = None
-    # Synthetic datasets only: how many problems and which seed (train and eval sets use
-    # different seeds and never overlap).
+    """Use at most this many rows (in a mix: this dataset's share); null: all."""
     num_examples: int = 2000
+    """Synthetic datasets only: how many problems to generate."""
     seed: int = 0
+    """Synthetic datasets only: the generator's seed (train and test splits never overlap)."""
 
 
 @dataclass
 class DataConfig:
-    # One dataset, or a list: a mix (the datasets' rows together, each with its own fields and
-    # template; `limit` caps a dataset's share).
+    """Training data and held-out sets."""
+
     train: DatasetConfig | list[DatasetConfig] = field(default_factory=DatasetConfig)
-    # Held-out sets, each evaluated and logged on its own (`eval/<name>/…`); the first is also
-    # logged as `eval/…`, the run's headline accuracy.
+    """One dataset, or a list: a mix (rows together, each with its own fields and template)."""
     eval: DatasetConfig | list[DatasetConfig] | None = None
+    """Held-out sets, each evaluated and logged on its own (`eval/<name>/…`); the first is also
+    logged as `eval/…`, the run's headline accuracy. `lockstep eval RUN_DIR` scores these."""
     shuffle: bool = True
+    """Visit the training rows in a seeded random order (resumable); false: file order."""
 
 
 @dataclass
@@ -96,37 +111,53 @@ class SFTConfig:
     """Optional warm start by supervised fine-tuning on reference solutions, same trainer."""
 
     steps: int = 0
+    """Supervised steps before RL; 0: no warm start."""
     lr: float = 1e-3
+    """Learning rate of the warm start."""
     batch_size: int = 32
+    """Sequences per warm-start step (rounded down to a multiple of trainer.num_ranks)."""
 
 
 @dataclass
 class AlgorithmConfig:
+    """Advantages, the policy loss and its train/infer mismatch correction."""
+
     advantage: Literal["grpo"] = "grpo"
-    # Divide group-centred rewards by the group std (GRPO); False is Dr.GRPO.
+    """Advantage estimator: group-relative (GRPO)."""
     std_normalize: bool = True
+    """Divide group-centred rewards by the group std (GRPO); false is Dr.GRPO."""
     loss_aggregation: Literal["token_mean", "sequence_mean", "token_sum_norm"] = "token_mean"
+    """How per-token losses are averaged: over all tokens, per sequence then over sequences, or
+    summed and divided by a constant (Dr.GRPO)."""
     clip_low: float = 0.2
+    """PPO ratio clip below 1 (ratio ≥ 1 − clip_low)."""
     clip_high: float = 0.28
+    """PPO ratio clip above 1 (ratio ≤ 1 + clip_high; DAPO's clip-higher)."""
     kl_coef: float = 0.0
+    """Weight of a KL penalty to the initial model; > 0 makes each rank hold a frozen reference copy."""
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Per-token KL estimator of the penalty (Schulman's k1, k2, k3)."""
     entropy_coef: float = 0.0
-    # Drop groups whose rewards are all equal (no learning signal).
+    """Weight of an entropy bonus."""
     dynamic_sampling: bool = False
-    # With dynamic sampling: up to this many rollout rounds per step (each draws
-    # rollout.prompts_per_step new prompts) until the batch holds prompts_per_step informative
-    # groups (DAPO's refill). 1: no refill, dropped groups just leave the batch smaller.
+    """Drop groups whose rewards are all equal (no learning signal)."""
     dynamic_sampling_max_rounds: int = 1
-    # Completions cut at max_new_tokens: keep, drop from the loss, or penalise.
+    """With dynamic sampling: up to this many rollout rounds per step (each draws
+    rollout.prompts_per_step new prompts) until the batch holds prompts_per_step informative
+    groups (DAPO's refill). 1: no refill, dropped groups just leave the batch smaller."""
     overlong: Literal["keep", "filter", "penalty"] = "keep"
+    """Completions cut at max_new_tokens: keep, drop from the loss, or penalise."""
     overlong_penalty: float = 1.0
-    # Behaviour log-probs for the ratio: recomputed by the trainer before the update, or the
-    # rollout engine's sampled log-probs as they are.
+    """Reward subtracted from a cut completion with `overlong: penalty`."""
     old_logprobs: Literal["recompute", "rollout"] = "recompute"
-    # Train/infer mismatch correction (DESIGN.md §6).
+    """Behaviour log-probs for the ratio: recomputed by the trainer before the update, or the
+    rollout engine's sampled log-probs as they are."""
     correction: Literal["none", "tis", "masked_is", "icepop"] = "none"
+    """Train/infer mismatch correction (DESIGN.md §6): none, truncated IS, masked IS, IcePop."""
     correction_low: float = 0.5
+    """Lower bound of the correction's importance ratio (below 1)."""
     correction_high: float = 2.0
+    """Upper bound of the correction's importance ratio (above 1)."""
 
     def loss(self) -> LossConfig:
         """The part of this section the trainer applies."""
@@ -135,63 +166,104 @@ class AlgorithmConfig:
 
 @dataclass
 class RewardConfig:
-    # Dotted path of a reward factory `f(**kwargs) -> reward` or a built-in name.
+    """The verifier that scores completions, run in a process pool with hard timeouts."""
+
     function: str = "math"
+    """`math` (math-verify accuracy) or the dotted path of a factory `f() -> reward`."""
     format_weight: float = 0.0
+    """With `math`: weight of an added format reward (0: accuracy only)."""
     fallback_last_number: bool = True
+    """With `math`: when no boxed answer is found, compare the completion's last number."""
     timeout_s: float = 5.0
+    """Hard limit per completion: past it the completion scores as a timeout (0), its worker is killed."""
     num_workers: int | None = None
+    """Reward worker processes; null: one per CPU core."""
 
 
 @dataclass
 class ScheduleConfig:
+    """How long to train, when to evaluate and save."""
+
     steps: int = 20
-    eval_every: int = 10  # 0: only before and after
+    """RL steps."""
+    eval_every: int = 10
+    """Evaluate the held-out sets every N steps (and before the first and after the last); 0:
+    only before and after."""
     save_every: int = 10
+    """Save a checkpoint every N steps (and after the last); 0: only after the last."""
     keep_last: int = 2
-    eval_samples: int = 1  # k samples per eval problem (pass@k, avg@k); 1 means greedy
+    """Complete checkpoints kept; older ones are deleted (0: keep all)."""
+    eval_samples: int = 1
+    """k samples per held-out problem (pass@k, avg@k); 1 is greedy."""
     eval_temperature: float = 0.0
+    """Sampling temperature of evaluation (> 0 when eval_samples > 1)."""
     eval_limit: int | None = 200
+    """Evaluate at most this many problems of each held-out set; null: all."""
 
 
 @dataclass
 class LoggingConfig:
+    """Where metrics go besides metrics.jsonl."""
+
     tensorboard: bool = True
+    """Write TensorBoard events under runs/<name>/tensorboard."""
     wandb: bool = False
+    """Log to Weights & Biases (`pip install wandb`)."""
     mlflow: bool = False
+    """Log to MLflow (`pip install mlflow`)."""
     project: str = "lockstep"
-    # Per-token mismatch records kept on disk for the report (bounded).
+    """Project / experiment name in W&B and MLflow."""
     token_records_per_step: int = 2048
+    """Per-token mismatch records kept on disk per step for `lockstep mismatch` (bounded)."""
 
 
 @dataclass
 class RayConfig:
-    # None: join a running cluster if there is one, else start a local instance.
+    """The Ray cluster and how actors are placed on it."""
+
     address: str | None = None
+    """Cluster address; null: join a cluster running on this machine if there is one, else start
+    a local instance; `local`: always a private instance."""
     placement: Literal["colocated", "split"] = "colocated"
-    # true: refuse to start on a Ray cluster without GPUs (a GPU recipe would otherwise try to
-    # train its model on CPU for hours).
+    """colocated: a trainer rank and an engine share each device; split: separate devices."""
     require_gpus: bool = False
+    """Refuse to start on a Ray cluster without GPUs (a GPU recipe would otherwise try to train
+    on CPU for hours)."""
 
 
 @dataclass
 class RunConfig:
+    """A recipe: the run's name and every section."""
+
     name: str = "run"
+    """The run's name: its outputs go to <output_dir>/<name>, and a rerun resumes there."""
     seed: int = 0
+    """Seed of the data order, the engines' sampling and the SFT order."""
     output_dir: str = "runs"
-    # DESIGN §4 modes. "strict" (batch-invariant kernels, bitwise log-probs) is refused by
-    # validation until it is built; "fast" runs the aligned ops.
+    """Folder holding the run's directory."""
     mode: Literal["fast", "strict"] = "fast"
+    """DESIGN §4 modes: `fast` runs the aligned ops and measures the mismatch every step;
+    `strict` (batch-invariant kernels, bitwise log-probs) is refused until it is built."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy model."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Training data and held-out sets."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """The vLLM rollout engines and how they sample."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """The DeepSpeed trainer ranks."""
     sft: SFTConfig = field(default_factory=SFTConfig)
+    """Optional SFT warm start."""
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """Advantages and the policy loss."""
     reward: RewardConfig = field(default_factory=RewardConfig)
+    """The verifier."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Steps, evaluation and checkpoints."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metric sinks."""
     ray: RayConfig = field(default_factory=RayConfig)
+    """The Ray cluster and actor placement."""
 
     @property
     def run_dir(self) -> Path:

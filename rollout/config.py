@@ -11,27 +11,37 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class RolloutConfig:
+    """The recipe's `rollout` section: the vLLM engines and how they sample."""
+
     num_workers: int = 1
-    group_size: int = 8  # G completions per prompt
+    """vLLM engines (each a Ray actor; one device each on GPUs, shared with a rank when colocated)."""
+    group_size: int = 8
+    """G completions sampled per prompt (GRPO's group)."""
     prompts_per_step: int = 8
+    """Prompts per RL step; a step trains on prompts_per_step × group_size completions."""
     max_new_tokens: int = 32
+    """Longest completion; longer ones are cut (see algorithm.overlong). Also used by evaluation."""
     max_model_len: int = 512
+    """The engine's context length: prompt plus completion."""
     temperature: float = 1.0
+    """Sampling temperature of the rollout (> 0); the trainer's log-probs use the same."""
     top_p: float = 1.0
+    """Nucleus sampling: keep the smallest token set holding this much probability (1: off)."""
     top_k: int = -1
-    # vLLM CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); GPU: fraction of memory.
+    """Sample among the k most likely tokens (-1: off)."""
     kv_cache_gib: float = 1.0
+    """vLLM on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."""
     gpu_memory_utilization: float = 0.5
-    # vLLM's enforce_eager. true: no torch.compile, faster engine start; false: compiled decode
-    # (the Ring-linear plugin compiles on CPU; on GPUs it runs eagerly, logged).
+    """vLLM on GPUs: the share of the GPU's memory an engine may take (weights + KV cache)."""
     enforce_eager: bool = True
-    # Threads the engine may use on CPU (0: let vLLM decide).
+    """vLLM's enforce_eager. true: no torch.compile, faster engine start; false: compiled decode
+    (the Ring-linear plugin compiles on CPU; on GPUs it runs eagerly, logged)."""
     cpu_threads: int = 0
-    # Release the engines' GPU memory (weights, KV cache) during the trainer's step; the weight
-    # sync wakes them. auto: when trainer and rollout share GPUs (ray.placement=colocated).
-    # vLLM has no sleep mode on CPU: there "on" is logged and ignored.
+    """Threads the engine may use on CPU (0: let vLLM decide)."""
     sleep_while_training: Literal["auto", "on", "off"] = "auto"
-    # Sampling ahead (one-step off-policy, as in AReaL/verl's async modes): 1 samples the next
-    # step's batch while the trainer updates on this one, so each batch was sampled by weights
-    # one update older than those it trains; 0 is on-policy (sample, then train).
+    """Release the engines' GPU memory (weights, KV cache) during the trainer's step; the weight
+    sync wakes them. auto: when trainer and rollout share GPUs (ray.placement=colocated). vLLM has
+    no sleep mode on CPU: there "on" is logged and ignored."""
     max_staleness: Literal[0, 1] = 0
+    """Sampling ahead (one-step off-policy, as in AReaL/verl's async modes): 1 samples the next
+    step's batch while the trainer updates on this one; 0 is on-policy (sample, then train)."""

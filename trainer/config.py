@@ -17,19 +17,32 @@ def _default_betas() -> list[float]:
 
 @dataclass(frozen=True)
 class TrainerConfig:
+    """The recipe's `trainer` section: DeepSpeed ranks and their optimiser."""
+
     num_ranks: int = 1
+    """Trainer ranks (data parallel, one DeepSpeed ZeRO engine each; one device each on GPUs)."""
     zero_stage: Literal[0, 1, 2, 3] = 1
+    """DeepSpeed ZeRO stage: what the ranks shard (1: optimiser state, 2: + gradients, 3: + weights)."""
     lr: float = 1e-5
+    """AdamW learning rate of the RL stage."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     betas: list[float] = field(default_factory=_default_betas)
+    """AdamW betas (two numbers in [0, 1))."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this."""
     warmup_steps: int = 0
-    micro_batch_size: int = 16  # sequences per forward/backward on one rank
-    # Optimiser steps per RL step: the step's samples are split into this many mini-batches.
+    """Optimiser steps of linear learning-rate warm-up."""
+    micro_batch_size: int = 16
+    """Sequences per forward/backward on one rank (gradients accumulate up to the mini-batch)."""
     num_minibatches: int = 1
+    """Optimiser steps per RL step: the step's samples are split into this many mini-batches."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, more compute)."""
     sync_bucket_mib: float = 64.0
+    """Size of the buckets the weight sync sends to the engines, in MiB."""
     cpu_threads: int = 0
+    """torch threads of each rank on CPU (0: torch's default)."""
 
 
 @dataclass(frozen=True)
