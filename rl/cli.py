@@ -1,8 +1,11 @@
-"""`lockstep` command line: run a recipe, evaluate a checkpoint.
+"""`lockstep` command line: run a recipe, see a recipe, evaluate a checkpoint.
 
-    lockstep run recipes/demo.yaml [key.sub=value ...] [--resume | --no-resume]
-    lockstep eval CHECKPOINT --data NAME_OR_FILE [--k 4] [--limit 200]
+    lockstep run recipes/demo.yaml [key.sub=value ...] [--resume | --no-resume] [--dry-run]
+    lockstep config recipes/demo.yaml [key.sub=value ...]     the resolved, validated recipe
+    lockstep recipes                                           the recipes in recipes/
+    lockstep eval RUN_DIR_OR_CHECKPOINT [--data NAME_OR_FILE] [--k 4] [--limit 200]
     lockstep mismatch RUN_DIR [--step N] [--top 20]
+    lockstep --version
 
 User errors (bad recipe, missing data, not a checkpoint) print one line naming the problem and
 the fix, and exit 2 without a traceback.
@@ -40,52 +43,99 @@ def send_ray_token_if_present() -> None:
 
 
 def cmd_run(args) -> int:
-    send_ray_token_if_present()
     from rl.config import load_recipe
-    from rl.driver import Run
 
     cfg = load_recipe(args.recipe, args.overrides)
     resume = True if args.resume else (False if args.no_resume else None)
+    if args.dry_run:
+        from rl.config import dump
+        from rl.dry_run import plan_lines
+
+        plan = plan_lines(cfg, resume)
+        print(f"# lockstep run {' '.join([args.recipe, *args.overrides])} --dry-run: the resolved recipe")
+        print(dump(cfg), end="")
+        print("# what the run would start (nothing was started):")
+        print("\n".join(f"#   {line}" for line in plan))
+        return 0
+    send_ray_token_if_present()
+    from rl.driver import Run
+
     Run(cfg, resume=resume).train()
     return 0
 
 
+def cmd_config(args) -> int:
+    from rl.config import dump, load_recipe
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    print(f"# lockstep config {' '.join([args.recipe, *args.overrides])}: the resolved recipe (all fields: "
+          "docs/recipes.md)")
+    print(dump(cfg), end="")
+    return 0
+
+
+def cmd_recipes(args) -> int:
+    from rl.config import describe_recipes, recipes_dir
+
+    folder = Path(args.dir) if args.dir else recipes_dir()
+    found = describe_recipes(folder) if folder.is_dir() else []
+    if not found:
+        raise ConfigError(f"{folder}: no recipes (*.yaml) there; pass the folder that holds them")
+    width = max(len(str(path)) for path, _ in found)
+    for path, about in found:
+        print(f"{str(path):<{width}}  {about}")
+    return 0
+
+
 def cmd_eval(args) -> int:
-    from rl.checkpoint import resolve_model_dir
-    from rl.config import DatasetConfig, RewardConfig, from_data
-    from rl.data import PRESETS, PromptRenderer, load_examples
-    from rl.evaluate import evaluate
+    from rl.checkpoint import pinned
+    from rl.config import from_data
+    from rl.data import PromptRenderer, dataset_name, load_examples
+    from rl.evaluate import eval_plan, evaluate
     from rl.model import check_fp8_model, fp8_options
     from rl.rewards_config import build_reward_pool
     from rollout.config import RolloutConfig
-    from rollout.worker import RolloutWorker
 
-    model_dir = resolve_model_dir(args.checkpoint)
-    if args.data in PRESETS:
-        data = dataclasses.replace(PRESETS[args.data], limit=args.limit)
-    else:
-        data = DatasetConfig(source=args.data, prompt_key=args.prompt_key, answer_key=args.answer_key,
-                             template=args.template or "{prompt}", limit=args.limit)
-    if args.template and args.data in PRESETS:
-        data = dataclasses.replace(data, template=args.template)
-    examples = load_examples(data, "--data")
-    temperature = args.temperature if args.temperature is not None else (0.0 if args.k == 1 else 1.0)
-    if args.k > 1 and temperature == 0:
-        raise ConfigError("--k > 1 needs --temperature > 0 (greedy samples are identical)")
-    rollout_cfg = RolloutConfig(max_new_tokens=args.max_new_tokens, max_model_len=args.max_model_len)
-    fp8 = None
-    if args.fp8:
-        fp8_recipe = from_data({"model": {"fp8": {"enabled": True}}})
-        check_fp8_model(fp8_recipe, str(model_dir))
-        fp8 = fp8_options(fp8_recipe)
-    worker = RolloutWorker(str(model_dir), args.dtype, rollout_cfg, seed=args.seed, fp8=fp8)
-    renderer = PromptRenderer(worker.tokenizer, data)
-    with build_reward_pool(RewardConfig()) as pool:
-        result = evaluate(worker.generate, pool.score, [renderer.ids(e) for e in examples],
-                          [e.answer for e in examples], args.k, args.max_new_tokens, temperature)
-    report = {"checkpoint": str(model_dir), "data": args.data, **result.metrics}
+    with pinned(args.checkpoint) as target:
+        try:
+            run = target.recipe()
+        except ConfigError as e:
+            if args.data is None:
+                raise ConfigError(f"{e}; pass --data to evaluate it on a set of your choice") from None
+            logging.warning("ignoring the run's recipe: %s", e)
+            run = None
+        plan = eval_plan(run, args.data, template=args.template, prompt_key=args.prompt_key,
+                         answer_key=args.answer_key, limit=args.limit, k=args.k, temperature=args.temperature,
+                         max_new_tokens=args.max_new_tokens, max_model_len=args.max_model_len, dtype=args.dtype,
+                         fp8=args.fp8)
+        if plan.warning:
+            print(f"lockstep: warning: {plan.warning}", file=sys.stderr)
+        sets = [(dataset_name(c), c, load_examples(c, "--data" if args.data else f"data.eval[{i}]")[: plan.limit])
+                for i, c in enumerate(plan.sets)]
+        fp8 = None
+        if plan.fp8:
+            fp8_recipe = from_data({"model": {"fp8": {"enabled": True}}})
+            check_fp8_model(fp8_recipe, str(target.model_dir))
+            fp8 = fp8_options(fp8_recipe)
+        from rollout.worker import RolloutWorker
+
+        rollout_cfg = RolloutConfig(max_new_tokens=plan.max_new_tokens, max_model_len=plan.max_model_len)
+        worker = RolloutWorker(str(target.model_dir), plan.dtype, rollout_cfg, seed=args.seed, fp8=fp8)
+    results = {}
+    with build_reward_pool(plan.reward) as pool:
+        for name, data, examples in sets:
+            renderer = PromptRenderer(worker.tokenizer, data)
+            results[name] = evaluate(worker.generate, pool.score, [renderer.ids(e) for e in examples],
+                                     [e.answer for e in examples], plan.k, plan.max_new_tokens, plan.temperature)
+    first = next(iter(results))
+    report = {"checkpoint": str(target.checkpoint or target.model_dir),
+              "step": target.state["step"] if target.state else None, "data": first, **results[first].metrics}
+    if len(results) > 1:
+        report["sets"] = {name: r.metrics for name, r in results.items()}
     if args.output:
-        Path(args.output).write_text(json.dumps({**report, "problems": result.per_problem}, indent=1))
+        problems = {name: r.per_problem for name, r in results.items()}
+        Path(args.output).write_text(json.dumps({**report, "problems": problems[first], "problems_by_set": problems},
+                                                indent=1))
     print(json.dumps(report, indent=1))
     return 0
 
@@ -110,35 +160,92 @@ def cmd_mismatch(args) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default, unless the help already says it in words."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if "default:" in help_text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        number = metadata.version("lockstep-rl")
+    except metadata.PackageNotFoundError:
+        number = "unknown (not installed)"
+    return f"lockstep {number} ({Path(__file__).resolve().parent.parent})"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lockstep", description="RL post-training with aligned rollout and trainer engines")
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a recipe (resumes automatically from the run's last checkpoint)")
-    run.add_argument("recipe")
-    run.add_argument("overrides", nargs="*", help="key.sub=value")
+    fmt = {"formatter_class": HelpFormatter}
+    p = argparse.ArgumentParser(prog="lockstep", description="RL post-training with aligned rollout and trainer engines",
+                                **fmt)
+    p.add_argument("--version", action="version", version=version(), help="print the version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    overrides = {"nargs": "*", "metavar": "key.sub=value", "help": "recipe overrides, e.g. trainer.lr=3e-5"}
+
+    run = sub.add_parser("run", help="run a recipe (resumes automatically from the run's last checkpoint)", **fmt)
+    run.add_argument("recipe", help="a recipe YAML file (lockstep recipes lists them)")
+    run.add_argument("overrides", **overrides)
     group = run.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="require a checkpoint to resume from")
     group.add_argument("--no-resume", action="store_true", help="start from scratch even if checkpoints exist")
+    run.add_argument("--dry-run", action="store_true",
+                     help="validate, print the resolved recipe and what would start (ranks, engines, placement); "
+                          "start nothing")
     run.set_defaults(fn=cmd_run)
-    ev = sub.add_parser("eval", help="score a checkpoint (run dir = its newest complete checkpoint)")
-    ev.add_argument("checkpoint")
-    ev.add_argument("--data", required=True, help="preset (arithmetic, gsm8k, math500, aime24, amc23) or a .jsonl/.parquet file or dataset name")
-    ev.add_argument("--k", type=int, default=1, help="samples per problem (pass@k, avg@k)")
-    ev.add_argument("--limit", type=int, default=None)
-    ev.add_argument("--temperature", type=float, default=None)
-    ev.add_argument("--max-new-tokens", type=int, default=64)
-    ev.add_argument("--max-model-len", type=int, default=512)
-    ev.add_argument("--prompt-key", default="question")
-    ev.add_argument("--answer-key", default="answer")
-    ev.add_argument("--template", default=None, help="prompt template with {prompt} (presets bring their own)")
-    ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ev.add_argument("--fp8", action="store_true", help="sample with the FP8 projections a model.fp8 recipe trains with (Ring-linear models)")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--output", help="write per-problem results to this JSON file")
+
+    config = sub.add_parser("config", help="print the resolved, validated recipe (YAML) and exit", **fmt)
+    config.add_argument("recipe", help="a recipe YAML file")
+    config.add_argument("overrides", **overrides)
+    config.set_defaults(fn=cmd_config)
+
+    recipes = sub.add_parser("recipes", help="list the recipes and what each is for", **fmt)
+    recipes.add_argument("dir", nargs="?", default=None,
+                         help="folder of recipes (default: ./recipes if it exists, else Lockstep's own)")
+    recipes.set_defaults(fn=cmd_recipes)
+
+    run_value = "default: the run's {}, else {}"
+    ev = sub.add_parser("eval", help="score a checkpoint; on a run: its newest complete one, on the run's own "
+                                     "held-out sets", **fmt)
+    ev.add_argument("checkpoint", help="a run directory (runs/<name>: its newest complete checkpoint), a checkpoint "
+                                       "(runs/<name>/checkpoints/step_N) or a Hugging Face model directory")
+    ev.add_argument("--data", default=None,
+                    help="one of the run's held-out sets by name, a preset (arithmetic, gsm8k, math500, aime24, amc23) "
+                         "or a .jsonl/.parquet file or dataset name (default: the run's held-out sets, data.eval, "
+                         "with their templates; needed for a plain Hugging Face directory)")
+    ev.add_argument("--k", type=int, default=None, help="samples per problem: pass@k, avg@k "
+                    "(" + run_value.format("schedule.eval_samples", 1) + ")")
+    ev.add_argument("--limit", type=int, default=None, help="problems per set (default: the run's "
+                    "schedule.eval_limit for its own sets, else all)")
+    ev.add_argument("--temperature", type=float, default=None,
+                    help="sampling temperature (default: the run's schedule.eval_temperature, else 0 for k=1 "
+                         "and 1.0 for k>1)")
+    ev.add_argument("--max-new-tokens", type=int, default=None,
+                    help="longest completion (" + run_value.format("rollout.max_new_tokens", 64) + ")")
+    ev.add_argument("--max-model-len", type=int, default=None,
+                    help="engine context length (" + run_value.format("rollout.max_model_len", 512) + ")")
+    ev.add_argument("--prompt-key", default="question", help="field of the problem text, for a --data file")
+    ev.add_argument("--answer-key", default="answer", help="field of the reference answer, for a --data file")
+    ev.add_argument("--template", default=None,
+                    help="prompt template with {prompt} (default: the set's own; {prompt} for a file)")
+    ev.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="engine dtype (" + run_value.format("model.dtype", "float32") + ")")
+    ev.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=None,
+                    help="sample with the FP8 projections a model.fp8 recipe trains with, Ring-linear models "
+                         "(" + run_value.format("model.fp8.enabled", "off") + ")")
+    ev.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ev.add_argument("--output", default=None, help="also write per-problem results to this JSON file "
+                                                    "(default: none)")
     ev.set_defaults(fn=cmd_eval)
-    mm = sub.add_parser("mismatch", help="train/infer log-prob mismatch of a run, token by token")
-    mm.add_argument("run_dir")
-    mm.add_argument("--step", type=int, default=None, help="default: the newest step")
+
+    mm = sub.add_parser("mismatch", help="train/infer log-prob mismatch of a run, token by token", **fmt)
+    mm.add_argument("run_dir", help="a run directory (runs/<name>)")
+    mm.add_argument("--step", type=int, default=None, help="which step's records (default: the newest)")
     mm.add_argument("--top", type=int, default=20, help="how many largest-|Δ| tokens to list")
     mm.set_defaults(fn=cmd_mismatch)
     return p

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -367,6 +368,11 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+# YAML 1.1 (PyYAML) reads `3e-5` and `1e6` as strings (its floats need a dot: `3.0e-5`); for a
+# float field they mean the number.
+_EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -410,6 +416,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -489,5 +497,30 @@ def from_data(data: dict, overrides: list[str] = ()) -> RunConfig:
     return cfg
 
 
+def dump(cfg: RunConfig) -> str:
+    """The resolved recipe as YAML, every key (what `lockstep config` prints and a run saves)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
 def save_resolved(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    path.write_text(dump(cfg))
+
+
+def recipes_dir() -> Path:
+    """recipes/ of the current directory if there is one, else the one shipped beside Lockstep."""
+    here = Path("recipes")
+    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "recipes"
+
+
+def describe_recipes(folder: Path) -> list[tuple[Path, str]]:
+    """(recipe, the first line of its leading comment, `…` when the sentence goes on) per YAML file."""
+    out = []
+    for path in sorted(folder.glob("*.y*ml")):
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        leading = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+        comment = [line.lstrip("# ").rstrip() for line in lines[:leading]][:2]
+        first = comment[0] if comment else "(no description: start the file with a # comment)"
+        if len(comment) > 1 and comment[1] and not first.endswith((".", ":")):
+            first += " …"
+        out.append((path, first))
+    return out

@@ -2,18 +2,20 @@
 
 Used in two places with the same code: every N steps inside a run (`HeldOut`: the recipe's
 held-out sets through the run's rollout engines, current weights) and `lockstep eval CHECKPOINT`
-(a fresh rollout worker on the newest complete checkpoint).
+(a fresh rollout worker on the newest complete checkpoint; `eval_plan` gives it the run's own
+held-out sets, templates and sampling settings unless the command line says otherwise).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rl.config import ConfigError, RunConfig
-from rl.data import Example, PromptRenderer, as_list, dataset_name, load_examples
+from rl.config import ConfigError, DatasetConfig, RewardConfig, RunConfig
+from rl.data import PRESETS, Example, PromptRenderer, as_list, dataset_name, load_examples
 from rollout.completion import Completion
 
 # generate(prompts, n, max_tokens, temperature) → each prompt's n completions
@@ -109,3 +111,80 @@ class HeldOut:
         others = "".join(f" | {s.name} {metrics[f'eval/{s.name}/accuracy']:.3f}" for s in self.sets[1:])
         return (f"step {step:>4}/{self.cfg.schedule.steps} | eval accuracy {metrics['eval/accuracy']:.3f} on "
                 f"{int(metrics['eval/num_problems'])} held-out problems{others}")
+
+
+# ---------------------------------------------------------------------------------------------
+# `lockstep eval`: what to score, by default what the run itself scored.
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    sets: list[DatasetConfig]
+    limit: int | None  # problems per set, after each set's own `limit`
+    k: int
+    temperature: float
+    max_new_tokens: int
+    max_model_len: int
+    dtype: str
+    fp8: bool
+    reward: RewardConfig
+    warning: str | None  # --data names a task other than the run's own held-out set
+
+
+def _describe(c: DatasetConfig) -> str:
+    return f"{c.source} (template {c.template!r})"
+
+
+def eval_plan(run: RunConfig | None, data: str | None = None, *, template: str | None = None,
+              prompt_key: str = "question", answer_key: str = "answer", limit: int | None = None,
+              k: int | None = None, temperature: float | None = None, max_new_tokens: int | None = None,
+              max_model_len: int | None = None, dtype: str | None = None, fp8: bool | None = None) -> EvalPlan:
+    """What `lockstep eval` scores. `run`: the recipe the checkpoint was trained with (None for
+    a plain Hugging Face directory). Without `data`, the run's held-out sets (`data.eval`) with
+    their templates, `schedule.eval_limit`, `eval_samples` and `eval_temperature`, and the run's
+    `rollout.max_new_tokens`: the numbers the run logged as eval/…. `data` picks one of the run's
+    sets by name, a preset, or a file / dataset name; a task unlike the run's first held-out set
+    comes with a warning naming both. Every argument given overrides the run's value."""
+    own = as_list(run.data.eval) if run is not None else []
+    if data is None:
+        if run is None:
+            raise ConfigError("--data: needed for a model that is not a Lockstep checkpoint (no recipe to take "
+                              "held-out sets from): a preset (" + ", ".join(PRESETS) + ") or a .jsonl file")
+        if not own:
+            raise ConfigError("--data: the run has no held-out sets (data.eval is empty in its recipe); pass --data "
+                              "with a preset (" + ", ".join(PRESETS) + ") or a .jsonl file")
+        sets = own
+        limit = limit if limit is not None else run.schedule.eval_limit
+    elif data in {dataset_name(c) for c in own}:
+        sets = [c for c in own if dataset_name(c) == data]
+        limit = limit if limit is not None else run.schedule.eval_limit
+    elif data in PRESETS:
+        sets = [PRESETS[data]]
+    else:
+        sets = [DatasetConfig(source=data, prompt_key=prompt_key, answer_key=answer_key, template=template or "{prompt}")]
+    if template is not None:
+        sets = [dataclasses.replace(c, template=template) for c in sets]
+    warning = None
+    if data is not None and own and all((c.source, c.template) != (s.source, s.template) for c in own for s in sets):
+        warning = (f"--data {data} is {_describe(sets[0])}, but this run was evaluated on {dataset_name(own[0])}: "
+                   f"{_describe(own[0])}; scores are not comparable with its eval/accuracy (leave out --data to "
+                   f"score the run's own held-out sets)")
+    schedule = run.schedule if run is not None else None
+    if k is None:
+        k = schedule.eval_samples if schedule else 1
+    if temperature is None:
+        if schedule and k == schedule.eval_samples:
+            temperature = schedule.eval_temperature
+        else:
+            temperature = 0.0 if k == 1 else 1.0
+    if k > 1 and temperature == 0:
+        raise ConfigError("--k > 1 needs --temperature > 0 (greedy samples are identical)")
+    return EvalPlan(
+        sets=sets, limit=limit, k=k, temperature=temperature,
+        max_new_tokens=max_new_tokens or (run.rollout.max_new_tokens if run else 64),
+        max_model_len=max_model_len or (run.rollout.max_model_len if run else 512),
+        dtype=dtype or (run.model.dtype if run else "float32"),
+        fp8=fp8 if fp8 is not None else (run.model.fp8.enabled if run else False),
+        reward=run.reward if run else RewardConfig(),
+        warning=warning,
+    )

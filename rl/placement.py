@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
@@ -78,19 +79,36 @@ def running_cluster_address() -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Which bundle (one device on GPUs) each trainer rank and rollout engine takes."""
+
+    n_bundles: int
+    trainer_bundles: list[int]
+    rollout_bundles: list[int]
+    share: float  # of its bundle's GPU each actor takes (colocated: a rank and an engine share one)
+
+
+def layout(cfg: RunConfig) -> Layout:
+    ranks, workers = cfg.trainer.num_ranks, cfg.rollout.num_workers
+    if cfg.ray.placement == "colocated":
+        return Layout(max(ranks, workers), list(range(ranks)), list(range(workers)), 0.5)
+    return Layout(ranks + workers, list(range(ranks)), list(range(ranks, ranks + workers)), 1.0)
+
+
 def check_gpus(cfg: RunConfig, gpus: int) -> int:
     """The number of bundles (devices) the run places; a clear error when the cluster's `gpus`
     cannot hold them — a placement group that cannot be placed would wait, not fail."""
     ranks, workers = cfg.trainer.num_ranks, cfg.rollout.num_workers
     colocated = cfg.ray.placement == "colocated"
-    n_bundles = max(ranks, workers) if colocated else ranks + workers
+    n_bundles = layout(cfg).n_bundles
     if cfg.ray.require_gpus and not gpus:
         raise ConfigError("ray.require_gpus=true but the Ray cluster has no GPUs: run this recipe on a GPU "
                           "machine (or set ray.require_gpus=false to try it on CPU)")
     if gpus and n_bundles > gpus:
-        layout = (f"colocated: max(trainer.num_ranks={ranks}, rollout.num_workers={workers})" if colocated
-                  else f"split: trainer.num_ranks={ranks} + rollout.num_workers={workers}")
-        raise ConfigError(f"the run needs {n_bundles} GPUs ({layout}, one GPU each) but the Ray cluster has "
+        layout_text = (f"colocated: max(trainer.num_ranks={ranks}, rollout.num_workers={workers})" if colocated
+                       else f"split: trainer.num_ranks={ranks} + rollout.num_workers={workers}")
+        raise ConfigError(f"the run needs {n_bundles} GPUs ({layout_text}, one GPU each) but the Ray cluster has "
                           f"{gpus}: lower trainer.num_ranks / rollout.num_workers, or add GPUs")
     return n_bundles
 
@@ -101,18 +119,17 @@ class Placement:
     def __init__(self, cfg: RunConfig):
         gpus = int(ray.cluster_resources().get("GPU", 0))
         self.gpus = gpus >= 1
-        ranks, workers = cfg.trainer.num_ranks, cfg.rollout.num_workers
-        colocated = cfg.ray.placement == "colocated"
         n_bundles = check_gpus(cfg, gpus)
+        plan = layout(cfg)
         cpus = ray.cluster_resources().get("CPU", 1)
         # Fractional CPUs: on a small machine every actor still fits; threads are set per actor.
         per_bundle = max(0.01, min(4.0, cpus / n_bundles))
         bundle = {"CPU": per_bundle, **({"GPU": 1} if self.gpus else {})}
         self.group = placement_group([dict(bundle) for _ in range(n_bundles)], strategy="PACK")
         ray.get(self.group.ready(), timeout=300)
-        self.share = 0.5 if colocated else 1.0
-        self.trainer_bundles = list(range(ranks))
-        self.rollout_bundles = list(range(workers)) if colocated else list(range(ranks, ranks + workers))
+        self.share = plan.share
+        self.trainer_bundles = plan.trainer_bundles
+        self.rollout_bundles = plan.rollout_bundles
         self.per_bundle = per_bundle
 
     def options(self, bundle: int) -> dict:
