@@ -100,12 +100,12 @@ def load_state(checkpoint: Path, shown_as: Path | None = None) -> dict:
     try:
         state = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{shown}: missing; the checkpoint is incomplete. {_others(shown.parent)}") from None
+        raise CheckpointError(f"{shown}: missing; the checkpoint is incomplete; {_others(shown.parent)}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{shown}: not valid JSON ({e}), the file is damaged (truncated?). "
+        raise CheckpointError(f"{shown}: not valid JSON ({e}), the file is damaged (truncated?); "
                               f"{_others(shown.parent)}") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise CheckpointError(f"{shown}: not a Lockstep checkpoint state (no step). {_others(shown.parent)}")
+        raise CheckpointError(f"{shown}: not a Lockstep checkpoint state (no step); {_others(shown.parent)}")
     return state
 
 
@@ -114,25 +114,27 @@ def _others(checkpoint: Path) -> str:
     others = sorted(p for p in checkpoint.parent.glob("step_*")
                     if p != checkpoint and not p.name.endswith(".partial") and (p / STATE_FILE).exists())
     if others:
-        return f"Evaluate another checkpoint of the run, e.g. {others[-1]}"
-    return "The run has no other complete checkpoint: evaluate its base model or an hf/ export instead"
+        return f"evaluate another checkpoint of the run, e.g. {others[-1]}"
+    return "the run has no other complete checkpoint: evaluate its base model or another export"
 
 
-def check_export(model_dir: Path, shown_as: Path | None = None) -> None:
+def check_export(model_dir: Path, shown_as: Path | None = None,
+                 advice: str = "re-export it, or evaluate another model") -> None:
     """A Hugging Face export vLLM can load: config.json parses, weights are there, and each
     safetensors file holds the bytes its header promises (a truncated copy fails here, not as a
     traceback deep in the engine)."""
-    shown = shown_as or model_dir
-    what = "re-export it, or evaluate another checkpoint"
+    shown, what = shown_as or model_dir, advice
     try:
         json.loads((model_dir / "config.json").read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{shown / 'config.json'}: missing; the export is incomplete ({what})") from None
+        raise CheckpointError(f"{shown / 'config.json'}: missing; the export is incomplete; {what}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{shown / 'config.json'}: not valid JSON ({e}); the export is damaged ({what})") from None
+        raise CheckpointError(f"{shown / 'config.json'}: not valid JSON ({e}); the export is damaged; "
+                              f"{what}") from None
     weights = sorted(model_dir.glob("*.safetensors"))
     if not weights and not any(model_dir.glob("*.bin")):
-        raise CheckpointError(f"{shown}: has config.json but no weights (*.safetensors); the export is incomplete ({what})")
+        raise CheckpointError(f"{shown}: has config.json but no weights (*.safetensors); the export is "
+                              f"incomplete; {what}")
     for file in weights:
         size = file.stat().st_size
         try:
@@ -143,7 +145,8 @@ def check_export(model_dir: Path, shown_as: Path | None = None) -> None:
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError):
             header, end = None, 0
         if header is None or 8 + n + end > size:
-            raise CheckpointError(f"{shown / file.name}: truncated or damaged safetensors file ({size} bytes); {what}")
+            raise CheckpointError(f"{shown / file.name}: truncated or damaged safetensors file ({size} "
+                                  f"bytes); {what}")
 
 
 def _run_dir_of(checkpoint: Path) -> Path | None:
@@ -194,51 +197,48 @@ class _Rotated(Exception):
     """The checkpoint disappeared while it was being pinned (the run's keep_last rotation)."""
 
 
-def _link_tree(src: Path, dst: Path, copy_note: list[str]) -> None:
-    dst.mkdir()
-    for entry in os.scandir(src):  # FileNotFoundError once the checkpoint is renamed away
-        target = dst / entry.name
-        if entry.is_dir(follow_symlinks=False):
-            _link_tree(Path(entry.path), target, copy_note)
-            continue
-        try:
-            os.link(entry.path, target)
-        except FileNotFoundError:
-            raise
-        except OSError as e:  # a file system without hard links: copy (logged once)
-            if not copy_note:
-                copy_note.append(f"{e.strerror}")
-            shutil.copy2(entry.path, target)
+def _link(src: Path, dst: Path, copied: list[str]) -> None:
+    """Hard-links src to dst, or copies it where the file system has no hard links (noted once).
+    A FileNotFoundError passes through: the checkpoint was renamed away meanwhile."""
+    if src.is_dir():
+        dst.mkdir()
+        for entry in os.scandir(src):
+            _link(Path(entry.path), dst / entry.name, copied)
+        return
+    try:
+        os.link(src, dst)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        copied[:] = copied or [e.strerror]
+        shutil.copy2(src, dst)
 
 
 def _pin_files(checkpoint: Path) -> tuple[Path, Path]:
-    """(the private folder, the pinned checkpoint in it): state.json and hf/, hard-linked."""
+    """(the private folder, the pinned checkpoint in it): state.json and hf/, hard-linked. Raises
+    _Rotated when the checkpoint disappears meanwhile: removal renames it away in one step, so
+    a pin whose every link succeeded holds the whole checkpoint."""
     try:
         root = Path(tempfile.mkdtemp(prefix=PIN_PREFIX, dir=checkpoint.parent))
     except OSError as e:  # a run folder this user cannot write to: a private copy elsewhere
         root = Path(tempfile.mkdtemp(prefix=PIN_PREFIX))
-        log.warning("cannot pin %s in place (%s): copying its hf/ export to %s", checkpoint, e.strerror, root)
-    copy_note: list[str] = []
+        log.warning("cannot pin %s in place (%s): copying its files to %s", checkpoint, e.strerror, root)
+    copied: list[str] = []
     pinned = root / checkpoint.name
     try:
         pinned.mkdir()
-        if (checkpoint / STATE_FILE).exists():
+        for part in (STATE_FILE, HF_DIR):
             try:
-                os.link(checkpoint / STATE_FILE, pinned / STATE_FILE)
+                _link(checkpoint / part, pinned / part, copied)
             except FileNotFoundError:
-                raise
-            except OSError:
-                shutil.copy2(checkpoint / STATE_FILE, pinned / STATE_FILE)
-        if (checkpoint / HF_DIR).is_dir():
-            _link_tree(checkpoint / HF_DIR, pinned / HF_DIR, copy_note)
-    except FileNotFoundError:
-        shutil.rmtree(root, ignore_errors=True)
-        raise _Rotated() from None
+                if checkpoint.is_dir() and not (checkpoint / part).exists():
+                    continue  # missing from a checkpoint still in place: _hold says so
+                raise _Rotated() from None
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
-    if copy_note:
-        log.warning("pinning %s: no hard links here (%s); copied its files instead", checkpoint, copy_note[0])
+    if copied:
+        log.warning("pinning %s: no hard links here (%s); copied its files instead", checkpoint, copied[0])
     return root, pinned
 
 
@@ -249,8 +249,8 @@ def _hold(checkpoint: Path, root: Path, pin: Path) -> Iterator[Pinned]:
         state = load_state(pin, shown_as=checkpoint)
         if not (pin / HF_DIR).is_dir():
             raise CheckpointError(f"{checkpoint / HF_DIR}: missing, so there is no model to load (the checkpoint "
-                                  f"is incomplete). {_others(checkpoint)}")
-        check_export(pin / HF_DIR, shown_as=checkpoint / HF_DIR)
+                                  f"is incomplete); {_others(checkpoint)}")
+        check_export(pin / HF_DIR, shown_as=checkpoint / HF_DIR, advice=_others(checkpoint))
         yield Pinned(pin / HF_DIR, checkpoint, state)
     finally:
         shutil.rmtree(root, ignore_errors=True)

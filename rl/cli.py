@@ -114,21 +114,23 @@ def cmd_eval(args) -> int:
                 for i, c in enumerate(plan.sets)]
         fp8 = None
         if plan.fp8:
-            fp8_recipe = from_data({"model": {"fp8": {"enabled": True}}})
+            pow2 = run.model.fp8.pow2_scale if run is not None else False
+            fp8_recipe = from_data({"model": {"fp8": {"enabled": True, "pow2_scale": pow2}}})
             check_fp8_model(fp8_recipe, str(target.model_dir))
             fp8 = fp8_options(fp8_recipe)
         from rollout.worker import RolloutWorker
 
         rollout_cfg = RolloutConfig(max_new_tokens=plan.max_new_tokens, max_model_len=plan.max_model_len)
         worker = RolloutWorker(str(target.model_dir), plan.dtype, rollout_cfg, seed=args.seed, fp8=fp8)
-    results = {}
-    with build_reward_pool(plan.reward) as pool:
-        for name, data, examples in sets:
-            renderer = PromptRenderer(worker.tokenizer, data)
-            results[name] = evaluate(worker.generate, pool.score, [renderer.ids(e) for e in examples],
-                                     [e.answer for e in examples], plan.k, plan.max_new_tokens, plan.temperature)
+        results = {}
+        with build_reward_pool(plan.reward) as pool:
+            for name, data, examples in sets:
+                renderer = PromptRenderer(worker.tokenizer, data)
+                results[name] = evaluate(worker.generate, pool.score, [renderer.ids(e) for e in examples],
+                                         [e.answer for e in examples], plan.k, plan.max_new_tokens,
+                                         plan.temperature)
     first = next(iter(results))
-    report = {"checkpoint": str(target.checkpoint or target.model_dir),
+    report = {"checkpoint": str(target.checkpoint / "hf" if target.checkpoint else target.model_dir),
               "step": target.state["step"] if target.state else None, "data": first, **results[first].metrics}
     if len(results) > 1:
         report["sets"] = {name: r.metrics for name, r in results.items()}
@@ -182,8 +184,8 @@ def version() -> str:
 
 def parser() -> argparse.ArgumentParser:
     fmt = {"formatter_class": HelpFormatter}
-    p = argparse.ArgumentParser(prog="lockstep", description="RL post-training with aligned rollout and trainer engines",
-                                **fmt)
+    p = argparse.ArgumentParser(prog="lockstep", **fmt,
+                                description="RL post-training with aligned rollout and trainer engines")
     p.add_argument("--version", action="version", version=version(), help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     overrides = {"nargs": "*", "metavar": "key.sub=value", "help": "recipe overrides, e.g. trainer.lr=3e-5"}
@@ -215,8 +217,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", help="a run directory (runs/<name>: its newest complete checkpoint), a checkpoint "
                                        "(runs/<name>/checkpoints/step_N) or a Hugging Face model directory")
     ev.add_argument("--data", default=None,
-                    help="one of the run's held-out sets by name, a preset (arithmetic, gsm8k, math500, aime24, amc23) "
-                         "or a .jsonl/.parquet file or dataset name (default: the run's held-out sets, data.eval, "
+                    help="one of the run's held-out sets by name, a preset (arithmetic, gsm8k, math500, aime24, "
+                         "amc23) or a .jsonl/.parquet file or dataset name (default: the run's held-out sets, data.eval, "
                          "with their templates; needed for a plain Hugging Face directory)")
     ev.add_argument("--k", type=int, default=None, help="samples per problem: pass@k, avg@k "
                     "(" + run_value.format("schedule.eval_samples", 1) + ")")

@@ -161,7 +161,8 @@ def eval_plan(run: RunConfig | None, data: str | None = None, *, template: str |
     elif data in PRESETS:
         sets = [PRESETS[data]]
     else:
-        sets = [DatasetConfig(source=data, prompt_key=prompt_key, answer_key=answer_key, template=template or "{prompt}")]
+        sets = [DatasetConfig(source=data, prompt_key=prompt_key, answer_key=answer_key,
+                              template=template or "{prompt}")]
     if template is not None:
         sets = [dataclasses.replace(c, template=template) for c in sets]
     warning = None
