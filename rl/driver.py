@@ -19,7 +19,6 @@ import logging
 import zlib
 
 import torch
-from transformers import AutoTokenizer
 
 from rl import checkpoint, trainer_logprobs
 from rl.algorithms import advantages as adv
@@ -29,7 +28,7 @@ from rl.data import PromptRenderer, load_examples
 from rl.evaluate import HeldOut
 from rl.groups import RolloutGroup, TrainerGroup, trainer_setup
 from rl.metrics import MetricsLogger, print_progress, progress_line, read_history, sparkline
-from rl.model import check_fp8_model, resolve_model_path
+from rl.model import check_fp8_model, load_tokenizer, resolve_model_path
 from rl.placement import Placement, connect
 from rl.rewards_config import build_reward_pool
 from rl.sampling import Sampler
@@ -55,11 +54,11 @@ class Run:
         self.resumed_from = existing if resume is not False else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, self.run_dir / "config.yaml")
+        # The user's inputs first, each a one-line ConfigError before Ray or any actor starts.
+        train_set = load_examples(cfg.data.train, "data.train")
         self.base_model = resolve_model_path(cfg)
         check_fp8_model(cfg, self.base_model)
-        tokenizer = AutoTokenizer.from_pretrained(self.base_model,
-                                                  trust_remote_code=cfg.model.trust_remote_code)
-        train_set = load_examples(cfg.data.train, "data.train")
+        tokenizer = load_tokenizer(self.base_model, cfg.model.trust_remote_code)
         renderer = PromptRenderer(tokenizer, cfg.data.train)
         self.held_out = HeldOut(cfg, tokenizer)
 
@@ -307,6 +306,7 @@ class Run:
 
 
 def set_scores(samples: list[Sample], scores) -> None:
-    """Each sample's verifier score and its reason (correct, wrong, timeout, …)."""
+    """Each sample's verifier score, its reason (correct, wrong, timeout, …) and whether the
+    verifier reached a verdict at all (False for timeout and crash: `algorithm.ungraded`)."""
     for s, score in zip(samples, scores):
-        s.reward, s.reward_reason = float(score.value), str(score.reason)
+        s.reward, s.reward_reason, s.reward_graded = float(score.value), str(score.reason), bool(score.graded)
