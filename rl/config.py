@@ -120,6 +120,10 @@ class AlgorithmConfig:
     # Completions cut at max_new_tokens: keep, drop from the loss, or penalise.
     overlong: Literal["keep", "filter", "penalty"] = "keep"
     overlong_penalty: float = 1.0
+    # Samples the verifier could not grade (reward timeout or crash, `Score.graded` False; their
+    # 0 says nothing about the answer): `mask` takes them out of the loss and out of their
+    # group's mean/std; `drop_group` takes their whole group out. Counted as train/ungraded_*.
+    ungraded: Literal["mask", "drop_group"] = "mask"
     # Behaviour log-probs for the ratio: recomputed by the trainer before the update, or the
     # rollout engine's sampled log-probs as they are.
     old_logprobs: Literal["recompute", "rollout"] = "recompute"

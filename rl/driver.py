@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import zlib
-
-import torch
 
 from rl import checkpoint, trainer_logprobs
 from rl.algorithms import advantages as adv
@@ -34,7 +33,7 @@ from rl.rewards_config import build_reward_pool
 from rl.sampling import Sampler
 from rl.step_metrics import mismatch, reward_metrics
 from rl.timings import Timings
-from rl.update import old_logprobs, select_and_advantage, training_reward, update_policy
+from rl.update import informative, old_logprobs, select_and_advantage, update_policy
 from rl.warm_start import warm_start
 from rl.weight_sync import PROBE_TEXT, DeviceTransport, HostTransport, WeightSync
 from trainer.batch import TokenLogprobs
@@ -177,17 +176,13 @@ class Run:
         informative first, uninformative ones to fill a shortfall."""
         algo, P, G = self.cfg.algorithm, self.cfg.rollout.prompts_per_step, self.cfg.rollout.group_size
         idx, drawn, rounds = list(batch.prompt_indices), list(batch.drawn), 1
-
-        def informative() -> list[bool]:
-            return adv.informative_groups(torch.tensor([training_reward(s, algo) for s in drawn]), G).tolist()
-
-        while sum(informative()) < P and rounds < algo.dynamic_sampling_max_rounds:
+        while sum(informative(drawn, algo, G)) < P and rounds < algo.dynamic_sampling_max_rounds:
             with self.timings.phase("rollout"):
                 more_idx, more = self.sampler.collect(self.sampler.launch())
             with self.timings.phase("reward"):
                 set_scores(more, self.rewards.submit([(s.completion.text, s.answer) for s in more]).result())
             drawn, idx, rounds = drawn + more, idx + more_idx, rounds + 1
-        flags = informative()
+        flags = informative(drawn, algo, G)
         groups = adv.fill_batch(flags, P)
         m["dynamic_sampling/rounds"] = float(rounds)
         m["dynamic_sampling/groups_drawn"] = float(len(flags))
@@ -268,7 +263,7 @@ class Run:
 
     def summary(self) -> dict:
         history = read_history(self.run_dir)
-        rewards = [h["reward/mean"] for h in history if "reward/mean" in h]
+        rewards = [h["reward/mean"] for h in history if math.isfinite(h.get("reward/mean", math.nan))]
         evals = [(h["step"], h["eval/accuracy"]) for h in history if "eval/accuracy" in h]
         out = {
             "run_dir": str(self.run_dir),
