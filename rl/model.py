@@ -99,15 +99,22 @@ def check_hub_model(repo_id: str) -> None:
 
 
 def load_tokenizer(model_path: str, trust_remote_code: bool):
-    """The model's tokenizer; a directory without a usable one is a ConfigError naming model.path."""
+    """The model's tokenizer; a directory without a usable one is a ConfigError naming model.path.
+    (Without tokenizer files, transformers 5 builds an empty tokenizer of the config's model type
+    that encodes any text to no tokens: refused too.)"""
     from transformers import AutoTokenizer
 
+    fix = "add the tokenizer files (tokenizer.json, tokenizer_config.json) to the model directory"
     try:
-        return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"model.path: cannot load a tokenizer from {model_path} ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); add the tokenizer files "
-                          "(tokenizer.json, tokenizer_config.json) to the model directory") from None
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(f"model.path: cannot load a tokenizer from {model_path} ({type(e).__name__}: {first}); "
+                          f"{fix}") from None
+    if not tokenizer("Question: 12 + 7", add_special_tokens=False)["input_ids"]:
+        raise ConfigError(f"model.path: cannot load a tokenizer from {model_path} (it has no vocabulary: text "
+                          f"encodes to no tokens); {fix}")
+    return tokenizer
 
 
 def fp8_options(cfg: RunConfig) -> dict[str, bool] | None:
