@@ -69,33 +69,55 @@ def check_model_dir(path: Path) -> None:
                           "holds them")
 
 
-def check_hub_model(repo_id: str) -> None:
+HUB_DEADLINE_S = 60.0  # the hub's own retries take ~25 s to give up; a slow resolver, minutes
+
+
+def check_hub_model(repo_id: str, deadline_s: float = HUB_DEADLINE_S) -> None:
     """A hub id that is not a local directory: fetch its config.json (from the local hub cache
     if it is there), so a model the hub does not have, or a hub this machine cannot reach, is
-    one line now instead of a failure inside the engines' actors."""
-    from huggingface_hub import hf_hub_download
+    one line now instead of a failure inside the engines' actors. The engines then load the hub
+    id themselves, as before. A fetch that has not ended after `deadline_s` is an unreachable hub
+    (it is left to finish in a daemon thread)."""
+    import threading
+
+    import huggingface_hub
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
 
-    try:
-        hf_hub_download(repo_id, "config.json")
-    except LocalEntryNotFoundError:  # no connection and not in the cache (a subclass: first)
-        raise ConfigError(
-            f"model.path: {repo_id!r} is not a local directory, and the Hugging Face hub cannot be reached to "
-            f"fetch it (nor is it in the local hub cache); download it where the hub is reachable "
-            f"(`hf download {repo_id} --local-dir DIR`) and set model.path=DIR") from None
-    except GatedRepoError:
+    outcome: list[BaseException | None] = []
+
+    def fetch() -> None:
+        try:
+            huggingface_hub.hf_hub_download(repo_id, "config.json")
+            outcome.append(None)
+        except Exception as e:  # noqa: BLE001 - sorted below, in the caller's thread
+            outcome.append(e)
+
+    worker = threading.Thread(target=fetch, name="lockstep-hub-check", daemon=True)
+    worker.start()
+    worker.join(deadline_s)
+    unreachable = (f"model.path: {repo_id!r} is not a local directory, and the Hugging Face hub cannot be reached "
+                   "to fetch it (nor is it in the local hub cache); download it where the hub is reachable "
+                   f"(`hf download {repo_id} --local-dir DIR`) and set model.path=DIR")
+    if not outcome:
+        raise ConfigError(unreachable.replace("cannot be reached", f"did not answer within {deadline_s:.0f} s"))
+    error = outcome[0]
+    if error is None:
+        return
+    if isinstance(error, LocalEntryNotFoundError):  # no connection and not cached (before EntryNotFound: a subclass)
+        raise ConfigError(unreachable)
+    if isinstance(error, GatedRepoError):
         raise ConfigError(f"model.path: {repo_id!r} is gated on the hub; accept its licence on the model's page and "
-                          "log in (`hf auth login`), or download it and set model.path to the directory") from None
-    except RepositoryNotFoundError:
+                          "log in (`hf auth login`), or download it and set model.path to the directory")
+    if isinstance(error, RepositoryNotFoundError):
         raise ConfigError(f"model.path: {repo_id!r} is neither a local directory nor a model on the hub (or it is "
-                          "private: log in with `hf auth login`); check the path") from None
-    except EntryNotFoundError:
-        raise ConfigError(f"model.path: the hub repo {repo_id!r} has no config.json; it is not a transformers "
-                          "model") from None
-    except OSError as e:  # other network failures (HTTP errors, timeouts)
-        raise ConfigError(f"model.path: cannot fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: "
-                          f"{e}); download it and set model.path to the directory") from None
+                          "private: log in with `hf auth login`); check the path")
+    if isinstance(error, EntryNotFoundError):
+        raise ConfigError(f"model.path: the hub repo {repo_id!r} has no config.json; it is not a transformers model")
+    if isinstance(error, OSError):  # other network failures (HTTP errors, timeouts)
+        raise ConfigError(f"model.path: cannot fetch {repo_id!r} from the Hugging Face hub ({type(error).__name__}: "
+                          f"{error}); download it and set model.path to the directory")
+    raise error
 
 
 def load_tokenizer(model_path: str, trust_remote_code: bool):

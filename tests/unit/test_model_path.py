@@ -88,6 +88,24 @@ def test_a_hub_id_the_hub_cannot_serve(monkeypatch):
     assert resolve("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # reachable: the hub path, unchanged
 
 
+def test_a_hub_that_does_not_answer_in_time(monkeypatch):
+    """A slow resolver can keep hf_hub_download's retries going for minutes: a deadline."""
+    import threading
+
+    import huggingface_hub
+
+    from rl.model import check_hub_model
+
+    release = threading.Event()
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename, **_: release.wait(10))
+    try:
+        with pytest.raises(ConfigError, match=r"'org/name' is not a local directory, and the Hugging Face hub did "
+                                              r"not answer within 0 s"):
+            check_hub_model("org/name", deadline_s=0.2)
+    finally:
+        release.set()
+
+
 def test_a_directory_without_a_tokenizer(tmp_path):
     d = model_dir(tmp_path, "config.json", "model.safetensors")
     with pytest.raises(ConfigError, match=rf"model.path: cannot load a tokenizer from {d} .*add the tokenizer files"):
