@@ -18,6 +18,7 @@ class Sample:
     answer: str  # the reference answer the verifier checks the completion against
     reward: float = 0.0
     reward_reason: str = ""  # the verifier's reason: correct, wrong, timeout, …
+    reward_graded: bool = True  # False: the verifier reached no verdict (timeout, crash)
     advantage: float = 0.0
     # 1.0 for samples in the loss; 0.0 for samples that only keep ranks' batches equal.
     weight: float = 1.0

@@ -150,6 +150,10 @@ class AlgorithmConfig:
     """Completions cut at max_new_tokens: keep, drop from the loss, or penalise."""
     overlong_penalty: float = 1.0
     """Reward subtracted from a cut completion with `overlong: penalty`."""
+    ungraded: Literal["mask", "drop_group"] = "mask"
+    """Samples the verifier could not grade (reward timeout or crash: their 0 says nothing about the
+    answer): `mask` takes them out of the loss and of their group's mean/std, `drop_group` takes
+    their whole group out; counted as train/ungraded_*."""
     old_logprobs: Literal["recompute", "rollout"] = "recompute"
     """Behaviour log-probs for the ratio: recomputed by the trainer before the update, or the
     rollout engine's sampled log-probs as they are."""

@@ -60,7 +60,53 @@ def reference_answer(raw: object, answer_format: str, where: str) -> str:
     return text
 
 
-def _read_rows(cfg: DatasetConfig, where: str) -> list[dict]:
+JSON_TYPES = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number",
+              type(None): "null"}
+
+
+def _decode(raw: bytes, path: Path, where: str, lineno: int | None = None) -> str:
+    """UTF-8 text (a leading byte-order mark is dropped); anything else is one line naming the
+    file, the line and the byte."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = lineno if lineno is not None else raw[: e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"{where}: {path}:{line} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {column}); "
+                          "save the file as UTF-8") from None
+
+
+def _read_jsonl(path: Path, where: str) -> tuple[list, list[int]]:
+    rows, lines = [], []
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _decode(raw, path, where, lineno)
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ConfigError(f"{where}: {path}:{lineno} is not valid JSON ({e.msg} at column {e.colno}); "
+                                      "a .jsonl file holds one JSON object per line") from None
+                lines.append(lineno)
+    return rows, lines
+
+
+def _read_json(path: Path, where: str) -> list:
+    text = _decode(path.read_bytes(), path, where)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}: {path}:{e.lineno} is not valid JSON ({e.msg} at column {e.colno}); a .json "
+                          "data file holds one JSON list of records (or use .jsonl, one record per line)") from None
+    if not isinstance(data, list):
+        raise ConfigError(f"{where}: {path} must hold a JSON list of records, not a JSON {JSON_TYPES.get(type(data), type(data).__name__)}")
+    return data
+
+
+def _read_rows(cfg: DatasetConfig, where: str) -> tuple[list, list[int] | None]:
+    """The dataset's rows as read (not yet checked to be records), and for a .jsonl file each
+    row's line number (None otherwise). A file that cannot be read or parsed is a ConfigError
+    naming the file (and the line)."""
     source = cfg.source
     path = Path(source).expanduser()
     if not path.exists() and not source.startswith(("/", ".")) and (shared := shared_data_dir()):
@@ -68,32 +114,28 @@ def _read_rows(cfg: DatasetConfig, where: str) -> list[dict]:
         if bundled.exists():
             path = bundled
     if path.exists():
-        if path.suffix == ".jsonl":
-            rows = []
-            with path.open() as f:
-                for lineno, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as e:
-                            raise ConfigError(f"{where}: {path}:{lineno} is not valid JSON ({e.msg})") from None
-            return rows
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-            if not isinstance(data, list):
-                raise ConfigError(f"{where}: {path} must hold a JSON list of records")
-            return data
-        if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
+        try:
+            if path.suffix == ".jsonl":
+                return _read_jsonl(path, where)
+            if path.suffix == ".json":
+                return _read_json(path, where), None
+            if path.suffix == ".parquet":
+                import pyarrow
+                import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+                try:
+                    return pq.read_table(path).to_pylist(), None
+                except pyarrow.ArrowException as e:
+                    raise ConfigError(f"{where}: {path} is not a readable Parquet file ({e})") from None
+        except (IsADirectoryError, PermissionError) as e:
+            raise ConfigError(f"{where}: cannot read {path} ({e.strerror})") from None
         raise ConfigError(f"{where}: {path}: unsupported file type (use .jsonl, .json or .parquet)")
     if source.startswith(("/", ".", "~")) or source.endswith((".jsonl", ".json", ".parquet")):
         raise ConfigError(f"{where}: data file {source!r} does not exist (check the path, or set LOCKSTEP_DATA_DIR for bundled sets)")
     try:  # a dataset name on the hub (or in the local datasets cache)
         import datasets
 
-        return list(datasets.load_dataset(source, split=cfg.split))
+        return list(datasets.load_dataset(source, split=cfg.split)), None
     except Exception as e:  # noqa: BLE001 - any loader failure is the user's missing dataset
         raise ConfigError(f"{where}: could not load dataset {source!r} split {cfg.split!r}: {type(e).__name__}: {e}") from None
 
@@ -113,23 +155,32 @@ def load_examples(cfg: DatasetConfig | list[DatasetConfig], where: str = "data.t
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
         return [Example(p.question, p.answer, p.solution) for p in problems]
-    rows = _read_rows(cfg, where)
+    rows, lines = _read_rows(cfg, where)
     if cfg.limit is not None:
         rows = rows[: cfg.limit]
     if not rows:
         raise ConfigError(f"{where}: dataset {cfg.source!r} is empty")
     out = []
     for i, row in enumerate(rows):
+        at = f"row {i} of {cfg.source!r}" + (f" (line {lines[i]})" if lines else "")
+        if not isinstance(row, dict):
+            kind = JSON_TYPES.get(type(row), type(row).__name__)
+            raise ConfigError(f"{where}: {at} is a JSON {kind} ({_short(row)}), not a record; each row must be an "
+                              f"object with the fields {cfg.prompt_key!r} and {cfg.answer_key!r}")
         for key in (cfg.prompt_key, cfg.answer_key):
             if key not in row:
                 raise ConfigError(
-                    f"{where}: row {i} of {cfg.source!r} has no field {key!r} (fields: {', '.join(map(str, row))}); "
+                    f"{where}: {at} has no field {key!r} (fields: {', '.join(map(str, row))}); "
                     f"set {where}.prompt_key / {where}.answer_key to the dataset's field names"
                 )
         solution = row.get(cfg.solution_key)
-        out.append(Example(str(row[cfg.prompt_key]), reference_answer(row[cfg.answer_key], cfg.answer_format, f"{where} row {i}"), None if solution is None else str(solution)))
+        out.append(Example(str(row[cfg.prompt_key]), reference_answer(row[cfg.answer_key], cfg.answer_format, f"{where} {at}"), None if solution is None else str(solution)))
     return out
 
+
+def _short(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 MATH_TEMPLATE = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{}."
 

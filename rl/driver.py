@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import zlib
-
-import torch
-from transformers import AutoTokenizer
 
 from rl import checkpoint, trainer_logprobs
 from rl.algorithms import advantages as adv
@@ -29,13 +27,13 @@ from rl.data import PromptRenderer, load_examples
 from rl.evaluate import HeldOut
 from rl.groups import RolloutGroup, TrainerGroup, trainer_setup
 from rl.metrics import MetricsLogger, print_progress, progress_line, read_history, sparkline
-from rl.model import check_fp8_model, resolve_model_path
+from rl.model import check_fp8_model, load_tokenizer, resolve_model_path
 from rl.placement import Placement, connect
 from rl.rewards_config import build_reward_pool
 from rl.sampling import Sampler
 from rl.step_metrics import mismatch, reward_metrics
 from rl.timings import Timings
-from rl.update import old_logprobs, select_and_advantage, training_reward, update_policy
+from rl.update import informative, old_logprobs, select_and_advantage, update_policy
 from rl.warm_start import warm_start
 from rl.weight_sync import PROBE_TEXT, DeviceTransport, HostTransport, WeightSync
 from trainer.batch import TokenLogprobs
@@ -55,11 +53,11 @@ class Run:
         self.resumed_from = existing if resume is not False else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_resolved(cfg, self.run_dir / "config.yaml")
+        # The user's inputs first, each a one-line ConfigError before Ray or any actor starts.
+        train_set = load_examples(cfg.data.train, "data.train")
         self.base_model = resolve_model_path(cfg)
         check_fp8_model(cfg, self.base_model)
-        tokenizer = AutoTokenizer.from_pretrained(self.base_model,
-                                                  trust_remote_code=cfg.model.trust_remote_code)
-        train_set = load_examples(cfg.data.train, "data.train")
+        tokenizer = load_tokenizer(self.base_model, cfg.model.trust_remote_code)
         renderer = PromptRenderer(tokenizer, cfg.data.train)
         self.held_out = HeldOut(cfg, tokenizer)
 
@@ -178,17 +176,13 @@ class Run:
         informative first, uninformative ones to fill a shortfall."""
         algo, P, G = self.cfg.algorithm, self.cfg.rollout.prompts_per_step, self.cfg.rollout.group_size
         idx, drawn, rounds = list(batch.prompt_indices), list(batch.drawn), 1
-
-        def informative() -> list[bool]:
-            return adv.informative_groups(torch.tensor([training_reward(s, algo) for s in drawn]), G).tolist()
-
-        while sum(informative()) < P and rounds < algo.dynamic_sampling_max_rounds:
+        while sum(informative(drawn, algo, G)) < P and rounds < algo.dynamic_sampling_max_rounds:
             with self.timings.phase("rollout"):
                 more_idx, more = self.sampler.collect(self.sampler.launch())
             with self.timings.phase("reward"):
                 set_scores(more, self.rewards.submit([(s.completion.text, s.answer) for s in more]).result())
             drawn, idx, rounds = drawn + more, idx + more_idx, rounds + 1
-        flags = informative()
+        flags = informative(drawn, algo, G)
         groups = adv.fill_batch(flags, P)
         m["dynamic_sampling/rounds"] = float(rounds)
         m["dynamic_sampling/groups_drawn"] = float(len(flags))
@@ -269,7 +263,7 @@ class Run:
 
     def summary(self) -> dict:
         history = read_history(self.run_dir)
-        rewards = [h["reward/mean"] for h in history if "reward/mean" in h]
+        rewards = [h["reward/mean"] for h in history if math.isfinite(h.get("reward/mean", math.nan))]
         evals = [(h["step"], h["eval/accuracy"]) for h in history if "eval/accuracy" in h]
         out = {
             "run_dir": str(self.run_dir),
@@ -307,6 +301,7 @@ class Run:
 
 
 def set_scores(samples: list[Sample], scores) -> None:
-    """Each sample's verifier score and its reason (correct, wrong, timeout, …)."""
+    """Each sample's verifier score, its reason (correct, wrong, timeout, …) and whether the
+    verifier reached a verdict at all (False for timeout and crash: `algorithm.ungraded`)."""
     for s, score in zip(samples, scores):
-        s.reward, s.reward_reason = float(score.value), str(score.reason)
+        s.reward, s.reward_reason, s.reward_graded = float(score.value), str(score.reason), bool(score.graded)

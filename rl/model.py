@@ -3,17 +3,140 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 from rl import demo_model
 from rl.config import ConfigError, RunConfig
 
+# A hub repo id: `org/name` (letters, digits, `-`, `_`, `.`), as huggingface_hub accepts it.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
 
 def resolve_model_path(cfg: RunConfig) -> str:
-    if cfg.model.path.startswith("demo:"):
+    """`model.path` as the engines load it: a checked local directory, a hub id (its config
+    fetched once, so an unreachable hub fails here), or the built `demo:` model. Anything else is
+    a ConfigError naming model.path, raised before any actor starts (the engines would fail
+    30+ s later inside their actors, or read a missing directory as a malformed hub id)."""
+    path = cfg.model.path
+    if path.startswith("demo:"):
         try:
-            return str(demo_model.resolve(cfg.model.path, cfg.model.cache_dir))
+            return str(demo_model.resolve(path, cfg.model.cache_dir))
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    return cfg.model.path
+    local = Path(path).expanduser()
+    if local.exists():
+        check_model_dir(local)
+        return str(local)
+    if HUB_ID.fullmatch(path) and ".." not in path and "--" not in path:
+        check_hub_model(path)
+        return path
+    raise ConfigError(f"model.path: no such directory {path!r}; give a model directory (config.json and "
+                      "weights), a hub id 'org/name', or demo:<name>")
+
+
+def check_model_dir(path: Path) -> None:
+    """A Hugging Face model directory: a readable config.json and weights (every shard its
+    index names)."""
+    if not path.is_dir():
+        raise ConfigError(f"model.path: {path} is a file; point it at the model's directory (config.json and weights)")
+    config = path / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"model.path: {path} has no config.json; point model.path at a Hugging Face model "
+                          "directory (what save_pretrained writes: config.json, weights, tokenizer)")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"model.path: {config} is not valid JSON ({e}); restore the model's config.json") from None
+    for index in WEIGHT_INDEXES:
+        if (path / index).is_file():
+            try:
+                shards = set(json.loads((path / index).read_text(encoding="utf-8"))["weight_map"].values())
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+                raise ConfigError(f"model.path: {path / index} is not a valid weight index ({type(e).__name__}: {e}); "
+                                  "restore it from the model's source") from None
+            missing = sorted(s for s in shards if not (path / s).is_file())
+            if missing:
+                raise ConfigError(f"model.path: {path} lacks {len(missing)} of the {len(shards)} weight shards {index} "
+                                  f"names (first: {missing[0]}); copy the missing shards into it")
+            return
+    if not any(next(path.glob(pattern), None) for pattern in WEIGHT_FILES):
+        raise ConfigError(f"model.path: {path} has config.json but no weights (no *.safetensors or "
+                          "pytorch_model*.bin); copy the weights into it or point model.path at the directory that "
+                          "holds them")
+
+
+HUB_DEADLINE_S = 60.0  # the hub's own retries take ~25 s to give up; a slow resolver, minutes
+
+
+def check_hub_model(repo_id: str, deadline_s: float = HUB_DEADLINE_S) -> None:
+    """A hub id that is not a local directory: fetch its config.json (from the local hub cache
+    if it is there), so a model the hub does not have, or a hub this machine cannot reach, is
+    one line now instead of a failure inside the engines' actors. The engines then load the hub
+    id themselves, as before. A fetch that has not ended after `deadline_s` is an unreachable hub
+    (it is left to finish in a daemon thread)."""
+    import threading
+
+    import huggingface_hub
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+
+    outcome: list[BaseException | None] = []
+
+    def fetch() -> None:
+        try:
+            huggingface_hub.hf_hub_download(repo_id, "config.json")
+            outcome.append(None)
+        except Exception as e:  # noqa: BLE001 - sorted below, in the caller's thread
+            outcome.append(e)
+
+    worker = threading.Thread(target=fetch, name="lockstep-hub-check", daemon=True)
+    worker.start()
+    worker.join(deadline_s)
+    unreachable = (f"model.path: {repo_id!r} is not a local directory, and the Hugging Face hub cannot be reached "
+                   "to fetch it (nor is it in the local hub cache); download it where the hub is reachable "
+                   f"(`hf download {repo_id} --local-dir DIR`) and set model.path=DIR")
+    if not outcome:
+        raise ConfigError(unreachable.replace("cannot be reached", f"did not answer within {deadline_s:.0f} s"))
+    error = outcome[0]
+    if error is None:
+        return
+    if isinstance(error, LocalEntryNotFoundError):  # no connection and not cached (before EntryNotFound: a subclass)
+        raise ConfigError(unreachable)
+    if isinstance(error, GatedRepoError):
+        raise ConfigError(f"model.path: {repo_id!r} is gated on the hub; accept its licence on the model's page and "
+                          "log in (`hf auth login`), or download it and set model.path to the directory")
+    if isinstance(error, RepositoryNotFoundError):
+        raise ConfigError(f"model.path: {repo_id!r} is neither a local directory nor a model on the hub (or it is "
+                          "private: log in with `hf auth login`); check the path")
+    if isinstance(error, EntryNotFoundError):
+        raise ConfigError(f"model.path: the hub repo {repo_id!r} has no config.json; it is not a transformers model")
+    if isinstance(error, OSError):  # other network failures (HTTP errors, timeouts)
+        raise ConfigError(f"model.path: cannot fetch {repo_id!r} from the Hugging Face hub ({type(error).__name__}: "
+                          f"{error}); download it and set model.path to the directory")
+    raise error
+
+
+def load_tokenizer(model_path: str, trust_remote_code: bool):
+    """The model's tokenizer; a directory without a usable one is a ConfigError naming model.path.
+    (Without tokenizer files, transformers 5 builds an empty tokenizer of the config's model type
+    that encodes any text to no tokens: refused too.)"""
+    from transformers import AutoTokenizer
+
+    fix = "add the tokenizer files (tokenizer.json, tokenizer_config.json) to the model directory"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(f"model.path: cannot load a tokenizer from {model_path} ({type(e).__name__}: {first}); "
+                          f"{fix}") from None
+    if not tokenizer("Question: 12 + 7", add_special_tokens=False)["input_ids"]:
+        raise ConfigError(f"model.path: cannot load a tokenizer from {model_path} (it has no vocabulary: text "
+                          f"encodes to no tokens); {fix}")
+    return tokenizer
 
 
 def fp8_options(cfg: RunConfig) -> dict[str, bool] | None:
@@ -53,9 +176,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 def weight_bytes(model_path: str, dtype: str) -> int:
     """The model's weights in `dtype`, from its safetensors headers (no tensor is read)."""
-    import json
     import struct
-    from pathlib import Path
 
     elements = 0
     for shard in Path(model_path).glob("*.safetensors"):

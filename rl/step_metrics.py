@@ -4,6 +4,8 @@ the mismatch report reads."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from rl.algorithms.mismatch import mismatch_metrics
@@ -12,12 +14,15 @@ from trainer.batch import TokenLogprobs
 
 
 def reward_metrics(samples: list[Sample], pool_stats: dict[str, int]) -> dict[str, float]:
-    rewards = [s.reward for s in samples]
+    """Rewards of the graded samples (a timeout's or crash's 0 is no verdict; NaN when nothing
+    was graded), how many were not graded, lengths, reasons and the pool's counters."""
+    rewards = [s.reward for s in samples if s.reward_graded] or [math.nan]
     lengths = [len(s.completion_ids) for s in samples]
     out = {
         "reward/mean": sum(rewards) / len(rewards),
         "reward/max": max(rewards),
         "reward/min": min(rewards),
+        "reward/ungraded": float(sum(not s.reward_graded for s in samples)),
         "response/length_mean": sum(lengths) / len(lengths),
         "response/truncated_frac": sum(s.truncated for s in samples) / len(samples),
     }

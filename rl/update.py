@@ -1,7 +1,8 @@
 """The trainer side of a step: which samples train and with what advantage, then the policy
 update over `trainer.num_minibatches` mini-batches (one optimiser step each).
 
-Dropped groups stay in the batch with weight 0: every rank runs the same micro-batches, and
+Dropped groups and masked samples (ungraded rewards, `algorithm.ungraded`) stay in the batch
+with weight 0: every rank runs the same micro-batches, and
 the update's forward still yields their log-probs for the mismatch metrics.
 """
 
@@ -26,28 +27,53 @@ def training_reward(s: Sample, algo: AlgorithmConfig) -> float:
     return s.reward - algo.overlong_penalty if s.truncated and algo.overlong == "penalty" else s.reward
 
 
+def counted(samples: list[Sample], algo: AlgorithmConfig, group_size: int) -> torch.Tensor:
+    """The samples whose rewards count (`algorithm.ungraded`): ungraded ones (reward timeout or
+    crash) out, or their whole group out. [len(samples)] bool"""
+    graded = torch.tensor([s.reward_graded for s in samples], dtype=torch.bool)
+    return adv.graded_samples(graded, group_size, algo.ungraded)
+
+
+def informative(samples: list[Sample], algo: AlgorithmConfig, group_size: int) -> list[bool]:
+    """Per group: whether its counted samples' training rewards differ (dynamic sampling)."""
+    rewards = torch.tensor([training_reward(s, algo) for s in samples])
+    return adv.informative_groups(rewards, group_size, counted(samples, algo, group_size)).tolist()
+
+
 def select_and_advantage(samples: list[Sample], cfg: RunConfig, step: int, metrics: dict[str, float]) -> bool:
-    """Overlong handling, group advantages, dynamic sampling: sets each sample's reward,
-    advantage and weight. Returns False when no group is informative (the update is skipped)."""
+    """Overlong handling, ungraded samples, group advantages, dynamic sampling: sets each
+    sample's reward, advantage and weight. Returns False when no sample is left to train on
+    (the update is skipped)."""
     algo, G = cfg.algorithm, cfg.rollout.group_size
     for s in samples:
         s.reward = training_reward(s, algo)
         if s.truncated and algo.overlong == "filter":
             s.weight = 0.0
     rewards = torch.tensor([s.reward for s in samples])
-    for s, a in zip(samples, adv.grpo_advantages(rewards, G, algo.std_normalize).tolist()):
+    # The verifier's timeouts and crashes are no verdict: out of the loss and of the baseline,
+    # not trained on as wrong answers (a group left with < 2 counted samples has no baseline).
+    valid = counted(samples, algo, G)
+    in_loss = valid & adv.baseline_groups(valid, G).repeat_interleave(G)
+    ungraded = torch.tensor([not s.reward_graded for s in samples])
+    emptied = (ungraded.view(-1, G).any(dim=1) & ~in_loss.view(-1, G).any(dim=1))
+    metrics["train/ungraded_samples"] = float(ungraded.sum())
+    metrics["train/ungraded_masked"] = float((~in_loss).sum())  # samples out of the loss for it
+    metrics["train/ungraded_dropped_groups"] = float(emptied.sum())  # groups left without any
+    for s, a in zip(samples, adv.grpo_advantages(rewards, G, algo.std_normalize, valid=valid).tolist()):
         s.advantage = a
-    informative = adv.informative_groups(rewards, G)
+    informative = adv.informative_groups(rewards, G, valid)
     keep = informative if algo.dynamic_sampling else torch.ones(len(samples) // G, dtype=torch.bool)
+    keep = keep.repeat_interleave(G) & in_loss
     metrics["advantage/informative_group_frac"] = informative.float().mean().item()
-    chosen = sum(int(keep[i // G]) for i in range(len(samples)))
+    chosen = int(keep.sum())
     metrics["train/samples"] = float(chosen)
     if not chosen:
-        log.warning("step %d: no informative group; skipping the update", step)
+        log.warning("step %d: no informative group%s; skipping the update", step,
+                    " (ungraded rewards left none)" if ungraded.any() else "")
         metrics["train/skipped"] = 1.0
         return False
-    for i, s in enumerate(samples):
-        if not keep[i // G]:
+    for s, k in zip(samples, keep.tolist()):
+        if not k:
             s.weight = 0.0
     metrics["train/padding_samples"] = float(len(samples) - chosen)  # zero-weight samples in the batch
     return True

@@ -10,26 +10,57 @@ from __future__ import annotations
 import torch
 
 
-def grpo_advantages(rewards: torch.Tensor, group_size: int, std_normalize: bool = True, eps: float = 1e-6) -> torch.Tensor:
+def grpo_advantages(rewards: torch.Tensor, group_size: int, std_normalize: bool = True, eps: float = 1e-6,
+                    valid: torch.Tensor | None = None) -> torch.Tensor:
     """A_i = (r_i - mean_group) / (std_group + eps); without std normalisation (Dr.GRPO) just
     r_i - mean_group. std is the unbiased sample std, as in the GRPO paper.
+
+    `valid` [n_groups * G] bool (None: all) marks the samples that count: the group's mean and
+    std are over its valid samples only, so a sample the verifier could not grade does not move
+    its group's baseline. Invalid samples get advantage 0, and so does every sample of a group
+    with fewer than 2 valid ones (no baseline to compare against).
 
     rewards: [n_groups * G] float → advantages: [n_groups * G] float32
     """
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be 1-D with a multiple of group_size={group_size} entries, got {tuple(rewards.shape)}")
     r = rewards.float().view(-1, group_size)
-    centred = r - r.mean(dim=1, keepdim=True)
+    v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.view(-1, group_size)
+    n = v.sum(dim=1, keepdim=True)
+    mean = torch.where(v, r, 0.0).sum(dim=1, keepdim=True) / n.clamp(min=1)
+    centred = torch.where(v, r - mean, 0.0)
     if std_normalize:
-        centred = centred / (r.std(dim=1, keepdim=True) + eps)
-    return centred.reshape(-1)
+        std = (centred.square().sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)).sqrt()
+        centred = centred / (std + eps)
+    return torch.where(n >= 2, centred, 0.0).reshape(-1)
 
 
-def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+def graded_samples(graded: torch.Tensor, group_size: int, policy: str) -> torch.Tensor:
+    """Which samples count, given which ones the verifier graded (`algorithm.ungraded`): `mask`
+    keeps the graded ones; `drop_group` keeps only groups graded throughout.
+
+    graded: [n_groups * G] bool → [n_groups * G] bool"""
+    if policy == "mask":
+        return graded.clone()
+    if policy == "drop_group":
+        return graded.view(-1, group_size).all(dim=1, keepdim=True).expand(-1, group_size).reshape(-1)
+    raise ValueError(f"unknown ungraded policy {policy!r} (mask, drop_group)")
+
+
+def baseline_groups(valid: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Groups with at least 2 valid samples, i.e. a baseline to compare against. [n_groups] bool"""
+    return valid.view(-1, group_size).sum(dim=1) >= 2
+
+
+def informative_groups(rewards: torch.Tensor, group_size: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Dynamic sampling (DAPO): a group whose rewards are all equal has zero advantage and no
-    learning signal. Returns a bool mask [n_groups]."""
+    learning signal. With `valid`, only its valid samples' rewards count (fewer than 2: not
+    informative). Returns a bool mask [n_groups]."""
     r = rewards.float().view(-1, group_size)
-    return (r.max(dim=1).values - r.min(dim=1).values) > 0
+    v = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.view(-1, group_size)
+    high = torch.where(v, r, -torch.inf).max(dim=1).values
+    low = torch.where(v, r, torch.inf).min(dim=1).values
+    return (high - low) > 0
 
 
 def fill_batch(informative: list[bool], n_groups: int) -> list[int]:

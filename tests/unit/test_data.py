@@ -78,3 +78,57 @@ def test_mix_errors_name_the_entry():
 
 class _Tok:
     chat_template = None
+
+
+# Bad data files: one ConfigError line naming the file (and line) and the fix, never a traceback.
+
+
+def test_a_row_that_is_not_a_record_names_its_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"question": "1+1", "answer": "2"}\n\n42\n')
+    with pytest.raises(ConfigError) as e:
+        load_examples(DatasetConfig(source=str(path)))
+    assert str(e.value) == (f"data.train: row 1 of {str(path)!r} (line 3) is a JSON number (42), not a record; "
+                            "each row must be an object with the fields 'question' and 'answer'")
+    listed = tmp_path / "d.json"
+    listed.write_text('[{"question": "1+1", "answer": "2"}, ["1+1", "2"]]')
+    with pytest.raises(ConfigError, match=r"row 1 of .*d.json' is a JSON list \(\[\"1\+1\", \"2\"\]\), not a record"):
+        load_examples(DatasetConfig(source=str(listed)))
+
+
+def test_invalid_utf8_names_line_and_byte(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"question": "1+1", "answer": "2"}\n{"question": "caf\xe9", "answer": "2"}\n')
+    with pytest.raises(ConfigError) as e:
+        load_examples(DatasetConfig(source=str(path)))
+    assert str(e.value) == f"data.train: {path}:2 is not valid UTF-8 (byte 0xe9 at column 18); save the file as UTF-8"
+    listed = tmp_path / "d.json"
+    listed.write_bytes(b'[\n{"question": "\xff", "answer": "2"}]')
+    with pytest.raises(ConfigError, match=r"d.json:2 is not valid UTF-8 \(byte 0xff at column 15\)"):
+        load_examples(DatasetConfig(source=str(listed)))
+    bom = tmp_path / "bom.jsonl"  # a byte-order mark is fine
+    bom.write_bytes(b'\xef\xbb\xbf{"question": "1+1", "answer": "2"}\n')
+    assert load_examples(DatasetConfig(source=str(bom)))[0].answer == "2"
+
+
+def test_malformed_json_file_names_line_and_column(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('[\n  {"question": "1+1", "answer": "2"},\n  {"question": "2+2" "answer": "4"}\n]\n')
+    with pytest.raises(ConfigError) as e:
+        load_examples(DatasetConfig(source=str(path)), "data.eval")
+    assert str(e.value) == (f"data.eval: {path}:3 is not valid JSON (Expecting ',' delimiter at column 22); a .json "
+                            "data file holds one JSON list of records (or use .jsonl, one record per line)")
+    path.write_text('{"question": "1+1"}')
+    with pytest.raises(ConfigError, match="must hold a JSON list of records, not a JSON object"):
+        load_examples(DatasetConfig(source=str(path)))
+
+
+def test_unreadable_parquet_and_directory(tmp_path):
+    bad = tmp_path / "d.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(ConfigError, match=r"d.parquet is not a readable Parquet file"):
+        load_examples(DatasetConfig(source=str(bad)))
+    folder = tmp_path / "dir.jsonl"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"cannot read .*dir.jsonl \(Is a directory\)"):
+        load_examples(DatasetConfig(source=str(folder)))
