@@ -136,17 +136,27 @@ def check_export(model_dir: Path, shown_as: Path | None = None,
         raise CheckpointError(f"{shown}: has config.json but no weights (*.safetensors); the export is "
                               f"incomplete; {what}")
     for file in weights:
-        size = file.stat().st_size
-        try:
-            with file.open("rb") as f:
-                n = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(n)) if 8 + n <= size else None
-            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError):
-            header, end = None, 0
-        if header is None or 8 + n + end > size:
-            raise CheckpointError(f"{shown / file.name}: truncated or damaged safetensors file ({size} "
-                                  f"bytes); {what}")
+        if safetensors_tensors(file) is None:
+            raise CheckpointError(f"{shown / file.name}: truncated or damaged safetensors file "
+                                  f"({file.stat().st_size} bytes); {what}")
+
+
+def safetensors_tensors(file: Path) -> dict[str, dict] | None:
+    """The tensor entries of a safetensors file's header (name → dtype, shape, data_offsets),
+    read without loading a tensor; None when the header does not parse or the file is shorter than
+    the header promises (a truncated copy)."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if 8 + n > size:
+                return None
+            header = json.loads(f.read(n))
+        tensors = {k: t for k, t in header.items() if k != "__metadata__"}
+        end = max((t["data_offsets"][1] for t in tensors.values()), default=0)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+    return tensors if 8 + n + end <= size else None
 
 
 def _run_dir_of(checkpoint: Path) -> Path | None:

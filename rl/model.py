@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -176,18 +177,16 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 def weight_bytes(model_path: str, dtype: str) -> int:
     """The model's weights in `dtype`, from its safetensors headers (no tensor is read)."""
-    import struct
+    from rl.checkpoint import safetensors_tensors
 
     elements = 0
     for shard in Path(model_path).glob("*.safetensors"):
-        with open(shard, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        for name, entry in header.items():
-            if name != "__metadata__":
-                n = 1
-                for d in entry["shape"]:
-                    n *= d
-                elements += n
+        tensors = safetensors_tensors(shard)
+        if tensors is None:
+            raise ConfigError(f"model.path: {shard} is a truncated or damaged safetensors file; "
+                              "restore the model's weights")
+        for entry in tensors.values():
+            elements += math.prod(entry["shape"])
     return elements * DTYPE_BYTES[dtype]
 
 
