@@ -87,11 +87,21 @@ def remove(checkpoint: Path) -> None:
 
 
 def latest(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint, or None. A save running meanwhile repoints `latest` and
+    then rotates the checkpoint it named before (`commit`), so a pointer read just before that
+    can name a checkpoint that is gone by the check: then the pointer has moved, and it is read
+    again."""
     pointer = checkpoints_dir(run_dir) / "latest"
-    if not pointer.exists():
-        return None
-    path = checkpoints_dir(run_dir) / pointer.read_text().strip()
-    return path if (path / STATE_FILE).exists() else None
+    seen = None
+    while pointer.exists():
+        name = pointer.read_text().strip()
+        path = checkpoints_dir(run_dir) / name
+        if (path / STATE_FILE).exists():
+            return path
+        if name == seen:  # a pointer that stays on a missing checkpoint: nothing complete
+            return None
+        seen = name
+    return None
 
 
 def load_state(checkpoint: Path, shown_as: Path | None = None) -> dict:
