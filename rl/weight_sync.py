@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from rl.groups import Pending, RolloutGroup, TrainerGroup
 from rollout.worker import WeightLoad
+from trainer.worker import DeviceWeights, WeightBucket
 
 # The sync probe: a fixed text whose teacher-forced log-probs both engines compute after a sync.
 PROBE_TEXT = "Ann has 23 apples. Ann gets 58 more. How many apples now? 23+58=81. The answer is 81."
@@ -53,11 +54,16 @@ class HostTransport:
     def __init__(self, bucket_mib: float):
         self.bucket_mib = bucket_mib
 
-    def send(self, trainers: TrainerGroup, rollout: RolloutGroup, version: int,
+    def gather(self, trainers: TrainerGroup) -> list[WeightBucket]:
+        return trainers.weight_buckets(self.bucket_mib)
+
+    def load(self, rollout: RolloutGroup, buckets: list[WeightBucket], version: int,
              probe_ids: list[int]) -> list[WeightLoad]:
-        buckets = trainers.weight_buckets(self.bucket_mib)
         refs, digests = [b.ref for b in buckets], [b.sha256 for b in buckets]
         return rollout.update_weights(refs, digests, sum(b.tensors for b in buckets), version, probe_ids)
+
+    def release(self, trainers: TrainerGroup) -> None:
+        """Nothing held: the object store frees the buckets with their references."""
 
 
 class DeviceTransport:
@@ -69,13 +75,16 @@ class DeviceTransport:
     def __init__(self, bucket_mib: float):
         self.bucket_mib = bucket_mib
 
-    def send(self, trainers: TrainerGroup, rollout: RolloutGroup, version: int,
+    def gather(self, trainers: TrainerGroup) -> list[DeviceWeights]:
+        return trainers.device_weight_buckets(self.bucket_mib)
+
+    def load(self, rollout: RolloutGroup, weights: list[DeviceWeights], version: int,
              probe_ids: list[int]) -> list[WeightLoad]:
-        weights = trainers.device_weight_buckets(self.bucket_mib)
-        try:
-            return rollout.update_weights_device(weights, version, probe_ids)
-        finally:
-            trainers.release_weight_buckets()
+        return rollout.update_weights_device(weights, version, probe_ids)
+
+    def release(self, trainers: TrainerGroup) -> None:
+        """The ranks free their buckets once every engine has loaded them."""
+        trainers.release_weight_buckets()
 
 
 @dataclass
@@ -150,8 +159,13 @@ class WeightSync:
         """Weights out of the trainer, into every engine, verified; returns the sync/* metrics."""
         engines_before, trainer_before = (pending.result() for pending in self.before)
         self.before = None
-        loads = self.transport.send(self.trainers, self.rollout, version, self.probe_ids)
-        trainer_after = self.trainers.probe_logprobs(self.probe_ids).result()
+        payload = self.transport.gather(self.trainers)
+        trainer_after = self.trainers.probe_logprobs(self.probe_ids)  # runs while the engines load
+        try:
+            loads = self.transport.load(self.rollout, payload, version, self.probe_ids)
+        finally:
+            self.transport.release(self.trainers)
+        trainer_after = trainer_after.result()
         m = self.check.metrics([w.probe for w in loads], engines_before, trainer_after, trainer_before)
         self.check.verify(m, version)
         return m | {"sync/bytes": float(loads[0].bytes), "sync/tensors": float(loads[0].tensors),
