@@ -104,7 +104,15 @@ class Run:
     # The loop
 
     def train(self) -> dict:
-        """RL steps, each followed by evaluation and a checkpoint when due; returns the summary."""
+        """RL steps, each followed by evaluation and a checkpoint when due; returns the summary.
+        The actors, reward workers and metrics files are released however the loop ends (an
+        error's traceback is then the error's alone, not the reward pool's at exit)."""
+        try:
+            return self.loop()
+        finally:
+            self.shutdown()
+
+    def loop(self) -> dict:
         schedule = self.cfg.schedule
         if self.resumed_from:
             print_progress(f"resumed from {self.resumed_from} at step {self.step}")
@@ -121,9 +129,7 @@ class Run:
                 self.save()
         if self.saved_step != self.step:
             self.save()
-        summary = self.summary()
-        self.shutdown()
-        return summary
+        return self.summary()
 
     def rl_step(self) -> dict[str, float]:
         """One RL step, phase by phase; returns its metrics, time/<phase> included."""

@@ -32,9 +32,11 @@ from trainer.worker import DeviceWeights, WeightBucket
 PROBE_TEXT = "Ann has 23 apples. Ann gets 58 more. How many apples now? 23+58=81. The answer is 81."
 # Largest |Δ log-prob| between engine and trainer on the probe that still counts as "the same
 # model": fp32 engines agree to ~1e-5; in half precision the engines' different kernels (vLLM's
-# attention, grouped vs per-expert GEMMs) round differently (0.03 on the bf16 demo, H100), so the
-# bound only catches gross errors; staleness is judged against the update (ProbeCheck).
-ABSOLUTE_TOLERANCE = {"float32": 1e-3, "bfloat16": 0.25, "float16": 0.1}
+# attention, grouped vs per-expert GEMMs) round differently — on an H100 up to 0.14 on the 1.2 B
+# GPU recipe and 0.28 on the bf16 demo, whose small model has large logits (bf16 keeps 8 bits:
+# 0.06–0.125 per logit of 8–16) — so the bound only catches gross errors (wrong or missing
+# tensors move the probe by nats); staleness is judged against the update (ProbeCheck).
+ABSOLUTE_TOLERANCE = {"float32": 1e-3, "bfloat16": 1.0, "float16": 0.25}
 
 
 class WeightSyncError(RuntimeError):

@@ -26,7 +26,7 @@ def test_the_test_session_runs_mkl_in_its_reproducible_mode():
 
 def _driver(env: dict) -> subprocess.CompletedProcess:
     code = "import os, rl.cli, rl.blas; print(os.environ['MKL_CBWR'], rl.blas.mkl_code_path())"
-    env = {**env, "PYTHONPATH": str(REPO)}
+    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
 
 

@@ -19,7 +19,7 @@ def test_run_with_bad_input_exits_2_with_one_line(tmp_path, case):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"name: bad\noutput_dir: {tmp_path / 'runs'}\ndata:\n  train:\n    source: {data}\n"
                       + (f"model:\n  path: {tmp_path / 'no_model'}\n" if case == "model" else ""))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     start = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "rl.cli", "run", str(recipe)], capture_output=True, text=True,
                          timeout=300, cwd=REPO, env=env)

@@ -447,7 +447,8 @@ def test_deepspeed_zero_two_ranks(checkpoint, tmp_path, stage, precision):
         port = s.getsockname()[1]
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-           "PYTHONPATH": str(root), "TOKENIZERS_PARALLELISM": "false"}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+           "TOKENIZERS_PARALLELISM": "false"}  # keeps a PYTHONPATH-installed stack (the GPU kit)
     out = tmp_path / "res"
     procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(checkpoint), str(stage), str(out), precision],
                               env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
