@@ -155,6 +155,8 @@ def cmd_eval(args) -> int:
     first = next(iter(results))
     report = {"checkpoint": str(target.checkpoint / "hf" if target.checkpoint else target.model_dir),
               "step": target.state["step"] if target.state else None, "data": first, **results[first].metrics}
+    if target.skipped:  # newer checkpoints of the run that failed verification (each warned about)
+        report["skipped_damaged"] = list(target.skipped)
     if len(results) > 1:
         report["sets"] = {name: r.metrics for name, r in results.items()}
     if args.output:
