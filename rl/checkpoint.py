@@ -204,12 +204,16 @@ def verify(checkpoint: Path, parts: tuple[str, ...] | None = None, shown_as: Pat
         file = checkpoint / name
         if not file.is_file():
             raise CheckpointError(f"{shown / name}: missing (the manifest lists {size} bytes)")
-        actual = file.stat().st_size
-        if actual != size:
-            what = "truncated" if actual < size else "longer than saved"
-            raise CheckpointError(f"{shown / name}: {actual} bytes, the manifest says {size} ({what})")
-        if checkpoint_files.digest(file) != checksum:
-            raise CheckpointError(f"{shown / name}: checksum differs from the manifest's (the file is corrupted)")
+        try:
+            actual = file.stat().st_size
+            if actual != size:
+                what = "truncated" if actual < size else "longer than saved"
+                raise CheckpointError(f"{shown / name}: {actual} bytes, the manifest says {size} ({what})")
+            if checkpoint_files.digest(file) != checksum:
+                raise CheckpointError(f"{shown / name}: checksum differs from the manifest's (the file is "
+                                      "corrupted)")
+        except OSError as e:
+            raise CheckpointError(f"{shown / name}: cannot be read ({e.strerror})") from None
     return True
 
 

@@ -56,7 +56,7 @@ class Run:
         for line in stream:
             lines.append(line)
 
-    def wait_for(self, lines: list[str], pattern: str, after: int = 0, timeout: float = 300) -> int:
+    def wait_for(self, lines: list[str], pattern: str, after: int = 0, timeout: float = 900) -> int:
         """Index of the first line from `after` on matching `pattern`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
