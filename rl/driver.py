@@ -135,10 +135,11 @@ class Run:
             self.log_eval()
         if self.stop is not None:
             self.stop.finish_step = True  # from here a first signal lets the step finish
+        first = self.step + 1
         while self.step < schedule.steps and not self.stopping():
             self.step += 1
             metrics = self.rl_step()
-            if self.damaged_checkpoints:  # once, on the first step after the resume
+            if self.damaged_checkpoints and self.step == first:  # once, on the first step after the resume
                 metrics["checkpoint/damaged_skipped"] = float(len(self.damaged_checkpoints))
             if (self.due(schedule.eval_every) or self.step == schedule.steps) and not self.stopping():
                 metrics.update(self.evaluate())
