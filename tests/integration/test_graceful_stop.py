@@ -1,8 +1,8 @@
 """Signals, a failed save and a damaged checkpoint on a real `lockstep run` (a subprocess with its
 own Ray instance, vLLM engine, DeepSpeed rank and reward pool), in two runs of one recipe:
 
-1. the run's checkpoints folder is read-only at first (a path under /sys, where not even root
-   can create a folder): step 1's save fails with one error line and checkpoint/save_failures,
+1. the run's checkpoints folder is read-only at first (a link to /sys/kernel, where not even
+   root can create a folder): step 1's save fails with one error line and checkpoint/save_failures,
    training goes on; once the folder is writable a SIGTERM stops the run at a step boundary
    with a checkpoint: exit 143, one line, no traceback, no process left behind;
 2. the newest checkpoint's optimizer shard is then truncated: the same command warns, naming the
@@ -111,7 +111,7 @@ def test_signals_failed_save_and_damaged_checkpoint(tmp_path, ray_local):
     cfg = load_recipe(recipe)
     ckpts = checkpoint.checkpoints_dir(cfg.run_dir)
     ckpts.parent.mkdir(parents=True)
-    ckpts.symlink_to(f"/sys/lockstep-read-only-{uuid.uuid4().hex[:8]}")  # mkdir fails there, even as root
+    ckpts.symlink_to("/sys/kernel")  # sysfs: creating a folder there fails, even as root
 
     # 1. a failed save, then SIGTERM
     mark = uuid.uuid4().hex
