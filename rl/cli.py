@@ -58,9 +58,32 @@ def cmd_run(args) -> int:
         print("\n".join(f"#   {line}" for line in plan))
         return 0
     send_ray_token_if_present()
+    from rl.checkpoint import latest
     from rl.driver import Run
+    from rl.stop import StopSignals
 
-    Run(cfg, resume=resume).train()
+    stop, run = StopSignals(), None
+    stop.install()  # Run installs it again once Ray is up (ray.init replaces the SIGTERM handler)
+    try:
+        run = Run(cfg, resume=resume, stop=stop)
+        run.train()
+    except KeyboardInterrupt:  # start-up, or a second signal: the step is abandoned
+        if not stop.requested:
+            raise
+        stop.releasing = True
+        where = f"during step {run.step}, which is abandoned" if stop.finish_step else "during start-up"
+        newest = latest(cfg.run_dir)
+        resume_from = f"the newest checkpoint is {newest}" if newest else "the run has no checkpoint yet"
+        print(f"lockstep: stopped by {stop.name} {where}; {resume_from}; run the same command to resume",
+              file=sys.stderr, flush=True)
+        return stop.exit_code
+    finally:
+        if not stop.requested:
+            stop.restore()
+        # else: signals stay noted and ignored while the process exits (Ray's shutdown at exit)
+    if stop.requested:
+        print(run.stopped_line(), file=sys.stderr, flush=True)
+        return stop.exit_code
     return 0
 
 
@@ -132,6 +155,8 @@ def cmd_eval(args) -> int:
     first = next(iter(results))
     report = {"checkpoint": str(target.checkpoint / "hf" if target.checkpoint else target.model_dir),
               "step": target.state["step"] if target.state else None, "data": first, **results[first].metrics}
+    if target.skipped:  # newer checkpoints of the run that failed verification (each warned about)
+        report["skipped_damaged"] = list(target.skipped)
     if len(results) > 1:
         report["sets"] = {name: r.metrics for name, r in results.items()}
     if args.output:

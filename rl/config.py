@@ -198,6 +198,14 @@ class ScheduleConfig:
     """Save a checkpoint every N steps (and after the last); 0: only after the last."""
     keep_last: int = 2
     """Complete checkpoints kept; older ones are deleted (0: keep all)."""
+    save_on_stop: bool = True
+    """On SIGINT or SIGTERM (Ctrl-C, `ray job stop`, a scheduler's preemption) finish the step in
+    progress and save a checkpoint at its end before exiting; false: exit after the step
+    without saving (a second signal abandons the step either way)."""
+    max_save_failures: int = 3
+    """Consecutive failed checkpoint saves (read-only or full disk) after which the run stops;
+    before that each failure is one error line and `checkpoint/save_failures`, and training
+    goes on to the next save. The previous checkpoint is never deleted by a failed save."""
     eval_samples: int = 1
     """k samples per held-out problem (pass@k, avg@k); 1 is greedy."""
     eval_temperature: float = 0.0
@@ -292,6 +300,7 @@ def check_combinations(cfg: RunConfig) -> None:
         "trainer.micro_batch_size": cfg.trainer.micro_batch_size,
         "trainer.num_minibatches": cfg.trainer.num_minibatches,
         "schedule.eval_samples": cfg.schedule.eval_samples,
+        "schedule.max_save_failures": cfg.schedule.max_save_failures,
     }
     for key, value in positive.items():
         if value < 1:

@@ -102,6 +102,12 @@ class TrainerGroup:
     def save_checkpoint(self, ds_dir: str) -> None:
         ray.get([a.save_checkpoint.remote(ds_dir) for a in self.actors])
 
+    def seal_files(self, directory: str) -> dict[str, list]:
+        """{relative path: [size, checksum]} of every file under `directory`, fsynced, each rank
+        taking its share."""
+        return {name: entry for part in ray.get([a.seal_files.remote(directory) for a in self.actors])
+                for name, entry in part.items()}
+
     def load_checkpoint(self, ds_dir: str) -> None:
         ray.get([a.load_checkpoint.remote(ds_dir) for a in self.actors])
 

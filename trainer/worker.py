@@ -355,6 +355,16 @@ class TrainerRank:
     def save_checkpoint(self, ds_dir: str) -> None:
         self.engine.save_checkpoint(ds_dir, tag="engine")
 
+    def seal_files(self, directory: str) -> dict[str, list]:
+        """After a save: fsyncs and checksums this rank's share of the files under `directory`
+        (file i of the sorted list is rank i mod world_size's), for the checkpoint's manifest
+        (`trainer.checkpoint_files`). Every rank reads a part, so a big checkpoint is read back
+        in parallel."""
+        from trainer.checkpoint_files import files_under, seal
+
+        root = Path(directory)
+        return seal(root, files_under(root)[self.rank :: self.world_size])
+
     def load_checkpoint(self, ds_dir: str) -> None:
         path, _ = self.engine.load_checkpoint(ds_dir, tag="engine")
         if path is None:
