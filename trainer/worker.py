@@ -350,6 +350,12 @@ class TrainerRank:
             self.engine.module.save_pretrained(out, state_dict=state, safe_serialization=True,
                                                max_shard_size="2GB")
             AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+            from models.ring_linear import MODEL_TYPE
+
+            if self.engine.module.config.model_type == MODEL_TYPE:  # loads without Lockstep too
+                from trainer.ring_linear.remote_code import write_remote_code
+
+                write_remote_code(out)
         torch.distributed.barrier()
 
     def save_checkpoint(self, ds_dir: str) -> None:
