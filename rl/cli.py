@@ -2,7 +2,8 @@
 
     lockstep run recipes/demo.yaml [key.sub=value ...] [--resume | --no-resume] [--dry-run]
     lockstep config recipes/demo.yaml [key.sub=value ...]     the resolved, validated recipe
-    lockstep recipes                                           the recipes in recipes/
+    lockstep recipes                                           the recipes in recipes/ (or shipped ones)
+    lockstep run demo                                          a shipped recipe by name (installed from a wheel)
     lockstep eval RUN_DIR_OR_CHECKPOINT [--data NAME_OR_FILE] [--k 4] [--limit 200]
     lockstep mismatch RUN_DIR [--step N] [--top 20]
     lockstep --version
@@ -42,11 +43,26 @@ def send_ray_token_if_present() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def missing_engine() -> str | None:
+    """One line saying what to install when the engines' packages are missing (a plain
+    `pip install .` has neither torch nor vLLM: they come with an extra), else None."""
+    import importlib.util
+
+    missing = [label for name, label in (("torch", "torch"), ("vllm", "vLLM"))
+               if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (the engines a run "
+            "needs come with an extra): pip install 'lockstep-rl[cpu]' (CPU) or 'lockstep-rl[gpu]' (CUDA)")
+
+
 def cmd_run(args) -> int:
     from rl.config import load_recipe
 
     cfg = load_recipe(args.recipe, args.overrides)
     resume = True if args.resume else (False if args.no_resume else None)
+    if not args.dry_run and (missing := missing_engine()):
+        raise ConfigError(missing)
     if args.dry_run:
         from rl.config import dump
         from rl.dry_run import plan_lines

@@ -13,12 +13,15 @@ import sys
 import sysconfig
 import textwrap
 
+import pytest
 import torch
 
 import trainer.ring_linear  # noqa: F401  (registers the model type with transformers)
 from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 from trainer.ring_linear.random_checkpoint import build_random_checkpoint
 from trainer.ring_linear.remote_code import AUTO_MAP, CONFIG_FILE, MODELING_FILE
+
+pytestmark = pytest.mark.integration
 
 # Runs in the clean process: no site processing (the venv's editable install of Lockstep is a
 # .pth file), site-packages on the path, cwd outside the repository.
