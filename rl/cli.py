@@ -2,9 +2,11 @@
 
     lockstep run recipes/demo.yaml [key.sub=value ...] [--resume | --no-resume] [--dry-run]
     lockstep config recipes/demo.yaml [key.sub=value ...]     the resolved, validated recipe
-    lockstep recipes                                           the recipes in recipes/
+    lockstep recipes                                           the recipes in recipes/ (or shipped ones)
+    lockstep run demo                                          a shipped recipe by name (installed from a wheel)
     lockstep eval RUN_DIR_OR_CHECKPOINT [--data NAME_OR_FILE] [--k 4] [--limit 200]
     lockstep mismatch RUN_DIR [--step N] [--top 20]
+    lockstep plot RUN_DIR [--output PNG]                       reward, accuracy, k3 (and SFT loss) over steps
     lockstep --version
 
 User errors (bad recipe, missing data, not a checkpoint) print one line naming the problem and
@@ -42,11 +44,26 @@ def send_ray_token_if_present() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def missing_engine() -> str | None:
+    """One line saying what to install when the engines' packages are missing (a plain
+    `pip install .` has neither torch nor vLLM: they come with an extra), else None."""
+    import importlib.util
+
+    missing = [label for name, label in (("torch", "torch"), ("vllm", "vLLM"))
+               if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (the engines a run "
+            "needs come with an extra): pip install 'lockstep-rl[cpu]' (CPU) or 'lockstep-rl[gpu]' (CUDA)")
+
+
 def cmd_run(args) -> int:
     from rl.config import load_recipe
 
     cfg = load_recipe(args.recipe, args.overrides)
     resume = True if args.resume else (False if args.no_resume else None)
+    if not args.dry_run and (missing := missing_engine()):
+        raise ConfigError(missing)
     if args.dry_run:
         from rl.config import dump
         from rl.dry_run import plan_lines
@@ -167,6 +184,19 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from rl.plots import PlotUnavailable, plot_run
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise CheckpointError(f"{run_dir}: not a run directory (no metrics.jsonl); pass runs/<name>")
+    try:
+        print(plot_run(run_dir, Path(args.output) if args.output else None))
+    except PlotUnavailable as why:
+        raise CheckpointError(f"{run_dir}: no plot: {why}") from None
+    return 0
+
+
 def cmd_mismatch(args) -> int:
     from rl.report import render
 
@@ -269,6 +299,12 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", default=None, help="also write per-problem results to this JSON file "
                                                     "(default: none)")
     ev.set_defaults(fn=cmd_eval)
+
+    plot = sub.add_parser("plot", help="draw a run's curves (reward, held-out accuracy, mismatch k3, SFT loss) "
+                                       "into a PNG; works while the run trains", **fmt)
+    plot.add_argument("run_dir", help="a run directory (runs/<name>)")
+    plot.add_argument("--output", default=None, help="where to write the PNG (default: RUN_DIR/curves.png)")
+    plot.set_defaults(fn=cmd_plot)
 
     mm = sub.add_parser("mismatch", help="train/infer log-prob mismatch of a run, token by token", **fmt)
     mm.add_argument("run_dir", help="a run directory (runs/<name>)")

@@ -491,7 +491,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Reads a recipe YAML, applies overrides, validates everything; raises ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe {path}: no such file (recipes live in recipes/*.yaml)")
+        path = shipped_recipe(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -520,9 +520,22 @@ def save_resolved(cfg: RunConfig, path: Path) -> None:
 
 
 def recipes_dir() -> Path:
-    """recipes/ of the current directory if there is one, else the one shipped beside Lockstep."""
+    """recipes/ of the current directory if there is one, else the one shipped with Lockstep
+    (``rl/recipes``: package data in a wheel, a link to the repository's recipes/ in a clone)."""
     here = Path("recipes")
-    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "recipes"
+    return here if here.is_dir() else Path(__file__).resolve().parent / "recipes"
+
+
+def shipped_recipe(path: Path) -> Path:
+    """A recipe named by what is not a file: ``demo``, ``demo.yaml`` or ``recipes/demo.yaml``
+    outside a clone find the recipe of that name in :func:`recipes_dir` (a wheel ships them)."""
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    for folder in dict.fromkeys([recipes_dir(), Path(__file__).resolve().parent / "recipes"]):
+        if (folder / name).is_file():
+            return folder / name
+    known = ", ".join(p.stem for p in sorted(recipes_dir().glob("*.y*ml"))) or "none found"
+    raise ConfigError(f"recipe {path}: no such file, and no recipe of that name ships with Lockstep "
+                      f"(lockstep recipes lists them: {known})")
 
 
 def describe_recipes(folder: Path) -> list[tuple[Path, str]]:

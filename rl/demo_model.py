@@ -159,8 +159,10 @@ def _save_random(config, seed: int, out: Path) -> None:
     import torch
 
     from trainer.ring_linear import BailingMoeLinearV2ForCausalLM
+    from trainer.ring_linear.remote_code import write_remote_code
 
     torch.manual_seed(seed)
     model = BailingMoeLinearV2ForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
     (out / "generation_config.json").unlink(missing_ok=True)
+    write_remote_code(out)

@@ -31,6 +31,7 @@ from rl.groups import RolloutGroup, TrainerGroup, trainer_setup
 from rl.metrics import MetricsLogger, print_progress, progress_line, read_history, sparkline
 from rl.model import check_fp8_model, load_tokenizer, resolve_model_path
 from rl.placement import Placement, connect
+from rl.plots import PlotUnavailable, plot_run
 from rl.rewards_config import build_reward_pool
 from rl.sampling import Sampler
 from rl.step_metrics import mismatch, reward_metrics
@@ -73,8 +74,10 @@ class Run:
         self.rewards = build_reward_pool(cfg.reward)
         self.placement = Placement(cfg)
         state = checkpoint.load_state(self.resumed_from) if self.resumed_from else {"step": 0, "cursor": 0}
+        self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=state["step"] if self.resumed_from else None,
+                                     config_dict=to_dict(cfg))  # before SFT: it logs sft/* metrics
         policy = str(self.resumed_from / checkpoint.HF_DIR) if self.resumed_from else \
-            warm_start(cfg, self.placement, self.base_model, train_set, renderer, tokenizer)
+            warm_start(cfg, self.placement, self.base_model, train_set, renderer, tokenizer, self.metrics)
         per_update = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.trainer.num_minibatches
         setup = trainer_setup(cfg, policy, cfg.trainer.lr, per_update, cfg.algorithm.loss())
         self.trainers = TrainerGroup.start(self.placement, setup)
@@ -93,8 +96,6 @@ class Run:
         print_progress(f"weight sync: {where}; probe noise engine vs trainer {noise:.2g} on equal weights")
         self.step = state["step"]
         self.saved_step = self.step if self.resumed_from else None
-        self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=self.step if self.resumed_from else None,
-                                     config_dict=to_dict(cfg))
         self.timings = Timings()  # the current step's
         self.save_failures = 0  # consecutive failed saves
         self.tried_step = None  # the step of the last save attempted
@@ -173,8 +174,9 @@ class Run:
             self.measure_mismatch(batch, update, m)  # a_t vs b_t on this step's tokens
             self.sync_weights(m)  # trainer → engines, verified
             m["data/cursor"] = float(self.sampler.consumed_cursor())
-            # A fingerprint of which prompts this step drew (resume must reproduce it exactly).
-            m["data/prompt_hash"] = float(zlib.crc32(json.dumps(batch.prompt_indices).encode()))
+            # A fingerprint of which prompts this step drew (resume must reproduce it exactly): a
+            # field of the step's JSONL record, not a scalar (a hash has no scale to plot).
+            m["data/prompt_hash"] = f"{zlib.crc32(json.dumps(batch.prompt_indices).encode()):08x}"
         return m | self.timings.metrics() | self.throughput(batch)
 
     # ----------------------------------------------------------------------------------------
@@ -376,6 +378,10 @@ class Run:
                   f"metrics               {self.run_dir / 'metrics.jsonl'} "
                   f"(TensorBoard: {self.run_dir / 'tensorboard'})",
                   f"latest checkpoint     {out['checkpoint']}"]
+        try:
+            lines.append(f"curves                {plot_run(self.run_dir)}")
+        except PlotUnavailable as why:
+            lines.append(f"curves                not drawn: {why}")
         print_progress("\n".join(lines))
         return out
 

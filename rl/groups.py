@@ -18,7 +18,7 @@ from rl.model import check_engine_memory, fp8_options, weight_bytes
 from rl.placement import Placement
 from rollout.completion import Completion
 from rollout.worker import EngineInfo, RolloutWorker, WeightLoad
-from trainer.batch import TokenLogprobs, TrainBatch, TrainSample, UpdateResult
+from trainer.batch import SFTStepStats, TokenLogprobs, TrainBatch, TrainSample, UpdateResult
 from trainer.config import LossConfig, TrainerSetup
 from trainer.worker import DeviceWeights, TrainerInfo, TrainerRank, WeightBucket, free_port, node_ip
 
@@ -80,7 +80,7 @@ class TrainerGroup:
         parts = shard(samples, len(self.actors))
         return ray.get([a.train_step.remote(TrainBatch(p, normaliser)) for a, p in zip(self.actors, parts)])
 
-    def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> list[float]:
+    def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> list[SFTStepStats]:
         n = len(self.actors)
         return ray.get([a.sft_step.remote(p, t)
                         for a, p, t in zip(self.actors, shard(prompts, n), shard(targets, n))])

@@ -61,6 +61,19 @@ class UpdateStats:
 
 
 @dataclass(frozen=True)
+class SFTStepStats:
+    """One rank's share of one SFT step: target-token NLL summed and counted (the driver's loss is
+    Σ nll / Σ target_tokens over ranks), every token it ran (prompts too, for the throughput),
+    and the optimiser's global grad norm and learning rate (the same on every rank)."""
+
+    nll: float
+    target_tokens: int
+    tokens: int
+    grad_norm: float
+    lr: float
+
+
+@dataclass(frozen=True)
 class UpdateResult:
     stats: UpdateStats
     # Every sample's log-probs from the training forward: with one optimiser step per RL step,

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from trainer import losses
-from trainer.batch import TokenLogprobs, TrainBatch, TrainSample, UpdateResult, UpdateStats
+from trainer.batch import SFTStepStats, TokenLogprobs, TrainBatch, TrainSample, UpdateResult, UpdateStats
 from trainer.config import TrainerSetup
 from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head
 
@@ -252,8 +252,8 @@ class TrainerRank:
         stats.lr = self.engine.get_lr()[0]
         return UpdateResult(stats, rows)
 
-    def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> float:
-        """Supervised step: mean cross-entropy of target tokens given their prompts (warm start)."""
+    def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> SFTStepStats:
+        """Supervised step: cross-entropy of target tokens given their prompts (warm start)."""
         self.engine.module.train()
         total_tokens = sum(len(t) for t in targets)
         idx_chunks = list(self._micro_batches(list(range(len(prompts)))))
@@ -269,7 +269,8 @@ class TrainerRank:
             self.engine.backward(nll * self.micro_batches / max(total_tokens, 1))
             self.engine.step()
             total += nll.item()
-        return total / max(total_tokens, 1)
+        return SFTStepStats(total, total_tokens, total_tokens + sum(len(p) for p in prompts),
+                            float(self.engine.get_global_grad_norm() or 0.0), self.engine.get_lr()[0])
 
     # ----------------------------------------------------------------------------------------
     # Weights out: buckets for the rollout engine, Hugging Face export, DeepSpeed checkpoints
@@ -350,6 +351,12 @@ class TrainerRank:
             self.engine.module.save_pretrained(out, state_dict=state, safe_serialization=True,
                                                max_shard_size="2GB")
             AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+            from models.ring_linear import MODEL_TYPE
+
+            if self.engine.module.config.model_type == MODEL_TYPE:  # loads without Lockstep too
+                from trainer.ring_linear.remote_code import write_remote_code
+
+                write_remote_code(out)
         torch.distributed.barrier()
 
     def save_checkpoint(self, ds_dir: str) -> None:
