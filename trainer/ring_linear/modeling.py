@@ -352,11 +352,17 @@ class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel, Generatio
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained`` + the strict weight-name check of
+        """``PreTrainedModel.from_pretrained`` after the strict weight-name check of
         :func:`models.ring_linear.weight_names.check_loaded` (missing or unexpected weights
-        raise ``ValueError`` listing them)."""
+        raise ``ValueError`` listing them), made on a parameter-less copy of the model before
+        anything loads (transformers' expert stacking would otherwise fail first, less clearly)."""
+        path = args[0] if args else kwargs["pretrained_model_name_or_path"]
+        config = kwargs.get("config")
+        if not isinstance(config, BailingMoeLinearV2Config):
+            config = BailingMoeLinearV2Config.from_pretrained(path)
+        with torch.device("meta"):
+            check_loaded(cls(config), path)
         model = super().from_pretrained(*args, **kwargs)
-        check_loaded(model, args[0] if args else kwargs["pretrained_model_name_or_path"])
         model.freeze_expert_bias()
         return model
 
