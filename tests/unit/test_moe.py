@@ -273,3 +273,36 @@ def test_unaligned_expert_width_runs_the_per_expert_loop(caplog, monkeypatch):
         got, want = stacked(x), moe(x)
     assert (got - want).abs().max().item() <= 1e-6 * want.abs().max().item()
     assert "no grouped GEMM for torch.float32 on cpu with widths 256, 86" in caplog.text
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_bf16_grouped_layer_against_the_per_expert_modules():
+    """On CUDA in bf16 (``torch._grouped_mm``, no per-expert call): outputs and gradients against
+    the per-expert modules within bf16 rounding, with an empty expert and per-expert row counts
+    that are multiples of nothing; the rollout's stacked layer gives the trainer's routed rows."""
+    config, moe, stacked = _moe_pair(torch.bfloat16, seed=5)
+    with torch.no_grad():
+        moe.gate.expert_bias[2] = -100.0  # an empty group, forward and backward
+    _load_like_the_engine(stacked, _checkpoint_state(moe))
+    moe, stacked = moe.cuda(), stacked.cuda()
+    per_expert = PerExpertMoE.from_grouped(moe)
+    x = torch.randn(333, config.hidden_size, device="cuda")
+    probe = torch.randn(333, config.hidden_size, device="cuda")
+    out, dx, grads = _outputs_and_grads(moe, x, probe)
+    out_ref, dx_ref, grads_ref = _outputs_and_grads(per_expert, x, probe)
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    assert rel(out, out_ref) < 1e-2 and rel(dx, dx_ref) < 1e-2
+    for e in range(config.num_experts):
+        for p, grad in zip(PROJECTIONS, [*grads["experts.gate_up_proj"][e].split(config.moe_intermediate_size),
+                                         grads["experts.down_proj"][e]]):
+            want = grads_ref.get(f"experts.{e}.{p}.weight")
+            if e == 2:
+                assert not grad.any() and (want is None or not want.any())
+            else:
+                assert rel(grad, want) < 1e-2, (e, p)
+    with torch.no_grad():
+        assert rel(stacked(x), out) < 1e-2
