@@ -109,12 +109,55 @@ def grouped_swiglu(rows: torch.Tensor, counts: torch.Tensor, w13: torch.Tensor, 
     the per-expert matmuls, forward and backward); other cases (fp64, fp32 on a GPU, widths whose
     rows are not 16-byte aligned, such as the demo model's 86 fp32) run one GEMM pair per expert,
     logged once per case."""
-    inter = w2.shape[-1]
-    if not _grouped_mm_supported(rows, inter):
+    if not _grouped_mm_supported(rows, w2.shape[-1]):
         return _per_expert_swiglu(rows, counts.tolist(), w13, w2)
     offs = counts.cumsum(0).to(torch.int32)
+    if torch.is_grad_enabled() and (rows.requires_grad or w13.requires_grad or w2.requires_grad):
+        return _GroupedSwiGLU.apply(rows, offs, w13, w2)
+    return _grouped_swiglu_forward(rows, offs, w13, w2)[1]
+
+
+def _grouped_swiglu_forward(rows: torch.Tensor, offs: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h = rows · w13ᵀ per group ``[R, 2I]``, the SwiGLU output ``[R, D]``)."""
+    inter = w2.shape[-1]
     h = torch._grouped_mm(rows, w13.transpose(1, 2), offs=offs)
-    return torch._grouped_mm(F.silu(h[:, :inter]) * h[:, inter:], w2.transpose(1, 2), offs=offs)
+    return h, torch._grouped_mm(F.silu(h[:, :inter]) * h[:, inter:], w2.transpose(1, 2), offs=offs)
+
+
+class _GroupedSwiGLU(torch.autograd.Function):
+    """:func:`grouped_swiglu`'s grouped path with its backward written out, for two reasons:
+    it saves the weights themselves, not views of them (ZeRO-3 frees a gathered parameter by
+    swapping its data after the forward and gathers it again for the backward; a saved
+    transposed view would keep every layer's gathered stacks alive until the backward), and
+    only rows and h, recomputing silu(gate)·up (autograd's own backward would save h's
+    halves, silu(gate) and the product as well). Per group e, with a = silu(g)·u, h = [g | u]:
+    dW2_e = dy_eᵀ a_e, da = dy W2_e, dh = [da·u·silu'(g) | da·silu(g)], dW13_e = dh_eᵀ rows_e,
+    drows = dh W13_e — four grouped GEMMs, the weight gradients grouped along the rows."""
+
+    @staticmethod
+    def forward(ctx, rows, offs, w13, w2):
+        h, y = _grouped_swiglu_forward(rows, offs, w13, w2)
+        ctx.save_for_backward(rows, offs, h, w13, w2)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        rows, offs, h, w13, w2 = ctx.saved_tensors
+        inter = w2.shape[-1]
+        dy = dy.contiguous()
+        g, u = h[:, :inter], h[:, inter:]
+        silu_g = F.silu(g)
+        da = torch._grouped_mm(dy, w2, offs=offs)                                # [R, I]
+        dh = torch.cat((torch.ops.aten.silu_backward(da * u, g), da * silu_g), dim=1)
+        dw2 = dw13 = drows = None
+        if ctx.needs_input_grad[3]:
+            dw2 = torch._grouped_mm(dy.t(), silu_g * u, offs=offs)               # [S, D, I]
+        if ctx.needs_input_grad[2]:
+            dw13 = torch._grouped_mm(dh.t(), rows, offs=offs)                     # [S, 2I, D]
+        if ctx.needs_input_grad[0]:
+            drows = torch._grouped_mm(dh, w13, offs=offs)                         # [R, D]
+        return drows, None, dw13, dw2
 
 
 def _per_expert_swiglu(rows: torch.Tensor, counts: list[int], w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
