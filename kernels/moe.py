@@ -102,8 +102,8 @@ def grouped_swiglu(rows: torch.Tensor, counts: torch.Tensor, w13: torch.Tensor, 
     expert e.  The expert computation of both engines (the trainer's :class:`GroupedExperts`,
     the rollout's ``stacked_experts``), so each expert's rows come out alike in both.
 
-    Two grouped GEMMs for all experts (``torch._grouped_mm``, whose backward is two grouped GEMMs
-    per projection as well): no per-expert call and no host synchronisation. ``_grouped_mm``
+    Two grouped GEMMs for all experts (``torch._grouped_mm``), and four in the backward
+    (:class:`_GroupedSwiGLU`): no per-expert call and no host synchronisation. ``_grouped_mm``
     takes bf16 on CUDA (any rows per group since torch 2.8: only the strides must be 16-byte
     aligned, so no padding of the groups) and fp32/bf16/fp16 on CPU (one GEMM per group, bitwise
     the per-expert matmuls, forward and backward); other cases (fp64, fp32 on a GPU, widths whose
