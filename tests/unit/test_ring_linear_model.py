@@ -179,8 +179,8 @@ def test_gradients_match_the_float64_reference():
     against the float64 reference forward's autograd, under the checkpoint's names (each
     stacked gradient split per expert as the weights are): fp32 rounding only."""
     model = _tiny(seed=6).train()
-    tokens = torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(6))
-    probe = torch.randn(24, model.config.vocab_size, generator=torch.Generator().manual_seed(7))
+    tokens = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(6))
+    probe = torch.randn(12, model.config.vocab_size, generator=torch.Generator().manual_seed(7))
     (model(tokens).logits[0] * probe).sum().backward()
     grads = revert_weight_conversion(model, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     state = {n: t.double().requires_grad_(not n.endswith("expert_bias"))  # the bias is not trained
@@ -188,7 +188,7 @@ def test_gradients_match_the_float64_reference():
     (reference_logits(state, model.config, tokens[0].tolist()) * probe.double()).sum().backward()
     want = {n: t.grad for n, t in state.items() if t.grad is not None}
     assert set(want) <= set(grads) and sum(".experts.3.up_proj." in n for n in grads) == 3
-    assert len(want) > len(grads) * 3 // 4
+    assert len(want) > len(grads) // 2  # most experts saw a token
     for name, g in grads.items():  # an expert no token chose: no reference gradient, zero here
         assert _rel_err(g, want[name]) < 1e-4 if name in want else g.abs().max() == 0, name
 
