@@ -50,10 +50,14 @@ killed whole, its in-process engine with it), and reports the steps it finished.
 Output: one JSON line per system and one with the ratio; under --out: results.json, trl.json,
 trl.log, lockstep.log, lockstep.metrics.jsonl.
 
-Budget on one H100 (estimate, not measured yet): kit unpack ~1 min; model build ~0.5 min; each
-side ~1.5-2.5 min of start-up (vLLM load + torch.compile + CUDA graph capture; Lockstep also
-starts Ray and DeepSpeed) plus 4 steps of ~5-15 s; ~6-8 min for the call. Per-side limits
-(`--side-timeout`, 240 s) keep it under the 10-minute call whatever happens.
+Budget on one H100 (an estimate; not run there yet): kit unpack ~1-1.5 min; model build
+~0.5 min; each side ~1-2 min of start-up (vLLM weights, torch.compile, CUDA graph capture;
+Lockstep also starts Ray and DeepSpeed, and saves a final checkpoint) plus 4 steps of ~8-15 s
+(rollout ~5 s: 1024 decode steps of 128 sequences; update ~2-3 s: 134k tokens through 0.44 B
+parameters); ~7-8 min for the call. `--budget` (seconds for the whole script; the device command
+passes what the 10-minute call has left after the unpack) bounds each side: TRL gets at most half
+of what is left after the build, Lockstep the rest, and
+results.json is rewritten after each side, so a side cut short still reports the steps it ran.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -185,7 +190,7 @@ def trl_worker(args) -> None:
     batch = r.prompts_per_step * r.group_size
     use_vllm = args.trl_backend == "vllm"
     trl_args = GRPOConfig(
-        output_dir=str(Path(args.out) / "trl-run"),
+        output_dir=tempfile.mkdtemp(prefix="trl_compare-"),  # nothing is saved; keeps --out to the results
         use_cpu=not cuda,
         bf16=cuda and cfg.model.dtype == "bfloat16",
         fp16=False,
@@ -229,7 +234,13 @@ def trl_worker(args) -> None:
         torch.set_num_threads(args.cpu_threads)
     t_start = time.perf_counter()
     trainer = GRPOTrainer(model=model_dir, reward_funcs=reward_fn, args=trl_args, train_dataset=dataset)
-    t_ready = time.perf_counter()
+    steps_file = Path(args.out) / "trl.steps.jsonl"
+    info = {"trainer_ready_s": time.perf_counter() - t_start, "backend": "vllm colocate" if use_vllm else "transformers generate",
+            "torch_dtype": args.trl_dtype, "bf16_autocast": trl_args.bf16, "optim": str(trl_args.optim)}
+    if use_vllm:  # what TRL built its engine with (it passes no dtype: vLLM's auto)
+        model_cfg = trainer.vllm_generation.llm.llm_engine.model_config
+        info.update(vllm_dtype=str(model_cfg.dtype), vllm_enforce_eager=model_cfg.enforce_eager)
+    steps_file.write_text(json.dumps({"info": info}) + "\n")
 
     def synchronize():
         if cuda:
@@ -255,11 +266,13 @@ def trl_worker(args) -> None:
     else:  # transformers generate (the CPU smoke, when TRL's colocated vLLM cannot run)
         trainer._generate = timed(trainer._generate, "generate")
     trainer._calculate_rewards = timed(trainer._calculate_rewards, "reward")
-    steps_file = Path(args.out) / "trl.steps.jsonl"
-    steps_file.unlink(missing_ok=True)
+
+    def record(row: dict) -> None:  # one line as it happens: a run cut short keeps its steps
+        with steps_file.open("a") as f:
+            f.write(json.dumps(row) + "\n")
 
     class StepTimer(TrainerCallback):
-        """One line per optimiser step, written as it ends (a run cut short keeps its steps)."""
+        """A timing line per optimiser step, and the step's logged metrics (lengths, reward)."""
 
         def __init__(self):
             self.begin = self.last_end = None
@@ -277,29 +290,21 @@ def trl_worker(args) -> None:
                 row["period_s"] = end - self.last_end  # end to end: the trainer's own bookkeeping included
             self.last_end = end
             if cuda:
-                row["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            with steps_file.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+                row["torch_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            record(row)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "completions/mean_length" in logs:
+                record({"log_step": state.global_step, "completion_length": logs["completions/mean_length"],
+                        "reward": logs.get("reward")})
 
     trainer.add_callback(StepTimer())
     trainer.train()
-    engine_cfg = {}
-    if use_vllm:  # what TRL built its engine with (it passes no dtype: vLLM's auto)
-        model_cfg = trainer.vllm_generation.llm.llm_engine.model_config
-        engine_cfg = {"vllm_dtype": str(model_cfg.dtype), "vllm_enforce_eager": model_cfg.enforce_eager}
-    logs = [h for h in trainer.state.log_history if "completions/mean_length" in h]
-    info = {
-        "startup_s": t_ready - t_start,
-        "completion_length": [h["completions/mean_length"] for h in logs],
-        "reward_mean": [h.get("reward") for h in logs],
-        "backend": "vllm colocate" if use_vllm else "transformers generate",
-        "torch_dtype": args.trl_dtype,
-        "bf16_autocast": trl_args.bf16,
-        "optim": str(trl_args.optim),
-        "model_dir": model_dir,
-        **engine_cfg,
-    }
-    (Path(args.out) / "trl.info.json").write_text(json.dumps(info))
+    # Every step is recorded: leave without the engine's and the process group's teardown, which
+    # can take longer than the run's remaining time limit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # -------------------------------------------------------------------------------------------
@@ -332,53 +337,57 @@ def machine() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def run_trl(args, out: Path) -> dict:
+def run_trl(args, out: Path, limit: float) -> dict:
     from benchmarks.gpu.rl_step import gpu_memory_sampler
 
     cmd = [sys.executable, "-m", "benchmarks.gpu.trl_compare", "--trl-worker", *sys.argv[1:]]
     print(f"== trl: {' '.join(cmd[2:])}", flush=True)
+    steps_file = out / "trl.steps.jsonl"  # the worker's lines: its settings, each step's times, its logs
+    steps_file.unlink(missing_ok=True)
     stop, peak = threading.Event(), [0.0]
     threading.Thread(target=gpu_memory_sampler, args=(stop, peak), daemon=True).start()
     start = time.time()
     with open(out / "trl.log", "w") as log:
         try:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=args.side_timeout).returncode
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=limit).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
     stop.set()
-    steps_file, info_file = out / "trl.steps.jsonl", out / "trl.info.json"
-    rows = [json.loads(line) for line in steps_file.read_text().splitlines()] if steps_file.exists() else []
-    info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    wall = time.time() - start
+    lines = [json.loads(line) for line in steps_file.read_text().splitlines()] if steps_file.exists() else []
+    info = next((line["info"] for line in lines if "info" in line), {})
+    rows = [line for line in lines if "step" in line]
+    logs = [line for line in lines if "log_step" in line]
     kept = rows[args.warmup:]
-    result = {"system": "trl", "rc": rc, "wall_s": round(time.time() - start, 1), "steps": len(rows),
+    result = {"system": "trl", "rc": rc, "wall_s": round(wall, 1), "steps": len(rows),
               "steps_measured": len(kept), "gpu_peak_gib": round(peak[0], 1)}
     if rows:
         result["first_step_s"] = round(rows[0]["step_s"], 3)
+        result["startup_s"] = round(wall - sum(r["step_s"] for r in rows), 1)  # imports, engine start, teardown
     if kept:
         result["step_s"] = round(median([r["step_s"] for r in kept]), 3)
         for k in TRL_SPLIT:
             result[k] = round(median([r.get(f"{k}_s", 0.0) for r in kept]), 3)
         periods = [r["period_s"] for r in kept if "period_s" in r]
         result["period_s"] = round(median(periods), 3) if periods else None
-        result["torch_peak_gib"] = round(max(r.get("gpu_peak_gib", 0.0) for r in rows), 1)
-    lengths = info.get("completion_length", [])
+        result["torch_peak_gib"] = round(max(r.get("torch_peak_gib", 0.0) for r in rows), 1)
+    lengths = [line["completion_length"] for line in logs]
     result["completion_length"] = lengths
-    result["fixed_length"] = bool(lengths) and all(abs(n - args.new_tokens) < 1e-6 for n in lengths)
-    result.update({k: info[k] for k in ("startup_s", "backend", "torch_dtype", "bf16_autocast", "optim", "vllm_dtype",
-                                        "vllm_enforce_eager") if k in info})
+    result["fixed_length"] = len(lengths) == len(rows) > 0 and all(abs(n - args.new_tokens) < 1e-6 for n in lengths)
+    result.update(info)
     result["per_step"] = rows
+    result["logs"] = logs
     (out / "trl.json").write_text(json.dumps(result, indent=1))
     steps_file.unlink(missing_ok=True)  # in trl.json now (fewer files to carry back)
-    info_file.unlink(missing_ok=True)
     if rc != 0:
         print(f"-- trl failed ({rc}); last lines of trl.log:\n" + "\n".join((out / "trl.log").read_text().splitlines()[-40:]))
     return result
 
 
-def run_lockstep(args, out: Path) -> dict:
+def run_lockstep(args, out: Path, limit: float) -> dict:
     from benchmarks.gpu.rl_step import run_job
 
-    job = run_job("lockstep", str(args.recipe), overrides(args), out, args.side_timeout)
+    job = run_job("lockstep", str(args.recipe), overrides(args), out, limit)
     rows = sorted((h for h in job["history"] if "time/step" in h), key=lambda h: h["step"])
     kept = rows[args.warmup:]
     result = {"system": "lockstep", "rc": job["rc"], "wall_s": round(job["wall_s"], 1), "steps": len(rows),
@@ -409,7 +418,7 @@ def run_lockstep(args, out: Path) -> dict:
 
 def headline(result: dict) -> dict:
     """The JSON line printed for a system: the per-step rows stay in the files."""
-    return {k: v for k, v in result.items() if k not in ("per_step", "completion_length")}
+    return {k: v for k, v in result.items() if k not in ("per_step", "completion_length", "logs")}
 
 
 def main() -> int:
@@ -431,7 +440,10 @@ def main() -> int:
     p.add_argument("--trl-dtype", choices=["float32", "bfloat16"], default="float32",
                    help="TRL model weights: float32 under bf16 autocast (fp32 master weights, as DeepSpeed's bf16), or bfloat16 throughout")
     p.add_argument("--cpu-threads", type=int, default=1, help="torch threads of TRL on CPU")
-    p.add_argument("--side-timeout", type=float, default=240, help="seconds each side may run, start-up included")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds this script may run in all (the model build and both sides); TRL gets at most half of "
+                        "what is left after the build, Lockstep the rest. Each side reports the steps it finished "
+                        "(default 480 on cuda, 1800 on cpu)")
     p.add_argument("--only", choices=["trl", "lockstep"], default=None, help="run one side (no ratio)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a further recipe override, both sides")
     p.add_argument("--trl-worker", action="store_true", help=argparse.SUPPRESS)
@@ -441,6 +453,7 @@ def main() -> int:
     args.prompts = args.prompts or (4 if args.tiny else 16)
     args.group = args.group or (4 if args.tiny else 8)
     args.cache_dir = str(Path(args.cache_dir).expanduser())
+    args.budget = args.budget or (480 if args.device == "cuda" else 1800)
     if args.steps <= args.warmup:
         p.error("--steps must exceed --warmup")
     out = Path(args.out)
@@ -453,6 +466,7 @@ def main() -> int:
 
     from rl import demo_model
 
+    started = time.time()
     cfg = load(args)
     check_comparable(cfg)
     t = time.time()
@@ -466,12 +480,22 @@ def main() -> int:
                "warmup": args.warmup, "new_tokens": args.new_tokens, "prompts": args.prompts, "group": args.group,
                "reward": args.reward}
     systems = {}
+
+    def left() -> float:
+        return args.budget - (time.time() - started)
+
+    def save() -> None:  # after each side: a call cut short keeps what finished
+        (out / "results.json").write_text(json.dumps({**results, **systems}, indent=1, default=str))
+
     if args.only in (None, "trl"):
-        systems["trl"] = run_trl(args, out)
+        limit = left() / 2 if args.only is None else left()
+        systems["trl"] = run_trl(args, out, limit)
         print(json.dumps(headline(systems["trl"])), flush=True)
+        save()
     if args.only in (None, "lockstep"):
-        systems["lockstep"] = run_lockstep(args, out)
+        systems["lockstep"] = run_lockstep(args, out, left())
         print(json.dumps(headline(systems["lockstep"])), flush=True)
+        save()
     results.update(systems)
     if "step_s" in systems.get("trl", {}) and "step_s" in systems.get("lockstep", {}):
         ratio = systems["lockstep"]["step_s"] / systems["trl"]["step_s"]
