@@ -147,8 +147,9 @@ def check_comparable(cfg) -> None:
         wrong.append("rollout.top_k=-1, ignore_eos=true, max_staleness=0, algorithm.dynamic_sampling=false")
     if (r.prompts_per_step * r.group_size) % t.micro_batch_size:
         wrong.append("prompts_per_step × group_size a multiple of trainer.micro_batch_size")
-    if wrong:
-        raise SystemExit("trl_compare: the recipe must keep " + "; ".join(wrong))
+    if wrong:  # one line, exit 2: a recipe this comparison cannot mirror in TRL
+        print(f"trl_compare: {cfg.name}: the recipe must keep " + "; ".join(wrong), file=sys.stderr)
+        sys.exit(2)
 
 
 def prompts_in_lockstep_order(cfg) -> list[dict]:
@@ -363,7 +364,7 @@ def run_trl(args, out: Path, limit: float) -> dict:
               "steps_measured": len(kept), "gpu_peak_gib": round(peak[0], 1)}
     if rows:
         result["first_step_s"] = round(rows[0]["step_s"], 3)
-        result["startup_s"] = round(wall - sum(r["step_s"] for r in rows), 1)  # imports, engine start, teardown
+        result["outside_steps_s"] = round(wall - sum(r["step_s"] for r in rows), 1)  # imports, engine start, exit
     if kept:
         result["step_s"] = round(median([r["step_s"] for r in kept]), 3)
         for k in TRL_SPLIT:
@@ -394,7 +395,8 @@ def run_lockstep(args, out: Path, limit: float) -> dict:
               "steps_measured": len(kept), "gpu_peak_gib": round(job["gpu_peak_gib"], 1)}
     if rows:
         result["first_step_s"] = round(rows[0]["time/step"], 3)
-        result["startup_s"] = round(job["wall_s"] - sum(h["time/step"] for h in rows), 1)  # shutdown included
+        # start-up (Ray, DeepSpeed, the engine), the final checkpoint, shutdown
+        result["outside_steps_s"] = round(job["wall_s"] - sum(h["time/step"] for h in rows), 1)
     if kept:
         result["step_s"] = round(median([h["time/step"] for h in kept]), 3)
         for k in LOCKSTEP_SPLIT:
