@@ -3,7 +3,7 @@
 optimiser settings. Reports seconds per RL step and its split for both, and Lockstep ÷ TRL.
 
     python -m benchmarks.gpu.trl_compare --out DIR                      # one H100: ~6-8 min, see below
-    python -m benchmarks.gpu.trl_compare --out DIR --tiny --device cpu  # smoke run on CPU (~4 min on 2 cores)
+    python -m benchmarks.gpu.trl_compare --out DIR --tiny --device cpu  # smoke run on CPU (5-9 min on 2 busy cores)
 
 Both sides take every setting from one loaded recipe (`recipes/qwen3_0p6b_random.yaml` and the
 overrides below), so they cannot drift apart:
