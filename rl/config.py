@@ -323,6 +323,10 @@ def check_combinations(cfg: RunConfig) -> None:
         bad("rollout.top_p", f"must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.rollout.max_new_tokens >= cfg.rollout.max_model_len:
         bad("rollout.max_new_tokens", "must be below rollout.max_model_len (the prompt needs room)")
+    if cfg.rollout.ignore_eos and cfg.algorithm.overlong != "keep":
+        bad("rollout.ignore_eos", f"every completion is then cut at max_new_tokens, and algorithm.overlong: "
+            f"{cfg.algorithm.overlong} would {'drop' if cfg.algorithm.overlong == 'filter' else 'penalise'} them "
+            "all; use algorithm.overlong: keep")
     if cfg.trainer.lr <= 0:
         bad("trainer.lr", f"must be > 0, got {cfg.trainer.lr}")
     if len(cfg.trainer.betas) != 2 or not all(0 <= b < 1 for b in cfg.trainer.betas):

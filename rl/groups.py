@@ -170,12 +170,12 @@ class RolloutGroup:
         return cls(actors, sleeps, infos)
 
     def launch(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
-               top_p: float = 1.0, top_k: int = -1) -> Pending[list[list[Completion]]]:
+               top_p: float = 1.0, top_k: int = -1, ignore_eos: bool = False) -> Pending[list[list[Completion]]]:
         """Splits the prompts evenly over the engines and starts sampling n completions of each;
         the result holds each prompt's group, in prompt order."""
         parts = max(1, min(len(self.actors), len(prompts)))
         bounds = [round(k * len(prompts) / parts) for k in range(parts + 1)]
-        calls = [a.generate.remote(prompts[lo:hi], n, max_tokens, temperature, top_p, top_k)
+        calls = [a.generate.remote(prompts[lo:hi], n, max_tokens, temperature, top_p, top_k, ignore_eos)
                  for a, lo, hi in zip(self.actors[:parts], bounds, bounds[1:])]
         return Pending(calls, concatenated)
 
