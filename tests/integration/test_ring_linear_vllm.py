@@ -89,33 +89,34 @@ def counter(llm, name: str) -> float:
     return sum(m.value for m in llm.get_metrics() if m.name == name)
 
 
-def test_long_prompt_preemption_and_prefix_cache_keep_the_state(ring):
-    """A 200-token prompt prefilled in 4 chunks of the 64-token step budget, beside five
-    100-token prompts: six sequences that outgrow the engine's BLOCKS cache blocks, so vLLM
-    preempts some and recomputes them on resumption (prompt and the tokens sampled so far, from a
-    fresh state slot).  Then a prompt sharing the long one's first 150 tokens starts from the
-    prefix cache (state restored at the 128-token block boundary).  Every sampled token's
+def test_long_prompt_prefix_cache_and_preemption_keep_the_state(ring):
+    """Three generations, 32 new tokens each: a 200-token prompt, prefilled in 4 chunks of the
+    64-token step budget; a prompt sharing its first 150 tokens, which starts from the prefix
+    cache (state restored at the 128-token block boundary); four 110-token prompts that outgrow
+    the engine's BLOCKS cache blocks, so vLLM preempts some and recomputes them on resumption
+    (prompt and the tokens sampled so far, from a fresh state slot).  Every sampled token's
     log-prob equals the trainer's teacher-forced one."""
     path, llm, model = ring
     rng = random.Random(5)
     vocab = model.config.vocab_size
     long = [rng.randrange(1, vocab) for _ in range(200)]
-    prompts = [long] + [[rng.randrange(1, vocab) for _ in range(100)] for _ in range(5)]
     shared = long[:150] + [rng.randrange(1, vocab) for _ in range(40)]
+    crowd = [[rng.randrange(1, vocab) for _ in range(110)] for _ in range(4)]
     llm.reset_prefix_cache()
-    preempted = counter(llm, "vllm:num_preemptions")
-    completions, engine = sample_with_logprobs(llm, prompts, 48)
+    hits, preempted = counter(llm, "vllm:prefix_cache_hits"), counter(llm, "vllm:num_preemptions")
+    prompts, completions, engine = [], [], []
+    for batch in ([long], [shared], crowd):  # one after the other: the 8 blocks hold little
+        if batch is crowd:
+            hits = counter(llm, "vllm:prefix_cache_hits") - hits
+        done, logps = sample_with_logprobs(llm, batch, 32)
+        prompts, completions, engine = prompts + batch, completions + done, engine + logps
     preempted = counter(llm, "vllm:num_preemptions") - preempted
-    hits = counter(llm, "vllm:prefix_cache_hits")
-    (completion,), (logp,) = sample_with_logprobs(llm, [shared], 48)
-    hits = counter(llm, "vllm:prefix_cache_hits") - hits
-    prompts, completions, engine = prompts + [shared], completions + [completion], engine + [logp]
     trainer = trainer_logprobs(model, prompts, completions)
     for b, (p, c) in enumerate(zip(prompts, completions)):
         diff = (engine[b] - trainer[b]).abs().max().item()
         assert diff <= TOL, f"sequence {b} (prompt {len(p)} tokens): engine vs trainer max |Δ log-prob| {diff:.2e}"
-    assert preempted > 0, "no sequence was preempted: the test did not exercise recomputation"
     assert hits >= 128, f"{hits} prompt tokens came from the prefix cache: the shared prefix was not reused"
+    assert preempted > 0, "no sequence was preempted: the test did not exercise recomputation"
 
 
 def test_decode_activations_match_training_forward(ring):
