@@ -308,7 +308,8 @@ def ratios(records: list[dict]) -> list[dict]:
         for (engine, batch, n), r in sorted(decode.items()):
             if engine == num and (den, batch, n) in decode:
                 out.append(dict(kind="ratio", metric="tokens_per_s", engine=num, over=den, batch=batch,
-                                new_tokens=n, ratio=round(r["tokens_per_s"] / decode[den, batch, n]["tokens_per_s"], 3)))
+                                new_tokens=n,
+                                ratio=round(r["tokens_per_s"] / decode[den, batch, n]["tokens_per_s"], 3)))
         for (engine, p), r in sorted(ttft.items()):
             if engine == num and (den, p) in ttft:
                 out.append(dict(kind="ratio", metric="ttft_speedup", engine=num, over=den, prompt_len=p,
@@ -322,7 +323,8 @@ def run_engine(engine: str, model_dir: Path, args, log) -> list[dict]:
     cmd = [sys.executable, "-m", "benchmarks.gpu.rollout", "--engine", engine, "--model-dir", str(model_dir),
            "--batch", args.batch, "--new-tokens", args.new_tokens, "--ttft", args.ttft,
            "--prompt-len", str(args.prompt_len), "--timeout", str(args.timeout),
-           "--gpu-memory-utilization", str(args.gpu_memory_utilization)] + (["--enforce-eager"] if args.enforce_eager else [])
+           "--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+    cmd += ["--enforce-eager"] if args.enforce_eager else []
     records, tail = [], []
     # its own process group, so that a kill at the deadline also ends vLLM's engine-core and
     # worker processes (they would hold the GPU's memory for the next engine)
@@ -369,7 +371,8 @@ def main() -> int:
     ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma list of {ENGINES}")
     ap.add_argument("--batch", default="64,256", help="comma list of batch sizes (sequences at once)")
     ap.add_argument("--new-tokens", default="1024", help="comma list of generation lengths, e.g. 1024,8192,32768")
-    ap.add_argument("--ttft", default="8192,32768", help="comma list of long-prompt lengths for time to first token ('' for none)")
+    ap.add_argument("--ttft", default="8192,32768",
+                    help="comma list of long-prompt lengths for time to first token ('' for none)")
     ap.add_argument("--prompt-len", type=int, default=128, help="prompt tokens of the decode cases")
     ap.add_argument("--timeout", type=int, default=240, help="seconds per engine (start-up included)")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
