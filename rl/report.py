@@ -316,6 +316,6 @@ def correction_lines(c: dict) -> list[str]:
     cols = ("correction_masked_frac", "correction_ratio_above_frac", "correction_weight_max", "clip_frac")
     lines.append(f"  {'step':>5} {'masked':>8} {'ρ>high':>8} {'w max':>9} {'ppo clip':>9}")
     for row in c["steps"]:
-        vals = [row.get(k, math.nan) for k in cols]
-        lines.append(f"  {row['step']:>5} {vals[0]:>8.4f} {vals[1]:>8.4f} {vals[2]:>9.5f} {vals[3]:>9.4f}")
+        vals = [f"{row[k]:.4g}" if k in row else "" for k in cols]
+        lines.append(f"  {row['step']:>5} {vals[0]:>8} {vals[1]:>8} {vals[2]:>9} {vals[3]:>9}")
     return lines

@@ -18,7 +18,7 @@ table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; vertical-align: top; }
 th { background: #f4f4f4; } td.text, th.text { text-align: left; }
 .note { color: #555; font-size: 13px; } .warn { color: #a40; }
-.charts { display: flex; flex-wrap: wrap; gap: 12px; }
+.charts { display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }
 .ctx { font-family: ui-monospace, monospace; white-space: pre-wrap; text-align: left; max-width: 520px; }
 .ctx .prompt { color: #888; } .ctx mark { background: #ffd24d; border: 1px solid #c90; padding: 0 1px; }
 """
@@ -58,10 +58,11 @@ def over_steps(report: dict) -> list[str]:
                       {"bitwise equal frac": [(r["step"], r["bitwise_equal_frac"]) for r in steps
                                               if "bitwise_equal_frac" in r],
                        "is_ess": [(r["step"], r["is_ess"]) for r in steps if "is_ess" in r]},
-                      "step", "fraction"), "</div>"]
+                      "step", "fraction", y_range=(0.0, 1.0)), "</div>"]
     if stale:
-        out.append(f'<p class="note">Steps {", ".join(map(str, stale))} trained a batch sampled ahead '
-                   "(rollout.max_staleness=1): their Δ includes one update's drift (offpolicy/*).</p>")
+        which = f"Step {stale[0]}" if len(stale) == 1 else f"Steps {', '.join(map(str, stale))}"
+        out.append(f'<p class="note">{which} trained a batch sampled ahead (rollout.max_staleness=1): '
+                   "Δ then includes one update's drift (logged as offpolicy/*).</p>")
     rows = "".join(f"<tr><td>{r['step']}{' (ahead)' if r['stale'] else ''}</td>"
                    + "".join(f"<td>{fmt(r[k]) if k in r else ''}</td>"
                              for k in ("k1", "k3", "abs_logp_diff_max", "abs_logp_diff_mean", "bitwise_equal_frac",
@@ -159,7 +160,8 @@ def corrections(report: dict) -> list[str]:
             ("clip_frac", "PPO clip"), ("ppo_ratio_min", "PPO ratio min"), ("ppo_ratio_max", "PPO ratio max")]
     series = {label: [(r["step"], r[k]) for r in c["steps"] if k in r]
               for k, label in cols[:3] + [("clip_frac", "PPO clip")]}
-    chart = line_chart("Share of tokens masked / clipped per step", series, "step", "share of tokens")
+    chart = line_chart("Share of tokens masked / clipped per step", series, "step", "share of tokens",
+                       y_range=(0.0, max([1e-3] + [y for pts in series.values() for _, y in pts])))
     rows = "".join("<tr><td>" + str(r["step"]) + "</td>" + "".join(
         f"<td>{fmt(r[k]) if k in r and math.isfinite(r[k]) else ''}</td>" for k, _ in cols) + "</tr>"
         for r in c["steps"])

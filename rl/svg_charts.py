@@ -80,8 +80,9 @@ def y_grid(axis: Axis, log: bool) -> list[str]:
 
 
 def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
-               log_y: bool = False, log_x: bool = False) -> str:
-    """One polyline with dots per series; [(x, y)] points, sorted by x."""
+               log_y: bool = False, log_x: bool = False, y_range: tuple[float, float] | None = None) -> str:
+    """One polyline with dots per series; [(x, y)] points, sorted by x; `y_range` fixes the
+    y axis (a fraction: (0, 1)) instead of fitting the data."""
     points = [(x, y) for pts in series.values() for x, y in pts if math.isfinite(y)]
     if not points:
         return frame(title, x_label, y_label, [f'<text x="{LEFT + 10}" y="{HEIGHT / 2}" font-size="12">'
@@ -91,7 +92,8 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
     ys = ys or [1.0]
     xs = [x for x, _ in points]
     x_axis = Axis(max(min(xs), 1) if log_x else min(xs), max(xs), LEFT + 10, WIDTH - RIGHT - 10, log_x)
-    y_axis = Axis(min(ys) if log_y else min(0.0, min(ys)), max(ys), HEIGHT - BOTTOM, TOP, log_y)
+    lo, hi = y_range or (min(ys) if log_y else min(0.0, min(ys)), max(ys))
+    y_axis = Axis(lo, hi, HEIGHT - BOTTOM, TOP, log_y)
     body = y_grid(y_axis, log_y)
     for t in ticks(x_axis.lo, x_axis.hi, log_x) if not log_x or x_axis.hi > x_axis.lo else []:
         if x_axis.lo <= t <= x_axis.hi:
