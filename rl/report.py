@@ -57,7 +57,7 @@ def read_records(run_dir: Path, step: int) -> list[dict]:
         raise CheckpointError(f"{path}: line {e.lineno} is not JSON ({e.msg}); the file is damaged") from None
 
 
-def read_summary(run_dir: Path, step: int, records: list[dict]) -> dict:
+def read_summary(run_dir: Path, step: int) -> dict:
     """The step's summary as written at run time; for a run older than summaries, an estimate
     from the records weighted by their `weight` (`exact: false`)."""
     path = token_dir(run_dir) / f"step_{step:06d}.summary.json"
@@ -66,7 +66,7 @@ def read_summary(run_dir: Path, step: int, records: list[dict]) -> dict:
             return json.loads(path.read_text()) | {"exact": True}
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path}: not JSON ({e.msg}); the file is damaged") from None
-    return estimate_summary(step, records)
+    return estimate_summary(step, read_records(run_dir, step))
 
 
 def estimate_summary(step: int, records: list[dict]) -> dict:
@@ -121,9 +121,9 @@ def build(run_dir: Path, step: int | None = None, top: int = 20, tokenizer=None)
         raise CheckpointError(f"{token_dir(run_dir)}: no records for step {step}; steps with records: "
                               f"{available[0]}…{available[-1]}")
     chosen = available if step is None else [step]
-    records = {s: read_records(run_dir, s) for s in chosen}
-    summaries = {s: read_summary(run_dir, s, records[s]) for s in chosen}
+    summaries = {s: read_summary(run_dir, s) for s in available}
     on_policy = [s for s in chosen if not summaries[s]["stale"]] or chosen
+    records = {s: read_records(run_dir, s) for s in on_policy}
     profile = combine_profiles([summaries[s]["profile"] for s in on_policy])
     history = {h["step"]: h for h in read_history(run_dir)}
     report = {
@@ -131,7 +131,7 @@ def build(run_dir: Path, step: int | None = None, top: int = 20, tokenizer=None)
         "steps_covered": chosen,
         "distribution_steps": on_policy,
         "exact": all(summaries[s]["exact"] for s in chosen),
-        "steps": [step_row(s, summaries[s], history.get(s, {})) for s in available if s in summaries],
+        "steps": [step_row(s, summaries[s], history.get(s, {})) for s in available],
         "delta_hist": delta_bins(profile["delta_hist"]),
         "by_position": position_rows(profile["by_position"]),
         "by_length": length_rows(profile["by_length"]),
@@ -239,7 +239,7 @@ def worst_row(r: dict, tokenizer) -> dict:
 # Text
 
 
-def render_text(report: dict, docs: dict[str, str] | None = None) -> str:
+def render_text(report: dict) -> str:
     lines = []
     steps = report["steps"]
     if "step" in report:
@@ -256,11 +256,14 @@ def render_text(report: dict, docs: dict[str, str] | None = None) -> str:
         if not report["exact"]:
             lines.append(f"  some steps: {estimate_note(report)}")
     lines.append(f"\n{'step':>5} {'k1':>10} {'k3':>10} {'max |Δ|':>10} {'bitwise=':>9} {'is_ess':>8} {'tokens':>7}")
+    def cell(row: dict, key: str, width: int, spec: str) -> str:
+        return f"{row[key]:>{width}{spec}}" if key in row else f"{'-':>{width}}"
+
     for row in steps:
         mark = " (sampled ahead)" if row["stale"] else ""
-        lines.append(f"{row['step']:>5} {row.get('k1', math.nan):>10.2e} {row.get('k3', math.nan):>10.2e} "
-                     f"{row.get('abs_logp_diff_max', math.nan):>10.2e} {row.get('bitwise_equal_frac', math.nan):>9.3f} "
-                     f"{row.get('is_ess', math.nan):>8.5f} {row.get('num_tokens', 0):>7.0f}{mark}")
+        lines.append(f"{row['step']:>5} {cell(row, 'k1', 10, '.2e')} {cell(row, 'k3', 10, '.2e')} "
+                     f"{cell(row, 'abs_logp_diff_max', 10, '.2e')} {cell(row, 'bitwise_equal_frac', 9, '.3f')} "
+                     f"{cell(row, 'is_ess', 8, '.5f')} {cell(row, 'num_tokens', 7, '.0f')}{mark}")
     lines.append(f"\ndrift by token position ({steps_note(report)}):")
     lines.append(f"  {'positions':>10} {'tokens':>7} {'k1':>10} {'k3':>10} {'max |Δ|':>10}")
     lines += [f"  {r['positions']:>10} {r['tokens']:>7} {r['k1']:>10.2e} {r['k3']:>10.2e} {r['max_abs']:>10.2e}"
