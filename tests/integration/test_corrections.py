@@ -12,12 +12,12 @@ share the records predict.
 
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from page_check import check_self_contained
 
 from rl import cli
 from rl.config import from_data
@@ -26,9 +26,6 @@ from rl.metrics import read_history
 from rl.report import build, read_records
 
 from .conftest import tiny_recipe
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_mismatch_report import check_self_contained  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -2,25 +2,21 @@
 (rl.report), its HTML page (rl.report_html) and the CLI, on a run directory written by the same
 code the driver runs (`step_metrics.mismatch` → `MetricsLogger`), with synthetic log-probs."""
 
-import base64
 import json
-import math
 import random
-import re
 import xml.etree.ElementTree as ET
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import torch
 
+from page_check import check_self_contained
 from rl import cli
 from rl.algorithms.mismatch import DECADE_MIN, METRIC_DOCS, mismatch_metrics, mismatch_profile
 from rl.batch import Sample
 from rl.config import from_data
 from rl.metrics import MetricsLogger, read_history
 from rl.report import build, estimate_summary, read_records, render_text
-from rl.report_html import render_html
 from rl.step_metrics import mismatch
 from rollout.completion import Completion
 from trainer.batch import TokenLogprobs
@@ -162,42 +158,6 @@ def test_whole_run_report_leaves_sampled_ahead_steps_out_of_distributions(run_di
     assert sum(b["count"] for b in report["delta_hist"]) == tokens
     assert [r["correction_masked_frac"] for r in report["corrections"]["steps"]] == pytest.approx([0.1, 0.2, 0.3])
     assert report["corrections"]["correction"] == "icepop"
-
-
-class PageCheck(HTMLParser):
-    """Every src/href of the page, every <img>, the inline <svg> blocks' positions."""
-
-    def __init__(self):
-        super().__init__()
-        self.links, self.images, self.scripts = [], [], 0
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        for key in ("src", "href"):
-            if key in attrs:
-                self.links.append(attrs[key])
-        if tag == "img":
-            self.images.append(attrs.get("src", ""))
-        if tag in ("script", "link", "iframe", "object"):
-            self.scripts += 1
-
-
-def check_self_contained(page: str) -> int:
-    """No fetch of anything (src/href to a URL, scripts, stylesheets), every <img> a data URI
-    that decodes, every <svg> well-formed XML. Returns the number of charts."""
-    parser = PageCheck()
-    parser.feed(page)
-    assert parser.scripts == 0
-    assert not [u for u in parser.links if re.match(r"\s*(https?:)?//", u)], parser.links
-    assert "url(" not in page and "@import" not in page
-    for src in parser.images:
-        head, _, data = src.partition(",")
-        assert head.startswith("data:image/") and head.endswith(";base64")
-        base64.b64decode(data, validate=True)
-    svgs = re.findall(r"<svg\b.*?</svg>", page, flags=re.S)
-    for svg in svgs:
-        ET.fromstring(svg)
-    return len(svgs) + len(parser.images)
 
 
 def test_html_page_is_self_contained_and_complete(run_dir, tmp_path):
