@@ -201,12 +201,12 @@ def corrections(run_dir: Path, history: dict[int, dict]) -> dict:
 
 def worst_tokens(records: list[dict], top: int, tokenizer) -> list[dict]:
     """The `top` largest |Δ| tokens, identical rows merged: the same token with the same two
-    log-probs and the same context (a group's identical completions) is one row with a count."""
+    log-probs after the same text (a group's completions that share a beginning; log-probs
+    depend on what precedes only) is one row with a count, shown with the first one's sequel."""
     ranked = sorted(records, key=lambda r: -abs(r["trainer_logprob"] - r["rollout_logprob"]))
     rows: dict[tuple, dict] = {}
     for r in ranked:
-        key = (r["token"], r["position"], r["rollout_logprob"], r["trainer_logprob"],
-               tuple(r.get("before", ())), tuple(r.get("after", ())))
+        key = (r["token"], r["position"], r["rollout_logprob"], r["trainer_logprob"], tuple(r.get("before", ())))
         if key in rows:
             rows[key]["count"] += 1
             rows[key]["samples"].append([r["step"], r["sample"]])

@@ -162,8 +162,10 @@ def corrections(report: dict) -> list[str]:
               for k, label in cols[:3] + [("clip_frac", "PPO clip")]}
     chart = line_chart("Share of tokens masked / clipped per step", series, "step", "share of tokens",
                        y_range=(0.0, max([1e-3] + [y for pts in series.values() for _, y in pts])))
+    # Ratios and weights sit within ~1e-6 of 1 on aligned engines: enough digits to see it.
+    digits = {k: 9 if ("ratio_m" in k or "weight" in k) else 4 for k, _ in cols}
     rows = "".join("<tr><td>" + str(r["step"]) + "</td>" + "".join(
-        f"<td>{fmt(r[k]) if k in r and math.isfinite(r[k]) else ''}</td>" for k, _ in cols) + "</tr>"
+        f"<td>{fmt(r[k], digits[k]) if k in r and math.isfinite(r[k]) else ''}</td>" for k, _ in cols) + "</tr>"
         for r in c["steps"])
     return ["<h2>Corrections</h2>", head, chart,
             "<table><tr><th>step</th>" + "".join(f"<th>{escape(label)}</th>" for _, label in cols)
@@ -184,8 +186,9 @@ def worst(report: dict) -> list[str]:
                     f"<td>{ent}</td><td>{w['step']}</td><td>{w['position']}</td><td>{w['length'] or ''}</td>"
                     f"<td>{w['count']}</td><td class=\"ctx\">{ctx}</td></tr>")
     return [f"<h2>Largest |Δ| tokens ({escape(steps_note(report))})</h2>",
-            '<p class="note">Each token <mark>marked</mark> in its text (grey: the prompt); rows that repeat '
-            "exactly (the same token, log-probs and text in several samples of a group) are merged: ×.</p>",
+            '<p class="note">Each token <mark>marked</mark> in its text (grey: the prompt). Samples of a group '
+            "that begin alike give the same token the same log-probs: such rows are merged, × counts them "
+            "(the text after the token is the first one's).</p>",
             "<table><tr><th>Δ</th><th>rollout a</th><th>trainer b</th><th>p rollout</th><th>p trainer</th>"
             "<th>entropy</th><th>step</th><th>pos</th><th>length</th><th>×</th><th class=\"text\">in its text</th></tr>"
             + "".join(rows) + "</table>"]

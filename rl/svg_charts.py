@@ -15,12 +15,11 @@ LEFT, RIGHT, TOP, BOTTOM = 70, 150, 30, 46  # margins: axis labels left and belo
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
-def fmt(v: float) -> str:
+def fmt(v: float, digits: int = 4) -> str:
+    """A number in `digits` significant digits, exponents short (1e-7, not 1e-07)."""
     if v == 0:
         return "0"
-    if 1e-3 <= abs(v) < 1e4:
-        return f"{v:.4g}"
-    return f"{v:.0e}".replace("e-0", "e-").replace("e+0", "e")
+    return f"{v:.{digits}g}".replace("e-0", "e-").replace("e+0", "e")
 
 
 def ticks(lo: float, hi: float, log: bool) -> list[float]:
@@ -95,8 +94,9 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
     lo, hi = y_range or (min(ys) if log_y else min(0.0, min(ys)), max(ys))
     y_axis = Axis(lo, hi, HEIGHT - BOTTOM, TOP, log_y)
     body = y_grid(y_axis, log_y)
-    for t in ticks(x_axis.lo, x_axis.hi, log_x) if not log_x or x_axis.hi > x_axis.lo else []:
-        if x_axis.lo <= t <= x_axis.hi:
+    whole = all(float(x).is_integer() for x in xs)  # steps: no tick at 1.5
+    for t in ticks(x_axis.lo, x_axis.hi, log_x):
+        if x_axis.lo <= t <= x_axis.hi and (not whole or float(t).is_integer()):
             body.append(f'<text x="{x_axis(t):.1f}" y="{HEIGHT - BOTTOM + 16}" font-size="11" '
                         f'text-anchor="middle">{fmt(t)}</text>')
     for k, (name, pts) in enumerate(series.items()):

@@ -26,7 +26,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def synthetic_step(rng: random.Random, n_samples: int, step: int, duplicate: bool = True):
     """Samples with a heavy-tailed Δ (most tokens within 1e-6, a few far off, the largest in the
-    first sample); the first two samples identical, as a group's samples often are."""
+    first sample); the first two samples identical, the third beginning like them, as a group's
+    samples often do."""
     samples, rows = [], []
     for n in range(n_samples):
         length = rng.randint(3, 40)
@@ -37,6 +38,8 @@ def synthetic_step(rng: random.Random, n_samples: int, step: int, duplicate: boo
             b[2] = a[2] - 2.0  # the step's largest |Δ|, at position 2
         if duplicate and n == 1:
             ids, a, b = list(samples[0].completion_ids), list(samples[0].rollout_logprobs), list(rows[0].logprobs)
+        if duplicate and n == 2:  # begins like sample 0 (its largest |Δ| included), then goes its own way
+            ids[:4], a[:4], b[:4] = samples[0].completion_ids[:4], samples[0].rollout_logprobs[:4], rows[0].logprobs[:4]
         b = [float(torch.tensor(x, dtype=torch.float32)) for x in b]  # the trainer's fp32
         a = [float(torch.tensor(x, dtype=torch.float32)) for x in a]
         samples.append(Sample([1, 2, 3, 4, 5], Completion(ids, a, "stop", ""), answer="7"))
@@ -136,8 +139,8 @@ def test_worst_tokens_merged_and_in_context(run_dir):
     assert deltas == sorted(deltas, reverse=True) and len(worst) == 10
     keys = [(w["token_id"], w["position"], w["rollout_logprob"], w["trainer_logprob"]) for w in worst]
     assert len(set(keys)) == len(keys)  # no row twice
-    # Samples 0 and 1 are identical: each of their tokens among the largest is one row, ×2.
-    assert sorted(s for _, s in worst[0]["samples"]) == [0, 1] and worst[0]["count"] == 2
+    # Samples 0, 1 and 2 share their first 4 tokens: the largest |Δ|, at position 2, is one row, ×3.
+    assert sorted(s for _, s in worst[0]["samples"]) == [0, 1, 2] and worst[0]["count"] == 3
     assert worst[0]["position"] == 2 and worst[0]["delta"] == pytest.approx(-2.0)
     for w in worst:
         assert "before" in w and "after" in w  # the largest carry their context
