@@ -50,6 +50,7 @@ def runs(tmp_path_factory, ray_local):
         data = tiny_recipe(tmp, name=name, algorithm=algorithm, data={"eval": None}, sft={"steps": 60},
                            trainer={"num_ranks": 1}, logging={"tensorboard": False},
                            reward={"timeout_s": 60.0},  # no ungraded sample on a loaded machine: all in the loss
+                           ray={"address": "local"},  # a private instance, whatever `ray start` runs here
                            schedule={"steps": STEPS, "eval_every": 0, "save_every": 0})
         cfg = from_data(data)
         if sft is not None:
