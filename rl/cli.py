@@ -5,7 +5,7 @@
     lockstep recipes                                           the recipes in recipes/ (or shipped ones)
     lockstep run demo                                          a shipped recipe by name (installed from a wheel)
     lockstep eval RUN_DIR_OR_CHECKPOINT [--data NAME_OR_FILE] [--k 4] [--limit 200]
-    lockstep mismatch RUN_DIR [--step N] [--top 20]
+    lockstep mismatch RUN_DIR [--step N] [--top 20] [--html OUT.html] [--json]
     lockstep plot RUN_DIR [--output PNG]                       reward, accuracy, k3 (and SFT loss) over steps
     lockstep --version
 
@@ -198,7 +198,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_mismatch(args) -> int:
-    from rl.report import render
+    from rl.report import build, render_text
 
     run_dir = Path(args.run_dir)
     tokenizer = None
@@ -211,9 +211,18 @@ def cmd_mismatch(args) -> int:
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(load_recipe(config)))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, ConfigError) as e:
             logging.warning("token ids shown raw: tokenizer unavailable (%s)", e)
-    print(render(run_dir, args.step, args.top, tokenizer))
+    report = build(run_dir, args.step, args.top, tokenizer)
+    if args.html:
+        from rl.report_html import render_html
+
+        Path(args.html).write_text(render_html(report))
+        print(f"lockstep: wrote {args.html}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    elif not args.html:
+        print(render_text(report))
     return 0
 
 
@@ -308,8 +317,13 @@ def parser() -> argparse.ArgumentParser:
 
     mm = sub.add_parser("mismatch", help="train/infer log-prob mismatch of a run, token by token", **fmt)
     mm.add_argument("run_dir", help="a run directory (runs/<name>)")
-    mm.add_argument("--step", type=int, default=None, help="which step's records (default: the newest)")
-    mm.add_argument("--top", type=int, default=20, help="how many largest-|Δ| tokens to list")
+    mm.add_argument("--step", type=int, default=None,
+                    help="one step: its every metric, distributions and tokens (default: the whole run)")
+    mm.add_argument("--top", type=int, default=20, help="how many largest-|Δ| tokens to list (identical rows merged)")
+    mm.add_argument("--html", default=None, metavar="OUT.html",
+                    help="write the report as one self-contained page (charts inline, nothing fetched) "
+                         "(default: none)")
+    mm.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
     mm.set_defaults(fn=cmd_mismatch)
     return p
 

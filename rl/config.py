@@ -227,7 +227,9 @@ class LoggingConfig:
     project: str = "lockstep"
     """Project / experiment name in W&B and MLflow."""
     token_records_per_step: int = 2048
-    """Per-token mismatch records kept on disk per step for `lockstep mismatch` (bounded)."""
+    """Per-token mismatch records kept on disk per step for `lockstep mismatch`: beyond this, the
+    largest |Δ| and a weighted uniform sample of the rest (the report's numbers come from an exact
+    per-step summary)."""
 
 
 @dataclass

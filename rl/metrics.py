@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import sys
 from pathlib import Path
+
+from rl.token_records import StepTokens
 
 log = logging.getLogger("lockstep.metrics")
 
@@ -113,17 +114,10 @@ class MetricsLogger:
         if self.mlflow is not None:
             self.mlflow.log_metrics(clean, step=sft_step)
 
-    def token_records(self, step: int, records: list[dict], seed: int) -> None:
-        """Per-token (sample, position, token, a, b, entropy) for the mismatch report, bounded:
-        beyond the limit, half the records are the largest |b − a| and half a seeded sample."""
-        limit = self.token_records_per_step
-        if len(records) > limit:
-            ranked = sorted(records, key=lambda r: -abs(r["trainer_logprob"] - r["rollout_logprob"]))
-            top, rest = ranked[: limit // 2], ranked[limit // 2 :]
-            records = top + random.Random(seed + step).sample(rest, limit - len(top))
-        with (self.token_dir / f"step_{step:06d}.jsonl").open("w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+    def token_records(self, step: int, tokens: StepTokens, seed: int) -> None:
+        """The step's per-token records and their exact summary (`rl.token_records`), bounded
+        by `logging.token_records_per_step`."""
+        tokens.write(self.token_dir, self.token_records_per_step, seed)
 
     def close(self) -> None:
         if self.tb is not None:

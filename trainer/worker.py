@@ -248,6 +248,15 @@ class TrainerRank:
             stats.clip_frac += clipped[m].float().sum().item()
             stats.correction_weight += weight[m].sum().item()
             stats.tokens += m.sum().item()
+            if m.any():  # what the correction and the clip saw: ρ_t = exp(old − a_t), the PPO ratio
+                rho, ppo = torch.exp(old - rollout)[m], torch.exp(logp.detach() - old)[m]
+                stats += UpdateStats(
+                    correction_masked=(weight[m] == 0).sum().item(),
+                    correction_below=(rho < loss_cfg.correction_low).sum().item(),
+                    correction_above=(rho > loss_cfg.correction_high).sum().item(),
+                    correction_weight_max=weight[m].max().item(), correction_ratio_min=rho.min().item(),
+                    correction_ratio_max=rho.max().item(), ppo_ratio_min=ppo.min().item(),
+                    ppo_ratio_max=ppo.max().item())
         stats.grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
         stats.lr = self.engine.get_lr()[0]
         return UpdateResult(stats, rows)
