@@ -24,7 +24,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-_log = logging.getLogger(__name__)
+_kernel_log = logging.getLogger(__name__)
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -287,7 +287,7 @@ def _grouped_mm_supported(x: torch.Tensor, inter: int) -> bool:
     case = (x.dtype, x.device.type, aligned)
     if not (ok and aligned) and case not in _LOOP_LOGGED:
         _LOOP_LOGGED.add(case)
-        _log.warning("stacked experts: no grouped GEMM for %s on %s with widths %d, %d; running one "
+        _kernel_log.warning("stacked experts: no grouped GEMM for %s on %s with widths %d, %d; running one "
                      "GEMM pair per expert", x.dtype, x.device.type, x.shape[-1], inter)
     return ok and aligned
 

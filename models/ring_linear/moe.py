@@ -40,7 +40,7 @@ from kernels.norm import compute_dtype
 
 from .config import BailingMoeLinearV2Config
 
-_log = logging.getLogger(__name__)
+_moe_log = logging.getLogger(__name__)
 _FP8_LOOP_LOGGED: list[bool] = []
 
 
@@ -110,7 +110,7 @@ class GroupedExperts(nn.Module):
         self.fp8 = (pow2_scale, batch_invariant)
         if not _FP8_LOOP_LOGGED:
             _FP8_LOOP_LOGGED.append(True)
-            _log.warning("FP8 experts in training run one fp8_linear per expert projection (the grouped "
+            _moe_log.warning("FP8 experts in training run one fp8_linear per expert projection (the grouped "
                          "FP8 GEMM has no backward yet); the bf16 experts run grouped GEMMs")
 
     def fp8_projections(self) -> int:
