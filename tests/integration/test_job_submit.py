@@ -89,7 +89,7 @@ def stop_head(gcs_port: int) -> None:
     sessions = set(re.findall(r"(session_[0-9_-]+)", found))
     for session in sessions:
         subprocess.run(["pkill", "-9", "-f", session])
-    subprocess.run(["pkill", "-9", "-f", f"--address=[0-9.]+:{gcs_port}( |$)"])  # the client proxy
+    subprocess.run(["pkill", "-9", "-f", "--", f"--address=[0-9.]+:{gcs_port}( |$)"])  # the client proxy
     record = Path("/tmp/ray/ray_current_cluster")  # what `ray stop` would also remove
     if record.exists() and record.read_text().strip().endswith(f":{gcs_port}"):
         record.unlink()
