@@ -232,8 +232,10 @@ def compare_layers(llm, model: torch.nn.Module, prompt: list[int], new_tokens: i
     # The engine prefills the same tokens teacher-forced: one row per token.
     _, prefill = recorded(lambda: llm.generate([TokensPrompt(prompt_token_ids=ids)],
                                                SamplingParams(max_tokens=1, temperature=1.0), use_tqdm=False))
+    # The decoder alone: every compared module is in it, and the LM head takes the sampled
+    # tokens as well (use_fp32_lm_head), which a plain forward does not pass.
     with record_outputs(model, names) as rec, torch.no_grad():
-        model(torch.tensor([ids], device=next(model.parameters()).device))
+        model.get_decoder()(torch.tensor([ids], device=next(model.parameters()).device))
     trainer = rec.stop()
     out = {}
     # Decode rows start after the prompt's: row i is position i on both sides.
