@@ -99,6 +99,13 @@ class _Module:
         return "\n".join(self.source.splitlines()[first - 1:node.end_lineno])
 
 
+# Project modules that a function body may import lazily and the export leaves as they are: paths
+# only Lockstep's trainer turns on (FP8 training through `swap_linears_to_fp8`), never reached by
+# plain transformers loading and running the exported model. Turning one on there fails with an
+# ImportError naming the module.
+TRAINING_ONLY_IMPORTS = {"kernels.fp8"}
+
+
 def _is_project(module: str) -> bool:
     return module.split(".")[0] in PROJECT_PACKAGES
 
@@ -160,7 +167,7 @@ class _Bundle:
         for inner in ast.walk(node):
             if isinstance(inner, (ast.Import, ast.ImportFrom)) and inner is not node:
                 target = m.absolute(inner) if isinstance(inner, ast.ImportFrom) else inner.names[0].name
-                if _is_project(target):
+                if _is_project(target) and target not in TRAINING_ONLY_IMPORTS:
                     raise RemoteCodeError(f"{module}.{name} imports {target} inside its body; the exported "
                                           "code cannot follow that import (import it at module level)")
         names = [name]
