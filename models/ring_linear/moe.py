@@ -126,7 +126,11 @@ class GroupedExperts(nn.Module):
     def _fp8_per_expert(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """FP8 SwiGLU of each expert on its rows (``fp8_linear``: forward, data and weight
         gradients as FP8 GEMMs), one expert at a time."""
-        from kernels.fp8 import fp8_linear
+        try:  # lazy, in a try: the exported model code keeps it and plain transformers never runs it
+            from kernels.fp8 import fp8_linear
+        except ImportError as err:
+            raise RuntimeError("FP8 experts are a Lockstep training path: they need its kernels.fp8 "
+                               "(install Lockstep, or load the model without FP8)") from err
 
         pow2_scale, invariant = self.fp8
         out = []

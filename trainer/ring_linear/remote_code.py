@@ -204,6 +204,17 @@ class _Bundle:
             self.bind(name, self.bound[defined])
             self.chunks.append(f"{name} = {defined}")
 
+    def add_registrations(self, module: str) -> None:
+        """Copies the module's top-level calls (and what they use), after its definitions: the
+        registrations with transformers that loading needs, e.g. the checkpoint conversion that
+        stacks the per-expert tensors into :class:`~models.ring_linear.moe.GroupedExperts`."""
+        m = self.module(module)
+        for node in m.tree.body:
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+                for dependency in sorted(_used_names(node)):
+                    self.add_global(m, dependency, node)
+                self.chunks.append(f"# {m.path.relative_to(_root(m))}\n{m.segment(node)}")
+
     def render(self, title: str, exports: list[str]) -> str:
         imports = sorted(set(self.third_party.values()), key=lambda s: (s.startswith("from"), s))
         siblings = [f"from .{file} import {', '.join(sorted(names))}" for file, names in sorted(self.sibling.items())]
@@ -235,6 +246,7 @@ def modeling_source() -> str:
     bundle = _Bundle(local={CONFIG_MODULE: CONFIG_FILE})
     for name in MODEL_CLASSES:
         bundle.add(MODELING_MODULE, name)
+    bundle.add_registrations(MODELING_MODULE)
     return bundle.render("Ring-linear hybrid linear/softmax-attention MoE model (BailingMoeLinearV2ForCausalLM).",
                          list(MODEL_CLASSES))
 
