@@ -19,6 +19,7 @@ name onto a slice of its stacks (:meth:`StackedMoE.checkpoint_slot`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -120,26 +121,38 @@ class GroupedExperts(nn.Module):
     def forward(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         rows = rows.to(self.gate_up_proj.dtype)
         if self.fp8 is not None:
-            return self._fp8_per_expert(rows, counts)
-        return grouped_swiglu(rows, counts, self.gate_up_proj, self.down_proj)
+            return self._per_expert(rows, counts, self._fp8_linear())
+        if rows.is_cuda:
+            return grouped_swiglu(rows, counts, self.gate_up_proj, self.down_proj)
+        return self._per_expert(rows, counts, F.linear)
 
-    def _fp8_per_expert(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """FP8 SwiGLU of each expert on its rows (``fp8_linear``: forward, data and weight
-        gradients as FP8 GEMMs), one expert at a time."""
+    def _per_expert(self, rows: torch.Tensor, counts: torch.Tensor, linear) -> torch.Tensor:
+        """``down_e(silu(gate_e r) · up_e r)`` expert by expert, ``linear(x, weight)`` on views of
+        the stacks: gate, up and down as three separate GEMMs, exactly the calls the per-expert
+        ``nn.Linear`` modules made before the experts were stacked, so autograd's backward issues
+        their GEMMs too (the input gradient is gate's + up's, not one GEMM over ``[2I, D]``).  The
+        CPU path (bf16/fp32: the bits the trainer computed with one module per expert, forward
+        and backward, so the CPU demo's numbers do not move) and the FP8 path (no grouped FP8
+        GEMM with a backward yet).  ``unbind``/``split`` views: their backward stacks the
+        per-expert gradients once, no add."""
+        inter = self.down_proj.shape[-1]
+        out = []
+        for part, gate_up, down in zip(rows.split(counts.tolist()), self.gate_up_proj.unbind(0),
+                                       self.down_proj.unbind(0)):
+            gate, up = gate_up.split(inter)
+            out.append(linear(F.silu(linear(part, gate)) * linear(part, up), down))
+        return torch.cat(out)
+
+    def _fp8_linear(self):
+        """``fp8_linear`` (forward, data and weight gradients as FP8 GEMMs) with this module's
+        scale options, as the rollout's ``stacked_experts_fp8`` quantizes each projection."""
         try:  # lazy, in a try: the exported model code keeps it and plain transformers never runs it
             from kernels.fp8 import fp8_linear
         except ImportError as err:
             raise RuntimeError("FP8 experts are a Lockstep training path: they need its kernels.fp8 "
                                "(install Lockstep, or load the model without FP8)") from err
-
         pow2_scale, invariant = self.fp8
-        out = []
-        for e, part in enumerate(rows.split(counts.tolist())):
-            gate, up, down = self.expert_weights(e)
-            h = F.silu(fp8_linear(part, gate, pow2_scale=pow2_scale, batch_invariant=invariant)) \
-                * fp8_linear(part, up, pow2_scale=pow2_scale, batch_invariant=invariant)
-            out.append(fp8_linear(h, down, pow2_scale=pow2_scale, batch_invariant=invariant))
-        return torch.cat(out)
+        return functools.partial(fp8_linear, pow2_scale=pow2_scale, batch_invariant=invariant)
 
 
 class MoE(nn.Module):
