@@ -11,7 +11,7 @@ import torch
 
 import kernels.moe as moe_module
 from benchmarks.gpu.per_expert_moe import PerExpertMoE
-from kernels.moe import CPU_MACS_PER_CALL, stacked_experts
+from kernels.moe import CPU_MACS_PER_CALL, grouped_swiglu, stacked_experts
 from models.ring_linear.moe import MoE, StackedMoE
 from models.ring_linear.presets import preset_config
 
@@ -88,11 +88,10 @@ def _outputs_and_grads(module, x, probe):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_grouped_gradients_equal_the_per_expert_modules(dtype):
-    """Forward and every gradient of the grouped layer (two grouped GEMMs per pass) against the
-    per-expert modules the trainer ran before, holding the same weights: the outputs and every
-    weight gradient bitwise on CPU (the CPU grouped GEMM is one GEMM per group), the unused
-    experts' gradients exactly zero; the input gradient to rounding (its gate and up terms are
-    one GEMM over the stacked [2I, D] here, two GEMMs and an add there)."""
+    """Forward and every gradient of the stacked layer on CPU against the per-expert modules the
+    trainer ran before, holding the same weights: all bitwise, the input gradient included (on
+    CPU the layer issues the modules' own GEMMs: gate, up and down separately), the unused
+    experts' gradients exactly zero."""
     config, moe, _ = _moe_pair(dtype, seed=3)
     with torch.no_grad():
         moe.gate.expert_bias[5] = -100.0  # never selected: an empty group in the grouped GEMMs
@@ -101,8 +100,7 @@ def test_grouped_gradients_equal_the_per_expert_modules(dtype):
     probe = torch.randn(150, config.hidden_size)
     out, dx, grads = _outputs_and_grads(moe, x, probe)
     out_ref, dx_ref, grads_ref = _outputs_and_grads(per_expert, x, probe)
-    assert torch.equal(out, out_ref)
-    assert 0 < ((dx - dx_ref).norm() / dx_ref.norm()).item() < (1e-6 if dtype == torch.float32 else 1e-2)
+    assert torch.equal(out, out_ref) and torch.equal(dx, dx_ref)
     for name in ("gate.weight", *(f"shared_experts.{p}.weight" for p in PROJECTIONS)):
         assert torch.equal(grads[name], grads_ref[name]), name
     idx, _ = moe.gate(x.to(dtype))
@@ -116,9 +114,32 @@ def test_grouped_gradients_equal_the_per_expert_modules(dtype):
     assert 5 not in used and len(used) > config.num_experts // 2
 
 
+def test_grouped_swiglu_explicit_backward_against_the_per_expert_loop():
+    """:func:`grouped_swiglu`'s grouped path (``torch._grouped_mm``, which CPU has too, and the
+    explicit backward the trainer runs on CUDA) against autograd through the per-expert loop of
+    the same function (fp64, unaligned for the grouped GEMM): outputs and all three gradients to
+    fp32 rounding, an empty group's weight gradients exactly zero."""
+    torch.manual_seed(6)
+    E, D, inter = 6, 64, 32
+    counts = torch.tensor([5, 0, 17, 1, 40, 9])
+    rows = torch.randn(int(counts.sum()), D, dtype=torch.float64)
+    w13 = torch.randn(E, 2 * inter, D, dtype=torch.float64) * 0.1
+    w2 = torch.randn(E, D, inter, dtype=torch.float64) * 0.1
+    probe = torch.randn(rows.shape, dtype=torch.float64)
+    results = []
+    for dtype in (torch.float64, torch.float32):
+        leaves = [t.to(dtype).detach().requires_grad_(True) for t in (rows, w13, w2)]
+        out = grouped_swiglu(leaves[0], counts, leaves[1], leaves[2])
+        (out * probe.to(dtype)).sum().backward()
+        results.append([out.detach(), *(t.grad for t in leaves)])
+    for got, want in zip(results[1], results[0]):
+        assert ((got.double() - want).norm() / want.norm()).item() < 1e-6
+    assert not results[1][2][1].any() and not results[1][3][1].any()  # expert 1 has no rows
+
+
 def test_grouped_gradients_against_float64():
-    """fp32 grouped layer (grouped GEMMs) vs the same weights in float64 (the per-expert loop
-    path of the same function): outputs and gradients to fp32 rounding."""
+    """fp32 stacked layer vs the same weights in float64: outputs and gradients to fp32
+    rounding."""
     config, moe64, _ = _moe_pair(torch.float64, seed=4)
     moe32 = MoE(config)
     moe32.load_state_dict({k: v.float() for k, v in moe64.state_dict().items()})
