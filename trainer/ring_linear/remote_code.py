@@ -11,14 +11,16 @@ The two files are *generated* from the modules that define the model, never kept
 (docs/decisions.md, "Self-contained checkpoints"): starting from the model classes of
 :mod:`trainer.ring_linear.modeling` (and everything of :mod:`models.ring_linear.config` for the
 configuration file), each definition is copied from its module's source with the definitions it
-uses, transitively, across the project's modules (``models/``, ``kernels/``).  Imports of
+uses, transitively, across the project's modules (``models/``, ``kernels/``), then the modeling
+module's top-level calls (the registration of the expert-stacking weight conversion: the
+checkpoint keeps one tensor per expert, the model stacks them).  Imports of
 third-party packages are kept; imports of the project are replaced by the definitions they name.
 The public ops that choose between Triton, a C kernel and PyTorch at run time are bound to their
 PyTorch implementation (:data:`TORCH_PATHS`): the exported code runs the same PyTorch ops the
 trainer runs on CPU, so its logits equal Lockstep's bitwise there (tests/integration/
 test_hf_export.py); on CUDA, Lockstep's Triton kernels and the exported PyTorch ops agree to
-fp32 rounding.  A name defined twice under one name, or a project import inside a function body,
-stops the generation with an error naming it.
+fp32 rounding.  A name defined twice under one name, or a project import inside a function body
+(other than :data:`TRAINING_ONLY_IMPORTS`), stops the generation with an error naming it.
 """
 
 from __future__ import annotations
