@@ -7,7 +7,9 @@ engine's: vLLM's fused-MoE layout, the shared expert stacked with the routed one
 The math — routing, the order in which each token's expert terms are summed, the grouped expert
 GEMMs — is :mod:`kernels.moe`'s (:class:`~kernels.moe.ExpertDispatch`,
 :func:`~kernels.moe.grouped_swiglu`), so both layouts compute each expert's rows with the same
-calls and sum the same terms in the same order.
+calls and sum the same terms in the same order (on CPU the trainer issues each expert's gate,
+up and down GEMMs separately, as its per-expert modules did: bitwise the engine's wherever the
+engine's grouped GEMMs are, tested).
 
 Checkpoints keep one tensor per expert projection (``experts.{e}.{gate,up,down}_proj.weight``: the
 published checkpoints' names, which vLLM's loaders read): the trainer's stacks are
@@ -83,8 +85,9 @@ class GroupedExperts(nn.Module):
     ``gate_up_proj [E, 2I, D]`` (each expert's gate_proj rows, then its up_proj rows — the
     rollout's ``experts_w13`` layout) and ``down_proj [E, D, I]``.  ``forward(rows, counts)``:
     rows ``[R, D]`` grouped by expert (``counts [E]`` each, ascending expert order) → ``[R, D]``
-    in the weight dtype, through :func:`kernels.moe.grouped_swiglu` (two grouped GEMMs for all
-    experts, and their backward).  Under ZeRO-3 the layer's experts are two parameters gathered
+    in the weight dtype: on CUDA through :func:`kernels.moe.grouped_swiglu` (two grouped GEMMs
+    for all experts, four in the backward); on CPU and in FP8 expert by expert
+    (:meth:`_per_expert`: the GEMMs the per-expert modules ran, bitwise).  Under ZeRO-3 the layer's experts are two parameters gathered
     together in this module's forward hook, not 3·E modules gathered one by one."""
 
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):

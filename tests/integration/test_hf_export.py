@@ -15,6 +15,7 @@ import textwrap
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import trainer.ring_linear  # noqa: F401  (registers the model type with transformers)
 from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
@@ -45,6 +46,7 @@ for dtype in (torch.float32, torch.bfloat16):
 gen = model.generate(ids[:1, :9], max_new_tokens=6, do_sample=False, output_scores=True,
                      return_dict_in_generate=True)
 result["generated"], result["scores"] = gen.sequences, torch.stack(gen.scores)
+model.save_pretrained(out + "/resaved")  # through the exported code's expert-stacking conversion
 project = sorted(m for m in sys.modules if m.split(".")[0] in ("rl", "trainer", "models", "kernels", "rollout"))
 result["project_modules"] = project
 result["model_module"] = type(model).__module__
@@ -89,6 +91,12 @@ def test_checkpoint_loads_in_plain_transformers_with_lockstep_logits(tmp_path):
     exported = torch.load(tmp_path / "exported.pt")
     assert exported["project_modules"] == []
     assert exported["model_module"].startswith("transformers_modules.")
+
+    # saved again by plain transformers: the published per-expert names, the same (bf16) weights
+    original = {k: v for f in ckpt.glob("*.safetensors") for k, v in load_file(f).items()}
+    resaved = {k: v for f in (tmp_path / "resaved").glob("*.safetensors") for k, v in load_file(f).items()}
+    assert set(resaved) == set(original) and "model.layers.1.mlp.experts.7.up_proj.weight" in resaved
+    assert all(resaved[k].equal(original[k].to(resaved[k].dtype)) for k in original)
 
     expected = _lockstep_outputs(ckpt, ids)
     for key in (str(torch.float32), str(torch.bfloat16), "generated", "scores"):
