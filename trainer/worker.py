@@ -291,19 +291,25 @@ class TrainerRank:
     # Weights out: buckets for the rollout engine, Hugging Face export, DeepSpeed checkpoints
 
     def _full_parameters(self, device: str = "cpu"):
-        """Yields (name, full tensor on `device`: "cpu", or "cuda" for this rank's own GPU) in a
-        fixed order; all ranks must iterate together (ZeRO-3 gathers each parameter with a
-        collective). A gathered ZeRO-3 parameter is copied (its memory goes at the context's
-        end); an unpartitioned one already on that device is yielded as it is."""
+        """Yields (checkpoint name, full tensor on `device`: "cpu", or "cuda" for this rank's own
+        GPU) in a fixed order; all ranks must iterate together (ZeRO-3 gathers each parameter with
+        a collective). A gathered ZeRO-3 parameter is copied (its memory goes at the context's
+        end); an unpartitioned one already on that device is yielded as it is. Names are the
+        checkpoint's, which the engines load: a parameter the model keeps in another layout than
+        its checkpoint (stacked experts) is split back through the model's transformers weight
+        conversion, as `save_pretrained` does."""
         import deepspeed
+        from transformers.core_model_loading import revert_weight_conversion
 
+        model = self.engine.module
         target = self.device if device == "cuda" else torch.device("cpu")
-        for name, param in self.engine.module.named_parameters():
+        for name, param in model.named_parameters():
             if hasattr(param, "ds_id"):  # ZeRO-3 partitioned
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    yield name, param.detach().to(target, copy=True)
+                    full = param.detach().to(target, copy=True)
             else:
-                yield name, param.detach().to(target)
+                full = param.detach().to(target)
+            yield from revert_weight_conversion(model, {name: full}).items()
 
     def device_weight_buckets(self, bucket_mib: float) -> DeviceWeights:
         """The GPU weight sync: the full weights copied into device buckets of ≤ bucket_mib,
@@ -364,7 +370,7 @@ class TrainerRank:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             self.engine.module.save_pretrained(out, state_dict=state, safe_serialization=True,
-                                               max_shard_size="2GB")
+                                               max_shard_size="2GB", save_original_format=False)
             AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
             from models.ring_linear import MODEL_TYPE
 
