@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -59,8 +60,16 @@ def cmd_run(args) -> int:
         return 0
     send_ray_token_if_present()
     from rl.driver import Run
+    from rl.faults import EXIT_ACTOR_FAILED, RunStopped
+    from rl.groups import ActorFailed
 
-    Run(cfg, resume=resume).train()
+    try:
+        Run(cfg, resume=resume).train()
+    except (RunStopped, ActorFailed) as e:  # one line and the command that resumes; no traceback
+        code = e.exit_code if isinstance(e, RunStopped) else EXIT_ACTOR_FAILED
+        again = shlex.join(["lockstep", "run", args.recipe, *args.overrides])
+        print(f"lockstep: stopped: {e}; resume with: {again}", file=sys.stderr)
+        return code
     return 0
 
 

@@ -25,7 +25,8 @@ from rl.batch import Sample, StepBatch
 from rl.config import ConfigError, RunConfig, save_resolved, to_dict
 from rl.data import PromptRenderer, load_examples
 from rl.evaluate import HeldOut
-from rl.groups import RolloutGroup, TrainerGroup, trainer_setup
+from rl.faults import NonFiniteGuard, Restarts
+from rl.groups import ActorFailed, RolloutGroup, TrainerGroup, trainer_setup
 from rl.metrics import MetricsLogger, print_progress, progress_line, read_history, sparkline
 from rl.model import check_fp8_model, load_tokenizer, resolve_model_path
 from rl.placement import Placement, connect
@@ -69,7 +70,8 @@ class Run:
             warm_start(cfg, self.placement, self.base_model, train_set, renderer, tokenizer)
         per_update = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.trainer.num_minibatches
         setup = trainer_setup(cfg, policy, cfg.trainer.lr, per_update, cfg.algorithm.loss())
-        self.trainers = TrainerGroup.start(self.placement, setup)
+        self.policy = policy  # what the RL stage started from: restarts build on it before a checkpoint exists
+        self.trainers = TrainerGroup.start(self.placement, setup, cfg.faults.call_timeout_s)
         if self.resumed_from:
             self.trainers.load_checkpoint(str(self.resumed_from / checkpoint.ENGINE_DIR))
         self.b_t = trainer_logprobs.choose(cfg, self.trainers)  # where b_t comes from, decided once
@@ -88,6 +90,10 @@ class Run:
         self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=self.step if self.resumed_from else None,
                                      config_dict=to_dict(cfg))
         self.timings = Timings()  # the current step's
+        self.restarts = Restarts(cfg.faults.max_restarts)
+        self.nonfinite = NonFiniteGuard(cfg.faults.max_nonfinite_steps, self.run_dir)
+        self.step_cursor = self.sampler.consumed_cursor()  # where the current step's prompts start
+        self.step_open = False  # a step runs and has not updated the policy yet: a restart redoes it
 
     def weight_transport(self) -> HostTransport | DeviceTransport:
         """CUDA IPC on the device when every engine shares its trainer rank's GPU; else through
@@ -113,35 +119,50 @@ class Run:
             self.shutdown()
 
     def loop(self) -> dict:
+        """Steps until the last is done and saved; a dead or hung actor is restarted
+        (`recover`) and the loop goes on from where that leaves it."""
         schedule = self.cfg.schedule
         if self.resumed_from:
             print_progress(f"resumed from {self.resumed_from} at step {self.step}")
         else:
             self.log_eval()
-        while self.step < schedule.steps:
-            self.step += 1
-            metrics = self.rl_step()
-            if self.due(schedule.eval_every) or self.step == schedule.steps:
-                metrics.update(self.evaluate())
-            self.metrics.log(self.step, metrics)
-            print_progress(progress_line(self.step, schedule.steps, metrics))
-            if self.due(schedule.save_every):
-                self.save()
-        if self.saved_step != self.step:
-            self.save()
+        while self.step < schedule.steps or self.saved_step != self.step:
+            try:
+                self.advance() if self.step < schedule.steps else self.save()
+            except ActorFailed as failure:
+                self.recover(failure)
         return self.summary()
+
+    def advance(self) -> None:
+        """The next RL step, then evaluation and a checkpoint when due."""
+        schedule = self.cfg.schedule
+        self.step += 1
+        metrics = self.rl_step()
+        if self.due(schedule.eval_every) or self.step == schedule.steps:
+            metrics.update(self.evaluate())
+        self.metrics.log(self.step, metrics | self.restarts.metrics())
+        print_progress(progress_line(self.step, schedule.steps, metrics))
+        self.nonfinite.halt_if_due()
+        if self.due(schedule.save_every):
+            self.save()
 
     def rl_step(self) -> dict[str, float]:
         """One RL step, phase by phase; returns its metrics, time/<phase> included."""
         self.timings, m = Timings(), {}
+        self.step_cursor, self.step_open = self.sampler.consumed_cursor(), True  # a redone step starts here
         with self.timings.phase("step"):
             batch = self.sample()  # this step's batch; the next one starts (max_staleness=1)
             batch = self.score(batch, m)  # the verifiers; refill rounds (dynamic sampling)
             trains = select_and_advantage(batch.samples, self.cfg, self.step, m)
             old = self.old_logprobs(batch)
             update = self.update(batch, trains, old, m)
+            self.step_open = False
+            changed = self.nonfinite.check(self.step, m, batch.prompt_indices)  # NaN/Inf: skipped
             self.measure_mismatch(batch, update, m)  # a_t vs b_t on this step's tokens
-            self.sync_weights(m)  # trainer → engines, verified
+            if changed:  # else the engines hold the trainer's weights already
+                self.sync_weights(m)  # trainer → engines, verified
+            else:
+                self.sync.before = None
             m["data/cursor"] = float(self.sampler.consumed_cursor())
             # A fingerprint of which prompts this step drew (resume must reproduce it exactly).
             m["data/prompt_hash"] = float(zlib.crc32(json.dumps(batch.prompt_indices).encode()))
@@ -229,11 +250,16 @@ class Run:
         m["rollout/staleness"] = float(batch.stale)
 
     def sync_weights(self, m: dict[str, float]) -> None:
-        if self.sampler.ahead:
-            with self.timings.phase("rollout_ahead_wait"):  # the next batch outlasted the update
-                self.sampler.ahead.completions.wait()
-        with self.timings.phase("sync"):
-            m.update(self.sync(version=self.step))
+        try:
+            if self.sampler.ahead:
+                with self.timings.phase("rollout_ahead_wait"):  # the next batch outlasted the update
+                    self.sampler.ahead.completions.wait()
+            with self.timings.phase("sync"):
+                m.update(self.sync(version=self.step))
+        except ActorFailed as failure:  # the update is applied: fresh engines get it, the step goes on
+            if failure.group != "rollout":
+                raise
+            m.update(self.recover(failure))
 
     def throughput(self, batch: StepBatch) -> dict[str, float]:
         if batch.stale:  # sampled ahead, the rollout ran during the previous update: no wall time of its own
@@ -248,7 +274,57 @@ class Run:
         return every > 0 and self.step % every == 0
 
     def evaluate(self) -> dict[str, float]:
-        return self.held_out(self.step, self.rollout.generate, self.rewards.score)
+        """The held-out sets under the current weights; on fresh engines if one dies meanwhile."""
+        while True:
+            try:
+                return self.held_out(self.step, self.rollout.generate, self.rewards.score)
+            except ActorFailed as failure:
+                if failure.group != "rollout":
+                    raise
+                self.recover(failure)
+
+    # ----------------------------------------------------------------------------------------
+    # Restarts (rl.faults)
+
+    def recover(self, failure: ActorFailed) -> dict[str, float]:
+        """Restarts the failed group, or raises RunStopped once faults.max_restarts are spent.
+        Engines: fresh ones get the trainer's current weights, and a step interrupted before its
+        update is redone from its first prompt. Trainer: the whole group restarts from the
+        last checkpoint (the RL start if none), the steps since then are redone on the same
+        prompts, their metric records superseded. Returns the resend's sync/* metrics. A
+        failure during the restart itself is one more restart, from the same budget."""
+        while True:
+            try:
+                return self.restart(failure)
+            except ActorFailed as again:
+                failure = again
+
+    def restart(self, failure: ActorFailed) -> dict[str, float]:
+        self.restarts.allow(failure)
+        latest = checkpoint.latest(self.run_dir)
+        model = str(latest / checkpoint.HF_DIR) if latest else self.policy
+        if failure.group == "rollout":
+            print_progress(f"{failure}: restarting the rollout engines")
+            self.rollout.restart(model)
+            if self.step_open:  # interrupted before its update: redo the step
+                self.sampler.rewind(self.step_cursor)
+                self.step, self.step_open = self.step - 1, False
+                self.restarts.steps_redone += 1
+            else:  # the step's update is in the trainer (or no step runs): keep it
+                self.sampler.rewind(self.sampler.consumed_cursor())
+            return self.sync.resend(version=self.step)
+        print_progress(f"{failure}: restarting the trainer group from {latest or 'the start of the RL stage'}")
+        self.trainers.restart(model)
+        state = {"step": 0, "cursor": 0}
+        if latest:
+            self.trainers.load_checkpoint(str(latest / checkpoint.ENGINE_DIR))
+            state = checkpoint.load_state(latest)
+        self.restarts.steps_redone += self.step - state["step"]
+        self.step, self.saved_step, self.step_open = state["step"], state["step"] if latest else None, False
+        self.sampler.rewind(state["cursor"])
+        self.metrics.close()  # records after the checkpoint's step are superseded, as on a resume
+        self.metrics = MetricsLogger(self.run_dir, self.cfg, resume_step=self.step, config_dict=to_dict(self.cfg))
+        return self.sync.resend(version=self.step)
 
     def log_eval(self) -> None:
         """Evaluation before the first step, logged as step 0."""

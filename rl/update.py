@@ -118,4 +118,7 @@ def update_policy(trainers: TrainerGroup, cfg: RunConfig, samples: list[Sample],
         "train/correction_weight_mean": totals.correction_weight / tokens,
         "train/grad_norm": totals.grad_norm / n_results,
         "train/lr": totals.lr / n_results,
+        # Mini-batches whose loss or gradients were NaN/Inf: their optimiser step was skipped.
+        "train/nonfinite_skipped": totals.skipped / len(trainers.actors),
+        "train/minibatches": float(minibatches),
     }, logps

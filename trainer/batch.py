@@ -55,6 +55,9 @@ class UpdateStats:
     tokens: float = 0.0
     grad_norm: float = 0.0
     lr: float = 0.0
+    # 1.0 when the loss or the gradients were NaN/Inf and the optimiser step was skipped (the
+    # weights and the optimiser state are those before the step).
+    skipped: float = 0.0
 
     def __add__(self, other: UpdateStats) -> UpdateStats:
         return UpdateStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})

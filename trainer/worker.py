@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -130,6 +131,7 @@ class TrainerRank:
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=ds_config)
         self.sync_buffers: list[torch.Tensor] = []  # device weight buckets in flight (GPU sync)
+        self.dropped_nonfinite = False  # the last update's gradients were dropped as NaN/Inf (ZeRO-0)
         self.reference = None
         if setup.use_reference:
             reference = AutoModelForCausalLM.from_pretrained(setup.model_path, dtype=self.dtype)
@@ -213,7 +215,8 @@ class TrainerRank:
         stats = UpdateStats()
         rows: list[TokenLogprobs] = []
         scale = self.world_size * self.micro_batches / max(batch.normaliser, 1.0)
-        for chunk in chunks:
+        skipped_before, nonfinite_loss = self.engine.skipped_steps, False
+        for k, chunk in enumerate(chunks):
             packed = pack([s.prompt_ids for s in chunk], [s.completion_ids for s in chunk])
             logp, entropy = token_logprobs(self.engine.module, packed, self.setup.temperature,
                                            with_entropy=True)
@@ -234,7 +237,10 @@ class TrainerRank:
             if loss_cfg.entropy_coef != 0:
                 per_token = per_token - loss_cfg.entropy_coef * entropy
             loss = losses.aggregate(per_token, mask, loss_cfg.loss_aggregation, 1.0) * scale
+            nonfinite_loss |= not bool(torch.isfinite(loss))
             self.engine.backward(loss)
+            if k == len(chunks) - 1:  # the accumulation boundary: the next engine.step() applies
+                self._drop_nonfinite_gradients(nonfinite_loss)
             self.engine.step()
             logp_rows, entropy_rows = logp.detach().tolist(), entropy.detach().tolist()
             rows.extend(TokenLogprobs(logp_rows[i][: len(s.completion_ids)],
@@ -248,9 +254,33 @@ class TrainerRank:
             stats.clip_frac += clipped[m].float().sum().item()
             stats.correction_weight += weight[m].sum().item()
             stats.tokens += m.sum().item()
-        stats.grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
+        skipped = self.engine.skipped_steps > skipped_before or self.dropped_nonfinite
+        # fp16's loss scaler skips steps whose scaled gradients overflow while it calibrates:
+        # that is its normal working, not a non-finite update, unless the loss itself was.
+        stats.skipped = float(skipped and (nonfinite_loss or self.dtype != torch.float16))
+        grad_norm = self.engine.get_global_grad_norm()
+        stats.grad_norm = math.inf if self.dropped_nonfinite else float(grad_norm or 0.0)
         stats.lr = self.engine.get_lr()[0]
         return UpdateResult(stats, rows)
+
+    def _drop_nonfinite_gradients(self, nonfinite_loss: bool) -> None:
+        """Makes the coming optimiser step a no-op when the loss or the gradients are NaN/Inf.
+        DeepSpeed's ZeRO optimisers (stages 1–3, any dtype) and its bf16 and fp16 optimisers
+        check the gradients themselves and skip such a step (`engine.skipped_steps`); fp32
+        ZeRO-0 hands them to the torch optimiser, which would write NaN into every weight.
+        There, all ranks agree (the flag is all-reduced) and drop their gradients: AdamW skips
+        parameters without one, so weights and optimiser state stay as they were."""
+        self.dropped_nonfinite = False
+        if self.cfg.zero_stage != 0 or self.dtype != torch.float32:
+            return
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        bad = nonfinite_loss or any(not bool(torch.isfinite(g).all()) for g in grads)
+        flag = torch.tensor([float(bad)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item():
+            for p in self.engine.module.parameters():
+                p.grad = None
+            self.dropped_nonfinite = True
 
     def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> float:
         """Supervised step: mean cross-entropy of target tokens given their prompts (warm start)."""
