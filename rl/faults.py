@@ -71,7 +71,9 @@ class NonFiniteGuard:
     def check(self, step: int, m: dict[str, float], prompt_indices: list[int]) -> bool:
         """After an update: counts it if any of its mini-batches was skipped as non-finite and
         logs it with the batch's prompt ids; returns whether the weights changed."""
-        skipped = m.get("train/nonfinite_skipped", 0.0)
+        if "train/nonfinite_skipped" not in m:  # no update this step: the streak neither grows nor ends
+            return True
+        skipped = m["train/nonfinite_skipped"]
         if skipped:
             self.total += 1
             self.bad.append({"step": step, "loss": finite_or_str(m["train/loss"]),
@@ -85,7 +87,7 @@ class NonFiniteGuard:
             self.bad = []
         m["train/nonfinite_in_a_row"] = float(len(self.bad))
         m["train/nonfinite_total"] = float(self.total)
-        return skipped < m.get("train/minibatches", 1.0)
+        return skipped < m["train/minibatches"]
 
     def halt_if_due(self) -> None:
         """Raises RunStopped after max_in_a_row non-finite updates in a row, leaving the dump."""

@@ -33,6 +33,9 @@ log = logging.getLogger("lockstep.driver")
 
 T = TypeVar("T")
 
+# After a call raised, how long to wait for its peers' calls to report a death that caused it.
+PEER_DEATH_GRACE_S = 10.0
+
 
 class ActorFailed(RuntimeError):
     """An actor of a group died (its process is gone: killed, OOM, a crashed node) or did not
@@ -65,6 +68,18 @@ def gather(futures: list[ray.ObjectRef], names: list[str], group: str, timeout_s
             if e.actor_init_failed:
                 raise
             raise ActorFailed(group, names[where[ready[0]]], "died") from None
+        except ray.exceptions.RayTaskError:
+            # A rank's collective fails when its peer dies ("connection closed by peer"): the
+            # death is the fault to act on, if one of the other calls reports it soon.
+            for ref in ray.wait(remaining, num_returns=len(remaining), timeout=PEER_DEATH_GRACE_S)[0]:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    if not e.actor_init_failed:
+                        raise ActorFailed(group, names[where[ref]], "died") from None
+                except ray.exceptions.RayTaskError:
+                    pass
+            raise
     return ray.get(futures) if fetch else []
 
 
