@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 def base(tmp_path_factory, ray_local):
     """A folder whose runs share the demo model cache, and one SFT export to start them from."""
     tmp = tmp_path_factory.mktemp("faults")
-    cfg = from_data(recipe(tmp, "sft-only", schedule={"steps": 0}))
+    cfg = from_data(recipe(tmp, "sft-only", schedule={"steps": 0}, sft={"steps": 60}))
     from rl.placement import Placement, connect
     from rl.data import PromptRenderer
     from rl.model import load_tokenizer, resolve_model_path
@@ -138,7 +138,9 @@ def test_restarts_exhausted_stop_with_one_line(base, tmp_path):
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text(yaml.safe_dump(data))
     cmd = [sys.executable, "-m", "rl.cli", "run", str(recipe_file), "faults.max_restarts=0", "ray.address=local"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_file = tmp_path / "stderr.txt"
+    with err_file.open("w") as err_sink:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_sink, text=True)
     try:
         for line in proc.stdout:  # the first step done: kill this run's engine (its own Ray's descendant)
             if line.startswith("step    1/"):
@@ -147,9 +149,10 @@ def test_restarts_exhausted_stop_with_one_line(base, tmp_path):
                    if "RolloutWorker" in " ".join(p.cmdline())]
         assert len(engines) == 1, engines
         engines[0].kill()
-        out, err = proc.communicate(timeout=300)
+        proc.communicate(timeout=300)
     finally:
         proc.kill()
+    err = err_file.read_text()
     assert proc.returncode == EXIT_ACTOR_FAILED, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last == (f"lockstep: stopped: rollout engine 0 died (0 restarts used, faults.max_restarts=0); resume "
