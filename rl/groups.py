@@ -47,14 +47,14 @@ class ActorFailed(RuntimeError):
         super().__init__(f"{actor} {what}")
 
 
-def gather(futures: list[ray.ObjectRef], names: list[str], group: str, timeout_s: float,
-           fetch: bool = True) -> list:
+def gather(futures: list[ray.ObjectRef], names: list[str], group: str, timeout_s: float) -> list:
     """The answers of calls on a group's actors (`names[i]` made call i), failing fast: the
     first call whose actor died raises `ActorFailed` at once (a trainer rank's peers would
     otherwise wait on it in their collective until our timeout), and calls unanswered after
     `timeout_s` raise it naming their actors. An actor whose constructor raised is no fault to
     restart from: its own error propagates, as do errors raised inside a call."""
     where = {ref: i for i, ref in enumerate(futures)}
+    answers: list = [None] * len(futures)
     deadline, remaining = time.monotonic() + timeout_s, list(futures)
     while remaining:
         ready, remaining = ray.wait(remaining, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
@@ -63,7 +63,7 @@ def gather(futures: list[ray.ObjectRef], names: list[str], group: str, timeout_s
             raise ActorFailed(group, stuck, f"did not answer within faults.call_timeout_s={timeout_s:g} s "
                                             "(hung, or waiting in a collective on a peer that is)")
         try:
-            ray.get(ready[0])
+            answers[where[ready[0]]] = ray.get(ready[0])
         except ray.exceptions.RayActorError as e:
             if e.actor_init_failed:
                 raise
@@ -80,7 +80,7 @@ def gather(futures: list[ray.ObjectRef], names: list[str], group: str, timeout_s
                 except ray.exceptions.RayTaskError:
                     pass
             raise
-    return ray.get(futures) if fetch else []
+    return answers
 
 
 def shard(items: list, parts: int) -> list[list]:
@@ -134,9 +134,8 @@ class TrainerGroup:
         self.setup = dataclasses.replace(self.setup, model_path=model_path)
         self.launch_ranks()
 
-    def gather(self, futures: list[ray.ObjectRef], fetch: bool = True) -> list:
-        names = [f"trainer rank {r}" for r in range(len(futures))]
-        return gather(futures, names, "trainer", self.timeout_s, fetch)
+    def gather(self, futures: list[ray.ObjectRef]) -> list:
+        return gather(futures, [f"trainer rank {r}" for r in range(len(futures))], "trainer", self.timeout_s)
 
     def logprobs(self, samples: list[TrainSample]) -> list[TokenLogprobs]:
         """b_t and entropies of every sample under the current weights, split over the ranks."""
@@ -191,15 +190,18 @@ class Pending(Generic[T]):
     """Actor calls in flight; `result()` waits for them and combines their answers."""
 
     def __init__(self, futures: list[ray.ObjectRef], combine: Callable[[list], T],
-                 gather: Callable[..., list]):
+                 gather: Callable[[list[ray.ObjectRef]], list]):
         self.futures, self.combine, self.gather = futures, combine, gather  # the group's bounded gather
+        self.answers: list | None = None
 
     def wait(self) -> None:
-        """Until every call has finished, without fetching the answers."""
-        self.gather(self.futures, fetch=False)
+        """Until every call has finished (a dead or hung actor raises here already)."""
+        if self.answers is None:
+            self.answers = self.gather(self.futures)
 
     def result(self) -> T:
-        return self.combine(self.gather(self.futures))
+        self.wait()
+        return self.combine(self.answers)
 
 
 def rank_zero(answers: list[T]) -> T:
@@ -250,9 +252,8 @@ class RolloutGroup:
         self.model_path = model_path
         self.launch_engines()
 
-    def gather(self, futures: list[ray.ObjectRef], fetch: bool = True) -> list:
-        names = [f"rollout engine {k}" for k in range(len(futures))]
-        return gather(futures, names, "rollout", self.timeout_s, fetch)
+    def gather(self, futures: list[ray.ObjectRef]) -> list:
+        return gather(futures, [f"rollout engine {k}" for k in range(len(futures))], "rollout", self.timeout_s)
 
     def launch(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
                top_p: float = 1.0, top_k: int = -1) -> Pending[list[list[Completion]]]:
