@@ -85,7 +85,7 @@ def kill_when(ready, pid: int) -> threading.Thread:
 
 
 def steps_logged(run_dir: Path) -> list[dict]:
-    return [h for h in read_history(run_dir) if "reward/mean" in h]
+    return [h for h in read_history(run_dir) if "data/prompt_hash" in h]  # RL steps (eval-only: step 0)
 
 
 def assert_data_order(cfg, steps: list[dict]) -> None:
