@@ -3,6 +3,7 @@ the restart budget spent, updates that are NaN. Real actors, killed by pid; the 
 SFT warm start (copied into each run directory) to stay short."""
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -23,8 +24,11 @@ from rl.config import from_data
 from rl.data import DataOrder, load_examples
 from rl.driver import Run
 from rl.faults import EXIT_ACTOR_FAILED, EXIT_NONFINITE, NONFINITE_DUMP, RunStopped
-from rl.groups import ActorFailed, gather
+from rl.groups import ActorFailed, gather, trainer_setup
 from rl.metrics import read_history
+
+from trainer.batch import TrainBatch, TrainSample
+from trainer.worker import TrainerRank, free_port
 
 from .conftest import tiny_recipe
 
@@ -210,3 +214,26 @@ def test_a_dead_or_stuck_actor_is_named(ray_local):
     with pytest.raises(ActorFailed, match="^actor a did not answer within faults.call_timeout_s=1 s"):
         gather([a.nap.remote(30)], ["actor a"], "trainer", 1)
     ray.kill(a)
+
+
+def test_fp32_zero0_skips_a_nonfinite_update_itself(base):
+    """DeepSpeed leaves fp32 ZeRO-0 unguarded (NaN gradients reach the torch optimiser): the
+    rank drops them itself, and the weights stay bit for bit; a finite update then applies."""
+    cfg = from_data(recipe(base, "zero0", trainer={"num_ranks": 1, "zero_stage": 0, "micro_batch_size": 4}))
+    setup = trainer_setup(cfg, str(base / "runs" / "sft-only" / "sft" / "hf"), 1e-2, 4, cfg.algorithm.loss())
+    rank = ray.remote(TrainerRank).options(num_cpus=0).remote(0, 1, "127.0.0.1", free_port(), setup)
+    probe = list(range(5, 25))
+
+    def step(advantage: float):
+        samples = [TrainSample([5, 6, 7], [8 + i, 9, 10], [-1.0, -1.0, -1.0], advantage=advantage) for i in range(4)]
+        return ray.get(rank.train_step.remote(TrainBatch(samples, 12.0)), timeout=300).stats
+
+    try:
+        before = ray.get(rank.probe_logprobs.remote(probe), timeout=600)
+        bad = step(math.nan)
+        assert bad.skipped == 1.0 and math.isinf(bad.grad_norm)
+        assert ray.get(rank.probe_logprobs.remote(probe), timeout=300) == before
+        good = step(1.0)
+        assert good.skipped == 0.0 and ray.get(rank.probe_logprobs.remote(probe), timeout=300) != before
+    finally:
+        ray.kill(rank)
