@@ -239,9 +239,10 @@ class TrainerRank:
             loss = losses.aggregate(per_token, mask, loss_cfg.loss_aggregation, 1.0) * scale
             nonfinite_loss |= not bool(torch.isfinite(loss))
             self.engine.backward(loss)
-            if k == len(chunks) - 1:  # the accumulation boundary: the next engine.step() applies
-                self._drop_nonfinite_gradients(nonfinite_loss)
-            self.engine.step()
+            if k == len(chunks) - 1:  # the accumulation boundary: this engine.step() applies
+                self._boundary_step(nonfinite_loss)
+            else:
+                self.engine.step()
             logp_rows, entropy_rows = logp.detach().tolist(), entropy.detach().tolist()
             rows.extend(TokenLogprobs(logp_rows[i][: len(s.completion_ids)],
                                       entropy_rows[i][: len(s.completion_ids)])
@@ -263,8 +264,8 @@ class TrainerRank:
         stats.lr = self.engine.get_lr()[0]
         return UpdateResult(stats, rows)
 
-    def _drop_nonfinite_gradients(self, nonfinite_loss: bool) -> None:
-        """Makes the coming optimiser step a no-op when the loss or the gradients are NaN/Inf.
+    def _boundary_step(self, nonfinite_loss: bool) -> None:
+        """The optimiser step, a no-op when the loss or the gradients are NaN/Inf.
         DeepSpeed's ZeRO optimisers (stages 1–3, any dtype) and its bf16 and fp16 optimisers
         check the gradients themselves and skip such a step (`engine.skipped_steps`); fp32
         ZeRO-0 hands them to the torch optimiser, which would write NaN into every weight.
@@ -272,15 +273,24 @@ class TrainerRank:
         parameters without one, so weights and optimiser state stay as they were."""
         self.dropped_nonfinite = False
         if self.cfg.zero_stage != 0 or self.dtype != torch.float32:
+            self.engine.step()
             return
         grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         bad = nonfinite_loss or any(not bool(torch.isfinite(g).all()) for g in grads)
         flag = torch.tensor([float(bad)], device=self.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item():
-            for p in self.engine.module.parameters():
-                p.grad = None
-            self.dropped_nonfinite = True
+        if not flag.item():
+            self.engine.step()
+            return
+        for p in self.engine.module.parameters():
+            p.grad = None
+        self.dropped_nonfinite = True
+        # Nothing to clip, and DeepSpeed's fp32 clip fails on a model without gradients.
+        clip, self.engine._config.gradient_clipping = self.engine._config.gradient_clipping, 0.0
+        try:
+            self.engine.step()
+        finally:
+            self.engine._config.gradient_clipping = clip
 
     def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> float:
         """Supervised step: mean cross-entropy of target tokens given their prompts (warm start)."""

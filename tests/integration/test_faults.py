@@ -216,11 +216,15 @@ def test_a_dead_or_stuck_actor_is_named(ray_local):
     ray.kill(a)
 
 
-def test_fp32_zero0_skips_a_nonfinite_update_itself(base):
+def test_fp32_zero0_skips_a_nonfinite_update_itself(tmp_path, ray_local):
     """DeepSpeed leaves fp32 ZeRO-0 unguarded (NaN gradients reach the torch optimiser): the
     rank drops them itself, and the weights stay bit for bit; a finite update then applies."""
-    cfg = from_data(recipe(base, "zero0", trainer={"num_ranks": 1, "zero_stage": 0, "micro_batch_size": 4}))
-    setup = trainer_setup(cfg, str(base / "runs" / "sft-only" / "sft" / "hf"), 1e-2, 4, cfg.algorithm.loss())
+    from rl.model import resolve_model_path
+    from rl.placement import connect
+
+    cfg = from_data(recipe(tmp_path, "zero0", trainer={"num_ranks": 1, "zero_stage": 0, "micro_batch_size": 4}))
+    connect(cfg.ray.address)
+    setup = trainer_setup(cfg, resolve_model_path(cfg), 1e-2, 4, cfg.algorithm.loss())
     rank = ray.remote(TrainerRank).options(num_cpus=0).remote(0, 1, "127.0.0.1", free_port(), setup)
     probe = list(range(5, 25))
 
