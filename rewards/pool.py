@@ -541,7 +541,7 @@ def _context(start_method: str) -> Any:
         from multiprocessing import forkserver
 
         current = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
-        wanted = ["rewards._preload"] + _main_dependencies()
+        wanted = ["rewards._forkserver_signals", "rewards._preload"] + _main_dependencies()
         ctx.set_forkserver_preload(current + [m for m in wanted if m not in current])
     return ctx
 

@@ -108,20 +108,37 @@ def _encode(msg: tuple) -> bytes:
         return pickle.dumps((kind, key, safe, *clocks), protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def _send(conn: Any, msg: tuple) -> bool:
+    """Sends to the parent; False when it is gone or has closed the pipe (it is stopping): the
+    worker then exits quietly, without a BrokenPipeError traceback."""
+    try:
+        conn.send_bytes(pickle.dumps(msg))
+        return True
+    except OSError:
+        return False
+
+
 def worker_main(conn: Any, fn_bytes: bytes, soft_timeout_s: float | None, memory_limit_mb: int | None) -> None:
     """Entry point of a worker process (multiprocessing target)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    # Ctrl-C and SIGTERM are the driver's to handle: a terminal's Ctrl-C reaches the whole process
+    # group and `ray job stop` signals the driver's children too, while the driver finishes its
+    # step (which may still need these workers). A worker ends when the driver closes its pipe,
+    # and the kernel kills it if the driver dies (_die_with_parent).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, _on_alarm)
     _die_with_parent()
-    conn.send_bytes(pickle.dumps(("started", os.getpid())))
+    if not _send(conn, ("started", os.getpid())):
+        return
     try:
         _set_memory_limit(memory_limit_mb)
         fn = pickle.loads(fn_bytes)
         import rewards._preload  # noqa: F401  (no-op when the forkserver preloaded it)
     except BaseException as exc:
-        conn.send_bytes(pickle.dumps(("fatal", f"cannot load the reward function: {type(exc).__name__}: {exc}")))
+        _send(conn, ("fatal", f"cannot load the reward function: {type(exc).__name__}: {exc}"))
         return
-    conn.send_bytes(pickle.dumps(("ready", os.getpid(), time.process_time())))
+    if not _send(conn, ("ready", os.getpid(), time.process_time())):
+        return
     while True:
         try:
             msg = conn.recv_bytes()

@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import zlib
 
 from rl import checkpoint, trainer_logprobs
 from rl.algorithms import advantages as adv
 from rl.batch import Sample, StepBatch
+from rl.checkpoint import CheckpointError
 from rl.config import ConfigError, RunConfig, save_resolved, to_dict
 from rl.data import PromptRenderer, load_examples
 from rl.evaluate import HeldOut
@@ -30,9 +32,11 @@ from rl.groups import ActorFailed, RolloutGroup, TrainerGroup, trainer_setup
 from rl.metrics import MetricsLogger, print_progress, progress_line, read_history, sparkline
 from rl.model import check_fp8_model, load_tokenizer, resolve_model_path
 from rl.placement import Placement, connect
+from rl.plots import PlotUnavailable, plot_run
 from rl.rewards_config import build_reward_pool
 from rl.sampling import Sampler
 from rl.step_metrics import mismatch, reward_metrics
+from rl.stop import StopSignals
 from rl.timings import Timings
 from rl.update import informative, old_logprobs, select_and_advantage, update_policy
 from rl.warm_start import warm_start
@@ -43,12 +47,15 @@ log = logging.getLogger("lockstep.driver")
 
 
 class Run:
-    def __init__(self, cfg: RunConfig, resume: bool | None = None):
+    def __init__(self, cfg: RunConfig, resume: bool | None = None, stop: StopSignals | None = None):
         """Start-up. `resume`: True requires a checkpoint, False ignores any, None resumes from
-        the run's newest complete checkpoint if there is one."""
+        the run's newest intact checkpoint if there is one (a damaged newer one is named in a
+        warning and set aside, rl.checkpoint.recover). `stop`: the CLI's SIGINT/SIGTERM handling
+        (rl.stop); without it the run leaves signals alone."""
         self.cfg = cfg
         self.run_dir = cfg.run_dir
-        existing = checkpoint.latest(self.run_dir)
+        self.stop = stop
+        existing, self.damaged_checkpoints = checkpoint.recover(self.run_dir) if resume is not False else (None, [])
         if resume is True and existing is None:
             raise ConfigError(f"--resume: {self.run_dir} has no complete checkpoint to resume from")
         self.resumed_from = existing if resume is not False else None
@@ -63,11 +70,15 @@ class Run:
         self.held_out = HeldOut(cfg, tokenizer)
 
         print_progress(f"lockstep: run {cfg.name} in {self.run_dir} (Ray: {connect(cfg.ray.address)})")
+        if stop is not None:
+            stop.install()  # again: ray.init has just put its own SIGTERM handler in place
         self.rewards = build_reward_pool(cfg.reward)
         self.placement = Placement(cfg)
         state = checkpoint.load_state(self.resumed_from) if self.resumed_from else {"step": 0, "cursor": 0}
+        self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=state["step"] if self.resumed_from else None,
+                                     config_dict=to_dict(cfg))  # before SFT: it logs sft/* metrics
         policy = str(self.resumed_from / checkpoint.HF_DIR) if self.resumed_from else \
-            warm_start(cfg, self.placement, self.base_model, train_set, renderer, tokenizer)
+            warm_start(cfg, self.placement, self.base_model, train_set, renderer, tokenizer, self.metrics)
         per_update = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.trainer.num_minibatches
         setup = trainer_setup(cfg, policy, cfg.trainer.lr, per_update, cfg.algorithm.loss())
         self.policy = policy  # what the RL stage started from: restarts build on it before a checkpoint exists
@@ -87,13 +98,14 @@ class Run:
         print_progress(f"weight sync: {where}; probe noise engine vs trainer {noise:.2g} on equal weights")
         self.step = state["step"]
         self.saved_step = self.step if self.resumed_from else None
-        self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=self.step if self.resumed_from else None,
-                                     config_dict=to_dict(cfg))
         self.timings = Timings()  # the current step's
         self.restarts = Restarts(cfg.faults.max_restarts)
         self.nonfinite = NonFiniteGuard(cfg.faults.max_nonfinite_steps, self.run_dir)
         self.step_cursor = self.sampler.consumed_cursor()  # where the current step's prompts start
         self.step_open = False  # a step runs and has not updated the policy yet: a restart redoes it
+        self.save_failures = 0  # consecutive failed saves
+        self.tried_step = None  # the step of the last save attempted
+        self.save_error = ""  # the last one's cause
 
     def weight_transport(self) -> HostTransport | DeviceTransport:
         """CUDA IPC on the device when every engine shares its trainer rank's GPU; else through
@@ -116,35 +128,67 @@ class Run:
         try:
             return self.loop()
         finally:
+            if self.stop is not None:
+                self.stop.releasing = True  # a signal now must not cut the release of the actors short
             self.shutdown()
 
     def loop(self) -> dict:
-        """Steps until the last is done and saved; a dead or hung actor is restarted
-        (`recover`) and the loop goes on from where that leaves it."""
+        """Steps until the last is done and saved, or a signal ends the run at a step boundary.
+        A dead or hung actor is restarted (`recover`) and the loop goes on from where that
+        leaves it: the same step, or the last checkpoint's."""
         schedule = self.cfg.schedule
         if self.resumed_from:
-            print_progress(f"resumed from {self.resumed_from} at step {self.step}")
+            skipped = f" (the newer checkpoint was damaged: {len(self.damaged_checkpoints)} set aside)" \
+                if self.damaged_checkpoints else ""
+            print_progress(f"resumed from {self.resumed_from} at step {self.step}{skipped}")
         else:
             self.log_eval()
-        while self.step < schedule.steps or self.saved_step != self.step:
+        if self.stop is not None:
+            self.stop.finish_step = True  # from here a first signal lets the step finish
+        self.first_step = self.step + 1
+        while True:
             try:
-                self.advance() if self.step < schedule.steps else self.save()
+                if self.step < schedule.steps and not self.stopping():
+                    self.advance()
+                elif self.final_save_due():
+                    self.save()
+                else:
+                    break
             except ActorFailed as failure:
                 self.recover(failure)
+        if self.saved_step != self.step and not self.stopping():
+            raise CheckpointError(f"the run finished step {self.step} but its last checkpoint failed "
+                                  f"({self.save_error}); {self.newest_checkpoint()}; make the output folder "
+                                  "writable (or free space) and run the same command to resume")
         return self.summary()
 
     def advance(self) -> None:
-        """The next RL step, then evaluation and a checkpoint when due."""
+        """The next RL step, then evaluation and a checkpoint when due; after a signal the
+        evaluation is skipped and the checkpoint taken (`schedule.save_on_stop`)."""
         schedule = self.cfg.schedule
         self.step += 1
         metrics = self.rl_step()
-        if self.due(schedule.eval_every) or self.step == schedule.steps:
+        if self.damaged_checkpoints and self.step == self.first_step:  # once, on the first step after the resume
+            metrics["checkpoint/damaged_skipped"] = float(len(self.damaged_checkpoints))
+        if (self.due(schedule.eval_every) or self.step == schedule.steps) and not self.stopping():
             metrics.update(self.evaluate())
+        if (self.due(schedule.save_every) or self.step == schedule.steps or
+                (self.stopping() and schedule.save_on_stop)) and not self.nonfinite.halting:
+            metrics.update(self.save())
         self.metrics.log(self.step, metrics | self.restarts.metrics())
         print_progress(progress_line(self.step, schedule.steps, metrics))
         self.nonfinite.halt_if_due()
-        if self.due(schedule.save_every):
-            self.save()
+
+    def final_save_due(self) -> bool:
+        """The loop is over and this step has no checkpoint nor a failed attempt at one: no step
+        ran (a fresh run of 0 steps), a signal came after this step's save check, or a restart
+        went back to an unsaved step."""
+        return self.saved_step != self.step and self.tried_step != self.step and \
+            (self.cfg.schedule.save_on_stop or not self.stopping())
+
+    def stopping(self) -> bool:
+        """A SIGINT or SIGTERM came: the loop ends at this step's boundary."""
+        return self.stop is not None and self.stop.requested
 
     def rl_step(self) -> dict[str, float]:
         """One RL step, phase by phase; returns its metrics, time/<phase> included."""
@@ -156,16 +200,14 @@ class Run:
             trains = select_and_advantage(batch.samples, self.cfg, self.step, m)
             old = self.old_logprobs(batch)
             update = self.update(batch, trains, old, m)
-            self.step_open = False
-            changed = self.nonfinite.check(self.step, m, batch.prompt_indices)  # NaN/Inf: skipped
+            self.step_open = False  # the update is in: from here a restart keeps this step
+            changed = self.nonfinite.check(self.step, m, batch.prompt_indices)  # False: NaN/Inf, skipped
             self.measure_mismatch(batch, update, m)  # a_t vs b_t on this step's tokens
-            if changed:  # else the engines hold the trainer's weights already
-                self.sync_weights(m)  # trainer → engines, verified
-            else:
-                self.sync.before = None
+            self.sync_weights(m, changed)  # trainer → engines, verified (when the weights changed)
             m["data/cursor"] = float(self.sampler.consumed_cursor())
-            # A fingerprint of which prompts this step drew (resume must reproduce it exactly).
-            m["data/prompt_hash"] = float(zlib.crc32(json.dumps(batch.prompt_indices).encode()))
+            # A fingerprint of which prompts this step drew (resume must reproduce it exactly): a
+            # field of the step's JSONL record, not a scalar (a hash has no scale to plot).
+            m["data/prompt_hash"] = f"{zlib.crc32(json.dumps(batch.prompt_indices).encode()):08x}"
         return m | self.timings.metrics() | self.throughput(batch)
 
     # ----------------------------------------------------------------------------------------
@@ -249,7 +291,10 @@ class Run:
         m.update(metrics)
         m["rollout/staleness"] = float(batch.stale)
 
-    def sync_weights(self, m: dict[str, float]) -> None:
+    def sync_weights(self, m: dict[str, float], changed: bool) -> None:
+        if not changed:  # a skipped update: the engines hold the trainer's weights already
+            self.sync.before = None
+            return
         try:
             if self.sampler.ahead:
                 with self.timings.phase("rollout_ahead_wait"):  # the next batch outlasted the update
@@ -282,6 +327,8 @@ class Run:
                 if failure.group != "rollout":
                     raise
                 self.recover(failure)
+                if self.stopping():  # the engines may have stood down; a stopping run skips evaluation
+                    return {}
 
     # ----------------------------------------------------------------------------------------
     # Restarts (rl.faults)
@@ -292,7 +339,8 @@ class Run:
         update is redone from its first prompt. Trainer: the whole group restarts from the
         last checkpoint (the RL start if none), the steps since then are redone on the same
         prompts, their metric records superseded. Returns the resend's sync/* metrics. A
-        failure during the restart itself is one more restart, from the same budget."""
+        failure during the restart itself is one more restart, from the same budget. After a
+        signal nothing is restarted (`stand_down`): the run stops at a step boundary."""
         while True:
             try:
                 return self.restart(failure)
@@ -300,31 +348,56 @@ class Run:
                 failure = again
 
     def restart(self, failure: ActorFailed) -> dict[str, float]:
+        if self.stopping():  # a signal came: stop at a step boundary rather than start actors
+            return self.stand_down(failure)
         self.restarts.allow(failure)
-        latest = checkpoint.latest(self.run_dir)
-        model = str(latest / checkpoint.HF_DIR) if latest else self.policy
         if failure.group == "rollout":
+            latest = checkpoint.latest(self.run_dir)  # its weights are replaced: only the model's files matter
             print_progress(f"{failure}: restarting the rollout engines")
-            self.rollout.restart(model)
-            if self.step_open:  # interrupted before its update: redo the step
-                self.sampler.rewind(self.step_cursor)
-                self.step, self.step_open = self.step - 1, False
-                self.restarts.steps_redone += 1
-            else:  # the step's update is in the trainer (or no step runs): keep it
-                self.sampler.rewind(self.sampler.consumed_cursor())
+            self.rollout.restart(str(latest / checkpoint.HF_DIR) if latest else self.policy)
+            self.restarts.steps_redone += self.drop_open_step()
             return self.sync.resend(version=self.step)
-        print_progress(f"{failure}: restarting the trainer group from {latest or 'the start of the RL stage'}")
-        self.trainers.restart(model)
+        newest, damaged = checkpoint.recover(self.run_dir)  # verified; a damaged newest one is set aside
+        self.damaged_checkpoints += damaged
+        print_progress(f"{failure}: restarting the trainer group from {newest or 'the start of the RL stage'}")
+        self.trainers.restart(str(newest / checkpoint.HF_DIR) if newest else self.policy)
         state = {"step": 0, "cursor": 0}
-        if latest:
-            self.trainers.load_checkpoint(str(latest / checkpoint.ENGINE_DIR))
-            state = checkpoint.load_state(latest)
+        if newest:
+            self.trainers.load_checkpoint(str(newest / checkpoint.ENGINE_DIR))
+            state = checkpoint.load_state(newest)
         self.restarts.steps_redone += self.step - state["step"]
-        self.step, self.saved_step, self.step_open = state["step"], state["step"] if latest else None, False
+        self.step, self.saved_step, self.step_open = state["step"], state["step"] if newest else None, False
         self.sampler.rewind(state["cursor"])
         self.metrics.close()  # records after the checkpoint's step are superseded, as on a resume
         self.metrics = MetricsLogger(self.run_dir, self.cfg, resume_step=self.step, config_dict=to_dict(self.cfg))
         return self.sync.resend(version=self.step)
+
+    def drop_open_step(self) -> int:
+        """After the engines failed: a step interrupted before its update goes back to its first
+        prompt (returns 1: it will be redone); one past its update keeps it. Any batch sampled
+        ahead is dropped (its engines are gone) and its prompts drawn again."""
+        if self.step_open:
+            self.sampler.rewind(self.step_cursor)
+            self.step, self.step_open = self.step - 1, False
+            return 1
+        self.sampler.rewind(self.sampler.consumed_cursor())
+        return 0
+
+    def stand_down(self, failure: ActorFailed) -> dict[str, float]:
+        """A stopping run does not restart a failed group: it ends at the last step boundary it
+        can save. Engines: the trainer holds every applied update, so the stop's checkpoint is
+        taken as usual. Trainer: its updates since the last checkpoint are gone with it; the run
+        stops at that checkpoint (the steps after it are redone on resume, their records
+        superseded then)."""
+        print_progress(f"{failure}: not restarted, the run is stopping")
+        if failure.group == "rollout":
+            self.drop_open_step()
+            return {}
+        newest = checkpoint.latest(self.run_dir)
+        self.step = checkpoint.load_state(newest)["step"] if newest else 0
+        self.saved_step = self.step if newest else None
+        self.tried_step, self.save_error = self.step, str(failure)  # nothing is left to save with
+        return {}
 
     def log_eval(self) -> None:
         """Evaluation before the first step, logged as step 0."""
@@ -333,15 +406,58 @@ class Run:
             self.metrics.log(self.step, metrics)
             print_progress(self.held_out.progress_line(self.step, metrics))
 
-    def save(self) -> None:
-        partial = checkpoint.partial_dir(self.run_dir, self.step)
-        self.trainers.save_checkpoint(str(partial / checkpoint.ENGINE_DIR))
-        self.trainers.export_hf(str(partial / checkpoint.HF_DIR), self.base_model)
-        state = {"step": self.step, "cursor": self.sampler.consumed_cursor(), "weights_version": self.step,
-                 "config": to_dict(self.cfg)}
-        final = checkpoint.commit(self.run_dir, self.step, partial, state, self.cfg.schedule.keep_last)
+    def save(self) -> dict[str, float]:
+        """A checkpoint at this step boundary, sealed (rl.checkpoint.commit: the ranks fsync and
+        checksum their files, the manifest is written last, then `latest` moves). A failed save
+        (read-only or full disk: an OSError here or in a trainer rank) deletes only its partial
+        folder, is one error line and `checkpoint/save_failures` (failures in a row), and the run
+        goes on to its next save; `schedule.max_save_failures` in a row stop it."""
+        self.tried_step, partial = self.step, None
+        try:
+            partial = checkpoint.partial_dir(self.run_dir, self.step)
+            self.trainers.save_checkpoint(str(partial / checkpoint.ENGINE_DIR))
+            self.trainers.export_hf(str(partial / checkpoint.HF_DIR), self.base_model)
+            sealed = self.trainers.seal_files(str(partial))
+            state = {"step": self.step, "cursor": self.sampler.consumed_cursor(), "weights_version": self.step,
+                     "config": to_dict(self.cfg)}
+            final = checkpoint.commit(self.run_dir, self.step, partial, state, self.cfg.schedule.keep_last, sealed)
+        except OSError as e:  # a trainer rank's arrives as a RayTaskError that is also its cause's type
+            checkpoint.discard_partial(partial)
+            cause = getattr(e, "cause", None) or e
+            self.save_failures += 1
+            self.save_error = f"{type(cause).__name__}: {cause}"
+            limit = self.cfg.schedule.max_save_failures
+            if self.save_failures >= limit:
+                raise CheckpointError(f"{self.save_failures} checkpoint saves in a row failed (the last at step "
+                                      f"{self.step}: {self.save_error}); {self.newest_checkpoint()}; make the "
+                                      "output folder writable (or free space) and run the same command to "
+                                      "resume") from None
+            goes_on = f"; training goes on to the next save ({self.save_failures} of " \
+                      f"schedule.max_save_failures={limit} in a row)" \
+                if self.step < self.cfg.schedule.steps and not self.stopping() else ""
+            print(f"lockstep: error: checkpoint at step {self.step} failed ({self.save_error}); "
+                  f"{self.newest_checkpoint()}{goes_on}", file=sys.stderr, flush=True)
+            return {"checkpoint/save_failures": float(self.save_failures)}
+        self.save_failures = 0
         self.saved_step = self.step
         print_progress(f"saved checkpoint {final}")
+        return {"checkpoint/save_failures": 0.0}
+
+    def newest_checkpoint(self) -> str:
+        newest = checkpoint.latest(self.run_dir)
+        return f"the newest checkpoint is still {newest}" if newest else "the run has no checkpoint yet"
+
+    def stopped_line(self) -> str:
+        """The one line a run stopped by a signal ends with: where it stopped, what to run next."""
+        name = self.stop.name if self.stop else "a signal"
+        newest = checkpoint.latest(self.run_dir)
+        if self.saved_step == self.step:
+            where = f"checkpoint {newest}"
+        elif not self.cfg.schedule.save_on_stop:
+            where = f"not saved (schedule.save_on_stop=false); {self.newest_checkpoint()}"
+        else:
+            where = f"its checkpoint failed ({self.save_error}); {self.newest_checkpoint()}"
+        return f"lockstep: stopped by {name} after step {self.step}; {where}; run the same command to resume"
 
     def summary(self) -> dict:
         history = read_history(self.run_dir)
@@ -356,7 +472,15 @@ class Run:
             "eval_before": evals[0][1] if evals else None,
             "eval_after": evals[-1][1] if evals else None,
         }
+        if self.resumed_from:
+            out["resumed_from"] = str(self.resumed_from)
+        if self.damaged_checkpoints:
+            out["damaged_checkpoints_skipped"] = self.damaged_checkpoints
+        if self.stopping():
+            out["stopped_by"] = self.stop.name
         (self.run_dir / "summary.json").write_text(json.dumps(out, indent=1))
+        if self.stopping():  # the CLI prints one line (stopped_line) instead of the summary
+            return out
         lines = [
             "",
             f"== lockstep run {self.cfg.name}: {self.step} steps ==",
@@ -371,6 +495,10 @@ class Run:
                   f"metrics               {self.run_dir / 'metrics.jsonl'} "
                   f"(TensorBoard: {self.run_dir / 'tensorboard'})",
                   f"latest checkpoint     {out['checkpoint']}"]
+        try:
+            lines.append(f"curves                {plot_run(self.run_dir)}")
+        except PlotUnavailable as why:
+            lines.append(f"curves                not drawn: {why}")
         print_progress("\n".join(lines))
         return out
 

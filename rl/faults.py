@@ -7,8 +7,8 @@
   skipped its optimiser step, `trainer.worker`); it counts them, logs each with its prompt ids,
   and halts the run after `faults.max_nonfinite_steps` in a row with a diagnostic dump.
 
-`RunStopped` carries one line for the user and an exit code; the CLI prints it with the command
-that resumes the run, never a traceback.
+`RunStopped` carries one line for the user and an exit code (rl.exit_codes); the CLI prints it
+with the command that resumes the run, never a traceback.
 """
 
 from __future__ import annotations
@@ -18,14 +18,10 @@ import logging
 import math
 from pathlib import Path
 
+from rl import exit_codes
 from rl.groups import ActorFailed
 
 log = logging.getLogger("lockstep.driver")
-
-# sysexits.h EX_TEMPFAIL: a failure worth retrying as it is (a scheduler may requeue the job).
-EXIT_ACTOR_FAILED = 75
-# The run cannot go on as configured: retrying the same recipe would fail the same way.
-EXIT_NONFINITE = 3
 
 NONFINITE_DUMP = "nonfinite.json"
 
@@ -50,7 +46,7 @@ class Restarts:
         used = sum(self.counts.values())
         if used >= self.max_restarts:
             raise RunStopped(f"{failure} ({used} restart{'s' * (used != 1)} used, faults.max_restarts="
-                             f"{self.max_restarts})", EXIT_ACTOR_FAILED, resumable=True) from None
+                             f"{self.max_restarts})", exit_codes.ACTOR_FAILED, resumable=True) from None
         self.counts[failure.group] += 1
         log.warning("%s: restarting the %s (restart %d of faults.max_restarts=%d)", failure,
                     "rollout engines" if failure.group == "rollout" else "trainer group", used + 1,
@@ -89,9 +85,14 @@ class NonFiniteGuard:
         m["train/nonfinite_total"] = float(self.total)
         return skipped < m["train/minibatches"]
 
+    @property
+    def halting(self) -> bool:
+        """The last max_in_a_row updates were all non-finite: `halt_if_due` stops the run."""
+        return len(self.bad) >= self.max_in_a_row
+
     def halt_if_due(self) -> None:
         """Raises RunStopped after max_in_a_row non-finite updates in a row, leaving the dump."""
-        if len(self.bad) < self.max_in_a_row:
+        if not self.halting:
             return
         last, dump = self.bad[-1], self.run_dir / NONFINITE_DUMP
         dump.write_text(json.dumps({"halted_at_step": last["step"], "in_a_row": len(self.bad),
@@ -99,7 +100,7 @@ class NonFiniteGuard:
         raise RunStopped(f"step {last['step']}: {len(self.bad)} updates in a row had a non-finite loss or gradient "
                          f"(last: loss {last['loss']}, grad norm {last['grad_norm']}); none was applied. "
                          f"Diagnostics: {dump}. Check the rewards and advantages or lower trainer.lr",
-                         EXIT_NONFINITE, resumable=True)
+                         exit_codes.NONFINITE, resumable=True)
 
 
 def finite_or_str(x: float) -> float | str:

@@ -19,11 +19,11 @@ import pytest
 import ray
 import yaml
 
-from rl import checkpoint
+from rl import checkpoint, exit_codes
 from rl.config import from_data
 from rl.data import DataOrder, load_examples
 from rl.driver import Run
-from rl.faults import EXIT_ACTOR_FAILED, EXIT_NONFINITE, NONFINITE_DUMP, RunStopped
+from rl.faults import NONFINITE_DUMP, RunStopped
 from rl.groups import ActorFailed, gather, trainer_setup
 from rl.metrics import read_history
 
@@ -43,16 +43,18 @@ def base(tmp_path_factory, ray_local):
     from rl.placement import Placement, connect
     from rl.data import PromptRenderer
     from rl.model import load_tokenizer, resolve_model_path
+    from rl.metrics import MetricsLogger
     from rl.warm_start import warm_start
 
     connect(cfg.ray.address)
     model = resolve_model_path(cfg)
     tokenizer = load_tokenizer(model, False)
-    placement = Placement(cfg)
+    placement, metrics = Placement(cfg), MetricsLogger(cfg.run_dir, cfg)
     try:
         warm_start(cfg, placement, model, load_examples(cfg.data.train), PromptRenderer(tokenizer, cfg.data.train),
-                   tokenizer)
+                   tokenizer, metrics)
     finally:
+        metrics.close()
         placement.remove()
     return tmp
 
@@ -98,7 +100,7 @@ def assert_data_order(cfg, steps: list[dict]) -> None:
     per_step = cfg.rollout.prompts_per_step
     for h in steps:
         expected = order.indices((h["step"] - 1) * per_step, per_step)
-        assert h["data/prompt_hash"] == float(zlib.crc32(json.dumps(expected).encode())), h["step"]
+        assert h["data/prompt_hash"] == f"{zlib.crc32(json.dumps(expected).encode()):08x}", h["step"]
         assert h["data/cursor"] == h["step"] * per_step
 
 
@@ -157,7 +159,7 @@ def test_restarts_exhausted_stop_with_one_line(base, tmp_path):
     finally:
         proc.kill()
     err = err_file.read_text()
-    assert proc.returncode == EXIT_ACTOR_FAILED, err[-3000:]
+    assert proc.returncode == exit_codes.ACTOR_FAILED, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last == (f"lockstep: stopped: rollout engine 0 died (0 restarts used, faults.max_restarts=0); resume "
                     f"with: lockstep run {recipe_file} faults.max_restarts=0 ray.address=local"), err[-3000:]
@@ -179,7 +181,7 @@ def test_nonfinite_updates_are_skipped_then_halt_with_a_dump(base):
         after = run.trainers.probe_logprobs(probe).result()
     finally:
         run.shutdown()
-    assert stopped.value.exit_code == EXIT_NONFINITE and "2 updates in a row had a non-finite" in str(stopped.value)
+    assert stopped.value.exit_code == exit_codes.NONFINITE and "2 updates in a row had a non-finite" in str(stopped.value)
     assert after == before  # no update was applied: the weights are bit for bit the same
     steps = steps_logged(cfg.run_dir)
     bad = [h for h in steps if h.get("train/nonfinite_skipped")]

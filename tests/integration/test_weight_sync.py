@@ -66,3 +66,19 @@ def test_corrupted_bucket_is_rejected(engine):
     blob = save({"model.norm.weight": torch.ones(256)})
     with pytest.raises(Exception, match="sha256"):
         worker.llm.collective_rpc("lockstep_load_buckets", args=([blob], ["0" * 64]))
+
+
+def test_ignore_eos_samples_the_full_length(engine):
+    """`rollout.ignore_eos` (fixed-length rollouts for benchmarks): sampling runs on past EOS.
+    The same (random, near-uniform: P(EOS) ~ 1/360 a token) model stops at EOS in some of 128
+    completions of 24 tokens without it, so the check has teeth. (In this module for its engine:
+    another one would cost a start-up.)"""
+    _, worker = engine
+    eos = worker.tokenizer.eos_token_id
+    prompts = [worker.tokenizer(TEXT)["input_ids"][:8]] * 4
+    free = [c for group in worker.generate(prompts, n=32, max_tokens=24, temperature=1.0) for c in group]
+    assert any(c.finish_reason == "stop" and c.token_ids[-1] == eos for c in free)
+    fixed = [c for group in worker.generate(prompts, n=32, max_tokens=24, temperature=1.0, ignore_eos=True)
+             for c in group]
+    assert all(len(c.token_ids) == 24 and c.finish_reason == "length" for c in fixed)
+    assert any(eos in c.token_ids[:-1] for c in fixed)  # sampled past an EOS

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from rl.faults import EXIT_ACTOR_FAILED, EXIT_NONFINITE, NONFINITE_DUMP, NonFiniteGuard, Restarts, RunStopped
+from rl import exit_codes
+from rl.faults import NONFINITE_DUMP, NonFiniteGuard, Restarts, RunStopped
 from rl.groups import ActorFailed
 
 
@@ -18,7 +19,7 @@ def test_restart_budget_counts_both_groups_then_stops_in_one_line():
         restarts.allow(ActorFailed("trainer", "trainer rank 0", "did not answer within faults.call_timeout_s=5 s"))
     assert str(stopped.value) == ("trainer rank 0 did not answer within faults.call_timeout_s=5 s "
                                   "(2 restarts used, faults.max_restarts=2)")
-    assert stopped.value.exit_code == EXIT_ACTOR_FAILED and "\n" not in str(stopped.value)
+    assert stopped.value.exit_code == exit_codes.ACTOR_FAILED and "\n" not in str(stopped.value)
     assert restarts.metrics()["restarts/trainer"] == 1.0  # the refused one is not counted
 
 
@@ -41,7 +42,7 @@ def test_nonfinite_streak_counts_resets_and_halts_with_a_dump(tmp_path):
     guard.check(8, update(1.0, math.nan, math.inf), [4, 5])
     with pytest.raises(RunStopped) as stopped:
         guard.halt_if_due()
-    assert stopped.value.exit_code == EXIT_NONFINITE and "step 8: 2 updates in a row" in str(stopped.value)
+    assert stopped.value.exit_code == exit_codes.NONFINITE and "step 8: 2 updates in a row" in str(stopped.value)
     dump = json.loads((tmp_path / NONFINITE_DUMP).read_text())
     assert dump["halted_at_step"] == 8 and dump["in_a_row"] == 2
     assert dump["updates"] == [
