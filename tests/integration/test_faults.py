@@ -26,6 +26,7 @@ from rl.driver import Run
 from rl.faults import NONFINITE_DUMP, RunStopped
 from rl.groups import ActorFailed, gather, trainer_setup
 from rl.metrics import read_history
+from rl.stop import StopSignals
 
 from trainer.batch import TrainBatch, TrainSample
 from trainer.worker import TrainerRank, free_port
@@ -137,6 +138,36 @@ def test_trainer_rank_killed_restarts_from_the_last_checkpoint(base):
     assert checkpoint.load_state(checkpoint.latest(cfg.run_dir))["step"] == 4
     for h in steps:
         assert h["sync/probe_max_abs_diff"] <= 1e-3
+
+
+def test_a_signal_during_an_engine_restart_stops_at_a_step_boundary(base):
+    """SIGTERM while the killed engine is being replaced: the restart finishes, then the run
+    saves a checkpoint at the last step boundary and stops there (no further step)."""
+    data = with_sft(base, recipe(base, "restart-stop", schedule={"steps": 6, "eval_every": 0, "save_every": 0}))
+    cfg = from_data(data)
+    stop = StopSignals()
+    try:
+        run = Run(cfg, stop=stop)
+        kill_when(lambda: len(steps_logged(cfg.run_dir)) >= 1, pid_of(run.rollout.actors[0]))
+        restarting = lambda: run.restarts.counts["rollout"] == 1  # noqa: E731  (set just before the new engines start)
+        signal_when = threading.Thread(target=lambda: (wait_until(restarting), os.kill(os.getpid(), signal.SIGTERM)),
+                                       daemon=True)
+        signal_when.start()
+        summary = run.train()
+    finally:
+        stop.restore()
+    steps = steps_logged(cfg.run_dir)
+    assert summary["stopped_by"] == "SIGTERM" and summary["steps"] == run.step < 6
+    assert [h["step"] for h in steps] == list(range(1, run.step + 1)) and steps[-1]["restarts/rollout"] == 1
+    assert checkpoint.load_state(checkpoint.latest(cfg.run_dir))["step"] == run.step  # at the step boundary
+    assert run.stopped_line().startswith(f"lockstep: stopped by SIGTERM after step {run.step}; checkpoint ")
+    assert_data_order(cfg, steps)
+
+
+def wait_until(ready, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline:
+        time.sleep(0.05)
 
 
 def test_restarts_exhausted_stop_with_one_line(base, tmp_path):
