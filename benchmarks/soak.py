@@ -1,7 +1,10 @@
 """Soak benchmark (issue 21; not in CI): a run of a recipe with an actor or the driver killed every
 ~K steps, against the same run without faults, both in one invocation.
 
-    python -m benchmarks.soak [RECIPE] [--steps 200] [--kill-every 20] [--seed 0] [--output-dir DIR]
+    python -m benchmarks.soak [RECIPE] [key.sub=value ...] [--steps 200] [--kill-every 20] [--seed 0]
+                              [--victims trainer,rollout,driver] [--output-dir DIR]
+
+RECIPE defaults to recipes/demo.yaml; overrides apply to every run (the SFT one included).
 
 1. The SFT warm start runs once (`schedule.steps=0`); its export is copied into both runs'
    folders, where the warm start reuses it, so neither run's wall time includes SFT.
@@ -57,8 +60,8 @@ class Tally:
     step_lines: int = 0  # completed steps seen, redone ones included
 
 
-def command(recipe: str, output_dir: Path, name: str, steps: int) -> list[str]:
-    return [sys.executable, "-m", "rl.cli", "run", recipe, f"name={name}", f"output_dir={output_dir}",
+def command(recipe: str, overrides: list[str], output_dir: Path, name: str, steps: int) -> list[str]:
+    return [sys.executable, "-m", "rl.cli", "run", recipe, *overrides, f"name={name}", f"output_dir={output_dir}",
             f"schedule.steps={steps}", "ray.address=local"]
 
 
@@ -171,6 +174,7 @@ def superseded_steps(run_dir: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("recipe", nargs="?", default=str(REPO / "recipes" / "demo.yaml"))
+    ap.add_argument("overrides", nargs="*", help="key.sub=value for every run")
     ap.add_argument("--steps", type=int, default=200, help="RL steps of each run (default 200)")
     ap.add_argument("--kill-every", type=int, default=20, help="steps between kills, on average (default 20)")
     ap.add_argument("--victims", default="trainer,rollout,driver",
@@ -178,6 +182,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill steps and victims")
     ap.add_argument("--output-dir", default=None, help="where the runs go (default: a temporary folder, kept)")
     args = ap.parse_args()
+    if "=" in args.recipe:  # only overrides were given
+        args.recipe, args.overrides = str(REPO / "recipes" / "demo.yaml"), [args.recipe, *args.overrides]
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="lockstep-soak-")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
@@ -194,7 +200,7 @@ def main() -> None:
     # 1. SFT once, shared.
     sft_log = out / "sft-logs"
     sft_log.mkdir(exist_ok=True)
-    sft_time = run_variant(command(args.recipe, out, "sft", 0), sft_log, [], rng, victims).seconds
+    sft_time = run_variant(command(args.recipe, args.overrides, out, "sft", 0), sft_log, [], rng, victims).seconds
     for name in ("no-faults", "faults"):
         run_dir = out / name
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -205,10 +211,10 @@ def main() -> None:
 
     # 2. and 3.
     load_start = load_average()
-    base = run_variant(command(args.recipe, out, "no-faults", args.steps), out / "no-faults" / "logs", [], rng,
+    base = run_variant(command(args.recipe, args.overrides, out, "no-faults", args.steps), out / "no-faults" / "logs", [], rng,
                        victims)
     print(f"soak: without faults {base.seconds:.0f} s", flush=True)
-    faulty = run_variant(command(args.recipe, out, "faults", args.steps), out / "faults" / "logs", kill_steps, rng,
+    faulty = run_variant(command(args.recipe, args.overrides, out, "faults", args.steps), out / "faults" / "logs", kill_steps, rng,
                          victims)
     print(f"soak: with faults {faulty.seconds:.0f} s", flush=True)
 
@@ -219,7 +225,7 @@ def main() -> None:
     other_prompts = [s for s in range(1, args.steps + 1) if got.get(s) and reference.get(s)
                      and got[s][0]["data/prompt_hash"] != reference[s][0]["data/prompt_hash"]]
     report = {
-        "recipe": args.recipe, "steps": args.steps, "kill_every": args.kill_every, "seed": args.seed,
+        "recipe": args.recipe, "overrides": args.overrides, "steps": args.steps, "kill_every": args.kill_every, "seed": args.seed,
         "kill_steps": kill_steps, "faults": faulty.faults, "fault_log": faulty.fault_steps,
         "restarts_in_run": faulty.restarts_in_run, "driver_launches": faulty.launches,
         "exit_codes": faulty.exit_codes,
