@@ -104,8 +104,9 @@ def run_variant(cmd: list[str], log_dir: Path, kill_steps: list[int], rng: rando
         tally.launches += 1
         log = (log_dir / f"launch{tally.launches}.stderr").open("w")
         out_log = (log_dir / f"launch{tally.launches}.stdout").open("w")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # A loaded machine can take Ray past its 10 s for the local raylet to register.
+        env = {"RAY_raylet_start_wait_time_s": "120", **os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=REPO, env=env)
         driver_killed = False
         for line in proc.stdout:
             out_log.write(line)
