@@ -135,3 +135,38 @@ def test_engines_take_consecutive_ranks_after_the_trainer():
     assert first_ranks([1]) == [1]
     assert first_ranks([1, 1, 1]) == [1, 2, 3]
     assert first_ranks([2, 4, 1]) == [1, 3, 7]  # engines of several workers (tensor parallel)
+
+
+def _nccl_receiver(port: int, plan, queue) -> None:
+    """GPU 1's member (another process, as an engine's worker is): receives, verifies, returns
+    each tensor's bytes on the host."""
+    try:
+        torch.cuda.set_device(1)
+        group = WeightGroup(join_store("127.0.0.1", port, 2), 1, 2, torch.device("cuda", 1))
+        got = {name: t.cpu() for name, t in BucketReceiver(group, plan).tensors()}
+        queue.put(("ok", got))
+    except Exception as e:  # noqa: BLE001 — reported to the test process
+        queue.put(("error", repr(e)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_nccl_broadcast_between_two_gpus_is_bit_for_bit():
+    """The split-placement path on GPUs: trainer rank 0 on GPU 0 broadcasts device buckets over
+    NCCL to an engine worker on GPU 1, which checks every checksum on its device."""
+    named = [(n, t.cuda(0)) for n, t in weights()] + [("big", torch.randn(3, 1 << 20, device="cuda:0"))]
+    plan = plan_buckets(specs(named), bucket_bytes=1 << 20)
+    store = host_store("127.0.0.1", 2)
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_nccl_receiver, args=(store.port, plan, queue))
+    proc.start()
+    sender = WeightGroup(store, 0, 2, torch.device("cuda", 0))
+    assert sender.backend == "nccl"
+    assert broadcast_weights(sender, plan, iter(named)) == plan_bytes(plan)
+    status, got = queue.get(timeout=120)
+    proc.join(timeout=60)
+    sender.close()
+    assert status == "ok", got
+    for name, tensor in named:
+        assert torch.equal(got[name].view(torch.uint8), tensor.cpu().view(torch.uint8)), name
