@@ -91,7 +91,8 @@ class WeightGroup:
         """Leaves the group. NCCL: abort, not a collective shutdown, since a peer may be dead
         (an engine that failed and is being replaced)."""
         if self.device.type == "cuda":
-            self.group.abort()
+            abort = getattr(self.group, "abort", None) or self.group.shutdown  # the name varies across torch versions
+            abort()
         self.group = None
         self.store = None
 
