@@ -24,6 +24,7 @@ from rl import checkpoint, trainer_logprobs
 from rl.algorithms import advantages as adv
 from rl.batch import Sample, StepBatch
 from rl.checkpoint import CheckpointError
+from rl.collective_sync import CollectiveTransport
 from rl.config import ConfigError, RunConfig, save_resolved, to_dict
 from rl.data import PromptRenderer, load_examples
 from rl.evaluate import HeldOut
@@ -33,14 +34,13 @@ from rl.model import check_fp8_model, load_tokenizer, resolve_model_path
 from rl.placement import Placement, connect
 from rl.plots import PlotUnavailable, plot_run
 from rl.rewards_config import build_reward_pool
+from rl.run_dir_check import check_run_dir_shared
 from rl.sampling import Sampler
 from rl.step_metrics import mismatch, reward_metrics
 from rl.stop import StopSignals
 from rl.timings import Timings
 from rl.update import informative, old_logprobs, select_and_advantage, update_policy
 from rl.warm_start import warm_start
-from rl.collective_sync import CollectiveTransport
-from rl.run_dir_check import check_run_dir_shared
 from rl.weight_sync import PROBE_TEXT, DeviceTransport, HostTransport, WeightSync, transport_kind
 from trainer.batch import TokenLogprobs
 
