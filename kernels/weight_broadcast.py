@@ -91,7 +91,8 @@ class WeightGroup:
         """Leaves the group. NCCL: abort, not a collective shutdown, since a peer may be dead
         (an engine that failed and is being replaced)."""
         if self.device.type == "cuda":
-            abort = getattr(self.group, "abort", None) or self.group.shutdown  # the name varies across torch versions
+            # The method's name varies across torch versions.
+            abort = getattr(self.group, "abort", None) or self.group.shutdown
             abort()
         self.group = None
         self.store = None

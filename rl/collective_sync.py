@@ -78,8 +78,8 @@ class CollectiveTransport:
         workers = ray.get([a.workers.remote() for a in engines])
         world = 1 + sum(workers)
         host, port = ray.get(rank0.host_weight_group.remote(world))
-        joins = [rank0.join_weight_group.remote()] + [
-            a.join_weight_group.remote(host, port, first, world) for a, first in zip(engines, first_ranks(workers))]
+        joins = [rank0.join_weight_group.remote()] + [a.join_weight_group.remote(host, port, first, world)
+                                                      for a, first in zip(engines, first_ranks(workers))]
         backends = set(ray.get(joins))
         if backends != {self.backend}:
             raise RuntimeError(f"weight broadcast group: members run {sorted(backends)}, expected {self.backend} "
@@ -103,8 +103,8 @@ class CollectiveTransport:
                                                             version, probe_ids) for a in rollout.actors])
         sent = ray.get(broadcast.sends)[0]
         if sent != broadcast.bytes:
-            raise RuntimeError(f"weight broadcast to version {version}: trainer rank 0 sent {sent} bytes, the plan "
-                               f"has {broadcast.bytes}")
+            raise RuntimeError(f"weight broadcast to version {version}: trainer rank 0 sent {sent} bytes, "
+                               f"the plan has {broadcast.bytes}")
         return loads
 
     def release(self, trainers: TrainerGroup) -> None:

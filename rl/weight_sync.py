@@ -60,8 +60,8 @@ def transport_kind(cfg: RunConfig, gpus: bool) -> str:
     if choice == "auto":
         return ("device" if colocated else "collective") if gpus else "host"
     if choice == "device" and not (gpus and colocated):
-        raise ConfigError("sync.transport: device (CUDA IPC) needs GPUs and ray.placement: colocated; this cluster "
-                          f"has {'GPUs' if gpus else 'no GPUs'} and the placement is {cfg.ray.placement}: use "
+        raise ConfigError("sync.transport: device (CUDA IPC) needs GPUs and ray.placement: colocated; this "
+                          f"cluster has {'GPUs' if gpus else 'no GPUs'} and the placement is {cfg.ray.placement}: use "
                           "sync.transport: auto")
     if choice == "collective" and gpus and colocated:
         raise ConfigError("sync.transport: collective on GPUs needs ray.placement: split (trainer rank 0 and "
