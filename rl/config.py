@@ -267,6 +267,20 @@ class FaultConfig:
 
 
 @dataclass
+class SyncConfig:
+    """How the trainer's new weights reach the rollout engines after each update.
+
+    The bucket size is trainer.sync_bucket_mib."""
+
+    transport: Literal["auto", "host", "device", "collective"] = "auto"
+    """host: rank 0's buckets through Ray's object store (host memory); device: CUDA IPC
+    handles, each engine on its trainer rank's GPU (colocated on GPUs only); collective: trainer
+    rank 0 broadcasts to every engine over a process group of their own (NCCL on GPUs, Gloo on
+    CPU; not colocated on GPUs, where NCCL cannot put two ranks on one GPU); auto: device when
+    colocated on GPUs, collective for split placement on GPUs, host on CPU."""
+
+
+@dataclass
 class RunConfig:
     """A recipe: the run's name and every section."""
 
@@ -301,10 +315,14 @@ class RunConfig:
     """The Ray cluster and actor placement."""
     faults: FaultConfig = field(default_factory=FaultConfig)
     """Restarts of dead or hung actors, call timeouts, non-finite updates."""
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    """The weight sync from trainer to rollout engines."""
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir).expanduser() / self.name
+        # Absolute, resolved here on the driver: actors on other nodes (or in a `ray job
+        # submit` working directory) must not resolve a relative path against their own cwd.
+        return (Path(self.output_dir).expanduser() / self.name).absolute()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,6 +412,9 @@ def check_combinations(cfg: RunConfig) -> None:
         bad("schedule.eval_samples", "k > 1 samples need schedule.eval_temperature > 0")
     if cfg.ray.placement == "split" and cfg.trainer.num_ranks + cfg.rollout.num_workers < 2:
         bad("ray.placement", "split placement needs separate trainer and rollout bundles")
+    if cfg.sync.transport == "device" and cfg.ray.placement == "split":
+        bad("sync.transport", "device (CUDA IPC) needs each engine on its trainer rank's GPU: use "
+            "ray.placement: colocated, or sync.transport: collective for split placement")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from rl import checkpoint, trainer_logprobs
 from rl.algorithms import advantages as adv
 from rl.batch import Sample, StepBatch
 from rl.checkpoint import CheckpointError
+from rl.collective_sync import CollectiveTransport
 from rl.config import AlgorithmConfig, ConfigError, RunConfig, save_resolved, to_dict
 from rl.data import PromptRenderer, load_examples
 from rl.evaluate import HeldOut
@@ -35,13 +36,14 @@ from rl.model import check_fp8_model, load_tokenizer, resolve_model_path
 from rl.placement import Placement, connect
 from rl.plots import PlotUnavailable, plot_run
 from rl.rewards_config import build_reward_pool
+from rl.run_dir_check import check_run_dir_shared
 from rl.sampling import Sampler
 from rl.step_metrics import mismatch, reward_metrics
 from rl.stop import StopSignals
 from rl.timings import Timings
 from rl.update import informative, old_logprobs, select_and_advantage, update_policy
 from rl.warm_start import warm_start
-from rl.weight_sync import PROBE_TEXT, DeviceTransport, HostTransport, WeightSync
+from rl.weight_sync import PROBE_TEXT, DeviceTransport, HostTransport, WeightSync, transport_kind
 from trainer.batch import TokenLogprobs
 
 log = logging.getLogger("lockstep.driver")
@@ -75,6 +77,9 @@ class Run:
             stop.install()  # again: ray.init has just put its own SIGTERM handler in place
         self.rewards = build_reward_pool(cfg.reward)
         self.placement = Placement(cfg)
+        print_progress(f"placement: {cfg.ray.placement}, {self.placement.describe()}")
+        self.transport = transport_kind(cfg, self.placement.gpus)  # a bad sync.transport fails here, early
+        check_run_dir_shared(self.placement, self.run_dir)  # every node sees the driver's run directory
         state = checkpoint.load_state(self.resumed_from) if self.resumed_from else {"step": 0, "cursor": 0}
         self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=state["step"] if self.resumed_from else None,
                                      config_dict=to_dict(cfg))  # before SFT: it logs sft/* metrics
@@ -95,7 +100,7 @@ class Run:
         self.sync = WeightSync(self.trainers, self.rollout, self.weight_transport(),
                                tokenizer(PROBE_TEXT)["input_ids"], cfg.model.dtype)
         noise = self.sync.calibrate()  # engines and trainer hold one checkpoint now
-        where = "CUDA IPC on the device" if self.sync.transport.on_device else "through host memory"
+        where = self.sync.transport.description
         print_progress(f"weight sync: {where}; probe noise engine vs trainer {noise:.2g} on equal weights")
         self.step = state["step"]
         self.saved_step = self.step if self.resumed_from else None
@@ -121,15 +126,16 @@ class Run:
         self.trainers.set_loss(algorithm.loss())
         save_resolved(self.cfg, self.run_dir / "config.yaml")  # the report names the section in force
 
-    def weight_transport(self) -> HostTransport | DeviceTransport:
-        """CUDA IPC on the device when every engine shares its trainer rank's GPU; else through
-        host memory (CPU runs; on GPUs said once, until the NCCL path exists)."""
+    def weight_transport(self) -> HostTransport | DeviceTransport | CollectiveTransport:
+        """The transport `sync.transport` resolved to (rl.weight_sync.transport_kind)."""
         bucket_mib = self.cfg.trainer.sync_bucket_mib
-        if self.placement.gpus and self.cfg.ray.placement == "colocated":
+        if self.transport == "device":
             return DeviceTransport(bucket_mib)
+        if self.transport == "collective":
+            return CollectiveTransport(self.trainers, self.rollout, bucket_mib, self.placement.gpus)
         if self.placement.gpus:
-            log.warning("weight sync through host memory: the engines are on other GPUs than the trainer ranks "
-                        "(the NCCL broadcast path does not exist yet)")
+            log.warning("weight sync through host memory on GPUs (sync.transport: host): slower than "
+                        "sync.transport: auto")
         return HostTransport(bucket_mib)
 
     # ----------------------------------------------------------------------------------------

@@ -397,6 +397,60 @@ class TrainerRank:
         flush()
         return buckets
 
+    # Weights over a collective (`kernels.weight_broadcast`): rank 0 hosts a process group with
+    # the engines' workers and broadcasts to them; the other ranks take part in ZeRO-3's gathers.
+
+    def weight_plan(self, bucket_mib: float) -> bytes:
+        """The broadcast's buckets (pickled list of `BucketPlan`), from the parameters' full
+        shapes — nothing gathered."""
+        import pickle
+
+        from kernels.weight_broadcast import plan_buckets
+
+        specs = [(name, p.dtype, tuple(getattr(p, "ds_shape", p.shape)))
+                 for name, p in self.engine.module.named_parameters()]
+        return pickle.dumps(plan_buckets(specs, int(bucket_mib * 2**20)))
+
+    def host_weight_group(self, world_size: int) -> tuple[str, int]:
+        """Rank 0: a fresh group's store (the previous group left); returns (host, port) for the
+        engines' workers to join at."""
+        from kernels.weight_broadcast import host_store
+
+        self.leave_weight_group()
+        self.weight_store, self.weight_world = host_store(node_ip(), world_size), world_size
+        return node_ip(), self.weight_store.port
+
+    def join_weight_group(self) -> str:
+        """Rank 0: joins the group hosted by `host_weight_group`; returns once every member has
+        (call it together with the engines' joins). Returns the backend."""
+        from kernels.weight_broadcast import WeightGroup
+
+        store, self.weight_store = self.weight_store, None
+        self.weight_group = WeightGroup(store, 0, self.weight_world, self.device)
+        return self.weight_group.backend
+
+    def leave_weight_group(self) -> None:
+        group = getattr(self, "weight_group", None)
+        if group is not None:
+            group.close()
+        self.weight_group = None
+
+    def broadcast_weights(self, plan: bytes) -> int:
+        """Every rank: the full weights into the group (rank 0 sends; ZeRO-3 gathers need all
+        ranks). Returns the bytes rank 0 sent (0 on the other ranks)."""
+        import pickle
+
+        from kernels.weight_broadcast import broadcast_weights
+
+        tensors = self._full_parameters("cuda" if self.device.type == "cuda" else "cpu")
+        if self.rank != 0:
+            for _ in tensors:  # each gather is a collective of all ranks
+                pass
+            return 0
+        if getattr(self, "weight_group", None) is None:
+            raise RuntimeError("broadcast_weights: rank 0 is in no weight group (join_weight_group first)")
+        return broadcast_weights(self.weight_group, pickle.loads(plan), tensors)
+
     def export_hf(self, out_dir: str, tokenizer_dir: str) -> None:
         """Hugging Face directory (safetensors shards, config, tokenizer) that vLLM and
         transformers load. All ranks call; rank 0 writes."""
