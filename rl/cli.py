@@ -90,12 +90,14 @@ def cmd_recipes(args) -> int:
 def cmd_eval(args) -> int:
     from rl.checkpoint import pinned
     from rl.config import from_data
+    from rl.console import progress_to_stderr
     from rl.data import PromptRenderer, dataset_name, load_examples
     from rl.evaluate import eval_plan, evaluate
     from rl.model import check_fp8_model, fp8_options
     from rl.rewards_config import build_reward_pool
     from rollout.config import RolloutConfig
 
+    progress_to_stderr()  # stdout is the report (JSON)
     with pinned(args.checkpoint) as target:
         try:
             run = target.recipe()
@@ -199,6 +201,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="validate, print the resolved recipe and what would start (ranks, engines, placement); "
                           "start nothing")
+    run.add_argument("--verbose", action="store_true",
+                    help="also show the libraries' INFO logs (vLLM, Ray, DeepSpeed, transformers) on the console; "
+                         "they are always in <run_dir>/run.log")
     run.set_defaults(fn=cmd_run)
 
     config = sub.add_parser("config", help="print the resolved, validated recipe (YAML) and exit", **fmt)
@@ -243,6 +248,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="sampling seed")
     ev.add_argument("--output", default=None, help="also write per-problem results to this JSON file "
                                                     "(default: none)")
+    ev.add_argument("--verbose", action="store_true",
+                    help="also show the libraries' INFO logs (vLLM, Ray, DeepSpeed, transformers) on the console; "
+                         "by default only their warnings")
     ev.set_defaults(fn=cmd_eval)
 
     mm = sub.add_parser("mismatch", help="train/infer log-prob mismatch of a run, token by token", **fmt)
@@ -254,8 +262,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
+    from rl.console import route_logs
+
+    route_logs(verbose=getattr(args, "verbose", False))  # before vLLM, Ray or DeepSpeed load
     try:
         return args.fn(args)
     except (ConfigError, CheckpointError) as e:

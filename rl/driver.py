@@ -23,6 +23,7 @@ from rl import checkpoint, trainer_logprobs
 from rl.algorithms import advantages as adv
 from rl.batch import Sample, StepBatch
 from rl.config import ConfigError, RunConfig, save_resolved, to_dict
+from rl.console import Progress, log_to_file, phase, plural
 from rl.data import PromptRenderer, load_examples
 from rl.evaluate import HeldOut
 from rl.groups import RolloutGroup, TrainerGroup, trainer_setup
@@ -52,6 +53,7 @@ class Run:
             raise ConfigError(f"--resume: {self.run_dir} has no complete checkpoint to resume from")
         self.resumed_from = existing if resume is not False else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        log_to_file(self.run_dir / "run.log")  # every library's INFO lines; the console gets warnings
         save_resolved(cfg, self.run_dir / "config.yaml")
         # The user's inputs first, each a one-line ConfigError before Ray or any actor starts.
         train_set = load_examples(cfg.data.train, "data.train")
@@ -61,7 +63,10 @@ class Run:
         renderer = PromptRenderer(tokenizer, cfg.data.train)
         self.held_out = HeldOut(cfg, tokenizer)
 
-        print_progress(f"lockstep: run {cfg.name} in {self.run_dir} (Ray: {connect(cfg.ray.address)})")
+        print_progress(f"lockstep: run {cfg.name} in {self.run_dir} (Ray: {connect(cfg.ray.address)}; "
+                       f"library logs: {self.run_dir / 'run.log'})")
+        if self.resumed_from:
+            print_progress(f"resuming from {self.resumed_from} (--no-resume starts over)")
         self.rewards = build_reward_pool(cfg.reward)
         self.placement = Placement(cfg)
         state = checkpoint.load_state(self.resumed_from) if self.resumed_from else {"step": 0, "cursor": 0}
@@ -69,11 +74,13 @@ class Run:
             warm_start(cfg, self.placement, self.base_model, train_set, renderer, tokenizer)
         per_update = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.trainer.num_minibatches
         setup = trainer_setup(cfg, policy, cfg.trainer.lr, per_update, cfg.algorithm.loss())
-        self.trainers = TrainerGroup.start(self.placement, setup)
-        if self.resumed_from:
-            self.trainers.load_checkpoint(str(self.resumed_from / checkpoint.ENGINE_DIR))
+        with phase(f"starting {plural(cfg.trainer.num_ranks, 'trainer rank')} for RL"):
+            self.trainers = TrainerGroup.start(self.placement, setup)
+            if self.resumed_from:
+                self.trainers.load_checkpoint(str(self.resumed_from / checkpoint.ENGINE_DIR))
         self.b_t = trainer_logprobs.choose(cfg, self.trainers)  # where b_t comes from, decided once
-        self.rollout = RolloutGroup.start(self.placement, cfg, policy, self.trainers.fp8_projections)
+        with phase(f"starting {plural(cfg.rollout.num_workers, 'vLLM engine')}"):
+            self.rollout = RolloutGroup.start(self.placement, cfg, policy, self.trainers.fp8_projections)
         if self.trainers.fp8_projections:
             print_progress(f"model.fp8: {self.trainers.fp8_projections} projections run as FP8 GEMMs "
                            "in trainer and rollout")
@@ -118,13 +125,15 @@ class Run:
             print_progress(f"resumed from {self.resumed_from} at step {self.step}")
         else:
             self.log_eval()
+        self.steps_bar = Progress("RL steps", schedule.steps, "step", initial=self.step, plain_lines=False)
         while self.step < schedule.steps:
             self.step += 1
             metrics = self.rl_step()
             if self.due(schedule.eval_every) or self.step == schedule.steps:
                 metrics.update(self.evaluate())
             self.metrics.log(self.step, metrics)
-            print_progress(progress_line(self.step, schedule.steps, metrics))
+            self.steps_bar.update()
+            print_progress(f"{progress_line(self.step, schedule.steps, metrics)} | eta {self.steps_bar.eta()}")
             if self.due(schedule.save_every):
                 self.save()
         if self.saved_step != self.step:
@@ -299,6 +308,8 @@ class Run:
         return out
 
     def shutdown(self) -> None:
+        if getattr(self, "steps_bar", None):
+            self.steps_bar.close()
         self.metrics.close()
         self.rewards.close()
         self.trainers.kill()

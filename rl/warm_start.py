@@ -7,7 +7,7 @@ from __future__ import annotations
 from rl.config import ConfigError, RunConfig
 from rl.data import DataOrder, Example, PromptRenderer, as_list
 from rl.groups import TrainerGroup, trainer_setup
-from rl.metrics import print_progress
+from rl.console import Progress, phase, plural, print_progress
 from rl.placement import Placement
 from rl.timings import Timings
 
@@ -28,7 +28,9 @@ def warm_start(cfg: RunConfig, placement: Placement, base_model: str, train_set:
         raise ConfigError(f"sft.steps={sft.steps} but data.train has no '{key}' field with worked solutions")
     ranks = cfg.trainer.num_ranks
     batch = sft.batch_size - sft.batch_size % ranks or ranks
-    trainers = TrainerGroup.start(placement, trainer_setup(cfg, base_model, sft.lr, batch, loss=None))
+    with phase(f"SFT warm start: starting {plural(ranks, 'trainer rank')}"):
+        trainers = TrainerGroup.start(placement, trainer_setup(cfg, base_model, sft.lr, batch, loss=None))
+    progress = Progress("SFT", sft.steps, "step", plain_lines=False)  # a line every 10% says the loss
     eos = tokenizer.eos_token or ""
     order = DataOrder(len(with_solution), cfg.seed + 1, True)
     clock = Timings()
@@ -37,9 +39,12 @@ def warm_start(cfg: RunConfig, placement: Placement, base_model: str, train_set:
         prompts = [renderer.ids(e) for e in examples]
         targets = [tokenizer(" " + e.solution + eos, add_special_tokens=False)["input_ids"] for e in examples]
         losses = trainers.sft_step(prompts, targets)
+        progress.update()
         if (step + 1) % max(1, sft.steps // 10) == 0 or step + 1 == sft.steps:
             loss = sum(losses) / len(losses)
-            print_progress(f"sft step {step + 1:>4}/{sft.steps} | loss {loss:.3f} | {clock.elapsed():.0f}s")
+            print_progress(f"sft step {step + 1:>4}/{sft.steps} | loss {loss:.3f} | {clock.elapsed():.0f}s | "
+                           f"{progress.speed()} | eta {progress.eta()}")
+    progress.close()
     partial = out.parent / "hf.partial"
     trainers.export_hf(str(partial), base_model)
     partial.rename(out)
