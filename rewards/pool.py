@@ -311,6 +311,16 @@ class _Dispatcher:
             dead = True
         if w in self.workers and (dead or (exited and not w.proc.is_alive())):
             w.proc.join(timeout=0.2)  # for the exit code in the details; reaped later otherwise
+            if w.proc.exitcode in (-signal.SIGTERM, _FORKSERVER_GONE):
+                # Someone is stopping this process tree (`ray job stop` signals the driver and
+                # all its children at once, the forkserver included): no respawn (it would fail
+                # on the dead forkserver with a traceback), one line, and batches still running
+                # fail with PoolClosed.
+                self.error = PoolClosed("RewardPool stopped: its worker processes were terminated")
+                logger.warning("reward workers terminated (exit code %s): the reward pool stops",
+                               w.proc.exitcode)
+                self.closing = True
+                return
             self._retire(w, Reason.CRASH, {"exitcode": w.proc.exitcode})
             if not w.ready:
                 self.start_failures += 1
@@ -474,6 +484,11 @@ class _Dispatcher:
             queue.clear()
         self.wake_r.close()
         self.wake_w.close()
+
+
+# A forkserver child's exit code when the forkserver itself is gone and cannot report it
+# (multiprocessing.popen_forkserver.Popen.poll, Python 3.11).
+_FORKSERVER_GONE = 255
 
 
 def _signal_name(signum: int) -> str:

@@ -108,20 +108,31 @@ def _encode(msg: tuple) -> bytes:
         return pickle.dumps((kind, key, safe, *clocks), protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def _send(conn: Any, msg: tuple) -> bool:
+    """False when the parent has gone (its end of the pipe closed): the worker just ends."""
+    try:
+        conn.send_bytes(pickle.dumps(msg))
+        return True
+    except OSError:  # BrokenPipeError: a pool that closed, a driver that was stopped
+        return False
+
+
 def worker_main(conn: Any, fn_bytes: bytes, soft_timeout_s: float | None, memory_limit_mb: int | None) -> None:
     """Entry point of a worker process (multiprocessing target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     signal.signal(signal.SIGALRM, _on_alarm)
     _die_with_parent()
-    conn.send_bytes(pickle.dumps(("started", os.getpid())))
+    if not _send(conn, ("started", os.getpid())):
+        return
     try:
         _set_memory_limit(memory_limit_mb)
         fn = pickle.loads(fn_bytes)
         import rewards._preload  # noqa: F401  (no-op when the forkserver preloaded it)
     except BaseException as exc:
-        conn.send_bytes(pickle.dumps(("fatal", f"cannot load the reward function: {type(exc).__name__}: {exc}")))
+        _send(conn, ("fatal", f"cannot load the reward function: {type(exc).__name__}: {exc}"))
         return
-    conn.send_bytes(pickle.dumps(("ready", os.getpid(), time.process_time())))
+    if not _send(conn, ("ready", os.getpid(), time.process_time())):
+        return
     while True:
         try:
             msg = conn.recv_bytes()

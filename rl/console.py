@@ -30,11 +30,17 @@ CONSOLE_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # The libraries' chatter, set in every process Lockstep starts before they load (the driver in
 # `route_logs`, the actors through rl.placement.ACTOR_ENV). vLLM: no logging set-up of its own,
 # so its records reach the handlers below like any library's (its own handler would print INFO
-# to the console); the hub: no download bars.
+# to the console); no download or loading bars.
 LIBRARY_ENV = {
     "VLLM_CONFIGURE_LOGGING": "0",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",  # the libraries' bars (vLLM's weight loading); Lockstep's own ask for theirs
 }
+# Warnings of vLLM's CPU backend that hold for every CPU run and say nothing about this one
+# (performance hints about LD_PRELOAD and Triton, a refused torch.set_num_threads): in the log
+# file, not on the console.
+CPU_NOTICES = ("is not found in LD_PRELOAD", "doesn't allow to use `torch.set_num_threads`",
+               "Triton is not installed", "Model Runner V2 requires Triton")
 _open_bars: list = []
 _to_stderr: list[bool] = [False]
 
@@ -178,7 +184,12 @@ class _ConsoleFilter(logging.Filter):
         self.verbose = verbose
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.verbose or record.levelno >= logging.WARNING or record.name.startswith("lockstep")
+        if self.verbose or record.name.startswith("lockstep"):
+            return True
+        if record.name.startswith("vllm") and record.levelno < logging.ERROR:
+            message = record.getMessage()
+            return record.levelno >= logging.WARNING and not any(n in message for n in CPU_NOTICES)
+        return record.levelno >= logging.WARNING
 
 
 def route_logs(verbose: bool = False) -> None:
