@@ -139,7 +139,7 @@ class Progress:
 class phase:
     """`phase("starting 2 trainer ranks")`: one line now. As a context manager it also says when
     the phase is done and how long it took; meanwhile a terminal shows the seconds going by and
-    a log gets a "still ..." line every PLAIN_EVERY_S seconds (start-ups that take minutes)."""
+    a log gets a "... so far" line every PLAIN_EVERY_S seconds (start-ups that take minutes)."""
 
     def __init__(self, what: str):
         self.what = what
@@ -161,7 +161,7 @@ class phase:
                 out().write(f"\r  {self.what}: {elapsed}")
                 out().flush()
             elif not live:
-                print_progress(f"  still {self.what} ({elapsed})")
+                print_progress(f"  {self.what}: {elapsed} so far")
 
     def __exit__(self, exc_type, *exc) -> None:
         self.stop.set()

@@ -330,3 +330,33 @@ def test_fuzz_pool_results_match_a_serial_oracle(pool: RewardPool, commands: lis
             assert score.reason is Reason.WRONG
         else:
             assert score.reason is Reason.CRASH
+
+
+_STOPPED_SCRIPT = """
+    import os, signal, time
+    import psutil
+    from rewards import MathReward, RewardPool
+
+    if __name__ == "__main__":
+        pool = RewardPool(MathReward(), num_workers=1, timeout_s=10)
+        assert pool.score([("The answer is 4", "4")])[0].value == 1.0
+        # What `ray job stop` does: SIGTERM to the driver's children, the forkserver included.
+        for child in psutil.Process().children(recursive=True):
+            child.send_signal(signal.SIGTERM)
+        time.sleep(2)  # the dispatcher sees its worker die meanwhile
+        pool.close()
+        print("closed")
+"""
+
+
+def test_workers_terminated_with_the_process_tree_end_the_pool_in_one_line(tmp_path: Path) -> None:
+    """No respawn on the dead forkserver (a BrokenPipeError traceback before), no traceback from
+    a worker whose parent went away: one warning line."""
+    script = tmp_path / "stopped.py"
+    script.write_text(textwrap.dedent(_STOPPED_SCRIPT))
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "closed", done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == ["reward workers terminated (exit code 255): the reward pool stops"]
