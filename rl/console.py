@@ -36,11 +36,14 @@ LIBRARY_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TQDM_DISABLE": "1",  # the libraries' bars (vLLM's weight loading); Lockstep's own ask for theirs
 }
-# Warnings of vLLM's CPU backend that hold for every CPU run and say nothing about this one
-# (performance hints about LD_PRELOAD and Triton, a refused torch.set_num_threads): in the log
-# file, not on the console.
+# vLLM warnings that hold for every engine Lockstep starts on CPU and say nothing about this
+# run: performance hints of the CPU backend (LD_PRELOAD, Triton), a refused torch.set_num_threads,
+# and the consequences of the engine settings Lockstep chooses (in-process engine core, eager
+# mode). In the log file, not on the console.
 CPU_NOTICES = ("is not found in LD_PRELOAD", "doesn't allow to use `torch.set_num_threads`",
-               "Triton is not installed", "Model Runner V2 requires Triton")
+               "Triton is not installed", "doesn't include CPU backend", "Model Runner V2 requires Triton",
+               "VLLM_ENABLE_V1_MULTIPROCESSING is set to False", "Enforce eager set",
+               "Inductor compilation was disabled")
 _open_bars: list = []
 _to_stderr: list[bool] = [False]
 
@@ -177,14 +180,14 @@ class phase:
 
 
 class _ConsoleFilter(logging.Filter):
-    """Lockstep's own INFO lines stay on the console; the libraries' need --verbose."""
+    """WARNING and up on the console (INFO too with --verbose), less vLLM's CPU notices."""
 
     def __init__(self, verbose: bool):
         super().__init__()
         self.verbose = verbose
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.verbose or record.name.startswith("lockstep"):
+        if self.verbose:
             return True
         if record.name.startswith("vllm") and record.levelno < logging.ERROR:
             message = record.getMessage()
@@ -201,7 +204,11 @@ def route_logs(verbose: bool = False) -> None:
     os.environ[VERBOSE_ENV] = "1" if verbose else "0"
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    if not any(getattr(h, "lockstep_console", False) for h in root.handlers):
+    for handler in root.handlers:
+        if getattr(handler, "lockstep_console", False):  # set up before (in-process calls of main)
+            handler.filters[0].verbose = verbose
+            break
+    else:
         console = logging.StreamHandler(sys.stderr)
         console.lockstep_console = True
         console.setFormatter(logging.Formatter(CONSOLE_FORMAT))
@@ -211,7 +218,6 @@ def route_logs(verbose: bool = False) -> None:
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # the libraries' deprecation notices
-    logging.captureWarnings(True)  # the rest as log records: in the file, and WARNING on the console
 
 
 def _quiet_library_handlers(verbose: bool) -> None:
