@@ -22,6 +22,7 @@ import threading
 import time
 
 PLAIN_EVERY_S = 30.0  # without a terminal: a progress line at most this often
+HEARTBEAT_EVERY_S = 60.0  # without a terminal: a "... so far" line of a long phase this often
 LOG_FILE_ENV = "LOCKSTEP_LOG_FILE"  # the run's log file, for the actors
 VERBOSE_ENV = "LOCKSTEP_VERBOSE"  # "1": the libraries' INFO on the console too
 LOG_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
@@ -142,7 +143,7 @@ class Progress:
 class phase:
     """`phase("starting 2 trainer ranks")`: one line now. As a context manager it also says when
     the phase is done and how long it took; meanwhile a terminal shows the seconds going by and
-    a log gets a "... so far" line every PLAIN_EVERY_S seconds (start-ups that take minutes)."""
+    a log gets a "... so far" line every HEARTBEAT_EVERY_S seconds (start-ups that take minutes)."""
 
     def __init__(self, what: str):
         self.what = what
@@ -157,7 +158,7 @@ class phase:
 
     def _tick(self) -> None:
         live = is_terminal()
-        every = 1.0 if live else PLAIN_EVERY_S
+        every = 1.0 if live else HEARTBEAT_EVERY_S
         while not self.stop.wait(every):
             elapsed = duration(time.monotonic() - self.started)
             if live and not _open_bars:
