@@ -235,20 +235,23 @@ def _quiet_library_handlers(verbose: bool) -> None:
 def log_to_file(path) -> None:
     """Every record at INFO and up, of every library, appended to `path` (the run's log file;
     actors append to the same file: one line per write). Also names it for the actors."""
-    path = str(path)
+    path = os.path.abspath(path)
     os.environ[LOG_FILE_ENV] = path
-    root = logging.getLogger()
-    if any(isinstance(h, logging.FileHandler) and h.baseFilename == os.path.abspath(path) for h in root.handlers):
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in ("ray", "DeepSpeed")
+                                       if not logging.getLogger(n).propagate]  # those that skip the root
+    if any(getattr(h, "baseFilename", None) == path for h in loggers[0].handlers):
         return
     _quiet_library_handlers(os.environ.get(VERBOSE_ENV) == "1")  # Ray is loaded by now
     os.makedirs(os.path.dirname(path), exist_ok=True)
     handler = logging.FileHandler(path)
+    handler.lockstep_file = True
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root.addHandler(handler)
-    for name in ("ray", "DeepSpeed"):  # loggers that do not propagate to the root
-        if not logging.getLogger(name).propagate:
-            logging.getLogger(name).addHandler(handler)
+    for logger in loggers:
+        for old in [h for h in logger.handlers if getattr(h, "lockstep_file", False)]:  # an earlier run's
+            logger.removeHandler(old)
+            old.close()
+        logger.addHandler(handler)
 
 
 def configure_worker() -> None:
