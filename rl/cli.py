@@ -90,7 +90,7 @@ def cmd_recipes(args) -> int:
 def cmd_eval(args) -> int:
     from rl.checkpoint import pinned
     from rl.config import from_data
-    from rl.console import progress_to_stderr
+    from rl.console import phase, progress_to_stderr
     from rl.data import PromptRenderer, dataset_name, load_examples
     from rl.evaluate import eval_plan, evaluate
     from rl.model import check_fp8_model, fp8_options
@@ -123,7 +123,8 @@ def cmd_eval(args) -> int:
         from rollout.worker import RolloutWorker
 
         rollout_cfg = RolloutConfig(max_new_tokens=plan.max_new_tokens, max_model_len=plan.max_model_len)
-        worker = RolloutWorker(str(target.model_dir), plan.dtype, rollout_cfg, seed=args.seed, fp8=fp8)
+        with phase(f"starting a vLLM engine on {target.model_dir}"):
+            worker = RolloutWorker(str(target.model_dir), plan.dtype, rollout_cfg, seed=args.seed, fp8=fp8)
         results = {}
         with build_reward_pool(plan.reward) as pool:
             for name, data, examples in sets:
