@@ -311,16 +311,6 @@ class _Dispatcher:
             dead = True
         if w in self.workers and (dead or (exited and not w.proc.is_alive())):
             w.proc.join(timeout=0.2)  # for the exit code in the details; reaped later otherwise
-            if w.proc.exitcode in (-signal.SIGTERM, _FORKSERVER_GONE):
-                # Someone is stopping this process tree (`ray job stop` signals the driver and
-                # all its children at once, the forkserver included): no respawn (it would fail
-                # on the dead forkserver with a traceback), one line, and batches still running
-                # fail with PoolClosed.
-                self.error = PoolClosed("RewardPool stopped: its worker processes were terminated")
-                logger.warning("reward workers terminated (exit code %s): the reward pool stops",
-                               w.proc.exitcode)
-                self.closing = True
-                return
             self._retire(w, Reason.CRASH, {"exitcode": w.proc.exitcode})
             if not w.ready:
                 self.start_failures += 1
@@ -486,11 +476,6 @@ class _Dispatcher:
         self.wake_w.close()
 
 
-# A forkserver child's exit code when the forkserver itself is gone and cannot report it
-# (multiprocessing.popen_forkserver.Popen.poll, Python 3.11).
-_FORKSERVER_GONE = 255
-
-
 def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -556,7 +541,7 @@ def _context(start_method: str) -> Any:
         from multiprocessing import forkserver
 
         current = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
-        wanted = ["rewards._preload"] + _main_dependencies()
+        wanted = ["rewards._forkserver_signals", "rewards._preload"] + _main_dependencies()
         ctx.set_forkserver_preload(current + [m for m in wanted if m not in current])
     return ctx
 

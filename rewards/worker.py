@@ -109,17 +109,23 @@ def _encode(msg: tuple) -> bytes:
 
 
 def _send(conn: Any, msg: tuple) -> bool:
-    """False when the parent has gone (its end of the pipe closed): the worker just ends."""
+    """Sends to the parent; False when it is gone or has closed the pipe (it is stopping): the
+    worker then exits quietly, without a BrokenPipeError traceback."""
     try:
         conn.send_bytes(pickle.dumps(msg))
         return True
-    except OSError:  # BrokenPipeError: a pool that closed, a driver that was stopped
+    except OSError:
         return False
 
 
 def worker_main(conn: Any, fn_bytes: bytes, soft_timeout_s: float | None, memory_limit_mb: int | None) -> None:
     """Entry point of a worker process (multiprocessing target)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    # Ctrl-C and SIGTERM are the driver's to handle: a terminal's Ctrl-C reaches the whole process
+    # group and `ray job stop` signals the driver's children too, while the driver finishes its
+    # step (which may still need these workers). A worker ends when the driver closes its pipe,
+    # and the kernel kills it if the driver dies (_die_with_parent).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGALRM, _on_alarm)
     _die_with_parent()
     if not _send(conn, ("started", os.getpid())):

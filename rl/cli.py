@@ -2,9 +2,11 @@
 
     lockstep run recipes/demo.yaml [key.sub=value ...] [--resume | --no-resume] [--dry-run]
     lockstep config recipes/demo.yaml [key.sub=value ...]     the resolved, validated recipe
-    lockstep recipes                                           the recipes in recipes/
+    lockstep recipes                                           the recipes in recipes/ (or shipped ones)
+    lockstep run demo                                          a shipped recipe by name (installed from a wheel)
     lockstep eval RUN_DIR_OR_CHECKPOINT [--data NAME_OR_FILE] [--k 4] [--limit 200]
-    lockstep mismatch RUN_DIR [--step N] [--top 20]
+    lockstep mismatch RUN_DIR [--step N] [--top 20] [--html OUT.html] [--json]
+    lockstep plot RUN_DIR [--output PNG]                       reward, accuracy, k3 (and SFT loss) over steps
     lockstep --version
 
 User errors (bad recipe, missing data, not a checkpoint) print one line naming the problem and
@@ -42,11 +44,26 @@ def send_ray_token_if_present() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def missing_engine() -> str | None:
+    """One line saying what to install when the engines' packages are missing (a plain
+    `pip install .` has neither torch nor vLLM: they come with an extra), else None."""
+    import importlib.util
+
+    missing = [label for name, label in (("torch", "torch"), ("vllm", "vLLM"))
+               if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed (the engines a run "
+            "needs come with an extra): pip install 'lockstep-rl[cpu]' (CPU) or 'lockstep-rl[gpu]' (CUDA)")
+
+
 def cmd_run(args) -> int:
     from rl.config import load_recipe
 
     cfg = load_recipe(args.recipe, args.overrides)
     resume = True if args.resume else (False if args.no_resume else None)
+    if not args.dry_run and (missing := missing_engine()):
+        raise ConfigError(missing)
     if args.dry_run:
         from rl.config import dump
         from rl.dry_run import plan_lines
@@ -58,9 +75,32 @@ def cmd_run(args) -> int:
         print("\n".join(f"#   {line}" for line in plan))
         return 0
     send_ray_token_if_present()
+    from rl.checkpoint import latest
     from rl.driver import Run
+    from rl.stop import StopSignals
 
-    Run(cfg, resume=resume).train()
+    stop, run = StopSignals(), None
+    stop.install()  # Run installs it again once Ray is up (ray.init replaces the SIGTERM handler)
+    try:
+        run = Run(cfg, resume=resume, stop=stop)
+        run.train()
+    except KeyboardInterrupt:  # start-up, or a second signal: the step is abandoned
+        if not stop.requested:
+            raise
+        stop.releasing = True
+        where = f"during step {run.step}, which is abandoned" if stop.finish_step else "during start-up"
+        newest = latest(cfg.run_dir)
+        resume_from = f"the newest checkpoint is {newest}" if newest else "the run has no checkpoint yet"
+        print(f"lockstep: stopped by {stop.name} {where}; {resume_from}; run the same command to resume",
+              file=sys.stderr, flush=True)
+        return stop.exit_code
+    finally:
+        if not stop.requested:
+            stop.restore()
+        # else: signals stay noted and ignored while the process exits (Ray's shutdown at exit)
+    if stop.requested:
+        print(run.stopped_line(), file=sys.stderr, flush=True)
+        return stop.exit_code
     return 0
 
 
@@ -135,6 +175,8 @@ def cmd_eval(args) -> int:
     first = next(iter(results))
     report = {"checkpoint": str(target.checkpoint / "hf" if target.checkpoint else target.model_dir),
               "step": target.state["step"] if target.state else None, "data": first, **results[first].metrics}
+    if target.skipped:  # newer checkpoints of the run that failed verification (each warned about)
+        report["skipped_damaged"] = list(target.skipped)
     if len(results) > 1:
         report["sets"] = {name: r.metrics for name, r in results.items()}
     if args.output:
@@ -145,8 +187,21 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from rl.plots import PlotUnavailable, plot_run
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise CheckpointError(f"{run_dir}: not a run directory (no metrics.jsonl); pass runs/<name>")
+    try:
+        print(plot_run(run_dir, Path(args.output) if args.output else None))
+    except PlotUnavailable as why:
+        raise CheckpointError(f"{run_dir}: no plot: {why}") from None
+    return 0
+
+
 def cmd_mismatch(args) -> int:
-    from rl.report import render
+    from rl.report import build, render_text
 
     run_dir = Path(args.run_dir)
     tokenizer = None
@@ -159,9 +214,18 @@ def cmd_mismatch(args) -> int:
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(load_recipe(config)))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, ConfigError) as e:
             logging.warning("token ids shown raw: tokenizer unavailable (%s)", e)
-    print(render(run_dir, args.step, args.top, tokenizer))
+    report = build(run_dir, args.step, args.top, tokenizer)
+    if args.html:
+        from rl.report_html import render_html
+
+        Path(args.html).write_text(render_html(report))
+        print(f"lockstep: wrote {args.html}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    elif not args.html:
+        print(render_text(report))
     return 0
 
 
@@ -254,10 +318,21 @@ def parser() -> argparse.ArgumentParser:
                          "by default only their warnings")
     ev.set_defaults(fn=cmd_eval)
 
+    plot = sub.add_parser("plot", help="draw a run's curves (reward, held-out accuracy, mismatch k3, SFT loss) "
+                                       "into a PNG; works while the run trains", **fmt)
+    plot.add_argument("run_dir", help="a run directory (runs/<name>)")
+    plot.add_argument("--output", default=None, help="where to write the PNG (default: RUN_DIR/curves.png)")
+    plot.set_defaults(fn=cmd_plot)
+
     mm = sub.add_parser("mismatch", help="train/infer log-prob mismatch of a run, token by token", **fmt)
     mm.add_argument("run_dir", help="a run directory (runs/<name>)")
-    mm.add_argument("--step", type=int, default=None, help="which step's records (default: the newest)")
-    mm.add_argument("--top", type=int, default=20, help="how many largest-|Δ| tokens to list")
+    mm.add_argument("--step", type=int, default=None,
+                    help="one step: its every metric, distributions and tokens (default: the whole run)")
+    mm.add_argument("--top", type=int, default=20, help="how many largest-|Δ| tokens to list (identical rows merged)")
+    mm.add_argument("--html", default=None, metavar="OUT.html",
+                    help="write the report as one self-contained page (charts inline, nothing fetched) "
+                         "(default: none)")
+    mm.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
     mm.set_defaults(fn=cmd_mismatch)
     return p
 

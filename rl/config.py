@@ -198,6 +198,14 @@ class ScheduleConfig:
     """Save a checkpoint every N steps (and after the last); 0: only after the last."""
     keep_last: int = 2
     """Complete checkpoints kept; older ones are deleted (0: keep all)."""
+    save_on_stop: bool = True
+    """On SIGINT or SIGTERM (Ctrl-C, `ray job stop`, a scheduler's preemption) finish the step in
+    progress and save a checkpoint at its end before exiting; false: exit after the step
+    without saving (a second signal abandons the step either way)."""
+    max_save_failures: int = 3
+    """Consecutive failed checkpoint saves (read-only or full disk) after which the run stops;
+    before that each failure is one error line and `checkpoint/save_failures`, and training
+    goes on to the next save. The previous checkpoint is never deleted by a failed save."""
     eval_samples: int = 1
     """k samples per held-out problem (pass@k, avg@k); 1 is greedy."""
     eval_temperature: float = 0.0
@@ -219,7 +227,9 @@ class LoggingConfig:
     project: str = "lockstep"
     """Project / experiment name in W&B and MLflow."""
     token_records_per_step: int = 2048
-    """Per-token mismatch records kept on disk per step for `lockstep mismatch` (bounded)."""
+    """Per-token mismatch records kept on disk per step for `lockstep mismatch`: beyond this, the
+    largest |Δ| and a weighted uniform sample of the rest (the report's numbers come from an exact
+    per-step summary)."""
 
 
 @dataclass
@@ -319,6 +329,7 @@ def check_combinations(cfg: RunConfig) -> None:
         "trainer.micro_batch_size": cfg.trainer.micro_batch_size,
         "trainer.num_minibatches": cfg.trainer.num_minibatches,
         "schedule.eval_samples": cfg.schedule.eval_samples,
+        "schedule.max_save_failures": cfg.schedule.max_save_failures,
     }
     for key, value in positive.items():
         if value < 1:
@@ -341,6 +352,10 @@ def check_combinations(cfg: RunConfig) -> None:
         bad("rollout.top_p", f"must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.rollout.max_new_tokens >= cfg.rollout.max_model_len:
         bad("rollout.max_new_tokens", "must be below rollout.max_model_len (the prompt needs room)")
+    if cfg.rollout.ignore_eos and cfg.algorithm.overlong != "keep":
+        bad("rollout.ignore_eos", f"every completion is then cut at max_new_tokens, and algorithm.overlong: "
+            f"{cfg.algorithm.overlong} would {'drop' if cfg.algorithm.overlong == 'filter' else 'penalise'} them "
+            "all; use algorithm.overlong: keep")
     if cfg.trainer.lr <= 0:
         bad("trainer.lr", f"must be > 0, got {cfg.trainer.lr}")
     if len(cfg.trainer.betas) != 2 or not all(0 <= b < 1 for b in cfg.trainer.betas):
@@ -509,7 +524,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Reads a recipe YAML, applies overrides, validates everything; raises ConfigError."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe {path}: no such file (recipes live in recipes/*.yaml)")
+        path = shipped_recipe(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -538,9 +553,22 @@ def save_resolved(cfg: RunConfig, path: Path) -> None:
 
 
 def recipes_dir() -> Path:
-    """recipes/ of the current directory if there is one, else the one shipped beside Lockstep."""
+    """recipes/ of the current directory if there is one, else the one shipped with Lockstep
+    (``rl/recipes``: package data in a wheel, a link to the repository's recipes/ in a clone)."""
     here = Path("recipes")
-    return here if here.is_dir() else Path(__file__).resolve().parent.parent / "recipes"
+    return here if here.is_dir() else Path(__file__).resolve().parent / "recipes"
+
+
+def shipped_recipe(path: Path) -> Path:
+    """A recipe named by what is not a file: ``demo``, ``demo.yaml`` or ``recipes/demo.yaml``
+    outside a clone find the recipe of that name in :func:`recipes_dir` (a wheel ships them)."""
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    for folder in dict.fromkeys([recipes_dir(), Path(__file__).resolve().parent / "recipes"]):
+        if (folder / name).is_file():
+            return folder / name
+    known = ", ".join(p.stem for p in sorted(recipes_dir().glob("*.y*ml"))) or "none found"
+    raise ConfigError(f"recipe {path}: no such file, and no recipe of that name ships with Lockstep "
+                      f"(lockstep recipes lists them: {known})")
 
 
 def describe_recipes(folder: Path) -> list[tuple[Path, str]]:

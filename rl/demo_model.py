@@ -1,4 +1,5 @@
-"""The demo's tiny model: a seeded tokenizer and a randomly initialised Qwen2-architecture LM.
+"""The demo's tiny model: a seeded tokenizer and a randomly initialised Qwen2-architecture LM
+(or a Ring-linear hybrid, or a Qwen3-shaped dense model for the GPU peer comparison).
 
 `model.path: demo:<name>` in a recipe resolves here. The directory is a normal Hugging Face
 checkpoint (config.json, model.safetensors, tokenizer files) that both vLLM and transformers
@@ -30,11 +31,12 @@ class DemoSpec:
     vocab_size: int = 384
     max_position: int = 512
     seed: int = 0
-    architecture: str = "qwen2"  # or "ring-linear": the hybrid linear/softmax MoE (DESIGN §3)
+    architecture: str = "qwen2"  # or "ring-linear": the hybrid linear/softmax MoE (DESIGN §3); or "qwen3"
     num_experts: int = 8  # ring-linear only: routed experts (top-2 of 4 groups, 1 shared)
     # ring-linear only: build from this Ring-linear preset (models.ring_linear.presets) instead
     # of the sizes above; the vocabulary is still the demo tokenizer's.
     preset: str = ""
+    head_dim: int = 0  # qwen3 only: attention head width (0: hidden_size // num_heads)
 
 
 SPECS = {
@@ -45,6 +47,14 @@ SPECS = {
                            num_heads=2, num_kv_heads=1),
     # The GPU recipe's model: Ring-mini's layer shapes, 1.2 B parameters (recipes/gpu_ring.yaml).
     "ring-mini-1b": DemoSpec(architecture="ring-linear", preset="mini-1b"),
+    # Qwen3-0.6B's layer shapes (28 layers, d_model 1024, 16 query / 8 KV heads of 128, MLP 3072,
+    # tied embeddings) with the demo tokenizer: 0.44 B parameters, seeded random weights. The
+    # dense model of the GPU peer comparison (benchmarks/gpu/trl_compare.py).
+    "qwen3-0.6b": DemoSpec(architecture="qwen3", hidden_size=1024, num_layers=28, num_heads=16, num_kv_heads=8,
+                           head_dim=128, intermediate_size=3072, max_position=4096),
+    # The same architecture at test size (the comparison's CPU smoke run).
+    "qwen3-micro": DemoSpec(architecture="qwen3", hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1,
+                            head_dim=64, intermediate_size=256, max_position=4096),
 }
 
 
@@ -56,7 +66,8 @@ def resolve(path: str, cache_dir: str) -> Path:
     spec = SPECS[name]
     # Fields added after a spec existed stay out of its digest at their defaults (same cache key).
     fields = {k: v for k, v in asdict(spec).items()
-              if (spec.architecture != "qwen2" or k not in ("architecture", "num_experts")) and (k != "preset" or v)}
+              if (spec.architecture != "qwen2" or k not in ("architecture", "num_experts"))
+              and (k not in ("preset", "head_dim") or v)}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
     target = Path(cache_dir).expanduser() / "demo" / f"{name}-{digest}"
     if (target / "config.json").exists():
@@ -103,13 +114,17 @@ def build(spec: DemoSpec, out: Path) -> None:
     tokenizer = build_tokenizer(spec, out)
     if spec.architecture == "ring-linear":
         return build_ring_linear(spec, tokenizer, out)
-    if spec.architecture != "qwen2":
-        raise ValueError(f"demo model architecture {spec.architecture!r}: use 'qwen2' or 'ring-linear'")
+    if spec.architecture not in ("qwen2", "qwen3"):
+        raise ValueError(f"demo model architecture {spec.architecture!r}: use 'qwen2', 'qwen3' or 'ring-linear'")
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     vocab = len(tokenizer)
-    config = Qwen2Config(
+    config_cls, model_cls, extra = Qwen2Config, Qwen2ForCausalLM, {}
+    if spec.architecture == "qwen3":
+        config_cls, model_cls = Qwen3Config, Qwen3ForCausalLM
+        extra = {"head_dim": spec.head_dim or spec.hidden_size // spec.num_heads}
+    config = config_cls(
         vocab_size=vocab,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -124,9 +139,10 @@ def build(spec: DemoSpec, out: Path) -> None:
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.eos_token_id,
         torch_dtype="float32",
+        **extra,
     )
     torch.manual_seed(spec.seed)
-    model = Qwen2ForCausalLM(config)
+    model = model_cls(config)
     model.save_pretrained(out, safe_serialization=True)
     (out / "generation_config.json").unlink(missing_ok=True)  # no sampling defaults of our own
 
@@ -159,8 +175,10 @@ def _save_random(config, seed: int, out: Path) -> None:
     import torch
 
     from trainer.ring_linear import BailingMoeLinearV2ForCausalLM
+    from trainer.ring_linear.remote_code import write_remote_code
 
     torch.manual_seed(seed)
     model = BailingMoeLinearV2ForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
     (out / "generation_config.json").unlink(missing_ok=True)
+    write_remote_code(out)

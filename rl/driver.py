@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import zlib
 
 from rl import checkpoint, trainer_logprobs
 from rl.algorithms import advantages as adv
 from rl.batch import Sample, StepBatch
+from rl.checkpoint import CheckpointError
 from rl.config import ConfigError, RunConfig, save_resolved, to_dict
 from rl.console import Progress, log_to_file, phase, plural
 from rl.data import PromptRenderer, load_examples
@@ -30,9 +32,11 @@ from rl.groups import RolloutGroup, TrainerGroup, trainer_setup
 from rl.metrics import MetricsLogger, print_progress, progress_line, read_history, sparkline
 from rl.model import check_fp8_model, load_tokenizer, resolve_model_path
 from rl.placement import Placement, connect
+from rl.plots import PlotUnavailable, plot_run
 from rl.rewards_config import build_reward_pool
 from rl.sampling import Sampler
 from rl.step_metrics import mismatch, reward_metrics
+from rl.stop import StopSignals
 from rl.timings import Timings
 from rl.update import informative, old_logprobs, select_and_advantage, update_policy
 from rl.warm_start import warm_start
@@ -43,12 +47,15 @@ log = logging.getLogger("lockstep.driver")
 
 
 class Run:
-    def __init__(self, cfg: RunConfig, resume: bool | None = None):
+    def __init__(self, cfg: RunConfig, resume: bool | None = None, stop: StopSignals | None = None):
         """Start-up. `resume`: True requires a checkpoint, False ignores any, None resumes from
-        the run's newest complete checkpoint if there is one."""
+        the run's newest intact checkpoint if there is one (a damaged newer one is named in a
+        warning and set aside, rl.checkpoint.recover). `stop`: the CLI's SIGINT/SIGTERM handling
+        (rl.stop); without it the run leaves signals alone."""
         self.cfg = cfg
         self.run_dir = cfg.run_dir
-        existing = checkpoint.latest(self.run_dir)
+        self.stop = stop
+        existing, self.damaged_checkpoints = checkpoint.recover(self.run_dir) if resume is not False else (None, [])
         if resume is True and existing is None:
             raise ConfigError(f"--resume: {self.run_dir} has no complete checkpoint to resume from")
         self.resumed_from = existing if resume is not False else None
@@ -65,13 +72,17 @@ class Run:
 
         print_progress(f"lockstep: run {cfg.name} in {self.run_dir} (Ray: {connect(cfg.ray.address)}; "
                        f"library logs: {self.run_dir / 'run.log'})")
+        if stop is not None:
+            stop.install()  # again: ray.init has just put its own SIGTERM handler in place
         if self.resumed_from:
             print_progress(f"resuming from {self.resumed_from} (--no-resume starts over)")
         self.rewards = build_reward_pool(cfg.reward)
         self.placement = Placement(cfg)
         state = checkpoint.load_state(self.resumed_from) if self.resumed_from else {"step": 0, "cursor": 0}
+        self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=state["step"] if self.resumed_from else None,
+                                     config_dict=to_dict(cfg))  # before SFT: it logs sft/* metrics
         policy = str(self.resumed_from / checkpoint.HF_DIR) if self.resumed_from else \
-            warm_start(cfg, self.placement, self.base_model, train_set, renderer, tokenizer)
+            warm_start(cfg, self.placement, self.base_model, train_set, renderer, tokenizer, self.metrics)
         per_update = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.trainer.num_minibatches
         setup = trainer_setup(cfg, policy, cfg.trainer.lr, per_update, cfg.algorithm.loss())
         with phase(f"starting {plural(cfg.trainer.num_ranks, 'trainer rank')} for RL"):
@@ -92,9 +103,10 @@ class Run:
         print_progress(f"weight sync: {where}; probe noise engine vs trainer {noise:.2g} on equal weights")
         self.step = state["step"]
         self.saved_step = self.step if self.resumed_from else None
-        self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=self.step if self.resumed_from else None,
-                                     config_dict=to_dict(cfg))
         self.timings = Timings()  # the current step's
+        self.save_failures = 0  # consecutive failed saves
+        self.tried_step = None  # the step of the last save attempted
+        self.save_error = ""  # the last one's cause
 
     def weight_transport(self) -> HostTransport | DeviceTransport:
         """CUDA IPC on the device when every engine shares its trainer rank's GPU; else through
@@ -117,28 +129,47 @@ class Run:
         try:
             return self.loop()
         finally:
+            if self.stop is not None:
+                self.stop.releasing = True  # a signal now must not cut the release of the actors short
             self.shutdown()
 
     def loop(self) -> dict:
         schedule = self.cfg.schedule
         if self.resumed_from:
-            print_progress(f"resumed from {self.resumed_from} at step {self.step}")
+            skipped = f" (the newer checkpoint was damaged: {len(self.damaged_checkpoints)} set aside)" \
+                if self.damaged_checkpoints else ""
+            print_progress(f"resumed from {self.resumed_from} at step {self.step}{skipped}")
         else:
             self.log_eval()
+        if self.stop is not None:
+            self.stop.finish_step = True  # from here a first signal lets the step finish
+        first = self.step + 1
         self.steps_bar = Progress("RL steps", schedule.steps, "step", initial=self.step, plain_lines=False)
-        while self.step < schedule.steps:
+        while self.step < schedule.steps and not self.stopping():
             self.step += 1
             metrics = self.rl_step()
-            if self.due(schedule.eval_every) or self.step == schedule.steps:
+            if self.damaged_checkpoints and self.step == first:  # once, on the first step after the resume
+                metrics["checkpoint/damaged_skipped"] = float(len(self.damaged_checkpoints))
+            if (self.due(schedule.eval_every) or self.step == schedule.steps) and not self.stopping():
                 metrics.update(self.evaluate())
+            if self.due(schedule.save_every) or self.step == schedule.steps or \
+                    (self.stopping() and schedule.save_on_stop):
+                metrics.update(self.save())
             self.metrics.log(self.step, metrics)
             self.steps_bar.update()
             print_progress(f"{progress_line(self.step, schedule.steps, metrics)} | eta {self.steps_bar.eta()}")
-            if self.due(schedule.save_every):
-                self.save()
-        if self.saved_step != self.step:
-            self.save()
+        if self.saved_step != self.step and self.tried_step != self.step and \
+                (schedule.save_on_stop or not self.stopping()):
+            self.save()  # no step ran (a fresh run of 0 steps), or a signal came after this step's save check
+        if self.saved_step != self.step and not self.stopping():
+            raise CheckpointError(f"the run finished step {self.step} but its last checkpoint failed "
+                                  f"({self.save_error}); {self.newest_checkpoint()}; make the output folder "
+                                  "writable (or free space) and run the same command to resume")
         return self.summary()
+
+    def stopping(self) -> bool:
+        """A SIGINT or SIGTERM came: the loop ends at this step's boundary."""
+        return self.stop is not None and self.stop.requested
 
     def rl_step(self) -> dict[str, float]:
         """One RL step, phase by phase; returns its metrics, time/<phase> included."""
@@ -152,8 +183,9 @@ class Run:
             self.measure_mismatch(batch, update, m)  # a_t vs b_t on this step's tokens
             self.sync_weights(m)  # trainer → engines, verified
             m["data/cursor"] = float(self.sampler.consumed_cursor())
-            # A fingerprint of which prompts this step drew (resume must reproduce it exactly).
-            m["data/prompt_hash"] = float(zlib.crc32(json.dumps(batch.prompt_indices).encode()))
+            # A fingerprint of which prompts this step drew (resume must reproduce it exactly): a
+            # field of the step's JSONL record, not a scalar (a hash has no scale to plot).
+            m["data/prompt_hash"] = f"{zlib.crc32(json.dumps(batch.prompt_indices).encode()):08x}"
         return m | self.timings.metrics() | self.throughput(batch)
 
     # ----------------------------------------------------------------------------------------
@@ -266,15 +298,58 @@ class Run:
             self.metrics.log(self.step, metrics)
             print_progress(self.held_out.progress_line(self.step, metrics))
 
-    def save(self) -> None:
-        partial = checkpoint.partial_dir(self.run_dir, self.step)
-        self.trainers.save_checkpoint(str(partial / checkpoint.ENGINE_DIR))
-        self.trainers.export_hf(str(partial / checkpoint.HF_DIR), self.base_model)
-        state = {"step": self.step, "cursor": self.sampler.consumed_cursor(), "weights_version": self.step,
-                 "config": to_dict(self.cfg)}
-        final = checkpoint.commit(self.run_dir, self.step, partial, state, self.cfg.schedule.keep_last)
+    def save(self) -> dict[str, float]:
+        """A checkpoint at this step boundary, sealed (rl.checkpoint.commit: the ranks fsync and
+        checksum their files, the manifest is written last, then `latest` moves). A failed save
+        (read-only or full disk: an OSError here or in a trainer rank) deletes only its partial
+        folder, is one error line and `checkpoint/save_failures` (failures in a row), and the run
+        goes on to its next save; `schedule.max_save_failures` in a row stop it."""
+        self.tried_step, partial = self.step, None
+        try:
+            partial = checkpoint.partial_dir(self.run_dir, self.step)
+            self.trainers.save_checkpoint(str(partial / checkpoint.ENGINE_DIR))
+            self.trainers.export_hf(str(partial / checkpoint.HF_DIR), self.base_model)
+            sealed = self.trainers.seal_files(str(partial))
+            state = {"step": self.step, "cursor": self.sampler.consumed_cursor(), "weights_version": self.step,
+                     "config": to_dict(self.cfg)}
+            final = checkpoint.commit(self.run_dir, self.step, partial, state, self.cfg.schedule.keep_last, sealed)
+        except OSError as e:  # a trainer rank's arrives as a RayTaskError that is also its cause's type
+            checkpoint.discard_partial(partial)
+            cause = getattr(e, "cause", None) or e
+            self.save_failures += 1
+            self.save_error = f"{type(cause).__name__}: {cause}"
+            limit = self.cfg.schedule.max_save_failures
+            if self.save_failures >= limit:
+                raise CheckpointError(f"{self.save_failures} checkpoint saves in a row failed (the last at step "
+                                      f"{self.step}: {self.save_error}); {self.newest_checkpoint()}; make the "
+                                      "output folder writable (or free space) and run the same command to "
+                                      "resume") from None
+            goes_on = f"; training goes on to the next save ({self.save_failures} of " \
+                      f"schedule.max_save_failures={limit} in a row)" \
+                if self.step < self.cfg.schedule.steps and not self.stopping() else ""
+            print(f"lockstep: error: checkpoint at step {self.step} failed ({self.save_error}); "
+                  f"{self.newest_checkpoint()}{goes_on}", file=sys.stderr, flush=True)
+            return {"checkpoint/save_failures": float(self.save_failures)}
+        self.save_failures = 0
         self.saved_step = self.step
         print_progress(f"saved checkpoint {final}")
+        return {"checkpoint/save_failures": 0.0}
+
+    def newest_checkpoint(self) -> str:
+        newest = checkpoint.latest(self.run_dir)
+        return f"the newest checkpoint is still {newest}" if newest else "the run has no checkpoint yet"
+
+    def stopped_line(self) -> str:
+        """The one line a run stopped by a signal ends with: where it stopped, what to run next."""
+        name = self.stop.name if self.stop else "a signal"
+        newest = checkpoint.latest(self.run_dir)
+        if self.saved_step == self.step:
+            where = f"checkpoint {newest}"
+        elif not self.cfg.schedule.save_on_stop:
+            where = f"not saved (schedule.save_on_stop=false); {self.newest_checkpoint()}"
+        else:
+            where = f"its checkpoint failed ({self.save_error}); {self.newest_checkpoint()}"
+        return f"lockstep: stopped by {name} after step {self.step}; {where}; run the same command to resume"
 
     def summary(self) -> dict:
         history = read_history(self.run_dir)
@@ -289,7 +364,15 @@ class Run:
             "eval_before": evals[0][1] if evals else None,
             "eval_after": evals[-1][1] if evals else None,
         }
+        if self.resumed_from:
+            out["resumed_from"] = str(self.resumed_from)
+        if self.damaged_checkpoints:
+            out["damaged_checkpoints_skipped"] = self.damaged_checkpoints
+        if self.stopping():
+            out["stopped_by"] = self.stop.name
         (self.run_dir / "summary.json").write_text(json.dumps(out, indent=1))
+        if self.stopping():  # the CLI prints one line (stopped_line) instead of the summary
+            return out
         lines = [
             "",
             f"== lockstep run {self.cfg.name}: {self.step} steps ==",
@@ -304,6 +387,10 @@ class Run:
                   f"metrics               {self.run_dir / 'metrics.jsonl'} "
                   f"(TensorBoard: {self.run_dir / 'tensorboard'})",
                   f"latest checkpoint     {out['checkpoint']}"]
+        try:
+            lines.append(f"curves                {plot_run(self.run_dir)}")
+        except PlotUnavailable as why:
+            lines.append(f"curves                not drawn: {why}")
         print_progress("\n".join(lines))
         return out
 

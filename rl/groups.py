@@ -18,7 +18,7 @@ from rl.model import check_engine_memory, fp8_options, weight_bytes
 from rl.placement import Placement
 from rollout.completion import Completion
 from rollout.worker import EngineInfo, RolloutWorker, WeightLoad
-from trainer.batch import TokenLogprobs, TrainBatch, TrainSample, UpdateResult
+from trainer.batch import SFTStepStats, TokenLogprobs, TrainBatch, TrainSample, UpdateResult
 from trainer.config import LossConfig, TrainerSetup
 from trainer.worker import DeviceWeights, TrainerInfo, TrainerRank, WeightBucket, free_port, node_ip
 
@@ -80,7 +80,7 @@ class TrainerGroup:
         parts = shard(samples, len(self.actors))
         return ray.get([a.train_step.remote(TrainBatch(p, normaliser)) for a, p in zip(self.actors, parts)])
 
-    def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> list[float]:
+    def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> list[SFTStepStats]:
         n = len(self.actors)
         return ray.get([a.sft_step.remote(p, t)
                         for a, p, t in zip(self.actors, shard(prompts, n), shard(targets, n))])
@@ -101,6 +101,12 @@ class TrainerGroup:
 
     def save_checkpoint(self, ds_dir: str) -> None:
         ray.get([a.save_checkpoint.remote(ds_dir) for a in self.actors])
+
+    def seal_files(self, directory: str) -> dict[str, list]:
+        """{relative path: [size, checksum]} of every file under `directory`, fsynced, each rank
+        taking its share."""
+        return {name: entry for part in ray.get([a.seal_files.remote(directory) for a in self.actors])
+                for name, entry in part.items()}
 
     def load_checkpoint(self, ds_dir: str) -> None:
         ray.get([a.load_checkpoint.remote(ds_dir) for a in self.actors])
@@ -164,12 +170,12 @@ class RolloutGroup:
         return cls(actors, sleeps, infos)
 
     def launch(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
-               top_p: float = 1.0, top_k: int = -1) -> Pending[list[list[Completion]]]:
+               top_p: float = 1.0, top_k: int = -1, ignore_eos: bool = False) -> Pending[list[list[Completion]]]:
         """Splits the prompts evenly over the engines and starts sampling n completions of each;
         the result holds each prompt's group, in prompt order."""
         parts = max(1, min(len(self.actors), len(prompts)))
         bounds = [round(k * len(prompts) / parts) for k in range(parts + 1)]
-        calls = [a.generate.remote(prompts[lo:hi], n, max_tokens, temperature, top_p, top_k)
+        calls = [a.generate.remote(prompts[lo:hi], n, max_tokens, temperature, top_p, top_k, ignore_eos)
                  for a, lo, hi in zip(self.actors[:parts], bounds, bounds[1:])]
         return Pending(calls, concatenated)
 

@@ -56,7 +56,7 @@ class Sampler:
         prompts = [self.renderer.ids(self.train_set[i]) for i in idx]
         c = self.cfg
         return Round(idx, prompts, self.rollout.launch(prompts, c.group_size, c.max_new_tokens, c.temperature,
-                                                       c.top_p, c.top_k))
+                                                       c.top_p, c.top_k, c.ignore_eos))
 
     def collect(self, launched: Round) -> tuple[list[int], list[Sample]]:
         """Waits for a round; returns its prompt indices and its samples, group-major."""

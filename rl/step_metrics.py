@@ -10,6 +10,7 @@ import torch
 
 from rl.algorithms.mismatch import mismatch_metrics
 from rl.batch import Sample
+from rl.token_records import StepTokens
 from trainer.batch import TokenLogprobs
 
 
@@ -34,11 +35,12 @@ def reward_metrics(samples: list[Sample], pool_stats: dict[str, int]) -> dict[st
 
 
 def mismatch(samples: list[Sample], b_t: list[TokenLogprobs], step: int,
-             stale: bool) -> tuple[dict[str, float], list[dict]]:
-    """The metrics of a_t (rollout) vs b_t (trainer), and one record per token. `stale`: the
-    batch was sampled ahead, by weights one update older than the trainer's, so the numbers
-    include that update's drift: logged as offpolicy/* (the sync probe still measures the
-    engines' mismatch on equal weights every step)."""
+             stale: bool) -> tuple[dict[str, float], StepTokens]:
+    """The metrics of a_t (rollout) vs b_t (trainer), and every token's values for the records
+    the report reads (`StepTokens.write`). `stale`: the batch was sampled ahead, by weights one
+    update older than the trainer's, so the numbers include that update's drift: logged as
+    offpolicy/* (the sync probe still measures the engines' mismatch on equal weights every
+    step)."""
     a = torch.tensor([x for s in samples for x in s.rollout_logprobs], dtype=torch.float32)
     b = torch.tensor([x for row in b_t for x in row.logprobs], dtype=torch.float32)
     pos = torch.tensor([j for s in samples for j in range(len(s.completion_ids))])
@@ -46,13 +48,13 @@ def mismatch(samples: list[Sample], b_t: list[TokenLogprobs], step: int,
     if stale:
         out = {k.replace("mismatch/", "offpolicy/", 1): v for k, v in out.items()}
     entropies = [x for row in b_t for x in row.entropies]
-    if entropies:
-        out["policy/entropy"] = sum(entropies) / len(entropies)
-    records = [
-        {"step": step, "sample": n, "position": j, "token": tok, "rollout_logprob": s.rollout_logprobs[j],
-         "trainer_logprob": row.logprobs[j], "entropy": row.entropies[j] if row.entropies else None,
-         "stale": stale}
-        for n, (s, row) in enumerate(zip(samples, b_t))
-        for j, tok in enumerate(s.completion_ids)
-    ]
-    return out, records
+    tokens = StepTokens(
+        step=step, stale=stale, metrics=dict(out),
+        rollout_logprobs=[x for s in samples for x in s.rollout_logprobs],
+        trainer_logprobs=[x for row in b_t for x in row.logprobs],
+        entropies=entropies if len(entropies) == len(a) else None,
+        sample=[n for n, s in enumerate(samples) for _ in s.completion_ids], position=pos.tolist(),
+        prompts=[s.prompt_ids for s in samples], completions=[s.completion_ids for s in samples])
+    if tokens.entropies:
+        out["policy/entropy"] = sum(tokens.entropies) / len(tokens.entropies)
+    return out, tokens

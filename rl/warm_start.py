@@ -1,6 +1,8 @@
 """The SFT warm start (if the recipe has one): supervised steps on the training set's worked
 solutions, with the same trainer and an engine of its own; the RL stage starts from its HF
-export under <run_dir>/sft/hf, reused if already there."""
+export under <run_dir>/sft/hf, reused if already there.  Every step logs `sft/loss` (mean NLL per
+target token over all ranks), `sft/lr`, `sft/grad_norm`, `sft/tokens_per_s` (prompt and target
+tokens through the trainer per second of the step) and `sft/target_tokens`, against `sft/step`."""
 
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ from rl.config import ConfigError, RunConfig
 from rl.data import DataOrder, Example, PromptRenderer, as_list
 from rl.groups import TrainerGroup, trainer_setup
 from rl.console import Progress, phase, plural, print_progress
+from rl.metrics import MetricsLogger
 from rl.placement import Placement
 from rl.timings import Timings
 
 
 def warm_start(cfg: RunConfig, placement: Placement, base_model: str, train_set: list[Example],
-               renderer: PromptRenderer, tokenizer) -> str:
+               renderer: PromptRenderer, tokenizer, metrics: MetricsLogger) -> str:
     """Returns the model the RL stage starts from: the SFT export, or `base_model` without SFT."""
     sft = cfg.sft
     out = cfg.run_dir / "sft" / "hf"
@@ -34,14 +37,21 @@ def warm_start(cfg: RunConfig, placement: Placement, base_model: str, train_set:
     eos = tokenizer.eos_token or ""
     order = DataOrder(len(with_solution), cfg.seed + 1, True)
     clock = Timings()
+    metrics.restart_sft()
     for step in range(sft.steps):
         examples = [with_solution[i] for i in order.indices(step * batch, batch)]
         prompts = [renderer.ids(e) for e in examples]
         targets = [tokenizer(" " + e.solution + eos, add_special_tokens=False)["input_ids"] for e in examples]
-        losses = trainers.sft_step(prompts, targets)
+        started = clock.elapsed()
+        ranks_stats = trainers.sft_step(prompts, targets)
+        seconds = max(clock.elapsed() - started, 1e-9)
+        target_tokens = sum(s.target_tokens for s in ranks_stats)
+        loss = sum(s.nll for s in ranks_stats) / max(target_tokens, 1)
+        metrics.log_sft(step + 1, {"sft/loss": loss, "sft/lr": ranks_stats[0].lr,
+                                   "sft/grad_norm": ranks_stats[0].grad_norm, "sft/target_tokens": target_tokens,
+                                   "sft/tokens_per_s": sum(s.tokens for s in ranks_stats) / seconds})
         progress.update()
         if (step + 1) % max(1, sft.steps // 10) == 0 or step + 1 == sft.steps:
-            loss = sum(losses) / len(losses)
             print_progress(f"sft step {step + 1:>4}/{sft.steps} | loss {loss:.3f} | {clock.elapsed():.0f}s | "
                            f"{progress.speed()} | eta {progress.eta()}")
     progress.close()

@@ -29,6 +29,9 @@ class RolloutConfig:
     """Nucleus sampling: keep the smallest token set holding this much probability (1: off)."""
     top_k: int = -1
     """Sample among the k most likely tokens (-1: off)."""
+    ignore_eos: bool = False
+    """Keep sampling past the EOS token: every training completion is max_new_tokens long (fixed
+    generation length, for benchmarks; vLLM's ignore_eos). Evaluation still stops at EOS."""
     kv_cache_gib: float = 1.0
     """vLLM on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."""
     gpu_memory_utilization: float = 0.5

@@ -108,13 +108,13 @@ class RolloutWorker:
         return EngineInfo(self.start_seconds, self.version, self.tokenizer.eos_token_id, fp8[0])
 
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
-                 top_p: float = 1.0, top_k: int = -1) -> list[list[Completion]]:
-        """For each prompt, n completions."""
+                 top_p: float = 1.0, top_k: int = -1, ignore_eos: bool = False) -> list[list[Completion]]:
+        """For each prompt, n completions (each max_tokens long with `ignore_eos`)."""
         from vllm import SamplingParams, TokensPrompt
 
         # logprobs=0: only the sampled token's log-prob, one flat entry per position.
         params = SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                logprobs=0, detokenize=False, flat_logprobs=True)
+                                ignore_eos=ignore_eos, logprobs=0, detokenize=False, flat_logprobs=True)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                                     use_tqdm=False)
         completions = [c for out in outputs for c in out.outputs]

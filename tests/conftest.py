@@ -10,7 +10,9 @@ TRITON_INTERPRET=1 makes `@triton.jit` kernels run on CPU tensors in Triton's in
 (tests/kernels). Triton reads it when a kernel is decorated, so it must be set before the first
 import of any kernel module, whichever test directory imports one first. The real engines are
 unaffected: vLLM-CPU, DeepSpeed-CPU and `kernels/` on CPU tensors do not use Triton.
-On a GPU machine, export TRITON_INTERPRET=0 to run the compiled kernels instead.
+On a machine with an NVIDIA GPU the default is 0, the compiled kernels on CUDA tensors (the
+interpreter cannot run them: `range(tl.cdiv(...))` fails on CUDA scalars, seen on an H100); the
+GPU tests are marked `gpu`: `python -m pytest -m gpu tests` there.
 """
 
 import os
@@ -21,4 +23,4 @@ from rl.blas import pin_mkl_code_path
 if "torch" in sys.modules and "MKL_CBWR" not in os.environ:  # a plugin loaded torch: too late for MKL
     raise RuntimeError("torch was imported before tests/conftest.py could set MKL_CBWR: export MKL_CBWR=AUTO")
 pin_mkl_code_path()
-os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_INTERPRET", "0" if os.path.exists("/dev/nvidiactl") else "1")

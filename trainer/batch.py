@@ -7,6 +7,8 @@ micro-batches. Every field is read by the loss, the log-prob passes or the drive
 
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass, fields
 
 
@@ -44,20 +46,46 @@ class TokenLogprobs:
 
 @dataclass
 class UpdateStats:
-    """Sums over one rank's tokens of one optimiser step (the driver divides by `tokens`)."""
+    """Sums over one rank's tokens of one optimiser step (the driver divides by `tokens`), and
+    extremes (`*_min`, `*_max`: combined by min and max)."""
 
     loss: float = 0.0  # this rank's share of the mini-batch loss
     pg_loss: float = 0.0
     kl: float = 0.0
     entropy: float = 0.0
-    clip_frac: float = 0.0
-    correction_weight: float = 0.0
+    clip_frac: float = 0.0  # tokens whose gradient the PPO clip removed
+    correction_weight: float = 0.0  # Σ w_t of the train/infer correction
+    correction_masked: float = 0.0  # tokens the correction dropped (w_t = 0)
+    correction_below: float = 0.0  # tokens with ρ_t = exp(b_t − a_t) < correction_low
+    correction_above: float = 0.0  # tokens with ρ_t > correction_high
     tokens: float = 0.0
     grad_norm: float = 0.0
     lr: float = 0.0
+    correction_weight_max: float = -math.inf
+    correction_ratio_min: float = math.inf
+    correction_ratio_max: float = -math.inf
+    ppo_ratio_min: float = math.inf  # exp(logp − old_logp) of the policy loss
+    ppo_ratio_max: float = -math.inf
 
     def __add__(self, other: UpdateStats) -> UpdateStats:
-        return UpdateStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+        def combine(name: str):
+            op = max if name.endswith("_max") else min if name.endswith("_min") else operator.add
+            return op(getattr(self, name), getattr(other, name))
+
+        return UpdateStats(**{f.name: combine(f.name) for f in fields(self)})
+
+
+@dataclass(frozen=True)
+class SFTStepStats:
+    """One rank's share of one SFT step: target-token NLL summed and counted (the driver's loss is
+    Σ nll / Σ target_tokens over ranks), every token it ran (prompts too, for the throughput),
+    and the optimiser's global grad norm and learning rate (the same on every rank)."""
+
+    nll: float
+    target_tokens: int
+    tokens: int
+    grad_norm: float
+    lr: float
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from trainer import losses
-from trainer.batch import TokenLogprobs, TrainBatch, TrainSample, UpdateResult, UpdateStats
+from trainer.batch import SFTStepStats, TokenLogprobs, TrainBatch, TrainSample, UpdateResult, UpdateStats
 from trainer.config import TrainerSetup
 from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head
 
@@ -248,12 +248,21 @@ class TrainerRank:
             stats.clip_frac += clipped[m].float().sum().item()
             stats.correction_weight += weight[m].sum().item()
             stats.tokens += m.sum().item()
+            if m.any():  # what the correction and the clip saw: ρ_t = exp(old − a_t), the PPO ratio
+                rho, ppo = torch.exp(old - rollout)[m], torch.exp(logp.detach() - old)[m]
+                stats += UpdateStats(
+                    correction_masked=(weight[m] == 0).sum().item(),
+                    correction_below=(rho < loss_cfg.correction_low).sum().item(),
+                    correction_above=(rho > loss_cfg.correction_high).sum().item(),
+                    correction_weight_max=weight[m].max().item(), correction_ratio_min=rho.min().item(),
+                    correction_ratio_max=rho.max().item(), ppo_ratio_min=ppo.min().item(),
+                    ppo_ratio_max=ppo.max().item())
         stats.grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
         stats.lr = self.engine.get_lr()[0]
         return UpdateResult(stats, rows)
 
-    def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> float:
-        """Supervised step: mean cross-entropy of target tokens given their prompts (warm start)."""
+    def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> SFTStepStats:
+        """Supervised step: cross-entropy of target tokens given their prompts (warm start)."""
         self.engine.module.train()
         total_tokens = sum(len(t) for t in targets)
         idx_chunks = list(self._micro_batches(list(range(len(prompts)))))
@@ -269,7 +278,8 @@ class TrainerRank:
             self.engine.backward(nll * self.micro_batches / max(total_tokens, 1))
             self.engine.step()
             total += nll.item()
-        return total / max(total_tokens, 1)
+        return SFTStepStats(total, total_tokens, total_tokens + sum(len(p) for p in prompts),
+                            float(self.engine.get_global_grad_norm() or 0.0), self.engine.get_lr()[0])
 
     # ----------------------------------------------------------------------------------------
     # Weights out: buckets for the rollout engine, Hugging Face export, DeepSpeed checkpoints
@@ -350,10 +360,26 @@ class TrainerRank:
             self.engine.module.save_pretrained(out, state_dict=state, safe_serialization=True,
                                                max_shard_size="2GB")
             AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+            from models.ring_linear import MODEL_TYPE
+
+            if self.engine.module.config.model_type == MODEL_TYPE:  # loads without Lockstep too
+                from trainer.ring_linear.remote_code import write_remote_code
+
+                write_remote_code(out)
         torch.distributed.barrier()
 
     def save_checkpoint(self, ds_dir: str) -> None:
         self.engine.save_checkpoint(ds_dir, tag="engine")
+
+    def seal_files(self, directory: str) -> dict[str, list]:
+        """After a save: fsyncs and checksums this rank's share of the files under `directory`
+        (file i of the sorted list is rank i mod world_size's), for the checkpoint's manifest
+        (`trainer.checkpoint_files`). Every rank reads a part, so a big checkpoint is read back
+        in parallel."""
+        from trainer.checkpoint_files import files_under, seal
+
+        root = Path(directory)
+        return seal(root, files_under(root)[self.rank :: self.world_size])
 
     def load_checkpoint(self, ds_dir: str) -> None:
         path, _ = self.engine.load_checkpoint(ds_dir, tag="engine")

@@ -38,6 +38,16 @@ def decode_step(qkv, lam, scale: float, state, rows):
     return ((q[..., :, None] * S).sum(-2) * scale).to(qkv.dtype)
 
 
+def recurrent_step(q, k, v, decay, scale: float, state):
+    """:func:`kernels.linear_attention.recurrent`'s main case in PyTorch alone: one new token
+    per sequence (q, k, v ``[B, H, D]``), row b on ``state[b]`` (updated in place), by
+    :func:`decode_step` — the CPU kernel's definition, which it computes bitwise.  The exported
+    model code's decode (``trainer.ring_linear.remote_code``: plain transformers has no C kernel)."""
+    lam = decay.detach().to(state.dtype).exp().view(-1, 1, 1)
+    rows = torch.arange(q.shape[0], device=q.device)
+    return decode_step(torch.stack((q, k, v), 1), lam, scale, state, rows)
+
+
 _DECODE_SOURCE = Path(__file__).with_name("decode_cpu.c")
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _DECODE_SIGNATURE = (None, [_ptr, _i64, _i64, _i64, _ptr, ctypes.c_double, _ptr, _i64, _ptr, _ptr])

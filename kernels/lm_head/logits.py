@@ -81,6 +81,25 @@ _CONFIG_INTERPRET = (32, 32, 32, 4, 1)
 _CPU_CHUNK = 4096
 
 
+def matmul_fp32_torch(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, accumulate: bool) -> torch.Tensor:
+    """The PyTorch path of :func:`matmul_fp32` (any device): float64 matmuls over column chunks,
+    rounded to fp32, written (or added) into ``out`` fp32 ``[M, N]``."""
+    for c0 in range(0, b.shape[1], _CPU_CHUNK):
+        part = (a.double() @ b[:, c0:c0 + _CPU_CHUNK].double()).float()
+        if accumulate:
+            out[:, c0:c0 + _CPU_CHUNK] += part
+        else:
+            out[:, c0:c0 + _CPU_CHUNK] = part
+    return out
+
+
+def logits_fp32_torch(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """:func:`logits_fp32` on its PyTorch path alone, on any device (the exported model code's
+    LM head: ``trainer.ring_linear.remote_code``)."""
+    out = torch.empty(hidden.shape[0], weight.shape[0], dtype=torch.float32, device=hidden.device)
+    return matmul_fp32_torch(hidden, weight.t(), out, accumulate=False)
+
+
 def matmul_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None,
                 accumulate: bool = False, *, backend: Backend = "auto",
                 config: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
@@ -104,13 +123,7 @@ def matmul_fp32(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = Non
     if m == 0 or n == 0:
         return out
     if resolve_backend("lm_head.matmul_fp32", a, backend) == "torch":
-        for c0 in range(0, n, _CPU_CHUNK):
-            part = (a.double() @ b[:, c0:c0 + _CPU_CHUNK].double()).float()
-            if accumulate:
-                out[:, c0:c0 + _CPU_CHUNK] += part
-            else:
-                out[:, c0:c0 + _CPU_CHUNK] = part
-        return out
+        return matmul_fp32_torch(a, b, out, accumulate)
     ieee = a.dtype == torch.float32
     gpu_config = _CONFIG_GPU_FP32 if ieee else _CONFIG_GPU
     bm, bn, bk, warps, stages = config or (gpu_config if a.is_cuda else _CONFIG_INTERPRET)

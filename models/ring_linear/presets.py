@@ -5,6 +5,9 @@
   softmax, linear, softmax), a dense first layer, 8 experts in 4 groups.  head_dim 64, a size
   vLLM's CPU attention backend supports.
 * ``mini``  — Ring-mini-linear-2.0 shapes (its published ``config.json``).
+* ``ring-mini-linear-2.0`` — the published ``config.json`` of ``inclusionAI/Ring-mini-linear-2.0``
+  field for field (``mini``'s shapes plus its token ids and remaining keys); benchmarks build it
+  with random weights (``benchmarks/gpu/rollout.py``).
 * ``mini-1b`` — Ring-mini's layer shapes at 10 layers and 32 experts (1.2 B parameters with a
   small vocabulary): the GPU recipe's model.
 * ``flash`` — Ring-flash-linear-2.0 shapes (32 layers, G = 8, d_model 4096, 32 heads of 128,
@@ -49,6 +52,22 @@ PRESETS: dict[str, dict] = {
     "mini-1b": dict(_COMMON, hidden_size=2048, num_hidden_layers=10, layer_group_size=5,
                     num_attention_heads=16, intermediate_size=5120, moe_intermediate_size=512,
                     moe_shared_expert_intermediate_size=512, num_experts=32, max_position_embeddings=4096),
+    # The published config.json of inclusionAI/Ring-mini-linear-2.0, every key our config has
+    # (read from a public field-for-field reproduction of it, mlx-community's 4-bit conversion,
+    # whose only additions are its quantization keys; the hub itself is unreachable here).
+    # Shapes equal ``mini``'s (a unit test checks); beyond them it fixes the token ids.
+    "ring-mini-linear-2.0": dict(
+        architectures=[ARCHITECTURE], attention_dropout=0.0, embedding_dropout=0.0, output_dropout=0.0,
+        eos_token_id=156892, pad_token_id=156892, first_k_dense_replace=1, group_norm_size=4, head_dim=128,
+        hidden_act="silu", hidden_size=2048, intermediate_size=5120, layer_group_size=5, linear_silu=False,
+        max_position_embeddings=131072, moe_intermediate_size=512, moe_router_enable_expert_bias=True,
+        moe_shared_expert_intermediate_size=512, n_group=8, norm_topk_prob=True, num_attention_heads=16,
+        num_experts=256, num_experts_per_tok=8, num_hidden_layers=20, num_key_value_heads=4,
+        num_nextn_predict_layers=0, num_shared_experts=1, partial_rotary_factor=0.5, rms_norm_eps=1e-6,
+        rope_theta=1_000_000.0, routed_scaling_factor=2.5, router_dtype="fp32", score_function="sigmoid",
+        tie_word_embeddings=False, topk_group=4, use_bias=False, use_cache=True, use_qk_norm=True,
+        use_qkv_bias=False, use_rmsnorm=True, vocab_size=157184,
+    ),
     "flash": dict(_COMMON, hidden_size=4096, num_hidden_layers=32, layer_group_size=8,
                   num_attention_heads=32, intermediate_size=9216, moe_intermediate_size=1024,
                   moe_shared_expert_intermediate_size=1024),

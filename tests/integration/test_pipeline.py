@@ -56,6 +56,14 @@ def test_three_plus_steps_finite_metrics_and_real_sync(first_run):
     before = load_file(base / "model.safetensors")
     assert any(not before[k].equal(after[k]) for k in before if k in after)
     assert (run_dir / "tensorboard").is_dir() and any((run_dir / "tokens").iterdir())
+    # The SFT warm start's metrics, on their own axis; the prompt fingerprint is a record field.
+    sft = read_history(run_dir, axis="sft/step")
+    assert [h["sft/step"] for h in sft] == list(range(1, data["sft"]["steps"] + 1))
+    for key in ("sft/loss", "sft/lr", "sft/grad_norm", "sft/tokens_per_s"):
+        assert all(math.isfinite(h[key]) for h in sft) and sft[-1][key] > 0, key
+    assert sft[-1]["sft/loss"] < sft[0]["sft/loss"]
+    assert all(isinstance(h["data/prompt_hash"], str) for h in steps)
+    assert (run_dir / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_resume_continues_order_and_counters(first_run):
@@ -71,7 +79,7 @@ def test_resume_continues_order_and_counters(first_run):
     for h in history:
         if "reward/mean" in h:
             expected = order.indices((h["step"] - 1) * per_step, per_step)
-            assert h["data/prompt_hash"] == float(zlib.crc32(json.dumps(expected).encode()))
+            assert h["data/prompt_hash"] == f"{zlib.crc32(json.dumps(expected).encode()):08x}"
             assert h["data/cursor"] == h["step"] * per_step
     assert checkpoint.load_state(checkpoint.latest(cfg.run_dir))["step"] == 4
 
@@ -138,7 +146,7 @@ def test_sampling_ahead_then_resume(tmp_path, ray_local):
     assert "time/rollout_ahead_wait" in steps[0] and "time/rollout_ahead_wait" not in steps[1]
     order = DataOrder(len(load_examples(cfg.data.train)), cfg.seed, cfg.data.shuffle)
     for h in steps:
-        assert h["data/prompt_hash"] == float(zlib.crc32(json.dumps(order.indices((h["step"] - 1) * per_step, per_step)).encode()))
+        assert h["data/prompt_hash"] == f"{zlib.crc32(json.dumps(order.indices((h['step'] - 1) * per_step, per_step)).encode()):08x}"
         assert h["data/cursor"] == h["step"] * per_step
         assert h["sync/probe_max_abs_diff"] <= 1e-3  # the engines' own mismatch, equal weights
     assert "mismatch/k3" in steps[0] and "offpolicy/k3" not in steps[0]

@@ -4,7 +4,10 @@ float64 forward: same weights, same tokens, fp32 (issue 5's parity bar: max |Δ 
 Two engines, eager and compiled (vLLM's default: the plugin's model under torch.compile, its
 recurrence and routed experts as custom ops), each with a small token budget per step so that
 the 70-token prompt is prefilled in two pieces and the second piece shares a step with other sequences' decodes (the
-state-cache paths: fresh slots, chunked prefill with a carried state, mixed prefill/decode).
+state-cache paths: fresh slots, chunked prefill with a carried state, mixed prefill/decode), and
+a cache of only BLOCKS blocks (128 tokens of KV, or one sequence's state, each), so that longer
+generations preempt sequences and vLLM recomputes them (their state rebuilt from a fresh slot).
+Prefix caching is on (vLLM's default for hybrid models: the state is cached at block boundaries).
 When the log-probs disagree, the failure names the first module whose activations diverge
 (hooks on both sides, one sequence decoded token by token vs one training forward).
 """
@@ -28,6 +31,9 @@ pytestmark = pytest.mark.integration
 TOL = 1e-5
 PROMPT_LENS = [1, 5, 23, 70]
 NEW_TOKENS = 64
+# KV + state blocks of the engines: a sequence of up to 256 tokens holds 4 (2 of KV, 2 of state
+# in prefix caching's "align" mode), so 8 blocks hold two such sequences at once
+BLOCKS = 8
 
 
 @pytest.fixture(scope="module", params=["eager", "compiled"])
@@ -44,6 +50,7 @@ def ring(request, tmp_path_factory):
                                    initializer_range=0.08)
     llm = LLM(model=str(path), dtype="float32", seed=0, max_model_len=256, enforce_eager=request.param == "eager",
               max_num_batched_tokens=64, max_num_seqs=8, logprobs_mode="processed_logprobs",
+              num_gpu_blocks_override=BLOCKS, disable_log_stats=False,  # metrics: preemptions, prefix hits
               worker_extension_cls="rollout.activations.EngineExtension", gpu_memory_utilization=0.05)
     model = BailingMoeLinearV2ForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     yield path, llm, model
@@ -74,6 +81,42 @@ def test_sampled_logprobs_match_trainer_and_float64(ring):
             assert worst <= 1.0, f"{name} vs float64, prompt length {len(p)}: {worst:.2f}x the bound"
     # the sampled distribution is far from uniform: the comparison is not of near-constants
     assert torch.cat(engine).std().item() > 0.3
+
+
+def counter(llm, name: str) -> float:
+    """A vLLM counter's value (summed over its labels; both engines of the module count in it,
+    so tests read differences)."""
+    return sum(m.value for m in llm.get_metrics() if m.name == name)
+
+
+def test_long_prompt_prefix_cache_and_preemption_keep_the_state(ring):
+    """Three generations, 32 new tokens each: a 200-token prompt, prefilled in 4 chunks of the
+    64-token step budget; a prompt sharing its first 150 tokens, which starts from the prefix
+    cache (state restored at the 128-token block boundary); four 110-token prompts that outgrow
+    the engine's BLOCKS cache blocks, so vLLM preempts some and recomputes them on resumption
+    (prompt and the tokens sampled so far, from a fresh state slot).  Every sampled token's
+    log-prob equals the trainer's teacher-forced one."""
+    path, llm, model = ring
+    rng = random.Random(5)
+    vocab = model.config.vocab_size
+    long = [rng.randrange(1, vocab) for _ in range(200)]
+    shared = long[:150] + [rng.randrange(1, vocab) for _ in range(40)]
+    crowd = [[rng.randrange(1, vocab) for _ in range(110)] for _ in range(4)]
+    llm.reset_prefix_cache()
+    hits, preempted = counter(llm, "vllm:prefix_cache_hits"), counter(llm, "vllm:num_preemptions")
+    prompts, completions, engine = [], [], []
+    for batch in ([long], [shared], crowd):  # one after the other: the 8 blocks hold little
+        if batch is crowd:
+            hits = counter(llm, "vllm:prefix_cache_hits") - hits
+        done, logps = sample_with_logprobs(llm, batch, 32)
+        prompts, completions, engine = prompts + batch, completions + done, engine + logps
+    preempted = counter(llm, "vllm:num_preemptions") - preempted
+    trainer = trainer_logprobs(model, prompts, completions)
+    for b, (p, c) in enumerate(zip(prompts, completions)):
+        diff = (engine[b] - trainer[b]).abs().max().item()
+        assert diff <= TOL, f"sequence {b} (prompt {len(p)} tokens): engine vs trainer |Δ log-prob| {diff:.2e}"
+    assert hits >= 128, f"{hits} prompt tokens came from the prefix cache: the shared prefix was not reused"
+    assert preempted > 0, "no sequence was preempted: the test did not exercise recomputation"
 
 
 def test_decode_activations_match_training_forward(ring):

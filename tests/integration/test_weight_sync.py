@@ -95,3 +95,19 @@ def test_sync_warns_only_of_layers_that_should_have_had_weights(engine):
         send_weights(worker.llm, state)  # the engine whole again for the module's other tests
     finally:
         reload_log.removeHandler(handler)
+
+
+def test_ignore_eos_samples_the_full_length(engine):
+    """`rollout.ignore_eos` (fixed-length rollouts for benchmarks): sampling runs on past EOS.
+    The same (random, near-uniform: P(EOS) ~ 1/360 a token) model stops at EOS in some of 128
+    completions of 24 tokens without it, so the check has teeth. (In this module for its engine:
+    another one would cost a start-up.)"""
+    _, worker = engine
+    eos = worker.tokenizer.eos_token_id
+    prompts = [worker.tokenizer(TEXT)["input_ids"][:8]] * 4
+    free = [c for group in worker.generate(prompts, n=32, max_tokens=24, temperature=1.0) for c in group]
+    assert any(c.finish_reason == "stop" and c.token_ids[-1] == eos for c in free)
+    fixed = [c for group in worker.generate(prompts, n=32, max_tokens=24, temperature=1.0, ignore_eos=True)
+             for c in group]
+    assert all(len(c.token_ids) == 24 and c.finish_reason == "length" for c in fixed)
+    assert any(eos in c.token_ids[:-1] for c in fixed)  # sampled past an EOS

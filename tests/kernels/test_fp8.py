@@ -209,6 +209,7 @@ needs_gluon_quantizer = pytest.mark.skipif(
     "H100 (BENCHMARKS.md, FP8)")
 
 
+@pytest.mark.gpu
 @needs_gluon_quantizer
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("pow2", [False, True])
@@ -240,6 +241,7 @@ def test_quantize_gluon_hard_inputs_bitwise(dtype, pow2, poison_empty):
         _quant_act_triton(hard[:8, :512].float().cuda(), True, True, pow2, "gluon")
 
 
+@pytest.mark.gpu
 @needs_gluon_quantizer
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("pow2", [False, True])
@@ -400,6 +402,7 @@ def test_fp8_gemm_batch_invariant(backend):
 _HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not _HOPPER, reason="Gluon GEMM is sm_90-only and the Triton interpreter "
                     "cannot run Gluon kernels; verified on an H100 (BENCHMARKS.md, FP8)")
 @pytest.mark.parametrize("m,n,k", [(300, 264, 1040), (77, 1024, 2048), (520, 1304, 384)])
@@ -424,6 +427,7 @@ def test_fp8_gemm_gluon_matches_reference_and_triton(m, n, k, b_kind, poison_emp
                            fp8_gemm(aq5, as5, bq, bs, torch.bfloat16, config=(128, 128, 8, 4, "ptr"))), cfg
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the launch cache is the CUDA path (the "
                     "interpreter launches through Triton); verified on an H100 (BENCHMARKS.md, FP8)")
 def test_cached_launches_see_new_arguments(poison_empty):
@@ -465,6 +469,7 @@ def test_gemm_plan_cache_revalidates_new_layouts():
     assert rel(fp8_gemm(aq, as_, bq_rows, bs_rows, torch.float32), R.fp8_gemm_ref(aq, as_, bq_rows, bs_rows)) < 1e-6
 
 
+@pytest.mark.gpu
 @needs_gluon_quantizer
 def test_tma_descriptor_cache_rebuilds_for_new_tensors(poison_empty, monkeypatch, caplog):
     """backend.launch's cache of encoded TMA descriptors (key: address, shape, strides, element
@@ -538,6 +543,7 @@ def test_tma_descriptor_cache_rebuilds_for_new_tensors(poison_empty, monkeypatch
         assert_bitwise(got.cpu(), ref)
 
 
+@pytest.mark.gpu
 @needs_gluon_quantizer
 def test_descriptors_encoded_on_a_thread_without_cuda_context():
     """A TMA descriptor encoded on a thread that has made no CUDA call yet (the autograd engine's
@@ -569,6 +575,7 @@ def test_descriptors_encoded_on_a_thread_without_cuda_context():
         assert_bitwise(got, want)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU; verified on an H100 "
                     "(BENCHMARKS.md, FP8)")
 def test_fp8_linear_cuda_graph_replay_matches_eager():

@@ -71,6 +71,7 @@ def test_grouped_gemm_no_rows_and_bad_operands():
         fp8_gemm_grouped(aq, as_, bq, bs, offsets.to("meta"))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not _CUDA, reason="needs a GPU")
 @pytest.mark.parametrize("counts", [[2] * 40 + [0, 5, 1], [300, 0, 129, 64, 63, 65, 1]])
 def test_grouped_gemm_compiled_matches_fp8_gemm_per_group(counts):

@@ -1,10 +1,10 @@
 """kernels.linear_attention against its float64 token-loop reference.
 
 Both backends: ``torch`` (the CPU path) and ``triton``.  The Triton kernels run on CUDA when a GPU
-is present, else on CPU tensors in the Triton interpreter.  tests/kernels/conftest.py sets
-TRITON_INTERPRET=1 before triton is imported, so the kernels are normally decorated as
-interpreted functions here; if something imported them earlier without it (e.g. another test
-directory collected first imported the model), the in-process triton cases are skipped and
+is present, else on CPU tensors in the Triton interpreter.  tests/conftest.py sets
+TRITON_INTERPRET (1 without a GPU, 0 with one) before triton is imported, so on CPU the kernels
+are normally decorated as interpreted functions here; if something imported them earlier without
+it, the in-process triton cases are skipped and
 ``test_triton_backend_in_subprocess`` reruns them in a fresh interpreter-mode process.
 Note: the Triton interpreter (3.6) gets bf16 tl.dot wrong, so the 16-bit interpreter cases use
 fp16; bf16 is checked on the GPU by benchmarks/linear_attention/ops.py.
@@ -54,7 +54,7 @@ def cpu_decode(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["torch", "triton"])
+@pytest.fixture(params=["torch", pytest.param("triton", marks=[pytest.mark.gpu] if TRITON == "cuda" else [])])
 def backend(request, monkeypatch):
     if request.param == "triton":
         if TRITON is None:

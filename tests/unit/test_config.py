@@ -36,6 +36,7 @@ def test_defaults_and_overrides():
         ({}, ["algorithm.correction=tis", "algorithm.old_logprobs=rollout"], r"algorithm.correction: a train/infer correction needs"),
         ({}, ["rollout.prompts_per_step=3", "rollout.group_size=3", "trainer.num_ranks=2"], r"must split evenly"),
         ({}, ["rollout.max_new_tokens=600"], r"rollout.max_new_tokens: must be below rollout.max_model_len"),
+        ({"rollout": {"ignore_eos": True}, "algorithm": {"overlong": "filter"}}, [], r"rollout.ignore_eos: .* would drop them all; use algorithm.overlong: keep"),
         ({}, ["schedule.eval_samples=4"], r"schedule.eval_samples: k > 1 samples need"),
         ({"rollout": 3}, [], r"rollout: expected a mapping"),
         ({}, ["trainer"], r"expected key.sub=value"),

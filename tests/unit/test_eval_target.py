@@ -119,7 +119,9 @@ def test_pinning_while_the_run_rotates_always_gets_a_whole_checkpoint(tmp_path):
     saver = threading.Thread(target=run)
     saver.start()
     try:
-        for _ in range(60):
+        pins = 0
+        while pins < 60 or len(steps) <= 10:  # a save fsyncs every file: slower than a pin
+            pins += 1
             with pinned(cfg.run_dir) as target:
                 assert weights_step(target.model_dir) == target.state["step"]
                 assert json.loads((target.model_dir / "config.json").read_text())["step"] == target.state["step"]
@@ -138,18 +140,69 @@ def test_no_checkpoint_yet(tmp_path, capsys):
                   "try again after its first save\n"
 
 
-@pytest.mark.parametrize("damage, names", [
-    (lambda c: (c / "state.json").write_text('{"step": 10, "cur'), "state.json: not valid JSON"),
-    (lambda c: __import__("shutil").rmtree(c / "hf"), "hf: missing, so there is no model to load"),
+def flip_a_byte(file: Path) -> None:
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    file.write_bytes(bytes(data))
+
+
+DAMAGE = [
+    (lambda c: (c / "state.json").write_text('{"step": 20, "cur'), r"state.json: 17 bytes, the manifest says \d+ \(truncated\)"),
+    (lambda c: __import__("shutil").rmtree(c / "hf"), r"hf/config.json: missing \(the manifest lists \d+ bytes\)"),
     (lambda c: (c / "hf" / "model.safetensors").write_bytes((c / "hf" / "model.safetensors").read_bytes()[:4000]),
-     "model.safetensors: truncated or damaged safetensors file"),
-])
-def test_a_damaged_checkpoint_is_one_line(tmp_path, capsys, damage, names):
+     r"hf/model.safetensors: 4000 bytes, the manifest says \d+ \(truncated\)"),
+    (lambda c: flip_a_byte(c / "hf" / "model.safetensors"),
+     r"hf/model.safetensors: checksum differs from the manifest's \(the file is corrupted\)"),
+]
+
+
+@pytest.mark.parametrize("damage, names", DAMAGE)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog, capsys, damage, names):
+    """On a run directory eval warns once, naming the file, and takes the previous checkpoint;
+    named explicitly, the damaged checkpoint is one error line (exit 2) pointing at the other."""
+    import re
+
     cfg = make_run(tmp_path)
     save(cfg, 10, keep_last=0)
-    damage(save(cfg, 20, keep_last=0))
+    newest = save(cfg, 20, keep_last=0)
+    damage(newest)
+    with pinned(cfg.run_dir) as target:
+        assert target.checkpoint.name == "step_000010" and weights_step(target.model_dir) == 10
+        assert len(target.skipped) == 1 and re.search(names, target.skipped[0])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and re.search(names, warnings[0]) and str(newest) in warnings[0]
+    assert "\n" not in warnings[0]
+    assert (cfg.run_dir / "checkpoints" / "latest").read_text().strip() == "step_000020"  # eval only reads
+    assert main(["eval", str(newest)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lockstep: error: {newest}") and re.search(names, err)
+    assert "step_000010" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_no_intact_checkpoint_is_one_line(tmp_path, capsys):
+    cfg = make_run(tmp_path)
+    for step in (10, 20):
+        damage = save(cfg, step, keep_last=0) / "state.json"
+        damage.write_text("{")
     assert main(["eval", str(cfg.run_dir)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"lockstep: error: {cfg.run_dir / 'checkpoints' / 'step_000020'}")
-    assert names in err and "step_000010" in err  # what to do: the run's other checkpoint
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"lockstep: error: {cfg.run_dir}: no intact checkpoint (") and err.count("\n") == 1
+    assert "step_000020/state.json: 1 bytes" in err and "step_000010/state.json: 1 bytes" in err
+
+
+def test_a_checkpoint_without_manifest_loads_unverified(tmp_path, caplog):
+    """Checkpoints saved before manifests existed still load, said once; their damage is still
+    found where the format allows (a truncated safetensors file)."""
+    cfg = make_run(tmp_path)
+    old = save(cfg, 10)
+    (old / "manifest.json").unlink()
+    for _ in range(2):
+        with pinned(cfg.run_dir) as target:
+            assert target.checkpoint == old and weights_step(target.model_dir) == 10
+    said = [r.getMessage() for r in caplog.records if "unverified" in r.getMessage()]
+    assert said == [f"{old}: no manifest.json (saved by an older Lockstep): loading it unverified"]
+    weights = old / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4000])
+    with pytest.raises(CheckpointError, match="model.safetensors: truncated or damaged safetensors file"):
+        with pinned(old):
+            pass

@@ -62,8 +62,8 @@ def test_stacked_moe_matches_per_expert_modules_on_both_paths():
             assert (got - want).abs().max().item() <= 1e-6 * want.abs().max().item(), tokens
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a GPU"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU")])])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fp8_stacked_experts_are_bitwise_the_fp8_per_expert_modules(dtype, device):
     """A recipe's FP8 switch in both layouts (``swap_linears_to_fp8``): the rollout's stacked

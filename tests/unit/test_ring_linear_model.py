@@ -334,6 +334,14 @@ def test_published_config_keys_load():
     assert cfg.linear_decay_layer_offset == 1 and cfg.rotary_dim == 64
     for key, value in PRESETS["mini"].items():
         assert getattr(cfg, key) == value, key
+    # the full preset is that file: every key of it, and mini's shapes
+    full = preset_config("ring-mini-linear-2.0")
+    for key, value in published.items():
+        if key in PRESETS["ring-mini-linear-2.0"]:
+            assert getattr(full, key) == value, key
+    assert set(PRESETS["ring-mini-linear-2.0"]) <= set(published)
+    assert full.to_diff_dict() == preset_config("mini", eos_token_id=156892, pad_token_id=156892,
+                                                num_nextn_predict_layers=0).to_diff_dict()
 
 
 def test_preset_shapes_and_parameter_counts():

@@ -319,11 +319,13 @@ def _left_padding(mask: torch.Tensor | None, B: int, S: int) -> torch.Tensor | N
 
 def _gathered(param: nn.Parameter):
     """Context in which a ZeRO-3-partitioned parameter is whole (read-only); a no-op otherwise."""
-    if hasattr(param, "ds_id"):
+    if not hasattr(param, "ds_id"):
+        return contextlib.nullcontext()
+    try:  # inside try: transformers then treats deepspeed as optional for the exported model code
         import deepspeed
-
-        return deepspeed.zero.GatheredParameters([param], modifier_rank=None)
-    return contextlib.nullcontext()
+    except ImportError as err:  # a ds_id parameter comes from deepspeed; say so if it is gone
+        raise RuntimeError("a ZeRO-3 (ds_id) parameter but deepspeed is not importable") from err
+    return deepspeed.zero.GatheredParameters([param], modifier_rank=None)
 
 
 class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel, GenerationMixin):

@@ -1,6 +1,7 @@
 """Seeded random Ring-linear checkpoints of the presets, for tests, benchmarks and demos: a
 directory (config.json, safetensors shards, tokenizer) written by the training model's
-``save_pretrained``, loadable by both engines like a published checkpoint."""
+``save_pretrained``, loadable by both engines like a published checkpoint, and by plain
+transformers with ``trust_remote_code=True`` (:mod:`.remote_code`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from models.ring_linear.presets import PRESETS, preset_config
 
 from .modeling import BailingMoeLinearV2ForCausalLM
+from .remote_code import write_remote_code
 
 
 def build_tokenizer(out: str | os.PathLike, vocab_size: int = 512):
@@ -62,6 +64,7 @@ def build_random_checkpoint(out: str | os.PathLike, preset: str = "tiny", seed: 
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     model.save_pretrained(str(out), max_shard_size=max_shard_size)
     (out / "generation_config.json").unlink(missing_ok=True)
+    write_remote_code(out)
     return out
 
 
