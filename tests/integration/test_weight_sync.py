@@ -24,7 +24,7 @@ def engine(tmp_path_factory):
 
     started = not ray.is_initialized()
     if started:
-        ray.init(include_dashboard=False, num_cpus=1)  # the buckets travel as Ray object refs
+        ray.init(address="local", include_dashboard=False, num_cpus=1)  # the buckets travel as Ray object refs
     path = demo_model.resolve("demo:arith-tiny", str(tmp_path_factory.mktemp("cache")))
     yield path, RolloutWorker(str(path), "float32", RolloutConfig(max_model_len=128), seed=0)
     if started:
