@@ -14,6 +14,7 @@ evaluation (rl.evaluate), the SFT warm start (rl.warm_start).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from rl import checkpoint, trainer_logprobs
 from rl.algorithms import advantages as adv
 from rl.batch import Sample, StepBatch
 from rl.checkpoint import CheckpointError
-from rl.config import ConfigError, RunConfig, save_resolved, to_dict
+from rl.config import AlgorithmConfig, ConfigError, RunConfig, save_resolved, to_dict
 from rl.console import Progress, log_to_file, phase, plural
 from rl.data import PromptRenderer, load_examples
 from rl.evaluate import HeldOut
@@ -107,6 +108,19 @@ class Run:
         self.save_failures = 0  # consecutive failed saves
         self.tried_step = None  # the step of the last save attempted
         self.save_error = ""  # the last one's cause
+
+    def switch_algorithm(self, algorithm: AlgorithmConfig) -> None:
+        """Train the next steps with another `algorithm` section on the same actors (weights,
+        optimiser and engines as they are): loss variants compared in one session pay for one
+        start-up (tests/integration/test_corrections.py). Changes that need other actors (a KL
+        reference, refill rounds: where b_t comes from) are refused."""
+        before = self.cfg.algorithm
+        if (algorithm.kl_coef > 0) != (before.kl_coef > 0) or \
+                algorithm.dynamic_sampling_max_rounds != before.dynamic_sampling_max_rounds:
+            raise ConfigError("switch_algorithm: kl_coef on/off and dynamic_sampling_max_rounds need a new run")
+        self.cfg = dataclasses.replace(self.cfg, algorithm=algorithm)
+        self.trainers.set_loss(algorithm.loss())
+        save_resolved(self.cfg, self.run_dir / "config.yaml")  # the report names the section in force
 
     def weight_transport(self) -> HostTransport | DeviceTransport:
         """CUDA IPC on the device when every engine shares its trainer rank's GPU; else through

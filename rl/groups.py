@@ -99,6 +99,9 @@ class TrainerGroup:
     def release_weight_buckets(self) -> None:
         ray.get([a.release_weight_buckets.remote() for a in self.actors])
 
+    def set_loss(self, loss: LossConfig) -> None:
+        ray.get([a.set_loss.remote(loss) for a in self.actors])
+
     def save_checkpoint(self, ds_dir: str) -> None:
         ray.get([a.save_checkpoint.remote(ds_dir) for a in self.actors])
 

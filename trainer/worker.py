@@ -9,6 +9,7 @@ It is built from a `trainer.config.TrainerSetup`, takes `trainer.batch` types an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -20,7 +21,7 @@ import torch
 
 from trainer import losses
 from trainer.batch import SFTStepStats, TokenLogprobs, TrainBatch, TrainSample, UpdateResult, UpdateStats
-from trainer.config import TrainerSetup
+from trainer.config import LossConfig, TrainerSetup
 from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head
 
 log = logging.getLogger("lockstep.trainer")
@@ -179,6 +180,11 @@ class TrainerRank:
 
     # ----------------------------------------------------------------------------------------
     # Updates
+
+    def set_loss(self, loss: LossConfig) -> None:
+        """Train the next steps with another loss (the recipe's `algorithm` section): the
+        weights, optimiser state and step counter stay as they are."""
+        self.setup = dataclasses.replace(self.setup, loss=loss)
 
     def train_step(self, batch: TrainBatch) -> UpdateResult:
         """One optimiser step over this rank's share of a mini-batch, in `self.micro_batches`
