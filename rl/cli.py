@@ -11,7 +11,8 @@
     lockstep --version
 
 User errors (bad recipe, missing data, not a checkpoint) print one line naming the problem and
-the fix, and exit 2 without a traceback.
+the fix, and exit 2 without a traceback. Every exit code and what it asks of the user:
+rl/exit_codes.py.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
+from rl import exit_codes
 from rl.checkpoint import CheckpointError
 from rl.config import ConfigError
-
-EXIT_USER_ERROR = 2
 
 
 def send_ray_token_if_present() -> None:
@@ -78,6 +79,8 @@ def cmd_run(args) -> int:
     send_ray_token_if_present()
     from rl.checkpoint import latest
     from rl.driver import Run
+    from rl.faults import RunStopped
+    from rl.groups import ActorFailed
     from rl.stop import StopSignals
 
     stop, run = StopSignals(), None
@@ -95,6 +98,11 @@ def cmd_run(args) -> int:
         print(f"lockstep: stopped by {stop.name} {where}; {resume_from}; run the same command to resume",
               file=sys.stderr, flush=True)
         return stop.exit_code
+    except (RunStopped, ActorFailed) as e:  # one line and the command that resumes; no traceback
+        code = e.exit_code if isinstance(e, RunStopped) else exit_codes.ACTOR_FAILED
+        again = shlex.join(["lockstep", "run", args.recipe, *args.overrides])
+        print(f"lockstep: stopped: {e}; resume with: {again}", file=sys.stderr, flush=True)
+        return code
     finally:
         if not stop.requested:
             stop.restore()
@@ -102,7 +110,7 @@ def cmd_run(args) -> int:
     if stop.requested:
         print(run.stopped_line(), file=sys.stderr, flush=True)
         return stop.exit_code
-    return 0
+    return exit_codes.OK
 
 
 def cmd_config(args) -> int:
@@ -408,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except (ConfigError, CheckpointError) as e:
         print(f"lockstep: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return exit_codes.USER_ERROR
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def warm_start(cfg: RunConfig, placement: Placement, base_model: str, train_set:
     ranks = cfg.trainer.num_ranks
     batch = sft.batch_size - sft.batch_size % ranks or ranks
     with phase(f"SFT warm start: starting {plural(ranks, 'trainer rank')}"):
-        trainers = TrainerGroup.start(placement, trainer_setup(cfg, base_model, sft.lr, batch, loss=None))
+        trainers = TrainerGroup.start(placement, trainer_setup(cfg, base_model, sft.lr, batch, loss=None),
+                                      cfg.faults.call_timeout_s)
     progress = Progress("SFT", sft.steps, "step", plain_lines=False)  # a line every 10% says the loss
     eos = tokenizer.eos_token or ""
     order = DataOrder(len(with_solution), cfg.seed + 1, True)
