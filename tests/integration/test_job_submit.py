@@ -51,6 +51,8 @@ def test_ray_job_submit(tmp_path):
     ray = str(bin_dir / "ray")
     subprocess.run([ray, "get-auth-token", "--generate"], env=env, capture_output=True, timeout=60)
     start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", *agent_ports], env=env, capture_output=True, text=True, timeout=180)
+    if start.returncode != 0:
+        stop_head(port)  # a head that timed out half-way (loaded machine) leaves its GCS and dashboard running
     assert start.returncode == 0, start.stderr[-2000:]
 
     def submit() -> str:
