@@ -139,12 +139,14 @@ def cmd_recipes(args) -> int:
 def cmd_eval(args) -> int:
     from rl.checkpoint import pinned
     from rl.config import from_data
+    from rl.console import phase, progress_to_stderr
     from rl.data import PromptRenderer, dataset_name, load_examples
     from rl.evaluate import eval_plan, evaluate
     from rl.model import check_fp8_model, fp8_options
     from rl.rewards_config import build_reward_pool
     from rollout.config import RolloutConfig
 
+    progress_to_stderr()  # stdout is the report (JSON)
     with pinned(args.checkpoint) as target:
         try:
             run = target.recipe()
@@ -170,7 +172,8 @@ def cmd_eval(args) -> int:
         from rollout.worker import RolloutWorker
 
         rollout_cfg = RolloutConfig(max_new_tokens=plan.max_new_tokens, max_model_len=plan.max_model_len)
-        worker = RolloutWorker(str(target.model_dir), plan.dtype, rollout_cfg, seed=args.seed, fp8=fp8)
+        with phase(f"starting a vLLM engine on {target.model_dir}"):
+            worker = RolloutWorker(str(target.model_dir), plan.dtype, rollout_cfg, seed=args.seed, fp8=fp8)
         results = {}
         with build_reward_pool(plan.reward) as pool:
             for name, data, examples in sets:
@@ -308,6 +311,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="validate, print the resolved recipe and what would start (ranks, engines, placement); "
                           "start nothing")
+    run.add_argument("--verbose", action="store_true",
+                    help="also show the libraries' INFO logs (vLLM, Ray, DeepSpeed, transformers) on the console; "
+                         "they are always in <run_dir>/run.log")
     run.set_defaults(fn=cmd_run)
 
     config = sub.add_parser("config", help="print the resolved, validated recipe (YAML) and exit", **fmt)
@@ -352,6 +358,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="sampling seed")
     ev.add_argument("--output", default=None, help="also write per-problem results to this JSON file "
                                                     "(default: none)")
+    ev.add_argument("--verbose", action="store_true",
+                    help="also show the libraries' INFO logs (vLLM, Ray, DeepSpeed, transformers) on the console; "
+                         "by default only their warnings")
     ev.set_defaults(fn=cmd_eval)
 
     plot = sub.add_parser("plot", help="draw a run's curves (reward, held-out accuracy, mismatch k3, SFT loss) "
@@ -399,8 +408,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
+    from rl.console import route_logs
+
+    route_logs(verbose=getattr(args, "verbose", False))  # before vLLM, Ray or DeepSpeed load
     try:
         return args.fn(args)
     except (ConfigError, CheckpointError) as e:

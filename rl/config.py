@@ -288,8 +288,10 @@ class RunConfig:
     """The run's name: its outputs go to <output_dir>/<name>, and a rerun resumes there."""
     seed: int = 0
     """Seed of the data order, the engines' sampling and the SFT order."""
-    output_dir: str = "runs"
-    """Folder holding the run's directory."""
+    output_dir: str = ""
+    """Folder holding the run's directory. Empty: `./runs` for a local run, `~/lockstep-runs` inside
+    a Ray job (`ray job submit`), whose working directory is Ray's temporary copy of the upload;
+    there a folder of your own must be absolute."""
     mode: Literal["fast", "strict"] = "fast"
     """DESIGN §4 modes: `fast` runs the aligned ops and measures the mismatch every step;
     `strict` (batch-invariant kernels, bitwise log-probs) is refused until it is built."""
@@ -320,9 +322,34 @@ class RunConfig:
 
     @property
     def run_dir(self) -> Path:
-        # Absolute, resolved here on the driver: actors on other nodes (or in a `ray job
-        # submit` working directory) must not resolve a relative path against their own cwd.
-        return (Path(self.output_dir).expanduser() / self.name).absolute()
+        """Absolute, resolved on the driver: every path the run prints opens from anywhere, and
+        actors on other nodes (or in a `ray job submit` working directory) never resolve a
+        relative path against their own cwd."""
+        return output_root(self.output_dir) / self.name
+
+
+RAY_JOB_RUNS_DIR = "~/lockstep-runs"
+
+
+def in_ray_job() -> bool:
+    """True in the entrypoint of a `ray job submit`: Ray's job supervisor gives it
+    RAY_JOB_CONFIG_JSON_ENV_VAR (checked on Ray 2.60) and runs it in Ray's temporary copy of the
+    uploaded working directory, which the user never sees and which changes with every upload."""
+    import os
+
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def output_root(output_dir: str) -> Path:
+    """The absolute folder of a recipe's `output_dir` (the field's doc says which)."""
+    if not output_dir:
+        return Path(RAY_JOB_RUNS_DIR if in_ray_job() else "runs").expanduser().absolute()
+    path = Path(output_dir).expanduser()
+    if not path.is_absolute() and in_ray_job():
+        raise ConfigError(f"output_dir={output_dir} is relative, and inside a Ray job the working directory is "
+                          f"Ray's temporary copy of the upload: give an absolute path, or leave output_dir unset "
+                          f"for {RAY_JOB_RUNS_DIR}/<name>")
+    return path.absolute()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from rl.batch import Sample, StepBatch
 from rl.checkpoint import CheckpointError
 from rl.collective_sync import CollectiveTransport
 from rl.config import AlgorithmConfig, ConfigError, RunConfig, save_resolved, to_dict
+from rl.console import Progress, log_to_file, phase, plural
 from rl.data import PromptRenderer, load_examples
 from rl.evaluate import HeldOut
 from rl.faults import NonFiniteGuard, Restarts
@@ -63,6 +64,7 @@ class Run:
             raise ConfigError(f"--resume: {self.run_dir} has no complete checkpoint to resume from")
         self.resumed_from = existing if resume is not False else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        log_to_file(self.run_dir / "run.log")  # every library's INFO lines; the console gets warnings
         save_resolved(cfg, self.run_dir / "config.yaml")
         # The user's inputs first, each a one-line ConfigError before Ray or any actor starts.
         train_set = load_examples(cfg.data.train, "data.train")
@@ -72,9 +74,12 @@ class Run:
         renderer = PromptRenderer(tokenizer, cfg.data.train)
         self.held_out = HeldOut(cfg, tokenizer)
 
-        print_progress(f"lockstep: run {cfg.name} in {self.run_dir} (Ray: {connect(cfg.ray.address)})")
+        print_progress(f"lockstep: run {cfg.name} in {self.run_dir} (Ray: {connect(cfg.ray.address)}; "
+                       f"library logs: {self.run_dir / 'run.log'})")
         if stop is not None:
             stop.install()  # again: ray.init has just put its own SIGTERM handler in place
+        if self.resumed_from:
+            print_progress(f"resuming from {self.resumed_from} (--no-resume starts over)")
         self.rewards = build_reward_pool(cfg.reward)
         self.placement = Placement(cfg)
         print_progress(f"placement: {cfg.ray.placement}, {self.placement.describe()}")
@@ -88,11 +93,13 @@ class Run:
         per_update = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.trainer.num_minibatches
         setup = trainer_setup(cfg, policy, cfg.trainer.lr, per_update, cfg.algorithm.loss())
         self.policy = policy  # what the RL stage started from: restarts build on it before a checkpoint exists
-        self.trainers = TrainerGroup.start(self.placement, setup, cfg.faults.call_timeout_s)
-        if self.resumed_from:
-            self.trainers.load_checkpoint(str(self.resumed_from / checkpoint.ENGINE_DIR))
+        with phase(f"starting {plural(cfg.trainer.num_ranks, 'trainer rank')} for RL"):
+            self.trainers = TrainerGroup.start(self.placement, setup, cfg.faults.call_timeout_s)
+            if self.resumed_from:
+                self.trainers.load_checkpoint(str(self.resumed_from / checkpoint.ENGINE_DIR))
         self.b_t = trainer_logprobs.choose(cfg, self.trainers)  # where b_t comes from, decided once
-        self.rollout = RolloutGroup.start(self.placement, cfg, policy, self.trainers.fp8_projections)
+        with phase(f"starting {plural(cfg.rollout.num_workers, 'vLLM engine')}"):
+            self.rollout = RolloutGroup.start(self.placement, cfg, policy, self.trainers.fp8_projections)
         if self.trainers.fp8_projections:
             print_progress(f"model.fp8: {self.trainers.fp8_projections} projections run as FP8 GEMMs "
                            "in trainer and rollout")
@@ -166,6 +173,7 @@ class Run:
         if self.stop is not None:
             self.stop.finish_step = True  # from here a first signal lets the step finish
         self.first_step = self.step + 1
+        self.steps_bar = Progress("RL steps", schedule.steps, "step", initial=self.step, plain_lines=False)
         while True:
             try:
                 if self.step < schedule.steps and not self.stopping():
@@ -196,7 +204,8 @@ class Run:
                 (self.stopping() and schedule.save_on_stop)) and not self.nonfinite.halting:
             metrics.update(self.save())
         self.metrics.log(self.step, metrics | self.restarts.metrics())
-        print_progress(progress_line(self.step, schedule.steps, metrics))
+        self.steps_bar.update()
+        print_progress(f"{progress_line(self.step, schedule.steps, metrics)} | eta {self.steps_bar.eta()}")
         self.nonfinite.halt_if_due()
 
     def final_save_due(self) -> bool:
@@ -373,21 +382,24 @@ class Run:
         self.restarts.allow(failure)
         if failure.group == "rollout":
             latest = checkpoint.latest(self.run_dir)  # its weights are replaced: only the model's files matter
-            print_progress(f"{failure}: restarting the rollout engines")
-            self.rollout.restart(str(latest / checkpoint.HF_DIR) if latest else self.policy)
+            with phase(f"{failure}: restarting {plural(len(self.rollout.actors), 'rollout engine')}"):
+                self.rollout.restart(str(latest / checkpoint.HF_DIR) if latest else self.policy)
             self.restarts.steps_redone += self.drop_open_step()
             return self.sync.resend(version=self.step)
         newest, damaged = checkpoint.recover(self.run_dir)  # verified; a damaged newest one is set aside
         self.damaged_checkpoints += damaged
-        print_progress(f"{failure}: restarting the trainer group from {newest or 'the start of the RL stage'}")
-        self.trainers.restart(str(newest / checkpoint.HF_DIR) if newest else self.policy)
-        state = {"step": 0, "cursor": 0}
-        if newest:
-            self.trainers.load_checkpoint(str(newest / checkpoint.ENGINE_DIR))
-            state = checkpoint.load_state(newest)
+        ranks = plural(self.cfg.trainer.num_ranks, 'trainer rank')
+        with phase(f"{failure}: restarting {ranks} from {newest or 'the start of the RL stage'}"):
+            self.trainers.restart(str(newest / checkpoint.HF_DIR) if newest else self.policy)
+            state = {"step": 0, "cursor": 0}
+            if newest:
+                self.trainers.load_checkpoint(str(newest / checkpoint.ENGINE_DIR))
+                state = checkpoint.load_state(newest)
         self.restarts.steps_redone += self.step - state["step"]
         self.step, self.saved_step, self.step_open = state["step"], state["step"] if newest else None, False
         self.sampler.rewind(state["cursor"])
+        self.steps_bar.close()  # counts (and rates) again from the checkpoint's step
+        self.steps_bar = Progress("RL steps", self.cfg.schedule.steps, "step", initial=self.step, plain_lines=False)
         self.metrics.close()  # records after the checkpoint's step are superseded, as on a resume
         self.metrics = MetricsLogger(self.run_dir, self.cfg, resume_step=self.step, config_dict=to_dict(self.cfg))
         return self.sync.resend(version=self.step)
@@ -523,6 +535,8 @@ class Run:
         return out
 
     def shutdown(self) -> None:
+        if getattr(self, "steps_bar", None):
+            self.steps_bar.close()
         self.metrics.close()
         self.rewards.close()
         self.trainers.kill()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rl.config import ConfigError, DatasetConfig, RewardConfig, RunConfig
+from rl.console import Progress, plural, print_progress
 from rl.data import PRESETS, Example, PromptRenderer, as_list, dataset_name, load_examples
 from rollout.completion import Completion
 
@@ -51,12 +52,24 @@ def summarize(correct: list[list[bool]], k: int) -> dict[str, float]:
     return out
 
 
+# Problems per generate call: progress (rate, ETA) between calls, and batches still large
+# enough that splitting them costs the engines little.
+EVAL_CHUNK = 64
+
+
 def evaluate(generate: Generate, score, prompts: list[list[int]], answers: list[str], k: int, max_tokens: int,
-             temperature: float) -> EvalResult:
-    """`score(list[(completion, reference)])` → list of Score."""
-    groups = generate(prompts, k, max_tokens, temperature)
-    items = [(c.text, answer) for group, answer in zip(groups, answers) for c in group]
-    scores = score(items)
+             temperature: float, label: str = "eval") -> EvalResult:
+    """`score(list[(completion, reference)])` → list of Score. Shows its progress as `label`."""
+    chunks = max(1, math.ceil(len(prompts) / EVAL_CHUNK))
+    bounds = [round(c * len(prompts) / chunks) for c in range(chunks + 1)]
+    groups, scores = [], []
+    print_progress(f"{label}: {plural(len(prompts), 'problem')}" + (f", {k} samples each" if k > 1 else ""))
+    with Progress(label, len(prompts), "problem") as progress:
+        for lo, hi in zip(bounds, bounds[1:]):
+            chunk = generate(prompts[lo:hi], k, max_tokens, temperature)
+            scores += score([(c.text, answer) for group, answer in zip(chunk, answers[lo:hi]) for c in group])
+            groups += chunk
+            progress.update(hi - lo)
     correct, per_problem, i = [], [], 0
     for group, answer in zip(groups, answers):
         row = [scores[i + j].value >= 1.0 for j in range(len(group))]
@@ -93,7 +106,8 @@ class HeldOut:
         for i, held_out in enumerate(self.sets):
             prompts = [held_out.renderer.ids(e) for e in held_out.examples]
             result = evaluate(generate, score, prompts, [e.answer for e in held_out.examples], s.eval_samples,
-                              self.cfg.rollout.max_new_tokens, s.eval_temperature)
+                              self.cfg.rollout.max_new_tokens, s.eval_temperature,
+                              label=f"evaluating {held_out.name} (step {step})")
             if i == 0:
                 metrics.update(result.metrics)
                 report.update(result.metrics, problems=result.per_problem[:50])

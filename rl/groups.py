@@ -173,7 +173,8 @@ class TrainerGroup:
         self.gather([a.release_weight_buckets.remote() for a in self.actors])
 
     def set_loss(self, loss: LossConfig) -> None:
-        ray.get([a.set_loss.remote(loss) for a in self.actors])
+        self.setup = dataclasses.replace(self.setup, loss=loss)  # ranks started by a restart train with it too
+        self.gather([a.set_loss.remote(loss) for a in self.actors])
 
     def save_checkpoint(self, ds_dir: str) -> None:
         self.gather([a.save_checkpoint.remote(ds_dir) for a in self.actors])

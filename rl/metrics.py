@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
+from rl.console import print_progress  # noqa: F401  (the driver's progress lines; re-exported)
 from rl.token_records import StepTokens
 
 log = logging.getLogger("lockstep.metrics")
@@ -155,10 +155,6 @@ def progress_line(step: int, total: int, m: dict[str, float]) -> str:
     times = " ".join(f"{name} {m.get(f'time/{name}', 0.0):.1f}s" for name in ("rollout", "reward", "train", "sync"))
     parts.append(times)
     return " | ".join(parts)
-
-
-def print_progress(line: str) -> None:
-    print(line, file=sys.stdout, flush=True)
 
 
 SPARK = "▁▂▃▄▅▆▇█"

@@ -18,14 +18,17 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rl.blas import MKL_CBWR
 from rl.config import ConfigError, RunConfig
+from rl.console import LIBRARY_ENV, LOG_FILE_ENV, VERBOSE_ENV
 
 log = logging.getLogger("lockstep.placement")
 
 
 # The environment of every actor. Their own chatter (vLLM INFO lines, progress bars, deprecation
-# notices) would bury the run's progress lines; warnings and errors still come through.
+# notices) would bury the run's progress lines; warnings and errors still come through, and
+# rl.console.configure_worker (Ray's setup hook, below) sends the INFO lines to the run's log file.
 # MKL_CBWR: one MKL code path in every trainer rank and engine (rl/blas.py), the user's if exported.
 ACTOR_ENV = {
+    **LIBRARY_ENV,
     "MKL_CBWR": os.environ.get("MKL_CBWR", MKL_CBWR),
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
@@ -40,16 +43,18 @@ def connect(address: str | None) -> str:
     """Joins the cluster named by the recipe or RAY_ADDRESS (as under `ray job submit`), else a
     cluster started on this machine with `ray start`, else starts a private local instance.
     Returns which one, for the log."""
-    env = ACTOR_ENV
+    # The run's log file and --verbose (rl.console) for every actor's setup hook.
+    env = {**ACTOR_ENV, **{k: os.environ[k] for k in (LOG_FILE_ENV, VERBOSE_ENV) if k in os.environ}}
+    hook = {"worker_process_setup_hook": "rl.console.configure_worker"}
     if ray.is_initialized():
         return "already connected"
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": env, **hook}, log_to_driver=True)
         return f"cluster at {address or os.environ['RAY_ADDRESS']}"
     running = running_cluster_address()
     if running:
         try:
-            ray.init(address=running, runtime_env={"env_vars": env})
+            ray.init(address=running, runtime_env={"env_vars": env, **hook})
         except ConnectionError as e:
             raise ConfigError(
                 f"ray.address: a Ray cluster answers at {running} (started with `ray start`) but this driver could not join it ({e}). "
@@ -57,7 +62,7 @@ def connect(address: str | None) -> str:
                 "~/.ray/auth_token); or run on a private instance with ray.address=local"
             ) from e
         return f"running cluster at {running}"
-    ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env})
+    ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env, **hook})
     return "new local instance"
 
 

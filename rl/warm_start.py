@@ -9,7 +9,8 @@ from __future__ import annotations
 from rl.config import ConfigError, RunConfig
 from rl.data import DataOrder, Example, PromptRenderer, as_list
 from rl.groups import TrainerGroup, trainer_setup
-from rl.metrics import MetricsLogger, print_progress
+from rl.console import Progress, phase, plural, print_progress
+from rl.metrics import MetricsLogger
 from rl.placement import Placement
 from rl.timings import Timings
 
@@ -30,8 +31,10 @@ def warm_start(cfg: RunConfig, placement: Placement, base_model: str, train_set:
         raise ConfigError(f"sft.steps={sft.steps} but data.train has no '{key}' field with worked solutions")
     ranks = cfg.trainer.num_ranks
     batch = sft.batch_size - sft.batch_size % ranks or ranks
-    trainers = TrainerGroup.start(placement, trainer_setup(cfg, base_model, sft.lr, batch, loss=None),
-                                  cfg.faults.call_timeout_s)
+    with phase(f"SFT warm start: starting {plural(ranks, 'trainer rank')}"):
+        trainers = TrainerGroup.start(placement, trainer_setup(cfg, base_model, sft.lr, batch, loss=None),
+                                      cfg.faults.call_timeout_s)
+    progress = Progress("SFT", sft.steps, "step", plain_lines=False)  # a line every 10% says the loss
     eos = tokenizer.eos_token or ""
     order = DataOrder(len(with_solution), cfg.seed + 1, True)
     clock = Timings()
@@ -48,8 +51,11 @@ def warm_start(cfg: RunConfig, placement: Placement, base_model: str, train_set:
         metrics.log_sft(step + 1, {"sft/loss": loss, "sft/lr": ranks_stats[0].lr,
                                    "sft/grad_norm": ranks_stats[0].grad_norm, "sft/target_tokens": target_tokens,
                                    "sft/tokens_per_s": sum(s.tokens for s in ranks_stats) / seconds})
+        progress.update()
         if (step + 1) % max(1, sft.steps // 10) == 0 or step + 1 == sft.steps:
-            print_progress(f"sft step {step + 1:>4}/{sft.steps} | loss {loss:.3f} | {clock.elapsed():.0f}s")
+            print_progress(f"sft step {step + 1:>4}/{sft.steps} | loss {loss:.3f} | {clock.elapsed():.0f}s | "
+                           f"{progress.speed()} | eta {progress.eta()}")
+    progress.close()
     partial = out.parent / "hf.partial"
     trainers.export_hf(str(partial), base_model)
     partial.rename(out)

@@ -13,6 +13,16 @@ checksum verified before it is loaded.
 from __future__ import annotations
 
 import hashlib
+import logging
+
+# vLLM's in-place reload logs "<Layer>: Failed to load weights" for every layer that received
+# no tensor. Two kinds never receive one, by design, and would warn at every weight sync:
+# layers holding only a computed, non-persistent buffer (RotaryEmbedding's cos/sin table, in no
+# checkpoint) — vLLM puts the old buffer back, which is right — and the members of tied groups
+# that the checkpoint names through their partner (a tied ParallelLMHead: only the embedding is
+# sent) — `retie` below points them at the loaded tensor. Those records are dropped; any other
+# layer's still shows, and the sync probe checks the engine's weights either way.
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 
 class WeightReceiver:
@@ -96,7 +106,13 @@ class WeightReceiver:
 
         model = self.model_runner.get_model()
         tied = shared_parameters(model)
-        self.reload_weights(weights_iterator=tensors())
+        expected = ExpectedUnloaded(model, tied)
+        reload_log = logging.getLogger(RELOAD_LOGGER)
+        reload_log.addFilter(expected)
+        try:
+            self.reload_weights(weights_iterator=tensors())
+        finally:
+            reload_log.removeFilter(expected)
         retie(tied, loaded)
         return len(loaded)
 
@@ -105,6 +121,24 @@ class WeightReceiver:
         from kernels.fp8 import fp8_projection_count
 
         return fp8_projection_count(self.model_runner.get_model())
+
+
+class ExpectedUnloaded(logging.Filter):
+    """Drops vLLM's "Failed to load weights" records of the layers that receive no tensor by
+    design (module comment): those with no parameter of their own and only non-persistent
+    buffers, and tied-group members."""
+
+    def __init__(self, model, tied_groups):
+        super().__init__()
+        self.classes = {type(m).__name__ for group in tied_groups for _, m, _ in group}
+        for module in model.modules():
+            buffers = dict(module.named_buffers(recurse=False))
+            if (buffers and not any(True for _ in module.parameters(recurse=False))
+                    and all(name in module._non_persistent_buffers_set for name in buffers)):
+                self.classes.add(type(module).__name__)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "%s: Failed to load weights" and record.args and record.args[0] in self.classes)
 
 
 def shared_parameters(model) -> list[list[tuple[str, object, str]]]:

@@ -97,6 +97,7 @@ class RolloutWorker:
             # Log-probs of the distribution actually sampled from (temperature applied); equal
             # to the raw log-probs at temperature 1.
             logprobs_mode="processed_logprobs",
+            use_tqdm_on_load=False,  # no weight-loading bar in the run's console
             **engine_options,
         )
         self.tokenizer = self.llm.get_tokenizer()

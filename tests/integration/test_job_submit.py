@@ -1,9 +1,13 @@
 """The README's cluster path: `ray start --head`, then `ray job submit --working-dir . --
-lockstep run RECIPE`, against a local head on loopback. Also exercises ZeRO-3 with 2 ranks."""
+lockstep run RECIPE`, against a local head on loopback. Also exercises ZeRO-3 with 2 ranks, where
+a job's outputs go (~/lockstep-runs/<name>, absolute paths printed, a resubmission resumes there
+and says so) and what its log shows (plain progress lines, no library INFO; those in run.log)."""
 
 import os
 import re
+import shutil
 import signal
+import uuid
 import socket
 import subprocess
 import sys
@@ -32,7 +36,13 @@ def test_ray_job_submit(tmp_path):
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     recipe = tmp_path / "job.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, name="job", trainer={"zero_stage": 3}, schedule={"steps": 1, "eval_every": 0, "save_every": 1})))
+    # No output_dir: inside the job the run goes to ~/lockstep-runs/<name> (a unique name, removed after).
+    name = f"job-{uuid.uuid4().hex[:8]}"
+    spec = tiny_recipe(tmp_path, name=name, trainer={"zero_stage": 3}, sft={"steps": 20},
+                       schedule={"steps": 1, "eval_every": 0, "save_every": 1})
+    del spec["output_dir"]
+    recipe.write_text(yaml.safe_dump(spec))
+    run_dir = Path.home() / "lockstep-runs" / name
     port, dash = free_port(), free_port()
     # Every port the head opens is chosen free: the agents' defaults (52365 and others) may still be
     # held by another Ray instance on the machine, and then the job agent never comes up.
@@ -41,8 +51,11 @@ def test_ray_job_submit(tmp_path):
     ray = str(bin_dir / "ray")
     subprocess.run([ray, "get-auth-token", "--generate"], env=env, capture_output=True, timeout=60)
     start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", *agent_ports], env=env, capture_output=True, text=True, timeout=180)
+    if start.returncode != 0:
+        stop_head(port)  # a head that timed out half-way (loaded machine) leaves its GCS and dashboard running
     assert start.returncode == 0, start.stderr[-2000:]
-    try:
+
+    def submit() -> str:
         # The head's job agent comes up a little after `ray start` returns (seconds on a busy
         # machine); until then the server answers "No available agent …, try again later".
         deadline = time.monotonic() + 300
@@ -56,9 +69,24 @@ def test_ray_job_submit(tmp_path):
                 break
             time.sleep(5)
         assert job.returncode == 0 and "succeeded" in out, out[-4000:] + agent_log_tail(port)
+        return out
+
+    try:
+        out = submit()
         assert "Ray: cluster at" in out
         assert "held-out accuracy" not in out or "step    1/1" in out
-        assert (tmp_path / "runs" / "job" / "checkpoints" / "latest").exists()
+        assert (run_dir / "checkpoints" / "latest").exists()
+        assert f"run directory         {run_dir}" in out  # absolute, in the user's home, not Ray's copy
+        # Progress as plain lines (a job log is no terminal), library INFO only in the run's log.
+        assert "SFT warm start: starting 2 trainer ranks…" in out and "starting 1 vLLM engine…" in out
+        assert re.search(r"sft step +20/20 \| loss [0-9.]+ \| .* \| eta ", out)
+        assert "\r" not in out
+        assert not re.search(r"\bINFO\b.*\[[a-z_]+\.py:\d+\]", out), "a library's INFO line reached the job log"
+        log = (run_dir / "run.log").read_text()
+        assert re.search(r"INFO vllm\.", log), log[-2000:]
+        # A resubmission (a fresh upload: a new working directory) finds the run and says so.
+        again = submit()
+        assert f"resuming from {run_dir / 'checkpoints'}" in again, again[-3000:]
         # A plain `lockstep run` on this machine joins the head although its shell never set
         # RAY_AUTH_MODE: the CLI sends the token from ~/.ray/auth_token.
         join = "from rl.cli import send_ray_token_if_present as s; s(); from rl.placement import connect; print(connect(None))"
@@ -67,6 +95,7 @@ def test_ray_job_submit(tmp_path):
         assert joined.returncode == 0 and "running cluster at" in joined.stdout and f":{port}" in joined.stdout, joined.stderr[-2000:]
     finally:
         stop_head(port)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def head_session(gcs_port: int) -> Path | None:

@@ -24,7 +24,7 @@ def engine(tmp_path_factory):
 
     started = not ray.is_initialized()
     if started:
-        ray.init(include_dashboard=False, num_cpus=1)  # the buckets travel as Ray object refs
+        ray.init(address="local", include_dashboard=False, num_cpus=1)  # the buckets travel as Ray object refs
     path = demo_model.resolve("demo:arith-tiny", str(tmp_path_factory.mktemp("cache")))
     yield path, RolloutWorker(str(path), "float32", RolloutConfig(max_model_len=128), seed=0)
     if started:
@@ -66,6 +66,35 @@ def test_corrupted_bucket_is_rejected(engine):
     blob = save({"model.norm.weight": torch.ones(256)})
     with pytest.raises(Exception, match="sha256"):
         worker.llm.collective_rpc("lockstep_load_buckets", args=([blob], ["0" * 64]))
+
+
+def test_sync_warns_only_of_layers_that_should_have_had_weights(engine):
+    """vLLM's reload logs "<Layer>: Failed to load weights" for each layer that got no tensor; the
+    dense model's RotaryEmbedding (a computed buffer) and tied ParallelLMHead never get one by
+    design, and those records are dropped (rollout.weight_receiver.ExpectedUnloaded). A layer left
+    out of the update is still reported."""
+    import logging
+
+    from rollout.weight_receiver import RELOAD_LOGGER
+
+    from .conftest import send_weights
+
+    path, worker = engine
+    state = {k: v.detach() for k, v in perturbed(path, "none", seed=0).named_parameters()}
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    reload_log = logging.getLogger(RELOAD_LOGGER)
+    reload_log.addHandler(handler)
+    try:
+        send_weights(worker.llm, state)
+        assert [r.getMessage() for r in records if "Failed to load" in r.getMessage()] == []
+        send_weights(worker.llm, {k: v for k, v in state.items() if k != "model.norm.weight"})
+        assert [r.getMessage() for r in records if "Failed to load" in r.getMessage()] == \
+            ["RMSNorm: Failed to load weights"]
+        send_weights(worker.llm, state)  # the engine whole again for the module's other tests
+    finally:
+        reload_log.removeHandler(handler)
 
 
 def test_ignore_eos_samples_the_full_length(engine):
