@@ -126,4 +126,5 @@ def update_policy(trainers: TrainerGroup, cfg: RunConfig, samples: list[Sample],
         "train/ppo_ratio_max": totals.ppo_ratio_max,
         "train/grad_norm": totals.grad_norm / n_results,
         "train/lr": totals.lr / n_results,
+        "trainer/padding_frac": totals.padded_tokens / max(totals.forward_tokens, 1.0),
     }, logps
