@@ -117,3 +117,35 @@ def test_layouts_index_each_completion_token_and_count_padding():
         tokens = batch.input_ids.flatten()
         for b, c in enumerate(completions):
             assert (tokens[batch.hidden_index[b, : len(c)] + 1]).tolist() == c
+
+
+def test_activation_checkpointing_per_layer_gives_the_same_gradients_on_a_pack():
+    """`trainer.gradient_checkpointing` (per decoder layer: each layer's forward runs again in
+    the backward) on a packed batch: the recomputation is the same computation, so log-probs and
+    every gradient are bitwise equal, and each layer really ran twice."""
+    model = _ring_tiny()
+    prompts, completions = _samples(LENGTHS, model.config.vocab_size, seed=2)
+    packed = pack_flat(prompts, completions)
+    calls = []  # attention forwards run (module hooks do not fire inside the recomputation)
+    for layer in model.model.layers:
+        def counted(*args, _forward=layer.attention.forward, **kwargs):
+            calls.append(1)
+            return _forward(*args, **kwargs)
+        layer.attention.forward = counted
+
+    def logp_and_grads():
+        model.zero_grad(set_to_none=True)
+        logp, _ = token_logprobs(model, packed)
+        (logp * torch.linspace(-1, 1, logp.numel()).view_as(logp)).sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    logp, grads = logp_and_grads()
+    assert len(calls) == len(model.model.layers)
+    model.gradient_checkpointing_enable()
+    calls.clear()
+    logp_ckpt, grads_ckpt = logp_and_grads()
+    assert len(calls) == 2 * len(model.model.layers)  # forward, then the recomputation
+    assert torch.equal(logp, logp_ckpt)
+    assert grads.keys() == grads_ckpt.keys()
+    for name, g in grads.items():
+        assert torch.equal(g, grads_ckpt[name]), name
