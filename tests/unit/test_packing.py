@@ -149,3 +149,20 @@ def test_activation_checkpointing_per_layer_gives_the_same_gradients_on_a_pack()
     assert grads.keys() == grads_ckpt.keys()
     for name, g in grads.items():
         assert torch.equal(g, grads_ckpt[name]), name
+
+
+def test_start_up_check_refuses_a_model_that_mixes_packed_sequences(monkeypatch):
+    """`trainer.worker.check_packing`: the Ring-linear model passes; the same model with
+    its packed path cut (the sequences then share one linear state and attend across the
+    boundary, as a model ignoring the restarting positions would) is refused, naming the key."""
+    from trainer import worker
+    from trainer.ring_linear import modeling
+    from trainer.packing import packed_forward_mismatch
+
+    model = _ring_tiny()
+    assert packed_forward_mismatch(model) < 1e-5  # fp32 rounding: 3e-7 measured
+    worker.check_packing(model, torch.float32)
+    monkeypatch.setattr(modeling, "_packed_boundaries", lambda position_ids: None)
+    assert packed_forward_mismatch(model) > 0.1
+    with pytest.raises(ValueError, match="trainer.pack_tokens: 0"):
+        worker.check_packing(model, torch.float32)
