@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ import torch
 from trainer import losses
 from trainer.batch import SFTStepStats, TokenLogprobs, TrainBatch, TrainSample, UpdateResult, UpdateStats
 from trainer.config import TrainerSetup
-from trainer.logprobs import PackedBatch, pack, pack_flat, token_logprobs, use_fp32_lm_head
+from trainer.logprobs import pack, pack_flat, token_logprobs, use_fp32_lm_head
 from trainer.packing import PACKING_TOLERANCE, packed_forward_mismatch, plan_packs
 
 log = logging.getLogger("lockstep.trainer")
@@ -163,9 +163,8 @@ class TrainerRank:
             torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
             plan += [[] for _ in range(int(count) - len(plan))]
         for idx in plan:
-            if not idx:
-                empty = pack_flat([[0]], [[]])
-                yield idx, PackedBatch(**{**vars(empty), "padded_tokens": 1})
+            if not idx:  # one pad token, counted as padding
+                yield idx, replace(pack_flat([[0]], [[]]), padded_tokens=1)
                 continue
             yield idx, pack_flat([prompts[j] for j in idx], [completions[j] for j in idx])
 

@@ -19,6 +19,9 @@ weight-dtype operands, fp32 accumulation), and the trainer's log-probs come from
 
 Padding: sequences must be right-padded (the trainer's ``pack``).  Every layer is causal, so a
 real token never sees the padding after it; left padding raises ``ValueError`` (without a cache).
+Packed sequences (the trainer's ``pack_flat``): one row, no attention mask, ``position_ids``
+restarting per sequence (transformers' convention) → ``cu_seqlens``: each linear-attention state
+starts from zero, softmax attention stays within each sequence, RoPE uses the given positions.
 
 Cache (incremental generation, ``transformers`` ``generate``).  The cache is transformers' own
 ``DynamicCache(config=config)``: ``config.layer_types`` names the layers ``"linear_attention"`` /
