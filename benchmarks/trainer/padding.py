@@ -82,8 +82,8 @@ def main() -> None:
         completions = []
         for step in range(args.steps):
             drawn = [examples[i] for i in order.indices(step * P, P)]
-            solution = [len(tokenizer(" " + e.solution + eos, add_special_tokens=False)["input_ids"]) for e in drawn]
-            completions.append([min(n, cfg.rollout.max_new_tokens) for n in solution for _ in range(G)])
+            targets = [tokenizer(" " + e.solution + eos, add_special_tokens=False)["input_ids"] for e in drawn]
+            completions.append([min(len(t), cfg.rollout.max_new_tokens) for t in targets for _ in range(G)])
         source = f"completions = the SFT targets, cut at max_new_tokens ({args.steps} steps)"
     print(header(f"trainer padding waste — {args.recipe}; {source}"))
     budgets = [0] + [int(b) for b in args.budgets.split(",")]
