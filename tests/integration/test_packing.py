@@ -8,9 +8,11 @@ The ranks run in two spawned processes rather than Ray actors: what is under tes
 DeepSpeed engines and collectives, and a private Ray instance's dashboard agent did not come up
 within Ray's 30 s on the loaded 2-core machine (the raylet then aborts)."""
 
+import json
 import math
 import multiprocessing
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,10 +61,15 @@ def _rank(rank: int, port: int, setups: list[TrainerSetup], samples: list[TrainS
     from trainer.worker import TrainerRank
 
     part = shard(samples, RANKS)[rank]
-    out = []
-    for setup in setups:
-        trainer = TrainerRank(rank, RANKS, "127.0.0.1", port, setup)
-        out.append([trainer.train_step(TrainBatch(part, normaliser)) for _ in range(2)])
+    try:
+        out = []
+        for setup in setups:
+            trainer = TrainerRank(rank, RANKS, "127.0.0.1", port, setup)
+            out.append([trainer.train_step(TrainBatch(part, normaliser)) for _ in range(2)])
+    except BaseException:
+        import traceback
+
+        out = traceback.format_exc()
     results.put((rank, out))
 
 
@@ -75,6 +82,8 @@ def _run_ranks(setups: list[TrainerSetup], samples: list[TrainSample], normalise
         p.start()
     try:
         by_rank = dict(results.get(timeout=600) for _ in procs)
+        failed = [out for out in by_rank.values() if isinstance(out, str)]
+        assert not failed, failed[0]
     finally:
         for p in procs:
             p.join(timeout=60)
@@ -86,7 +95,7 @@ def _run_ranks(setups: list[TrainerSetup], samples: list[TrainSample], normalise
 def test_packed_training_step_matches_padded(tmp_path):
     cfg = from_data(tiny_recipe(tmp_path, model={"path": "demo:ring-micro"}))
     model_path = resolve_model_path(cfg)
-    vocab = 384  # the demo tokenizer's
+    vocab = json.loads((Path(model_path) / "config.json").read_text())["vocab_size"]
     samples = _samples(vocab)
     normaliser = float(sum(len(s.completion_ids) for s in samples if s.weight > 0))
     setup = TrainerSetup(model_path, "float32", replace(cfg.trainer, cpu_threads=1), cfg.trainer.lr,
