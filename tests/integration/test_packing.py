@@ -23,6 +23,7 @@ from rl.model import resolve_model_path
 from rl.placement import ACTOR_ENV
 from trainer.batch import TrainSample
 from trainer.config import TrainerSetup
+from trainer.packing import plan_packs
 from trainer.worker import free_port
 
 from .conftest import tiny_recipe
@@ -34,7 +35,7 @@ RANKS, PER_RANK, MICRO = 2, 8, 4
 
 def _samples(vocab: int) -> list[TrainSample]:
     """Rank 0's share long (prompt 20–30, completion 10–24 tokens), rank 1's short (3–6 + 1–4): at
-    a 64-token budget rank 0 needs more packs than rank 1, which then runs an empty one."""
+    a 64-token budget rank 0 needs more packs than rank 1, which then runs empty ones."""
     g = torch.Generator().manual_seed(0)
 
     def ids(lo: int, hi: int) -> list[int]:
@@ -113,9 +114,14 @@ def test_packed_training_step_matches_padded(tmp_path):
             assert math.isclose(b.stats.loss, a.stats.loss, rel_tol=1e-5), (step, rank)
             assert math.isclose(b.stats.grad_norm, a.stats.grad_norm, rel_tol=1e-5), (step, rank)
             assert b.stats.grad_norm > 0 and b.stats.tokens == a.stats.tokens
-    # the padded layout pads each micro-batch to its longest; the packed one only runs rank 1's
-    # empty pack (1 position), and runs every sample's tokens exactly once
+    # the padded layout pads each micro-batch to its longest; the packed one runs every sample's
+    # tokens once plus rank 1's empty packs (one position each): rank 0's samples (30–54 tokens)
+    # each need a pack of their own, rank 1's fit in fewer
+    packs = [len(plan_packs([len(s.prompt_ids) + len(s.completion_ids) for s in part], 64))
+             for part in shard(samples, RANKS)]
+    empty = RANKS * max(packs) - sum(packs)
+    assert packs[0] == PER_RANK and empty > 0
     tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
     pad_stats, pack_stats = padded[0][0].stats + padded[0][1].stats, packed[0][0].stats + packed[0][1].stats
     assert pad_stats.padded_tokens > 0 and pad_stats.forward_tokens == tokens + pad_stats.padded_tokens
-    assert pack_stats.padded_tokens == 1 and pack_stats.forward_tokens == tokens + 1
+    assert pack_stats.padded_tokens == empty and pack_stats.forward_tokens == tokens + empty
