@@ -82,7 +82,7 @@ def _run_ranks(setups: list[TrainerSetup], samples: list[TrainSample], normalise
     for p in procs:
         p.start()
     try:
-        by_rank = dict(results.get(timeout=600) for _ in procs)
+        by_rank = dict(results.get(timeout=900) for _ in procs)
         failed = [out for out in by_rank.values() if isinstance(out, str)]
         assert not failed, failed[0]
     finally:
