@@ -247,6 +247,40 @@ class RayConfig:
 
 
 @dataclass
+class FaultConfig:
+    """What the run does when an actor dies or hangs, or an update is not finite."""
+
+    max_restarts: int = 3
+    """Actor restarts one `lockstep run` may make (rollout engines and trainer groups
+    together): a dead or hung engine is replaced and sent the trainer's weights, the step
+    redone; a dead or hung trainer rank restarts the trainer group from the last checkpoint.
+    One more failure stops the run with one line naming what died and the command that resumes
+    it (exit code 75); 0: stop at the first."""
+    call_timeout_s: float = 1800.0
+    """Longest wait for any actor call (a step's sampling, a training step, a sync, a
+    checkpoint save; start-up included): past it the actors that did not answer are named and
+    handled like dead ones. Raise it for models whose single step or start-up takes longer."""
+    max_nonfinite_steps: int = 3
+    """Updates in a row whose loss or gradient norm is NaN/Inf before the run halts with a
+    diagnostic dump (<run_dir>/nonfinite.json). Each such update is skipped: no optimiser step,
+    weights and engines unchanged; counted (train/nonfinite_*) and logged with its prompt ids."""
+
+
+@dataclass
+class SyncConfig:
+    """How the trainer's new weights reach the rollout engines after each update.
+
+    The bucket size is trainer.sync_bucket_mib."""
+
+    transport: Literal["auto", "host", "device", "collective"] = "auto"
+    """host: rank 0's buckets through Ray's object store (host memory); device: CUDA IPC
+    handles, each engine on its trainer rank's GPU (colocated on GPUs only); collective: trainer
+    rank 0 broadcasts to every engine over a process group of their own (NCCL on GPUs, Gloo on
+    CPU; not colocated on GPUs, where NCCL cannot put two ranks on one GPU); auto: device when
+    colocated on GPUs, collective for split placement on GPUs, host on CPU."""
+
+
+@dataclass
 class RunConfig:
     """A recipe: the run's name and every section."""
 
@@ -279,10 +313,16 @@ class RunConfig:
     """Metric sinks."""
     ray: RayConfig = field(default_factory=RayConfig)
     """The Ray cluster and actor placement."""
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    """Restarts of dead or hung actors, call timeouts, non-finite updates."""
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    """The weight sync from trainer to rollout engines."""
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir).expanduser() / self.name
+        # Absolute, resolved here on the driver: actors on other nodes (or in a `ray job
+        # submit` working directory) must not resolve a relative path against their own cwd.
+        return (Path(self.output_dir).expanduser() / self.name).absolute()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,6 +358,12 @@ def check_combinations(cfg: RunConfig) -> None:
             "mode: fast (aligned ops: |Δ log-prob| ≤ 1e-5 in fp32, measured every step as "
             "mismatch/* incl. mismatch/bitwise_equal_frac)",
         )
+    if cfg.faults.max_restarts < 0:
+        bad("faults.max_restarts", f"must be ≥ 0, got {cfg.faults.max_restarts}")
+    if not cfg.faults.call_timeout_s > 0:
+        bad("faults.call_timeout_s", f"must be > 0 seconds, got {cfg.faults.call_timeout_s}")
+    if cfg.faults.max_nonfinite_steps < 1:
+        bad("faults.max_nonfinite_steps", f"must be ≥ 1, got {cfg.faults.max_nonfinite_steps}")
     if cfg.schedule.steps < 0:
         bad("schedule.steps", f"must be ≥ 0, got {cfg.schedule.steps}")
     if cfg.rollout.group_size < 2:
@@ -369,6 +415,9 @@ def check_combinations(cfg: RunConfig) -> None:
         bad("schedule.eval_samples", "k > 1 samples need schedule.eval_temperature > 0")
     if cfg.ray.placement == "split" and cfg.trainer.num_ranks + cfg.rollout.num_workers < 2:
         bad("ray.placement", "split placement needs separate trainer and rollout bundles")
+    if cfg.sync.transport == "device" and cfg.ray.placement == "split":
+        bad("sync.transport", "device (CUDA IPC) needs each engine on its trainer rank's GPU: use "
+            "ray.placement: colocated, or sync.transport: collective for split placement")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import os
 from rl import checkpoint
 from rl.config import ConfigError, RunConfig
 from rl.data import as_list, dataset_name
-from rl.placement import layout, running_cluster_address
+from rl.placement import bundle_lines, layout, running_cluster_address
 
 
 def plan_lines(cfg: RunConfig, resume: bool | None) -> list[str]:
@@ -32,11 +32,7 @@ def plan_lines(cfg: RunConfig, resume: bool | None) -> list[str]:
     else:
         ray = "start a private local Ray instance (no cluster runs on this machine)"
     plan = layout(cfg)
-    bundles = []
-    for b in range(plan.n_bundles):
-        actors = [f"trainer rank {plan.trainer_bundles.index(b)}"] if b in plan.trainer_bundles else []
-        actors += [f"rollout engine {plan.rollout_bundles.index(b)}"] if b in plan.rollout_bundles else []
-        bundles.append(f"bundle {b}: " + " + ".join(actors))
+    bundles = bundle_lines(plan)
     t, r, s = cfg.trainer, cfg.rollout, cfg.schedule
     held_out = ", ".join(dataset_name(c) for c in as_list(cfg.data.eval))
     evaluation = (f"held-out eval of {held_out} (≤ {s.eval_limit} problems each) before the first step"
@@ -59,6 +55,8 @@ def plan_lines(cfg: RunConfig, resume: bool | None) -> list[str]:
         f"RL: {s.steps} steps; {evaluation}",
         "checkpoints: " + (f"every {s.save_every} steps and " if s.save_every else "")
         + f"after the last, keeping the newest {s.keep_last or 'all'}",
+        f"weight sync: sync.transport={cfg.sync.transport}" + (" (GPUs: device if colocated, collective if split; "
+                                                               "CPU: host)" if cfg.sync.transport == "auto" else ""),
         f"reward: {cfg.reward.function}, {cfg.reward.num_workers or 'one per CPU'} worker process(es), "
         f"{cfg.reward.timeout_s} s timeout",
     ]

@@ -25,13 +25,13 @@ def resolve_model_path(cfg: RunConfig) -> str:
     path = cfg.model.path
     if path.startswith("demo:"):
         try:
-            return str(demo_model.resolve(path, cfg.model.cache_dir))
+            return str(Path(demo_model.resolve(path, cfg.model.cache_dir)).absolute())  # as actors elsewhere see it
         except ValueError as e:
             raise ConfigError(str(e)) from None
     local = Path(path).expanduser()
     if local.exists():
         check_model_dir(local)
-        return str(local)
+        return str(local.absolute())  # resolved on the driver: an actor's cwd may be elsewhere
     if HUB_ID.fullmatch(path) and ".." not in path and "--" not in path:
         check_hub_model(path)
         return path

@@ -89,6 +89,17 @@ class Layout:
     share: float  # of its bundle's GPU each actor takes (colocated: a rank and an engine share one)
 
 
+def bundle_lines(plan: Layout, nodes: list[str] | None = None) -> list[str]:
+    """One line per bundle: the actors it holds (and its node, once placed)."""
+    lines = []
+    for b in range(plan.n_bundles):
+        actors = [f"trainer rank {plan.trainer_bundles.index(b)}"] if b in plan.trainer_bundles else []
+        actors += [f"rollout engine {plan.rollout_bundles.index(b)}"] if b in plan.rollout_bundles else []
+        where = f" (node {nodes[b]})" if nodes else ""
+        lines.append(f"bundle {b}{where}: " + " + ".join(actors))
+    return lines
+
+
 def layout(cfg: RunConfig) -> Layout:
     ranks, workers = cfg.trainer.num_ranks, cfg.rollout.num_workers
     if cfg.ray.placement == "colocated":
@@ -131,6 +142,15 @@ class Placement:
         self.trainer_bundles = plan.trainer_bundles
         self.rollout_bundles = plan.rollout_bundles
         self.per_bundle = per_bundle
+        self.plan = plan
+
+    def describe(self) -> str:
+        """The placement as placed: which actor on which bundle, node and device."""
+        table = ray.util.placement_group_table(self.group)
+        ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+        nodes = [ips.get(table["bundles_to_node_id"].get(b, ""), "?") for b in range(self.plan.n_bundles)]
+        device = "one GPU" if self.gpus else "CPU"
+        return f"{self.plan.n_bundles} bundle(s), {device} each: " + "; ".join(bundle_lines(self.plan, nodes))
 
     def options(self, bundle: int) -> dict:
         strategy = PlacementGroupSchedulingStrategy(placement_group=self.group,

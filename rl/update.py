@@ -126,5 +126,8 @@ def update_policy(trainers: TrainerGroup, cfg: RunConfig, samples: list[Sample],
         "train/ppo_ratio_max": totals.ppo_ratio_max,
         "train/grad_norm": totals.grad_norm / n_results,
         "train/lr": totals.lr / n_results,
+        # Mini-batches whose loss or gradients were NaN/Inf: their optimiser step was skipped.
+        "train/nonfinite_skipped": totals.skipped / len(trainers.actors),
+        "train/minibatches": float(minibatches),
         "trainer/padding_frac": totals.padded_tokens / max(totals.forward_tokens, 1.0),
     }, logps

@@ -1,11 +1,15 @@
 """Weight sync: the trainer's new weights into every rollout engine, then verified.
 
-Two separable parts. A transport moves the weights, chosen once at start-up:
+Two separable parts. A transport moves the weights, chosen once at start-up (`sync.transport`,
+`transport_kind`):
 - `DeviceTransport` (engines on the trainer ranks' GPUs): each rank copies its full weights into
   device buckets and sends CUDA IPC handles; the colocated engine copies on the device and checks
   every bucket's checksum there (`kernels.weight_buckets`). No weight byte crosses host memory.
-- `HostTransport` (CPU runs, and engines on other GPUs until the NCCL path exists): rank 0's
-  safetensors buckets through Ray's object store, each engine checking every bucket's sha256.
+- `CollectiveTransport` (`rl.collective_sync`; split placement on GPUs): trainer rank 0
+  broadcasts device buckets to every engine over a process group of their own (NCCL; Gloo on
+  CPU), each engine checking every bucket's checksum before loading it.
+- `HostTransport` (CPU runs): rank 0's safetensors buckets through Ray's object store, each
+  engine checking every bucket's sha256.
 Each engine answers with the probe's log-probs under its new weights.
 
 `WeightSync` verifies beyond the transport's checksums: a fixed probe text is scored
@@ -23,7 +27,9 @@ A sync that did not take is an error, never a silent skip.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from rl.config import ConfigError, RunConfig
 from rl.groups import Pending, RolloutGroup, TrainerGroup
 from rollout.worker import WeightLoad
 from trainer.worker import DeviceWeights, WeightBucket
@@ -39,8 +45,29 @@ PROBE_TEXT = "Ann has 23 apples. Ann gets 58 more. How many apples now? 23+58=81
 ABSOLUTE_TOLERANCE = {"float32": 1e-3, "bfloat16": 1.0, "float16": 0.25}
 
 
+if TYPE_CHECKING:
+    from rl.collective_sync import CollectiveTransport
+
+
 class WeightSyncError(RuntimeError):
     pass
+
+
+def transport_kind(cfg: RunConfig, gpus: bool) -> str:
+    """`sync.transport` resolved for this cluster: host, device or collective. A choice the
+    placement cannot run is a ConfigError naming the field."""
+    choice, colocated = cfg.sync.transport, cfg.ray.placement == "colocated"
+    if choice == "auto":
+        return ("device" if colocated else "collective") if gpus else "host"
+    if choice == "device" and not (gpus and colocated):
+        raise ConfigError("sync.transport: device (CUDA IPC) needs GPUs and ray.placement: colocated; this "
+                          f"cluster has {'GPUs' if gpus else 'no GPUs'} and the placement is {cfg.ray.placement}: use "
+                          "sync.transport: auto")
+    if choice == "collective" and gpus and colocated:
+        raise ConfigError("sync.transport: collective on GPUs needs ray.placement: split (trainer rank 0 and "
+                          "engine 0 would share a GPU, and NCCL cannot put two ranks of one group on one GPU); "
+                          "use sync.transport: device for colocated placement")
+    return choice
 
 
 def max_abs_diff(a: list[float], b: list[float]) -> float:
@@ -52,6 +79,7 @@ class HostTransport:
     checks every bucket's sha256 and loads them all in one in-place reload."""
 
     on_device = False
+    description = "through host memory"
 
     def __init__(self, bucket_mib: float):
         self.bucket_mib = bucket_mib
@@ -73,6 +101,7 @@ class DeviceTransport:
     trainer rank k's GPU) loads rank k's buckets and checks their checksums on the device."""
 
     on_device = True
+    description = "CUDA IPC on the device"
 
     def __init__(self, bucket_mib: float):
         self.bucket_mib = bucket_mib
@@ -130,7 +159,8 @@ class ProbeCheck:
 
 
 class WeightSync:
-    def __init__(self, trainers: TrainerGroup, rollout: RolloutGroup, transport: HostTransport | DeviceTransport,
+    def __init__(self, trainers: TrainerGroup, rollout: RolloutGroup,
+                 transport: HostTransport | DeviceTransport | CollectiveTransport,
                  probe_ids: list[int], dtype: str):
         self.trainers, self.rollout, self.transport = trainers, rollout, transport
         self.probe_ids = probe_ids
@@ -150,6 +180,28 @@ class WeightSync:
                 "trainer's model")
         self.check.noise = noise
         return noise
+
+    def resend(self, version: int) -> dict[str, float]:
+        """After a restart (fresh engines, or a trainer back at a checkpoint): the trainer's
+        weights into every engine, verified as at start-up — the transport's checksums, then
+        the probe within the dtype's bound on what are now equal weights (there is no "before"
+        to judge staleness against). Returns the sync/* metrics of this sync."""
+        self.before = None  # the interrupted step's probes: their engines or weights are gone
+        payload = self.transport.gather(self.trainers)
+        trainer = self.trainers.probe_logprobs(self.probe_ids)
+        try:
+            loads = self.transport.load(self.rollout, payload, version, self.probe_ids)
+        finally:
+            self.transport.release(self.trainers)
+        worst = max(max_abs_diff(w.probe, trainer.result()) for w in loads)
+        if not worst <= self.check.tolerance:
+            raise WeightSyncError(
+                f"weight sync to version {version} after a restart failed verification: probe |Δ log-prob| engine "
+                f"vs trainer = {worst:.3g} > {self.check.tolerance} (the engines do not run the trainer's weights)")
+        self.check.noise = max(self.check.noise, worst)
+        return {"sync/probe_max_abs_diff": worst, "sync/bytes": float(loads[0].bytes),
+                "sync/tensors": float(loads[0].tensors), "sync/load_s": max(w.seconds for w in loads),
+                "sync/version": float(version), "sync/on_device": float(self.transport.on_device)}
 
     def probe_engines(self) -> None:
         """Queues the probe on the engines and the trainer under the weights that sampled this

@@ -4,7 +4,10 @@ Loaded into every vLLM worker process through `worker_extension_cls`; its method
 with `LLM.collective_rpc`. Tensors do not survive RPC arguments (they arrive as lists). On CPU
 the weights travel as safetensors bytes, one blob per bucket, each checked against its sha256; on
 a GPU shared with the trainer they stay on the device: CUDA IPC handles of the trainer's weight
-buckets, each checked by a checksum computed on the device (`kernels.weight_buckets`).
+buckets, each checked by a checksum computed on the device (`kernels.weight_buckets`); from a
+trainer elsewhere (split placement) they arrive by a broadcast over a process group of the trainer
+and the engines' workers (`kernels.weight_broadcast`: NCCL on GPUs, Gloo on CPU), each bucket's
+checksum verified before it is loaded.
 """
 
 from __future__ import annotations
@@ -42,6 +45,44 @@ class WeightReceiver:
         torch.cuda.synchronize()  # the copies out of the trainer's buckets are done before it frees them
         del opened
         return count
+
+    def lockstep_join_weight_group(self, host: str, port: int, first_rank: int, world_size: int) -> str:
+        """Joins the trainer's weight-broadcast group (`kernels.weight_broadcast`) as rank
+        `first_rank` + this worker's rank in the engine (the previous group left); returns once
+        every member has joined. Returns the backend: NCCL on a GPU, Gloo on CPU."""
+        from kernels.weight_broadcast import WeightGroup, join_store
+
+        self.lockstep_leave_weight_group()
+        store = join_store(host, port, world_size)
+        self.lockstep_weight_group = WeightGroup(store, first_rank + self.rank, world_size, self.device)
+        return self.lockstep_weight_group.backend
+
+    def lockstep_worker_rank(self) -> int:
+        return self.rank
+
+    def lockstep_leave_weight_group(self) -> None:
+        group = getattr(self, "lockstep_weight_group", None)
+        if group is not None:
+            group.close()
+        self.lockstep_weight_group = None
+
+    def lockstep_receive_broadcast(self, plan: bytes) -> int:
+        """Receives trainer rank 0's broadcast (a pickled list of `BucketPlan`), each bucket's
+        checksum verified before its tensors are loaded, all in one in-place reload; returns the
+        tensor count. A failure anywhere still takes every bucket off the group before it is
+        raised, so the trainer and the other engines finish the broadcast."""
+        import pickle
+
+        from kernels.weight_broadcast import BucketReceiver
+
+        group = getattr(self, "lockstep_weight_group", None)
+        if group is None:
+            raise RuntimeError("weight broadcast: this engine worker is in no weight group")
+        receiver = BucketReceiver(group, pickle.loads(plan))
+        try:
+            return self._reload_in_place(receiver.tensors())
+        finally:
+            receiver.drain()
 
     def _reload_in_place(self, named_tensors) -> int:
         """One in-place reload of every (name, tensor); re-ties tied parameters. Returns how many

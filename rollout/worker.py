@@ -92,7 +92,8 @@ class RolloutWorker:
             max_model_len=cfg.max_model_len,
             enforce_eager=cfg.enforce_eager,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
-            worker_extension_cls="rollout.weight_receiver.WeightReceiver",
+            # In-place weight updates, and module-output recording for `lockstep mismatch --layers`
+            worker_extension_cls="rollout.activations.EngineExtension",
             # Log-probs of the distribution actually sampled from (temperature applied); equal
             # to the raw log-probs at temperature 1.
             logprobs_mode="processed_logprobs",
@@ -172,6 +173,26 @@ class RolloutWorker:
         trainer rank's device buckets (CUDA IPC handles, `kernels.weight_buckets`); the engine
         copies the tensors on the device and checks each bucket's checksum there."""
         return self._load("lockstep_load_device_buckets", (payload,), expected, nbytes, version, probe_ids)
+
+    def join_weight_group(self, host: str, port: int, first_rank: int, world_size: int) -> str:
+        """The engine's workers join the trainer's weight-broadcast group as ranks first_rank..;
+        returns the backend (`kernels.weight_broadcast`)."""
+        (backend, *_) = self.llm.collective_rpc("lockstep_join_weight_group",
+                                                args=(host, port, first_rank, world_size))
+        return backend
+
+    def leave_weight_group(self) -> None:
+        self.llm.collective_rpc("lockstep_leave_weight_group")
+
+    def workers(self) -> int:
+        """Worker processes of this engine: members of a weight-broadcast group."""
+        return len(self.llm.collective_rpc("lockstep_worker_rank"))
+
+    def update_weights_collective(self, plan: bytes, expected: int, nbytes: int, version: int,
+                                  probe_ids: list[int] | None = None) -> WeightLoad:
+        """The split-placement path of `update_weights`: the weights arrive by trainer rank 0's
+        broadcast (`plan`: the pickled bucket plan), each bucket's checksum checked on arrival."""
+        return self._load("lockstep_receive_broadcast", (plan,), expected, nbytes, version, probe_ids)
 
     def _load(self, rpc: str, args: tuple, expected: int, nbytes: int, version: int,
               probe_ids: list[int] | None) -> WeightLoad:

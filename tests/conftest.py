@@ -24,3 +24,6 @@ if "torch" in sys.modules and "MKL_CBWR" not in os.environ:  # a plugin loaded t
     raise RuntimeError("torch was imported before tests/conftest.py could set MKL_CBWR: export MKL_CBWR=AUTO")
 pin_mkl_code_path()
 os.environ.setdefault("TRITON_INTERPRET", "0" if os.path.exists("/dev/nvidiactl") else "1")
+# Every test's Ray is a private instance: a `ray start` head on the machine (another developer's,
+# or one a killed test left behind) is never joined. test_job_submit clears it for its own head.
+os.environ.setdefault("RAY_ADDRESS", "local")

@@ -9,8 +9,10 @@ It is built from a `trainer.config.TrainerSetup`, takes `trainer.batch` types an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import math
 import os
 import socket
 from dataclasses import dataclass, replace
@@ -20,7 +22,7 @@ import torch
 
 from trainer import losses
 from trainer.batch import SFTStepStats, TokenLogprobs, TrainBatch, TrainSample, UpdateResult, UpdateStats
-from trainer.config import TrainerSetup
+from trainer.config import LossConfig, TrainerSetup
 from trainer.logprobs import pack, pack_flat, token_logprobs, use_fp32_lm_head
 from trainer.packing import PACKING_TOLERANCE, packed_forward_mismatch, plan_packs
 
@@ -133,6 +135,7 @@ class TrainerRank:
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=ds_config)
         self.sync_buffers: list[torch.Tensor] = []  # device weight buckets in flight (GPU sync)
+        self.dropped_nonfinite = False  # the last update's gradients were dropped as NaN/Inf (ZeRO-0)
         self.reference = None
         if setup.use_reference:
             reference = AutoModelForCausalLM.from_pretrained(setup.model_path, dtype=self.dtype)
@@ -209,6 +212,11 @@ class TrainerRank:
     # ----------------------------------------------------------------------------------------
     # Updates
 
+    def set_loss(self, loss: LossConfig) -> None:
+        """Train the next steps with another loss (the recipe's `algorithm` section): the
+        weights, optimiser state and step counter stay as they are."""
+        self.setup = dataclasses.replace(self.setup, loss=loss)
+
     def train_step(self, batch: TrainBatch) -> UpdateResult:
         """One optimiser step over this rank's share of a mini-batch, in `self.micro_batches`
         micro-batches. The loss of each micro-batch is Σ token terms / `batch.normaliser` (the
@@ -244,6 +252,7 @@ class TrainerRank:
         # × micro_batches undoes DeepSpeed's division by its accumulation count, whatever the
         # number of micro-batches this step actually runs (packed: it varies)
         scale = self.world_size * self.micro_batches / max(batch.normaliser, 1.0)
+        skipped_before, nonfinite_loss = self.engine.skipped_steps, False
         for k, (idx, packed) in enumerate(micro):
             chunk = [samples[j] for j in idx] or [_EMPTY_SAMPLE]
             self._set_boundary(k, len(micro))
@@ -266,8 +275,12 @@ class TrainerRank:
             if loss_cfg.entropy_coef != 0:
                 per_token = per_token - loss_cfg.entropy_coef * entropy
             loss = losses.aggregate(per_token, mask, loss_cfg.loss_aggregation, 1.0) * scale
+            nonfinite_loss |= not bool(torch.isfinite(loss))
             self.engine.backward(loss)
-            self.engine.step()
+            if k == len(micro) - 1:  # the accumulation boundary: this engine.step() applies
+                self._boundary_step(nonfinite_loss)
+            else:
+                self.engine.step()
             logp_rows, entropy_rows = logp.detach().tolist(), entropy.detach().tolist()
             for i, j in enumerate(idx):
                 n = len(samples[j].completion_ids)
@@ -291,9 +304,42 @@ class TrainerRank:
                     correction_weight_max=weight[m].max().item(), correction_ratio_min=rho.min().item(),
                     correction_ratio_max=rho.max().item(), ppo_ratio_min=ppo.min().item(),
                     ppo_ratio_max=ppo.max().item())
-        stats.grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
+        skipped = self.engine.skipped_steps > skipped_before or self.dropped_nonfinite
+        # fp16's loss scaler skips steps whose scaled gradients overflow while it calibrates:
+        # that is its normal working, not a non-finite update, unless the loss itself was.
+        stats.skipped = float(skipped and (nonfinite_loss or self.dtype != torch.float16))
+        grad_norm = self.engine.get_global_grad_norm()
+        stats.grad_norm = math.inf if self.dropped_nonfinite else float(grad_norm or 0.0)
         stats.lr = self.engine.get_lr()[0]
         return UpdateResult(stats, rows)
+
+    def _boundary_step(self, nonfinite_loss: bool) -> None:
+        """The optimiser step, a no-op when the loss or the gradients are NaN/Inf.
+        DeepSpeed's ZeRO optimisers (stages 1–3, any dtype) and its bf16 and fp16 optimisers
+        check the gradients themselves and skip such a step (`engine.skipped_steps`); fp32
+        ZeRO-0 hands them to the torch optimiser, which would write NaN into every weight.
+        There, all ranks agree (the flag is all-reduced) and drop their gradients: AdamW skips
+        parameters without one, so weights and optimiser state stay as they were."""
+        self.dropped_nonfinite = False
+        if self.cfg.zero_stage != 0 or self.dtype != torch.float32:
+            self.engine.step()
+            return
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        bad = nonfinite_loss or any(not bool(torch.isfinite(g).all()) for g in grads)
+        flag = torch.tensor([float(bad)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if not flag.item():
+            self.engine.step()
+            return
+        for p in self.engine.module.parameters():
+            p.grad = None
+        self.dropped_nonfinite = True
+        # Nothing to clip, and DeepSpeed's fp32 clip fails on a model without gradients.
+        clip, self.engine._config.gradient_clipping = self.engine._config.gradient_clipping, 0.0
+        try:
+            self.engine.step()
+        finally:
+            self.engine._config.gradient_clipping = clip
 
     def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> SFTStepStats:
         """Supervised step: cross-entropy of target tokens given their prompts (warm start)."""
@@ -319,19 +365,25 @@ class TrainerRank:
     # Weights out: buckets for the rollout engine, Hugging Face export, DeepSpeed checkpoints
 
     def _full_parameters(self, device: str = "cpu"):
-        """Yields (name, full tensor on `device`: "cpu", or "cuda" for this rank's own GPU) in a
-        fixed order; all ranks must iterate together (ZeRO-3 gathers each parameter with a
-        collective). A gathered ZeRO-3 parameter is copied (its memory goes at the context's
-        end); an unpartitioned one already on that device is yielded as it is."""
+        """Yields (checkpoint name, full tensor on `device`: "cpu", or "cuda" for this rank's own
+        GPU) in a fixed order; all ranks must iterate together (ZeRO-3 gathers each parameter with
+        a collective). A gathered ZeRO-3 parameter is copied (its memory goes at the context's
+        end); an unpartitioned one already on that device is yielded as it is. Names are the
+        checkpoint's, which the engines load: a parameter the model keeps in another layout than
+        its checkpoint (stacked experts) is split back through the model's transformers weight
+        conversion, as `save_pretrained` does."""
         import deepspeed
+        from transformers.core_model_loading import revert_weight_conversion
 
+        model = self.engine.module
         target = self.device if device == "cuda" else torch.device("cpu")
-        for name, param in self.engine.module.named_parameters():
+        for name, param in model.named_parameters():
             if hasattr(param, "ds_id"):  # ZeRO-3 partitioned
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    yield name, param.detach().to(target, copy=True)
+                    full = param.detach().to(target, copy=True)
             else:
-                yield name, param.detach().to(target)
+                full = param.detach().to(target)
+            yield from revert_weight_conversion(model, {name: full}).items()
 
     def device_weight_buckets(self, bucket_mib: float) -> DeviceWeights:
         """The GPU weight sync: the full weights copied into device buckets of ≤ bucket_mib,
@@ -379,6 +431,60 @@ class TrainerRank:
         flush()
         return buckets
 
+    # Weights over a collective (`kernels.weight_broadcast`): rank 0 hosts a process group with
+    # the engines' workers and broadcasts to them; the other ranks take part in ZeRO-3's gathers.
+
+    def weight_plan(self, bucket_mib: float) -> bytes:
+        """The broadcast's buckets (pickled list of `BucketPlan`), from the parameters' full
+        shapes — nothing gathered."""
+        import pickle
+
+        from kernels.weight_broadcast import plan_buckets
+
+        specs = [(name, p.dtype, tuple(getattr(p, "ds_shape", p.shape)))
+                 for name, p in self.engine.module.named_parameters()]
+        return pickle.dumps(plan_buckets(specs, int(bucket_mib * 2**20)))
+
+    def host_weight_group(self, world_size: int) -> tuple[str, int]:
+        """Rank 0: a fresh group's store (the previous group left); returns (host, port) for the
+        engines' workers to join at."""
+        from kernels.weight_broadcast import host_store
+
+        self.leave_weight_group()
+        self.weight_store, self.weight_world = host_store(node_ip(), world_size), world_size
+        return node_ip(), self.weight_store.port
+
+    def join_weight_group(self) -> str:
+        """Rank 0: joins the group hosted by `host_weight_group`; returns once every member has
+        (call it together with the engines' joins). Returns the backend."""
+        from kernels.weight_broadcast import WeightGroup
+
+        store, self.weight_store = self.weight_store, None
+        self.weight_group = WeightGroup(store, 0, self.weight_world, self.device)
+        return self.weight_group.backend
+
+    def leave_weight_group(self) -> None:
+        group = getattr(self, "weight_group", None)
+        if group is not None:
+            group.close()
+        self.weight_group = None
+
+    def broadcast_weights(self, plan: bytes) -> int:
+        """Every rank: the full weights into the group (rank 0 sends; ZeRO-3 gathers need all
+        ranks). Returns the bytes rank 0 sent (0 on the other ranks)."""
+        import pickle
+
+        from kernels.weight_broadcast import broadcast_weights
+
+        tensors = self._full_parameters("cuda" if self.device.type == "cuda" else "cpu")
+        if self.rank != 0:
+            for _ in tensors:  # each gather is a collective of all ranks
+                pass
+            return 0
+        if getattr(self, "weight_group", None) is None:
+            raise RuntimeError("broadcast_weights: rank 0 is in no weight group (join_weight_group first)")
+        return broadcast_weights(self.weight_group, pickle.loads(plan), tensors)
+
     def export_hf(self, out_dir: str, tokenizer_dir: str) -> None:
         """Hugging Face directory (safetensors shards, config, tokenizer) that vLLM and
         transformers load. All ranks call; rank 0 writes."""
@@ -392,7 +498,7 @@ class TrainerRank:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             self.engine.module.save_pretrained(out, state_dict=state, safe_serialization=True,
-                                               max_shard_size="2GB")
+                                               max_shard_size="2GB", save_original_format=False)
             AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
             from models.ring_linear import MODEL_TYPE
 
