@@ -374,6 +374,9 @@ def check_combinations(cfg: RunConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             bad(key, f"must be ≥ 1, got {value}")
+    if cfg.trainer.pack_tokens < 0:
+        bad("trainer.pack_tokens",
+            f"must be ≥ 0 (0: pad each micro-batch, no packing), got {cfg.trainer.pack_tokens}")
     if cfg.mode == "strict":
         # Accepting it would promise bitwise log-probs that nothing enforces yet (DESIGN §4).
         bad(

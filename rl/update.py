@@ -129,4 +129,5 @@ def update_policy(trainers: TrainerGroup, cfg: RunConfig, samples: list[Sample],
         # Mini-batches whose loss or gradients were NaN/Inf: their optimiser step was skipped.
         "train/nonfinite_skipped": totals.skipped / len(trainers.actors),
         "train/minibatches": float(minibatches),
+        "trainer/padding_frac": totals.padded_tokens / max(totals.forward_tokens, 1.0),
     }, logps

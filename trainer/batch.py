@@ -59,6 +59,8 @@ class UpdateStats:
     correction_below: float = 0.0  # tokens with ρ_t = exp(b_t − a_t) < correction_low
     correction_above: float = 0.0  # tokens with ρ_t > correction_high
     tokens: float = 0.0
+    forward_tokens: float = 0.0  # positions the forwards ran, samples' tokens and padding
+    padded_tokens: float = 0.0  # of which padding (or a rank's empty packs)
     grad_norm: float = 0.0
     lr: float = 0.0
     correction_weight_max: float = -math.inf

@@ -37,8 +37,14 @@ class TrainerConfig:
     """Sequences per forward/backward on one rank (gradients accumulate up to the mini-batch)."""
     num_minibatches: int = 1
     """Optimiser steps per RL step: the step's samples are split into this many mini-batches."""
+    pack_tokens: int = 0
+    """Packed micro-batches: 0 pads each micro-batch of `micro_batch_size` sequences to its longest;
+    N > 0 concatenates sequences into micro-batches of at most N tokens with no padding (a longer
+    sequence runs alone), each sequence computed as it would be alone (`micro_batch_size` then
+    only sets the loss scale's accumulation count)."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (less memory, more compute)."""
+    """Activation checkpointing per decoder layer: each layer's activations are recomputed in the
+    backward pass instead of kept (less memory, one more forward; same gradients)."""
     sync_bucket_mib: float = 64.0
     """Size of the buckets the weight sync sends to the engines, in MiB."""
     cpu_threads: int = 0

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,7 +23,8 @@ import torch
 from trainer import losses
 from trainer.batch import SFTStepStats, TokenLogprobs, TrainBatch, TrainSample, UpdateResult, UpdateStats
 from trainer.config import LossConfig, TrainerSetup
-from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head
+from trainer.logprobs import pack, pack_flat, token_logprobs, use_fp32_lm_head
+from trainer.packing import PACKING_TOLERANCE, packed_forward_mismatch, plan_packs
 
 log = logging.getLogger("lockstep.trainer")
 
@@ -106,6 +107,8 @@ class TrainerRank:
         torch.manual_seed(setup.seed)
         self.dtype = DTYPES[setup.dtype]
         model = AutoModelForCausalLM.from_pretrained(setup.model_path, dtype=self.dtype)
+        if cfg.pack_tokens:
+            check_packing(model, self.dtype)
         if setup.fp8 is not None:
             use_fp8(model, setup.fp8)
         if cfg.gradient_checkpointing:
@@ -145,31 +148,57 @@ class TrainerRank:
     # ----------------------------------------------------------------------------------------
     # Log-probs
 
-    def _micro_batches(self, items: list):
-        size = self.cfg.micro_batch_size
-        for i in range(0, len(items), size):
-            yield items[i : i + size]
+    def _micro_batches(self, prompts: list[list[int]], completions: list[list[int]]):
+        """Yields (sample indices, their forward's batch) per micro-batch. Padded: runs of
+        `micro_batch_size` samples in order, each padded to its longest. Packed
+        (`trainer.pack_tokens`): packs of ≤ pack_tokens tokens in one row; every rank runs as
+        many forwards as the rank with the most packs (ZeRO's collectives run per forward and
+        per backward), a rank with fewer runs empty ones (one pad token, nothing in the loss)."""
+        if not self.cfg.pack_tokens:
+            size = self.cfg.micro_batch_size
+            for i in range(0, len(prompts), size):
+                idx = list(range(i, min(i + size, len(prompts))))
+                yield idx, pack([prompts[j] for j in idx], [completions[j] for j in idx])
+            return
+        plan = plan_packs([len(p) + len(c) for p, c in zip(prompts, completions)], self.cfg.pack_tokens)
+        if self.world_size > 1:
+            count = torch.tensor([len(plan)], device=self.device)
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+            plan += [[] for _ in range(int(count) - len(plan))]
+        for idx in plan:
+            if not idx:  # one pad token, counted as padding
+                yield idx, replace(pack_flat([[0]], [[]]), padded_tokens=1)
+                continue
+            yield idx, pack_flat([prompts[j] for j in idx], [completions[j] for j in idx])
+
+    def _sample_batches(self, samples: list[TrainSample]):
+        return self._micro_batches([s.prompt_ids for s in samples], [s.completion_ids for s in samples])
+
+    def _set_boundary(self, k: int, count: int) -> None:
+        """Packed micro-batches vary in number from step to step, so the accumulation boundary
+        (gradient reduction and optimiser step) is the last one, not DeepSpeed's fixed count."""
+        if self.cfg.pack_tokens:
+            self.engine.set_gradient_accumulation_boundary(k == count - 1)
 
     @torch.no_grad()
     def compute_logprobs(self, samples: list[TrainSample], with_entropy: bool = True) -> list[TokenLogprobs]:
         """Trainer log-probs (and entropies) of each sample's completion tokens, current weights."""
         self.engine.module.eval()
-        out = []
-        for chunk in self._micro_batches(samples):
-            batch = pack([s.prompt_ids for s in chunk], [s.completion_ids for s in chunk])
+        out: list[TokenLogprobs | None] = [None] * len(samples)
+        for idx, batch in self._sample_batches(samples):
             logp, ent = token_logprobs(self.engine.module, batch, self.setup.temperature, with_entropy)
-            for i, s in enumerate(chunk):
-                n = len(s.completion_ids)
-                out.append(TokenLogprobs(logp[i, :n].tolist(), [] if ent is None else ent[i, :n].tolist()))
+            for i, j in enumerate(idx):
+                n = len(samples[j].completion_ids)
+                out[j] = TokenLogprobs(logp[i, :n].tolist(), [] if ent is None else ent[i, :n].tolist())
         return out
 
     @torch.no_grad()
     def reference_logprobs(self, samples: list[TrainSample]) -> list[list[float]]:
-        out = []
-        for chunk in self._micro_batches(samples):
-            batch = pack([s.prompt_ids for s in chunk], [s.completion_ids for s in chunk])
+        out: list[list[float] | None] = [None] * len(samples)
+        for idx, batch in self._sample_batches(samples):
             logp, _ = token_logprobs(self.reference, batch, self.setup.temperature)
-            out.extend(logp[i, : len(s.completion_ids)].tolist() for i, s in enumerate(chunk))
+            for i, j in enumerate(idx):
+                out[j] = logp[i, : len(samples[j].completion_ids)].tolist()
         return out
 
     @torch.no_grad()
@@ -212,18 +241,21 @@ class TrainerRank:
             raise RuntimeError("train_step without old_logprobs needs a model without active dropout: "
                                "its training forward is not the policy's log-prob")
         self.engine.module.train()
-        chunks = list(self._micro_batches(samples))
-        if len(chunks) != self.micro_batches:
-            raise RuntimeError(f"rank {self.rank}: {len(chunks)} micro-batches, "
+        micro = list(self._sample_batches(samples))
+        if not self.cfg.pack_tokens and len(micro) != self.micro_batches:
+            raise RuntimeError(f"rank {self.rank}: {len(micro)} micro-batches, "
                                f"engine expects {self.micro_batches}")
         correction = losses.CORRECTIONS[loss_cfg.correction]
         kl_fn = losses.KL_ESTIMATORS[loss_cfg.kl_estimator]
         stats = UpdateStats()
-        rows: list[TokenLogprobs] = []
+        rows: list[TokenLogprobs | None] = [None] * len(samples)
+        # × micro_batches undoes DeepSpeed's division by its accumulation count, whatever the
+        # number of micro-batches this step actually runs (packed: it varies)
         scale = self.world_size * self.micro_batches / max(batch.normaliser, 1.0)
         skipped_before, nonfinite_loss = self.engine.skipped_steps, False
-        for k, chunk in enumerate(chunks):
-            packed = pack([s.prompt_ids for s in chunk], [s.completion_ids for s in chunk])
+        for k, (idx, packed) in enumerate(micro):
+            chunk = [samples[j] for j in idx] or [_EMPTY_SAMPLE]
+            self._set_boundary(k, len(micro))
             logp, entropy = token_logprobs(self.engine.module, packed, self.setup.temperature,
                                            with_entropy=True)
             device = logp.device
@@ -245,14 +277,16 @@ class TrainerRank:
             loss = losses.aggregate(per_token, mask, loss_cfg.loss_aggregation, 1.0) * scale
             nonfinite_loss |= not bool(torch.isfinite(loss))
             self.engine.backward(loss)
-            if k == len(chunks) - 1:  # the accumulation boundary: this engine.step() applies
+            if k == len(micro) - 1:  # the accumulation boundary: this engine.step() applies
                 self._boundary_step(nonfinite_loss)
             else:
                 self.engine.step()
             logp_rows, entropy_rows = logp.detach().tolist(), entropy.detach().tolist()
-            rows.extend(TokenLogprobs(logp_rows[i][: len(s.completion_ids)],
-                                      entropy_rows[i][: len(s.completion_ids)])
-                        for i, s in enumerate(chunk))
+            for i, j in enumerate(idx):
+                n = len(samples[j].completion_ids)
+                rows[j] = TokenLogprobs(logp_rows[i][:n], entropy_rows[i][:n])
+            stats.forward_tokens += packed.input_ids.numel()
+            stats.padded_tokens += packed.padded_tokens
             m = mask.bool()
             stats.loss += loss.item() / (self.world_size * self.micro_batches)
             stats.pg_loss += (pg * weight)[m].sum().item()
@@ -311,13 +345,13 @@ class TrainerRank:
         """Supervised step: cross-entropy of target tokens given their prompts (warm start)."""
         self.engine.module.train()
         total_tokens = sum(len(t) for t in targets)
-        idx_chunks = list(self._micro_batches(list(range(len(prompts)))))
-        if len(idx_chunks) != self.micro_batches:
-            raise RuntimeError(f"rank {self.rank}: {len(idx_chunks)} micro-batches, "
+        micro = list(self._micro_batches(prompts, targets))
+        if not self.cfg.pack_tokens and len(micro) != self.micro_batches:
+            raise RuntimeError(f"rank {self.rank}: {len(micro)} micro-batches, "
                                f"engine expects {self.micro_batches}")
         total = 0.0
-        for idx in idx_chunks:
-            batch = pack([prompts[i] for i in idx], [targets[i] for i in idx])
+        for k, (_, batch) in enumerate(micro):
+            self._set_boundary(k, len(micro))
             logp, _ = token_logprobs(self.engine.module, batch)
             mask = batch.completion_mask.to(logp.device)
             nll = -(logp * mask).sum()
@@ -497,6 +531,26 @@ class TrainerRank:
 
         return TrainerInfo(self.rank, self.world_size, str(self.device), self.train_forward_is_eval_forward,
                            fp8_projection_count(self.engine.module))
+
+
+# The stand-in of a rank's empty pack in the loss: weight 0, so its pad token adds nothing.
+_EMPTY_SAMPLE = TrainSample(prompt_ids=[0], completion_ids=[], rollout_logprobs=[], weight=0.0,
+                            old_logprobs=[], ref_logprobs=[])
+
+
+def check_packing(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """`trainer.pack_tokens` needs a model that keeps packed sequences apart: the Ring-linear
+    model does (cu_seqlens), transformers' models do when their attention builds its mask from
+    the restarting positions. Checked once per rank on two short sequences; a model that mixes
+    them is refused (its loss would silently train on neighbours' tokens)."""
+    mismatch, bound = packed_forward_mismatch(model), PACKING_TOLERANCE[dtype]
+    log.info("trainer.pack_tokens: packed vs per-sequence forward of %s differs by %.2e (bound %.0e)",
+             type(model).__name__, mismatch, bound)
+    if not mismatch <= bound:
+        raise ValueError(f"trainer.pack_tokens: {type(model).__name__} does not keep packed sequences "
+                         f"apart (a packed sequence's hidden states differ from its own by {mismatch:.2g} "
+                         f"relative, bound {bound:g}): its attention ignores the restarting position_ids. "
+                         f"Set trainer.pack_tokens: 0 (pad each micro-batch) for this model")
 
 
 def has_active_dropout(model: torch.nn.Module) -> bool:

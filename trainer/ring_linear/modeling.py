@@ -19,6 +19,9 @@ weight-dtype operands, fp32 accumulation), and the trainer's log-probs come from
 
 Padding: sequences must be right-padded (the trainer's ``pack``).  Every layer is causal, so a
 real token never sees the padding after it; left padding raises ``ValueError`` (without a cache).
+Packed sequences (the trainer's ``pack_flat``): one row, no attention mask, ``position_ids``
+restarting per sequence (transformers' convention) → ``cu_seqlens``: each linear-attention state
+starts from zero, softmax attention stays within each sequence, RoPE uses the given positions.
 
 Cache (incremental generation, ``transformers`` ``generate``).  The cache is transformers' own
 ``DynamicCache(config=config)``: ``config.layer_types`` names the layers ``"linear_attention"`` /
@@ -106,9 +109,12 @@ class LinearAttention(nn.Module):
         return self._decay[device]
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: Cache | None = None, real: torch.Tensor | None = None) -> torch.Tensor:
+                cache: Cache | None = None, real: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """cache: the generation cache (its layer ``layer_idx`` holds the state); real: bool
-        ``[B, S]`` real-token mask of the cached + new tokens (None: no padding)."""
+        ``[B, S]`` real-token mask of the cached + new tokens (None: no padding); cu_seqlens:
+        ``[N + 1]`` boundaries of the sequences packed in x ``[1, T, D]`` (no cache): each
+        sequence's state starts from zero."""
         B, T, _ = x.shape
         H, d = self.num_heads, self.head_dim
         dt = compute_dtype(self.dense.weight)
@@ -127,7 +133,7 @@ class LinearAttention(nn.Module):
             o = linear_attention_recurrent(q[:, 0], k[:, 0], v[:, 0].contiguous(), decay, scale, state)[:, None]
         else:  # training, prefill, or several new tokens: chunked, from the cached state if any
             o, final = linear_attention_chunk(q.contiguous(), k.contiguous(), v.contiguous(), decay,
-                                              scale=scale, initial_state=state,
+                                              scale=scale, initial_state=state, cu_seqlens=cu_seqlens,
                                               output_final_state=cache is not None)
             if cache is not None:
                 cache.update_recurrent_state(final.contiguous(), self.layer_idx)
@@ -152,8 +158,10 @@ class SoftmaxAttention(nn.Module):
         self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: Cache | None = None, real: torch.Tensor | None = None) -> torch.Tensor:
-        """cache, real: as in :class:`LinearAttention` (K, V are appended to the cache)."""
+                cache: Cache | None = None, real: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """cache, real, cu_seqlens: as in :class:`LinearAttention` (K, V are appended to the
+        cache; packed sequences attend block-diagonally, each only to its own keys)."""
         B, T, _ = x.shape
         H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
         dt = compute_dtype(self.dense.weight)
@@ -163,6 +171,9 @@ class SoftmaxAttention(nn.Module):
             q, k = self.query_layernorm(q), self.key_layernorm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)   # [B, heads, T, d]
+        if cu_seqlens is not None:  # packed: causal attention within each sequence
+            o = _packed_causal_attention(q, k, v, cu_seqlens.tolist(), d ** -0.5, KV != H)
+            return _project(self.dense, o.transpose(1, 2).reshape(B, T, H * d))
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)                       # [B, KV, S, d]
         S = k.shape[2]
@@ -172,6 +183,19 @@ class SoftmaxAttention(nn.Module):
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            scale=d ** -0.5, enable_gqa=KV != H)
         return _project(self.dense, o.transpose(1, 2).reshape(B, T, H * d))
+
+
+def _packed_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int],
+                             scale: float, gqa: bool) -> torch.Tensor:
+    """Block-diagonal causal attention over sequences packed along T (q ``[1, H, T, d]``, k, v
+    ``[1, KV, T, d]``; sequence n holds positions ``bounds[n]:bounds[n+1]``): the same causal
+    SDPA call per sequence that the sequence alone gets, so a sequence never attends into its
+    neighbour and computes as it would unpacked.  (A varlen kernel — flash-attn's — would do
+    it in one launch on GPU; on CPU the per-sequence calls cost nothing extra.)"""
+    outs = [F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], is_causal=True,
+                                           scale=scale, enable_gqa=gqa)
+            for a, b in zip(bounds, bounds[1:])]
+    return torch.cat(outs, dim=2)
 
 
 def _attention_mask(T: int, S: int, real: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -202,9 +226,10 @@ class DecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                past_key_values: Cache | None = None, real: torch.Tensor | None = None) -> torch.Tensor:
+                past_key_values: Cache | None = None, real: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
         """hidden: the fp32 residual stream ``[B, T, D]``; returns the next one."""
-        attn = self.attention(self.input_layernorm(hidden), cos, sin, past_key_values, real)
+        attn = self.attention(self.input_layernorm(hidden), cos, sin, past_key_values, real, cu_seqlens)
         h = hidden + attn.to(hidden.dtype)
         return h + self.mlp(self.post_attention_layernorm(h)).to(h.dtype)
 
@@ -266,12 +291,14 @@ class BailingMoeLinearV2Model(BailingMoeLinearV2PreTrainedModel):
         B, T = h.shape[:2]
         if use_cache and past_key_values is None:  # None means no cache (see the module docstring)
             past_key_values = DynamicCache(config=self.config)
-        real = None
+        real = cu_seqlens = None
         if past_key_values is None:
             if attention_mask is not None:
                 _check_right_padded(attention_mask)
             if position_ids is None:
                 position_ids = torch.arange(T, device=h.device)
+            elif attention_mask is None:  # restarting positions: packed sequences
+                cu_seqlens = _packed_boundaries(position_ids)
         else:
             self._check_cache(past_key_values)
             past = past_key_values.get_seq_length()
@@ -283,7 +310,7 @@ class BailingMoeLinearV2Model(BailingMoeLinearV2PreTrainedModel):
         cos, sin = rope_cos_sin(position_ids, self.config.rotary_dim, self.config.rope_theta, dt)
         h = h.to(dt)  # the residual stream is fp32 (fp64 for fp64 weights)
         for layer in self.layers:
-            h = layer(h, cos, sin, past_key_values=past_key_values, real=real)
+            h = layer(h, cos, sin, past_key_values=past_key_values, real=real, cu_seqlens=cu_seqlens)
         return BaseModelOutputWithPast(last_hidden_state=self.norm(h), past_key_values=past_key_values)
 
     def _check_cache(self, cache: Cache) -> None:
@@ -294,6 +321,26 @@ class BailingMoeLinearV2Model(BailingMoeLinearV2PreTrainedModel):
             raise ValueError("past_key_values must be DynamicCache(config=model.config) (a linear-attention "
                              "state for each linear layer, K/V for each softmax layer); got "
                              f"{type(cache).__name__} with {len(kinds)} layers")
+
+
+def _packed_boundaries(position_ids: torch.Tensor) -> torch.Tensor | None:
+    """``cu_seqlens`` ``[N + 1]`` of the sequences packed in one row, or None for one sequence.
+
+    transformers' packed-sequence convention (``DataCollatorWithFlattening``, its
+    ``find_packed_sequence_indices``): without an attention mask, a token whose position is not
+    the previous token's + 1 starts a new sequence.  One host sync."""
+    if position_ids.dim() == 1:
+        position_ids = position_ids[None]
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    if not bool(starts[:, 1:].any()):
+        return None
+    if position_ids.shape[0] != 1:
+        raise ValueError(f"packed sequences (position_ids restarting within a row) go in one row: "
+                         f"batch size must be 1, got {position_ids.shape[0]}")
+    T = position_ids.shape[1]
+    bounds = starts[0].nonzero().flatten()
+    return torch.cat([bounds, bounds.new_tensor([T])])
 
 
 def _check_right_padded(mask: torch.Tensor) -> None:
