@@ -506,6 +506,8 @@ class Run:
         }
         if self.resumed_from:
             out["resumed_from"] = str(self.resumed_from)
+        if any(self.restarts.metrics().values()):
+            out["restarts"] = self.restarts.metrics()
         if self.damaged_checkpoints:
             out["damaged_checkpoints_skipped"] = self.damaged_checkpoints
         if self.stopping():
