@@ -236,16 +236,7 @@ def cmd_mismatch(args) -> int:
         except (OSError, ValueError, ConfigError) as e:
             logging.warning("token ids shown raw: tokenizer unavailable (%s)", e)
     report = build(run_dir, args.step, args.top, tokenizer)
-    if args.html:
-        from rl.report_html import render_html
-
-        Path(args.html).write_text(render_html(report))
-        print(f"lockstep: wrote {args.html}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(report, indent=1))
-    elif not args.html:
-        print(render_text(report))
-    return 0
+    return write_report(args, report, render_text(report))
 
 
 def probe_mismatch(args) -> int:
@@ -262,6 +253,11 @@ def probe_mismatch(args) -> int:
         checkpoint=args.checkpoint, data=args.data, prompts=args.prompts, samples=args.samples,
         max_new_tokens=args.max_new_tokens, dtype=args.dtype, seed=args.seed, layers=args.layers, rtol=args.rtol,
         template=args.template, top=args.top, out_dir=args.out))
+    return write_report(args, report, text)
+
+
+def write_report(args, report: dict, text: str) -> int:
+    """A mismatch report where the flags say: `--html FILE`, `--json` on stdout, else the text."""
     if args.html:
         from rl.report_html import render_html
 
