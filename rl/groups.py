@@ -37,8 +37,10 @@ def trainer_setup(cfg: RunConfig, model_path: str, lr: float, samples_per_step: 
                   loss: LossConfig | None) -> TrainerSetup:
     """An engine that takes `samples_per_step` samples per optimiser step over all ranks."""
     micro_batches = math.ceil(samples_per_step // cfg.trainer.num_ranks / cfg.trainer.micro_batch_size)
+    # strict mode is the RL engine's (its log-probs meet the rollout's), not the SFT warm start's
     return TrainerSetup(model_path, cfg.model.dtype, cfg.trainer, lr, micro_batches, cfg.seed,
-                        cfg.rollout.temperature, loss, fp8_options(cfg))
+                        cfg.rollout.temperature, loss, fp8_options(cfg),
+                        strict=cfg.mode == "strict" and loss is not None)
 
 
 class TrainerGroup:
@@ -159,7 +161,8 @@ class RolloutGroup:
         sleeps = sleep_while_training(cfg, placement)
         actor_cls = ray.remote(RolloutWorker)
         actors = [actor_cls.options(**placement.options(b)).remote(
-                      model_path, cfg.model.dtype, cfg.rollout, cfg.seed + k, sleeps, fp8_options(cfg))
+                      model_path, cfg.model.dtype, cfg.rollout, cfg.seed + k, sleeps, fp8_options(cfg),
+                      strict=cfg.mode == "strict")
                   for k, b in enumerate(placement.rollout_bundles)]
         infos = ray.get([a.info.remote() for a in actors])
         engines = {i.fp8_projections for i in infos}
