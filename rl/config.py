@@ -312,6 +312,8 @@ def check_combinations(cfg: RunConfig) -> None:
         # the strict layers call the row-tiled fp32 GEMM, which would bypass the FP8 projections
         bad("mode", "strict mode does not cover model.fp8 yet; use mode: fast with model.fp8, or "
             "model.fp8.enabled=false")
+    if cfg.rollout.max_num_batched_tokens < 0:
+        bad("rollout.max_num_batched_tokens", f"must be ≥ 0 (0: vLLM's default), got {cfg.rollout.max_num_batched_tokens}")
     if cfg.schedule.steps < 0:
         bad("schedule.steps", f"must be ≥ 0, got {cfg.schedule.steps}")
     if cfg.rollout.group_size < 2:

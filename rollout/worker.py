@@ -85,6 +85,9 @@ class RolloutWorker:
         self.asleep = False
         if sleep_while_training:
             engine_options["enable_sleep_mode"] = True
+        if cfg.max_num_batched_tokens:  # vLLM requires max_num_seqs ≤ max_num_batched_tokens
+            engine_options["max_num_batched_tokens"] = cfg.max_num_batched_tokens
+            engine_options["max_num_seqs"] = min(256, cfg.max_num_batched_tokens)
         overrides = {}
         if fp8 is not None:  # the recipe's model.fp8: read by the Ring-linear plugin's model
             overrides[FP8_CONFIG_KEY] = fp8

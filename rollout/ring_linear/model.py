@@ -227,29 +227,36 @@ class RingLinearAttention(VllmLinearAttention):
         if n_dec + n_pre_tok < output.shape[0]:
             output[n_dec + n_pre_tok:].zero_()  # padding rows
 
-
     def _forward_strict(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, output: torch.Tensor,
                         meta, state: torch.Tensor) -> None:
         """Strict mode: decodes and prefill pieces run the trainer's token loop
         (:func:`kernels.batch_invariant.recurrence`) from their slots' states, so every token's
         output is the bits the trainer computes for its position.  q, k, v ``[N, H, d]``."""
         reqs = meta.num_decodes + meta.num_prefills
+        if not reqs:
+            output.zero_()
+            return
         slots = meta.state_indices_tensor[:reqs].long()
-        starts = meta.query_start_loc[:reqs + 1].tolist()
-        lengths = [b - a for a, b in zip(starts[:-1], starts[1:])]
-        longest = max(lengths, default=0)
+        rows, valid = request_rows(meta.query_start_loc[:reqs + 1])
+        total = int(meta.query_start_loc[reqs])
         H, d = q.shape[1:]
-        rows = torch.full((reqs, longest), starts[-1], dtype=torch.long, device=q.device)  # → a zero row
-        for r, (start, n) in enumerate(zip(starts, lengths)):
-            rows[r, :n] = torch.arange(start, start + n, device=q.device)
-        valid = rows < starts[-1]
-        pad = lambda t: torch.cat((t[:starts[-1]], t.new_zeros(1, H, d)))[rows]  # noqa: E731  [reqs, T, H, d]
-        if reqs:
-            o, final = invariant_recurrence(pad(q), pad(k), pad(v), self.decay(q.device), self.head_dim ** -0.5,
-                                            state[slots], valid)
-            state[slots] = final
-            output[rows[valid]] = o[valid]
-        output[starts[-1]:].zero_()  # padding rows
+        pad = lambda t: torch.cat((t[:total], t.new_zeros(1, H, d)))[rows]  # noqa: E731  [reqs, T, H, d]
+        o, final = invariant_recurrence(pad(q), pad(k), pad(v), self.decay(q.device), self.head_dim ** -0.5,
+                                        state[slots], valid)
+        state[slots] = final
+        output[rows[valid]] = o[valid]
+        output[total:].zero_()  # padding rows
+
+
+def request_rows(starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's token rows per request, padded: ``starts`` ``[R + 1]`` (``query_start_loc``) →
+    (rows int64 ``[R, T]`` with T the longest request; padding points at row ``starts[-1]``,
+    one past the step's tokens; valid bool ``[R, T]``)."""
+    starts = starts.long()
+    lengths = starts[1:] - starts[:-1]
+    j = torch.arange(int(lengths.max()), device=starts.device)[None]
+    valid = j < lengths[:, None]
+    return torch.where(valid, starts[:-1, None] + j, starts[-1]), valid
 
 
 class StepPlan:
@@ -357,27 +364,21 @@ def attend_strict(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Te
     kept = slot >= 0
     slot = slot[kept]
     cache[slot // block_size, :, slot % block_size] = torch.cat((k[:n][kept], v[:n][kept]), -1).to(cache.dtype)
-    starts, seq_lens = meta.query_start_loc.tolist(), meta.seq_lens.tolist()
-    reqs = len(seq_lens)
-    longest, queries = max(seq_lens, default=0), max((b - a for a, b in zip(starts[:-1], starts[1:])), default=0)
-    if not reqs or not queries:
+    reqs = meta.seq_lens.shape[0]
+    if not reqs:
         return out
-    pos = torch.arange(longest, device=q.device)
+    seq_lens = meta.seq_lens[:reqs].long()
+    pos = torch.arange(int(seq_lens.max()), device=q.device)
     blocks = meta.block_table[:reqs, pos // block_size].long()                # [R, S]
     kv = cache[blocks, :, pos % block_size].to(q.dtype)                      # [R, S, KV, 2d]
-    inside = pos[None, :] < torch.tensor(seq_lens, device=q.device)[:, None]
-    kv = torch.where(inside[..., None, None], kv, 0.0)
-    # queries: request r's are its last (start[r+1] - start[r]) positions
-    rows = torch.full((reqs, queries), n, dtype=torch.long, device=q.device)  # n → a zero row
-    positions = torch.zeros(reqs, queries, dtype=torch.long, device=q.device)
-    for r in range(reqs):
-        count = starts[r + 1] - starts[r]
-        rows[r, :count] = torch.arange(starts[r], starts[r + 1], device=q.device)
-        positions[r, :count] = torch.arange(seq_lens[r] - count, seq_lens[r], device=q.device)
+    kv = torch.where((pos[None, :] < seq_lens[:, None])[..., None, None], kv, 0.0)
+    # request r's queries are its last (start[r+1] - start[r]) positions
+    rows, valid = request_rows(meta.query_start_loc[:reqs + 1])
+    count = valid.sum(1, keepdim=True)
+    positions = torch.where(valid, seq_lens[:, None] - count + torch.arange(rows.shape[1], device=q.device), 0)
     qs = torch.cat((q[:n], q.new_zeros(1, H, d)))[rows]                      # [R, Tq, H, d]
     o = invariant_attention(qs, kv[..., :d], kv[..., d:], positions, d ** -0.5)
-    real = rows < n
-    out[rows[real]] = o[real]
+    out[rows[valid]] = o[valid]
     return out
 
 
