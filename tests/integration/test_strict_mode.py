@@ -24,7 +24,7 @@ def test_strict_mode_logprobs_are_bitwise_equal_every_step(tmp_path, ray_local, 
     data = tiny_recipe(tmp_path, mode="strict", model={"path": "demo:ring-micro"}, sft={"steps": 20},
                        rollout={"prompts_per_step": prompts, "group_size": group, "max_new_tokens": 16,
                                 "max_num_batched_tokens": 8},
-                       trainer={"zero_stage": zero_stage},
+                       trainer={"zero_stage": zero_stage}, ray={"address": "local"},
                        schedule={"steps": 3, "eval_every": 0, "save_every": 0, "eval_limit": 4})
     summary = Run(from_data(data)).train()
     steps = [h for h in read_history(Path(summary["run_dir"])) if "mismatch/num_tokens" in h]
