@@ -10,17 +10,16 @@ Alignment (DESIGN.md §4): router in fp32, stable top-k (ties go to the lower ex
 and each token's expert outputs are summed in expert-index order whatever the batch, so both
 engines add the same terms in the same order.
 
-The ops of the two layouts of the same experts (their modules are
-:mod:`models.ring_linear.moe`): :func:`combine_experts` for one module per expert (the
-trainer's, which ZeRO-3 gathers one by one), and the custom ops :data:`stacked_experts` (two
-grouped GEMMs over the weights stacked as vLLM's fused MoE keeps them: the rollout engine's) and
-:data:`stacked_experts_fp8` (the same with FP8 projections, computing what FP8 expert modules do).
+Both engines keep the experts' weights stacked (their modules are :mod:`models.ring_linear.moe`)
+and compute them with one function, :func:`grouped_swiglu` (two grouped GEMMs over all experts,
+differentiable): the trainer calls it on the rows :class:`ExpertDispatch` groups, the rollout
+engine through the custom op :data:`stacked_experts` (which also runs the shared expert as the
+last group); :data:`stacked_experts_fp8` is the rollout's FP8 form.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,7 @@ from .batch_invariant import linear as invariant_linear
 from .batch_invariant import sigmoid as invariant_sigmoid
 from .batch_invariant import silu as invariant_silu
 
-_log = logging.getLogger(__name__)
+_kernel_log = logging.getLogger(__name__)
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -107,23 +106,73 @@ def weighted_sum(y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def combine_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, num_experts: int,
-                    expert: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``out[n] = Σ_j w[n, j] · expert(idx[n, j], x[n])``, the k terms of each token added left
-    to right in expert-index order — the trainer's layout (one module per expert).
+def grouped_swiglu(rows: torch.Tensor, counts: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """SwiGLU of each expert on its rows, differentiable: rows ``[R, D]`` grouped by expert
+    (``counts [S]`` rows each, in stack order), ``w13 [S, 2I, D]`` (gate_proj rows, then up_proj
+    rows), ``w2 [S, D, I]`` → ``[R, D]``, ``down_e(silu(gate_e r) · up_e r)`` for each row r of
+    expert e.  The expert computation of both engines (the trainer's :class:`GroupedExperts`,
+    the rollout's ``stacked_experts``), so each expert's rows come out alike in both.
 
-    x ``[N, D]``; idx, w ``[N, k]``; ``expert(e, rows)`` maps ``[n_e, D]`` → ``[n_e, D]``.
-    Returns ``[N, D]`` in w's dtype.  Every expert is called, in index order, also on zero rows:
-    under ZeRO-3 an expert's weights are gathered by a collective in its forward hook, so all
-    ranks must call the same modules."""
-    plan, rows, counts = _grouped_rows(x, idx, w, num_experts, shared=False)
-    return plan.combine(torch.cat([expert(e, part) for e, part in enumerate(rows.split(counts.tolist()))]))
+    Two grouped GEMMs for all experts (``torch._grouped_mm``), and four in the backward
+    (:class:`_GroupedSwiGLU`): no per-expert call and no host synchronisation. ``_grouped_mm``
+    takes bf16 on CUDA (any rows per group since torch 2.8: only the strides must be 16-byte
+    aligned, so no padding of the groups) and fp32/bf16/fp16 on CPU (one GEMM per group, bitwise
+    the per-expert matmuls, forward and backward); other cases (fp64, fp32 on a GPU, widths whose
+    rows are not 16-byte aligned, such as the demo model's 86 fp32) run one GEMM pair per expert,
+    logged once per case."""
+    if not _grouped_mm_supported(rows, w2.shape[-1]):
+        return _per_expert_swiglu(rows, counts.tolist(), w13, w2)
+    offs = counts.cumsum(0).to(torch.int32)
+    if torch.is_grad_enabled() and (rows.requires_grad or w13.requires_grad or w2.requires_grad):
+        return _GroupedSwiGLU.apply(rows, offs, w13, w2)
+    return _grouped_swiglu_forward(rows, offs, w13, w2)[1]
 
 
-def stacked_experts_loop(rows: torch.Tensor, counts: list[int], w13: torch.Tensor,
-                              w2: torch.Tensor) -> torch.Tensor:
-    """SwiGLU of each expert on its rows, one GEMM pair per expert: the path where no grouped
-    GEMM exists (fp64, fp32 on CUDA, unaligned widths)."""
+def _grouped_swiglu_forward(rows: torch.Tensor, offs: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h = rows · w13ᵀ per group ``[R, 2I]``, the SwiGLU output ``[R, D]``)."""
+    inter = w2.shape[-1]
+    h = torch._grouped_mm(rows, w13.transpose(1, 2), offs=offs)
+    return h, torch._grouped_mm(F.silu(h[:, :inter]) * h[:, inter:], w2.transpose(1, 2), offs=offs)
+
+
+class _GroupedSwiGLU(torch.autograd.Function):
+    """:func:`grouped_swiglu`'s grouped path with its backward written out, for two reasons:
+    it saves the weights themselves, not views of them (ZeRO-3 frees a gathered parameter by
+    swapping its data after the forward and gathers it again for the backward; a saved
+    transposed view would keep every layer's gathered stacks alive until the backward), and
+    only rows and h, recomputing silu(gate)·up (autograd's own backward would save h's
+    halves, silu(gate) and the product as well). Per group e, with a = silu(g)·u, h = [g | u]:
+    dW2_e = dy_eᵀ a_e, da = dy W2_e, dh = [da·u·silu'(g) | da·silu(g)], dW13_e = dh_eᵀ rows_e,
+    drows = dh W13_e — four grouped GEMMs, the weight gradients grouped along the rows."""
+
+    @staticmethod
+    def forward(ctx, rows, offs, w13, w2):
+        h, y = _grouped_swiglu_forward(rows, offs, w13, w2)
+        ctx.save_for_backward(rows, offs, h, w13, w2)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        rows, offs, h, w13, w2 = ctx.saved_tensors
+        inter = w2.shape[-1]
+        dy = dy.contiguous()
+        g, u = h[:, :inter], h[:, inter:]
+        silu_g = F.silu(g)
+        da = torch._grouped_mm(dy, w2, offs=offs)                                # [R, I]
+        dh = torch.cat((torch.ops.aten.silu_backward(da * u, g), da * silu_g), dim=1)
+        dw2 = dw13 = drows = None
+        if ctx.needs_input_grad[3]:
+            dw2 = torch._grouped_mm(dy.t(), silu_g * u, offs=offs)               # [S, D, I]
+        if ctx.needs_input_grad[2]:
+            dw13 = torch._grouped_mm(dh.t(), rows, offs=offs)                     # [S, 2I, D]
+        if ctx.needs_input_grad[0]:
+            drows = torch._grouped_mm(dh, w13, offs=offs)                         # [R, D]
+        return drows, None, dw13, dw2
+
+
+def _per_expert_swiglu(rows: torch.Tensor, counts: list[int], w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """:func:`grouped_swiglu` as one GEMM pair per expert: where no grouped GEMM exists."""
     inter = w2.shape[-1]
     out = []
     for e, part in enumerate(rows.split(counts)):
@@ -168,53 +217,49 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
     ``w13 [S, 2I, D]`` = each expert's gate_proj rows then its up_proj rows, ``w2 [S, D, I]`` =
     its down_proj; the routed experts first, then (``shared``) the shared expert as the last.
     ``out[n] = Σ_j w[n, j] · down_e(silu(gate_e x) · up_e x)`` for e = idx[n, j] (+ the shared
-    expert's output), the same terms and order as :func:`combine_experts` then ``+ shared``,
-    as :meth:`models.ring_linear.moe.MoE.forward`; x ``[N, D]`` in the weights' dtype.
+    expert's output), the same terms in the same order as
+    :meth:`models.ring_linear.moe.MoE.forward`; x ``[N, D]`` in the weights' dtype.
 
-    Two grouped GEMMs for all experts (``torch._grouped_mm``: one call instead of three per
-    expert; on CPU it equals per-expert matmuls bitwise), or on CPU for small batches every
+    :func:`grouped_swiglu` on the rows grouped by expert, or on CPU for small batches every
     expert on every token (:func:`every_expert_swiglu`, :data:`CPU_MACS_PER_CALL`).
     Registered as the custom op ``torch.ops.lockstep.stacked_experts`` (:data:`stacked_experts`),
     so a compiled model treats it as one opaque call: the grouped GEMM has no fp32 meta kernel
-    for the compiler to trace, and the rows per expert are data-dependent.
-    ``_grouped_mm`` takes fp32/bf16/fp16 on CPU and bf16 on CUDA, with 16-byte-aligned rows; other
-    cases (fp64 references and tests, fp32 on a GPU, odd widths such as the demo model's 86) run
-    the per-expert loop, logged once per case."""
+    for the compiler to trace, and the rows per expert are data-dependent."""
     if every_expert_pays(x, idx, w13, shared):
         return every_expert_swiglu(x, idx, w, w13, w2, shared)
     plan, rows, counts = _grouped_rows(x, idx, w, w13.shape[0] - shared, shared)
-    inter = w13.shape[1] // 2
-    if not _grouped_mm_supported(x, inter):
-        ys = stacked_experts_loop(rows, counts.tolist(), w13, w2)
-    else:
-        offs = counts.cumsum(0).to(torch.int32)
-        h = torch._grouped_mm(rows, w13.transpose(1, 2), offs=offs)
-        ys = torch._grouped_mm(F.silu(h[:, :inter]) * h[:, inter:], w2.transpose(1, 2), offs=offs)
-    return _combined(plan, ys, shared)
+    return _combined(plan, grouped_swiglu(rows, counts, w13, w2), shared)
 
 
-def stacked_experts_invariant(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: torch.Tensor,
-                              w2: torch.Tensor, shared: bool) -> torch.Tensor:
-    """:func:`_stacked_experts` for strict mode: each expert's rows through the row-tiled GEMM
-    (:func:`kernels.batch_invariant.linear`), gate and up as the two weights the trainer's
-    :class:`~models.ring_linear.moe.SwiGLU` holds, so a token's expert output is the same bits
-    however many tokens went to that expert, and the same as the trainer's per-expert modules;
-    then the same combination (expert-index order, the shared expert last)."""
-    plan, rows, counts = _grouped_rows(x, idx, w, w13.shape[0] - shared, shared)
-    inter = w13.shape[1] // 2
+def invariant_swiglu(rows: torch.Tensor, counts: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """:func:`grouped_swiglu` for strict mode, in both engines (the trainer's
+    :class:`~models.ring_linear.moe.GroupedExperts`, the rollout's
+    :func:`stacked_experts_invariant`): each expert's rows through the row-tiled GEMM
+    (:func:`kernels.batch_invariant.linear`), gate and up as the two weights they are in the
+    checkpoint, so a token's expert output is the same bits however many tokens went to that
+    expert.  Differentiable (the weights' gradients land in the stacks through the views)."""
+    inter = w2.shape[-1]
     ys = []
     for e, part in enumerate(rows.split(counts.tolist())):
         gate, up = invariant_linear(part, w13[e, :inter]), invariant_linear(part, w13[e, inter:])
         ys.append(invariant_linear(invariant_silu(gate) * up, w2[e]))
-    return _combined(plan, torch.cat(ys), shared)
+    return torch.cat(ys)
+
+
+def stacked_experts_invariant(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: torch.Tensor,
+                              w2: torch.Tensor, shared: bool) -> torch.Tensor:
+    """:func:`_stacked_experts` for strict mode: :func:`invariant_swiglu` on the routed rows
+    (and the shared expert's), then the same combination (expert-index order, shared last)."""
+    plan, rows, counts = _grouped_rows(x, idx, w, w13.shape[0] - shared, shared)
+    return _combined(plan, invariant_swiglu(rows, counts, w13, w2), shared)
 
 
 def _stacked_experts_fp8(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_q: torch.Tensor,
                          gate_s: torch.Tensor, up_q: torch.Tensor, up_s: torch.Tensor, down_q: torch.Tensor,
                          down_s: torch.Tensor, shared: bool, pow2_scale: bool) -> torch.Tensor:
     """:func:`_stacked_experts` with every expert projection an FP8 GEMM, computing bitwise what
-    the trainer's per-expert ``FP8Linear`` modules compute (:func:`kernels.fp8.fp8_linear` on each
-    expert's rows), in one grouped GEMM per projection for all experts
+    the trainer's FP8 experts compute (:func:`kernels.fp8.fp8_linear` on each expert's rows, one
+    weight per projection), in one grouped GEMM per projection for all experts
     (:func:`kernels.fp8.fp8_gemm_grouped`):
     - the rows are quantized once for gate and up (1×128 tiles along a row: a row's bits do not
       depend on the other rows, so quantizing all experts' rows at once is quantizing each
@@ -276,7 +321,7 @@ def _grouped_mm_supported(x: torch.Tensor, inter: int) -> bool:
     case = (x.dtype, x.device.type, aligned)
     if not (ok and aligned) and case not in _LOOP_LOGGED:
         _LOOP_LOGGED.add(case)
-        _log.warning("stacked experts: no grouped GEMM for %s on %s with widths %d, %d; running one "
+        _kernel_log.warning("stacked experts: no grouped GEMM for %s on %s with widths %d, %d; running one "
                      "GEMM pair per expert", x.dtype, x.device.type, x.shape[-1], inter)
     return ok and aligned
 
@@ -298,6 +343,7 @@ _LIB.impl("stacked_experts_fp8", lambda x, idx, w, *q: w.new_empty(x.shape[0], q
 stacked_experts_fp8 = torch.ops.lockstep.stacked_experts_fp8
 
 
-__all__ = ["stable_topk", "route", "expert_order", "ExpertDispatch", "weighted_sum", "combine_experts",
-           "stacked_experts_loop", "CPU_MACS_PER_CALL", "every_expert_pays", "every_expert_swiglu",
-           "stacked_experts", "stacked_experts_fp8", "stacked_experts_invariant", "quantize_stacked_experts"]
+__all__ = ["stable_topk", "route", "expert_order", "ExpertDispatch", "weighted_sum", "grouped_swiglu",
+           "CPU_MACS_PER_CALL", "every_expert_pays", "every_expert_swiglu",
+           "stacked_experts", "stacked_experts_fp8", "invariant_swiglu", "stacked_experts_invariant",
+           "quantize_stacked_experts"]

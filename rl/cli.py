@@ -6,11 +6,13 @@
     lockstep run demo                                          a shipped recipe by name (installed from a wheel)
     lockstep eval RUN_DIR_OR_CHECKPOINT [--data NAME_OR_FILE] [--k 4] [--limit 200]
     lockstep mismatch RUN_DIR [--step N] [--top 20] [--html OUT.html] [--json]
+    lockstep mismatch --checkpoint CKPT --data FILE [--layers]   probe: engine samples, trainer rescores
     lockstep plot RUN_DIR [--output PNG]                       reward, accuracy, k3 (and SFT loss) over steps
     lockstep --version
 
 User errors (bad recipe, missing data, not a checkpoint) print one line naming the problem and
-the fix, and exit 2 without a traceback.
+the fix, and exit 2 without a traceback. Every exit code and what it asks of the user:
+rl/exit_codes.py.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
+from rl import exit_codes
 from rl.checkpoint import CheckpointError
 from rl.config import ConfigError
-
-EXIT_USER_ERROR = 2
 
 
 def send_ray_token_if_present() -> None:
@@ -77,6 +79,8 @@ def cmd_run(args) -> int:
     send_ray_token_if_present()
     from rl.checkpoint import latest
     from rl.driver import Run
+    from rl.faults import RunStopped
+    from rl.groups import ActorFailed
     from rl.stop import StopSignals
 
     stop, run = StopSignals(), None
@@ -94,6 +98,11 @@ def cmd_run(args) -> int:
         print(f"lockstep: stopped by {stop.name} {where}; {resume_from}; run the same command to resume",
               file=sys.stderr, flush=True)
         return stop.exit_code
+    except (RunStopped, ActorFailed) as e:  # one line and the command that resumes; no traceback
+        code = e.exit_code if isinstance(e, RunStopped) else exit_codes.ACTOR_FAILED
+        again = shlex.join(["lockstep", "run", args.recipe, *args.overrides])
+        print(f"lockstep: stopped: {e}; resume with: {again}", file=sys.stderr, flush=True)
+        return code
     finally:
         if not stop.requested:
             stop.restore()
@@ -101,7 +110,7 @@ def cmd_run(args) -> int:
     if stop.requested:
         print(run.stopped_line(), file=sys.stderr, flush=True)
         return stop.exit_code
-    return 0
+    return exit_codes.OK
 
 
 def cmd_config(args) -> int:
@@ -200,6 +209,16 @@ def cmd_plot(args) -> int:
 def cmd_mismatch(args) -> int:
     from rl.report import build, render_text
 
+    if (args.run_dir is None) == (args.checkpoint is None):
+        raise ConfigError("lockstep mismatch: pass a run directory (its logged mismatch) or --checkpoint CKPT "
+                          "--data FILE (a fresh probe), not both" if args.run_dir else
+                          "lockstep mismatch: pass a run directory (runs/<name>) or --checkpoint CKPT --data FILE")
+    probe_only = [flag for flag, given in (("--data", args.data), ("--layers", args.layers)) if given]
+    if args.run_dir is not None and probe_only:
+        raise ConfigError(f"lockstep mismatch: {' and '.join(probe_only)} go with --checkpoint (a probe), not with "
+                          "a run directory")
+    if args.checkpoint is not None:
+        return probe_mismatch(args)
     run_dir = Path(args.run_dir)
     tokenizer = None
     config = run_dir / "config.yaml"
@@ -223,6 +242,32 @@ def cmd_mismatch(args) -> int:
         print(json.dumps(report, indent=1))
     elif not args.html:
         print(render_text(report))
+    return 0
+
+
+def probe_mismatch(args) -> int:
+    from rl.mismatch_probe import ProbeOptions, probe
+
+    if args.step is not None:
+        raise ConfigError("lockstep mismatch --checkpoint: --step is for a run directory (a probe is one step)")
+    if missing := missing_engine():
+        raise ConfigError(missing)
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is the report's (--json)
+    report, text = probe(ProbeOptions(
+        checkpoint=args.checkpoint, data=args.data, prompts=args.prompts, samples=args.samples,
+        max_new_tokens=args.max_new_tokens, dtype=args.dtype, seed=args.seed, layers=args.layers, rtol=args.rtol,
+        template=args.template, top=args.top, out_dir=args.out))
+    if args.html:
+        from rl.report_html import render_html
+
+        Path(args.html).write_text(render_html(report))
+        print(f"lockstep: wrote {args.html}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    elif not args.html:
+        print(text)
     return 0
 
 
@@ -315,8 +360,9 @@ def parser() -> argparse.ArgumentParser:
     plot.add_argument("--output", default=None, help="where to write the PNG (default: RUN_DIR/curves.png)")
     plot.set_defaults(fn=cmd_plot)
 
-    mm = sub.add_parser("mismatch", help="train/infer log-prob mismatch of a run, token by token", **fmt)
-    mm.add_argument("run_dir", help="a run directory (runs/<name>)")
+    mm = sub.add_parser("mismatch", help="train/infer log-prob mismatch of a run, token by token; or of a checkpoint "
+                                         "(--checkpoint: sample with the engine, rescore with the trainer)", **fmt)
+    mm.add_argument("run_dir", nargs="?", default=None, help="a run directory (runs/<name>)")
     mm.add_argument("--step", type=int, default=None,
                     help="one step: its every metric, distributions and tokens (default: the whole run)")
     mm.add_argument("--top", type=int, default=20, help="how many largest-|Δ| tokens to list (identical rows merged)")
@@ -324,6 +370,30 @@ def parser() -> argparse.ArgumentParser:
                     help="write the report as one self-contained page (charts inline, nothing fetched) "
                          "(default: none)")
     mm.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
+    probe = mm.add_argument_group("probe a checkpoint (instead of RUN_DIR)")
+    probe.add_argument("--checkpoint", default=None, metavar="CKPT",
+                       help="a run directory (its newest complete checkpoint), a checkpoint or a Hugging Face model "
+                            "directory: its engine samples, its trainer model rescores (default: none)")
+    probe.add_argument("--data", default=None,
+                       help="prompts: a .jsonl file (the data loader's fields), a preset or synthetic:TASK "
+                            "(default: the run's held-out set; needed for a plain Hugging Face directory)")
+    probe.add_argument("--layers", action="store_true",
+                       help="also compare activations module by module and name the first module that diverges "
+                            "(prefill vs prefill, then training prefill vs inference decode)")
+    probe.add_argument("--prompts", type=int, default=8, help="prompts taken from --data")
+    probe.add_argument("--samples", type=int, default=4, help="completions per prompt")
+    probe.add_argument("--max-new-tokens", type=int, default=None,
+                       help="longest completion (default: the run's rollout.max_new_tokens, else 64)")
+    probe.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                       help="both engines' dtype (default: the run's model.dtype, else float32)")
+    probe.add_argument("--template", default=None, help="prompt template with {prompt} (default: the set's own)")
+    probe.add_argument("--rtol", type=float, default=None,
+                       help="--layers tolerance relative to a module's outputs (default: 1e-4 fp32, 3e-2 bf16, "
+                            "1e-2 fp16)")
+    probe.add_argument("--seed", type=int, default=0, help="sampling seed")
+    probe.add_argument("--out", default=None, metavar="DIR",
+                       help="keep the probe's records in DIR (then lockstep mismatch DIR --html works on them) "
+                            "(default: none)")
     mm.set_defaults(fn=cmd_mismatch)
     return p
 
@@ -335,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except (ConfigError, CheckpointError) as e:
         print(f"lockstep: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return exit_codes.USER_ERROR
 
 
 if __name__ == "__main__":

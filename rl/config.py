@@ -247,6 +247,26 @@ class RayConfig:
 
 
 @dataclass
+class FaultConfig:
+    """What the run does when an actor dies or hangs, or an update is not finite."""
+
+    max_restarts: int = 3
+    """Actor restarts one `lockstep run` may make (rollout engines and trainer groups
+    together): a dead or hung engine is replaced and sent the trainer's weights, the step
+    redone; a dead or hung trainer rank restarts the trainer group from the last checkpoint.
+    One more failure stops the run with one line naming what died and the command that resumes
+    it (exit code 75); 0: stop at the first."""
+    call_timeout_s: float = 1800.0
+    """Longest wait for any actor call (a step's sampling, a training step, a sync, a
+    checkpoint save; start-up included): past it the actors that did not answer are named and
+    handled like dead ones. Raise it for models whose single step or start-up takes longer."""
+    max_nonfinite_steps: int = 3
+    """Updates in a row whose loss or gradient norm is NaN/Inf before the run halts with a
+    diagnostic dump (<run_dir>/nonfinite.json). Each such update is skipped: no optimiser step,
+    weights and engines unchanged; counted (train/nonfinite_*) and logged with its prompt ids."""
+
+
+@dataclass
 class RunConfig:
     """A recipe: the run's name and every section."""
 
@@ -280,6 +300,8 @@ class RunConfig:
     """Metric sinks."""
     ray: RayConfig = field(default_factory=RayConfig)
     """The Ray cluster and actor placement."""
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    """Restarts of dead or hung actors, call timeouts, non-finite updates."""
 
     @property
     def run_dir(self) -> Path:
@@ -314,6 +336,12 @@ def check_combinations(cfg: RunConfig) -> None:
             "model.fp8.enabled=false")
     if cfg.rollout.max_num_batched_tokens < 0:
         bad("rollout.max_num_batched_tokens", f"must be ≥ 0 (0: vLLM's default), got {cfg.rollout.max_num_batched_tokens}")
+    if cfg.faults.max_restarts < 0:
+        bad("faults.max_restarts", f"must be ≥ 0, got {cfg.faults.max_restarts}")
+    if not cfg.faults.call_timeout_s > 0:
+        bad("faults.call_timeout_s", f"must be > 0 seconds, got {cfg.faults.call_timeout_s}")
+    if cfg.faults.max_nonfinite_steps < 1:
+        bad("faults.max_nonfinite_steps", f"must be ≥ 1, got {cfg.faults.max_nonfinite_steps}")
     if cfg.schedule.steps < 0:
         bad("schedule.steps", f"must be ≥ 0, got {cfg.schedule.steps}")
     if cfg.rollout.group_size < 2:

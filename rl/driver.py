@@ -14,6 +14,7 @@ evaluation (rl.evaluate), the SFT warm start (rl.warm_start).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -24,10 +25,11 @@ from rl import checkpoint, trainer_logprobs
 from rl.algorithms import advantages as adv
 from rl.batch import Sample, StepBatch
 from rl.checkpoint import CheckpointError
-from rl.config import ConfigError, RunConfig, save_resolved, to_dict
+from rl.config import AlgorithmConfig, ConfigError, RunConfig, save_resolved, to_dict
 from rl.data import PromptRenderer, load_examples
 from rl.evaluate import HeldOut
-from rl.groups import RolloutGroup, TrainerGroup, trainer_setup
+from rl.faults import NonFiniteGuard, Restarts
+from rl.groups import ActorFailed, RolloutGroup, TrainerGroup, trainer_setup
 from rl.metrics import MetricsLogger, print_progress, progress_line, read_history, sparkline
 from rl.model import check_fp8_model, check_strict_model, load_tokenizer, resolve_model_path
 from rl.placement import Placement, connect
@@ -81,7 +83,8 @@ class Run:
             warm_start(cfg, self.placement, self.base_model, train_set, renderer, tokenizer, self.metrics)
         per_update = cfg.rollout.prompts_per_step * cfg.rollout.group_size // cfg.trainer.num_minibatches
         setup = trainer_setup(cfg, policy, cfg.trainer.lr, per_update, cfg.algorithm.loss())
-        self.trainers = TrainerGroup.start(self.placement, setup)
+        self.policy = policy  # what the RL stage started from: restarts build on it before a checkpoint exists
+        self.trainers = TrainerGroup.start(self.placement, setup, cfg.faults.call_timeout_s)
         if self.resumed_from:
             self.trainers.load_checkpoint(str(self.resumed_from / checkpoint.ENGINE_DIR))
         self.b_t = trainer_logprobs.choose(cfg, self.trainers)  # where b_t comes from, decided once
@@ -98,9 +101,26 @@ class Run:
         self.step = state["step"]
         self.saved_step = self.step if self.resumed_from else None
         self.timings = Timings()  # the current step's
+        self.restarts = Restarts(cfg.faults.max_restarts)
+        self.nonfinite = NonFiniteGuard(cfg.faults.max_nonfinite_steps, self.run_dir)
+        self.step_cursor = self.sampler.consumed_cursor()  # where the current step's prompts start
+        self.step_open = False  # a step runs and has not updated the policy yet: a restart redoes it
         self.save_failures = 0  # consecutive failed saves
         self.tried_step = None  # the step of the last save attempted
         self.save_error = ""  # the last one's cause
+
+    def switch_algorithm(self, algorithm: AlgorithmConfig) -> None:
+        """Train the next steps with another `algorithm` section on the same actors (weights,
+        optimiser and engines as they are): loss variants compared in one session pay for one
+        start-up (tests/integration/test_corrections.py). Changes that need other actors (a KL
+        reference, refill rounds: where b_t comes from) are refused."""
+        before = self.cfg.algorithm
+        if (algorithm.kl_coef > 0) != (before.kl_coef > 0) or \
+                algorithm.dynamic_sampling_max_rounds != before.dynamic_sampling_max_rounds:
+            raise ConfigError("switch_algorithm: kl_coef on/off and dynamic_sampling_max_rounds need a new run")
+        self.cfg = dataclasses.replace(self.cfg, algorithm=algorithm)
+        self.trainers.set_loss(algorithm.loss())
+        save_resolved(self.cfg, self.run_dir / "config.yaml")  # the report names the section in force
 
     def weight_transport(self) -> HostTransport | DeviceTransport:
         """CUDA IPC on the device when every engine shares its trainer rank's GPU; else through
@@ -128,6 +148,9 @@ class Run:
             self.shutdown()
 
     def loop(self) -> dict:
+        """Steps until the last is done and saved, or a signal ends the run at a step boundary.
+        A dead or hung actor is restarted (`recover`) and the loop goes on from where that
+        leaves it: the same step, or the last checkpoint's."""
         schedule = self.cfg.schedule
         if self.resumed_from:
             skipped = f" (the newer checkpoint was damaged: {len(self.damaged_checkpoints)} set aside)" \
@@ -137,27 +160,46 @@ class Run:
             self.log_eval()
         if self.stop is not None:
             self.stop.finish_step = True  # from here a first signal lets the step finish
-        first = self.step + 1
-        while self.step < schedule.steps and not self.stopping():
-            self.step += 1
-            metrics = self.rl_step()
-            if self.damaged_checkpoints and self.step == first:  # once, on the first step after the resume
-                metrics["checkpoint/damaged_skipped"] = float(len(self.damaged_checkpoints))
-            if (self.due(schedule.eval_every) or self.step == schedule.steps) and not self.stopping():
-                metrics.update(self.evaluate())
-            if self.due(schedule.save_every) or self.step == schedule.steps or \
-                    (self.stopping() and schedule.save_on_stop):
-                metrics.update(self.save())
-            self.metrics.log(self.step, metrics)
-            print_progress(progress_line(self.step, schedule.steps, metrics))
-        if self.saved_step != self.step and self.tried_step != self.step and \
-                (schedule.save_on_stop or not self.stopping()):
-            self.save()  # no step ran (a fresh run of 0 steps), or a signal came after this step's save check
+        self.first_step = self.step + 1
+        while True:
+            try:
+                if self.step < schedule.steps and not self.stopping():
+                    self.advance()
+                elif self.final_save_due():
+                    self.save()
+                else:
+                    break
+            except ActorFailed as failure:
+                self.recover(failure)
         if self.saved_step != self.step and not self.stopping():
             raise CheckpointError(f"the run finished step {self.step} but its last checkpoint failed "
                                   f"({self.save_error}); {self.newest_checkpoint()}; make the output folder "
                                   "writable (or free space) and run the same command to resume")
         return self.summary()
+
+    def advance(self) -> None:
+        """The next RL step, then evaluation and a checkpoint when due; after a signal the
+        evaluation is skipped and the checkpoint taken (`schedule.save_on_stop`)."""
+        schedule = self.cfg.schedule
+        self.step += 1
+        metrics = self.rl_step()
+        if self.damaged_checkpoints and self.step == self.first_step:  # once, on the first step after the resume
+            metrics["checkpoint/damaged_skipped"] = float(len(self.damaged_checkpoints))
+        if (self.due(schedule.eval_every) or self.step == schedule.steps) and not self.stopping():
+            metrics.update(self.evaluate())
+        if (self.due(schedule.save_every) or self.step == schedule.steps or
+                (self.stopping() and schedule.save_on_stop)) and not self.nonfinite.halting:
+            metrics.update(self.save())
+        self.metrics.log(self.step, metrics | self.restarts.metrics())
+        print_progress(progress_line(self.step, schedule.steps, metrics))
+        self.nonfinite.halt_if_due()
+
+    def final_save_due(self) -> bool:
+        """The loop is over and this step has no checkpoint nor a failed attempt at one: no step
+        ran (a fresh run of 0 steps), a signal came after this step's save check, or a restart
+        went back to an unsaved step."""
+        return self.saved_step != self.step and self.tried_step != self.step and \
+            (self.cfg.schedule.save_on_stop or not self.stopping())
 
     def stopping(self) -> bool:
         """A SIGINT or SIGTERM came: the loop ends at this step's boundary."""
@@ -166,14 +208,17 @@ class Run:
     def rl_step(self) -> dict[str, float]:
         """One RL step, phase by phase; returns its metrics, time/<phase> included."""
         self.timings, m = Timings(), {}
+        self.step_cursor, self.step_open = self.sampler.consumed_cursor(), True  # a redone step starts here
         with self.timings.phase("step"):
             batch = self.sample()  # this step's batch; the next one starts (max_staleness=1)
             batch = self.score(batch, m)  # the verifiers; refill rounds (dynamic sampling)
             trains = select_and_advantage(batch.samples, self.cfg, self.step, m)
             old = self.old_logprobs(batch)
             update = self.update(batch, trains, old, m)
+            self.step_open = False  # the update is in: from here a restart keeps this step
+            changed = self.nonfinite.check(self.step, m, batch.prompt_indices)  # False: NaN/Inf, skipped
             self.measure_mismatch(batch, update, m)  # a_t vs b_t on this step's tokens
-            self.sync_weights(m)  # trainer → engines, verified
+            self.sync_weights(m, changed)  # trainer → engines, verified (when the weights changed)
             m["data/cursor"] = float(self.sampler.consumed_cursor())
             # A fingerprint of which prompts this step drew (resume must reproduce it exactly): a
             # field of the step's JSONL record, not a scalar (a hash has no scale to plot).
@@ -261,12 +306,20 @@ class Run:
         m.update(metrics)
         m["rollout/staleness"] = float(batch.stale)
 
-    def sync_weights(self, m: dict[str, float]) -> None:
-        if self.sampler.ahead:
-            with self.timings.phase("rollout_ahead_wait"):  # the next batch outlasted the update
-                self.sampler.ahead.completions.wait()
-        with self.timings.phase("sync"):
-            m.update(self.sync(version=self.step))
+    def sync_weights(self, m: dict[str, float], changed: bool) -> None:
+        if not changed:  # a skipped update: the engines hold the trainer's weights already
+            self.sync.before = None
+            return
+        try:
+            if self.sampler.ahead:
+                with self.timings.phase("rollout_ahead_wait"):  # the next batch outlasted the update
+                    self.sampler.ahead.completions.wait()
+            with self.timings.phase("sync"):
+                m.update(self.sync(version=self.step))
+        except ActorFailed as failure:  # the update is applied: fresh engines get it, the step goes on
+            if failure.group != "rollout":
+                raise
+            m.update(self.recover(failure))
 
     def throughput(self, batch: StepBatch) -> dict[str, float]:
         if batch.stale:  # sampled ahead, the rollout ran during the previous update: no wall time of its own
@@ -281,7 +334,85 @@ class Run:
         return every > 0 and self.step % every == 0
 
     def evaluate(self) -> dict[str, float]:
-        return self.held_out(self.step, self.rollout.generate, self.rewards.score)
+        """The held-out sets under the current weights; on fresh engines if one dies meanwhile."""
+        while True:
+            try:
+                return self.held_out(self.step, self.rollout.generate, self.rewards.score)
+            except ActorFailed as failure:
+                if failure.group != "rollout":
+                    raise
+                self.recover(failure)
+                if self.stopping():  # the engines may have stood down; a stopping run skips evaluation
+                    return {}
+
+    # ----------------------------------------------------------------------------------------
+    # Restarts (rl.faults)
+
+    def recover(self, failure: ActorFailed) -> dict[str, float]:
+        """Restarts the failed group, or raises RunStopped once faults.max_restarts are spent.
+        Engines: fresh ones get the trainer's current weights, and a step interrupted before its
+        update is redone from its first prompt. Trainer: the whole group restarts from the
+        last checkpoint (the RL start if none), the steps since then are redone on the same
+        prompts, their metric records superseded. Returns the resend's sync/* metrics. A
+        failure during the restart itself is one more restart, from the same budget. After a
+        signal nothing is restarted (`stand_down`): the run stops at a step boundary."""
+        while True:
+            try:
+                return self.restart(failure)
+            except ActorFailed as again:
+                failure = again
+
+    def restart(self, failure: ActorFailed) -> dict[str, float]:
+        if self.stopping():  # a signal came: stop at a step boundary rather than start actors
+            return self.stand_down(failure)
+        self.restarts.allow(failure)
+        if failure.group == "rollout":
+            latest = checkpoint.latest(self.run_dir)  # its weights are replaced: only the model's files matter
+            print_progress(f"{failure}: restarting the rollout engines")
+            self.rollout.restart(str(latest / checkpoint.HF_DIR) if latest else self.policy)
+            self.restarts.steps_redone += self.drop_open_step()
+            return self.sync.resend(version=self.step)
+        newest, damaged = checkpoint.recover(self.run_dir)  # verified; a damaged newest one is set aside
+        self.damaged_checkpoints += damaged
+        print_progress(f"{failure}: restarting the trainer group from {newest or 'the start of the RL stage'}")
+        self.trainers.restart(str(newest / checkpoint.HF_DIR) if newest else self.policy)
+        state = {"step": 0, "cursor": 0}
+        if newest:
+            self.trainers.load_checkpoint(str(newest / checkpoint.ENGINE_DIR))
+            state = checkpoint.load_state(newest)
+        self.restarts.steps_redone += self.step - state["step"]
+        self.step, self.saved_step, self.step_open = state["step"], state["step"] if newest else None, False
+        self.sampler.rewind(state["cursor"])
+        self.metrics.close()  # records after the checkpoint's step are superseded, as on a resume
+        self.metrics = MetricsLogger(self.run_dir, self.cfg, resume_step=self.step, config_dict=to_dict(self.cfg))
+        return self.sync.resend(version=self.step)
+
+    def drop_open_step(self) -> int:
+        """After the engines failed: a step interrupted before its update goes back to its first
+        prompt (returns 1: it will be redone); one past its update keeps it. Any batch sampled
+        ahead is dropped (its engines are gone) and its prompts drawn again."""
+        if self.step_open:
+            self.sampler.rewind(self.step_cursor)
+            self.step, self.step_open = self.step - 1, False
+            return 1
+        self.sampler.rewind(self.sampler.consumed_cursor())
+        return 0
+
+    def stand_down(self, failure: ActorFailed) -> dict[str, float]:
+        """A stopping run does not restart a failed group: it ends at the last step boundary it
+        can save. Engines: the trainer holds every applied update, so the stop's checkpoint is
+        taken as usual. Trainer: its updates since the last checkpoint are gone with it; the run
+        stops at that checkpoint (the steps after it are redone on resume, their records
+        superseded then)."""
+        print_progress(f"{failure}: not restarted, the run is stopping")
+        if failure.group == "rollout":
+            self.drop_open_step()
+            return {}
+        newest = checkpoint.latest(self.run_dir)
+        self.step = checkpoint.load_state(newest)["step"] if newest else 0
+        self.saved_step = self.step if newest else None
+        self.tried_step, self.save_error = self.step, str(failure)  # nothing is left to save with
+        return {}
 
     def log_eval(self) -> None:
         """Evaluation before the first step, logged as step 0."""

@@ -248,7 +248,8 @@ def render_text(report: dict) -> str:
         if report["stale"]:
             lines.append("  sampled ahead (rollout.max_staleness=1): the trainer's weights are one update newer, "
                          "so Δ includes that update's drift (offpolicy/*)")
-        source = "every token, as logged in metrics.jsonl" if report["exact"] else estimate_note(report)
+        source = report.get("source") or \
+            ("every token, as logged in metrics.jsonl" if report["exact"] else estimate_note(report))
         lines.append(f"  {report['prefix']}/* over {source}:")
         lines += [f"  {k:<32} {v:.3e}" for k, v in report["summary"].items()]
     else:
@@ -272,7 +273,8 @@ def render_text(report: dict) -> str:
     lines.append(f"  {'lengths':>10} {'seqs':>7} {'k3':>10} {'max |Δ|':>10} {'mean |Σ Δ|':>11}")
     lines += [f"  {r['lengths']:>10} {r['sequences']:>7} {r['k3']:>10.2e} {r['max_abs']:>10.2e} "
               f"{r['mean_abs_seq_logratio']:>11.2e}" for r in report["by_length"]]
-    lines += correction_lines(report["corrections"])
+    if report["corrections"] is not None:  # None: no loss ran (a probe of a checkpoint)
+        lines += correction_lines(report["corrections"])
     lines.append(f"\nlargest |Δ| (identical rows merged; ⟦token⟧ in its text; {steps_note(report)}):")
     lines.append(f"{'Δ = b − a':>10} {'rollout a':>10} {'trainer b':>10} {'entropy':>8} {'step':>5} {'pos':>5} "
                  f"{'×':>3}  text")

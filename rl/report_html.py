@@ -141,6 +141,8 @@ def by_length(report: dict) -> list[str]:
 
 def corrections(report: dict) -> list[str]:
     c = report["corrections"]
+    if c is None:  # no loss ran (a probe of a checkpoint)
+        return []
     name = c.get("correction", "unknown")
     what = {"none": "none: the loss takes every token as it is (the ratios below show what a correction would see)",
             "tis": "truncated IS: each token's loss weighed by min(ρ, high); 'ρ > high' is the share it clipped",

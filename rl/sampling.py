@@ -49,6 +49,11 @@ class Sampler:
         records, so a resumed run samples those prompts again."""
         return self.cursor - (len(self.ahead.prompt_indices) if self.ahead else 0)
 
+    def rewind(self, cursor: int) -> None:
+        """Back to `cursor` in the data order, any batch in flight dropped (its engines or the
+        weights that sampled it are gone): the next batch starts with the prompt at `cursor`."""
+        self.cursor, self.ahead = cursor, None
+
     def launch(self) -> Round:
         """Draws the next rollout.prompts_per_step prompts and starts sampling them."""
         idx = self.order.indices(self.cursor, self.cfg.prompts_per_step)

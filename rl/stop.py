@@ -20,6 +20,8 @@ from __future__ import annotations
 import signal
 import sys
 
+from rl import exit_codes
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -45,7 +47,7 @@ class StopSignals:
     @property
     def exit_code(self) -> int:
         """The shell's code for death by the first signal: 128 + its number."""
-        return 128 + self.received[0]
+        return exit_codes.for_signal(self.received[0])
 
     def install(self) -> None:
         """Handles SIGINT and SIGTERM from now on (again after `ray.init`, which replaces the

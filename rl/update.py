@@ -126,4 +126,7 @@ def update_policy(trainers: TrainerGroup, cfg: RunConfig, samples: list[Sample],
         "train/ppo_ratio_max": totals.ppo_ratio_max,
         "train/grad_norm": totals.grad_norm / n_results,
         "train/lr": totals.lr / n_results,
+        # Mini-batches whose loss or gradients were NaN/Inf: their optimiser step was skipped.
+        "train/nonfinite_skipped": totals.skipped / len(trainers.actors),
+        "train/minibatches": float(minibatches),
     }, logps

@@ -30,7 +30,8 @@ def warm_start(cfg: RunConfig, placement: Placement, base_model: str, train_set:
         raise ConfigError(f"sft.steps={sft.steps} but data.train has no '{key}' field with worked solutions")
     ranks = cfg.trainer.num_ranks
     batch = sft.batch_size - sft.batch_size % ranks or ranks
-    trainers = TrainerGroup.start(placement, trainer_setup(cfg, base_model, sft.lr, batch, loss=None))
+    trainers = TrainerGroup.start(placement, trainer_setup(cfg, base_model, sft.lr, batch, loss=None),
+                                  cfg.faults.call_timeout_s)
     eos = tokenizer.eos_token or ""
     order = DataOrder(len(with_solution), cfg.seed + 1, True)
     clock = Timings()

@@ -151,6 +151,28 @@ class WeightSync:
         self.check.noise = noise
         return noise
 
+    def resend(self, version: int) -> dict[str, float]:
+        """After a restart (fresh engines, or a trainer back at a checkpoint): the trainer's
+        weights into every engine, verified as at start-up — the transport's checksums, then
+        the probe within the dtype's bound on what are now equal weights (there is no "before"
+        to judge staleness against). Returns the sync/* metrics of this sync."""
+        self.before = None  # the interrupted step's probes: their engines or weights are gone
+        payload = self.transport.gather(self.trainers)
+        trainer = self.trainers.probe_logprobs(self.probe_ids)
+        try:
+            loads = self.transport.load(self.rollout, payload, version, self.probe_ids)
+        finally:
+            self.transport.release(self.trainers)
+        worst = max(max_abs_diff(w.probe, trainer.result()) for w in loads)
+        if not worst <= self.check.tolerance:
+            raise WeightSyncError(
+                f"weight sync to version {version} after a restart failed verification: probe |Δ log-prob| engine "
+                f"vs trainer = {worst:.3g} > {self.check.tolerance} (the engines do not run the trainer's weights)")
+        self.check.noise = max(self.check.noise, worst)
+        return {"sync/probe_max_abs_diff": worst, "sync/bytes": float(loads[0].bytes),
+                "sync/tensors": float(loads[0].tensors), "sync/load_s": max(w.seconds for w in loads),
+                "sync/version": float(version), "sync/on_device": float(self.transport.on_device)}
+
     def probe_engines(self) -> None:
         """Queues the probe on the engines and the trainer under the weights that sampled this
         step (the sync's "before"); must come before anything that changes or uses them

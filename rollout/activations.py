@@ -57,21 +57,29 @@ def record_outputs(model: torch.nn.Module, names: list[str]):
         rec.stop()
 
 
-def first_divergence(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
-                     names: list[str], rtol: float) -> tuple[str, float] | None:
-    """The first name (in ``names`` order: execution order) whose rows differ by more than
-    ``rtol`` relative to the rows' max magnitude, with that relative error; None if all agree.
-    Rows are compared over the shorter of the two lengths (the engine never runs the last
-    sampled token through the model)."""
+def relative_errors(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
+                    names: list[str], start: int = 0) -> list[tuple[str, float]]:
+    """Each name's max |got − expected| over rows `start`.. of both, relative to the expected
+    rows' max magnitude (inf when a side has no such rows or their shapes differ). Rows are
+    compared over the shorter of the two lengths (the engine never runs the last sampled token
+    through the model)."""
+    out = []
     for name in names:
         a, b = expected[name], got[name]
         n = min(len(a), len(b))
-        if n == 0 or a.shape[1:] != b.shape[1:]:
-            return name, float("inf")
-        err = ((a[:n] - b[:n]).abs().max() / a[:n].abs().max().clamp(min=1e-30)).item()
-        if not err <= rtol:
-            return name, err
-    return None
+        if n <= start or a.shape[1:] != b.shape[1:]:
+            out.append((name, float("inf")))
+            continue
+        a, b = a[start:n], b[start:n]
+        out.append((name, ((a - b).abs().max() / a.abs().max().clamp(min=1e-30)).item()))
+    return out
+
+
+def first_divergence(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
+                     names: list[str], rtol: float) -> tuple[str, float] | None:
+    """The first name (in ``names`` order: execution order) whose rows differ by more than
+    ``rtol`` (:func:`relative_errors`), with that relative error; None if all agree."""
+    return next(((name, err) for name, err in relative_errors(expected, got, names) if not err <= rtol), None)
 
 
 class EngineExtension(WeightReceiver):
@@ -106,4 +114,4 @@ def module_names(num_layers: int) -> list[str]:
     return names + ["model.norm"]
 
 
-__all__ = ["Recorder", "record_outputs", "first_divergence", "EngineExtension", "module_names"]
+__all__ = ["Recorder", "record_outputs", "relative_errors", "first_divergence", "EngineExtension", "module_names"]

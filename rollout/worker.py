@@ -102,7 +102,8 @@ class RolloutWorker:
             max_model_len=cfg.max_model_len,
             enforce_eager=cfg.enforce_eager,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
-            worker_extension_cls="rollout.weight_receiver.WeightReceiver",
+            # In-place weight updates, and module-output recording for `lockstep mismatch --layers`
+            worker_extension_cls="rollout.activations.EngineExtension",
             # Log-probs of the distribution actually sampled from (temperature applied); equal
             # to the raw log-probs at temperature 1.
             logprobs_mode="processed_logprobs",

@@ -66,6 +66,9 @@ class UpdateStats:
     correction_ratio_max: float = -math.inf
     ppo_ratio_min: float = math.inf  # exp(logp − old_logp) of the policy loss
     ppo_ratio_max: float = -math.inf
+    # 1.0 when the loss or the gradients were NaN/Inf and the optimiser step was skipped (the
+    # weights and the optimiser state are those before the step).
+    skipped: float = 0.0
 
     def __add__(self, other: UpdateStats) -> UpdateStats:
         def combine(name: str):

@@ -9,8 +9,10 @@ It is built from a `trainer.config.TrainerSetup`, takes `trainer.batch` types an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import torch
 
 from trainer import losses
 from trainer.batch import SFTStepStats, TokenLogprobs, TrainBatch, TrainSample, UpdateResult, UpdateStats
-from trainer.config import TrainerSetup
+from trainer.config import LossConfig, TrainerSetup
 from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head
 
 log = logging.getLogger("lockstep.trainer")
@@ -144,6 +146,7 @@ class TrainerRank:
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                config=ds_config)
         self.sync_buffers: list[torch.Tensor] = []  # device weight buckets in flight (GPU sync)
+        self.dropped_nonfinite = False  # the last update's gradients were dropped as NaN/Inf (ZeRO-0)
         self.reference = None
         if setup.use_reference:
             reference = AutoModelForCausalLM.from_pretrained(setup.model_path, dtype=self.dtype)
@@ -196,6 +199,11 @@ class TrainerRank:
     # ----------------------------------------------------------------------------------------
     # Updates
 
+    def set_loss(self, loss: LossConfig) -> None:
+        """Train the next steps with another loss (the recipe's `algorithm` section): the
+        weights, optimiser state and step counter stay as they are."""
+        self.setup = dataclasses.replace(self.setup, loss=loss)
+
     def train_step(self, batch: TrainBatch) -> UpdateResult:
         """One optimiser step over this rank's share of a mini-batch, in `self.micro_batches`
         micro-batches. The loss of each micro-batch is Σ token terms / `batch.normaliser` (the
@@ -229,7 +237,8 @@ class TrainerRank:
         stats = UpdateStats()
         rows: list[TokenLogprobs] = []
         scale = self.world_size * self.micro_batches / max(batch.normaliser, 1.0)
-        for chunk in chunks:
+        skipped_before, nonfinite_loss = self.engine.skipped_steps, False
+        for k, chunk in enumerate(chunks):
             packed = pack([s.prompt_ids for s in chunk], [s.completion_ids for s in chunk])
             logp, entropy = token_logprobs(self.engine.module, packed, self.setup.temperature,
                                            with_entropy=True)
@@ -250,8 +259,12 @@ class TrainerRank:
             if loss_cfg.entropy_coef != 0:
                 per_token = per_token - loss_cfg.entropy_coef * entropy
             loss = losses.aggregate(per_token, mask, loss_cfg.loss_aggregation, 1.0) * scale
+            nonfinite_loss |= not bool(torch.isfinite(loss))
             self.engine.backward(loss)
-            self.engine.step()
+            if k == len(chunks) - 1:  # the accumulation boundary: this engine.step() applies
+                self._boundary_step(nonfinite_loss)
+            else:
+                self.engine.step()
             logp_rows, entropy_rows = logp.detach().tolist(), entropy.detach().tolist()
             rows.extend(TokenLogprobs(logp_rows[i][: len(s.completion_ids)],
                                       entropy_rows[i][: len(s.completion_ids)])
@@ -273,9 +286,42 @@ class TrainerRank:
                     correction_weight_max=weight[m].max().item(), correction_ratio_min=rho.min().item(),
                     correction_ratio_max=rho.max().item(), ppo_ratio_min=ppo.min().item(),
                     ppo_ratio_max=ppo.max().item())
-        stats.grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
+        skipped = self.engine.skipped_steps > skipped_before or self.dropped_nonfinite
+        # fp16's loss scaler skips steps whose scaled gradients overflow while it calibrates:
+        # that is its normal working, not a non-finite update, unless the loss itself was.
+        stats.skipped = float(skipped and (nonfinite_loss or self.dtype != torch.float16))
+        grad_norm = self.engine.get_global_grad_norm()
+        stats.grad_norm = math.inf if self.dropped_nonfinite else float(grad_norm or 0.0)
         stats.lr = self.engine.get_lr()[0]
         return UpdateResult(stats, rows)
+
+    def _boundary_step(self, nonfinite_loss: bool) -> None:
+        """The optimiser step, a no-op when the loss or the gradients are NaN/Inf.
+        DeepSpeed's ZeRO optimisers (stages 1–3, any dtype) and its bf16 and fp16 optimisers
+        check the gradients themselves and skip such a step (`engine.skipped_steps`); fp32
+        ZeRO-0 hands them to the torch optimiser, which would write NaN into every weight.
+        There, all ranks agree (the flag is all-reduced) and drop their gradients: AdamW skips
+        parameters without one, so weights and optimiser state stay as they were."""
+        self.dropped_nonfinite = False
+        if self.cfg.zero_stage != 0 or self.dtype != torch.float32:
+            self.engine.step()
+            return
+        grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        bad = nonfinite_loss or any(not bool(torch.isfinite(g).all()) for g in grads)
+        flag = torch.tensor([float(bad)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if not flag.item():
+            self.engine.step()
+            return
+        for p in self.engine.module.parameters():
+            p.grad = None
+        self.dropped_nonfinite = True
+        # Nothing to clip, and DeepSpeed's fp32 clip fails on a model without gradients.
+        clip, self.engine._config.gradient_clipping = self.engine._config.gradient_clipping, 0.0
+        try:
+            self.engine.step()
+        finally:
+            self.engine._config.gradient_clipping = clip
 
     def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> SFTStepStats:
         """Supervised step: cross-entropy of target tokens given their prompts (warm start)."""
@@ -301,19 +347,25 @@ class TrainerRank:
     # Weights out: buckets for the rollout engine, Hugging Face export, DeepSpeed checkpoints
 
     def _full_parameters(self, device: str = "cpu"):
-        """Yields (name, full tensor on `device`: "cpu", or "cuda" for this rank's own GPU) in a
-        fixed order; all ranks must iterate together (ZeRO-3 gathers each parameter with a
-        collective). A gathered ZeRO-3 parameter is copied (its memory goes at the context's
-        end); an unpartitioned one already on that device is yielded as it is."""
+        """Yields (checkpoint name, full tensor on `device`: "cpu", or "cuda" for this rank's own
+        GPU) in a fixed order; all ranks must iterate together (ZeRO-3 gathers each parameter with
+        a collective). A gathered ZeRO-3 parameter is copied (its memory goes at the context's
+        end); an unpartitioned one already on that device is yielded as it is. Names are the
+        checkpoint's, which the engines load: a parameter the model keeps in another layout than
+        its checkpoint (stacked experts) is split back through the model's transformers weight
+        conversion, as `save_pretrained` does."""
         import deepspeed
+        from transformers.core_model_loading import revert_weight_conversion
 
+        model = self.engine.module
         target = self.device if device == "cuda" else torch.device("cpu")
-        for name, param in self.engine.module.named_parameters():
+        for name, param in model.named_parameters():
             if hasattr(param, "ds_id"):  # ZeRO-3 partitioned
                 with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
-                    yield name, param.detach().to(target, copy=True)
+                    full = param.detach().to(target, copy=True)
             else:
-                yield name, param.detach().to(target)
+                full = param.detach().to(target)
+            yield from revert_weight_conversion(model, {name: full}).items()
 
     def device_weight_buckets(self, bucket_mib: float) -> DeviceWeights:
         """The GPU weight sync: the full weights copied into device buckets of ≤ bucket_mib,
@@ -374,7 +426,7 @@ class TrainerRank:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             self.engine.module.save_pretrained(out, state_dict=state, safe_serialization=True,
-                                               max_shard_size="2GB")
+                                               max_shard_size="2GB", save_original_format=False)
             AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
             from models.ring_linear import MODEL_TYPE
 

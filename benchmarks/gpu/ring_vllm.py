@@ -114,7 +114,7 @@ def parity(llm, model, path, tol) -> dict:
     prompts, completions, engine = sampled(llm, model.config.vocab_size)
     assert all(len(c) == NEW_TOKENS for c in completions), [len(c) for c in completions]
     trainer = trainer_logprobs(model, prompts, completions)
-    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    state = {k: v.cpu() for k, v in model.checkpoint_state_dict().items()}
     rows = []
     for b, (p, c) in enumerate(zip(prompts, completions)):
         ref = reference_logits(state, model.config, p + c).log_softmax(-1)
@@ -172,7 +172,7 @@ def weight_update(llm, model, path, tol, fp8: dict | None = None) -> dict:
         from trainer.worker import use_fp8
 
         use_fp8(updated, fp8)
-    tensors = {k: v.contiguous() for k, v in updated.state_dict().items()}
+    tensors = {k: v.contiguous() for k, v in updated.checkpoint_state_dict().items()}
     names = list(tensors)
     blobs = [save({n: tensors[n] for n in names[i : i + 10]}) for i in range(0, len(names), 10)]
     counts = llm.collective_rpc("lockstep_load_buckets", args=(blobs, [hashlib.sha256(b).hexdigest() for b in blobs]))

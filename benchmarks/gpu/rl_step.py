@@ -40,26 +40,31 @@ def gpu_memory_sampler(stop: threading.Event, peak: list[float]) -> None:
             pass
 
 
-def run_job(name: str, recipe: str, overrides: list[str], out: Path, timeout: float) -> dict:
-    cmd = [sys.executable, "-m", "rl.cli", "run", recipe, f"name={name}", *overrides, "--no-resume"]
-    print(f"== {name}: {' '.join(cmd[2:])}", flush=True)
+def run_logged(cmd: list[str], log_path: Path, timeout: float) -> tuple[int | str, float, float]:
+    """Runs `cmd` with its output in `log_path`, sampling GPU memory meanwhile:
+    (exit code or "timeout", wall seconds, peak GiB used on the GPUs)."""
     stop, peak = threading.Event(), [0.0]
-    sampler = threading.Thread(target=gpu_memory_sampler, args=(stop, peak), daemon=True)
-    sampler.start()
+    threading.Thread(target=gpu_memory_sampler, args=(stop, peak), daemon=True).start()
     start = time.time()
-    with open(out / f"{name}.log", "w") as log:
+    with open(log_path, "w") as log:
         try:
             rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
     stop.set()
-    wall = time.time() - start
+    return rc, time.time() - start, peak[0]
+
+
+def run_job(name: str, recipe: str, overrides: list[str], out: Path, timeout: float) -> dict:
+    cmd = [sys.executable, "-m", "rl.cli", "run", recipe, f"name={name}", *overrides, "--no-resume"]
+    print(f"== {name}: {' '.join(cmd[2:])}", flush=True)
+    rc, wall, peak = run_logged(cmd, out / f"{name}.log", timeout)
     history = []
     metrics_file = Path("runs") / name / "metrics.jsonl"
     if metrics_file.exists():
         history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
         (out / f"{name}.metrics.jsonl").write_text(metrics_file.read_text())
-    return {"name": name, "rc": rc, "wall_s": wall, "gpu_peak_gib": peak[0], "history": history}
+    return {"name": name, "rc": rc, "wall_s": wall, "gpu_peak_gib": peak, "history": history}
 
 
 def summarise(job: dict) -> dict:

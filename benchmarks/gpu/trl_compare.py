@@ -68,7 +68,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -173,12 +172,13 @@ def trl_worker(args) -> None:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from benchmarks.trl_grpo import grpo_config_kwargs
     from rl import demo_model
     from rl.rewards_config import build_reward_fn
 
     cfg = load(args)
     check_comparable(cfg)
-    r, tr, al = cfg.rollout, cfg.trainer, cfg.algorithm
+    r, tr = cfg.rollout, cfg.trainer
     model_dir = str(demo_model.resolve(cfg.model.path, cfg.model.cache_dir))
     dataset = Dataset.from_list(prompts_in_lockstep_order(cfg))
     reward = build_reward_fn(cfg.reward)
@@ -191,45 +191,26 @@ def trl_worker(args) -> None:
     batch = r.prompts_per_step * r.group_size
     use_vllm = args.trl_backend == "vllm"
     trl_args = GRPOConfig(
+        **grpo_config_kwargs(cfg),
         output_dir=tempfile.mkdtemp(prefix="trl_compare-"),  # nothing is saved; keeps --out to the results
         use_cpu=not cuda,
         bf16=cuda and cfg.model.dtype == "bfloat16",
-        fp16=False,
         model_init_kwargs={"dtype": getattr(torch, args.trl_dtype)},
-        seed=cfg.seed,
         max_steps=cfg.schedule.steps,
         per_device_train_batch_size=tr.micro_batch_size,
         gradient_accumulation_steps=batch // tr.micro_batch_size,  # one optimiser step per RL step
-        num_generations=r.group_size,
         shuffle_dataset=False,  # the dataset is already in Lockstep's order
-        max_completion_length=r.max_new_tokens,
-        temperature=r.temperature,
-        top_p=r.top_p,
         generation_kwargs=({"ignore_eos": True} if use_vllm else {"min_new_tokens": r.max_new_tokens}),
-        learning_rate=tr.lr,
-        lr_scheduler_type="constant",
         warmup_steps=tr.warmup_steps,
-        weight_decay=tr.weight_decay,
         adam_beta1=tr.betas[0],
         adam_beta2=tr.betas[1],
-        max_grad_norm=tr.grad_clip,
         gradient_checkpointing=tr.gradient_checkpointing,
-        beta=al.kl_coef,
-        epsilon=al.clip_low,
-        epsilon_high=al.clip_high,
-        scale_rewards="group" if al.std_normalize else "none",
-        loss_type="dapo",  # token mean over the batch, as Lockstep's token_mean
         use_vllm=use_vllm,
         vllm_mode="colocate",
         vllm_gpu_memory_utilization=r.gpu_memory_utilization,
         vllm_max_model_length=r.max_model_len,
         vllm_enable_sleep_mode=False,
         vllm_importance_sampling_correction=False,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
     if not cuda:
         torch.set_num_threads(args.cpu_threads)
@@ -339,29 +320,20 @@ def machine() -> dict:
 
 
 def run_trl(args, out: Path, limit: float) -> dict:
-    from benchmarks.gpu.rl_step import gpu_memory_sampler
+    from benchmarks.gpu.rl_step import run_logged
 
     cmd = [sys.executable, "-m", "benchmarks.gpu.trl_compare", "--trl-worker", *sys.argv[1:]]
     print(f"== trl: {' '.join(cmd[2:])}", flush=True)
     steps_file = out / "trl.steps.jsonl"  # the worker's lines: its settings, each step's times, its logs
     steps_file.unlink(missing_ok=True)
-    stop, peak = threading.Event(), [0.0]
-    threading.Thread(target=gpu_memory_sampler, args=(stop, peak), daemon=True).start()
-    start = time.time()
-    with open(out / "trl.log", "w") as log:
-        try:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=limit).returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-    stop.set()
-    wall = time.time() - start
+    rc, wall, peak = run_logged(cmd, out / "trl.log", limit)
     lines = [json.loads(line) for line in steps_file.read_text().splitlines()] if steps_file.exists() else []
     info = next((line["info"] for line in lines if "info" in line), {})
     rows = [line for line in lines if "step" in line]
     logs = [line for line in lines if "log_step" in line]
     kept = rows[args.warmup:]
     result = {"system": "trl", "rc": rc, "wall_s": round(wall, 1), "steps": len(rows),
-              "steps_measured": len(kept), "gpu_peak_gib": round(peak[0], 1)}
+              "steps_measured": len(kept), "gpu_peak_gib": round(peak, 1)}
     if rows:
         result["first_step_s"] = round(rows[0]["step_s"], 3)
         result["outside_steps_s"] = round(wall - sum(r["step_s"] for r in rows), 1)  # imports, engine start, exit

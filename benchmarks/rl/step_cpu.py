@@ -122,6 +122,7 @@ def run_trl(steps: int, warmup: int, output_dir: Path, cfg, threads: int) -> dic
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from benchmarks.trl_grpo import grpo_config_kwargs
     from rewards import MathReward
     from rl import demo_model
     from rl.data import load_examples
@@ -137,36 +138,16 @@ def run_trl(steps: int, warmup: int, output_dir: Path, cfg, threads: int) -> dic
     def math_accuracy(prompts, completions, answer, **kwargs):
         return [math_reward.score(c, a).value for c, a in zip(completions, answer)]
 
-    r, tr, al = cfg.rollout, cfg.trainer, cfg.algorithm
-    batch = r.prompts_per_step * r.group_size
+    batch = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     args = GRPOConfig(
+        **grpo_config_kwargs(cfg),
         output_dir=str(output_dir / f"trl-{threads}threads"),
         use_cpu=True,
         bf16=False,
-        fp16=False,
-        seed=cfg.seed,
         max_steps=steps,
         per_device_train_batch_size=batch,  # 128 completions = 16 prompts x 8 generations
         gradient_accumulation_steps=1,  # one generation, one optimizer step per step (as Lockstep)
-        num_generations=r.group_size,
-        max_completion_length=r.max_new_tokens,
-        temperature=r.temperature,
-        top_p=r.top_p,
-        learning_rate=tr.lr,
-        lr_scheduler_type="constant",
-        weight_decay=tr.weight_decay,
-        max_grad_norm=tr.grad_clip,
-        beta=al.kl_coef,
-        epsilon=al.clip_low,
-        epsilon_high=al.clip_high,
-        scale_rewards="group" if al.std_normalize else "none",
-        loss_type="dapo",  # token mean over the batch, as Lockstep's token_mean
         model_init_kwargs={"dtype": torch.float32},
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
     trainer = GRPOTrainer(model=model_dir, reward_funcs=math_accuracy, args=args, train_dataset=dataset)
 

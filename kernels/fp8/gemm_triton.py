@@ -7,6 +7,7 @@ block in increasing order, the fp8 partial product on the tensor cores, then
 from __future__ import annotations
 
 from ..backend import HAS_TRITON, tl, triton
+from ..tile_order import grouped_tile
 
 if HAS_TRITON:
 
@@ -50,15 +51,7 @@ if HAS_TRITON:
         EVEN_K: tl.constexpr,
     ):
         BLOCK_K: tl.constexpr = 128
-        pid = tl.program_id(0)
-        num_pid_m = tl.cdiv(M, BLOCK_M)
-        num_pid_n = tl.cdiv(N, BLOCK_N)
-        # Grouped tile order: GROUP_M row-tiles share each B column-tile while it is in L2.
-        group = GROUP_M * num_pid_n
-        first_m = (pid // group) * GROUP_M
-        group_m = min(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % group_m
-        pid_n = (pid % group) // group_m
+        pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
         # Out-of-range rows/cols wrap around (reads stay in bounds, stores are masked).
         offs_m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)) % M
@@ -92,14 +85,7 @@ if HAS_TRITON:
         # Same math as _fp8_gemm_kernel; operands arrive through TMA descriptors (Hopper's
         # bulk tensor copy engine), which zero-fill out-of-bounds rows and the K tail.
         BLOCK_K: tl.constexpr = 128
-        pid = tl.program_id(0)
-        num_pid_m = tl.cdiv(M, BLOCK_M)
-        num_pid_n = tl.cdiv(N, BLOCK_N)
-        group = GROUP_M * num_pid_n
-        first_m = (pid // group) * GROUP_M
-        group_m = min(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % group) % group_m
-        pid_n = (pid % group) // group_m
+        pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
         rm = off_m + tl.arange(0, BLOCK_M)

@@ -1,13 +1,29 @@
-"""The Ring-linear MoE layer's modules, one definition for both engines (parameter names are
-the checkpoint's): the router :class:`MoEGate`, the SwiGLU expert, and the experts in two layouts —
-:class:`MoE` (the trainer's: one module per expert, which ZeRO-3 gathers one by one) and
-:class:`StackedMoE` (the rollout engine's: the weights stacked as vLLM's fused MoE keeps them).
+"""The Ring-linear MoE layer's modules, one definition for both engines (parameter names: below):
+the router :class:`MoEGate`, the SwiGLU expert, and the experts in two layouts, both stacked —
+:class:`MoE` (the trainer's: the routed experts as :class:`GroupedExperts`, two ``[E, ...]``
+parameters computed by grouped GEMMs, forward and backward) and :class:`StackedMoE` (the rollout
+engine's: vLLM's fused-MoE layout, the shared expert stacked with the routed ones, no autograd).
 
-The math — routing, the order in which each token's expert terms are summed, the stacked-expert
-custom ops — is :mod:`kernels.moe`'s, so both layouts compute the same terms in the same order.
+The math — routing, the order in which each token's expert terms are summed, the grouped expert
+GEMMs — is :mod:`kernels.moe`'s (:class:`~kernels.moe.ExpertDispatch`,
+:func:`~kernels.moe.grouped_swiglu`), so both layouts compute each expert's rows with the same
+calls and sum the same terms in the same order (on CPU the trainer issues each expert's gate,
+up and down GEMMs separately, as its per-expert modules did: bitwise the engine's wherever the
+engine's grouped GEMMs are, tested).
+
+Checkpoints keep one tensor per expert projection (``experts.{e}.{gate,up,down}_proj.weight``: the
+published checkpoints' names, which vLLM's loaders read): the trainer's stacks are
+``experts.gate_up_proj`` and ``experts.down_proj`` (the names transformers' own MoE models give
+them), and transformers stacks and splits them on loading and saving through the conversion
+:func:`expert_stacking` (registered by the trainer's model); the rollout maps each checkpoint
+name onto a slice of its stacks (:meth:`StackedMoE.checkpoint_slot`).
 """
 
 from __future__ import annotations
+
+import functools
+import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +32,11 @@ from torch import nn
 from kernels.batch_invariant import linear as invariant_linear
 from kernels.batch_invariant import silu as invariant_silu
 from kernels.moe import (
-    combine_experts,
+    ExpertDispatch,
     every_expert_pays,
     every_expert_swiglu,
+    grouped_swiglu,
+    invariant_swiglu,
     quantize_stacked_experts,
     route,
     stacked_experts,
@@ -28,6 +46,9 @@ from kernels.moe import (
 from kernels.norm import compute_dtype
 
 from .config import BailingMoeLinearV2Config
+
+_moe_log = logging.getLogger(__name__)
+_FP8_LOOP_LOGGED: list[bool] = []
 
 
 class SwiGLU(nn.Module):
@@ -71,27 +92,128 @@ class MoEGate(nn.Module):
                      c.norm_topk_prob, c.routed_scaling_factor, strict=self.strict)
 
 
+class GroupedExperts(nn.Module):
+    """The E routed SwiGLU experts of a MoE layer as two stacked parameters:
+    ``gate_up_proj [E, 2I, D]`` (each expert's gate_proj rows, then its up_proj rows — the
+    rollout's ``experts_w13`` layout) and ``down_proj [E, D, I]``.  ``forward(rows, counts)``:
+    rows ``[R, D]`` grouped by expert (``counts [E]`` each, ascending expert order) → ``[R, D]``
+    in the weight dtype: on CUDA through :func:`kernels.moe.grouped_swiglu` (two grouped GEMMs
+    for all experts, four in the backward); on CPU and in FP8 expert by expert
+    (:meth:`_per_expert`: the GEMMs the per-expert modules ran, bitwise).  Under ZeRO-3 the layer's experts are two parameters gathered
+    together in this module's forward hook, not 3·E modules gathered one by one."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
+        self.fp8: tuple[bool, bool] | None = None  # (pow2_scale, batch_invariant) once use_fp8 ran
+        self.strict = False  # strict mode: kernels.moe.invariant_swiglu, the rollout's strict expert op
+        with torch.no_grad():  # each expert's projections as nn.Linear initialises them, in its order
+            for expert in range(num_experts):
+                for weight in self.expert_weights(expert):
+                    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+    def expert_weights(self, expert: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Views of one expert's (gate_proj, up_proj, down_proj) weights, the checkpoint's
+        ``[I, D]``, ``[I, D]``, ``[D, I]`` tensors."""
+        inter = self.down_proj.shape[-1]
+        return self.gate_up_proj[expert, :inter], self.gate_up_proj[expert, inter:], self.down_proj[expert]
+
+    def use_fp8(self, pow2_scale: bool = False, batch_invariant: bool = False) -> None:
+        """Run the experts' projections as FP8 GEMMs (called by
+        :func:`kernels.fp8.swap_linears_to_fp8`): each expert's gate, up and down weights
+        quantized as the separate weights they are in the checkpoint, as the rollout's
+        ``stacked_experts_fp8`` quantizes them."""
+        self.fp8 = (pow2_scale, batch_invariant)
+        if not _FP8_LOOP_LOGGED:
+            _FP8_LOOP_LOGGED.append(True)
+            _moe_log.warning("FP8 experts in training run one fp8_linear per expert projection (the grouped "
+                         "FP8 GEMM has no backward yet); the bf16 experts run grouped GEMMs")
+
+    def fp8_projections(self) -> int:
+        """The weight matrices running as FP8 GEMMs (3 per expert, or none)."""
+        return 0 if self.fp8 is None else 3 * self.gate_up_proj.shape[0]
+
+    def forward(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(self.gate_up_proj.dtype)
+        if self.strict:
+            return invariant_swiglu(rows, counts, self.gate_up_proj, self.down_proj)
+        if self.fp8 is not None:
+            return self._per_expert(rows, counts, self._fp8_linear())
+        if rows.is_cuda:
+            return grouped_swiglu(rows, counts, self.gate_up_proj, self.down_proj)
+        return self._per_expert(rows, counts, F.linear)
+
+    def _per_expert(self, rows: torch.Tensor, counts: torch.Tensor, linear) -> torch.Tensor:
+        """``down_e(silu(gate_e r) · up_e r)`` expert by expert, ``linear(x, weight)`` on views of
+        the stacks: gate, up and down as three separate GEMMs, exactly the calls the per-expert
+        ``nn.Linear`` modules made before the experts were stacked, so autograd's backward issues
+        their GEMMs too (the input gradient is gate's + up's, not one GEMM over ``[2I, D]``).  The
+        CPU path (bf16/fp32: the bits the trainer computed with one module per expert, forward
+        and backward, so the CPU demo's numbers do not move) and the FP8 path (no grouped FP8
+        GEMM with a backward yet).  ``unbind``/``split`` views: their backward stacks the
+        per-expert gradients once, no add."""
+        inter = self.down_proj.shape[-1]
+        out = []
+        for part, gate_up, down in zip(rows.split(counts.tolist()), self.gate_up_proj.unbind(0),
+                                       self.down_proj.unbind(0)):
+            gate, up = gate_up.split(inter)
+            out.append(linear(F.silu(linear(part, gate)) * linear(part, up), down))
+        return torch.cat(out)
+
+    def _fp8_linear(self):
+        """``fp8_linear`` (forward, data and weight gradients as FP8 GEMMs) with this module's
+        scale options, as the rollout's ``stacked_experts_fp8`` quantizes each projection."""
+        try:  # lazy, in a try: the exported model code keeps it and plain transformers never runs it
+            from kernels.fp8 import fp8_linear
+        except ImportError as err:
+            raise RuntimeError("FP8 experts are a Lockstep training path: they need its kernels.fp8 "
+                               "(install Lockstep, or load the model without FP8)") from err
+        pow2_scale, invariant = self.fp8
+        return functools.partial(fp8_linear, pow2_scale=pow2_scale, batch_invariant=invariant)
+
+
 class MoE(nn.Module):
-    """Routed SwiGLU experts + an optional shared expert; ``config`` carries the Ring-linear /
-    DeepSeek-V3 MoE fields (num_experts, num_experts_per_tok, n_group, topk_group, …)."""
+    """Routed SwiGLU experts (:class:`GroupedExperts`) + an optional shared expert; ``config``
+    carries the Ring-linear / DeepSeek-V3 MoE fields (num_experts, num_experts_per_tok, n_group,
+    topk_group, …).  The trainer's layer: differentiable, no per-expert Python call."""
 
     def __init__(self, config: BailingMoeLinearV2Config):
         super().__init__()
         self.cfg = config
         self.gate = MoEGate(config)
-        self.experts = nn.ModuleList(SwiGLU(config.hidden_size, config.moe_intermediate_size)
-                                     for _ in range(config.num_experts))
+        self.experts = GroupedExperts(config.num_experts, config.hidden_size, config.moe_intermediate_size)
         shared = config.moe_shared_expert_intermediate_size * config.num_shared_experts
         self.shared_experts = SwiGLU(config.hidden_size, shared) if config.num_shared_experts > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32 (fp64 for fp64 weights)."""
+        """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32 (fp64 for fp64 weights):
+        ``Σ_j w[n, j] · expert_{idx[n, j]}(x[n])`` in expert-index order, + the shared expert."""
         flat = x.reshape(-1, x.shape[-1])
         idx, w = self.gate(flat)
-        out = combine_experts(flat, idx, w, self.cfg.num_experts, lambda e, rows: self.experts[e](rows))
+        plan = ExpertDispatch(idx, w, self.cfg.num_experts)
+        out = plan.combine(self.experts(flat[plan.token], plan.counts))
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat).to(out.dtype)
         return out.view(x.shape)
+
+
+def expert_stacking():
+    """The transformers weight conversion between the checkpoint's per-expert tensors and
+    :class:`GroupedExperts`' stacks: ``experts.{e}.gate_proj.weight`` and ``.up_proj.weight`` of
+    every e → ``experts.gate_up_proj`` (stacked over e, gate rows then up rows), and
+    ``experts.{e}.down_proj.weight`` → ``experts.down_proj``.  transformers applies it when
+    loading (``from_pretrained``) and reverses it when saving (``save_pretrained``) and in
+    ``revert_weight_conversion`` (the trainer's weight export and sync)."""
+    from transformers.core_model_loading import Concatenate, MergeModulelist, WeightConverter
+
+    return [
+        WeightConverter(source_patterns=["mlp.experts.*.gate_proj.weight", "mlp.experts.*.up_proj.weight"],
+                        target_patterns="mlp.experts.gate_up_proj",
+                        operations=[MergeModulelist(dim=0), Concatenate(dim=1)]),
+        WeightConverter(source_patterns="mlp.experts.*.down_proj.weight", target_patterns="mlp.experts.down_proj",
+                        operations=[MergeModulelist(dim=0)]),
+    ]
 
 
 def load_expert_weight(param: torch.Tensor, loaded_weight: torch.Tensor, expert: int, start: int,
@@ -101,13 +223,14 @@ def load_expert_weight(param: torch.Tensor, loaded_weight: torch.Tensor, expert:
 
 
 class StackedMoE(nn.Module):
-    """:class:`MoE` with the experts' weights stacked, as inference engines keep them (vLLM's
+    """:class:`MoE` with the experts' weights stacked as inference engines keep them (vLLM's
     fused-MoE layout): ``experts_w13 [S, 2I, D]`` (gate_proj rows, then up_proj rows) and
     ``experts_w2 [S, D, I]`` (down_proj) for the E routed experts and, when it has their width
     (all presets), the shared expert as the last of the S; the router is MoE's own module.  The
-    same function as :class:`MoE` (same routing, the same expert terms summed in the same
-    order, the shared expert added last) in two grouped GEMMs instead of three calls per
-    expert; no autograd (the rollout model).  Checkpoint names ``experts.{e}.{proj}.weight``
+    same function as :class:`MoE` (same routing, each expert's rows through the same
+    :func:`~kernels.moe.grouped_swiglu`, the same terms summed in the same order, the shared
+    expert added last), the shared expert in the same grouped GEMMs; no autograd (the rollout
+    model).  Checkpoint names ``experts.{e}.{proj}.weight``
     and ``shared_experts.{proj}.weight`` map onto slices of the stacks (:meth:`expert_slot`)."""
 
     def __init__(self, config: BailingMoeLinearV2Config):
@@ -204,4 +327,4 @@ class StackedMoE(nn.Module):
         return out.view(x.shape)
 
 
-__all__ = ["SwiGLU", "MoEGate", "MoE", "StackedMoE", "load_expert_weight"]
+__all__ = ["SwiGLU", "MoEGate", "GroupedExperts", "MoE", "expert_stacking", "StackedMoE", "load_expert_weight"]

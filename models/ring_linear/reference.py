@@ -49,9 +49,11 @@ def _swiglu(sd, prefix, x):
 
 def reference_logits(state_dict: dict[str, torch.Tensor], config, tokens: list[int]) -> torch.Tensor:
     """Logits float64 ``[T, V]`` of one sequence (no padding) under the weights ``state_dict``
-    (published names) and ``config`` (a ``BailingMoeLinearV2Config``)."""
+    (published names) and ``config`` (a ``BailingMoeLinearV2Config``).  Differentiable in the
+    weights (routing choices aside): given float64 leaves that require grad, its autograd gives
+    the reference gradients."""
     c = config
-    sd = {k: v.detach().to("cpu", F64) for k, v in state_dict.items()}
+    sd = {k: v.to("cpu", F64) for k, v in state_dict.items()}
     T, D, H, KV, d = len(tokens), c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
     L, G, eps = c.num_hidden_layers, c.layer_group_size, c.rms_norm_eps
     rot = int(d * c.partial_rotary_factor)
@@ -114,7 +116,7 @@ def reference_logits(state_dict: dict[str, torch.Tensor], config, tokens: list[i
             if c.norm_topk_prob and len(top) > 1:
                 w = w / w.sum()
             w = w * c.routed_scaling_factor
-            for e, we in sorted(zip(top, w.tolist())):
+            for e, we in sorted(zip(top, w), key=lambda pair: pair[0]):
                 out[t] += we * _swiglu(sd, f"{m}experts.{e}.", h[t])
         if c.num_shared_experts:
             out = out + _swiglu(sd, m + "shared_experts.", h)

@@ -76,7 +76,8 @@ def compare_names(expected: set[str], found: set[str], where: str) -> None:
 
 
 def check_loaded(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Compares the names stored under ``path`` with ``model``'s parameters (strict)."""
+    """Compares the names stored under ``path`` with ``model``'s parameters under their checkpoint
+    names (``model.checkpoint_state_dict()``: stacked experts split per expert), strictly."""
     if not Path(path).is_dir():
         # A hub id: transformers resolved it into its cache; the hub is unreachable in this
         # project, so this branch only runs for a pre-populated cache.  Say so, loudly.
@@ -89,7 +90,7 @@ def check_loaded(model: torch.nn.Module, path: str | os.PathLike) -> None:
     if skipped:
         log.warning("ring_linear: %d checkpoint tensors not modelled and skipped: %s", len(skipped),
                     ", ".join(sorted(skipped)[:10]) + (" …" if len(skipped) > 10 else ""))
-    compare_names(set(model.state_dict().keys()), found - skipped, str(path))
+    compare_names(set(model.checkpoint_state_dict()), found - skipped, str(path))
 
 
 __all__ = ["checkpoint_names", "skipped_names", "compare_names", "check_loaded"]

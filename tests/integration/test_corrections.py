@@ -1,7 +1,8 @@
 """The loss's train/infer options run for real: `algorithm.old_logprobs=rollout` (the ratio's
 old log-probs are the engine's a_t) and the corrections TIS, masked IS and IcePop, each for 3 RL
-steps of the tiny recipe in one Ray session (one SFT warm start shared), with what each masked
-or clipped checked against the step's own token records.
+steps of the tiny recipe, with what each masked or clipped checked against the step's own token
+records. The four share one run (one SFT warm start, one trainer, one engine start-up): each
+takes over the loss for its 3 steps (`Run.switch_algorithm`), on the weights the one before left.
 
 The correction bounds sit at 1 ± 3e-7 so that the fp32 engines' real mismatch (|Δ| ~ 3e-7
 typical, ~3e-6 at most) puts a good share of tokens outside them: the corrections act on every
@@ -42,24 +43,30 @@ STEPS = 3
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, ray_local):
-    """Each variant's run: {name: (run_dir, RL steps' metrics, seconds)}. The first run's SFT
-    export is copied into the others' run directories, which the warm start then reuses."""
+    """One run, one start-up (SFT warm start, trainer ranks, engine): the variants train in turn,
+    STEPS RL steps each, switched between steps (`Run.switch_algorithm`). Returns {name: (run_dir,
+    its steps' metrics, seconds)}, and under "" the start-up's seconds."""
     tmp = tmp_path_factory.mktemp("corrections")
-    out, sft = {}, None
-    for name, algorithm in VARIANTS.items():
-        data = tiny_recipe(tmp, name=name, algorithm=algorithm, data={"eval": None}, sft={"steps": 60},
-                           trainer={"num_ranks": 1}, logging={"tensorboard": False},
-                           reward={"timeout_s": 60.0},  # no ungraded sample on a loaded machine: all in the loss
-                           ray={"address": "local"},  # a private instance, whatever `ray start` runs here
-                           schedule={"steps": STEPS, "eval_every": 0, "save_every": 0})
-        cfg = from_data(data)
-        if sft is not None:
-            shutil.copytree(sft, cfg.run_dir / "sft" / "hf")
-        start = time.monotonic()
-        Run(cfg).train()
-        sft = sft or cfg.run_dir / "sft" / "hf"
-        steps = [h for h in read_history(cfg.run_dir) if "reward/mean" in h]
-        out[name] = (cfg.run_dir, steps, time.monotonic() - start)
+    recipes = {name: tiny_recipe(tmp, name="corrections", algorithm=algorithm, data={"eval": None},
+                                 sft={"steps": 60}, trainer={"num_ranks": 1}, logging={"tensorboard": False},
+                                 reward={"timeout_s": 60.0},  # no ungraded sample on a loaded machine: all in the loss
+                                 ray={"address": "local"},  # a private instance, whatever `ray start` runs here
+                                 schedule={"steps": STEPS * len(VARIANTS), "eval_every": 0, "save_every": 0})
+               for name, algorithm in VARIANTS.items()}
+    start = time.monotonic()
+    run = Run(from_data(next(iter(recipes.values()))))
+    out = {"": (run.run_dir, [], time.monotonic() - start)}
+    try:
+        for name, recipe in recipes.items():
+            start = time.monotonic()
+            run.switch_algorithm(from_data(recipe).algorithm)
+            for _ in range(STEPS):  # Run.loop's step, without its evaluation and checkpoints
+                run.step += 1
+                run.metrics.log(run.step, run.rl_step())
+            steps = [h for h in read_history(run.run_dir) if "reward/mean" in h][-STEPS:]
+            out[name] = (run.run_dir, steps, time.monotonic() - start)
+    finally:
+        run.shutdown()
     return out
 
 
@@ -80,7 +87,8 @@ def test_runs_three_steps_and_logs_what_it_masked_or_clipped(runs, name):
     print(f"{name}: {seconds:.0f} s")
     algo = VARIANTS[name]
     low, high = algo.get("correction_low", 0.5), algo.get("correction_high", 2.0)
-    assert [h["step"] for h in steps] == list(range(1, STEPS + 1))
+    first = list(VARIANTS).index(name) * STEPS + 1
+    assert [h["step"] for h in steps] == list(range(first, first + STEPS))
     acted = 0.0
     for h in steps:
         assert "train/skipped" not in h and h["train/samples"] > 0, h
@@ -139,7 +147,8 @@ def test_report_agrees_with_the_run_and_renders(runs, tmp_path):
     assert check_self_contained(page) >= 6
     assert "IcePop" in page and page.count("<mark>") >= 20
     whole = build(run_dir)
-    assert [r["step"] for r in whole["corrections"]["steps"]] == [1, 2, 3]
-    assert whole["corrections"]["steps"][0]["correction_masked_frac"] == steps[0]["train/correction_masked_frac"]
-    print("runs: " + ", ".join(f"{name} {s:.0f} s" for name, (_, _, s) in runs.items()))
+    assert [r["step"] for r in whole["corrections"]["steps"]] == list(range(1, STEPS * len(VARIANTS) + 1))
+    assert whole["corrections"]["correction"] == "icepop"  # the section in force last (config.yaml)
+    assert whole["corrections"]["steps"][-STEPS]["correction_masked_frac"] == steps[0]["train/correction_masked_frac"]
+    print("runs: " + ", ".join(f"{name or 'start-up'} {s:.0f} s" for name, (_, _, s) in runs.items()))
     assert all(math.isfinite(s) for _, _, s in runs.values())

@@ -82,7 +82,8 @@ def test_fp8_engine_takes_new_weights(ring_fp8):
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn(p.shape, generator=gen) * 0.03)
-    assert send_weights(llm, model.state_dict()) == [len(model.state_dict())]
+    state = model.checkpoint_state_dict()  # the engine loads checkpoint names
+    assert send_weights(llm, state) == [len(state)]
     llm.reset_prefix_cache()
     ids = torch.randint(1, model.config.vocab_size, (40,), generator=gen).tolist()
     engine = teacher_forced_logprobs(llm, ids)

@@ -165,7 +165,7 @@ def test_signals_failed_save_and_damaged_checkpoint(tmp_path, ray_local):
     per_step = cfg.rollout.prompts_per_step
     for h in history:
         expected = order.indices((h["step"] - 1) * per_step, per_step)
-        assert h["data/prompt_hash"] == float(zlib.crc32(json.dumps(expected).encode()))
+        assert h["data/prompt_hash"] == f"{zlib.crc32(json.dumps(expected).encode()):08x}"
     assert history[last - 1]["checkpoint/damaged_skipped"] == 1.0  # the first step after the resume
     summary = json.loads((cfg.run_dir / "summary.json").read_text())
     assert summary["stopped_by"] == "SIGINT" and len(summary["damaged_checkpoints_skipped"]) == 1

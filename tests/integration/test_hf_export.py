@@ -15,11 +15,12 @@ import textwrap
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import trainer.ring_linear  # noqa: F401  (registers the model type with transformers)
 from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 from trainer.ring_linear.random_checkpoint import build_random_checkpoint
-from trainer.ring_linear.remote_code import AUTO_MAP, CONFIG_FILE, MODELING_FILE
+from trainer.ring_linear.remote_code import AUTO_MAP, CONFIG_FILE, MODELING_FILE, TRAINING_ONLY_IMPORTS
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +46,7 @@ for dtype in (torch.float32, torch.bfloat16):
 gen = model.generate(ids[:1, :9], max_new_tokens=6, do_sample=False, output_scores=True,
                      return_dict_in_generate=True)
 result["generated"], result["scores"] = gen.sequences, torch.stack(gen.scores)
+model.save_pretrained(out + "/resaved")  # through the exported code's expert-stacking conversion
 project = sorted(m for m in sys.modules if m.split(".")[0] in ("rl", "trainer", "models", "kernels", "rollout"))
 result["project_modules"] = project
 result["model_module"] = type(model).__module__
@@ -68,10 +70,13 @@ def test_checkpoint_loads_in_plain_transformers_with_lockstep_logits(tmp_path):
     ckpt = build_random_checkpoint(tmp_path / "ckpt", "tiny", seed=7)
     config = json.loads((ckpt / "config.json").read_text())
     assert config["auto_map"] == AUTO_MAP
-    for file in (CONFIG_FILE, MODELING_FILE):  # imports: standard library, torch, transformers, siblings
+    # imports: standard library, torch, transformers, siblings, and the training-only lazy imports
+    # (inside a try, which transformers' import check skips; the clean run below never takes them)
+    for file in (CONFIG_FILE, MODELING_FILE):
         tree = ast.parse((ckpt / f"{file}.py").read_text())
-        tops = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        tops |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+        modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+        tops = {name.split(".")[0] for name in modules - TRAINING_ONLY_IMPORTS}
         assert tops - sys.stdlib_module_names <= {"torch", "transformers", "safetensors", "deepspeed"}, (file, tops)
 
     ids = torch.randint(1, config["vocab_size"], (2, 70), generator=torch.Generator().manual_seed(1))
@@ -86,6 +91,12 @@ def test_checkpoint_loads_in_plain_transformers_with_lockstep_logits(tmp_path):
     exported = torch.load(tmp_path / "exported.pt")
     assert exported["project_modules"] == []
     assert exported["model_module"].startswith("transformers_modules.")
+
+    # saved again by plain transformers: the published per-expert names, the same (bf16) weights
+    original = {k: v for f in ckpt.glob("*.safetensors") for k, v in load_file(f).items()}
+    resaved = {k: v for f in (tmp_path / "resaved").glob("*.safetensors") for k, v in load_file(f).items()}
+    assert set(resaved) == set(original) and "model.layers.1.mlp.experts.7.up_proj.weight" in resaved
+    assert all(resaved[k].equal(original[k].to(resaved[k].dtype)) for k in original)
 
     expected = _lockstep_outputs(ckpt, ids)
     for key in (str(torch.float32), str(torch.bfloat16), "generated", "scores"):

@@ -34,23 +34,28 @@ def test_ray_job_submit(tmp_path):
     recipe = tmp_path / "job.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, name="job", trainer={"zero_stage": 3}, schedule={"steps": 1, "eval_every": 0, "save_every": 1})))
     port, dash = free_port(), free_port()
+    # Every port the head opens is chosen free: the agents' defaults (52365 and others) may still be
+    # held by another Ray instance on the machine, and then the job agent never comes up.
+    agent_ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                   f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     ray = str(bin_dir / "ray")
     subprocess.run([ray, "get-auth-token", "--generate"], env=env, capture_output=True, timeout=60)
-    start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true"], env=env, capture_output=True, text=True, timeout=180)
+    start = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", *agent_ports], env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
         # The head's job agent comes up a little after `ray start` returns (seconds on a busy
         # machine); until then the server answers "No available agent …, try again later".
-        for attempt in range(12):
+        deadline = time.monotonic() + 300
+        while True:
             job = subprocess.run(
                 [ray, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO), "--", "lockstep", "run", str(recipe)],
                 env=env, capture_output=True, text=True, timeout=900,
             )
             out = job.stdout + job.stderr
-            if "No available agent to submit job" not in out:
+            if "No available agent to submit job" not in out or time.monotonic() > deadline:
                 break
             time.sleep(5)
-        assert job.returncode == 0 and "succeeded" in out, out[-4000:]
+        assert job.returncode == 0 and "succeeded" in out, out[-4000:] + agent_log_tail(port)
         assert "Ray: cluster at" in out
         assert "held-out accuracy" not in out or "step    1/1" in out
         assert (tmp_path / "runs" / "job" / "checkpoints" / "latest").exists()
@@ -64,6 +69,19 @@ def test_ray_job_submit(tmp_path):
         stop_head(port)
 
 
+def head_session(gcs_port: int) -> Path | None:
+    found = subprocess.run(["pgrep", "-af", f"gcs_server.*gcs_server_port={gcs_port}"], capture_output=True, text=True).stdout
+    sessions = re.findall(r"(session_[0-9_-]+)", found)
+    return Path("/tmp/ray") / sessions[0] if sessions else None
+
+
+def agent_log_tail(gcs_port: int) -> str:
+    """The head's dashboard-agent log, for a failure message: why the job agent did not come up."""
+    session = head_session(gcs_port)
+    logs = sorted(session.glob("logs/dashboard_agent*")) if session else []
+    return "".join(f"\n--- {log}:\n" + log.read_text(errors="replace")[-3000:] for log in logs)
+
+
 def stop_head(gcs_port: int) -> None:
     """Ends this test's head only (`ray stop` would end every Ray instance on the machine): every
     process of the session whose GCS listens on `gcs_port`."""
@@ -71,7 +89,7 @@ def stop_head(gcs_port: int) -> None:
     sessions = set(re.findall(r"(session_[0-9_-]+)", found))
     for session in sessions:
         subprocess.run(["pkill", "-9", "-f", session])
-    subprocess.run(["pkill", "-9", "-f", f"--address=[0-9.]+:{gcs_port}( |$)"])  # the client proxy
+    subprocess.run(["pkill", "-9", "-f", "--", f"--address=[0-9.]+:{gcs_port}( |$)"])  # the client proxy
     record = Path("/tmp/ray/ray_current_cluster")  # what `ray stop` would also remove
     if record.exists() and record.read_text().strip().endswith(f":{gcs_port}"):
         record.unlink()

@@ -82,8 +82,12 @@ def test_ring_linear_rl_steps_in_fp8(tmp_path, ray_local):
     # engines' counts at start-up and refuses a difference)
     from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 
+    from models.ring_linear.moe import GroupedExperts
+
     decoder = BailingMoeLinearV2ForCausalLM.from_pretrained(str(export), dtype=torch.float32).get_decoder()
-    assert run.trainers.fp8_projections == sum(type(m) is torch.nn.Linear for m in decoder.modules()) > 0
+    linears = sum(type(m) is torch.nn.Linear for m in decoder.modules())
+    experts = sum(3 * m.gate_up_proj.shape[0] for m in decoder.modules() if isinstance(m, GroupedExperts))
+    assert run.trainers.fp8_projections == linears + experts and experts > 0  # 3 per stacked expert
     # and the checkpoint evaluates with FP8 sampling from the command line
     report = tmp_path / "eval.json"
     out = subprocess.run([sys.executable, "-m", "rl.cli", "eval", summary["run_dir"], "--data", "arithmetic", "--limit", "4",

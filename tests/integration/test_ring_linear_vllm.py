@@ -65,7 +65,7 @@ def test_sampled_logprobs_match_trainer_and_float64(ring):
     completions, engine = sample_with_logprobs(llm, prompts, NEW_TOKENS)
     assert all(len(c) == NEW_TOKENS for c in completions)
     trainer = trainer_logprobs(model, prompts, completions)
-    state = model.state_dict()
+    state = model.checkpoint_state_dict()
     for b, (p, c) in enumerate(zip(prompts, completions)):
         ref = reference_logits(state, model.config, p + c).log_softmax(-1)
         ref = ref[len(p) - 1 : -1].gather(1, torch.tensor(c)[:, None])[:, 0]
@@ -141,7 +141,7 @@ def test_weights_update_in_place(ring):
     with torch.no_grad():
         for name, p in updated.named_parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.03)
-    tensors = {k: v.contiguous() for k, v in updated.state_dict().items()}
+    tensors = {k: v.contiguous() for k, v in updated.checkpoint_state_dict().items()}
     names = list(tensors)
     blobs = [save({n: tensors[n] for n in names[i : i + 10]}) for i in range(0, len(names), 10)]
     counts = llm.collective_rpc("lockstep_load_buckets", args=(blobs, [hashlib.sha256(b).hexdigest() for b in blobs]))
@@ -161,7 +161,7 @@ def test_bad_weight_updates_are_refused(ring):
     keeps them stacked), is an error that lists the names.  Runs last: the refused
     reload leaves the engine's weights undefined."""
     path, llm, model = ring
-    state = model.state_dict()
+    state = model.checkpoint_state_dict()
     with pytest.raises(Exception, match="model.layers.0.mlp.bogus.weight"):
         send_weights(llm, {"model.layers.0.mlp.bogus.weight": torch.zeros(3)})
     moe = next(i for i in range(model.config.num_hidden_layers) if model.config.is_moe_layer(i))

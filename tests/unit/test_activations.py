@@ -47,3 +47,17 @@ def test_hooks_are_removed_after_recording():
     with record_outputs(m, ["0"]):
         pass
     assert not m[0]._forward_hooks
+
+
+def test_relative_errors_from_a_start_row():
+    """Decode vs training prefill compares only the decoded rows (`start` = prompt length)."""
+    names = ["0"]
+    full = recorded(toy(1), torch.randn(1, 6, 4), names)
+    late = {"0": full["0"].clone()}
+    late["0"][4:] *= 1.001  # only rows 4.. differ
+    from rollout.activations import relative_errors
+
+    assert relative_errors(full, late, names, start=0)[0][1] > 1e-5
+    assert relative_errors(full, {"0": full["0"].clone()}, names, start=4) == [("0", 0.0)]
+    assert relative_errors(full, late, names, start=4)[0][1] > 1e-5
+    assert relative_errors(full, late, names, start=6) == [("0", float("inf"))]  # no rows left

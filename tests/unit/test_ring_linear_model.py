@@ -15,10 +15,12 @@ import torch.nn.functional as F
 import trainer.ring_linear  # noqa: F401  (registers the model type with transformers)
 from kernels.moe import route
 from models.ring_linear.config import BailingMoeLinearV2Config
+from models.ring_linear.moe import GroupedExperts
 from models.ring_linear.presets import PRESETS, parameter_count, preset_config
 from models.ring_linear.reference import reference_logits
 from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 from trainer.ring_linear.random_checkpoint import build_random_checkpoint
+from transformers.core_model_loading import revert_weight_conversion
 
 
 def _perturbed(model: BailingMoeLinearV2ForCausalLM, seed: int = 1) -> BailingMoeLinearV2ForCausalLM:
@@ -58,7 +60,7 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_model_matches_float64_reference_across_a_chunk_boundary(tiny):
     tokens = torch.randint(0, tiny.config.vocab_size, (1, 67), generator=torch.Generator().manual_seed(3))
-    ref = reference_logits(tiny.state_dict(), tiny.config, tokens[0].tolist())
+    ref = reference_logits(tiny.checkpoint_state_dict(), tiny.config, tokens[0].tolist())
     with torch.no_grad():
         fp32 = tiny(tokens).logits[0]
         m64 = BailingMoeLinearV2ForCausalLM(tiny.config).double().eval()
@@ -78,7 +80,7 @@ def test_both_decay_layer_offsets_match_the_reference(offset):
         other = BailingMoeLinearV2ForCausalLM(preset_config("tiny", linear_decay_layer_offset=1 - offset)).eval()
         other.load_state_dict(model.state_dict())
         out_other = other(tokens).logits[0]
-    assert _rel_err(out, reference_logits(model.state_dict(), model.config, tokens[0].tolist())) < 1e-5
+    assert _rel_err(out, reference_logits(model.checkpoint_state_dict(), model.config, tokens[0].tolist())) < 1e-5
     assert _rel_err(out_other, out) > 1e-4  # the field changes the model
 
 
@@ -172,6 +174,25 @@ def test_gradients_reach_every_parameter_and_checkpointing_gives_the_same():
         assert torch.allclose(g, grads_ckpt[n], rtol=1e-5, atol=1e-7), n
 
 
+def test_gradients_match_the_float64_reference():
+    """Every gradient of the training model (grouped experts: stacked parameters, grouped GEMMs)
+    against the float64 reference forward's autograd, under the checkpoint's names (each
+    stacked gradient split per expert as the weights are): fp32 rounding only."""
+    model = _tiny(seed=6).train()
+    tokens = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(6))
+    probe = torch.randn(12, model.config.vocab_size, generator=torch.Generator().manual_seed(7))
+    (model(tokens).logits[0] * probe).sum().backward()
+    grads = revert_weight_conversion(model, {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    state = {n: t.double().requires_grad_(not n.endswith("expert_bias"))  # the bias is not trained
+             for n, t in model.checkpoint_state_dict().items()}
+    (reference_logits(state, model.config, tokens[0].tolist()) * probe.double()).sum().backward()
+    want = {n: t.grad for n, t in state.items() if t.grad is not None}
+    assert set(want) <= set(grads) and sum(".experts.3.up_proj." in n for n in grads) == 3
+    assert len(want) > len(grads) // 2  # most experts saw a token
+    for name, g in grads.items():  # an expert no token chose: no reference gradient, zero here
+        assert _rel_err(g, want[name]) < 1e-4 if name in want else g.abs().max() == 0, name
+
+
 def test_fp8_training_model_trains_every_projection_in_fp8():
     """model.fp8 on the trainer (``trainer.worker.use_fp8``): every decoder projection and
     expert becomes an FP8Linear (not the LM head, router, norms or embeddings), gradients reach
@@ -186,6 +207,8 @@ def test_fp8_training_model_trains_every_projection_in_fp8():
     linears = [n for n, m in plain.named_modules() if type(m) is torch.nn.Linear]
     fp8 = {n for n, m in model.named_modules() if isinstance(m, FP8Linear)}
     assert fp8 == set(linears) - {"lm_head"}
+    experts = [m for m in model.modules() if isinstance(m, GroupedExperts)]
+    assert experts and all(m.fp8 == (False, False) for m in experts)  # the stacked experts switch themselves
     ids = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(8))
     mask = torch.ones_like(ids)
     loss0, grads0 = _loss_and_grads(plain, ids, mask)
@@ -231,6 +254,15 @@ def test_sharded_checkpoint_round_trip(checkpoint, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32)
     assert type(model) is BailingMoeLinearV2ForCausalLM
+    # the checkpoint's per-expert tensors, stacked on loading, come back bitwise under their names
+    from safetensors.torch import load_file
+
+    stored = {}
+    for f in checkpoint.glob("*.safetensors"):
+        stored.update(load_file(str(f)))
+    loaded = model.checkpoint_state_dict()
+    assert set(loaded) == set(stored) and all(torch.equal(loaded[n], t) for n, t in stored.items())
+    assert model.model.layers[1].mlp.experts.gate_up_proj.shape == (8, 2 * 64, 256)
     tok = AutoTokenizer.from_pretrained(str(checkpoint))
     ids = torch.tensor([tok("what is 12 plus 30? The answer is 42.").input_ids])
     model.save_pretrained(tmp_path / "again", max_shard_size="1MB")
@@ -370,7 +402,7 @@ def test_cuda_kernel_path_matches_the_reference():
 
     model = _tiny(seed=9)
     tokens = torch.randint(0, model.config.vocab_size, (1, 150), generator=torch.Generator().manual_seed(9))
-    ref = reference_logits(model.state_dict(), model.config, tokens[0].tolist())
+    ref = reference_logits(model.checkpoint_state_dict(), model.config, tokens[0].tolist())
     with torch.no_grad():
         cuda = model.cuda()(tokens.cuda()).logits[0].cpu()
     assert _rel_err(cuda, ref) < 1e-4  # Triton GEMMs and the chunked kernel on fp32 inputs
@@ -430,8 +462,9 @@ engine.backward(-(logp * batch.completion_mask).sum())
 engine.step()
 with torch.no_grad():
     after, _ = token_logprobs(engine.module, batch)
-json.dump({"err": (logp - plain).abs().max().item(), "moved": (after - logp).abs().max().item()},
-          open(f"{out}.{rank}.json", "w"))
+experts = [n for n, _ in engine.module.named_parameters() if ".mlp.experts." in n]  # what ZeRO-3 gathers
+json.dump({"err": (logp - plain).abs().max().item(), "moved": (after - logp).abs().max().item(),
+           "expert_params": len(experts)}, open(f"{out}.{rank}.json", "w"))
 '''
 
 
@@ -466,3 +499,4 @@ def test_deepspeed_zero_two_ranks(checkpoint, tmp_path, stage, precision):
     for r in range(2):
         res = json.loads(Path(f"{out}.{r}.json").read_text())
         assert res["err"] < 1e-6 and res["moved"] > 1e-4, res
+        assert res["expert_params"] == 2 * 3  # two stacks per MoE layer (layers 1-3), not 3 per expert

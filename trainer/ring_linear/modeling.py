@@ -47,6 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import revert_weight_conversion
 from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLayerMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -62,8 +64,8 @@ from kernels.linear_attention import recurrent as linear_attention_recurrent
 from kernels.lm_head import logits_fp32
 from kernels.norm import compute_dtype
 from kernels.rope import apply_rope, rope_cos_sin
-from models.ring_linear.config import BailingMoeLinearV2Config
-from models.ring_linear.moe import MoE, MoEGate
+from models.ring_linear.config import MODEL_TYPE, BailingMoeLinearV2Config
+from models.ring_linear.moe import GroupedExperts, MoE, MoEGate, expert_stacking
 from models.ring_linear.moe import SwiGLU as MLP
 from models.ring_linear.norm import GroupRMSNorm, RMSNorm
 from models.ring_linear.weight_names import check_loaded
@@ -251,6 +253,12 @@ class BailingMoeLinearV2PreTrainedModel(PreTrainedModel):
         elif isinstance(module, MoEGate):
             init.normal_(module.weight, mean=0.0, std=std)
             init.zeros_(module.expert_bias)
+        elif isinstance(module, GroupedExperts) and not getattr(module.gate_up_proj, "_is_hf_initialized", False):
+            # expert by expert, gate, up, down: the draws per-expert nn.Linear modules made, so a
+            # seed gives the same random checkpoint as before the experts were stacked
+            for expert in range(module.gate_up_proj.shape[0]):
+                for weight in module.expert_weights(expert):
+                    weight.normal_(mean=0.0, std=std)
 
 
 class BailingMoeLinearV2Model(BailingMoeLinearV2PreTrainedModel):
@@ -371,13 +379,24 @@ class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel, Generatio
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained`` + the strict weight-name check of
+        """``PreTrainedModel.from_pretrained`` after the strict weight-name check of
         :func:`models.ring_linear.weight_names.check_loaded` (missing or unexpected weights
-        raise ``ValueError`` listing them)."""
+        raise ``ValueError`` listing them), made on a parameter-less copy of the model before
+        anything loads (transformers' expert stacking would otherwise fail first, less clearly)."""
+        path = args[0] if args else kwargs["pretrained_model_name_or_path"]
+        config = kwargs.get("config")
+        if not isinstance(config, BailingMoeLinearV2Config):
+            config = BailingMoeLinearV2Config.from_pretrained(path)
+        with torch.device("meta"):
+            check_loaded(cls(config), path)
         model = super().from_pretrained(*args, **kwargs)
-        check_loaded(model, args[0] if args else kwargs["pretrained_model_name_or_path"])
         model.freeze_expert_bias()
         return model
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict under the checkpoint's names (each stacked expert projection split
+        into ``experts.{e}.{proj}.weight`` views, as ``save_pretrained`` writes them)."""
+        return revert_weight_conversion(self, self.state_dict())
 
     def freeze_expert_bias(self) -> None:
         """The routers' balancing biases are not trained by gradient (loading re-creates the
@@ -425,5 +444,8 @@ class BailingMoeLinearV2ForCausalLM(BailingMoeLinearV2PreTrainedModel, Generatio
                                    ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
 
+
+# Checkpoints hold one tensor per expert projection; the model stacks them (GroupedExperts).
+register_checkpoint_conversion_mapping(MODEL_TYPE, expert_stacking(), overwrite=True)
 
 __all__ = ["BailingMoeLinearV2PreTrainedModel", "BailingMoeLinearV2Model", "BailingMoeLinearV2ForCausalLM"]

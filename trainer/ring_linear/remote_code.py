@@ -11,14 +11,16 @@ The two files are *generated* from the modules that define the model, never kept
 (docs/decisions.md, "Self-contained checkpoints"): starting from the model classes of
 :mod:`trainer.ring_linear.modeling` (and everything of :mod:`models.ring_linear.config` for the
 configuration file), each definition is copied from its module's source with the definitions it
-uses, transitively, across the project's modules (``models/``, ``kernels/``).  Imports of
+uses, transitively, across the project's modules (``models/``, ``kernels/``), then the modeling
+module's top-level calls (the registration of the expert-stacking weight conversion: the
+checkpoint keeps one tensor per expert, the model stacks them).  Imports of
 third-party packages are kept; imports of the project are replaced by the definitions they name.
 The public ops that choose between Triton, a C kernel and PyTorch at run time are bound to their
 PyTorch implementation (:data:`TORCH_PATHS`): the exported code runs the same PyTorch ops the
 trainer runs on CPU, so its logits equal Lockstep's bitwise there (tests/integration/
 test_hf_export.py); on CUDA, Lockstep's Triton kernels and the exported PyTorch ops agree to
-fp32 rounding.  A name defined twice under one name, or a project import inside a function body,
-stops the generation with an error naming it.
+fp32 rounding.  A name defined twice under one name, or a project import inside a function body
+(other than :data:`TRAINING_ONLY_IMPORTS`), stops the generation with an error naming it.
 """
 
 from __future__ import annotations
@@ -99,6 +101,13 @@ class _Module:
         return "\n".join(self.source.splitlines()[first - 1:node.end_lineno])
 
 
+# Project modules that a function body may import lazily and the export leaves as they are: paths
+# only Lockstep's trainer turns on (FP8 training through `swap_linears_to_fp8`), never reached by
+# plain transformers loading and running the exported model. Turning one on there fails with an
+# ImportError naming the module.
+TRAINING_ONLY_IMPORTS = {"kernels.fp8"}
+
+
 def _is_project(module: str) -> bool:
     return module.split(".")[0] in PROJECT_PACKAGES
 
@@ -160,7 +169,7 @@ class _Bundle:
         for inner in ast.walk(node):
             if isinstance(inner, (ast.Import, ast.ImportFrom)) and inner is not node:
                 target = m.absolute(inner) if isinstance(inner, ast.ImportFrom) else inner.names[0].name
-                if _is_project(target):
+                if _is_project(target) and target not in TRAINING_ONLY_IMPORTS:
                     raise RemoteCodeError(f"{module}.{name} imports {target} inside its body; the exported "
                                           "code cannot follow that import (import it at module level)")
         names = [name]
@@ -197,6 +206,17 @@ class _Bundle:
             self.bind(name, self.bound[defined])
             self.chunks.append(f"{name} = {defined}")
 
+    def add_registrations(self, module: str) -> None:
+        """Copies the module's top-level calls (and what they use), after its definitions: the
+        registrations with transformers that loading needs, e.g. the checkpoint conversion that
+        stacks the per-expert tensors into :class:`~models.ring_linear.moe.GroupedExperts`."""
+        m = self.module(module)
+        for node in m.tree.body:
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+                for dependency in sorted(_used_names(node)):
+                    self.add_global(m, dependency, node)
+                self.chunks.append(f"# {m.path.relative_to(_root(m))}\n{m.segment(node)}")
+
     def render(self, title: str, exports: list[str]) -> str:
         imports = sorted(set(self.third_party.values()), key=lambda s: (s.startswith("from"), s))
         siblings = [f"from .{file} import {', '.join(sorted(names))}" for file, names in sorted(self.sibling.items())]
@@ -228,6 +248,7 @@ def modeling_source() -> str:
     bundle = _Bundle(local={CONFIG_MODULE: CONFIG_FILE})
     for name in MODEL_CLASSES:
         bundle.add(MODELING_MODULE, name)
+    bundle.add_registrations(MODELING_MODULE)
     return bundle.render("Ring-linear hybrid linear/softmax-attention MoE model (BailingMoeLinearV2ForCausalLM).",
                          list(MODEL_CLASSES))
 

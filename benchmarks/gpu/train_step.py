@@ -1,0 +1,129 @@
+"""The Ring-linear training step with grouped experts against the per-expert loop, same run.
+
+One step = the trainer's path (`trainer.logprobs.token_logprobs`: decoder, then the fp32 LM head
+on the completion half) → a policy-gradient-shaped loss → backward → AdamW step, on one sequence
+of T tokens per micro-batch. Two layouts of the same model and weights:
+
+- grouped: the trainer's MoE (`models.ring_linear.moe.MoE`, experts as two stacked parameters,
+  two grouped GEMMs per pass, `torch._grouped_mm` on CUDA bf16);
+- per-expert: the layer as the trainer ran it before (`benchmarks/gpu/per_expert_moe.py`: one
+  SwiGLU module per expert in a Python loop, three GEMMs per expert and pass).
+
+Prints tokens/s of each and the ratio (issue 19's target: grouped ≥ 3× per-expert in bf16), the
+first step's loss under both (the same function: they differ by rounding only) and the peak GPU
+memory. Plain `torch.optim.AdamW` on the bf16 parameters, no DeepSpeed: the step's compute, not
+ZeRO's communication (which the grouped layer also cuts: two gathers per MoE layer instead of
+3 per expert).
+
+    python -m benchmarks.gpu.train_step                          # demo:ring-mini-1b, 4K and 8K, CUDA bf16
+    python -m benchmarks.gpu.train_step --preset tiny --device cpu --dtype fp32 --seq-lens 128 --steps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.harness import header, markdown_table, median
+
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def build_model(preset: str, dtype: torch.dtype, device: str, max_len: int, seed: int):
+    """The preset's model with seeded random weights (the demo's 384-token vocabulary for the
+    Ring presets: the GPU recipe's `demo:ring-mini-1b`), in `dtype` on `device`."""
+    from models.ring_linear.presets import preset_config
+    from trainer.logprobs import use_fp32_lm_head
+    from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
+
+    vocab = {"tiny": 512}.get(preset, 384)
+    config = preset_config(preset, vocab_size=vocab, max_position_embeddings=max(max_len, 4096))
+    torch.manual_seed(seed)
+    model = BailingMoeLinearV2ForCausalLM(config).to(device=device, dtype=dtype).train()
+    use_fp32_lm_head(model)
+    return model
+
+
+def make_step(model, seq_len: int, device: str, seed: int):
+    """A training step on one random sequence of `seq_len` tokens (first half prompt, second
+    half completion); returns a callable that runs it and returns the loss."""
+    from trainer.logprobs import pack, token_logprobs
+
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, model.config.vocab_size, (seq_len,), generator=g).tolist()
+    batch = pack([tokens[: seq_len // 2]], [tokens[seq_len // 2:]])
+    advantage = torch.randn(1, seq_len - seq_len // 2, generator=g).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+
+    def step() -> float:
+        logp, _ = token_logprobs(model, batch)
+        loss = -(logp * advantage * batch.completion_mask.to(device)).sum() / batch.completion_mask.sum()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    return step
+
+
+def time_steps(step, steps: int, warmup: int, device: str) -> tuple[float, float]:
+    """(first step's loss, median seconds per step over `steps` after `warmup` untimed ones)."""
+    first = step()
+    for _ in range(max(0, warmup - 1)):
+        step()
+    times = []
+    for _ in range(steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return first, median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="mini-1b", help="Ring-linear preset (models.ring_linear.presets)")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--dtype", default="bf16", choices=list(DTYPES))
+    ap.add_argument("--seq-lens", default="4096,8192", help="tokens per sequence, comma-separated")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per layout and length")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one's loss is reported)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    from benchmarks.gpu.per_expert_moe import use_per_expert_experts
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("train_step: --device cuda but no CUDA device (use --device cpu for the smoke check)")
+    dtype, lens = DTYPES[args.dtype], [int(n) for n in args.seq_lens.split(",")]
+    print(header(f"Ring-linear training step, grouped experts vs per-expert loop ({args.preset}, {args.dtype})",
+                 ("torch", "transformers")))
+    rows = []
+    for seq_len in lens:
+        result = {}
+        for layout in ("grouped", "per-expert"):
+            model = build_model(args.preset, dtype, args.device, seq_len, args.seed)
+            if layout == "per-expert":
+                assert use_per_expert_experts(model) > 0
+            if args.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            loss, seconds = time_steps(make_step(model, seq_len, args.device, args.seed), args.steps,
+                                       args.warmup, args.device)
+            peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
+            result[layout] = (loss, seconds, peak)
+            del model
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+        (loss_g, s_g, mem_g), (loss_p, s_p, mem_p) = result["grouped"], result["per-expert"]
+        rows.append([seq_len, seq_len / s_g, seq_len / s_p, s_p / s_g, abs(loss_g - loss_p) / max(abs(loss_p), 1e-30),
+                     mem_g, mem_p])
+    print(markdown_table(["tokens/seq", "grouped tok/s", "per-expert tok/s", "ratio (target ≥ 3)",
+                          "first loss rel. diff", "grouped peak GiB", "per-expert peak GiB"], rows))
+
+
+if __name__ == "__main__":
+    main()

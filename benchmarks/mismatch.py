@@ -1,0 +1,231 @@
+"""Train/infer mismatch: Lockstep's fast mode against the usual setup, on the same prompts and
+weights, in one run (issue 20).
+
+For each model (dense: the demo's vLLM-native Qwen2 `arith-micro`; hybrid: the Ring-linear
+`ring-micro`) and each engine dtype (fp32, bf16), one vLLM engine samples completions of fixed
+length (`ignore_eos`) with their log-probs a_t, and three training sides score the same tokens:
+
+(a) the usual setup: the engine as it comes (vLLM's own kernels for the dense model; for the
+    hybrid the Lockstep plugin, the only engine that runs it) against a plain Hugging Face model
+    in bf16 — `AutoModelForCausalLM` with the checkpoint's own code (`trust_remote_code`: the
+    exported standalone modeling file for the hybrid), eager attention, its bf16 LM head; log-probs
+    are the fp32 log-softmax of its bf16 logits, as peers compute them;
+(b) fast mode: the trainer model a Lockstep rank builds (`rl.mismatch_probe.training_model`: the
+    engine's dtype, fp32 LM head and log-softmax, the shared kernels), as `mode: fast` runs;
+(c) strict mode: reported "not available" until `mode: strict` is accepted by rl/config.py.
+
+Per (model, dtype, generation length L: each completion's first L tokens) it prints k3, max
+|Δp| and frac_abs_p_diff_gt_0.8 (DESIGN.md §5) for (a) and (b), and the ratio k3(b)/k3(a)
+(target ≤ 1/100).
+
+The demo checkpoints are random with std 0.02: their next-token distributions are near
+uniform, which hides what rounding does to a peaked distribution. The benchmark scales every
+weight matrix by `--weight-scale` (default 4: std 0.08, the plugin parity test's init), which
+gives peaked distributions like a trained model's; norms are left at 1.
+
+    python -m benchmarks.mismatch [--lengths 64,256,448] [--prompts 8] [--samples 2]
+
+Each (model, dtype) runs in its own process (one vLLM engine per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MODELS = {"dense": "arith-micro", "hybrid": "ring-micro"}
+TARGET_RATIO = 0.01
+RESULT = "RESULT "
+
+
+def strict_available() -> str | None:
+    """None when `mode: strict` is accepted, else the refusal."""
+    from rl.config import ConfigError, from_data
+
+    try:
+        from_data({"mode": "strict"})
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+def scaled_copy(model_dir: Path, out: Path, scale: float) -> Path:
+    """The checkpoint with every weight matrix (2-D and up: projections, experts, embeddings)
+    multiplied by `scale`; norms and biases as they are."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(model_dir, out)
+    for f in out.glob("*.safetensors"):
+        tensors = load_file(f)
+        save_file({n: (t * scale if t.dim() >= 2 else t).contiguous() for n, t in tensors.items()}, f,
+                  metadata={"format": "pt"})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# One (model, dtype) in its own process
+
+
+def measure(model_dir: str, dtype: str, lengths: list[int], prompts: int, samples: int, seed: int) -> dict:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rl.algorithms.mismatch import mismatch_metrics
+    from rl.mismatch_probe import training_model
+    from rollout.config import RolloutConfig
+    from rollout.worker import RolloutWorker
+    from trainer.logprobs import pack, token_logprobs
+
+    longest = max(lengths)
+    vocab = AutoConfig.from_pretrained(model_dir, trust_remote_code=True).vocab_size
+    rng = random.Random(seed)
+    prompt_ids = [[rng.randrange(3, vocab) for _ in range(rng.randrange(8, 33))] for _ in range(prompts)]
+    max_len = max(map(len, prompt_ids)) + longest + 1
+    start = time.perf_counter()
+    engine = RolloutWorker(model_dir, dtype, RolloutConfig(max_new_tokens=longest, max_model_len=max_len,
+                                                           enforce_eager=True), seed=seed)
+    engine_start = time.perf_counter() - start
+    start = time.perf_counter()
+    groups = engine.generate(prompt_ids, samples, longest, 1.0, ignore_eos=True)
+    sample_s = time.perf_counter() - start
+    engine_kind = type(engine.llm.llm_engine.model_config.hf_config).__name__
+    del engine
+    pairs = [(p, c) for p, group in zip(prompt_ids, groups) for c in group]
+    a = [torch.tensor(c.logprobs, dtype=torch.float64) for _, c in pairs]
+
+    # (b) fast mode: the Lockstep trainer model in the engine's dtype, fp32 LM head
+    fast_model = training_model(model_dir, dtype, None)
+    fast = []
+    with torch.no_grad():
+        for p, c in pairs:
+            logp, _ = token_logprobs(fast_model, pack([p], [list(c.token_ids)]))
+            fast.append(logp[0, : len(c.token_ids)].double())
+    del fast_model
+
+    # (a) the usual setup: a plain bf16 Hugging Face model, its own LM head
+    plain = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, trust_remote_code=True,
+                                                 attn_implementation="eager").eval()
+    usual = []
+    with torch.no_grad():
+        for p, c in pairs:
+            ids = torch.tensor([p + list(c.token_ids)])
+            logits = plain(ids).logits[0, len(p) - 1 : -1].float()
+            usual.append(logits.log_softmax(-1).gather(1, torch.tensor(c.token_ids)[:, None])[:, 0].double())
+    plain_kind = type(plain).__module__
+
+    rows = []
+    for L in lengths:
+        pos = torch.cat([torch.arange(min(L, len(x))) for x in a])
+        cut = lambda xs: torch.cat([x[:L] for x in xs]).float()  # noqa: E731 - the first L tokens of each
+        mask = torch.ones(len(pos), dtype=torch.bool)
+        row = {"length": L, "tokens": len(pos)}
+        for name, b in (("usual", usual), ("fast", fast)):
+            m = mismatch_metrics(cut(a), cut(b), mask, pos)
+            row[name] = {k: m[f"mismatch/{k}"] for k in ("k3", "abs_p_diff_max", "frac_abs_p_diff_gt_0.8",
+                                                          "abs_logp_diff_max")}
+        rows.append(row)
+    return {"engine_config": engine_kind, "plain_model": plain_kind, "engine_start_s": engine_start,
+            "sample_s": sample_s, "rows": rows}
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+
+
+def ratio(fast: float, usual: float) -> str:
+    if usual == 0:
+        return "n/a (usual k3 = 0)"
+    return f"{fast / usual:.2e}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="dense,hybrid", help="dense, hybrid or both")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--lengths", default="64,256,448", help="generation lengths (first L tokens of each completion)")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--samples", type=int, default=2, help="completions per prompt")
+    p.add_argument("--weight-scale", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="/tmp/lockstep-bench-mismatch", help="scaled checkpoints and results")
+    p.add_argument("--child", nargs=2, metavar=("MODEL_DIR", "DTYPE"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",")]
+    if args.child:
+        result = measure(args.child[0], args.child[1], lengths, args.prompts, args.samples, args.seed)
+        print(RESULT + json.dumps(result), flush=True)
+        return
+
+    from benchmarks.harness import header, markdown_table
+    from rl import demo_model
+
+    print(header("train/infer mismatch: fast mode vs the usual setup (benchmarks/mismatch.py)",
+                 ("torch", "vllm", "transformers")))
+    print(f"prompts {args.prompts} × samples {args.samples}, lengths {lengths}, weights ×{args.weight_scale}, "
+          f"seed {args.seed}")
+    strict = strict_available()
+    strict_cell = "not available" if strict else "run it"
+    if strict:
+        print(f"(c) strict mode: not available — rl/config.py refuses it: {strict}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, table = {}, []
+    for kind in args.models.split(","):
+        model_dir = scaled_copy(demo_model.resolve(f"demo:{MODELS[kind]}", str(out / "cache")),
+                                out / f"{MODELS[kind]}-x{args.weight_scale:g}", args.weight_scale)
+        for dtype in args.dtypes.split(","):
+            start = time.perf_counter()
+            cmd = [sys.executable, "-m", "benchmarks.mismatch", "--child", str(model_dir), dtype,
+                   "--lengths", args.lengths, "--prompts", str(args.prompts), "--samples", str(args.samples),
+                   "--seed", str(args.seed)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+            found = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
+            if proc.returncode or not found:
+                print(f"{kind} {dtype}: failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+                continue
+            r = json.loads(found[-1][len(RESULT):])
+            r["wall_s"] = time.perf_counter() - start
+            results[f"{kind}/{dtype}"] = r
+            print(f"{kind} ({MODELS[kind]}, {r['engine_config']}) {dtype}: engine start {r['engine_start_s']:.0f} s, "
+                  f"sampling {r['sample_s']:.1f} s, whole {r['wall_s']:.0f} s; plain model from {r['plain_model']}",
+                  flush=True)
+            for row in r["rows"]:
+                u, f = row["usual"], row["fast"]
+                table.append([kind, dtype, row["length"], row["tokens"], u["k3"], f["k3"], strict_cell,
+                              ratio(f["k3"], u["k3"]), u["abs_p_diff_max"], f["abs_p_diff_max"],
+                              u["frac_abs_p_diff_gt_0.8"], f["frac_abs_p_diff_gt_0.8"], u["abs_logp_diff_max"],
+                              f["abs_logp_diff_max"]])
+    print()
+    print("(a): the engine in its dtype vs a plain bf16 Hugging Face model; (b): the same engine samples vs the "
+          "Lockstep trainer model in the engine's dtype (fp32 LM head)")
+    print(markdown_table(["model", "engine dtype", "L", "tokens", "k3 (a) usual", "k3 (b) fast", "k3 (c) strict",
+                          "k3 (b)/(a)", "max |Δp| (a)", "max |Δp| (b)", "frac |Δp|>0.8 (a)", "frac |Δp|>0.8 (b)",
+                          "max |Δ logp| (a)", "max |Δ logp| (b)"], table, digits=3))
+    # The headline: the usual setup as peers run it (bf16 engine, bf16 trainer) against fast mode
+    # as the recipes run it (model.dtype float32), same prompts and weights, each length.
+    k3 = {(row[0], row[1], row[2]): (row[4], row[5]) for row in table}
+    print("\nk3 (b) fast, fp32 engine and trainer ÷ k3 (a) usual, bf16 engine and plain bf16 trainer "
+          f"(target ≤ {TARGET_RATIO:g}):")
+    for (kind, dtype, L), (_, fast) in k3.items():
+        if dtype == "float32" and (kind, "bfloat16", L) in k3:
+            usual = k3[(kind, "bfloat16", L)][0]
+            verdict = "met" if usual > 0 and fast / usual <= TARGET_RATIO else "missed"
+            print(f"  {kind:<7} L={L:<5} {fast:.2e} / {usual:.2e} = {ratio(fast, usual)}: {verdict}")
+    same = [(row[0], row[1], row[2], row[5] / row[4]) for row in table if row[4] > 0]
+    print("k3 (b)/(a) at equal engine dtype: " + ", ".join(f"{k} {d} L={L}: {r:.2e}" for k, d, L, r in same))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"results: {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
