@@ -64,10 +64,8 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.gate_proj.weight.dtype)
-        if self.strict:
-            gate = invariant_linear(x, self.gate_proj.weight)
-            up = invariant_linear(x, self.up_proj.weight)
-            return invariant_linear(invariant_silu(gate) * up, self.down_proj.weight)
+        if self.strict:  # the projections' forwards are the row-tiled GEMM (use_strict)
+            return self.down_proj(invariant_silu(self.gate_proj(x)) * self.up_proj(x))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 

@@ -118,9 +118,9 @@ def _run_eagerly(vllm_config: VllmConfig, why: str) -> None:
 
 
 def _project(linear: nn.Linear, x: torch.Tensor, strict: bool = False) -> torch.Tensor:
-    """Linear in the weight dtype (inputs cast to it), as the trainer; strict: the row-tiled GEMM."""
-    if strict:
-        return invariant_linear(x.to(linear.weight.dtype), linear.weight)
+    """Linear in the weight dtype (inputs cast to it).  Strict mode: the module's forward is the
+    row-tiled GEMM (``models.ring_linear.strict.use_strict``), called through the module so that
+    ZeRO-3 gathers its weight (``strict`` only documents the call site)."""
     return linear(x.to(linear.weight.dtype))
 
 

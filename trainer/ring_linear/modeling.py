@@ -54,7 +54,6 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from kernels.batch_invariant import attention as invariant_attention
-from kernels.batch_invariant import linear as invariant_linear
 from kernels.batch_invariant import recurrence as invariant_recurrence
 from kernels.batch_invariant import sigmoid as invariant_sigmoid
 from kernels.batch_invariant import silu as invariant_silu
@@ -72,9 +71,9 @@ from models.ring_linear.weight_names import check_loaded
 
 
 def _project(linear: nn.Linear, x: torch.Tensor, strict: bool = False) -> torch.Tensor:
-    """Linear in the weight dtype (inputs cast to it); strict: the row-tiled GEMM."""
-    if strict:
-        return invariant_linear(x.to(linear.weight.dtype), linear.weight)
+    """Linear in the weight dtype (inputs cast to it).  Strict mode: the module's forward is the
+    row-tiled GEMM (``models.ring_linear.strict.use_strict``), called through the module so that
+    ZeRO-3 gathers its weight (``strict`` only documents the call site)."""
     return linear(x.to(linear.weight.dtype))
 
 
