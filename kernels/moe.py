@@ -24,6 +24,10 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from .batch_invariant import linear as invariant_linear
+from .batch_invariant import sigmoid as invariant_sigmoid
+from .batch_invariant import silu as invariant_silu
+
 _kernel_log = logging.getLogger(__name__)
 
 
@@ -33,12 +37,13 @@ def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def route(logits: torch.Tensor, expert_bias: torch.Tensor, top_k: int, n_group: int,
-          topk_group: int, norm_topk_prob: bool, routed_scaling_factor: float
+          topk_group: int, norm_topk_prob: bool, routed_scaling_factor: float, strict: bool = False
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """logits ``[N, E]`` (fp32/fp64), expert_bias ``[E]`` → (indices int64 ``[N, k]``, gate
-    weights ``[N, k]`` in the logits' dtype).  Experts outside the kept groups are excluded."""
+    weights ``[N, k]`` in the logits' dtype).  Experts outside the kept groups are excluded.
+    ``strict``: the batch-invariant sigmoid and the k gates summed left to right (strict mode)."""
     N, E = logits.shape
-    scores = torch.sigmoid(logits)
+    scores = invariant_sigmoid(logits) if strict else torch.sigmoid(logits)
     biased = scores + expert_bias.to(scores.dtype)
     if n_group > 1:
         grouped = biased.view(N, n_group, E // n_group)
@@ -49,7 +54,13 @@ def route(logits: torch.Tensor, expert_bias: torch.Tensor, top_k: int, n_group: 
     idx = stable_topk(biased, top_k)
     w = scores.gather(1, idx)
     if norm_topk_prob and top_k > 1:
-        w = w / (w.sum(-1, keepdim=True) + 1e-20)
+        total = w[:, :1]
+        if strict:
+            for j in range(1, top_k):
+                total = total + w[:, j:j + 1]
+        else:
+            total = w.sum(-1, keepdim=True)
+        w = w / (total + 1e-20)
     return idx, w * routed_scaling_factor
 
 
@@ -220,6 +231,29 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
     return _combined(plan, grouped_swiglu(rows, counts, w13, w2), shared)
 
 
+def invariant_swiglu(rows: torch.Tensor, counts: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """:func:`grouped_swiglu` for strict mode, in both engines (the trainer's
+    :class:`~models.ring_linear.moe.GroupedExperts`, the rollout's
+    :func:`stacked_experts_invariant`): each expert's rows through the row-tiled GEMM
+    (:func:`kernels.batch_invariant.linear`), gate and up as the two weights they are in the
+    checkpoint, so a token's expert output is the same bits however many tokens went to that
+    expert.  Differentiable (the weights' gradients land in the stacks through the views)."""
+    inter = w2.shape[-1]
+    ys = []
+    for e, part in enumerate(rows.split(counts.tolist())):
+        gate, up = invariant_linear(part, w13[e, :inter]), invariant_linear(part, w13[e, inter:])
+        ys.append(invariant_linear(invariant_silu(gate) * up, w2[e]))
+    return torch.cat(ys)
+
+
+def stacked_experts_invariant(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: torch.Tensor,
+                              w2: torch.Tensor, shared: bool) -> torch.Tensor:
+    """:func:`_stacked_experts` for strict mode: :func:`invariant_swiglu` on the routed rows
+    (and the shared expert's), then the same combination (expert-index order, shared last)."""
+    plan, rows, counts = _grouped_rows(x, idx, w, w13.shape[0] - shared, shared)
+    return _combined(plan, invariant_swiglu(rows, counts, w13, w2), shared)
+
+
 def _stacked_experts_fp8(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_q: torch.Tensor,
                          gate_s: torch.Tensor, up_q: torch.Tensor, up_s: torch.Tensor, down_q: torch.Tensor,
                          down_s: torch.Tensor, shared: bool, pow2_scale: bool) -> torch.Tensor:
@@ -311,4 +345,5 @@ stacked_experts_fp8 = torch.ops.lockstep.stacked_experts_fp8
 
 __all__ = ["stable_topk", "route", "expert_order", "ExpertDispatch", "weighted_sum", "grouped_swiglu",
            "CPU_MACS_PER_CALL", "every_expert_pays", "every_expert_swiglu",
-           "stacked_experts", "stacked_experts_fp8", "quantize_stacked_experts"]
+           "stacked_experts", "stacked_experts_fp8", "invariant_swiglu", "stacked_experts_invariant",
+           "quantize_stacked_experts"]

@@ -294,7 +294,8 @@ class RunConfig:
     there a folder of your own must be absolute."""
     mode: Literal["fast", "strict"] = "fast"
     """DESIGN §4 modes: `fast` runs the aligned ops and measures the mismatch every step;
-    `strict` (batch-invariant kernels, bitwise log-probs) is refused until it is built."""
+    `strict` runs batch-invariant kernels in both engines (`kernels/batch_invariant`), so the
+    trainer's log-probs equal the rollout's bit for bit (Ring-linear models, CPU; slower)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy model."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -377,14 +378,12 @@ def check_combinations(cfg: RunConfig) -> None:
     if cfg.trainer.pack_tokens < 0:
         bad("trainer.pack_tokens",
             f"must be ≥ 0 (0: pad each micro-batch, no packing), got {cfg.trainer.pack_tokens}")
-    if cfg.mode == "strict":
-        # Accepting it would promise bitwise log-probs that nothing enforces yet (DESIGN §4).
-        bad(
-            "mode",
-            "'strict' (bitwise-equal trainer and rollout log-probs) is not implemented yet; use "
-            "mode: fast (aligned ops: |Δ log-prob| ≤ 1e-5 in fp32, measured every step as "
-            "mismatch/* incl. mismatch/bitwise_equal_frac)",
-        )
+    if cfg.mode == "strict" and cfg.model.fp8.enabled:
+        # the strict layers call the row-tiled fp32 GEMM, which would bypass the FP8 projections
+        bad("mode", "strict mode does not cover model.fp8 yet; use mode: fast with model.fp8, or "
+            "model.fp8.enabled=false")
+    if cfg.rollout.max_num_batched_tokens < 0:
+        bad("rollout.max_num_batched_tokens", f"must be ≥ 0 (0: vLLM's default), got {cfg.rollout.max_num_batched_tokens}")
     if cfg.faults.max_restarts < 0:
         bad("faults.max_restarts", f"must be ≥ 0, got {cfg.faults.max_restarts}")
     if not cfg.faults.call_timeout_s > 0:

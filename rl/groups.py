@@ -93,8 +93,10 @@ def trainer_setup(cfg: RunConfig, model_path: str, lr: float, samples_per_step: 
                   loss: LossConfig | None) -> TrainerSetup:
     """An engine that takes `samples_per_step` samples per optimiser step over all ranks."""
     micro_batches = math.ceil(samples_per_step // cfg.trainer.num_ranks / cfg.trainer.micro_batch_size)
+    # strict mode is the RL engine's (its log-probs meet the rollout's), not the SFT warm start's
     return TrainerSetup(model_path, cfg.model.dtype, cfg.trainer, lr, micro_batches, cfg.seed,
-                        cfg.rollout.temperature, loss, fp8_options(cfg))
+                        cfg.rollout.temperature, loss, fp8_options(cfg),
+                        strict=cfg.mode == "strict" and loss is not None)
 
 
 class TrainerGroup:
@@ -246,7 +248,8 @@ class RolloutGroup:
     def launch_engines(self) -> None:
         cfg, actor_cls = self.cfg, ray.remote(RolloutWorker)
         self.actors = [actor_cls.options(**self.placement.options(b)).remote(
-                           self.model_path, cfg.model.dtype, cfg.rollout, cfg.seed + k, self.sleeps, fp8_options(cfg))
+                           self.model_path, cfg.model.dtype, cfg.rollout, cfg.seed + k, self.sleeps, fp8_options(cfg),
+                           strict=cfg.mode == "strict")
                        for k, b in enumerate(self.placement.rollout_bundles)]
         self.infos = self.gather([a.info.remote() for a in self.actors])
         engines = {i.fp8_projections for i in self.infos}

@@ -172,6 +172,28 @@ def check_fp8_model(cfg: RunConfig, model_path: str) -> None:
             f"model.fp8.enabled=false")
 
 
+def check_strict_model(cfg: RunConfig, model_path: str) -> None:
+    """``mode: strict`` needs both engines to run Lockstep's batch-invariant layers: the Ring-linear
+    plugin does; a model vLLM runs natively is sampled by vLLM's own kernels, whose reduction
+    orders Lockstep does not control."""
+    if cfg.mode != "strict":
+        return
+    from transformers import AutoConfig
+
+    from models.ring_linear import ARCHITECTURE  # registers the Ring-linear config type
+
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"mode: strict: cannot read the config of {model_path} to check its "
+                          f"architecture ({e})") from None
+    if config.architectures != [ARCHITECTURE]:
+        raise ConfigError(
+            f"mode: strict: bitwise-equal log-probs need Lockstep's batch-invariant layers in both engines, "
+            f"i.e. the Ring-linear model ({ARCHITECTURE}); {model_path} is {config.architectures}, which vLLM "
+            f"samples with its own kernels. Use a Ring-linear model or mode: fast")
+
+
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 

@@ -41,6 +41,9 @@ class RolloutConfig:
     (the Ring-linear plugin compiles on CPU; on GPUs it runs eagerly, logged)."""
     cpu_threads: int = 0
     """Threads the engine may use on CPU (0: let vLLM decide)."""
+    max_num_batched_tokens: int = 0
+    """Tokens per engine step (vLLM's max_num_batched_tokens; also caps the sequences per step).
+    Longer prompts are prefilled in pieces (chunked prefill). 0: vLLM's default."""
     sleep_while_training: Literal["auto", "on", "off"] = "auto"
     """Release the engines' GPU memory (weights, KV cache) during the trainer's step; the weight
     sync wakes them. auto: when trainer and rollout share GPUs (ray.placement=colocated). vLLM has

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from models.ring_linear.config import FP8_CONFIG_KEY
+from models.ring_linear.config import FP8_CONFIG_KEY, STRICT_CONFIG_KEY
 from rollout.completion import Completion
 from rollout.config import RolloutConfig
 
@@ -50,9 +50,11 @@ class WeightLoad:
 
 class RolloutWorker:
     def __init__(self, model_path: str, dtype: str, cfg: RolloutConfig, seed: int,
-                 sleep_while_training: bool = False, fp8: dict[str, bool] | None = None):
+                 sleep_while_training: bool = False, fp8: dict[str, bool] | None = None,
+                 strict: bool = False):
         """`fp8`: `kernels.fp8.swap_linears_to_fp8`'s keyword options (the recipe's model.fp8), or
-        None; the engine's model reads them from its config (`FP8_CONFIG_KEY`)."""
+        None; the engine's model reads them from its config (`FP8_CONFIG_KEY`). `strict`: the
+        recipe's `mode: strict`, read the same way (`STRICT_CONFIG_KEY`; Ring-linear plugin only)."""
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.kv_cache_gib))))
         # Trainer ranks share these cores: let the OS schedule instead of pinning a core.
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -83,8 +85,16 @@ class RolloutWorker:
         self.asleep = False
         if sleep_while_training:
             engine_options["enable_sleep_mode"] = True
+        if cfg.max_num_batched_tokens:  # vLLM requires max_num_seqs ≤ max_num_batched_tokens
+            engine_options["max_num_batched_tokens"] = cfg.max_num_batched_tokens
+            engine_options["max_num_seqs"] = min(256, cfg.max_num_batched_tokens)
+        overrides = {}
         if fp8 is not None:  # the recipe's model.fp8: read by the Ring-linear plugin's model
-            engine_options["hf_overrides"] = {FP8_CONFIG_KEY: fp8}
+            overrides[FP8_CONFIG_KEY] = fp8
+        if strict:  # the recipe's mode: strict, read the same way
+            overrides[STRICT_CONFIG_KEY] = True
+        if overrides:
+            engine_options["hf_overrides"] = overrides
         self.llm = LLM(
             model=model_path,
             dtype=dtype,

@@ -101,12 +101,19 @@ def _hidden_index(starts: torch.Tensor, prompt_lens: list[int], lengths: list[in
     return torch.minimum(idx, last[:, None])
 
 
-def use_fp32_lm_head(model: torch.nn.Module) -> None:
+def use_fp32_lm_head(model: torch.nn.Module, strict: bool = False) -> None:
     """Routes the model's LM head through `kernels.lm_head.token_logprobs`: sampled-token
     log-probs and entropies in fp32 from the model-dtype hidden state and weight, fp32
     accumulation, chunked over the vocabulary (no fp32 copy of the weight, no [N, V] fp32
     logits). The head module keeps its own call (ZeRO-3's gather hooks fire on it); called as
-    `head(hidden, tokens, temperature)` it returns (logp, entropy)."""
+    `head(hidden, tokens, temperature)` it returns (logp, entropy).
+
+    `strict` (strict mode): the logits from the row-tiled GEMM and the rollout sampler's own
+    log-softmax expression (`kernels.batch_invariant.log_softmax_tokens`), as the vLLM plugin
+    computes them, so the log-probs are the engine's bits ([N, V] fp32 logits: fine for small
+    vocabularies)."""
+    from kernels.batch_invariant import linear as invariant_linear
+    from kernels.batch_invariant import log_softmax_tokens
     from kernels.lm_head import token_logprobs as head_token_logprobs
 
     head = model.get_output_embeddings()
@@ -116,7 +123,14 @@ def use_fp32_lm_head(model: torch.nn.Module) -> None:
     def forward(hidden: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         return head_token_logprobs(hidden.to(head.weight.dtype), head.weight, tokens, temperature=temperature)
 
-    head.forward = forward
+    def forward_strict(hidden: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        w = head.weight
+        logits = invariant_linear(hidden.reshape(-1, hidden.shape[-1]).to(w.dtype), w).float()
+        logp, entropy = log_softmax_tokens(logits, tokens.reshape(-1), temperature)
+        return logp.view(tokens.shape), entropy.view(tokens.shape)
+
+    head.forward = forward_strict if strict else forward
 
 
 def token_logprobs(model: torch.nn.Module, batch: PackedBatch, temperature: float = 1.0, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -59,6 +59,18 @@ def use_fp8(model: torch.nn.Module, options: dict) -> None:
     log.info("model.fp8: %d projections run as FP8 GEMMs (%s)", len(switched), options)
 
 
+def use_strict_mode(model: torch.nn.Module) -> None:
+    """The recipe's ``mode: strict`` on the training model: its layers run the batch-invariant
+    ops (``models.ring_linear.strict.use_strict``), as the rollout plugin's do.  Ring-linear only:
+    the driver refuses other models up front, whose rollout runs vLLM's own kernels."""
+    from models.ring_linear.strict import use_strict
+    from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
+
+    if not isinstance(model, BailingMoeLinearV2ForCausalLM):
+        raise ValueError(f"mode: strict runs on the Ring-linear model only; got {type(model).__name__}")
+    log.info("mode: strict: %d layers run batch-invariant ops", use_strict(model))
+
+
 @dataclass(frozen=True)
 class TrainerInfo:
     """What a rank reports once its engine is up."""
@@ -111,9 +123,11 @@ class TrainerRank:
             check_packing(model, self.dtype)
         if setup.fp8 is not None:
             use_fp8(model, setup.fp8)
+        if setup.strict:
+            use_strict_mode(model)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        use_fp32_lm_head(model)
+        use_fp32_lm_head(model, strict=setup.strict)
         self.model_config = model.config
         self.train_forward_is_eval_forward = not has_active_dropout(model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=setup.lr, betas=tuple(cfg.betas),
@@ -142,7 +156,9 @@ class TrainerRank:
             self.reference = reference.to(self.device).eval()
             if setup.fp8 is not None:  # the reference computes as the policy did at step 0
                 use_fp8(self.reference, setup.fp8)
-            use_fp32_lm_head(self.reference)
+            if setup.strict:
+                use_strict_mode(self.reference)
+            use_fp32_lm_head(self.reference, strict=setup.strict)
             self.reference.requires_grad_(False)
 
     # ----------------------------------------------------------------------------------------

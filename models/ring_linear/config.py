@@ -25,6 +25,9 @@ LINEAR, SOFTMAX = "linear_attention", "full_attention"
 # The model-config attribute through which the rollout engine's model learns the recipe's FP8
 # options (the rollout worker passes it as a vLLM ``hf_overrides`` key).
 FP8_CONFIG_KEY = "lockstep_fp8"
+# The same for strict mode (the recipe's ``mode: strict``): True makes the engine's model run the
+# batch-invariant ops (:func:`models.ring_linear.strict.use_strict`).
+STRICT_CONFIG_KEY = "lockstep_strict"
 
 
 class BailingMoeLinearV2Config(PretrainedConfig):
@@ -178,4 +181,5 @@ class BailingMoeLinearV2Config(PretrainedConfig):
         need(self.num_nextn_predict_layers >= 0, "num_nextn_predict_layers", "must be >= 0")
 
 
-__all__ = ["BailingMoeLinearV2Config", "MODEL_TYPE", "ARCHITECTURE", "LINEAR", "SOFTMAX", "FP8_CONFIG_KEY"]
+__all__ = ["BailingMoeLinearV2Config", "MODEL_TYPE", "ARCHITECTURE", "LINEAR", "SOFTMAX", "FP8_CONFIG_KEY",
+           "STRICT_CONFIG_KEY"]

@@ -29,15 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.batch_invariant import linear as invariant_linear
+from kernels.batch_invariant import silu as invariant_silu
 from kernels.moe import (
     ExpertDispatch,
     every_expert_pays,
     every_expert_swiglu,
     grouped_swiglu,
+    invariant_swiglu,
     quantize_stacked_experts,
     route,
     stacked_experts,
     stacked_experts_fp8,
+    stacked_experts_invariant,
 )
 from kernels.norm import compute_dtype
 
@@ -48,16 +52,20 @@ _FP8_LOOP_LOGGED: list[bool] = []
 
 
 class SwiGLU(nn.Module):
-    """``down(silu(gate(x)) · up(x))`` in the weight dtype (inputs cast to it)."""
+    """``down(silu(gate(x)) · up(x))`` in the weight dtype (inputs cast to it).  ``strict``
+    (strict mode): the batch-invariant GEMM and SiLU (:mod:`kernels.batch_invariant`)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.strict = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.gate_proj.weight.dtype)
+        if self.strict:  # the projections' forwards are the row-tiled GEMM (use_strict)
+            return self.down_proj(invariant_silu(self.gate_proj(x)) * self.up_proj(x))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -71,13 +79,15 @@ class MoEGate(nn.Module):
         self.cfg = config
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
         self.expert_bias = nn.Parameter(torch.zeros(config.num_experts, dtype=torch.float32), requires_grad=False)
+        self.strict = False
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x ``[N, D]`` → (expert indices int64 ``[N, k]``, gates ``[N, k]`` fp32, fp64 for fp64 weights)."""
         c, dt = self.cfg, compute_dtype(self.weight)
-        logits = F.linear(x.to(dt), self.weight.to(dt))  # router in fp32
+        project = invariant_linear if self.strict else F.linear
+        logits = project(x.to(dt), self.weight.to(dt))  # router in fp32
         return route(logits, self.expert_bias, c.num_experts_per_tok, c.n_group, c.topk_group,
-                     c.norm_topk_prob, c.routed_scaling_factor)
+                     c.norm_topk_prob, c.routed_scaling_factor, strict=self.strict)
 
 
 class GroupedExperts(nn.Module):
@@ -95,6 +105,7 @@ class GroupedExperts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
         self.fp8: tuple[bool, bool] | None = None  # (pow2_scale, batch_invariant) once use_fp8 ran
+        self.strict = False  # strict mode: kernels.moe.invariant_swiglu, the rollout's strict expert op
         with torch.no_grad():  # each expert's projections as nn.Linear initialises them, in its order
             for expert in range(num_experts):
                 for weight in self.expert_weights(expert):
@@ -123,6 +134,8 @@ class GroupedExperts(nn.Module):
 
     def forward(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         rows = rows.to(self.gate_up_proj.dtype)
+        if self.strict:
+            return invariant_swiglu(rows, counts, self.gate_up_proj, self.down_proj)
         if self.fp8 is not None:
             return self._per_expert(rows, counts, self._fp8_linear())
         if rows.is_cuda:
@@ -234,6 +247,7 @@ class StackedMoE(nn.Module):
                                else None)
         self.fp8: tuple[bool, bool] | None = None  # (pow2_scale, batch_invariant) once use_fp8 ran
         self.fp8_weights: tuple[torch.Tensor, ...] | None = None  # quantize_weight_once's
+        self.strict = False  # strict mode: every expert through the row-tiled GEMM
 
     def use_fp8(self, pow2_scale: bool = False, batch_invariant: bool = False) -> None:
         """Run the stacked experts' projections as FP8 GEMMs, as ``FP8Linear`` experts would
@@ -295,6 +309,8 @@ class StackedMoE(nn.Module):
             quantized = (self.fp8_weights if self.fp8_weights is not None
                          else quantize_stacked_experts(w13, w2, self.fp8[0]))
             out = stacked_experts_fp8(xs, idx, w, *quantized, shared, self.fp8[0])
+        elif self.strict:
+            out = stacked_experts_invariant(xs, idx, w, w13, w2, shared)
         elif torch.compiler.is_compiling() and every_expert_pays(xs, idx, w13, shared, tokens=1):
             # compiled (the rollout engine on CPU): decode-sized batches run every expert inside
             # the compiled graph, fused around the GEMMs, the rest the opaque op; chosen per call

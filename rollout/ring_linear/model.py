@@ -70,15 +70,21 @@ from vllm.model_executor.layers.mamba.mamba_utils import (
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
 
+from kernels.batch_invariant import attention as invariant_attention
+from kernels.batch_invariant import linear as invariant_linear
+from kernels.batch_invariant import recurrence as invariant_recurrence
+from kernels.batch_invariant import sigmoid as invariant_sigmoid
+from kernels.batch_invariant import silu as invariant_silu
 from kernels.fp8 import quantize_fp8_weights, swap_linears_to_fp8
 from kernels.linear_attention import StateSlots, chunk, decode_packed, layer_decay, recurrent
 from kernels.lm_head import logits_fp32
 from kernels.norm import compute_dtype
 from kernels.rope import apply_rope, rope_cos_sin
-from models.ring_linear.config import FP8_CONFIG_KEY
+from models.ring_linear.config import FP8_CONFIG_KEY, STRICT_CONFIG_KEY
 from models.ring_linear.moe import StackedMoE
 from models.ring_linear.moe import SwiGLU as MLP
 from models.ring_linear.norm import GroupRMSNorm, RMSNorm
+from models.ring_linear.strict import use_strict
 from models.ring_linear.weight_names import skipped_names
 
 STATE_DTYPE = torch.float32  # the linear-attention state is fp32 in both engines (DESIGN §4)
@@ -111,8 +117,10 @@ def _run_eagerly(vllm_config: VllmConfig, why: str) -> None:
         cc.cudagraph_mode = CUDAGraphMode.NONE
 
 
-def _project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """Linear in the weight dtype (inputs cast to it), as the trainer."""
+def _project(linear: nn.Linear, x: torch.Tensor, strict: bool = False) -> torch.Tensor:
+    """Linear in the weight dtype (inputs cast to it).  Strict mode: the module's forward is the
+    row-tiled GEMM (``models.ring_linear.strict.use_strict``), called through the module so that
+    ZeRO-3 gathers its weight (``strict`` only documents the call site)."""
     return linear(x.to(linear.weight.dtype))
 
 
@@ -149,6 +157,7 @@ class RingLinearAttention(VllmLinearAttention):
         self.g_norm = GroupRMSNorm(H * d, config.group_norm_size, config.rms_norm_eps)
         self.dense = nn.Linear(H * d, D, bias=False)
         self._decay: dict[torch.device, torch.Tensor] = {}
+        self.strict = False  # strict mode: the trainer's token loop and tiled GEMMs (kernels.batch_invariant)
         # vLLM binds the state cache to the layers it finds here (and rejects duplicates).
         context = vllm_config.compilation_config.static_forward_context
         if prefix in context:
@@ -170,10 +179,10 @@ class RingLinearAttention(VllmLinearAttention):
         """x: fp32 normed input ``[N, D]`` (N tokens of the step, decodes first) → ``[N, D]``."""
         N = x.shape[0]
         H, d = self.num_heads, self.head_dim
-        dt = compute_dtype(self.dense.weight)
-        qkv = _project(self.query_key_value, x).to(dt)
+        dt, strict = compute_dtype(self.dense.weight), self.strict
+        qkv = _project(self.query_key_value, x, strict).to(dt)
         if self.linear_silu:
-            qkv = F.silu(qkv)
+            qkv = invariant_silu(qkv) if strict else F.silu(qkv)
         q, k, v = qkv.view(N, 3 * H, d).split(H, dim=1)
         q, k = _qk_rope(self, q, k, cos, sin)
         o = torch.empty(N, H, d, dtype=dt, device=x.device)
@@ -181,8 +190,9 @@ class RingLinearAttention(VllmLinearAttention):
         # graph: vLLM's `linear_attention` op (a graph-splitting custom op) calls `_forward`
         # below by this layer's name, with q, k, v stacked as its input.
         torch.ops.vllm.linear_attention(torch.stack((q, k, v), dim=1), o, positions, self.prefix)
-        y = self.g_norm(o.view(N, H * d)) * torch.sigmoid(_project(self.g_proj, x).to(dt))
-        return _project(self.dense, y)
+        gate = _project(self.g_proj, x, strict).to(dt)
+        y = self.g_norm(o.view(N, H * d)) * (invariant_sigmoid(gate) if strict else torch.sigmoid(gate))
+        return _project(self.dense, y, strict)
 
     def _forward(self, hidden_states: torch.Tensor, output: torch.Tensor, positions: torch.Tensor) -> None:
         """The body of vLLM's ``linear_attention`` op: runs the recurrence for this step's
@@ -199,6 +209,8 @@ class RingLinearAttention(VllmLinearAttention):
         q, k, v = hidden_states.unbind(1)
         scale, decay = self.head_dim ** -0.5, self.decay(q.device)
         n_dec, n_pre_tok = plan.decodes, plan.prefill_tokens
+        if self.strict:
+            return self._forward_strict(q, k, v, output, meta, state)
         # decodes: the packed q, k, v go straight to the CPU kernel (no per-layer checks or
         # copies: the slots were checked once for the step); other cases through `recurrent`
         if n_dec and not (plan.native_decode and decode_packed(hidden_states[:n_dec], decay, scale, state,
@@ -214,6 +226,37 @@ class RingLinearAttention(VllmLinearAttention):
             output[part] = out[0]
         if n_dec + n_pre_tok < output.shape[0]:
             output[n_dec + n_pre_tok:].zero_()  # padding rows
+
+    def _forward_strict(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, output: torch.Tensor,
+                        meta, state: torch.Tensor) -> None:
+        """Strict mode: decodes and prefill pieces run the trainer's token loop
+        (:func:`kernels.batch_invariant.recurrence`) from their slots' states, so every token's
+        output is the bits the trainer computes for its position.  q, k, v ``[N, H, d]``."""
+        reqs = meta.num_decodes + meta.num_prefills
+        if not reqs:
+            output.zero_()
+            return
+        slots = meta.state_indices_tensor[:reqs].long()
+        rows, valid = request_rows(meta.query_start_loc[:reqs + 1])
+        total = int(meta.query_start_loc[reqs])
+        H, d = q.shape[1:]
+        pad = lambda t: torch.cat((t[:total], t.new_zeros(1, H, d)))[rows]  # noqa: E731  [reqs, T, H, d]
+        o, final = invariant_recurrence(pad(q), pad(k), pad(v), self.decay(q.device), self.head_dim ** -0.5,
+                                        state[slots], valid)
+        state[slots] = final
+        output[rows[valid]] = o[valid]
+        output[total:].zero_()  # padding rows
+
+
+def request_rows(starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's token rows per request, padded: ``starts`` ``[R + 1]`` (``query_start_loc``) →
+    (rows int64 ``[R, T]`` with T the longest request; padding points at row ``starts[-1]``,
+    one past the step's tokens; valid bool ``[R, T]``)."""
+    starts = starts.long()
+    lengths = starts[1:] - starts[:-1]
+    j = torch.arange(int(lengths.max()), device=starts.device)[None]
+    valid = j < lengths[:, None]
+    return torch.where(valid, starts[:-1, None] + j, starts[-1]), valid
 
 
 class StepPlan:
@@ -280,17 +323,63 @@ class RingSoftmaxAttention(nn.Module):
         self.cache_dtype = vllm_config.model_config.dtype
         self.attn = Attention(H, d, d ** -0.5, num_kv_heads=KV, cache_config=vllm_config.cache_config,
                               quant_config=None, prefix=f"{prefix}.attn")
+        self.strict = False  # strict mode: our attention over the paged cache (attend_strict)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                 ) -> torch.Tensor:
         N = x.shape[0]
         H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
         dt = compute_dtype(self.dense.weight)
-        qkv = _project(self.query_key_value, x).to(dt).view(N, H + 2 * KV, d)
+        strict = self.strict
+        qkv = _project(self.query_key_value, x, strict).to(dt).view(N, H + 2 * KV, d)
         q, k, v = qkv.split([H, KV, KV], dim=1)
         q, k = _qk_rope(self, q, k, cos, sin)
+        if strict:
+            return _project(self.dense, attend_strict(self.attn, q, k, v).reshape(N, H * d), strict)
         o = self.attn(*(t.reshape(N, -1).to(self.cache_dtype) for t in (q, k, v)))
         return _project(self.dense, o.view(N, H * d).to(dt))
+
+
+def attend_strict(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Strict mode's softmax attention over vLLM's paged KV cache: the trainer's op
+    (:func:`kernels.batch_invariant.attention`) on each sequence's keys from position 0.
+
+    vLLM's ``Attention`` layer only owns the cache here (its spec, allocation, block tables); its
+    kernel never runs, so the cache holds our layout: ``kv_cache [blocks, KV, block_size, 2d]``,
+    K in the first d channels, V in the last d.  This step's K/V go to their slots
+    (``slot_mapping``), then every sequence's K/V are gathered through its block table, positions
+    past its length zeroed (masked keys must be finite).  q ``[N, H, d]``, k, v ``[N, KV, d]``
+    (tokens of the step, in ``query_start_loc`` order) → ``[N, H, d]``."""
+    N, H, d = q.shape
+    out = q.new_zeros(N, H, d)
+    context = get_forward_context()
+    metadata = context.attn_metadata
+    meta = metadata.get(attn.layer_name) if isinstance(metadata, dict) else None
+    if meta is None:  # profile and dummy runs
+        return out
+    cache = attn.kv_cache                                                   # [blocks, KV, bs, 2d]
+    block_size = cache.shape[2]
+    n = meta.num_actual_tokens
+    slot = context.slot_mapping[attn.layer_name][:n].long()
+    kept = slot >= 0
+    slot = slot[kept]
+    cache[slot // block_size, :, slot % block_size] = torch.cat((k[:n][kept], v[:n][kept]), -1).to(cache.dtype)
+    reqs = meta.seq_lens.shape[0]
+    if not reqs:
+        return out
+    seq_lens = meta.seq_lens[:reqs].long()
+    pos = torch.arange(int(seq_lens.max()), device=q.device)
+    blocks = meta.block_table[:reqs, pos // block_size].long()                # [R, S]
+    kv = cache[blocks, :, pos % block_size].to(q.dtype)                      # [R, S, KV, 2d]
+    kv = torch.where((pos[None, :] < seq_lens[:, None])[..., None, None], kv, 0.0)
+    # request r's queries are its last (start[r+1] - start[r]) positions
+    rows, valid = request_rows(meta.query_start_loc[:reqs + 1])
+    count = valid.sum(1, keepdim=True)
+    positions = torch.where(valid, seq_lens[:, None] - count + torch.arange(rows.shape[1], device=q.device), 0)
+    qs = torch.cat((q[:n], q.new_zeros(1, H, d)))[rows]                      # [R, Tq, H, d]
+    o = invariant_attention(qs, kv[..., :d], kv[..., d:], positions, d ** -0.5)
+    out[rows[valid]] = o[valid]
+    return out
 
 
 class DecoderLayer(nn.Module):
@@ -348,12 +437,18 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
             # whole quantization steps (teacher-forced |Δ log-prob| 0.8 compiled vs 1e-6 eager on
             # the tiny model, docs/decisions.md): the FP8 engine runs the trainer's eager ops
             _run_eagerly(vllm_config, "with model.fp8: compiled rounding differs from the trainer's and FP8 amplifies it")
+        if getattr(config, STRICT_CONFIG_KEY, False):
+            # inductor fuses and reduces in its own order; strict mode needs the trainer's ops
+            _run_eagerly(vllm_config, "in strict mode: the trainer's batch-invariant ops, unfused")
         self.config = config
         self.model = BailingMoeLinearV2Model(vllm_config=vllm_config, prefix="model")
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if fp8:  # the recipe's model.fp8: the decoder's projections and experts, as the trainer's
             switched = swap_linears_to_fp8(self.model, **fp8)
             logger.info("model.fp8: %d projections run as FP8 GEMMs (%s)", len(switched), fp8)
+        self.strict = bool(getattr(config, STRICT_CONFIG_KEY, False))
+        if self.strict:  # the recipe's mode: strict: the trainer's batch-invariant ops, eagerly
+            logger.info("mode: strict: %d layers run batch-invariant ops", use_strict(self.model))
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.word_embeddings(input_ids)
@@ -366,6 +461,8 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         """fp32 logits ``[N, V]`` from the fp32 final-norm output (DESIGN §4: weight-dtype
         operands, fp32 accumulation; the same op the trainer's log-probs use)."""
         w = self.lm_head.weight
+        if self.strict:  # the trainer's strict head: the row-tiled GEMM (trainer.logprobs)
+            return invariant_linear(hidden_states.to(w.dtype), w).float()
         return logits_fp32(hidden_states.to(w.dtype), w)
 
     # --- state cache (vLLM's hybrid-model hooks) ---------------------------------------------

@@ -27,7 +27,7 @@ def test_defaults_and_overrides():
         ({"rollout": {"max_staleness": 1}, "algorithm": {"dynamic_sampling": True, "dynamic_sampling_max_rounds": 2}}, [], r"rollout.max_staleness: refill rounds"),
         ({"algorithm": {"dynamic_sampling_max_rounds": 3}}, [], r"algorithm.dynamic_sampling_max_rounds: refill rounds need algorithm.dynamic_sampling=true"),
         ({"algorithm": {"dynamic_sampling": True, "dynamic_sampling_max_rounds": 0}}, [], r"dynamic_sampling_max_rounds: must be ≥ 1"),
-        ({"mode": "strict"}, [], r"mode: 'strict' .* is not implemented yet; use mode: fast"),
+        ({"mode": "strict", "model": {"fp8": {"enabled": True}}}, [], r"mode: strict mode does not cover model.fp8"),
         ({"rollout": {"group_size": "eight"}}, [], r"rollout.group_size: expected int, got 'eight'"),
         ({"trainer": {"zero_stage": 4}}, [], r"trainer.zero_stage: got 4; allowed: one of 0, 1, 2, 3"),
         ({"algorithm": {"kl_estimator": "k4"}}, [], r"algorithm.kl_estimator: got 'k4'"),
@@ -81,3 +81,22 @@ def test_fp8_switch_and_its_model_check(tmp_path):
     with pytest.raises(ConfigError, match=r"model.fp8.enabled: .*\['Qwen2ForCausalLM'\].*set model.fp8.enabled=false"):
         check_fp8_model(cfg, str(dense))
     check_fp8_model(from_data({}), str(dense))  # off: nothing to check
+
+
+def test_strict_mode_is_refused_for_models_vllm_runs_natively(tmp_path):
+    """``mode: strict`` needs Lockstep's layers in both engines: a dense model gets one line
+    naming why (its rollout runs vLLM's own kernels)."""
+    import json
+
+    from rl.model import check_strict_model
+    from trainer.ring_linear.random_checkpoint import build_random_checkpoint
+
+    strict = from_data({"mode": "strict"})
+    check_strict_model(strict, str(build_random_checkpoint(tmp_path / "ring", "tiny")))
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    (dense / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    with pytest.raises(ConfigError, match=r"mode: strict: .*Ring-linear.*\['Qwen2ForCausalLM'\].*vLLM samples "
+                                          r"with its own kernels. Use a Ring-linear model or mode: fast"):
+        check_strict_model(strict, str(dense))
+    check_strict_model(from_data({}), str(dense))  # fast: nothing to check

@@ -56,6 +56,10 @@ from transformers.cache_utils import Cache, DynamicCache, LinearAttentionCacheLa
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from kernels.batch_invariant import attention as invariant_attention
+from kernels.batch_invariant import recurrence as invariant_recurrence
+from kernels.batch_invariant import sigmoid as invariant_sigmoid
+from kernels.batch_invariant import silu as invariant_silu
 from kernels.linear_attention import chunk as linear_attention_chunk
 from kernels.linear_attention import layer_decay
 from kernels.linear_attention import recurrent as linear_attention_recurrent
@@ -69,9 +73,17 @@ from models.ring_linear.norm import GroupRMSNorm, RMSNorm
 from models.ring_linear.weight_names import check_loaded
 
 
-def _project(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """Linear in the weight dtype (inputs cast to it)."""
+def _project(linear: nn.Linear, x: torch.Tensor, strict: bool = False) -> torch.Tensor:
+    """Linear in the weight dtype (inputs cast to it).  Strict mode: the module's forward is the
+    row-tiled GEMM (``models.ring_linear.strict.use_strict``), called through the module so that
+    ZeRO-3 gathers its weight (``strict`` only documents the call site)."""
     return linear(x.to(linear.weight.dtype))
+
+
+def _no_cache_in_strict_mode(strict: bool, cache: Cache | None) -> None:
+    if strict and cache is not None:
+        raise ValueError("strict mode covers the training forward (no cache); generate with a model "
+                         "that is not in strict mode")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +112,7 @@ class LinearAttention(nn.Module):
         self.g_norm = GroupRMSNorm(inner, config.group_norm_size, config.rms_norm_eps)
         self.dense = nn.Linear(inner, config.hidden_size, bias=False)
         self._decay: dict[torch.device, torch.Tensor] = {}
+        self.strict = False  # strict mode: kernels.batch_invariant (one recurrence, tiled GEMMs)
 
     def decay(self, device: torch.device) -> torch.Tensor:
         """Per-head log-decay fp32 ``[H]`` (a constant of the layer, cached per device)."""
@@ -117,10 +130,11 @@ class LinearAttention(nn.Module):
         sequence's state starts from zero."""
         B, T, _ = x.shape
         H, d = self.num_heads, self.head_dim
-        dt = compute_dtype(self.dense.weight)
-        qkv = _project(self.query_key_value, x).to(dt)
+        dt, strict = compute_dtype(self.dense.weight), self.strict
+        _no_cache_in_strict_mode(strict, cache)
+        qkv = _project(self.query_key_value, x, strict).to(dt)
         if self.linear_silu:
-            qkv = F.silu(qkv)
+            qkv = invariant_silu(qkv) if strict else F.silu(qkv)
         q, k, v = qkv.view(B, T, 3 * H, d).split(H, dim=2)          # [B, T, H, d] each
         if self.use_qk_norm:
             q, k = self.query_layernorm(q), self.key_layernorm(k)
@@ -129,6 +143,10 @@ class LinearAttention(nn.Module):
             k = k.masked_fill(~real[:, -T:, None, None], 0.0)
         decay, scale = self.decay(x.device), d ** -0.5
         state = None if cache is None else cache.layers[self.layer_idx].recurrent_states[0]
+        if strict:  # the token loop the rollout engine runs too (decode, prefill pieces)
+            o, _ = invariant_recurrence(q, k, v, decay, scale)
+            y = self.g_norm(o.reshape(B, T, H * d)) * invariant_sigmoid(_project(self.g_proj, x, strict).to(dt))
+            return _project(self.dense, y, strict)
         if state is not None and T == 1:  # decode: S ← λ S + kᵀv on the cached state, in place
             o = linear_attention_recurrent(q[:, 0], k[:, 0], v[:, 0].contiguous(), decay, scale, state)[:, None]
         else:  # training, prefill, or several new tokens: chunked, from the cached state if any
@@ -156,6 +174,7 @@ class SoftmaxAttention(nn.Module):
             self.query_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.key_layernorm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.strict = False  # strict mode: kernels.batch_invariant (block-ordered attention, tiled GEMMs)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: Cache | None = None, real: torch.Tensor | None = None,
@@ -164,12 +183,17 @@ class SoftmaxAttention(nn.Module):
         cache; packed sequences attend block-diagonally, each only to its own keys)."""
         B, T, _ = x.shape
         H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
-        dt = compute_dtype(self.dense.weight)
-        qkv = _project(self.query_key_value, x).to(dt).view(B, T, H + 2 * KV, d)
+        dt, strict = compute_dtype(self.dense.weight), self.strict
+        _no_cache_in_strict_mode(strict, cache)
+        qkv = _project(self.query_key_value, x, strict).to(dt).view(B, T, H + 2 * KV, d)
         q, k, v = qkv.split([H, KV, KV], dim=2)
         if self.use_qk_norm:
             q, k = self.query_layernorm(q), self.key_layernorm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if strict:  # the attention the rollout engine runs over its paged cache
+            positions = torch.arange(T, device=x.device).expand(B, T)
+            o = invariant_attention(q, k, v, positions, d ** -0.5)
+            return _project(self.dense, o.reshape(B, T, H * d), strict)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)   # [B, heads, T, d]
         if cu_seqlens is not None:  # packed: causal attention within each sequence
             o = _packed_causal_attention(q, k, v, cu_seqlens.tolist(), d ** -0.5, KV != H)

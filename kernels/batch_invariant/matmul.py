@@ -1,0 +1,60 @@
+"""Row-tiled linear layer: ``y = x Wᵀ`` with each row's bits independent of the batch.
+
+MKL's GEMM picks its blocking by M, so row i of an M-row product is not the same bits as the
+same row in an M'-row product (every M ≥ 2 tested differs from M = 1; ``MKL_CBWR=AVX2,STRICT``
+does not change that).  With M fixed it is: the rows are cut into tiles of exactly
+``TILE_ROWS`` (the last one zero-padded) and the tiles go through one ``bmm`` — a batch of
+identical 16-row GEMMs whose results depend only on the tile's contents, not on the number of
+tiles, a row's place in its tile, or the thread count (1 and 2 checked, across processes).
+K is never split.  Costs the padding of the last tile (up to 15 rows) and a copy of x.
+
+Backward: the gradients are ordinary GEMMs (only the forward's bits must agree between the
+engines; the rollout never differentiates).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+TILE_ROWS = 16
+
+
+def _tiled(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x ``[N, K]``, weight ``[O, K]`` → ``[N, O]`` through fixed 16-row tiles."""
+    N, K = x.shape
+    tiles = -(-N // TILE_ROWS)
+    padded = x.new_zeros(tiles * TILE_ROWS, K)
+    padded[:N] = x
+    wt = weight.t().unsqueeze(0).expand(tiles, K, weight.shape[0])  # the same Wᵀ for every tile
+    return torch.bmm(padded.view(tiles, TILE_ROWS, K), wt).view(-1, weight.shape[0])[:N]
+
+
+class _TiledLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return _tiled(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        gx = grad @ weight if ctx.needs_input_grad[0] else None
+        gw = grad.t() @ x if ctx.needs_input_grad[1] else None
+        return gx, gw
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight)`` (no bias), batch invariant: x ``[..., K]`` in the weight's dtype,
+    weight ``[O, K]`` → ``[..., O]``.  Differentiable in x and weight."""
+    if x.dtype != weight.dtype:
+        raise ValueError(f"batch_invariant.linear: x is {x.dtype}, weight {weight.dtype}; cast x first")
+    if x.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"batch_invariant.linear: x has {x.shape[-1]} features, weight {weight.shape[-1]}")
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] == 0:
+        return F.linear(x, weight)
+    return _TiledLinear.apply(rows, weight).view(*x.shape[:-1], weight.shape[0])
+
+
+__all__ = ["TILE_ROWS", "linear"]

@@ -1,0 +1,237 @@
+"""kernels/batch_invariant (strict mode): each op against a float64 reference on fresh random
+inputs, and bitwise invariance of a row's result to batch size, position in the batch, batch
+composition and thread count (another process with another thread count)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kernels.batch_invariant as bi
+from kernels.linear_attention import naive_recurrence
+from kernels.norm import group_rms_norm, rms_norm
+from kernels.rope import rope_cos_sin
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+
+
+def rel(a, b) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+# --- linear ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k, o", [(128, 384), (86, 128), (128, 86), (64, 360)])
+def test_linear_rows_do_not_depend_on_the_batch(k, o):
+    g = gen(k + o)
+    x, w = torch.randn(203, k, generator=g), torch.randn(o, k, generator=g) / k ** 0.5
+    full = bi.linear(x, w)
+    assert rel(full, x.double() @ w.double().t()) < 1e-6
+    for start, n in [(0, 1), (5, 1), (9, 2), (3, 17), (50, 100), (200, 3)]:
+        assert same_bits(bi.linear(x[start:start + n].clone(), w), full[start:start + n]), (start, n)
+    other = torch.cat((torch.randn(7, k, generator=g), x[40:41]))   # another batch composition
+    assert same_bits(bi.linear(other, w)[-1:], full[40:41])
+    assert bi.linear(x.view(7, 29, k), w).shape == (7, 29, o)
+
+
+def test_linear_gradients_match_float64():
+    g = gen(1)
+    x = torch.randn(37, 24, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(10, 24, generator=g, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(37, 10, generator=g, dtype=torch.float64)
+    (bi.linear(x, w) * up).sum().backward()
+    gx, gw = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    ((x @ w.t()) * up).sum().backward()
+    assert torch.allclose(gx, x.grad) and torch.allclose(gw, w.grad)
+
+
+# --- elementwise and row ops ---------------------------------------------------------------------
+
+def test_sigmoid_silu_match_torch_and_are_offset_invariant():
+    x = torch.randn(1000, 67, generator=gen(2)) * 4
+    for ours, ref in [(bi.sigmoid, torch.sigmoid), (bi.silu, torch.nn.functional.silu)]:
+        full = ours(x)
+        assert rel(full, ref(x.double())) < 1e-6
+        flat = ours(x.reshape(-1))
+        for s in (1, 3, 5, 7):
+            assert same_bits(ours(x.reshape(-1)[s:s + 101].clone()), flat[s:s + 101])
+        for start, n in [(0, 1), (7, 3), (33, 17)]:
+            assert same_bits(ours(x[start:start + n].clone()), full[start:start + n])
+
+
+def test_norms_rope_and_log_softmax_are_row_invariant_as_they_are():
+    """The ops strict mode keeps unchanged: a row cut out of a bigger (or 3-D) batch keeps its bits."""
+    g = gen(3)
+    x, w = torch.randn(6, 50, 128, generator=g), torch.randn(128, generator=g)
+    full, grouped = rms_norm(x, w, 1e-6), group_rms_norm(x, w, 2, 1e-6)
+    logits = torch.randn(300, 360, generator=g) * 3
+    lsm = logits.log_softmax(-1)
+    pos = torch.arange(300)
+    cos, sin = rope_cos_sin(pos, 32, 10000.0)
+    for b, t in [(0, 0), (3, 17), (5, 49)]:
+        row = x[b, t:t + 1].clone()
+        assert same_bits(rms_norm(row, w, 1e-6), full[b, t:t + 1])
+        assert same_bits(group_rms_norm(row, w, 2, 1e-6), grouped[b, t:t + 1])
+    for start, n in [(0, 1), (17, 1), (5, 30)]:
+        assert same_bits(logits[start:start + n].clone().log_softmax(-1), lsm[start:start + n])
+        c, s = rope_cos_sin(pos[start:start + n].clone(), 32, 10000.0)
+        assert same_bits(c, cos[start:start + n]) and same_bits(s, sin[start:start + n])
+
+
+def test_log_softmax_tokens_is_the_samplers_expression():
+    g = gen(4)
+    logits, tok = torch.randn(40, 360, generator=g) * 3, torch.randint(0, 360, (40,), generator=g)
+    for temp in (1.0, 0.7):
+        logp, ent = bi.log_softmax_tokens(logits, tok, temp)
+        sampler = logits.clone().div_(torch.full((40,), temp).unsqueeze(1)).log_softmax(dim=-1, dtype=torch.float32)
+        assert same_bits(logp, sampler.gather(-1, tok[:, None])[:, 0])
+        ref = (logits.double() / temp).log_softmax(-1)
+        assert torch.allclose(ent.double(), -(ref.exp() * ref).sum(-1), atol=1e-5)
+
+
+# --- softmax attention -------------------------------------------------------------------------
+
+def attention_ref(q, k, v, scale):
+    """Causal GQA attention in float64, [B, T, H, d]."""
+    B, T, H, d = q.shape
+    k = k.repeat_interleave(H // k.shape[2], dim=2)
+    v = v.repeat_interleave(H // v.shape[2], dim=2)
+    s = torch.einsum("bthd,bshd->bhts", q.double(), k.double()) * scale
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.einsum("bhts,bshd->bthd", s.softmax(-1), v.double())
+
+
+def qkv(B, T, H, KV, d, seed):
+    g = gen(seed)
+    return (torch.randn(B, T, H, d, generator=g), torch.randn(B, T, KV, d, generator=g),
+            torch.randn(B, T, KV, d, generator=g))
+
+
+def test_attention_matches_float64_with_gradients():
+    q, k, v = qkv(3, 37, 4, 2, 16, 5)
+    pos = torch.arange(37).expand(3, 37)
+    out = bi.attention(q, k, v, pos, 0.25)
+    assert rel(out, attention_ref(q, k, v, 0.25)) < 1e-6
+    q64, k64, v64 = (t.double().requires_grad_() for t in (q, k, v))
+    up = torch.randn(out.shape, dtype=torch.float64, generator=gen(6))
+    (bi.attention(q64, k64, v64, pos, 0.25) * up).sum().backward()
+    got = [t.grad.clone() for t in (q64, k64, v64)]
+    for t in (q64, k64, v64):
+        t.grad = None
+    (attention_ref(q64, k64, v64, 0.25) * up).sum().backward()
+    for a, t in zip(got, (q64, k64, v64)):
+        assert torch.allclose(a, t.grad, atol=1e-10)
+
+
+def test_attention_decode_prefill_pieces_and_batches_agree_bitwise():
+    """A query's output is the same bits as one decode query (keys up to its position), as a
+    row of the whole-sequence prefill, inside a prefill piece, and beside other sequences."""
+    B, T, H, KV, d = 3, 45, 4, 2, 64
+    q, k, v = qkv(B, T, H, KV, d, 7)
+    full = bi.attention(q, k, v, torch.arange(T).expand(B, T), d ** -0.5)
+    for b, p in [(0, 0), (1, 15), (2, 16), (0, 31), (1, 44)]:
+        keys = slice(0, p + 1)
+        one = bi.attention(q[b:b + 1, p:p + 1], k[b:b + 1, keys], v[b:b + 1, keys],
+                           torch.tensor([[p]]), d ** -0.5)
+        assert same_bits(one, full[b:b + 1, p:p + 1]), (b, p)
+    # a prefill piece (positions 20..33) with keys to 33, padded to 40 keys with zeros
+    kk = torch.cat((k[1:2, :34], torch.zeros(1, 6, KV, d)), 1)
+    vv = torch.cat((v[1:2, :34], torch.zeros(1, 6, KV, d)), 1)
+    piece = bi.attention(q[1:2, 20:34], kk, vv, torch.arange(20, 34)[None], d ** -0.5)
+    assert same_bits(piece, full[1:2, 20:34])
+    # mixed batch: two sequences' decodes side by side
+    pair = bi.attention(torch.stack((q[0, 9], q[2, 40]))[:, None], k[[0, 2]], v[[0, 2]],
+                        torch.tensor([[9], [40]]), d ** -0.5)
+    assert same_bits(pair[0], full[0, 9:10]) and same_bits(pair[1], full[2, 40:41])
+
+
+# --- linear attention ----------------------------------------------------------------------------
+
+def test_recurrence_matches_float64_and_its_gradients():
+    g = gen(8)
+    B, T, H, d = 2, 23, 2, 16
+    q, k, v = (torch.randn(B, T, H, d, generator=g) * 0.5 for _ in range(3))
+    decay, s0 = -torch.rand(H, generator=g), torch.randn(B, H, d, d, generator=g) * 0.1
+    o, final = bi.recurrence(q, k, v, decay, d ** -0.5, s0)
+    ro, rf = naive_recurrence(q.double(), k.double(), v.double(), decay, d ** -0.5, s0.double(),
+                              output_final_state=True)
+    assert rel(o, ro) < 1e-6 and rel(final, rf) < 1e-6
+    leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    up = torch.randn(B, T, H, d, generator=g, dtype=torch.float64)
+    (bi.recurrence(*leaves, decay, d ** -0.5)[0] * up).sum().backward()
+    got = [t.grad.clone() for t in leaves]
+    for t in leaves:
+        t.grad = None
+    (naive_recurrence(*leaves, decay, d ** -0.5)[0] * up).sum().backward()
+    for a, t in zip(got, leaves):
+        assert torch.allclose(a, t.grad, atol=1e-10)
+
+
+def test_recurrence_decode_and_prefill_pieces_agree_bitwise():
+    g = gen(9)
+    B, T, H, d = 3, 30, 2, 64
+    q, k, v = (torch.randn(B, T, H, d, generator=g) * 0.5 for _ in range(3))
+    decay = -torch.rand(H, generator=g)
+    full, _ = bi.recurrence(q, k, v, decay, d ** -0.5)
+    # sequence 1 as a prefill piece of 11 tokens, then one token at a time (batched with others)
+    o1, state = bi.recurrence(q[1:2, :11], k[1:2, :11], v[1:2, :11], decay, d ** -0.5)
+    assert same_bits(o1, full[1:2, :11])
+    for t in range(11, 14):
+        batch = [q[[1, 0], t:t + 1], k[[1, 0], t:t + 1], v[[1, 0], t:t + 1]]
+        other = torch.randn(1, H, d, d, generator=g)
+        o, both = bi.recurrence(*batch, decay, d ** -0.5, torch.cat((state, other)))
+        assert same_bits(o[0], full[1, t:t + 1])
+        state = both[:1]
+    # padded batch: sequence 2 stops at 20 (valid), sequence 0 runs on
+    valid = torch.ones(2, T, dtype=torch.bool)
+    valid[1, 20:] = False
+    o, final = bi.recurrence(q[[0, 2]], k[[0, 2]], v[[0, 2]], decay, d ** -0.5, valid=valid)
+    assert same_bits(o[1, :20], full[2, :20]) and same_bits(o[0], full[0])
+    _, ref_final = bi.recurrence(q[2:, :20], k[2:, :20], v[2:, :20], decay, d ** -0.5)
+    assert same_bits(final[1:], ref_final)
+
+
+# --- across processes with other thread counts ---------------------------------------------------
+
+PROBE = """
+import hashlib, torch, sys
+import kernels.batch_invariant as bi
+torch.set_num_threads(int(sys.argv[1]))
+g = torch.Generator().manual_seed(0)
+x, w = torch.randn(5, 128, generator=g), torch.randn(384, 128, generator=g)
+q, k, v = (torch.randn(1, 40, 2, 64, generator=g) for _ in range(3))
+out = [bi.linear(x, w)[3], bi.attention(q[:, 39:], k, v, torch.tensor([[39]]), 0.125)[0, 0],
+       bi.recurrence(q, k, v, -torch.ones(2), 0.125)[0][0, 39]]
+print(hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in out)).hexdigest())
+"""
+
+
+def test_bits_do_not_depend_on_the_thread_count():
+    """The trainer ranks and the vLLM engine run with different thread counts: one row computed
+    alone in processes with 1 and 2 threads, and inside batches here, must agree."""
+    env = dict(os.environ, PYTHONPATH=os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    digests = {subprocess.run([sys.executable, "-c", PROBE, "2"], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(5, 128, generator=g), torch.randn(384, 128, generator=g)
+    q, k, v = (torch.randn(1, 40, 2, 64, generator=g) for _ in range(3))
+    here = [bi.linear(torch.cat((torch.randn(20, 128), x)), w)[23],
+            bi.attention(q, k, v, torch.arange(40)[None], 0.125)[0, 39],
+            bi.recurrence(q, k, v, -torch.ones(2), 0.125)[0][0, 39]]
+    torch.set_num_threads(threads)
+    digests.add(hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in here)).hexdigest())
+    assert len(digests) == 1, digests
