@@ -467,8 +467,10 @@ def _pin_newest_intact(run_dir: Path) -> tuple[Path, Path, Path, tuple[str, ...]
             except CheckpointError as e:
                 shutil.rmtree(root, ignore_errors=True)
                 damaged[ckpt] = str(e)
-                log.warning("damaged checkpoint: %s; evaluating the previous one", damaged[ckpt])
                 continue
+            # said once a checkpoint was found: with none intact, the error names them all (one line)
+            for why in damaged.values():
+                log.warning("damaged checkpoint: %s; evaluating the previous one", why)
             return ckpt, root, pin, tuple(damaged.values())
         else:
             raise CheckpointError(f"{run_dir}: no intact checkpoint ({'; '.join(damaged.values())})")

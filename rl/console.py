@@ -196,6 +196,19 @@ class _ConsoleFilter(logging.Filter):
         return record.levelno >= logging.WARNING
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A console handler writing to `sys.stderr` as it is at each record: an in-process caller
+    of `main` (a test's captured stderr) may have replaced and closed the one of an earlier call."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def route_logs(verbose: bool = False) -> None:
     """This process's logging: the root logger takes every library's records at INFO; a console
     handler (stderr) lets through WARNING and up, or everything with `verbose`. Libraries that
@@ -210,7 +223,7 @@ def route_logs(verbose: bool = False) -> None:
             handler.filters[0].verbose = verbose
             break
     else:
-        console = logging.StreamHandler(sys.stderr)
+        console = _StderrHandler()
         console.lockstep_console = True
         console.setFormatter(logging.Formatter(CONSOLE_FORMAT))
         console.addFilter(_ConsoleFilter(verbose))

@@ -173,6 +173,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     assert len(warnings) == 1 and re.search(names, warnings[0]) and str(newest) in warnings[0]
     assert "\n" not in warnings[0]
     assert (cfg.run_dir / "checkpoints" / "latest").read_text().strip() == "step_000020"  # eval only reads
+    capsys.readouterr()  # what main prints, below, alone
     assert main(["eval", str(newest)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"lockstep: error: {newest}") and re.search(names, err)
