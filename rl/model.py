@@ -148,22 +148,30 @@ def fp8_options(cfg: RunConfig) -> dict[str, bool] | None:
     return {"pow2_scale": fp8.pow2_scale, "batch_invariant": cfg.mode == "strict"} if fp8.enabled else None
 
 
+def model_architectures(cfg: RunConfig, model_path: str, field: str) -> list[str] | None:
+    """The `architectures` of the model's config, for a recipe `field` that needs Lockstep's own
+    layers in both engines (an unreadable config is that field's error)."""
+    from transformers import AutoConfig
+
+    import models.ring_linear  # noqa: F401  (registers the Ring-linear config type)
+
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{field}: cannot read the config of {model_path} to check its "
+                          f"architecture ({e})") from None
+    return config.architectures
+
+
 def check_fp8_model(cfg: RunConfig, model_path: str) -> None:
     """``model.fp8`` needs the rollout engine to run Lockstep's layers, which quantize as the
     trainer does: the Ring-linear plugin. Models vLLM runs natively use vLLM's own layers (and
     its own FP8 recipes), so their rollout would silently differ from an FP8 trainer."""
     if not cfg.model.fp8.enabled:
         return
-    from transformers import AutoConfig
+    from models.ring_linear import ARCHITECTURE
 
-    from models.ring_linear import ARCHITECTURE  # registers the Ring-linear config type
-
-    try:
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"model.fp8.enabled: cannot read the config of {model_path} to check its "
-                          f"architecture ({e})") from None
-    architectures = config.architectures
+    architectures = model_architectures(cfg, model_path, "model.fp8.enabled")
     if architectures != [ARCHITECTURE]:
         raise ConfigError(
             f"model.fp8.enabled: FP8 runs where both engines run Lockstep's kernels, i.e. the Ring-linear "
@@ -178,19 +186,13 @@ def check_strict_model(cfg: RunConfig, model_path: str) -> None:
     orders Lockstep does not control."""
     if cfg.mode != "strict":
         return
-    from transformers import AutoConfig
+    from models.ring_linear import ARCHITECTURE
 
-    from models.ring_linear import ARCHITECTURE  # registers the Ring-linear config type
-
-    try:
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"mode: strict: cannot read the config of {model_path} to check its "
-                          f"architecture ({e})") from None
-    if config.architectures != [ARCHITECTURE]:
+    architectures = model_architectures(cfg, model_path, "mode: strict")
+    if architectures != [ARCHITECTURE]:
         raise ConfigError(
             f"mode: strict: bitwise-equal log-probs need Lockstep's batch-invariant layers in both engines, "
-            f"i.e. the Ring-linear model ({ARCHITECTURE}); {model_path} is {config.architectures}, which vLLM "
+            f"i.e. the Ring-linear model ({ARCHITECTURE}); {model_path} is {architectures}, which vLLM "
             f"samples with its own kernels. Use a Ring-linear model or mode: fast")
 
 
