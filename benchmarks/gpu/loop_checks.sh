@@ -16,7 +16,7 @@ for part in "$@"; do
   echo "== $part $(date -u +%H:%M:%S)"
   case $part in
     tests)
-      timeout 240 python3 -m pytest -q -p no:cacheprovider -rf -m gpu tests > "$OUT/gpu_tests.txt" 2>&1
+      timeout 180 python3 -m pytest -q -p no:cacheprovider -rf -m gpu tests > "$OUT/gpu_tests.txt" 2>&1
       tail -25 "$OUT/gpu_tests.txt" ;;
     bf16)
       python3 -m benchmarks.gpu.rl_step --out "$OUT" --timeout 240 \
@@ -26,10 +26,10 @@ for part in "$@"; do
       echo "first run rc $?"; tail -4 "$OUT/ring-z3.log"
       cp runs/ring-z3/metrics.jsonl "$OUT/ring-z3.metrics.jsonl" 2>/dev/null ;;
     resume)
-      timeout 200 python3 -m rl.cli run "${ZERO3[@]}" schedule.steps=6 --resume > "$OUT/ring-z3-resume.log" 2>&1
+      timeout 190 python3 -m rl.cli run "${ZERO3[@]}" schedule.steps=6 --resume > "$OUT/ring-z3-resume.log" 2>&1
       echo "resume rc $?"; grep -m1 "resumed from" "$OUT/ring-z3-resume.log"; tail -4 "$OUT/ring-z3-resume.log"
       cp runs/ring-z3/metrics.jsonl "$OUT/ring-z3-resume.metrics.jsonl" 2>/dev/null
-      timeout 150 python3 -m rl.cli eval runs/ring-z3 > "$OUT/ring-z3-eval.log" 2>&1
+      timeout 120 python3 -m rl.cli eval runs/ring-z3 > "$OUT/ring-z3-eval.log" 2>&1
       echo "eval rc $?"; tail -6 "$OUT/ring-z3-eval.log" ;;
     *) echo "unknown part $part (tests, bf16, zero3, resume)"; exit 2 ;;
   esac
