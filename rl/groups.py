@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 import ray
 
-from rl.config import RunConfig
+from rl.config import ConfigError, RunConfig
 from rl.model import check_engine_memory, fp8_options, weight_bytes
 from rl.placement import Placement
 from rollout.completion import Completion
@@ -125,6 +125,10 @@ class TrainerGroup:
         self.actors = [actor_cls.options(**self.placement.options(b)).remote(rank, ranks, addr, port, self.setup)
                        for rank, b in enumerate(self.placement.trainer_bundles)]
         infos = self.gather([a.info.remote() for a in self.actors])
+        refusal = next((i.refusal for i in infos if i.refusal), None)
+        if refusal:  # one line for the user (lockstep: error: ...), not a remote traceback
+            self.kill()
+            raise ConfigError(refusal)
         # The training forward is the policy's log-prob (no active dropout) on every rank.
         self.train_forward_is_eval_forward = all(i.train_forward_is_eval_forward for i in infos)
         self.fp8_projections = infos[0].fp8_projections  # weight matrices run as FP8 GEMMs

@@ -82,6 +82,9 @@ class TrainerInfo:
     # log-probs are the policy's.
     train_forward_is_eval_forward: bool
     fp8_projections: int  # weight matrices run as FP8 GEMMs (model.fp8; 0 when off)
+    # A recipe setting this model cannot run (the rank stopped building): the driver stops with
+    # this line instead of a remote traceback.
+    refusal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,13 @@ class TrainerRank:
         torch.manual_seed(setup.seed)
         self.dtype = DTYPES[setup.dtype]
         model = AutoModelForCausalLM.from_pretrained(setup.model_path, dtype=self.dtype)
+        self.refusal = None
         if cfg.pack_tokens:
-            check_packing(model, self.dtype)
+            try:
+                check_packing(model, self.dtype)
+            except PackingRefused as why:
+                self.refusal = str(why)
+                return
         if setup.fp8 is not None:
             use_fp8(model, setup.fp8)
         if setup.strict:
@@ -545,6 +553,8 @@ class TrainerRank:
     def info(self) -> TrainerInfo:
         from kernels.fp8 import fp8_projection_count
 
+        if self.refusal:
+            return TrainerInfo(self.rank, self.world_size, str(self.device), False, 0, refusal=self.refusal)
         return TrainerInfo(self.rank, self.world_size, str(self.device), self.train_forward_is_eval_forward,
                            fp8_projection_count(self.engine.module))
 
@@ -552,6 +562,10 @@ class TrainerRank:
 # The stand-in of a rank's empty pack in the loss: weight 0, so its pad token adds nothing.
 _EMPTY_SAMPLE = TrainSample(prompt_ids=[0], completion_ids=[], rollout_logprobs=[], weight=0.0,
                             old_logprobs=[], ref_logprobs=[])
+
+
+class PackingRefused(ValueError):
+    """`trainer.pack_tokens` is set for a model whose forward mixes packed sequences."""
 
 
 def check_packing(model: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -563,7 +577,7 @@ def check_packing(model: torch.nn.Module, dtype: torch.dtype) -> None:
     log.info("trainer.pack_tokens: packed vs per-sequence forward of %s differs by %.2e (bound %.0e)",
              type(model).__name__, mismatch, bound)
     if not mismatch <= bound:
-        raise ValueError(f"trainer.pack_tokens: {type(model).__name__} does not keep packed sequences "
+        raise PackingRefused(f"trainer.pack_tokens: {type(model).__name__} does not keep packed sequences "
                          f"apart (a packed sequence's hidden states differ from its own by {mismatch:.2g} "
                          f"relative, bound {bound:g}): its attention ignores the restarting position_ids. "
                          f"Set trainer.pack_tokens: 0 (pad each micro-batch) for this model")

@@ -164,5 +164,5 @@ def test_start_up_check_refuses_a_model_that_mixes_packed_sequences(monkeypatch)
     worker.check_packing(model, torch.float32)
     monkeypatch.setattr(modeling, "_packed_boundaries", lambda position_ids: None)
     assert packed_forward_mismatch(model) > 0.1
-    with pytest.raises(ValueError, match="trainer.pack_tokens: 0"):
+    with pytest.raises(worker.PackingRefused, match="trainer.pack_tokens: 0"):
         worker.check_packing(model, torch.float32)
