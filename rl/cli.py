@@ -81,6 +81,7 @@ def cmd_run(args) -> int:
     from rl.driver import Run
     from rl.faults import RunStopped
     from rl.groups import ActorFailed
+    from rl.placement import RayUnavailable
     from rl.stop import StopSignals
 
     stop, run = StopSignals(), None
@@ -98,7 +99,7 @@ def cmd_run(args) -> int:
         print(f"lockstep: stopped by {stop.name} {where}; {resume_from}; run the same command to resume",
               file=sys.stderr, flush=True)
         return stop.exit_code
-    except (RunStopped, ActorFailed) as e:  # one line and the command that resumes; no traceback
+    except (RunStopped, ActorFailed, RayUnavailable) as e:  # one line and the command that resumes; no traceback
         code = e.exit_code if isinstance(e, RunStopped) else exit_codes.ACTOR_FAILED
         again = shlex.join(["lockstep", "run", args.recipe, *args.overrides])
         print(f"lockstep: stopped: {e}; resume with: {again}", file=sys.stderr, flush=True)

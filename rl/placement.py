@@ -22,6 +22,15 @@ from rl.console import LIBRARY_ENV, LOG_FILE_ENV, VERBOSE_ENV
 
 log = logging.getLogger("lockstep.placement")
 
+# Ray gives a new local node 30 s to register (not configurable); an overloaded machine can miss
+# that. The start is retried this many times in all before the run stops.
+LOCAL_START_ATTEMPTS = 3
+
+
+class RayUnavailable(RuntimeError):
+    """Ray could not be started or joined for a reason outside the recipe (the CLI prints one
+    line and exits with rl.exit_codes.ACTOR_FAILED: trying again later may work)."""
+
 
 # The environment of every actor. Their own chatter (vLLM INFO lines, progress bars, deprecation
 # notices) would bury the run's progress lines; warnings and errors still come through, and
@@ -62,8 +71,27 @@ def connect(address: str | None) -> str:
                 "~/.ray/auth_token); or run on a private instance with ray.address=local"
             ) from e
         return f"running cluster at {running}"
-    ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env, **hook})
+    start_local(env, hook)
     return "new local instance"
+
+
+def start_local(env: dict[str, str], hook: dict[str, str]) -> None:
+    """A private Ray instance on this machine, its start retried when the node does not come up."""
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        try:
+            ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": env, **hook})
+            return
+        except Exception as e:  # Ray raises a bare Exception when its node misses the 30 s
+            if "timed out during startup" not in str(e):
+                raise
+            ray.shutdown()
+            if attempt == LOCAL_START_ATTEMPTS:
+                load = " (load average %.1f)" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
+                raise RayUnavailable(f"a local Ray instance did not start in {LOCAL_START_ATTEMPTS} attempts: its "
+                                     f"node did not register within Ray's 30 s{load}; the machine is overloaded "
+                                     "or short of memory") from None
+            log.warning("a local Ray instance did not start (attempt %d of %d: %s); trying again",
+                        attempt, LOCAL_START_ATTEMPTS, e)
 
 
 def running_cluster_address() -> str | None:

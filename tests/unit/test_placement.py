@@ -43,3 +43,36 @@ def test_engine_memory_share_too_small_for_the_weights_names_the_field(tmp_path)
     with pytest.raises(ConfigError, match=r"rollout.gpu_memory_utilization=0.3 gives the engine 24.0 GiB .* "
                                           r"weights alone take 32.0 GiB in bfloat16"):
         check_engine_memory(cfg, model_bytes=32 * gib, gpu_bytes=80 * gib)
+
+
+def test_a_local_ray_start_that_times_out_is_retried_then_stops_in_one_line(monkeypatch):
+    """Ray's bare 'timed out during startup' Exception (an overloaded machine): the start is
+    tried again; after LOCAL_START_ATTEMPTS failures the run stops with RayUnavailable (one
+    line, exit 75 in the CLI); other errors propagate untouched."""
+    from rl import placement
+
+    calls = []
+
+    def failing_init(**kwargs):
+        calls.append(kwargs["address"])
+        if len(calls) < failures_before_success:
+            raise Exception("The current node timed out during startup. This could happen ...")
+
+    monkeypatch.setattr(placement.ray, "init", failing_init)
+    monkeypatch.setattr(placement.ray, "shutdown", lambda: None)
+    failures_before_success = 2  # one failure, then a start
+    placement.start_local({}, {})
+    assert calls == ["local", "local"]
+
+    calls.clear()
+    failures_before_success = placement.LOCAL_START_ATTEMPTS + 1
+    with pytest.raises(placement.RayUnavailable, match="did not start in 3 attempts"):
+        placement.start_local({}, {})
+    assert len(calls) == placement.LOCAL_START_ATTEMPTS
+
+    def broken_init(**kwargs):
+        raise ValueError("something else")
+
+    monkeypatch.setattr(placement.ray, "init", broken_init)
+    with pytest.raises(ValueError, match="something else"):
+        placement.start_local({}, {})
