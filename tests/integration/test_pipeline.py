@@ -127,12 +127,12 @@ def test_mismatch_report(first_run):
     assert missing.returncode == 2 and "no records for step 999" in missing.stderr
 
 
-def test_sampling_ahead_then_resume(tmp_path, ray_local):
+def test_sampling_ahead_then_resume(tmp_path, shared_sft):
     """rollout.max_staleness=1: the next batch is sampled during the update, by the weights one
     update old; the data order is the on-policy one, and a checkpoint taken while a batch is in
     flight records the cursor without it, so the resumed run samples those prompts again."""
-    data = tiny_recipe(tmp_path, name="ahead", rollout={"max_staleness": 1}, sft={"steps": 60},
-                       schedule={"steps": 2, "eval_every": 0, "save_every": 1})
+    data = shared_sft(tiny_recipe(tmp_path, name="ahead", rollout={"max_staleness": 1}, sft={"steps": 60},
+                                  schedule={"steps": 2, "eval_every": 0, "save_every": 1}))
     cfg = from_data(data)
     Run(cfg).train()
     per_step = cfg.rollout.prompts_per_step
