@@ -94,8 +94,6 @@ def test_engine_then_trainer_rank_killed_mid_run(base, shared_sft):
     steps = steps_logged(cfg.run_dir)
     assert [h["step"] for h in steps] == [1, 2, 3, 4] and summary["steps"] == 4  # redone steps superseded
     assert steps[0]["restarts/rollout"] == 0 and steps[0]["restarts/trainer"] == 0
-    by_step = {h["step"]: h for h in steps}
-    assert by_step[2]["restarts/rollout"] == 1 and by_step[2]["restarts/trainer"] == 0  # the engine, in place
     assert steps[-1]["restarts/rollout"] == 1 and steps[-1]["restarts/trainer"] == 1
     assert steps[-1]["restarts/steps_redone"] >= 1
     assert_data_order(cfg, steps)
