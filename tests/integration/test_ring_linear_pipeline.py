@@ -56,7 +56,7 @@ def test_ring_linear_rl_steps_with_zero3(tmp_path, ray_local):
     assert model.config.architectures == ["BailingMoeLinearV2ForCausalLM"]
 
 
-def test_ring_linear_rl_steps_in_fp8(tmp_path, shared_sft):
+def test_ring_linear_rl_steps_in_fp8(tmp_path, ray_local):
     """model.fp8 through the pipeline: both engines run the decoder's projections and experts as
     FP8 GEMMs, the sync probe (teacher-forced, the same algorithm in both engines) still matches,
     the per-step mismatch metrics measure the decode mismatch FP8 leaves in fast mode, and the
@@ -67,7 +67,7 @@ def test_ring_linear_rl_steps_in_fp8(tmp_path, shared_sft):
 
     data = tiny_recipe(tmp_path, model={"path": "demo:ring-micro", "fp8": {"enabled": True}}, sft={"steps": 20},
                        schedule={"steps": 2, "eval_every": 0, "save_every": 2, "eval_limit": 4})
-    run = Run(from_data(shared_sft(data)))  # the SFT export test_strict_mode's runs start from
+    run = Run(from_data(data))
     summary = run.train()
     steps = [h for h in read_history(Path(summary["run_dir"])) if "reward/mean" in h]
     assert [h["step"] for h in steps] == [1, 2]
