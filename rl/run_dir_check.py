@@ -15,8 +15,6 @@ from pathlib import Path
 
 import ray
 
-from rl.config import ConfigError
-
 TOKEN_FILE = ".lockstep-node-check"
 
 
@@ -55,6 +53,10 @@ def first_problem(answers: list[tuple[str, str | None]], run_dir: Path) -> str |
 def check_run_dir_shared(placement, run_dir: Path) -> None:
     """Runs the check on every bundle of `placement` (rl.placement.Placement); a ConfigError
     naming the first node that does not see `run_dir`."""
+    # Imported here, not at the top: each task's worker imports this module to run `look`, and
+    # rl.config pulls in torch and transformers (~10 s a worker on 2 cores, at every run's start).
+    from rl.config import ConfigError
+
     token = write_token(run_dir)
 
     @ray.remote

@@ -18,3 +18,6 @@ python -m pip install -q -e ".[${extras}]"
 # and break `import transformers`; Lockstep uses none of them.
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 python -c "import torch, vllm, ray, deepspeed, math_verify, transformers; print('lockstep install ok: torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__, 'deepspeed', deepspeed.__version__)" 2>&1 | grep -v "real_accelerator"
+# DeepSpeed's shm comm op, built now into this install's own folder rather than at the first
+# trainer start (trainer/native_ops.py: a folder shared by installs made each rebuild it).
+python -m trainer.native_ops 2>&1 | grep -v "real_accelerator"

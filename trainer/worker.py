@@ -24,6 +24,7 @@ from trainer import losses
 from trainer.batch import SFTStepStats, TokenLogprobs, TrainBatch, TrainSample, UpdateResult, UpdateStats
 from trainer.config import LossConfig, TrainerSetup
 from trainer.logprobs import pack, pack_flat, token_logprobs, use_fp32_lm_head
+from trainer.native_ops import use_install_build_dir
 from trainer.packing import PACKING_TOLERANCE, packed_forward_mismatch, plan_packs
 
 log = logging.getLogger("lockstep.trainer")
@@ -113,6 +114,7 @@ class TrainerRank:
         cfg = setup.config
         if cfg.cpu_threads:
             torch.set_num_threads(cfg.cpu_threads)
+        use_install_build_dir()  # before DeepSpeed loads its shm op: built once per install
         import deepspeed
         from transformers import AutoModelForCausalLM
 

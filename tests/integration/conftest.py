@@ -1,7 +1,10 @@
 """Integration tests run the real stack (Ray, vLLM CPU, DeepSpeed gloo, math-verify) on the
-tiny demo model. They are slow (engine start-up ~1 min), so each module shares its runs."""
+tiny demo model. They are slow (engine start-up ~1 min), so each module shares its runs, and the
+whole session shares its SFT warm starts (`shared_sft`)."""
 
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +41,53 @@ def ray_local():
     yield
     if ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_sft(tmp_path_factory, ray_local):
+    """`shared_sft(recipe)` puts the SFT warm start's export for `recipe`'s model and `sft.steps`
+    into its run directory (where the run reuses it, as a re-run would) and returns the recipe.
+    Each (model, steps) export is trained once per session, by `tiny_recipe`'s SFT (2 ranks, ZeRO 1,
+    fast mode): the tests that use it need a policy that sometimes answers right, not their own
+    trainer settings' SFT. A trainer start-up and the steps (~1 min on 2 cores) saved per run;
+    test_pipeline's first run keeps its own SFT (it checks the sft/* metrics), and so does the FP8
+    pipeline test (its SFT trains under FP8; from a fast-mode export the FP8 engines' start-up
+    probe missed its 1e-3 tolerance)."""
+    exports = tmp_path_factory.mktemp("sft-exports")
+
+    def into_run_dir(data: dict) -> dict:
+        model, steps = data["model"]["path"], data["sft"]["steps"]
+        export = exports / f"{model.replace(':', '-')}-{steps}"
+        if not (export / "runs" / "sft" / "sft" / "hf" / "config.json").exists():
+            _train_sft(export, model, steps)
+        run_dir = Path(data.get("output_dir", Path.home() / "lockstep-runs")) / data["name"]
+        if not (run_dir / "sft" / "hf").exists():
+            shutil.copytree(export / "runs" / "sft" / "sft", run_dir / "sft")
+        return data
+
+    return into_run_dir
+
+
+def _train_sft(folder: Path, model: str, steps: int) -> None:
+    from rl.config import from_data
+    from rl.data import PromptRenderer, load_examples
+    from rl.metrics import MetricsLogger
+    from rl.model import load_tokenizer, resolve_model_path
+    from rl.placement import Placement, connect
+    from rl.warm_start import warm_start
+
+    cfg = from_data(tiny_recipe(folder, name="sft", model={"path": model}, sft={"steps": steps},
+                                ray={"address": "local"}, schedule={"steps": 0}))
+    connect(cfg.ray.address)
+    base = resolve_model_path(cfg)
+    tokenizer = load_tokenizer(base, False)
+    placement, metrics = Placement(cfg), MetricsLogger(cfg.run_dir, cfg)
+    try:
+        warm_start(cfg, placement, base, load_examples(cfg.data.train), PromptRenderer(tokenizer, cfg.data.train),
+                   tokenizer, metrics)
+    finally:
+        metrics.close()
+        placement.remove()
 
 
 def send_weights(llm, tensors: dict) -> list[int]:

@@ -42,7 +42,7 @@ STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, ray_local):
+def runs(tmp_path_factory, shared_sft):
     """One run, one start-up (SFT warm start, trainer ranks, engine): the variants train in turn,
     STEPS RL steps each, switched between steps (`Run.switch_algorithm`). Returns {name: (run_dir,
     its steps' metrics, seconds)}, and under "" the start-up's seconds."""
@@ -54,7 +54,7 @@ def runs(tmp_path_factory, ray_local):
                                  schedule={"steps": STEPS * len(VARIANTS), "eval_every": 0, "save_every": 0})
                for name, algorithm in VARIANTS.items()}
     start = time.monotonic()
-    run = Run(from_data(next(iter(recipes.values()))))
+    run = Run(from_data(shared_sft(next(iter(recipes.values())))))
     out = {"": (run.run_dir, [], time.monotonic() - start)}
     try:
         for name, recipe in recipes.items():

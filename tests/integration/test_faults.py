@@ -1,11 +1,10 @@
 """Runs that survive faults (rl.faults): a rollout engine or a trainer rank SIGKILLed mid-run,
 the restart budget spent, updates that are NaN. Real actors, killed by pid; the runs share one
-SFT warm start (copied into each run directory) to stay short."""
+SFT warm start (conftest.shared_sft, copied into each run directory) to stay short."""
 
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,40 +36,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory, ray_local):
-    """A folder whose runs share the demo model cache, and one SFT export to start them from."""
-    tmp = tmp_path_factory.mktemp("faults")
-    cfg = from_data(recipe(tmp, "sft-only", schedule={"steps": 0}, sft={"steps": 60}))
-    from rl.placement import Placement, connect
-    from rl.data import PromptRenderer
-    from rl.model import load_tokenizer, resolve_model_path
-    from rl.metrics import MetricsLogger
-    from rl.warm_start import warm_start
-
-    connect(cfg.ray.address)
-    model = resolve_model_path(cfg)
-    tokenizer = load_tokenizer(model, False)
-    placement, metrics = Placement(cfg), MetricsLogger(cfg.run_dir, cfg)
-    try:
-        warm_start(cfg, placement, model, load_examples(cfg.data.train), PromptRenderer(tokenizer, cfg.data.train),
-                   tokenizer, metrics)
-    finally:
-        metrics.close()
-        placement.remove()
-    return tmp
+def base(tmp_path_factory):
+    """A folder whose runs share the demo model cache (each run starts from the session's shared
+    SFT export: conftest.shared_sft)."""
+    return tmp_path_factory.mktemp("faults")
 
 
 def recipe(tmp: Path, name: str, **sections) -> dict:
-    data = tiny_recipe(tmp, name=name, ray={"address": "local"}, **sections)
+    data = tiny_recipe(tmp, name=name, ray={"address": "local"}, sft={"steps": 60}, **sections)
     data["model"]["cache_dir"] = os.environ.get("LOCKSTEP_TEST_CACHE", str(tmp / "cache"))
-    return data
-
-
-def with_sft(tmp: Path, data: dict) -> dict:
-    """The shared SFT export in this run's directory, where the warm start reuses it."""
-    run_dir = Path(data["output_dir"]) / data["name"]
-    if not (run_dir / "sft" / "hf").exists():
-        shutil.copytree(tmp / "runs" / "sft-only" / "sft", run_dir / "sft")
     return data
 
 
@@ -105,45 +79,35 @@ def assert_data_order(cfg, steps: list[dict]) -> None:
         assert h["data/cursor"] == h["step"] * per_step
 
 
-def test_engine_killed_mid_run_is_restarted_in_place(base):
-    data = with_sft(base, recipe(base, "engine-kill", schedule={"steps": 3, "eval_every": 0, "save_every": 0}))
+def test_engine_then_trainer_rank_killed_mid_run(base, shared_sft):
+    """One run, two faults (each would cost a run of its own): the rollout engine killed after
+    step 1 is restarted in place; trainer rank 1 killed once step 2's checkpoint is written
+    restarts the trainer group from that checkpoint. Steps 1-4 each logged once, in order."""
+    data = shared_sft(recipe(base, "kills", schedule={"steps": 4, "eval_every": 0, "save_every": 2}))
     cfg = from_data(data)
     run = Run(cfg)
-    engine = pid_of(run.rollout.actors[0])
+    engine, rank1 = pid_of(run.rollout.actors[0]), pid_of(run.trainers.actors[1])
     kill_when(lambda: len(steps_logged(cfg.run_dir)) >= 1, engine)
-    summary = run.train()
-    steps = steps_logged(cfg.run_dir)
-    assert [h["step"] for h in steps] == [1, 2, 3] and summary["steps"] == 3
-    assert steps[-1]["restarts/rollout"] == 1 and steps[-1]["restarts/trainer"] == 0
-    assert steps[0]["restarts/rollout"] == 0
-    assert_data_order(cfg, steps)
-    for h in steps:  # the fresh engine runs the trainer's weights, checked by the probe
-        assert h["sync/probe_max_abs_diff"] <= 1e-3
-    assert not psutil.pid_exists(engine) or psutil.Process(engine).status() == psutil.STATUS_ZOMBIE
-
-
-def test_trainer_rank_killed_restarts_from_the_last_checkpoint(base):
-    data = with_sft(base, recipe(base, "trainer-kill", schedule={"steps": 4, "eval_every": 0, "save_every": 2}))
-    cfg = from_data(data)
-    run = Run(cfg)
-    rank1 = pid_of(run.trainers.actors[1])
     saved = lambda: (p := checkpoint.latest(cfg.run_dir)) is not None and p.name == "step_000002"  # noqa: E731
     kill_when(saved, rank1)
     summary = run.train()
     steps = steps_logged(cfg.run_dir)
     assert [h["step"] for h in steps] == [1, 2, 3, 4] and summary["steps"] == 4  # redone steps superseded
-    assert steps[-1]["restarts/trainer"] == 1 and steps[-1]["restarts/rollout"] == 0
+    assert steps[0]["restarts/rollout"] == 0 and steps[0]["restarts/trainer"] == 0
+    assert steps[-1]["restarts/rollout"] == 1 and steps[-1]["restarts/trainer"] == 1
     assert steps[-1]["restarts/steps_redone"] >= 1
     assert_data_order(cfg, steps)
     assert checkpoint.load_state(checkpoint.latest(cfg.run_dir))["step"] == 4
-    for h in steps:
+    for h in steps:  # the fresh engine, and the restarted trainers, run the same weights (the probe)
         assert h["sync/probe_max_abs_diff"] <= 1e-3
+    for pid in (engine, rank1):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_a_signal_during_an_engine_restart_stops_at_a_step_boundary(base):
+def test_a_signal_during_an_engine_restart_stops_at_a_step_boundary(base, shared_sft):
     """SIGTERM while the killed engine is being replaced: the restart finishes, then the run
     saves a checkpoint at the last step boundary and stops there (no further step)."""
-    data = with_sft(base, recipe(base, "restart-stop", schedule={"steps": 6, "eval_every": 0, "save_every": 0}))
+    data = shared_sft(recipe(base, "restart-stop", schedule={"steps": 6, "eval_every": 0, "save_every": 0}))
     cfg = from_data(data)
     stop = StopSignals()
     try:
@@ -171,8 +135,8 @@ def wait_until(ready, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
-def test_restarts_exhausted_stop_with_one_line(base, tmp_path):
-    data = with_sft(base, recipe(base, "exhausted", schedule={"steps": 3, "eval_every": 0, "save_every": 0}))
+def test_restarts_exhausted_stop_with_one_line(base, shared_sft, tmp_path):
+    data = shared_sft(recipe(base, "exhausted", schedule={"steps": 3, "eval_every": 0, "save_every": 0}))
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text(yaml.safe_dump(data))
     cmd = [sys.executable, "-m", "rl.cli", "run", str(recipe_file), "faults.max_restarts=0", "ray.address=local"]
@@ -198,8 +162,8 @@ def test_restarts_exhausted_stop_with_one_line(base, tmp_path):
     assert "Traceback" not in err and "ActorDiedError" not in err, err[-3000:]
 
 
-def test_nonfinite_updates_are_skipped_then_halt_with_a_dump(base):
-    data = with_sft(base, recipe(base, "nonfinite", reward={"function": "tests.integration.overflowing_reward.factory",
+def test_nonfinite_updates_are_skipped_then_halt_with_a_dump(base, shared_sft):
+    data = shared_sft(recipe(base, "nonfinite", reward={"function": "tests.integration.overflowing_reward.factory",
                                                              "num_workers": 1},
                                  schedule={"steps": 6, "eval_every": 0, "save_every": 0},
                                  faults={"max_nonfinite_steps": 2}))

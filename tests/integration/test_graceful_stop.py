@@ -101,16 +101,16 @@ def checkpoint_step(run_dir: Path) -> int:
     return checkpoint.load_state(checkpoint.latest(run_dir))["step"]
 
 
-def test_signals_failed_save_and_damaged_checkpoint(tmp_path, ray_local):
-    data = tiny_recipe(tmp_path, name="stop", sft={"steps": 20}, trainer={"num_ranks": 1},
+def test_signals_failed_save_and_damaged_checkpoint(tmp_path, shared_sft):
+    data = tiny_recipe(tmp_path, name="stop", sft={"steps": 60}, trainer={"num_ranks": 1},
                        ray={"address": "local"}, logging={"tensorboard": False},
                        schedule={"steps": 12, "eval_every": 0, "save_every": 1, "keep_last": 3,
                                  "max_save_failures": 3})
     recipe = tmp_path / "stop.yaml"
-    recipe.write_text(yaml.safe_dump(data))
+    recipe.write_text(yaml.safe_dump(shared_sft(data)))
     cfg = load_recipe(recipe)
     ckpts = checkpoint.checkpoints_dir(cfg.run_dir)
-    ckpts.parent.mkdir(parents=True)
+    ckpts.parent.mkdir(parents=True, exist_ok=True)  # holds the shared SFT export already
     ckpts.symlink_to("/sys/kernel")  # sysfs: creating a folder there fails, even as root
 
     # 1. a failed save, then SIGTERM

@@ -66,22 +66,36 @@ def test_three_plus_steps_finite_metrics_and_real_sync(first_run):
     assert (run_dir / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_resume_continues_order_and_counters(first_run):
+def test_resume_continues_order_and_counters_sampling_ahead(first_run):
+    """The first run resumed with rollout.max_staleness=1 (one start-up checks both): the resumed
+    run continues the step counter and the data order; its first step has nothing in flight
+    (staleness 0) and samples the next batch during its update, with the weights one update old;
+    a checkpoint taken while that batch is in flight records the cursor without it, so a run
+    resumed from it samples those prompts again."""
     tmp, data, _ = first_run
-    data = {**data, "schedule": {**data["schedule"], "steps": 4}}
+    data = {**data, "rollout": {**data["rollout"], "max_staleness": 1},
+            "schedule": {**data["schedule"], "steps": 4, "save_every": 1}}
     cfg = from_data(data)
     Run(cfg, resume=True).train()
     history = read_history(cfg.run_dir)
-    steps = [h["step"] for h in history if "reward/mean" in h]
-    assert steps == [1, 2, 3, 4]  # no step repeated, none skipped
+    steps = [h for h in history if "reward/mean" in h]
+    assert [h["step"] for h in steps] == [1, 2, 3, 4]  # no step repeated, none skipped
     order = DataOrder(len(load_examples(cfg.data.train)), cfg.seed, cfg.data.shuffle)
     per_step = cfg.rollout.prompts_per_step
-    for h in history:
-        if "reward/mean" in h:
-            expected = order.indices((h["step"] - 1) * per_step, per_step)
-            assert h["data/prompt_hash"] == f"{zlib.crc32(json.dumps(expected).encode()):08x}"
-            assert h["data/cursor"] == h["step"] * per_step
+    for h in steps:
+        expected = order.indices((h["step"] - 1) * per_step, per_step)
+        assert h["data/prompt_hash"] == f"{zlib.crc32(json.dumps(expected).encode()):08x}"
+        assert h["data/cursor"] == h["step"] * per_step
+        assert h["sync/probe_max_abs_diff"] <= 1e-3  # the engines' own mismatch, equal weights
     assert checkpoint.load_state(checkpoint.latest(cfg.run_dir))["step"] == 4
+    assert checkpoint.load_state(checkpoint.checkpoints_dir(cfg.run_dir) / "step_000003")["cursor"] == 3 * per_step
+    # Step 4 trains a batch sampled during step 3's update; step 3 follows the resume.
+    ahead = steps[2:]
+    assert [h["rollout/staleness"] for h in ahead] == [0.0, 1.0]
+    assert "time/rollout_ahead_wait" in ahead[0] and "time/rollout_ahead_wait" not in ahead[1]
+    assert "mismatch/k3" in ahead[0] and "offpolicy/k3" not in ahead[0]
+    assert "offpolicy/k3" in ahead[1] and "mismatch/k3" not in ahead[1]
+    assert math.isfinite(ahead[1]["offpolicy/k3"]) and math.isfinite(ahead[1]["train/loss"])
 
 
 def test_eval_cli_on_run_dir(first_run):
@@ -125,30 +139,3 @@ def test_mismatch_report(first_run):
     assert "k3" in out.stdout and "trainer" in out.stdout
     missing = subprocess.run([sys.executable, "-m", "rl.cli", "mismatch", summary["run_dir"], "--step", "999"], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "no records for step 999" in missing.stderr
-
-
-def test_sampling_ahead_then_resume(tmp_path, ray_local):
-    """rollout.max_staleness=1: the next batch is sampled during the update, by the weights one
-    update old; the data order is the on-policy one, and a checkpoint taken while a batch is in
-    flight records the cursor without it, so the resumed run samples those prompts again."""
-    data = tiny_recipe(tmp_path, name="ahead", rollout={"max_staleness": 1}, sft={"steps": 60},
-                       schedule={"steps": 2, "eval_every": 0, "save_every": 1})
-    cfg = from_data(data)
-    Run(cfg).train()
-    per_step = cfg.rollout.prompts_per_step
-    assert checkpoint.load_state(checkpoint.checkpoints_dir(cfg.run_dir) / "step_000001")["cursor"] == per_step
-    data["schedule"]["steps"] = 3
-    Run(from_data(data), resume=True).train()
-    steps = [h for h in read_history(cfg.run_dir) if "reward/mean" in h]
-    assert [h["step"] for h in steps] == [1, 2, 3]
-    # Step 2 trains a batch sampled during step 1; step 3 follows a resume (nothing in flight).
-    assert [h["rollout/staleness"] for h in steps] == [0.0, 1.0, 0.0]
-    assert "time/rollout_ahead_wait" in steps[0] and "time/rollout_ahead_wait" not in steps[1]
-    order = DataOrder(len(load_examples(cfg.data.train)), cfg.seed, cfg.data.shuffle)
-    for h in steps:
-        assert h["data/prompt_hash"] == f"{zlib.crc32(json.dumps(order.indices((h['step'] - 1) * per_step, per_step)).encode()):08x}"
-        assert h["data/cursor"] == h["step"] * per_step
-        assert h["sync/probe_max_abs_diff"] <= 1e-3  # the engines' own mismatch, equal weights
-    assert "mismatch/k3" in steps[0] and "offpolicy/k3" not in steps[0]
-    assert "offpolicy/k3" in steps[1] and "mismatch/k3" not in steps[1]
-    assert math.isfinite(steps[1]["offpolicy/k3"]) and math.isfinite(steps[1]["train/loss"])

@@ -23,11 +23,11 @@ from .conftest import tiny_recipe
 pytestmark = pytest.mark.integration
 
 
-def test_split_collective_sync_gives_the_host_paths_bits(tmp_path, ray_local, capsys):
+def test_split_collective_sync_gives_the_host_paths_bits(tmp_path, shared_sft, capsys):
     recipe = tiny_recipe(tmp_path, name="split", trainer={"num_ranks": 1}, rollout={"num_workers": 1},
-                         ray={"address": "local", "placement": "split"}, sync={"transport": "collective"},
+                         sft={"steps": 60}, ray={"address": "local", "placement": "split"}, sync={"transport": "collective"},
                          data={"eval": []}, schedule={"steps": 2, "eval_every": 0, "save_every": 0})
-    run = Run(from_data(recipe))
+    run = Run(from_data(shared_sft(recipe)))
     try:
         summary = run.loop()  # the RL steps and the final save; the actors stay up for the comparison
         out = capsys.readouterr().out

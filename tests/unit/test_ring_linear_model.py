@@ -441,6 +441,8 @@ torch.set_num_threads(1)
 import deepspeed
 from transformers import AutoModelForCausalLM
 from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head  # `import trainer` registers the model
+from trainer.native_ops import use_install_build_dir
+use_install_build_dir()  # the shm op the trainer ranks use, built once per install
 deepspeed.init_distributed(dist_backend="gloo")
 model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
 if fp8:
