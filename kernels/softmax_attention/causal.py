@@ -68,7 +68,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             raise ValueError(f"cu_seqlens must start at 0, end at T={T} and never decrease; got {bounds}")
     scale = D ** -0.5 if scale is None else float(scale)
     if be == "torch":
-        return causal_torch(q, k, v, bounds, scale)
+        return causal_torch(q, k, v, cu_seqlens, scale)
     if bounds is None:  # B rows of T: the same kernel over B packed sequences
         bounds = [b * T for b in range(B + 1)]
     cu = torch.tensor(bounds, dtype=torch.int32).to(q.device, non_blocking=True)
