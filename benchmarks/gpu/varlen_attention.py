@@ -172,7 +172,7 @@ def run_case(case, lengths, dtype_name, args, sink, varlen_fn) -> None:
         if name != "kernel":
             emit({**base, "ratio": f"{name} / kernel", "fwd": round(fwd / kernel[0], 2),
                   "fwd_bwd": round(both / kernel[1], 2)}, sink)
-    if args.configs:
+    if args.configs and case in args.config_cases.split(",") and dtype_name == args.dtypes.split(",")[0]:
         sweep_configs(base, q, k, v, cu, scale, do, reference, flops, args, sink)
 
 
@@ -221,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", type=int, default=25, help="do_bench warm-up ms")
     p.add_argument("--rep", type=int, default=100, help="do_bench measured ms")
-    p.add_argument("--configs", action="store_true", help="also time the kernel's other launch configurations")
+    p.add_argument("--configs", action="store_true", help="also time the kernel's other launch configurations "
+                   "(first dtype, --config-cases)")
+    p.add_argument("--config-cases", default="gpu_ring,n32")
     args = p.parse_args(argv)
     args.device = "cuda"
     if not torch.cuda.is_available():
