@@ -35,16 +35,21 @@ a sequence's outputs and gradients are the same bits alone and inside any pack.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
+
+_log = logging.getLogger(__name__)
 
 # Fixed launch configuration (never autotuned: part of the batch-invariance contract).  Blocks
 # tile a sequence from its start; a loop's step must divide its program's block (asserted).
 FWD_BLOCK_M, FWD_BLOCK_N = 64, 64     # forward: query rows per program, keys per step
 DKDV_BLOCK_N, DKDV_BLOCK_M = 64, 64   # dk/dv: keys per program, query rows per step
 DQ_BLOCK_M, DQ_BLOCK_N = 64, 64       # dq: query rows per program, keys per step
-FWD_WARPS, BWD_WARPS = 4, 4
+FWD_WARPS, BWD_WARPS = 4, 8
 NUM_STAGES = 2
 FP32_PRECISION = "tf32x3"   # fp32 inputs: three tf32 products per product, ≈ fp32 accuracy
 LOG2E = 1.4426950408889634
@@ -287,7 +292,29 @@ def _check_blocks() -> None:
 
 
 def _precision(x: torch.Tensor) -> str:
-    return FP32_PRECISION if x.dtype == torch.float32 else "ieee"
+    return FP32_PRECISION if x.dtype == torch.float32 else "tf32"   # 16-bit inputs: no effect
+
+
+_STAGES_OK: dict = {}
+
+
+def _launch(kernel, grid, args, kwargs, warps: int) -> None:
+    """Launch with the fixed configuration.  The pipelining depth changes no arithmetic (only
+    when loads are issued), so where a GPU has too little shared memory for it (fp32 tiles are
+    twice as large) we retry shallower and say so once, instead of failing."""
+    key = (getattr(kernel, "__name__", id(kernel)), tuple(sorted(kwargs.items())), warps, str(args[0].dtype))
+    stages = _STAGES_OK.get(key, NUM_STAGES)
+    while True:
+        try:
+            kernel[grid](*args, **kwargs, num_warps=warps, num_stages=stages)
+            _STAGES_OK[key] = stages
+            return
+        except OutOfResources:
+            if stages <= 1:
+                raise
+            stages -= 1
+            _log.warning("softmax_attention: a kernel needs less shared memory on this GPU (%s); retrying "
+                         "with num_stages=%d (same results, slower)", key, stages)
 
 
 def causal_fwd(q, k, v, cu_seqlens, bounds, scale):
@@ -300,11 +327,11 @@ def causal_fwd(q, k, v, cu_seqlens, bounds, scale):
     lse = _empty(q, H, T, dtype=torch.float32)
     work = forward_work(bounds, q.device)
     if work.shape[0]:
-        _fwd_kernel[(H, work.shape[0])](
-            q, k, v, o, lse, cu_seqlens, work, float(scale) * LOG2E,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), T,
-            H=H, GROUP=H // KV, D=D, BLOCK_M=FWD_BLOCK_M, BLOCK_N=FWD_BLOCK_N, IN_PREC=_precision(q),
-            num_warps=FWD_WARPS, num_stages=NUM_STAGES)
+        _launch(_fwd_kernel, (H, work.shape[0]),
+                (q, k, v, o, lse, cu_seqlens, work, float(scale) * LOG2E,
+                 q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), T),
+                dict(H=H, GROUP=H // KV, D=D, BLOCK_M=FWD_BLOCK_M, BLOCK_N=FWD_BLOCK_N, IN_PREC=_precision(q)),
+                FWD_WARPS)
     return o, lse
 
 
@@ -319,12 +346,12 @@ def causal_bwd(q, k, v, o, lse, do, cu_seqlens, bounds, scale):
     _delta_kernel[(triton.cdiv(T, 64), H)](o, do, delta, T, H=H, D=D, BLOCK=64, num_warps=4)
     work = backward_work(bounds, H, KV, q.device)
     # tokens of empty sequences do not exist, so every row of dq, dk, dv has a program
-    _bwd_kernel[(work.shape[0],)](
-        q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens, work, float(scale) * LOG2E, float(scale),
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), T,
-        H=H, KV=KV, GROUP=H // KV, D=D, BLOCK_N1=DKDV_BLOCK_N, BLOCK_M1=DKDV_BLOCK_M,
-        BLOCK_M2=DQ_BLOCK_M, BLOCK_N2=DQ_BLOCK_N, IN_PREC=_precision(q),
-        num_warps=BWD_WARPS, num_stages=NUM_STAGES)
+    _launch(_bwd_kernel, (work.shape[0],),
+            (q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens, work, float(scale) * LOG2E, float(scale),
+             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), T),
+            dict(H=H, KV=KV, GROUP=H // KV, D=D, BLOCK_N1=DKDV_BLOCK_N, BLOCK_M1=DKDV_BLOCK_M,
+                 BLOCK_M2=DQ_BLOCK_M, BLOCK_N2=DQ_BLOCK_N, IN_PREC=_precision(q)),
+            BWD_WARPS)
     return dq, dk, dv
 
 
