@@ -224,6 +224,69 @@ def _dq_step(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, offs_n, start_n, L, 
 
 
 @triton.jit
+def _dkdv_program(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, bos, L, start, head,
+                  c, scale, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, T, H: tl.constexpr, KV: tl.constexpr,
+                  GROUP: tl.constexpr, D: tl.constexpr, BLOCK_N1: tl.constexpr, BLOCK_M1: tl.constexpr,
+                  IN_PREC: tl.constexpr):
+    """dk, dv of keys ``start .. start + BLOCK_N1`` of one sequence and KV head ``head``."""
+    offs_d = tl.arange(0, D)
+    offs_n = start + tl.arange(0, BLOCK_N1)
+    keys = offs_n < L
+    k = tl.load(k_ptr + (bos + offs_n)[:, None] * s_kt + head * s_kh + offs_d[None, :],
+                mask=keys[:, None], other=0.0)
+    v = tl.load(v_ptr + (bos + offs_n)[:, None] * s_vt + head * s_vh + offs_d[None, :],
+                mask=keys[:, None], other=0.0)
+    dk = tl.zeros([BLOCK_N1, D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N1, D], dtype=tl.float32)
+    for g in range(GROUP):  # the query heads sharing this KV head: summed here, no atomics
+        h = head * GROUP + g
+        q_h = q_ptr + bos * s_qt + h * s_qh
+        do_h = do_ptr + bos * (H * D) + h * D
+        lse_h = lse_ptr + h * T + bos
+        delta_h = delta_ptr + h * T + bos
+        for start_m in range(start, tl.minimum(start + BLOCK_N1, L), BLOCK_M1):   # diagonal
+            dk, dv = _dkdv_step(dk, dv, k, v, q_h, do_h, lse_h, delta_h, offs_n, start_m, L, c,
+                                s_qt, H, D, BLOCK_M1, True, IN_PREC)
+        for start_m in range(start + BLOCK_N1, L, BLOCK_M1):                       # after it
+            dk, dv = _dkdv_step(dk, dv, k, v, q_h, do_h, lse_h, delta_h, offs_n, start_m, L, c,
+                                s_qt, H, D, BLOCK_M1, False, IN_PREC)
+    out = (bos + offs_n)[:, None] * (KV * D) + head * D + offs_d[None, :]
+    tl.store(dk_ptr + out, (dk * scale).to(dk_ptr.dtype.element_ty), mask=keys[:, None])
+    tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=keys[:, None])
+
+
+@triton.jit
+def _dq_program(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, bos, L, start, head,
+                c, scale, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, T, H: tl.constexpr, GROUP: tl.constexpr,
+                D: tl.constexpr, BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr, IN_PREC: tl.constexpr):
+    """dq of queries ``start .. start + BLOCK_M2`` of one sequence and query head ``head``."""
+    i_kv = head // GROUP
+    offs_d = tl.arange(0, D)
+    offs_m = start + tl.arange(0, BLOCK_M2)
+    offs_n = tl.arange(0, BLOCK_N2)
+    rows = offs_m < L
+    q = tl.load(q_ptr + (bos + offs_m)[:, None] * s_qt + head * s_qh + offs_d[None, :],
+                mask=rows[:, None], other=0.0)
+    do = tl.load(do_ptr + (bos + offs_m)[:, None] * (H * D) + head * D + offs_d[None, :],
+                 mask=rows[:, None], other=0.0)
+    lse = tl.load(lse_ptr + head * T + bos + offs_m, mask=rows, other=0.0)
+    delta = tl.load(delta_ptr + head * T + bos + offs_m, mask=rows, other=0.0)
+    k_base = k_ptr + bos * s_kt + i_kv * s_kh + offs_d[None, :]
+    v_base = v_ptr + bos * s_vt + i_kv * s_vh + offs_d[None, :]
+    dq = tl.zeros([BLOCK_M2, D], dtype=tl.float32)
+    for start_n in range(0, start, BLOCK_N2):                                    # before
+        keys = start_n + offs_n
+        dq = _dq_step(dq, q, do, lse, delta, k_base + keys[:, None] * s_kt,
+                      v_base + keys[:, None] * s_vt, offs_m, offs_n, start_n, L, c, False, IN_PREC)
+    for start_n in range(start, tl.minimum(start + BLOCK_M2, L), BLOCK_N2):     # diagonal
+        keys = start_n + offs_n
+        dq = _dq_step(dq, q, do, lse, delta, k_base + keys[:, None] * s_kt,
+                      v_base + keys[:, None] * s_vt, offs_m, offs_n, start_n, L, c, True, IN_PREC)
+    tl.store(dq_ptr + (bos + offs_m)[:, None] * (H * D) + head * D + offs_d[None, :],
+             (dq * scale).to(dq_ptr.dtype.element_ty), mask=rows[:, None])
+
+
+@triton.jit
 def _bwd_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr, dv_ptr, cu_ptr,
                 work_ptr, c, scale, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, T,
                 H: tl.constexpr, KV: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
@@ -233,55 +296,13 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dk_ptr,
     role, n, start, head = tl.load(w), tl.load(w + 1), tl.load(w + 2), tl.load(w + 3)
     bos = tl.load(cu_ptr + n).to(tl.int64)
     L = (tl.load(cu_ptr + n + 1) - bos).to(tl.int32)
-    offs_d = tl.arange(0, D)
-    if role == 0:  # dk, dv of keys start .. start + BLOCK_N1, KV head `head`
-        offs_n = start + tl.arange(0, BLOCK_N1)
-        keys = offs_n < L
-        k = tl.load(k_ptr + (bos + offs_n)[:, None] * s_kt + head * s_kh + offs_d[None, :],
-                    mask=keys[:, None], other=0.0)
-        v = tl.load(v_ptr + (bos + offs_n)[:, None] * s_vt + head * s_vh + offs_d[None, :],
-                    mask=keys[:, None], other=0.0)
-        dk = tl.zeros([BLOCK_N1, D], dtype=tl.float32)
-        dv = tl.zeros([BLOCK_N1, D], dtype=tl.float32)
-        for g in range(GROUP):  # the query heads sharing this KV head: summed here, no atomics
-            h = head * GROUP + g
-            q_h = q_ptr + bos * s_qt + h * s_qh
-            do_h = do_ptr + bos * (H * D) + h * D
-            lse_h = lse_ptr + h * T + bos
-            delta_h = delta_ptr + h * T + bos
-            for start_m in range(start, tl.minimum(start + BLOCK_N1, L), BLOCK_M1):   # diagonal
-                dk, dv = _dkdv_step(dk, dv, k, v, q_h, do_h, lse_h, delta_h, offs_n, start_m, L, c,
-                                    s_qt, H, D, BLOCK_M1, True, IN_PREC)
-            for start_m in range(start + BLOCK_N1, L, BLOCK_M1):                       # after it
-                dk, dv = _dkdv_step(dk, dv, k, v, q_h, do_h, lse_h, delta_h, offs_n, start_m, L, c,
-                                    s_qt, H, D, BLOCK_M1, False, IN_PREC)
-        out = (bos + offs_n)[:, None] * (KV * D) + head * D + offs_d[None, :]
-        tl.store(dk_ptr + out, (dk * scale).to(dk_ptr.dtype.element_ty), mask=keys[:, None])
-        tl.store(dv_ptr + out, dv.to(dv_ptr.dtype.element_ty), mask=keys[:, None])
-    else:          # dq of queries start .. start + BLOCK_M2, query head `head`
-        i_kv = head // GROUP
-        offs_m = start + tl.arange(0, BLOCK_M2)
-        offs_n = tl.arange(0, BLOCK_N2)
-        rows = offs_m < L
-        q = tl.load(q_ptr + (bos + offs_m)[:, None] * s_qt + head * s_qh + offs_d[None, :],
-                    mask=rows[:, None], other=0.0)
-        do = tl.load(do_ptr + (bos + offs_m)[:, None] * (H * D) + head * D + offs_d[None, :],
-                     mask=rows[:, None], other=0.0)
-        lse = tl.load(lse_ptr + head * T + bos + offs_m, mask=rows, other=0.0)
-        delta = tl.load(delta_ptr + head * T + bos + offs_m, mask=rows, other=0.0)
-        k_base = k_ptr + bos * s_kt + i_kv * s_kh + offs_d[None, :]
-        v_base = v_ptr + bos * s_vt + i_kv * s_vh + offs_d[None, :]
-        dq = tl.zeros([BLOCK_M2, D], dtype=tl.float32)
-        for start_n in range(0, start, BLOCK_N2):                                    # before
-            keys = start_n + offs_n
-            dq = _dq_step(dq, q, do, lse, delta, k_base + keys[:, None] * s_kt,
-                          v_base + keys[:, None] * s_vt, offs_m, offs_n, start_n, L, c, False, IN_PREC)
-        for start_n in range(start, tl.minimum(start + BLOCK_M2, L), BLOCK_N2):     # diagonal
-            keys = start_n + offs_n
-            dq = _dq_step(dq, q, do, lse, delta, k_base + keys[:, None] * s_kt,
-                          v_base + keys[:, None] * s_vt, offs_m, offs_n, start_n, L, c, True, IN_PREC)
-        tl.store(dq_ptr + (bos + offs_m)[:, None] * (H * D) + head * D + offs_d[None, :],
-                 (dq * scale).to(dq_ptr.dtype.element_ty), mask=rows[:, None])
+    if role == 0:
+        _dkdv_program(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, bos, L, start, head,
+                      c, scale, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, T, H, KV, GROUP, D, BLOCK_N1, BLOCK_M1,
+                      IN_PREC)
+    else:
+        _dq_program(q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, bos, L, start, head,
+                    c, scale, s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, T, H, GROUP, D, BLOCK_M2, BLOCK_N2, IN_PREC)
 
 
 # ----------------------------------------------------------------------------- host side
