@@ -42,7 +42,7 @@ from kernels.softmax_attention import causal_attention, naive_causal_attention
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Alternative launch configurations for --configs: (fwd M, fwd N, fwd warps, dkdv N, dkdv M, dq M,
 # dq N, bwd warps, stages); the first is the shipped one (causal_triton's constants).
-CONFIGS = [(64, 64, 4, 64, 64, 64, 64, 8, 2), (128, 64, 8, 64, 32, 64, 32, 8, 2),
+CONFIGS = [(128, 64, 8, 64, 32, 64, 32, 8, 2), (64, 64, 4, 64, 64, 64, 64, 8, 2),
            (128, 32, 8, 32, 32, 64, 32, 4, 2), (64, 32, 4, 64, 16, 64, 16, 4, 2),
            (128, 64, 8, 128, 32, 128, 32, 8, 3), (64, 64, 4, 64, 64, 64, 64, 4, 2)]
 CONFIG_NAMES = ("FWD_BLOCK_M", "FWD_BLOCK_N", "FWD_WARPS", "DKDV_BLOCK_N", "DKDV_BLOCK_M", "DQ_BLOCK_M",

@@ -46,10 +46,14 @@ _log = logging.getLogger(__name__)
 
 # Fixed launch configuration (never autotuned: part of the batch-invariance contract).  Blocks
 # tile a sequence from its start; a loop's step must divide its program's block (asserted).
-FWD_BLOCK_M, FWD_BLOCK_N = 64, 64     # forward: query rows per program, keys per step
-DKDV_BLOCK_N, DKDV_BLOCK_M = 64, 64   # dk/dv: keys per program, query rows per step
-DQ_BLOCK_M, DQ_BLOCK_N = 64, 64       # dq: query rows per program, keys per step
-FWD_WARPS, BWD_WARPS = 4, 8
+# Chosen off-device (ptxas -v for sm_90a at head dim 128, bf16): the largest blocks whose
+# programs keep everything in registers (forward 229 registers, backward 255 with a 4-byte
+# spill; 64-row steps in the backward spilled ~0.5 KB).  Not yet timed against the others on a
+# GPU: `python -m benchmarks.gpu.varlen_attention --configs` does.
+FWD_BLOCK_M, FWD_BLOCK_N = 128, 64    # forward: query rows per program, keys per step
+DKDV_BLOCK_N, DKDV_BLOCK_M = 64, 32   # dk/dv: keys per program, query rows per step
+DQ_BLOCK_M, DQ_BLOCK_N = 64, 32       # dq: query rows per program, keys per step
+FWD_WARPS, BWD_WARPS = 8, 8
 NUM_STAGES = 2
 FP32_PRECISION = "tf32x3"   # fp32 inputs: three tf32 products per product, ≈ fp32 accuracy
 LOG2E = 1.4426950408889634

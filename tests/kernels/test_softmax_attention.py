@@ -147,12 +147,16 @@ def test_work_lists_cover_every_block_once_costliest_first():
         pytest.skip("triton not installed")
     bounds = [0, 1, 1, 130, 200]          # lengths 1, 0, 129, 70
     fwd = ct.forward_work(bounds, torch.device("cpu")).tolist()
-    want = {(0, 0), (2, 0), (2, 64), (2, 128), (3, 0), (3, 64)}
-    assert sorted(map(tuple, fwd)) == sorted(want) and len(fwd) == len(want)
-    assert fwd[0] == [2, 128] or fwd[0] == [2, 64]  # a late block of the long sequence first
+    blocks = {n: [(s, start) for s, length in enumerate((1, 0, 129, 70)) for start in range(0, length, n)]
+              for n in (ct.FWD_BLOCK_M, ct.DKDV_BLOCK_N, ct.DQ_BLOCK_M)}
+    assert sorted(map(tuple, fwd)) == sorted(blocks[ct.FWD_BLOCK_M]) and len(fwd) == len(blocks[ct.FWD_BLOCK_M])
+    cost = [min(start + ct.FWD_BLOCK_M, (1, 0, 129, 70)[s]) for s, start in fwd]
+    assert cost == sorted(cost, reverse=True)  # the blocks that see the most keys first
     bwd = ct.backward_work(bounds, 4, 2, torch.device("cpu"))
-    assert bwd.shape == (6 * 2 + 6 * 4, 4)
-    assert (bwd[:, 0] == 0).sum() == 12 and (bwd[:, 0] == 1).sum() == 24
+    dkdv, dq = bwd[bwd[:, 0] == 0], bwd[bwd[:, 0] == 1]
+    assert len(dkdv) == 2 * len(blocks[ct.DKDV_BLOCK_N]) and len(dq) == 4 * len(blocks[ct.DQ_BLOCK_M])
+    assert {tuple(r) for r in dq[:, 1:].tolist()} == {(s, start, h) for s, start in blocks[ct.DQ_BLOCK_M]
+                                                      for h in range(4)}
 
 
 # ----------------------------------------------------------------------------- GPU only
