@@ -91,9 +91,10 @@ def torch_varlen():
 
 def varlen_call(fn, q, k, v, cu, max_len, scale, expand_kv: bool):
     """torch's varlen attention on ``[T, heads, D]``: causal through whichever argument this
-    version has (``is_causal`` or ``window_size=(-1, 0)``), GQA natively or by repeating K, V."""
+    version has (2.10: ``is_causal``; later: ``window_size=(-1, 0)``), GQA through
+    ``enable_gqa`` (2.12+), FlashAttention's own KV-head broadcast, or by repeating K, V."""
     params = inspect.signature(fn).parameters
-    kwargs = {"scale": scale}
+    kwargs = {"scale": scale} if "scale" in params else {}   # 2.10 has none: its default is D^-0.5
     if "is_causal" in params:
         kwargs["is_causal"] = True
     else:
