@@ -8,6 +8,8 @@ its input checks and the choice of implementation; ``<op>_torch.py`` / ``<op>_tr
 tests compare against; ``__init__.py`` only re-exports.
 
 * :mod:`kernels.linear_attention` — ``chunk`` (training, prefill), ``recurrent`` (decode).
+* :mod:`kernels.softmax_attention` — ``causal_attention`` (training: causal GQA attention over
+  sequences packed with ``cu_seqlens``, one launch on CUDA).
 * :mod:`kernels.fp8` — block-scaled FP8 quantizers, GEMMs, fused producers, ``FP8Linear``.
 * :mod:`kernels.lm_head` — fp32 logits and chunked token log-probs from bf16 operands.
 

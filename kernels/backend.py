@@ -1,4 +1,5 @@
-"""The ``backend=`` convention of every kernel family (fp8, lm_head, linear_attention).
+"""The ``backend=`` convention of every kernel family (fp8, lm_head, linear_attention,
+softmax_attention).
 
 Every public op takes ``backend: Backend = "auto"`` as a keyword argument:
 

@@ -166,3 +166,41 @@ def test_start_up_check_refuses_a_model_that_mixes_packed_sequences(monkeypatch)
     assert packed_forward_mismatch(model) > 0.1
     with pytest.raises(worker.PackingRefused, match="trainer.pack_tokens: 0"):
         worker.check_packing(model, torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_ring_linear_bf16_pack_on_gpu_runs_the_varlen_kernel_as_the_sdpa_loop(monkeypatch):
+    """On CUDA the packed softmax attention is one Triton launch (kernels.softmax_attention).
+    In bf16, the same pack through the per-sequence SDPA loop (the CPU path, run on the GPU)
+    gives the same log-probs and gradients to bf16 rounding; and each sequence inside the pack
+    computes as alone (the kernel reads only its own sequence; cuBLAS GEMMs over more rows may
+    round differently: a bf16 tolerance, orders of magnitude below a leak)."""
+    from kernels.softmax_attention import causal as attention_op
+    from trainer.ring_linear import modeling
+
+    model = _ring_tiny().cuda().to(torch.bfloat16)
+    use_fp32_lm_head(model)
+    prompts, completions = _samples(LENGTHS, model.config.vocab_size, seed=3)
+    packed = pack_flat(prompts, completions)
+    kernel_calls = []
+    real_kernel = attention_op.causal_triton
+    monkeypatch.setattr(attention_op, "causal_triton", lambda *a: kernel_calls.append(1) or real_kernel(*a))
+    target = 1
+    logp, _, grads = _logp_and_grads(model, packed, target)
+    softmax_layers = sum(model.config.is_softmax_layer(i) for i in range(model.config.num_hidden_layers))
+    assert len(kernel_calls) == softmax_layers  # one launch per softmax layer (forward)
+
+    def per_sequence_sdpa(q, k, v, cu_seqlens, scale):
+        return attention_op.causal_attention(q, k, v, cu_seqlens, scale, backend="torch")
+
+    with monkeypatch.context() as m:
+        m.setattr(modeling, "causal_attention", per_sequence_sdpa)
+        logp_sdpa, _, grads_sdpa = _logp_and_grads(model, packed, target)
+    assert (logp - logp_sdpa).abs().max() < 0.05
+    assert grads.keys() == grads_sdpa.keys()
+    for name, g in grads_sdpa.items():
+        assert ((grads[name].float() - g.float()).norm() / g.float().norm().clamp(min=1e-30)) < 5e-2, name
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        logp_alone, _, _ = _logp_and_grads(model, pack([p], [c]), 0)
+        assert (logp[i, : len(c)] - logp_alone[0, : len(c)]).abs().max() < 0.05, i

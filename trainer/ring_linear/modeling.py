@@ -9,8 +9,10 @@ checkpoint's names strictly on loading.
 Numerics (DESIGN.md §4): the residual stream is kept in fp32 (fp64 when the weights are fp64,
 for the float64 parity tests); RMSNorms compute in fp32 and return fp32; projections run in the
 weight dtype on inputs cast to it; q, k, v go to fp32 before the q/k norms, RoPE and the
-linear-attention kernel (fp32 state); softmax attention runs SDPA on fp32 q, k, v (fp32
-softmax); the router runs in fp32; expert outputs are accumulated in fp32 in expert-index order
+linear-attention kernel (fp32 state); training's softmax attention
+(``kernels.softmax_attention.causal_attention``: the Triton kernel on CUDA, one SDPA call per
+sequence on CPU) reads q, k, v cast back to the weight dtype after the norms and RoPE — what the
+rollout engine's attention reads (its cache dtype) — with an fp32 softmax and fp32 sums; the router runs in fp32; expert outputs are accumulated in fp32 in expert-index order
 (deterministic; every expert module is called on every forward, also on zero tokens, so that
 ZeRO-3's per-module gathers match across ranks).  ``last_hidden_state`` is the fp32 final-norm
 output; ``forward``'s logits are fp32 (``kernels.lm_head.logits_fp32`` for bf16/fp16 weights:
@@ -63,6 +65,7 @@ from kernels.batch_invariant import silu as invariant_silu
 from kernels.linear_attention import chunk as linear_attention_chunk
 from kernels.linear_attention import layer_decay
 from kernels.linear_attention import recurrent as linear_attention_recurrent
+from kernels.softmax_attention import causal_attention
 from kernels.lm_head import logits_fp32
 from kernels.norm import compute_dtype
 from kernels.rope import apply_rope, rope_cos_sin
@@ -160,7 +163,9 @@ class LinearAttention(nn.Module):
 
 
 class SoftmaxAttention(nn.Module):
-    """GQA softmax-attention layer with q/k RMSNorm and partial RoPE; causal SDPA on fp32."""
+    """GQA softmax-attention layer with q/k RMSNorm and partial RoPE; training runs
+    :func:`kernels.softmax_attention.causal_attention` (packed sequences in one launch on CUDA),
+    generation SDPA on fp32 over the cache."""
 
     def __init__(self, config: BailingMoeLinearV2Config, layer_idx: int):
         super().__init__()
@@ -194,32 +199,19 @@ class SoftmaxAttention(nn.Module):
             positions = torch.arange(T, device=x.device).expand(B, T)
             o = invariant_attention(q, k, v, positions, d ** -0.5)
             return _project(self.dense, o.reshape(B, T, H * d), strict)
+        if cache is None:  # training: causal within each sequence (packed, or one per row)
+            wdt = self.dense.weight.dtype  # q, k, v in the weights' dtype, as the rollout's attention reads them
+            o = causal_attention(q.to(wdt), k.to(wdt), v.to(wdt), cu_seqlens, d ** -0.5)
+            return _project(self.dense, o.reshape(B, T, H * d))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)   # [B, heads, T, d]
-        if cu_seqlens is not None:  # packed: causal attention within each sequence
-            o = _packed_causal_attention(q, k, v, cu_seqlens.tolist(), d ** -0.5, KV != H)
-            return _project(self.dense, o.transpose(1, 2).reshape(B, T, H * d))
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)                       # [B, KV, S, d]
+        k, v = cache.update(k, v, self.layer_idx)                           # [B, KV, S, d]
         S = k.shape[2]
-        causal = S == T and real is None      # training and unpadded prefill: the training call
+        causal = S == T and real is None      # unpadded prefill into an empty cache
         sees_all = T == 1 and real is None    # unpadded decode: the new token sees every key
         mask = None if causal or sees_all else _attention_mask(T, S, real, x.device)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            scale=d ** -0.5, enable_gqa=KV != H)
         return _project(self.dense, o.transpose(1, 2).reshape(B, T, H * d))
-
-
-def _packed_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int],
-                             scale: float, gqa: bool) -> torch.Tensor:
-    """Block-diagonal causal attention over sequences packed along T (q ``[1, H, T, d]``, k, v
-    ``[1, KV, T, d]``; sequence n holds positions ``bounds[n]:bounds[n+1]``): the same causal
-    SDPA call per sequence that the sequence alone gets, so a sequence never attends into its
-    neighbour and computes as it would unpacked.  (A varlen kernel — flash-attn's — would do
-    it in one launch on GPU; on CPU the per-sequence calls cost nothing extra.)"""
-    outs = [F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], is_causal=True,
-                                           scale=scale, enable_gqa=gqa)
-            for a, b in zip(bounds, bounds[1:])]
-    return torch.cat(outs, dim=2)
 
 
 def _attention_mask(T: int, S: int, real: torch.Tensor | None, device: torch.device) -> torch.Tensor:

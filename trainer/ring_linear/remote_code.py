@@ -49,6 +49,8 @@ TORCH_PATHS = {
     ("kernels.linear_attention.chunk", "chunk"): ("kernels.linear_attention.chunk_torch", "chunk_torch"),
     ("kernels.linear_attention.recurrent", "recurrent"): ("kernels.linear_attention.recurrent_torch", "recurrent_step"),
     ("kernels.lm_head.logits", "logits_fp32"): ("kernels.lm_head.logits", "logits_fp32_torch"),
+    ("kernels.softmax_attention.causal", "causal_attention"): ("kernels.softmax_attention.causal_torch",
+                                                               "causal_torch"),
 }
 
 _BUILTINS = set(dir(builtins))
