@@ -10,9 +10,10 @@ Numerics (DESIGN.md §4): the residual stream is kept in fp32 (fp64 when the wei
 for the float64 parity tests); RMSNorms compute in fp32 and return fp32; projections run in the
 weight dtype on inputs cast to it; q, k, v go to fp32 before the q/k norms, RoPE and the
 linear-attention kernel (fp32 state); training's softmax attention
-(``kernels.softmax_attention.causal_attention``: the Triton kernel on CUDA, one SDPA call per
-sequence on CPU) reads q, k, v cast back to the weight dtype after the norms and RoPE — what the
-rollout engine's attention reads (its cache dtype) — with an fp32 softmax and fp32 sums; the router runs in fp32; expert outputs are accumulated in fp32 in expert-index order
+(``kernels.softmax_attention.causal_attention``) runs SDPA on fp32 q, k, v for one sequence per
+row, and for packed sequences the Triton varlen kernel on CUDA (one SDPA call per sequence on CPU)
+on q, k, v cast back to the weight dtype after the norms and RoPE — what the rollout engine's
+attention reads (its cache dtype) — with an fp32 softmax and fp32 sums; the router runs in fp32; expert outputs are accumulated in fp32 in expert-index order
 (deterministic; every expert module is called on every forward, also on zero tokens, so that
 ZeRO-3's per-module gathers match across ranks).  ``last_hidden_state`` is the fp32 final-norm
 output; ``forward``'s logits are fp32 (``kernels.lm_head.logits_fp32`` for bf16/fp16 weights:
@@ -199,8 +200,12 @@ class SoftmaxAttention(nn.Module):
             positions = torch.arange(T, device=x.device).expand(B, T)
             o = invariant_attention(q, k, v, positions, d ** -0.5)
             return _project(self.dense, o.reshape(B, T, H * d), strict)
-        if cache is None:  # training: causal within each sequence (packed, or one per row)
-            wdt = self.dense.weight.dtype  # q, k, v in the weights' dtype, as the rollout's attention reads them
+        if cache is None and cu_seqlens is None:  # training, one sequence per row: SDPA on fp32 q, k, v
+            # (the path the GPU runs were measured with; the Triton kernel has not run on a GPU yet)
+            o = causal_attention(q, k, v, None, d ** -0.5, backend="torch")
+            return _project(self.dense, o.reshape(B, T, H * d))
+        if cache is None:  # training, packed: one launch on CUDA; q, k, v in the weights' dtype, as
+            wdt = self.dense.weight.dtype  # the rollout's attention reads them (16-bit tensor cores)
             o = causal_attention(q.to(wdt), k.to(wdt), v.to(wdt), cu_seqlens, d ** -0.5)
             return _project(self.dense, o.reshape(B, T, H * d))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)   # [B, heads, T, d]
