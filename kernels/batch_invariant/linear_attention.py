@@ -57,7 +57,7 @@ class _Recurrence(torch.autograd.Function):
         q, k, v, decay, state = ctx.saved_tensors
         needs = (*ctx.needs_input_grad[:3], state is not None and ctx.needs_input_grad[5])
         with torch.enable_grad():
-            leaves = [None if t is None else t.detach().requires_grad_(need)
+            leaves = [None if t is None else t.detach().contiguous().requires_grad_(need)
                       for t, need in zip((q, k, v, state), needs)]
             o, _ = chunk(*leaves[:3], decay, scale=ctx.scale, initial_state=leaves[3])
             wanted = [t for t, need in zip(leaves, needs) if need]
