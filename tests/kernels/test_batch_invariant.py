@@ -164,7 +164,9 @@ def test_attention_gradients_with_positions_match_float64():
         return torch.einsum("bhts,bshd->bthd", s.softmax(-1), v)
 
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    (bi.attention(*leaves, positions, 0.25) * up).sum().backward()
+    out = bi.attention(*leaves, positions, 0.25)
+    assert same_bits(out.detach(), bi.attention(q, k, v, positions, 0.25))  # training forward = engine's
+    (out * up).sum().backward()
     ref = [t.double().requires_grad_() for t in (q, k, v)]
     (reference(*ref) * up.double()).sum().backward()
     for name, a, r in zip("qkv", leaves, ref):
@@ -225,6 +227,7 @@ def test_recurrence_fp32_gradients_from_a_state_match_float64():
     up = torch.randn(B, T, H, d, generator=g)
     leaves = [t.clone().requires_grad_() for t in (q, k, v, s0)]
     o, _ = bi.recurrence(*leaves[:3], decay, d ** -0.5, leaves[3])
+    assert same_bits(o.detach(), bi.recurrence(q, k, v, decay, d ** -0.5, s0)[0])  # training forward = engine's
     (o * up).sum().backward()
     ref = [t.double().requires_grad_() for t in (q, k, v, s0)]
     (naive_recurrence(*ref[:3], decay, d ** -0.5, ref[3])[0] * up.double()).sum().backward()
