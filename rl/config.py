@@ -382,6 +382,10 @@ def check_combinations(cfg: RunConfig) -> None:
         # the strict layers call the row-tiled fp32 GEMM, which would bypass the FP8 projections
         bad("mode", "strict mode does not cover model.fp8 yet; use mode: fast with model.fp8, or "
             "model.fp8.enabled=false")
+    if cfg.mode == "strict" and cfg.trainer.pack_tokens:
+        # the strict layers run each row as one sequence (no cu_seqlens): packed samples would leak
+        bad("trainer.pack_tokens", "strict mode runs padded micro-batches (its layers take one sequence "
+            "per row); set trainer.pack_tokens=0 or use mode: fast")
     if cfg.rollout.max_num_batched_tokens < 0:
         bad("rollout.max_num_batched_tokens", f"must be ≥ 0 (0: vLLM's default), got {cfg.rollout.max_num_batched_tokens}")
     if cfg.faults.max_restarts < 0:

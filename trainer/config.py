@@ -41,7 +41,7 @@ class TrainerConfig:
     """Packed micro-batches: 0 pads each micro-batch of `micro_batch_size` sequences to its longest;
     N > 0 concatenates sequences into micro-batches of at most N tokens with no padding (a longer
     sequence runs alone), each sequence computed as it would be alone (`micro_batch_size` then
-    only sets the loss scale's accumulation count)."""
+    only sets the loss scale's accumulation count). Not with `mode: strict` (refused)."""
     gradient_checkpointing: bool = False
     """Activation checkpointing per decoder layer: each layer's activations are recomputed in the
     backward pass instead of kept (less memory, one more forward; same gradients)."""

@@ -21,12 +21,18 @@ The max over all visible keys (instead of an online running max) costs one more 
 scores and makes the arithmetic simpler; it is exact, so it adds nothing order-dependent.
 Memory: the scores and P are ``[G, H, Tq/16, S/16, 16, 16]``, the block products
 ``[G, H, Tq/16, S/16, 16, d+1]`` — fine at demo lengths; long contexts would want a loop over
-query tiles.  Differentiable through autograd (the trainer's backward).
+query tiles.
+
+Backward (training): only the forward's bits must agree between the engines, so the gradient is
+that of ordinary masked attention (``F.scaled_dot_product_attention``, fast mode's op, causal or
+with the positions' mask), recomputed from the saved q, k, v in the backward: the same function,
+without autograd through the tiles' expanded copies.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 KEY_BLOCK = 16    # keys per block: the K of the P·V GEMM and the N of the score GEMM
 QUERY_TILE = 16   # queries per tile: the M of both GEMMs
@@ -44,7 +50,7 @@ def _pad_to(x: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
               scale: float) -> torch.Tensor:
-    """Causal GQA attention, batch invariant.
+    """Causal GQA attention, batch invariant; differentiable in q, k, v (backward: see above).
 
     Args:
         q: ``[G, Tq, H, d]`` queries of G sequences (padded query rows allowed).
@@ -56,10 +62,51 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
     Returns:
         ``[G, Tq, H, d]`` in q's dtype.
     """
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"batch_invariant.attention: {q.shape[2]} query heads are not a multiple of "
+                         f"{k.shape[2]} KV heads")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return _Attention.apply(q, k, v, positions, scale)
+    return _blocked(q, k, v, positions, scale)
+
+
+class _Attention(torch.autograd.Function):
+    """The blocked forward; ordinary masked attention's gradient backward (recomputed)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, positions, scale):
+        ctx.save_for_backward(q, k, v, positions)
+        ctx.scale = scale
+        return _blocked(q, k, v, positions, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, positions = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(need) for t, need in zip((q, k, v), needs)]
+            o = _masked_attention(*leaves, positions, ctx.scale)
+            grads = iter(torch.autograd.grad(o, [t for t in leaves if t.requires_grad], grad))
+        return (*(next(grads) if need else None for need in needs), None, None)
+
+
+def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+                      scale: float) -> torch.Tensor:
+    """The same function in plain ops (SDPA), shapes as :func:`attention`: query i sees keys
+    ``0..positions[:, i]`` — ``is_causal`` when the queries are positions 0..T-1 of the keys."""
+    Tq, S = q.shape[1], k.shape[1]
+    causal = Tq == S and torch.equal(positions, torch.arange(Tq, device=q.device).expand_as(positions))
+    mask = None if causal else (torch.arange(S, device=q.device) <= positions[:, None, :, None])
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                       is_causal=causal, scale=scale, enable_gqa=k.shape[2] != q.shape[2])
+    return o.transpose(1, 2)
+
+
+def _blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+             scale: float) -> torch.Tensor:
+    """The forward's bits (the module docstring's arithmetic); shapes as :func:`attention`."""
     G, Tq, H, d = q.shape
     S, KV = k.shape[1], k.shape[2]
-    if H % KV:
-        raise ValueError(f"batch_invariant.attention: {H} query heads are not a multiple of {KV} KV heads")
     q, positions = _pad_to(q, 1, QUERY_TILE), _pad_to(positions, 1, QUERY_TILE)
     k, v = _pad_to(k, 1, KEY_BLOCK), _pad_to(v, 1, KEY_BLOCK)
     nq, nk, rep = q.shape[1] // QUERY_TILE, k.shape[1] // KEY_BLOCK, H // KV

@@ -3,39 +3,67 @@
     S_t = λ ⊙ S_{t−1} + k_tᵀ v_t          (λ = exp(decay) per head; elementwise products)
     o_t = (scale · q_t) S_t                (a 1 × d by d × d product per sequence and head)
 
-Training (autograd through the loop), prefill (from a slot's state, a piece at a time) and
-decode (T = 1) call this same function, so a token's output is the same bits whichever of them
-computes it: the state update is elementwise (each element rounds the same everywhere), and the
-read-out is one bmm of ``[n, 1, d] × [n, d, d]`` over every (sequence, token, head), whose rows
-do not depend on n (tests/kernels/test_batch_invariant.py).
+Training, prefill (from a slot's state, a piece at a time) and decode (T = 1) call this same
+function, so a token's output is the same bits whichever of them computes it: the state update
+is elementwise (each element rounds the same everywhere), and the read-out is, per token, one
+bmm of ``[B·H, 1, d] × [B·H, d, d]`` (fresh contiguous operands), whose rows depend neither on
+B·H nor on the other rows (tests/kernels/test_batch_invariant.py).
 
 Chosen over re-running the open chunk at decode (the chunked form's bits depend on where a
-token sits in its chunk): one definition, no chunk bookkeeping in the engine.  It costs the
-chunked form's speed (T sequential steps instead of T/64 chunks) and, in training, memory for
-every S_t (``[B, T, H, d, d]``), which the read-out's backward needs; fine at demo lengths.
+token sits in its chunk): one definition, no chunk bookkeeping in the engine.  Its cost is the
+forward's T sequential steps; the state is O(B·H·d²) whatever T (no per-token states kept).
+
+Backward (training): only the forward's bits must agree between the engines, so the gradient is
+the chunked form's (:func:`kernels.linear_attention.chunk`, fast mode's kernel), recomputed from
+the saved q, k, v in the backward: the same function, differentiated in T/64 chunk steps instead
+of T token steps, and no ``[B, T, H, d, d]`` of states held for it.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..linear_attention import chunk
 
-class _ReadOut(torch.autograd.Function):
-    """``o[n] = q[n] S[n]`` for q ``[n, 1, d]``, S ``[n, d, d]``: one bmm forward (the bits both
-    engines share); the backward as broadcast products, which are much faster than bmm's
-    backward over thousands of 1 × d matrices (only the forward's bits must agree)."""
+
+def _token_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
+                state: torch.Tensor | None, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward's bits (no autograd).  Shapes as :func:`recurrence`."""
+    B, T, H, d = q.shape
+    lam = torch.exp(decay.to(q.dtype))[:, None, None]                               # [H, 1, 1]
+    S = q.new_zeros(B, H, d, d) if state is None else state.to(q.dtype)
+    q_steps = (q * scale).transpose(0, 1).contiguous()                              # [T, B, H, d]
+    o = q.new_empty(T, B, H, d)
+    for t in range(T):
+        new = lam * S + k[:, t, :, :, None] * v[:, t, :, None, :]
+        S = new if valid is None else torch.where(valid[:, t, None, None, None], new, S)
+        o[t] = torch.bmm(q_steps[t].view(B * H, 1, d), S.view(B * H, d, d)).view(B, H, d)
+    return o.transpose(0, 1), S
+
+
+class _Recurrence(torch.autograd.Function):
+    """The token loop forward; the chunked form's gradient backward (recomputed, see above)."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(q, states)
-        return torch.bmm(q, states)
+    def forward(ctx, q, k, v, decay, scale, state):
+        o, final = _token_loop(q, k, v, decay, scale, state, None)
+        ctx.save_for_backward(q, k, v, decay, state)
+        ctx.scale = scale
+        ctx.mark_non_differentiable(final)
+        return o, final
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        q, states = ctx.saved_tensors
-        gq = (grad * states).sum(-1)[:, None] if ctx.needs_input_grad[0] else None        # g Sᵀ
-        gs = q.transpose(1, 2) * grad if ctx.needs_input_grad[1] else None                  # qᵀ g
-        return gq, gs
+    def backward(ctx, grad_o, _grad_final):
+        q, k, v, decay, state = ctx.saved_tensors
+        needs = (*ctx.needs_input_grad[:3], state is not None and ctx.needs_input_grad[5])
+        with torch.enable_grad():
+            leaves = [None if t is None else t.detach().contiguous().requires_grad_(need)
+                      for t, need in zip((q, k, v, state), needs)]
+            o, _ = chunk(*leaves[:3], decay, scale=ctx.scale, initial_state=leaves[3])
+            wanted = [t for t, need in zip(leaves, needs) if need]
+            grads = iter(torch.autograd.grad(o, wanted, grad_o))
+        gq, gk, gv, gs = (next(grads) if need else None for need in needs)
+        return gq, gk, gv, None, None, gs
 
 
 def recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
@@ -43,25 +71,23 @@ def recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.T
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Args:
         q, k, v: ``[B, T, H, d]`` (fp32 or fp64).
-        decay: ``[H]`` log-decay (λ = exp(decay)).
+        decay: ``[H]`` log-decay (λ = exp(decay)); a constant (no gradient).
         state: ``[B, H, d, d]`` initial state (None: zeros); not modified.
         valid: bool ``[B, T]`` — tokens that update the state (False: padding after a
             sequence's end; its state is carried, its output is garbage).  None: all.
     Returns:
-        o ``[B, T, H, d]`` and the final state ``[B, H, d, d]``.
+        o ``[B, T, H, d]`` and the final state ``[B, H, d, d]``.  Differentiable in q, k, v and
+        state through o (the training forward: ``valid`` must be None there); the final state
+        carries no gradient.
     """
-    B, T, H, d = q.shape
-    lam = torch.exp(decay.to(q.dtype))[:, None, None]                               # [H, 1, 1]
-    S = q.new_zeros(B, H, d, d) if state is None else state.to(q.dtype)
-    q = q * scale
-    states = []
-    for t in range(T):
-        new = lam * S + k[:, t, :, :, None] * v[:, t, :, None, :]
-        S = new if valid is None else torch.where(valid[:, t, None, None, None], new, S)
-        states.append(S)
-    every = torch.stack(states, dim=1).reshape(B * T * H, d, d)                     # S_t per (b, t, h)
-    o = _ReadOut.apply(q.reshape(B * T * H, 1, d), every).view(B, T, H, d)
-    return o, S
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, state))
+    if not needs_grad:
+        return _token_loop(q, k, v, decay.detach(), scale, state, valid)
+    if valid is not None:
+        raise ValueError("batch_invariant.recurrence: gradients need every token valid (valid=None): "
+                         "right padding after a sequence's end only changes outputs nobody reads")
+    return _Recurrence.apply(q, k, v, decay.detach(), scale, state)
 
 
 __all__ = ["recurrence"]

@@ -6,7 +6,9 @@ does not change that).  With M fixed it is: the rows are cut into tiles of exact
 ``TILE_ROWS`` (the last one zero-padded) and the tiles go through one ``bmm`` — a batch of
 identical 16-row GEMMs whose results depend only on the tile's contents, not on the number of
 tiles, a row's place in its tile, or the thread count (1 and 2 checked, across processes).
-K is never split.  Costs the padding of the last tile (up to 15 rows) and a copy of x.
+K is never split.  Costs the padding of the last tile (up to 15 rows) and a copy of x, unless x
+already is that operand (a whole number of tiles, contiguous, 64-byte aligned like a fresh
+tensor): then the bmm reads x itself, the same bytes at the same alignment, so the same bits.
 
 Backward: the gradients are ordinary GEMMs (only the forward's bits must agree between the
 engines; the rollout never differentiates).
@@ -18,14 +20,18 @@ import torch
 import torch.nn.functional as F
 
 TILE_ROWS = 16
+_ALIGN = 64  # bytes: torch's CPU allocator's alignment (MKL picks kernels by the operands' alignment)
 
 
 def _tiled(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x ``[N, K]``, weight ``[O, K]`` → ``[N, O]`` through fixed 16-row tiles."""
     N, K = x.shape
     tiles = -(-N // TILE_ROWS)
-    padded = x.new_zeros(tiles * TILE_ROWS, K)
-    padded[:N] = x
+    if N % TILE_ROWS == 0 and x.is_contiguous() and x.data_ptr() % _ALIGN == 0:
+        padded = x  # already what the copy would be: whole tiles, contiguous, aligned as a fresh tensor
+    else:
+        padded = x.new_zeros(tiles * TILE_ROWS, K)
+        padded[:N] = x
     wt = weight.t().unsqueeze(0).expand(tiles, K, weight.shape[0])  # the same Wᵀ for every tile
     return torch.bmm(padded.view(tiles, TILE_ROWS, K), wt).view(-1, weight.shape[0])[:N]
 

@@ -45,6 +45,19 @@ def test_linear_rows_do_not_depend_on_the_batch(k, o):
     assert bi.linear(x.view(7, 29, k), w).shape == (7, 29, o)
 
 
+def test_linear_reads_whole_aligned_tiles_in_place_with_the_same_bits():
+    """x of whole tiles, contiguous and aligned, goes to the bmm as it is (no copy); a view at an
+    unaligned offset is copied first. Both give the bits of the rows computed alone."""
+    g = gen(12)
+    big, w = torch.randn(80, 128, generator=g), torch.randn(384, 128, generator=g) / 128 ** 0.5
+    whole = big[:64]                                     # aligned: read in place
+    shifted = big.view(-1)[3:3 + 64 * 128].view(64, 128)  # unaligned by 12 bytes: copied
+    for x in (whole, shifted):
+        out = bi.linear(x, w)
+        for start in (0, 17, 63):
+            assert same_bits(bi.linear(x[start:start + 1].clone(), w), out[start:start + 1])
+
+
 def test_linear_gradients_match_float64():
     g = gen(1)
     x = torch.randn(37, 24, generator=g, dtype=torch.float64, requires_grad=True)
@@ -135,6 +148,31 @@ def test_attention_matches_float64_with_gradients():
         assert torch.allclose(a, t.grad, atol=1e-10)
 
 
+def test_attention_gradients_with_positions_match_float64():
+    """The backward recomputes ordinary masked attention: with queries at arbitrary positions
+    (a prefill piece, a decode) the fp32 gradients match float64 attention with that mask."""
+    G, Tq, S, H, KV, d = 2, 13, 40, 4, 2, 16
+    g = gen(11)
+    q, k, v = (torch.randn(G, n, h, d, generator=g) for n, h in ((Tq, H), (S, KV), (S, KV)))
+    positions = torch.stack((torch.arange(20, 33), torch.randint(0, S, (Tq,), generator=g)))
+    up = torch.randn(G, Tq, H, d, generator=g)
+
+    def reference(q, k, v):
+        k, v = k.repeat_interleave(H // KV, dim=2), v.repeat_interleave(H // KV, dim=2)
+        s = torch.einsum("bthd,bshd->bhts", q, k) * 0.25
+        s = s.masked_fill(torch.arange(S) > positions[:, None, :, None], float("-inf"))
+        return torch.einsum("bhts,bshd->bthd", s.softmax(-1), v)
+
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = bi.attention(*leaves, positions, 0.25)
+    assert same_bits(out.detach(), bi.attention(q, k, v, positions, 0.25))  # training forward = engine's
+    (out * up).sum().backward()
+    ref = [t.double().requires_grad_() for t in (q, k, v)]
+    (reference(*ref) * up.double()).sum().backward()
+    for name, a, r in zip("qkv", leaves, ref):
+        assert rel(a.grad, r.grad) < 1e-5, name
+
+
 def test_attention_decode_prefill_pieces_and_batches_agree_bitwise():
     """A query's output is the same bits as one decode query (keys up to its position), as a
     row of the whole-sequence prefill, inside a prefill piece, and beside other sequences."""
@@ -177,6 +215,26 @@ def test_recurrence_matches_float64_and_its_gradients():
     (naive_recurrence(*leaves, decay, d ** -0.5)[0] * up).sum().backward()
     for a, t in zip(got, leaves):
         assert torch.allclose(a, t.grad, atol=1e-10)
+
+
+def test_recurrence_fp32_gradients_from_a_state_match_float64():
+    """The backward is the chunked form's gradient (not the token loop's): fp32 gradients of q, k,
+    v and the initial state against the float64 token loop's, on fresh inputs longer than a chunk."""
+    g = gen(10)
+    B, T, H, d = 2, 71, 2, 16
+    q, k, v = (torch.randn(B, T, H, d, generator=g) * 0.5 for _ in range(3))
+    decay, s0 = -torch.rand(H, generator=g), torch.randn(B, H, d, d, generator=g) * 0.1
+    up = torch.randn(B, T, H, d, generator=g)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, s0)]
+    o, _ = bi.recurrence(*leaves[:3], decay, d ** -0.5, leaves[3])
+    assert same_bits(o.detach(), bi.recurrence(q, k, v, decay, d ** -0.5, s0)[0])  # training forward = engine's
+    (o * up).sum().backward()
+    ref = [t.double().requires_grad_() for t in (q, k, v, s0)]
+    (naive_recurrence(*ref[:3], decay, d ** -0.5, ref[3])[0] * up.double()).sum().backward()
+    for name, a, r in zip("q k v state".split(), leaves, ref):
+        assert rel(a.grad, r.grad) < 1e-5, name
+    with pytest.raises(ValueError, match="gradients need every token valid"):
+        bi.recurrence(*leaves[:3], decay, d ** -0.5, valid=torch.ones(B, T, dtype=torch.bool))
 
 
 def test_recurrence_decode_and_prefill_pieces_agree_bitwise():

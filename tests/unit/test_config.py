@@ -28,6 +28,7 @@ def test_defaults_and_overrides():
         ({"algorithm": {"dynamic_sampling_max_rounds": 3}}, [], r"algorithm.dynamic_sampling_max_rounds: refill rounds need algorithm.dynamic_sampling=true"),
         ({"algorithm": {"dynamic_sampling": True, "dynamic_sampling_max_rounds": 0}}, [], r"dynamic_sampling_max_rounds: must be ≥ 1"),
         ({"mode": "strict", "model": {"fp8": {"enabled": True}}}, [], r"mode: strict mode does not cover model.fp8"),
+        ({"mode": "strict"}, ["trainer.pack_tokens=512"], r"trainer.pack_tokens: strict mode runs padded micro-batches"),
         ({"rollout": {"group_size": "eight"}}, [], r"rollout.group_size: expected int, got 'eight'"),
         ({"trainer": {"zero_stage": 4}}, [], r"trainer.zero_stage: got 4; allowed: one of 0, 1, 2, 3"),
         ({"algorithm": {"kl_estimator": "k4"}}, [], r"algorithm.kl_estimator: got 'k4'"),

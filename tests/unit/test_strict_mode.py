@@ -7,7 +7,7 @@ import torch
 
 from models.ring_linear import BailingMoeLinearV2Config
 from models.ring_linear.strict import use_strict
-from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head
+from trainer.logprobs import pack, pack_flat, token_logprobs, use_fp32_lm_head
 from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 
 
@@ -62,7 +62,9 @@ def test_strict_training_forward_has_gradients(models):
     strict.zero_grad()
 
 
-def test_strict_model_refuses_a_cache(models):
+def test_strict_model_refuses_a_cache_and_packed_sequences(models):
     _, strict = models
     with pytest.raises(ValueError, match="strict mode covers the training forward"):
         strict.model(torch.tensor([[1, 2, 3]]), use_cache=True)
+    with pytest.raises(ValueError, match="strict mode takes one sequence per row"):  # its layers would leak
+        token_logprobs(strict, pack_flat([[5, 6, 7], [8, 9]], [[10, 11], [12, 13]]))

@@ -84,10 +84,13 @@ def _project(linear: nn.Linear, x: torch.Tensor, strict: bool = False) -> torch.
     return linear(x.to(linear.weight.dtype))
 
 
-def _no_cache_in_strict_mode(strict: bool, cache: Cache | None) -> None:
+def _no_cache_in_strict_mode(strict: bool, cache: Cache | None, cu_seqlens: torch.Tensor | None = None) -> None:
     if strict and cache is not None:
         raise ValueError("strict mode covers the training forward (no cache); generate with a model "
                          "that is not in strict mode")
+    if strict and cu_seqlens is not None:  # its layers run each row as one sequence
+        raise ValueError("strict mode takes one sequence per row (trainer.logprobs.pack), not packed "
+                         "sequences (pack_flat / trainer.pack_tokens)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +138,7 @@ class LinearAttention(nn.Module):
         B, T, _ = x.shape
         H, d = self.num_heads, self.head_dim
         dt, strict = compute_dtype(self.dense.weight), self.strict
-        _no_cache_in_strict_mode(strict, cache)
+        _no_cache_in_strict_mode(strict, cache, cu_seqlens)
         qkv = _project(self.query_key_value, x, strict).to(dt)
         if self.linear_silu:
             qkv = invariant_silu(qkv) if strict else F.silu(qkv)
@@ -190,7 +193,7 @@ class SoftmaxAttention(nn.Module):
         B, T, _ = x.shape
         H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
         dt, strict = compute_dtype(self.dense.weight), self.strict
-        _no_cache_in_strict_mode(strict, cache)
+        _no_cache_in_strict_mode(strict, cache, cu_seqlens)
         qkv = _project(self.query_key_value, x, strict).to(dt).view(B, T, H + 2 * KV, d)
         q, k, v = qkv.split([H, KV, KV], dim=2)
         if self.use_qk_norm:
