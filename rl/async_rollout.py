@@ -117,8 +117,11 @@ class AsyncSampler:
         idx = [g.prompt_index for g in chosen]
         samples = [Sample(g.prompt, c, self.train_set[g.prompt_index].answer) for g in chosen for c in g.completions]
         stale = any(v < version for s in samples for v, _ in s.completion.versions)
-        metrics = {k: float(v) for k, v in self.counts.items()}
+        metrics: dict[str, float | str] = {k: float(v) for k, v in self.counts.items()}
         metrics["rollout/groups_in_flight"] = float(len(self.pool))
+        # Which prompts trained, in the step's record (a field, not a scalar): with groups taken
+        # out of launch order, the audit that no prompt trains twice needs the list itself.
+        metrics["data/prompts"] = " ".join(map(str, idx))
         self.counts = dict.fromkeys(self.counts, 0)
         return StepBatch(idx, samples, samples, stale, version=version, metrics=metrics)
 

@@ -52,4 +52,4 @@ class StepBatch:
     # Asynchronous rollout (rl.async_rollout): the trainer's weights version, against which each
     # token's own version (`Completion.versions`) gives its lag; None: one version per batch.
     version: int | None = None
-    metrics: dict[str, float] = field(default_factory=dict)  # the sampler's counts for this step
+    metrics: dict[str, float | str] = field(default_factory=dict)  # the sampler's counts for this step
