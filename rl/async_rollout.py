@@ -108,10 +108,11 @@ class AsyncSampler:
         groups the step takes, applying the staleness bound to every group that completes."""
         while True:
             self.fill(pool_target(self.cfg.prompts_per_step, self.cfg.max_staleness, self.steps - step + 1))
+            self.enforce_bound(version)  # complete groups age in the pool too: judged against this step
             chosen = choose_batch(self.pool, self.cfg.prompts_per_step, self.cfg.partial)
             if chosen is not None:
                 break
-            self.poll(version)
+            self.poll()
         taken = {id(g) for g in chosen}
         self.pool = [g for g in self.pool if id(g) not in taken]
         idx = [g.prompt_index for g in chosen]
@@ -178,13 +179,17 @@ class AsyncSampler:
             [g.key for g in gs], [g.prompt for g in gs], c.group_size, c.max_new_tokens, c.temperature, c.top_p,
             c.top_k, c.ignore_eos) for e, gs in per_engine.items()])
 
-    def poll(self, version: int) -> None:
-        """Waits up to POLL_S for groups to finish; each that did is checked against the bound."""
+    def poll(self) -> None:
+        """Waits up to POLL_S for groups to finish, and records those that did."""
         by_key = {g.key: g for g in self.pool}
         for answers in self.rollout.gather([a.take.remote(POLL_S) for a in self.rollout.actors]):
             for key, completions in answers:
                 if key in by_key:  # else: a group aborted by a rewind that finished meanwhile
                     by_key[key].completions = completions
+
+    def enforce_bound(self, version: int) -> None:
+        """Complete groups more than max_staleness versions behind `version`: dropped or sampled
+        again (rollout.stale_policy), counted."""
         stale = over_bound_groups(self.pool, version, self.cfg.max_staleness)
         if not stale:
             return
