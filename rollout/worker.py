@@ -14,7 +14,9 @@ worker) that hand every decode step over ZeroMQ and a spin-waiting shared-memory
 on a few shared cores costs more CPU than the model itself (measured on the 2-core demo:
 ~1.1 s of CPU per 128 × 40-token rollout in three processes vs ~0.5 s in one). GPUs keep
 vLLM's default process layout, where the separate engine core overlaps output processing with
-the device.
+the device — except under asynchronous rollout (`rollout.max_staleness ≥ 2` or
+`rollout.partial`), where the worker steps the engine itself (`rollout.engine_loop`: weights
+load between decode steps, sequences in flight continue) and keeps it in this process.
 """
 
 from __future__ import annotations
