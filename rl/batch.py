@@ -5,7 +5,7 @@ advantage and loss weight; `Sample.for_trainer` gives what the trainer receives
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rollout.completion import Completion
 from trainer.batch import TrainSample
@@ -49,3 +49,7 @@ class StepBatch:
     drawn: list[Sample]  # every sample drawn and scored (the reward metrics)
     samples: list[Sample]  # the batch that trains: `drawn`, or the groups refill rounds chose
     stale: bool  # sampled ahead, by weights one update older than the trainer's
+    # Asynchronous rollout (rl.async_rollout): the trainer's weights version, against which each
+    # token's own version (`Completion.versions`) gives its lag; None: one version per batch.
+    version: int | None = None
+    metrics: dict[str, float | str] = field(default_factory=dict)  # the sampler's counts for this step

@@ -425,6 +425,11 @@ def check_combinations(cfg: RunConfig) -> None:
             f"must be ≥ 1, got {cfg.algorithm.dynamic_sampling_max_rounds}")
     if cfg.algorithm.dynamic_sampling_max_rounds > 1 and not cfg.algorithm.dynamic_sampling:
         bad("algorithm.dynamic_sampling_max_rounds", "refill rounds need algorithm.dynamic_sampling=true")
+    if cfg.rollout.max_staleness < 0:
+        bad("rollout.max_staleness", f"must be ≥ 0 (0: on-policy), got {cfg.rollout.max_staleness}")
+    if cfg.rollout.partial and not cfg.rollout.max_staleness:
+        bad("rollout.partial", "partial rollouts carry unfinished samples into later steps, whose weights are "
+            "newer: set rollout.max_staleness ≥ 1")
     if cfg.rollout.max_staleness and cfg.algorithm.dynamic_sampling_max_rounds > 1:
         bad("rollout.max_staleness", "refill rounds (algorithm.dynamic_sampling_max_rounds > 1) need the "
             "engines during the step; use one or the other")

@@ -22,6 +22,7 @@ import sys
 import zlib
 
 from rl import checkpoint, trainer_logprobs
+from rl.async_rollout import AsyncSampler, uses_async_rollout
 from rl.algorithms import advantages as adv
 from rl.batch import Sample, StepBatch
 from rl.checkpoint import CheckpointError
@@ -39,7 +40,7 @@ from rl.plots import PlotUnavailable, plot_run
 from rl.rewards_config import build_reward_pool
 from rl.run_dir_check import check_run_dir_shared
 from rl.sampling import Sampler
-from rl.step_metrics import mismatch, reward_metrics
+from rl.step_metrics import mismatch, reward_metrics, versioned_mismatch
 from rl.stop import StopSignals
 from rl.timings import Timings
 from rl.update import informative, old_logprobs, select_and_advantage, update_policy
@@ -104,7 +105,16 @@ class Run:
         if self.trainers.fp8_projections:
             print_progress(f"model.fp8: {self.trainers.fp8_projections} projections run as FP8 GEMMs "
                            "in trainer and rollout")
-        self.sampler = Sampler(cfg, train_set, renderer, self.rollout, cursor=state["cursor"])
+        in_flight = state.get("inflight", [])  # prompts an asynchronous run had in flight (older checkpoints: none)
+        if uses_async_rollout(cfg):
+            self.sampler = AsyncSampler(cfg, train_set, renderer, self.rollout, state["cursor"], in_flight)
+        else:
+            self.sampler = Sampler(cfg, train_set, renderer, self.rollout, cursor=state["cursor"])
+            if in_flight:
+                log.warning("%d prompts in flight at the checkpoint are not sampled again (rollout.max_staleness "
+                            "≤ 1 without rollout.partial starts at the cursor)", len(in_flight))
+        if self.resumed_from:
+            self.rollout.set_version(state["step"])  # the engines hold the checkpoint's weights
         self.sync = WeightSync(self.trainers, self.rollout, self.weight_transport(),
                                tokenizer(PROBE_TEXT)["input_ids"], cfg.model.dtype)
         noise = self.sync.calibrate()  # engines and trainer hold one checkpoint now
@@ -224,8 +234,10 @@ class Run:
         """One RL step, phase by phase; returns its metrics, time/<phase> included."""
         self.timings, m = Timings(), {}
         self.step_cursor, self.step_open = self.sampler.consumed_cursor(), True  # a redone step starts here
+        self.step_in_flight = self.sampler.in_flight()
         with self.timings.phase("step"):
             batch = self.sample()  # this step's batch; the next one starts (max_staleness=1)
+            m.update(batch.metrics)
             batch = self.score(batch, m)  # the verifiers; refill rounds (dynamic sampling)
             trains = select_and_advantage(batch.samples, self.cfg, self.step, m)
             old = self.old_logprobs(batch)
@@ -248,7 +260,7 @@ class Run:
         queue the sync's probe under the weights that sampled it (the "before"), and — with
         rollout.max_staleness=1 — the next step's batch, which they sample during the update."""
         with self.timings.phase("rollout"):  # sampled ahead: only what was left to wait for
-            batch = self.sampler.next_batch()
+            batch = self.sampler.next_batch(version=self.step - 1, step=self.step)
         self.sync.probe_engines()
         if self.cfg.rollout.max_staleness and self.step < self.cfg.schedule.steps:
             self.sampler.sample_ahead()
@@ -316,7 +328,10 @@ class Run:
                          m: dict[str, float]) -> None:
         with self.timings.phase("logprobs"):
             b_t = self.b_t.after_update(batch.samples, update)
-        metrics, records = mismatch(batch.samples, b_t, self.step, batch.stale)
+        if batch.version is None:
+            metrics, records = mismatch(batch.samples, b_t, self.step, batch.stale)
+        else:  # per-token versions: mismatch/* on the tokens of equal weights, offpolicy/* by lag
+            metrics, records = versioned_mismatch(batch.samples, b_t, self.step, batch.version)
         self.metrics.token_records(self.step, records, self.cfg.seed)
         m.update(metrics)
         m["rollout/staleness"] = float(batch.stale)
@@ -398,7 +413,7 @@ class Run:
                 state = checkpoint.load_state(newest)
         self.restarts.steps_redone += self.step - state["step"]
         self.step, self.saved_step, self.step_open = state["step"], state["step"] if newest else None, False
-        self.sampler.rewind(state["cursor"])
+        self.sampler.rewind(state["cursor"], state.get("inflight", []))
         self.steps_bar.close()  # counts (and rates) again from the checkpoint's step
         self.steps_bar = Progress("RL steps", self.cfg.schedule.steps, "step", initial=self.step, plain_lines=False)
         self.metrics.close()  # records after the checkpoint's step are superseded, as on a resume
@@ -410,10 +425,10 @@ class Run:
         prompt (returns 1: it will be redone); one past its update keeps it. Any batch sampled
         ahead is dropped (its engines are gone) and its prompts drawn again."""
         if self.step_open:
-            self.sampler.rewind(self.step_cursor)
+            self.sampler.rewind(self.step_cursor, self.step_in_flight)
             self.step, self.step_open = self.step - 1, False
             return 1
-        self.sampler.rewind(self.sampler.consumed_cursor())
+        self.sampler.rewind(self.sampler.consumed_cursor(), self.sampler.in_flight())
         return 0
 
     def stand_down(self, failure: ActorFailed) -> dict[str, float]:
@@ -452,7 +467,7 @@ class Run:
             self.trainers.export_hf(str(partial / checkpoint.HF_DIR), self.base_model)
             sealed = self.trainers.seal_files(str(partial))
             state = {"step": self.step, "cursor": self.sampler.consumed_cursor(), "weights_version": self.step,
-                     "config": to_dict(self.cfg)}
+                     "inflight": self.sampler.in_flight(), "config": to_dict(self.cfg)}
             final = checkpoint.commit(self.run_dir, self.step, partial, state, self.cfg.schedule.keep_last, sealed)
         except OSError as e:  # a trainer rank's arrives as a RayTaskError that is also its cause's type
             checkpoint.discard_partial(partial)

@@ -49,7 +49,9 @@ def plan_lines(cfg: RunConfig, resume: bool | None) -> list[str]:
         f"trainer: {t.num_ranks} DeepSpeed ZeRO-{t.zero_stage} rank(s), micro-batch {t.micro_batch_size}, "
         f"{t.num_minibatches} optimiser step(s) per RL step, lr {t.lr}",
         f"rollout: {r.num_workers} vLLM engine(s), {r.prompts_per_step} prompts × {r.group_size} completions "
-        f"per step, up to {r.max_new_tokens} new tokens, staleness {r.max_staleness}",
+        f"per step, up to {r.max_new_tokens} new tokens, staleness {r.max_staleness}"
+        + (f" (asynchronous{', partial rollouts' if r.partial else ''}, over the bound: {r.stale_policy})"
+           if r.max_staleness >= 2 or r.partial else ""),
         f"model: {cfg.model.path} ({cfg.model.dtype}" + (", FP8 projections" if cfg.model.fp8.enabled else "") + ")",
         f"SFT warm start: {sft}",
         f"RL: {s.steps} steps; {evaluation}",

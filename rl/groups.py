@@ -286,6 +286,14 @@ class RolloutGroup:
                  top_p: float = 1.0, top_k: int = -1) -> list[list[Completion]]:
         return self.launch(prompts, n, max_tokens, temperature, top_p, top_k).result()
 
+    def abort_groups(self) -> int:
+        """Stops every group submitted for asynchronous rollout and not taken (rl.async_rollout)."""
+        return sum(self.gather([a.abort_groups.remote() for a in self.actors]))
+
+    def set_version(self, version: int) -> None:
+        """Labels the weights every engine holds (a run resumed from the checkpoint of `version`)."""
+        self.gather([a.set_version.remote(version) for a in self.actors])
+
     def probe_logprobs(self, token_ids: list[int]) -> Pending[list[list[float]]]:
         """Each engine's teacher-forced log-probs of `token_ids`, queued behind its earlier calls."""
         return Pending([a.prompt_logprobs.remote(token_ids) for a in self.actors], list, self.gather)

@@ -246,8 +246,8 @@ def render_text(report: dict) -> str:
         lines.append(f"step {report['step']}: {report['summary'].get('num_tokens', 0):.0f} tokens "
                      f"({report['num_records']} records kept on disk)")
         if report["stale"]:
-            lines.append("  sampled ahead (rollout.max_staleness=1): the trainer's weights are one update newer, "
-                         "so Δ includes that update's drift (offpolicy/*)")
+            lines.append("  sampled by older weights (rollout.max_staleness ≥ 1): the trainer's weights are newer, "
+                         "so Δ includes the updates' drift (offpolicy/*)")
         source = report.get("source") or \
             ("every token, as logged in metrics.jsonl" if report["exact"] else estimate_note(report))
         lines.append(f"  {report['prefix']}/* over {source}:")

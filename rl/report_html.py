@@ -61,8 +61,8 @@ def over_steps(report: dict) -> list[str]:
                       "step", "fraction", y_range=(0.0, 1.0)), "</div>"]
     if stale:
         which = f"Step {stale[0]}" if len(stale) == 1 else f"Steps {', '.join(map(str, stale))}"
-        out.append(f'<p class="note">{which} trained a batch sampled ahead (rollout.max_staleness=1): '
-                   "Δ then includes one update's drift (logged as offpolicy/*).</p>")
+        out.append(f'<p class="note">{which} trained samples of older weights (rollout.max_staleness ≥ 1): '
+                   "Δ then includes the updates' drift (logged as offpolicy/*).</p>")
     rows = "".join(f"<tr><td>{r['step']}{' (ahead)' if r['stale'] else ''}</td>"
                    + "".join(f"<td>{fmt(r[k]) if k in r else ''}</td>"
                              for k in ("k1", "k3", "abs_logp_diff_max", "abs_logp_diff_mean", "bitwise_equal_frac",

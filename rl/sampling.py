@@ -32,8 +32,9 @@ class Sampler:
         self.cursor = cursor  # prompts drawn so far in the data order (resumable)
         self.ahead: Round | None = None  # the next step's batch, sampled during this step's update
 
-    def next_batch(self) -> StepBatch:
-        """The batch sampled ahead during the previous step's update, else one sampled now."""
+    def next_batch(self, version: int, step: int) -> StepBatch:
+        """The batch sampled ahead during the previous step's update, else one sampled now
+        (`version`, `step`: what rl.async_rollout's sampler needs; one round needs neither)."""
         stale = self.ahead is not None
         launched, self.ahead = self.ahead or self.launch(), None
         idx, samples = self.collect(launched)
@@ -49,9 +50,14 @@ class Sampler:
         records, so a resumed run samples those prompts again."""
         return self.cursor - (len(self.ahead.prompt_indices) if self.ahead else 0)
 
-    def rewind(self, cursor: int) -> None:
+    def in_flight(self) -> list[int]:
+        """Prompts a checkpoint must list as in flight: none, the cursor leaves out the batch ahead."""
+        return []
+
+    def rewind(self, cursor: int, in_flight: list[int] | tuple = ()) -> None:
         """Back to `cursor` in the data order, any batch in flight dropped (its engines or the
-        weights that sampled it are gone): the next batch starts with the prompt at `cursor`."""
+        weights that sampled it are gone): the next batch starts with the prompt at `cursor`.
+        (`in_flight` is always empty here: `in_flight`.)"""
         self.cursor, self.ahead = cursor, None
 
     def launch(self) -> Round:

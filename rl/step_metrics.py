@@ -58,3 +58,48 @@ def mismatch(samples: list[Sample], b_t: list[TokenLogprobs], step: int,
     if tokens.entropies:
         out["policy/entropy"] = sum(tokens.entropies) / len(tokens.entropies)
     return out, tokens
+
+
+def versioned_mismatch(samples: list[Sample], b_t: list[TokenLogprobs], step: int,
+                       trainer_version: int) -> tuple[dict[str, float], StepTokens]:
+    """The mismatch metrics of a batch whose tokens carry the version that sampled them
+    (asynchronous rollout), against the trainer's weights `trainer_version` (b_t):
+
+    - `mismatch/*` (and the token records) over the samples whose every token is of the trainer's
+      version: equal weights. A sample that took a weight update in flight is not, even in its
+      newer tokens: their context's KV cache and linear-attention state came from older weights.
+    - `offpolicy/*` over the other samples (a_t vs b_t: the engine's kernels and the updates'
+      drift together), and by lag (trainer_version − token version): `lag_mean`, `lag_max`,
+      `tokens_lag_<j>` (share of the batch's tokens), `k3_lag_<j>`; `samples_current_frac`.
+    """
+    current = [all(v == trainer_version for v, _ in s.completion.versions) for s in samples]
+    on = [i for i, c in enumerate(current) if c]
+    off = [i for i, c in enumerate(current) if not c]
+    out: dict[str, float] = {}
+    records = None
+    if off:  # offpolicy/*: mismatch's definitions on the lagged samples, renamed (stale=True)
+        out, records = mismatch([samples[i] for i in off], [b_t[i] for i in off], step, stale=True)
+    if on:
+        on_metrics, records = mismatch([samples[i] for i in on], [b_t[i] for i in on], step, stale=False)
+        out |= on_metrics
+    out |= lag_metrics(samples, b_t, trainer_version)
+    out["offpolicy/samples_current_frac"] = len(on) / len(samples)
+    return out, records
+
+
+def lag_metrics(samples: list[Sample], b_t: list[TokenLogprobs], trainer_version: int) -> dict[str, float]:
+    """Per-token lag = trainer_version − the token's version: its mean, max, the share of tokens
+    at each lag and the k3 of a_t vs b_t at each lag ≥ 1 (lag 0 is mismatch/*'s measure, or
+    an equal-weights token after a stale context)."""
+    lags = torch.tensor([trainer_version - v for s in samples for v in s.completion.token_versions()])
+    a = torch.tensor([x for s in samples for x in s.rollout_logprobs], dtype=torch.float64)
+    b = torch.tensor([x for row in b_t for x in row.logprobs], dtype=torch.float64)
+    delta = b - a
+    k3 = torch.exp(delta) - 1 - delta
+    out = {"offpolicy/lag_mean": lags.double().mean().item(), "offpolicy/lag_max": float(lags.max())}
+    for lag in range(int(lags.max()) + 1):
+        at = lags == lag
+        out[f"offpolicy/tokens_lag_{lag}"] = at.double().mean().item()
+        if lag and at.any():
+            out[f"offpolicy/k3_lag_{lag}"] = k3[at].mean().item()
+    return out

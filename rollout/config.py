@@ -48,6 +48,19 @@ class RolloutConfig:
     """Release the engines' GPU memory (weights, KV cache) during the trainer's step; the weight
     sync wakes them. auto: when trainer and rollout share GPUs (ray.placement=colocated). vLLM has
     no sleep mode on CPU: there "on" is logged and ignored."""
-    max_staleness: Literal[0, 1] = 0
-    """Sampling ahead (one-step off-policy, as in AReaL/verl's async modes): 1 samples the next
-    step's batch while the trainer updates on this one; 0 is on-policy (sample, then train)."""
+    max_staleness: int = 0
+    """How many policy versions a trained token may lag the trainer (k). 0: on-policy (sample,
+    then train). 1: the next step's batch is sampled while the trainer updates on this one
+    (sampling ahead). k ≥ 2: asynchronous rollout: the engines keep k batches in flight and keep
+    sampling through each update, taking new weights between decode steps (in-flight weight
+    updates); every token records the version that sampled it (docs/decisions.md)."""
+    stale_policy: Literal["drop", "resample"] = "drop"
+    """What happens to a group with a token more than max_staleness versions behind the trainer
+    (only partial rollouts let a group age past the bound): drop: its prompt is not trained;
+    resample: it is sampled again from its prompt under the current weights. Counted in
+    offpolicy/dropped_groups, offpolicy/resampled_groups."""
+    partial: bool = False
+    """Partial rollouts (needs max_staleness ≥ 1): the engines keep prompts_per_step ×
+    (max_staleness + 1) groups in flight; a step waits until prompts_per_step groups are complete
+    and takes those launched earliest; unfinished groups keep sampling into the next steps (under
+    newer weights, their token versions recorded) instead of being waited for."""

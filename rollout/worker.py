@@ -14,7 +14,9 @@ worker) that hand every decode step over ZeroMQ and a spin-waiting shared-memory
 on a few shared cores costs more CPU than the model itself (measured on the 2-core demo:
 ~1.1 s of CPU per 128 × 40-token rollout in three processes vs ~0.5 s in one). GPUs keep
 vLLM's default process layout, where the separate engine core overlaps output processing with
-the device.
+the device — except under asynchronous rollout (`rollout.max_staleness ≥ 2` or
+`rollout.partial`), where the worker steps the engine itself (`rollout.engine_loop`: weights
+load between decode steps, sequences in flight continue) and keeps it in this process.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from models.ring_linear.config import FP8_CONFIG_KEY, STRICT_CONFIG_KEY
 from rollout.completion import Completion
 from rollout.config import RolloutConfig
+from rollout.engine_loop import EngineLoop
 
 log = logging.getLogger("lockstep.rollout")
 
@@ -72,9 +76,17 @@ class RolloutWorker:
             # which is tf32 on Hopper (~1e-3 relative error in the scores: probe |Δ log-p| 4e-3
             # against the trainer on an H100). IEEE products keep an fp32 engine fp32.
             os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
-        if not torch.cuda.is_available():
+        # Asynchronous rollout steps the engine itself (rollout.engine_loop), in this process so
+        # that no step can straddle a weight load; without prefix caching, because the cache
+        # cannot be reset while sequences are in flight and must not serve a new request KV
+        # computed under older weights.
+        self.async_engine = cfg.max_staleness >= 2 or cfg.partial
+        if not torch.cuda.is_available() or self.async_engine:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
+        if not torch.cuda.is_available():
             engine_options["distributed_executor_backend"] = "uni"  # model worker too
+        if self.async_engine:
+            engine_options["enable_prefix_caching"] = False
         from vllm import LLM
 
         start = time.time()
@@ -112,22 +124,42 @@ class RolloutWorker:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
+        self.loop: EngineLoop | None = None
+        self.in_flight: set[str] = set()  # request ids of submitted groups not yet taken
+        self.requests = 0  # request ids issued through the loop
+        if self.async_engine:
+            self.llm.llm_engine.set_weight_version("0")
+            self.loop = EngineLoop(self.llm.llm_engine)
         self.start_seconds = time.time() - start
 
     def info(self) -> EngineInfo:
-        fp8 = self.llm.collective_rpc("lockstep_fp8_projections")
+        with self.engine():
+            fp8 = self.llm.collective_rpc("lockstep_fp8_projections")
         return EngineInfo(self.start_seconds, self.version, self.tokenizer.eos_token_id, fp8[0])
+
+    @contextmanager
+    def engine(self):
+        """Exclusive use of the engine: at once, or between two steps of the engine loop."""
+        if self.loop is None:
+            yield
+        else:
+            with self.loop.between_steps():
+                yield
 
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
                  top_p: float = 1.0, top_k: int = -1, ignore_eos: bool = False) -> list[list[Completion]]:
         """For each prompt, n completions (each max_tokens long with `ignore_eos`)."""
-        from vllm import SamplingParams, TokensPrompt
+        from vllm import TokensPrompt
 
-        # logprobs=0: only the sampled token's log-prob, one flat entry per position.
-        params = SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                                ignore_eos=ignore_eos, logprobs=0, detokenize=False, flat_logprobs=True)
+        params = sampling_params(n, max_tokens, temperature, top_p, top_k, ignore_eos, self.loop is not None)
+        if self.loop is not None:  # requests join those in flight; only these are waited for
+            return self.completions(self.loop.wait_for(self.add_requests("generate", prompts, params)))
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                                     use_tqdm=False)
+        return self.completions(outputs)
+
+    def completions(self, outputs) -> list[list[Completion]]:
+        """Each prompt's group of completions, typed, with the weights version of every token."""
         completions = [c for out in outputs for c in out.outputs]
         ids = [list(c.token_ids) for c in completions]
         logps = [sampled_logprobs(c.logprobs, i) for c, i in zip(completions, ids)]
@@ -137,18 +169,82 @@ class RolloutWorker:
         for out in outputs:
             group = []
             for c in out.outputs:
-                group.append(Completion(ids[k], logps[k], c.finish_reason or "length", texts[k]))
+                group.append(Completion(ids[k], logps[k], c.finish_reason or "length", texts[k],
+                                        self.token_versions(c, len(ids[k]))))
                 k += 1
             result.append(group)
         return result
 
+    def token_versions(self, c, tokens: int) -> tuple[tuple[int, int], ...]:
+        """(version, count) pairs of a completion's tokens: vLLM's version spans when the engine
+        loop labels its steps, else the one version this engine held for the whole call."""
+        if self.loop is None:
+            return ((self.version, tokens),)
+        if c.weight_versions is None:
+            raise RuntimeError("vLLM returned no weight-version spans for a completion of the engine loop")
+        return tuple((int(span.version), span.end - span.start) for span in c.weight_versions)
+
+    def add_requests(self, kind: str, prompts: list[list[int]], params, keys: list[str] | None = None) -> list[str]:
+        """Adds one request per prompt between two steps of the engine loop; returns their ids."""
+        from vllm import TokensPrompt
+
+        if keys is None:
+            keys = [str(self.requests + i) for i in range(len(prompts))]
+            self.requests += len(prompts)
+        ids = [f"{kind}-{key}" for key in keys]
+        with self.engine():
+            for request_id, p in zip(ids, prompts):
+                self.llm.llm_engine.add_request(request_id, TokensPrompt(prompt_token_ids=p), params)
+        return ids
+
+    # ----------------------------------------------------------------------------------------
+    # Asynchronous rollout (rollout.engine_loop): groups submitted, sampled through weight
+    # updates, taken as they finish.
+
+    def submit(self, keys: list[str], prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
+               top_p: float = 1.0, top_k: int = -1, ignore_eos: bool = False) -> None:
+        """Starts sampling a group of n completions for each prompt, named by `keys` (unique
+        among the groups in flight); `take` returns them once finished."""
+        params = sampling_params(n, max_tokens, temperature, top_p, top_k, ignore_eos, final_only=True)
+        self.in_flight.update(self.add_requests("group", prompts, params, keys))
+
+    def take(self, wait_s: float) -> list[tuple[str, list[Completion]]]:
+        """The submitted groups finished so far, (key, completions) each, waiting up to `wait_s`
+        for the first."""
+        outputs = self.loop.take("group-", wait_s)
+        self.in_flight.difference_update(out.request_id for out in outputs)
+        keys = [out.request_id.removeprefix("group-") for out in outputs]
+        return list(zip(keys, self.completions(outputs)))
+
+    def abort_groups(self) -> int:
+        """Stops sampling every group submitted and not taken; returns how many."""
+        with self.engine():
+            aborted = list(self.in_flight)
+            self.llm.llm_engine.abort_request(aborted)
+            for request_id in aborted:  # finished meanwhile: forgotten too
+                self.loop.finished.pop(request_id, None)
+        self.in_flight.clear()
+        return len(aborted)
+
+    def set_version(self, version: int) -> None:
+        """Labels the weights the engine holds (started from a checkpoint of this version)."""
+        with self.engine():
+            self.version = version
+            if self.loop is not None:
+                self.llm.llm_engine.set_weight_version(str(version))
+
     def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
         """Teacher-forced log-prob of each token after the first (the sync probe)."""
         from vllm import SamplingParams, TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False,
-                                flat_logprobs=True)
-        (out,) = self.llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
+                                flat_logprobs=True,
+                                output_kind=RequestOutputKind.FINAL_ONLY if self.loop else RequestOutputKind.CUMULATIVE)
+        if self.loop is not None:
+            (out,) = self.loop.wait_for(self.add_requests("probe", [token_ids], params))
+        else:
+            (out,) = self.llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
         return sampled_logprobs(out.prompt_logprobs[1:], token_ids[1:])
 
     def sleep(self) -> int:
@@ -212,17 +308,35 @@ class RolloutWorker:
         start = time.time()
         if self.asleep:
             self.llm.wake_up(tags=["weights"])
-        counts = self.llm.collective_rpc(rpc, args=args)
-        if any(c != expected for c in counts):
-            raise RuntimeError(f"weight sync: workers loaded {counts} tensors, trainer sent {expected}")
-        if self.asleep:
-            self.llm.wake_up(tags=["kv_cache"])
-            self.asleep = False
-        self.llm.reset_prefix_cache()  # cached KV/state was computed with the old weights
-        self.version = version
+        with self.engine():  # with the engine loop: between two decode steps, sequences in flight kept
+            counts = self.llm.collective_rpc(rpc, args=args)
+            if any(c != expected for c in counts):
+                raise RuntimeError(f"weight sync: workers loaded {counts} tensors, trainer sent {expected}")
+            if self.asleep:
+                self.llm.wake_up(tags=["kv_cache"])
+                self.asleep = False
+            if self.loop is None:
+                self.llm.reset_prefix_cache()  # cached KV/state was computed with the old weights
+            else:  # no prefix cache to reset; the tokens of the next steps carry the new version
+                self.llm.llm_engine.set_weight_version(str(version))
+            self.version = version
         seconds = time.time() - start
         probe = self.prompt_logprobs(probe_ids) if probe_ids is not None else None
         return WeightLoad(expected, nbytes, seconds, probe)
+
+
+def sampling_params(n: int, max_tokens: int, temperature: float, top_p: float, top_k: int, ignore_eos: bool,
+                    final_only: bool):
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    # logprobs=0: only the sampled token's log-prob, one flat entry per position. `final_only`
+    # (the engine loop): one output per request, when its last completion finishes, instead of
+    # one per step (LLM.generate collects only the finished ones anyway).
+    kind = RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.CUMULATIVE
+    return SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                          ignore_eos=ignore_eos, logprobs=0, detokenize=False, flat_logprobs=True,
+                          output_kind=kind)
 
 
 def sampled_logprobs(flat, token_ids: list[int]) -> list[float]:
