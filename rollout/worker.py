@@ -128,6 +128,12 @@ class RolloutWorker:
         self.in_flight: set[str] = set()  # request ids of submitted groups not yet taken
         self.requests = 0  # request ids issued through the loop
         if self.async_engine:
+            if not hasattr(self.llm.llm_engine, "set_weight_version"):  # per-token weight versions
+                import vllm
+
+                raise RuntimeError(f"asynchronous rollout (rollout.max_staleness >= 2 or rollout.partial) needs a vLLM "
+                                   f"that labels tokens with weight versions (set_weight_version; 0.32 has it), "
+                                   f"this is vLLM {vllm.__version__}: upgrade vLLM or use rollout.max_staleness <= 1")
             self.llm.llm_engine.set_weight_version("0")
             self.loop = EngineLoop(self.llm.llm_engine)
         self.start_seconds = time.time() - start
