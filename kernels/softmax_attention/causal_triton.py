@@ -110,9 +110,9 @@ def backward_work(bounds: list[int], heads: int, kv_heads: int, device: torch.de
 
 # ----------------------------------------------------------------------------- forward
 @triton.jit
-def _fwd_step(acc, m_i, l_i, q, k_ptrs, v_ptrs, offs_m, offs_n, start_n, L, c,
-              MASK: tl.constexpr, IN_PREC: tl.constexpr):
-    """One key block of the online softmax: keys ``start_n + offs_n``."""
+def _load_kv(k_ptrs, v_ptrs, start_n, offs_n, L, MASK: tl.constexpr):
+    """A key block's K and V rows ``start_n + offs_n``; with MASK, rows past L (the sequence's
+    end) read as 0."""
     if MASK:
         valid = (start_n + offs_n) < L
         k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
@@ -120,6 +120,14 @@ def _fwd_step(acc, m_i, l_i, q, k_ptrs, v_ptrs, offs_m, offs_n, start_n, L, c,
     else:
         k = tl.load(k_ptrs)
         v = tl.load(v_ptrs)
+    return k, v
+
+
+@triton.jit
+def _fwd_step(acc, m_i, l_i, q, k_ptrs, v_ptrs, offs_m, offs_n, start_n, L, c,
+              MASK: tl.constexpr, IN_PREC: tl.constexpr):
+    """One key block of the online softmax: keys ``start_n + offs_n``."""
+    k, v = _load_kv(k_ptrs, v_ptrs, start_n, offs_n, L, MASK)
     s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * c
     if MASK:  # causal: key ≤ query (keys past L are past every query row that is stored)
         s = tl.where((start_n + offs_n)[None, :] <= offs_m[:, None], s, float("-inf"))
@@ -211,13 +219,7 @@ def _dkdv_step(dk, dv, k, v, q_ptr, do_ptr, lse_ptr, delta_ptr, offs_n, start_m,
 @triton.jit
 def _dq_step(dq, q, do, lse, delta, k_ptrs, v_ptrs, offs_m, offs_n, start_n, L, c,
              MASK: tl.constexpr, IN_PREC: tl.constexpr):
-    if MASK:
-        valid = (start_n + offs_n) < L
-        k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
-        v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
-    else:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
+    k, v = _load_kv(k_ptrs, v_ptrs, start_n, offs_n, L, MASK)
     p = tl.exp2(tl.dot(q, tl.trans(k), input_precision=IN_PREC) * c - lse[:, None])
     if MASK:
         p = tl.where((start_n + offs_n)[None, :] <= offs_m[:, None], p, 0.0)
