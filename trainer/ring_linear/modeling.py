@@ -67,6 +67,7 @@ from kernels.linear_attention import chunk as linear_attention_chunk
 from kernels.linear_attention import layer_decay
 from kernels.linear_attention import recurrent as linear_attention_recurrent
 from kernels.softmax_attention import causal_attention
+from kernels.softmax_attention.causal_torch import causal_torch
 from kernels.lm_head import logits_fp32
 from kernels.norm import compute_dtype
 from kernels.rope import apply_rope, rope_cos_sin
@@ -205,7 +206,7 @@ class SoftmaxAttention(nn.Module):
             return _project(self.dense, o.reshape(B, T, H * d), strict)
         if cache is None and cu_seqlens is None:  # training, one sequence per row: SDPA on fp32 q, k, v
             # (the path the GPU runs were measured with; the Triton kernel has not run on a GPU yet)
-            o = causal_attention(q, k, v, None, d ** -0.5, backend="torch")
+            o = causal_torch(q, k, v, None, d ** -0.5)
             return _project(self.dense, o.reshape(B, T, H * d))
         if cache is None:  # training, packed: one launch on CUDA; q, k, v in the weights' dtype, as
             wdt = self.dense.weight.dtype  # the rollout's attention reads them (16-bit tensor cores)
