@@ -1,7 +1,7 @@
 """Asynchronous rollout: the engines keep sampling while the trainer updates, new weights reach
 them between decode steps (rollout/engine_loop.py), and every token records the policy version
-that sampled it (`Completion.versions`). Used when `rollout.max_staleness ≥ 2` or
-`rollout.partial`; `max_staleness` 0 and 1 keep `rl.sampling.Sampler`.
+that sampled it (`Completion.versions`). Used when `rollout.asynchronous` (`max_staleness ≥ 2` or
+`rollout.partial`); `max_staleness` 0 and 1 keep `rl.sampling.Sampler`.
 
 The unit is the group (GRPO's advantages need all of a prompt's samples). The pool holds the
 groups in flight in launch order, P = prompts_per_step, k = max_staleness:
@@ -200,7 +200,3 @@ class AsyncSampler:
         else:
             self.counts["offpolicy/resampled_groups"] += len(stale)
             self.submit(stale)  # in place: they keep their turn in the launch order
-
-
-def uses_async_rollout(cfg: RunConfig) -> bool:
-    return cfg.rollout.max_staleness >= 2 or cfg.rollout.partial

@@ -22,7 +22,7 @@ import sys
 import zlib
 
 from rl import checkpoint, trainer_logprobs
-from rl.async_rollout import AsyncSampler, uses_async_rollout
+from rl.async_rollout import AsyncSampler
 from rl.algorithms import advantages as adv
 from rl.batch import Sample, StepBatch
 from rl.checkpoint import CheckpointError
@@ -106,7 +106,7 @@ class Run:
             print_progress(f"model.fp8: {self.trainers.fp8_projections} projections run as FP8 GEMMs "
                            "in trainer and rollout")
         in_flight = state.get("inflight", [])  # prompts an asynchronous run had in flight (older checkpoints: none)
-        if uses_async_rollout(cfg):
+        if cfg.rollout.asynchronous:
             self.sampler = AsyncSampler(cfg, train_set, renderer, self.rollout, state["cursor"], in_flight)
         else:
             self.sampler = Sampler(cfg, train_set, renderer, self.rollout, cursor=state["cursor"])

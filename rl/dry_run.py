@@ -51,7 +51,7 @@ def plan_lines(cfg: RunConfig, resume: bool | None) -> list[str]:
         f"rollout: {r.num_workers} vLLM engine(s), {r.prompts_per_step} prompts × {r.group_size} completions "
         f"per step, up to {r.max_new_tokens} new tokens, staleness {r.max_staleness}"
         + (f" (asynchronous{', partial rollouts' if r.partial else ''}, over the bound: {r.stale_policy})"
-           if r.max_staleness >= 2 or r.partial else ""),
+           if r.asynchronous else ""),
         f"model: {cfg.model.path} ({cfg.model.dtype}" + (", FP8 projections" if cfg.model.fp8.enabled else "") + ")",
         f"SFT warm start: {sft}",
         f"RL: {s.steps} steps; {evaluation}",

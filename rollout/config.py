@@ -64,3 +64,9 @@ class RolloutConfig:
     (max_staleness + 1) groups in flight; a step waits until prompts_per_step groups are complete
     and takes those launched earliest; unfinished groups keep sampling into the next steps (under
     newer weights, their token versions recorded) instead of being waited for."""
+
+    @property
+    def asynchronous(self) -> bool:
+        """Asynchronous rollout (rl.async_rollout, rollout.engine_loop): the engines sample through
+        weight updates, which staleness ≥ 2 and partial rollouts need (0 and 1 sample whole batches)."""
+        return self.max_staleness >= 2 or self.partial

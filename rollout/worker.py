@@ -80,12 +80,11 @@ class RolloutWorker:
         # that no step can straddle a weight load; without prefix caching, because the cache
         # cannot be reset while sequences are in flight and must not serve a new request KV
         # computed under older weights.
-        self.async_engine = cfg.max_staleness >= 2 or cfg.partial
-        if not torch.cuda.is_available() or self.async_engine:
+        if not torch.cuda.is_available() or cfg.asynchronous:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
         if not torch.cuda.is_available():
             engine_options["distributed_executor_backend"] = "uni"  # model worker too
-        if self.async_engine:
+        if cfg.asynchronous:
             engine_options["enable_prefix_caching"] = False
         from vllm import LLM
 
@@ -127,7 +126,7 @@ class RolloutWorker:
         self.loop: EngineLoop | None = None
         self.in_flight: set[str] = set()  # request ids of submitted groups not yet taken
         self.requests = 0  # request ids issued through the loop
-        if self.async_engine:
+        if cfg.asynchronous:
             if not hasattr(self.llm.llm_engine, "set_weight_version"):  # per-token weight versions
                 import vllm
 
