@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from rl.algorithms.mismatch import DECADE_MAX, DECADE_MIN, combine_profiles, mismatch_profile, pow2_bucket_range
+from rl.algorithms.mismatch import (DECADE_MAX, DECADE_MIN, combine_profiles, k3_terms, mismatch_profile,
+                                   pow2_bucket_range)
 from rl.checkpoint import CheckpointError
 from rl.metrics import read_history
 
@@ -80,7 +81,7 @@ def estimate_summary(step: int, records: list[dict]) -> dict:
     b = torch.tensor([r["trainer_logprob"] for r in records], dtype=torch.float32)
     delta = b.double() - a.double()
     n = float(w.sum())
-    metrics = {"k1": float(-(w * delta).sum() / n), "k3": float((w * (torch.exp(delta) - 1 - delta)).sum() / n),
+    metrics = {"k1": float(-(w * delta).sum() / n), "k3": float((w * k3_terms(delta)).sum() / n),
                "abs_logp_diff_mean": float((w * delta.abs()).sum() / n),
                "abs_logp_diff_max": float(delta.abs().max()), "num_tokens": n}
     prefix = "offpolicy/" if stale else "mismatch/"

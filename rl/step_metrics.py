@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from rl.algorithms.mismatch import mismatch_metrics
+from rl.algorithms.mismatch import k3_terms, mismatch_metrics
 from rl.batch import Sample
 from rl.token_records import StepTokens
 from trainer.batch import TokenLogprobs
@@ -94,8 +94,7 @@ def lag_metrics(samples: list[Sample], b_t: list[TokenLogprobs], trainer_version
     lags = torch.tensor([trainer_version - v for s in samples for v in s.completion.token_versions()])
     a = torch.tensor([x for s in samples for x in s.rollout_logprobs], dtype=torch.float64)
     b = torch.tensor([x for row in b_t for x in row.logprobs], dtype=torch.float64)
-    delta = b - a
-    k3 = torch.exp(delta) - 1 - delta
+    k3 = k3_terms(b - a)
     out = {"offpolicy/lag_mean": lags.double().mean().item(), "offpolicy/lag_max": float(lags.max())}
     for lag in range(int(lags.max()) + 1):
         at = lags == lag

@@ -21,6 +21,11 @@ POSITION_BUCKETS = (0, 64, 256, 1024)
 DECADE_MIN, DECADE_MAX = -9, 1
 
 
+def k3_terms(delta: torch.Tensor) -> torch.Tensor:
+    """k3 of each token, exp(Δ) − 1 − Δ ≥ 0 (Δ = b − a): its mean estimates KL(a ‖ b)."""
+    return torch.exp(delta) - 1 - delta
+
+
 def mismatch_metrics(rollout_logp: torch.Tensor, trainer_logp: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None = None) -> dict[str, float]:
     """rollout_logp, trainer_logp: [N] (or any shape, same as mask); mask: bool/0-1, valid tokens;
     positions: completion position of each token (same shape), for the bucketed metrics."""
@@ -36,7 +41,7 @@ def mismatch_metrics(rollout_logp: torch.Tensor, trainer_logp: torch.Tensor, mas
     ess = (r.sum() ** 2 / (r.numel() * (r**2).sum())).item()
     out = {
         "mismatch/k1": (a - b).mean().item(),
-        "mismatch/k3": (r - 1 - delta).mean().item(),
+        "mismatch/k3": k3_terms(delta).mean().item(),
         "mismatch/abs_logp_diff_mean": delta.abs().mean().item(),
         "mismatch/abs_logp_diff_max": delta.abs().max().item(),
         "mismatch/abs_p_diff_mean": abs_p.mean().item(),
@@ -57,7 +62,7 @@ def mismatch_metrics(rollout_logp: torch.Tensor, trainer_logp: torch.Tensor, mas
             if sel.any():
                 name = f"{lo}+" if hi is None else f"{lo}-{hi}"
                 d = delta[sel]
-                out[f"mismatch/k3_pos_{name}"] = (torch.exp(d) - 1 - d).mean().item()
+                out[f"mismatch/k3_pos_{name}"] = k3_terms(d).mean().item()
                 out[f"mismatch/abs_logp_diff_max_pos_{name}"] = d.abs().max().item()
     return out
 
@@ -112,7 +117,7 @@ def mismatch_profile(rollout_logp: torch.Tensor, trainer_logp: torch.Tensor, pos
     a, b = rollout_logp.double(), trainer_logp.double()
     w = torch.ones_like(a) if weights is None else weights.double()
     delta = b - a
-    k3 = w * (torch.exp(delta) - 1 - delta)
+    k3 = w * k3_terms(delta)
     nonzero = delta != 0
     dec = decade(delta.abs()[nonzero]) - DECADE_MIN
     n_dec = DECADE_MAX - DECADE_MIN + 1
