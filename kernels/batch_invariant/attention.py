@@ -34,6 +34,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .recompute import recomputed_grads
+
 KEY_BLOCK = 16    # keys per block: the K of the P·V GEMM and the N of the score GEMM
 QUERY_TILE = 16   # queries per tile: the M of both GEMMs
 
@@ -82,12 +84,8 @@ class _Attention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         q, k, v, positions = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:3]
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(need) for t, need in zip((q, k, v), needs)]
-            o = _masked_attention(*leaves, positions, ctx.scale)
-            grads = iter(torch.autograd.grad(o, [t for t in leaves if t.requires_grad], grad))
-        return (*(next(grads) if need else None for need in needs), None, None)
+        fast = lambda q, k, v: _masked_attention(q, k, v, positions, ctx.scale)  # noqa: E731
+        return (*recomputed_grads(fast, (q, k, v), ctx.needs_input_grad[:3], grad), None, None)
 
 
 def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,

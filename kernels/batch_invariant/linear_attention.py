@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..linear_attention import chunk
+from .recompute import recomputed_grads
 
 
 def _token_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
@@ -56,13 +57,13 @@ class _Recurrence(torch.autograd.Function):
     def backward(ctx, grad_o, _grad_final):
         q, k, v, decay, state = ctx.saved_tensors
         needs = (*ctx.needs_input_grad[:3], state is not None and ctx.needs_input_grad[5])
-        with torch.enable_grad():
-            leaves = [None if t is None else t.detach().contiguous().requires_grad_(need)
-                      for t, need in zip((q, k, v, state), needs)]
-            o, _ = chunk(*leaves[:3], decay, scale=ctx.scale, initial_state=leaves[3])
-            wanted = [t for t, need in zip(leaves, needs) if need]
-            grads = iter(torch.autograd.grad(o, wanted, grad_o))
-        gq, gk, gv, gs = (next(grads) if need else None for need in needs)
+
+        def fast(q, k, v, state):  # the chunked kernel takes contiguous operands
+            q, k, v = (t.contiguous() for t in (q, k, v))
+            initial = None if state is None else state.contiguous()
+            return chunk(q, k, v, decay, scale=ctx.scale, initial_state=initial)[0]
+
+        gq, gk, gv, gs = recomputed_grads(fast, (q, k, v, state), needs, grad_o)
         return gq, gk, gv, None, None, gs
 
 
