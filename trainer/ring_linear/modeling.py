@@ -9,11 +9,12 @@ checkpoint's names strictly on loading.
 Numerics (DESIGN.md §4): the residual stream is kept in fp32 (fp64 when the weights are fp64,
 for the float64 parity tests); RMSNorms compute in fp32 and return fp32; projections run in the
 weight dtype on inputs cast to it; q, k, v go to fp32 before the q/k norms, RoPE and the
-linear-attention kernel (fp32 state); training's softmax attention
-(``kernels.softmax_attention.causal_attention``) runs SDPA on fp32 q, k, v for one sequence per
-row, and for packed sequences the Triton varlen kernel on CUDA (one SDPA call per sequence on CPU)
-on q, k, v cast back to the weight dtype after the norms and RoPE — what the rollout engine's
-attention reads (its cache dtype) — with an fp32 softmax and fp32 sums; the router runs in fp32; expert outputs are accumulated in fp32 in expert-index order
+linear-attention kernel (fp32 state); training's softmax attention runs SDPA on fp32 q, k, v
+for one sequence per row, and for packed sequences ``kernels.softmax_attention.causal_attention``
+(the Triton varlen kernel on CUDA, one SDPA call per sequence on CPU) on q, k, v cast back to the
+weight dtype after the norms and RoPE — what the rollout engine's attention reads (its cache
+dtype) — with an fp32 softmax and fp32 sums; the router runs in fp32; expert outputs are
+accumulated in fp32 in expert-index order
 (deterministic; every expert module is called on every forward, also on zero tokens, so that
 ZeRO-3's per-module gathers match across ranks).  ``last_hidden_state`` is the fp32 final-norm
 output; ``forward``'s logits are fp32 (``kernels.lm_head.logits_fp32`` for bf16/fp16 weights:
@@ -85,7 +86,7 @@ def _project(linear: nn.Linear, x: torch.Tensor, strict: bool = False) -> torch.
     return linear(x.to(linear.weight.dtype))
 
 
-def _no_cache_in_strict_mode(strict: bool, cache: Cache | None, cu_seqlens: torch.Tensor | None = None) -> None:
+def _check_strict_inputs(strict: bool, cache: Cache | None, cu_seqlens: torch.Tensor | None) -> None:
     if strict and cache is not None:
         raise ValueError("strict mode covers the training forward (no cache); generate with a model "
                          "that is not in strict mode")
@@ -139,7 +140,7 @@ class LinearAttention(nn.Module):
         B, T, _ = x.shape
         H, d = self.num_heads, self.head_dim
         dt, strict = compute_dtype(self.dense.weight), self.strict
-        _no_cache_in_strict_mode(strict, cache, cu_seqlens)
+        _check_strict_inputs(strict, cache, cu_seqlens)
         qkv = _project(self.query_key_value, x, strict).to(dt)
         if self.linear_silu:
             qkv = invariant_silu(qkv) if strict else F.silu(qkv)
@@ -194,7 +195,7 @@ class SoftmaxAttention(nn.Module):
         B, T, _ = x.shape
         H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
         dt, strict = compute_dtype(self.dense.weight), self.strict
-        _no_cache_in_strict_mode(strict, cache, cu_seqlens)
+        _check_strict_inputs(strict, cache, cu_seqlens)
         qkv = _project(self.query_key_value, x, strict).to(dt).view(B, T, H + 2 * KV, d)
         q, k, v = qkv.split([H, KV, KV], dim=2)
         if self.use_qk_norm:
