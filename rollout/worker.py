@@ -154,14 +154,17 @@ class RolloutWorker:
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
                  top_p: float = 1.0, top_k: int = -1, ignore_eos: bool = False) -> list[list[Completion]]:
         """For each prompt, n completions (each max_tokens long with `ignore_eos`)."""
+        params = sampling_params(n, max_tokens, temperature, top_p, top_k, ignore_eos, self.loop is not None)
+        return self.completions(self.run_requests("generate", prompts, params))
+
+    def run_requests(self, kind: str, prompts: list[list[int]], params) -> list:
+        """The finished outputs of `prompts`: one `LLM.generate` call, or — with the engine loop —
+        requests that join those in flight, of which only these are waited for."""
+        if self.loop is not None:
+            return self.loop.wait_for(self.add_requests(kind, prompts, params))
         from vllm import TokensPrompt
 
-        params = sampling_params(n, max_tokens, temperature, top_p, top_k, ignore_eos, self.loop is not None)
-        if self.loop is not None:  # requests join those in flight; only these are waited for
-            return self.completions(self.loop.wait_for(self.add_requests("generate", prompts, params)))
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-                                    use_tqdm=False)
-        return self.completions(outputs)
+        return self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
 
     def completions(self, outputs) -> list[list[Completion]]:
         """Each prompt's group of completions, typed, with the weights version of every token."""
@@ -240,16 +243,11 @@ class RolloutWorker:
 
     def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
         """Teacher-forced log-prob of each token after the first (the sync probe)."""
-        from vllm import SamplingParams, TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False,
-                                flat_logprobs=True,
-                                output_kind=RequestOutputKind.FINAL_ONLY if self.loop else RequestOutputKind.CUMULATIVE)
-        if self.loop is not None:
-            (out,) = self.loop.wait_for(self.add_requests("probe", [token_ids], params))
-        else:
-            (out,) = self.llm.generate([TokensPrompt(prompt_token_ids=token_ids)], params, use_tqdm=False)
+                                flat_logprobs=True, output_kind=output_kind(final_only=self.loop is not None))
+        (out,) = self.run_requests("probe", [token_ids], params)
         return sampled_logprobs(out.prompt_logprobs[1:], token_ids[1:])
 
     def sleep(self) -> int:
@@ -330,18 +328,22 @@ class RolloutWorker:
         return WeightLoad(expected, nbytes, seconds, probe)
 
 
+def output_kind(final_only: bool):
+    """`final_only` (the engine loop): one output per request, when its last completion finishes,
+    instead of one per step (LLM.generate collects only the finished ones anyway)."""
+    from vllm.sampling_params import RequestOutputKind
+
+    return RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.CUMULATIVE
+
+
 def sampling_params(n: int, max_tokens: int, temperature: float, top_p: float, top_k: int, ignore_eos: bool,
                     final_only: bool):
     from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
 
-    # logprobs=0: only the sampled token's log-prob, one flat entry per position. `final_only`
-    # (the engine loop): one output per request, when its last completion finishes, instead of
-    # one per step (LLM.generate collects only the finished ones anyway).
-    kind = RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.CUMULATIVE
+    # logprobs=0: only the sampled token's log-prob, one flat entry per position.
     return SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                           ignore_eos=ignore_eos, logprobs=0, detokenize=False, flat_logprobs=True,
-                          output_kind=kind)
+                          output_kind=output_kind(final_only))
 
 
 def sampled_logprobs(flat, token_ids: list[int]) -> list[float]:
