@@ -89,7 +89,6 @@ def measure(model_dir: str, dtype: str, lengths: list[int], prompts: int, sample
     from rl.mismatch_probe import training_model
     from rollout.config import RolloutConfig
     from rollout.worker import RolloutWorker
-    from trainer.logprobs import pack, token_logprobs
 
     longest = max(lengths)
     vocab = AutoConfig.from_pretrained(model_dir, trust_remote_code=True).vocab_size
@@ -113,11 +112,7 @@ def measure(model_dir: str, dtype: str, lengths: list[int], prompts: int, sample
 
     # (b) fast mode: the Lockstep trainer model in the engine's dtype, fp32 LM head
     fast_model = training_model(model_dir, dtype, None)
-    fast = []
-    with torch.no_grad():
-        for p, c in pairs:
-            logp, _ = token_logprobs(fast_model, pack([p], [list(c.token_ids)]))
-            fast.append(logp[0, : len(c.token_ids)].double())
+    fast = trainer_scores(fast_model, pairs)
     del fast_model
 
     # (a) the usual setup: a plain bf16 Hugging Face model, its own LM head
@@ -136,21 +131,26 @@ def measure(model_dir: str, dtype: str, lengths: list[int], prompts: int, sample
 
 def strict_scores(model_dir: str, dtype: str, pairs: list) -> list:
     """(c): the strict trainer model's log-probs of the strict engine's samples."""
-    import torch
-
     from models.ring_linear.strict import use_strict
     from rl.mismatch_probe import training_model
-    from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head
+    from trainer.logprobs import use_fp32_lm_head
 
     model = training_model(model_dir, dtype, None)
     use_strict(model)
     use_fp32_lm_head(model, strict=True)
-    scores = []
+    return trainer_scores(model, pairs)
+
+
+def trainer_scores(model, pairs: list) -> list:
+    """A Lockstep trainer model's float64 log-probs of each (prompt, completion) pair's tokens,
+    one sequence per forward."""
+    import torch
+
+    from trainer.logprobs import pack, token_logprobs
+
     with torch.no_grad():
-        for p, c in pairs:
-            logp, _ = token_logprobs(model, pack([p], [list(c.token_ids)]))
-            scores.append(logp[0, : len(c.token_ids)].double())
-    return scores
+        return [token_logprobs(model, pack([p], [list(c.token_ids)]))[0][0, : len(c.token_ids)].double()
+                for p, c in pairs]
 
 
 def metric_rows(lengths: list[int], a: list, sides: dict[str, list]) -> list[dict]:
