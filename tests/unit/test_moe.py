@@ -323,6 +323,8 @@ def test_cuda_bf16_grouped_layer_against_the_per_expert_modules():
             want = grads_ref.get(f"experts.{e}.{p}.weight")
             if e == 2:
                 assert not grad.any() and (want is None or not want.any())
+            elif want is None or not want.any():  # no token chose this expert (seen on the H100)
+                assert not grad.any(), (e, p)
             else:
                 assert rel(grad, want) < 1e-2, (e, p)
     with torch.no_grad():
