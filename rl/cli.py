@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import shlex
-import os
 import sys
 from pathlib import Path
 
@@ -173,10 +172,6 @@ def cmd_eval(args) -> int:
             fp8 = fp8_options(fp8_recipe)
         from rollout.worker import RolloutWorker
 
-        # This process has touched CUDA (loading the checkpoint's recipe and model files) and a
-        # forked engine core cannot re-initialise it ("Cannot re-initialize CUDA in forked
-        # subprocess", seen on the H100 2026-12-07): start vLLM's processes by spawning.
-        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         rollout_cfg = RolloutConfig(max_new_tokens=plan.max_new_tokens, max_model_len=plan.max_model_len)
         with phase(f"starting a vLLM engine on {target.model_dir}"):
             worker = RolloutWorker(str(target.model_dir), plan.dtype, rollout_cfg, seed=args.seed, fp8=fp8)

@@ -84,6 +84,12 @@ class RolloutWorker:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
         if not torch.cuda.is_available():
             engine_options["distributed_executor_backend"] = "uni"  # model worker too
+        else:
+            # Outside a Ray actor (lockstep eval, the mismatch probe) this process may already
+            # hold a CUDA context, which a forked engine core cannot re-initialise ("Cannot
+            # re-initialize CUDA in forked subprocess": `lockstep eval` of a ZeRO-3 checkpoint on
+            # the H100, 2026-12-07). Spawned engine processes start clean.
+            os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         if cfg.asynchronous:
             engine_options["enable_prefix_caching"] = False
         from vllm import LLM
