@@ -58,7 +58,8 @@ def first_diverging_module(llm, model, prompt: list[int], rtol: float, new_token
     that all agree."""
     from safetensors.torch import load
 
-    names = module_names(model.config.num_hidden_layers)
+    names = module_names(model.config)
+    llm.reset_prefix_cache()  # a cached prefix would skip the prompt's rows in the engine
     llm.collective_rpc("lockstep_record_start", args=(names,))
     (completion,), _ = sample_with_logprobs(llm, [prompt], new_tokens)
     (blob,) = llm.collective_rpc("lockstep_record_stop")

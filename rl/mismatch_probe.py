@@ -191,19 +191,6 @@ def tokens_max_delta(tokens: StepTokens, sample: int) -> float:
 # --layers
 
 
-def layer_names(model: torch.nn.Module) -> list[str]:
-    """Execution-order module names both engines have: the Ring-linear plugin mirrors the
-    checkpoint's modules one for one; a vLLM-native model (Qwen2, Llama, ...) shares its
-    attention and MLP blocks and the final norm (its decoder layers return the residual apart)."""
-    from rollout.activations import module_names
-
-    layers = model.config.num_hidden_layers
-    if model.config.model_type.startswith("bailing"):
-        return module_names(layers)
-    return [n for i in range(layers) for n in (f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp")] + \
-        ["model.norm"]
-
-
 def compare_layers(llm, model: torch.nn.Module, prompt: list[int], new_tokens: int, rtol: float) -> dict:
     """Both comparisons of the module doc on one sequence, the engine's decode of `prompt`:
     {phase: {"first": name or None, "error": its relative error, "worst": [name, largest error],
@@ -212,9 +199,9 @@ def compare_layers(llm, model: torch.nn.Module, prompt: list[int], new_tokens: i
     from vllm import SamplingParams, TokensPrompt
 
     from rl.alignment import sample_with_logprobs
-    from rollout.activations import record_outputs, relative_errors
+    from rollout.activations import module_names, record_outputs, relative_errors
 
-    names = layer_names(model)
+    names = module_names(model.config)
 
     def recorded(run) -> dict[str, torch.Tensor]:
         llm.reset_prefix_cache()  # a cached prefix would skip rows: every token through the model
@@ -261,4 +248,4 @@ def layer_lines(layers: dict) -> list[str]:
     return lines
 
 
-__all__ = ["ProbeOptions", "probe", "compare_layers", "layer_names"]
+__all__ = ["ProbeOptions", "probe", "compare_layers"]

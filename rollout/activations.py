@@ -104,13 +104,19 @@ class EngineExtension(WeightReceiver):
         return save({n: t.contiguous() for n, t in rows.items()})
 
 
-def module_names(num_layers: int) -> list[str]:
-    """Execution-order names of the decoder's modules worth comparing (per layer: attention
-    output, feed-forward output, layer output), then the final norm."""
-    names = []
-    for i in range(num_layers):
-        p = f"model.layers.{i}"
-        names += [f"{p}.input_layernorm", f"{p}.attention", f"{p}.post_attention_layernorm", f"{p}.mlp", p]
+def module_names(config) -> list[str]:
+    """Execution-order names of the decoder's modules both engines have, for a model's HF
+    config. The Ring-linear plugin mirrors the checkpoint's modules one for one: per layer the
+    input norm, attention, post-attention norm, feed-forward and the layer's output. A
+    vLLM-native model (Qwen2, Llama, ...) shares its attention (``self_attn``) and MLP blocks and
+    the final norm; its decoder layers return the residual apart, so their outputs differ in
+    meaning and are left out."""
+    layers = range(config.num_hidden_layers)
+    if config.model_type.startswith("bailing"):
+        names = [f"model.layers.{i}{part}" for i in layers
+                 for part in (".input_layernorm", ".attention", ".post_attention_layernorm", ".mlp", "")]
+    else:
+        names = [f"model.layers.{i}.{part}" for i in layers for part in ("self_attn", "mlp")]
     return names + ["model.norm"]
 
 

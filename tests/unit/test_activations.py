@@ -61,3 +61,22 @@ def test_relative_errors_from_a_start_row():
     assert relative_errors(full, {"0": full["0"].clone()}, names, start=4) == [("0", 0.0)]
     assert relative_errors(full, late, names, start=4)[0][1] > 1e-5
     assert relative_errors(full, late, names, start=6) == [("0", float("inf"))]  # no rows left
+
+
+def test_module_names_exist_in_the_trainer_models_of_both_families():
+    """The compared names are the trainer model's own: Ring-linear (`attention`, layer outputs)
+    and a transformers-native dense model (`self_attn`, no layer outputs)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from models.ring_linear.presets import preset_config
+    from rollout.activations import module_names
+    from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
+
+    dense = Qwen2ForCausalLM(Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=64))
+    ring = BailingMoeLinearV2ForCausalLM(preset_config("tiny"))
+    for model, attention in ((dense, "self_attn"), (ring, "attention")):
+        names, modules = module_names(model.config), dict(model.named_modules())
+        assert [n for n in names if n not in modules] == []
+        assert f"model.layers.1.{attention}" in names and names[-1] == "model.norm"
+    assert "model.layers.1" in module_names(ring.config) and "model.layers.1" not in module_names(dense.config)
