@@ -113,8 +113,12 @@ class Run:
             if in_flight:
                 log.warning("%d prompts in flight at the checkpoint are not sampled again (rollout.max_staleness "
                             "≤ 1 without rollout.partial starts at the cursor)", len(in_flight))
+        # The policy's version: how many updates changed its weights (a skipped update — no
+        # informative group, a non-finite loss — keeps it), so a token's lag counts real weight
+        # changes. Checkpoints before 2026-12-07 stored the step here; equal unless one was skipped.
+        self.weights_version = state.get("weights_version", state["step"])
         if self.resumed_from:
-            self.rollout.set_version(state["step"])  # the engines hold the checkpoint's weights
+            self.rollout.set_version(self.weights_version)  # the engines hold the checkpoint's weights
         self.sync = WeightSync(self.trainers, self.rollout, self.weight_transport(),
                                tokenizer(PROBE_TEXT)["input_ids"], cfg.model.dtype)
         noise = self.sync.calibrate()  # engines and trainer hold one checkpoint now
@@ -245,7 +249,7 @@ class Run:
             self.step_open = False  # the update is in: from here a restart keeps this step
             changed = self.nonfinite.check(self.step, m, batch.prompt_indices)  # False: NaN/Inf, skipped
             self.measure_mismatch(batch, update, m)  # a_t vs b_t on this step's tokens
-            self.sync_weights(m, changed)  # trainer → engines, verified (when the weights changed)
+            self.sync_weights(m, changed, trains)  # trainer → engines, verified (unless the update was skipped)
             m["data/cursor"] = float(self.sampler.consumed_cursor())
             # A fingerprint of which prompts this step drew (resume must reproduce it exactly): a
             # field of the step's JSONL record, not a scalar (a hash has no scale to plot).
@@ -260,7 +264,7 @@ class Run:
         queue the sync's probe under the weights that sampled it (the "before"), and — with
         rollout.max_staleness=1 — the next step's batch, which they sample during the update."""
         with self.timings.phase("rollout"):  # sampled ahead: only what was left to wait for
-            batch = self.sampler.next_batch(version=self.step - 1, step=self.step)
+            batch = self.sampler.next_batch(version=self.weights_version, step=self.step)
         self.sync.probe_engines()
         if self.cfg.rollout.max_staleness and self.step < self.cfg.schedule.steps:
             self.sampler.sample_ahead()
@@ -336,7 +340,9 @@ class Run:
         m.update(metrics)
         m["rollout/staleness"] = float(batch.stale)
 
-    def sync_weights(self, m: dict[str, float], changed: bool) -> None:
+    def sync_weights(self, m: dict[str, float], changed: bool, updated: bool) -> None:
+        """`changed`: the update was not skipped as non-finite; `updated`: an update ran (some
+        group was informative). Only an update that ran moves the policy's version."""
         if not changed:  # a skipped update: the engines hold the trainer's weights already
             self.sync.before = None
             return
@@ -344,8 +350,9 @@ class Run:
             if self.sampler.ahead:
                 with self.timings.phase("rollout_ahead_wait"):  # the next batch outlasted the update
                     self.sampler.ahead.completions.wait()
+            self.weights_version += int(updated)  # the update is applied, whatever the sync's fate
             with self.timings.phase("sync"):
-                m.update(self.sync(version=self.step))
+                m.update(self.sync(version=self.weights_version))
         except ActorFailed as failure:  # the update is applied: fresh engines get it, the step goes on
             if failure.group != "rollout":
                 raise
@@ -401,24 +408,25 @@ class Run:
             with phase(f"{failure}: restarting {plural(len(self.rollout.actors), 'rollout engine')}"):
                 self.rollout.restart(str(latest / checkpoint.HF_DIR) if latest else self.policy)
             self.restarts.steps_redone += self.drop_open_step()
-            return self.sync.resend(version=self.step)
+            return self.sync.resend(version=self.weights_version)
         newest, damaged = checkpoint.recover(self.run_dir)  # verified; a damaged newest one is set aside
         self.damaged_checkpoints += damaged
         ranks = plural(self.cfg.trainer.num_ranks, 'trainer rank')
         with phase(f"{failure}: restarting {ranks} from {newest or 'the start of the RL stage'}"):
             self.trainers.restart(str(newest / checkpoint.HF_DIR) if newest else self.policy)
-            state = {"step": 0, "cursor": 0}
+            state = {"step": 0, "cursor": 0, "weights_version": 0}
             if newest:
                 self.trainers.load_checkpoint(str(newest / checkpoint.ENGINE_DIR))
                 state = checkpoint.load_state(newest)
         self.restarts.steps_redone += self.step - state["step"]
         self.step, self.saved_step, self.step_open = state["step"], state["step"] if newest else None, False
+        self.weights_version = state.get("weights_version", state["step"])
         self.sampler.rewind(state["cursor"], state.get("inflight", []))
         self.steps_bar.close()  # counts (and rates) again from the checkpoint's step
         self.steps_bar = Progress("RL steps", self.cfg.schedule.steps, "step", initial=self.step, plain_lines=False)
         self.metrics.close()  # records after the checkpoint's step are superseded, as on a resume
         self.metrics = MetricsLogger(self.run_dir, self.cfg, resume_step=self.step, config_dict=to_dict(self.cfg))
-        return self.sync.resend(version=self.step)
+        return self.sync.resend(version=self.weights_version)
 
     def drop_open_step(self) -> int:
         """After the engines failed: a step interrupted before its update goes back to its first
@@ -466,7 +474,7 @@ class Run:
             self.trainers.save_checkpoint(str(partial / checkpoint.ENGINE_DIR))
             self.trainers.export_hf(str(partial / checkpoint.HF_DIR), self.base_model)
             sealed = self.trainers.seal_files(str(partial))
-            state = {"step": self.step, "cursor": self.sampler.consumed_cursor(), "weights_version": self.step,
+            state = {"step": self.step, "cursor": self.sampler.consumed_cursor(), "weights_version": self.weights_version,
                      "inflight": self.sampler.in_flight(), "config": to_dict(self.cfg)}
             final = checkpoint.commit(self.run_dir, self.step, partial, state, self.cfg.schedule.keep_last, sealed)
         except OSError as e:  # a trainer rank's arrives as a RayTaskError that is also its cause's type

@@ -183,6 +183,9 @@ def test_nonfinite_updates_are_skipped_then_halt_with_a_dump(base, shared_sft):
     bad = [h for h in steps if h.get("train/nonfinite_skipped")]
     assert len(bad) == 2 and [h["train/nonfinite_total"] for h in bad] == [1, 2]
     assert all("sync/version" not in h for h in bad)  # the engines were not re-synced for nothing
+    synced = [h["sync/version"] for h in steps if "sync/version" in h]  # versions count applied updates only
+    assert all(b - a in (0, 1) for a, b in zip([0, *synced], synced))
+    assert run.weights_version == (synced[-1] if synced else 0)
     dump = json.loads((cfg.run_dir / NONFINITE_DUMP).read_text())
     assert dump["halted_at_step"] == bad[-1]["step"] and [u["step"] for u in dump["updates"]] == [h["step"] for h in bad]
     order = DataOrder(len(load_examples(cfg.data.train)), cfg.seed, cfg.data.shuffle)
