@@ -5,6 +5,7 @@
 #   bf16    the demo recipe in bf16, 20 steps (its sync probe stopped it at step 6 once)
 #   zero3   gpu_ring.yaml under ZeRO-3: 2 steps, a checkpoint at step 2 (each holds ~16 GB)
 #   resume  the zero3 run resumed to 3 steps, then `lockstep eval` of its GPU checkpoint
+#   eval    the demo recipe, 2 steps and a checkpoint, then `lockstep eval` of it (no ZeRO-3 run needed)
 # Usage: bash benchmarks/gpu/loop_checks.sh PART...   (writes logs and results under $OUT)
 set -u
 : "${OUT:?set OUT to the folder that comes back}"
@@ -20,7 +21,7 @@ for part in "$@"; do
   echo "== $part $(date -u +%H:%M:%S)"
   case $part in
     tests)
-      timeout "${TESTS_TIMEOUT:-180}" python3 -m pytest -v -p no:cacheprovider -rf --durations=15 -m gpu $TESTS \
+      timeout "${TESTS_TIMEOUT:-180}" python3 -m pytest -v -p no:cacheprovider -rf --tb=short --durations=15 -m gpu $TESTS \
         > "$OUT/gpu_tests.txt" 2>&1
       grep -E "PASSED|FAILED|ERROR" "$OUT/gpu_tests.txt" | tail -60; tail -25 "$OUT/gpu_tests.txt" ;;
     bf16)
@@ -36,6 +37,12 @@ for part in "$@"; do
       cp runs/ring-z3/metrics.jsonl "$OUT/ring-z3-resume.metrics.jsonl" 2>/dev/null
       timeout 150 python3 -m rl.cli eval runs/ring-z3 --limit 50 > "$OUT/ring-z3-eval.log" 2>&1
       echo "eval rc $?"; tail -6 "$OUT/ring-z3-eval.log" ;;
-    *) echo "unknown part $part (tests, bf16, zero3, resume)"; exit 2 ;;
+    eval)  # `lockstep eval` of a GPU checkpoint without the ZeRO-3 run: the demo, 2 steps, saved
+      timeout 240 python3 -m rl.cli run recipes/demo.yaml name=demo-eval trainer.num_ranks=1 schedule.steps=2 \
+        schedule.save_every=2 schedule.eval_every=0 --no-resume > "$OUT/demo-eval-run.log" 2>&1
+      echo "run rc $?"; tail -3 "$OUT/demo-eval-run.log"
+      timeout 150 python3 -m rl.cli eval runs/demo-eval --limit 50 > "$OUT/demo-eval.log" 2>&1
+      echo "eval rc $?"; tail -6 "$OUT/demo-eval.log" ;;
+    *) echo "unknown part $part (tests, bf16, zero3, resume, eval)"; exit 2 ;;
   esac
 done
