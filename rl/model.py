@@ -214,6 +214,26 @@ def weight_bytes(model_path: str, dtype: str) -> int:
     return elements * DTYPE_BYTES[dtype]
 
 
+ASYNC_MIN_VLLM = "0.32"  # the first vLLM whose engine labels tokens with weight versions
+
+
+def check_vllm_for_async(cfg: RunConfig, installed: str | None = None) -> None:
+    """Asynchronous rollout needs per-token weight versions (vLLM's `set_weight_version`):
+    refuse an older vLLM up front in one line, before minutes of engine start-up end in a
+    remote traceback. `installed`: the vLLM version (default: the one this process would import)."""
+    if not cfg.rollout.asynchronous:
+        return
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    installed = installed or version("vllm")
+    if Version(installed).release < Version(ASYNC_MIN_VLLM).release:
+        raise ConfigError(f"asynchronous rollout (rollout.max_staleness >= 2 or rollout.partial) needs vLLM >= "
+                          f"{ASYNC_MIN_VLLM} (tokens labelled with weight versions); this is vLLM {installed}: "
+                          f"upgrade vLLM or set rollout.max_staleness <= 1 and rollout.partial=false")
+
+
 def check_engine_memory(cfg: RunConfig, model_bytes: int, gpu_bytes: int) -> None:
     """The rollout engine gets `rollout.gpu_memory_utilization` of its GPU for weights, activations
     and KV cache; refuse up front a share its weights alone would fill (vLLM would fail minutes
