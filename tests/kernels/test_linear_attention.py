@@ -247,7 +247,7 @@ on_gpu = pytest.mark.gpu if TRITON == "cuda" else (lambda test: test)  # as `bac
 
 @on_gpu
 @pytest.mark.parametrize("packed", [False, True], ids=["batch", "cu_seqlens"])
-def test_segmented_forward_matches_float64(segmented, packed):
+def test_triton_segmented_forward_matches_float64(segmented, packed):
     """Outputs and final states of sequences of 2-3 segments (a chunk tail in the last one),
     shorter than a segment, exactly one, and empty, from random initial states, against the
     float64 token loop.  The backward is the unsegmented scan's, checked through autograd once."""
@@ -276,7 +276,7 @@ def test_segmented_forward_matches_float64(segmented, packed):
 
 
 @on_gpu
-def test_segmented_forward_is_batch_invariant(segmented):
+def test_triton_segmented_forward_is_batch_invariant(segmented):
     """The issue's condition on a split forward: a sequence's outputs and final state are the
     same bits alone (B=1), inside a batch of 8 with a longer T, and packed between others with
     cu_seqlens (segment slots from the tables) — and a sequence shorter than a segment alone (one
