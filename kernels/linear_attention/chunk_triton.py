@@ -30,7 +30,8 @@ the sequence's start, nothing else.  A sequence of at most ``SEGMENT`` tokens is
 (h_0 is its initial state, step 3 is the whole scan), which is why a batch whose T is at most
 ``SEGMENT`` runs step 3 alone, as one launch, with the same bits.  Extra work for a long
 sequence: step 1 reads k and v once more and does one more product per chunk (the scan does
-five); step 2 moves two fp32 states per segment (docs/decisions.md has the arithmetic).
+five); the fp32 states make four trips to memory per segment and head (U written and read, h_s
+written and read): ~12 % of the segment's q, k, v, o bytes (docs/decisions.md has the arithmetic).
 
 Backward is the same scan three times, with the roles of the tensors permuted (the one kernel
 ``_scan`` is the whole algorithm):
@@ -380,20 +381,23 @@ def chunk_fwd(q, k, v, decay, scale, h0, cu_seqlens, output_final_state):
                 dict(common, SEGMENTED=False, USE_H0=h0 is not None, STORE_HT=output_final_state,
                      SPLIT_S=split[0]), lowp)
         return o, ht
+    if SEGMENT % BT:
+        raise ValueError(f"chunk_triton.SEGMENT must be a multiple of the chunk size {BT}, got {SEGMENT}")
     slots, nseg, slot_seq, seq_first, last = _segment_tables(cu_seqlens, N, T, SEGMENT, q.device)
-    tables = (cu, dummy if slot_seq is None else slot_seq, dummy if seq_first is None else seq_first,
-              T, nseg)
+    slot_seq = dummy if slot_seq is None else slot_seq
+    seq_first = dummy if seq_first is None else seq_first
     states = _empty(q, slots, H, D, D, dtype=torch.float32)   # U_s, then h_s, then end states
     # 1. every segment's own state contribution (all segments at once)
-    _launch(_segment_state_kernel, (D // bv, slots * H), (k, v, decay, states, *tables), common, lowp)
+    _launch(_segment_state_kernel, (D // bv, slots * H),
+            (k, v, decay, states, cu, slot_seq, seq_first, T, nseg), common, lowp)
     # 2. the states at segment starts, a short fp32 loop per (sequence, head)
     block = min(BOUNDARY_BLOCK, D * D)
     _boundary_scan_kernel[((D * D) // block, N * H)](
-        states, h0 if h0 is not None else dummy, decay, cu, tables[2], T, nseg, H=H, D=D,
+        states, h0 if h0 is not None else dummy, decay, cu, seq_first, T, nseg, H=H, D=D,
         SEG=SEGMENT, BLOCK=block, VARLEN=varlen, USE_H0=h0 is not None)
     # 3. the outputs of every segment from its start state (all segments at once)
     _launch(_chunk_fwd_kernel, (D // bv, slots * H),
-            (q, k, v, o, decay, states, states, tables[0], tables[1], tables[2], float(scale), T, nseg),
+            (q, k, v, o, decay, states, states, cu, slot_seq, seq_first, float(scale), T, nseg),
             dict(common, SEGMENTED=True, USE_H0=True, STORE_HT=output_final_state,
                  SPLIT_S=split[0]), lowp)
     return o, (states[last] if output_final_state else None)
