@@ -323,7 +323,7 @@ def run_gpu(args):
         res = {} if args.no_check else {"long_checks": long_checks(dev)}
         long_sequences(dev, chunk_simple_gla, [int(n) for n in args.segments.split(",") if n])
         return res
-    res = {} if args.no_check else {"correctness": gpu_correctness(dev)}
+    res = {} if args.no_check else {"correctness": gpu_correctness(dev), "long_checks": long_checks(dev)}
     bw, flops = copy_bandwidth(dev), matmul_rate(dev)
     print(f"  copy bandwidth {bw / 1e12:.3f} TB/s (read+write), bf16 matmul {flops / 1e12:.0f} TFLOP/s")
     res.update(copy_TBps=bw / 1e12, matmul_TFLOPs=flops / 1e12)
