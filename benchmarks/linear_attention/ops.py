@@ -6,11 +6,17 @@ bf16, varlen, gradients, continuation, bitwise batch invariance), then times
     against flash-linear-attention's chunk_simple_gla (per-head decay via g_gamma) in the same run;
   * decode (fp32 state, H=16, D=128, batch 1/64/256) against fla's fused_recurrent_simple_gla and
     against the floor: state bytes read + written / measured device-to-device copy bandwidth.
+  * long sequences (`--long`, issue 19 item 3; B=1 T=8K/32K/128K, B=8 T=4K, B=4 T=8K): the
+    segmented forward (chunk_triton.SEGMENT) against the one-program-per-sequence forward it
+    replaced (SEGMENT=None) and fla, forward and forward+backward, ratios printed; before it, a
+    bitwise check at the real segment length (a sequence of 2.5 segments alone = in a batch of 8
+    = packed; a shorter one alone = packed) and both forwards against float64.
 CPU (`--cpu`): tokens/s of the PyTorch path (prefill T=2048, decode batch 64) vs the naive loop.
 
 Timings: triton.testing.do_bench median (it flushes L2 before every repetition; the training
 inputs are far larger than L2 anyway).  Usage:
     python -m benchmarks.linear_attention.ops --gpu [--sweep]      # on an H100
+    python -m benchmarks.linear_attention.ops --gpu --long [--segments 1024,4096]   # long sequences only
     python -m benchmarks.linear_attention.ops --cpu
 """
 
@@ -313,7 +319,11 @@ def run_gpu(args):
     except Exception as e:  # the anchor is optional: report its absence loudly
         print(f"anchor: fla NOT available ({type(e).__name__}: {e}); ratios are NaN")
         chunk_simple_gla = fused_recurrent_simple_gla = None
-    res = {} if args.no_check else {"correctness": gpu_correctness(dev)}
+    if args.long:
+        res = {} if args.no_check else {"long_checks": long_checks(dev)}
+        long_sequences(dev, chunk_simple_gla, [int(n) for n in args.segments.split(",") if n])
+        return res
+    res = {} if args.no_check else {"correctness": gpu_correctness(dev), "long_checks": long_checks(dev)}
     bw, flops = copy_bandwidth(dev), matmul_rate(dev)
     print(f"  copy bandwidth {bw / 1e12:.3f} TB/s (read+write), bf16 matmul {flops / 1e12:.0f} TFLOP/s")
     res.update(copy_TBps=bw / 1e12, matmul_TFLOPs=flops / 1e12)
@@ -322,6 +332,108 @@ def run_gpu(args):
     training_shapes(dev, bw, flops, chunk_simple_gla)
     decode_shapes(dev, bw, fused_recurrent_simple_gla)
     return res
+
+
+# ------------------------------------------------------------------- long sequences (issue 19)
+LONG_SHAPES = ((1, 8192), (1, 32768), (1, 131072), (8, 4096), (4, 8192))
+
+
+def long_checks(dev, Hc=4, D=D, dtypes=(torch.float32, torch.bfloat16)):
+    """At the real segment length: bitwise batch invariance of the segmented forward (fp32 and
+    bf16; outputs and final states) and the error of both forwards against float64 (the PyTorch
+    chunked form in float64 on the GPU)."""
+    ck = _chunk_mod()
+    seg = ck.SEGMENT
+    g = la.layer_decay(Hc, 3, 20).to(dev)
+    L, S, P = 2 * seg + seg // 2 - 9, seg // 2 + 7, seg // 3   # 2.5 segments; half of one; padding
+    out = {}
+    torch.manual_seed(3)
+    for dt in dtypes:
+        name = str(dt).split(".")[-1]
+        x = [torch.randn(1, L, Hc, D, device=dev).to(dt) for _ in range(3)]
+        h0 = torch.randn(1, Hc, D, D, device=dev)
+        alone, alone_ht = la.chunk(*x, g, 0.09, h0, output_final_state=True)
+        big = [torch.randn(8, L + P, Hc, D, device=dev).to(dt) for _ in range(3)]
+        for b, xi in zip(big, x):
+            b[3, :L] = xi[0]
+        big_h0 = torch.randn(8, Hc, D, D, device=dev)
+        big_h0[3] = h0[0]
+        in_batch, _ = la.chunk(*big, g, 0.09, big_h0)     # (its row 3 runs on past L)
+        short = [torch.randn(1, S, Hc, D, device=dev).to(dt) for _ in range(3)]
+        short_alone, _ = la.chunk(*short, g, 0.09)
+        packed = [torch.cat([torch.randn(1, P, Hc, D, device=dev).to(dt), xi, si], 1)
+                  for xi, si in zip(x, short)]
+        cu = torch.tensor([0, P, P + L, P + L + S], device=dev, dtype=torch.int32)
+        pack_h0 = torch.randn(3, Hc, D, D, device=dev)
+        pack_h0[1], pack_h0[2] = h0[0], 0
+        in_pack, pack_ht = la.chunk(*packed, g, 0.09, pack_h0, cu_seqlens=cu, output_final_state=True)
+        ok = (torch.equal(alone[0], in_batch[3, :L]) and torch.equal(alone[0], in_pack[0, P:P + L])
+              and torch.equal(alone_ht[0], pack_ht[1])
+              and torch.equal(short_alone[0], in_pack[0, P + L:]))
+        ref, ref_ht = la.chunk(*[xi.double() for xi in x], g.double(), 0.09, h0.double(),
+                               output_final_state=True, backend="torch")
+        ck.SEGMENT = None
+        old, old_ht = la.chunk(*x, g, 0.09, h0, output_final_state=True)
+        ck.SEGMENT = seg
+        errs = dict(new_o=rel_error(alone, ref), new_ht=rel_error(alone_ht, ref_ht),
+                    old_o=rel_error(old, ref), old_ht=rel_error(old_ht, ref_ht))
+        print(f"  segmented forward {name}, SEGMENT={seg}, L={L}: bitwise alone = batch of 8 = packed "
+              f"(and short alone = packed): {ok}; vs float64 " +
+              " ".join(f"{k}={e:.2e}" for k, e in errs.items()), flush=True)
+        out[f"segmented_{name}"] = dict(bitwise_batch_invariant=ok, **errs)
+        assert ok, "segmented forward is not batch invariant"
+        assert max(errs.values()) < (5e-5 if dt == torch.float32 else 2e-2), errs
+    return out
+
+
+def long_sequences(dev, fla_chunk, segments=()):
+    """B=1 long sequences (and two batched shapes): the segmented forward ("new") vs the
+    one-program-per-sequence forward ("old", SEGMENT=None) vs fla, bf16, H=16, D=128."""
+    ck = _chunk_mod()
+    base = ck.SEGMENT
+    variants = [("new", base), ("old", None)] + [(f"SEGMENT={n}", n) for n in segments if n != base]
+    g = la.layer_decay(H, 3, 20).to(dev)
+    scale = D ** -0.5
+    table = []
+    for B, T in LONG_SHAPES:
+        q, k, v = [torch.randn(B, T, H, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
+                   for _ in range(3)]
+        do = torch.randn_like(q)
+
+        def fwd(fn):
+            return lambda: fn(q, k, v)
+
+        def fwd_bwd(fn):
+            return lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do)
+
+        def ours(q, k, v):
+            return la.chunk(q, k, v, g, scale)[0]
+
+        t = {}
+        for name, seg in variants:
+            ck.SEGMENT = seg
+            t[name] = (bench(fwd(ours)), bench(fwd_bwd(ours)))
+        ck.SEGMENT = base
+        if fla_chunk is not None:
+            def theirs(q, k, v):
+                return fla_chunk(q, k, v, g_gamma=g, scale=scale)[0]
+
+            t["fla"] = (bench(fwd(theirs)), bench(fwd_bwd(theirs)))
+            with torch.no_grad():
+                print(f"  B={B} T={T}: new vs fla output rel diff {rel_error(ours(q, k, v), theirs(q, k, v)):.2e}")
+        else:
+            t["fla"] = (float("nan"),) * 2
+        for i, phase in enumerate(("fwd", "fwd+bwd")):
+            new, old, fla = t["new"][i], t["old"][i], t["fla"][i]
+            extra = {f"{n}_ms": t[n][i] for n, _ in variants[2:]}
+            row(case=f"long {phase} B={B} T={T}", new_ms=new, old_ms=old, fla_ms=fla,
+                new_over_fla=new / fla, old_over_fla=old / fla, new_over_old=new / old, **extra)
+            table.append([f"B={B} T={T} {phase}", new, old, fla, new / fla, old / fla, new / old,
+                          *extra.values()])
+        del q, k, v, do
+        torch.cuda.empty_cache()
+    cols = ["case", f"new (SEGMENT={base}) ms", "old ms", "fla ms", "new÷fla", "old÷fla", "new÷old"]
+    print("\n" + markdown_table(cols + [f"{n} ms" for n, _ in variants[2:]], table), flush=True)
 
 
 # ----------------------------------------------------------------------------------------- CPU
@@ -359,6 +471,11 @@ def main():
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--sweep", action="store_true", help="also time other launch configurations")
     p.add_argument("--no-check", action="store_true", help="skip the GPU correctness checks")
+    p.add_argument("--long", action="store_true",
+                   help="GPU: only the long-sequence forward (segmented vs old vs fla) and its checks")
+    p.add_argument("--segments", default="",
+                   help="with --long, also time these segment lengths (comma-separated tokens, "
+                        "multiples of 64; each changes the bits, so it is a design sweep)")
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args()
     res = {}

@@ -24,7 +24,9 @@ Conventions: ``decay`` is the per-head *log*-decay ``g <= 0`` (fp32 ``[H]``); st
 ``[.., H, D, D]`` indexed ``[key dim, value dim]``; the chunk size is the constant 64.  Strict
 (batch-invariant) mode needs no flag: the Triton kernels always use one fixed launch
 configuration and chunk boundaries fixed from each sequence's start, so a token's output does not
-depend on T, on the batch it is in, or on its neighbours in a packed batch.
+depend on T, on the batch it is in, or on its neighbours in a packed batch.  The Triton forward
+cuts sequences longer than ``chunk_triton.SEGMENT`` (2048) tokens into segments run in parallel
+(so one long sequence fills a GPU); the segment boundaries are fixed from the sequence start too.
 
 The functions ``chunk`` and ``recurrent`` shadow their modules' names as attributes of this
 package; reach the modules themselves through ``importlib.import_module``.

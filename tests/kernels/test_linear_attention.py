@@ -230,6 +230,80 @@ def test_chunk_is_batch_and_length_invariant(backend):
     assert torch.equal(alone[0], in_pack[0, 45:45 + L])
 
 
+# Segmented forward (chunk_triton.SEGMENT): sequences longer than a segment are cut into
+# segments of SEGMENT tokens; the tests shrink it to two chunks (one, for the invariance test,
+# which runs a batch of 8 in the interpreter) so that a few chunks make several segments.
+@pytest.fixture
+def segmented(monkeypatch):
+    if TRITON is None:
+        pytest.skip("triton kernels not interpretable in this process (see module docstring)")
+    monkeypatch.setattr(ck, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(ck, "SEGMENT", 128)
+    return "cuda" if TRITON == "cuda" else "cpu"
+
+
+on_gpu = pytest.mark.gpu if TRITON == "cuda" else (lambda test: test)  # as `backend` marks triton
+
+
+@on_gpu
+@pytest.mark.parametrize("packed", [False, True], ids=["batch", "cu_seqlens"])
+def test_triton_segmented_forward_matches_float64(segmented, packed):
+    """Outputs and final states of sequences of 2-3 segments (a chunk tail in the last one),
+    shorter than a segment, exactly one, and empty, from random initial states, against the
+    float64 token loop.  The backward is the unsegmented scan's, checked through autograd once."""
+    torch.manual_seed(11)
+    dev, H, D = segmented, 2, 16
+    g = la.layer_decay(H, 1, 4).to(dev)
+    if packed:
+        cu = torch.tensor([0, 37, 37, 300, 428, 433], dtype=torch.int32, device=dev)
+        shape, N = (1, 433, H, D), 5
+    else:
+        cu, shape, N = None, (2, 276, H, D), 2
+    q, k, v = (_rand(*shape, dev=dev, grad=packed) for _ in range(3))
+    h0 = _rand(N, H, D, D, dev=dev, grad=packed)
+    o, ht = la.chunk(q, k, v, g, 0.2, h0, cu_seqlens=cu, output_final_state=True, backend="triton")
+    ref = [x.detach().double().requires_grad_() for x in (q, k, v, h0)]
+    ro, rht = naive_recurrence(*ref[:3], g.double(), 0.2, ref[3], output_final_state=True,
+                               cu_seqlens=None if cu is None else cu.cpu())
+    assert rel(o, ro) < 1e-5 and rel(ht, rht) < 1e-5
+    if packed:
+        assert torch.equal(ht[1], h0[1].detach())  # the empty sequence passes its state
+        do = torch.randn_like(o)
+        grads = torch.autograd.grad((o * do).sum() + ht.sum(), (q, k, v, h0))
+        rgrads = torch.autograd.grad((ro * do.double()).sum() + rht.sum(), ref)
+        for name, a, b in zip("q k v h0".split(), grads, rgrads):
+            assert rel(a, b) < 1e-5, name
+
+
+@on_gpu
+def test_triton_segmented_forward_is_batch_invariant(segmented):
+    """The issue's condition on a split forward: a sequence's outputs and final state are the
+    same bits alone (B=1), inside a batch of 8 with a longer T, and packed between others with
+    cu_seqlens (segment slots from the tables) — and a sequence shorter than a segment alone (one
+    launch, no segments) = packed into a long batch.  (Segments of one chunk would make the
+    boundary scan the scan itself, bit for bit, and test nothing: hence two.)"""
+    torch.manual_seed(12)
+    dev, H, D, L = segmented, 2, 16, 276                # L: 2 segments + 20 tokens
+    g = la.layer_decay(H, 2, 5).to(dev)
+    x = [_rand(1, L, H, D, dev=dev) for _ in range(3)]
+    alone, alone_ht = la.chunk(*x, g, 0.1, output_final_state=True, backend="triton")
+    big = [_rand(8, L + 20, H, D, dev=dev) for _ in range(3)]
+    for b, xi in zip(big, x):
+        b[5, :L] = xi[0]
+    in_batch, _ = la.chunk(*big, g, 0.1, backend="triton")
+    short = [_rand(1, 50, H, D, dev=dev) for _ in range(3)]   # under a segment: one launch alone
+    short_alone, short_ht = la.chunk(*short, g, 0.1, output_final_state=True, backend="triton")
+    packed = [torch.cat([_rand(1, 45, H, D, dev=dev), xi, si, _rand(1, 9, H, D, dev=dev)], 1)
+              for xi, si in zip(x, short)]
+    cu = torch.tensor([0, 45, 45 + L, 95 + L, 104 + L], device=dev)
+    in_pack, pack_ht = la.chunk(*packed, g, 0.1, cu_seqlens=cu, output_final_state=True,
+                                backend="triton")
+    assert torch.equal(alone[0], in_batch[5, :L])
+    assert torch.equal(alone[0], in_pack[0, 45:45 + L]) and torch.equal(alone_ht[0], pack_ht[1])
+    assert torch.equal(short_alone[0], in_pack[0, 45 + L:95 + L])
+    assert torch.equal(short_ht[0], pack_ht[2])
+
+
 # ----------------------------------------------------------------------------- recurrent
 @pytest.mark.parametrize("tokens", [None, 3])  # None: [B, H, D] (one token), 3: [B, 3, H, D]
 @pytest.mark.parametrize("slots", [[6, -1, 2, 0], [6, 1, 2, 0]], ids=["padding-row", "no-padding"])
