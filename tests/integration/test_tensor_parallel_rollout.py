@@ -50,6 +50,7 @@ def test_tp2_engine_matches_trainer_and_takes_weight_updates_on_both_ranks(tmp_p
         model = BailingMoeLinearV2ForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
         # 40-token prompt in pieces of the 32-token step budget: chunked prefill with a carried state
         worst = check_against_trainer(llm, model, seed=0)
+        print(f"TP=2 engine vs trainer: max |Δ log-prob| {worst:.2e}")
         assert worst <= TOL, f"TP=2 engine vs trainer: max |Δ log-prob| {worst:.2e} > {TOL}"
 
         # new weights for every tensor, sent whole to both ranks
@@ -60,6 +61,7 @@ def test_tp2_engine_matches_trainer_and_takes_weight_updates_on_both_ranks(tmp_p
         assert send_weights(llm, tensors) == [len(tensors), len(tensors)]  # each rank loaded every name
         llm.reset_prefix_cache()
         worst = check_against_trainer(llm, new, seed=1)
+        print(f"after the in-place update: max |Δ log-prob| {worst:.2e}")
         assert worst <= TOL, f"after the in-place update: TP=2 engine vs new weights {worst:.2e} > {TOL}"
     finally:
         del llm
