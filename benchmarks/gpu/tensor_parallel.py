@@ -58,7 +58,8 @@ def updated_weights(model_dir: str, dtype) -> dict:
 
 
 def engine(args) -> None:
-    """One engine of `args.engine` ranks: writes its log-probs and speed as JSON to stdout's last line."""
+    """One engine of `args.engine` ranks: writes its log-probs and speed as JSON to `args.result`
+    (not stdout: the engine's worker processes print there too)."""
     import torch
     from safetensors.torch import save
     from vllm import SamplingParams, TokensPrompt
@@ -91,9 +92,10 @@ def engine(args) -> None:
     update_s = time.perf_counter() - t0
     llm.reset_prefix_cache()
     after = [teacher_forced_logprobs(llm, s).tolist() for s in seqs]
-    print(json.dumps({"tp": args.engine, "start_s": start_s, "tokens": tokens, "decode_s": decode_s,
+    Path(args.result).write_text(json.dumps({"tp": args.engine, "start_s": start_s, "tokens": tokens, "decode_s": decode_s,
                       "tokens_per_s": tokens / decode_s, "update_s": update_s, "update_counts": counts,
                       "updated_tensors": len(weights), "before": before, "after": after}))
+    del worker, llm
 
 
 def max_diff(a: list[list[float]], b: list[list[float]]) -> float:
@@ -113,6 +115,7 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: the tiny random model, batch 2, 8 new tokens")
     ap.add_argument("--engine", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.engine:
         engine(args)
@@ -143,21 +146,21 @@ def main() -> int:
     for n in sizes:
         cmd = [sys.executable, "-m", "benchmarks.gpu.tensor_parallel", "--engine", str(n), "--model-dir",
                str(model_dir), "--dtype", dtype, "--batch", str(args.batch), "--new-tokens", str(args.new_tokens),
-               "--gpu-memory-utilization", str(args.gpu_memory_utilization)]
-        log = out / f"tp{n}.log"
+               "--gpu-memory-utilization", str(args.gpu_memory_utilization), "--result", str(out / f"tp{n}.json")]
+        log, result = out / f"tp{n}.log", out / f"tp{n}.json"
+        result.unlink(missing_ok=True)
         with open(log, "w") as fh:
             try:
-                proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=fh, text=True, timeout=args.timeout)
+                proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=args.timeout)
             except subprocess.TimeoutExpired:
                 results.append({"tp": n, "error": f"timed out after {args.timeout} s (log: {log})"})
                 print(json.dumps(results[-1]), flush=True)
                 continue
-        lines = proc.stdout.strip().splitlines()
-        if proc.returncode or not lines:
+        if proc.returncode or not result.exists():
             tail = log.read_text().splitlines()[-15:]
             results.append({"tp": n, "error": f"exit {proc.returncode}", "log_tail": tail})
         else:
-            results.append(json.loads(lines[-1]))
+            results.append(json.loads(result.read_text()))
         print(json.dumps({k: v for k, v in results[-1].items() if k not in ("before", "after")}), flush=True)
     ok = [r for r in results if "error" not in r]
     reference = ok[0] if ok and ok[0]["tp"] == sizes[0] else None
