@@ -97,7 +97,7 @@ from models.ring_linear.norm import GroupRMSNorm, RMSNorm
 from models.ring_linear.strict import use_strict
 from models.ring_linear.weight_names import skipped_names
 
-from .tensor_parallel import check_tensor_parallel, head_slice, kv_head_slice, local_config, shard
+from .tensor_parallel import check_fp8_blocks, check_tensor_parallel, head_slice, kv_head_slice, local_config, shard
 
 STATE_DTYPE = torch.float32  # the linear-attention state is fp32 in both engines (DESIGN §4)
 logger = init_logger(__name__)
@@ -459,6 +459,10 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
             raise ValueError("the Ring-linear vLLM model does not support pipeline parallelism")
         self.tp_rank, self.tp_size = get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
         check_tensor_parallel(config, self.tp_size)
+        if getattr(config, FP8_CONFIG_KEY, None):
+            from kernels.fp8.format import BLOCK
+
+            check_fp8_blocks(config, self.tp_size, BLOCK)
         if self.tp_size > 1 and getattr(config, STRICT_CONFIG_KEY, False):
             raise ValueError(f"mode: strict needs tensor_parallel_size 1 (got {self.tp_size}): the sum over "
                              "ranks changes the trainer's bits; use mode: fast or one rank per engine")

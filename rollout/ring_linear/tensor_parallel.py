@@ -66,6 +66,26 @@ def check_tensor_parallel(config, size: int) -> None:
                              f"must {how} {size}; choose a tensor_parallel_size that does")
 
 
+def check_fp8_blocks(config, size: int, block: int) -> None:
+    """With ``model.fp8`` the weights are quantized in ``block``×``block`` tiles and activations in
+    1×``block`` tiles: a rank's slice must be whole tiles, else its tiles (and scales) are not the
+    trainer's.  Raises ValueError naming the first width that is not."""
+    if size <= 1:
+        return
+    widths = [
+        ("num_attention_heads×head_dim", config.num_attention_heads * config.head_dim),
+        ("intermediate_size", config.intermediate_size),
+        ("moe_intermediate_size", config.moe_intermediate_size),
+        ("moe_shared_expert_intermediate_size", config.moe_shared_expert_intermediate_size),
+    ]
+    for field, width in widths:
+        if (width // size) % block:
+            raise ValueError(f"model.fp8 with rollout.tensor_parallel_size={size}: each rank would hold "
+                             f"{width // size} of {field}={width}, not a multiple of the FP8 block {block}, so its "
+                             "quantization tiles would differ from the trainer's; use a smaller "
+                             "tensor_parallel_size or model.fp8.enabled=false")
+
+
 def local_config(config, size: int):
     """A copy of the model config with one rank's MLP widths (``intermediate_size``,
     ``moe_intermediate_size``, the shared expert's): the plugin builds its MLP and MoE modules
@@ -133,4 +153,4 @@ def shard(name: str, tensor: torch.Tensor, config, rank: int, size: int) -> torc
     return tensor
 
 
-__all__ = ["check_tensor_parallel", "local_config", "head_slice", "kv_head_slice", "shard"]
+__all__ = ["check_tensor_parallel", "check_fp8_blocks", "local_config", "head_slice", "kv_head_slice", "shard"]

@@ -202,3 +202,16 @@ def test_unsplittable_models_are_refused_in_one_line(config):
     odd.group_norm_size = 2
     with pytest.raises(ValueError, match=r"group_norm_size=2 must be divisible by 4"):
         check_tensor_parallel(odd, 4)
+
+
+def test_fp8_needs_whole_quantization_tiles_per_rank(config):
+    """model.fp8 quantizes in 128-wide tiles: mini's slices at 2 ranks are whole tiles (heads
+    16×128 → 1024, experts 512 → 256); tiny's 64-wide experts are not, and are refused."""
+    from kernels.fp8.format import BLOCK
+    from rollout.ring_linear.tensor_parallel import check_fp8_blocks
+
+    check_fp8_blocks(preset_config("mini"), 2, BLOCK)
+    check_fp8_blocks(config, 1, BLOCK)
+    with pytest.raises(ValueError, match=r"model.fp8 with rollout.tensor_parallel_size=2: each rank would hold 32 of "
+                                         r"moe_intermediate_size=64, not a multiple of the FP8 block 128"):
+        check_fp8_blocks(config, 2, BLOCK)
