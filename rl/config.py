@@ -363,6 +363,7 @@ def check_combinations(cfg: RunConfig) -> None:
 
     positive = {
         "rollout.num_workers": cfg.rollout.num_workers,
+        "rollout.tensor_parallel_size": cfg.rollout.tensor_parallel_size,
         "rollout.group_size": cfg.rollout.group_size,
         "rollout.prompts_per_step": cfg.rollout.prompts_per_step,
         "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
@@ -450,6 +451,9 @@ def check_combinations(cfg: RunConfig) -> None:
         bad("schedule.eval_samples", "k > 1 samples need schedule.eval_temperature > 0")
     if cfg.ray.placement == "split" and cfg.trainer.num_ranks + cfg.rollout.num_workers < 2:
         bad("ray.placement", "split placement needs separate trainer and rollout bundles")
+    if cfg.rollout.tensor_parallel_size > 1 and cfg.mode == "strict":
+        bad("rollout.tensor_parallel_size", "strict mode keeps the trainer's bits, and an engine split over "
+            "devices sums partial outputs in another order: use tensor_parallel_size=1 or mode: fast")
     if cfg.sync.transport == "device" and cfg.ray.placement == "split":
         bad("sync.transport", "device (CUDA IPC) needs each engine on its trainer rank's GPU: use "
             "ray.placement: colocated, or sync.transport: collective for split placement")

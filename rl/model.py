@@ -258,6 +258,9 @@ def check_engine_memory(cfg: RunConfig, model_bytes: int, gpu_bytes: int) -> Non
     later inside the engine's actor, with a traceback about cache blocks)."""
     share = cfg.rollout.gpu_memory_utilization
     budget = share * gpu_bytes
+    # an engine over n GPUs holds about 1/n of the weights on each (its embedding and LM head
+    # replicated: a lower bound, which only refuses what cannot fit)
+    model_bytes = model_bytes / cfg.rollout.tensor_parallel_size
     if model_bytes > 0.9 * budget:
         need = min(1.0, model_bytes / 0.9 / gpu_bytes + 0.05)
         raise ConfigError(

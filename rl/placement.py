@@ -1,7 +1,9 @@
 """Ray: connect or start, and place actors in a placement group (rl.groups calls them).
 
 Colocated layout: one bundle per device, a trainer rank and a rollout worker share it (on a GPU
-each takes half). Split layout: separate bundles for trainer ranks and rollout workers.
+each takes half). Split layout: separate bundles for trainer ranks and rollout workers; an engine
+split over GPUs (rollout.tensor_parallel_size = n) takes a bundle of n GPUs, which Ray places on
+one node, and its vLLM worker processes (children of the engine's actor) see exactly those.
 """
 
 from __future__ import annotations
@@ -120,6 +122,10 @@ class Layout:
     trainer_bundles: list[int]
     rollout_bundles: list[int]
     share: float  # of its bundle's GPU each actor takes (colocated: a rank and an engine share one)
+    bundle_gpus: tuple[int, ...] = ()  # GPUs of each bundle on a GPU cluster (an engine's: its tensor_parallel_size)
+
+    def gpus(self, bundle: int) -> int:
+        return self.bundle_gpus[bundle] if self.bundle_gpus else 1
 
 
 def bundle_lines(plan: Layout, nodes: list[str] | None = None) -> list[str]:
@@ -129,26 +135,42 @@ def bundle_lines(plan: Layout, nodes: list[str] | None = None) -> list[str]:
         actors = [f"trainer rank {plan.trainer_bundles.index(b)}"] if b in plan.trainer_bundles else []
         actors += [f"rollout engine {plan.rollout_bundles.index(b)}"] if b in plan.rollout_bundles else []
         where = f" (node {nodes[b]})" if nodes else ""
+        where += f" ({plan.gpus(b)} GPUs on GPU clusters: tensor-parallel engine)" if plan.gpus(b) > 1 else ""
         lines.append(f"bundle {b}{where}: " + " + ".join(actors))
     return lines
 
 
 def layout(cfg: RunConfig) -> Layout:
-    ranks, workers = cfg.trainer.num_ranks, cfg.rollout.num_workers
+    ranks, workers, tp = cfg.trainer.num_ranks, cfg.rollout.num_workers, cfg.rollout.tensor_parallel_size
     if cfg.ray.placement == "colocated":
         return Layout(max(ranks, workers), list(range(ranks)), list(range(workers)), 0.5)
-    return Layout(ranks + workers, list(range(ranks)), list(range(ranks, ranks + workers)), 1.0)
+    return Layout(ranks + workers, list(range(ranks)), list(range(ranks, ranks + workers)), 1.0,
+                  (1,) * ranks + (tp,) * workers)
 
 
-def check_gpus(cfg: RunConfig, gpus: int) -> int:
-    """The number of bundles (devices) the run places; a clear error when the cluster's `gpus`
-    cannot hold them — a placement group that cannot be placed would wait, not fail."""
-    ranks, workers = cfg.trainer.num_ranks, cfg.rollout.num_workers
+def check_gpus(cfg: RunConfig, gpus: int, gpus_per_node: int | None = None) -> int:
+    """The number of bundles the run places; a clear error when the cluster's `gpus` (at most
+    `gpus_per_node` on one node) cannot hold them — a placement group that cannot be placed would
+    wait, not fail."""
+    ranks, workers, tp = cfg.trainer.num_ranks, cfg.rollout.num_workers, cfg.rollout.tensor_parallel_size
     colocated = cfg.ray.placement == "colocated"
-    n_bundles = layout(cfg).n_bundles
+    plan = layout(cfg)
+    n_bundles = plan.n_bundles
     if cfg.ray.require_gpus and not gpus:
         raise ConfigError("ray.require_gpus=true but the Ray cluster has no GPUs: run this recipe on a GPU "
                           "machine (or set ray.require_gpus=false to try it on CPU)")
+    if gpus and tp > 1 and colocated:
+        # an engine over n GPUs would share them with n trainer ranks, but a Ray actor holds whole
+        # GPUs or a fraction of one: it cannot take half of each of n GPUs
+        raise ConfigError(f"rollout.tensor_parallel_size={tp} needs ray.placement=split on GPUs (an engine over "
+                          f"{tp} GPUs cannot share them with trainer ranks yet): set ray.placement=split")
+    if gpus and tp > (gpus_per_node or gpus):
+        raise ConfigError(f"rollout.tensor_parallel_size={tp}: an engine's GPUs must be on one node, and the largest "
+                          f"node has {gpus_per_node or gpus}: lower rollout.tensor_parallel_size")
+    if gpus and not colocated and ranks + workers * tp > gpus:
+        raise ConfigError(f"the run needs {ranks + workers * tp} GPUs (split: trainer.num_ranks={ranks} + "
+                          f"rollout.num_workers={workers} × rollout.tensor_parallel_size={tp}) but the Ray "
+                          f"cluster has {gpus}: lower them, or add GPUs")
     if gpus and n_bundles > gpus:
         layout_text = (f"colocated: max(trainer.num_ranks={ranks}, rollout.num_workers={workers})" if colocated
                        else f"split: trainer.num_ranks={ranks} + rollout.num_workers={workers}")
@@ -163,13 +185,14 @@ class Placement:
     def __init__(self, cfg: RunConfig):
         gpus = int(ray.cluster_resources().get("GPU", 0))
         self.gpus = gpus >= 1
-        n_bundles = check_gpus(cfg, gpus)
+        per_node = max((int(n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")), default=0)
+        n_bundles = check_gpus(cfg, gpus, per_node)
         plan = layout(cfg)
         cpus = ray.cluster_resources().get("CPU", 1)
         # Fractional CPUs: on a small machine every actor still fits; threads are set per actor.
         per_bundle = max(0.01, min(4.0, cpus / n_bundles))
-        bundle = {"CPU": per_bundle, **({"GPU": 1} if self.gpus else {})}
-        self.group = placement_group([dict(bundle) for _ in range(n_bundles)], strategy="PACK")
+        bundles = [{"CPU": per_bundle, **({"GPU": plan.gpus(b)} if self.gpus else {})} for b in range(n_bundles)]
+        self.group = placement_group(bundles, strategy="PACK")
         ray.get(self.group.ready(), timeout=300)
         self.share = plan.share
         self.trainer_bundles = plan.trainer_bundles
@@ -191,7 +214,7 @@ class Placement:
         env = {} if self.gpus else {"DS_ACCELERATOR": "cpu"}
         return {
             "num_cpus": self.per_bundle * self.share,
-            "num_gpus": self.share if self.gpus else 0,
+            "num_gpus": self.share * self.plan.gpus(bundle) if self.gpus else 0,
             "scheduling_strategy": strategy,
             "runtime_env": {"env_vars": env},
         }

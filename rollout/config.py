@@ -15,6 +15,11 @@ class RolloutConfig:
 
     num_workers: int = 1
     """vLLM engines (each a Ray actor; one device each on GPUs, shared with a rank when colocated)."""
+    tensor_parallel_size: int = 1
+    """Devices per engine (vLLM's tensor_parallel_size): each engine's attention heads and every
+    expert's width split over this many GPUs, for models one GPU cannot hold. Needs
+    ray.placement=split on GPUs (each engine a bundle of this many GPUs on one node) and mode:
+    fast (the sums over devices change the trainer's bits)."""
     group_size: int = 8
     """G completions sampled per prompt (GRPO's group)."""
     prompts_per_step: int = 8

@@ -7,7 +7,9 @@ a GPU shared with the trainer they stay on the device: CUDA IPC handles of the t
 buckets, each checked by a checksum computed on the device (`kernels.weight_buckets`); from a
 trainer elsewhere (split placement) they arrive by a broadcast over a process group of the trainer
 and the engines' workers (`kernels.weight_broadcast`: NCCL on GPUs, Gloo on CPU), each bucket's
-checksum verified before it is loaded.
+checksum verified before it is loaded. An engine split over devices (rollout.tensor_parallel_size)
+has one worker per rank: each takes every tensor by whichever path, and the model's `load_weights`
+keeps the rank's slice (`rollout.ring_linear.tensor_parallel`).
 """
 
 from __future__ import annotations

@@ -82,7 +82,12 @@ class RolloutWorker:
         # computed under older weights.
         if not torch.cuda.is_available() or cfg.asynchronous:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process
-        if not torch.cuda.is_available():
+        if cfg.tensor_parallel_size > 1:
+            # one worker process per device, children of this actor (which holds the bundle's
+            # GPUs); not vLLM's Ray executor, which would place its own actors
+            engine_options["tensor_parallel_size"] = cfg.tensor_parallel_size
+            engine_options["distributed_executor_backend"] = "mp"
+        elif not torch.cuda.is_available():
             engine_options["distributed_executor_backend"] = "uni"  # model worker too
         else:
             # Outside a Ray actor (lockstep eval, the mismatch probe) this process may already

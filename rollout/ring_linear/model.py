@@ -24,11 +24,16 @@ RoPE and the linear-attention kernel, and the LM head returns fp32 logits
 dtype (the KV cache's): exact for fp32 models; for bf16 it is the one op not shared with the
 trainer (noted in docs/decisions.md).
 
-Plain ``nn.Linear`` projections (no tensor parallelism): one module per weight, updated in place
-by ``load_weights``, computing with the same ``F.linear`` the trainer uses.  The routed experts
-are the exception: the engine keeps them stacked (:class:`models.ring_linear.moe.StackedMoE`, vLLM's
-fused-MoE layout), the checkpoint's per-expert names mapped onto slices of the stacks.  Tensor
-parallel sizes above 1 are refused at construction.
+Plain ``nn.Linear`` projections: one module per weight, updated in place by ``load_weights``,
+computing with the same ``F.linear`` the trainer uses.  The routed experts are the exception: the
+engine keeps them stacked (:class:`models.ring_linear.moe.StackedMoE`, vLLM's fused-MoE layout),
+the checkpoint's per-expert names mapped onto slices of the stacks.
+
+Tensor parallelism (vLLM's ``tensor_parallel_size`` n > 1, :mod:`.tensor_parallel`): every rank's
+modules have its shapes (its heads, its slice of every MLP's and expert's width), ``load_weights``
+hands each rank its slice of every tensor it receives, and each attention and MLP output is summed
+over the ranks (one all-reduce each, in fp32: the residual stream's dtype).  Fast mode only: the
+split sums change the rounding (strict mode with n > 1 is refused).
 
 FP8 (the recipe's ``model.fp8``, which the rollout worker passes as the model config's
 ``lockstep_fp8``): the decoder's projections become ``kernels.fp8.FP8Linear`` and the stacked
@@ -56,6 +61,11 @@ import torch.nn.functional as F
 from torch import nn
 from vllm.compilation.decorators import support_torch_compile
 from vllm.config import CUDAGraphMode, VllmConfig
+from vllm.distributed import (
+    get_tensor_model_parallel_rank,
+    get_tensor_model_parallel_world_size,
+    tensor_model_parallel_all_reduce,
+)
 from vllm.forward_context import get_forward_context
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention import Attention
@@ -87,6 +97,8 @@ from models.ring_linear.norm import GroupRMSNorm, RMSNorm
 from models.ring_linear.strict import use_strict
 from models.ring_linear.weight_names import skipped_names
 
+from .tensor_parallel import check_fp8_blocks, check_tensor_parallel, head_slice, kv_head_slice, local_config, shard
+
 STATE_DTYPE = torch.float32  # the linear-attention state is fp32 in both engines (DESIGN §4)
 logger = init_logger(__name__)
 
@@ -117,6 +129,15 @@ def _run_eagerly(vllm_config: VllmConfig, why: str) -> None:
         cc.cudagraph_mode = CUDAGraphMode.NONE
 
 
+def _sum_over_ranks(partial: torch.Tensor) -> torch.Tensor:
+    """A row-parallel layer's output: the ranks' partial outputs summed (fp32, the residual
+    stream's dtype, so that the sum adds no rounding of the weight dtype); the output itself
+    without tensor parallelism."""
+    if get_tensor_model_parallel_world_size() == 1:
+        return partial
+    return tensor_model_parallel_all_reduce(partial.float())
+
+
 def _project(linear: nn.Linear, x: torch.Tensor, strict: bool = False) -> torch.Tensor:
     """Linear in the weight dtype (inputs cast to it).  Strict mode: the module's forward is the
     row-tiled GEMM (``models.ring_linear.strict.use_strict``), called through the module so that
@@ -143,10 +164,10 @@ class RingLinearAttention(VllmLinearAttention):
 
     def __init__(self, config, vllm_config: VllmConfig, prefix: str):
         super().__init__(config, vllm_config, prefix)
-        if self.tp_size != 1:
-            raise ValueError(f"the Ring-linear vLLM model runs with tensor_parallel_size=1 only "
-                             f"(got {self.tp_size}); use data-parallel rollout workers instead")
-        H, d, D = self.num_heads, self.head_dim, self.hidden_size
+        # this rank's heads (all of them without tensor parallelism): self.num_heads stays the
+        # model's H, which the decay slopes are a function of
+        self.heads = head_slice(self.num_heads, self.tp_rank, self.tp_size)
+        H, d, D = self.num_heads // self.tp_size, self.head_dim, self.hidden_size
         self.linear_silu, self.use_qk_norm = config.linear_silu, config.use_qk_norm
         self.layer_offset = config.linear_decay_layer_offset
         self.query_key_value = nn.Linear(D, 3 * H * d, bias=False)
@@ -154,7 +175,7 @@ class RingLinearAttention(VllmLinearAttention):
             self.query_layernorm = RMSNorm(d, config.rms_norm_eps)
             self.key_layernorm = RMSNorm(d, config.rms_norm_eps)
         self.g_proj = nn.Linear(D, H * d, bias=False)
-        self.g_norm = GroupRMSNorm(H * d, config.group_norm_size, config.rms_norm_eps)
+        self.g_norm = GroupRMSNorm(H * d, config.group_norm_size // self.tp_size, config.rms_norm_eps)
         self.dense = nn.Linear(H * d, D, bias=False)
         self._decay: dict[torch.device, torch.Tensor] = {}
         self.strict = False  # strict mode: the trainer's token loop and tiled GEMMs (kernels.batch_invariant)
@@ -168,17 +189,18 @@ class RingLinearAttention(VllmLinearAttention):
         return (STATE_DTYPE,)
 
     def decay(self, device: torch.device) -> torch.Tensor:
-        """Per-head log-decay fp32 ``[H]`` (the same function and layer offset as the trainer)."""
+        """Per-head log-decay fp32 ``[H]`` (the same function and layer offset as the trainer),
+        this rank's heads."""
         if device not in self._decay:
             g = layer_decay(self.num_heads, self.layer_idx, self.num_hidden_layers, self.layer_offset)
-            self._decay[device] = g.to(device)
+            self._decay[device] = g[self.heads].to(device)
         return self._decay[device]
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                 ) -> torch.Tensor:
         """x: fp32 normed input ``[N, D]`` (N tokens of the step, decodes first) → ``[N, D]``."""
         N = x.shape[0]
-        H, d = self.num_heads, self.head_dim
+        H, d = self.num_heads // self.tp_size, self.head_dim
         dt, strict = compute_dtype(self.dense.weight), self.strict
         qkv = _project(self.query_key_value, x, strict).to(dt)
         if self.linear_silu:
@@ -192,7 +214,7 @@ class RingLinearAttention(VllmLinearAttention):
         torch.ops.vllm.linear_attention(torch.stack((q, k, v), dim=1), o, positions, self.prefix)
         gate = _project(self.g_proj, x, strict).to(dt)
         y = self.g_norm(o.view(N, H * d)) * (invariant_sigmoid(gate) if strict else torch.sigmoid(gate))
-        return _project(self.dense, y, strict)
+        return _sum_over_ranks(_project(self.dense, y, strict))
 
     def _forward(self, hidden_states: torch.Tensor, output: torch.Tensor, positions: torch.Tensor) -> None:
         """The body of vLLM's ``linear_attention`` op: runs the recurrence for this step's
@@ -312,7 +334,10 @@ class RingSoftmaxAttention(nn.Module):
 
     def __init__(self, config, vllm_config: VllmConfig, prefix: str):
         super().__init__()
-        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        # this rank's query and KV heads (KV heads replicated when fewer than the ranks)
+        rank, ranks = get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
+        kv = kv_head_slice(config.num_key_value_heads, rank, ranks)
+        self.num_heads, self.num_kv_heads = config.num_attention_heads // ranks, kv.stop - kv.start
         self.head_dim, self.use_qk_norm = config.head_dim, config.use_qk_norm
         H, KV, d, D = self.num_heads, self.num_kv_heads, self.head_dim, config.hidden_size
         self.query_key_value = nn.Linear(D, (H + 2 * KV) * d, bias=False)
@@ -337,7 +362,7 @@ class RingSoftmaxAttention(nn.Module):
         if strict:
             return _project(self.dense, attend_strict(self.attn, q, k, v).reshape(N, H * d), strict)
         o = self.attn(*(t.reshape(N, -1).to(self.cache_dtype) for t in (q, k, v)))
-        return _project(self.dense, o.view(N, H * d).to(dt))
+        return _sum_over_ranks(_project(self.dense, o.view(N, H * d).to(dt)))
 
 
 def attend_strict(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -387,8 +412,10 @@ class DecoderLayer(nn.Module):
         super().__init__()
         attn = RingSoftmaxAttention if config.is_softmax_layer(layer_idx) else RingLinearAttention
         self.attention = attn(config, vllm_config, prefix=f"{prefix}.attention")
-        self.mlp = (StackedMoE(config) if config.is_moe_layer(layer_idx)
-                    else MLP(config.hidden_size, config.intermediate_size))
+        # the MLPs with this rank's slice of every intermediate width (all of it at one rank)
+        local = local_config(config, get_tensor_model_parallel_world_size())
+        self.mlp = (StackedMoE(local) if config.is_moe_layer(layer_idx)
+                    else MLP(local.hidden_size, local.intermediate_size))
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -396,7 +423,7 @@ class DecoderLayer(nn.Module):
                 ) -> torch.Tensor:
         """hidden: the fp32 residual stream ``[N, D]``; returns the next one."""
         h = hidden + self.attention(self.input_layernorm(hidden), positions, cos, sin).to(hidden.dtype)
-        return h + self.mlp(self.post_attention_layernorm(h)).to(h.dtype)
+        return h + _sum_over_ranks(self.mlp(self.post_attention_layernorm(h))).to(h.dtype)
 
 
 @support_torch_compile(dynamic_arg_dims={"input_ids": 0, "positions": 0, "inputs_embeds": 0})
@@ -430,6 +457,15 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         config = vllm_config.model_config.hf_config
         if vllm_config.parallel_config.pipeline_parallel_size != 1:
             raise ValueError("the Ring-linear vLLM model does not support pipeline parallelism")
+        self.tp_rank, self.tp_size = get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
+        check_tensor_parallel(config, self.tp_size)
+        if getattr(config, FP8_CONFIG_KEY, None):
+            from kernels.fp8.format import BLOCK
+
+            check_fp8_blocks(config, self.tp_size, BLOCK)
+        if self.tp_size > 1 and getattr(config, STRICT_CONFIG_KEY, False):
+            raise ValueError(f"mode: strict needs tensor_parallel_size 1 (got {self.tp_size}): the sum over "
+                             "ranks changes the trainer's bits; use mode: fast or one rank per engine")
         _run_eagerly_on_gpus(vllm_config)
         fp8 = getattr(config, FP8_CONFIG_KEY, None)
         if fp8:
@@ -490,12 +526,15 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         stacked) go into their rows of the layer's stacked weights.  Skips what the trainer's loader skips (logged there: MTP heads,
         exported buffers); any other unknown name raises ``ValueError`` listing them, and so
         does a layer that received only some of its (stacked) experts' weights.  Missing names are
-        reported by vLLM's loader after this returns."""
+        reported by vLLM's loader after this returns.  Under tensor parallelism each tensor is
+        first cut to this rank's slice (:func:`.tensor_parallel.shard`): every sender sends whole
+        tensors, every rank keeps its part."""
         params = dict(self.named_parameters())
         c = self.config
         loaded, unexpected = set(), []
         experts: dict[str, set[str]] = {}  # MoE layer → the stacked experts' names it received
         for name, tensor in weights:
+            tensor = shard(name, tensor, c, self.tp_rank, self.tp_size)
             path, _, rest = name.partition(".mlp.")
             moe = self._stacked_moe(f"{path}.mlp") if rest else None
             slot = moe.checkpoint_slot(rest) if moe is not None else None

@@ -76,3 +76,32 @@ def test_a_local_ray_start_that_times_out_is_retried_then_stops_in_one_line(monk
     monkeypatch.setattr(placement.ray, "init", broken_init)
     with pytest.raises(ValueError, match="something else"):
         placement.start_local({}, {})
+
+
+def test_tensor_parallel_engines_take_bundles_of_their_gpus_or_are_refused_in_one_line():
+    """rollout.tensor_parallel_size = n: split placement gives each engine one bundle of n GPUs
+    (on one node); colocated on GPUs, more GPUs than a node has, or than the cluster has, and
+    strict mode are refused naming the fields."""
+    from rl.placement import bundle_lines, layout
+
+    split = from_data({}, ["trainer.num_ranks=1", "rollout.num_workers=2", "ray.placement=split",
+                           "rollout.tensor_parallel_size=2", "trainer.num_minibatches=1"])
+    plan = layout(split)
+    assert plan.n_bundles == 3 and plan.rollout_bundles == [1, 2]
+    assert [plan.gpus(b) for b in range(3)] == [1, 2, 2]
+    assert "2 GPUs" in bundle_lines(plan)[1] and "2 GPUs" not in bundle_lines(plan)[0]
+    assert check_gpus(split, gpus=5, gpus_per_node=8) == 3
+    with pytest.raises(ConfigError, match=r"needs 5 GPUs \(split: trainer.num_ranks=1 \+ rollout.num_workers=2 × "
+                                          r"rollout.tensor_parallel_size=2\) but the Ray cluster has 4"):
+        check_gpus(split, gpus=4, gpus_per_node=4)
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size=2: an engine's GPUs must be on one node, and the "
+                                          r"largest node has 1"):
+        check_gpus(split, gpus=8, gpus_per_node=1)
+    colocated = from_data({}, ["trainer.num_ranks=2", "rollout.tensor_parallel_size=2"])
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size=2 needs ray.placement=split on GPUs"):
+        check_gpus(colocated, gpus=2, gpus_per_node=2)
+    assert check_gpus(colocated, gpus=0) == 2  # CPU: the engine's worker processes share the cores
+    with pytest.raises(ConfigError, match=r"rollout.tensor_parallel_size: strict mode keeps the trainer's bits"):
+        from_data({}, ["rollout.tensor_parallel_size=2", "mode=strict"])
+    with pytest.raises(ConfigError, match=r"rollout.tensor_parallel_size: must be ≥ 1, got 0"):
+        from_data({}, ["rollout.tensor_parallel_size=0"])
