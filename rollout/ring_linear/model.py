@@ -13,9 +13,11 @@ ops (:mod:`kernels.norm`, :mod:`kernels.rope`, :mod:`kernels.moe`, :mod:`kernels
   linear-attention metadata lists decodes first (one token each), then prefills (a whole prompt
   or a piece of one, with chunked prefill).  Decodes run ``kernels.linear_attention.recurrent``
   on their slots; prefills run ``chunk`` over the packed pieces with each slot's state as the
-  initial state and write the final states back.  A sequence whose context is empty gets a
-  zeroed slot first — for decodes too (a 1-token prompt arrives as a decode, and vLLM's own
-  helper only clears prefills: a stale slot gave |Δ log-prob| ≈ 1 in the probe, DESIGN §10).
+  initial state and write the final states back.  A sequence whose context is empty starts
+  from a zero state — decodes too (a 1-token prompt arrives as a decode, and vLLM's own helper
+  only clears prefills: a stale slot gave |Δ log-prob| ≈ 1 in the probe, DESIGN §10).  On CPU
+  its slot is cleared first; on GPUs the kernels read it as zeros (a masked read, which a
+  captured CUDA graph replays: :class:`StepPlan`).
 
 Numerics as the trainer (DESIGN.md §4): the residual stream is fp32, norms and the router run in
 fp32, projections in the weight dtype on inputs cast to it, q/k/v go to fp32 for the q/k norms,
@@ -43,8 +45,10 @@ vLLM's MiniMax and Bailing layers), the routed experts of prefill-sized batches 
 in :class:`~models.ring_linear.moe.StackedMoE`); everything else (projections, norms, RoPE, gates, router) is one inductor graph per step.  The
 compiled rollout is not bitwise the eager trainer (inductor fuses the elementwise ops and
 reduces in its own order): fast mode's ≤ 1e-5 holds, tested for both.  On GPUs the model runs
-eagerly, without CUDA graphs, as it was checked there (:func:`_run_eagerly_on_gpus`), and so
-does an FP8 engine, whose quantization would amplify the compiled graph's rounding.
+compiled too, with vLLM's CUDA graphs (piecewise around the splitting ops, full graphs of decode
+batches: :func:`_compile_on_gpus`) unless ``enforce_eager`` (the recipe's default until the GPU
+run checks graphs); an FP8 or strict engine runs eagerly everywhere (quantization would amplify the
+compiled graph's rounding; strict needs the trainer's unfused ops).
 """
 
 from __future__ import annotations
@@ -91,16 +95,22 @@ STATE_DTYPE = torch.float32  # the linear-attention state is fp32 in both engine
 logger = init_logger(__name__)
 
 
-def _run_eagerly_on_gpus(vllm_config: VllmConfig) -> None:
-    """On GPUs the model runs eagerly, as it was checked there (vLLM 0.26 on an H100): no
-    torch.compile and no CUDA graphs.  The compiled forward is tested on CPU only; on CUDA the
-    earlier, unsplit forward failed at start-up under vLLM's default graph capture ("operation
-    not permitted when stream is capturing").  With the state bookkeeping now inside a
-    graph-splitting op, piecewise graphs could capture the rest, but that is untested here."""
+def _compile_on_gpus(vllm_config: VllmConfig) -> None:
+    """On GPUs, with ``enforce_eager`` off (the recipe's ``rollout.enforce_eager: false``), the
+    model runs as vLLM's own hybrids do: compiled, with the ``linear_attention`` op splitting the
+    graph, piecewise CUDA graphs around it, and full CUDA graphs of uniform decode batches
+    (vLLM's default ``FULL_AND_PIECEWISE``; the linear-attention metadata supports them).  What
+    makes capture possible: the decode step reads no count on the host and resets fresh
+    sequences' states inside the kernel (:class:`StepPlan`, ``recurrent(fresh=...)``), and the
+    routed experts run sync-free grouped GEMMs (fp32: every expert, see ``kernels.moe``).
+    Nothing to change here, only to log: ``enforce_eager`` already turned both off, and the CPU
+    platform compiles and captures nothing."""
     from vllm.platforms import current_platform
 
-    if not current_platform.is_cpu():
-        _run_eagerly(vllm_config, f"on {current_platform.device_name}: the compiled forward is tested on CPU only")
+    cc = vllm_config.compilation_config
+    if not current_platform.is_cpu() and not vllm_config.model_config.enforce_eager:
+        logger.info("Ring-linear model on %s: compilation mode %s, cudagraph_mode %s (rollout.enforce_eager: "
+                    "true runs it eagerly)", current_platform.device_name, cc.mode, cc.cudagraph_mode)
 
 
 def _run_eagerly(vllm_config: VllmConfig, why: str) -> None:
@@ -204,7 +214,7 @@ class RingLinearAttention(VllmLinearAttention):
             return
         state = self.kv_cache[0]                                      # [slots, H, d, d] fp32
         plan = StepPlan.of(meta, self.prefix, state.shape[0])
-        if plan.fresh is not None:
+        if plan.fresh is not None:  # CPU: cleared here (on GPUs the kernels mask: plan.decode_fresh)
             state[plan.fresh] = 0  # a new sequence starts from S = 0, decodes included
         q, k, v = hidden_states.unbind(1)
         scale, decay = self.head_dim ** -0.5, self.decay(q.device)
@@ -216,11 +226,14 @@ class RingLinearAttention(VllmLinearAttention):
         if n_dec and not (plan.native_decode and decode_packed(hidden_states[:n_dec], decay, scale, state,
                                                                plan.decode_slots, output[:n_dec])):
             recurrent(q[:n_dec], k[:n_dec], v[:n_dec], decay, scale, state, plan.decode_slots,
-                      out=output[:n_dec])
+                      out=output[:n_dec], fresh=plan.decode_fresh)
         if n_pre_tok:
             part = slice(n_dec, n_dec + n_pre_tok)
             q, k, v = (t[None, part].contiguous() for t in (q, k, v))
-            out, final = chunk(q, k, v, decay, scale, initial_state=state[plan.prefill_slots],
+            initial = state[plan.prefill_slots]
+            if plan.prefill_fresh is not None:  # GPUs: fresh prefills start from 0 (a masked read)
+                initial = initial.masked_fill(plan.prefill_fresh[:, None, None, None], 0.0)
+            out, final = chunk(q, k, v, decay, scale, initial_state=initial,
                                cu_seqlens=plan.prefill_cu, output_final_state=True)
             state[plan.prefill_slots] = final
             output[part] = out[0]
@@ -281,15 +294,26 @@ class StepPlan:
                                "the Ring-linear model decodes one token per sequence (no speculative decoding)")
         reqs = n_dec + n_pre
         slots = meta.state_indices_tensor[:reqs]
+        starts, seq_lens = meta.query_start_loc[:reqs + 1], meta.seq_lens[:reqs]
         on_host = slots.device.type == "cpu"
-        # On CPU the few per-sequence values are read as numpy views: an op costs ~1 µs there
-        # against ~5–10 µs for a torch op, and this runs every step
-        arrays = [t.numpy() if on_host else t for t in (slots, meta.query_start_loc[:reqs + 1], meta.seq_lens[:reqs])]
-        fresh = fresh_slots(*arrays)
         # vLLM's own helper only clears prefills; a 1-token prompt arrives as a decode, and a
-        # stale slot gave |Δ log-prob| ≈ 1 in the probe (DESIGN §10)
-        self.fresh = None if len(fresh) == 0 else torch.from_numpy(fresh) if on_host else fresh
-        # read on the host once per step for the CPU kernel; the GPU kernel takes the tensor
+        # stale slot gave |Δ log-prob| ≈ 1 in the probe (DESIGN §10): every fresh sequence's
+        # state is reset, decodes included
+        if on_host:
+            # On CPU the few per-sequence values are read as numpy views: an op costs ~1 µs there
+            # against ~5–10 µs for a torch op, and this runs every step.  The slots are cleared
+            # once per layer before its kernels run (no graph to replay on CPU).
+            fresh = fresh_slots(slots.numpy(), starts.numpy(), seq_lens.numpy())
+            self.fresh = None if len(fresh) == 0 else torch.from_numpy(fresh)
+            self.decode_fresh = self.prefill_fresh = None
+        else:
+            # On GPUs nothing is read on the host: inside a captured CUDA graph (vLLM's full
+            # decode graphs) only device work replays.  The kernels take a fresh-row mask and
+            # read those states as 0; the padding rows of a full graph (seq_len 0, vLLM points
+            # them at its null block) get slot -1: no state read or written.
+            fresh = fresh_rows(starts, seq_lens)
+            slots = torch.where(seq_lens > 0, slots, -1)
+            self.fresh, self.decode_fresh, self.prefill_fresh = None, fresh[:n_dec], fresh[n_dec:]
         self.decodes = n_dec
         self.decode_slots = StateSlots(slots[:n_dec], n_dec, num_slots) if on_host else slots[:n_dec]
         self.native_decode = on_host  # the packed CPU kernel (decode_packed)
@@ -299,12 +323,16 @@ class StepPlan:
             self.prefill_cu = (starts - starts[0]).to(torch.int64)
 
 
+def fresh_rows(starts, seq_lens):
+    """Which of the step's sequences have an empty context (every token of theirs is in this
+    step: their state must start at 0); numpy arrays or tensors, no host read.  starts
+    ``[R + 1]`` (query start locations), seq_lens ``[R]`` (0: a padding row, never fresh)."""
+    return (seq_lens - (starts[1:] - starts[:-1]) == 0) & (seq_lens > 0)
+
+
 def fresh_slots(slots, starts, seq_lens):
-    """The state slots of the sequences whose context is empty (every token of theirs is in
-    this step: their state must start at 0); numpy arrays or tensors.  slots ``[R]`` (negative:
-    padding), starts ``[R + 1]`` (query start locations), seq_lens ``[R]``."""
-    context = seq_lens - (starts[1:] - starts[:-1])
-    return slots[(context == 0) & (slots >= 0)]
+    """The state slots of the :func:`fresh_rows` (slots ``[R]``, negative: padding)."""
+    return slots[fresh_rows(starts, seq_lens) & (slots >= 0)]
 
 
 class RingSoftmaxAttention(nn.Module):
@@ -430,7 +458,7 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         config = vllm_config.model_config.hf_config
         if vllm_config.parallel_config.pipeline_parallel_size != 1:
             raise ValueError("the Ring-linear vLLM model does not support pipeline parallelism")
-        _run_eagerly_on_gpus(vllm_config)
+        _compile_on_gpus(vllm_config)
         fp8 = getattr(config, FP8_CONFIG_KEY, None)
         if fp8:
             # FP8 turns the last-bit differences of inductor's fused norms and activations into
