@@ -287,7 +287,9 @@ class StepPlan:
             cls._last = (meta, cls(meta, prefix, num_slots))
         return cls._last[1]
 
-    def __init__(self, meta, prefix: str, num_slots: int):
+    def __init__(self, meta, prefix: str, num_slots: int, on_host: bool | None = None):
+        """``on_host``: read the per-sequence values on the host (default: when they are on
+        the CPU; the GPU path's logic is tested on CPU tensors with False)."""
         n_dec, n_pre = meta.num_decodes, meta.num_prefills
         if n_dec != meta.num_decode_tokens:
             raise RuntimeError(f"{prefix}: {meta.num_decode_tokens} decode tokens for {n_dec} decodes; "
@@ -295,7 +297,7 @@ class StepPlan:
         reqs = n_dec + n_pre
         slots = meta.state_indices_tensor[:reqs]
         starts, seq_lens = meta.query_start_loc[:reqs + 1], meta.seq_lens[:reqs]
-        on_host = slots.device.type == "cpu"
+        on_host = slots.device.type == "cpu" if on_host is None else on_host
         # vLLM's own helper only clears prefills; a 1-token prompt arrives as a decode, and a
         # stale slot gave |Δ log-prob| ≈ 1 in the probe (DESIGN §10): every fresh sequence's
         # state is reset, decodes included
