@@ -177,6 +177,15 @@ class RingLinearAttention(VllmLinearAttention):
     def get_state_dtype(self) -> tuple[torch.dtype]:
         return (STATE_DTYPE,)
 
+    def get_attn_backend(self):
+        """vLLM's Bailing linear-attention metadata (as its own Bailing layer uses; the base
+        one's fields and more): for full decode CUDA graphs it copies the decodes' state slots
+        into a persistent buffer the graph reads (the base builder hands a new tensor each step
+        when prefix caching gathers them) and marks a padded batch's extra rows with slot -1."""
+        from vllm.v1.attention.backends.linear_attn import BailingLinearAttentionBackend
+
+        return BailingLinearAttentionBackend
+
     def decay(self, device: torch.device) -> torch.Tensor:
         """Per-head log-decay fp32 ``[H]`` (the same function and layer offset as the trainer)."""
         if device not in self._decay:
@@ -208,6 +217,9 @@ class RingLinearAttention(VllmLinearAttention):
         """The body of vLLM's ``linear_attention`` op: runs the recurrence for this step's
         sequences, reading and writing their states.  ``hidden_states`` is q, k, v
         ``[N, 3, H, d]``, ``output`` o ``[N, H, d]`` (positions: unused, RoPE is applied)."""
+        # made on the first call, vLLM's profile run: its host-to-device copy cannot run inside a
+        # CUDA graph being captured
+        decay = self.decay(output.device)
         meta = _layer_metadata(self.prefix)
         if meta is None:  # profile and dummy runs: no sequences, o = 0
             output.zero_()
@@ -217,7 +229,7 @@ class RingLinearAttention(VllmLinearAttention):
         if plan.fresh is not None:  # CPU: cleared here (on GPUs the kernels mask: plan.decode_fresh)
             state[plan.fresh] = 0  # a new sequence starts from S = 0, decodes included
         q, k, v = hidden_states.unbind(1)
-        scale, decay = self.head_dim ** -0.5, self.decay(q.device)
+        scale = self.head_dim ** -0.5
         n_dec, n_pre_tok = plan.decodes, plan.prefill_tokens
         if self.strict:
             return self._forward_strict(q, k, v, output, meta, state)
