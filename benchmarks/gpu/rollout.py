@@ -270,10 +270,12 @@ def engine_main(args) -> int:
     base = dict(engine=args.engine, model=args.model_dir)
     # ring: eager (the recipes' default); ring-graphs: compiled with CUDA graphs; natives: vLLM's default
     eager = args.engine == "ring" or (args.enforce_eager and args.engine != "ring-graphs")
+    graphs = {"compilation_config": {"cudagraph_mode": args.cudagraph_mode}} \
+        if args.cudagraph_mode and args.engine == "ring-graphs" else {}
     t0 = time.perf_counter()
     llm = LLM(model=args.model_dir, dtype="bfloat16" if cuda else "float32", load_format="dummy", seed=SEED,
               trust_remote_code=args.engine not in RING_ENGINES, max_model_len=max_len, max_num_seqs=max(batches),
-              gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=eager,
+              gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=eager, **graphs,
               worker_extension_cls="benchmarks.gpu.rollout.RandomWeights")
     start_s = time.perf_counter() - t0
     randomized = llm.collective_rpc("lockstep_bench_randomize", args=(SEED,))[0]
@@ -281,7 +283,8 @@ def engine_main(args) -> int:
     cache = llm.collective_rpc("lockstep_bench_cache")[0]
     emit(dict(kind="engine", **base, start_s=round(start_s, 1), randomized_params=randomized,
               dtype=str(llm.llm_engine.vllm_config.model_config.dtype), max_model_len=max_len,
-              enforce_eager=llm.llm_engine.vllm_config.model_config.enforce_eager, **cache_summary(cache)))
+              enforce_eager=llm.llm_engine.vllm_config.model_config.enforce_eager,
+              cudagraph_mode=llm.llm_engine.vllm_config.compilation_config.cudagraph_mode.name, **cache_summary(cache)))
     vocab = 512  # prompt ids within the tokenizer's vocabulary (vLLM checks them against it)
     rng = random.Random(SEED)
     run_requests(llm, [[rng.randrange(1, vocab) for _ in range(16)] for _ in range(2)], 8, deadline)  # warm-up
@@ -341,6 +344,7 @@ def run_engine(engine: str, model_dir: Path, args, log) -> list[dict]:
            "--prompt-len", str(args.prompt_len), "--timeout", str(args.timeout),
            "--gpu-memory-utilization", str(args.gpu_memory_utilization)]
     cmd += ["--enforce-eager"] if args.enforce_eager else []
+    cmd += ["--cudagraph-mode", args.cudagraph_mode] if args.cudagraph_mode else []
     records, tail = [], []
     # its own process group, so that a kill at the deadline also ends vLLM's engine-core and
     # worker processes (they would hold the GPU's memory for the next engine)
@@ -394,6 +398,8 @@ def main() -> int:
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--enforce-eager", action="store_true",
                     help="the natives eager too (default: vLLM's default); ring is always eager, ring-graphs never")
+    ap.add_argument("--cudagraph-mode", default="", choices=("", "PIECEWISE", "FULL_AND_PIECEWISE", "FULL_DECODE_ONLY"),
+                    help="ring-graphs' vLLM cudagraph_mode (default: vLLM's, FULL_AND_PIECEWISE for hybrids)")
     ap.add_argument("--preset", default="ring-mini-linear-2.0", choices=PRESETS,
                     help="the Ring-linear preset (the natives take its sizes)")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny shapes, batch 2, 16 new tokens")
