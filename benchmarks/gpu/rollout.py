@@ -284,7 +284,7 @@ def engine_main(args) -> int:
     emit(dict(kind="engine", **base, start_s=round(start_s, 1), randomized_params=randomized,
               dtype=str(llm.llm_engine.vllm_config.model_config.dtype), max_model_len=max_len,
               enforce_eager=llm.llm_engine.vllm_config.model_config.enforce_eager,
-              cudagraph_mode=llm.llm_engine.vllm_config.compilation_config.cudagraph_mode.name, **cache_summary(cache)))
+              cudagraph_mode=str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode), **cache_summary(cache)))
     vocab = 512  # prompt ids within the tokenizer's vocabulary (vLLM checks them against it)
     rng = random.Random(SEED)
     run_requests(llm, [[rng.randrange(1, vocab) for _ in range(16)] for _ in range(2)], 8, deadline)  # warm-up
