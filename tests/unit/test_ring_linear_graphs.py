@@ -4,11 +4,12 @@ are a full graph's padding.  Run here on CPU tensors; the kernels' masked read i
 tests/kernels/test_linear_attention.py, the engine under graphs by the GPU-marked
 tests/integration/test_ring_linear_cuda_graphs.py."""
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
-from vllm.v1.attention.backends.linear_attn import LinearAttentionMetadata
 
-from rollout.ring_linear.model import StepPlan, fresh_rows, fresh_slots
+from rollout.ring_linear.step_plan import StepPlan, fresh_rows, fresh_slots
 
 # One step, decodes first (vLLM's order): a 1-token prompt arriving as a decode (fresh, slot 4),
 # a continuing decode (slot 2), a padding row of a full CUDA graph (seq_len 0, vLLM's null block
@@ -18,10 +19,24 @@ STARTS, SEQ_LENS, SLOTS = [0, 1, 2, 3, 6, 8], [1, 9, 0, 3, 7], [4, 2, 0, 5, 1]
 FRESH = [True, False, False, True, False]
 
 
-def metadata() -> LinearAttentionMetadata:
+@dataclass
+class Metadata:
+    """The fields of vLLM's ``LinearAttentionMetadata`` the plan reads (the engine tests run the
+    real one; importing vLLM would cost this unit test seconds)."""
+
+    num_prefills: int
+    num_prefill_tokens: int
+    num_decodes: int
+    num_decode_tokens: int
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    state_indices_tensor: torch.Tensor
+
+
+def metadata() -> Metadata:
     i32 = lambda x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
-    return LinearAttentionMetadata(num_prefills=2, num_prefill_tokens=5, num_decodes=3, num_decode_tokens=3,
-                                   query_start_loc=i32(STARTS), seq_lens=i32(SEQ_LENS), state_indices_tensor=i32(SLOTS))
+    return Metadata(num_prefills=2, num_prefill_tokens=5, num_decodes=3, num_decode_tokens=3,
+                    query_start_loc=i32(STARTS), seq_lens=i32(SEQ_LENS), state_indices_tensor=i32(SLOTS))
 
 
 def test_fresh_rows_are_the_sequences_with_empty_context():
