@@ -225,10 +225,24 @@ def _stacked_experts(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, w13: t
     Registered as the custom op ``torch.ops.lockstep.stacked_experts`` (:data:`stacked_experts`),
     so a compiled model treats it as one opaque call: the grouped GEMM has no fp32 meta kernel
     for the compiler to trace, and the rows per expert are data-dependent."""
-    if every_expert_pays(x, idx, w13, shared):
+    if every_expert_pays(x, idx, w13, shared) or _capturing_without_grouped_gemm(x, w2.shape[-1]):
         return every_expert_swiglu(x, idx, w, w13, w2, shared)
     plan, rows, counts = _grouped_rows(x, idx, w, w13.shape[0] - shared, shared)
     return _combined(plan, grouped_swiglu(rows, counts, w13, w2), shared)
+
+
+def _capturing_without_grouped_gemm(x: torch.Tensor, inter: int) -> bool:
+    """Whether a CUDA graph is being captured for a batch the grouped GEMM cannot take (fp32 on
+    CUDA, unaligned widths).  Its fallback, one GEMM pair per expert, splits the rows by counts
+    read on the host, which capture forbids; such batches run every expert on every token
+    instead (:func:`every_expert_swiglu`: the same terms, from other GEMM shapes), logged once."""
+    if not (x.is_cuda and torch.cuda.is_current_stream_capturing()) or _grouped_mm_supported(x, inter):
+        return False
+    if ("capture", x.dtype) not in _LOOP_LOGGED:
+        _LOOP_LOGGED.add(("capture", x.dtype))
+        _kernel_log.warning("stacked experts: CUDA graphs capture %s experts as every expert on every token "
+                            "(no grouped GEMM for them; the per-expert loop cannot be captured)", x.dtype)
+    return True
 
 
 def invariant_swiglu(rows: torch.Tensor, counts: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,9 @@ class RolloutConfig:
     """vLLM on GPUs: the share of the GPU's memory an engine may take (weights + KV cache)."""
     enforce_eager: bool = True
     """vLLM's enforce_eager. true: no torch.compile, faster engine start; false: compiled decode
-    (the Ring-linear plugin compiles on CPU; on GPUs it runs eagerly, logged)."""
+    (CPU: torch.compile; GPUs: torch.compile and CUDA graphs, piecewise and full decode graphs,
+    as vLLM runs its own hybrids; FP8 and strict engines stay eager, logged). true stays the
+    default until graphs are checked on a GPU (docs/decisions.md)."""
     cpu_threads: int = 0
     """Threads the engine may use on CPU (0: let vLLM decide)."""
     max_num_batched_tokens: int = 0

@@ -117,21 +117,29 @@ class RolloutWorker:
             overrides[STRICT_CONFIG_KEY] = True
         if overrides:
             engine_options["hf_overrides"] = overrides
-        self.llm = LLM(
-            model=model_path,
-            dtype=dtype,
-            seed=seed,  # per-request seeds crash vLLM-CPU with split prefills; seed the engine
-            max_model_len=cfg.max_model_len,
-            enforce_eager=cfg.enforce_eager,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            # In-place weight updates, and module-output recording for `lockstep mismatch --layers`
-            worker_extension_cls="rollout.activations.EngineExtension",
-            # Log-probs of the distribution actually sampled from (temperature applied); equal
-            # to the raw log-probs at temperature 1.
-            logprobs_mode="processed_logprobs",
-            use_tqdm_on_load=False,  # no weight-loading bar in the run's console
-            **engine_options,
-        )
+        try:  # compilation and CUDA-graph capture happen in the engine's start-up
+            self.llm = LLM(
+                model=model_path,
+                dtype=dtype,
+                seed=seed,  # per-request seeds crash vLLM-CPU with split prefills; seed the engine
+                max_model_len=cfg.max_model_len,
+                enforce_eager=cfg.enforce_eager,
+                gpu_memory_utilization=cfg.gpu_memory_utilization,
+                # In-place weight updates, and module-output recording for `lockstep mismatch --layers`
+                worker_extension_cls="rollout.activations.EngineExtension",
+                # Log-probs of the distribution actually sampled from (temperature applied); equal
+                # to the raw log-probs at temperature 1.
+                logprobs_mode="processed_logprobs",
+                use_tqdm_on_load=False,  # no weight-loading bar in the run's console
+                **engine_options,
+            )
+        except Exception as err:
+            if cfg.enforce_eager or not torch.cuda.is_available():
+                raise
+            raise RuntimeError(f"the vLLM engine failed to start compiled with CUDA graphs "
+                               f"(rollout.enforce_eager: false): {type(err).__name__}: {err}. Set "
+                               f"rollout.enforce_eager: true to run it eagerly (the engine's log above has "
+                               f"the cause)") from err
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
         self.loop: EngineLoop | None = None

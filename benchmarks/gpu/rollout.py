@@ -5,6 +5,9 @@ then re-drawn by :class:`RandomWeights`; no checkpoint is written: the device di
 
 * ``ring`` — Ring-mini-linear-2.0 (``BailingMoeLinearV2ForCausalLM``, the Lockstep plugin; preset
   ``ring-mini-linear-2.0``): 16 linear-attention layers with fp32 state, 4 GQA softmax layers;
+  run eagerly (``enforce_eager=True``, the recipes' default);
+* ``ring-graphs`` — the same model compiled, with vLLM's CUDA graphs (``enforce_eager=False``:
+  piecewise graphs around the attention ops, full graphs of decode batches);
 * ``ling`` — Ling-mini-2.0 (``BailingMoeV2ForCausalLM``, vLLM's native class): the same MoE, the
   same sizes, GQA softmax attention in all 20 layers.  The baseline of every ratio;
 * ``v25`` — vLLM's own hybrid (``BailingMoeV2_5ForCausalLM``: lightning-attention layers and MLA
@@ -14,7 +17,8 @@ then re-drawn by :class:`RandomWeights`; no checkpoint is written: the device di
 
 Same prompts (seeded random token ids), same sampling (temperature 1, ``ignore_eos``: every
 sequence runs to its full length), bf16 weights, vLLM's defaults otherwise (the natives compiled
-with CUDA graphs; the plugin as it runs today).  Printed, one JSON line each:
+with CUDA graphs).  ``--preset`` picks the Ring-linear preset (``ring-mini-linear-2.0``, the GPU
+recipe's ``mini-1b``, ``tiny``); the natives take its sizes.  Printed, one JSON line each:
 
 * ``{"kind": "engine", ...}`` — start-up seconds and the KV cache / state layout read from the
   worker: bytes per token of the softmax layers, bytes per sequence of the linear state, blocks;
@@ -24,7 +28,7 @@ with CUDA graphs; the plugin as it runs today).  Printed, one JSON line each:
 * ``{"kind": "ttft", "engine", "prompt_len", "seconds"}`` — one sequence's long-prompt prefill
   and first token;
 * ``{"kind": "ratio", ...}`` — each engine ÷ ``ling`` (tokens/s; TTFT as ling ÷ engine, so
-  above 1 means faster), and ``ring`` ÷ ``v25``.
+  above 1 means faster), ``ring`` ÷ ``v25``, and ``ring-graphs`` ÷ ``ring`` (graphs ÷ eager).
 
 Each engine runs in its own subprocess (GPU memory released between them) under ``--timeout``
 seconds; each generation stops at its deadline too and reports what it reached
@@ -47,8 +51,11 @@ off for MLA models after the hybrid-model hook has set the state block size, and
 then refuses the engine (reported as the engine's error line); its lightning-attention kernels
 are GPU Triton kernels in any case.
 
-    python -m benchmarks.gpu.rollout --out DIR [--engines ring,ling,v25] [--batch 64,256]
-        [--new-tokens 1024] [--ttft 8192,32768] [--prompt-len 128] [--timeout 240] [--tiny]
+    python -m benchmarks.gpu.rollout --out DIR [--engines ring,ring-graphs,ling,v25] [--batch 64,256]
+        [--new-tokens 1024] [--ttft 8192,32768] [--prompt-len 128] [--timeout 240]
+        [--preset ring-mini-linear-2.0|mini-1b|tiny] [--tiny]
+
+Eager vs graphs on one card: ``--engines ring,ring-graphs --batch 8,64,256 --ttft ''`` per preset.
 """
 
 from __future__ import annotations
@@ -66,7 +73,9 @@ import time
 from pathlib import Path
 
 BASELINE = "ling"
-ENGINES = ("ring", "ling", "v25")
+ENGINES = ("ring", "ring-graphs", "ling", "v25")
+RING_ENGINES = ("ring", "ring-graphs")  # the plugin: eager, and compiled with CUDA graphs
+PRESETS = ("ring-mini-linear-2.0", "mini-1b", "tiny")
 SEED = 0
 
 # Ling-mini-2.0's config.json (inclusionAI/Ling-mini-2.0, model_type bailing_moe): the keys of
@@ -103,20 +112,21 @@ class BenchConfig(PretrainedConfig):
 
 # --- model directories (config + tokenizer, no weights) ------------------------------------
 
-def ring_config(tiny: bool) -> dict:
+def ring_config(preset: str) -> dict:
     from models.ring_linear.presets import preset_config
 
-    return preset_config("tiny" if tiny else "ring-mini-linear-2.0", max_position_embeddings=131072).to_dict()
+    return preset_config(preset, max_position_embeddings=131072).to_dict()
 
 
-def native_config(engine: str, tiny: bool) -> dict:
-    """Ling-mini-2.0's config (``ling``) or V2.5's at Ring-mini's sizes (``v25``); with ``tiny``
-    the tiny preset's sizes.  Positions up to 128K for both (shapes are unchanged: RoPE only)."""
-    ring = ring_config(tiny)
+def native_config(engine: str, preset: str) -> dict:
+    """Ling-mini-2.0's config (``ling``) or V2.5's at Ring-mini's sizes (``v25``); for another
+    preset its sizes.  Positions up to 128K for both (shapes are unchanged: RoPE only)."""
+    ring, tiny = ring_config(preset), preset == "tiny"
+    resized = preset != "ring-mini-linear-2.0"
     sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
              "num_key_value_heads", "head_dim", "num_experts", "num_experts_per_tok", "n_group", "topk_group",
              "moe_intermediate_size", "moe_shared_expert_intermediate_size", "first_k_dense_replace")
-    config = dict(LING_MINI_2_0, **({k: ring[k] for k in sizes} if tiny else {}), max_position_embeddings=131072)
+    config = dict(LING_MINI_2_0, **({k: ring[k] for k in sizes} if resized else {}), max_position_embeddings=131072)
     if engine == "v25":
         layer_types = ring["layer_types"]
         config.update(architectures=["BailingMoeV2_5ForCausalLM"], model_type="bailing_hybrid",
@@ -127,16 +137,17 @@ def native_config(engine: str, tiny: bool) -> dict:
     return config
 
 
-def write_model_dir(root: Path, engine: str, tiny: bool) -> Path:
+def write_model_dir(root: Path, engine: str, preset: str) -> Path:
     """``root/engine``: config.json (+ the natives' config class) and a tokenizer built here."""
     from trainer.ring_linear.random_checkpoint import build_tokenizer
 
     out = root / engine
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out, vocab_size=512)
-    config = ring_config(tiny) if engine == "ring" else native_config(engine, tiny)
+    ring = engine in RING_ENGINES
+    config = ring_config(preset) if ring else native_config(engine, preset)
     config.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, torch_dtype="bfloat16")
-    if engine != "ring":
+    if not ring:
         (out / "configuration_bench.py").write_text(CONFIG_MODULE.format(model_type=config["model_type"]))
         config["auto_map"] = {"AutoConfig": "configuration_bench.BenchConfig"}
     (out / "config.json").write_text(json.dumps(config, indent=1))
@@ -257,10 +268,14 @@ def engine_main(args) -> int:
     ttft = parse_ints(args.ttft)
     max_len = max([args.prompt_len + n for n in lengths] + [p + 1 for p in ttft])
     base = dict(engine=args.engine, model=args.model_dir)
+    # ring: eager (the recipes' default); ring-graphs: compiled with CUDA graphs; natives: vLLM's default
+    eager = args.engine == "ring" or (args.enforce_eager and args.engine != "ring-graphs")
+    graphs = {"compilation_config": {"cudagraph_mode": args.cudagraph_mode}} \
+        if args.cudagraph_mode and args.engine == "ring-graphs" else {}
     t0 = time.perf_counter()
     llm = LLM(model=args.model_dir, dtype="bfloat16" if cuda else "float32", load_format="dummy", seed=SEED,
-              trust_remote_code=args.engine != "ring", max_model_len=max_len, max_num_seqs=max(batches),
-              gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
+              trust_remote_code=args.engine not in RING_ENGINES, max_model_len=max_len, max_num_seqs=max(batches),
+              gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=eager, **graphs,
               worker_extension_cls="benchmarks.gpu.rollout.RandomWeights")
     start_s = time.perf_counter() - t0
     randomized = llm.collective_rpc("lockstep_bench_randomize", args=(SEED,))[0]
@@ -268,7 +283,8 @@ def engine_main(args) -> int:
     cache = llm.collective_rpc("lockstep_bench_cache")[0]
     emit(dict(kind="engine", **base, start_s=round(start_s, 1), randomized_params=randomized,
               dtype=str(llm.llm_engine.vllm_config.model_config.dtype), max_model_len=max_len,
-              enforce_eager=llm.llm_engine.vllm_config.model_config.enforce_eager, **cache_summary(cache)))
+              enforce_eager=llm.llm_engine.vllm_config.model_config.enforce_eager,
+              cudagraph_mode=str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode), **cache_summary(cache)))
     vocab = 512  # prompt ids within the tokenizer's vocabulary (vLLM checks them against it)
     rng = random.Random(SEED)
     run_requests(llm, [[rng.randrange(1, vocab) for _ in range(16)] for _ in range(2)], 8, deadline)  # warm-up
@@ -306,7 +322,8 @@ def ratios(records: list[dict]) -> list[dict]:
     ttft = {(r["engine"], r["prompt_len"]): r for r in records
             if r.get("kind") == "ttft" and "seconds" in r and not r["partial"]}
     out = []
-    for num, den in [("ring", BASELINE), ("v25", BASELINE), ("ring", "v25")]:
+    for num, den in [("ring", BASELINE), ("ring-graphs", BASELINE), ("v25", BASELINE), ("ring", "v25"),
+                     ("ring-graphs", "ring")]:
         for (engine, batch, n), r in sorted(decode.items()):
             if engine == num and (den, batch, n) in decode:
                 out.append(dict(kind="ratio", metric="tokens_per_s", engine=num, over=den, batch=batch,
@@ -327,6 +344,7 @@ def run_engine(engine: str, model_dir: Path, args, log) -> list[dict]:
            "--prompt-len", str(args.prompt_len), "--timeout", str(args.timeout),
            "--gpu-memory-utilization", str(args.gpu_memory_utilization)]
     cmd += ["--enforce-eager"] if args.enforce_eager else []
+    cmd += ["--cudagraph-mode", args.cudagraph_mode] if args.cudagraph_mode else []
     records, tail = [], []
     # its own process group, so that a kill at the deadline also ends vLLM's engine-core and
     # worker processes (they would hold the GPU's memory for the next engine)
@@ -370,7 +388,7 @@ def run_engine(engine: str, model_dir: Path, args, log) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma list of {ENGINES}")
+    ap.add_argument("--engines", default="ring,ling,v25", help=f"comma list of {ENGINES}")
     ap.add_argument("--batch", default="64,256", help="comma list of batch sizes (sequences at once)")
     ap.add_argument("--new-tokens", default="1024", help="comma list of generation lengths, e.g. 1024,8192,32768")
     ap.add_argument("--ttft", default="8192,32768",
@@ -378,7 +396,12 @@ def main() -> int:
     ap.add_argument("--prompt-len", type=int, default=128, help="prompt tokens of the decode cases")
     ap.add_argument("--timeout", type=int, default=240, help="seconds per engine (start-up included)")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    ap.add_argument("--enforce-eager", action="store_true", help="every engine eager (default: vLLM's default)")
+    ap.add_argument("--enforce-eager", action="store_true",
+                    help="the natives eager too (default: vLLM's default); ring is always eager, ring-graphs never")
+    ap.add_argument("--cudagraph-mode", default="", choices=("", "PIECEWISE", "FULL_AND_PIECEWISE", "FULL_DECODE_ONLY"),
+                    help="ring-graphs' vLLM cudagraph_mode (default: vLLM's, FULL_AND_PIECEWISE for hybrids)")
+    ap.add_argument("--preset", default="ring-mini-linear-2.0", choices=PRESETS,
+                    help="the Ring-linear preset (the natives take its sizes)")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny shapes, batch 2, 16 new tokens")
     ap.add_argument("--verbose", action="store_true", help="echo the engines' logs")
     ap.add_argument("--engine", help=argparse.SUPPRESS)      # set in an engine's subprocess
@@ -390,6 +413,7 @@ def main() -> int:
         args.batch, args.new_tokens, args.ttft = "2", "16", "64"
         args.prompt_len = min(args.prompt_len, 16)
         args.enforce_eager = True  # compiling on the 2 shared cores takes minutes; this checks that it runs
+        args.preset = "tiny"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
     engines = [e for e in args.engines.split(",") if e]
@@ -403,14 +427,14 @@ def main() -> int:
 
     env = environment(("torch", "vllm", "transformers"))
     head = dict(kind="run", **env, engines=engines, batch=args.batch, new_tokens=args.new_tokens,
-                ttft=args.ttft, prompt_len=args.prompt_len, timeout=args.timeout, tiny=args.tiny)
+                ttft=args.ttft, prompt_len=args.prompt_len, timeout=args.timeout, tiny=args.tiny, preset=args.preset)
     print(json.dumps(head), flush=True)
     records = [head]
     models = Path(tempfile.mkdtemp(prefix="rollout_models_"))  # config + tokenizer: not results
     with open(out_dir / "rollout.jsonl", "a") as log:
         log.write(json.dumps(head) + "\n")
         for engine in engines:
-            model_dir = write_model_dir(models, engine, args.tiny)
+            model_dir = write_model_dir(models, engine, args.preset)
             records += run_engine(engine, model_dir, args, log)
         for r in ratios(records):
             print(json.dumps(r), flush=True)

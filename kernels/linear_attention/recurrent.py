@@ -33,7 +33,8 @@ def decode_packed(qkv: torch.Tensor, decay: torch.Tensor, scale: float, state: t
 
 def recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float | None,
               state: torch.Tensor, state_indices: torch.Tensor | StateSlots | None = None, *,
-              backend: Backend = "auto", out: torch.Tensor | None = None) -> torch.Tensor:
+              backend: Backend = "auto", out: torch.Tensor | None = None,
+              fresh: torch.Tensor | None = None) -> torch.Tensor:
     """Decode step(s); updates ``state`` in place and returns ``o``.
 
     Args:
@@ -49,6 +50,10 @@ def recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Te
             calls (an engine step).  None: row b uses slot b.
         backend: "auto" | "triton" | "torch" (:mod:`kernels.backend`).
         out: optional tensor of o's shape and dtype to write o into.
+        fresh: optional bool ``[B]``: rows whose sequence starts with this step (its slot may
+            hold a finished sequence's state): their state is taken as 0, not read.  The Triton
+            kernel masks the read (no host synchronisation: a captured CUDA graph replays the
+            reset); the torch backend zeroes those slots first.
     Returns:
         ``o`` with q's shape and dtype.  Not differentiable (inference only).
     """
@@ -86,16 +91,22 @@ def recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Te
         raise ValueError(f"without state_indices the pool needs >= B={B} slots")
     if scale is None:
         scale = D ** -0.5
+    if fresh is not None and (fresh.shape != (B,) or fresh.dtype != torch.bool or fresh.device != q.device):
+        raise ValueError(f"fresh must be a bool [B]=[{B}] tensor on the inputs' device, got "
+                         f"{fresh.dtype} {list(fresh.shape)} on {fresh.device}")
     if be == "triton":
         check_triton_inputs(q, D)
         if slots is None and indices is not None and indices.device.type == "cpu" \
                 and bool((indices >= state.shape[0]).any()):  # (StateSlots checked their own)
             raise ValueError(f"state_indices out of range for a pool of {state.shape[0]} slots")
-        o = recurrent_triton(q4, k4, v4, decay.float().contiguous(), scale, state, indices)
+        o = recurrent_triton(q4, k4, v4, decay.float().contiguous(), scale, state, indices, fresh)
         o = o[:, 0] if single else o
         return o if out is None else out.copy_(o)
     if slots is None:
         slots = StateSlots(indices, B, state.shape[0], state.device)
+    if fresh is not None:  # CPU: a host-side reset is fine (no graph to replay)
+        keep = fresh if slots.valid is None else fresh & slots.valid
+        state[slots.rows[keep]] = 0
     lam = decay_factor(decay, decay_cache, state.dtype)
     with torch.no_grad():
         o = recurrent_torch(q4, k4, v4, lam, scale, state, slots,

@@ -13,9 +13,11 @@ ops (:mod:`kernels.norm`, :mod:`kernels.rope`, :mod:`kernels.moe`, :mod:`kernels
   linear-attention metadata lists decodes first (one token each), then prefills (a whole prompt
   or a piece of one, with chunked prefill).  Decodes run ``kernels.linear_attention.recurrent``
   on their slots; prefills run ``chunk`` over the packed pieces with each slot's state as the
-  initial state and write the final states back.  A sequence whose context is empty gets a
-  zeroed slot first — for decodes too (a 1-token prompt arrives as a decode, and vLLM's own
-  helper only clears prefills: a stale slot gave |Δ log-prob| ≈ 1 in the probe, DESIGN §10).
+  initial state and write the final states back.  A sequence whose context is empty starts
+  from a zero state — decodes too (a 1-token prompt arrives as a decode, and vLLM's own helper
+  only clears prefills: a stale slot gave |Δ log-prob| ≈ 1 in the probe, DESIGN §10).  On CPU
+  its slot is cleared first; on GPUs the kernels read it as zeros (a masked read, which a
+  captured CUDA graph replays: :class:`StepPlan`).
 
 Numerics as the trainer (DESIGN.md §4): the residual stream is fp32, norms and the router run in
 fp32, projections in the weight dtype on inputs cast to it, q/k/v go to fp32 for the q/k norms,
@@ -48,8 +50,10 @@ vLLM's MiniMax and Bailing layers), the routed experts of prefill-sized batches 
 in :class:`~models.ring_linear.moe.StackedMoE`); everything else (projections, norms, RoPE, gates, router) is one inductor graph per step.  The
 compiled rollout is not bitwise the eager trainer (inductor fuses the elementwise ops and
 reduces in its own order): fast mode's ≤ 1e-5 holds, tested for both.  On GPUs the model runs
-eagerly, without CUDA graphs, as it was checked there (:func:`_run_eagerly_on_gpus`), and so
-does an FP8 engine, whose quantization would amplify the compiled graph's rounding.
+compiled too, with vLLM's CUDA graphs (piecewise around the splitting ops, full graphs of decode
+batches: :func:`_compile_on_gpus`) unless ``enforce_eager`` (the recipe's default until the GPU
+run checks graphs); an FP8 or strict engine runs eagerly everywhere (quantization would amplify the
+compiled graph's rounding; strict needs the trainer's unfused ops).
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ from kernels.batch_invariant import recurrence as invariant_recurrence
 from kernels.batch_invariant import sigmoid as invariant_sigmoid
 from kernels.batch_invariant import silu as invariant_silu
 from kernels.fp8 import quantize_fp8_weights, swap_linears_to_fp8
-from kernels.linear_attention import StateSlots, chunk, decode_packed, layer_decay, recurrent
+from kernels.linear_attention import chunk, decode_packed, layer_decay, recurrent
 from kernels.lm_head import logits_fp32
 from kernels.norm import compute_dtype
 from kernels.rope import apply_rope, rope_cos_sin
@@ -97,22 +101,29 @@ from models.ring_linear.norm import GroupRMSNorm, RMSNorm
 from models.ring_linear.strict import use_strict
 from models.ring_linear.weight_names import skipped_names
 
+from .step_plan import StepPlan
 from .tensor_parallel import check_fp8_blocks, check_tensor_parallel, head_slice, kv_head_slice, local_config, shard
 
 STATE_DTYPE = torch.float32  # the linear-attention state is fp32 in both engines (DESIGN §4)
 logger = init_logger(__name__)
 
 
-def _run_eagerly_on_gpus(vllm_config: VllmConfig) -> None:
-    """On GPUs the model runs eagerly, as it was checked there (vLLM 0.26 on an H100): no
-    torch.compile and no CUDA graphs.  The compiled forward is tested on CPU only; on CUDA the
-    earlier, unsplit forward failed at start-up under vLLM's default graph capture ("operation
-    not permitted when stream is capturing").  With the state bookkeeping now inside a
-    graph-splitting op, piecewise graphs could capture the rest, but that is untested here."""
+def _compile_on_gpus(vllm_config: VllmConfig) -> None:
+    """On GPUs, with ``enforce_eager`` off (the recipe's ``rollout.enforce_eager: false``), the
+    model runs as vLLM's own hybrids do: compiled, with the ``linear_attention`` op splitting the
+    graph, piecewise CUDA graphs around it, and full CUDA graphs of uniform decode batches
+    (vLLM's default ``FULL_AND_PIECEWISE``; the linear-attention metadata supports them).  What
+    makes capture possible: the decode step reads no count on the host and resets fresh
+    sequences' states inside the kernel (:class:`StepPlan`, ``recurrent(fresh=...)``), and the
+    routed experts run sync-free grouped GEMMs (fp32: every expert, see ``kernels.moe``).
+    Nothing to change here, only to log: ``enforce_eager`` already turned both off, and the CPU
+    platform compiles and captures nothing."""
     from vllm.platforms import current_platform
 
-    if not current_platform.is_cpu():
-        _run_eagerly(vllm_config, f"on {current_platform.device_name}: the compiled forward is tested on CPU only")
+    cc = vllm_config.compilation_config
+    if not current_platform.is_cpu() and not vllm_config.model_config.enforce_eager:
+        logger.info("Ring-linear model on %s: compilation mode %s, cudagraph_mode %s (rollout.enforce_eager: "
+                    "true runs it eagerly)", current_platform.device_name, cc.mode, cc.cudagraph_mode)
 
 
 def _run_eagerly(vllm_config: VllmConfig, why: str) -> None:
@@ -188,6 +199,15 @@ class RingLinearAttention(VllmLinearAttention):
     def get_state_dtype(self) -> tuple[torch.dtype]:
         return (STATE_DTYPE,)
 
+    def get_attn_backend(self):
+        """vLLM's Bailing linear-attention metadata (as its own Bailing layer uses; the base
+        one's fields and more): for full decode CUDA graphs it copies the decodes' state slots
+        into a persistent buffer the graph reads (the base builder hands a new tensor each step
+        when prefix caching gathers them) and marks a padded batch's extra rows with slot -1."""
+        from vllm.v1.attention.backends.linear_attn import BailingLinearAttentionBackend
+
+        return BailingLinearAttentionBackend
+
     def decay(self, device: torch.device) -> torch.Tensor:
         """Per-head log-decay fp32 ``[H]`` (the same function and layer offset as the trainer),
         this rank's heads."""
@@ -220,16 +240,19 @@ class RingLinearAttention(VllmLinearAttention):
         """The body of vLLM's ``linear_attention`` op: runs the recurrence for this step's
         sequences, reading and writing their states.  ``hidden_states`` is q, k, v
         ``[N, 3, H, d]``, ``output`` o ``[N, H, d]`` (positions: unused, RoPE is applied)."""
+        # made on the first call, vLLM's profile run: its host-to-device copy cannot run inside a
+        # CUDA graph being captured
+        decay = self.decay(output.device)
         meta = _layer_metadata(self.prefix)
         if meta is None:  # profile and dummy runs: no sequences, o = 0
             output.zero_()
             return
         state = self.kv_cache[0]                                      # [slots, H, d, d] fp32
         plan = StepPlan.of(meta, self.prefix, state.shape[0])
-        if plan.fresh is not None:
+        if plan.fresh is not None:  # CPU: cleared here (on GPUs the kernels mask: plan.decode_fresh)
             state[plan.fresh] = 0  # a new sequence starts from S = 0, decodes included
         q, k, v = hidden_states.unbind(1)
-        scale, decay = self.head_dim ** -0.5, self.decay(q.device)
+        scale = self.head_dim ** -0.5
         n_dec, n_pre_tok = plan.decodes, plan.prefill_tokens
         if self.strict:
             return self._forward_strict(q, k, v, output, meta, state)
@@ -238,11 +261,14 @@ class RingLinearAttention(VllmLinearAttention):
         if n_dec and not (plan.native_decode and decode_packed(hidden_states[:n_dec], decay, scale, state,
                                                                plan.decode_slots, output[:n_dec])):
             recurrent(q[:n_dec], k[:n_dec], v[:n_dec], decay, scale, state, plan.decode_slots,
-                      out=output[:n_dec])
+                      out=output[:n_dec], fresh=plan.decode_fresh)
         if n_pre_tok:
             part = slice(n_dec, n_dec + n_pre_tok)
             q, k, v = (t[None, part].contiguous() for t in (q, k, v))
-            out, final = chunk(q, k, v, decay, scale, initial_state=state[plan.prefill_slots],
+            initial = state[plan.prefill_slots]
+            if plan.prefill_fresh is not None:  # GPUs: fresh prefills start from 0 (a masked read)
+                initial = initial.masked_fill(plan.prefill_fresh[:, None, None, None], 0.0)
+            out, final = chunk(q, k, v, decay, scale, initial_state=initial,
                                cu_seqlens=plan.prefill_cu, output_final_state=True)
             state[plan.prefill_slots] = final
             output[part] = out[0]
@@ -279,54 +305,6 @@ def request_rows(starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     j = torch.arange(int(lengths.max()), device=starts.device)[None]
     valid = j < lengths[:, None]
     return torch.where(valid, starts[:-1, None] + j, starts[-1]), valid
-
-
-class StepPlan:
-    """What every linear layer of one engine step needs from vLLM's linear-attention metadata
-    (one object for the step's layers): the state slots of the decodes (a checked
-    :class:`~kernels.linear_attention.StateSlots`) and of the prefills, the prefills' cumulative
-    lengths, and the slots of sequences that start this step (their context is empty) —
-    computed once per step, not once per layer (every layer's state pool has the same slots)."""
-
-    _last: tuple[object, "StepPlan"] | None = None  # (metadata, its plan): the current step's
-
-    @classmethod
-    def of(cls, meta, prefix: str, num_slots: int) -> "StepPlan":
-        if cls._last is None or cls._last[0] is not meta:
-            cls._last = (meta, cls(meta, prefix, num_slots))
-        return cls._last[1]
-
-    def __init__(self, meta, prefix: str, num_slots: int):
-        n_dec, n_pre = meta.num_decodes, meta.num_prefills
-        if n_dec != meta.num_decode_tokens:
-            raise RuntimeError(f"{prefix}: {meta.num_decode_tokens} decode tokens for {n_dec} decodes; "
-                               "the Ring-linear model decodes one token per sequence (no speculative decoding)")
-        reqs = n_dec + n_pre
-        slots = meta.state_indices_tensor[:reqs]
-        on_host = slots.device.type == "cpu"
-        # On CPU the few per-sequence values are read as numpy views: an op costs ~1 µs there
-        # against ~5–10 µs for a torch op, and this runs every step
-        arrays = [t.numpy() if on_host else t for t in (slots, meta.query_start_loc[:reqs + 1], meta.seq_lens[:reqs])]
-        fresh = fresh_slots(*arrays)
-        # vLLM's own helper only clears prefills; a 1-token prompt arrives as a decode, and a
-        # stale slot gave |Δ log-prob| ≈ 1 in the probe (DESIGN §10)
-        self.fresh = None if len(fresh) == 0 else torch.from_numpy(fresh) if on_host else fresh
-        # read on the host once per step for the CPU kernel; the GPU kernel takes the tensor
-        self.decodes = n_dec
-        self.decode_slots = StateSlots(slots[:n_dec], n_dec, num_slots) if on_host else slots[:n_dec]
-        self.native_decode = on_host  # the packed CPU kernel (decode_packed)
-        self.prefill_tokens, self.prefill_slots = meta.num_prefill_tokens, slots[n_dec:]
-        if n_pre:
-            starts = meta.query_start_loc[n_dec:reqs + 1]
-            self.prefill_cu = (starts - starts[0]).to(torch.int64)
-
-
-def fresh_slots(slots, starts, seq_lens):
-    """The state slots of the sequences whose context is empty (every token of theirs is in
-    this step: their state must start at 0); numpy arrays or tensors.  slots ``[R]`` (negative:
-    padding), starts ``[R + 1]`` (query start locations), seq_lens ``[R]``."""
-    context = seq_lens - (starts[1:] - starts[:-1])
-    return slots[(context == 0) & (slots >= 0)]
 
 
 class RingSoftmaxAttention(nn.Module):
@@ -466,7 +444,7 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         if self.tp_size > 1 and getattr(config, STRICT_CONFIG_KEY, False):
             raise ValueError(f"mode: strict needs tensor_parallel_size 1 (got {self.tp_size}): the sum over "
                              "ranks changes the trainer's bits; use mode: fast or one rank per engine")
-        _run_eagerly_on_gpus(vllm_config)
+        _compile_on_gpus(vllm_config)
         fp8 = getattr(config, FP8_CONFIG_KEY, None)
         if fp8:
             # FP8 turns the last-bit differences of inductor's fused norms and activations into

@@ -336,6 +336,31 @@ def test_recurrent_matches_float64(backend, tokens, slots, cpu_decode):
     assert torch.equal(pool[untouched], before[untouched])
 
 
+@pytest.mark.parametrize("tokens", [None, 2])
+def test_recurrent_fresh_rows_start_from_zero(backend, tokens):
+    """``fresh`` rows read S = 0 whatever their slot holds (a finished sequence's state): the
+    results equal zeroing those slots first, bitwise; a fresh padding row leaves the pool alone.
+    The Triton kernel does it with a masked read, the form a captured CUDA graph replays."""
+    torch.manual_seed(10)
+    dev = _dev(backend)
+    B, H, D = 5, 3, 64
+    g = la.layer_decay(H, 2, 4).to(dev)
+    shape = (B, H, D) if tokens is None else (B, tokens, H, D)
+    q, k, v = (_rand(*shape, dev=dev) for _ in range(3))
+    pool = _rand(8, H, D, D, dev=dev)                     # every slot holds stale state
+    zeroed = pool.clone()
+    idx = torch.tensor([6, 1, -1, 3, 0], device=dev)
+    fresh = torch.tensor([True, False, True, True, False], device=dev)
+    zeroed[[6, 3]] = 0
+    before = pool.clone()
+    o = la.recurrent(q, k, v, g, 0.2, pool, idx, backend=backend, fresh=fresh)
+    ref = la.recurrent(q, k, v, g, 0.2, zeroed, idx, backend=backend)
+    assert torch.equal(o, ref) and torch.equal(pool, zeroed)
+    assert torch.equal(pool[[2, 4, 5, 7]], before[[2, 4, 5, 7]])  # no row's slot: untouched
+    with pytest.raises(ValueError, match="fresh must be a bool"):
+        la.recurrent(q, k, v, g, 0.2, pool, idx, backend=backend, fresh=fresh.int())
+
+
 def test_recurrent_is_batch_invariant(backend, cpu_decode):
     if backend == "triton" and cpu_decode == "eager":
         pytest.skip("the CPU decode path does not apply to the Triton backend")
