@@ -29,7 +29,7 @@ from .activation import sigmoid, silu
 from .attention import KEY_BLOCK, attention
 from .linear_attention import recurrence
 from .logprobs import log_softmax_tokens
-from .matmul import TILE_ROWS, linear
+from .matmul import TILE_ROWS, grouped_linear, linear
 
-__all__ = ["TILE_ROWS", "linear", "sigmoid", "silu", "KEY_BLOCK", "attention", "recurrence",
+__all__ = ["TILE_ROWS", "linear", "grouped_linear", "sigmoid", "silu", "KEY_BLOCK", "attention", "recurrence",
            "log_softmax_tokens"]

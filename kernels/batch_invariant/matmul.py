@@ -19,12 +19,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import cpu
+
 TILE_ROWS = 16
 _ALIGN = 64  # bytes: torch's CPU allocator's alignment (MKL picks kernels by the operands' alignment)
 
 
 def _tiled(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x ``[N, K]``, weight ``[O, K]`` → ``[N, O]`` through fixed 16-row tiles."""
+    """x ``[N, K]``, weight ``[O, K]`` → ``[N, O]``: the C kernel on CPU (fp32), else fixed
+    16-row tiles through ``bmm``."""
+    y = cpu.linear(x, weight)
+    if y is not None:
+        return y
     N, K = x.shape
     tiles = -(-N // TILE_ROWS)
     if N % TILE_ROWS == 0 and x.is_contiguous() and x.data_ptr() % _ALIGN == 0:
@@ -63,4 +69,32 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _TiledLinear.apply(rows, weight).view(*x.shape[:-1], weight.shape[0])
 
 
-__all__ = ["TILE_ROWS", "linear"]
+class _GroupedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, counts: list[int], weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.counts = counts
+        ends = torch.tensor(counts, dtype=torch.int64).cumsum(0)
+        return cpu.linear(x, weight, ends)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grads, xs = grad.split(ctx.counts), x.split(ctx.counts)
+        gx = torch.cat([g @ w for g, w in zip(grads, weight)]) if ctx.needs_input_grad[0] else None
+        gw = torch.stack([g.t() @ xe for g, xe in zip(grads, xs)]) if ctx.needs_input_grad[2] else None
+        return gx, None, gw
+
+
+def grouped_linear(x: torch.Tensor, counts: list[int], weight: torch.Tensor) -> torch.Tensor | None:
+    """One weight per group of rows, batch invariant: x ``[N, K]`` with its rows grouped
+    (``counts[g]`` rows for group g, in order), weight ``[G, O, K]`` → ``[N, O]``, each row
+    ``x_n W_gᵀ`` the same bits as :func:`linear` gives it alone.  One call of the C kernel for
+    every group (the MoE's experts); None where the kernel cannot run (not fp32 on CPU, no
+    kernel): the caller then runs :func:`linear` per group.  Differentiable in x and weight."""
+    if not cpu.available() or not (x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"):
+        return None
+    return _GroupedLinear.apply(x, counts, weight)
+
+
+__all__ = ["TILE_ROWS", "linear", "grouped_linear"]

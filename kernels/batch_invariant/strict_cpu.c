@@ -1,0 +1,199 @@
+/* Strict mode's CPU kernels: the GEMM, the softmax attention and the linear-attention
+ * recurrence, each written so that every output element is computed by one fixed sequence of
+ * IEEE roundings that depends on that element's own inputs only — not on the number of rows,
+ * a row's place among them, the other rows' contents, the memory alignment or the thread
+ * count.  The trainer's forward and the rollout engine call these same functions, so a token's
+ * result is the same bits in a training batch, a prefill piece or a decode step.
+ *
+ * Compiled with -ffp-contract=off (kernels/native.py): no fused multiply-adds, so a vectorised
+ * lane and the scalar remainder round alike (a multiply, then an add) and the compiler's choice
+ * of vector width changes no bit.  Nothing here reassociates a sum: every accumulation runs in
+ * the order the loops spell out.  OpenMP splits the work by whole output rows / (row, head)
+ * pairs, never inside one element's sum.
+ *
+ * Definitions (docs/decisions.md, "Strict mode"):
+ *   linear      y[n, o] = (((x[n,0] w[0,o]) + x[n,1] w[1,o]) + …) + x[n,K-1] w[K-1,o]   fp32
+ *   attention   s_j = scale · (q·k_j, summed as 8 fp32 lanes of d then the lanes in order),
+ *               m = max s_j, P_j = exp(s_j − m), o = Σ_j P_j v_j / Σ_j P_j (j ascending, fp64)
+ *   recurrence  S ← λ S + kᵀ v (fp64, stored fp32), o = scale · q S (fp64 sums, i ascending):
+ *               decode_cpu.c's step, token after token
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define ROWS 4      /* rows per register block of the GEMM */
+#define COLS 16     /* output columns per register block: 4 × 16 fp32 accumulators = 8 AVX2 registers */
+#define LANES 8     /* partial sums of the attention's q·k */
+#define MAX_D 256   /* head dim bound (accumulator arrays) */
+
+typedef float vec8 __attribute__((vector_size(32)));  /* 8 fp32 lanes: element-wise IEEE ops */
+
+static inline vec8 load8(const float *p)
+{
+    vec8 v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* One register block: y[r, c] for r < rows (≤ ROWS), c < cols (≤ COLS) from COLS columns of Wᵀ
+ * (wt: ld columns a row, padded with zeros to a whole number of COLS).  The k loop in order,
+ * acc = acc + x·w per element; a missing row (rows < ROWS) repeats row 0 and is not stored. */
+static void linear_block(const float *x, int64_t K, const float *wt, int64_t ld, int64_t rows, int64_t cols,
+                         float *y, int64_t ldy)
+{
+    const float *xr[ROWS];
+    for (int r = 0; r < ROWS; ++r)
+        xr[r] = x + (r < rows ? r : 0) * K;
+    vec8 acc[ROWS][COLS / 8] = {{{0}}};
+    for (int64_t k = 0; k < K; ++k) {
+        const float *w = wt + k * ld;
+        const vec8 w0 = load8(w), w1 = load8(w + 8);
+        for (int r = 0; r < ROWS; ++r) {
+            const vec8 xk = (vec8){0} + xr[r][k];
+            acc[r][0] += xk * w0;
+            acc[r][1] += xk * w1;
+        }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+        float out[COLS];
+        __builtin_memcpy(out, acc[r], sizeof out);
+        for (int64_t c = 0; c < cols; ++c)
+            y[r * ldy + c] = out[c];
+    }
+}
+
+/* y [N, O] = x [N, K] · W_g for the rows of group g: rows ends[g-1]..ends[g]-1 (ends[-1] = 0)
+ * use wt + g · group_stride, Wᵀ as a [K, ld] matrix (ld = O rounded up to COLS, zero columns
+ * past O).  ends NULL: one group, a plain linear. */
+void lockstep_bi_linear_f32(const float *x, int64_t N, int64_t K, const float *wt, int64_t O, int64_t ld,
+                            const int64_t *ends, int64_t groups, int64_t group_stride, float *y)
+{
+    const int64_t single = N;
+    if (!ends) {  /* one group: every row */
+        ends = &single;
+        groups = 1;
+    }
+    /* the work items: (row block, column block) pairs, row blocks never straddling two groups */
+    int64_t blocks = 0, start = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+        blocks += (ends[g] - start + ROWS - 1) / ROWS;
+        start = ends[g];
+    }
+    int64_t *block_row = malloc(sizeof(int64_t) * (blocks + 1)), *block_group = malloc(sizeof(int64_t) * (blocks + 1));
+    if (!block_row || !block_group)
+        abort();
+    int64_t b = 0;
+    start = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+        for (int64_t r = start; r < ends[g]; r += ROWS, ++b) {
+            block_row[b] = r;
+            block_group[b] = g;
+        }
+        start = ends[g];
+    }
+    const int64_t col_blocks = ld / COLS;
+    #pragma omp parallel for schedule(static) if (N * K * O >= (1 << 20))
+    for (int64_t item = 0; item < blocks * col_blocks; ++item) {
+        const int64_t rb = item / col_blocks, c0 = (item % col_blocks) * COLS;
+        const int64_t r0 = block_row[rb], g = block_group[rb];
+        const int64_t rows = (ends[g] - r0 < ROWS) ? ends[g] - r0 : ROWS;
+        const int64_t cols = (O - c0 < COLS) ? O - c0 : COLS;
+        linear_block(x + r0 * K, K, wt + g * group_stride + c0, ld, rows, cols, y + r0 * O + c0, O);
+    }
+    free(block_row);
+    free(block_group);
+}
+
+/* q·k as LANES partial sums (lane l takes d ≡ l mod LANES, in order), then the lanes in order. */
+static float dot_lanes(const float *q, const float *k, int64_t D)
+{
+    float lane[LANES] = {0};
+    int64_t d = 0;
+    for (; d + LANES <= D; d += LANES)
+        for (int l = 0; l < LANES; ++l)
+            lane[l] += q[d + l] * k[d + l];
+    for (int l = 0; d < D; ++d, ++l)
+        lane[l] += q[d] * k[d];
+    float sum = lane[0];
+    for (int l = 1; l < LANES; ++l)
+        sum += lane[l];
+    return sum;
+}
+
+/* Causal GQA attention: q [G, Tq, H, D], k, v [G, S, KV, D] (contiguous), positions [G, Tq]:
+ * query (g, t) sees keys 0..positions[g, t] (< S; keys past it are never read).  out [G, Tq, H, D]. */
+void lockstep_bi_attention_f32(const float *q, const float *k, const float *v, int64_t G, int64_t Tq,
+                               int64_t S, int64_t H, int64_t KV, int64_t D, const int64_t *positions,
+                               float scale, float *out)
+{
+    const int64_t rep = H / KV;
+    #pragma omp parallel for schedule(static) if (G * Tq * H * S * D >= (1 << 18))
+    for (int64_t gth = 0; gth < G * Tq * H; ++gth) {
+        const int64_t gt = gth / H, h = gth % H, g = gt / Tq;
+        const int64_t p = positions[gt];
+        const float *qi = q + gth * D;
+        const float *kg = k + (g * S * KV + h / rep) * D, *vg = v + (g * S * KV + h / rep) * D;
+        float *o = out + gth * D;
+        float m = -INFINITY;
+        for (int64_t j = 0; j <= p; ++j) {
+            const float s = scale * dot_lanes(qi, kg + j * KV * D, D);
+            m = s > m ? s : m;
+        }
+        double acc[MAX_D], total = 0.0;
+        for (int64_t d = 0; d < D; ++d)
+            acc[d] = 0.0;
+        for (int64_t j = 0; j <= p; ++j) {  /* the scores again (the same bits) rather than a buffer */
+            const double pj = expf(scale * dot_lanes(qi, kg + j * KV * D, D) - m);
+            const float *vj = vg + j * KV * D;
+            total += pj;
+            for (int64_t d = 0; d < D; ++d)
+                acc[d] += pj * vj[d];
+        }
+        for (int64_t d = 0; d < D; ++d)
+            o[d] = (float)(acc[d] / total);
+    }
+}
+
+/* The linear-attention recurrence, token after token: q, k, v [B, T, H, D] (contiguous);
+ * sequence b's state is the [H, D, D] at state + slots[b] · slot_stride (slots NULL: b), updated
+ * in place by its first lengths[b] tokens (lengths NULL: T); later tokens' outputs are 0.
+ * lam [H] = exp(decay); out [B, T, H, D]. */
+void lockstep_bi_recurrence_f32(const float *q, const float *k, const float *v, int64_t B, int64_t T,
+                                int64_t H, int64_t D, const float *lam, double scale, float *state,
+                                int64_t slot_stride, const int64_t *slots, const int64_t *lengths, float *out)
+{
+    #pragma omp parallel for schedule(static) if (B * H * T * D * D >= 65536)
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        const int64_t n = lengths ? lengths[b] : T;
+        float *S = state + (slots ? slots[b] : b) * slot_stride + h * D * D;
+        const double decay = lam[h];
+        for (int64_t t = 0; t < T; ++t) {
+            const int64_t row = ((b * T + t) * H + h) * D;
+            float *o = out + row;
+            if (t >= n) {
+                for (int64_t j = 0; j < D; ++j)
+                    o[j] = 0.0f;
+                continue;
+            }
+            const float *qt = q + row, *kt = k + row, *vt = v + row;
+            double acc[MAX_D], vd[MAX_D];
+            for (int64_t j = 0; j < D; ++j) {
+                acc[j] = 0.0;
+                vd[j] = vt[j];
+            }
+            for (int64_t i = 0; i < D; ++i) {
+                const double ki = kt[i], qi = qt[i];
+                float *Si = S + i * D;
+                for (int64_t j = 0; j < D; ++j) {
+                    const double s = (double)Si[j] * decay + ki * vd[j];
+                    Si[j] = (float)s;
+                    acc[j] += qi * s;
+                }
+            }
+            for (int64_t j = 0; j < D; ++j)
+                o[j] = (float)(acc[j] * scale);
+        }
+    }
+}
