@@ -23,7 +23,8 @@ _SOURCE = Path(__file__).with_name("strict_cpu.c")
 _i64, _ptr, _f32, _f64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_double
 _SIGNATURES = {
     "lockstep_bi_linear_f32": (None, [_ptr, _i64, _i64, _ptr, _i64, _i64, _ptr, _i64, _i64, _ptr]),
-    "lockstep_bi_attention_f32": (None, [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64, _i64, _ptr, _f32, _ptr]),
+    "lockstep_bi_attention_f32": (None, [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64, _i64, _ptr, _ptr, _f32,
+                                         _ptr]),
     "lockstep_bi_recurrence_f32": (None, [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, _f64, _ptr, _i64, _ptr,
                                           _ptr, _ptr]),
 }
@@ -75,17 +76,21 @@ def linear(x: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor | None = No
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
               scale: float) -> torch.Tensor | None:
-    """Causal GQA attention, shapes as :func:`kernels.batch_invariant.attention`; positions must be
-    < S.  ``[G, Tq, H, d]``, or None (see module)."""
+    """Causal GQA attention, shapes as :func:`kernels.batch_invariant.attention` (k and v may be
+    strided views, e.g. halves of one K|V tensor, as long as their last dim is contiguous and
+    their strides agree); positions must be < S.  ``[G, Tq, H, d]``, or None (see module)."""
     lib = _takes("attention", q, k, v)
     if lib is None or q.shape[-1] > MAX_D:
         return None
     G, Tq, H, D = q.shape
     S, KV = k.shape[1], k.shape[2]
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    if k.stride() != v.stride() or k.stride(-1) != 1:
+        k, v = k.contiguous(), v.contiguous()
+    q = q.contiguous()
+    strides = torch.tensor(k.stride()[:3], dtype=torch.int64)
     positions = positions.to(torch.int64).contiguous()
     out = torch.empty_like(q)
-    lib.lockstep_bi_attention_f32(q.data_ptr(), k.data_ptr(), v.data_ptr(), G, Tq, S, H, KV, D,
+    lib.lockstep_bi_attention_f32(q.data_ptr(), k.data_ptr(), v.data_ptr(), G, Tq, S, H, KV, D, strides.data_ptr(),
                                   positions.data_ptr(), scale, out.data_ptr())
     return out
 

@@ -24,13 +24,46 @@ from __future__ import annotations
 import torch
 
 from ..linear_attention import chunk
+from . import cpu
 from .recompute import recomputed_grads
+
+
+def decay_factor(decay: torch.Tensor) -> torch.Tensor:
+    """λ = exp(decay) fp32 ``[H]``, the C kernel's operand (both engines compute it here)."""
+    return torch.exp(decay.detach().float()).contiguous()
+
+
+def prefix_lengths(valid: torch.Tensor) -> torch.Tensor | None:
+    """Each row's count of valid tokens when ``valid`` [B, T] is right padding (every row a
+    prefix of True), else None."""
+    lengths = valid.sum(1)
+    prefix = torch.arange(valid.shape[1], device=valid.device) < lengths[:, None]
+    return lengths if torch.equal(prefix, valid) else None
+
+
+def into_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
+               pool: torch.Tensor, slots: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor | None:
+    """The rollout engine's call: :func:`recurrence` on the pool's slots in place (no gather or
+    scatter of states), by the C kernel — the bits :func:`recurrence` computes with it.  q, k, v
+    ``[B, T, H, d]``; pool fp32 ``[num_slots, H, d, d]``; slots int ``[B]`` (distinct, checked
+    in range here); lengths ``[B]``: each sequence's tokens (right padding after).  Returns o, or
+    None when the kernel cannot run (the caller then runs :func:`recurrence`)."""
+    if not cpu.available() or slots.numel() and not (0 <= int(slots.min()) and int(slots.max()) < pool.shape[0]):
+        return None
+    return cpu.recurrence(q, k, v, decay_factor(decay), scale, pool, slots, lengths)
 
 
 def _token_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
                 state: torch.Tensor | None, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The forward's bits (no autograd).  Shapes as :func:`recurrence`."""
+    """The forward's bits (no autograd).  Shapes as :func:`recurrence`.  On CPU in fp32 the C
+    kernel (``strict_cpu.c``: decode_cpu.c's fp64 step, token after token), else torch ops."""
     B, T, H, d = q.shape
+    lengths = None if valid is None else prefix_lengths(valid)
+    if cpu.available() and (valid is None or lengths is not None):
+        S = q.new_zeros(B, H, d, d) if state is None else state.to(q.dtype, copy=True).contiguous()
+        o = cpu.recurrence(q, k, v, decay_factor(decay), scale, S, None, lengths)
+        if o is not None:
+            return o, S
     lam = torch.exp(decay.to(q.dtype))[:, None, None]                               # [H, 1, 1]
     S = q.new_zeros(B, H, d, d) if state is None else state.to(q.dtype)
     q_steps = (q * scale).transpose(0, 1).contiguous()                              # [T, B, H, d]
@@ -91,4 +124,4 @@ def recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.T
     return _Recurrence.apply(q, k, v, decay.detach(), scale, state)
 
 
-__all__ = ["recurrence"]
+__all__ = ["recurrence", "into_slots"]

@@ -121,31 +121,33 @@ static float dot_lanes(const float *q, const float *k, int64_t D)
     return sum;
 }
 
-/* Causal GQA attention: q [G, Tq, H, D], k, v [G, S, KV, D] (contiguous), positions [G, Tq]:
- * query (g, t) sees keys 0..positions[g, t] (< S; keys past it are never read).  out [G, Tq, H, D]. */
+/* Causal GQA attention: q [G, Tq, H, D] (contiguous); k, v [G, S, KV, D] with the last dim
+ * contiguous and strides kv_stride[0..2] (elements) for g, s and the KV head; positions
+ * [G, Tq]: query (g, t) sees keys 0..positions[g, t] (< S; keys past it are never read).
+ * out [G, Tq, H, D]. */
 void lockstep_bi_attention_f32(const float *q, const float *k, const float *v, int64_t G, int64_t Tq,
-                               int64_t S, int64_t H, int64_t KV, int64_t D, const int64_t *positions,
-                               float scale, float *out)
+                               int64_t S, int64_t H, int64_t KV, int64_t D, const int64_t *kv_stride,
+                               const int64_t *positions, float scale, float *out)
 {
-    const int64_t rep = H / KV;
+    const int64_t rep = H / KV, sg = kv_stride[0], ss = kv_stride[1], sh = kv_stride[2];
     #pragma omp parallel for schedule(static) if (G * Tq * H * S * D >= (1 << 18))
     for (int64_t gth = 0; gth < G * Tq * H; ++gth) {
         const int64_t gt = gth / H, h = gth % H, g = gt / Tq;
         const int64_t p = positions[gt];
         const float *qi = q + gth * D;
-        const float *kg = k + (g * S * KV + h / rep) * D, *vg = v + (g * S * KV + h / rep) * D;
+        const float *kg = k + g * sg + (h / rep) * sh, *vg = v + g * sg + (h / rep) * sh;
         float *o = out + gth * D;
         float m = -INFINITY;
         for (int64_t j = 0; j <= p; ++j) {
-            const float s = scale * dot_lanes(qi, kg + j * KV * D, D);
+            const float s = scale * dot_lanes(qi, kg + j * ss, D);
             m = s > m ? s : m;
         }
         double acc[MAX_D], total = 0.0;
         for (int64_t d = 0; d < D; ++d)
             acc[d] = 0.0;
         for (int64_t j = 0; j <= p; ++j) {  /* the scores again (the same bits) rather than a buffer */
-            const double pj = expf(scale * dot_lanes(qi, kg + j * KV * D, D) - m);
-            const float *vj = vg + j * KV * D;
+            const double pj = expf(scale * dot_lanes(qi, kg + j * ss, D) - m);
+            const float *vj = vg + j * ss;
             total += pj;
             for (int64_t d = 0; d < D; ++d)
                 acc[d] += pj * vj[d];

@@ -75,6 +75,8 @@ from kernels.batch_invariant import linear as invariant_linear
 from kernels.batch_invariant import recurrence as invariant_recurrence
 from kernels.batch_invariant import sigmoid as invariant_sigmoid
 from kernels.batch_invariant import silu as invariant_silu
+from kernels.batch_invariant.cpu import available as strict_cpu_kernels
+from kernels.batch_invariant.linear_attention import into_slots as recurrence_into_slots
 from kernels.fp8 import quantize_fp8_weights, swap_linears_to_fp8
 from kernels.linear_attention import StateSlots, chunk, decode_packed, layer_decay, recurrent
 from kernels.lm_head import logits_fp32
@@ -240,10 +242,21 @@ class RingLinearAttention(VllmLinearAttention):
         rows, valid = request_rows(meta.query_start_loc[:reqs + 1])
         total = int(meta.query_start_loc[reqs])
         H, d = q.shape[1:]
+        scale, decay = self.head_dim ** -0.5, self.decay(q.device)
+        if total == reqs:  # decodes only: one token per request, no padding
+            qs, ks, vs = (t[:total].view(reqs, 1, H, d) for t in (q, k, v))
+            o = recurrence_into_slots(qs, ks, vs, decay, scale, state, slots, None)
+            if o is not None:
+                output[:total] = o.view(total, H, d)
+                output[total:].zero_()
+                return
         pad = lambda t: torch.cat((t[:total], t.new_zeros(1, H, d)))[rows]  # noqa: E731  [reqs, T, H, d]
-        o, final = invariant_recurrence(pad(q), pad(k), pad(v), self.decay(q.device), self.head_dim ** -0.5,
-                                        state[slots], valid)
-        state[slots] = final
+        qs, ks, vs = pad(q), pad(k), pad(v)
+        # the C kernel on the pool's slots in place; else the token loop on gathered states
+        o = recurrence_into_slots(qs, ks, vs, decay, scale, state, slots, valid.sum(1))
+        if o is None:
+            o, final = invariant_recurrence(qs, ks, vs, decay, scale, state[slots], valid)
+            state[slots] = final
         output[rows[valid]] = o[valid]
         output[total:].zero_()  # padding rows
 
@@ -371,7 +384,8 @@ def attend_strict(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Te
     pos = torch.arange(int(seq_lens.max()), device=q.device)
     blocks = meta.block_table[:reqs, pos // block_size].long()                # [R, S]
     kv = cache[blocks, :, pos % block_size].to(q.dtype)                      # [R, S, KV, 2d]
-    kv = torch.where((pos[None, :] < seq_lens[:, None])[..., None, None], kv, 0.0)
+    if not strict_cpu_kernels():  # the C kernel never reads past a query's position; the tiles do
+        kv = torch.where((pos[None, :] < seq_lens[:, None])[..., None, None], kv, 0.0)
     # request r's queries are its last (start[r+1] - start[r]) positions
     rows, valid = request_rows(meta.query_start_loc[:reqs + 1])
     count = valid.sum(1, keepdim=True)
