@@ -22,14 +22,14 @@ from .. import native
 _SOURCE = Path(__file__).with_name("strict_cpu.c")
 _i64, _ptr, _f32, _f64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_double
 _SIGNATURES = {
-    "lockstep_bi_linear_f32": (None, [_ptr, _i64, _i64, _ptr, _i64, _i64, _ptr, _i64, _i64, _ptr]),
+    "lockstep_bi_linear_f32": (None, [_ptr, _i64, _i64, _ptr, _i64, _ptr, _i64, _i64, _ptr]),
+    "lockstep_bi_sigmoid_f32": (None, [_ptr, _i64, ctypes.c_int, _ptr]),
     "lockstep_bi_attention_f32": (None, [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64, _i64, _ptr, _ptr, _f32,
                                          _ptr]),
     "lockstep_bi_recurrence_f32": (None, [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, _f64, _ptr, _i64, _ptr,
                                           _ptr, _ptr]),
 }
 MAX_D = 256  # strict_cpu.c's accumulator arrays
-_COLS = 16   # strict_cpu.c's COLS: output columns per register block
 FALLBACKS: dict[str, int] = {}  # op → calls that ran the PyTorch formulation instead of the kernel
 
 
@@ -61,16 +61,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor | None = No
         return None
     N, K = x.shape
     O = weight.shape[-2]
-    x = x.contiguous()
-    # Wᵀ [(E,) K, ld]: a row of it is what a k step reads; zero columns up to a whole register block
-    ld = -(-O // _COLS) * _COLS
-    wt = weight.new_zeros(*weight.shape[:-2], K, ld)
-    wt[..., :O] = weight.transpose(-1, -2)
+    x, weight = x.contiguous(), weight.contiguous()  # Wᵀ is packed in the kernel
     groups = 1 if ends is None else ends.numel()
     ends = None if ends is None else ends.to(torch.int64).contiguous()
     y = x.new_empty(N, O)
-    lib.lockstep_bi_linear_f32(x.data_ptr(), N, K, wt.data_ptr(), O, ld, None if ends is None else ends.data_ptr(),
-                               groups, K * ld, y.data_ptr())
+    lib.lockstep_bi_linear_f32(x.data_ptr(), N, K, weight.data_ptr(), O, None if ends is None else ends.data_ptr(),
+                               groups, O * K, y.data_ptr())
+    return y
+
+
+def sigmoid(x: torch.Tensor, silu: bool = False) -> torch.Tensor | None:
+    """``1 / (1 + exp(−x))`` (or ``x · sigmoid(x)``) element by element, no gradient; None (see module)."""
+    lib = _takes("sigmoid", x)
+    if lib is None:
+        return None
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    lib.lockstep_bi_sigmoid_f32(x.data_ptr(), x.numel(), int(silu), y.data_ptr())
     return y
 
 
@@ -117,4 +124,4 @@ def recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Ten
     return out
 
 
-__all__ = ["available", "linear", "attention", "recurrence", "FALLBACKS", "MAX_D"]
+__all__ = ["available", "linear", "sigmoid", "attention", "recurrence", "FALLBACKS", "MAX_D"]

@@ -12,7 +12,8 @@
  * pairs, never inside one element's sum.
  *
  * Definitions (docs/decisions.md, "Strict mode"):
- *   linear      y[n, o] = (((x[n,0] w[0,o]) + x[n,1] w[1,o]) + …) + x[n,K-1] w[K-1,o]   fp32
+ *   linear      y[n, o] = (((x[n,0] w[o,0]) + x[n,1] w[o,1]) + …) + x[n,K-1] w[o,K-1]   fp32
+ *   sigmoid     1 / (1 + exp(−x)) (glibc's expf: one function of x);  silu  x · sigmoid(x)
  *   attention   s_j = scale · (q·k_j, summed as 8 fp32 lanes of d then the lanes in order),
  *               m = max s_j, P_j = exp(s_j − m), o = Σ_j P_j v_j / Σ_j P_j (j ascending, fp64)
  *   recurrence  S ← λ S + kᵀ v (fp64, stored fp32), o = scale · q S (fp64 sums, i ascending):
@@ -50,7 +51,7 @@ static void linear_block(const float *x, int64_t K, const float *wt, int64_t ld,
         const float *w = wt + k * ld;
         const vec8 w0 = load8(w), w1 = load8(w + 8);
         for (int r = 0; r < ROWS; ++r) {
-            const vec8 xk = (vec8){0} + xr[r][k];
+            const float xk = xr[r][k];  /* broadcast to the 8 lanes */
             acc[r][0] += xk * w0;
             acc[r][1] += xk * w1;
         }
@@ -63,10 +64,10 @@ static void linear_block(const float *x, int64_t K, const float *wt, int64_t ld,
     }
 }
 
-/* y [N, O] = x [N, K] · W_g for the rows of group g: rows ends[g-1]..ends[g]-1 (ends[-1] = 0)
- * use wt + g · group_stride, Wᵀ as a [K, ld] matrix (ld = O rounded up to COLS, zero columns
- * past O).  ends NULL: one group, a plain linear. */
-void lockstep_bi_linear_f32(const float *x, int64_t N, int64_t K, const float *wt, int64_t O, int64_t ld,
+/* y [N, O] = x [N, K] · W_gᵀ for the rows of group g: rows ends[g-1]..ends[g]-1 (ends[-1] = 0)
+ * use w + g · group_stride, a [O, K] matrix (rows contiguous, row stride K).  ends NULL: one
+ * group, a plain linear. */
+void lockstep_bi_linear_f32(const float *x, int64_t N, int64_t K, const float *w, int64_t O,
                             const int64_t *ends, int64_t groups, int64_t group_stride, float *y)
 {
     const int64_t single = N;
@@ -74,6 +75,10 @@ void lockstep_bi_linear_f32(const float *x, int64_t N, int64_t K, const float *w
         ends = &single;
         groups = 1;
     }
+    /* Wᵀ packed [groups, K, ld]: a row of it is what a k step reads; zero columns up to a whole
+     * register block (ld a multiple of COLS) */
+    const int64_t ld = (O + COLS - 1) / COLS * COLS;
+    float *wt = malloc(sizeof(float) * groups * K * ld);
     /* the work items: (row block, column block) pairs, row blocks never straddling two groups */
     int64_t blocks = 0, start = 0;
     for (int64_t g = 0; g < groups; ++g) {
@@ -81,7 +86,7 @@ void lockstep_bi_linear_f32(const float *x, int64_t N, int64_t K, const float *w
         start = ends[g];
     }
     int64_t *block_row = malloc(sizeof(int64_t) * (blocks + 1)), *block_group = malloc(sizeof(int64_t) * (blocks + 1));
-    if (!block_row || !block_group)
+    if (!wt || !block_row || !block_group)
         abort();
     int64_t b = 0;
     start = 0;
@@ -93,16 +98,41 @@ void lockstep_bi_linear_f32(const float *x, int64_t N, int64_t K, const float *w
         start = ends[g];
     }
     const int64_t col_blocks = ld / COLS;
-    #pragma omp parallel for schedule(static) if (N * K * O >= (1 << 20))
-    for (int64_t item = 0; item < blocks * col_blocks; ++item) {
-        const int64_t rb = item / col_blocks, c0 = (item % col_blocks) * COLS;
-        const int64_t r0 = block_row[rb], g = block_group[rb];
-        const int64_t rows = (ends[g] - r0 < ROWS) ? ends[g] - r0 : ROWS;
-        const int64_t cols = (O - c0 < COLS) ? O - c0 : COLS;
-        linear_block(x + r0 * K, K, wt + g * group_stride + c0, ld, rows, cols, y + r0 * O + c0, O);
+    const int parallel = N * K * O >= (1 << 22);
+    #pragma omp parallel if (parallel)
+    {
+        #pragma omp for schedule(static)
+        for (int64_t gk = 0; gk < groups * K; ++gk) {
+            const int64_t g = gk / K, k = gk % K;
+            const float *wg = w + g * group_stride + k;
+            float *row = wt + gk * ld;
+            for (int64_t o = 0; o < O; ++o)
+                row[o] = wg[o * K];
+            for (int64_t o = O; o < ld; ++o)
+                row[o] = 0.0f;
+        }
+        #pragma omp for schedule(dynamic, 4)
+        for (int64_t item = 0; item < blocks * col_blocks; ++item) {
+            const int64_t rb = item / col_blocks, c0 = (item % col_blocks) * COLS;
+            const int64_t r0 = block_row[rb], g = block_group[rb];
+            const int64_t rows = (ends[g] - r0 < ROWS) ? ends[g] - r0 : ROWS;
+            const int64_t cols = (O - c0 < COLS) ? O - c0 : COLS;
+            linear_block(x + r0 * K, K, wt + g * K * ld + c0, ld, rows, cols, y + r0 * O + c0, O);
+        }
     }
+    free(wt);
     free(block_row);
     free(block_group);
+}
+
+/* y = sigmoid(x) = 1 / (1 + exp(−x)), or (silu) x · sigmoid(x), element by element. */
+void lockstep_bi_sigmoid_f32(const float *x, int64_t n, int silu, float *y)
+{
+    #pragma omp parallel for schedule(static) if (n >= (1 << 18))
+    for (int64_t i = 0; i < n; ++i) {
+        const float s = 1.0f / (1.0f + expf(-x[i]));
+        y[i] = silu ? x[i] * s : s;
+    }
 }
 
 /* q·k as LANES partial sums (lane l takes d ≡ l mod LANES, in order), then the lanes in order. */
