@@ -24,8 +24,8 @@ _i64, _ptr, _f32, _f64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes
 _SIGNATURES = {
     "lockstep_bi_linear_f32": (None, [_ptr, _i64, _i64, _ptr, _i64, _ptr, _i64, _i64, _ptr]),
     "lockstep_bi_sigmoid_f32": (None, [_ptr, _i64, ctypes.c_int, _ptr]),
-    "lockstep_bi_attention_f32": (None, [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64, _i64, _ptr, _ptr, _f32,
-                                         _ptr]),
+    "lockstep_bi_attention_f32": (None, [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _i64, _ptr, _i64, _i64, _ptr,
+                                         _ptr, _f32, _ptr]),
     "lockstep_bi_recurrence_f32": (None, [_ptr, _ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, _f64, _ptr, _i64, _ptr,
                                           _ptr, _ptr]),
 }
@@ -83,21 +83,33 @@ def sigmoid(x: torch.Tensor, silu: bool = False) -> torch.Tensor | None:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
               scale: float) -> torch.Tensor | None:
-    """Causal GQA attention, shapes as :func:`kernels.batch_invariant.attention` (k and v may be
-    strided views, e.g. halves of one K|V tensor, as long as their last dim is contiguous and
-    their strides agree); positions must be < S.  ``[G, Tq, H, d]``, or None (see module)."""
+    """Causal GQA attention, shapes as :func:`kernels.batch_invariant.attention`; positions must be
+    < S.  ``[G, Tq, H, d]``, or None (see module)."""
+    if _takes("attention", q, k, v) is None:
+        return None
+    G, S = k.shape[:2]
+    k, v = k.contiguous(), v.contiguous()
+    table = torch.arange(G, dtype=torch.int64)  # one block of S keys per sequence
+    return paged_attention(q, k, v, table, S, positions, scale)
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, block: int,
+                    positions: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """:func:`attention` reading the keys and values where they are: k, v ``[blocks, block, KV, d]``
+    views with equal strides and a contiguous last dim (vLLM's cache: the K and V halves of one
+    tensor), sequence g's key j in block ``table[g, j // block]`` (int64 ``[G, blocks per seq.]``).
+    The same bits as :func:`attention` on the gathered keys.  ``[G, Tq, H, d]``, or None."""
     lib = _takes("attention", q, k, v)
-    if lib is None or q.shape[-1] > MAX_D:
+    if lib is None or q.shape[-1] > MAX_D or k.stride() != v.stride() or k.stride(-1) != 1:
         return None
     G, Tq, H, D = q.shape
-    S, KV = k.shape[1], k.shape[2]
-    if k.stride() != v.stride() or k.stride(-1) != 1:
-        k, v = k.contiguous(), v.contiguous()
-    q = q.contiguous()
+    KV = k.shape[2]
+    q, table = q.contiguous(), table.to(torch.int64).contiguous()
     strides = torch.tensor(k.stride()[:3], dtype=torch.int64)
     positions = positions.to(torch.int64).contiguous()
     out = torch.empty_like(q)
-    lib.lockstep_bi_attention_f32(q.data_ptr(), k.data_ptr(), v.data_ptr(), G, Tq, S, H, KV, D, strides.data_ptr(),
+    lib.lockstep_bi_attention_f32(q.data_ptr(), k.data_ptr(), v.data_ptr(), G, Tq, H, KV, D, table.data_ptr(),
+                                  table.stride(0) if table.dim() > 1 else 1, block, strides.data_ptr(),
                                   positions.data_ptr(), scale, out.data_ptr())
     return out
 
@@ -124,4 +136,4 @@ def recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Ten
     return out
 
 
-__all__ = ["available", "linear", "sigmoid", "attention", "recurrence", "FALLBACKS", "MAX_D"]
+__all__ = ["available", "linear", "sigmoid", "attention", "paged_attention", "recurrence", "FALLBACKS", "MAX_D"]

@@ -151,33 +151,38 @@ static float dot_lanes(const float *q, const float *k, int64_t D)
     return sum;
 }
 
-/* Causal GQA attention: q [G, Tq, H, D] (contiguous); k, v [G, S, KV, D] with the last dim
- * contiguous and strides kv_stride[0..2] (elements) for g, s and the KV head; positions
- * [G, Tq]: query (g, t) sees keys 0..positions[g, t] (< S; keys past it are never read).
- * out [G, Tq, H, D]. */
+/* Causal GQA attention: q [G, Tq, H, D] (contiguous); positions [G, Tq]: query (g, t) sees
+ * keys 0..positions[g, t] (keys past it are never read).  out [G, Tq, H, D].
+ * Where key j of sequence g and KV head h sits (its D values contiguous, v at the same offset
+ * from `v` as k from `k`): in block table[g · table_stride + j / block] at
+ *     block · kv_stride[0] + (j % block) · kv_stride[1] + h · kv_stride[2]
+ * — vLLM's paged KV cache through its block table, or (one block of S keys per sequence,
+ * table[g] = g) a [G, S, KV, D] tensor. */
 void lockstep_bi_attention_f32(const float *q, const float *k, const float *v, int64_t G, int64_t Tq,
-                               int64_t S, int64_t H, int64_t KV, int64_t D, const int64_t *kv_stride,
-                               const int64_t *positions, float scale, float *out)
+                               int64_t H, int64_t KV, int64_t D, const int64_t *table, int64_t table_stride,
+                               int64_t block, const int64_t *kv_stride, const int64_t *positions, float scale,
+                               float *out)
 {
-    const int64_t rep = H / KV, sg = kv_stride[0], ss = kv_stride[1], sh = kv_stride[2];
-    #pragma omp parallel for schedule(static) if (G * Tq * H * S * D >= (1 << 18))
+    const int64_t rep = H / KV, sb = kv_stride[0], ss = kv_stride[1], sh = kv_stride[2];
+    #pragma omp parallel for schedule(dynamic, 8) if (G * Tq * H * D >= (1 << 16))
     for (int64_t gth = 0; gth < G * Tq * H; ++gth) {
         const int64_t gt = gth / H, h = gth % H, g = gt / Tq;
-        const int64_t p = positions[gt];
+        const int64_t p = positions[gt], head = (h / rep) * sh;
+        const int64_t *blocks = table + g * table_stride;
         const float *qi = q + gth * D;
-        const float *kg = k + g * sg + (h / rep) * sh, *vg = v + g * sg + (h / rep) * sh;
         float *o = out + gth * D;
         float m = -INFINITY;
         for (int64_t j = 0; j <= p; ++j) {
-            const float s = scale * dot_lanes(qi, kg + j * ss, D);
+            const float s = scale * dot_lanes(qi, k + blocks[j / block] * sb + (j % block) * ss + head, D);
             m = s > m ? s : m;
         }
         double acc[MAX_D], total = 0.0;
         for (int64_t d = 0; d < D; ++d)
             acc[d] = 0.0;
         for (int64_t j = 0; j <= p; ++j) {  /* the scores again (the same bits) rather than a buffer */
-            const double pj = expf(scale * dot_lanes(qi, kg + j * ss, D) - m);
-            const float *vj = vg + j * ss;
+            const int64_t at = blocks[j / block] * sb + (j % block) * ss + head;
+            const double pj = expf(scale * dot_lanes(qi, k + at, D) - m);
+            const float *vj = v + at;
             total += pj;
             for (int64_t d = 0; d < D; ++d)
                 acc[d] += pj * vj[d];
