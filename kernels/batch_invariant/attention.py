@@ -23,6 +23,11 @@ Memory: the scores and P are ``[G, H, Tq/16, S/16, 16, 16]``, the block products
 ``[G, H, Tq/16, S/16, 16, d+1]`` — fine at demo lengths; long contexts would want a loop over
 query tiles.
 
+On CPU in fp32 the C kernel (``strict_cpu.c``) computes the forward instead, per query and head
+over its visible keys in order (scores, max, ``Σ P v / Σ P`` in fp64): no tiles, no padding,
+keys past the query never read; the rollout engine calls it on its paged cache
+(:func:`.cpu.paged_attention`).
+
 Backward (training): only the forward's bits must agree between the engines, so the gradient is
 that of ordinary masked attention (``F.scaled_dot_product_attention``, fast mode's op, causal or
 with the positions' mask), recomputed from the saved q, k, v in the backward: the same function,

@@ -9,6 +9,10 @@ is elementwise (each element rounds the same everywhere), and the read-out is, p
 bmm of ``[B·H, 1, d] × [B·H, d, d]`` (fresh contiguous operands), whose rows depend neither on
 B·H nor on the other rows (tests/kernels/test_batch_invariant.py).
 
+On CPU in fp32 the loop runs in C (``strict_cpu.c``: ``decode_cpu.c``'s fp64 step, token after
+token, each (sequence, head) by itself); the rollout engine calls it on its state pool's slots in
+place (:func:`into_slots`).  Elsewhere the torch ops below.
+
 Chosen over re-running the open chunk at decode (the chunked form's bits depend on where a
 token sits in its chunk): one definition, no chunk bookkeeping in the engine.  Its cost is the
 forward's T sequential steps; the state is O(B·H·d²) whatever T (no per-token states kept).

@@ -10,6 +10,10 @@ K is never split.  Costs the padding of the last tile (up to 15 rows) and a copy
 already is that operand (a whole number of tiles, contiguous, 64-byte aligned like a fresh
 tensor): then the bmm reads x itself, the same bytes at the same alignment, so the same bits.
 
+On CPU in fp32 the C kernel (``strict_cpu.c``) computes it instead: each element summed over K
+in order, in 4-row × 16-column register blocks — a row's bits do not depend on the other rows,
+so there are no tiles to pad (docs/decisions.md, "Strict mode"); the tiles above run elsewhere.
+
 Backward: the gradients are ordinary GEMMs (only the forward's bits must agree between the
 engines; the rollout never differentiates).
 """
