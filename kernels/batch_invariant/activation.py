@@ -38,6 +38,10 @@ def _activation(x: torch.Tensor, silu: bool) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return _Activation.apply(x, silu)
         return cpu.sigmoid(x, silu)
+    return _activation_torch(x, silu)
+
+
+def _activation_torch(x: torch.Tensor, silu: bool) -> torch.Tensor:
     s = 1.0 / (1.0 + torch.exp(-x))
     return x * s if silu else s
 

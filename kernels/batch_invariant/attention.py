@@ -75,10 +75,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
                          f"{k.shape[2]} KV heads")
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return _Attention.apply(q, k, v, positions, scale)
-    return _forward(q, k, v, positions, scale)
+    return _attention_forward(q, k, v, positions, scale)
 
 
-def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+def _attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
              scale: float) -> torch.Tensor:
     """The forward's bits: the C kernel on CPU in fp32 (``strict_cpu.c``: per query, its visible
     keys in order — the same arithmetic without tiles), else the blocked tiles below."""
@@ -93,7 +93,7 @@ class _Attention(torch.autograd.Function):
     def forward(ctx, q, k, v, positions, scale):
         ctx.save_for_backward(q, k, v, positions)
         ctx.scale = scale
-        return _forward(q, k, v, positions, scale)
+        return _attention_forward(q, k, v, positions, scale)
 
     @staticmethod
     def backward(ctx, grad):

@@ -57,10 +57,11 @@ def into_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.T
     return cpu.recurrence(q, k, v, decay_factor(decay), scale, pool, slots, lengths)
 
 
-def _token_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
-                state: torch.Tensor | None, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _recurrence_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
+             state: torch.Tensor | None, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward's bits (no autograd).  Shapes as :func:`recurrence`.  On CPU in fp32 the C
-    kernel (``strict_cpu.c``: decode_cpu.c's fp64 step, token after token), else torch ops."""
+    kernel (``strict_cpu.c``: decode_cpu.c's fp64 step, token after token), else the torch ops
+    of :func:`_token_loop`."""
     B, T, H, d = q.shape
     lengths = None if valid is None else prefix_lengths(valid)
     if cpu.available() and (valid is None or lengths is not None):
@@ -68,6 +69,13 @@ def _token_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.
         o = cpu.recurrence(q, k, v, decay_factor(decay), scale, S, None, lengths)
         if o is not None:
             return o, S
+    return _token_loop(q, k, v, decay, scale, state, valid)
+
+
+def _token_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
+                state: torch.Tensor | None, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token loop in torch ops (no autograd).  Shapes as :func:`recurrence`."""
+    B, T, H, d = q.shape
     lam = torch.exp(decay.to(q.dtype))[:, None, None]                               # [H, 1, 1]
     S = q.new_zeros(B, H, d, d) if state is None else state.to(q.dtype)
     q_steps = (q * scale).transpose(0, 1).contiguous()                              # [T, B, H, d]
@@ -84,7 +92,7 @@ class _Recurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, decay, scale, state):
-        o, final = _token_loop(q, k, v, decay, scale, state, None)
+        o, final = _recurrence_forward(q, k, v, decay, scale, state, None)
         ctx.save_for_backward(q, k, v, decay, state)
         ctx.scale = scale
         ctx.mark_non_differentiable(final)
@@ -121,7 +129,7 @@ def recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.T
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, state))
     if not needs_grad:
-        return _token_loop(q, k, v, decay.detach(), scale, state, valid)
+        return _recurrence_forward(q, k, v, decay.detach(), scale, state, valid)
     if valid is not None:
         raise ValueError("batch_invariant.recurrence: gradients need every token valid (valid=None): "
                          "right padding after a sequence's end only changes outputs nobody reads")

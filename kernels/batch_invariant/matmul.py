@@ -29,12 +29,14 @@ TILE_ROWS = 16
 _ALIGN = 64  # bytes: torch's CPU allocator's alignment (MKL picks kernels by the operands' alignment)
 
 
-def _tiled(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x ``[N, K]``, weight ``[O, K]`` → ``[N, O]``: the C kernel on CPU (fp32), else fixed
-    16-row tiles through ``bmm``."""
+def _rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x ``[N, K]``, weight ``[O, K]`` → ``[N, O]``: the C kernel on CPU (fp32), else the tiles."""
     y = cpu.linear(x, weight)
-    if y is not None:
-        return y
+    return _tiled(x, weight) if y is None else y
+
+
+def _tiled(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x ``[N, K]``, weight ``[O, K]`` → ``[N, O]`` through fixed 16-row tiles (one ``bmm``)."""
     N, K = x.shape
     tiles = -(-N // TILE_ROWS)
     if N % TILE_ROWS == 0 and x.is_contiguous() and x.data_ptr() % _ALIGN == 0:
@@ -50,7 +52,7 @@ class _TiledLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        return _tiled(x, weight)
+        return _rows(x, weight)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -101,4 +103,10 @@ def grouped_linear(x: torch.Tensor, counts: list[int], weight: torch.Tensor) -> 
     return _GroupedLinear.apply(x, counts, weight)
 
 
-__all__ = ["TILE_ROWS", "linear", "grouped_linear"]
+def no_grouped_linear(x: torch.Tensor, counts: list[int], weight: torch.Tensor) -> None:
+    """:func:`grouped_linear` where there is no C kernel: the exported model code (plain
+    transformers, ``trainer.ring_linear.remote_code``) calls this in its place."""
+    return None
+
+
+__all__ = ["TILE_ROWS", "linear", "grouped_linear", "no_grouped_linear"]
