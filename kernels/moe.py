@@ -24,6 +24,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from .batch_invariant import grouped_linear
 from .batch_invariant import linear as invariant_linear
 from .batch_invariant import sigmoid as invariant_sigmoid
 from .batch_invariant import silu as invariant_silu
@@ -248,13 +249,20 @@ def _capturing_without_grouped_gemm(x: torch.Tensor, inter: int) -> bool:
 def invariant_swiglu(rows: torch.Tensor, counts: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     """:func:`grouped_swiglu` for strict mode, in both engines (the trainer's
     :class:`~models.ring_linear.moe.GroupedExperts`, the rollout's
-    :func:`stacked_experts_invariant`): each expert's rows through the row-tiled GEMM
-    (:func:`kernels.batch_invariant.linear`), gate and up as the two weights they are in the
-    checkpoint, so a token's expert output is the same bits however many tokens went to that
-    expert.  Differentiable (the weights' gradients land in the stacks through the views)."""
+    :func:`stacked_experts_invariant`), so a token's expert output is the same bits however many
+    tokens went to that expert.  On CPU (fp32): gate and up of every expert in one call of the
+    batch-invariant grouped GEMM (:func:`kernels.batch_invariant.grouped_linear`: an element's
+    sum does not depend on how many columns are computed beside it, so gate and up from the
+    stacked ``[2I, D]`` are the bits of the two checkpoint weights apart), then down in another.
+    Elsewhere each expert's rows through the row-tiled GEMM, gate and up as the two weights they
+    are in the checkpoint.  Differentiable (the weights' gradients land in the stacks)."""
     inter = w2.shape[-1]
+    sizes = counts.tolist()
+    h = grouped_linear(rows, sizes, w13)
+    if h is not None:
+        return grouped_linear(invariant_silu(h[:, :inter]) * h[:, inter:], sizes, w2)
     ys = []
-    for e, part in enumerate(rows.split(counts.tolist())):
+    for e, part in enumerate(rows.split(sizes)):
         gate, up = invariant_linear(part, w13[e, :inter]), invariant_linear(part, w13[e, inter:])
         ys.append(invariant_linear(invariant_silu(gate) * up, w2[e]))
     return torch.cat(ys)

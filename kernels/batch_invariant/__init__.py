@@ -4,10 +4,15 @@ A row's result is bitwise the same whatever else is in the batch: how many rows,
 sits, what its neighbours hold, and the thread count (1 or 2 here).  Both engines call these in
 strict mode, so the trainer's log-prob of a token equals the rollout engine's bit for bit.
 
-Why each is needed, measured with torch 2.13's CPU kernels (MKL):
+On CPU in fp32 the GEMM, the attention, the recurrence and the activations run C kernels
+(``strict_cpu.c`` via :mod:`.cpu`): each output element one fixed sequence of roundings,
+invariant by construction and a few µs per call.  The PyTorch formulations below (invariant by
+measurement) remain for other devices and for machines without a C compiler — other bits, the
+same in both engines.  Why each is needed, measured with torch 2.13's CPU kernels (MKL):
 
 * :func:`linear` (``matmul.py``) — ``x @ W.T`` is not batch invariant (row i of an M-row product
   differs from the same row computed with another M); a fixed tile of 16 rows is.
+  :func:`grouped_linear`: one weight per group of rows (the MoE's experts), the C kernel's.
 * :func:`sigmoid`, :func:`silu` (``activation.py``) — ``torch.sigmoid`` / ``F.silu`` round the
   vectorised body and the scalar tail of a tensor differently, so an element's bits depend on
   its offset; ``exp`` and IEEE ``+ − × ÷`` do not.
@@ -29,7 +34,7 @@ from .activation import sigmoid, silu
 from .attention import KEY_BLOCK, attention
 from .linear_attention import recurrence
 from .logprobs import log_softmax_tokens
-from .matmul import TILE_ROWS, linear
+from .matmul import TILE_ROWS, grouped_linear, linear
 
-__all__ = ["TILE_ROWS", "linear", "sigmoid", "silu", "KEY_BLOCK", "attention", "recurrence",
+__all__ = ["TILE_ROWS", "linear", "grouped_linear", "sigmoid", "silu", "KEY_BLOCK", "attention", "recurrence",
            "log_softmax_tokens"]

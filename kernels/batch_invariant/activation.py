@@ -7,20 +7,51 @@ rows cut from a larger tensor differ in the last bit).  ``exp`` and the IEEE ope
 
     sigmoid(x) = 1 / (1 + exp(−x))        silu(x) = x · sigmoid(x)
 
-Differentiable through autograd.
+On CPU in fp32 one C call computes it (``strict_cpu.c``, glibc's ``expf``: one pass instead of
+four tensor ops); elsewhere the tensor ops.  Differentiable: the backward is the ordinary
+derivative from ``torch.sigmoid`` (only the forward's bits must agree between the engines).
 """
 
 from __future__ import annotations
 
 import torch
 
+from . import cpu
+
+
+class _Activation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, silu: bool) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.silu = silu
+        return cpu.sigmoid(x, silu)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x)
+        return grad * (s * (1 + x * (1 - s)) if ctx.silu else s * (1 - s)), None
+
+
+def _activation(x: torch.Tensor, silu: bool) -> torch.Tensor:
+    if cpu.available() and x.dtype == torch.float32 and x.device.type == "cpu":
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _Activation.apply(x, silu)
+        return cpu.sigmoid(x, silu)
+    return _activation_torch(x, silu)
+
+
+def _activation_torch(x: torch.Tensor, silu: bool) -> torch.Tensor:
+    s = 1.0 / (1.0 + torch.exp(-x))
+    return x * s if silu else s
+
 
 def sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return 1.0 / (1.0 + torch.exp(-x))
+    return _activation(x, silu=False)
 
 
 def silu(x: torch.Tensor) -> torch.Tensor:
-    return x * sigmoid(x)
+    return _activation(x, silu=True)
 
 
 __all__ = ["sigmoid", "silu"]

@@ -23,6 +23,11 @@ Memory: the scores and P are ``[G, H, Tq/16, S/16, 16, 16]``, the block products
 ``[G, H, Tq/16, S/16, 16, d+1]`` — fine at demo lengths; long contexts would want a loop over
 query tiles.
 
+On CPU in fp32 the C kernel (``strict_cpu.c``) computes the forward instead, per query and head
+over its visible keys in order (scores, max, ``Σ P v / Σ P`` in fp64): no tiles, no padding,
+keys past the query never read; the rollout engine calls it on its paged cache
+(:func:`.cpu.paged_attention`).
+
 Backward (training): only the forward's bits must agree between the engines, so the gradient is
 that of ordinary masked attention (``F.scaled_dot_product_attention``, fast mode's op, causal or
 with the positions' mask), recomputed from the saved q, k, v in the backward: the same function,
@@ -34,6 +39,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import cpu
 from .recompute import recomputed_grads
 
 KEY_BLOCK = 16    # keys per block: the K of the P·V GEMM and the N of the score GEMM
@@ -69,7 +75,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
                          f"{k.shape[2]} KV heads")
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return _Attention.apply(q, k, v, positions, scale)
-    return _blocked(q, k, v, positions, scale)
+    return _attention_forward(q, k, v, positions, scale)
+
+
+def _attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+             scale: float) -> torch.Tensor:
+    """The forward's bits: the C kernel on CPU in fp32 (``strict_cpu.c``: per query, its visible
+    keys in order — the same arithmetic without tiles), else the blocked tiles below."""
+    out = cpu.attention(q, k, v, positions, scale)
+    return _blocked(q, k, v, positions, scale) if out is None else out
 
 
 class _Attention(torch.autograd.Function):
@@ -79,7 +93,7 @@ class _Attention(torch.autograd.Function):
     def forward(ctx, q, k, v, positions, scale):
         ctx.save_for_backward(q, k, v, positions)
         ctx.scale = scale
-        return _blocked(q, k, v, positions, scale)
+        return _attention_forward(q, k, v, positions, scale)
 
     @staticmethod
     def backward(ctx, grad):

@@ -9,6 +9,10 @@ is elementwise (each element rounds the same everywhere), and the read-out is, p
 bmm of ``[B·H, 1, d] × [B·H, d, d]`` (fresh contiguous operands), whose rows depend neither on
 B·H nor on the other rows (tests/kernels/test_batch_invariant.py).
 
+On CPU in fp32 the loop runs in C (``strict_cpu.c``: ``decode_cpu.c``'s fp64 step, token after
+token, each (sequence, head) by itself); the rollout engine calls it on its state pool's slots in
+place (:func:`into_slots`).  Elsewhere the torch ops below.
+
 Chosen over re-running the open chunk at decode (the chunked form's bits depend on where a
 token sits in its chunk): one definition, no chunk bookkeeping in the engine.  Its cost is the
 forward's T sequential steps; the state is O(B·H·d²) whatever T (no per-token states kept).
@@ -24,12 +28,53 @@ from __future__ import annotations
 import torch
 
 from ..linear_attention import chunk
+from . import cpu
 from .recompute import recomputed_grads
+
+
+def decay_factor(decay: torch.Tensor) -> torch.Tensor:
+    """λ = exp(decay) fp32 ``[H]``, the C kernel's operand (both engines compute it here)."""
+    return torch.exp(decay.detach().float()).contiguous()
+
+
+def prefix_lengths(valid: torch.Tensor) -> torch.Tensor | None:
+    """Each row's count of valid tokens when ``valid`` [B, T] is right padding (every row a
+    prefix of True), else None."""
+    lengths = valid.sum(1)
+    prefix = torch.arange(valid.shape[1], device=valid.device) < lengths[:, None]
+    return lengths if torch.equal(prefix, valid) else None
+
+
+def into_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
+               pool: torch.Tensor, slots: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor | None:
+    """The rollout engine's call: :func:`recurrence` on the pool's slots in place (no gather or
+    scatter of states), by the C kernel — the bits :func:`recurrence` computes with it.  q, k, v
+    ``[B, T, H, d]``; pool fp32 ``[num_slots, H, d, d]``; slots int ``[B]`` (distinct, checked
+    in range here); lengths ``[B]``: each sequence's tokens (right padding after).  Returns o, or
+    None when the kernel cannot run (the caller then runs :func:`recurrence`)."""
+    if not cpu.available() or slots.numel() and not (0 <= int(slots.min()) and int(slots.max()) < pool.shape[0]):
+        return None
+    return cpu.recurrence(q, k, v, decay_factor(decay), scale, pool, slots, lengths)
+
+
+def _recurrence_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
+             state: torch.Tensor | None, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward's bits (no autograd).  Shapes as :func:`recurrence`.  On CPU in fp32 the C
+    kernel (``strict_cpu.c``: decode_cpu.c's fp64 step, token after token), else the torch ops
+    of :func:`_token_loop`."""
+    B, T, H, d = q.shape
+    lengths = None if valid is None else prefix_lengths(valid)
+    if cpu.available() and (valid is None or lengths is not None):
+        S = q.new_zeros(B, H, d, d) if state is None else state.to(q.dtype, copy=True).contiguous()
+        o = cpu.recurrence(q, k, v, decay_factor(decay), scale, S, None, lengths)
+        if o is not None:
+            return o, S
+    return _token_loop(q, k, v, decay, scale, state, valid)
 
 
 def _token_loop(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
                 state: torch.Tensor | None, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The forward's bits (no autograd).  Shapes as :func:`recurrence`."""
+    """The token loop in torch ops (no autograd).  Shapes as :func:`recurrence`."""
     B, T, H, d = q.shape
     lam = torch.exp(decay.to(q.dtype))[:, None, None]                               # [H, 1, 1]
     S = q.new_zeros(B, H, d, d) if state is None else state.to(q.dtype)
@@ -47,7 +92,7 @@ class _Recurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, decay, scale, state):
-        o, final = _token_loop(q, k, v, decay, scale, state, None)
+        o, final = _recurrence_forward(q, k, v, decay, scale, state, None)
         ctx.save_for_backward(q, k, v, decay, state)
         ctx.scale = scale
         ctx.mark_non_differentiable(final)
@@ -84,11 +129,11 @@ def recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.T
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, state))
     if not needs_grad:
-        return _token_loop(q, k, v, decay.detach(), scale, state, valid)
+        return _recurrence_forward(q, k, v, decay.detach(), scale, state, valid)
     if valid is not None:
         raise ValueError("batch_invariant.recurrence: gradients need every token valid (valid=None): "
                          "right padding after a sequence's end only changes outputs nobody reads")
     return _Recurrence.apply(q, k, v, decay.detach(), scale, state)
 
 
-__all__ = ["recurrence"]
+__all__ = ["recurrence", "into_slots"]

@@ -10,6 +10,10 @@ K is never split.  Costs the padding of the last tile (up to 15 rows) and a copy
 already is that operand (a whole number of tiles, contiguous, 64-byte aligned like a fresh
 tensor): then the bmm reads x itself, the same bytes at the same alignment, so the same bits.
 
+On CPU in fp32 the C kernel (``strict_cpu.c``) computes it instead: each element summed over K
+in order, in 4-row × 16-column register blocks — a row's bits do not depend on the other rows,
+so there are no tiles to pad (docs/decisions.md, "Strict mode"); the tiles above run elsewhere.
+
 Backward: the gradients are ordinary GEMMs (only the forward's bits must agree between the
 engines; the rollout never differentiates).
 """
@@ -19,12 +23,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import cpu
+
 TILE_ROWS = 16
 _ALIGN = 64  # bytes: torch's CPU allocator's alignment (MKL picks kernels by the operands' alignment)
 
 
+def _rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x ``[N, K]``, weight ``[O, K]`` → ``[N, O]``: the C kernel on CPU (fp32), else the tiles."""
+    y = cpu.linear(x, weight)
+    return _tiled(x, weight) if y is None else y
+
+
 def _tiled(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x ``[N, K]``, weight ``[O, K]`` → ``[N, O]`` through fixed 16-row tiles."""
+    """x ``[N, K]``, weight ``[O, K]`` → ``[N, O]`` through fixed 16-row tiles (one ``bmm``)."""
     N, K = x.shape
     tiles = -(-N // TILE_ROWS)
     if N % TILE_ROWS == 0 and x.is_contiguous() and x.data_ptr() % _ALIGN == 0:
@@ -40,7 +52,7 @@ class _TiledLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        return _tiled(x, weight)
+        return _rows(x, weight)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -63,4 +75,38 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _TiledLinear.apply(rows, weight).view(*x.shape[:-1], weight.shape[0])
 
 
-__all__ = ["TILE_ROWS", "linear"]
+class _GroupedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, counts: list[int], weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.counts = counts
+        ends = torch.tensor(counts, dtype=torch.int64).cumsum(0)
+        return cpu.linear(x, weight, ends)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grads, xs = grad.split(ctx.counts), x.split(ctx.counts)
+        gx = torch.cat([g @ w for g, w in zip(grads, weight)]) if ctx.needs_input_grad[0] else None
+        gw = torch.stack([g.t() @ xe for g, xe in zip(grads, xs)]) if ctx.needs_input_grad[2] else None
+        return gx, None, gw
+
+
+def grouped_linear(x: torch.Tensor, counts: list[int], weight: torch.Tensor) -> torch.Tensor | None:
+    """One weight per group of rows, batch invariant: x ``[N, K]`` with its rows grouped
+    (``counts[g]`` rows for group g, in order), weight ``[G, O, K]`` → ``[N, O]``, each row
+    ``x_n W_gᵀ`` the same bits as :func:`linear` gives it alone.  One call of the C kernel for
+    every group (the MoE's experts); None where the kernel cannot run (not fp32 on CPU, no
+    kernel): the caller then runs :func:`linear` per group.  Differentiable in x and weight."""
+    if not cpu.available() or not (x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"):
+        return None
+    return _GroupedLinear.apply(x, counts, weight)
+
+
+def no_grouped_linear(x: torch.Tensor, counts: list[int], weight: torch.Tensor) -> None:
+    """:func:`grouped_linear` where there is no C kernel: the exported model code (plain
+    transformers, ``trainer.ring_linear.remote_code``) calls this in its place."""
+    return None
+
+
+__all__ = ["TILE_ROWS", "linear", "grouped_linear", "no_grouped_linear"]

@@ -89,6 +89,8 @@ from kernels.batch_invariant import linear as invariant_linear
 from kernels.batch_invariant import recurrence as invariant_recurrence
 from kernels.batch_invariant import sigmoid as invariant_sigmoid
 from kernels.batch_invariant import silu as invariant_silu
+from kernels.batch_invariant.cpu import paged_attention
+from kernels.batch_invariant.linear_attention import into_slots as recurrence_into_slots
 from kernels.fp8 import quantize_fp8_weights, swap_linears_to_fp8
 from kernels.linear_attention import chunk, decode_packed, layer_decay, recurrent
 from kernels.lm_head import logits_fp32
@@ -288,10 +290,21 @@ class RingLinearAttention(VllmLinearAttention):
         rows, valid = request_rows(meta.query_start_loc[:reqs + 1])
         total = int(meta.query_start_loc[reqs])
         H, d = q.shape[1:]
+        scale, decay = self.head_dim ** -0.5, self.decay(q.device)
+        if total == reqs:  # decodes only: one token per request, no padding
+            qs, ks, vs = (t[:total].view(reqs, 1, H, d) for t in (q, k, v))
+            o = recurrence_into_slots(qs, ks, vs, decay, scale, state, slots, None)
+            if o is not None:
+                output[:total] = o.view(total, H, d)
+                output[total:].zero_()
+                return
         pad = lambda t: torch.cat((t[:total], t.new_zeros(1, H, d)))[rows]  # noqa: E731  [reqs, T, H, d]
-        o, final = invariant_recurrence(pad(q), pad(k), pad(v), self.decay(q.device), self.head_dim ** -0.5,
-                                        state[slots], valid)
-        state[slots] = final
+        qs, ks, vs = pad(q), pad(k), pad(v)
+        # the C kernel on the pool's slots in place; else the token loop on gathered states
+        o = recurrence_into_slots(qs, ks, vs, decay, scale, state, slots, valid.sum(1))
+        if o is None:
+            o, final = invariant_recurrence(qs, ks, vs, decay, scale, state[slots], valid)
+            state[slots] = final
         output[rows[valid]] = o[valid]
         output[total:].zero_()  # padding rows
 
@@ -350,8 +363,10 @@ def attend_strict(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Te
     vLLM's ``Attention`` layer only owns the cache here (its spec, allocation, block tables); its
     kernel never runs, so the cache holds our layout: ``kv_cache [blocks, KV, block_size, 2d]``,
     K in the first d channels, V in the last d.  This step's K/V go to their slots
-    (``slot_mapping``), then every sequence's K/V are gathered through its block table, positions
-    past its length zeroed (masked keys must be finite).  q ``[N, H, d]``, k, v ``[N, KV, d]``
+    (``slot_mapping``); on CPU the C kernel then reads every sequence's K/V in the cache through
+    its block table (:func:`kernels.batch_invariant.cpu.paged_attention`, the bits of the
+    trainer's op); elsewhere they are gathered, positions past its length zeroed (masked keys
+    must be finite).  q ``[N, H, d]``, k, v ``[N, KV, d]``
     (tokens of the step, in ``query_start_loc`` order) → ``[N, H, d]``."""
     N, H, d = q.shape
     out = q.new_zeros(N, H, d)
@@ -371,16 +386,27 @@ def attend_strict(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Te
     if not reqs:
         return out
     seq_lens = meta.seq_lens[:reqs].long()
-    pos = torch.arange(int(seq_lens.max()), device=q.device)
-    blocks = meta.block_table[:reqs, pos // block_size].long()                # [R, S]
-    kv = cache[blocks, :, pos % block_size].to(q.dtype)                      # [R, S, KV, 2d]
-    kv = torch.where((pos[None, :] < seq_lens[:, None])[..., None, None], kv, 0.0)
+    starts = meta.query_start_loc[:reqs + 1]
+    if n == reqs:  # decodes only: one query per request, at its last position
+        o = paged_attention(q[:n, None], cache[..., :d].transpose(1, 2), cache[..., d:].transpose(1, 2),
+                            meta.block_table[:reqs], block_size, seq_lens[:, None] - 1, d ** -0.5)
+        if o is not None:
+            out[:n] = o[:, 0]
+            return out
     # request r's queries are its last (start[r+1] - start[r]) positions
-    rows, valid = request_rows(meta.query_start_loc[:reqs + 1])
+    rows, valid = request_rows(starts)
     count = valid.sum(1, keepdim=True)
     positions = torch.where(valid, seq_lens[:, None] - count + torch.arange(rows.shape[1], device=q.device), 0)
     qs = torch.cat((q[:n], q.new_zeros(1, H, d)))[rows]                      # [R, Tq, H, d]
-    o = invariant_attention(qs, kv[..., :d], kv[..., d:], positions, d ** -0.5)
+    # the C kernel reads the keys in the cache through the block table; else they are gathered
+    o = paged_attention(qs, cache[..., :d].transpose(1, 2), cache[..., d:].transpose(1, 2), meta.block_table[:reqs],
+                        block_size, positions, d ** -0.5)
+    if o is None:
+        pos = torch.arange(int(seq_lens.max()), device=q.device)
+        blocks = meta.block_table[:reqs, pos // block_size].long()            # [R, S]
+        kv = cache[blocks, :, pos % block_size].to(q.dtype)                  # [R, S, KV, 2d]
+        kv = torch.where((pos[None, :] < seq_lens[:, None])[..., None, None], kv, 0.0)  # masked keys finite
+        o = invariant_attention(qs, kv[..., :d], kv[..., d:], positions, d ** -0.5)
     out[rows[valid]] = o[valid]
     return out
 

@@ -1,6 +1,8 @@
 """kernels/batch_invariant (strict mode): each op against a float64 reference on fresh random
 inputs, and bitwise invariance of a row's result to batch size, position in the batch, batch
-composition and thread count (another process with another thread count)."""
+composition and thread count (another process with another thread count).  Every test runs
+twice: with the C kernels (``strict_cpu.c``, what runs on CPU) and with the PyTorch
+formulations they replace where no kernel can be built (``LOCKSTEP_NATIVE_KERNELS=0``)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,24 @@ import pytest
 import torch
 
 import kernels.batch_invariant as bi
+from kernels import native
+from kernels.batch_invariant import cpu
+from kernels.batch_invariant.linear_attention import into_slots
 from kernels.linear_attention import naive_recurrence
+from kernels.moe import invariant_swiglu
 from kernels.norm import group_rms_norm, rms_norm
 from kernels.rope import rope_cos_sin
+
+
+@pytest.fixture(autouse=True, params=["C", "torch"])
+def kernels(request, monkeypatch):
+    """The C kernels, or (\"torch\") the PyTorch formulations, as without a C compiler."""
+    if request.param == "C":
+        assert cpu.available(), "strict mode's C kernels did not build here"
+    else:
+        monkeypatch.setattr(cpu, "_kernels", lambda: None)
+        monkeypatch.setenv("LOCKSTEP_NATIVE_KERNELS", "0")  # for the subprocess of the thread test
+    return request.param
 
 
 def gen(seed: int) -> torch.Generator:
@@ -70,6 +87,38 @@ def test_linear_gradients_match_float64():
     assert torch.allclose(gx, x.grad) and torch.allclose(gw, w.grad)
 
 
+def test_grouped_linear_rows_are_linear_alone_and_gradients_match_float64(kernels):
+    """One weight per group of rows (the MoE's experts in one call): each row the bits
+    ``linear`` gives it alone, computing a [2I, D] stack's rows the bits of its two [I, D]
+    halves apart (gate and up); empty groups allowed; gradients against float64."""
+    if kernels == "torch":
+        pytest.skip("grouped_linear is the C kernel's; without it invariant_swiglu runs linear per expert")
+    g = gen(13)
+    counts = [5, 0, 17, 1, 9]
+    x = torch.randn(sum(counts), 128, generator=g)
+    w = torch.randn(len(counts), 2 * 86, 128, generator=g) / 128 ** 0.5
+    y = bi.grouped_linear(x, counts, w)
+    start = 0
+    for e, n in enumerate(counts):
+        for r in range(start, start + n):
+            alone = torch.cat((bi.linear(x[r:r + 1].clone(), w[e, :86]), bi.linear(x[r:r + 1].clone(), w[e, 86:])), 1)
+            assert same_bits(y[r:r + 1], alone), (e, r)
+        start += n
+    leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()]
+    up = torch.randn(y.shape, generator=g)
+    (bi.grouped_linear(*leaves[:1], counts, leaves[1]) * up).sum().backward()
+    ref = [t.double().requires_grad_() for t in (x, w)]
+    ends = torch.tensor(counts).cumsum(0).tolist()
+    rows = [ref[0][a:b] @ ref[1][e].t() for e, (a, b) in enumerate(zip([0] + ends[:-1], ends))]
+    (torch.cat(rows) * up.double()).sum().backward()
+    for name, a, r in zip("xw", leaves, ref):
+        assert rel(a.grad, r.grad) < 1e-6, name
+    # the experts op of both engines: a token's output whatever else went to its expert
+    w2 = torch.randn(len(counts), 128, 86, generator=g) / 86 ** 0.5
+    full = invariant_swiglu(x, torch.tensor(counts), w, w2)
+    assert same_bits(invariant_swiglu(x[22:23], torch.tensor([0, 0, 0, 1, 0]), w, w2), full[22:23])
+
+
 # --- elementwise and row ops ---------------------------------------------------------------------
 
 def test_sigmoid_silu_match_torch_and_are_offset_invariant():
@@ -82,6 +131,16 @@ def test_sigmoid_silu_match_torch_and_are_offset_invariant():
             assert same_bits(ours(x.reshape(-1)[s:s + 101].clone()), flat[s:s + 101])
         for start, n in [(0, 1), (7, 3), (33, 17)]:
             assert same_bits(ours(x[start:start + n].clone()), full[start:start + n])
+
+
+def test_sigmoid_silu_gradients_match_float64():
+    x = torch.randn(300, 37, generator=gen(14)) * 4
+    up = torch.randn(300, 37, generator=gen(15))
+    for ours, ref in [(bi.sigmoid, torch.sigmoid), (bi.silu, torch.nn.functional.silu)]:
+        leaf, leaf64 = x.clone().requires_grad_(), x.double().requires_grad_()
+        (ours(leaf) * up).sum().backward()
+        (ref(leaf64) * up.double()).sum().backward()
+        assert rel(leaf.grad, leaf64.grad) < 1e-6
 
 
 def test_norms_rope_and_log_softmax_are_row_invariant_as_they_are():
@@ -259,6 +318,27 @@ def test_recurrence_decode_and_prefill_pieces_agree_bitwise():
     assert same_bits(o[1, :20], full[2, :20]) and same_bits(o[0], full[0])
     _, ref_final = bi.recurrence(q[2:, :20], k[2:, :20], v[2:, :20], decay, d ** -0.5)
     assert same_bits(final[1:], ref_final)
+
+
+def test_engine_recurrence_on_pool_slots_is_the_token_loops_bits(kernels):
+    """The rollout engine's call (the state pool's slots updated in place, right-padded pieces)
+    gives the bits of :func:`recurrence` on each sequence alone."""
+    if kernels == "torch":
+        pytest.skip("into_slots is the C kernel's; without it the engine runs recurrence on gathered states")
+    g = gen(16)
+    B, T, H, d = 3, 9, 2, 64
+    q, k, v = (torch.randn(B, T, H, d, generator=g) * 0.5 for _ in range(3))
+    decay, lengths = -torch.rand(H, generator=g), torch.tensor([9, 4, 1])
+    pool = torch.randn(7, H, d, d, generator=g) * 0.1
+    slots = torch.tensor([5, 0, 3])
+    before = pool.clone()
+    o = into_slots(q, k, v, decay, d ** -0.5, pool, slots, lengths)
+    for b in range(B):
+        n, s = int(lengths[b]), int(slots[b])
+        ref, final = bi.recurrence(q[b:b + 1, :n], k[b:b + 1, :n], v[b:b + 1, :n], decay, d ** -0.5, before[s:s + 1])
+        assert same_bits(o[b:b + 1, :n], ref) and same_bits(pool[s:s + 1], final), b
+    untouched = [i for i in range(7) if i not in slots.tolist()]
+    assert same_bits(pool[untouched], before[untouched])
 
 
 # --- across processes with other thread counts ---------------------------------------------------

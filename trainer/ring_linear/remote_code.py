@@ -51,6 +51,14 @@ TORCH_PATHS = {
     ("kernels.lm_head.logits", "logits_fp32"): ("kernels.lm_head.logits", "logits_fp32_torch"),
     ("kernels.softmax_attention.causal", "causal_attention"): ("kernels.softmax_attention.causal_torch",
                                                                "causal_torch"),
+    # strict mode's ops: their PyTorch formulations, not strict_cpu.c (kernels.batch_invariant.cpu)
+    ("kernels.batch_invariant.matmul", "_rows"): ("kernels.batch_invariant.matmul", "_tiled"),
+    ("kernels.batch_invariant.matmul", "grouped_linear"): ("kernels.batch_invariant.matmul", "no_grouped_linear"),
+    ("kernels.batch_invariant.attention", "_attention_forward"): ("kernels.batch_invariant.attention", "_blocked"),
+    ("kernels.batch_invariant.linear_attention", "_recurrence_forward"): ("kernels.batch_invariant.linear_attention",
+                                                                          "_token_loop"),
+    ("kernels.batch_invariant.activation", "_activation"): ("kernels.batch_invariant.activation",
+                                                            "_activation_torch"),
 }
 
 _BUILTINS = set(dir(builtins))
@@ -189,7 +197,10 @@ class _Bundle:
         """A name used by a definition of ``m``: its own definition, an import, or a local/builtin."""
         if name in m.definitions:
             if m.definitions[name] is not user:
-                self.add(m.name, name)
+                defined = self.add(m.name, name)
+                if defined != name and name not in self.bound:  # bound to its PyTorch path (TORCH_PATHS)
+                    self.bind(name, self.bound[defined])
+                    self.chunks.append(f"{name} = {defined}")
             return
         if name not in m.imports:
             return  # a local variable, a parameter or a builtin
