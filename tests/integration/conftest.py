@@ -34,6 +34,19 @@ def tiny_recipe(tmp_path, **sections) -> dict:
     return recipe
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_model_cache(tmp_path_factory):
+    """One demo-model cache for the session (`LOCKSTEP_TEST_CACHE`, unless set): each demo model is
+    built once, not once per test's folder. Safe to share: `rl.demo_model` keys a build by its
+    spec's digest (another spec, another folder), the build is seeded, and no test writes into it."""
+    if "LOCKSTEP_TEST_CACHE" not in os.environ:
+        os.environ["LOCKSTEP_TEST_CACHE"] = str(tmp_path_factory.mktemp("demo-models"))
+        yield
+        del os.environ["LOCKSTEP_TEST_CACHE"]
+    else:
+        yield
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray

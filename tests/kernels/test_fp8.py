@@ -271,6 +271,9 @@ def test_quantize_weight_gluon_hard_inputs_bitwise(dtype, pow2, poison_empty):
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
 def test_fused_quantization_hard_inputs_bitwise(out_dtype, poison_empty):
     x = _hard_quant_input(torch.float32).to(_DEV)[:, :512]
+    if _DEV == "cpu":  # the interpreter: the special rows 256-311 (signed zeros, zero tiles, subnormal
+        x = x[224:320]  # and underflowing scales) and some on either side; the norm and SwiGLU
+        # scramble the significand grid of rows 0-255, so all of them add only time here
     w = torch.rand(512, device=_DEV) + 0.5
     y, yq, ys = rmsnorm_quant(x, w, return_y=True, out_dtype=out_dtype, backend="triton")
     for got, ref in zip((yq, ys), R.quantize_act_ref(y.cpu())):

@@ -48,7 +48,7 @@ def test_matmul_fp32_accumulate_and_strides(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("temperature,chunk", [(1.0, 128), (0.7, 300), (1.0, None)])
 def test_token_logprobs_and_grads_match_float64(backend, temperature, chunk):
-    h, w, tok = make(24, 64, 1000, seed=1)
+    h, w, tok = make(24, 64, 700, seed=1)  # chunks 128 and 300: both end in a partial chunk
     tok[5] = -100  # ignored
     hb = h.clone().requires_grad_()
     wb = w.clone().requires_grad_()

@@ -434,7 +434,7 @@ def test_cuda_kernel_path_matches_the_reference():
 
 _ZERO_RANK = r'''
 import json, os, sys
-rank, world, ckpt, stage, out, fp8 = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5], sys.argv[6] == "fp8"
+rank, world, ckpt, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK="0", DS_ACCELERATOR="cpu")
 import torch
 torch.set_num_threads(1)
@@ -444,46 +444,50 @@ from trainer.logprobs import pack, token_logprobs, use_fp32_lm_head  # `import t
 from trainer.native_ops import use_install_build_dir
 use_install_build_dir()  # the shm op the trainer ranks use, built once per install
 deepspeed.init_distributed(dist_backend="gloo")
-model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
-if fp8:
-    from trainer.worker import use_fp8
-    use_fp8(model, {"pow2_scale": False, "batch_invariant": False})
-use_fp32_lm_head(model)
-g = torch.Generator().manual_seed(100 + rank)  # each rank its own data: different experts hit
-batch = pack([torch.randint(1, 200, (n,), generator=g).tolist() for n in (9, 4)],
-             [torch.randint(1, 200, (n,), generator=g).tolist() for n in (7, 12)])
-with torch.no_grad():
-    plain, _ = token_logprobs(model, batch)
-opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-cfg = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
-       "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
-       "steps_per_print": 10**9}
-engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
-logp, _ = token_logprobs(engine.module, batch)
-engine.backward(-(logp * batch.completion_mask).sum())
-engine.step()
-with torch.no_grad():
-    after, _ = token_logprobs(engine.module, batch)
-experts = [n for n, _ in engine.module.named_parameters() if ".mlp.experts." in n]  # what ZeRO-3 gathers
-json.dump({"err": (logp - plain).abs().max().item(), "moved": (after - logp).abs().max().item(),
-           "expert_params": len(experts)}, open(f"{out}.{rank}.json", "w"))
+for config in sys.argv[5:]:  # "stage:precision", each on a fresh model and engine
+    stage, fp8 = int(config.split(":")[0]), config.endswith(":fp8")
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    if fp8:
+        from trainer.worker import use_fp8
+        use_fp8(model, {"pow2_scale": False, "batch_invariant": False})
+    use_fp32_lm_head(model)
+    g = torch.Generator().manual_seed(100 + rank)  # each rank its own data: different experts hit
+    batch = pack([torch.randint(1, 200, (n,), generator=g).tolist() for n in (9, 4)],
+                 [torch.randint(1, 200, (n,), generator=g).tolist() for n in (7, 12)])
+    with torch.no_grad():
+        plain, _ = token_logprobs(model, batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    cfg = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
+           "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
+           "steps_per_print": 10**9}
+    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=cfg)
+    logp, _ = token_logprobs(engine.module, batch)
+    engine.backward(-(logp * batch.completion_mask).sum())
+    engine.step()
+    with torch.no_grad():
+        after, _ = token_logprobs(engine.module, batch)
+    experts = [n for n, _ in engine.module.named_parameters() if ".mlp.experts." in n]  # what ZeRO-3 gathers
+    json.dump({"err": (logp - plain).abs().max().item(), "moved": (after - logp).abs().max().item(),
+               "expert_params": len(experts)}, open(f"{out}.{config.replace(':', '-')}.{rank}.json", "w"))
+    del engine, opt, model
 '''
 
+ZERO_CONFIGS = [(1, "fp32"), (3, "fp32"), (3, "fp8")]
 
-@pytest.mark.integration
-@pytest.mark.parametrize("stage, precision", [(1, "fp32"), (3, "fp32"), (3, "fp8")])
-def test_deepspeed_zero_two_ranks(checkpoint, tmp_path, stage, precision):
-    """2 gloo ranks on CPU, ZeRO-1/3, different data per rank (so different experts get tokens):
-    log-probs equal the unwrapped model's, and one step moves them. With FP8 projections under
-    ZeRO-3 too: the FP8 backward re-quantizes the weight it saved, which ZeRO-3 partitions
-    between the forward and the backward and gathers again."""
+
+@pytest.fixture(scope="module")
+def zero_two_ranks(checkpoint, tmp_path_factory):
+    """One pair of gloo rank processes runs every configuration of ZERO_CONFIGS in turn (a fresh
+    model and DeepSpeed engine each): the processes' start-up (torch, DeepSpeed, the process
+    group) is most of the time, paid once. Returns the result file prefix."""
     import os
     import socket
     import subprocess
     import sys
     from pathlib import Path
 
-    script = tmp_path / "rank.py"
+    tmp = tmp_path_factory.mktemp("zero")
+    script = tmp / "rank.py"
     script.write_text(_ZERO_RANK)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -492,13 +496,28 @@ def test_deepspeed_zero_two_ranks(checkpoint, tmp_path, stage, precision):
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
            "TOKENIZERS_PARALLELISM": "false"}  # keeps a PYTHONPATH-installed stack (the GPU kit)
-    out = tmp_path / "res"
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(checkpoint), str(stage), str(out), precision],
+    out = tmp / "res"
+    configs = [f"{stage}:{precision}" for stage, precision in ZERO_CONFIGS]
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(checkpoint), str(out), *configs],
                               env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(2)]
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), logs[0][-3000:] + logs[1][-3000:]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    return out, logs, [p.returncode for p in procs]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage, precision", ZERO_CONFIGS)
+def test_deepspeed_zero_two_ranks(zero_two_ranks, stage, precision):
+    """2 gloo ranks on CPU, ZeRO-1/3, different data per rank (so different experts get tokens):
+    log-probs equal the unwrapped model's, and one step moves them. With FP8 projections under
+    ZeRO-3 too: the FP8 backward re-quantizes the weight it saved, which ZeRO-3 partitions
+    between the forward and the backward and gathers again."""
+    from pathlib import Path
+
+    out, logs, returncodes = zero_two_ranks
+    assert returncodes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     for r in range(2):
-        res = json.loads(Path(f"{out}.{r}.json").read_text())
+        result = Path(f"{out}.{stage}-{precision}.{r}.json")
+        res = json.loads(result.read_text())
         assert res["err"] < 1e-6 and res["moved"] > 1e-4, res
         assert res["expert_params"] == 2 * 3  # two stacks per MoE layer (layers 1-3), not 3 per expert
