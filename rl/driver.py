@@ -34,7 +34,8 @@ from rl.evaluate import HeldOut
 from rl.faults import NonFiniteGuard, Restarts
 from rl.groups import ActorFailed, RolloutGroup, TrainerGroup, trainer_setup
 from rl.metrics import MetricsLogger, print_progress, progress_line, read_history, sparkline
-from rl.model import check_fp8_model, check_strict_model, check_vllm_for_async, load_tokenizer, resolve_model_path
+from rl.model import (check_fp8_model, check_strict_model, check_vllm_for_async, load_tokenizer, resolve_model_path,
+                      strict_kernels)
 from rl.placement import Placement, connect
 from rl.plots import PlotUnavailable, plot_run
 from rl.rewards_config import build_reward_pool
@@ -73,6 +74,7 @@ class Run:
         check_fp8_model(cfg, self.base_model)
         check_strict_model(cfg, self.base_model)
         check_vllm_for_async(cfg)
+        self.strict_native = strict_kernels(cfg)
         tokenizer = load_tokenizer(self.base_model, cfg.model.trust_remote_code)
         renderer = PromptRenderer(tokenizer, cfg.data.train)
         self.held_out = HeldOut(cfg, tokenizer)
@@ -219,6 +221,8 @@ class Run:
         if (self.due(schedule.save_every) or self.step == schedule.steps or
                 (self.stopping() and schedule.save_on_stop)) and not self.nonfinite.halting:
             metrics.update(self.save())
+        if self.strict_native is not None:  # 0: both engines run the PyTorch formulations (slower, other bits)
+            metrics["strict/native_kernels"] = float(self.strict_native)
         self.metrics.log(self.step, metrics | self.restarts.metrics())
         self.steps_bar.update()
         print_progress(f"{progress_line(self.step, schedule.steps, metrics)} | eta {self.steps_bar.eta()}")

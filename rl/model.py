@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 from rl import demo_model
@@ -212,6 +213,21 @@ def weight_bytes(model_path: str, dtype: str) -> int:
         for entry in tensors.values():
             elements += math.prod(entry["shape"])
     return elements * DTYPE_BYTES[dtype]
+
+
+def strict_kernels(cfg: RunConfig) -> bool | None:
+    """Strict mode on CPU: whether its C kernels build here (True), or both engines fall back to
+    the PyTorch formulations (False: slower, equally batch-invariant, other bits), said in one
+    line; None outside strict mode. Actors on this machine (or one like it) take the same path."""
+    if cfg.mode != "strict":
+        return None
+    from kernels.batch_invariant import cpu
+
+    native = cpu.available()
+    if not native:
+        print("lockstep: warning: mode: strict runs its PyTorch formulations (its C kernels are off or did not build "
+              "here: the reason is in run.log); slower, still bitwise between the engines", file=sys.stderr)
+    return native
 
 
 ASYNC_MIN_VLLM = "0.32"  # the first vLLM whose engine labels tokens with weight versions

@@ -119,3 +119,17 @@ def test_asynchronous_rollout_on_an_old_vllm_is_one_line_before_any_engine_start
     check_vllm_for_async(staleness2, "0.32.0+cpu")  # new enough (local builds carry a suffix)
     check_vllm_for_async(staleness2)  # the installed vLLM (0.32 here)
     check_vllm_for_async(from_data({"rollout": {"max_staleness": 1}}), "0.26.0")  # not asynchronous
+
+
+def test_strict_mode_without_its_c_kernels_says_so_and_the_run_records_it(monkeypatch, capsys):
+    """The PyTorch fallback of strict mode's C kernels is visible: one warning line, and the value
+    the driver logs as strict/native_kernels every step."""
+    from kernels.batch_invariant import cpu
+    from rl.model import strict_kernels
+
+    strict = from_data({"mode": "strict"})
+    assert strict_kernels(from_data({})) is None
+    assert strict_kernels(strict) is cpu.available()
+    monkeypatch.setattr(cpu, "available", lambda: False)
+    assert strict_kernels(strict) is False
+    assert "mode: strict runs its PyTorch formulations" in capsys.readouterr().err
