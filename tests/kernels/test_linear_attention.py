@@ -309,18 +309,24 @@ def test_triton_segmented_forward_is_batch_invariant(segmented):
 
 
 # ----------------------------------------------------------------------------- recurrent
+def _decode_inputs(backend, seed, B, H, D, tokens, slots, layer):
+    """Fresh decode inputs: (device, the layer's decay, q, k, v of [B, H, D] (one token) or
+    [B, tokens, H, D], a state pool of `slots` random states). `layer`: (index, layers)."""
+    torch.manual_seed(seed)
+    dev = _dev(backend)
+    g = la.layer_decay(H, *layer).to(dev)
+    shape = (B, H, D) if tokens is None else (B, tokens, H, D)
+    q, k, v = (_rand(*shape, dev=dev) for _ in range(3))
+    return dev, g, q, k, v, _rand(slots, H, D, D, dev=dev)
+
+
 @pytest.mark.parametrize("tokens", [None, 3])  # None: [B, H, D] (one token), 3: [B, 3, H, D]
 @pytest.mark.parametrize("slots", [[6, -1, 2, 0], [6, 1, 2, 0]], ids=["padding-row", "no-padding"])
 def test_recurrent_matches_float64(backend, tokens, slots, cpu_decode):
     if backend == "triton" and cpu_decode == "eager":
         pytest.skip("the CPU decode path does not apply to the Triton backend")
-    torch.manual_seed(6)
-    dev = _dev(backend)
     B, H, D = 4, 5, 128
-    g = la.layer_decay(H, 3, 8).to(dev)
-    shape = (B, H, D) if tokens is None else (B, tokens, H, D)
-    q, k, v = (_rand(*shape, dev=dev) for _ in range(3))
-    pool = _rand(9, H, D, D, dev=dev)
+    dev, g, q, k, v, pool = _decode_inputs(backend, 6, B, H, D, tokens, slots=9, layer=(3, 8))
     before = pool.clone()
     idx = torch.tensor(slots, device=dev)                 # -1: a padding row
     o = la.recurrent(q, k, v, g, 0.2, pool, idx, backend=backend)
@@ -345,13 +351,8 @@ def test_recurrent_fresh_rows_start_from_zero(backend, tokens):
     """``fresh`` rows read S = 0 whatever their slot holds (a finished sequence's state): the
     results equal zeroing those slots first, bitwise; a fresh padding row leaves the pool alone.
     The Triton kernel does it with a masked read, the form a captured CUDA graph replays."""
-    torch.manual_seed(10)
-    dev = _dev(backend)
     B, H, D = 5, 3, 64
-    g = la.layer_decay(H, 2, 4).to(dev)
-    shape = (B, H, D) if tokens is None else (B, tokens, H, D)
-    q, k, v = (_rand(*shape, dev=dev) for _ in range(3))
-    pool = _rand(8, H, D, D, dev=dev)                     # every slot holds stale state
+    dev, g, q, k, v, pool = _decode_inputs(backend, 10, B, H, D, tokens, slots=8, layer=(2, 4))  # stale slots
     zeroed = pool.clone()
     idx = torch.tensor([6, 1, -1, 3, 0], device=dev)
     fresh = torch.tensor([True, False, True, True, False], device=dev)
