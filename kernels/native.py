@@ -22,6 +22,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -44,12 +45,20 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("LOCKSTEP_CACHE", Path.home() / ".cache" / "lockstep")) / "native"
 
 
+def _text_with_headers(source: Path) -> str:
+    """The source and the project headers it includes (``#include "..."``, relative to it), so
+    that editing a shared header rebuilds every library that includes it."""
+    text = source.read_text()
+    headers = re.findall(r'^#include "([^"]+)"', text, flags=re.M)
+    return "\n".join([text, *(_text_with_headers((source.parent / h).resolve()) for h in headers)])
+
+
 def build(source: Path) -> Path:
     """The shared library of ``source``, compiled unless already in the cache (raises on failure)."""
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         raise RuntimeError(f"no C compiler ({os.environ.get('CC', 'cc')!r} not on PATH; set CC)")
-    key = hashlib.sha256("\n".join([source.read_text(), compiler, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([_text_with_headers(source), compiler, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

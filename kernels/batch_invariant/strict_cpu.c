@@ -23,6 +23,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "../linear_attention/recurrence_token.h"
+
 #define ROWS 4      /* rows per register block of the GEMM */
 #define COLS 16     /* output columns per register block: 4 × 16 fp32 accumulators = 8 AVX2 registers */
 #define LANES 8     /* partial sums of the attention's q·k */
@@ -214,23 +216,7 @@ void lockstep_bi_recurrence_f32(const float *q, const float *k, const float *v, 
                     o[j] = 0.0f;
                 continue;
             }
-            const float *qt = q + row, *kt = k + row, *vt = v + row;
-            double acc[MAX_D], vd[MAX_D];
-            for (int64_t j = 0; j < D; ++j) {
-                acc[j] = 0.0;
-                vd[j] = vt[j];
-            }
-            for (int64_t i = 0; i < D; ++i) {
-                const double ki = kt[i], qi = qt[i];
-                float *Si = S + i * D;
-                for (int64_t j = 0; j < D; ++j) {
-                    const double s = (double)Si[j] * decay + ki * vd[j];
-                    Si[j] = (float)s;
-                    acc[j] += qi * s;
-                }
-            }
-            for (int64_t j = 0; j < D; ++j)
-                o[j] = (float)(acc[j] * scale);
+            lockstep_recurrence_token(q + row, k + row, v + row, S, D, decay, scale, o);
         }
     }
 }

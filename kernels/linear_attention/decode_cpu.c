@@ -3,12 +3,10 @@
  *
  *     S ← λ S + kᵀ v          o = scale · q S          (per row, per head; S fp32 [D, D])
  *
- * For each (row, head) the state slice is read once and written once, row i of S at a time:
- * the update is computed in double, stored rounded to float, and its double value is added into
- * the D double accumulators of o (o_j += q_i · S_ij, i ascending).  Every rounding is fixed by
- * (row, head) alone, so a row's output and state do not depend on the batch it is decoded in.
- * Compiled with -ffp-contract=off: no fused multiply-adds, the same roundings as the PyTorch
- * definition's separate fp64 ops.
+ * For each (row, head) the state slice is read once and written once (recurrence_token.h, the
+ * arithmetic strict mode's recurrence shares): every rounding is fixed by (row, head) alone, so a
+ * row's output and state do not depend on the batch it is decoded in; no fused multiply-adds,
+ * the same roundings as the PyTorch definition's separate fp64 ops.
  *
  * Layout: qkv [B, 3, H, D] float (q, k, v of a row, contiguous); state: slot s of the pool
  * starts at state + s * slot_stride, each slot a contiguous [H, D, D]; rows [B] int64, distinct
@@ -16,7 +14,7 @@
  */
 #include <stdint.h>
 
-#define MAX_D 256
+#include "recurrence_token.h"
 
 void lockstep_decode_step_f32(const float *qkv, int64_t B, int64_t H, int64_t D, const float *lam,
                               double scale, float *state, int64_t slot_stride, const int64_t *rows,
@@ -27,23 +25,6 @@ void lockstep_decode_step_f32(const float *qkv, int64_t B, int64_t H, int64_t D,
         const int64_t b = bh / H, h = bh % H;
         const float *q = qkv + (b * 3 * H + h) * D, *k = q + H * D, *v = k + H * D;
         float *S = state + rows[b] * slot_stride + h * D * D;
-        const double decay = lam[h];
-        double acc[MAX_D], vd[MAX_D];
-        for (int64_t j = 0; j < D; ++j) {
-            acc[j] = 0.0;
-            vd[j] = v[j];
-        }
-        for (int64_t i = 0; i < D; ++i) {
-            const double ki = k[i], qi = q[i];
-            float *Si = S + i * D;
-            for (int64_t j = 0; j < D; ++j) {
-                const double s = (double)Si[j] * decay + ki * vd[j];
-                Si[j] = (float)s;
-                acc[j] += qi * s;
-            }
-        }
-        float *o = out + bh * D;
-        for (int64_t j = 0; j < D; ++j)
-            o[j] = (float)(acc[j] * scale);
+        lockstep_recurrence_token(q, k, v, S, D, lam[h], scale, out + bh * D);
     }
 }

@@ -12,6 +12,7 @@ fp16; bf16 is checked on the GPU by benchmarks/linear_attention/ops.py.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import subprocess
@@ -492,6 +493,25 @@ def test_native_build_reports_compiler_errors(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="failed on broken.c"):
         native.build(broken)
     assert not list((tmp_path / "native").glob("*.so"))  # no partial library left behind
+
+
+
+def test_native_build_rebuilds_when_an_included_header_changes(tmp_path, monkeypatch):
+    """A library's cache key covers the project headers its source includes (decode_cpu.c and
+    strict_cpu.c share recurrence_token.h): an edited header is never served from a stale .so."""
+    from kernels import native
+
+    monkeypatch.setenv("LOCKSTEP_CACHE", str(tmp_path))
+    (tmp_path / "inc").mkdir()
+    header = tmp_path / "inc" / "value.h"
+    source = tmp_path / "lib.c"
+    source.write_text('#include "inc/value.h"\nint value(void) { return VALUE; }\n')
+    header.write_text("#define VALUE 1\n")
+    first = native.build(source)
+    header.write_text("#define VALUE 2\n")
+    second = native.build(source)
+    assert first != second and second.exists()
+    assert ctypes.CDLL(str(first)).value() == 1 and ctypes.CDLL(str(second)).value() == 2
 
 
 # ----------------------------------------------------------------------------- validation
