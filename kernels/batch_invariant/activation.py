@@ -34,7 +34,7 @@ class _Activation(torch.autograd.Function):
 
 
 def _activation(x: torch.Tensor, silu: bool) -> torch.Tensor:
-    if cpu.available() and x.dtype == torch.float32 and x.device.type == "cpu":
+    if cpu.takes(x):
         if torch.is_grad_enabled() and x.requires_grad:
             return _Activation.apply(x, silu)
         return cpu.sigmoid(x, silu)

@@ -42,9 +42,18 @@ def available() -> bool:
     return _kernels() is not None
 
 
+def _fp32_cpu(*tensors: torch.Tensor) -> bool:
+    return all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+
+
+def takes(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels run on this machine and take these ``tensors`` (fp32 on CPU)."""
+    return _fp32_cpu(*tensors) and available()
+
+
 def _takes(op: str, *tensors: torch.Tensor) -> ctypes.CDLL | None:
     """The kernels, if they can take fp32 CPU ``tensors``; else None, counted in FALLBACKS."""
-    if not all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors):
+    if not _fp32_cpu(*tensors):
         return None
     lib = _kernels()
     if lib is None:
@@ -136,4 +145,4 @@ def recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Ten
     return out
 
 
-__all__ = ["available", "linear", "sigmoid", "attention", "paged_attention", "recurrence", "FALLBACKS", "MAX_D"]
+__all__ = ["available", "takes", "linear", "sigmoid", "attention", "paged_attention", "recurrence", "FALLBACKS", "MAX_D"]

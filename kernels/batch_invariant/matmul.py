@@ -98,7 +98,7 @@ def grouped_linear(x: torch.Tensor, counts: list[int], weight: torch.Tensor) -> 
     ``x_n W_gᵀ`` the same bits as :func:`linear` gives it alone.  One call of the C kernel for
     every group (the MoE's experts); None where the kernel cannot run (not fp32 on CPU, no
     kernel): the caller then runs :func:`linear` per group.  Differentiable in x and weight."""
-    if not cpu.available() or not (x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu"):
+    if not cpu.takes(x, weight):
         return None
     return _GroupedLinear.apply(x, counts, weight)
 
