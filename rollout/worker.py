@@ -89,11 +89,11 @@ class RolloutWorker:
             engine_options["distributed_executor_backend"] = "mp"
         elif not torch.cuda.is_available():
             engine_options["distributed_executor_backend"] = "uni"  # model worker too
-        else:
+        if torch.cuda.is_available():
             # Outside a Ray actor (lockstep eval, the mismatch probe) this process may already
-            # hold a CUDA context, which a forked engine core cannot re-initialise ("Cannot
-            # re-initialize CUDA in forked subprocess": `lockstep eval` of a ZeRO-3 checkpoint on
-            # the H100, 2026-12-07). Spawned engine processes start clean.
+            # hold a CUDA context, which a forked engine core or worker cannot re-initialise
+            # ("Cannot re-initialize CUDA in forked subprocess": `lockstep eval` of a ZeRO-3
+            # checkpoint on the H100, 2026-12-07). Spawned engine processes start clean.
             os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         if cfg.asynchronous:
             engine_options["enable_prefix_caching"] = False
