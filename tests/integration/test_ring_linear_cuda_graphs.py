@@ -30,6 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")]
 
 TOL = 2e-5  # fp32: each engine within 1e-5 of the trainer (issue 5's bar), so within 2e-5 of each other
+STATE_RTOL = 1e-5  # ‖graphs − eager‖ / ‖eager‖ of a running sequence's fp32 state
 BLOCKS = 10
 # step → requests joining before it: (name, prompt tokens, new tokens); 17 sequences × 2 blocks
 # (state + KV) > BLOCKS: slots are reused
@@ -156,7 +157,14 @@ def test_graph_decode_states_equal_eager_states(runs):
     for step in PROBE_STEPS:
         assert eager[step].keys() == graphs[step].keys(), f"step {step}: different sequences running"
         for name, state in graphs[step].items():
-            torch.testing.assert_close(state, eager[step][name], rtol=1e-4, atol=1e-5,
+            # The compiled model fuses the projections and norms (inductor), so each token's k, v
+            # differ from eager by fp32 ulps, and the state sums them over the sequence: compare
+            # the whole state (relative norm; a wrong or unzeroed slot is off by O(1)), and every
+            # element within 1e-4 (the H100 run of 2026-12-08 saw 1.9e-5 in 7 of 32768).
+            ref = eager[step][name]
+            rel = ((state - ref).norm() / ref.norm()).item()
+            assert rel <= STATE_RTOL, f"step {step}, sequence {name}: state off by {rel:.2e} (relative norm)"
+            torch.testing.assert_close(state, ref, rtol=0, atol=1e-4,
                                        msg=lambda m, s=step, n=name: f"step {s}, sequence {n}: {m}")
             compared += 1
     assert compared >= 10

@@ -80,4 +80,4 @@ def test_grouped_gemm_compiled_matches_fp8_gemm_per_group(counts):
     aq, as_, bq, bs, offsets = grouped_operands(counts, 512, 2048, device="cuda")
     for config in (None, (64, 128, 4, 4), (128, 128, 8, 4)):
         c = fp8_gemm_grouped(aq, as_, bq, bs, offsets, torch.bfloat16, config=config)
-        assert_bitwise(c, per_group(aq, as_, bq, bs, offsets, torch.bfloat16, None))
+        assert_bitwise(c, per_group(aq, as_, bq, bs, offsets, torch.bfloat16, "auto"))
