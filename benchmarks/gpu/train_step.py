@@ -10,12 +10,14 @@ of T tokens per micro-batch. Two layouts of the same model and weights:
   SwiGLU module per expert in a Python loop, three GEMMs per expert and pass).
 
 Prints tokens/s of each and the ratio (issue 19's target: grouped ≥ 3× per-expert in bf16), the
-first step's loss under both (the same function: they differ by rounding only) and the peak GPU
-memory. Plain `torch.optim.AdamW` on the bf16 parameters, no DeepSpeed: the step's compute, not
+first step's loss under both (the same function: they differ by rounding only), the peak GPU
+memory and the grouped step's MFU (:func:`training_flops` ÷ the card's dense bf16 peak).
+``--profile N`` adds, per length, the N ops with the most GPU time in one grouped step. Plain `torch.optim.AdamW` on the bf16 parameters, no DeepSpeed: the step's compute, not
 ZeRO's communication (which the grouped layer also cuts: two gathers per MoE layer instead of
 3 per expert).
 
     python -m benchmarks.gpu.train_step                          # demo:ring-mini-1b, 4K and 8K, CUDA bf16
+    python -m benchmarks.gpu.train_step --steps 3 --profile 25   # and where one step's GPU time goes
     python -m benchmarks.gpu.train_step --preset tiny --device cpu --dtype fp32 --seq-lens 128 --steps 2
 """
 
@@ -29,6 +31,49 @@ import torch
 from benchmarks.harness import header, markdown_table, median
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# Dense bf16 tensor-core peak of the cards we measure on (FLOP/s, no sparsity): the MFU denominator.
+PEAK_BF16 = {"H100 80GB HBM3": 989e12, "H100": 989e12, "H200": 989e12}
+
+
+def training_flops(config, seq_len: int, completion: int) -> float:
+    """FLOPs of one training step (forward + backward = 3 × forward) on one sequence:
+
+    * every active weight (routed top-k experts, shared expert, attention projections; not the
+      embedding): 2 FLOPs per weight per token forward;
+    * the LM head on the completion tokens only (the trainer's log-probs): 2·V·D per token;
+    * softmax attention, causal: QKᵀ and PV, 2·d each per visible (query, key) pair and head;
+    * linear attention, counted as its recurrence: kᵀv into the d×d state and q·S out, 4·d²
+      per token and head (the chunked kernels do the same order of work).
+    The usual 6·N·T convention, with the attention terms made explicit."""
+    from models.ring_linear.presets import parameter_count
+
+    c = config
+    counts = parameter_count(c)
+    weights = counts["active"] - c.hidden_size  # the final norm is not a GEMM
+    forward = 2.0 * weights * seq_len + 2.0 * c.vocab_size * c.hidden_size * completion
+    for i in range(c.num_hidden_layers):
+        if c.is_softmax_layer(i):
+            forward += 4.0 * c.head_dim * c.num_attention_heads * seq_len * (seq_len + 1) / 2
+        else:
+            forward += 4.0 * c.head_dim ** 2 * c.num_attention_heads * seq_len
+    return 3.0 * forward
+
+
+def profile_step(step, top: int) -> str:
+    """One step under torch.profiler: the `top` ops by self GPU time, and the step's GPU busy
+    time against its wall time (a GPU idle between launches means a host-bound step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    gpu = sum(e.self_device_time_total for e in events) / 1e6
+    table = events.table(sort_by="self_device_time_total", row_limit=top, max_name_column_width=60)
+    return f"profiled step: wall {wall * 1e3:.1f} ms, GPU busy {gpu * 1e3:.1f} ms (kernels summed)\n{table}"
 
 
 def build_model(preset: str, dtype: torch.dtype, device: str, max_len: int, seed: int):
@@ -94,6 +139,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per layout and length")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one's loss is reported)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="per length, print the N ops with the most GPU time in one grouped step (CUDA)")
     args = ap.parse_args()
     from benchmarks.gpu.per_expert_moe import use_per_expert_experts
 
@@ -111,18 +158,26 @@ def main() -> None:
                 assert use_per_expert_experts(model) > 0
             if args.device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            loss, seconds = time_steps(make_step(model, seq_len, args.device, args.seed), args.steps,
-                                       args.warmup, args.device)
+            step = make_step(model, seq_len, args.device, args.seed)
+            loss, seconds = time_steps(step, args.steps, args.warmup, args.device)
             peak = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
             result[layout] = (loss, seconds, peak)
+            if layout == "grouped":
+                flops = training_flops(model.config, seq_len, seq_len - seq_len // 2)
+                if args.profile and args.device == "cuda":
+                    print(f"## {seq_len} tokens, grouped\n{profile_step(step, args.profile)}")
             del model
             if args.device == "cuda":
                 torch.cuda.empty_cache()
         (loss_g, s_g, mem_g), (loss_p, s_p, mem_p) = result["grouped"], result["per-expert"]
+        peak_flops = PEAK_BF16.get(torch.cuda.get_device_name().removeprefix("NVIDIA ")) \
+            if args.device == "cuda" and dtype == torch.bfloat16 else None
+        mfu = flops / s_g / peak_flops if peak_flops else float("nan")
         rows.append([seq_len, seq_len / s_g, seq_len / s_p, s_p / s_g, abs(loss_g - loss_p) / max(abs(loss_p), 1e-30),
-                     mem_g, mem_p])
+                     mem_g, mem_p, flops / 1e12, mfu])
     print(markdown_table(["tokens/seq", "grouped tok/s", "per-expert tok/s", "ratio (target ≥ 3)",
-                          "first loss rel. diff", "grouped peak GiB", "per-expert peak GiB"], rows))
+                          "first loss rel. diff", "grouped peak GiB", "per-expert peak GiB", "TFLOP per step",
+                          "grouped MFU (bf16 peak)"], rows))
 
 
 if __name__ == "__main__":
