@@ -34,7 +34,7 @@ from rl.evaluate import HeldOut
 from rl.faults import NonFiniteGuard, Restarts
 from rl.groups import ActorFailed, RolloutGroup, TrainerGroup, trainer_setup
 from rl.metrics import MetricsLogger, print_progress, progress_line, read_history, sparkline
-from rl.model import (check_fp8_model, check_strict_model, check_vllm_for_async, load_tokenizer, resolve_model_path,
+from rl.model import (check_fp8_model, check_strict_model, load_tokenizer, resolve_model_path,
                       strict_kernels)
 from rl.placement import Placement, connect
 from rl.plots import PlotUnavailable, plot_run
@@ -73,7 +73,6 @@ class Run:
         self.base_model = resolve_model_path(cfg)
         check_fp8_model(cfg, self.base_model)
         check_strict_model(cfg, self.base_model)
-        check_vllm_for_async(cfg)
         self.strict_native = strict_kernels(cfg)
         tokenizer = load_tokenizer(self.base_model, cfg.model.trust_remote_code)
         renderer = PromptRenderer(tokenizer, cfg.data.train)

@@ -230,44 +230,6 @@ def strict_kernels(cfg: RunConfig) -> bool | None:
     return native
 
 
-ASYNC_MIN_VLLM = "0.32"  # the first vLLM whose engine labels tokens with weight versions
-
-
-def installed_vllm_version() -> str:
-    """The vLLM version this process would import, without importing vLLM (tens of seconds):
-    the package metadata, or the package's own `_version.py` where an install left no metadata
-    (this project's CPU build)."""
-    import importlib.metadata
-    import importlib.util
-
-    try:
-        return importlib.metadata.version("vllm")
-    except importlib.metadata.PackageNotFoundError:
-        spec = importlib.util.find_spec("vllm")
-        if spec is None or not spec.submodule_search_locations:
-            raise ConfigError("vLLM is not installed: scripts/install.sh installs it") from None
-        path = Path(next(iter(spec.submodule_search_locations))) / "_version.py"
-        version_spec = importlib.util.spec_from_file_location("_lockstep_vllm_version", path)
-        module = importlib.util.module_from_spec(version_spec)
-        version_spec.loader.exec_module(module)
-        return module.__version__
-
-
-def check_vllm_for_async(cfg: RunConfig, installed: str | None = None) -> None:
-    """Asynchronous rollout needs per-token weight versions (vLLM's `set_weight_version`):
-    refuse an older vLLM up front in one line, before minutes of engine start-up end in a
-    remote traceback. `installed`: the vLLM version (default: the one this process would import)."""
-    if not cfg.rollout.asynchronous:
-        return
-    from packaging.version import Version
-
-    installed = installed or installed_vllm_version()
-    if Version(installed).release < Version(ASYNC_MIN_VLLM).release:
-        raise ConfigError(f"asynchronous rollout (rollout.max_staleness >= 2 or rollout.partial) needs vLLM >= "
-                          f"{ASYNC_MIN_VLLM} (tokens labelled with weight versions); this is vLLM {installed}: "
-                          f"upgrade vLLM or set rollout.max_staleness <= 1 and rollout.partial=false")
-
-
 def check_engine_memory(cfg: RunConfig, model_bytes: int, gpu_bytes: int) -> None:
     """The rollout engine gets `rollout.gpu_memory_utilization` of its GPU for weights, activations
     and KV cache; refuse up front a share its weights alone would fill (vLLM would fail minutes

@@ -6,9 +6,14 @@ the engine meanwhile, and a weight update would have to wait for the longest seq
 thread calls `LLMEngine.step()` as long as requests are unfinished, and every other use of the
 engine — adding requests, loading weights, the sync probe — waits for the step in progress to
 end, runs, and lets the loop go on (`between_steps`). Sequences in flight keep their KV cache and
-linear-attention state across a weight load and continue under the new weights; vLLM labels
-every token with the weights version set at its step (`set_weight_version`; the finished
-output's `weight_versions` spans).
+linear-attention state across a weight load and continue under the new weights.
+
+Every token carries the weights version of the step that sampled it. vLLM ≥ 0.32 labels them
+itself (`set_weight_version`; the finished output's `weight_versions` spans). Older vLLM (the
+GPU kit's 0.26) has no labels: the loop then asks for cumulative outputs every step, counts each
+completion's new tokens under the version it holds (`own_labels`), and hands the finished request
+its completions with their spans — the same (version, count) pairs, since versions change only
+between two steps, under `between_steps`.
 
 The engine must run in this process (vLLM's in-process engine core): only then does `step()`
 run the model, so no step can straddle a weight load. Finished requests are kept by request id
@@ -25,9 +30,21 @@ from contextlib import contextmanager
 import torch
 
 
+def vllm_labels_versions(engine) -> bool:
+    """Whether this vLLM labels each step's tokens with a weights version (0.32 and later)."""
+    return hasattr(engine, "set_weight_version")
+
+
 class EngineLoop:
     def __init__(self, engine):
         self.engine = engine  # vllm's LLMEngine (LLM.llm_engine)
+        # vLLM labels tokens with weight versions (≥ 0.32), or the loop counts them (own_labels)
+        self.own_labels = not vllm_labels_versions(engine)
+        self.version = 0  # the weights the engine holds (the label of the next step's tokens)
+        self.spans: dict[tuple[str, int], list[list[int]]] = {}  # (request, completion) → [[version, count], …]
+        self.latest: dict[str, dict[int, object]] = {}  # request → completion index → its cumulative output
+        if not self.own_labels:
+            engine.set_weight_version("0")
         self.cond = threading.Condition()
         self.waiting = 0  # callers waiting to use the engine between two steps
         self.stepping = False
@@ -59,9 +76,60 @@ class EngineLoop:
                 self.stepping = False
                 self.steps += 1
                 for out in outputs:
+                    if self.own_labels:
+                        self.count_tokens(out)
                     if out.finished:
                         self.finished[out.request_id] = out
                 self.cond.notify_all()
+
+    def output_kind(self):
+        """The output kind of requests through the loop: one output when a request finishes, or,
+        when the loop labels tokens itself, one per step with everything sampled so far."""
+        from vllm.sampling_params import RequestOutputKind
+
+        return RequestOutputKind.CUMULATIVE if self.own_labels else RequestOutputKind.FINAL_ONLY
+
+    def set_version(self, version: int) -> None:
+        """The weights version of the tokens of the following steps (call between steps)."""
+        self.version = version
+        if not self.own_labels:
+            self.engine.set_weight_version(str(version))
+
+    def count_tokens(self, out) -> None:
+        """A step's cumulative output of one request: each completion's new tokens are of the
+        version the engine held during the step. With n > 1 vLLM streams each completion alone
+        (the parent's last output holds only the completion that finished last), so a finished
+        request gets all its completions back here, each with its (version, count) spans."""
+        rid = out.request_id
+        latest = self.latest.setdefault(rid, {})
+        for c in out.outputs:
+            spans = self.spans.setdefault((rid, c.index), [])
+            new = len(c.token_ids) - sum(count for _, count in spans)
+            if new > 0:
+                if spans and spans[-1][0] == self.version:
+                    spans[-1][1] += new
+                else:
+                    spans.append([self.version, new])
+            latest[c.index] = c
+        if out.finished:
+            out.outputs = [latest[i] for i in sorted(latest)]
+            for c in out.outputs:
+                c.lockstep_versions = tuple((v, n) for v, n in self.spans.pop((rid, c.index)))
+            del self.latest[rid]
+
+    def token_versions(self, completion) -> tuple[tuple[int, int], ...]:
+        """(version, count) pairs of a finished completion's tokens, in token order."""
+        if self.own_labels:
+            return completion.lockstep_versions
+        if completion.weight_versions is None:
+            raise RuntimeError("vLLM returned no weight-version spans for a completion of the engine loop")
+        return tuple((int(span.version), span.end - span.start) for span in completion.weight_versions)
+
+    def forget(self, request_id: str) -> None:
+        """Drops what the loop holds of an aborted request."""
+        self.finished.pop(request_id, None)
+        for index in self.latest.pop(request_id, {}):
+            self.spans.pop((request_id, index), None)
 
     def check(self) -> None:
         if self.error is not None:

@@ -146,14 +146,12 @@ class RolloutWorker:
         self.in_flight: set[str] = set()  # request ids of submitted groups not yet taken
         self.requests = 0  # request ids issued through the loop
         if cfg.asynchronous:
-            if not hasattr(self.llm.llm_engine, "set_weight_version"):  # per-token weight versions
+            self.loop = EngineLoop(self.llm.llm_engine)
+            if self.loop.own_labels:
                 import vllm
 
-                raise RuntimeError(f"asynchronous rollout (rollout.max_staleness >= 2 or rollout.partial) needs a vLLM "
-                                   f"that labels tokens with weight versions (set_weight_version; 0.32 has it), "
-                                   f"this is vLLM {vllm.__version__}: upgrade vLLM or use rollout.max_staleness <= 1")
-            self.llm.llm_engine.set_weight_version("0")
-            self.loop = EngineLoop(self.llm.llm_engine)
+                log.info("engine loop: vLLM %s does not label tokens with weight versions; the loop counts each "
+                         "step's tokens under the version it holds (cumulative outputs every step)", vllm.__version__)
         self.start_seconds = time.time() - start
 
     def info(self) -> EngineInfo:
@@ -173,8 +171,15 @@ class RolloutWorker:
     def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float,
                  top_p: float = 1.0, top_k: int = -1, ignore_eos: bool = False) -> list[list[Completion]]:
         """For each prompt, n completions (each max_tokens long with `ignore_eos`)."""
-        params = sampling_params(n, max_tokens, temperature, top_p, top_k, ignore_eos, self.loop is not None)
+        params = sampling_params(n, max_tokens, temperature, top_p, top_k, ignore_eos, self.output_kind())
         return self.completions(self.run_requests("generate", prompts, params))
+
+    def output_kind(self):
+        """Requests through `LLM.generate` stream cumulative outputs (it keeps the finished ones);
+        through the engine loop, what the loop asks for (`EngineLoop.output_kind`)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        return RequestOutputKind.CUMULATIVE if self.loop is None else self.loop.output_kind()
 
     def run_requests(self, kind: str, prompts: list[list[int]], params) -> list:
         """The finished outputs of `prompts`: one `LLM.generate` call, or — with the engine loop —
@@ -207,9 +212,7 @@ class RolloutWorker:
         loop labels its steps, else the one version this engine held for the whole call."""
         if self.loop is None:
             return ((self.version, tokens),)
-        if c.weight_versions is None:
-            raise RuntimeError("vLLM returned no weight-version spans for a completion of the engine loop")
-        return tuple((int(span.version), span.end - span.start) for span in c.weight_versions)
+        return self.loop.token_versions(c)
 
     def add_requests(self, kind: str, prompts: list[list[int]], params, keys: list[str] | None = None) -> list[str]:
         """Adds one request per prompt between two steps of the engine loop; returns their ids."""
@@ -232,7 +235,7 @@ class RolloutWorker:
                top_p: float = 1.0, top_k: int = -1, ignore_eos: bool = False) -> None:
         """Starts sampling a group of n completions for each prompt, named by `keys` (unique
         among the groups in flight); `take` returns them once finished."""
-        params = sampling_params(n, max_tokens, temperature, top_p, top_k, ignore_eos, final_only=True)
+        params = sampling_params(n, max_tokens, temperature, top_p, top_k, ignore_eos, self.output_kind())
         self.in_flight.update(self.add_requests("group", prompts, params, keys))
 
     def take(self, wait_s: float) -> list[tuple[str, list[Completion]]]:
@@ -249,7 +252,7 @@ class RolloutWorker:
             aborted = list(self.in_flight)
             self.llm.llm_engine.abort_request(aborted)
             for request_id in aborted:  # finished meanwhile: forgotten too
-                self.loop.finished.pop(request_id, None)
+                self.loop.forget(request_id)
         self.in_flight.clear()
         return len(aborted)
 
@@ -258,14 +261,14 @@ class RolloutWorker:
         with self.engine():
             self.version = version
             if self.loop is not None:
-                self.llm.llm_engine.set_weight_version(str(version))
+                self.loop.set_version(version)
 
     def prompt_logprobs(self, token_ids: list[int]) -> list[float]:
         """Teacher-forced log-prob of each token after the first (the sync probe)."""
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False,
-                                flat_logprobs=True, output_kind=output_kind(final_only=self.loop is not None))
+                                flat_logprobs=True, output_kind=self.output_kind())
         (out,) = self.run_requests("probe", [token_ids], params)
         return sampled_logprobs(out.prompt_logprobs[1:], token_ids[1:])
 
@@ -340,29 +343,21 @@ class RolloutWorker:
             if self.loop is None:
                 self.llm.reset_prefix_cache()  # cached KV/state was computed with the old weights
             else:  # no prefix cache to reset; the tokens of the next steps carry the new version
-                self.llm.llm_engine.set_weight_version(str(version))
+                self.loop.set_version(version)
             self.version = version
         seconds = time.time() - start
         probe = self.prompt_logprobs(probe_ids) if probe_ids is not None else None
         return WeightLoad(expected, nbytes, seconds, probe)
 
 
-def output_kind(final_only: bool):
-    """`final_only` (the engine loop): one output per request, when its last completion finishes,
-    instead of one per step (LLM.generate collects only the finished ones anyway)."""
-    from vllm.sampling_params import RequestOutputKind
-
-    return RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.CUMULATIVE
-
-
 def sampling_params(n: int, max_tokens: int, temperature: float, top_p: float, top_k: int, ignore_eos: bool,
-                    final_only: bool):
+                    kind):
     from vllm import SamplingParams
 
     # logprobs=0: only the sampled token's log-prob, one flat entry per position.
     return SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                           ignore_eos=ignore_eos, logprobs=0, detokenize=False, flat_logprobs=True,
-                          output_kind=output_kind(final_only))
+                          output_kind=kind)
 
 
 def sampled_logprobs(flat, token_ids: list[int]) -> list[float]:

@@ -20,13 +20,29 @@ pytestmark = pytest.mark.integration
 NEW_TOKENS = 160
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def start_engine(tmp_path_factory):
     path = demo_model.resolve("demo:ring-micro", str(tmp_path_factory.mktemp("cache")))
     worker = RolloutWorker(str(path), "float32", RolloutConfig(max_staleness=2, max_model_len=256, cpu_threads=1),
                            seed=0)
     assert worker.loop is not None
     return path, worker
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    return start_engine(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def engine_own_labels(tmp_path_factory):
+    """The same engine as if its vLLM had no weight-version labels (the GPU kit's 0.26): the loop
+    counts each step's tokens itself, from cumulative outputs."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("rollout.engine_loop.vllm_labels_versions", lambda engine: False)
+        path, worker = start_engine(tmp_path_factory)
+    assert worker.loop.own_labels
+    yield path, worker
+    worker.llm.llm_engine.engine_core.shutdown()
 
 
 def uniform_weights(path) -> tuple[bytes, int]:
@@ -37,8 +53,9 @@ def uniform_weights(path) -> tuple[bytes, int]:
     return save({k: v.contiguous() for k, v in state.items()}), len(state)
 
 
-def test_weights_load_between_decode_steps_and_tokens_keep_their_version(engine):
-    path, worker = engine
+@pytest.mark.parametrize("labels", ["engine", "engine_own_labels"])
+def test_weights_load_between_decode_steps_and_tokens_keep_their_version(labels, request):
+    path, worker = request.getfixturevalue(labels)
     prompt = worker.tokenizer("Q: 12+30=?\nA:")["input_ids"]
     worker.submit(["a", "b"], [prompt, prompt], 2, NEW_TOKENS, 1.0, ignore_eos=True)
     deadline = time.monotonic() + 60

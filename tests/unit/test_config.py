@@ -105,22 +105,6 @@ def test_strict_mode_is_refused_for_models_vllm_runs_natively(tmp_path):
     check_strict_model(from_data({}), str(dense))  # fast: nothing to check
 
 
-def test_asynchronous_rollout_on_an_old_vllm_is_one_line_before_any_engine_starts():
-    """Per-token weight versions arrived in vLLM 0.32: an older one (the GPU kit's 0.26) is
-    refused before Ray starts, naming the version and both ways out."""
-    from rl.model import check_vllm_for_async
-
-    staleness2 = from_data({"rollout": {"max_staleness": 2}})
-    with pytest.raises(ConfigError, match=r"needs vLLM >= 0\.32 .*this is vLLM 0\.26\.0: upgrade vLLM or set "
-                                          r"rollout\.max_staleness <= 1 and rollout\.partial=false"):
-        check_vllm_for_async(staleness2, "0.26.0")
-    with pytest.raises(ConfigError, match="0.31.2"):
-        check_vllm_for_async(from_data({"rollout": {"partial": True, "max_staleness": 1}}), "0.31.2")
-    check_vllm_for_async(staleness2, "0.32.0+cpu")  # new enough (local builds carry a suffix)
-    check_vllm_for_async(staleness2)  # the installed vLLM (0.32 here)
-    check_vllm_for_async(from_data({"rollout": {"max_staleness": 1}}), "0.26.0")  # not asynchronous
-
-
 def test_strict_mode_without_its_c_kernels_says_so_and_the_run_records_it(monkeypatch, capsys):
     """The PyTorch fallback of strict mode's C kernels is visible: one warning line, and the value
     the driver logs as strict/native_kernels every step."""
