@@ -45,6 +45,9 @@ class EngineLoop:
         self.latest: dict[str, dict[int, object]] = {}  # request → completion index → its cumulative output
         if not self.own_labels:
             engine.set_weight_version("0")
+        elif getattr(engine.vllm_config.scheduler_config, "stream_interval", 1) != 1:
+            # outputs every k steps would lump tokens of two versions into one span
+            raise RuntimeError("the engine loop labels tokens per step: it needs vLLM's stream_interval 1")
         self.cond = threading.Condition()
         self.waiting = 0  # callers waiting to use the engine between two steps
         self.stepping = False
