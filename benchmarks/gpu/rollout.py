@@ -8,6 +8,8 @@ then re-drawn by :class:`RandomWeights`; no checkpoint is written: the device di
   run eagerly (``enforce_eager=True``, the recipes' default);
 * ``ring-graphs`` — the same model compiled, with vLLM's CUDA graphs (``enforce_eager=False``:
   piecewise graphs around the attention ops, full graphs of decode batches);
+* ``ring-fp8`` — the plugin with the recipes' ``model.fp8`` (block-scaled FP8 projections and
+  grouped experts, weights quantized once per load; eager, as FP8 engines run);
 * ``ling`` — Ling-mini-2.0 (``BailingMoeV2ForCausalLM``, vLLM's native class): the same MoE, the
   same sizes, GQA softmax attention in all 20 layers.  The baseline of every ratio;
 * ``v25`` — vLLM's own hybrid (``BailingMoeV2_5ForCausalLM``: lightning-attention layers and MLA
@@ -28,7 +30,8 @@ recipe's ``mini-1b``, ``tiny``); the natives take its sizes.  Printed, one JSON 
 * ``{"kind": "ttft", "engine", "prompt_len", "seconds"}`` — one sequence's long-prompt prefill
   and first token;
 * ``{"kind": "ratio", ...}`` — each engine ÷ ``ling`` (tokens/s; TTFT as ling ÷ engine, so
-  above 1 means faster), ``ring`` ÷ ``v25``, and ``ring-graphs`` ÷ ``ring`` (graphs ÷ eager).
+  above 1 means faster), ``ring`` ÷ ``v25``, ``ring-graphs`` ÷ ``ring`` (graphs ÷ eager) and
+  ``ring-fp8`` ÷ ``ring`` (FP8 ÷ bf16; issue 18's target ≥ 1.2× at batch 256).
 
 Each engine runs in its own subprocess (GPU memory released between them) under ``--timeout``
 seconds; each generation stops at its deadline too and reports what it reached
@@ -55,7 +58,8 @@ are GPU Triton kernels in any case.
         [--new-tokens 1024] [--ttft 8192,32768] [--prompt-len 128] [--timeout 240]
         [--preset ring-mini-linear-2.0|mini-1b|tiny] [--tiny]
 
-Eager vs graphs on one card: ``--engines ring,ring-graphs --batch 8,64,256 --ttft ''`` per preset.
+Eager vs graphs on one card: ``--engines ring,ring-graphs --batch 8,64,256 --ttft ''`` per preset;
+FP8 vs bf16: ``--engines ring,ring-fp8 --batch 64,256 --ttft ''``.
 """
 
 from __future__ import annotations
@@ -73,8 +77,9 @@ import time
 from pathlib import Path
 
 BASELINE = "ling"
-ENGINES = ("ring", "ring-graphs", "ling", "v25")
-RING_ENGINES = ("ring", "ring-graphs")  # the plugin: eager, and compiled with CUDA graphs
+ENGINES = ("ring", "ring-graphs", "ring-fp8", "ling", "v25")
+RING_ENGINES = ("ring", "ring-graphs", "ring-fp8")  # the plugin: eager, compiled with CUDA graphs, FP8
+FP8_OPTIONS = {"pow2_scale": False}  # the recipes' model.fp8 defaults, as the rollout worker passes them
 PRESETS = ("ring-mini-linear-2.0", "mini-1b", "tiny")
 SEED = 0
 
@@ -147,6 +152,10 @@ def write_model_dir(root: Path, engine: str, preset: str) -> Path:
     ring = engine in RING_ENGINES
     config = ring_config(preset) if ring else native_config(engine, preset)
     config.update(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, torch_dtype="bfloat16")
+    if engine == "ring-fp8":
+        from models.ring_linear.config import FP8_CONFIG_KEY
+
+        config[FP8_CONFIG_KEY] = FP8_OPTIONS
     if not ring:
         (out / "configuration_bench.py").write_text(CONFIG_MODULE.format(model_type=config["model_type"]))
         config["auto_map"] = {"AutoConfig": "configuration_bench.BenchConfig"}
@@ -182,6 +191,9 @@ class RandomWeights:
                 else:
                     p.normal_(0.0, 0.02, generator=gen)  # in place: the KV cache already holds the free memory
                 n += 1
+        from kernels.fp8 import quantize_fp8_weights
+
+        quantize_fp8_weights(model)  # FP8 projections quantize their weights once per load: these ones
         return n
 
     def lockstep_bench_cache(self) -> dict:
@@ -269,7 +281,7 @@ def engine_main(args) -> int:
     max_len = max([args.prompt_len + n for n in lengths] + [p + 1 for p in ttft])
     base = dict(engine=args.engine, model=args.model_dir)
     # ring: eager (the recipes' default); ring-graphs: compiled with CUDA graphs; natives: vLLM's default
-    eager = args.engine == "ring" or (args.enforce_eager and args.engine != "ring-graphs")
+    eager = args.engine in ("ring", "ring-fp8") or (args.enforce_eager and args.engine != "ring-graphs")
     graphs = {"compilation_config": {"cudagraph_mode": args.cudagraph_mode}} \
         if args.cudagraph_mode and args.engine == "ring-graphs" else {}
     t0 = time.perf_counter()
@@ -323,7 +335,7 @@ def ratios(records: list[dict]) -> list[dict]:
             if r.get("kind") == "ttft" and "seconds" in r and not r["partial"]}
     out = []
     for num, den in [("ring", BASELINE), ("ring-graphs", BASELINE), ("v25", BASELINE), ("ring", "v25"),
-                     ("ring-graphs", "ring")]:
+                     ("ring-graphs", "ring"), ("ring-fp8", "ring")]:
         for (engine, batch, n), r in sorted(decode.items()):
             if engine == num and (den, batch, n) in decode:
                 out.append(dict(kind="ratio", metric="tokens_per_s", engine=num, over=den, batch=batch,
