@@ -26,7 +26,8 @@ query tiles.
 On CPU in fp32 the C kernel (``strict_cpu.c``) computes the forward instead, per query and head
 over its visible keys in order (scores, max, ``Σ P v / Σ P`` in fp64): no tiles, no padding,
 keys past the query never read; the rollout engine calls it on its paged cache
-(:func:`.cpu.paged_attention`).
+(:func:`paged_attention`).  On CUDA the Triton kernel (``strict_triton.py``) does the same per
+(query, head): the sums over keys in fixed blocks of 32 from position 0, in fp32.
 
 Backward (training): only the forward's bits must agree between the engines, so the gradient is
 that of ordinary masked attention (``F.scaled_dot_product_attention``, fast mode's op, causal or
@@ -39,7 +40,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import cpu
+from . import cpu, cuda
 from .recompute import recomputed_grads
 
 KEY_BLOCK = 16    # keys per block: the K of the P·V GEMM and the N of the score GEMM
@@ -81,9 +82,22 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
 def _attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
              scale: float) -> torch.Tensor:
     """The forward's bits: the C kernel on CPU in fp32 (``strict_cpu.c``: per query, its visible
-    keys in order — the same arithmetic without tiles), else the blocked tiles below."""
+    keys in order — the same arithmetic without tiles), the Triton kernel on CUDA, else the
+    blocked tiles below."""
     out = cpu.attention(q, k, v, positions, scale)
+    if out is None:
+        out = cuda.attention(q, k, v, positions, scale)
     return _blocked(q, k, v, positions, scale) if out is None else out
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, block: int,
+                    positions: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """The rollout engine's call: :func:`attention`'s forward reading the keys where vLLM's paged
+    cache holds them (the contract of :func:`.cpu.paged_attention`), by the C kernel (CPU, fp32)
+    or the Triton kernel (CUDA) — the bits :func:`attention` computes with it.  None where
+    neither runs (the caller then gathers the keys and runs :func:`attention`)."""
+    out = cpu.paged_attention(q, k, v, table, block, positions, scale)
+    return cuda.paged_attention(q, k, v, table, block, positions, scale) if out is None else out
 
 
 class _Attention(torch.autograd.Function):
@@ -148,4 +162,4 @@ def _blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch
     return o.permute(0, 2, 3, 1, 4).reshape(G, nq * QUERY_TILE, H, d)[:, :Tq]
 
 
-__all__ = ["KEY_BLOCK", "QUERY_TILE", "attention"]
+__all__ = ["KEY_BLOCK", "QUERY_TILE", "attention", "paged_attention"]
