@@ -35,7 +35,7 @@ from .attention import KEY_BLOCK, attention
 from .linear_attention import recurrence
 from .logprobs import log_softmax_tokens
 from .matmul import TILE_ROWS, grouped_linear, linear
-from .norm import rms_norm
+from .norm import invariant_rms_norm
 
 __all__ = ["TILE_ROWS", "linear", "grouped_linear", "sigmoid", "silu", "KEY_BLOCK", "attention", "recurrence",
-           "log_softmax_tokens", "rms_norm"]
+           "log_softmax_tokens", "invariant_rms_norm"]

@@ -43,7 +43,7 @@ class _RMSNorm(torch.autograd.Function):
         return (*recomputed_grads(fast, (x, weight), ctx.needs_input_grad[:2], grad), None, None)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, groups: int = 1) -> torch.Tensor:
+def invariant_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, groups: int = 1) -> torch.Tensor:
     """:func:`kernels.norm.rms_norm` (``groups`` > 1: :func:`kernels.norm.group_rms_norm`), batch
     invariant: fp32 (fp64 for fp64 weights) of x's shape.  Differentiable in x and weight."""
     if not x.is_cuda:  # the torch formula as it is (invariant on CPU), autograd included
@@ -53,4 +53,4 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, groups: int = 1)
     return _norm_forward(x, weight, eps, groups)
 
 
-__all__ = ["rms_norm"]
+__all__ = ["invariant_rms_norm"]

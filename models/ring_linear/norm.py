@@ -1,15 +1,15 @@
 """The Ring-linear model's norm modules (parameter ``weight``, as in the checkpoint), for both
 engines: :class:`RMSNorm` and :class:`GroupRMSNorm` (the linear layers' output norm), computing
 :func:`kernels.norm.rms_norm` / :func:`kernels.norm.group_rms_norm` in fp32.  In strict mode
-(``strict``) through :func:`kernels.batch_invariant.rms_norm`: the same on CPU, a one-row-per-
-program kernel on CUDA."""
+(``strict``) through :func:`kernels.batch_invariant.invariant_rms_norm`: the same on CPU, a
+one-row-per-program kernel on CUDA."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from kernels.batch_invariant import rms_norm as invariant_rms_norm
+from kernels.batch_invariant import invariant_rms_norm
 from kernels.norm import group_rms_norm, rms_norm
 
 

@@ -166,7 +166,7 @@ def test_rms_norm_rows_do_not_depend_on_the_batch_and_gradients_match_float64(de
     x = randn(37, 96, seed=9, dev=dev, scale=3.0)
     w = randn(96, seed=10, dev=dev)
     norm = (lambda x, w: rms_norm(x, w, 1e-6)) if groups == 1 else (lambda x, w: group_rms_norm(x, w, groups, 1e-6))
-    run = bi.rms_norm if dev == "cuda" else lambda x, w, eps, g: st.rms_norm(x, w, eps, g)
+    run = bi.invariant_rms_norm if dev == "cuda" else lambda x, w, eps, g: st.rms_norm(x, w, eps, g)
     full = run(x, w, 1e-6, groups)
     assert rel(full, norm(x.double(), w.double())) < 1e-6
     for start, n in [(0, 1), (17, 1), (5, 20), (36, 1)]:
