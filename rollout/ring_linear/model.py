@@ -257,7 +257,7 @@ class RingLinearAttention(VllmLinearAttention):
         scale = self.head_dim ** -0.5
         n_dec, n_pre_tok = plan.decodes, plan.prefill_tokens
         if self.strict:
-            return self._forward_strict(q, k, v, output, meta, state)
+            return self._forward_strict(q, k, v, output, meta, state, plan)
         # decodes: the packed q, k, v go straight to the CPU kernel (no per-layer checks or
         # copies: the slots were checked once for the step); other cases through `recurrent`
         if n_dec and not (plan.native_decode and decode_packed(hidden_states[:n_dec], decay, scale, state,
@@ -278,7 +278,7 @@ class RingLinearAttention(VllmLinearAttention):
             output[n_dec + n_pre_tok:].zero_()  # padding rows
 
     def _forward_strict(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, output: torch.Tensor,
-                        meta, state: torch.Tensor) -> None:
+                        meta, state: torch.Tensor, plan: StepPlan) -> None:
         """Strict mode: decodes and prefill pieces run the trainer's token loop
         (:func:`kernels.batch_invariant.recurrence`) from their slots' states, so every token's
         output is the bits the trainer computes for its position.  q, k, v ``[N, H, d]``."""
@@ -287,6 +287,8 @@ class RingLinearAttention(VllmLinearAttention):
             output.zero_()
             return
         slots = meta.state_indices_tensor[:reqs].long()
+        if plan.decode_fresh is not None:  # GPUs (the CPU cleared them above): fresh sequences start from 0
+            state[slots[torch.cat((plan.decode_fresh, plan.prefill_fresh))]] = 0  # a host sync: strict runs eagerly
         rows, valid = request_rows(meta.query_start_loc[:reqs + 1])
         total = int(meta.query_start_loc[reqs])
         H, d = q.shape[1:]
