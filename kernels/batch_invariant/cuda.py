@@ -77,7 +77,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, groups: int) -> 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, block: int,
                     positions: torch.Tensor, scale: float) -> torch.Tensor | None:
     """:func:`.strict_triton.paged_attention` (the contract of :func:`.cpu.paged_attention`); or None."""
-    fits = k.stride() == v.stride() and k.stride(-1) == 1
+    fits = k.stride() == v.stride() and k.stride(-1) == 1 and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0
     if not _takes("attention", q, k, v, fits=fits):
         return None
     return strict_triton.paged_attention(q, k, v, table, block, positions, scale)
@@ -97,7 +97,8 @@ def recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Ten
                ) -> torch.Tensor | None:
     """:func:`.strict_triton.recurrence` (the contract of :func:`.cpu.recurrence`); or None."""
     D = q.shape[-1]
-    fits = _pow2(D) and D <= 256 and state.dtype == torch.float32 and state[:1].is_contiguous()
+    fits = _pow2(D) and D <= 256 and state.dtype == torch.float32 and state[:1].is_contiguous() \
+        and state.data_ptr() % 16 == 0
     if not _takes("recurrence", q, k, v, lam, state, fits=fits):
         return None
     return strict_triton.recurrence(q, k, v, lam, scale, state, slots, lengths)

@@ -4,12 +4,17 @@ and the linear-attention recurrence, each batch invariant by construction — th
 
 What makes an output element's bits independent of the batch, in every kernel here:
 
-* **One compiled configuration.** Block sizes, warps and stages are constants (per dtype for the
-  GEMM), never autotuned; the shape arguments that vary with the batch (rows, tokens, queries)
-  are ``do_not_specialize`` so Triton compiles one kernel for every batch size (it would
-  otherwise specialise an argument equal to 1 or divisible by 16).  No fused multiply-add is
-  formed by the compiler (``enable_fp_fusion=False``): each ``a·b + c`` rounds twice, wherever
-  it sits.
+* **One compiled kernel for every call of an op.** Block sizes, warps and stages are
+  constants (per dtype for the GEMM), never autotuned.  Triton compiles a variant per argument
+  dtype and per "specialisation" (an integer equal to 1 or divisible by 16, a pointer 16-byte
+  aligned), and a variant may lay a tile out over the threads differently (load vectorisation),
+  which changes the order of a ``tl.sum``.  So: the arguments that differ between the engines'
+  calls (row, token and query counts, strides of the engine's cache and state pool) are
+  ``do_not_specialize``; every input is 16-byte aligned (:func:`_aligned` copies one that is
+  not); optional inputs are always passed (the trainer's call builds the slots, lengths and
+  block table the engine passes); and both engines pass the same dtypes (the trainer hands the
+  attention K and V in the engine's cache dtype).  No fused multiply-add is formed by the
+  compiler (``enable_fp_fusion=False``): each ``a·b + c`` rounds twice, wherever it sits.
 * **A program computes whole outputs from their own inputs only**, and every reduction runs
   inside one program in an order fixed by those constants: the GEMM's K loop in order (no
   split-K), a row's sum of squares, a query's keys in blocks from position 0, a (sequence,
@@ -48,21 +53,16 @@ RECURRENCE_WARPS = 4
 
 if HAS_TRITON:
 
-    @triton.jit(do_not_specialize=["N"])
-    def _linear_kernel(x, w, y, blocks, N, K, O, group_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr, GROUPED: tl.constexpr, IEEE: tl.constexpr):
+    @triton.jit(do_not_specialize=["row_blocks"])
+    def _linear_kernel(x, w, y, blocks, row_blocks, K, O, group_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
         """y[r, c] = Σ_k x[r, k] w[g, c, k], k in BLOCK_K steps in order, fp32 accumulation, one
-        rounding to y's dtype.  GROUPED: program row-block i covers rows blocks[0, i]..blocks[1, i]-1
-        with weight g = blocks[2, i]; else rows i·BLOCK_M.. and g = 0."""
+        rounding to y's dtype.  Program row-block i covers rows blocks[0, i]..blocks[1, i]-1 (at
+        most BLOCK_M) with weight g = blocks[2, i] (``blocks`` int64 [3, row_blocks])."""
         i_m, i_n = tl.program_id(0), tl.program_id(1)
-        if GROUPED:
-            start = tl.load(blocks + i_m)
-            end = tl.load(blocks + tl.num_programs(0) + i_m)
-            group = tl.load(blocks + 2 * tl.num_programs(0) + i_m)
-        else:
-            start = i_m.to(tl.int64) * BLOCK_M
-            end = N.to(tl.int64)
-            group = 0
+        start = tl.load(blocks + i_m)
+        end = tl.load(blocks + row_blocks + i_m)
+        group = tl.load(blocks + 2 * row_blocks + i_m)
         rows = start + tl.arange(0, BLOCK_M)
         cols = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok, col_ok = rows < end, cols < O
@@ -104,7 +104,7 @@ if HAS_TRITON:
         inv = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
         tl.store(y + row * D + offs, (v * inv) * wt, mask=ok)
 
-    @triton.jit(do_not_specialize=["Tq"])
+    @triton.jit(do_not_specialize=["Tq", "table_stride", "block", "s_blk", "s_pos", "s_head"])
     def _attention_kernel(q, k, v, o, table, positions, scale, Tq, H, rep, table_stride, block, s_blk, s_pos,
                           s_head, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KEYS: tl.constexpr):
         """One (query, head) per program: query (g, t) at position p = positions[g, t] over keys
@@ -145,23 +145,17 @@ if HAS_TRITON:
             total = total + tl.sum(pj, axis=0)
         tl.store(o + row + offs_d, (acc / total).to(o.dtype.element_ty), mask=d_ok)
 
-    @triton.jit(do_not_specialize=["T"])
+    @triton.jit(do_not_specialize=["T", "s_slot"])
     def _recurrence_kernel(q, k, v, o, lam, state, slots, lengths, scale, T, H, s_slot,
-                           D: tl.constexpr, BV: tl.constexpr, HAS_SLOTS: tl.constexpr, HAS_LENGTHS: tl.constexpr):
+                           D: tl.constexpr, BV: tl.constexpr):
         """One (sequence b, head h, block of BV value columns) per program, its fp32 state
-        S [D, BV] in registers, its first n tokens in order (n = lengths[b], else T):
+        S [D, BV] in registers (slot slots[b]), its first n = lengths[b] tokens in order:
             S ← λ_h S + k_tᵀ v_t        o_t = (Σ_i q_ti S_i·) · scale
         then S back to its slot; o is 0 for tokens t ≥ n.  q, k, v, o contiguous [B, T, H, D]."""
         i_v, i_bh = tl.program_id(0), tl.program_id(1)
         b, h = (i_bh // H).to(tl.int64), i_bh % H
-        if HAS_SLOTS:
-            slot = tl.load(slots + b).to(tl.int64)
-        else:
-            slot = b
-        if HAS_LENGTHS:
-            n = tl.load(lengths + b).to(tl.int32)
-        else:
-            n = T
+        slot = tl.load(slots + b)
+        n = tl.load(lengths + b).to(tl.int32)
         o_k = tl.arange(0, D)
         o_v = i_v * BV + tl.arange(0, BV)
         p_s = state + slot * s_slot + h * D * D + o_k[:, None] * D + o_v[None, :]
@@ -185,33 +179,36 @@ def _new(like: torch.Tensor, *shape: int, dtype: torch.dtype | None = None) -> t
     return out.fill_(float("nan")) if POISON_OUTPUTS else out
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """t contiguous and 16-byte aligned (a copy when it is not): the pointer specialisation is
+    then the same in every call."""
+    t = t.contiguous()
+    return t.clone() if t.data_ptr() % 16 else t
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, counts: list[int] | None = None) -> torch.Tensor:
     """``x Wᵀ``: x ``[N, K]``, weight ``[O, K]`` → ``[N, O]`` in x's dtype (bf16, fp16, fp32; one
     dtype).  With ``counts``: weight ``[G, O, K]``, the first counts[0] rows use weight 0, the
     next counts[1] weight 1, … (a row block never straddles two groups)."""
     N, K = x.shape
     O = weight.shape[-2]
-    x, weight = x.contiguous(), weight.contiguous()
+    x, weight = _aligned(x), _aligned(weight)
     tiles = GEMM_TILES[x.dtype]
     bm, bn = tiles["BLOCK_M"], tiles["BLOCK_N"]
     y = _new(x, N, O)
-    if counts is None:
-        blocks, row_blocks = x, -(-N // bm)  # blocks: an unused pointer
+    if counts is None:  # one group: the row blocks built on the device (no host copy)
+        starts = torch.arange(0, N, bm, dtype=torch.int64, device=x.device)
+        blocks = torch.stack((starts, torch.full_like(starts, N), torch.zeros_like(starts)))
     else:
-        starts, ends, groups, start = [], [], [], 0
+        rows, start = [], 0
         for g, count in enumerate(counts):
-            for r in range(start, start + count, bm):
-                starts.append(r), ends.append(start + count), groups.append(g)
+            rows += [(r, start + count, g) for r in range(start, start + count, bm)]
             start += count
-        row_blocks = len(starts)
-        if not row_blocks:
-            return y
-        blocks = torch.tensor([starts, ends, groups], dtype=torch.int64).to(x.device, non_blocking=True)
-    if N == 0 or O == 0:
-        return y
-    _linear_kernel[(row_blocks, triton.cdiv(O, bn))](
-        x, weight, y, blocks, N, K, O, O * K, GROUPED=counts is not None, IEEE=x.dtype == torch.float32,
-        **tiles, **_OPTIONS)
+        blocks = torch.tensor(rows, dtype=torch.int64).t().contiguous().to(x.device, non_blocking=True)
+    row_blocks = blocks.shape[1] if blocks.dim() == 2 else 0
+    if row_blocks and O:
+        _linear_kernel[(row_blocks, triton.cdiv(O, bn))](
+            x, weight, y, blocks, row_blocks, K, O, O * K, IEEE=x.dtype == torch.float32, **tiles, **_OPTIONS)
     return y
 
 
@@ -227,15 +224,15 @@ def activation(x: torch.Tensor, silu: bool) -> torch.Tensor:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, groups: int = 1) -> torch.Tensor:
-    """RMSNorm over ``groups`` equal slices of the last dim of x (any float dtype), one fp32
-    weight ``[dim]`` → fp32 of x's shape."""
+    """RMSNorm over ``groups`` equal slices of the last dim of x (any float dtype), one weight
+    ``[dim]`` (read as fp32) → fp32 of x's shape."""
     dim = x.shape[-1]
     D = dim // groups
-    x = x.contiguous()
+    x = _aligned(x)
     y = _new(x, *x.shape, dtype=torch.float32)
     rows = x.numel() // D
     if rows:
-        _rms_norm_kernel[(rows,)](x, weight.float().contiguous(), y, D, groups, float(eps),
+        _rms_norm_kernel[(rows,)](x, _aligned(weight.float()), y, D, groups, float(eps),
                                   BLOCK_D=triton.next_power_of_2(D), num_warps=NORM_WARPS, **_OPTIONS)
     return y
 
@@ -244,14 +241,15 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: to
                     positions: torch.Tensor, scale: float) -> torch.Tensor:
     """Causal GQA attention over a paged KV cache, the contract of
     :func:`kernels.batch_invariant.cpu.paged_attention`: q ``[G, Tq, H, d]``; k, v
-    ``[blocks, block, KV, d]`` views with equal strides and a contiguous last dim (any float
-    dtype: read as fp32); table int ``[G, blocks per sequence]`` (or ``[G]``: one block each);
-    positions int ``[G, Tq]``.  → ``[G, Tq, H, d]`` in q's dtype."""
+    ``[blocks, block, KV, d]`` views with equal strides, a contiguous last dim and 16-byte
+    aligned (any float dtype: read as fp32; the same dtype in both engines, see the module
+    docstring); table int ``[G, blocks per sequence]`` (or ``[G]``: one block each); positions
+    int ``[G, Tq]``.  → ``[G, Tq, H, d]`` in q's dtype."""
     G, Tq, H, D = q.shape
     KV = k.shape[2]
-    q = q.contiguous()
-    table = table.to(torch.int64).contiguous()
-    positions = positions.to(torch.int64).contiguous()
+    q = _aligned(q)
+    table = _aligned(table.to(torch.int64))
+    positions = _aligned(positions.to(torch.int64))
     out = _new(q, G, Tq, H, D)
     if G * Tq * H:
         _attention_kernel[(G * Tq, H)](
@@ -266,19 +264,20 @@ def recurrence(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: torch.Ten
                ) -> torch.Tensor:
     """The linear-attention recurrence, ``state`` updated in place; the contract of
     :func:`kernels.batch_invariant.cpu.recurrence`: q, k, v ``[B, T, H, D]`` (D a power of two);
-    lam = exp(decay) fp32 ``[H]``; state fp32 ``[slots, H, D, D]`` (each slot contiguous);
-    sequence b on slot ``slots[b]`` (None: b), its first ``lengths[b]`` tokens (None: all;
-    later outputs 0).  → o ``[B, T, H, D]`` in q's dtype."""
+    lam = exp(decay) fp32 ``[H]``; state fp32 ``[slots, H, D, D]`` (each slot contiguous, the
+    pool 16-byte aligned); sequence b on slot ``slots[b]`` (None: b), its first ``lengths[b]``
+    tokens (None: all; later outputs 0).  → o ``[B, T, H, D]`` in q's dtype."""
     B, T, H, D = q.shape
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v = _aligned(q), _aligned(k), _aligned(v)
     out = _new(q, B, T, H, D)
     bv = min(VALUE_BLOCK, D)
+    # always passed (one compiled kernel for the trainer's call and the engine's)
+    slots = torch.arange(B, device=q.device) if slots is None else slots.to(torch.int64)
+    lengths = torch.full((B,), T, device=q.device) if lengths is None else lengths.to(torch.int64)
     if B * T * H:
-        dummy = lam  # a pointer for the absent slots / lengths
         _recurrence_kernel[(D // bv, B * H)](
-            q, k, v, out, lam.float().contiguous(), state, dummy if slots is None else slots.to(torch.int64),
-            dummy if lengths is None else lengths.to(torch.int64), float(scale), T, H, state.stride(0), D=D, BV=bv,
-            HAS_SLOTS=slots is not None, HAS_LENGTHS=lengths is not None, num_warps=RECURRENCE_WARPS, **_OPTIONS)
+            q, k, v, out, _aligned(lam.float()), state, _aligned(slots), _aligned(lengths), float(scale), T, H,
+            state.stride(0), D=D, BV=bv, num_warps=RECURRENCE_WARPS, **_OPTIONS)
     return out
 
 

@@ -196,29 +196,32 @@ def attention_ref(q, k, v, positions, scale):
 
 
 def test_attention_matches_float64_and_decode_is_the_prefill_row(dev):
-    G, T, H, KV, d = 2, 17 if dev == "cpu" else 100, 1, 1, 16
+    G, T, H, KV, d = 2, 13 if dev == "cpu" else 100, 1, 1, 16
     q, k, v = (randn(G, T, h, d, seed=12 + i, dev=dev) for i, h in enumerate((H, KV, KV)))
     positions = torch.arange(T, device=dev).expand(G, T)
     full = bi.attention(q, k, v, positions, 0.25)
     assert rel(full, attention_ref(q, k, v, positions, 0.25)) < 1e-6
-    for g, p in [(0, 0), (1, 7), (0, 8), (1, 16)] + ([(0, 31), (1, 32), (0, 64)] if dev == "cuda" else []):
+    for g, p in [(0, 0), (1, 7), (0, 8), (1, 12)] + ([(0, 31), (1, 32), (0, 64)] if dev == "cuda" else []):
         one = bi.attention(q[g:g + 1, p:p + 1], k[g:g + 1, :p + 1], v[g:g + 1, :p + 1],
                            torch.tensor([[p]], device=dev), 0.25)
         assert same_bits(one, full[g:g + 1, p:p + 1]), (g, p)
-    # a prefill piece (positions 9..15) with keys beyond them holding anything finite
-    piece = bi.attention(q[1:2, 9:16], k[1:2], v[1:2], torch.arange(9, 16, device=dev)[None], 0.25)
-    assert same_bits(piece, full[1:2, 9:16])
+    # a prefill piece (positions 9..11) with keys beyond them holding anything finite
+    piece = bi.attention(q[1:2, 9:12], k[1:2], v[1:2], torch.arange(9, 12, device=dev)[None], 0.25)
+    assert same_bits(piece, full[1:2, 9:12])
 
 
 def test_paged_attention_reads_only_visible_keys_through_the_block_table(dev):
-    """The engine's call: keys in a paged cache (blocks of 4 in a shuffled order, K and V halves of
-    one tensor, stale slots NaN); bf16 cache read as fp32 — the bits of the trainer's attention on
-    the same (rounded) keys, decodes and a prefill piece alike."""
+    """The engine's call: keys in a paged bf16 cache (blocks of 4 in a shuffled order, K and V
+    halves of one tensor, stale slots NaN) — the bits of the trainer's attention on fp32 keys with
+    ``kv_dtype`` the cache's, decodes and a prefill piece alike."""
     from kernels.batch_invariant.attention import paged_attention
-    T, H, KV, d, bs = 13, 2, 1, 16, 4
+    T, H, KV, d, bs = 10, 2, 1, 16, 4
     q = randn(2, T, H, d, seed=20, dev=dev)
     kv = randn(2, T, KV, 2 * d, seed=21, dev=dev).to(torch.bfloat16)
-    full = bi.attention(q, kv[..., :d].float(), kv[..., d:].float(), torch.arange(T, device=dev).expand(2, T), 0.25)
+    # the trainer's call: fp32 K and V, rounded to the cache dtype
+    k, v = kv[..., :d].float() + 1e-3, kv[..., d:].float() + 1e-3
+    full = bi.attention(q, k, v, torch.arange(T, device=dev).expand(2, T), 0.25, kv_dtype=torch.bfloat16)
+    kv = torch.cat((k, v), -1).to(torch.bfloat16)                     # the engine's cache write
     blocks = -(-T // bs)
     order = torch.randperm(2 * blocks, generator=gen(22)).to(dev)
     cache = torch.full((2 * blocks + 3, bs, KV, 2 * d), float("nan"), dtype=torch.bfloat16, device=dev)
@@ -227,14 +230,14 @@ def test_paged_attention_reads_only_visible_keys_through_the_block_table(dev):
         for j in range(T):
             cache[table[g, j // bs], j % bs] = kv[g, j]
     k_half, v_half = cache[..., :d], cache[..., d:]
-    dec = paged_attention(q[:, 10:11], k_half, v_half, table, bs, torch.tensor([[10], [10]], device=dev), 0.25)
-    assert dec is not None and same_bits(dec, full[:, 10:11])
-    pre = paged_attention(q[:1, 12:T], k_half, v_half, table[:1], bs, torch.arange(12, T, device=dev)[None], 0.25)
-    assert same_bits(pre, full[:1, 12:T])
+    dec = paged_attention(q[:, 8:9], k_half, v_half, table, bs, torch.tensor([[8], [8]], device=dev), 0.25)
+    assert dec is not None and same_bits(dec, full[:, 8:9])
+    pre = paged_attention(q[:1, 6:T], k_half, v_half, table[:1], bs, torch.arange(6, T, device=dev)[None], 0.25)
+    assert same_bits(pre, full[:1, 6:T])
 
 
 def test_attention_gradients_match_float64(dev):
-    G, T, H, KV, d = 1, 13, 2, 1, 16
+    G, T, H, KV, d = 1, 10, 2, 1, 16
     q, k, v = (randn(G, T, h, d, seed=30 + i, dev=dev) for i, h in enumerate((H, KV, KV)))
     positions = torch.arange(T, device=dev).expand(G, T)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
