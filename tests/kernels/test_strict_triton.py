@@ -297,3 +297,23 @@ def test_recurrence_gradients_match_float64(dev):
     (naive_recurrence(*ref[:3], decay, 0.25, ref[3])[0] * up.double()).sum().backward()
     for name, a, r in zip("q k v state".split(), leaves, ref):
         assert rel(a.grad, r.grad) < 1e-5, name
+
+
+# --- kept as they are on CUDA: the sampler's log-softmax -----------------------------------------
+
+@pytest.mark.parametrize("vocab", [384, 157184])
+def test_log_softmax_rows_do_not_depend_on_the_batch_on_cuda(vocab):
+    """vLLM's sampler computes its log-probs with torch's log_softmax, which strict mode cannot
+    replace in the engine; the trainer restates it (``log_softmax_tokens``).  On CUDA a row's
+    result must not depend on the rows beside it: torch runs one row per warp (≤ 1024 classes) or
+    per block (more), its configuration a function of the vocabulary size and of the row's
+    16-byte alignment, the same for every row of a fresh fp32 tensor when vocab % 4 == 0 (the
+    demo's 384, Ring's 157184)."""
+    if TRITON != "cuda":
+        pytest.skip("torch's CUDA kernels: GPU only")
+    logits = randn(300, vocab, seed=60, dev="cuda", scale=3.0)
+    tokens = torch.randint(0, vocab, (300,), generator=gen(61)).cuda()
+    full, _ = bi.log_softmax_tokens(logits, tokens, 0.7)
+    for start, n in [(0, 1), (17, 1), (5, 30), (299, 1), (100, 128)]:
+        part, _ = bi.log_softmax_tokens(logits[start:start + n].clone(), tokens[start:start + n], 0.7)
+        assert same_bits(part, full[start:start + n]), (start, n)
