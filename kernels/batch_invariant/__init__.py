@@ -6,9 +6,12 @@ strict mode, so the trainer's log-prob of a token equals the rollout engine's bi
 
 On CPU in fp32 the GEMM, the attention, the recurrence and the activations run C kernels
 (``strict_cpu.c`` via :mod:`.cpu`): each output element one fixed sequence of roundings,
-invariant by construction and a few µs per call.  The PyTorch formulations below (invariant by
-measurement) remain for other devices and for machines without a C compiler — other bits, the
-same in both engines.  Why each is needed, measured with torch 2.13's CPU kernels (MKL):
+invariant by construction and a few µs per call.  On CUDA tensors Triton kernels do
+(``strict_triton.py`` via :mod:`.cuda`; RMSNorm too, :func:`invariant_rms_norm`), invariant by
+construction as well: one compiled configuration, every reduction inside one program in a fixed
+order (docs/decisions.md, "Strict mode on CUDA").  The PyTorch formulations below (invariant by
+measurement on CPU) remain for machines without a C compiler or triton — other bits, the same in
+both engines.  Why each is needed, measured with torch 2.13's CPU kernels (MKL):
 
 * :func:`linear` (``matmul.py``) — ``x @ W.T`` is not batch invariant (row i of an M-row product
   differs from the same row computed with another M); a fixed tile of 16 rows is.
