@@ -53,7 +53,7 @@ RECURRENCE_WARPS = 4
 
 if HAS_TRITON:
 
-    @triton.jit(do_not_specialize=["row_blocks"])
+    @triton.jit(do_not_specialize=["row_blocks", "O"])
     def _linear_kernel(x, w, y, blocks, row_blocks, K, O, group_stride, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                        BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
         """y[r, c] = Σ_k x[r, k] w[g, c, k], k in BLOCK_K steps in order, fp32 accumulation, one
@@ -121,7 +121,9 @@ if HAS_TRITON:
         row = (gt * H + h) * D
         qv = tl.load(q + row + offs_d, mask=d_ok, other=0.0).to(tl.float32)
         n_blocks = p // BLOCK_KEYS + 1
-        m = tl.full((), float("-inf"), tl.float32)
+        # loop-carried values are [BLOCK_D] vectors (each lane the same number): a 0-d loop value
+        # is not a type every Triton version carries
+        m = tl.full((BLOCK_D,), float("-inf"), tl.float32)
         for i in range(0, n_blocks):                      # pass 1: the exact max of the scores
             j = i * BLOCK_KEYS + tl.arange(0, BLOCK_KEYS)
             j_ok = j <= p
@@ -130,8 +132,9 @@ if HAS_TRITON:
             kb = tl.load(k + at[:, None] + offs_d[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.0)
             s = tl.sum(kb.to(tl.float32) * qv[None, :], axis=1) * scale
             m = tl.maximum(m, tl.max(tl.where(j_ok, s, float("-inf")), axis=0))
+        m = tl.max(m, axis=0)
         acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        total = tl.zeros((), dtype=tl.float32)
+        total = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for i in range(0, n_blocks):                      # pass 2: Σ P v and Σ P, block after block
             j = i * BLOCK_KEYS + tl.arange(0, BLOCK_KEYS)
             j_ok = j <= p
