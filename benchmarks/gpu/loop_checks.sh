@@ -6,6 +6,7 @@
 #   zero3   gpu_ring.yaml under ZeRO-3: 2 steps, a checkpoint at step 2 (each holds ~16 GB)
 #   resume  the zero3 run resumed to 3 steps, then `lockstep eval` of its GPU checkpoint
 #   eval    the demo recipe, 2 steps and a checkpoint, then `lockstep eval` of it (no ZeRO-3 run needed)
+#   strict  strict mode: the demo and gpu_ring recipes in bf16, fast and strict, 3 steps each (benchmarks/gpu/strict.py)
 # Usage: bash benchmarks/gpu/loop_checks.sh PART...   (writes logs and results under $OUT)
 set -u
 : "${OUT:?set OUT to the folder that comes back}"
@@ -43,6 +44,8 @@ for part in "$@"; do
       echo "run rc $?"; tail -3 "$OUT/demo-eval-run.log"
       timeout 150 python3 -m rl.cli eval runs/demo-eval --limit 50 > "$OUT/demo-eval.log" 2>&1
       echo "eval rc $?"; tail -6 "$OUT/demo-eval.log" ;;
-    *) echo "unknown part $part (tests, bf16, zero3, resume, eval)"; exit 2 ;;
+    strict)
+      timeout 560 python3 -m benchmarks.gpu.strict --out "$OUT" ;;
+    *) echo "unknown part $part (tests, bf16, zero3, resume, eval, strict)"; exit 2 ;;
   esac
 done
