@@ -63,7 +63,7 @@ def main() -> int:
                                                                      for h in steps["strict"]],
                "strict_abs_logp_diff_max": [h.get("mismatch/abs_logp_diff_max") for h in steps["strict"]],
                "fast_abs_logp_diff_max": [h.get("mismatch/abs_logp_diff_max") for h in steps["fast"]],
-               "strict_native_kernels": [h.get("strict/native_kernels") for h in steps["strict"]]}
+               "strict_cuda_fallback_calls": [h.get("strict/cuda_fallback_calls") for h in steps["strict"]]}
         for key in ("time/step", "time/rollout", "time/train"):
             fast, strict = median_after_first(steps["fast"], key), median_after_first(steps["strict"], key)
             row[key] = {"fast_s": fast, "strict_s": strict,
