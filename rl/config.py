@@ -295,7 +295,8 @@ class RunConfig:
     mode: Literal["fast", "strict"] = "fast"
     """DESIGN §4 modes: `fast` runs the aligned ops and measures the mismatch every step;
     `strict` runs batch-invariant kernels in both engines (`kernels/batch_invariant`), so the
-    trainer's log-probs equal the rollout's bit for bit (Ring-linear models, CPU; slower)."""
+    trainer's log-probs equal the rollout's bit for bit (Ring-linear models; C kernels on CPU,
+    Triton kernels on CUDA; slower)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy model."""
     data: DataConfig = field(default_factory=DataConfig)

@@ -130,4 +130,6 @@ def update_policy(trainers: TrainerGroup, cfg: RunConfig, samples: list[Sample],
         "train/nonfinite_skipped": totals.skipped / len(trainers.actors),
         "train/minibatches": float(minibatches),
         "trainer/padding_frac": totals.padded_tokens / max(totals.forward_tokens, 1.0),
+        # strict mode on a GPU: a rank's strict op calls that ran a PyTorch formulation (0 expected)
+        **({"strict/cuda_fallback_calls": totals.strict_cuda_fallbacks_max} if cfg.mode == "strict" else {}),
     }, logps

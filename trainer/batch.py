@@ -71,6 +71,9 @@ class UpdateStats:
     # 1.0 when the loss or the gradients were NaN/Inf and the optimiser step was skipped (the
     # weights and the optimiser state are those before the step).
     skipped: float = 0.0
+    # strict mode on CUDA: this rank's calls so far that ran a PyTorch formulation instead of a
+    # Triton kernel (kernels.batch_invariant.cuda.FALLBACKS; combined by max)
+    strict_cuda_fallbacks_max: float = 0.0
 
     def __add__(self, other: UpdateStats) -> UpdateStats:
         def combine(name: str):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from kernels.batch_invariant import cuda as strict_cuda
 from trainer import losses
 from trainer.batch import SFTStepStats, TokenLogprobs, TrainBatch, TrainSample, UpdateResult, UpdateStats
 from trainer.config import LossConfig, TrainerSetup
@@ -337,6 +338,7 @@ class TrainerRank:
         grad_norm = self.engine.get_global_grad_norm()
         stats.grad_norm = math.inf if self.dropped_nonfinite else float(grad_norm or 0.0)
         stats.lr = self.engine.get_lr()[0]
+        stats.strict_cuda_fallbacks_max = float(sum(strict_cuda.FALLBACKS.values()))
         return UpdateResult(stats, rows)
 
     def _boundary_step(self, nonfinite_loss: bool) -> None:

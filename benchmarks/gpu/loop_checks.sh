@@ -6,7 +6,7 @@
 #   zero3   gpu_ring.yaml under ZeRO-3: 2 steps, a checkpoint at step 2 (each holds ~16 GB)
 #   resume  the zero3 run resumed to 3 steps, then `lockstep eval` of its GPU checkpoint
 #   eval    the demo recipe, 2 steps and a checkpoint, then `lockstep eval` of it (no ZeRO-3 run needed)
-#   strict  the demo recipe with mode=strict, 3 steps: bitwise_equal_frac and max |Δ logp| per step
+#   strict  strict mode: the demo and gpu_ring recipes in bf16, fast and strict, 3 steps each (benchmarks/gpu/strict.py)
 # Usage: bash benchmarks/gpu/loop_checks.sh PART...   (writes logs and results under $OUT)
 set -u
 : "${OUT:?set OUT to the folder that comes back}"
@@ -44,17 +44,8 @@ for part in "$@"; do
       echo "run rc $?"; tail -3 "$OUT/demo-eval-run.log"
       timeout 150 python3 -m rl.cli eval runs/demo-eval --limit 50 > "$OUT/demo-eval.log" 2>&1
       echo "eval rc $?"; tail -6 "$OUT/demo-eval.log" ;;
-    strict)  # strict mode's kernels on CUDA: every step must log bitwise_equal_frac 1 and max |Δ logp| 0
-      timeout 300 python3 -m rl.cli run recipes/demo.yaml name=demo-strict mode=strict trainer.num_ranks=1 \
-        schedule.steps=3 schedule.eval_every=0 --no-resume > "$OUT/demo-strict.log" 2>&1
-      echo "strict run rc $?"; tail -3 "$OUT/demo-strict.log"
-      cp runs/demo-strict/metrics.jsonl "$OUT/demo-strict.metrics.jsonl" 2>/dev/null
-      python3 -c "
-import json, sys
-for line in open('runs/demo-strict/metrics.jsonl'):
-    m = json.loads(line)
-    print({k: m.get(k) for k in ('step', 'mismatch/bitwise_equal_frac', 'mismatch/abs_logp_diff_max', 'time/step')})
-" ;;
+    strict)
+      timeout 560 python3 -m benchmarks.gpu.strict --out "$OUT" ;;
     *) echo "unknown part $part (tests, bf16, zero3, resume, eval, strict)"; exit 2 ;;
   esac
 done

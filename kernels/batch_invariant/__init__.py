@@ -6,9 +6,12 @@ strict mode, so the trainer's log-prob of a token equals the rollout engine's bi
 
 On CPU in fp32 the GEMM, the attention, the recurrence and the activations run C kernels
 (``strict_cpu.c`` via :mod:`.cpu`): each output element one fixed sequence of roundings,
-invariant by construction and a few µs per call.  The PyTorch formulations below (invariant by
-measurement) remain for other devices and for machines without a C compiler — other bits, the
-same in both engines.  Why each is needed, measured with torch 2.13's CPU kernels (MKL):
+invariant by construction and a few µs per call.  On CUDA tensors Triton kernels do
+(``strict_triton.py`` via :mod:`.cuda`; RMSNorm too, :func:`invariant_rms_norm`), invariant by
+construction as well: one compiled configuration, every reduction inside one program in a fixed
+order (docs/decisions.md, "Strict mode on CUDA").  The PyTorch formulations below (invariant by
+measurement on CPU) remain for machines without a C compiler or triton — other bits, the same in
+both engines.  Why each is needed, measured with torch 2.13's CPU kernels (MKL):
 
 * :func:`linear` (``matmul.py``) — ``x @ W.T`` is not batch invariant (row i of an M-row product
   differs from the same row computed with another M); a fixed tile of 16 rows is.
@@ -35,6 +38,7 @@ from .attention import KEY_BLOCK, attention
 from .linear_attention import recurrence
 from .logprobs import log_softmax_tokens
 from .matmul import TILE_ROWS, grouped_linear, linear
+from .norm import invariant_rms_norm
 
 __all__ = ["TILE_ROWS", "linear", "grouped_linear", "sigmoid", "silu", "KEY_BLOCK", "attention", "recurrence",
-           "log_softmax_tokens"]
+           "log_softmax_tokens", "invariant_rms_norm"]

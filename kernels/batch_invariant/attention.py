@@ -26,7 +26,8 @@ query tiles.
 On CPU in fp32 the C kernel (``strict_cpu.c``) computes the forward instead, per query and head
 over its visible keys in order (scores, max, ``Σ P v / Σ P`` in fp64): no tiles, no padding,
 keys past the query never read; the rollout engine calls it on its paged cache
-(:func:`.cpu.paged_attention`).
+(:func:`paged_attention`).  On CUDA the Triton kernel (``strict_triton.py``) does the same per
+(query, head): the sums over keys in fixed blocks of 32 from position 0, in fp32.
 
 Backward (training): only the forward's bits must agree between the engines, so the gradient is
 that of ordinary masked attention (``F.scaled_dot_product_attention``, fast mode's op, causal or
@@ -39,7 +40,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import cpu
+from . import cpu, cuda
 from .recompute import recomputed_grads
 
 KEY_BLOCK = 16    # keys per block: the K of the P·V GEMM and the N of the score GEMM
@@ -57,7 +58,7 @@ def _pad_to(x: torch.Tensor, dim: int, multiple: int) -> torch.Tensor:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-              scale: float) -> torch.Tensor:
+              scale: float, kv_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Causal GQA attention, batch invariant; differentiable in q, k, v (backward: see above).
 
     Args:
@@ -67,6 +68,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
         positions: int ``[G, Tq]`` each query's position: it sees keys ``0..position``.
             A padded row must still see key 0 (use position 0) and its output is garbage.
         scale: the score scale (1/√d).
+        kv_dtype: the dtype the rollout engine's KV cache stores K and V in (the model dtype),
+            or None.  The trainer passes it: K and V are rounded to it as the engine's cache
+            rounds them, and the CUDA kernel reads them in it, as it reads the engine's cache
+            (one compiled kernel for both engines: ``strict_triton.py``).
     Returns:
         ``[G, Tq, H, d]`` in q's dtype.
     """
@@ -74,32 +79,48 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
         raise ValueError(f"batch_invariant.attention: {q.shape[2]} query heads are not a multiple of "
                          f"{k.shape[2]} KV heads")
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return _Attention.apply(q, k, v, positions, scale)
-    return _attention_forward(q, k, v, positions, scale)
+        return _Attention.apply(q, k, v, positions, scale, kv_dtype)
+    return _attention_forward(q, k, v, positions, scale, kv_dtype)
 
 
 def _attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-             scale: float) -> torch.Tensor:
+             scale: float, kv_dtype: torch.dtype | None = None) -> torch.Tensor:
     """The forward's bits: the C kernel on CPU in fp32 (``strict_cpu.c``: per query, its visible
-    keys in order — the same arithmetic without tiles), else the blocked tiles below."""
-    out = cpu.attention(q, k, v, positions, scale)
+    keys in order — the same arithmetic without tiles), the Triton kernel on CUDA, else the
+    blocked tiles below."""
+    if kv_dtype is not None:  # the engine's cache rounding
+        k, v = k.to(kv_dtype), v.to(kv_dtype)
+    if q.is_cuda:
+        out = cuda.attention(q, k, v, positions, scale)
+    else:
+        out = cpu.attention(q, k.to(q.dtype), v.to(q.dtype), positions, scale)
     return _blocked(q, k, v, positions, scale) if out is None else out
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, block: int,
+                    positions: torch.Tensor, scale: float) -> torch.Tensor | None:
+    """The rollout engine's call: :func:`attention`'s forward reading the keys where vLLM's paged
+    cache holds them (the contract of :func:`.cpu.paged_attention`), by the C kernel (CPU, fp32)
+    or the Triton kernel (CUDA) — the bits :func:`attention` computes with it.  None where
+    neither runs (the caller then gathers the keys and runs :func:`attention`)."""
+    out = cpu.paged_attention(q, k, v, table, block, positions, scale)
+    return cuda.paged_attention(q, k, v, table, block, positions, scale) if out is None else out
 
 
 class _Attention(torch.autograd.Function):
     """The blocked forward; ordinary masked attention's gradient backward (recomputed)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, positions, scale):
+    def forward(ctx, q, k, v, positions, scale, kv_dtype):
         ctx.save_for_backward(q, k, v, positions)
         ctx.scale = scale
-        return _attention_forward(q, k, v, positions, scale)
+        return _attention_forward(q, k, v, positions, scale, kv_dtype)
 
     @staticmethod
     def backward(ctx, grad):
         q, k, v, positions = ctx.saved_tensors
         fast = lambda q, k, v: _masked_attention(q, k, v, positions, ctx.scale)  # noqa: E731
-        return (*recomputed_grads(fast, (q, k, v), ctx.needs_input_grad[:3], grad), None, None)
+        return (*recomputed_grads(fast, (q, k, v), ctx.needs_input_grad[:3], grad), None, None, None)
 
 
 def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
@@ -115,8 +136,11 @@ def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positio
 
 
 def _blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-             scale: float) -> torch.Tensor:
+             scale: float, kv_dtype: torch.dtype | None = None) -> torch.Tensor:
     """The forward's bits (the module docstring's arithmetic); shapes as :func:`attention`."""
+    if kv_dtype is not None:  # the engine's cache rounding
+        k, v = k.to(kv_dtype), v.to(kv_dtype)
+    k, v = k.to(q.dtype), v.to(q.dtype)
     G, Tq, H, d = q.shape
     S, KV = k.shape[1], k.shape[2]
     q, positions = _pad_to(q, 1, QUERY_TILE), _pad_to(positions, 1, QUERY_TILE)
@@ -148,4 +172,4 @@ def _blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch
     return o.permute(0, 2, 3, 1, 4).reshape(G, nq * QUERY_TILE, H, d)[:, :Tq]
 
 
-__all__ = ["KEY_BLOCK", "QUERY_TILE", "attention"]
+__all__ = ["KEY_BLOCK", "QUERY_TILE", "attention", "paged_attention"]

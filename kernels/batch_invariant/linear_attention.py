@@ -10,8 +10,10 @@ bmm of ``[B·H, 1, d] × [B·H, d, d]`` (fresh contiguous operands), whose rows 
 B·H nor on the other rows (tests/kernels/test_batch_invariant.py).
 
 On CPU in fp32 the loop runs in C (``strict_cpu.c``: ``decode_cpu.c``'s fp64 step, token after
-token, each (sequence, head) by itself); the rollout engine calls it on its state pool's slots in
-place (:func:`into_slots`).  Elsewhere the torch ops below.
+token, each (sequence, head) by itself); on CUDA one Triton kernel (``strict_triton.py``: the
+token loop inside, fp32 state in registers, one program per (sequence, head, 32 value columns));
+the rollout engine calls either on its state pool's slots in place (:func:`into_slots`).
+Elsewhere the torch ops below.
 
 Chosen over re-running the open chunk at decode (the chunked form's bits depend on where a
 token sits in its chunk): one definition, no chunk bookkeeping in the engine.  Its cost is the
@@ -28,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from ..linear_attention import chunk
-from . import cpu
+from . import cpu, cuda
 from .recompute import recomputed_grads
 
 
@@ -48,10 +50,13 @@ def prefix_lengths(valid: torch.Tensor) -> torch.Tensor | None:
 def into_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
                pool: torch.Tensor, slots: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor | None:
     """The rollout engine's call: :func:`recurrence` on the pool's slots in place (no gather or
-    scatter of states), by the C kernel — the bits :func:`recurrence` computes with it.  q, k, v
+    scatter of states), by the C kernel (CPU) or the Triton kernel (CUDA) — the bits
+    :func:`recurrence` computes with it.  q, k, v
     ``[B, T, H, d]``; pool fp32 ``[num_slots, H, d, d]``; slots int ``[B]`` (distinct, checked
     in range here); lengths ``[B]``: each sequence's tokens (right padding after).  Returns o, or
     None when the kernel cannot run (the caller then runs :func:`recurrence`)."""
+    if q.is_cuda:  # vLLM's slots, unchecked: a host read of them per layer would stall every step
+        return cuda.recurrence(q, k, v, decay_factor(decay), scale, pool, slots, lengths)
     if not cpu.available() or slots.numel() and not (0 <= int(slots.min()) and int(slots.max()) < pool.shape[0]):
         return None
     return cpu.recurrence(q, k, v, decay_factor(decay), scale, pool, slots, lengths)
@@ -60,13 +65,14 @@ def into_slots(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.T
 def _recurrence_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor, scale: float,
              state: torch.Tensor | None, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward's bits (no autograd).  Shapes as :func:`recurrence`.  On CPU in fp32 the C
-    kernel (``strict_cpu.c``: decode_cpu.c's fp64 step, token after token), else the torch ops
-    of :func:`_token_loop`."""
+    kernel (``strict_cpu.c``: decode_cpu.c's fp64 step, token after token), on CUDA the Triton
+    kernel (``strict_triton.py``), else the torch ops of :func:`_token_loop`."""
     B, T, H, d = q.shape
     lengths = None if valid is None else prefix_lengths(valid)
-    if cpu.available() and (valid is None or lengths is not None):
+    kernels = cuda if q.is_cuda else cpu
+    if (q.is_cuda or cpu.available()) and (valid is None or lengths is not None):
         S = q.new_zeros(B, H, d, d) if state is None else state.to(q.dtype, copy=True).contiguous()
-        o = cpu.recurrence(q, k, v, decay_factor(decay), scale, S, None, lengths)
+        o = kernels.recurrence(q, k, v, decay_factor(decay), scale, S, None, lengths)
         if o is not None:
             return o, S
     return _token_loop(q, k, v, decay, scale, state, valid)

@@ -12,7 +12,9 @@ tensor): then the bmm reads x itself, the same bytes at the same alignment, so t
 
 On CPU in fp32 the C kernel (``strict_cpu.c``) computes it instead: each element summed over K
 in order, in 4-row × 16-column register blocks — a row's bits do not depend on the other rows,
-so there are no tiles to pad (docs/decisions.md, "Strict mode"); the tiles above run elsewhere.
+so there are no tiles to pad (docs/decisions.md, "Strict mode").  On CUDA (bf16, fp16, fp32) the
+Triton kernel (``strict_triton.py``): one fixed tile configuration, the K loop in order, fp32
+accumulation, rounded once to x's dtype.  The tiles above run where neither can.
 
 Backward: the gradients are ordinary GEMMs (only the forward's bits must agree between the
 engines; the rollout never differentiates).
@@ -23,15 +25,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import cpu
+from . import cpu, cuda
 
 TILE_ROWS = 16
 _ALIGN = 64  # bytes: torch's CPU allocator's alignment (MKL picks kernels by the operands' alignment)
 
 
 def _rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x ``[N, K]``, weight ``[O, K]`` → ``[N, O]``: the C kernel on CPU (fp32), else the tiles."""
+    """x ``[N, K]``, weight ``[O, K]`` → ``[N, O]``: the C kernel on CPU (fp32), the Triton kernel
+    on CUDA, else the tiles."""
     y = cpu.linear(x, weight)
+    if y is None:
+        y = cuda.linear(x, weight)
     return _tiled(x, weight) if y is None else y
 
 
@@ -80,6 +85,8 @@ class _GroupedLinear(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, counts: list[int], weight: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.counts = counts
+        if x.is_cuda:
+            return cuda.linear(x, weight, counts)
         ends = torch.tensor(counts, dtype=torch.int64).cumsum(0)
         return cpu.linear(x, weight, ends)
 
@@ -95,10 +102,10 @@ class _GroupedLinear(torch.autograd.Function):
 def grouped_linear(x: torch.Tensor, counts: list[int], weight: torch.Tensor) -> torch.Tensor | None:
     """One weight per group of rows, batch invariant: x ``[N, K]`` with its rows grouped
     (``counts[g]`` rows for group g, in order), weight ``[G, O, K]`` → ``[N, O]``, each row
-    ``x_n W_gᵀ`` the same bits as :func:`linear` gives it alone.  One call of the C kernel for
-    every group (the MoE's experts); None where the kernel cannot run (not fp32 on CPU, no
-    kernel): the caller then runs :func:`linear` per group.  Differentiable in x and weight."""
-    if not cpu.takes(x, weight):
+    ``x_n W_gᵀ`` the same bits as :func:`linear` gives it alone.  One call of the C kernel (CPU,
+    fp32) or the Triton kernel (CUDA) for every group (the MoE's experts); None where neither
+    runs: the caller then runs :func:`linear` per group.  Differentiable in x and weight."""
+    if not (cpu.takes(x, weight) or cuda.linear_takes(x, weight)):
         return None
     return _GroupedLinear.apply(x, counts, weight)
 

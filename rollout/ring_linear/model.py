@@ -89,7 +89,7 @@ from kernels.batch_invariant import linear as invariant_linear
 from kernels.batch_invariant import recurrence as invariant_recurrence
 from kernels.batch_invariant import sigmoid as invariant_sigmoid
 from kernels.batch_invariant import silu as invariant_silu
-from kernels.batch_invariant.cpu import paged_attention
+from kernels.batch_invariant.attention import paged_attention
 from kernels.batch_invariant.linear_attention import into_slots as recurrence_into_slots
 from kernels.fp8 import quantize_fp8_weights, swap_linears_to_fp8
 from kernels.linear_attention import chunk, decode_packed, layer_decay, recurrent
@@ -257,7 +257,7 @@ class RingLinearAttention(VllmLinearAttention):
         scale = self.head_dim ** -0.5
         n_dec, n_pre_tok = plan.decodes, plan.prefill_tokens
         if self.strict:
-            return self._forward_strict(q, k, v, output, meta, state)
+            return self._forward_strict(q, k, v, output, meta, state, plan)
         # decodes: the packed q, k, v go straight to the CPU kernel (no per-layer checks or
         # copies: the slots were checked once for the step); other cases through `recurrent`
         if n_dec and not (plan.native_decode and decode_packed(hidden_states[:n_dec], decay, scale, state,
@@ -278,7 +278,7 @@ class RingLinearAttention(VllmLinearAttention):
             output[n_dec + n_pre_tok:].zero_()  # padding rows
 
     def _forward_strict(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, output: torch.Tensor,
-                        meta, state: torch.Tensor) -> None:
+                        meta, state: torch.Tensor, plan: StepPlan) -> None:
         """Strict mode: decodes and prefill pieces run the trainer's token loop
         (:func:`kernels.batch_invariant.recurrence`) from their slots' states, so every token's
         output is the bits the trainer computes for its position.  q, k, v ``[N, H, d]``."""
@@ -287,6 +287,8 @@ class RingLinearAttention(VllmLinearAttention):
             output.zero_()
             return
         slots = meta.state_indices_tensor[:reqs].long()
+        if plan.decode_fresh is not None:  # GPUs (the CPU cleared them above): fresh sequences start from 0
+            state[slots[torch.cat((plan.decode_fresh, plan.prefill_fresh))]] = 0  # a host sync: strict runs eagerly
         rows, valid = request_rows(meta.query_start_loc[:reqs + 1])
         total = int(meta.query_start_loc[reqs])
         H, d = q.shape[1:]
@@ -300,7 +302,7 @@ class RingLinearAttention(VllmLinearAttention):
                 return
         pad = lambda t: torch.cat((t[:total], t.new_zeros(1, H, d)))[rows]  # noqa: E731  [reqs, T, H, d]
         qs, ks, vs = pad(q), pad(k), pad(v)
-        # the C kernel on the pool's slots in place; else the token loop on gathered states
+        # the C or Triton kernel on the pool's slots in place; else the token loop on gathered states
         o = recurrence_into_slots(qs, ks, vs, decay, scale, state, slots, valid.sum(1))
         if o is None:
             o, final = invariant_recurrence(qs, ks, vs, decay, scale, state[slots], valid)
@@ -363,10 +365,10 @@ def attend_strict(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Te
     vLLM's ``Attention`` layer only owns the cache here (its spec, allocation, block tables); its
     kernel never runs, so the cache holds our layout: ``kv_cache [blocks, KV, block_size, 2d]``,
     K in the first d channels, V in the last d.  This step's K/V go to their slots
-    (``slot_mapping``); on CPU the C kernel then reads every sequence's K/V in the cache through
-    its block table (:func:`kernels.batch_invariant.cpu.paged_attention`, the bits of the
-    trainer's op); elsewhere they are gathered, positions past its length zeroed (masked keys
-    must be finite).  q ``[N, H, d]``, k, v ``[N, KV, d]``
+    (``slot_mapping``); the C kernel (CPU, fp32) or the Triton kernel (CUDA) then reads every
+    sequence's K/V in the cache through its block table
+    (:func:`kernels.batch_invariant.attention.paged_attention`, the bits of the trainer's op);
+    elsewhere they are gathered, positions past its length zeroed (masked keys must be finite).  q ``[N, H, d]``, k, v ``[N, KV, d]``
     (tokens of the step, in ``query_start_loc`` order) → ``[N, H, d]``."""
     N, H, d = q.shape
     out = q.new_zeros(N, H, d)
@@ -398,7 +400,7 @@ def attend_strict(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Te
     count = valid.sum(1, keepdim=True)
     positions = torch.where(valid, seq_lens[:, None] - count + torch.arange(rows.shape[1], device=q.device), 0)
     qs = torch.cat((q[:n], q.new_zeros(1, H, d)))[rows]                      # [R, Tq, H, d]
-    # the C kernel reads the keys in the cache through the block table; else they are gathered
+    # the C or Triton kernel reads the keys in the cache through the block table; else they are gathered
     o = paged_attention(qs, cache[..., :d].transpose(1, 2), cache[..., d:].transpose(1, 2), meta.block_table[:reqs],
                         block_size, positions, d ** -0.5)
     if o is None:

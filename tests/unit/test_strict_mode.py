@@ -68,3 +68,29 @@ def test_strict_model_refuses_a_cache_and_packed_sequences(models):
         strict.model(torch.tensor([[1, 2, 3]]), use_cache=True)
     with pytest.raises(ValueError, match="strict mode takes one sequence per row"):  # its layers would leak
         token_logprobs(strict, pack_flat([[5, 6, 7], [8, 9]], [[10, 11], [12, 13]]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_strict_logprobs_do_not_depend_on_the_batch_on_cuda_in_bf16(models):
+    """The training model on a GPU in bf16 (weights bf16, norms/residual/state fp32): every strict
+    op runs its Triton kernel (no fallback) and a sequence's log-probs are the same bits alone and
+    inside batches."""
+    from kernels.batch_invariant import cuda
+
+    fast, _ = models
+    model = BailingMoeLinearV2ForCausalLM(small_config()).eval()
+    model.load_state_dict(fast.state_dict())
+    model.to("cuda", torch.bfloat16)
+    use_strict(model)
+    use_fp32_lm_head(model, strict=True)
+    cuda.FALLBACKS.clear()
+    g = torch.Generator().manual_seed(2)
+    seqs = [(torch.randint(1, 97, (p,), generator=g).tolist(), torch.randint(1, 97, (c,), generator=g).tolist())
+            for p, c in [(7, 20), (3, 35), (19, 9), (1, 30), (40, 2)]]
+    with torch.no_grad():
+        together, _ = token_logprobs(model, pack([p for p, _ in seqs], [c for _, c in seqs]))
+        for b, (p, c) in enumerate(seqs):
+            alone, _ = token_logprobs(model, pack([p], [c]))
+            assert torch.equal(alone[0, :len(c)], together[b, :len(c)]), b
+    assert cuda.FALLBACKS == {}

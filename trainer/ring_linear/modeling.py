@@ -203,7 +203,8 @@ class SoftmaxAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if strict:  # the attention the rollout engine runs over its paged cache
             positions = torch.arange(T, device=x.device).expand(B, T)
-            o = invariant_attention(q, k, v, positions, d ** -0.5)
+            # whose cache holds K and V in the model dtype (the weights'): rounded alike
+            o = invariant_attention(q, k, v, positions, d ** -0.5, kv_dtype=self.dense.weight.dtype)
             return _project(self.dense, o.reshape(B, T, H * d), strict)
         if cache is None and cu_seqlens is None:  # training, one sequence per row: SDPA on fp32 q, k, v
             # (the path the GPU runs were measured with; the Triton kernel has not run on a GPU yet)

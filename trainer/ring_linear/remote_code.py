@@ -59,6 +59,7 @@ TORCH_PATHS = {
                                                                           "_token_loop"),
     ("kernels.batch_invariant.activation", "_activation"): ("kernels.batch_invariant.activation",
                                                             "_activation_torch"),
+    ("kernels.batch_invariant.norm", "_norm_forward"): ("kernels.batch_invariant.norm", "_norm_torch"),
 }
 
 _BUILTINS = set(dir(builtins))
