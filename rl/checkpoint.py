@@ -277,6 +277,28 @@ def recover(run_dir: Path) -> tuple[Path | None, list[str]]:
     return None, damaged
 
 
+def nothing_to_train(cfg: RunConfig, resume: bool | None) -> str | None:
+    """The line `lockstep run` prints, starting nothing, when the checkpoint it would resume from
+    already holds step schedule.steps (a finished run submitted again): Ray, the trainer ranks
+    and the engines would only start to stop again. None otherwise, and for --no-resume or a
+    newest checkpoint that does not verify (the run sets that one aside and resumes from the one
+    before: `recover`). Reads only state.json unless the step is the last, so an unfinished run
+    pays nothing for the check."""
+    newest = latest(cfg.run_dir) if resume is not False else None
+    if newest is None:
+        return None
+    try:
+        step = _parse_state(newest, newest)["step"]
+        if step < cfg.schedule.steps:
+            return None
+        verify(newest)
+    except CheckpointError:
+        return None
+    return (f"lockstep: run {cfg.name}: resuming from {newest} (--no-resume starts over) finds step {step} done "
+            f"of schedule.steps={cfg.schedule.steps}: nothing to train, nothing started (raise schedule.steps "
+            "to train on)")
+
+
 def _others(checkpoint: Path) -> str:
     """What to do about a damaged checkpoint: the run's other complete checkpoints, if any."""
     others = sorted(p for p in checkpoint.parent.glob("step_*")

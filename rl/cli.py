@@ -76,8 +76,12 @@ def cmd_run(args) -> int:
         print("# what the run would start (nothing was started):")
         print("\n".join(f"#   {line}" for line in plan))
         return 0
+    from rl.checkpoint import latest, nothing_to_train
+
+    if done := nothing_to_train(cfg, resume):
+        print(done, flush=True)
+        return exit_codes.OK
     send_ray_token_if_present()
-    from rl.checkpoint import latest
     from rl.driver import Run
     from rl.faults import RunStopped
     from rl.groups import ActorFailed

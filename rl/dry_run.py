@@ -21,6 +21,8 @@ def plan_lines(cfg: RunConfig, resume: bool | None) -> list[str]:
     existing = checkpoint.latest(run_dir)
     if resume is True and existing is None:
         raise ConfigError(f"--resume: {run_dir} has no complete checkpoint to resume from")
+    if done := checkpoint.nothing_to_train(cfg, resume):
+        return [f"run directory: {run_dir.resolve()}", done.removeprefix("lockstep: ")]
     if existing is not None and resume is not False:
         start = f"resume from {existing} (--no-resume starts over)"
     else:

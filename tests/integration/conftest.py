@@ -62,10 +62,12 @@ def shared_sft(tmp_path_factory, ray_local):
     into its run directory (where the run reuses it, as a re-run would) and returns the recipe.
     Each (model, steps) export is trained once per session, by `tiny_recipe`'s SFT (2 ranks, ZeRO 1,
     fast mode): the tests that use it need a policy that sometimes answers right, not their own
-    trainer settings' SFT. A trainer start-up and the steps (~1 min on 2 cores) saved per run;
-    test_pipeline's first run keeps its own SFT (it checks the sft/* metrics), and so does the FP8
-    pipeline test (its SFT trains under FP8; from a fast-mode export the FP8 engines' start-up
-    probe missed its 1e-3 tolerance)."""
+    trainer settings' SFT. A trainer start-up and the steps (~1 min on 2 cores) saved per run.
+    Two exports serve the suite: arith-micro/60 (test_async_rollout, test_corrections, test_faults,
+    test_graceful_stop, test_split_placement) and ring-micro/60 (test_strict_mode, the ZeRO-3
+    Ring-linear pipeline test). test_pipeline's first run keeps its own SFT (it checks the sft/*
+    metrics), and so does the FP8 pipeline test (its SFT trains under FP8; from a fast-mode export
+    the FP8 engines' start-up probe missed its 1e-3 tolerance)."""
     exports = tmp_path_factory.mktemp("sft-exports")
 
     def into_run_dir(data: dict) -> dict:

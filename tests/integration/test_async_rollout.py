@@ -30,10 +30,11 @@ class StopAfterStep(StopSignals):
         return self.run is not None and self.run.step >= self.step
 
 
-def test_async_partial_rollout_then_resume_with_groups_in_flight(tmp_path, ray_local):
+def test_async_partial_rollout_then_resume_with_groups_in_flight(tmp_path, shared_sft):
     data = tiny_recipe(tmp_path, name="async", rollout={"max_staleness": 2, "partial": True},
-                       algorithm={"correction": "tis"}, sft={"steps": 20}, trainer={"num_ranks": 1},
+                       algorithm={"correction": "tis"}, sft={"steps": 60}, trainer={"num_ranks": 1},
                        schedule={"steps": 3, "eval_every": 0, "save_every": 0})
+    data = shared_sft(data)  # the session's SFT export (arith-micro, 60 steps): no SFT start-up here
     cfg = from_data(data)
     P, k = cfg.rollout.prompts_per_step, cfg.rollout.max_staleness
     stop = StopAfterStep(1)

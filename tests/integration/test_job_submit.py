@@ -1,7 +1,7 @@
 """The README's cluster path: `ray start --head`, then `ray job submit --working-dir . --
 lockstep run RECIPE`, against a local head on loopback. Also exercises ZeRO-3 with 2 ranks, where
-a job's outputs go (~/lockstep-runs/<name>, absolute paths printed, a resubmission resumes there
-and says so) and what its log shows (plain progress lines, no library INFO; those in run.log)."""
+a job's outputs go (~/lockstep-runs/<name>, absolute paths printed, a resubmission finds the run
+there and says so) and what its log shows (plain progress lines, no library INFO; those in run.log)."""
 
 import os
 import re
@@ -84,9 +84,11 @@ def test_ray_job_submit(tmp_path):
         assert not re.search(r"\bINFO\b.*\[[a-z_]+\.py:\d+\]", out), "a library's INFO line reached the job log"
         log = (run_dir / "run.log").read_text()
         assert re.search(r"INFO vllm\.", log), log[-2000:]
-        # A resubmission (a fresh upload: a new working directory) finds the run and says so.
+        # A resubmission (a fresh upload: a new working directory) finds the run and says so; its
+        # step is the last, so it starts nothing (rl.checkpoint.nothing_to_train).
         again = submit()
         assert f"resuming from {run_dir / 'checkpoints'}" in again, again[-3000:]
+        assert "nothing to train, nothing started" in again and "starting" not in again, again[-3000:]
         # A plain `lockstep run` on this machine joins the head although its shell never set
         # RAY_AUTH_MODE: the CLI sends the token from ~/.ray/auth_token.
         join = "from rl.cli import send_ray_token_if_present as s; s(); from rl.placement import connect; print(connect(None))"

@@ -17,7 +17,7 @@ from .conftest import tiny_recipe
 pytestmark = pytest.mark.integration
 
 
-def test_ring_linear_rl_steps_with_zero3(tmp_path, ray_local):
+def test_ring_linear_rl_steps_with_zero3(tmp_path, shared_sft):
     data = tiny_recipe(tmp_path, model={"path": "demo:ring-micro"}, sft={"steps": 60},
                        trainer={"zero_stage": 3},
                        # DAPO refill: up to 3 rollout rounds per step to fill the batch with informative groups
@@ -25,7 +25,7 @@ def test_ring_linear_rl_steps_with_zero3(tmp_path, ray_local):
     held_out = data["data"]["eval"]
     data["data"]["eval"] = [{**held_out, "name": "noisy"},  # two held-out sets, logged apart
                             {**held_out, "source": "synthetic:arithmetic-easy", "name": "easy", "num_examples": 8}]
-    summary = Run(from_data(data)).train()
+    summary = Run(from_data(shared_sft(data))).train()  # the SFT export strict mode's runs start from too
     history = read_history(Path(summary["run_dir"]))
     first = history[0]
     assert first["step"] == 0 and first["eval/accuracy"] == first["eval/noisy/accuracy"]

@@ -21,12 +21,12 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize("zero_stage, prompts, group", [(1, 4, 4), (3, 8, 2)])
 def test_strict_mode_logprobs_are_bitwise_equal_every_step(tmp_path, shared_sft, zero_stage, prompts, group):
-    data = tiny_recipe(tmp_path, mode="strict", model={"path": "demo:ring-micro"}, sft={"steps": 20},
+    data = tiny_recipe(tmp_path, mode="strict", model={"path": "demo:ring-micro"}, sft={"steps": 60},
                        rollout={"prompts_per_step": prompts, "group_size": group, "max_new_tokens": 16,
                                 "max_num_batched_tokens": 8},
                        trainer={"zero_stage": zero_stage}, ray={"address": "local"},
                        schedule={"steps": 3, "eval_every": 0, "save_every": 0, "eval_limit": 4})
-    summary = Run(from_data(shared_sft(data))).train()  # both cases start from one SFT export
+    summary = Run(from_data(shared_sft(data))).train()  # one SFT export: both cases, the ZeRO-3 pipeline test
     steps = [h for h in read_history(Path(summary["run_dir"])) if "mismatch/num_tokens" in h]
     assert [h["step"] for h in steps] == [1, 2, 3]
     for h in steps:

@@ -61,6 +61,35 @@ def test_dry_run_says_what_would_start_and_starts_nothing(capsys, tmp_path):
     assert "--resume: " in capsys.readouterr().err
 
 
+def test_run_of_a_finished_run_starts_nothing(capsys, tmp_path):
+    """A finished run submitted again (its newest checkpoint holds step schedule.steps) says so
+    and exits 0 before Ray or any actor starts; one step short, --no-resume, or a newest
+    checkpoint that does not verify, and the run starts as before."""
+    import ray
+
+    from rl.checkpoint import nothing_to_train
+    from test_checkpoint_manifest import save
+
+    ray_before = ray.is_initialized()
+    run_dir = tmp_path / "demo"
+    save(run_dir, 1)
+    cfg = load_recipe(DEMO, [f"output_dir={tmp_path}", "schedule.steps=2"])
+    assert nothing_to_train(cfg, None) is None  # step 1 of 2: a real resume
+    newest = save(run_dir, 2)
+    assert main(["run", DEMO, f"output_dir={tmp_path}", "schedule.steps=2"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == (f"lockstep: run demo: resuming from {newest} (--no-resume starts over) finds step 2 done "
+                           "of schedule.steps=2: nothing to train, nothing started (raise schedule.steps to train on)")
+    assert ray.is_initialized() == ray_before
+    assert main(["run", DEMO, f"output_dir={tmp_path}", "schedule.steps=2", "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert "#   run demo: resuming from" in dry and "nothing to train, nothing started" in dry
+    assert nothing_to_train(cfg, False) is None and nothing_to_train(cfg, True) is not None
+    assert nothing_to_train(load_recipe(DEMO, [f"output_dir={tmp_path}", "schedule.steps=3"]), None) is None
+    (newest / "hf" / "model.safetensors").write_bytes(b"cut")  # damaged: the run's recover() handles it
+    assert nothing_to_train(cfg, None) is None
+
+
 def test_recipes_lists_each_with_its_first_comment_line(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert main(["recipes"]) == 0
