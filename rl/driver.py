@@ -73,7 +73,6 @@ class Run:
         self.base_model = resolve_model_path(cfg)
         check_fp8_model(cfg, self.base_model)
         check_strict_model(cfg, self.base_model)
-        self.strict_native = strict_kernels(cfg)
         tokenizer = load_tokenizer(self.base_model, cfg.model.trust_remote_code)
         renderer = PromptRenderer(tokenizer, cfg.data.train)
         self.held_out = HeldOut(cfg, tokenizer)
@@ -88,6 +87,8 @@ class Run:
         self.placement = Placement(cfg)
         print_progress(f"placement: {cfg.ray.placement}, {self.placement.describe()}")
         self.transport = transport_kind(cfg, self.placement.gpus)  # a bad sync.transport fails here, early
+        # strict mode's CPU C kernels (on GPUs its Triton kernels run: strict/cuda_fallback_calls)
+        self.strict_native = None if self.placement.gpus else strict_kernels(cfg)
         check_run_dir_shared(self.placement, self.run_dir)  # every node sees the driver's run directory
         state = checkpoint.load_state(self.resumed_from) if self.resumed_from else {"step": 0, "cursor": 0}
         self.metrics = MetricsLogger(self.run_dir, cfg, resume_step=state["step"] if self.resumed_from else None,

@@ -218,7 +218,8 @@ def weight_bytes(model_path: str, dtype: str) -> int:
 def strict_kernels(cfg: RunConfig) -> bool | None:
     """Strict mode on CPU: whether its C kernels build here (True), or both engines fall back to
     the PyTorch formulations (False: slower, equally batch-invariant, other bits), said in one
-    line; None outside strict mode. Actors on this machine (or one like it) take the same path."""
+    line; None outside strict mode. Actors on this machine (or one like it) take the same path.
+    A run placed on GPUs does not ask (its strict ops are Triton kernels, not these)."""
     if cfg.mode != "strict":
         return None
     from kernels.batch_invariant import cpu
