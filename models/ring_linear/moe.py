@@ -105,6 +105,7 @@ class GroupedExperts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
         self.fp8: tuple[bool, bool] | None = None  # (pow2_scale, batch_invariant) once use_fp8 ran
+        self.weight_caches: list | None = None  # per expert (gate, up, down) WeightQuantCache, cache_weights
         self.strict = False  # strict mode: kernels.moe.invariant_swiglu, the rollout's strict expert op
         with torch.no_grad():  # each expert's projections as nn.Linear initialises them, in its order
             for expert in range(num_experts):
@@ -117,12 +118,21 @@ class GroupedExperts(nn.Module):
         inter = self.down_proj.shape[-1]
         return self.gate_up_proj[expert, :inter], self.gate_up_proj[expert, inter:], self.down_proj[expert]
 
-    def use_fp8(self, pow2_scale: bool = False, batch_invariant: bool = False) -> None:
+    def fp8_weight_shape(self) -> tuple[int, int]:
+        """One expert projection's [N, K] (gate's), for ``model.fp8.min_weight_elements``."""
+        return self.down_proj.shape[-1], self.down_proj.shape[-2]
+
+    def use_fp8(self, pow2_scale: bool = False, batch_invariant: bool = False, cache_weights: bool = False) -> None:
         """Run the experts' projections as FP8 GEMMs (called by
         :func:`kernels.fp8.swap_linears_to_fp8`): each expert's gate, up and down weights
         quantized as the separate weights they are in the checkpoint, as the rollout's
-        ``stacked_experts_fp8`` quantizes them."""
+        ``stacked_experts_fp8`` quantizes them; ``cache_weights``: once per optimizer step."""
         self.fp8 = (pow2_scale, batch_invariant)
+        if cache_weights:
+            from kernels.fp8.weight_cache import WeightQuantCache
+
+            self.weight_caches = [tuple(WeightQuantCache() for _ in range(3))
+                                  for _ in range(self.gate_up_proj.shape[0])]
         if not _FP8_LOOP_LOGGED:
             _FP8_LOOP_LOGGED.append(True)
             _moe_log.warning("FP8 experts in training run one fp8_linear per expert projection (the grouped "
@@ -132,12 +142,19 @@ class GroupedExperts(nn.Module):
         """The weight matrices running as FP8 GEMMs (3 per expert, or none)."""
         return 0 if self.fp8 is None else 3 * self.gate_up_proj.shape[0]
 
+    def clear_weight_cache(self) -> bool:
+        """Forget the cached expert quantizations (after an optimizer step); True if cached."""
+        for caches in self.weight_caches or ():
+            for cache in caches:
+                cache.clear()
+        return self.weight_caches is not None
+
     def forward(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         rows = rows.to(self.gate_up_proj.dtype)
         if self.strict:
             return invariant_swiglu(rows, counts, self.gate_up_proj, self.down_proj)
         if self.fp8 is not None:
-            return self._per_expert(rows, counts, self._fp8_linear())
+            return self._per_expert_fp8(rows, counts)
         if rows.is_cuda:
             return grouped_swiglu(rows, counts, self.gate_up_proj, self.down_proj)
         return self._per_expert(rows, counts, F.linear)
@@ -159,16 +176,27 @@ class GroupedExperts(nn.Module):
             out.append(linear(F.silu(linear(part, gate)) * linear(part, up), down))
         return torch.cat(out)
 
-    def _fp8_linear(self):
-        """``fp8_linear`` (forward, data and weight gradients as FP8 GEMMs) with this module's
-        scale options, as the rollout's ``stacked_experts_fp8`` quantizes each projection."""
+    def _per_expert_fp8(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """:meth:`_per_expert` with ``fp8_linear`` (forward, data and weight gradients as FP8
+        GEMMs) and this module's scale options, as the rollout's ``stacked_experts_fp8``
+        quantizes each projection; each expert's three weights through their caches when
+        ``cache_weights`` is on."""
         try:  # lazy, in a try: the exported model code keeps it and plain transformers never runs it
             from kernels.fp8 import fp8_linear
         except ImportError as err:
             raise RuntimeError("FP8 experts are a Lockstep training path: they need its kernels.fp8 "
                                "(install Lockstep, or load the model without FP8)") from err
         pow2_scale, invariant = self.fp8
-        return functools.partial(fp8_linear, pow2_scale=pow2_scale, batch_invariant=invariant)
+        linear = functools.partial(fp8_linear, pow2_scale=pow2_scale, batch_invariant=invariant)
+        inter = self.down_proj.shape[-1]
+        caches = self.weight_caches or [(None, None, None)] * self.gate_up_proj.shape[0]
+        out = []
+        for part, gate_up, down, (gate_c, up_c, down_c) in zip(
+                rows.split(counts.tolist()), self.gate_up_proj.unbind(0), self.down_proj.unbind(0), caches):
+            gate, up = gate_up.split(inter)
+            h = F.silu(linear(part, gate, weight_cache=gate_c)) * linear(part, up, weight_cache=up_c)
+            out.append(linear(h, down, weight_cache=down_c))
+        return torch.cat(out)
 
 
 class MoE(nn.Module):
@@ -249,10 +277,15 @@ class StackedMoE(nn.Module):
         self.fp8_weights: tuple[torch.Tensor, ...] | None = None  # quantize_weight_once's
         self.strict = False  # strict mode: every expert through the row-tiled GEMM
 
-    def use_fp8(self, pow2_scale: bool = False, batch_invariant: bool = False) -> None:
+    def fp8_weight_shape(self) -> tuple[int, int]:
+        """One expert projection's [N, K] (gate's), for ``model.fp8.min_weight_elements``."""
+        return self.experts_w2.shape[-1], self.experts_w2.shape[-2]
+
+    def use_fp8(self, pow2_scale: bool = False, batch_invariant: bool = False, cache_weights: bool = False) -> None:
         """Run the stacked experts' projections as FP8 GEMMs, as ``FP8Linear`` experts would
         (called by :func:`kernels.fp8.swap_linears_to_fp8`; a shared expert kept as its own
-        module is swapped there like any projection)."""
+        module is swapped there like any projection). ``cache_weights`` is the trainer's: this
+        inference layer quantizes once per load (:meth:`quantize_weight_once`)."""
         self.fp8 = (pow2_scale, batch_invariant)
 
     def quantize_weight_once(self) -> None:
