@@ -54,12 +54,14 @@ def use_fp8(model: torch.nn.Module, options: dict, cache_weights: bool = False) 
     caches after every step and load; not under ZeRO-3, where it would hold a full quantized
     copy of every partitioned weight: ``kernels/fp8/weight_cache.py``)."""
     from kernels.fp8 import swap_linears_to_fp8
+    from models.ring_linear.fp8_inputs import fuse_fp8_inputs
     from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 
     if not isinstance(model, BailingMoeLinearV2ForCausalLM):
         raise ValueError(f"model.fp8: only the Ring-linear model runs FP8 in both engines; "
                          f"got {type(model).__name__}")
     switched = swap_linears_to_fp8(model.get_decoder(), **options, cache_weights=cache_weights)
+    fuse_fp8_inputs(model.get_decoder())  # as the rollout engine's model does
     log.info("model.fp8: %d projections run as FP8 GEMMs (%s)", len(switched), options)
 
 

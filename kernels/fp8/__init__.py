@@ -7,7 +7,8 @@ quantized bits; exact GEMM), so the CPU demo can run in FP8.
 
 Modules, one per op, each holding its public function(s) and the choice of implementation:
 ``quantize`` (the five quantizers), ``gemm`` (``fp8_gemm``), ``grouped`` (``fp8_gemm_grouped``:
-one launch for many experts' GEMMs), ``fused`` (``rmsnorm_quant``, ``silu_mul_quant``),
+one launch for many experts' GEMMs), ``fused`` (``rmsnorm_quant``, ``silu_mul_quant``) and
+``fused_grad`` (the two with a backward, for training forwards: ``rms_norm_fp8``, ``silu_mul_fp8``),
 ``linear`` (autograd ``fp8_linear`` / ``FP8Linear`` and the model-level switches),
 ``weight_cache`` (a training weight's quantizations, kept until the optimizer step).
 Implementations: ``quantize_torch`` / ``gemm_torch`` (the PyTorch path), ``quantize_triton`` /
@@ -18,7 +19,8 @@ Below them: ``format`` (dtype, block, scale rule), ``launch`` (low-overhead kern
 """
 
 from .format import FP8_DTYPE, FP8_MAX
-from .fused import rmsnorm_quant, silu_mul_quant
+from .fused import rmsnorm_quant, silu_mul_fp32, silu_mul_quant
+from .fused_grad import rms_norm_fp8, silu_mul_fp8
 from .gemm import fp8_gemm
 from .grouped import fp8_gemm_grouped
 from .linear import FP8Linear, fp8_linear, fp8_projection_count, quantize_fp8_weights, runs_in_fp8, swap_linears_to_fp8
@@ -48,8 +50,11 @@ __all__ = [
     "quantize_fp8_weights",
     "quantize_weight",
     "quantize_weight_t",
+    "rms_norm_fp8",
     "rmsnorm_quant",
     "runs_in_fp8",
+    "silu_mul_fp32",
+    "silu_mul_fp8",
     "silu_mul_quant",
     "swap_linears_to_fp8",
     "transpose_quantized_weight",

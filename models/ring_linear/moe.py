@@ -51,9 +51,33 @@ _moe_log = logging.getLogger(__name__)
 _FP8_LOOP_LOGGED: list[bool] = []
 
 
+def fp8_swiglu(gate: torch.Tensor, up: torch.Tensor, fused: bool, pow2_scale: bool):
+    """The FP8 down projection's input: silu(gate)·up in fp32 rounded once to gate's dtype
+    (:func:`kernels.fp8.fused.silu_mul_fp32`; what ``silu_mul_quant`` computes) and, ``fused``,
+    its quantization from the same pass (:func:`kernels.fp8.fused_grad.silu_mul_fp8`), else None
+    (the projection quantizes it: the same bits on CPU). Both engines' FP8 SwiGLUs. → (h, h_quant)."""
+    from kernels.fp8 import silu_mul_fp8, silu_mul_fp32
+
+    if fused:  # [..., I] as [N, I] rows (h_quant is the rows')
+        h, h_quant = silu_mul_fp8(gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1]), gate.dtype,
+                                  pow2_scale)
+        return h.view(gate.shape), h_quant
+    return silu_mul_fp32(gate, up).to(gate.dtype), None
+
+
+def fp8_scale_option(projection: nn.Module) -> bool | None:
+    """``pow2_scale`` of an FP8 projection (``kernels.fp8.FP8Linear``, which the model code does
+    not import: the exported checkpoint code has no kernels.fp8), None for any other module."""
+    return getattr(projection, "pow2_scale", None)
+
+
 class SwiGLU(nn.Module):
     """``down(silu(gate(x)) · up(x))`` in the weight dtype (inputs cast to it).  ``strict``
-    (strict mode): the batch-invariant GEMM and SiLU (:mod:`kernels.batch_invariant`)."""
+    (strict mode): the batch-invariant GEMM and SiLU (:mod:`kernels.batch_invariant`).  FP8
+    projections (``kernels.fp8.FP8Linear``): silu·up in fp32 rounded once (:func:`fp8_swiglu`),
+    ``x_quant`` (the norm's quantization of x) handed to gate and up, and with ``fuse_fp8``
+    (:func:`models.ring_linear.fp8_inputs.fuse_fp8_inputs`) down's input quantized by the SwiGLU
+    kernel."""
 
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
@@ -61,11 +85,16 @@ class SwiGLU(nn.Module):
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
         self.strict = False
+        self.fuse_fp8 = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_quant: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         x = x.to(self.gate_proj.weight.dtype)
         if self.strict:  # the projections' forwards are the row-tiled GEMM (use_strict)
             return self.down_proj(invariant_silu(self.gate_proj(x)) * self.up_proj(x))
+        pow2_scale = fp8_scale_option(self.down_proj)
+        if pow2_scale is not None:  # gate, up, down: one shape rule (N·K), all FP8 or none
+            h, h_quant = fp8_swiglu(self.gate_proj(x, x_quant), self.up_proj(x, x_quant), self.fuse_fp8, pow2_scale)
+            return self.down_proj(h, h_quant)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -106,6 +135,7 @@ class GroupedExperts(nn.Module):
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
         self.fp8: tuple[bool, bool] | None = None  # (pow2_scale, batch_invariant) once use_fp8 ran
         self.weight_caches: list | None = None  # per expert (gate, up, down) WeightQuantCache, cache_weights
+        self.fuse_fp8 = False  # FP8: down's input quantized by the SwiGLU kernel (fuse_fp8_inputs)
         self.strict = False  # strict mode: kernels.moe.invariant_swiglu, the rollout's strict expert op
         with torch.no_grad():  # each expert's projections as nn.Linear initialises them, in its order
             for expert in range(num_experts):
@@ -149,12 +179,14 @@ class GroupedExperts(nn.Module):
                 cache.clear()
         return self.weight_caches is not None
 
-    def forward(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    def forward(self, rows: torch.Tensor, counts: torch.Tensor,
+                rows_quant: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """rows_quant (FP8): the rows' quantization, taken by the norm's kernel."""
         rows = rows.to(self.gate_up_proj.dtype)
         if self.strict:
             return invariant_swiglu(rows, counts, self.gate_up_proj, self.down_proj)
         if self.fp8 is not None:
-            return self._per_expert_fp8(rows, counts)
+            return self._per_expert_fp8(rows, counts, rows_quant)
         if rows.is_cuda:
             return grouped_swiglu(rows, counts, self.gate_up_proj, self.down_proj)
         return self._per_expert(rows, counts, F.linear)
@@ -176,7 +208,7 @@ class GroupedExperts(nn.Module):
             out.append(linear(F.silu(linear(part, gate)) * linear(part, up), down))
         return torch.cat(out)
 
-    def _per_expert_fp8(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    def _per_expert_fp8(self, rows: torch.Tensor, counts: torch.Tensor, rows_quant) -> torch.Tensor:
         """:meth:`_per_expert` with ``fp8_linear`` (forward, data and weight gradients as FP8
         GEMMs) and this module's scale options, as the rollout's ``stacked_experts_fp8``
         quantizes each projection; each expert's three weights through their caches when
@@ -188,14 +220,16 @@ class GroupedExperts(nn.Module):
                                "(install Lockstep, or load the model without FP8)") from err
         pow2_scale, invariant = self.fp8
         linear = functools.partial(fp8_linear, pow2_scale=pow2_scale, batch_invariant=invariant)
-        inter = self.down_proj.shape[-1]
-        caches = self.weight_caches or [(None, None, None)] * self.gate_up_proj.shape[0]
+        inter, sizes = self.down_proj.shape[-1], counts.tolist()
+        caches = self.weight_caches or [(None, None, None)] * len(sizes)
+        parts_quant = zip(*(t.split(sizes) for t in rows_quant)) if rows_quant is not None else [None] * len(sizes)
         out = []
-        for part, gate_up, down, (gate_c, up_c, down_c) in zip(
-                rows.split(counts.tolist()), self.gate_up_proj.unbind(0), self.down_proj.unbind(0), caches):
+        for part, part_quant, gate_up, down, (gate_c, up_c, down_c) in zip(
+                rows.split(sizes), parts_quant, self.gate_up_proj.unbind(0), self.down_proj.unbind(0), caches):
             gate, up = gate_up.split(inter)
-            h = F.silu(linear(part, gate, weight_cache=gate_c)) * linear(part, up, weight_cache=up_c)
-            out.append(linear(h, down, weight_cache=down_c))
+            h, h_quant = fp8_swiglu(linear(part, gate, x_quant=part_quant, weight_cache=gate_c),
+                                    linear(part, up, x_quant=part_quant, weight_cache=up_c), self.fuse_fp8, pow2_scale)
+            out.append(linear(h, down, x_quant=h_quant, weight_cache=down_c))
         return torch.cat(out)
 
 
@@ -212,15 +246,19 @@ class MoE(nn.Module):
         shared = config.moe_shared_expert_intermediate_size * config.num_shared_experts
         self.shared_experts = SwiGLU(config.hidden_size, shared) if config.num_shared_experts > 0 else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_quant: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32 (fp64 for fp64 weights):
-        ``Σ_j w[n, j] · expert_{idx[n, j]}(x[n])`` in expert-index order, + the shared expert."""
+        ``Σ_j w[n, j] · expert_{idx[n, j]}(x[n])`` in expert-index order, + the shared expert.
+        x_quant: the FP8 quantization of x's ``[N, D]`` rows (the norm's), for FP8 experts."""
         flat = x.reshape(-1, x.shape[-1])
         idx, w = self.gate(flat)
         plan = ExpertDispatch(idx, w, self.cfg.num_experts)
-        out = plan.combine(self.experts(flat[plan.token], plan.counts))
+        # 1×128 tiles lie along a row: the gathered rows' quantization is the gathered quantization
+        rows_quant = (tuple(t[plan.token] for t in x_quant)
+                      if x_quant is not None and self.experts.fp8 is not None else None)
+        out = plan.combine(self.experts(flat[plan.token], plan.counts, rows_quant))
         if self.shared_experts is not None:
-            out = out + self.shared_experts(flat).to(out.dtype)
+            out = out + self.shared_experts(flat, x_quant).to(out.dtype)
         return out.view(x.shape)
 
 
@@ -358,4 +396,4 @@ class StackedMoE(nn.Module):
         return out.view(x.shape)
 
 
-__all__ = ["SwiGLU", "MoEGate", "GroupedExperts", "MoE", "expert_stacking", "StackedMoE", "load_expert_weight"]
+__all__ = ["fp8_scale_option", "fp8_swiglu", "SwiGLU", "MoEGate", "GroupedExperts", "MoE", "expert_stacking", "StackedMoE", "load_expert_weight"]

@@ -1,0 +1,66 @@
+"""FP8 inputs quantized by their producers (models/ring_linear/fp8_inputs.py): the training model
+with the norms' and SwiGLUs' fused quantization gives bitwise the logits and gradients of the
+unfused model (each FP8 projection quantizing its own input), and takes fewer quantization
+passes. CPU, PyTorch path, tiny preset (dense MLP, MoE with shared expert, both attention kinds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels.fp8.linear as fp8_linear_module
+import trainer.ring_linear  # noqa: F401  (registers the model type with transformers)
+from models.ring_linear.fp8_inputs import fuse_fp8_inputs
+from models.ring_linear.presets import preset_config
+from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
+from trainer.worker import use_fp8
+
+
+def _fp8_model(dtype: torch.dtype, fused: bool) -> BailingMoeLinearV2ForCausalLM:
+    torch.manual_seed(3)
+    # two layers: a linear-attention layer with a dense MLP, a softmax one with MoE + shared expert
+    model = BailingMoeLinearV2ForCausalLM(preset_config("tiny", num_hidden_layers=2)).to(dtype).train()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # norm weights away from 1, a non-zero expert bias: the test sees them
+        for name, p in model.named_parameters():
+            if name.endswith("expert_bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+            elif "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+    use_fp8(model, {"pow2_scale": False, "batch_invariant": False})
+    assert fuse_fp8_inputs(model.get_decoder(), fused) == (4 if fused else 0)  # 2 layers × 2 norms
+    return model
+
+
+def _logits_and_grads(model, monkeypatch):
+    """Logits and every parameter gradient of one forward+backward, and how many times the FP8
+    projections quantized their input row-wise themselves in the forward."""
+    calls = {"n": 0}
+    both = fp8_linear_module.quantize_act_both
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return both(*args, **kwargs)
+
+    monkeypatch.setattr(fp8_linear_module, "quantize_act_both", counted)
+    ids = torch.randint(0, model.config.vocab_size, (2, 21), generator=torch.Generator().manual_seed(5))
+    logits = model(ids).logits
+    monkeypatch.setattr(fp8_linear_module, "quantize_act_both", both)  # the backward's dy passes not counted
+    proj = torch.randn(logits.shape, generator=torch.Generator().manual_seed(6))
+    (logits * proj).sum().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), grads, calls["n"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])
+def test_fused_fp8_inputs_are_bitwise_the_unfused_model(dtype, monkeypatch):
+    logits_f, grads_f, passes_f = _logits_and_grads(_fp8_model(dtype, fused=True), monkeypatch)
+    logits_u, grads_u, passes_u = _logits_and_grads(_fp8_model(dtype, fused=False), monkeypatch)
+    assert torch.equal(logits_f, logits_u)
+    assert grads_f.keys() == grads_u.keys() and len(grads_f) > 20
+    for name, grad in grads_f.items():
+        assert torch.equal(grad, grads_u[name]), name
+    # unfused, every FP8 projection quantizes its input (both ways, one pass: x and the weight
+    # gradient's xᵀ); fused, only the two attention output projections (their input comes from
+    # the gated group norm) do, the others quantize xᵀ alone
+    assert passes_f == 2 and passes_u > 10
