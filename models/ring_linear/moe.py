@@ -159,7 +159,7 @@ class GroupedExperts(nn.Module):
         ``stacked_experts_fp8`` quantizes them; ``cache_weights``: once per optimizer step."""
         self.fp8 = (pow2_scale, batch_invariant)
         if cache_weights:
-            from kernels.fp8.weight_cache import WeightQuantCache
+            from kernels.fp8 import WeightQuantCache
 
             self.weight_caches = [tuple(WeightQuantCache() for _ in range(3))
                                   for _ in range(self.gate_up_proj.shape[0])]
@@ -313,6 +313,7 @@ class StackedMoE(nn.Module):
                                else None)
         self.fp8: tuple[bool, bool] | None = None  # (pow2_scale, batch_invariant) once use_fp8 ran
         self.fp8_weights: tuple[torch.Tensor, ...] | None = None  # quantize_weight_once's
+        self.fuse_fp8 = False  # FP8: down's input quantized by the SwiGLU kernel (fuse_fp8_inputs)
         self.strict = False  # strict mode: every expert through the row-tiled GEMM
 
     def fp8_weight_shape(self) -> tuple[int, int]:
@@ -370,8 +371,8 @@ class StackedMoE(nn.Module):
         start = 0 if projection == "gate_proj" else inter
         return "experts_w13", index, start, start + inter
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32, as :meth:`MoE.forward`."""
+    def forward(self, x: torch.Tensor, x_quant: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32, as :meth:`MoE.forward` (x_quant too)."""
         flat = x.reshape(-1, x.shape[-1])
         idx, w = self.gate(flat)
         w13, w2, shared = self.experts_w13, self.experts_w2, self.shared_stacked
@@ -379,7 +380,8 @@ class StackedMoE(nn.Module):
         if self.fp8 is not None:
             quantized = (self.fp8_weights if self.fp8_weights is not None
                          else quantize_stacked_experts(w13, w2, self.fp8[0]))
-            out = stacked_experts_fp8(xs, idx, w, *quantized, shared, self.fp8[0])
+            xq, x_scale = x_quant if x_quant is not None else (None, None)
+            out = stacked_experts_fp8(xs, idx, w, *quantized, shared, self.fp8[0], xq, x_scale, self.fuse_fp8)
         elif self.strict:
             out = stacked_experts_invariant(xs, idx, w, w13, w2, shared)
         elif torch.compiler.is_compiling() and every_expert_pays(xs, idx, w13, shared, tokens=1):
@@ -392,7 +394,7 @@ class StackedMoE(nn.Module):
         else:
             out = stacked_experts(xs, idx, w, w13, w2, shared)
         if self.shared_experts is not None:
-            out = out + self.shared_experts(flat).to(out.dtype)
+            out = out + self.shared_experts(flat, x_quant).to(out.dtype)
         return out.view(x.shape)
 
 
