@@ -34,7 +34,7 @@ from .quantize_triton import empty_act_scale
 _FLOAT_IN = (torch.float32, torch.bfloat16, torch.float16)
 
 if HAS_TRITON:
-    from .quantize_triton import as_f32, tile_scale, to_e4m3
+    from .quantize_triton import _INTERPRETED, as_f32, tile_scale, to_e4m3
 
     @triton.jit
     def _quantize_rows_and_store(y, rows, cols, group0, M, N, q_ptr, s_ptr, stride_qm, stride_sk,
@@ -56,8 +56,14 @@ if HAS_TRITON:
 
     @triton.jit
     def _round_to(y, ROUND: tl.constexpr):
-        # y (fp32) rounded to the model dtype (0: fp32, 1: bf16, 2: fp16), the values quantized
+        # y (fp32) rounded to the model dtype (0: fp32, 1: bf16, 2: fp16), the values quantized.
+        # The interpreter's fp32 → bf16 cast truncates and flushes subnormals; there the bf16 bits
+        # are rounded to nearest even by hand (on the top 16 bits of the fp32; finite values).
         if ROUND == 1:
+            if _INTERPRETED:
+                bits = y.to(tl.int32, bitcast=True)
+                bits = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+                return bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
             return y.to(tl.bfloat16)
         elif ROUND == 2:
             return y.to(tl.float16)
@@ -68,7 +74,7 @@ if HAS_TRITON:
     def _rmsnorm_quant_kernel(x_ptr, w_ptr, y_ptr, q_ptr, s_ptr, M, D, eps,
                               stride_xm, stride_ym, stride_qm, stride_sk, ROWS: tl.constexpr,
                               BLOCK_D: tl.constexpr, STORE_Y: tl.constexpr, POW2: tl.constexpr,
-                              ROUND: tl.constexpr):
+                              ROUND: tl.constexpr, Y_FP32: tl.constexpr):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK_D)
         mask = (rows[:, None] < M) & (cols[None, :] < D)
@@ -78,9 +84,11 @@ if HAS_TRITON:
         var = tl.sum(x * x, axis=1) / D
         r = tl.math.div_rn(1.0, tl.math.sqrt_rn(var + eps))
         y = x * r[:, None] * w[None, :]
-        if STORE_Y:  # in y's own dtype (fp32 for a consumer that reads it unrounded: the router)
-            tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
-        _quantize_rows_and_store(as_f32(_round_to(y, ROUND)), rows, cols, 0, M, D, q_ptr, s_ptr, stride_qm,
+        y_rounded = _round_to(y, ROUND)
+        if STORE_Y:  # the rounded y, or (Y_FP32) y unrounded: for a consumer that reads it so (the router)
+            y_out = y if Y_FP32 else y_rounded
+            tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], y_out.to(y_ptr.dtype.element_ty), mask=mask)
+        _quantize_rows_and_store(as_f32(y_rounded), rows, cols, 0, M, D, q_ptr, s_ptr, stride_qm,
                                  stride_sk, ROUND == 1, POW2)
 
     @triton.jit
@@ -145,8 +153,9 @@ def rmsnorm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
         raise ValueError(f"weight must be [D]={d}, got {tuple(weight.shape)}")
     if x.stride(1) != 1:
         raise ValueError("x must be contiguous along D")
-    if out_dtype not in _ROUND_CODE or y_dtype not in _ROUND_CODE:
-        raise ValueError(f"out_dtype and y_dtype must be among {tuple(_ROUND_CODE)}, got {out_dtype}, {y_dtype}")
+    if out_dtype not in _ROUND_CODE or y_dtype not in (out_dtype, torch.float32):
+        raise ValueError(f"out_dtype must be among {tuple(_ROUND_CODE)} and y_dtype out_dtype or float32, "
+                         f"got {out_dtype}, {y_dtype}")
     if resolve_backend("rmsnorm_quant", x, backend) == "torch":
         y32 = rms_norm(x, weight.float(), eps)  # the model's own fp32 RMSNorm, bit for bit
         yq, ys = quantize_act_torch(y32.to(out_dtype), pow2_scale)
@@ -160,7 +169,7 @@ def rmsnorm_quant(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
         launch(_rmsnorm_quant_kernel, (cdiv(m, rows),),
             x, weight, y, yq, ys, m, d, eps, x.stride(0), y.stride(0), yq.stride(0), ys.stride(1),
             ROWS=rows, BLOCK_D=block_d, STORE_Y=return_y, POW2=pow2_scale, ROUND=_ROUND_CODE[out_dtype],
-            num_warps=warps,
+            Y_FP32=y_dtype != out_dtype, num_warps=warps,
         )
     return (y, yq, ys) if return_y else (yq, ys)
 
