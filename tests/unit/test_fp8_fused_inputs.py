@@ -64,3 +64,25 @@ def test_fused_fp8_inputs_are_bitwise_the_unfused_model(dtype, monkeypatch):
     # gradient's xᵀ); fused, only the two attention output projections (their input comes from
     # the gated group norm) do, the others quantize xᵀ alone
     assert passes_f == 2 and passes_u > 10
+
+
+def test_min_weight_elements_keeps_small_projections_out_of_fp8():
+    """model.fp8.min_weight_elements: projections with N·K below it stay in the model dtype (the
+    tiny preset's 64×256 experts and shared expert here), the rest run FP8; the norm in front of
+    the MoE then quantizes nothing (no FP8 reader), the attention's still does."""
+    from kernels.fp8 import FP8Linear, fp8_projection_count
+    from models.ring_linear.moe import GroupedExperts
+
+    torch.manual_seed(3)
+    model = BailingMoeLinearV2ForCausalLM(preset_config("tiny", num_hidden_layers=2)).to(torch.bfloat16)
+    use_fp8(model, {"pow2_scale": False, "batch_invariant": False, "min_weight_elements": 64 * 256 + 1})
+    linears = {n: m for n, m in model.get_decoder().named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears and all(isinstance(m, FP8Linear) == (m.in_features * m.out_features > 64 * 256)
+                           for m in linears.values())
+    assert all(m.fp8 is None for m in model.modules() if isinstance(m, GroupedExperts))
+    assert fp8_projection_count(model) == sum(isinstance(m, FP8Linear) for m in linears.values())
+    moe_layer = model.get_decoder().layers[1]
+    assert moe_layer.post_attention_layernorm.fp8_input is None
+    assert moe_layer.input_layernorm.fp8_input == (False, torch.bfloat16)
+    ids = torch.randint(0, model.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(5))
+    assert torch.isfinite(model(ids).logits).all()
