@@ -10,7 +10,10 @@ For x [M, K], W [N, K] (master weight in bf16/fp32), y = x Wᵀ (+ b):
 
 Kernel launches per training step: forward 3 (x quantized both ways in one kernel, W, GEMM),
 backward 4 (dy both ways in one kernel, Wᵀ, dgrad, wgrad). dgrad re-quantizes the master weight
-directly into the transposed layout (bitwise the same 128×128 blocks the forward used). dW
+directly into the transposed layout (bitwise the same 128×128 blocks the forward used). With a
+``weight_cache`` W and Wᵀ are quantized once per optimizer step, not per micro-batch
+(``weight_cache.py``); with ``x_quant`` from a fused producer (``fused_grad.py``) the forward
+quantizes only xᵀ. dW
 leaves the GEMM (fp32 accumulation) in the master weight's dtype. Saved for backward: xᵀ
 quantized (fp8, half the bytes of a bf16 x) and the weight (a parameter: nothing extra).
 Works on any device (CPU: the PyTorch path, exact and slow), so the CPU demo can run in FP8.
@@ -71,8 +74,8 @@ class _FP8LinearFn(torch.autograd.Function):
         # xᵀ quantized is saved for the weight gradient instead of x (half the bytes)
         y, xq_t, xs_t = _forward(x2, weight, bias, x_quant, pow2_scale, backend, invariant,
                                  need_xt=ctx.needs_input_grad[1], weight_cache=weight_cache)
-        # The weight itself is saved (a parameter: no extra memory); dgrad re-quantizes it
-        # straight into the transposed layout, bitwise the same blocks as the forward's.
+        # The weight itself is saved (a parameter: no extra memory); dgrad re-quantizes it (or
+        # takes the cache's copy) straight into the transposed layout, the forward's blocks.
         ctx.save_for_backward(xq_t, xs_t, weight)
         ctx.has_bias = bias is not None
         ctx.x_dtype, ctx.weight_dtype = x2.dtype, weight.dtype
