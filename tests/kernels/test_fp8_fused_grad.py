@@ -78,3 +78,33 @@ def test_fused_kernels_fp32_y_and_separate_gate_up_triton():
         assert torch.equal(_bits(a), _bits(b))
     with pytest.raises(ValueError, match="one shape"):
         silu_mul_quant(gate, up[:, :100])
+
+
+def test_producer_quantized_input_is_the_consumers_own_triton():
+    """The producers on the Triton path (interpreted): norm → FP8 projections → SwiGLU → FP8 down
+    projection, with the producers' quantization handed on (x_quant) or each consumer quantizing
+    the producer's output itself — the same forward and gradients, bitwise. (The consumers run
+    the PyTorch path, whose quantizers are bitwise the Triton ones, tested above and in
+    test_fp8.py: the interpreted GEMMs would take minutes.)"""
+    from kernels.fp8 import fp8_linear
+
+    g = torch.Generator().manual_seed(3)
+    x, norm_w = torch.randn(9, 128, generator=g), torch.rand(128, generator=g) + 0.5
+    w_gate, w_up = ((torch.randn(136, 128, generator=g) * 0.05).bfloat16() for _ in range(2))
+    w_down = (torch.randn(128, 136, generator=g) * 0.05).bfloat16()
+    probe = torch.randn(9, 128, generator=g)
+
+    def block(fused: bool):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, norm_w, w_gate, w_up, w_down)]
+        xx, nw, wg, wu, wd = leaves
+        y, y_quant = rms_norm_fp8(xx, nw, 1e-6, torch.bfloat16, backend="triton")
+        y16, y_quant = y.to(torch.bfloat16), (y_quant if fused else None)
+        gate = fp8_linear(y16, wg, x_quant=y_quant, backend="torch")
+        up = fp8_linear(y16, wu, x_quant=y_quant, backend="torch")
+        h, h_quant = silu_mul_fp8(gate, up, torch.bfloat16, backend="triton")
+        out = fp8_linear(h, wd, x_quant=h_quant if fused else None, backend="torch")
+        (out.float() * probe).sum().backward()
+        return [out.detach()] + [t.grad for t in leaves]
+
+    for a, b in zip(block(True), block(False)):
+        assert torch.equal(a, b)
