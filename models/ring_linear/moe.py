@@ -51,18 +51,29 @@ _moe_log = logging.getLogger(__name__)
 _FP8_LOOP_LOGGED: list[bool] = []
 
 
+def fp8_kernels():
+    """``kernels.fp8``, imported where FP8 runs — a Lockstep training path that plain transformers
+    never turns on: in a try, so the exported checkpoint code keeps the import without requiring
+    the package (transformers skips imports inside ``try``)."""
+    try:
+        import kernels.fp8 as fp8
+    except ImportError as err:
+        raise RuntimeError("FP8 layers are a Lockstep training path: they need its kernels.fp8 "
+                           "(install Lockstep, or load the model without FP8)") from err
+    return fp8
+
+
 def fp8_swiglu(gate: torch.Tensor, up: torch.Tensor, fused: bool, pow2_scale: bool):
     """The FP8 down projection's input: silu(gate)·up in fp32 rounded once to gate's dtype
     (:func:`kernels.fp8.fused.silu_mul_fp32`; what ``silu_mul_quant`` computes) and, ``fused``,
     its quantization from the same pass (:func:`kernels.fp8.fused_grad.silu_mul_fp8`), else None
     (the projection quantizes it: the same bits on CPU). Both engines' FP8 SwiGLUs. → (h, h_quant)."""
-    from kernels.fp8 import silu_mul_fp8, silu_mul_fp32
-
+    fp8 = fp8_kernels()
     if fused:  # [..., I] as [N, I] rows (h_quant is the rows')
-        h, h_quant = silu_mul_fp8(gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1]), gate.dtype,
-                                  pow2_scale)
+        h, h_quant = fp8.silu_mul_fp8(gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1]), gate.dtype,
+                                      pow2_scale)
         return h.view(gate.shape), h_quant
-    return silu_mul_fp32(gate, up).to(gate.dtype), None
+    return fp8.silu_mul_fp32(gate, up).to(gate.dtype), None
 
 
 def fp8_scale_option(projection: nn.Module) -> bool | None:
@@ -159,9 +170,7 @@ class GroupedExperts(nn.Module):
         ``stacked_experts_fp8`` quantizes them; ``cache_weights``: once per optimizer step."""
         self.fp8 = (pow2_scale, batch_invariant)
         if cache_weights:
-            from kernels.fp8 import WeightQuantCache
-
-            self.weight_caches = [tuple(WeightQuantCache() for _ in range(3))
+            self.weight_caches = [tuple(fp8_kernels().WeightQuantCache() for _ in range(3))
                                   for _ in range(self.gate_up_proj.shape[0])]
         if not _FP8_LOOP_LOGGED:
             _FP8_LOOP_LOGGED.append(True)
@@ -213,13 +222,8 @@ class GroupedExperts(nn.Module):
         GEMMs) and this module's scale options, as the rollout's ``stacked_experts_fp8``
         quantizes each projection; each expert's three weights through their caches when
         ``cache_weights`` is on."""
-        try:  # lazy, in a try: the exported model code keeps it and plain transformers never runs it
-            from kernels.fp8 import fp8_linear
-        except ImportError as err:
-            raise RuntimeError("FP8 experts are a Lockstep training path: they need its kernels.fp8 "
-                               "(install Lockstep, or load the model without FP8)") from err
         pow2_scale, invariant = self.fp8
-        linear = functools.partial(fp8_linear, pow2_scale=pow2_scale, batch_invariant=invariant)
+        linear = functools.partial(fp8_kernels().fp8_linear, pow2_scale=pow2_scale, batch_invariant=invariant)
         inter, sizes = self.down_proj.shape[-1], counts.tolist()
         caches = self.weight_caches or [(None, None, None)] * len(sizes)
         parts_quant = zip(*(t.split(sizes) for t in rows_quant)) if rows_quant is not None else [None] * len(sizes)

@@ -31,8 +31,10 @@ class RMSNorm(nn.Module):
             return rms_norm(x, self.weight, self.eps)
         if self.fp8_input is None:
             return rms_norm(x, self.weight, self.eps), None
-        from kernels.fp8 import rms_norm_fp8
-
+        try:  # in a try: the exported checkpoint code keeps it, plain transformers never gets here
+            from kernels.fp8 import rms_norm_fp8
+        except ImportError as err:
+            raise RuntimeError("FP8 inputs are a Lockstep path: they need its kernels.fp8") from err
         pow2_scale, dtype = self.fp8_input
         y, x_quant = rms_norm_fp8(x.reshape(-1, x.shape[-1]), self.weight, self.eps, dtype, pow2_scale)
         return y.view(x.shape), x_quant
