@@ -19,7 +19,7 @@ from trainer.worker import use_fp8
 def _fp8_model(dtype: torch.dtype, fused: bool) -> BailingMoeLinearV2ForCausalLM:
     torch.manual_seed(3)
     # two layers: a linear-attention layer with a dense MLP, a softmax one with MoE + shared expert
-    model = BailingMoeLinearV2ForCausalLM(preset_config("tiny", num_hidden_layers=2)).to(dtype).train()
+    model = BailingMoeLinearV2ForCausalLM(preset_config("tiny", num_hidden_layers=2, num_experts=4, n_group=2, topk_group=1)).to(dtype).train()
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():  # norm weights away from 1, a non-zero expert bias: the test sees them
         for name, p in model.named_parameters():
@@ -43,7 +43,7 @@ def _logits_and_grads(model, monkeypatch):
         return both(*args, **kwargs)
 
     monkeypatch.setattr(fp8_linear_module, "quantize_act_both", counted)
-    ids = torch.randint(0, model.config.vocab_size, (2, 21), generator=torch.Generator().manual_seed(5))
+    ids = torch.randint(0, model.config.vocab_size, (2, 13), generator=torch.Generator().manual_seed(5))
     logits = model(ids).logits
     monkeypatch.setattr(fp8_linear_module, "quantize_act_both", both)  # the backward's dy passes not counted
     proj = torch.randn(logits.shape, generator=torch.Generator().manual_seed(6))
