@@ -19,7 +19,8 @@ from trainer.worker import use_fp8
 def _fp8_model(dtype: torch.dtype, fused: bool) -> BailingMoeLinearV2ForCausalLM:
     torch.manual_seed(3)
     # two layers: a linear-attention layer with a dense MLP, a softmax one with MoE + shared expert
-    model = BailingMoeLinearV2ForCausalLM(preset_config("tiny", num_hidden_layers=2, num_experts=4, n_group=2, topk_group=1)).to(dtype).train()
+    config = preset_config("tiny", num_hidden_layers=2, num_experts=4, n_group=2, topk_group=1)
+    model = BailingMoeLinearV2ForCausalLM(config).to(dtype).train()
     g = torch.Generator().manual_seed(4)
     with torch.no_grad():  # norm weights away from 1, a non-zero expert bias: the test sees them
         for name, p in model.named_parameters():
