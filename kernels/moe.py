@@ -278,21 +278,24 @@ def stacked_experts_invariant(x: torch.Tensor, idx: torch.Tensor, w: torch.Tenso
 
 def _stacked_experts_fp8(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, gate_q: torch.Tensor,
                          gate_s: torch.Tensor, up_q: torch.Tensor, up_s: torch.Tensor, down_q: torch.Tensor,
-                         down_s: torch.Tensor, shared: bool, pow2_scale: bool) -> torch.Tensor:
+                         down_s: torch.Tensor, shared: bool, pow2_scale: bool, xq: torch.Tensor | None = None,
+                         x_scale: torch.Tensor | None = None, fused: bool = False) -> torch.Tensor:
     """:func:`_stacked_experts` with every expert projection an FP8 GEMM, computing bitwise what
     the trainer's FP8 experts compute (:func:`kernels.fp8.fp8_linear` on each expert's rows, one
     weight per projection), in one grouped GEMM per projection for all experts
     (:func:`kernels.fp8.fp8_gemm_grouped`):
     - the rows are quantized once for gate and up (1×128 tiles along a row: a row's bits do not
       depend on the other rows, so quantizing all experts' rows at once is quantizing each
-      expert's), and silu(gate)·up once, in the weight dtype as ``SwiGLU``;
+      expert's) — or come quantized by the norm (``xq``, ``x_scale``: x's rows, gathered) — and
+      silu(gate)·up once, in fp32 rounded once to the weight dtype as the FP8 ``SwiGLU``
+      (:func:`models.ring_linear.moe.fp8_swiglu`; ``fused``: quantized in the same kernel);
     - gate_proj and up_proj are quantized as the two weights they are in the trainer (with
       I % 128 ≠ 0 a 128×128 block of the stacked [2I, D] would straddle them);
     - a row's GEMM result depends neither on the other rows nor on the tiles (batch invariance).
     ``gate_q … down_s``: the weights quantized (:func:`quantize_stacked_experts`), all the op
     reads of them. Strict mode needs nothing more here: the grouped GEMM has one tile
     configuration for every batch. The custom op ``torch.ops.lockstep.stacked_experts_fp8``."""
-    from .fp8 import fp8_gemm_grouped, quantize_act
+    from .fp8 import fp8_gemm_grouped, quantize_act, silu_mul_fp32, silu_mul_quant
 
     if x.shape[0] == 0:
         return w.new_zeros(0, down_q.shape[1])
@@ -302,9 +305,16 @@ def _stacked_experts_fp8(x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, ga
     def grouped(aq: torch.Tensor, a_scale: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return fp8_gemm_grouped(aq, a_scale, q, scale, offsets, rows.dtype)
 
-    rows_q = quantize_act(rows, pow2_scale)
-    h = F.silu(grouped(*rows_q, gate_q, gate_s)) * grouped(*rows_q, up_q, up_s)
-    return _combined(plan, grouped(*quantize_act(h, pow2_scale), down_q, down_s), shared)
+    if xq is None:
+        rows_q = quantize_act(rows, pow2_scale)
+    else:  # the norm's quantization of x, gathered as _grouped_rows gathers x's rows
+        rows_q = tuple(torch.cat((t[plan.token], t)) if shared else t[plan.token] for t in (xq, x_scale))
+    gate, up = grouped(*rows_q, gate_q, gate_s), grouped(*rows_q, up_q, up_s)
+    if fused:
+        h_q = silu_mul_quant(gate, up, out_dtype=rows.dtype, pow2_scale=pow2_scale)
+    else:
+        h_q = quantize_act(silu_mul_fp32(gate, up).to(rows.dtype), pow2_scale)
+    return _combined(plan, grouped(*h_q, down_q, down_s), shared)
 
 
 def quantize_stacked_experts(w13: torch.Tensor, w2: torch.Tensor, pow2_scale: bool) -> tuple[torch.Tensor, ...]:
@@ -359,7 +369,8 @@ _LIB.impl("stacked_experts", _stacked_experts, "CompositeExplicitAutograd")
 _LIB.impl("stacked_experts", lambda x, idx, w, w13, w2, shared: w.new_empty(x.shape[0], w2.shape[1]), "Meta")
 stacked_experts = torch.ops.lockstep.stacked_experts
 _LIB.define("stacked_experts_fp8(Tensor x, Tensor idx, Tensor w, Tensor gate_q, Tensor gate_s, Tensor up_q, "
-            "Tensor up_s, Tensor down_q, Tensor down_s, bool shared, bool pow2_scale) -> Tensor")
+            "Tensor up_s, Tensor down_q, Tensor down_s, bool shared, bool pow2_scale, Tensor? xq=None, "
+            "Tensor? x_scale=None, bool fused=False) -> Tensor")
 _LIB.impl("stacked_experts_fp8", _stacked_experts_fp8, "CompositeExplicitAutograd")
 _LIB.impl("stacked_experts_fp8", lambda x, idx, w, *q: w.new_empty(x.shape[0], q[4].shape[1]), "Meta")
 stacked_experts_fp8 = torch.ops.lockstep.stacked_experts_fp8

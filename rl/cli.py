@@ -171,7 +171,9 @@ def cmd_eval(args) -> int:
         fp8 = None
         if plan.fp8:
             pow2 = run.model.fp8.pow2_scale if run is not None else False
-            fp8_recipe = from_data({"model": {"fp8": {"enabled": True, "pow2_scale": pow2}}})
+            min_elements = run.model.fp8.min_weight_elements if run is not None else 0
+            fp8_recipe = from_data({"model": {"fp8": {"enabled": True, "pow2_scale": pow2,
+                                                      "min_weight_elements": min_elements}}})
             check_fp8_model(fp8_recipe, str(target.model_dir))
             fp8 = fp8_options(fp8_recipe)
         from rollout.worker import RolloutWorker

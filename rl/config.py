@@ -44,6 +44,13 @@ class FP8Config:
     a model whose rollout runs Lockstep's layers (Ring-linear)."""
     pow2_scale: bool = False
     """Round each scale up to a power of two (exact scale multiplies; DeepSeek-V3's option)."""
+    min_weight_elements: int = 0
+    """Projections whose weight [N, K] has fewer than N·K elements stay in model.dtype, in both
+    engines (for the stacked experts: one expert's projection decides for all): below some size
+    the quantization passes cost more than the FP8 GEMM saves. Provisional default 0 (every
+    projection in FP8, tiny test models included); on an H100 FP8 lost at 2048→5120 (10.5M
+    elements: 1.12 vs 0.78 ms, before weight caching and fused quantization) and won at
+    4096→14336 (58.7M). Set it from `benchmarks/gpu/train_step.py --fp8` on your card."""
 
 
 @dataclass
@@ -380,6 +387,9 @@ def check_combinations(cfg: RunConfig) -> None:
     if cfg.trainer.pack_tokens < 0:
         bad("trainer.pack_tokens",
             f"must be ≥ 0 (0: pad each micro-batch, no packing), got {cfg.trainer.pack_tokens}")
+    if cfg.model.fp8.min_weight_elements < 0:
+        bad("model.fp8.min_weight_elements",
+            f"must be ≥ 0 (0: every projection in FP8), got {cfg.model.fp8.min_weight_elements}")
     if cfg.mode == "strict" and cfg.model.fp8.enabled:
         # the strict layers call the row-tiled fp32 GEMM, which would bypass the FP8 projections
         bad("mode", "strict mode does not cover model.fp8 yet; use mode: fast with model.fp8, or "

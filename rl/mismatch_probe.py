@@ -138,7 +138,9 @@ def fp8_for(run, enabled: bool, model_dir: str) -> dict[str, bool] | None:
     from rl.config import from_data
     from rl.model import check_fp8_model, fp8_options
 
-    recipe = from_data({"model": {"fp8": {"enabled": True, "pow2_scale": run.model.fp8.pow2_scale if run else False}}})
+    trained = run.model.fp8 if run else None
+    recipe = from_data({"model": {"fp8": {"enabled": True, "pow2_scale": trained.pow2_scale if trained else False,
+                                          "min_weight_elements": trained.min_weight_elements if trained else 0}}})
     check_fp8_model(recipe, model_dir)
     return fp8_options(recipe)
 

@@ -141,12 +141,15 @@ def load_tokenizer(model_path: str, trust_remote_code: bool):
     return tokenizer
 
 
-def fp8_options(cfg: RunConfig) -> dict[str, bool] | None:
+def fp8_options(cfg: RunConfig) -> dict[str, bool | int] | None:
     """The recipe's ``model.fp8`` as both engines take it (``kernels.fp8.swap_linears_to_fp8``'s
     keyword options, which the rollout engine's model also reads from its config), or None
     when off."""
     fp8 = cfg.model.fp8
-    return {"pow2_scale": fp8.pow2_scale, "batch_invariant": cfg.mode == "strict"} if fp8.enabled else None
+    if not fp8.enabled:
+        return None
+    return {"pow2_scale": fp8.pow2_scale, "batch_invariant": cfg.mode == "strict",
+            "min_weight_elements": fp8.min_weight_elements}
 
 
 def model_architectures(cfg: RunConfig, model_path: str, field: str) -> list[str] | None:

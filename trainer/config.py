@@ -85,7 +85,7 @@ class TrainerSetup:
     # (`loss.kl_coef > 0`) makes the rank hold a frozen reference copy of the initial model.
     loss: LossConfig | None = None
     # `kernels.fp8.swap_linears_to_fp8`'s keyword options (the recipe's model.fp8), or None.
-    fp8: dict[str, bool] | None = None
+    fp8: dict[str, bool | int] | None = None
     # Strict mode (the recipe's `mode: strict`): the model runs kernels.batch_invariant, so its
     # log-probs are the rollout engine's bits (Ring-linear models only).
     strict: bool = False

@@ -45,19 +45,24 @@ def node_ip() -> str:
     return ray.util.get_node_ip_address()
 
 
-def use_fp8(model: torch.nn.Module, options: dict) -> None:
+def use_fp8(model: torch.nn.Module, options: dict, cache_weights: bool = False) -> None:
     """The recipe's ``model.fp8`` on the training model: every projection and expert of the
     decoder runs as FP8 GEMMs (forward, dgrad, wgrad; ``kernels.fp8.FP8Linear``) — the same
     switch the rollout plugin makes, so both quantize identically. The LM head stays out (fp32
     logits, DESIGN §4); the router and the norms are not projections. Only the Ring-linear
-    model: its rollout runs Lockstep's layers (the driver refuses other models up front)."""
+    model: its rollout runs Lockstep's layers (the driver refuses other models up front).
+    ``cache_weights``: each weight quantized once per optimizer step (the trainer clears the
+    caches after every step and load; not under ZeRO-3, where it would hold a full quantized
+    copy of every partitioned weight: ``kernels/fp8/weight_cache.py``)."""
     from kernels.fp8 import swap_linears_to_fp8
+    from models.ring_linear.fp8_inputs import fuse_fp8_inputs
     from trainer.ring_linear.modeling import BailingMoeLinearV2ForCausalLM
 
     if not isinstance(model, BailingMoeLinearV2ForCausalLM):
         raise ValueError(f"model.fp8: only the Ring-linear model runs FP8 in both engines; "
                          f"got {type(model).__name__}")
-    switched = swap_linears_to_fp8(model.get_decoder(), **options)
+    switched = swap_linears_to_fp8(model.get_decoder(), **options, cache_weights=cache_weights)
+    fuse_fp8_inputs(model.get_decoder())  # as the rollout engine's model does
     log.info("model.fp8: %d projections run as FP8 GEMMs (%s)", len(switched), options)
 
 
@@ -133,7 +138,7 @@ class TrainerRank:
                 self.refusal = str(why)
                 return
         if setup.fp8 is not None:
-            use_fp8(model, setup.fp8)
+            use_fp8(model, setup.fp8, cache_weights=cfg.zero_stage < 3)
         if setup.strict:
             use_strict_mode(model)
         if cfg.gradient_checkpointing:
@@ -166,7 +171,7 @@ class TrainerRank:
             reference = AutoModelForCausalLM.from_pretrained(setup.model_path, dtype=self.dtype)
             self.reference = reference.to(self.device).eval()
             if setup.fp8 is not None:  # the reference computes as the policy did at step 0
-                use_fp8(self.reference, setup.fp8)
+                use_fp8(self.reference, setup.fp8, cache_weights=True)  # frozen: quantized once
             if setup.strict:
                 use_strict_mode(self.reference)
             use_fp32_lm_head(self.reference, strict=setup.strict)
@@ -306,6 +311,7 @@ class TrainerRank:
             self.engine.backward(loss)
             if k == len(micro) - 1:  # the accumulation boundary: this engine.step() applies
                 self._boundary_step(nonfinite_loss)
+                self._weights_changed()
             else:
                 self.engine.step()
             logp_rows, entropy_rows = logp.detach().tolist(), entropy.detach().tolist()
@@ -369,6 +375,14 @@ class TrainerRank:
         finally:
             self.engine._config.gradient_clipping = clip
 
+    def _weights_changed(self) -> None:
+        """The policy's weights may have changed (optimizer step, checkpoint load): FP8 weight
+        quantizations cached before are stale (``kernels/fp8/weight_cache.py``: DeepSpeed's
+        updates bump no version counter the cache could see)."""
+        from kernels.fp8 import clear_fp8_weight_caches
+
+        clear_fp8_weight_caches(self.engine.module)
+
     def sft_step(self, prompts: list[list[int]], targets: list[list[int]]) -> SFTStepStats:
         """Supervised step: cross-entropy of target tokens given their prompts (warm start)."""
         self.engine.module.train()
@@ -385,6 +399,8 @@ class TrainerRank:
             nll = -(logp * mask).sum()
             self.engine.backward(nll * self.micro_batches / max(total_tokens, 1))
             self.engine.step()
+            if k == len(micro) - 1:  # the accumulation boundary: the weights changed
+                self._weights_changed()
             total += nll.item()
         return SFTStepStats(total, total_tokens, total_tokens + sum(len(p) for p in prompts),
                             float(self.engine.get_global_grad_norm() or 0.0), self.engine.get_lr()[0])
@@ -551,6 +567,7 @@ class TrainerRank:
 
     def load_checkpoint(self, ds_dir: str) -> None:
         path, _ = self.engine.load_checkpoint(ds_dir, tag="engine")
+        self._weights_changed()
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint under {ds_dir}")
 

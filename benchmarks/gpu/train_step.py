@@ -19,6 +19,12 @@ ZeRO's communication (which the grouped layer also cuts: two gathers per MoE lay
     python -m benchmarks.gpu.train_step                          # demo:ring-mini-1b, 4K and 8K, CUDA bf16
     python -m benchmarks.gpu.train_step --steps 3 --profile 25   # and where one step's GPU time goes
     python -m benchmarks.gpu.train_step --preset tiny --device cpu --dtype fp32 --seq-lens 128 --steps 2
+
+`--fp8`: the FP8 comparison instead (`benchmarks/gpu/fp8_step.py`: the step in bf16 vs FP8 before
+and after producer-fused quantization and per-step weight caching, FP8Linear vs bf16 and torchao,
+the wgrad kernels), 4K tokens per sequence unless `--seq-lens` says otherwise:
+
+    python -m benchmarks.gpu.train_step --fp8
 """
 
 from __future__ import annotations
@@ -135,13 +141,29 @@ def main() -> None:
     ap.add_argument("--preset", default="mini-1b", help="Ring-linear preset (models.ring_linear.presets)")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--dtype", default="bf16", choices=list(DTYPES))
-    ap.add_argument("--seq-lens", default="4096,8192", help="tokens per sequence, comma-separated")
+    ap.add_argument("--seq-lens", default=None, help="tokens per sequence, comma-separated (default 4096,8192; "
+                    "with --fp8 4096)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per layout and length")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one's loss is reported)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="per length, print the N ops with the most GPU time in one grouped step (CUDA)")
+    ap.add_argument("--fp8", action="store_true", help="the FP8 comparison (benchmarks/gpu/fp8_step.py)")
+    ap.add_argument("--micro-batches", type=int, default=2, help="--fp8: micro-batches per optimizer step")
+    ap.add_argument("--min-weight-elements", default="1048577",
+                    help="--fp8: model.fp8.min_weight_elements values to also run, comma-separated "
+                         "(1048577: Ring-mini's 512×2048 experts and smaller stay bf16)")
+    ap.add_argument("--linear-shapes", default=None, help="--fp8: FP8Linear shapes TOKENSxINxOUT, comma-separated")
     args = ap.parse_args()
+    if args.fp8:
+        from benchmarks.gpu import fp8_step
+
+        args.seq_lens = args.seq_lens or "4096"
+        args.linear_shapes = args.linear_shapes or fp8_step.LINEAR_SHAPES
+        args.min_weight_elements = [int(n) for n in args.min_weight_elements.split(",") if n]
+        fp8_step.main(args)
+        return
+    args.seq_lens = args.seq_lens or "4096,8192"
     from benchmarks.gpu.per_expert_moe import use_per_expert_experts
 
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -7,8 +7,10 @@ quantized bits; exact GEMM), so the CPU demo can run in FP8.
 
 Modules, one per op, each holding its public function(s) and the choice of implementation:
 ``quantize`` (the five quantizers), ``gemm`` (``fp8_gemm``), ``grouped`` (``fp8_gemm_grouped``:
-one launch for many experts' GEMMs), ``fused`` (``rmsnorm_quant``, ``silu_mul_quant``),
-``linear`` (autograd ``fp8_linear`` / ``FP8Linear`` and the model-level switches).
+one launch for many experts' GEMMs), ``fused`` (``rmsnorm_quant``, ``silu_mul_quant``) and
+``fused_grad`` (the two with a backward, for training forwards: ``rms_norm_fp8``, ``silu_mul_fp8``),
+``linear`` (autograd ``fp8_linear`` / ``FP8Linear`` and the model-level switches),
+``weight_cache`` (a training weight's quantizations, kept until the optimizer step).
 Implementations: ``quantize_torch`` / ``gemm_torch`` (the PyTorch path), ``quantize_triton`` /
 ``gemm_triton`` (Triton), ``quantize_hopper`` / ``gemm_hopper`` (Gluon); ``grouped`` and ``fused``
 are small enough to hold their one Triton kernel and PyTorch path beside the function.
@@ -17,10 +19,11 @@ Below them: ``format`` (dtype, block, scale rule), ``launch`` (low-overhead kern
 """
 
 from .format import FP8_DTYPE, FP8_MAX
-from .fused import rmsnorm_quant, silu_mul_quant
+from .fused import rmsnorm_quant, silu_mul_fp32, silu_mul_quant
+from .fused_grad import rms_norm_fp8, silu_mul_fp8
 from .gemm import fp8_gemm
 from .grouped import fp8_gemm_grouped
-from .linear import FP8Linear, fp8_linear, fp8_projection_count, quantize_fp8_weights, swap_linears_to_fp8
+from .linear import FP8Linear, fp8_linear, fp8_projection_count, quantize_fp8_weights, runs_in_fp8, swap_linears_to_fp8
 from .quantize import (
     quantize_act,
     quantize_act_both,
@@ -29,11 +32,14 @@ from .quantize import (
     quantize_weight_t,
     transpose_quantized_weight,
 )
+from .weight_cache import WeightQuantCache, clear_fp8_weight_caches
 
 __all__ = [
     "FP8_DTYPE",
     "FP8_MAX",
     "FP8Linear",
+    "WeightQuantCache",
+    "clear_fp8_weight_caches",
     "fp8_gemm",
     "fp8_gemm_grouped",
     "fp8_linear",
@@ -44,7 +50,11 @@ __all__ = [
     "quantize_fp8_weights",
     "quantize_weight",
     "quantize_weight_t",
+    "rms_norm_fp8",
     "rmsnorm_quant",
+    "runs_in_fp8",
+    "silu_mul_fp32",
+    "silu_mul_fp8",
     "silu_mul_quant",
     "swap_linears_to_fp8",
     "transpose_quantized_weight",

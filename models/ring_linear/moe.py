@@ -51,9 +51,44 @@ _moe_log = logging.getLogger(__name__)
 _FP8_LOOP_LOGGED: list[bool] = []
 
 
+def fp8_kernels():
+    """``kernels.fp8``, imported where FP8 runs — a Lockstep training path that plain transformers
+    never turns on: in a try, so the exported checkpoint code keeps the import without requiring
+    the package (transformers skips imports inside ``try``)."""
+    try:
+        import kernels.fp8 as fp8
+    except ImportError as err:
+        raise RuntimeError("FP8 layers are a Lockstep training path: they need its kernels.fp8 "
+                           "(install Lockstep, or load the model without FP8)") from err
+    return fp8
+
+
+def fp8_swiglu(gate: torch.Tensor, up: torch.Tensor, fused: bool, pow2_scale: bool):
+    """The FP8 down projection's input: silu(gate)·up in fp32 rounded once to gate's dtype
+    (:func:`kernels.fp8.fused.silu_mul_fp32`; what ``silu_mul_quant`` computes) and, ``fused``,
+    its quantization from the same pass (:func:`kernels.fp8.fused_grad.silu_mul_fp8`), else None
+    (the projection quantizes it: the same bits on CPU). Both engines' FP8 SwiGLUs. → (h, h_quant)."""
+    fp8 = fp8_kernels()
+    if fused:  # [..., I] as [N, I] rows (h_quant is the rows')
+        h, h_quant = fp8.silu_mul_fp8(gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1]), gate.dtype,
+                                      pow2_scale)
+        return h.view(gate.shape), h_quant
+    return fp8.silu_mul_fp32(gate, up).to(gate.dtype), None
+
+
+def fp8_scale_option(projection: nn.Module) -> bool | None:
+    """``pow2_scale`` of an FP8 projection (``kernels.fp8.FP8Linear``, which the model code does
+    not import: the exported checkpoint code has no kernels.fp8), None for any other module."""
+    return getattr(projection, "pow2_scale", None)
+
+
 class SwiGLU(nn.Module):
     """``down(silu(gate(x)) · up(x))`` in the weight dtype (inputs cast to it).  ``strict``
-    (strict mode): the batch-invariant GEMM and SiLU (:mod:`kernels.batch_invariant`)."""
+    (strict mode): the batch-invariant GEMM and SiLU (:mod:`kernels.batch_invariant`).  FP8
+    projections (``kernels.fp8.FP8Linear``): silu·up in fp32 rounded once (:func:`fp8_swiglu`),
+    ``x_quant`` (the norm's quantization of x) handed to gate and up, and with ``fuse_fp8``
+    (:func:`models.ring_linear.fp8_inputs.fuse_fp8_inputs`) down's input quantized by the SwiGLU
+    kernel."""
 
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
@@ -61,11 +96,16 @@ class SwiGLU(nn.Module):
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
         self.strict = False
+        self.fuse_fp8 = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_quant: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         x = x.to(self.gate_proj.weight.dtype)
         if self.strict:  # the projections' forwards are the row-tiled GEMM (use_strict)
             return self.down_proj(invariant_silu(self.gate_proj(x)) * self.up_proj(x))
+        pow2_scale = fp8_scale_option(self.down_proj)
+        if pow2_scale is not None:  # gate, up, down: one shape rule (N·K), all FP8 or none
+            h, h_quant = fp8_swiglu(self.gate_proj(x, x_quant), self.up_proj(x, x_quant), self.fuse_fp8, pow2_scale)
+            return self.down_proj(h, h_quant)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -105,6 +145,8 @@ class GroupedExperts(nn.Module):
         self.gate_up_proj = nn.Parameter(torch.empty(num_experts, 2 * intermediate_size, hidden_size))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_size, intermediate_size))
         self.fp8: tuple[bool, bool] | None = None  # (pow2_scale, batch_invariant) once use_fp8 ran
+        self.weight_caches: list | None = None  # per expert (gate, up, down) WeightQuantCache, cache_weights
+        self.fuse_fp8 = False  # FP8: down's input quantized by the SwiGLU kernel (fuse_fp8_inputs)
         self.strict = False  # strict mode: kernels.moe.invariant_swiglu, the rollout's strict expert op
         with torch.no_grad():  # each expert's projections as nn.Linear initialises them, in its order
             for expert in range(num_experts):
@@ -117,12 +159,19 @@ class GroupedExperts(nn.Module):
         inter = self.down_proj.shape[-1]
         return self.gate_up_proj[expert, :inter], self.gate_up_proj[expert, inter:], self.down_proj[expert]
 
-    def use_fp8(self, pow2_scale: bool = False, batch_invariant: bool = False) -> None:
+    def fp8_weight_shape(self) -> tuple[int, int]:
+        """One expert projection's [N, K] (gate's), for ``model.fp8.min_weight_elements``."""
+        return self.down_proj.shape[-1], self.down_proj.shape[-2]
+
+    def use_fp8(self, pow2_scale: bool = False, batch_invariant: bool = False, cache_weights: bool = False) -> None:
         """Run the experts' projections as FP8 GEMMs (called by
         :func:`kernels.fp8.swap_linears_to_fp8`): each expert's gate, up and down weights
         quantized as the separate weights they are in the checkpoint, as the rollout's
-        ``stacked_experts_fp8`` quantizes them."""
+        ``stacked_experts_fp8`` quantizes them; ``cache_weights``: once per optimizer step."""
         self.fp8 = (pow2_scale, batch_invariant)
+        if cache_weights:
+            self.weight_caches = [tuple(fp8_kernels().WeightQuantCache() for _ in range(3))
+                                  for _ in range(self.gate_up_proj.shape[0])]
         if not _FP8_LOOP_LOGGED:
             _FP8_LOOP_LOGGED.append(True)
             _moe_log.warning("FP8 experts in training run one fp8_linear per expert projection (the grouped "
@@ -132,12 +181,21 @@ class GroupedExperts(nn.Module):
         """The weight matrices running as FP8 GEMMs (3 per expert, or none)."""
         return 0 if self.fp8 is None else 3 * self.gate_up_proj.shape[0]
 
-    def forward(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    def clear_weight_cache(self) -> bool:
+        """Forget the cached expert quantizations (after an optimizer step); True if cached."""
+        for caches in self.weight_caches or ():
+            for cache in caches:
+                cache.clear()
+        return self.weight_caches is not None
+
+    def forward(self, rows: torch.Tensor, counts: torch.Tensor,
+                rows_quant: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """rows_quant (FP8): the rows' quantization, taken by the norm's kernel."""
         rows = rows.to(self.gate_up_proj.dtype)
         if self.strict:
             return invariant_swiglu(rows, counts, self.gate_up_proj, self.down_proj)
         if self.fp8 is not None:
-            return self._per_expert(rows, counts, self._fp8_linear())
+            return self._per_expert_fp8(rows, counts, rows_quant)
         if rows.is_cuda:
             return grouped_swiglu(rows, counts, self.gate_up_proj, self.down_proj)
         return self._per_expert(rows, counts, F.linear)
@@ -159,16 +217,24 @@ class GroupedExperts(nn.Module):
             out.append(linear(F.silu(linear(part, gate)) * linear(part, up), down))
         return torch.cat(out)
 
-    def _fp8_linear(self):
-        """``fp8_linear`` (forward, data and weight gradients as FP8 GEMMs) with this module's
-        scale options, as the rollout's ``stacked_experts_fp8`` quantizes each projection."""
-        try:  # lazy, in a try: the exported model code keeps it and plain transformers never runs it
-            from kernels.fp8 import fp8_linear
-        except ImportError as err:
-            raise RuntimeError("FP8 experts are a Lockstep training path: they need its kernels.fp8 "
-                               "(install Lockstep, or load the model without FP8)") from err
+    def _per_expert_fp8(self, rows: torch.Tensor, counts: torch.Tensor, rows_quant) -> torch.Tensor:
+        """:meth:`_per_expert` with ``fp8_linear`` (forward, data and weight gradients as FP8
+        GEMMs) and this module's scale options, as the rollout's ``stacked_experts_fp8``
+        quantizes each projection; each expert's three weights through their caches when
+        ``cache_weights`` is on."""
         pow2_scale, invariant = self.fp8
-        return functools.partial(fp8_linear, pow2_scale=pow2_scale, batch_invariant=invariant)
+        linear = functools.partial(fp8_kernels().fp8_linear, pow2_scale=pow2_scale, batch_invariant=invariant)
+        inter, sizes = self.down_proj.shape[-1], counts.tolist()
+        caches = self.weight_caches or [(None, None, None)] * len(sizes)
+        parts_quant = zip(*(t.split(sizes) for t in rows_quant)) if rows_quant is not None else [None] * len(sizes)
+        out = []
+        for part, part_quant, gate_up, down, (gate_c, up_c, down_c) in zip(
+                rows.split(sizes), parts_quant, self.gate_up_proj.unbind(0), self.down_proj.unbind(0), caches):
+            gate, up = gate_up.split(inter)
+            h, h_quant = fp8_swiglu(linear(part, gate, x_quant=part_quant, weight_cache=gate_c),
+                                    linear(part, up, x_quant=part_quant, weight_cache=up_c), self.fuse_fp8, pow2_scale)
+            out.append(linear(h, down, x_quant=h_quant, weight_cache=down_c))
+        return torch.cat(out)
 
 
 class MoE(nn.Module):
@@ -184,15 +250,19 @@ class MoE(nn.Module):
         shared = config.moe_shared_expert_intermediate_size * config.num_shared_experts
         self.shared_experts = SwiGLU(config.hidden_size, shared) if config.num_shared_experts > 0 else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_quant: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32 (fp64 for fp64 weights):
-        ``Σ_j w[n, j] · expert_{idx[n, j]}(x[n])`` in expert-index order, + the shared expert."""
+        ``Σ_j w[n, j] · expert_{idx[n, j]}(x[n])`` in expert-index order, + the shared expert.
+        x_quant: the FP8 quantization of x's ``[N, D]`` rows (the norm's), for FP8 experts."""
         flat = x.reshape(-1, x.shape[-1])
         idx, w = self.gate(flat)
         plan = ExpertDispatch(idx, w, self.cfg.num_experts)
-        out = plan.combine(self.experts(flat[plan.token], plan.counts))
+        # 1×128 tiles lie along a row: the gathered rows' quantization is the gathered quantization
+        rows_quant = (tuple(t[plan.token] for t in x_quant)
+                      if x_quant is not None and self.experts.fp8 is not None else None)
+        out = plan.combine(self.experts(flat[plan.token], plan.counts, rows_quant))
         if self.shared_experts is not None:
-            out = out + self.shared_experts(flat).to(out.dtype)
+            out = out + self.shared_experts(flat, x_quant).to(out.dtype)
         return out.view(x.shape)
 
 
@@ -247,12 +317,18 @@ class StackedMoE(nn.Module):
                                else None)
         self.fp8: tuple[bool, bool] | None = None  # (pow2_scale, batch_invariant) once use_fp8 ran
         self.fp8_weights: tuple[torch.Tensor, ...] | None = None  # quantize_weight_once's
+        self.fuse_fp8 = False  # FP8: down's input quantized by the SwiGLU kernel (fuse_fp8_inputs)
         self.strict = False  # strict mode: every expert through the row-tiled GEMM
 
-    def use_fp8(self, pow2_scale: bool = False, batch_invariant: bool = False) -> None:
+    def fp8_weight_shape(self) -> tuple[int, int]:
+        """One expert projection's [N, K] (gate's), for ``model.fp8.min_weight_elements``."""
+        return self.experts_w2.shape[-1], self.experts_w2.shape[-2]
+
+    def use_fp8(self, pow2_scale: bool = False, batch_invariant: bool = False, cache_weights: bool = False) -> None:
         """Run the stacked experts' projections as FP8 GEMMs, as ``FP8Linear`` experts would
         (called by :func:`kernels.fp8.swap_linears_to_fp8`; a shared expert kept as its own
-        module is swapped there like any projection)."""
+        module is swapped there like any projection). ``cache_weights`` is the trainer's: this
+        inference layer quantizes once per load (:meth:`quantize_weight_once`)."""
         self.fp8 = (pow2_scale, batch_invariant)
 
     def quantize_weight_once(self) -> None:
@@ -299,8 +375,8 @@ class StackedMoE(nn.Module):
         start = 0 if projection == "gate_proj" else inter
         return "experts_w13", index, start, start + inter
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32, as :meth:`MoE.forward`."""
+    def forward(self, x: torch.Tensor, x_quant: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32, as :meth:`MoE.forward` (x_quant too)."""
         flat = x.reshape(-1, x.shape[-1])
         idx, w = self.gate(flat)
         w13, w2, shared = self.experts_w13, self.experts_w2, self.shared_stacked
@@ -308,7 +384,8 @@ class StackedMoE(nn.Module):
         if self.fp8 is not None:
             quantized = (self.fp8_weights if self.fp8_weights is not None
                          else quantize_stacked_experts(w13, w2, self.fp8[0]))
-            out = stacked_experts_fp8(xs, idx, w, *quantized, shared, self.fp8[0])
+            xq, x_scale = x_quant if x_quant is not None else (None, None)
+            out = stacked_experts_fp8(xs, idx, w, *quantized, shared, self.fp8[0], xq, x_scale, self.fuse_fp8)
         elif self.strict:
             out = stacked_experts_invariant(xs, idx, w, w13, w2, shared)
         elif torch.compiler.is_compiling() and every_expert_pays(xs, idx, w13, shared, tokens=1):
@@ -321,8 +398,8 @@ class StackedMoE(nn.Module):
         else:
             out = stacked_experts(xs, idx, w, w13, w2, shared)
         if self.shared_experts is not None:
-            out = out + self.shared_experts(flat).to(out.dtype)
+            out = out + self.shared_experts(flat, x_quant).to(out.dtype)
         return out.view(x.shape)
 
 
-__all__ = ["SwiGLU", "MoEGate", "GroupedExperts", "MoE", "expert_stacking", "StackedMoE", "load_expert_weight"]
+__all__ = ["fp8_scale_option", "fp8_swiglu", "SwiGLU", "MoEGate", "GroupedExperts", "MoE", "expert_stacking", "StackedMoE", "load_expert_weight"]

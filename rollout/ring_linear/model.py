@@ -97,7 +97,8 @@ from kernels.lm_head import logits_fp32
 from kernels.norm import compute_dtype
 from kernels.rope import apply_rope, rope_cos_sin
 from models.ring_linear.config import FP8_CONFIG_KEY, STRICT_CONFIG_KEY
-from models.ring_linear.moe import StackedMoE
+from models.ring_linear.fp8_inputs import fuse_fp8_inputs
+from models.ring_linear.moe import StackedMoE, fp8_scale_option
 from models.ring_linear.moe import SwiGLU as MLP
 from models.ring_linear.norm import GroupRMSNorm, RMSNorm
 from models.ring_linear.strict import use_strict
@@ -151,10 +152,13 @@ def _sum_over_ranks(partial: torch.Tensor) -> torch.Tensor:
     return tensor_model_parallel_all_reduce(partial.float())
 
 
-def _project(linear: nn.Linear, x: torch.Tensor, strict: bool = False) -> torch.Tensor:
+def _project(linear: nn.Linear, x: torch.Tensor, strict: bool = False, x_quant=None) -> torch.Tensor:
     """Linear in the weight dtype (inputs cast to it).  Strict mode: the module's forward is the
     row-tiled GEMM (``models.ring_linear.strict.use_strict``), called through the module so that
-    ZeRO-3 gathers its weight (``strict`` only documents the call site)."""
+    ZeRO-3 gathers its weight (``strict`` only documents the call site).  x_quant: x's FP8
+    quantization from its norm (``models.ring_linear.fp8_inputs``), for an FP8 projection."""
+    if x_quant is not None and fp8_scale_option(linear) is not None:
+        return linear(x.to(linear.weight.dtype), x_quant)
     return linear(x.to(linear.weight.dtype))
 
 
@@ -218,13 +222,14 @@ class RingLinearAttention(VllmLinearAttention):
             self._decay[device] = g[self.heads].to(device)
         return self._decay[device]
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                ) -> torch.Tensor:
-        """x: fp32 normed input ``[N, D]`` (N tokens of the step, decodes first) → ``[N, D]``."""
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                x_quant=None) -> torch.Tensor:
+        """x: fp32 normed input ``[N, D]`` (N tokens of the step, decodes first) → ``[N, D]``;
+        x_quant: its FP8 quantization (the norm's), or None."""
         N = x.shape[0]
         H, d = self.num_heads // self.tp_size, self.head_dim
         dt, strict = compute_dtype(self.dense.weight), self.strict
-        qkv = _project(self.query_key_value, x, strict).to(dt)
+        qkv = _project(self.query_key_value, x, strict, x_quant).to(dt)
         if self.linear_silu:
             qkv = invariant_silu(qkv) if strict else F.silu(qkv)
         q, k, v = qkv.view(N, 3 * H, d).split(H, dim=1)
@@ -234,7 +239,7 @@ class RingLinearAttention(VllmLinearAttention):
         # graph: vLLM's `linear_attention` op (a graph-splitting custom op) calls `_forward`
         # below by this layer's name, with q, k, v stacked as its input.
         torch.ops.vllm.linear_attention(torch.stack((q, k, v), dim=1), o, positions, self.prefix)
-        gate = _project(self.g_proj, x, strict).to(dt)
+        gate = _project(self.g_proj, x, strict, x_quant).to(dt)
         y = self.g_norm(o.view(N, H * d)) * (invariant_sigmoid(gate) if strict else torch.sigmoid(gate))
         return _sum_over_ranks(_project(self.dense, y, strict))
 
@@ -343,13 +348,13 @@ class RingSoftmaxAttention(nn.Module):
                               quant_config=None, prefix=f"{prefix}.attn")
         self.strict = False  # strict mode: our attention over the paged cache (attend_strict)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                x_quant=None) -> torch.Tensor:
         N = x.shape[0]
         H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
         dt = compute_dtype(self.dense.weight)
         strict = self.strict
-        qkv = _project(self.query_key_value, x, strict).to(dt).view(N, H + 2 * KV, d)
+        qkv = _project(self.query_key_value, x, strict, x_quant).to(dt).view(N, H + 2 * KV, d)
         q, k, v = qkv.split([H, KV, KV], dim=1)
         q, k = _qk_rope(self, q, k, cos, sin)
         if strict:
@@ -427,9 +432,13 @@ class DecoderLayer(nn.Module):
 
     def forward(self, hidden: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                 ) -> torch.Tensor:
-        """hidden: the fp32 residual stream ``[N, D]``; returns the next one."""
-        h = hidden + self.attention(self.input_layernorm(hidden), positions, cos, sin).to(hidden.dtype)
-        return h + _sum_over_ranks(self.mlp(self.post_attention_layernorm(h))).to(h.dtype)
+        """hidden: the fp32 residual stream ``[N, D]``; returns the next one.  With FP8
+        projections each norm may also hand them its output quantized (``x_quant``, as the
+        trainer's layer: :mod:`models.ring_linear.fp8_inputs`)."""
+        normed, x_quant = self.input_layernorm(hidden, quantize=True)
+        h = hidden + self.attention(normed, positions, cos, sin, x_quant).to(hidden.dtype)
+        normed, x_quant = self.post_attention_layernorm(h, quantize=True)
+        return h + _sum_over_ranks(self.mlp(normed, x_quant)).to(h.dtype)
 
 
 @support_torch_compile(dynamic_arg_dims={"input_ids": 0, "positions": 0, "inputs_embeds": 0})
@@ -487,7 +496,9 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if fp8:  # the recipe's model.fp8: the decoder's projections and experts, as the trainer's
             switched = swap_linears_to_fp8(self.model, **fp8)
-            logger.info("model.fp8: %d projections run as FP8 GEMMs (%s)", len(switched), fp8)
+            fused = fuse_fp8_inputs(self.model)  # as the trainer's model does
+            logger.info("model.fp8: %d projections run as FP8 GEMMs (%s); %d norms quantize their FP8 "
+                        "consumers' input", len(switched), fp8, fused)
         self.strict = bool(getattr(config, STRICT_CONFIG_KEY, False))
         if self.strict:  # the recipe's mode: strict: the trainer's batch-invariant ops, eagerly
             logger.info("mode: strict: %d layers run batch-invariant ops", use_strict(self.model))

@@ -30,6 +30,7 @@ def test_defaults_and_overrides():
         ({"algorithm": {"dynamic_sampling_max_rounds": 3}}, [], r"algorithm.dynamic_sampling_max_rounds: refill rounds need algorithm.dynamic_sampling=true"),
         ({"algorithm": {"dynamic_sampling": True, "dynamic_sampling_max_rounds": 0}}, [], r"dynamic_sampling_max_rounds: must be ≥ 1"),
         ({"mode": "strict", "model": {"fp8": {"enabled": True}}}, [], r"mode: strict mode does not cover model.fp8"),
+        ({}, ["model.fp8.min_weight_elements=-1"], r"model.fp8.min_weight_elements: must be ≥ 0"),
         ({"mode": "strict"}, ["trainer.pack_tokens=512"], r"trainer.pack_tokens: strict mode runs padded micro-batches"),
         ({"rollout": {"group_size": "eight"}}, [], r"rollout.group_size: expected int, got 'eight'"),
         ({"trainer": {"zero_stage": 4}}, [], r"trainer.zero_stage: got 4; allowed: one of 0, 1, 2, 3"),
@@ -75,7 +76,7 @@ def test_fp8_switch_and_its_model_check(tmp_path):
     from trainer.ring_linear.random_checkpoint import build_random_checkpoint
 
     cfg = from_data({}, ["model.fp8.enabled=true", "model.fp8.pow2_scale=true"])
-    assert fp8_options(cfg) == {"pow2_scale": True, "batch_invariant": False}
+    assert fp8_options(cfg) == {"pow2_scale": True, "batch_invariant": False, "min_weight_elements": 0}
     assert fp8_options(from_data({})) is None
     check_fp8_model(cfg, str(build_random_checkpoint(tmp_path / "ring", "tiny")))
     dense = tmp_path / "dense"

@@ -73,16 +73,19 @@ from kernels.lm_head import logits_fp32
 from kernels.norm import compute_dtype
 from kernels.rope import apply_rope, rope_cos_sin
 from models.ring_linear.config import MODEL_TYPE, BailingMoeLinearV2Config
-from models.ring_linear.moe import GroupedExperts, MoE, MoEGate, expert_stacking
+from models.ring_linear.moe import GroupedExperts, MoE, MoEGate, expert_stacking, fp8_scale_option
 from models.ring_linear.moe import SwiGLU as MLP
 from models.ring_linear.norm import GroupRMSNorm, RMSNorm
 from models.ring_linear.weight_names import check_loaded
 
 
-def _project(linear: nn.Linear, x: torch.Tensor, strict: bool = False) -> torch.Tensor:
+def _project(linear: nn.Linear, x: torch.Tensor, strict: bool = False, x_quant=None) -> torch.Tensor:
     """Linear in the weight dtype (inputs cast to it).  Strict mode: the module's forward is the
     row-tiled GEMM (``models.ring_linear.strict.use_strict``), called through the module so that
-    ZeRO-3 gathers its weight (``strict`` only documents the call site)."""
+    ZeRO-3 gathers its weight (``strict`` only documents the call site).  x_quant: x's FP8
+    quantization from its norm (``models.ring_linear.fp8_inputs``), for an FP8 projection."""
+    if x_quant is not None and fp8_scale_option(linear) is not None:
+        return linear(x.to(linear.weight.dtype), x_quant)
     return linear(x.to(linear.weight.dtype))
 
 
@@ -132,16 +135,16 @@ class LinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: Cache | None = None, real: torch.Tensor | None = None,
-                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+                cu_seqlens: torch.Tensor | None = None, x_quant=None) -> torch.Tensor:
         """cache: the generation cache (its layer ``layer_idx`` holds the state); real: bool
         ``[B, S]`` real-token mask of the cached + new tokens (None: no padding); cu_seqlens:
         ``[N + 1]`` boundaries of the sequences packed in x ``[1, T, D]`` (no cache): each
-        sequence's state starts from zero."""
+        sequence's state starts from zero; x_quant: x's FP8 quantization (its norm's), or None."""
         B, T, _ = x.shape
         H, d = self.num_heads, self.head_dim
         dt, strict = compute_dtype(self.dense.weight), self.strict
         _check_strict_inputs(strict, cache, cu_seqlens)
-        qkv = _project(self.query_key_value, x, strict).to(dt)
+        qkv = _project(self.query_key_value, x, strict, x_quant).to(dt)
         if self.linear_silu:
             qkv = invariant_silu(qkv) if strict else F.silu(qkv)
         q, k, v = qkv.view(B, T, 3 * H, d).split(H, dim=2)          # [B, T, H, d] each
@@ -164,7 +167,7 @@ class LinearAttention(nn.Module):
                                               output_final_state=cache is not None)
             if cache is not None:
                 cache.update_recurrent_state(final.contiguous(), self.layer_idx)
-        y = self.g_norm(o.reshape(B, T, H * d)) * torch.sigmoid(_project(self.g_proj, x).to(dt))
+        y = self.g_norm(o.reshape(B, T, H * d)) * torch.sigmoid(_project(self.g_proj, x, x_quant=x_quant).to(dt))
         return _project(self.dense, y)
 
 
@@ -189,14 +192,14 @@ class SoftmaxAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: Cache | None = None, real: torch.Tensor | None = None,
-                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-        """cache, real, cu_seqlens: as in :class:`LinearAttention` (K, V are appended to the
-        cache; packed sequences attend block-diagonally, each only to its own keys)."""
+                cu_seqlens: torch.Tensor | None = None, x_quant=None) -> torch.Tensor:
+        """cache, real, cu_seqlens, x_quant: as in :class:`LinearAttention` (K, V are appended to
+        the cache; packed sequences attend block-diagonally, each only to its own keys)."""
         B, T, _ = x.shape
         H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
         dt, strict = compute_dtype(self.dense.weight), self.strict
         _check_strict_inputs(strict, cache, cu_seqlens)
-        qkv = _project(self.query_key_value, x, strict).to(dt).view(B, T, H + 2 * KV, d)
+        qkv = _project(self.query_key_value, x, strict, x_quant).to(dt).view(B, T, H + 2 * KV, d)
         q, k, v = qkv.split([H, KV, KV], dim=2)
         if self.use_qk_norm:
             q, k = self.query_layernorm(q), self.key_layernorm(k)
@@ -255,10 +258,14 @@ class DecoderLayer(GradientCheckpointingLayer):
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 past_key_values: Cache | None = None, real: torch.Tensor | None = None,
                 cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden: the fp32 residual stream ``[B, T, D]``; returns the next one."""
-        attn = self.attention(self.input_layernorm(hidden), cos, sin, past_key_values, real, cu_seqlens)
+        """hidden: the fp32 residual stream ``[B, T, D]``; returns the next one.  With FP8
+        projections each norm may also hand them its output quantized (``x_quant``,
+        :mod:`models.ring_linear.fp8_inputs`)."""
+        normed, x_quant = self.input_layernorm(hidden, quantize=True)
+        attn = self.attention(normed, cos, sin, past_key_values, real, cu_seqlens, x_quant=x_quant)
         h = hidden + attn.to(hidden.dtype)
-        return h + self.mlp(self.post_attention_layernorm(h)).to(h.dtype)
+        normed, x_quant = self.post_attention_layernorm(h, quantize=True)
+        return h + self.mlp(normed, x_quant).to(h.dtype)
 
 
 class BailingMoeLinearV2PreTrainedModel(PreTrainedModel):
