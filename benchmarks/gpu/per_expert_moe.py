@@ -47,10 +47,11 @@ class PerExpertMoE(nn.Module):
                     linear.weight.copy_(stacked)
         return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_quant=None) -> torch.Tensor:
         """x ``[..., D]`` (fp32 normed) → ``[..., D]`` fp32, as :meth:`MoE.forward`. Every expert
         module is called, in index order, also on zero rows (ZeRO-3 gathers each in its hook,
-        so all ranks must call the same modules)."""
+        so all ranks must call the same modules). ``x_quant`` (the norm's FP8 quantization of x,
+        for FP8 experts) is not used: this baseline runs bf16 experts."""
         flat = x.reshape(-1, x.shape[-1])
         idx, w = self.gate(flat)
         plan = ExpertDispatch(idx, w, self.cfg.num_experts)
