@@ -104,6 +104,19 @@ if HAS_TRITON:
         inv = 1.0 / tl.sqrt(tl.sum(v * v, axis=0) / D + eps)
         tl.store(y + row * D + offs, (v * inv) * wt, mask=ok)
 
+    @triton.jit
+    def _key_block(k, table, qv, offs_d, d_ok, i, p, g, head, scale, table_stride, block, s_blk, s_pos,
+                   BLOCK_KEYS: tl.constexpr):
+        """Block i of the keys 0..p of sequence g: (s_j = scale · q·k_j for its keys, which keys are
+        ≤ p, their offsets in the paged cache). Both passes of the kernel read the keys this way."""
+        j = i * BLOCK_KEYS + tl.arange(0, BLOCK_KEYS)
+        j_ok = j <= p
+        where = tl.load(table + g * table_stride + j // block, mask=j_ok, other=0).to(tl.int64)
+        at = where * s_blk + (j % block) * s_pos + head
+        kb = tl.load(k + at[:, None] + offs_d[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.0)
+        s = tl.sum(kb.to(tl.float32) * qv[None, :], axis=1) * scale
+        return s, j_ok, at
+
     @triton.jit(do_not_specialize=["Tq", "table_stride", "block", "s_blk", "s_pos", "s_head"])
     def _attention_kernel(q, k, v, o, table, positions, scale, Tq, H, rep, table_stride, block, s_blk, s_pos,
                           s_head, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KEYS: tl.constexpr):
@@ -125,23 +138,15 @@ if HAS_TRITON:
         # is not a type every Triton version carries
         m = tl.full((BLOCK_D,), float("-inf"), tl.float32)
         for i in range(0, n_blocks):                      # pass 1: the exact max of the scores
-            j = i * BLOCK_KEYS + tl.arange(0, BLOCK_KEYS)
-            j_ok = j <= p
-            where = tl.load(table + g * table_stride + j // block, mask=j_ok, other=0).to(tl.int64)
-            at = where * s_blk + (j % block) * s_pos + head
-            kb = tl.load(k + at[:, None] + offs_d[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.0)
-            s = tl.sum(kb.to(tl.float32) * qv[None, :], axis=1) * scale
+            s, j_ok, at = _key_block(k, table, qv, offs_d, d_ok, i, p, g, head, scale, table_stride, block,
+                                     s_blk, s_pos, BLOCK_KEYS)
             m = tl.maximum(m, tl.max(tl.where(j_ok, s, float("-inf")), axis=0))
         m = tl.max(m, axis=0)
         acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
         total = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for i in range(0, n_blocks):                      # pass 2: Σ P v and Σ P, block after block
-            j = i * BLOCK_KEYS + tl.arange(0, BLOCK_KEYS)
-            j_ok = j <= p
-            where = tl.load(table + g * table_stride + j // block, mask=j_ok, other=0).to(tl.int64)
-            at = where * s_blk + (j % block) * s_pos + head
-            kb = tl.load(k + at[:, None] + offs_d[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.0)
-            s = tl.sum(kb.to(tl.float32) * qv[None, :], axis=1) * scale
+            s, j_ok, at = _key_block(k, table, qv, offs_d, d_ok, i, p, g, head, scale, table_stride, block,
+                                     s_blk, s_pos, BLOCK_KEYS)
             pj = tl.where(j_ok, tl.exp(s - m), 0.0)
             vb = tl.load(v + at[:, None] + offs_d[None, :], mask=j_ok[:, None] & d_ok[None, :], other=0.0)
             acc = acc + tl.sum(pj[:, None] * vb.to(tl.float32), axis=0)

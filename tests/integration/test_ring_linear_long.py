@@ -90,13 +90,15 @@ def shutdown(llm) -> None:
     torch.cuda.empty_cache()
 
 
-def test_20k_prompt_in_pieces_then_1k_decode(ring):
+@pytest.mark.parametrize("prompt_len,new_tokens", [(20_000, 1024), (128, 32_768)], ids=["20k-prompt", "32k-new"])
+def test_one_long_sequence(ring, prompt_len, new_tokens):
+    """A 20K-token prompt prefilled in pieces then 1K decoded; a 32K-token generation."""
     path, model = ring
-    rng = random.Random(1)
-    prompt = [rng.randrange(1, model.config.vocab_size) for _ in range(20_000)]
+    rng = random.Random(prompt_len)
+    prompt = [rng.randrange(1, model.config.vocab_size) for _ in range(prompt_len)]
     llm = engine(path, blocks=blocks_for(MAX_LEN) + 4)
     try:
-        print("20K prompt + 1K decode: max |Δ log-prob|", check(llm, model, [prompt], 1024))
+        print(f"{prompt_len}-token prompt + {new_tokens} new: max |Δ log-prob|", check(llm, model, [prompt], new_tokens))
     finally:
         shutdown(llm)
 
@@ -116,13 +118,3 @@ def test_8k_generations_preempted_and_recomputed(ring):
     finally:
         shutdown(llm)
 
-
-def test_32k_generation(ring):
-    path, model = ring
-    rng = random.Random(3)
-    prompt = [rng.randrange(1, model.config.vocab_size) for _ in range(128)]
-    llm = engine(path, blocks=blocks_for(MAX_LEN) + 4)
-    try:
-        print("32K generation: max |Δ log-prob|", check(llm, model, [prompt], 32_768))
-    finally:
-        shutdown(llm)
