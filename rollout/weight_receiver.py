@@ -120,6 +120,15 @@ class WeightReceiver:
         the broadcast path) and `load_s` (the copies or the reload), seconds in this worker."""
         return dict(getattr(self, "lockstep_last_sync", {}))
 
+    def lockstep_parameter_sha256(self) -> dict[str, str]:
+        """sha256 of every engine parameter's bytes, by name (comparing two engines' or two
+        syncs' weights bit for bit)."""
+        import torch
+
+        model = self.model_runner.get_model()
+        return {name: hashlib.sha256(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+                .hexdigest() for name, p in model.named_parameters()}
+
     def _direct_copy(self, model) -> bool:
         return getattr(self, "lockstep_direct_copy", True) and hasattr(model, "copy_weights")
 
