@@ -38,9 +38,9 @@ RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 class WeightReceiver:
     def lockstep_load_buckets(self, blobs: list[bytes], digests: list[str]) -> int:
-        """Verifies and loads all buckets in one in-place reload; returns the tensor count.
+        """Verifies and loads all buckets in one in-place load; returns the tensor count.
 
-        One reload for all buckets: vLLM fuses checkpoint tensors (q/k/v → qkv) while loading,
+        One load for all buckets: vLLM fuses checkpoint tensors (q/k/v → qkv) while loading,
         so a bucket boundary inside such a group must not end a reload."""
         from safetensors.torch import load
 
@@ -116,8 +116,8 @@ class WeightReceiver:
         return self._direct_copy(self.model_runner.get_model())
 
     def lockstep_sync_report(self) -> dict:
-        """The last sync's load: `direct_copy` (bool), `verify_s` (checksums, and receiving on
-        the broadcast path) and `load_s` (the copies or the reload), seconds in this worker."""
+        """The last sync's load: `direct_copy` (bool), `verify_s` (checksums, and taking the
+        tensors out of the buckets: deserialising on the host path, receiving on the broadcast) and `load_s` (the copies or the reload), seconds in this worker."""
         return dict(getattr(self, "lockstep_last_sync", {}))
 
     def lockstep_parameter_sha256(self) -> dict[str, str]:
