@@ -52,19 +52,29 @@ class DeviceBucket:
 
 
 def byte_checksum(t: torch.Tensor) -> int:
-    """Checksum (above) of the raw bytes of a contiguous tensor of whole 4-byte words."""
+    """Checksum (above) of the raw bytes of a contiguous tensor of whole 4-byte words.
+
+    Computed as column sums: the words viewed as rows of 65521 (the position weight is the
+    column index + 1), Σ_i w_i·(1 + i mod 65521) = Σ_j (j + 1)·Σ_rows w[row, j], all mod 2^64.
+    The bucket's words are read once by a few int64-accumulating column reductions (row blocks of
+    about _CHUNK_WORDS words), then one 65521-long dot product; the tail that does not fill a
+    row is weighted directly."""
     if not t.is_contiguous():
         raise ValueError("byte_checksum needs a contiguous tensor (its bytes in memory order)")
     flat = t.reshape(-1).view(torch.uint8)
     if flat.numel() % 4:
         raise ValueError(f"byte_checksum needs whole 4-byte words; got {flat.numel()} bytes (pad the buffer)")
     words = flat.view(torch.int32)
-    total = torch.zeros((), dtype=torch.int64, device=t.device)
-    for start in range(0, words.numel(), _CHUNK_WORDS):
-        chunk = words[start : start + _CHUNK_WORDS].to(torch.int64)
-        weights = torch.arange(start, start + chunk.numel(), device=t.device, dtype=torch.int64)
-        total += (chunk * weights.remainder_(_MODULUS).add_(1)).sum()
-    return int(total.item())
+    rows = words.numel() // _MODULUS
+    columns = torch.zeros(_MODULUS, dtype=torch.int64, device=t.device)
+    table = words[: rows * _MODULUS].view(rows, _MODULUS)
+    block = max(1, _CHUNK_WORDS // _MODULUS)
+    for start in range(0, rows, block):
+        columns += table[start : start + block].sum(0, dtype=torch.int64)
+    tail = words[rows * _MODULUS :].to(torch.int64)
+    columns[: tail.numel()] += tail
+    weights = torch.arange(1, _MODULUS + 1, dtype=torch.int64, device=t.device)
+    return int((columns * weights).sum().item())
 
 
 def _aligned(n: int) -> int:
@@ -86,12 +96,14 @@ def pack_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes
         if not pending:
             return
         buffer = torch.zeros(size, dtype=torch.uint8, device=pending[0][1].device)  # padding defined
-        slots, offset = [], 0
+        slots, views, offset = [], [], 0
         for name, tensor in pending:
             nbytes = tensor.numel() * tensor.element_size()
-            buffer[offset : offset + nbytes].view(tensor.dtype).copy_(tensor.reshape(-1))
+            views.append(buffer[offset : offset + nbytes].view(tensor.dtype))
             slots.append(TensorSlot(name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset))
             offset += _aligned(nbytes)
+        # the bucket's copies as one batched call (a few kernels), not one launch per tensor
+        torch._foreach_copy_(views, [tensor.reshape(-1) for _, tensor in pending])
         checksum = byte_checksum(buffer)
         torch.cuda.synchronize(buffer.device)  # the copies have landed before another process reads
         out.append((buffer, DeviceBucket(pickle.dumps(reduce_tensor(buffer)), size, checksum, tuple(slots))))

@@ -201,7 +201,8 @@ class WeightSync:
         self.check.noise = max(self.check.noise, worst)
         return {"sync/probe_max_abs_diff": worst, "sync/bytes": float(loads[0].bytes),
                 "sync/tensors": float(loads[0].tensors), "sync/load_s": max(w.seconds for w in loads),
-                "sync/version": float(version), "sync/on_device": float(self.transport.on_device)}
+                "sync/version": float(version), "sync/on_device": float(self.transport.on_device),
+                "sync/direct_copy": float(loads[0].direct_copy)}
 
     def probe_engines(self) -> None:
         """Queues the probe on the engines and the trainer under the weights that sampled this
@@ -224,4 +225,5 @@ class WeightSync:
         self.check.verify(m, version)
         return m | {"sync/bytes": float(loads[0].bytes), "sync/tensors": float(loads[0].tensors),
                     "sync/load_s": max(w.seconds for w in loads), "sync/version": float(version),
-                    "sync/on_device": float(self.transport.on_device)}
+                    "sync/on_device": float(self.transport.on_device),
+                    "sync/direct_copy": float(loads[0].direct_copy)}

@@ -10,12 +10,21 @@ and the engines' workers (`kernels.weight_broadcast`: NCCL on GPUs, Gloo on CPU)
 checksum verified before it is loaded. An engine split over devices (rollout.tensor_parallel_size)
 has one worker per rank: each takes every tensor by whichever path, and the model's `load_weights`
 keeps the rank's slice (`rollout.ring_linear.tensor_parallel`).
+
+Every transport ends in one of two loads. The Ring-linear plugin's model copies the tensors
+straight into its parameters (`copy_weights`: a copy plan made at the first sync and reused,
+`rollout.ring_linear.copy_plan`), every bucket verified before the first copy; any other model
+(vLLM's own: Qwen2, ...) goes through vLLM's layer-wise in-place `reload_weights`. Which one ran
+is logged once and reported with each sync (`lockstep_sync_report`, the `sync/direct_copy` metric).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
+
+logger = logging.getLogger(__name__)
 
 # vLLM's in-place reload logs "<Layer>: Failed to load weights" for every layer that received
 # no tensor. Two kinds never receive one, by design, and would warn at every weight sync:
@@ -29,17 +38,18 @@ RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
 
 class WeightReceiver:
     def lockstep_load_buckets(self, blobs: list[bytes], digests: list[str]) -> int:
-        """Verifies and loads all buckets in one in-place reload; returns the tensor count.
+        """Verifies and loads all buckets in one in-place load; returns the tensor count.
 
-        One reload for all buckets: vLLM fuses checkpoint tensors (q/k/v → qkv) while loading,
+        One load for all buckets: vLLM fuses checkpoint tensors (q/k/v → qkv) while loading,
         so a bucket boundary inside such a group must not end a reload."""
         from safetensors.torch import load
 
+        start = time.perf_counter()
         for i, (blob, digest) in enumerate(zip(blobs, digests, strict=True)):
             got = hashlib.sha256(blob).hexdigest()
             if got != digest:
                 raise ValueError(f"weight bucket {i}: sha256 {got[:12]} != sent {digest[:12]} (corrupted in transfer)")
-        return self._reload_in_place((name, t) for blob in blobs for name, t in load(blob).items())
+        return self._load_in_place(((name, t) for blob in blobs for name, t in load(blob).items()), start)
 
     def lockstep_load_device_buckets(self, payload: bytes) -> int:
         """The GPU path: opens the trainer's device buckets (a pickled list of
@@ -52,8 +62,10 @@ class WeightReceiver:
 
         from kernels.weight_buckets import bucket_tensors, open_bucket
 
-        opened = [(open_bucket(b), b) for b in pickle.loads(payload)]
-        count = self._reload_in_place(name_tensor for buffer, b in opened for name_tensor in bucket_tensors(buffer, b))
+        start = time.perf_counter()
+        opened = [(open_bucket(b), b) for b in pickle.loads(payload)]  # every checksum before any copy
+        count = self._load_in_place((name_tensor for buffer, b in opened for name_tensor in bucket_tensors(buffer, b)),
+                                    start)
         torch.cuda.synchronize()  # the copies out of the trainer's buckets are done before it frees them
         del opened
         return count
@@ -92,9 +104,59 @@ class WeightReceiver:
             raise RuntimeError("weight broadcast: this engine worker is in no weight group")
         receiver = BucketReceiver(group, pickle.loads(plan))
         try:
-            return self._reload_in_place(receiver.tensors())
+            return self._load_in_place(receiver.tensors(), time.perf_counter())
         finally:
             receiver.drain()
+
+    def lockstep_use_direct_copy(self, enabled: bool) -> bool:
+        """Chooses the load for the next syncs: direct copies (the default, where the model has
+        `copy_weights`) or vLLM's reload (`enabled` False: the benchmark and the test that
+        compare the two). Returns whether direct copies will run."""
+        self.lockstep_direct_copy = enabled
+        return self._direct_copy(self.model_runner.get_model())
+
+    def lockstep_sync_report(self) -> dict:
+        """The last sync's load: `direct_copy` (bool), `verify_s` (checksums, and taking the
+        tensors out of the buckets: deserialising on the host path, receiving on the broadcast) and `load_s` (the copies or the reload), seconds in this worker."""
+        return dict(getattr(self, "lockstep_last_sync", {}))
+
+    def lockstep_parameter_sha256(self) -> dict[str, str]:
+        """sha256 of every engine parameter's bytes, by name (comparing two engines' or two
+        syncs' weights bit for bit)."""
+        import torch
+
+        model = self.model_runner.get_model()
+        return {name: hashlib.sha256(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+                .hexdigest() for name, p in model.named_parameters()}
+
+    def _direct_copy(self, model) -> bool:
+        return getattr(self, "lockstep_direct_copy", True) and hasattr(model, "copy_weights")
+
+    def _load_in_place(self, named_tensors, start: float) -> int:
+        """Direct copies when the model can take them, else vLLM's reload (module docstring).
+        The direct path takes every tensor first (each bucket verified as it arrives), so a
+        refused sync copies nothing; `start`: when this sync's verification began."""
+        model = self.model_runner.get_model()
+        direct = self._direct_copy(model)
+        if not getattr(self, "lockstep_path_logged", False):
+            logger.info("weight sync into %s: %s", type(model).__name__,
+                        "direct copies into its parameters (a copy plan, no vLLM reload)" if direct
+                        else "vLLM's layer-wise in-place reload_weights")
+            self.lockstep_path_logged = True
+        if direct:
+            tensors = list(named_tensors)
+            verified = time.perf_counter()
+            count = model.copy_weights(tensors)
+        else:
+            verified = time.perf_counter()  # the reload verifies each bucket as it takes its tensors
+            count = self._reload_in_place(named_tensors)
+        if str(getattr(self, "device", "cpu")).startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+        self.lockstep_last_sync = {"direct_copy": direct, "verify_s": verified - start,
+                                   "load_s": time.perf_counter() - verified}
+        return count
 
     def _reload_in_place(self, named_tensors) -> int:
         """One in-place reload of every (name, tensor); re-ties tied parameters. Returns how many

@@ -50,6 +50,7 @@ class WeightLoad:
     bytes: int
     seconds: float
     probe: list[float] | None  # the probe's log-probs under the new weights, when asked for
+    direct_copy: bool = False  # loaded by the model's direct copies, not vLLM's reload (weight_receiver)
 
 
 class RolloutWorker:
@@ -142,6 +143,7 @@ class RolloutWorker:
                                f"the cause)") from err
         self.tokenizer = self.llm.get_tokenizer()
         self.version = 0
+        self.direct_copy: bool | None = None  # which load the syncs run: asked at the first (rollout.weight_receiver)
         self.loop: EngineLoop | None = None
         self.in_flight: set[str] = set()  # request ids of submitted groups not yet taken
         self.requests = 0  # request ids issued through the loop
@@ -306,6 +308,16 @@ class RolloutWorker:
         copies the tensors on the device and checks each bucket's checksum there."""
         return self._load("lockstep_load_device_buckets", (payload,), expected, nbytes, version, probe_ids)
 
+    def use_direct_copy(self, enabled: bool) -> bool:
+        """Direct copies (the default where the model has them) or vLLM's reload for the next
+        syncs; returns whether direct copies will run. For comparing the two (benchmark, tests)."""
+        self.direct_copy = all(self.llm.collective_rpc("lockstep_use_direct_copy", args=(enabled,)))
+        return self.direct_copy
+
+    def sync_report(self) -> list[dict]:
+        """Each worker's last load: direct_copy, verify_s, load_s (`WeightReceiver.lockstep_sync_report`)."""
+        return self.llm.collective_rpc("lockstep_sync_report")
+
     def join_weight_group(self, host: str, port: int, first_rank: int, world_size: int) -> str:
         """The engine's workers join the trainer's weight-broadcast group as ranks first_rank..;
         returns the backend (`kernels.weight_broadcast`)."""
@@ -346,8 +358,12 @@ class RolloutWorker:
                 self.loop.set_version(version)
             self.version = version
         seconds = time.time() - start
+        if self.direct_copy is None:  # the same load every sync: asked once, logged once
+            self.direct_copy = all(r["direct_copy"] for r in self.sync_report())
+            log.info("weight sync: %s", "direct copies into the engine's parameters" if self.direct_copy
+                     else "vLLM's in-place reload_weights (a model without a copy plan)")
         probe = self.prompt_logprobs(probe_ids) if probe_ids is not None else None
-        return WeightLoad(expected, nbytes, seconds, probe)
+        return WeightLoad(expected, nbytes, seconds, probe, self.direct_copy)
 
 
 def sampling_params(n: int, max_tokens: int, temperature: float, top_p: float, top_k: int, ignore_eos: bool,

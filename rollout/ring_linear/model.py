@@ -104,6 +104,7 @@ from models.ring_linear.norm import GroupRMSNorm, RMSNorm
 from models.ring_linear.strict import use_strict
 from models.ring_linear.weight_names import skipped_names
 
+from .copy_plan import CopyPlan, TensorSpec, plan_copies
 from .step_plan import StepPlan
 from .tensor_parallel import check_fp8_blocks, check_tensor_parallel, head_slice, kv_head_slice, local_config, shard
 
@@ -500,6 +501,7 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
             logger.info("model.fp8: %d projections run as FP8 GEMMs (%s); %d norms quantize their FP8 "
                         "consumers' input", len(switched), fp8, fused)
         self.strict = bool(getattr(config, STRICT_CONFIG_KEY, False))
+        self.copy_plan: CopyPlan | None = None  # the weight sync's direct copies (weight_copy_plan)
         if self.strict:  # the recipe's mode: strict: the trainer's batch-invariant ops, eagerly
             logger.info("mode: strict: %d layers run batch-invariant ops", use_strict(self.model))
 
@@ -583,6 +585,25 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
                              f"others of: {', '.join(sorted(partial)[:40])}")
         quantize_fp8_weights(self)  # model.fp8: the new weights quantized once, for every step until the next load
         return loaded
+
+    def weight_copy_plan(self, specs: list[TensorSpec]) -> CopyPlan:
+        """Where each of the (name, shape, dtype) the trainer sends lands in this rank's
+        parameters (:mod:`.copy_plan`); made at the first sync and reused while the trainer sends
+        the same tensors (every sync) and the parameters are the same objects."""
+        key = tuple(specs)
+        if self.copy_plan is None or self.copy_plan.specs != key or not self.copy_plan.still_valid():
+            self.copy_plan = plan_copies(self, key, self.config, self.tp_rank, self.tp_size)
+        return self.copy_plan
+
+    def copy_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> int:
+        """The weight sync without vLLM's reload: every tensor's pieces copied straight into its
+        parameters (one ``_foreach_copy_``; refused whole, before any copy, when a tensor does
+        not fit), then the FP8 weights re-quantized as after ``load_weights``.  Returns the
+        tensor count."""
+        plan = self.weight_copy_plan([(name, tuple(t.shape), t.dtype) for name, t in named_tensors])
+        plan.copy([t for _, t in named_tensors])
+        quantize_fp8_weights(self)
+        return len(named_tensors)
 
     def _stacked_moe(self, path: str) -> StackedMoE | None:
         try:

@@ -153,4 +153,43 @@ def shard(name: str, tensor: torch.Tensor, config, rank: int, size: int) -> torc
     return tensor
 
 
-__all__ = ["check_tensor_parallel", "check_fp8_blocks", "local_config", "head_slice", "kv_head_slice", "shard"]
+def shard_pieces(name: str, shape: tuple[int, ...], config, rank: int, size: int) -> list[tuple[int, int, int]]:
+    """:func:`shard` as index ranges, for copying without building the slice: rank ``rank``'s
+    slice of the tensor ``name`` of ``shape`` is the concatenation, along ``dim``, of the
+    pieces ``(dim, start, length)`` (one piece, the whole tensor, where it is replicated).  The
+    weight sync's copy plan (:mod:`.copy_plan`) copies each piece straight into its rows of the
+    destination; a unit test checks the pieces against :func:`shard` for every tensor."""
+    whole = [(0, 0, shape[0])] if shape else [(0, 0, 1)]
+    match = _LAYER.match(name) if size > 1 else None
+    if match is None:
+        return whole
+    layer, rest = int(match.group(1)), match.group(2)
+    H, d = config.num_attention_heads, config.head_dim
+    heads = head_slice(H, rank, size)
+
+    def rows(first: int, head: slice) -> tuple[int, int, int]:
+        return 0, first + head.start * d, (head.stop - head.start) * d
+
+    if rest.startswith("attention."):
+        part = rest.removeprefix("attention.")
+        if part == "query_key_value.weight":
+            if config.is_softmax_layer(layer):
+                KV = config.num_key_value_heads
+                kv = kv_head_slice(KV, rank, size)
+                return [rows(0, heads), rows(H * d, kv), rows((H + KV) * d, kv)]
+            return [rows(block * H * d, heads) for block in range(3)]
+        if part in ("g_proj.weight", "g_norm.weight"):
+            return [rows(0, heads)]
+        if part == "dense.weight":
+            return [(1, heads.start * d, (heads.stop - heads.start) * d)]
+        return whole
+    if rest.startswith("mlp.") and not rest.startswith("mlp.gate."):
+        for dim, names in ((0, _MLP_ROWS), (1, _MLP_COLUMNS)):
+            if rest.endswith(names):
+                per = shape[dim] // size
+                return [(dim, rank * per, per)]
+    return whole
+
+
+__all__ = ["check_tensor_parallel", "check_fp8_blocks", "local_config", "head_slice", "kv_head_slice", "shard",
+           "shard_pieces"]

@@ -133,8 +133,8 @@ def test_decode_activations_match_training_forward(ring):
 
 
 def test_weights_update_in_place(ring):
-    """The trainer's weight buckets load into the running engine (the plugin's load_weights,
-    through vLLM's in-place reload): afterwards the engine matches the updated trainer model."""
+    """The trainer's weight buckets load into the running engine (the plugin's direct copies,
+    `rollout.ring_linear.copy_plan`): afterwards the engine matches the updated trainer model."""
     path, llm, model = ring
     updated = BailingMoeLinearV2ForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     gen = torch.Generator().manual_seed(7)
@@ -156,12 +156,58 @@ def test_weights_update_in_place(ring):
     assert (engine - old).abs().max().item() > 1e-3  # the weights really moved
 
 
+def load_through(llm, state: dict, direct: bool) -> tuple[torch.Tensor, dict[str, str]]:
+    """``state`` into the engine in three buckets, by direct copies or vLLM's reload; returns
+    the teacher-forced log-probs of a fixed text and every engine parameter's sha256."""
+    assert llm.collective_rpc("lockstep_use_direct_copy", args=(direct,)) == [direct]
+    names = list(state)
+    blobs = [save({n: state[n].contiguous() for n in names[i::3]}) for i in range(3)]
+    counts = llm.collective_rpc("lockstep_load_buckets", args=(blobs, [hashlib.sha256(b).hexdigest() for b in blobs]))
+    assert counts == [len(names)]
+    assert [r["direct_copy"] for r in llm.collective_rpc("lockstep_sync_report")] == [direct]
+    llm.reset_prefix_cache()
+    return teacher_forced_logprobs(llm, list(range(3, 43))), llm.collective_rpc("lockstep_parameter_sha256")[0]
+
+
+def test_direct_copies_give_the_bits_of_the_reload(ring):
+    """The same update through vLLM's reload (the plugin's load_weights, layer by layer) and
+    through the direct copies: every engine parameter has the same bits, the log-probs are equal."""
+    path, llm, model = ring
+    state = {k: v.detach() for k, v in model.checkpoint_state_dict().items()}
+    gen = torch.Generator().manual_seed(11)
+    updated = {k: v + 0.02 * torch.randn(v.shape, generator=gen) for k, v in state.items()}
+    logp_reload, bits_reload = load_through(llm, updated, direct=False)
+    logp_back, bits_back = load_through(llm, state, direct=True)  # the checkpoint again, by copies
+    assert all(bits_back[n] != bits_reload[n] for n in bits_reload)  # every parameter moved back
+    logp_direct, bits_direct = load_through(llm, updated, direct=True)
+    assert bits_direct == bits_reload
+    assert torch.equal(logp_direct, logp_reload)
+    assert (logp_direct - logp_back).abs().max().item() > 1e-3  # the update shows in the log-probs
+
+
+def test_an_update_that_does_not_fit_is_refused_whole(ring):
+    """Direct copies: a tensor of the wrong shape, or one missing, is refused by name before any
+    copy: the engine's weights are untouched."""
+    path, llm, model = ring
+    before = llm.collective_rpc("lockstep_parameter_sha256")[0]
+    state = {k: v.detach() + 0.01 for k, v in model.checkpoint_state_dict().items()}
+    dense = "model.layers.1.attention.dense.weight"
+    width = state[dense].shape[1]
+    with pytest.raises(Exception, match=rf"{dense} arrives as \[{state[dense].shape[0]}, {width - 1}\]"):
+        load_through(llm, state | {dense: state[dense][:, 1:]}, direct=True)
+    expert = "model.layers.2.mlp.experts.3.down_proj.weight"
+    with pytest.raises(Exception, match=rf"1 of the engine's weights were not sent \({expert}\)"):
+        load_through(llm, {k: v for k, v in state.items() if k != expert}, direct=True)
+    assert llm.collective_rpc("lockstep_parameter_sha256")[0] == before
+
+
 def test_bad_weight_updates_are_refused(ring):
-    """An update naming a weight the model lacks, or only part of a layer's experts (the engine
-    keeps them stacked), is an error that lists the names.  Runs last: the refused
-    reload leaves the engine's weights undefined."""
+    """vLLM's reload path (the plugin's load_weights): an update naming a weight the model lacks,
+    or only part of a layer's experts (the engine keeps them stacked), is an error that lists the
+    names.  Runs last: the refused reload leaves the engine's weights undefined."""
     path, llm, model = ring
     state = model.checkpoint_state_dict()
+    assert llm.collective_rpc("lockstep_use_direct_copy", args=(False,)) == [False]
     with pytest.raises(Exception, match="model.layers.0.mlp.bogus.weight"):
         send_weights(llm, {"model.layers.0.mlp.bogus.weight": torch.zeros(3)})
     moe = next(i for i in range(model.config.num_hidden_layers) if model.config.is_moe_layer(i))

@@ -53,6 +53,7 @@ def test_engine_matches_transformers_after_update(engine, subset):
     before = worker.prompt_logprobs(worker.tokenizer(TEXT)["input_ids"])
     info = worker.update_weights(refs, digests, len(state), version=1)
     assert info.tensors == len(state)
+    assert not info.direct_copy  # a model vLLM runs natively keeps vLLM's reload (rollout.weight_receiver)
     ids = worker.tokenizer(TEXT)["input_ids"]
     engine_logp = torch.tensor(worker.prompt_logprobs(ids))
     with torch.no_grad():

@@ -110,3 +110,14 @@ def test_device_buckets_cross_processes_bitwise_and_catch_corruption():
     packed[0][0][0] ^= 1  # one flipped bit in the sender's bucket after its checksum was taken
     status, error = _round_trip([b for _, b in packed])
     assert status == "error" and "checksum" in error
+
+
+def test_checksum_is_the_position_weighted_sum():
+    """The column-sum form (rows of 65521 words) equals the definition Σ w_i·(1 + i mod 65521)
+    mod 2^64, tail and wrap-around included."""
+    words = torch.randint(-2**31, 2**31, (3 * 65521 + 1234,), dtype=torch.int64, generator=torch.Generator().manual_seed(0))
+    expected = 0
+    for i, w in enumerate(words.tolist()):
+        expected += w * (1 + i % 65521)
+    expected = (expected + 2**63) % 2**64 - 2**63  # int64 two's complement
+    assert byte_checksum(words.to(torch.int32)) == expected
