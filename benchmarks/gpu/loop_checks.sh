@@ -7,6 +7,9 @@
 #   resume  the zero3 run resumed to 3 steps, then `lockstep eval` of its GPU checkpoint
 #   eval    the demo recipe, 2 steps and a checkpoint, then `lockstep eval` of it (no ZeRO-3 run needed)
 #   strict  strict mode: the demo and gpu_ring recipes in bf16, fast and strict, 3 steps each (benchmarks/gpu/strict.py)
+#   step    the training step: grouped vs per-expert with one step's GPU profile, then bf16 vs FP8 (train_step --fp8)
+#   sync    the weight sync: direct copies vs vLLM's reload, each split into pack / verify / load / probe
+#   rollout the GPU preset's rollout, eager bf16 vs FP8, batch 64 and 256 (ring-graphs alone: it compiles ~5 min)
 # Usage: bash benchmarks/gpu/loop_checks.sh PART...   (writes logs and results under $OUT)
 set -u
 : "${OUT:?set OUT to the folder that comes back}"
@@ -46,6 +49,18 @@ for part in "$@"; do
       echo "eval rc $?"; tail -6 "$OUT/demo-eval.log" ;;
     strict)
       timeout 560 python3 -m benchmarks.gpu.strict --out "$OUT" ;;
-    *) echo "unknown part $part (tests, bf16, zero3, resume, eval, strict)"; exit 2 ;;
+    step)
+      timeout 280 python3 -m benchmarks.gpu.train_step --steps 3 --profile 25 > "$OUT/train_step.txt" 2>&1
+      echo "train_step rc $?"; grep -E "^\||profiled step" "$OUT/train_step.txt"
+      timeout 280 python3 -m benchmarks.gpu.train_step --fp8 > "$OUT/train_step_fp8.txt" 2>&1
+      echo "train_step --fp8 rc $?"; tail -30 "$OUT/train_step_fp8.txt" ;;
+    sync)
+      timeout 300 python3 -m benchmarks.gpu.weight_sync --out "$OUT" > "$OUT/weight_sync.txt" 2>&1
+      echo "weight_sync rc $?"; tail -25 "$OUT/weight_sync.txt" ;;
+    rollout)
+      timeout 420 python3 -m benchmarks.gpu.rollout --out "$OUT" --engines ring,ring-fp8 --preset mini-1b \
+        --batch 64,256 --ttft '' --timeout 190 > "$OUT/rollout.txt" 2>&1
+      echo "rollout rc $?"; grep -E '"kind": "(decode|ratio|error)"' "$OUT/rollout.txt" ;;
+    *) echo "unknown part $part (tests, bf16, zero3, resume, eval, strict, step, sync, rollout)"; exit 2 ;;
   esac
 done
