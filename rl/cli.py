@@ -142,16 +142,23 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from rl.console import progress_on_stderr
+
+    with progress_on_stderr():  # stdout is the report (JSON)
+        return evaluate_checkpoint(args)
+
+
+def evaluate_checkpoint(args) -> int:
+    """`lockstep eval`: the report of a checkpoint on its recipe's or the given eval sets."""
     from rl.checkpoint import pinned
     from rl.config import from_data
-    from rl.console import phase, progress_to_stderr
+    from rl.console import phase
     from rl.data import PromptRenderer, dataset_name, load_examples
     from rl.evaluate import eval_plan, evaluate
     from rl.model import check_fp8_model, fp8_options
     from rl.rewards_config import build_reward_pool
     from rollout.config import RolloutConfig
 
-    progress_to_stderr()  # stdout is the report (JSON)
     with pinned(args.checkpoint) as target:
         try:
             run = target.recipe()

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 PLAIN_EVERY_S = 30.0  # without a terminal: a progress line at most this often
 HEARTBEAT_EVERY_S = 60.0  # without a terminal: a "... so far" line of a long phase this often
@@ -49,9 +50,15 @@ _open_bars: list = []
 _to_stderr: list[bool] = [False]
 
 
-def progress_to_stderr() -> None:
-    """Progress on stderr, for commands whose stdout is their result (`lockstep eval`'s JSON)."""
-    _to_stderr[0] = True
+@contextmanager
+def progress_on_stderr():
+    """Progress on stderr while a command whose stdout is its result (`lockstep eval`'s JSON)
+    runs; as before on exit (commands also run inside one process: the tests, a notebook)."""
+    before, _to_stderr[0] = _to_stderr[0], True
+    try:
+        yield
+    finally:
+        _to_stderr[0] = before
 
 
 def out():

@@ -84,3 +84,16 @@ def test_without_a_terminal_plain_lines_and_library_logs_in_the_file(tmp_path):
     # The log file has everything.
     text = log.read_text()
     assert "library chatter at INFO" in text and "a library warning" in text and "lockstep's own note" in text
+
+
+def test_eval_puts_progress_on_stderr_only_while_it_runs(tmp_path):
+    """`lockstep eval` writes its report on stdout, so its progress goes to stderr — for that
+    command only: run in one process after it (the test suite, a notebook), the next command's
+    progress is on stdout again, even when eval stopped with an error."""
+    from rl import cli, console
+
+    with console.progress_on_stderr():
+        assert console.out() is sys.stderr
+    assert console.out() is sys.stdout
+    assert cli.main(["eval", str(tmp_path / "no-such-run")]) == 2  # a one-line error, exit 2
+    assert console.out() is sys.stdout
