@@ -62,6 +62,20 @@ class CopyPlan:
             torch._foreach_copy_(list(self.destinations), sources)
 
 
+def checkpoint_destination(name: str, params: dict[str, nn.Parameter], stacked_moe) -> tuple[str, tuple] | None:
+    """Where checkpoint tensor ``name`` lands in the plugin's model: (parameter name, index) —
+    index (expert, first row, end row) into a stacked expert weight, or () for a parameter of
+    the same name among ``params`` — or None. ``stacked_moe(path)``: the ``StackedMoE`` at a
+    module path, or None. The loader (``load_weights``) and the copy plan both ask this."""
+    path, _, rest = name.partition(".mlp.")
+    moe = stacked_moe(f"{path}.mlp") if rest else None
+    slot = moe.checkpoint_slot(rest) if moe is not None else None
+    if slot is not None:
+        stack, e, start, end = slot
+        return f"{path}.mlp.{stack}", (e, start, end)
+    return (name, ()) if name in params else None
+
+
 def plan_copies(model: nn.Module, specs: Sequence[TensorSpec], config, rank: int = 0, size: int = 1) -> CopyPlan:
     """The copy plan of the tensors ``specs`` (whole checkpoint tensors, as every sender sends)
     into ``model``'s parameters on tensor-parallel rank ``rank`` of ``size``.  Raises ValueError
@@ -71,22 +85,18 @@ def plan_copies(model: nn.Module, specs: Sequence[TensorSpec], config, rank: int
                 for path, module in model.named_modules() for name, _ in module.named_parameters(recurse=False)}
     stacks = {path: m for path, m in model.named_modules() if isinstance(m, StackedMoE)}
     stacked = {f"{path}.{p}" for path in stacks for p in ("experts_w13", "experts_w2")}
-    expected = {n for n in params if n not in stacked} | {n for path, m in stacks.items() for n in m.checkpoint_names(path)}
+    unstacked = {n: p for n, p in params.items() if n not in stacked}  # the stacks take expert names only
+    expected = set(unstacked) | {n for path, m in stacks.items() for n in m.checkpoint_names(path)}
 
     sources, destinations, used, seen = [], [], {}, set()
     for index, (name, shape, _dtype) in enumerate(specs):
         if name in seen:
             raise ValueError(f"weight sync: {name} was sent twice")
         seen.add(name)
-        path, _, rest = name.partition(".mlp.")
-        moe = stacks.get(f"{path}.mlp") if rest else None
-        slot = moe.checkpoint_slot(rest) if moe is not None else None
-        if slot is not None:
-            stack, e, start, end = slot
-            target = f"{path}.mlp.{stack}"
-            destination = params[target].data[e, start:end]  # .data: views outside autograd
-        elif name in params and name not in stacked:
-            target, destination = name, params[name].data
+        where = checkpoint_destination(name, unstacked, stacks.get)
+        if where is not None:
+            target, at = where
+            destination = params[target].data[at[0], at[1]:at[2]] if at else params[target].data  # views outside autograd
         elif skipped_names({name}, config.num_hidden_layers, config.num_nextn_predict_layers):
             continue  # what every loader skips (MTP heads, exported buffers)
         else:
@@ -116,4 +126,4 @@ def plan_copies(model: nn.Module, specs: Sequence[TensorSpec], config, rank: int
     return CopyPlan(tuple(specs), tuple(sources), tuple(destinations), owners)
 
 
-__all__ = ["CopyPlan", "TensorSpec", "plan_copies"]
+__all__ = ["CopyPlan", "TensorSpec", "checkpoint_destination", "plan_copies"]

@@ -104,7 +104,7 @@ from models.ring_linear.norm import GroupRMSNorm, RMSNorm
 from models.ring_linear.strict import use_strict
 from models.ring_linear.weight_names import skipped_names
 
-from .copy_plan import CopyPlan, TensorSpec, plan_copies
+from .copy_plan import CopyPlan, TensorSpec, checkpoint_destination, plan_copies
 from .step_plan import StepPlan
 from .tensor_parallel import check_fp8_blocks, check_tensor_parallel, head_slice, kv_head_slice, local_config, shard
 
@@ -554,20 +554,16 @@ class BailingMoeLinearV2ForCausalLM(nn.Module, HasInnerState, IsHybrid):
         experts: dict[str, set[str]] = {}  # MoE layer → the stacked experts' names it received
         for name, tensor in weights:
             tensor = shard(name, tensor, c, self.tp_rank, self.tp_size)
-            path, _, rest = name.partition(".mlp.")
-            moe = self._stacked_moe(f"{path}.mlp") if rest else None
-            slot = moe.checkpoint_slot(rest) if moe is not None else None
-            if slot is not None:
-                stack, e, start, end = slot
-                target = f"{path}.mlp.{stack}"
-                param, args, shape = params[target], (e, start, end), params[target][e, start:end].shape
-                experts.setdefault(f"{path}.mlp", set()).add(name)
-            elif name in params:
-                target, param, args, shape = name, params[name], (), params[name].shape
-            else:
+            where = checkpoint_destination(name, params, self._stacked_moe)
+            if where is None:
                 if not skipped_names({name}, c.num_hidden_layers, c.num_nextn_predict_layers):
                     unexpected.append(name)
                 continue
+            target, args = where
+            param = params[target]
+            shape = param[args[0], args[1]:args[2]].shape if args else param.shape
+            if args:  # a stacked expert's rows
+                experts.setdefault(target.rsplit(".", 1)[0], set()).add(name)
             if tuple(tensor.shape) != tuple(shape):
                 raise ValueError(f"weight {name}: checkpoint shape {list(tensor.shape)} != model "
                                  f"shape {list(shape)} (does config.json match the weights?)")
